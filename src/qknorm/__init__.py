@@ -1,0 +1,17 @@
+"""qknorm: Triton kernels for RMSNorm, fused add + RMSNorm and single-launch per-head QK norm.
+
+Public API::
+
+    qknorm.rms_norm(x, weight=None, eps=1e-6, *, weight_offset=0.0, out=None)
+    qknorm.fused_add_rms_norm(x, residual, weight=None, eps=1e-6, *, weight_offset=0.0)
+    qknorm.qk_rms_norm(q, k, q_weight, k_weight, eps=1e-6, *, weight_offset=0.0, q_out=None, k_out=None)
+    qknorm.explain(q, k)
+"""
+from .backend import get_backend, set_backend, use_backend
+from .config import KernelConfig
+from .explain import explain
+from .ops import fused_add_rms_norm, qk_rms_norm, rms_norm
+
+__version__ = "0.1.0"
+__all__ = ["rms_norm", "fused_add_rms_norm", "qk_rms_norm", "explain", "KernelConfig",
+           "get_backend", "set_backend", "use_backend", "__version__"]

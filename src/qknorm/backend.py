@@ -1,0 +1,64 @@
+"""Which implementation runs a call: the Triton kernels or the PyTorch path.
+
+``QKNORM_BACKEND`` (read once at import) is ``auto`` (default: Triton for CUDA
+tensors, PyTorch for CPU tensors), ``triton`` (Triton everywhere; CPU tensors need
+``TRITON_INTERPRET=1`` set before triton is imported) or ``torch``.
+:func:`use_backend` switches it for a block of code.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+BACKENDS = ("auto", "triton", "torch")
+
+
+def _from_env() -> str:
+    name = os.environ.get("QKNORM_BACKEND", "auto").strip().lower() or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"QKNORM_BACKEND must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+_backend = _from_env()
+
+
+def get_backend() -> str:
+    return _backend
+
+
+def set_backend(name: str) -> None:
+    """Set the backend for later calls: ``auto``, ``triton`` or ``torch``."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    _backend = name
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Run the enclosed calls on backend ``name``, then restore the previous one."""
+    prev = _backend
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(prev)
+
+
+def interpreter_on() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def use_triton(t) -> bool:
+    """Whether a call on tensor ``t`` runs the Triton kernels."""
+    b = _backend
+    if b == "torch":
+        return False
+    if b == "auto":
+        return t.is_cuda
+    if not t.is_cuda and not interpreter_on():
+        raise RuntimeError(
+            "QKNORM_BACKEND=triton with CPU tensors needs TRITON_INTERPRET=1 set before "
+            "triton is imported (or use QKNORM_BACKEND=torch/auto)")
+    return True

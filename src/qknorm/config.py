@@ -1,0 +1,65 @@
+"""Launch configuration of the norm kernels, as one frozen value.
+
+A :class:`KernelConfig` is what the dispatcher returns, what a tuned table stores and
+what ``explain`` prints. Every kernel variant is a config: multi-row blocks
+(``rows``, ``num_warps``), the chunked form for wide rows (``block_d < D``), and the
+persistent grid-stride form (``persistent``).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+MAX_TILE = 65536  # elements of one program's [rows, block_d] tile
+
+
+def _pow2(n: int) -> bool:
+    return n >= 1 and (n & (n - 1)) == 0
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """How to launch one norm: ``rows`` rows of ``block_d`` columns per program.
+
+    ``block_d >= D`` keeps a whole row in registers (one read, one write); a smaller
+    ``block_d`` selects the chunked two-pass form. ``persistent`` launches
+    ``programs_per_sm * SMs`` programs (at most one per block) that loop over blocks.
+    """
+
+    rows: int = 1
+    block_d: int = 128
+    num_warps: int = 4
+    persistent: bool = False
+    programs_per_sm: int = 4
+
+    def __post_init__(self):
+        if not _pow2(self.rows):
+            raise ValueError(f"KernelConfig.rows must be a power of two, got {self.rows}")
+        if not _pow2(self.block_d):
+            raise ValueError(f"KernelConfig.block_d must be a power of two, got {self.block_d}")
+        if self.num_warps not in (1, 2, 4, 8, 16, 32):
+            raise ValueError(f"KernelConfig.num_warps must be 1, 2, 4, 8, 16 or 32, got {self.num_warps}")
+        if self.rows * self.block_d > MAX_TILE:
+            raise ValueError(f"KernelConfig tile rows*block_d = {self.rows * self.block_d} exceeds {MAX_TILE}")
+        if self.programs_per_sm < 1:
+            raise ValueError(f"KernelConfig.programs_per_sm must be >= 1, got {self.programs_per_sm}")
+
+    def chunked(self, d: int) -> bool:
+        """Whether rows of width ``d`` take the chunked two-pass form under this config."""
+        return self.block_d < d
+
+    @property
+    def name(self) -> str:
+        """Short stable label, e.g. ``r16.b128.w4`` or ``r1.b4096.w8.p4`` (persistent, 4 programs/SM)."""
+        s = f"r{self.rows}.b{self.block_d}.w{self.num_warps}"
+        return s + (f".p{self.programs_per_sm}" if self.persistent else "")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "KernelConfig":
+        fields = {"rows", "block_d", "num_warps", "persistent", "programs_per_sm"}
+        unknown = set(d) - fields
+        if unknown:
+            raise ValueError(f"unknown KernelConfig fields: {sorted(unknown)}")
+        return cls(**d)

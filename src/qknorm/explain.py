@@ -1,0 +1,36 @@
+"""``qknorm.explain``: which kernel variant and config a call would use, and why."""
+from __future__ import annotations
+
+import torch
+
+from .backend import get_backend
+from .dispatch import explain_config
+from .layout import row_layout
+
+
+def _rows(t: torch.Tensor) -> int:
+    n = 1
+    for s in t.shape[:-1]:
+        n *= s
+    return n
+
+
+def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = None) -> str:
+    """Describe the decision for ``rms_norm(x)`` (one tensor), ``qk_rms_norm(x, k)`` (two), or
+    ``fused_add_rms_norm(x, residual)`` with ``op="fused_add_rms_norm"``. Launches nothing."""
+    if op is None:
+        op = "rms_norm" if k is None else "qk_rms_norm"
+    tensors = [x] if k is None else [x, k]
+    d = x.shape[-1]
+    n_rows = sum(_rows(t) for t in tensors) if op == "qk_rms_norm" else _rows(x)
+    lines = [explain_config(op, x.dtype, d, n_rows, x.device)]
+    for name, t in zip(("q", "k") if op == "qk_rms_norm" else ("x", "residual"), tensors):
+        lay = row_layout(tuple(t.shape), tuple(t.stride()))
+        how = ("copied to contiguous first (more than 3 leading dims that do not merge)" if lay is None
+               else f"{lay.n_rows} rows addressed as sizes {lay.sizes} strides {lay.strides[0][:3]}, "
+                    f"last-dim stride {lay.strides[0][3]}")
+        lines.append(f"  {name}: shape {tuple(t.shape)} stride {tuple(t.stride())}: {how}")
+    backend = get_backend()
+    runs = "Triton kernels" if (backend == "triton" or (backend == "auto" and x.is_cuda)) else "PyTorch path"
+    lines.append(f"  backend={backend}: this call runs the {runs}")
+    return "\n".join(lines)

@@ -1,0 +1,27 @@
+"""Fused residual add + RMSNorm, in place: ``residual += x; x = norm(residual)``.
+
+The norm is taken of the fp32 sum; ``residual`` stores that sum rounded once.
+Launcher: ``ops.fused_add_rms_norm``; dispatcher entry:
+``dispatch.choose_config("fused_add_rms_norm", ...)``; test: ``tests/kernels/test_fused_add.py``;
+bench case: ``qknorm bench --preset llama3-70b``.
+"""
+import triton
+import triton.language as tl
+
+from .rows import add_norm_block
+
+
+@triton.jit
+def fused_add_rms_norm_kernel(X, R, W, n_rows, D, N1, N2,
+                              xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd, ws, eps, w_offset,
+                              HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+                              CHUNKED: tl.constexpr, PERSISTENT: tl.constexpr):
+    """One program per block of ROWS rows, or (PERSISTENT) a grid-stride loop over blocks."""
+    if PERSISTENT:
+        n_blocks = tl.cdiv(n_rows, ROWS)
+        for block in range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            add_norm_block(block, X, R, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd,
+                           ws, eps, w_offset, HAS_WEIGHT, ROWS, BLOCK_D, CHUNKED)
+    else:
+        add_norm_block(tl.program_id(0), X, R, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd,
+                       rs0, rs1, rs2, rsd, ws, eps, w_offset, HAS_WEIGHT, ROWS, BLOCK_D, CHUNKED)

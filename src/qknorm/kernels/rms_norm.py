@@ -1,0 +1,25 @@
+"""RMSNorm over the last dim of a strided tensor: ``y = x / sqrt(mean(x^2) + eps) * (w + offset)``.
+
+Launcher: ``ops.rms_norm``; dispatcher entry: ``dispatch.choose_config("rms_norm", ...)``;
+test: ``tests/kernels/test_rms_norm.py``; bench case: ``qknorm bench --preset llama3-70b``.
+"""
+import triton
+import triton.language as tl
+
+from .rows import norm_block
+
+
+@triton.jit
+def rms_norm_kernel(X, Y, W, n_rows, D, N1, N2,
+                    xs0, xs1, xs2, xsd, ys0, ys1, ys2, ysd, ws, eps, w_offset,
+                    HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+                    CHUNKED: tl.constexpr, PERSISTENT: tl.constexpr):
+    """One program per block of ROWS rows, or (PERSISTENT) a grid-stride loop over blocks."""
+    if PERSISTENT:
+        n_blocks = tl.cdiv(n_rows, ROWS)
+        for block in range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            norm_block(block, X, Y, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd, ys0, ys1, ys2, ysd,
+                       ws, eps, w_offset, HAS_WEIGHT, ROWS, BLOCK_D, CHUNKED)
+    else:
+        norm_block(tl.program_id(0), X, Y, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd,
+                   ys0, ys1, ys2, ysd, ws, eps, w_offset, HAS_WEIGHT, ROWS, BLOCK_D, CHUNKED)

@@ -1,0 +1,179 @@
+"""Row layouts: how a strided tensor's rows map to memory, and whether two views overlap.
+
+A norm treats a tensor of shape ``[*lead, D]`` as ``prod(lead)`` rows of ``D``
+elements. Kernels address row ``r`` through at most three leading (size, stride)
+pairs, so :func:`row_layout` merges leading dims that are laid out as one
+(jointly for every tensor that shares the row index) and reports when more than
+three remain.
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Sequence
+
+MAX_LEAD_DIMS = 3
+
+
+class RowLayout(NamedTuple):
+    """Leading dims ``sizes`` (outermost first, len <= 3, padded with 1) and, per tensor,
+    the matching strides plus the stride of the normalised dim."""
+
+    n_rows: int
+    sizes: tuple[int, int, int]
+    strides: tuple[tuple[int, int, int, int], ...]  # per tensor: (s0, s1, s2, s_last)
+
+
+def _merge_lead(sizes: Sequence[int], stride_sets: Sequence[Sequence[int]]):
+    """Drop size-1 dims and merge dim i into i+1 when, for every tensor, stride[i] == size[i+1]*stride[i+1]."""
+    dims = [(n, tuple(s[i] for s in stride_sets)) for i, n in enumerate(sizes) if n != 1]
+    merged: list[tuple[int, tuple[int, ...]]] = []
+    for n, st in dims:
+        if merged:
+            pn, pst = merged[-1]
+            if all(ps == n * s for ps, s in zip(pst, st)):
+                merged[-1] = (pn * n, st)
+                continue
+        merged.append((n, st))
+    return merged
+
+
+@functools.lru_cache(maxsize=4096)
+def row_layout(shape: tuple[int, ...], *strides: tuple[int, ...]) -> RowLayout | None:
+    """Row layout shared by tensors of one ``shape`` with the given ``strides``.
+
+    Returns None when more than three leading dims remain after merging (the caller
+    then works on a contiguous copy). Cached: shapes and strides are plain ints.
+    """
+    lead = shape[:-1]
+    merged = _merge_lead(lead, [s[:-1] for s in strides])
+    if len(merged) > MAX_LEAD_DIMS:
+        return None
+    n_rows = 1
+    for n, _ in merged:
+        n_rows *= n
+    pad = MAX_LEAD_DIMS - len(merged)
+    sizes = (1,) * pad + tuple(n for n, _ in merged)
+    per_tensor = []
+    for t, s in enumerate(strides):
+        lead_strides = (0,) * pad + tuple(st[t] for _, st in merged)
+        per_tensor.append(lead_strides + (s[-1],))
+    return RowLayout(n_rows, sizes, tuple(per_tensor))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------
+# Overlap of two strided views of one buffer.
+#
+# Element offsets of a view are base + sum(i_k * s_k) with 0 <= i_k < n_k. Two views
+# share an element iff some difference of offsets is zero: a bounded integer
+# problem. Terms are visited from the largest |stride| down; at each step only
+# digits that keep the remaining terms able to reach zero are tried. Equal strides
+# are merged first, so Q and K views of one packed buffer (same strides, different
+# head counts) resolve in a handful of steps.
+# ---------------------------------------------------------------------------
+
+_NODE_BUDGET = 20000
+
+
+class _Budget(Exception):
+    pass
+
+
+def _terms(sizes, strides, sign):
+    return [(sign * s, n - 1) for n, s in zip(sizes, strides) if n > 1 and s != 0]
+
+
+@functools.lru_cache(maxsize=4096)
+def views_overlap(delta: int, sizes_a: tuple[int, ...], strides_a: tuple[int, ...],
+                  sizes_b: tuple[int, ...], strides_b: tuple[int, ...]) -> bool | None:
+    """Whether view A (element offsets ``sum i*sa``) and view B (offsets ``delta + sum j*sb``)
+    share an element. Returns True/False, or None when the search exceeds its budget."""
+    if any(n == 0 for n in sizes_a) or any(n == 0 for n in sizes_b):
+        return False
+    # term: digit d in [lo, hi] times stride s; A's terms positive, B's negative.
+    merged: dict[int, list[int]] = {}
+    for s, hi in _terms(sizes_a, strides_a, 1):
+        key = abs(s)
+        lo_, hi_ = (0, hi) if s > 0 else (-hi, 0)
+        if key in merged:
+            merged[key][0] += lo_
+            merged[key][1] += hi_
+        else:
+            merged[key] = [lo_, hi_]
+    for s, hi in _terms(sizes_b, strides_b, -1):
+        key = abs(s)
+        lo_, hi_ = (0, hi) if s > 0 else (-hi, 0)
+        if key in merged:
+            merged[key][0] += lo_
+            merged[key][1] += hi_
+        else:
+            merged[key] = [lo_, hi_]
+    terms = sorted(((s, lo, hi) for s, (lo, hi) in merged.items()), reverse=True)
+    # suffix reach: min/max of sum over terms[k:]
+    smin = [0] * (len(terms) + 1)
+    smax = [0] * (len(terms) + 1)
+    for k in range(len(terms) - 1, -1, -1):
+        s, lo, hi = terms[k]
+        smin[k] = smin[k + 1] + lo * s
+        smax[k] = smax[k + 1] + hi * s
+    target = -delta  # want sum(d_k s_k) == -delta
+    nodes = [0]
+
+    def search(k: int, rem: int) -> bool:
+        nodes[0] += 1
+        if nodes[0] > _NODE_BUDGET:
+            raise _Budget
+        if k == len(terms):
+            return rem == 0
+        s, lo, hi = terms[k]
+        # need rem - d*s in [smin[k+1], smax[k+1]]
+        d_lo = max(lo, -((-(rem - smax[k + 1])) // s))  # ceil((rem - smax)/s)
+        d_hi = min(hi, (rem - smin[k + 1]) // s)
+        for d in range(d_lo, d_hi + 1):
+            if search(k + 1, rem - d * s):
+                return True
+        return False
+
+    try:
+        return search(0, target)
+    except _Budget:
+        return None
+
+
+def _extent(t) -> tuple[int, int]:
+    """Byte range [lo, hi) touched by tensor ``t`` (non-empty)."""
+    lo = hi = t.data_ptr()
+    size = t.element_size()
+    for n, s in zip(t.shape, t.stride()):
+        if s >= 0:
+            hi += (n - 1) * s * size
+        else:
+            lo += (n - 1) * s * size
+    return lo, hi + size
+
+
+def overlap(a, b) -> bool | None:
+    """Whether tensors ``a`` and ``b`` share memory: True, False, or None if undecided.
+
+    Cheap when the byte ranges are apart (the usual case); otherwise an exact search
+    over element offsets, cached by shape, stride and offset difference.
+    """
+    if a.numel() == 0 or b.numel() == 0 or a.device != b.device:
+        return False
+    alo, ahi = _extent(a)
+    blo, bhi = _extent(b)
+    if ahi <= blo or bhi <= alo:
+        return False
+    if a.dtype.itemsize != b.dtype.itemsize:
+        return None
+    es = a.element_size()
+    delta_bytes = b.data_ptr() - a.data_ptr()
+    if delta_bytes % es:
+        return None
+    return views_overlap(delta_bytes // es, tuple(a.shape), tuple(a.stride()),
+                         tuple(b.shape), tuple(b.stride()))
+
+
+def same_view(a, b) -> bool:
+    """True when ``a`` and ``b`` address exactly the same elements in the same order."""
+    return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+            and a.device == b.device)
