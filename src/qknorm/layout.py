@@ -115,7 +115,7 @@ def views_overlap(delta: int, sizes_a: tuple[int, ...], strides_a: tuple[int, ..
         s, lo, hi = terms[k]
         smin[k] = smin[k + 1] + lo * s
         smax[k] = smax[k + 1] + hi * s
-    target = -delta  # want sum(d_k s_k) == -delta
+    target = delta  # want sum(i*sa) - sum(j*sb) == delta
     nodes = [0]
 
     def search(k: int, rem: int) -> bool:

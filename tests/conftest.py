@@ -1,0 +1,36 @@
+"""Test set-up: without a GPU the Triton kernels run in the interpreter.
+
+TRITON_INTERPRET must be set before triton is imported, so it is set here, at
+collection start. ``impl`` runs each kernel test on every (device, backend) pair the
+machine has: CPU + PyTorch path and CPU + Triton interpreter here; CUDA + Triton on a GPU.
+"""
+import os
+
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import qknorm  # noqa: E402
+
+IMPLS = [("cuda", "triton"), ("cpu", "torch")] if HAS_CUDA else [("cpu", "torch"), ("cpu", "triton")]
+
+
+@pytest.fixture(params=IMPLS, ids=[f"{d}-{b}" for d, b in IMPLS])
+def impl(request):
+    """(device, backend) for a kernel test; the backend is active during the test."""
+    device, backend = request.param
+    with qknorm.use_backend(backend):
+        yield device
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
