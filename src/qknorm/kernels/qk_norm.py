@@ -46,3 +46,59 @@ def qk_rms_norm_kernel(D, eps, w_offset,
                   XQ, YQ, WQ, q_rows, qN1, qN2, qxs0, qxs1, qxs2, qxsd, qys0, qys1, qys2, qysd, qws,
                   XK, YK, WK, k_rows, kN1, kN2, kxs0, kxs1, kxs2, kxsd, kys0, kys1, kys2, kysd, kws,
                   HAS_WEIGHT, ROWS, BLOCK_D, CHUNKED)
+
+
+
+@triton.jit
+def _tokens_block(block, D, eps, n_rows, H, HQ, wq, wk,
+                  XQ, YQ, qxt, qxh, qyt, qyh, XK, YK, kxt, kxh, kyt, kyh,
+                  HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = block * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < n_rows
+    t = (rows // H).to(tl.int64)
+    h = rows % H
+    is_q = h < HQ
+    hq = h.to(tl.int64)
+    hk = hq - HQ
+    x_row = tl.where(is_q, XQ + t * qxt + hq * qxh, XK + t * kxt + hk * kxh)
+    y_row = tl.where(is_q, YQ + t * qyt + hq * qyh, YK + t * kyt + hk * kyh)
+    cols = tl.arange(0, BLOCK_D)
+    mask = row_ok[:, None] & (cols < D)[None, :]
+    x = tl.load(x_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(x * x, axis=1) / D + eps)
+    y = x * rstd[:, None]
+    if HAS_WEIGHT:
+        y = y * tl.where(is_q[:, None], wq[None, :], wk[None, :])
+    tl.store(y_row[:, None] + cols[None, :], y.to(YQ.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def qk_rms_norm_tokens_kernel(D, eps, w_offset, n_tokens, HQ, HK,
+                              XQ, YQ, WQ, qxt, qxh, qyt, qyh, qws,
+                              XK, YK, WK, kxt, kxh, kyt, kyh, kws,
+                              HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+                              PERSISTENT: tl.constexpr):
+    """Token-ordered form for Q ``[T, HQ, D]`` and K ``[T, HK, D]`` with unit last-dim
+    strides: flat row r is head ``r % (HQ+HK)`` of token ``r // (HQ+HK)``, a Q head below
+    HQ, else a K head.
+
+    Blocks sweep a packed QKV buffer in address order (Q and K of a token together)
+    instead of all of Q and then all of K, which keeps DRAM access sequential at large T.
+    Rows must fit one register tile (no chunked form).
+    """
+    H = HQ + HK
+    n_rows = n_tokens * H
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < D
+    wq = tl.zeros([BLOCK_D], dtype=tl.float32)
+    wk = wq
+    if HAS_WEIGHT:
+        wq = tl.load(WQ + cols * qws, mask=col_ok, other=0.0).to(tl.float32) + w_offset
+        wk = tl.load(WK + cols * kws, mask=col_ok, other=0.0).to(tl.float32) + w_offset
+    if PERSISTENT:
+        for block in range(tl.program_id(0), tl.cdiv(n_rows, ROWS), tl.num_programs(0)):
+            _tokens_block(block, D, eps, n_rows, H, HQ, wq, wk, XQ, YQ, qxt, qxh, qyt, qyh,
+                          XK, YK, kxt, kxh, kyt, kyh, HAS_WEIGHT, ROWS, BLOCK_D)
+    else:
+        _tokens_block(tl.program_id(0), D, eps, n_rows, H, HQ, wq, wk, XQ, YQ, qxt, qxh, qyt, qyh,
+                      XK, YK, kxt, kxh, kyt, kyh, HAS_WEIGHT, ROWS, BLOCK_D)
