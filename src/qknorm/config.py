@@ -23,6 +23,10 @@ class KernelConfig:
     ``block_d >= D`` keeps a whole row in registers (one read, one write); a smaller
     ``block_d`` selects the chunked two-pass form. ``persistent`` launches
     ``programs_per_sm * SMs`` programs (at most one per block) that loop over blocks.
+    ``token_order`` (QK norm only) walks the rows token by token, Q and K heads of a
+    token together, instead of all Q rows then all K rows: sequential DRAM access on a
+    packed QKV buffer at large token counts. Needs Q ``[T, Hq, D]`` and K ``[T, Hkv, D]``
+    with unit last-dim strides and unchunked rows; otherwise the segment order runs.
     """
 
     rows: int = 1
@@ -30,6 +34,7 @@ class KernelConfig:
     num_warps: int = 4
     persistent: bool = False
     programs_per_sm: int = 4
+    token_order: bool = False
 
     def __post_init__(self):
         if not _pow2(self.rows):
@@ -51,14 +56,15 @@ class KernelConfig:
     def name(self) -> str:
         """Short stable label, e.g. ``r16.b128.w4`` or ``r1.b4096.w8.p4`` (persistent, 4 programs/SM)."""
         s = f"r{self.rows}.b{self.block_d}.w{self.num_warps}"
-        return s + (f".p{self.programs_per_sm}" if self.persistent else "")
+        s += f".p{self.programs_per_sm}" if self.persistent else ""
+        return s + (".tok" if self.token_order else "")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "KernelConfig":
-        fields = {"rows", "block_d", "num_warps", "persistent", "programs_per_sm"}
+        fields = {"rows", "block_d", "num_warps", "persistent", "programs_per_sm", "token_order"}
         unknown = set(d) - fields
         if unknown:
             raise ValueError(f"unknown KernelConfig fields: {sorted(unknown)}")
