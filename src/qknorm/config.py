@@ -27,6 +27,8 @@ class KernelConfig:
     token together, instead of all Q rows then all K rows: sequential DRAM access on a
     packed QKV buffer at large token counts. Needs Q ``[T, Hq, D]`` and K ``[T, Hkv, D]``
     with unit last-dim strides and unchunked rows; otherwise the segment order runs.
+    ``pdl`` launches with programmatic dependent launch (Hopper and later, Triton >= 3.4):
+    the kernel may start while the previous one drains, and waits for its writes.
     """
 
     rows: int = 1
@@ -35,6 +37,7 @@ class KernelConfig:
     persistent: bool = False
     programs_per_sm: int = 4
     token_order: bool = False
+    pdl: bool = False
 
     def __post_init__(self):
         if not _pow2(self.rows):
@@ -57,14 +60,15 @@ class KernelConfig:
         """Short stable label, e.g. ``r16.b128.w4`` or ``r1.b4096.w8.p4`` (persistent, 4 programs/SM)."""
         s = f"r{self.rows}.b{self.block_d}.w{self.num_warps}"
         s += f".p{self.programs_per_sm}" if self.persistent else ""
-        return s + (".tok" if self.token_order else "")
+        s += ".tok" if self.token_order else ""
+        return s + (".pdl" if self.pdl else "")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "KernelConfig":
-        fields = {"rows", "block_d", "num_warps", "persistent", "programs_per_sm", "token_order"}
+        fields = {"rows", "block_d", "num_warps", "persistent", "programs_per_sm", "token_order", "pdl"}
         unknown = set(d) - fields
         if unknown:
             raise ValueError(f"unknown KernelConfig fields: {sorted(unknown)}")

@@ -8,6 +8,8 @@ bench case: ``qknorm bench --preset llama3-70b``.
 import triton
 import triton.language as tl
 
+from .pdl import pdl_launch_dependents, pdl_wait
+
 from .rows import add_norm_block
 
 
@@ -15,8 +17,10 @@ from .rows import add_norm_block
 def fused_add_rms_norm_kernel(X, R, W, n_rows, D, N1, N2,
                               xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd, ws, eps, w_offset,
                               HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
-                              CHUNKED: tl.constexpr, PERSISTENT: tl.constexpr):
+                              CHUNKED: tl.constexpr, PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False):
     """One program per block of ROWS rows, or (PERSISTENT) a grid-stride loop over blocks."""
+    pdl_wait(USE_PDL)
+    pdl_launch_dependents(USE_PDL)
     if PERSISTENT:
         n_blocks = tl.cdiv(n_rows, ROWS)
         for block in range(tl.program_id(0), n_blocks, tl.num_programs(0)):

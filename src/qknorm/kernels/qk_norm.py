@@ -9,6 +9,8 @@ test: ``tests/kernels/test_qk_norm.py``; bench case: ``qknorm bench --preset qwe
 import triton
 import triton.language as tl
 
+from .pdl import pdl_launch_dependents, pdl_wait
+
 from .rows import norm_block
 
 
@@ -31,8 +33,10 @@ def qk_rms_norm_kernel(D, eps, w_offset,
                        XQ, YQ, WQ, q_rows, qN1, qN2, qxs0, qxs1, qxs2, qxsd, qys0, qys1, qys2, qysd, qws,
                        XK, YK, WK, k_rows, kN1, kN2, kxs0, kxs1, kxs2, kxsd, kys0, kys1, kys2, kysd, kws,
                        HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
-                       CHUNKED: tl.constexpr, PERSISTENT: tl.constexpr):
+                       CHUNKED: tl.constexpr, PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False):
     """Q then K blocks in one grid; PERSISTENT loops over all blocks with a grid stride."""
+    pdl_wait(USE_PDL)
+    pdl_launch_dependents(USE_PDL)
     q_blocks = tl.cdiv(q_rows, ROWS)
     if PERSISTENT:
         n_blocks = q_blocks + tl.cdiv(k_rows, ROWS)
@@ -77,7 +81,7 @@ def qk_rms_norm_tokens_kernel(D, eps, w_offset, n_tokens, HQ, HK,
                               XQ, YQ, WQ, qxt, qxh, qyt, qyh, qws,
                               XK, YK, WK, kxt, kxh, kyt, kyh, kws,
                               HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
-                              PERSISTENT: tl.constexpr):
+                              PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False):
     """Token-ordered form for Q ``[T, HQ, D]`` and K ``[T, HK, D]`` with unit last-dim
     strides: flat row r is head ``r % (HQ+HK)`` of token ``r // (HQ+HK)``, a Q head below
     HQ, else a K head.
@@ -86,6 +90,8 @@ def qk_rms_norm_tokens_kernel(D, eps, w_offset, n_tokens, HQ, HK,
     instead of all of Q and then all of K, which keeps DRAM access sequential at large T.
     Rows must fit one register tile (no chunked form).
     """
+    pdl_wait(USE_PDL)
+    pdl_launch_dependents(USE_PDL)
     H = HQ + HK
     n_rows = n_tokens * H
     cols = tl.arange(0, BLOCK_D)

@@ -6,6 +6,8 @@ test: ``tests/kernels/test_rms_norm.py``; bench case: ``qknorm bench --preset ll
 import triton
 import triton.language as tl
 
+from .pdl import pdl_launch_dependents, pdl_wait
+
 from .rows import norm_block
 
 
@@ -13,8 +15,10 @@ from .rows import norm_block
 def rms_norm_kernel(X, Y, W, n_rows, D, N1, N2,
                     xs0, xs1, xs2, xsd, ys0, ys1, ys2, ysd, ws, eps, w_offset,
                     HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
-                    CHUNKED: tl.constexpr, PERSISTENT: tl.constexpr):
+                    CHUNKED: tl.constexpr, PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False):
     """One program per block of ROWS rows, or (PERSISTENT) a grid-stride loop over blocks."""
+    pdl_wait(USE_PDL)
+    pdl_launch_dependents(USE_PDL)
     if PERSISTENT:
         n_blocks = tl.cdiv(n_rows, ROWS)
         for block in range(tl.program_id(0), n_blocks, tl.num_programs(0)):
