@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .backend import get_backend
-from .dispatch import explain_config
+from .dispatch import TunedTable, explain_config, load_table
 from .layout import row_layout
 
 
@@ -15,15 +15,23 @@ def _rows(t: torch.Tensor) -> int:
     return n
 
 
-def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = None) -> str:
+def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = None,
+            table: TunedTable | str | None = None, top: int = 5) -> str:
     """Describe the decision for ``rms_norm(x)`` (one tensor), ``qk_rms_norm(x, k)`` (two), or
-    ``fused_add_rms_norm(x, residual)`` with ``op="fused_add_rms_norm"``. Launches nothing."""
+    ``fused_add_rms_norm(x, residual)`` with ``op="fused_add_rms_norm"``. Launches nothing.
+
+    Prints the chosen variant and config, the tuned-table entry (file and key) or the
+    heuristic rule behind it, the ``top`` fastest measured alternatives when the table has
+    them, and how each tensor's rows are addressed. ``table`` (a path or a loaded table)
+    explains the decision under that table instead of the one the device uses."""
     if op is None:
         op = "rms_norm" if k is None else "qk_rms_norm"
+    if isinstance(table, str):
+        table = load_table(table)
     tensors = [x] if k is None else [x, k]
     d = x.shape[-1]
     n_rows = sum(_rows(t) for t in tensors) if op == "qk_rms_norm" else _rows(x)
-    lines = [explain_config(op, x.dtype, d, n_rows, x.device)]
+    lines = [explain_config(op, x.dtype, d, n_rows, x.device, table=table, top=top)]
     for name, t in zip(("q", "k") if op == "qk_rms_norm" else ("x", "residual"), tensors):
         lay = row_layout(tuple(t.shape), tuple(t.stride()))
         how = ("copied to contiguous first (more than 3 leading dims that do not merge)" if lay is None

@@ -1,0 +1,128 @@
+"""``qknorm.explain`` and ``qknorm explain``: the pick, the table entry or heuristic rule
+behind it, the measured alternatives, and the layout/backend lines."""
+import re
+
+import pytest
+import torch
+from helpers import packed_qkv
+
+import qknorm
+from qknorm import cli
+from qknorm import dispatch as D
+from qknorm import tune as T
+from qknorm.config import KernelConfig
+
+PICK = KernelConfig(rows=8, block_d=128, num_warps=2)
+# Measured times of the qk entry (T=512 tokens x 40 heads = 20480 rows, bucket 32768).
+TIMES = {PICK: 3.46, KernelConfig(16, 128, 4): 3.50, KernelConfig(32, 128, 4): 3.66,
+         KernelConfig(4, 128, 1): 3.80, KernelConfig(2, 128, 1): 4.10, KernelConfig(1, 128, 1): 6.92,
+         KernelConfig(64, 128, 8): 5.00}
+
+
+@pytest.fixture(autouse=True)
+def clean(monkeypatch):
+    monkeypatch.delenv(D.ENV_TABLE, raising=False)
+    D.reset()
+    yield
+    D.reset()
+
+
+@pytest.fixture
+def table_path(tmp_path):
+    pts = [T.GridPoint("qk_rms_norm", "bf16", 128, 20480, 512, (32, 8)),
+           T.GridPoint("rms_norm", "bf16", 4096, 16, 16)]
+
+    def measure(p, cfgs):
+        if p.op == "qk_rms_norm":
+            return [T.Result(c, us) for c, us in TIMES.items()]
+        return [T.Result(c, 2.0 + 0.1 * i) for i, c in enumerate(cfgs)]
+
+    run = T.run_tune(pts, measure, log=lambda s: None)
+    path = str(tmp_path / "nvidia-fake-9000.json")
+    T.write_table(path, T.table_doc(run.entries, gpu="NVIDIA Fake 9000", sm_count=132, command="qknorm tune",
+                                    date="2026-11-25T00:00:00Z"))
+    return path
+
+
+def _alt_lines(text):
+    return [ln for ln in text.splitlines() if re.match(r"\s+r\d+\.b\d+\.w\d+", ln)]
+
+
+def test_explain_with_table(table_path, monkeypatch):
+    monkeypatch.setenv(D.ENV_TABLE, table_path)
+    _, q, k, _ = packed_qkv(512, 32, 8, 128, torch.bfloat16, "cpu")
+    text = qknorm.explain(q, k)
+    first = text.splitlines()[0]
+    assert first.startswith("qk_rms_norm: dtype=bfloat16 D=128 rows=20480 (bucket rows<=32768) -> r8.b128.w2")
+    assert "8 rows x 128 cols, 2 warps" in first and "row in registers" in first
+    assert "tuned table nvidia-fake-9000.json entry (qk_rms_norm, bf16, D=128, rows<=32768) [exact]" in text
+    assert f"table: {table_path} (NVIDIA Fake 9000, 132 SMs, triton" in text
+    assert "measured on: T=512 Hq=32 Hk=8 (20480 rows)" in text
+    assert "measured alternatives (5 fastest of 7)" in text
+    alts = _alt_lines(text)
+    assert len(alts) == 5
+    assert alts[0].split()[:3] == ["r8.b128.w2", "3.46", "us"] and alts[0].rstrip().endswith("<- pick")
+    assert alts[1].split()[:4] == ["r16.b128.w4", "3.50", "us", "+1.2%"]
+    assert alts[2].split()[3] == "+5.8%"  # 3.66 / 3.46
+    assert "r1.b128.w1" not in text  # not in the top 5
+    # layout and backend lines are still there
+    assert re.search(r"^  q: shape \(512, 32, 128\) stride \(6144, 128, 1\): 16384 rows", text, re.MULTILINE)
+    assert re.search(r"^  k: shape \(512, 8, 128\)", text, re.MULTILINE)
+    assert "backend=auto: this call runs the PyTorch path" in text
+
+
+def test_explain_top_and_explicit_table(table_path):
+    x = torch.randn(16, 4096, dtype=torch.bfloat16)
+    text = qknorm.explain(x, table=table_path, top=2)
+    assert "tuned table nvidia-fake-9000.json entry (rms_norm, bf16, D=4096, rows<=16)" in text
+    assert len(_alt_lines(text)) == 2 and "2 fastest of" in text
+    assert "x: shape (16, 4096)" in text
+    # fused add: the residual line
+    text = qknorm.explain(x, x.clone(), op="fused_add_rms_norm", table=D.load_table(table_path))
+    assert "heuristic (tuned table nvidia-fake-9000.json: no fused_add_rms_norm bf16 entries)" in text
+    assert "residual: shape (16, 4096)" in text and "measured alternatives" not in text
+
+
+def test_explain_heuristic_rule():
+    _, q, k, _ = packed_qkv(4, 16, 2, 256, torch.float16, "cpu")
+    text = qknorm.explain(q, k)
+    assert "heuristic (no GPU, no QKNORM_TUNED_TABLE set): row of 256 fits registers (block_d=256)" in text
+    assert "rows=" in text and "num_warps=" in text
+    assert "measured alternatives" not in text and "table:" not in text
+
+
+def test_explain_nearest_entry_says_so(table_path):
+    x = torch.randn(3000, 4096, dtype=torch.bfloat16)  # bucket 4096: above the only tuned bucket, 16
+    assert "[rows<=4096 above the largest tuned bucket rows<=16]" in qknorm.explain(x, table=table_path)
+    x = torch.randn(7, 3000, dtype=torch.float16)  # D=3000, fp16, 7 rows: the bf16 D=4096 rows<=16 entry
+    text = qknorm.explain(x, table=table_path)
+    assert "fp16 uses the bf16 entries" in text and "nearest tuned D=4096" in text
+    assert "nearest tuned row bucket to rows<=8" in text
+
+
+def test_cli_explain(table_path, capsys):
+    rc = cli.main(["explain", "--op", "qk", "--tokens", "512", "--heads", "32,8", "--head-dim", "128",
+                   "--table", table_path])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "qk_rms_norm: dtype=bfloat16 D=128 rows=20480" in out and "-> r8.b128.w2" in out
+    assert "entry (qk_rms_norm, bf16, D=128, rows<=32768)" in out and "+1.2%" in out
+    assert cli.main(["explain", "--op", "rms", "--hidden", "4096", "--tokens", "16", "--table", table_path,
+                     "--top", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "rms_norm: dtype=bfloat16 D=4096 rows=16" in out and len(_alt_lines(out)) == 1
+    # no table: the heuristic, still exit 0
+    assert cli.main(["explain", "--op", "add", "--hidden", "8192", "--tokens", "7"]) == 0
+    assert "fused_add_rms_norm" in capsys.readouterr().out
+
+
+def test_cli_explain_env_table(table_path, capsys, monkeypatch):
+    monkeypatch.setenv(D.ENV_TABLE, table_path)
+    assert cli.main(["explain", "--op", "qk", "--tokens", "512"]) == 0
+    assert "-> r8.b128.w2" in capsys.readouterr().out
+
+
+def test_cli_explain_unknown_gpu_table(capsys):
+    assert cli.main(["explain", "--gpu", "NVIDIA Nonexistent 1"]) == 1
+    err = capsys.readouterr().err
+    assert "nvidia-nonexistent-1.json does not exist" in err

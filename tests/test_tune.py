@@ -1,0 +1,356 @@
+"""``qknorm tune`` without a GPU: the grid, the budget, picking with injected timings, the
+table round trip, and the command line. One GPU test times a tiny grid for real."""
+import json
+import os
+
+import pytest
+import torch
+
+from qknorm import dispatch as D
+from qknorm import tune as T
+from qknorm.config import KernelConfig
+from qknorm.dispatch import DTYPES, OPS, next_pow2
+
+BF16 = torch.bfloat16
+
+
+@pytest.fixture(autouse=True)
+def clean(monkeypatch):
+    monkeypatch.delenv(D.ENV_TABLE, raising=False)
+    D.reset()
+    yield
+    D.reset()
+
+
+def fake_us(p, c):
+    """Deterministic fake timing with a unique winner per point that depends on the point."""
+    pref = 1 << ((p.n_rows.bit_length() // 3) % 5)  # preferred rows per program
+    return 1.0 + abs(c.rows.bit_length() - pref.bit_length()) * 0.1 + c.num_warps * 0.01 + c.persistent * 0.05
+
+
+def fake_measure(p, cfgs):
+    return [T.Result(c, fake_us(p, c)) for c in cfgs]
+
+
+# --------------------------------------------------------------------------- grid
+
+def test_default_grid_covers_the_spec():
+    pts = T.build_grid()
+    assert {p.op for p in pts} == set(OPS) and {p.dtype for p in pts} == {"bf16"}
+    assert pts[0].op == "qk_rms_norm"  # measured first
+    assert len({p.key for p in pts}) == len(pts)
+    assert {p.D for p in pts if p.op == "qk_rms_norm"} == set(T.HEAD_DIMS)
+    for op in ("rms_norm", "fused_add_rms_norm"):
+        assert {p.D for p in pts if p.op == op} == set(T.HIDDEN)
+    for p in pts:
+        assert p.rows == next_pow2(p.n_rows) and p.rows // 2 < p.n_rows <= p.rows
+        assert p.tensor_bytes <= T.CAP_BYTES
+        if p.op == "qk_rms_norm":
+            assert p.n_rows == p.tokens * sum(p.heads) and p.heads == T.QK_HEADS[p.D]
+        else:
+            assert p.n_rows == p.tokens and p.heads is None
+    # per (op, D): starts at one token; the largest point is at the cap or at 65536 tokens
+    for op in OPS:
+        for d in {p.D for p in pts if p.op == op}:
+            mine = [p for p in pts if p.op == op and p.D == d]
+            assert min(p.tokens for p in mine) == 1
+            top = max(mine, key=lambda p: p.tokens)
+            assert top.tokens == 65536 or 2 * top.tensor_bytes > T.CAP_BYTES
+            assert any(p.tokens == 4 for p in mine)  # a decode batch, and the 'not 1, not 16k' class
+
+
+def test_grid_flags():
+    q = T.build_grid(quick=True)
+    assert len(q) < len(T.build_grid()) / 3
+    assert {p.D for p in q if p.op == "qk_rms_norm"} == set(T.QUICK_HEAD_DIMS)
+    three = T.build_grid(["qk_rms_norm"], ["bf16", "fp16", "fp32"])
+    assert {p.dtype for p in three} == {"bf16", "fp16", "fp32"} and {p.op for p in three} == {"qk_rms_norm"}
+    fp32 = [p for p in three if p.dtype == "fp32"]
+    assert max(p.tensor_bytes for p in fp32) <= T.CAP_BYTES
+    custom = T.build_grid(["rms_norm"], hidden=[3000])
+    assert {p.D for p in custom} == {3000}
+
+
+def test_parse_flags():
+    assert T.parse_ops("qk,rms") == ("qk_rms_norm", "rms_norm")
+    assert T.parse_ops("fused_add_rms_norm") == ("fused_add_rms_norm",)
+    assert T.parse_dtypes("bf16, fp32") == ("bf16", "fp32")
+    for bad in ("", "layer_norm", "qk,nope"):
+        with pytest.raises(ValueError):
+            T.parse_ops(bad)
+    with pytest.raises(ValueError):
+        T.parse_dtypes("fp8")
+
+
+def lead_model(e):
+    """The lead's budget model: ~0.1 s a timing, ~0.5 s a new compile."""
+    return e["timings"] * 0.1 + e["compiles"] * 0.5
+
+
+def test_budget_full_under_8_minutes_and_quick_under_2():
+    full = T.estimate(T.build_grid(), T.REP_MS)
+    quick = T.estimate(T.build_grid(quick=True), T.QUICK_REP_MS)
+    assert lead_model(full) <= 8 * 60 and full["seconds"] <= 8 * 60, full
+    assert lead_model(quick) <= 2 * 60 and quick["seconds"] <= 2 * 60, quick
+    assert full["timings"] == sum(len(D.candidate_configs(p.op, BF16, p.D, p.n_rows)) for p in T.build_grid())
+
+
+def test_estimate_counts_compile_specialisations():
+    p1 = T.GridPoint("rms_norm", "bf16", 4096, 1, 1)
+    p16 = T.GridPoint("rms_norm", "bf16", 4096, 16, 16)
+    p32 = T.GridPoint("rms_norm", "bf16", 4096, 32, 32)
+    p4 = T.GridPoint("rms_norm", "bf16", 4096, 4, 4)
+    def one(*a):
+        return [KernelConfig(1, 4096, 8)]
+
+    assert T.estimate([p16, p32], candidates=one)["compiles"] == 1   # both multiples of 16
+    assert T.estimate([p1, p16, p4], candidates=one)["compiles"] == 3  # ==1, %16, other
+    assert T.estimate([p16, p16._replace(dtype="fp32")], candidates=one)["compiles"] == 2
+
+
+# --------------------------------------------------------------------------- the run
+
+def test_run_picks_the_fastest_and_keeps_all_times():
+    pts = T.build_grid(quick=True)
+    seen = []
+    run = T.run_tune(pts, fake_measure, log=lambda s: None, on_entry=lambda es: seen.append(len(es)))
+    assert len(run.entries) == len(pts) and not run.failed and not run.skipped
+    assert seen == list(range(1, len(pts) + 1))
+    for p, e in zip(pts, run.entries):
+        cands = D.candidate_configs(p.op, BF16, p.D, p.n_rows)
+        best = min(cands, key=lambda c: fake_us(p, c))
+        assert KernelConfig.from_dict(e["config"]) == best
+        assert e["us"] == pytest.approx(fake_us(p, best))
+        assert set(e["alternatives"]) == {c.name for c in cands}
+        assert (e["op"], e["dtype"], e["D"], e["rows"], e["n_rows"]) == (p.op, p.dtype, p.D, p.rows, p.n_rows)
+
+
+def test_failed_configs_are_recorded_and_never_picked():
+    p = T.GridPoint("qk_rms_norm", "bf16", 128, 640, 16, (32, 8))
+    cands = D.candidate_configs(p.op, BF16, p.D, p.n_rows)
+    fastest = min(cands, key=lambda c: fake_us(p, c))
+
+    def measure(pt, cfgs):
+        return [T.Result(c, None, "relative L2 error 1e+00 >= 1e-02") if c == fastest else T.Result(c, fake_us(pt, c))
+                for c in cfgs]
+
+    logs = []
+    run = T.run_tune([p], measure, log=logs.append)
+    (e,) = run.entries
+    assert KernelConfig.from_dict(e["config"]) != fastest
+    assert fastest.name not in e["alternatives"] and fastest.name in e["failed"]
+    assert run.failed == [(p, fastest.name, "relative L2 error 1e+00 >= 1e-02")]
+    assert any("FAILED" in line for line in logs)
+    # nothing passes: no entry at all
+    run = T.run_tune([p], lambda pt, cfgs: [T.Result(c, None, "boom") for c in cfgs], log=lambda s: None)
+    assert run.entries == [] and len(run.failed) == len(cands)
+
+
+def test_deadline_skips_the_rest():
+    pts = T.build_grid(quick=True)
+    run = T.run_tune(pts, fake_measure, deadline=0.0, log=lambda s: None)
+    assert run.entries == [] and run.skipped == pts
+
+
+# --------------------------------------------------------------------------- table files
+
+def make_table(tmp_path, pts=None, name="nvidia-fake-9000.json", **kw):
+    pts = pts if pts is not None else T.build_grid(quick=True)
+    run = T.run_tune(pts, fake_measure, log=lambda s: None)
+    d = T.table_doc(run.entries, gpu="NVIDIA Fake 9000", sm_count=132, command="qknorm tune --quick", **kw)
+    path = str(tmp_path / name)
+    return path, T.write_table(path, d), run, pts
+
+
+def test_table_round_trip(tmp_path):
+    path, _, run, pts = make_table(tmp_path)
+    with open(path) as f:
+        text = f.read()
+    doc = json.loads(text)
+    assert doc["schema_version"] == D.SCHEMA_VERSION and doc["gpu_key"] == "nvidia-fake-9000"
+    for k in ("triton", "torch", "date", "command", "sm_count"):
+        assert doc[k]
+    assert text.count('\n  {"op"') == len(run.entries)  # one line per entry
+    t = D.load_table(path)
+    assert len(t.entries) == len(pts)
+    for p, e in zip(pts, run.entries):
+        got = t.lookup(p.op, p.dtype, p.D, p.rows)
+        assert got.note == "exact" and got.entry.config == KernelConfig.from_dict(e["config"])
+        assert dict(got.entry.alternatives) == e["alternatives"]
+        # and what the dispatcher picks on the measured problem itself
+        c, why = D.decide(p.op, DTYPES[p.dtype], p.D, p.n_rows, t)[:2]
+        assert c == got.entry.config and "nvidia-fake-9000.json" in why
+
+
+def test_written_table_drives_choose_config(tmp_path, monkeypatch):
+    path, _, run, pts = make_table(tmp_path)
+    monkeypatch.setenv(D.ENV_TABLE, path)
+    for p, e in zip(pts, run.entries):
+        c, why = D.choose_config(p.op, DTYPES[p.dtype], p.D, p.n_rows, "cpu")
+        assert c == KernelConfig.from_dict(e["config"]), why
+
+
+def test_write_table_refuses_an_invalid_doc(tmp_path):
+    d = T.table_doc([{"op": "rms_norm"}], gpu="X", sm_count=1, command="c")
+    path = tmp_path / "bad.json"
+    with pytest.raises(D.TableError):
+        T.write_table(str(path), d)
+    assert not path.exists() and os.listdir(tmp_path) == []
+    d = T.table_doc([], gpu="X", sm_count=1, command="c")
+    d["entries"] = [{"op": "rms_norm", "dtype": "bf16", "D": 64, "rows": 1, "config": KernelConfig().to_dict(),
+                     "us": float("nan"), "alternatives": {}}]
+    with pytest.raises(ValueError):  # NaN never reaches a file
+        T.write_table(str(path), d)
+    assert not path.exists()
+
+
+def test_merge(tmp_path):
+    qk = T.build_grid(["qk_rms_norm"], quick=True)
+    rms = T.build_grid(["rms_norm"], quick=True)
+    path, _, run_qk, _ = make_table(tmp_path, qk)
+    base = T.read_entries(path, "NVIDIA Fake 9000")
+    run_rms = T.run_tune(rms, fake_measure, log=lambda s: None)
+    changed = dict(run_qk.entries[0], us=0.5)
+    merged = T.merge_entries(base, run_rms.entries + [changed])
+    assert len(merged) == len(qk) + len(rms)
+    assert merged[0]["us"] == 0.5  # replaced in place
+    with pytest.raises(D.TableError, match="tuned on NVIDIA Fake 9000"):
+        T.read_entries(path, "NVIDIA H200")
+
+
+def test_out_path(tmp_path):
+    assert T.out_path(str(tmp_path), "NVIDIA H200") == str(tmp_path / "nvidia-h200.json")
+    assert T.out_path(str(tmp_path / "t.json"), "NVIDIA H200") == str(tmp_path / "t.json")
+    assert T.out_path(None, "NVIDIA H100 80GB HBM3").endswith(os.sep + "nvidia-h100-80gb-hbm3.json")
+
+
+# --------------------------------------------------------------------------- command line
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cli_without_gpu(capsys, tmp_path):
+    from qknorm import cli
+    assert cli.main(["tune", "--quick", "--out", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "needs a CUDA GPU" in out and "Nothing was measured or written" in out
+    assert os.listdir(tmp_path) == []
+
+
+def test_cli_dry_run(capsys):
+    from qknorm import cli
+    assert cli.main(["tune", "--dry-run", "--quick", "--ops", "qk"]) == 0
+    out = capsys.readouterr().out
+    assert "grid points" in out and "estimated" in out and "qk_rms_norm" in out and " rms_norm " not in out
+    with pytest.raises(SystemExit):
+        cli.main(["tune", "--ops", "layer_norm"])
+
+
+def test_cli_end_to_end_with_injected_timings(tmp_path, monkeypatch, capsys):
+    """The whole command with the GPU faked: writes the table, --merge extends it, a failed
+    config makes the exit status 1 and is recorded."""
+    monkeypatch.setattr(T, "_gpu", lambda: (0, "NVIDIA Fake 9000", 132))
+    monkeypatch.setattr(D, "sm_count", lambda i: 132)
+    out = tmp_path / "tables"
+    out.mkdir()
+    assert T.main(["--quick", "--ops", "qk", "--out", str(out)], measure=fake_measure) == 0
+    path = out / "nvidia-fake-9000.json"
+    text = capsys.readouterr().out
+    assert f"wrote {path}" in text and "src/qknorm/tuned/nvidia-fake-9000.json" in text
+    t = D.load_table(str(path))
+    assert {e.op for e in t.entries.values()} == {"qk_rms_norm"} and t.meta["complete"] is True
+    assert t.meta["command"] == f"qknorm tune --quick --ops qk --out {out}"
+    n_qk = len(t.entries)
+
+    def failing(p, cfgs):
+        return [T.Result(c, None, "boom") if i == 0 else T.Result(c, fake_us(p, c)) for i, c in enumerate(cfgs)]
+
+    rc = T.main(["--quick", "--ops", "rms", "--out", str(path), "--merge", str(path)], measure=failing)
+    assert rc == 1 and "FAILED" in capsys.readouterr().out
+    t = D.load_table(str(path))
+    assert len(t.entries) == n_qk + len(T.build_grid(["rms_norm"], quick=True))
+    assert t.meta["complete"] is False
+    raw = json.loads(path.read_text())
+    assert all("failed" in e for e in raw["entries"] if e["op"] == "rms_norm")
+    # a --merge table from another GPU is refused
+    monkeypatch.setattr(T, "_gpu", lambda: (0, "NVIDIA H200", 132))
+    assert T.main(["--quick", "--ops", "rms", "--out", str(tmp_path / "x.json"), "--merge", str(path)],
+                  measure=fake_measure) == 1
+    assert "tuned on NVIDIA Fake 9000" in capsys.readouterr().out
+
+
+def test_cli_deadline_writes_a_partial_table(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(T, "_gpu", lambda: (0, "NVIDIA Fake 9000", 132))
+    monkeypatch.setattr(D, "sm_count", lambda i: 132)
+    calls = []
+
+    def slow(p, cfgs):
+        calls.append(p)
+        import time
+        time.sleep(0.05)
+        return fake_measure(p, cfgs)
+
+    path = tmp_path / "t.json"
+    assert T.main(["--quick", "--max-seconds", "0.01", "--out", str(path)], measure=slow) == 0
+    t = D.load_table(str(path))
+    assert len(t.entries) == len(calls) == 1 and t.meta["complete"] is False
+    assert "skipped (deadline)" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- the measuring function
+
+def test_measure_rejects_a_wrong_result_before_timing(monkeypatch):
+    """The correctness check runs first: a config whose output is wrong is never timed."""
+    import qknorm
+    m = T.CudaMeasure(device="cpu")
+    p = T.GridPoint("rms_norm", "bf16", 64, 16, 16)
+
+    def wrong(x, w, out=None, config=None):
+        out.copy_(x)
+        return out
+
+    monkeypatch.setattr(qknorm, "rms_norm", wrong)
+    (r,) = m(p, [KernelConfig(1, 64, 1)])
+    assert r.us is None and "relative L2 error" in r.error
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_measure_cases_check_against_the_reference_on_cpu(op):
+    """The checked cases themselves are right (CPU path): a right result passes."""
+    m = T.CudaMeasure(device="cpu")
+    p = {"qk_rms_norm": T.GridPoint(op, "bf16", 64, 12, 4, (2, 1)),
+         "rms_norm": T.GridPoint(op, "fp32", 64, 16, 16),
+         "fused_add_rms_norm": T.GridPoint(op, "fp16", 64, 16, 16)}[op]
+    reset, run, error = m._case(p)
+    reset()
+    assert error() != error() or error() > 0.1  # not normalised yet (NaN or far off)
+    run(KernelConfig(1, 64, 1))
+    assert error() < T.TOL[p.dtype]
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_measure_cases_with_each_candidate_kind(impl, op):
+    """Every kind of candidate (multi-row, persistent, chunked) passes the tuner's check on
+    the real kernels (the Triton interpreter on a CPU)."""
+    m = T.CudaMeasure(device=impl)
+    d = 64 if op == "qk_rms_norm" else 20000
+    p = T.GridPoint(op, "fp32", d, 12 if op == "qk_rms_norm" else 4, 4, (2, 1) if op == "qk_rms_norm" else None)
+    kinds = [KernelConfig(4, next_pow2(d) if d <= 16384 else 4096, 2),
+             KernelConfig(2, 4096 if d > 4096 else 64, 2, persistent=True, programs_per_sm=1)]
+    reset, run, error = m._case(p)
+    for c in kinds:
+        reset()
+        run(c)
+        assert error() < T.TOL["fp32"], c.name
+
+
+@pytest.mark.gpu
+def test_tune_on_gpu_end_to_end(tmp_path):
+    pts = [T.GridPoint("qk_rms_norm", "bf16", 128, 40 * 16, 16, (32, 8)),
+           T.GridPoint("rms_norm", "bf16", 4096, 16, 16)]
+    run = T.run_tune(pts, T.CudaMeasure(rep_ms=2), device="cuda", log=lambda s: None,
+                     candidates=lambda *a: D.candidate_configs(*a)[:3])
+    assert not run.failed and len(run.entries) == 2
+    for e in run.entries:
+        assert 0.5 < e["us"] < 1000 and len(e["alternatives"]) == 3
+    path = str(tmp_path / "t.json")
+    T.write_table(path, T.table_doc(run.entries, gpu=torch.cuda.get_device_name(), sm_count=1, command="test"))
+    assert len(D.load_table(path).entries) == 2
