@@ -3,20 +3,50 @@
 Nothing is written before every check has passed. CUDA tensors run the Triton kernels
 (``kernels/``); CPU tensors run the PyTorch path (``reference.py``) unless
 ``QKNORM_BACKEND=triton`` (with ``TRITON_INTERPRET=1``) asks for the kernels.
+
+Host cost per call is part of the product (a decode step launches these kernels
+hundreds of times), so each op has two ways in:
+
+* the *fast path* (CUDA tensors, float ``eps``/``weight_offset``): one dict lookup of a
+  :class:`_Plan` keyed by the shapes, strides, dtypes and devices of the arguments. A
+  plan is built once per key: it has run every check that depends only on the key (with
+  the same functions as the general path), chosen the kernel config, and holds the grid,
+  the kernel's int arguments and its specialisation's launch entries (``launch.py``).
+  Per call only what the key cannot know is checked (``eps``, overlap of the actual
+  buffers) before the cached launcher is called with raw pointers.
+* the *general path*: every check in order with the messages users see
+  (``validate.py``), then the same plans and launcher. Anything the fast path does not
+  cover (CPU, odd scalar types, empty tensors, a failed check) goes here, so errors are
+  raised only by the general path.
+
+Under ``torch.compile`` the public functions route to the ``torch.ops.qknorm`` custom
+ops (``torch_library.py``) so tracing sees one opaque op; eager calls skip that layer.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
+from . import backend as _backend
+from . import dispatch as _dispatch
+from . import launch as _launch
 from . import validate as V
-from .backend import use_triton
+from .backend import interpreter_on, use_triton
 from .config import KernelConfig
 from .dispatch import choose_config, sm_count
-from .layout import row_layout
+from .layout import row_layout, views_overlap
 from .reference import fused_add_rms_norm_torch, rms_norm_ref, rms_norm_torch
 
 _INT32_MAX = 2**31 - 1
+_INF = math.inf
+_Tensor = torch.Tensor
+_CONTIG = torch.contiguous_format
+_ACT = frozenset(V.ACT_DTYPES)
+_is_compiling = getattr(torch.compiler, "is_compiling", None) or (lambda: False)
+_MAX_PLANS = 4096
 _kernels = None
+_launchers = None
 
 
 def _k():
@@ -28,31 +58,185 @@ def _k():
     return _kernels
 
 
+def _kl():
+    """One :class:`launch.KernelLauncher` per kernel (created with the kernels module)."""
+    global _launchers
+    if _launchers is None:
+        k = _k()
+        _launchers = {
+            "rms_norm": _launch.KernelLauncher(k.rms_norm_kernel, ("X", "Y", "W")),
+            "fused_add_rms_norm": _launch.KernelLauncher(k.fused_add_rms_norm_kernel, ("X", "R", "W")),
+            "qk_rms_norm": _launch.KernelLauncher(k.qk_rms_norm_kernel, ("XQ", "YQ", "WQ", "XK", "YK", "WK")),
+        }
+    return _launchers
+
+
+def _traced():
+    return _torch_library
+
+
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _layout(x, *others):
-    """Joint row layout of ``x`` and tensors of its shape, or None when the kernels cannot
-    address it directly (> 3 leading dims after merging, or a last-dim stride so large
-    that column offsets would overflow int32)."""
-    lay = row_layout(tuple(x.shape), tuple(x.stride()), *(tuple(o.stride()) for o in others))
+# --------------------------------------------------------------------------- plans
+
+_plans: dict = {}
+_decisions = getattr(_dispatch, "_decisions", None)
+_used_dispatch = False  # a cached plan holds a choose_config decision
+
+
+def clear_caches() -> None:
+    """Forget cached plans and launch entries (after changing the dispatcher's tables)."""
+    _plans.clear()
+    _launch.clear()
+
+
+def _plans_fresh() -> dict:
+    """The plan cache; emptied when the dispatcher forgot its decisions (``dispatch.reset()``)
+    so plans never keep a config the dispatcher would no longer pick."""
+    global _used_dispatch
+    if (_used_dispatch and _decisions is not None and not _decisions) or len(_plans) > _MAX_PLANS:
+        _plans.clear()
+        _used_dispatch = False
+    return _plans
+
+
+def _choose(op, dtype, d, n_rows, device, config):
+    global _used_dispatch
+    if config is not None:
+        return config
+    _used_dispatch = True
+    return choose_config(op, dtype, d, n_rows, device)[0]
+
+
+class _Plan:
+    """Everything about one call that follows from its key: grid, int arguments, launch
+    entries, and the byte spans used by the per-call overlap checks."""
+
+    __slots__ = ("kl", "grid", "ints", "consts", "kwargs", "entries", "spans", "geom", "memo", "device",
+                 "n_ptrs", "same_layout")
+
+    def __init__(self, kl, grid, ints, consts, kwargs, entries, device, n_ptrs):
+        self.kl = kl
+        self.grid = grid
+        self.ints = ints
+        self.consts = consts
+        self.kwargs = kwargs
+        self.entries = entries
+        self.device = device
+        self.n_ptrs = n_ptrs
+        self.spans = ()
+        self.geom = []
+        self.memo = [{} for _ in range(5)]
+        self.same_layout = False
+
+
+def _layout_of(shape, d, *strides):
+    """Joint row layout of tensors of ``shape`` with the given strides, or None when the
+    kernels cannot address it directly (> 3 leading dims after merging, or offsets that
+    would overflow int32)."""
+    lay = row_layout(tuple(shape), *(tuple(s) for s in strides))
     if lay is None:
         return None
-    d = x.shape[-1]
     if any(abs(s[3]) * d > _INT32_MAX for s in lay.strides) or lay.n_rows > _INT32_MAX - 65536:
         return None
     return lay
 
 
-def _grid(cfg: KernelConfig, n_blocks: int, device) -> tuple[int]:
+def _contig_strides(shape) -> tuple:
+    st, acc = [], 1
+    for n in reversed(tuple(shape)):
+        st.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(st))
+
+
+def _span(shape, stride, itemsize) -> tuple[int, int]:
+    """Byte range ``[lo, hi)`` relative to the data pointer touched by a non-empty view."""
+    lo = hi = 0
+    for n, s in zip(shape, stride):
+        if s >= 0:
+            hi += (n - 1) * s
+        else:
+            lo += (n - 1) * s
+    return lo * itemsize, (hi + 1) * itemsize
+
+
+def _grid(cfg: KernelConfig, n_blocks: int, device) -> tuple[int, int, int]:
     if cfg.persistent:
-        return (max(1, min(n_blocks, cfg.programs_per_sm * sm_count(device.index if device.type == "cuda" else None))),)
-    return (max(1, n_blocks),)
+        idx = device.index if device.type == "cuda" else None
+        return (max(1, min(n_blocks, cfg.programs_per_sm * sm_count(idx))), 1, 1)
+    return (max(1, n_blocks), 1, 1)
 
 
-def _weight_args(w, fallback):
-    return (w, w.stride(0)) if w is not None else (fallback, 0)
+def _use_pdl(cfg: KernelConfig) -> bool:
+    if not cfg.pdl or interpreter_on():
+        return False
+    from .kernels.pdl import HAVE_GDC
+    return HAVE_GDC
+
+
+def _finish(op, cfg, ints, consts_head, pointer_dtypes, device, n_ptrs, grid):
+    """Constexprs, launch kwargs and the shared launch entries of a plan."""
+    pdl = _use_pdl(cfg)
+    consts = consts_head + (cfg.persistent, pdl)
+    kwargs = {"num_warps": cfg.num_warps}
+    if pdl:
+        kwargs["launch_pdl"] = True
+    dev = device.index if device.type == "cuda" else -1
+    spec = (tuple(_launch.int_spec(v) for v in ints), pointer_dtypes, consts, cfg.num_warps, pdl, dev)
+    kl = _kl()[op]
+    return _Plan(kl, grid, ints, consts, kwargs, kl.entries(spec, n_ptrs), dev, n_ptrs)
+
+
+def _rms_like_plan(op, x, w, o_strides, config):
+    """Plan of rms_norm / fused_add (x and a second tensor of x's shape with ``o_strides``)."""
+    shape = x.shape
+    d = shape[-1]
+    lay = _layout_of(shape, d, x.stride(), o_strides)
+    if lay is None:
+        return None
+    cfg = _choose(op, x.dtype, d, lay.n_rows, x.device, config)
+    ws = w.stride(0) if w is not None else 0
+    (_, n1, n2), (xs, ys) = lay.sizes, lay.strides
+    ints = (lay.n_rows, d, n1, n2, *xs, *ys, ws)
+    grid = _grid(cfg, _cdiv(lay.n_rows, cfg.rows), x.device)
+    wdt = w.dtype if w is not None else x.dtype
+    head = (w is not None, cfg.rows, cfg.block_d, cfg.chunked(d))
+    return _finish(op, cfg, ints, head, (x.dtype, wdt), x.device, 3, grid)
+
+
+def _checked(fn) -> bool:
+    try:
+        fn()
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _no_overlap(plan, pair, pa, pb) -> bool:
+    """Exact answer to "do these views share no element?" for views whose byte ranges meet
+    (Q and K of one packed buffer), cached per plan and pair by the pointers' distance.
+    False also when undecidable (the general path then raises its error)."""
+    delta = pb - pa
+    memo = plan.memo[pair]
+    r = memo.get(delta)
+    if r is None:
+        shape_a, stride_a, shape_b, stride_b, es = plan.geom[pair]
+        if delta % es:
+            r = False
+        else:
+            r = views_overlap(delta // es, tuple(shape_a), tuple(stride_a), tuple(shape_b), tuple(stride_b)) is False
+        if len(memo) < 64:
+            memo[delta] = r
+    return r
+
+
+def _new_plan(key, build):
+    """Build, cache and return the plan of ``key`` (None cached too: not a fast-path call)."""
+    plan = _plans[key] = build()
+    return plan
 
 
 # --------------------------------------------------------------------------- rms_norm
@@ -67,6 +251,94 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
     x's shape and dtype that does not overlap x. ``config`` forces a kernel variant.
     Returns ``out``.
     """
+    if _is_compiling():
+        return _traced().traced_rms_norm(x, weight, eps, weight_offset, out, config)
+    if (type(x) is _Tensor and x.is_cuda and _backend._backend != "torch" and type(eps) is float
+            and type(weight_offset) is float and 0.0 <= eps < _INF and -_INF < weight_offset < _INF):
+        r = _rms_fast(x, weight, eps, weight_offset, out, config)
+        if r is not None:
+            return r
+    return _rms_norm_general(x, weight, eps, weight_offset, out, config)
+
+
+def _rms_fast(x, weight, eps, weight_offset, out, config):
+    """The common CUDA call with cached plan and launcher; None means: take the general path."""
+    if weight is None:
+        if weight_offset != 0.0:
+            return None
+        if out is None:
+            key = ("r0", x.shape, x.stride(), x.dtype, x.device, config)
+        elif out is x:
+            key = ("r1", x.shape, x.stride(), x.dtype, x.device, config)
+        elif isinstance(out, _Tensor):
+            key = ("r2", x.shape, x.stride(), x.dtype, x.device, out.shape, out.stride(), out.dtype, out.device,
+                   config)
+        else:
+            return None
+    elif isinstance(weight, _Tensor):
+        if out is None:
+            key = ("rw0", x.shape, x.stride(), x.dtype, x.device, weight.shape, weight.stride(), weight.dtype,
+                   weight.device, config)
+        elif out is x:
+            key = ("rw1", x.shape, x.stride(), x.dtype, x.device, weight.shape, weight.stride(), weight.dtype,
+                   weight.device, config)
+        elif isinstance(out, _Tensor):
+            key = ("rw2", x.shape, x.stride(), x.dtype, x.device, weight.shape, weight.stride(), weight.dtype,
+                   weight.device, out.shape, out.stride(), out.dtype, out.device, config)
+        else:
+            return None
+    else:
+        return None
+    if _used_dispatch and not _decisions:
+        _plans_fresh()
+    plan = _plans.get(key)
+    if plan is None:
+        if key in _plans:
+            return None
+        plan = _new_plan(key, lambda: _rms_fast_plan(x, weight, out, key[0][-1], config))
+        if plan is None:
+            return None
+    px = x.data_ptr()
+    if out is None:
+        out = torch.empty_like(x, memory_format=_CONTIG)
+        po = out.data_ptr()
+    elif out is x:
+        po = px
+    else:
+        po = out.data_ptr()
+        if not (po == px and plan.same_layout):  # the same view as x is in place
+            sx, so = plan.spans
+            if not (px + sx[1] <= po + so[0] or po + so[1] <= px + sx[0]
+                    or _no_overlap(plan, 0, px, po)):
+                return None
+    if weight is None:
+        pw = px
+        weight = x
+    else:
+        pw = weight.data_ptr()
+    bits = 0 if not (px | po | pw) & 15 else ((px & 15) and 1) | ((po & 15) and 2) | ((pw & 15) and 4)
+    _launch.run(plan.kl, plan.entries, bits, plan.grid, (px, po, pw, *plan.ints, eps, weight_offset, *plan.consts),
+                (x, out, weight), plan.kwargs, plan.device)
+    return out
+
+
+def _rms_fast_plan(x, weight, out, okey, config):
+    if not _checked(lambda: (V.activation("x", x), V.weight("weight", weight, x.shape[-1], "x", x),
+                             V.output("out", out, "x", x))):
+        return None
+    if x.numel() == 0 or x.dtype not in _ACT:
+        return None
+    o_strides = _contig_strides(x.shape) if okey == "0" else x.stride() if okey == "1" else out.stride()
+    plan = _rms_like_plan("rms_norm", x, weight, o_strides, config)
+    if plan is not None and okey == "2":
+        es = x.element_size()
+        plan.same_layout = tuple(out.stride()) == tuple(x.stride())
+        plan.spans = (_span(x.shape, x.stride(), es), _span(out.shape, out.stride(), es))
+        plan.geom = [(x.shape, x.stride(), out.shape, out.stride(), es)]
+    return plan
+
+
+def _rms_norm_general(x, weight, eps, weight_offset, out, config):
     V.activation("x", x)
     d = x.shape[-1]
     V.weight("weight", weight, d, "x", x)
@@ -84,22 +356,29 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
     return out
 
 
+def _plan_for(key, build):
+    plans = _plans_fresh()
+    plan = plans.get(key)
+    if plan is None and key not in plans:
+        plan = plans[key] = build()
+    return plan
+
+
 def _launch_rms_norm(x, out, weight, eps, weight_offset, config):
-    lay = _layout(x, out)
-    if lay is None:
+    key = ("R", x.shape, x.stride(), x.dtype, x.device, out.stride(),
+           None if weight is None else (weight.stride(), weight.dtype), config)
+    plan = _plan_for(key, lambda: _rms_like_plan("rms_norm", x, weight, out.stride(), config))
+    if plan is None:
         xc = x.contiguous()
         tmp = torch.empty_like(xc)
         _launch_rms_norm(xc, tmp, weight, eps, weight_offset, config)
         out.copy_(tmp)
         return
-    d = x.shape[-1]
-    cfg = config or choose_config("rms_norm", x.dtype, d, lay.n_rows, x.device)[0]
-    w, ws = _weight_args(weight, x)
-    (_, n1, n2), (xs, ys) = lay.sizes, lay.strides
-    _k().rms_norm_kernel[_grid(cfg, _cdiv(lay.n_rows, cfg.rows), x.device)](
-        x, out, w, lay.n_rows, d, n1, n2, *xs, *ys, ws, eps, weight_offset,
-        HAS_WEIGHT=weight is not None, ROWS=cfg.rows, BLOCK_D=cfg.block_d,
-        CHUNKED=cfg.chunked(d), PERSISTENT=cfg.persistent, num_warps=cfg.num_warps)
+    w = weight if weight is not None else x
+    px, po, pw = x.data_ptr(), out.data_ptr(), w.data_ptr()
+    bits = ((px & 15) and 1) | ((po & 15) and 2) | ((pw & 15) and 4)
+    _launch.run(plan.kl, plan.entries, bits, plan.grid,
+                (px, po, pw, *plan.ints, eps, weight_offset, *plan.consts), (x, out, w), plan.kwargs, plan.device)
 
 
 # --------------------------------------------------------------------------- fused add
@@ -113,6 +392,70 @@ def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Te
     ``residual`` have the same shape, dtype and device and must not overlap.
     Returns ``(x, residual)``.
     """
+    if _is_compiling():
+        return _traced().traced_fused_add_rms_norm(x, residual, weight, eps, weight_offset, config)
+    if (type(x) is _Tensor and x.is_cuda and _backend._backend != "torch" and type(eps) is float
+            and type(weight_offset) is float and 0.0 <= eps < _INF and -_INF < weight_offset < _INF
+            and isinstance(residual, _Tensor)):
+        if _add_fast(x, residual, weight, eps, weight_offset, config):
+            return x, residual
+    return _fused_add_general(x, residual, weight, eps, weight_offset, config)
+
+
+def _add_fast(x, residual, weight, eps, weight_offset, config) -> bool:
+    if weight is None:
+        if weight_offset != 0.0:
+            return False
+        key = ("a0", x.shape, x.stride(), x.dtype, x.device, residual.shape, residual.stride(), residual.dtype,
+               residual.device, config)
+    elif isinstance(weight, _Tensor):
+        key = ("aw", x.shape, x.stride(), x.dtype, x.device, residual.shape, residual.stride(), residual.dtype,
+               residual.device, weight.shape, weight.stride(), weight.dtype, weight.device, config)
+    else:
+        return False
+    if _used_dispatch and not _decisions:
+        _plans_fresh()
+    plan = _plans.get(key)
+    if plan is None:
+        if key in _plans:
+            return False
+        plan = _new_plan(key, lambda: _add_fast_plan(x, residual, weight, config))
+        if plan is None:
+            return False
+    px, pr = x.data_ptr(), residual.data_ptr()
+    sx, sr = plan.spans
+    if not (px + sx[1] <= pr + sr[0] or pr + sr[1] <= px + sx[0] or _no_overlap(plan, 0, px, pr)):
+        return False
+    if weight is None:
+        pw = px
+        weight = x
+    else:
+        pw = weight.data_ptr()
+    bits = 0 if not (px | pr | pw) & 15 else ((px & 15) and 1) | ((pr & 15) and 2) | ((pw & 15) and 4)
+    _launch.run(plan.kl, plan.entries, bits, plan.grid, (px, pr, pw, *plan.ints, eps, weight_offset, *plan.consts),
+                (x, residual, weight), plan.kwargs, plan.device)
+    return True
+
+
+def _add_fast_plan(x, residual, weight, config):
+    def check():
+        V.activation("x", x)
+        V.activation("residual", residual)
+        if residual.dtype != x.dtype or residual.shape != x.shape:
+            raise ValueError
+        V.same_device("residual", residual, "x", x)
+        V.weight("weight", weight, x.shape[-1], "x", x)
+    if not _checked(check) or x.numel() == 0:
+        return None
+    plan = _rms_like_plan("fused_add_rms_norm", x, weight, residual.stride(), config)
+    if plan is not None:
+        es = x.element_size()
+        plan.spans = (_span(x.shape, x.stride(), es), _span(residual.shape, residual.stride(), es))
+        plan.geom = [(x.shape, x.stride(), residual.shape, residual.stride(), es)]
+    return plan
+
+
+def _fused_add_general(x, residual, weight, eps, weight_offset, config):
     V.activation("x", x)
     V.activation("residual", residual)
     if residual.dtype != x.dtype:
@@ -133,21 +476,21 @@ def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Te
 
 
 def _launch_fused_add(x, residual, weight, eps, weight_offset, config):
-    lay = _layout(x, residual)
-    if lay is None:
+    key = ("A", x.shape, x.stride(), x.dtype, x.device, residual.stride(),
+           None if weight is None else (weight.stride(), weight.dtype), config)
+    plan = _plan_for(key, lambda: _rms_like_plan("fused_add_rms_norm", x, weight, residual.stride(), config))
+    if plan is None:
         xc, rc = x.contiguous(), residual.contiguous()
         _launch_fused_add(xc, rc, weight, eps, weight_offset, config)
         x.copy_(xc)
         residual.copy_(rc)
         return
-    d = x.shape[-1]
-    cfg = config or choose_config("fused_add_rms_norm", x.dtype, d, lay.n_rows, x.device)[0]
-    w, ws = _weight_args(weight, x)
-    (_, n1, n2), (xs, rs) = lay.sizes, lay.strides
-    _k().fused_add_rms_norm_kernel[_grid(cfg, _cdiv(lay.n_rows, cfg.rows), x.device)](
-        x, residual, w, lay.n_rows, d, n1, n2, *xs, *rs, ws, eps, weight_offset,
-        HAS_WEIGHT=weight is not None, ROWS=cfg.rows, BLOCK_D=cfg.block_d,
-        CHUNKED=cfg.chunked(d), PERSISTENT=cfg.persistent, num_warps=cfg.num_warps)
+    w = weight if weight is not None else x
+    px, pr, pw = x.data_ptr(), residual.data_ptr(), w.data_ptr()
+    bits = ((px & 15) and 1) | ((pr & 15) and 2) | ((pw & 15) and 4)
+    _launch.run(plan.kl, plan.entries, bits, plan.grid,
+                (px, pr, pw, *plan.ints, eps, weight_offset, *plan.consts), (x, residual, w), plan.kwargs,
+                plan.device)
 
 
 # --------------------------------------------------------------------------- QK norm
@@ -162,6 +505,183 @@ def qk_rms_norm(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | None,
     ``q_out=q, k_out=k`` normalises in place; None allocates new contiguous outputs.
     Outputs may not overlap each other or the other input. Returns ``(q_out, k_out)``.
     """
+    if _is_compiling():
+        return _traced().traced_qk_rms_norm(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config)
+    if (type(q) is _Tensor and q.is_cuda and _backend._backend != "torch" and type(eps) is float
+            and type(weight_offset) is float and 0.0 <= eps < _INF and -_INF < weight_offset < _INF
+            and type(k) is _Tensor):
+        r = _qk_fast(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config)
+        if r is not None:
+            return r
+    return _qk_general(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config)
+
+
+def _qk_fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
+    """The common CUDA call of qk_rms_norm; None means: take the general path."""
+    # output kinds: 0 = allocate, 1 = in place (the input object itself), 2 = another tensor
+    if q_out is None:
+        qo = 0
+    elif q_out is q:
+        qo = 1
+    elif isinstance(q_out, _Tensor):
+        qo = 2
+    else:
+        return None
+    if k_out is None:
+        ko = 0
+    elif k_out is k:
+        ko = 1
+    elif isinstance(k_out, _Tensor):
+        ko = 2
+    else:
+        return None
+    if qw is None:
+        if kw is not None or weight_offset != 0.0:
+            return None
+        key = (qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.device, k.device, config)
+    elif isinstance(qw, _Tensor) and isinstance(kw, _Tensor):
+        key = (qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.device, k.device, config,
+               qw.shape, qw.stride(), qw.dtype, qw.device, kw.shape, kw.stride(), kw.dtype, kw.device)
+    else:
+        return None
+    if qo == 2:
+        key += (q_out.shape, q_out.stride(), q_out.dtype, q_out.device)
+    if ko == 2:
+        key += (k_out.shape, k_out.stride(), k_out.dtype, k_out.device)
+    if _used_dispatch and not _decisions:
+        _plans_fresh()
+    plan = _plans.get(key)
+    if plan is None:
+        if key in _plans:
+            return None
+        plan = _new_plan(key, lambda: _qk_fast_plan(q, k, qw, kw, q_out, k_out, qo, ko, config))
+        if plan is None:
+            return None
+    pq, pk = q.data_ptr(), k.data_ptr()
+    # Overlap rules of the general path, on raw pointers and cached byte spans:
+    # outputs must not meet each other, nor the other input, nor partially their own input.
+    sq, sk, sqo, sko = plan.spans
+    if qo == 0:
+        q_out = torch.empty_like(q, memory_format=_CONTIG)
+        pqo = q_out.data_ptr()
+        q_in = False
+    elif qo == 1:
+        pqo = pq
+        q_in = True
+    else:
+        pqo = q_out.data_ptr()
+        q_in = pqo == pq and plan.same_layout[0]
+        if not q_in and not (pq + sq[1] <= pqo + sqo[0] or pqo + sqo[1] <= pq + sq[0]
+                             or _no_overlap(plan, 0, pq, pqo)):
+            return None
+    if ko == 0:
+        k_out = torch.empty_like(k, memory_format=_CONTIG)
+        pko = k_out.data_ptr()
+        k_in = False
+    elif ko == 1:
+        pko = pk
+        k_in = True
+    else:
+        pko = k_out.data_ptr()
+        k_in = pko == pk and plan.same_layout[1]
+        if not k_in and not (pk + sk[1] <= pko + sko[0] or pko + sko[1] <= pk + sk[0]
+                             or _no_overlap(plan, 1, pk, pko)):
+            return None
+    if qo and ko and not (pqo + sqo[1] <= pko + sko[0] or pko + sko[1] <= pqo + sqo[0]
+                          or _no_overlap(plan, 2, pqo, pko)):
+        return None
+    if qo and not k_in and not (pqo + sqo[1] <= pk + sk[0] or pk + sk[1] <= pqo + sqo[0]
+                                or _no_overlap(plan, 3, pqo, pk)):
+        return None
+    if ko and not q_in and not (pko + sko[1] <= pq + sq[0] or pq + sq[1] <= pko + sko[0]
+                                or _no_overlap(plan, 4, pko, pq)):
+        return None
+    if qw is None:
+        pqw, pkw, qw, kw = pq, pk, q, k
+    else:
+        pqw, pkw = qw.data_ptr(), kw.data_ptr()
+    if (pq | pqo | pqw | pk | pko | pkw) & 15:
+        bits = (((pq & 15) and 1) | ((pqo & 15) and 2) | ((pqw & 15) and 4) | ((pk & 15) and 8)
+                | ((pko & 15) and 16) | ((pkw & 15) and 32))
+    else:
+        bits = 0
+    qi, ki = plan.ints
+    _launch.run(plan.kl, plan.entries, bits, plan.grid,
+                (qi[0], eps, weight_offset, pq, pqo, pqw, *qi[1:], pk, pko, pkw, *ki, *plan.consts),
+                (q, q_out, qw, k, k_out, kw), plan.kwargs, plan.device)
+    return q_out, k_out
+
+
+def _wkey(w):
+    return None if w is None else (w.shape, w.stride(), w.dtype, w.device)
+
+
+def _qk_static_checks(q, k, qw, kw, q_out, k_out):
+    """The checks of qk_rms_norm that depend only on metadata (same functions and order)."""
+    V.activation("q", q)
+    V.activation("k", k)
+    if k.dtype != q.dtype:
+        raise TypeError("dtype")
+    V.same_device("k", k, "q", q)
+    d = q.shape[-1]
+    if k.shape[-1] != d:
+        raise ValueError("head_dim")
+    if (qw is None) != (kw is None):
+        raise ValueError("weights")
+    V.weight("q_weight", qw, d, "q", q)
+    V.weight("k_weight", kw, d, "k", k)
+    V.output("q_out", q_out, "q", q)
+    V.output("k_out", k_out, "k", k)
+
+
+def _qk_fast_plan(q, k, qw, kw, q_out, k_out, qo, ko, config):
+    if not _checked(lambda: _qk_static_checks(q, k, qw, kw, q_out, k_out)):
+        return None
+    if q.numel() == 0 or k.numel() == 0:
+        return None
+    qos = _contig_strides(q.shape) if qo == 0 else q.stride() if qo == 1 else q_out.stride()
+    kos = _contig_strides(k.shape) if ko == 0 else k.stride() if ko == 1 else k_out.stride()
+    plan = _qk_plan(q, k, qw, kw, qos, kos, config)
+    if plan is None:
+        return None
+    es = q.element_size()
+    qs, ks, qos, kos = tuple(q.stride()), tuple(k.stride()), tuple(qos), tuple(kos)
+    # spans of q, k, q_out, k_out (an allocated output's span is never read)
+    plan.spans = (_span(q.shape, qs, es), _span(k.shape, ks, es), _span(q.shape, qos, es), _span(k.shape, kos, es))
+    # overlap pairs: 0 (q, q_out), 1 (k, k_out), 2 (q_out, k_out), 3 (q_out, k), 4 (k_out, q)
+    plan.geom = [(q.shape, qs, q.shape, qos, es), (k.shape, ks, k.shape, kos, es), (q.shape, qos, k.shape, kos, es),
+                 (q.shape, qos, k.shape, ks, es), (k.shape, kos, q.shape, qs, es)]
+    plan.same_layout = (qos == qs, kos == ks)
+    return plan
+
+
+def _qk_plan(q, k, qw, kw, qos, kos, config):
+    """Plan of one qk_rms_norm launch over q (outputs strided ``qos``) and k (``kos``)."""
+    d = q.shape[-1]
+    q_lay, k_lay = _layout_of(q.shape, d, q.stride(), qos), _layout_of(k.shape, d, k.stride(), kos)
+    if q_lay is None or k_lay is None:
+        return None
+    if q.numel() == 0:
+        q_lay = q_lay._replace(n_rows=0)
+    if k.numel() == 0:
+        k_lay = k_lay._replace(n_rows=0)
+    cfg = _choose("qk_rms_norm", q.dtype, d, q_lay.n_rows + k_lay.n_rows, q.device, config)
+    qws = qw.stride(0) if qw is not None else 0
+    kws = kw.stride(0) if kw is not None else 0
+    n_blocks = _cdiv(q_lay.n_rows, cfg.rows) + _cdiv(k_lay.n_rows, cfg.rows)
+    (_, qn1, qn2), (qxs, qys) = q_lay.sizes, q_lay.strides
+    (_, kn1, kn2), (kxs, kys) = k_lay.sizes, k_lay.strides
+    q_ints = (d, q_lay.n_rows, qn1, qn2, *qxs, *qys, qws)
+    k_ints = (k_lay.n_rows, kn1, kn2, *kxs, *kys, kws)
+    grid = _grid(cfg, n_blocks, q.device)
+    dts = (q.dtype, qw.dtype if qw is not None else q.dtype, kw.dtype if kw is not None else q.dtype)
+    head = (qw is not None, cfg.rows, cfg.block_d, cfg.chunked(d))
+    plan = _finish("qk_rms_norm", cfg, q_ints + k_ints, head, dts, q.device, 6, grid)
+    plan.ints = (q_ints, k_ints)
+    return plan
+
+
+def _qk_general(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config):
     V.activation("q", q)
     V.activation("k", k)
     if k.dtype != q.dtype:
@@ -204,8 +724,10 @@ def qk_rms_norm(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | None,
 
 
 def _launch_qk(q, k, q_out, k_out, q_weight, k_weight, eps, weight_offset, config):
-    q_lay, k_lay = _layout(q, q_out), _layout(k, k_out)
-    if q_lay is None or k_lay is None:
+    key = ("Q", q.shape, q.stride(), k.shape, k.stride(), q.dtype, q.device, q_out.stride(), k_out.stride(),
+           _wkey(q_weight), _wkey(k_weight), config)
+    plan = _plan_for(key, lambda: _qk_plan(q, k, q_weight, k_weight, q_out.stride(), k_out.stride(), config))
+    if plan is None:
         # Rare layouts (> 3 leading dims that do not merge): run on contiguous copies.
         qc, kc = q.contiguous(), k.contiguous()
         qt, kt = torch.empty_like(qc), torch.empty_like(kc)
@@ -213,20 +735,16 @@ def _launch_qk(q, k, q_out, k_out, q_weight, k_weight, eps, weight_offset, confi
         q_out.copy_(qt)
         k_out.copy_(kt)
         return
-    d = q.shape[-1]
-    if q.numel() == 0:
-        q_lay = q_lay._replace(n_rows=0)
-    if k.numel() == 0:
-        k_lay = k_lay._replace(n_rows=0)
-    cfg = config or choose_config("qk_rms_norm", q.dtype, d, q_lay.n_rows + k_lay.n_rows, q.device)[0]
-    qw, qws = _weight_args(q_weight, q)
-    kw, kws = _weight_args(k_weight, k)
-    n_blocks = _cdiv(q_lay.n_rows, cfg.rows) + _cdiv(k_lay.n_rows, cfg.rows)
-    (_, qn1, qn2), (qxs, qys) = q_lay.sizes, q_lay.strides
-    (_, kn1, kn2), (kxs, kys) = k_lay.sizes, k_lay.strides
-    _k().qk_rms_norm_kernel[_grid(cfg, n_blocks, q.device)](
-        d, eps, weight_offset,
-        q, q_out, qw, q_lay.n_rows, qn1, qn2, *qxs, *qys, qws,
-        k, k_out, kw, k_lay.n_rows, kn1, kn2, *kxs, *kys, kws,
-        HAS_WEIGHT=q_weight is not None, ROWS=cfg.rows, BLOCK_D=cfg.block_d,
-        CHUNKED=cfg.chunked(d), PERSISTENT=cfg.persistent, num_warps=cfg.num_warps)
+    qw = q_weight if q_weight is not None else q
+    kw = k_weight if k_weight is not None else k
+    pq, pqo, pqw, pk, pko, pkw = (q.data_ptr(), q_out.data_ptr(), qw.data_ptr(), k.data_ptr(), k_out.data_ptr(),
+                                  kw.data_ptr())
+    bits = (((pq & 15) and 1) | ((pqo & 15) and 2) | ((pqw & 15) and 4) | ((pk & 15) and 8)
+            | ((pko & 15) and 16) | ((pkw & 15) and 32))
+    qi, ki = plan.ints
+    _launch.run(plan.kl, plan.entries, bits, plan.grid,
+                (qi[0], eps, weight_offset, pq, pqo, pqw, *qi[1:], pk, pko, pkw, *ki, *plan.consts),
+                (q, q_out, qw, k, k_out, kw), plan.kwargs, plan.device)
+
+
+from . import torch_library as _torch_library  # noqa: E402 - registers torch.ops.qknorm.* (imports this module)

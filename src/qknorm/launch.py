@@ -1,0 +1,473 @@
+"""Low-overhead launches of the norm kernels: a cached raw launcher per specialisation.
+
+``kernel[grid](...)`` re-binds the arguments, re-derives Triton's specialisation key,
+hashes it, looks up the compiled kernel, builds launch metadata and calls two launch
+hooks on every call: 20-40 µs of host time on the H100 host. A decode step cannot
+afford that, so after the first call of a specialisation we call the compiled
+kernel's C launcher directly.
+
+How it works, per kernel (:class:`KernelLauncher`) and per specialisation *entry*:
+
+1. First call: the normal ``kernel[grid](...)`` path (compiles). Its return value is
+   the ``CompiledKernel``.
+2. Second call: the normal path again, with the C ``launch`` function of that kernel's
+   launcher temporarily wrapped to record the exact argument tuple Triton passes.
+   We pack the same call our way (:func:`_make_go` with a recording ``launch``) and
+   compare position by position. Equal: the entry gets a fast ``go`` function.
+   Anything else: the entry stays on the plain path for good.
+3. Later calls: ``go(grid, stream, args)`` calls the C launcher with the argument
+   list in the layout of the installed Triton (:data:`PROTOCOL`). Pointers are
+   passed as ints (``data_ptr()``), so the launcher neither calls back into Python
+   nor asks the driver about each pointer. If a fast call raises, the entry falls
+   back to the plain path for good and the call is redone there.
+
+The caller (``ops``) owns the specialisation key: every int argument's Triton
+specialisation (``== 1``, ``% 16 == 0``, i32/i64/u64 range; see :func:`int_spec`),
+pointer dtypes, constexprs, ``num_warps``, PDL and device are folded into the
+``entries`` list it passes, and the list index is the pointers' 16-byte-alignment bits.
+
+Launch protocols of Triton's CUDA launcher (``CudaLauncher.launch``), found by
+reading each release (3.4.0 ... 3.9.0):
+
+``L34`` (3.4)
+    ``launch(gx, gy, gz, stream, function, coop, pdl, global_scratch,
+    packed_metadata, launch_metadata, enter_hook, exit_hook, *args)``
+``L35`` (3.5, 3.6)
+    as L34 with ``profile_scratch`` after ``global_scratch``.
+``L37`` (3.7, 3.8, 3.9)
+    ``launch(gx, gy, gz, stream, function, coop, pdl, packed_metadata,
+    launch_metadata, enter_hook, exit_hook, global_scratch, profile_scratch,
+    arg_annotations, kernel_signature, args_tuple)`` (one shared C launcher).
+
+In all of them ``args`` are every kernel parameter in order, constexprs included
+(the launcher skips them), and ``coop``/``pdl`` come from the compiled kernel's
+metadata. We only take the fast path when the kernel needs no global or profile
+scratch and Triton's launch hooks are idle (since 3.5 they are ``HookChain``
+objects that Triton calls on every launch even when empty; a profiler such as
+proton adds hooks, and then every call takes the plain path so it sees them).
+Other versions, other launcher signatures, ``TRITON_INTERPRET=1`` and
+``QKNORM_FAST_LAUNCH=0`` use the plain path.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import threading
+
+__all__ = ["PROTOCOL", "PROTOCOL_REASON", "KernelLauncher", "int_spec", "run", "set_enabled",
+           "enabled", "clear", "entry_states"]
+
+# entry states
+NEW, VERIFY, FAST, PLAIN = "new", "verify", "fast", "plain"
+
+_lock = threading.Lock()
+_launchers: list["KernelLauncher"] = []
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _env_enabled() -> bool:
+    return os.environ.get("QKNORM_FAST_LAUNCH", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _version(v: str) -> tuple[int, int] | None:
+    m = re.match(r"(\d+)\.(\d+)", v)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+_CALL_34_36 = ["self", "gridX", "gridY", "gridZ", "stream", "function", "args"]
+_CALL_37_39 = ["self", "gridX", "gridY", "gridZ", "stream", "function", "kernel_metadata", "launch_metadata",
+               "launch_enter_hook", "launch_exit_hook", "args"]
+
+
+def detect_protocol(version: str | None = None, launcher_cls=None, base_format: str | None = None):
+    """``(protocol, reason)`` for a Triton version and its ``CudaLauncher`` class.
+
+    With no arguments, asks the installed Triton. ``protocol`` is ``"L34"``, ``"L35"``,
+    ``"L37"`` or None (plain launches only); ``reason`` says why, in words.
+    """
+    if version is None:
+        if _interpreting():
+            return None, "TRITON_INTERPRET=1: the interpreter runs every launch"
+        try:
+            import triton
+            from triton.backends.nvidia import driver as nv
+        except Exception as e:  # noqa: BLE001 - any import problem means: no fast path
+            return None, f"cannot import Triton's CUDA driver ({type(e).__name__}: {e})"
+        version = triton.__version__
+        launcher_cls = getattr(nv, "CudaLauncher", None)
+        base_format = getattr(nv, "_BASE_ARGS_FORMAT", None)
+    ver = _version(version)
+    if launcher_cls is None:
+        return None, f"triton {version}: no CudaLauncher class"
+    try:
+        params = list(inspect.signature(launcher_cls.__call__).parameters)
+    except (TypeError, ValueError):
+        return None, f"triton {version}: CudaLauncher.__call__ has no readable signature"
+    if ver == (3, 4) and params == _CALL_34_36 and base_format == "iiiKKppOOOOO":
+        return "L34", f"triton {version}: launch(grid, stream, fn, coop, pdl, global_scratch, meta, hooks, *args)"
+    if ver in ((3, 5), (3, 6)) and params == _CALL_34_36 and base_format == "iiiKKppOOOOOO":
+        return "L35", (f"triton {version}: launch(grid, stream, fn, coop, pdl, global_scratch, profile_scratch, "
+                       "meta, hooks, *args)")
+    if ver is not None and (3, 7) <= ver <= (3, 9) and params == _CALL_37_39:
+        return "L37", (f"triton {version}: launch(grid, stream, fn, coop, pdl, meta, hooks, global_scratch, "
+                       "profile_scratch, arg_annotations, kernel_signature, args)")
+    return None, f"triton {version}: launch protocol not known to qknorm (plain kernel[grid] launches)"
+
+
+# Filled in by _init() when the first KernelLauncher is made (so importing qknorm does not
+# import Triton; CPU-only callers never need it).
+PROTOCOL: str | None = None
+PROTOCOL_REASON = "not detected yet (no kernel launched)"
+_initialized = False
+_enabled = False
+_rt = None  # triton.knobs.runtime: launch hooks live there
+
+
+class _HookChain:  # replaced by triton.knobs.HookChain (3.5+); Triton 3.4 hooks are None or callables
+    calls = ()
+
+
+def _idle(h) -> bool:
+    return h is None or (type(h) is _HookChain and not h.calls)
+
+
+def hooks_idle() -> bool:
+    """Whether Triton's launch enter/exit hooks would do nothing (no profiler attached)."""
+    rt = _rt
+    return rt is None or (_idle(rt.launch_enter_hook) and _idle(rt.launch_exit_hook))
+
+
+def _init() -> None:
+    """Detect the protocol, bind Triton's hooks and torch's stream/device getters (once)."""
+    global PROTOCOL, PROTOCOL_REASON, _initialized, _enabled, _rt, _HookChain, _has_cuda
+    if _initialized:
+        return
+    PROTOCOL, PROTOCOL_REASON = detect_protocol()
+    try:
+        from triton import knobs
+        _rt = knobs.runtime
+    except Exception:  # noqa: BLE001
+        _rt = None
+    try:
+        from triton.knobs import HookChain
+        _HookChain = HookChain
+    except Exception:  # noqa: BLE001
+        pass
+    _has_cuda = _init_cuda()
+    _enabled = PROTOCOL is not None and _env_enabled() and _has_cuda
+    _initialized = True
+
+
+def _cuda_funcs():
+    import torch
+    get_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    if get_stream is None:
+        get_stream = lambda idx: torch.cuda.current_stream(idx).cuda_stream  # noqa: E731
+    get_device = getattr(torch._C, "_cuda_getDevice", None) or torch.cuda.current_device
+    return get_stream, get_device
+
+
+_raw_stream = _current_device = None
+
+
+def int_spec(v: int) -> int:
+    """Triton's specialisation of an int argument as a small code: 1 when ``v == 1`` (a
+    constexpr then), else bit 1 for ``v % 16 == 0``, bit 2 for i64, bit 3 for u64."""
+    if v == 1:
+        return 1
+    c = 2 if v % 16 == 0 else 0
+    if not -(2**31) <= v <= 2**31 - 1:
+        c |= 8 if v >= 2**63 else 4
+    return c
+
+
+def align_bits(*ptrs: int) -> int:
+    """Bit i set when pointer i is *not* 16-byte aligned (the list index of an entry)."""
+    b = 0
+    for i, p in enumerate(ptrs):
+        if p & 15:
+            b |= 1 << i
+    return b
+
+
+class _Entry:
+    __slots__ = ("state", "ck", "go", "why")
+
+    def __init__(self):
+        self.state = NEW
+        self.ck = None
+        self.go = None
+        self.why = ""
+
+
+def _make_go(protocol, launch, function, coop, pdl, meta, ann=None, sig=None):
+    """The fast call for one compiled kernel: ``go(grid, stream, args)``."""
+    if protocol == "L35":
+        def go(grid, stream, args):
+            launch(grid[0], grid[1], grid[2], stream, function, coop, pdl, None, None, meta, None, None, None, *args)
+    elif protocol == "L34":
+        def go(grid, stream, args):
+            launch(grid[0], grid[1], grid[2], stream, function, coop, pdl, None, meta, None, None, None, *args)
+    elif protocol == "L37":
+        def go(grid, stream, args):
+            launch(grid[0], grid[1], grid[2], stream, function, coop, pdl, meta, None, None, None, None, None,
+                   ann, sig, args)
+    else:
+        raise ValueError(f"unknown launch protocol {protocol!r}")
+    return go
+
+
+# Roles of the leading positions of launch(...) per protocol; "args" = the rest (L34/L35)
+# or a trailing tuple (L37).
+_ROLES = {
+    "L34": ("g", "g", "g", "eq", "eq", "eq", "eq", "none", "eq", "lmeta", "hook", "hook"),
+    "L35": ("g", "g", "g", "eq", "eq", "eq", "eq", "none", "none", "eq", "lmeta", "hook", "hook"),
+    "L37": ("g", "g", "g", "eq", "eq", "eq", "eq", "eq", "lmeta", "hook", "hook", "none", "none", "eq", "eq"),
+}
+
+
+def _same_arg(ours, theirs) -> bool:
+    if hasattr(theirs, "data_ptr") and not isinstance(theirs, (int, float)):
+        return type(ours) is int and ours == theirs.data_ptr()
+    return type(ours) is type(theirs) and ours == theirs
+
+
+def compare_calls(protocol: str, ours: tuple, theirs: tuple) -> str:
+    """'' when our packed launch(...) call equals Triton's recorded one, else what differs.
+
+    Positions holding launch metadata or hooks may differ only while the hooks are idle
+    (we pass None; Triton passes empty hook chains and a metadata dict only they read).
+    """
+    roles = _ROLES[protocol]
+    n = len(roles)
+    if protocol == "L37":
+        if len(ours) != n + 1 or len(theirs) != n + 1:
+            return f"argument count {len(ours)} vs Triton's {len(theirs)}"
+        our_args, their_args = ours[n], theirs[n]
+        if not isinstance(their_args, tuple) or len(our_args) != len(their_args):
+            return "kernel argument tuple differs in length"
+    else:
+        if len(ours) != len(theirs):
+            return f"argument count {len(ours)} vs Triton's {len(theirs)}"
+        our_args, their_args = ours[n:], theirs[n:]
+    for i, role in enumerate(roles):
+        a, b = ours[i], theirs[i]
+        if role in ("g", "eq"):
+            if type(a) is not type(b) or a != b:
+                return f"position {i} ({role}): {a!r} vs Triton's {b!r}"
+        elif role == "none":
+            if a is not None or b is not None:
+                return f"position {i}: scratch buffer {b!r} (only scratch-free kernels take the fast path)"
+        elif role == "hook":
+            if a is not None or not _idle(b):
+                return f"position {i}: launch hook {b!r} is active"
+        # "lmeta": read only by hooks, which are idle
+    for j, (a, b) in enumerate(zip(our_args, their_args)):
+        if not _same_arg(a, b):
+            return f"kernel argument {j}: {a!r} vs Triton's {type(b).__name__} {b!r}"
+    return ""
+
+
+def _launcher_state(ck, protocol):
+    """Everything ``_make_go`` needs from a compiled kernel, or a reason why not."""
+    for attr in ("function", "packed_metadata"):
+        if not hasattr(ck, attr):
+            return None, f"compiled kernel has no {attr}"
+    launcher = ck.run  # a property since 3.5: creates the launcher if needed
+    if type(launcher).__name__ != "CudaLauncher":
+        return None, f"launcher is {type(launcher).__name__}, not CudaLauncher"
+    if getattr(launcher, "global_scratch_size", 0) or getattr(launcher, "profile_scratch_size", 0):
+        return None, "kernel needs global/profile scratch memory"
+    if getattr(launcher, "gsan_enabled", False):
+        return None, "GSan instrumentation is on"
+    st = {"launcher": launcher, "function": ck.function, "meta": ck.packed_metadata,
+          "coop": launcher.launch_cooperative_grid, "pdl": launcher.launch_pdl}
+    if protocol == "L37":
+        st["ann"] = launcher.arg_annotations
+        st["sig"] = launcher.kernel_signature
+    return st, ""
+
+
+class KernelLauncher:
+    """Cached launches of one ``@triton.jit`` kernel.
+
+    ``pointer_args`` names the pointer parameters: callers pass their ``data_ptr()`` ints
+    in ``args`` and the tensors in ``tensors`` (same order) for the plain path.
+    """
+
+    def __init__(self, fn, pointer_args: tuple[str, ...]):
+        self.fn = fn
+        names = list(getattr(fn, "arg_names", None) or inspect.signature(fn.fn).parameters)
+        self.arg_names = names
+        self.ptr_pos = tuple(names.index(n) for n in pointer_args)
+        self.specs: dict = {}  # specialisation -> entries list (index: alignment bits)
+        self.name = getattr(fn, "__name__", str(fn))
+        _init()
+        with _lock:
+            _launchers.append(self)
+
+    def entries(self, spec, n_ptrs: int) -> list:
+        """The shared entries list of specialisation ``spec`` (a hashable tuple)."""
+        e = self.specs.get(spec)
+        if e is None:
+            e = self.specs.setdefault(spec, [None] * (1 << n_ptrs))
+        return e
+
+    def plain(self, grid, args, tensors, kwargs):
+        """The normal ``kernel[grid](...)`` launch, tensors in the pointer positions."""
+        a = list(args)
+        for i, t in zip(self.ptr_pos, tensors):
+            a[i] = t
+        return self.fn[grid](*a, **kwargs)
+
+    def slow(self, entries, bits, grid, args, tensors, kwargs, device):
+        """Every call that is not a ready fast call: compile, verify, or plain."""
+        if _has_cuda and device is not None and device >= 0 and _current_device() != device:
+            import torch
+            with torch.cuda.device(device):
+                return self.slow(entries, bits, grid, args, tensors, kwargs, device)
+        e = entries[bits]
+        if e is None:
+            e = entries[bits] = _Entry()
+        if e.state == FAST and e.go is not None and hooks_idle():
+            # a fast entry reached through the device switch above
+            e.go(grid, _raw_stream(device), args)
+            return
+        if e.state == NEW:
+            ck = self.plain(grid, args, tensors, kwargs)
+            if not _enabled or device is None or device < 0:
+                e.state, e.why = PLAIN, "fast launches disabled" if not _enabled else "not a CUDA launch"
+            elif ck is None or not hasattr(ck, "run"):
+                e.state, e.why = PLAIN, "kernel[grid] returned no compiled kernel"
+            else:
+                e.ck, e.state = ck, VERIFY
+            return
+        if e.state == VERIFY and hooks_idle():
+            self._verify(e, grid, args, tensors, kwargs, device)
+            return
+        self.plain(grid, args, tensors, kwargs)
+
+    def _verify(self, e, grid, args, tensors, kwargs, device):
+        e.state = PLAIN  # unless everything below checks out
+        st, why = _launcher_state(e.ck, PROTOCOL)
+        if st is None:
+            e.why = why
+            self.plain(grid, args, tensors, kwargs)
+            return
+        launcher = st["launcher"]
+        real = launcher.__dict__.get("launch")
+        if real is None:
+            e.why = "launcher has no instance attribute 'launch'"
+            self.plain(grid, args, tensors, kwargs)
+            return
+        recorded = []
+
+        def recorder(*a):
+            recorded.append(a)
+            return real(*a)
+
+        launcher.launch = recorder
+        try:
+            self.plain(grid, args, tensors, kwargs)
+        finally:
+            launcher.launch = real
+        if len(recorded) != 1:
+            e.why = f"Triton's launch was called {len(recorded)} times (expected once)"
+            return
+        ours = []
+        try:  # the kernel has run (Triton's launch above): nothing below may raise
+            _make_go(PROTOCOL, lambda *a: ours.append(a), st["function"], st["coop"], st["pdl"], st["meta"],
+                     st.get("ann"), st.get("sig"))(grid, _raw_stream(device), args)
+            diff = compare_calls(PROTOCOL, ours[0], recorded[0])
+        except Exception as exc:  # noqa: BLE001
+            diff = f"packing raised {type(exc).__name__}: {exc}"
+        if diff:
+            e.why = "verification failed: " + diff
+            return
+        e.go = _make_go(PROTOCOL, real, st["function"], st["coop"], st["pdl"], st["meta"], st.get("ann"),
+                        st.get("sig"))
+        e.state, e.why = FAST, "verified against Triton's own launch"
+
+
+def run(kl: KernelLauncher, entries: list, bits: int, grid, args: tuple, tensors: tuple, kwargs: dict,
+        device: int) -> None:
+    """Launch ``kl``'s kernel: the fast call when this entry has one, else the slow path.
+
+    ``grid`` is ``(gx, gy, gz)``; ``args`` every kernel parameter in order (pointers as
+    ``data_ptr()`` ints, constexprs included); ``tensors`` the tensors behind the pointers
+    (for the plain path); ``device`` the CUDA device index (-1: not CUDA, plain path).
+    """
+    e = entries[bits]
+    if e is not None:
+        go = e.go
+        if go is not None and _current_device() == device:
+            rt = _rt
+            if rt is not None:  # Triton's launch hooks must be idle (inlined hooks_idle())
+                h, x = rt.launch_enter_hook, rt.launch_exit_hook
+                if not ((h is None or (type(h) is _HookChain and not h.calls))
+                        and (x is None or (type(x) is _HookChain and not x.calls))):
+                    return kl.slow(entries, bits, grid, args, tensors, kwargs, device)
+            try:
+                go(grid, _raw_stream(device), args)
+                return
+            except Exception as exc:  # noqa: BLE001 - fall back for good, then redo it plainly
+                e.go, e.state, e.why = None, PLAIN, f"fast call raised {type(exc).__name__}: {exc}"
+    kl.slow(entries, bits, grid, args, tensors, kwargs, device)
+
+
+def _no_device() -> int:
+    return -2  # no CUDA: never equal to a CUDA device index
+
+
+def _init_cuda() -> bool:
+    """Bind the stream/device getters Triton itself uses; False without CUDA."""
+    global _raw_stream, _current_device
+    try:
+        import torch
+        if torch.cuda.is_available():
+            _raw_stream, _current_device = _cuda_funcs()
+            return True
+    except Exception:  # noqa: BLE001
+        pass
+    _raw_stream, _current_device = None, _no_device
+    return False
+
+
+_has_cuda = False
+_current_device = _no_device
+
+
+def enabled() -> bool:
+    """Whether fast launches are on (a known protocol, CUDA, and not switched off)."""
+    return _enabled
+
+
+def set_enabled(flag: bool) -> None:
+    """Switch fast launches on or off (e.g. to time the plain path); clears every entry."""
+    global _enabled
+    _init()
+    _enabled = bool(flag) and PROTOCOL is not None and _has_cuda
+    clear()
+
+
+def clear() -> None:
+    """Forget every entry (they are rebuilt on the next calls)."""
+    with _lock:
+        for kl in _launchers:
+            kl.specs.clear()
+
+
+def entry_states() -> list[tuple[str, object, int, str, str]]:
+    """``(kernel, spec, alignment bits, state, why)`` for every entry: what ran fast and why not."""
+    out = []
+    with _lock:
+        for kl in _launchers:
+            for spec, entries in kl.specs.items():
+                for bits, e in enumerate(entries):
+                    if e is not None:
+                        out.append((kl.name, spec, bits, e.state, e.why))
+    return out

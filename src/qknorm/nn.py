@@ -1,0 +1,264 @@
+"""``torch.nn`` modules on top of the qknorm ops.
+
+* :class:`RMSNorm` -- a drop-in for ``torch.nn.RMSNorm`` (same constructor arguments,
+  parameter ``weight``, the same ``state_dict``), plus ``weight_offset`` for Gemma's
+  ``(1 + w)`` weights.
+* :class:`QKNorm` -- the per-head Q and K norms of an attention block in one launch.
+
+Both run the fused kernels on CUDA (the PyTorch path on CPU) and route to
+``torch.ops.qknorm.*`` under ``torch.compile``. The kernels have no backward: when
+autograd would record the call (grad mode on and an input or weight requiring grad), the
+modules compute the same function with differentiable PyTorch ops instead, so training
+code gets correct gradients. Use ``torch.inference_mode()`` / ``torch.no_grad()`` (or
+``requires_grad_(False)``) to run the kernels.
+
+Numerics differ from ``torch.nn.RMSNorm`` by design in one place: qknorm multiplies by the
+weight in fp32 and rounds once; torch rounds the normalised value to the input dtype and
+then multiplies by the weight. For fp32 inputs the two agree to rounding; for bf16/fp16
+they differ by at most about one unit in the last place.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import ops
+
+__all__ = ["RMSNorm", "QKNorm", "default_eps"]
+
+_KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+_default_eps: dict = {}
+
+
+def default_eps(dtype: torch.dtype) -> float:
+    """The eps ``torch.nn.RMSNorm(eps=None)`` uses for inputs of ``dtype`` in this PyTorch.
+
+    PyTorch 2.7+ takes the machine epsilon of the computation type (fp32 for bf16/fp16/fp32
+    inputs, fp64 for fp64); older versions took ``torch.finfo(dtype).eps``. Asked once per
+    dtype by normalising one tiny value whose result tells the two apart.
+    """
+    eps = _default_eps.get(dtype)
+    if eps is None:
+        candidates = {torch.finfo(dtype).eps, torch.finfo(torch.float32 if dtype != torch.float64
+                                                          else torch.float64).eps}
+        if len(candidates) == 1:
+            eps = candidates.pop()
+        else:
+            x = torch.full((1, 1), 1e-3, dtype=dtype)
+            y = F.rms_norm(x, (1,), None, None).double().item()
+            eps = min(candidates, key=lambda e: abs(y - 1e-3 / math.sqrt(1e-6 + e)))
+        _default_eps[dtype] = eps
+    return eps
+
+
+for _dt in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
+    default_eps(_dt)  # at import, so torch.compile never traces the probe
+
+
+def _needs_autograd(*ts) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
+
+def _rms_norm_autograd(x: Tensor, weight: Tensor | None, eps: float, weight_offset: float) -> Tensor:
+    """The same function with differentiable ops: fp32 math, weight in fp32, one rounding."""
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.square().mean(dim=-1, keepdim=True) + eps)
+    if weight is not None:
+        y = y * (weight.float() + weight_offset)
+    return y.to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """Drop-in for ``torch.nn.RMSNorm`` running the qknorm kernel.
+
+    Args (as ``torch.nn.RMSNorm``):
+        normalized_shape: int or shape of the trailing dims normalised together. More than
+            one dim: those dims of the input are flattened into one (they must be viewable
+            as one, i.e. laid out contiguously among themselves), normalised, and the
+            output keeps the input's shape.
+        eps: added to the mean square; None means what ``torch.nn.RMSNorm`` does with None
+            in the installed PyTorch (see :func:`default_eps`).
+        elementwise_affine: learnable ``weight`` of shape ``normalized_shape`` (else None).
+        device, dtype: of the weight.
+        weight_offset: (qknorm) the norm multiplies by ``weight + weight_offset``, in fp32.
+            Gemma stores ``w`` and multiplies by ``1 + w``: use ``weight_offset=1.0`` and load
+            its weights unchanged. The weight is initialised to ``1 - weight_offset`` so a
+            fresh module scales by one.
+
+    ``state_dict`` is ``{"weight": ...}`` exactly like ``torch.nn.RMSNorm``'s, both ways
+    (``weight_offset`` is a constructor argument, not state).
+    """
+
+    __constants__ = ["normalized_shape", "eps", "elementwise_affine", "weight_offset"]
+
+    def __init__(self, normalized_shape, eps: float | None = None, elementwise_affine: bool = True,
+                 device=None, dtype=None, *, weight_offset: float = 0.0) -> None:
+        super().__init__()
+        if isinstance(normalized_shape, numbers.Integral):
+            normalized_shape = (normalized_shape,)
+        self.normalized_shape = tuple(int(n) for n in normalized_shape)
+        if not self.normalized_shape or any(n < 1 for n in self.normalized_shape):
+            raise ValueError(f"normalized_shape must be one or more positive sizes, got {normalized_shape!r}")
+        if eps is not None and (not math.isfinite(eps) or eps < 0):
+            raise ValueError(f"eps must be a finite number >= 0 or None, got {eps!r}")
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        self.weight_offset = float(weight_offset)
+        if not math.isfinite(self.weight_offset):
+            raise ValueError(f"weight_offset must be finite, got {weight_offset!r}")
+        if self.weight_offset != 0.0 and not elementwise_affine:
+            raise ValueError("weight_offset needs elementwise_affine=True (there is no weight to offset)")
+        self._numel = math.prod(self.normalized_shape)
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.empty(self.normalized_shape, device=device, dtype=dtype))
+        else:
+            self.register_parameter("weight", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            with torch.no_grad():
+                self.weight.fill_(1.0 - self.weight_offset)
+
+    def _eps(self, x: Tensor) -> float:
+        return self.eps if self.eps is not None else default_eps(x.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        k = len(self.normalized_shape)
+        if (x.shape[-1] != self._numel) if k == 1 else (x.dim() < k or tuple(x.shape[x.dim() - k:]) != self.normalized_shape):
+            raise ValueError(f"RMSNorm{self.normalized_shape}: input of shape {tuple(x.shape)} does not end "
+                             f"with normalized_shape {self.normalized_shape}")
+        eps = self._eps(x)
+        w = self.weight
+        if k > 1:
+            try:
+                xf = x.view(*x.shape[:x.dim() - k], self._numel)
+            except RuntimeError as e:
+                raise ValueError(f"RMSNorm{self.normalized_shape}: the trailing {k} dims of an input with shape "
+                                 f"{tuple(x.shape)} and strides {x.stride()} cannot be flattened without a "
+                                 f"copy; pass x.contiguous()") from e
+            w = w.reshape(self._numel) if w is not None else None
+            return self._norm(xf, w, eps).view(x.shape)
+        return self._norm(x, w, eps)
+
+    def _norm(self, x: Tensor, w: Tensor | None, eps: float) -> Tensor:
+        if x.dtype not in _KERNEL_DTYPES:  # e.g. float64: PyTorch's own op, same semantics
+            ww = None if w is None else (w + self.weight_offset if self.weight_offset else w)
+            return F.rms_norm(x, (x.shape[-1],), ww, eps)
+        if _needs_autograd(x, w):
+            return _rms_norm_autograd(x, w, eps, self.weight_offset)
+        return ops.rms_norm(x, w, eps, weight_offset=self.weight_offset)
+
+    def extra_repr(self) -> str:
+        s = f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+        return s + (f", weight_offset={self.weight_offset}" if self.weight_offset else "")
+
+
+class QKNorm(nn.Module):
+    """Per-head RMSNorm of Q and K (Qwen3, Gemma 3, OLMo 2 ...) in one kernel launch.
+
+    ``forward(q, k, in_place=False)`` takes ``q [..., Hq, head_dim]`` and
+    ``k [..., Hkv, head_dim]`` (typically strided views of the packed QKV projection) and
+    returns ``(q_normed, k_normed)``; with ``in_place=True`` it writes into ``q`` and ``k``
+    and returns them.
+
+    Parameters ``q_weight`` and ``k_weight`` (``[head_dim]``) are the weights that
+    Hugging Face models keep as ``self_attn.q_norm.weight`` and ``self_attn.k_norm.weight``.
+    Mapping a checkpoint onto a module stored at ``self_attn.qk_norm``::
+
+        {prefix}q_norm.weight -> {prefix}qk_norm.q_weight
+        {prefix}k_norm.weight -> {prefix}qk_norm.k_weight
+
+    :meth:`remap_state_dict` does that renaming on a whole state dict, and
+    :meth:`from_norms` builds the module from two existing norm modules.
+    """
+
+    def __init__(self, head_dim: int, eps: float = 1e-6, weight_offset: float = 0.0,
+                 elementwise_affine: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        if head_dim < 1:
+            raise ValueError(f"head_dim must be >= 1, got {head_dim}")
+        if not math.isfinite(eps) or eps < 0:
+            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        self.head_dim = int(head_dim)
+        self.eps = float(eps)
+        self.weight_offset = float(weight_offset)
+        if not math.isfinite(self.weight_offset):
+            raise ValueError(f"weight_offset must be finite, got {weight_offset!r}")
+        if self.weight_offset != 0.0 and not elementwise_affine:
+            raise ValueError("weight_offset needs elementwise_affine=True (there is no weight to offset)")
+        self.elementwise_affine = elementwise_affine
+        if elementwise_affine:
+            self.q_weight = nn.Parameter(torch.empty(self.head_dim, device=device, dtype=dtype))
+            self.k_weight = nn.Parameter(torch.empty(self.head_dim, device=device, dtype=dtype))
+        else:
+            self.register_parameter("q_weight", None)
+            self.register_parameter("k_weight", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.q_weight is not None:
+            with torch.no_grad():
+                self.q_weight.fill_(1.0 - self.weight_offset)
+                self.k_weight.fill_(1.0 - self.weight_offset)
+
+    def forward(self, q: Tensor, k: Tensor, in_place: bool = False) -> tuple[Tensor, Tensor]:
+        qw, kw = self.q_weight, self.k_weight
+        if _needs_autograd(q, k, qw, kw):
+            if in_place:
+                raise RuntimeError("QKNorm(in_place=True) cannot record autograd; run it under "
+                                   "torch.no_grad()/inference_mode() or use in_place=False")
+            return (_rms_norm_autograd(q, qw, self.eps, self.weight_offset),
+                    _rms_norm_autograd(k, kw, self.eps, self.weight_offset))
+        if in_place:
+            return ops.qk_rms_norm(q, k, qw, kw, self.eps, weight_offset=self.weight_offset, q_out=q, k_out=k)
+        return ops.qk_rms_norm(q, k, qw, kw, self.eps, weight_offset=self.weight_offset)
+
+    @classmethod
+    def from_norms(cls, q_norm: nn.Module, k_norm: nn.Module, *, eps: float | None = None,
+                   weight_offset: float = 0.0) -> "QKNorm":
+        """A QKNorm holding copies of the weights of two per-head norm modules (anything with a
+        ``weight`` of shape ``[head_dim]``: ``torch.nn.RMSNorm``, Hugging Face ``Qwen3RMSNorm`` ...).
+
+        ``eps`` defaults to the modules' own (``eps`` or ``variance_epsilon``); they must agree.
+        """
+        qw, kw = q_norm.weight, k_norm.weight
+        if qw is None or kw is None or qw.dim() != 1 or qw.shape != kw.shape:
+            raise ValueError("from_norms needs two norms with weights of one shape [head_dim]")
+        if eps is None:
+            found = [getattr(m, "eps", None) if getattr(m, "eps", None) is not None
+                     else getattr(m, "variance_epsilon", None) for m in (q_norm, k_norm)]
+            if found[0] is None or found[0] != found[1]:
+                raise ValueError(f"pass eps=: the norms' eps are {found[0]!r} and {found[1]!r}")
+            eps = float(found[0])
+        m = cls(qw.shape[0], eps=eps, weight_offset=weight_offset, device=qw.device, dtype=qw.dtype)
+        with torch.no_grad():
+            m.q_weight.copy_(qw)
+            m.k_weight.copy_(kw)
+        return m
+
+    @staticmethod
+    def remap_state_dict(state_dict: dict, q_norm: str = "q_norm", k_norm: str = "k_norm",
+                         qk_norm: str = "qk_norm") -> dict:
+        """A copy of ``state_dict`` with ``*.{q_norm}.weight`` / ``*.{k_norm}.weight`` renamed to
+        ``*.{qk_norm}.q_weight`` / ``*.{qk_norm}.k_weight`` (other keys unchanged)."""
+        out = {}
+        for key, value in state_dict.items():
+            head, _, tail = key.rpartition(".")
+            parent, _, name = head.rpartition(".")
+            pre = parent + "." if parent else ""
+            if tail == "weight" and name == q_norm:
+                out[f"{pre}{qk_norm}.q_weight"] = value
+            elif tail == "weight" and name == k_norm:
+                out[f"{pre}{qk_norm}.k_weight"] = value
+            else:
+                out[key] = value
+        return out
+
+    def extra_repr(self) -> str:
+        s = f"head_dim={self.head_dim}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+        return s + (f", weight_offset={self.weight_offset}" if self.weight_offset else "")

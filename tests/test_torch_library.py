@@ -1,0 +1,220 @@
+"""torch.ops.qknorm.* custom ops: schema/fake checks (opcheck), torch.compile(fullgraph=True)
+tracing of model code that calls the public functions, and eager calls skipping the op layer.
+
+Most compile tests use backend="aot_eager": it runs the same Dynamo tracing and AOT
+functionalisation (where mutation annotations matter) as inductor, without minutes of C++
+compilation on a 2-core CI machine. One small case runs inductor itself.
+"""
+import pytest
+import torch
+
+import qknorm
+from qknorm import torch_library as TL  # noqa: F401 - registers the ops
+from helpers import packed_qkv
+
+ops = torch.ops.qknorm
+
+
+def _inputs(t=3, hq=4, hkv=2, d=64, dtype=torch.float32):
+    qkv, q, k, v = packed_qkv(t, hq, hkv, d, dtype, "cpu", torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    qw = torch.randn(d, generator=g)
+    kw = torch.randn(d, generator=g)
+    x = torch.randn(t, 128, generator=g)
+    r = torch.randn(t, 128, generator=g)
+    w = torch.randn(128, generator=g)
+    return qkv, qw, kw, x, r, w
+
+
+@pytest.mark.parametrize("name", ["rms_norm", "rms_norm_", "fused_add_rms_norm", "qk_rms_norm", "qk_rms_norm_"])
+def test_opcheck(name):
+    qkv, qw, kw, x, r, w = _inputs()
+    q = torch.randn(3, 4, 64)
+    k = torch.randn(3, 2, 64)
+    args = {
+        "rms_norm": [(x, w, 1e-6, 0.0), (x, None, 1e-5, 0.0)],
+        "rms_norm_": [(x.clone(), w, 1e-6, 1.0)],
+        "fused_add_rms_norm": [(x.clone(), r.clone(), w, 1e-6, 0.0), (x.clone(), r.clone(), None, 1e-6, 0.0)],
+        "qk_rms_norm": [(q, k, qw, kw, 1e-6, 0.0), (q, k, None, None, 1e-6, 0.0)],
+        "qk_rms_norm_": [(q.clone(), k.clone(), qw, kw, 1e-6, 0.5)],
+    }[name]
+    op = getattr(ops, name).default
+    for a in args:
+        torch.library.opcheck(op, a)
+
+
+def test_schemas_declare_mutation():
+    import re
+    mut = lambda name, s: re.search(r"Tensor\(\w+!\) " + name + r"\b", s)  # noqa: E731
+    assert mut("x", str(ops.rms_norm_.default._schema))
+    s = str(ops.fused_add_rms_norm.default._schema)
+    assert mut("x", s) and mut("residual", s) and not mut("weight", s)
+    s = str(ops.qk_rms_norm_.default._schema)
+    assert mut("q", s) and mut("k", s) and not mut("q_weight", s)
+    assert "!" not in str(ops.qk_rms_norm.default._schema)
+    assert "!" not in str(ops.rms_norm.default._schema)
+
+
+def layer(qkv, qw, kw, x, r, w):
+    """Model-like code calling the public API: packed QKV normalised in place, a residual
+    block, functional calls with and without weights."""
+    t = qkv.shape[0]
+    q = qkv[:, :4 * 64].view(t, 4, 64)
+    k = qkv[:, 4 * 64:6 * 64].view(t, 2, 64)
+    qknorm.qk_rms_norm(q, k, qw, kw, 1e-6, q_out=q, k_out=k)
+    qn, kn = qknorm.qk_rms_norm(q, k, qw, kw, 1e-5, weight_offset=1.0)
+    y = qknorm.rms_norm(x, w, 1e-6)
+    z = qknorm.rms_norm(y, None, 1e-6)
+    qknorm.fused_add_rms_norm(x, r, w, 1e-6)
+    out = torch.empty_like(z)
+    qknorm.rms_norm(z, w, out=out)
+    qknorm.rms_norm(z, w, out=z)
+    return qkv * 2, qn.sum() + kn.sum(), y + 1, out, z
+
+
+def _check_compiled(fn, backend, graphs=None):
+    args = _inputs()
+    ref_args = [a.clone() for a in args]
+    ref = layer(*ref_args)
+    got_args = [a.clone() for a in args]
+    got = torch.compile(fn, fullgraph=True, backend=backend)(*got_args)
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(ref_args, got_args):  # mutations of inputs (qkv, x, r) happened
+        torch.testing.assert_close(a, b)
+    assert not torch.equal(got_args[0], args[0]) and not torch.equal(got_args[4], args[4])
+
+
+def test_compile_fullgraph_aot_eager():
+    torch._dynamo.reset()
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        from torch._dynamo.backends.common import aot_autograd
+        return aot_autograd(fw_compiler=lambda g, _: g)(gm, example_inputs)
+
+    _check_compiled(layer, backend)
+    assert len(graphs) == 1, "one graph: no graph break"
+    code = graphs[0].code
+    for name in ("qknorm.qk_rms_norm_", "qknorm.qk_rms_norm", "qknorm.rms_norm", "qknorm.rms_norm_",
+                 "qknorm.fused_add_rms_norm"):
+        assert name in code, name
+
+
+def test_compile_inductor_small():
+    """Inductor on the CPU path (C++ codegen; the slowest test here, kept to one small case)."""
+    torch._dynamo.reset()
+
+    def f(qkv, qw, kw, x, w):
+        t = qkv.shape[0]
+        q = qkv[:, :4 * 64].view(t, 4, 64)
+        k = qkv[:, 4 * 64:6 * 64].view(t, 2, 64)
+        qknorm.qk_rms_norm(q, k, qw, kw, 1e-6, q_out=q, k_out=k)
+        return qknorm.rms_norm(x, w, 1e-6)
+
+    qkv, qw, kw, x, _, w = _inputs()
+    a, b = qkv.clone(), qkv.clone()
+    ref = f(a, qw, kw, x, w)
+    got = torch.compile(f, fullgraph=True, backend="inductor")(b, qw, kw, x, w)
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(b, a)
+
+
+def test_nn_modules_compile():
+    torch._dynamo.reset()
+    norm = qknorm.nn.RMSNorm(128, eps=1e-6).requires_grad_(False)
+    qk = qknorm.nn.QKNorm(64).requires_grad_(False)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        qk.q_weight.uniform_(0.5, 1.5)
+
+    def f(x, qkv):
+        t = qkv.shape[0]
+        q = qkv[:, :4 * 64].view(t, 4, 64)
+        k = qkv[:, 4 * 64:6 * 64].view(t, 2, 64)
+        qk(q, k, in_place=True)
+        return norm(x)
+
+    qkv, _, _, x, _, _ = _inputs()
+    a, b = qkv.clone(), qkv.clone()
+    ref = f(x, a)
+    got = torch.compile(f, fullgraph=True, backend="aot_eager")(x, b)
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(b, a)
+
+
+def test_config_under_compile_is_refused():
+    torch._dynamo.reset()
+    cfg = qknorm.KernelConfig(rows=1, block_d=128)
+
+    def f(x):
+        return qknorm.rms_norm(x, None, config=cfg)
+    with pytest.raises(Exception, match="config= is not supported under torch.compile"):
+        torch.compile(f, fullgraph=True, backend="eager")(torch.randn(2, 128))
+
+
+def test_eager_calls_skip_the_custom_op_layer(monkeypatch):
+    """Plain eager calls never touch torch.ops.qknorm (its dispatcher costs host time)."""
+    import qknorm.ops as O
+
+    def boom():
+        raise AssertionError("eager call routed through the custom op")
+    monkeypatch.setattr(O, "_traced", boom)
+    qkv, qw, kw, x, r, w = _inputs()
+    qknorm.rms_norm(x, w)
+    qknorm.fused_add_rms_norm(x, r, w)
+    qknorm.qk_rms_norm(qkv[:, :256].view(3, 4, 64), qkv[:, 256:384].view(3, 2, 64), qw, kw)
+
+
+def test_custom_ops_match_eager():
+    qkv, qw, kw, x, r, w = _inputs()
+    torch.testing.assert_close(ops.rms_norm(x, w, 1e-6, 0.5), qknorm.rms_norm(x, w, 1e-6, weight_offset=0.5))
+    q = qkv[:, :256].view(3, 4, 64)
+    k = qkv[:, 256:384].view(3, 2, 64)
+    a, b = ops.qk_rms_norm(q, k, qw, kw, 1e-6, 0.0)
+    c, d = qknorm.qk_rms_norm(q, k, qw, kw)
+    torch.testing.assert_close(a, c)
+    torch.testing.assert_close(b, d)
+    ops.qk_rms_norm_(q, k, qw, kw, 1e-6, 0.0)
+    torch.testing.assert_close(q, c)
+    torch.testing.assert_close(k, d)
+
+
+def test_fake_impl_checks_metadata():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        x = torch.empty(3, 64)
+        y = ops.rms_norm(x, None, 1e-6, 0.0)
+        assert y.shape == x.shape and y.is_contiguous()
+        with pytest.raises(ValueError, match=r"weight must have shape \(64,\)"):
+            ops.rms_norm(x, torch.empty(32), 1e-6, 0.0)
+        q, k = torch.empty(2, 4, 64).transpose(0, 1), torch.empty(4, 2, 64)
+        a, b = ops.qk_rms_norm(q, k, None, None, 1e-6, 0.0)
+        assert a.shape == q.shape and a.is_contiguous() and b.shape == k.shape
+
+
+@pytest.mark.gpu
+def test_gpu_compile_inductor_and_cudagraphs():
+    """torch.compile on CUDA: inductor with CUDA graphs (mode="reduce-overhead")."""
+    torch._dynamo.reset()
+    dev = "cuda"
+    qkv, q, k, _ = packed_qkv(8, 32, 8, 128, torch.bfloat16, dev)
+    qw = torch.rand(128, device=dev) + 0.5
+    kw = torch.rand(128, device=dev) + 0.5
+    x = torch.randn(8, 4096, device=dev, dtype=torch.bfloat16)
+    w = torch.rand(4096, device=dev) + 0.5
+
+    def f(buf, xx):
+        qq, kk = buf[:, :32 * 128].view(8, 32, 128), buf[:, 32 * 128:40 * 128].view(8, 8, 128)
+        qknorm.qk_rms_norm(qq, kk, qw, kw, q_out=qq, k_out=kk)
+        return qknorm.rms_norm(xx, w) * 2
+
+    ref_buf = qkv.clone()
+    ref = f(ref_buf, x)
+    cf = torch.compile(f, fullgraph=True, mode="reduce-overhead")
+    for _ in range(3):  # warm-up, record, replay
+        buf = qkv.clone()
+        got = cf(buf, x)
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(buf, ref_buf)
