@@ -481,7 +481,11 @@ def test_candidates_are_admissible_and_distinct(op, d, n):
         assert c.rows <= next_pow2(n)
         assert c.rows == 1 or c.rows * c.block_d <= D.MAX_CANDIDATE_TILE
         assert not c.persistent or math.ceil(n / c.rows) > programs
-        assert not c.token_order  # off until ops.py runs the token-ordered kernel
+        # token order: QK only, whole rows, and only once Q+K leave L2
+        assert not c.token_order or (op == "qk_rms_norm" and not c.chunked(d)
+                                     and next_pow2(n) >= D.TOKEN_ORDER_MIN_ROWS)
+    if op == "qk_rms_norm" and next_pow2(n) >= D.TOKEN_ORDER_MIN_ROWS and next_pow2(d) <= D.MAX_CANDIDATE_TILE:
+        assert any(c.token_order for c in cands)
     if next_pow2(d) > D.MAX_CANDIDATE_TILE:
         assert any(c.chunked(d) for c in cands)
 

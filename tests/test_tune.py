@@ -87,10 +87,11 @@ def lead_model(e):
     return e["timings"] * 0.1 + e["compiles"] * 0.5
 
 
-def test_budget_full_under_8_minutes_and_quick_under_2():
+def test_budget_full_under_9_minutes_and_quick_under_2():
+    """A full tune must fit one 10-minute device command (--max-seconds defaults to 540)."""
     full = T.estimate(T.build_grid(), T.REP_MS)
     quick = T.estimate(T.build_grid(quick=True), T.QUICK_REP_MS)
-    assert lead_model(full) <= 8 * 60 and full["seconds"] <= 8 * 60, full
+    assert lead_model(full) <= 9 * 60 and full["seconds"] <= 9 * 60, full
     assert lead_model(quick) <= 2 * 60 and quick["seconds"] <= 2 * 60, quick
     assert full["timings"] == sum(len(D.candidate_configs(p.op, BF16, p.D, p.n_rows)) for p in T.build_grid())
 

@@ -27,9 +27,9 @@ def launch(kind, q, k, qw, kw, rows, warps, pps, sms):
     if kind == "tokens":
         nb = -(-(t * (hq + hk)) // rows)
         grid = (min(nb, pps * sms),) if pps else (nb,)
-        qk_rms_norm_tokens_kernel[grid](d, 1e-6, 0.0, t, hq, hk,
-                                        q, q, qw, q.stride(0), q.stride(1), q.stride(0), q.stride(1), 1,
-                                        k, k, kw, k.stride(0), k.stride(1), k.stride(0), k.stride(1), 1,
+        qk_rms_norm_tokens_kernel[grid](d, 1e-6, 0.0,
+                                        q, q, qw, t, hq, q.stride(0), q.stride(1), q.stride(0), q.stride(1), 1,
+                                        k, k, kw, hk, k.stride(0), k.stride(1), k.stride(0), k.stride(1), 1,
                                         HAS_WEIGHT=True, ROWS=rows, BLOCK_D=bd, PERSISTENT=bool(pps),
                                         num_warps=warps)
     else:

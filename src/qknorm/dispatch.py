@@ -82,9 +82,8 @@ MAX_BUCKET_GAP = 2  # octaves between a call's row bucket and the tuned bucket i
 MAX_TABLE_BYTES = 16 << 20
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-# Set True once ops.py launches the token-ordered QK kernel for KernelConfig.token_order;
-# until then a ".tok" candidate would time the segment-order kernel under another name.
-QK_TOKEN_ORDER = False
+# Offer token-ordered QK candidates (ops.py runs kernels/qk_norm.py:qk_rms_norm_tokens_kernel).
+QK_TOKEN_ORDER = True
 TOKEN_ORDER_MIN_ROWS = 4096  # token order only pays off once Q+K leave L2 (H100 data)
 
 

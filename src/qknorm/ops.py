@@ -67,6 +67,8 @@ def _kl():
             "rms_norm": _launch.KernelLauncher(k.rms_norm_kernel, ("X", "Y", "W")),
             "fused_add_rms_norm": _launch.KernelLauncher(k.fused_add_rms_norm_kernel, ("X", "R", "W")),
             "qk_rms_norm": _launch.KernelLauncher(k.qk_rms_norm_kernel, ("XQ", "YQ", "WQ", "XK", "YK", "WK")),
+            "qk_rms_norm_tokens": _launch.KernelLauncher(k.qk_rms_norm_tokens_kernel,
+                                                         ("XQ", "YQ", "WQ", "XK", "YK", "WK")),
         }
     return _launchers
 
@@ -668,17 +670,34 @@ def _qk_plan(q, k, qw, kw, qos, kos, config):
     cfg = _choose("qk_rms_norm", q.dtype, d, q_lay.n_rows + k_lay.n_rows, q.device, config)
     qws = qw.stride(0) if qw is not None else 0
     kws = kw.stride(0) if kw is not None else 0
+    dts = (q.dtype, qw.dtype if qw is not None else q.dtype, kw.dtype if kw is not None else q.dtype)
+    if cfg.token_order and _token_order_ok(q, k, qos, kos, cfg):
+        # Q [T, Hq, D] and K [T, Hkv, D] walked token by token (kernels/qk_norm.py).
+        t, hq, hk = q.shape[0], q.shape[1], k.shape[1]
+        q_ints = (d, t, hq, q.stride(0), q.stride(1), qos[0], qos[1], qws)
+        k_ints = (hk, k.stride(0), k.stride(1), kos[0], kos[1], kws)
+        grid = _grid(cfg, _cdiv(t * (hq + hk), cfg.rows), q.device)
+        plan = _finish("qk_rms_norm_tokens", cfg, q_ints + k_ints, (qw is not None, cfg.rows, cfg.block_d),
+                       dts, q.device, 6, grid)
+        plan.ints = (q_ints, k_ints)
+        return plan
     n_blocks = _cdiv(q_lay.n_rows, cfg.rows) + _cdiv(k_lay.n_rows, cfg.rows)
     (_, qn1, qn2), (qxs, qys) = q_lay.sizes, q_lay.strides
     (_, kn1, kn2), (kxs, kys) = k_lay.sizes, k_lay.strides
     q_ints = (d, q_lay.n_rows, qn1, qn2, *qxs, *qys, qws)
     k_ints = (k_lay.n_rows, kn1, kn2, *kxs, *kys, kws)
     grid = _grid(cfg, n_blocks, q.device)
-    dts = (q.dtype, qw.dtype if qw is not None else q.dtype, kw.dtype if kw is not None else q.dtype)
     head = (qw is not None, cfg.rows, cfg.block_d, cfg.chunked(d))
     plan = _finish("qk_rms_norm", cfg, q_ints + k_ints, head, dts, q.device, 6, grid)
     plan.ints = (q_ints, k_ints)
     return plan
+
+
+def _token_order_ok(q, k, qos, kos, cfg) -> bool:
+    """The token-ordered kernel needs Q [T, Hq, D], K [T, Hkv, D], unit last-dim strides
+    everywhere and whole rows in registers; otherwise the segment order runs."""
+    return (q.dim() == 3 and k.dim() == 3 and q.shape[0] == k.shape[0] and not cfg.chunked(q.shape[-1])
+            and q.stride(2) == 1 and k.stride(2) == 1 and qos[2] == 1 and kos[2] == 1)
 
 
 def _qk_general(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config):

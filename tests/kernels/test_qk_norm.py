@@ -96,3 +96,33 @@ def test_random_packed_views(impl, t, hq, hkv, d, dtype, in_place, weighted):
     assert_matches(qo, rq, dtype, "q")
     assert_matches(ko, rk, dtype, "k")
     assert torch.equal(v, v_before)
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_token_order(impl, persistent, weighted):
+    """The token-ordered kernel: in place on packed views and into fresh outputs."""
+    cfg = qknorm.KernelConfig(rows=4, block_d=128, num_warps=2, persistent=persistent, programs_per_sm=1,
+                              token_order=True)
+    qkv, q, k, v = packed_qkv(5, 6, 2, 96, torch.bfloat16, impl)
+    v_before = v.clone()
+    qw = randn((96,), torch.float32, impl) if weighted else None
+    kw = randn((96,), torch.float16, impl) if weighted else None
+    rq, rk = ref_norm(q, qw), ref_norm(k, kw)
+    qo, ko = poisoned(q.shape, torch.bfloat16, impl), poisoned(k.shape, torch.bfloat16, impl)
+    qknorm.qk_rms_norm(q, k, qw, kw, q_out=qo, k_out=ko, config=cfg)
+    assert_matches(qo, rq, torch.bfloat16, "q")
+    assert_matches(ko, rk, torch.bfloat16, "k")
+    qknorm.qk_rms_norm(q, k, qw, kw, q_out=q, k_out=k, config=cfg)
+    assert_matches(q, rq, torch.bfloat16, "q in place")
+    assert_matches(k, rk, torch.bfloat16, "k in place")
+    assert torch.equal(v, v_before)
+
+
+def test_token_order_falls_back_on_other_shapes(impl):
+    cfg = qknorm.KernelConfig(rows=2, block_d=64, num_warps=2, token_order=True)
+    q = randn((2, 3, 4, 64), torch.float32, impl)
+    k = randn((5, 64), torch.float32, impl)
+    qo, ko = qknorm.qk_rms_norm(q, k, None, None, config=cfg)
+    assert_matches(qo, ref_norm(q), torch.float32)
+    assert_matches(ko, ref_norm(k), torch.float32)

@@ -77,9 +77,9 @@ def _tokens_block(block, D, eps, n_rows, H, HQ, wq, wk,
 
 
 @triton.jit
-def qk_rms_norm_tokens_kernel(D, eps, w_offset, n_tokens, HQ, HK,
-                              XQ, YQ, WQ, qxt, qxh, qyt, qyh, qws,
-                              XK, YK, WK, kxt, kxh, kyt, kyh, kws,
+def qk_rms_norm_tokens_kernel(D, eps, w_offset,
+                              XQ, YQ, WQ, n_tokens, HQ, qxt, qxh, qyt, qyh, qws,
+                              XK, YK, WK, HK, kxt, kxh, kyt, kyh, kws,
                               HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
                               PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False):
     """Token-ordered form for Q ``[T, HQ, D]`` and K ``[T, HK, D]`` with unit last-dim
