@@ -456,9 +456,11 @@ def set_enabled(flag: bool) -> None:
 
 def clear() -> None:
     """Forget every entry (they are rebuilt on the next calls)."""
+    # Reset the lists in place: cached call plans (ops.py, rope.py) hold references to them.
     with _lock:
         for kl in _launchers:
-            kl.specs.clear()
+            for entries in kl.specs.values():
+                entries[:] = [None] * len(entries)
 
 
 def entry_states() -> list[tuple[str, object, int, str, str]]:
