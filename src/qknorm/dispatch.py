@@ -542,6 +542,18 @@ def candidate_configs(op: str, dtype: torch.dtype, D: int, n_rows: int, device=N
     return out
 
 
+def measured_alternatives(op: str, dtype: torch.dtype, D: int, n_rows: int, device=None) -> list[str]:
+    """Config names the device's tuned table measured for this problem's entry, fastest
+    first (the bench times these as the "top" variants); empty without a table entry."""
+    _check(op, D, n_rows)
+    st = device_state(_device_index(device))
+    dname = DTYPE_NAMES.get(dtype)
+    if st.table is None or dname is None:
+        return []
+    e = st.table.lookup(op, dname, D, next_pow2(max(1, n_rows))).entry
+    return [name for name, _ in e.alternatives] if e is not None else []
+
+
 def explain_config(op: str, dtype: torch.dtype, D: int, n_rows: int, device=None, *,
                    table: TunedTable | None = None, top: int = 5) -> str:
     """Which config runs this problem and why: the variant, the table entry or heuristic

@@ -1,0 +1,365 @@
+"""Bench output: the CSV (written row by row), the Markdown summary and the plots.
+
+The summary compares like with like inside one run: qknorm (the dispatcher's pick)
+against the best *peer* per case (family ``peer``: other libraries, PyTorch,
+torch.compile and the ``.contiguous()`` copy paths), checks the targets of the issues
+that asked for this benchmark, reports the dispatch regret against the fastest qknorm
+variant measured, and names the variant that wins each token range by >= 5%.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+from collections import defaultdict
+from typing import Iterable
+
+from .runner import COLUMNS
+
+WIN_MARGIN = 1.05
+QK_TARGET_PRESETS = ("qwen3-8b", "qwen3-235b", "qwen3-next")
+
+
+class CsvSink:
+    """Appends rows to ``path`` as they come (flushed each row: an interrupted run keeps them)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._f = open(path, "w", newline="")
+        self._w = csv.DictWriter(self._f, fieldnames=COLUMNS, extrasaction="ignore")
+        self._w.writeheader()
+        self._f.flush()
+
+    def __call__(self, row: dict) -> None:
+        self._w.writerow(row)
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def read_csv(path: str) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _f(v) -> float | None:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def geomean(xs: Iterable[float]) -> float:
+    xs = [x for x in xs if x and x > 0]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
+
+
+# --------------------------------------------------------------------------- analysis
+
+def timed(rows: list[dict]) -> dict:
+    """``{(preset, group, mode): {tokens: {impl: row}}}`` over rows with a time."""
+    out: dict = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        if r.get("status") == "ok" and _f(r.get("us")) is not None:
+            out[(r["preset"], r["group"], r["mode"])][int(r["tokens"])][r["impl"]] = r
+    return out
+
+
+def best_peer(impls: dict) -> tuple[str, float] | None:
+    peers = [(n, _f(r["us"])) for n, r in impls.items() if r["family"] == "peer"]
+    return min(peers, key=lambda p: p[1]) if peers else None
+
+
+def speedups(table: dict) -> dict[int, tuple[float, str, float, float]]:
+    """Per tokens: (best peer us / qknorm us, best peer name, qknorm us, qknorm % copy)."""
+    out = {}
+    for t, impls in sorted(table.items()):
+        q = impls.get("qknorm")
+        bp = best_peer(impls)
+        if q is None or bp is None:
+            continue
+        qu = _f(q["us"])
+        out[t] = (bp[1] / qu, bp[0], qu, _f(q["pct_copy"]) or float("nan"))
+    return out
+
+
+def regret(table: dict) -> dict[int, tuple[float, str]]:
+    """Per tokens: (qknorm us / fastest variant us - 1, fastest variant name)."""
+    out = {}
+    for t, impls in sorted(table.items()):
+        q = impls.get("qknorm")
+        var = [(n, _f(r["us"])) for n, r in impls.items() if r["family"] == "qknorm-variant"]
+        if q is None or not var:
+            continue
+        n, u = min(var, key=lambda p: p[1])
+        out[t] = (_f(q["us"]) / u - 1.0, n)
+    return out
+
+
+def _op_of(group: str) -> str:
+    return group.split()[0]
+
+
+def target_checks(rows: list[dict]) -> list[str]:
+    """Lines of the Targets section: each target, its measured value, met or not."""
+    tb = timed(rows)
+    lines = []
+
+    def verdict(ok):
+        return "**met**" if ok else "**NOT met**"
+
+    for (preset, group, mode), table in sorted(tb.items()):
+        if mode != "graph":
+            continue
+        op = _op_of(group)
+        sp = speedups(table)
+        if not sp:
+            continue
+        tok = sorted(sp)
+        if op == "qk" and preset in QK_TARGET_PRESETS:
+            g = geomean(sp[t][0] for t in tok if t <= 4096)
+            mn = min(sp[t][0] for t in tok)
+            worst = min(tok, key=lambda t: sp[t][0])
+            lines.append(f"- {preset} {group}: geomean speedup over best peer (T<=4096) {g:.2f}x "
+                         f"(target >= 1.3x: {verdict(g >= 1.3)}); min {mn:.2f}x at T={worst} "
+                         f"(target >= 0.98x: {verdict(mn >= 0.98)})" + _bw_clause(sp, 16384, 97.0, verdict))
+        elif op in ("rms2d", "add"):
+            g = geomean(sp[t][0] for t in tok)
+            mn = min(sp[t][0] for t in tok)
+            worst = min(tok, key=lambda t: sp[t][0])
+            lines.append(f"- {preset} {group}: geomean {g:.2f}x (target >= 1.0x: {verdict(g >= 1.0)}); "
+                         f"min {mn:.2f}x at T={worst} (target >= 0.95x: {verdict(mn >= 0.95)})"
+                         + _bw_clause(sp, max(tok) if max(tok) >= 4096 else None, 97.0, verdict))
+        elif op == "rope":
+            dec = [t for t in tok if t <= 512]
+            if dec:
+                mn = min(sp[t][0] for t in dec)
+                lines.append(f"- {preset} {group}: min speedup over the best composition at T<=512 {mn:.2f}x "
+                             f"(target >= 1.5x: {verdict(mn >= 1.5)}); geomean {geomean(sp[t][0] for t in dec):.2f}x"
+                             + _bw_clause(sp, 16384, 95.0, verdict))
+    for (preset, group, mode), table in sorted(tb.items()):
+        if mode != "eager" or _op_of(group) not in ("qk", "rms2d"):
+            continue
+        for t, impls in sorted(table.items()):
+            if t > 64 or "qknorm" not in impls:
+                continue
+            fi = impls.get("flashinfer_cuda") or impls.get("flashinfer")
+            if fi is None:
+                continue
+            q, f = _f(impls["qknorm"]["us"]), _f(fi["us"])
+            lines.append(f"- eager {preset} {group} T={t}: qknorm {q:.2f} us per call vs {fi['impl']} {f:.2f} us "
+                         f"(target <= : {verdict(q <= f)}; stretch <= 5 us: {verdict(q <= 5.0)})")
+    return lines
+
+
+def _bw_clause(sp, t, pct, verdict) -> str:
+    if t is None or t not in sp:
+        return ""
+    v = sp[t][3]
+    return f"; {v:.1f}% of copy bandwidth at T={t} (target >= {pct:g}%: {verdict(v >= pct)})"
+
+
+def thresholds(table: dict) -> list[tuple[int, str, float, str, float | None]]:
+    """Per tokens: (tokens, fastest variant, margin over the runner-up, best persistent vs best
+    non-persistent name, their ratio plain/persistent or None)."""
+    out = []
+    for t, impls in sorted(table.items()):
+        var = sorted(((_f(r["us"]), n) for n, r in impls.items() if r["family"] == "qknorm-variant"))
+        if not var:
+            continue
+        margin = var[1][0] / var[0][0] if len(var) > 1 else float("nan")
+        pers = [v for v in var if ".p" in v[1]]
+        plain = [v for v in var if ".p" not in v[1] and ".tok" not in v[1]]
+        ratio = plain[0][0] / pers[0][0] if pers and plain else None
+        out.append((t, var[0][1], margin, pers[0][1] if pers else "", ratio))
+    return out
+
+
+def recommendations(th) -> list[str]:
+    """Token ranges where one variant wins by >= 5% over every other measured variant."""
+    out, cur = [], None
+    for t, name, margin, _, _ in th:
+        win = name if margin >= WIN_MARGIN else None
+        if cur and cur[0] == win:
+            cur[2] = t
+        else:
+            if cur:
+                out.append(cur)
+            cur = [win, t, t]
+    if cur:
+        out.append(cur)
+    return [f"T {a}..{b}: " + (f"`{w}` wins by >= 5%" if w else "no variant wins by 5% (any of the top is fine)")
+            for w, a, b in out]
+
+
+# --------------------------------------------------------------------------- markdown
+
+def _fmt(x, nd=2):
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+
+def summary_markdown(rows: list[dict], meta: dict) -> str:
+    tb = timed(rows)
+    L = [f"# qknorm bench: {meta.get('device', '?')}, {meta.get('date', '')}", ""]
+    L += [f"Command: `{meta.get('command', '')}`", ""]
+    L += ["| | |", "|---|---|"]
+    for k in ("device", "torch", "triton", "qknorm", "peers", "copy_gbps", "empty_graph_us", "empty_eager_us",
+              "l2", "modes", "status"):
+        if k in meta and meta[k] not in (None, ""):
+            v = meta[k]
+            L.append(f"| {k} | {_fmt(v, 2) if isinstance(v, float) else v} |")
+    L += ["", "Times are per call. **graph**: the calls captured back to back in one CUDA graph, median of "
+          "replays (device time, launch gaps squeezed out). **eager**: back-to-back Python calls, wall clock "
+          "(includes host cost). GB/s counts the bytes an ideal kernel moves (each input element read once, each "
+          "output written once, weights once); % copy is that over the device copy bandwidth measured in this "
+          "run. " + ("**Warm L2**: inputs under the L2 size stay cached between calls, so small cases can exceed "
+                     "HBM copy bandwidth." if meta.get("l2") != "cold" else
+                     "**Cold L2**: calls rotate over input sets larger than twice the L2."),
+          "", "Speedup = best peer time / qknorm time (qknorm = the dispatcher's pick). Peers: FlashInfer, Quack, "
+          "Liger, vLLM, sgl-kernel when importable, torch eager, torch.compile, F.rms_norm, and the "
+          "`.contiguous()` copy paths. Like with like: per-head against per-head, Q and K both, in place "
+          "where the peer can.", ""]
+
+    # Headline
+    L += ["## Headline: qknorm speedup over the best peer", ""]
+    head_tok = sorted({t for tab in tb.values() for t in tab})
+    L.append("| preset | case | mode | " + " | ".join(f"T={t}" for t in head_tok) + " | geomean | min |")
+    L.append("|---|---|---|" + "---|" * (len(head_tok) + 2))
+    for (preset, group, mode), table in sorted(tb.items()):
+        sp = speedups(table)
+        if not sp:
+            continue
+        cells = [f"{sp[t][0]:.2f}x" if t in sp else "" for t in head_tok]
+        L.append(f"| {preset} | {group} | {mode} | " + " | ".join(cells)
+                 + f" | {geomean(v[0] for v in sp.values()):.2f}x | {min(v[0] for v in sp.values()):.2f}x |")
+    L.append("")
+
+    tl = target_checks(rows)
+    if tl:
+        L += ["## Targets", "", "Measured in this run; a target not met is reported as such.", ""] + tl + [""]
+
+    # Dispatch regret
+    regs = []
+    for (preset, group, mode), table in sorted(tb.items()):
+        if mode == "graph":
+            for t, (r, n) in regret(table).items():
+                regs.append((r, preset, group, t, n))
+    if regs:
+        worst = max(regs)
+        g = geomean(1 + r for r, *_ in regs) - 1
+        within = sum(1 for r, *_ in regs if r <= 0.03)
+        L += ["## Dispatch regret (graph mode)", "",
+              f"The dispatcher's pick against the fastest qknorm variant measured in this run, over {len(regs)} "
+              f"cases: geometric mean {100 * g:+.1f}%, worst {100 * worst[0]:+.1f}% ({worst[1]} {worst[2]} "
+              f"T={worst[3]}, fastest `{worst[4]}`); {within}/{len(regs)} within 3%.", ""]
+        bad = sorted(regs, reverse=True)[:10]
+        if bad and bad[0][0] > 0.03:
+            L += ["| regret | preset | case | T | fastest variant |", "|---|---|---|---|---|"]
+            L += [f"| {100 * r:+.1f}% | {p} | {gr} | {t} | `{n}` |" for r, p, gr, t, n in bad if r > 0.03]
+            L.append("")
+
+    # Per-case tables
+    L += ["## Per case", ""]
+    for (preset, group, mode), table in sorted(tb.items()):
+        names = _impl_order({n for impls in table.values() for n in impls
+                             if impls[n]["family"] in ("qknorm", "peer", "copy")})
+        L += [f"### {preset} · {group} · {mode}", ""]
+        L.append("| T | " + " | ".join(names) + " | best peer | speedup | qknorm GB/s | qknorm % copy | qknorm config |")
+        L.append("|---|" + "---|" * (len(names) + 5))
+        for t, impls in sorted(table.items()):
+            bp = best_peer(impls)
+            q = impls.get("qknorm")
+            cells = [_fmt(_f(impls[n]["us"])) if n in impls else "" for n in names]
+            sp = f"{bp[1] / _f(q['us']):.2f}x" if bp and q else ""
+            L.append(f"| {t} | " + " | ".join(cells) + f" | {bp[0] if bp else ''} | {sp} | "
+                     f"{q['gbps'] if q else ''} | {q['pct_copy'] if q else ''} | {q['config'] if q else ''} |")
+        th = thresholds(table)
+        if th:
+            L += ["", "Fastest qknorm variant per T (margin over the runner-up; persistent vs plain grid):", ""]
+            L += [f"- T={t}: `{n}` by {100 * (m - 1):.1f}%" + (f"; best plain / best persistent `{p}` = {r:.3f}"
+                                                               if r else "") for t, n, m, p, r in th]
+            L += ["", "Recommendation: " + "; ".join(recommendations(th))]
+        L.append("")
+
+    # Problems
+    bad = [r for r in rows if r.get("status") in ("wrong", "error")]
+    if bad:
+        L += ["## Failed the correctness gate or raised (not timed)", "", "| preset | case | T | impl | status | reason |",
+              "|---|---|---|---|---|---|"]
+        L += [f"| {r['preset']} | {r['group']} | {r['tokens']} | {r['impl']} | {r['status']} | {r['reason']} |"
+              for r in bad]
+        L.append("")
+    skipped = {}
+    for r in rows:
+        if r.get("status") == "skipped":
+            skipped.setdefault((r["impl"], r["reason"]), 0)
+            skipped[(r["impl"], r["reason"])] += 1
+    if skipped:
+        L += ["## Skipped", "", "| impl | reason | cases |", "|---|---|---|"]
+        L += [f"| {n} | {why} | {c} |" for (n, why), c in sorted(skipped.items())]
+        L.append("")
+    L += ["## Notes", "",
+          "- **Flattening heads into hidden is a different function.** Viewing Q `[T, H, D]` as `[T, H*D]` and "
+          "running a 2D RMSNorm computes one RMS per token over all heads, not one per head; heads differ in "
+          "magnitude, so the result differs (the `torch_flat2d` row fails the gate above by design). It is "
+          "listed to show why a 2D kernel cannot be reused that way.",
+          "- **The `.contiguous()` copy path**: `contiguous_copy` times the copy of the strided Q and K views "
+          "alone; `torch_copy2d` / `flashinfer_copy2d` copy, then run a 2D norm on `[T*H, D]` rows. The copy "
+          "moves as many bytes as the norm itself, which is why the strided kernel exists.",
+          "- Peers that only take contiguous input (Liger) copy inside the call; their notes say so and the "
+          "copy is timed.", ""]
+    return "\n".join(L)
+
+
+_ORDER = ("qknorm", "flashinfer", "flashinfer_cuda", "quack", "quack_flat", "liger", "vllm", "sgl_kernel",
+          "torch", "torch.compile", "torch_rms_norm", "torch_copy2d", "flashinfer_copy2d", "contiguous_copy")
+
+
+def _impl_order(names) -> list[str]:
+    return sorted(names, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
+
+
+# --------------------------------------------------------------------------- plots
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_")
+
+
+def plot(rows: list[dict], out_dir: str) -> list[str]:
+    """One PNG per (preset, case, mode): time vs tokens, one line per implementation
+    (qknorm and peers; variants left out). Needs matplotlib; returns the paths written."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:  # noqa: BLE001 - plotting is optional
+        return []
+    paths = []
+    for (preset, group, mode), table in sorted(timed(rows).items()):
+        if len(table) < 2:
+            continue
+        names = _impl_order({n for impls in table.values() for n in impls
+                             if impls[n]["family"] in ("qknorm", "peer", "copy")})
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for n in names:
+            pts = [(t, _f(impls[n]["us"])) for t, impls in sorted(table.items()) if n in impls]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="o", lw=2.5 if n == "qknorm" else 1.2, label=n,
+                        ls="--" if n == "contiguous_copy" else "-")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("tokens")
+        ax.set_ylabel(f"µs per call ({mode})")
+        ax.set_title(f"{preset}: {group}", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        p = os.path.join(out_dir, f"{_slug(preset)}__{_slug(group)}__{mode}.png")
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths

@@ -1,0 +1,211 @@
+"""Run the benchmark: for every case, every selected implementation is checked, then timed.
+
+One row per (case, implementation, timing mode). An implementation that is missing,
+does not support the case, fails the correctness gate or raises is recorded with its
+status and reason, and the run goes on. Rows are handed to ``sink`` as soon as they are
+measured, so an interrupted run keeps what it measured.
+
+Statuses: ``ok`` (timed), ``skipped`` (not available / not applicable / needs a GPU),
+``wrong`` (failed the gate: not timed), ``error`` (raised; the exception is the reason).
+"""
+from __future__ import annotations
+
+import math
+import traceback
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+
+from .cases import DTYPE_NAMES, Case, build_inputs, layout
+from .check import gate
+from .peers import Impl, Qknorm, matches, qknorm_pick, qknorm_variants, static_impls
+from .timing import Baselines, cold_sets, time_eager, time_graph
+
+MODES = ("graph", "eager")
+VARIANT_CHOICES = ("none", "top", "all")
+TOP_VARIANTS = 8
+
+COLUMNS = ("preset", "op", "group", "shape", "tokens", "hq", "hkv", "head_dim", "hidden", "rotary_dim", "dtype",
+           "impl", "family", "mode", "l2", "status", "us", "gbps", "pct_copy", "rel_err", "config", "config_reason",
+           "strides", "contiguous", "aligned16", "ideal_bytes", "notes", "reason")
+
+
+@dataclass
+class Options:
+    """What to run: device, timing modes, cold L2, implementation patterns, variant set."""
+
+    device: str = "cpu"
+    modes: tuple[str, ...] = ("eager",)
+    cold_l2: bool = False
+    include: tuple[str, ...] = ()   # shell globs over implementation names; empty: all
+    exclude: tuple[str, ...] = ()
+    variants: str = "top"           # none | top (the table's best + the pick) | all
+    seed: int = 0
+
+
+def _selected(name: str, opt: Options) -> bool:
+    if opt.exclude and matches(name, opt.exclude):
+        return False
+    return matches(name, opt.include)
+
+
+def variant_impls(case: Case, opt: Options) -> list[Impl]:
+    """The qknorm kernel variants to time for ``case`` (each forces one KernelConfig).
+
+    ``all``: every admissible candidate config. ``top``: the dispatcher's pick plus the
+    fastest alternatives its tuned table measured for this bucket (``TOP_VARIANTS`` in
+    all), or every candidate where the table has no entry. ``none``: no variants."""
+    if opt.variants == "none" or torch.device(opt.device).type != "cuda":
+        return []
+    from qknorm.dispatch import measured_alternatives
+    cands = qknorm_variants(case, opt.device)
+    if opt.variants == "top":
+        ranked = measured_alternatives(case.qknorm_op, case.dtype, case.width, case.n_rows, opt.device)
+        if ranked:
+            by_name = {v.name: v for v in cands}
+            pick, _ = qknorm_pick(case, opt.device)
+            keep = [f"qknorm[{pick}]"] + [f"qknorm[{n}]" for n in ranked]
+            chosen, seen = [], set()
+            for n in keep:
+                if n in by_name and n not in seen:
+                    seen.add(n)
+                    chosen.append(by_name[n])
+                if len(chosen) >= TOP_VARIANTS:
+                    break
+            cands = chosen or cands
+    return [v for v in cands if _selected(v.name, opt)]
+
+
+class Runner:
+    """Checks and times implementations on cases; see the module docstring."""
+
+    def __init__(self, opt: Options, base: Baselines, sink: Callable[[dict], None],
+                 impls: list[Impl] | None = None):
+        self.opt, self.base, self.sink = opt, base, sink
+        self.cuda = torch.device(opt.device).type == "cuda"
+        self.impls = [i for i in (impls if impls is not None else static_impls()) if _selected(i.name, opt)]
+        self._avail: dict[str, tuple[bool, str]] = {}
+
+    def impls_for(self, case: Case) -> list[Impl]:
+        return self.impls + variant_impls(case, self.opt)
+
+    def count(self, cases: Iterable[Case]) -> int:
+        """Work units (case x implementation) for a progress bar."""
+        return sum(len(self.impls_for(c)) for c in cases)
+
+    def available(self, impl: Impl) -> tuple[bool, str]:
+        if impl.name not in self._avail:
+            if impl.needs_cuda and not self.cuda:
+                self._avail[impl.name] = (False, "needs a CUDA GPU")
+            else:
+                try:
+                    self._avail[impl.name] = impl.available()
+                except Exception as e:  # noqa: BLE001 - a peer failing in its own set-up
+                    self._avail[impl.name] = (False, f"{type(e).__name__}: {e}")
+        return self._avail[impl.name]
+
+    # ------------------------------------------------------------------ one case
+
+    def run_case(self, case: Case, tick: Callable[[], None] = lambda: None) -> list[dict]:
+        rows = []
+        pick = pick_why = ""
+        try:
+            pick, pick_why = qknorm_pick(case, self.opt.device) if self.cuda else ("", "CPU: PyTorch path")
+        except Exception as e:  # noqa: BLE001
+            pick_why = f"dispatcher raised {type(e).__name__}: {e}"
+        for impl in self.impls_for(case):
+            try:
+                rows += self._run_impl(case, impl, pick, pick_why)
+            finally:
+                tick()
+        return rows
+
+    def _row(self, case: Case, impl: Impl, **kw) -> dict:
+        r = dict(preset=case.preset, op=case.op, group=case.group, shape=case.shape, tokens=case.tokens,
+                 hq=case.hq, hkv=case.hkv, head_dim=case.head_dim, hidden=case.hidden,
+                 rotary_dim=getattr(case, "rotary_dim", "") or "", dtype=DTYPE_NAMES.get(case.dtype, str(case.dtype)),
+                 impl=impl.name, family=impl.family, mode="", l2="cold" if self.opt.cold_l2 else "warm",
+                 status="", us="", gbps="", pct_copy="", rel_err="", config="", config_reason="",
+                 strides="", contiguous="", aligned16="", ideal_bytes=case.ideal_bytes, notes="", reason="")
+        r.update(kw)
+        return r
+
+    def _emit(self, rows: list[dict], row: dict) -> None:
+        rows.append(row)
+        self.sink(row)
+
+    def _run_impl(self, case: Case, impl: Impl, pick: str, pick_why: str) -> list[dict]:
+        rows: list[dict] = []
+        ok, why = self.available(impl)
+        if ok:
+            try:
+                ok, why = impl.supports(case)
+            except Exception as e:  # noqa: BLE001
+                ok, why = False, f"supports() raised {type(e).__name__}: {e}"
+        if not ok:
+            self._emit(rows, self._row(case, impl, status="skipped", reason=why))
+            return rows
+        cfg = ""
+        if isinstance(impl, Qknorm):
+            cfg = impl.config.name if impl.config is not None else pick
+        base = dict(config=cfg, config_reason=pick_why if impl.name == "qknorm" else "")
+        try:
+            with impl.scope():
+                inp = build_inputs(case, self.opt.device, self.opt.seed)
+                base.update(layout(case, inp))
+                base["notes"] = impl.notes(case)
+                fn = impl.build(case, inp)
+                if impl.family == "copy":
+                    fn()  # not a norm: nothing to check
+                    err = ""
+                else:
+                    v = gate(case, inp, fn)
+                    err = "inf" if math.isinf(v.error) else f"{v.error:.3e}"
+                    if not v.ok:
+                        reason = v.reason
+                        if impl.family == "trap":
+                            reason += " (expected: a different function)"
+                        self._emit(rows, self._row(case, impl, status="wrong", rel_err=err, reason=reason, **base))
+                        return rows
+                for mode in self.opt.modes:
+                    us = self._time(case, impl, fn, mode)
+                    gbps = case.ideal_bytes / us / 1e3
+                    self._emit(rows, self._row(case, impl, mode=mode, status="ok", us=f"{us:.3f}",
+                                               gbps=f"{gbps:.1f}",
+                                               pct_copy=f"{100 * gbps / self.base.copy_gbps:.1f}",
+                                               rel_err=err, **base))
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # noqa: BLE001 - a crashing peer is a result, not the end of the run
+            if self.cuda:
+                try:
+                    torch.cuda.synchronize()
+                except Exception:  # noqa: BLE001 - a sticky CUDA error: later rows will say so too
+                    pass
+            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            self._emit(rows, self._row(case, impl, mode=",".join(self.opt.modes), status="error",
+                                       reason=f"{type(e).__name__}: {msg} (at {where.filename.split('/')[-1]}:"
+                                              f"{where.lineno})", **base))
+        return rows
+
+    def _time(self, case: Case, impl: Impl, fn, mode: str) -> float:
+        fns = [fn]
+        if self.opt.cold_l2 and self.cuda:
+            n = cold_sets(_set_bytes(case), self.base.l2_bytes)
+            fns += [impl.build(case, build_inputs(case, self.opt.device, self.opt.seed + 1 + i))
+                    for i in range(n - 1)]
+        if mode == "graph":
+            if not self.cuda:
+                raise RuntimeError("graph mode needs CUDA")
+            return time_graph(fns)
+        if self.cuda:
+            return time_eager(fns, True)
+        # CPU: a short budget, the point is that it runs and says what ran.
+        return time_eager(fns, False, batches=3, target_us=5000.0, max_calls=200)
+
+
+def _set_bytes(case: Case) -> int:
+    """Bytes of one input set (what a rotation of sets must exceed L2 with)."""
+    return case.ideal_bytes

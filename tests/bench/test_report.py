@@ -1,0 +1,49 @@
+"""Summary arithmetic on synthetic rows: speedups, targets, regret, thresholds."""
+from qknorm.bench.report import recommendations, regret, speedups, summary_markdown, target_checks, thresholds, timed
+
+
+def _row(impl, family, t, us, preset="qwen3-8b", group="qk Hq=32 Hkv=8 D=128 bf16", mode="graph", pct=50.0):
+    return dict(preset=preset, group=group, mode=mode, tokens=str(t), impl=impl, family=family, status="ok",
+                us=str(us), pct_copy=str(pct), gbps="1", config="cfg", reason="")
+
+
+def _rows():
+    rows = []
+    for t, q, fi, v1, v2 in [(1, 1.0, 2.0, 1.0, 1.5), (4096, 10.0, 12.0, 9.0, 10.0), (16384, 40.0, 41.0, 40.0, 60.0)]:
+        rows += [_row("qknorm", "qknorm", t, q, pct=98.0 if t == 16384 else 50.0),
+                 _row("flashinfer", "peer", t, fi), _row("torch", "peer", t, 5 * fi),
+                 _row("contiguous_copy", "copy", t, 0.1), _row("torch_flat2d", "trap", t, 0.01),
+                 _row("qknorm[r1.p4]", "qknorm-variant", t, v1), _row("qknorm[r2]", "qknorm-variant", t, v2)]
+    return rows
+
+
+def test_speedup_uses_best_peer_only():
+    sp = speedups(timed(_rows())[("qwen3-8b", "qk Hq=32 Hkv=8 D=128 bf16", "graph")])
+    assert sp[1][:2] == (2.0, "flashinfer")  # copy and trap rows are not peers
+    assert abs(sp[4096][0] - 1.2) < 1e-9
+
+
+def test_regret_and_thresholds():
+    tab = timed(_rows())[("qwen3-8b", "qk Hq=32 Hkv=8 D=128 bf16", "graph")]
+    rg = regret(tab)
+    assert abs(rg[4096][0] - (10 / 9 - 1)) < 1e-9 and rg[1][0] == 0.0
+    th = thresholds(tab)
+    assert th[0][1] == "qknorm[r1.p4]" and abs(th[0][2] - 1.5) < 1e-9
+    rec = recommendations(th)
+    assert rec[0].startswith("T 1..16384") and "qknorm[r1.p4]" in rec[0]
+
+
+def test_targets_report_met_and_not_met():
+    lines = target_checks(_rows())
+    qk = next(line for line in lines if "qwen3-8b" in line)
+    # geomean over T<=4096 of (2.0, 1.2) = 1.55 >= 1.3 met; min 1.025 >= 0.98 met; 98% >= 97% met
+    assert "1.55x" in qk and "NOT met" not in qk
+    slow = [dict(r, us="100") if r["impl"] == "qknorm" else r for r in _rows()]
+    assert "NOT met" in next(line for line in target_checks(slow) if "qwen3-8b" in line)
+
+
+def test_summary_mentions_the_trap_and_problems():
+    rows = _rows() + [dict(_row("liger", "peer", 1, 0), status="wrong", us="", reason="rel L2 error 1e+00")]
+    md = summary_markdown(rows, {"device": "X", "command": "qknorm bench"})
+    assert "different function" in md and "Dispatch regret" in md
+    assert "| liger | wrong | rel L2 error" in md
