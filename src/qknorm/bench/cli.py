@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
           + (f", empty kernel {base.empty_graph_us:.2f} us graph / {base.empty_eager_us:.2f} us eager"
              if base.empty_graph_us else "") + f"); modes {','.join(modes)}; L2 {meta['l2']}; out {out}")
     rows: list[dict] = []
+    _sigterm_interrupts()
     bar = _progress(runner.count(cases), quiet=False)
     try:
         for c in cases:
@@ -204,6 +205,19 @@ def main(argv: list[str] | None = None) -> int:
     paths = _write_report(rows, meta, out, not a.no_plots)
     _print_console(rows, out, paths)
     return 0 if meta["status"] == "complete" else 130
+
+
+def _sigterm_interrupts() -> None:
+    """A SIGTERM (``timeout``, a job scheduler) ends the run like Ctrl-C: the rows measured so
+    far are kept and the summary is written from them."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # not the main thread
+        pass
 
 
 def _slug_device(name: str) -> str:
