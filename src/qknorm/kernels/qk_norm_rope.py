@@ -1,0 +1,155 @@
+"""Per-head RMSNorm of Q and K followed by rotary embedding, in one launch.
+
+Same grid as ``qk_norm.py`` ("two segments in one grid"): blocks ``[0, q_blocks)`` take
+Q rows, the rest K rows; a row is one (token, head) pair of a ``[T, H, D]`` tensor with
+any strides. Per row, every element is read once and written once:
+
+1. load the row (as its rotary pair halves ``x1``, ``x2`` plus the pass-through tail),
+   upcast to fp32, ``rstd = rsqrt(sum(x**2) / D + eps)`` over the whole row;
+2. ``y = x * rstd * (w + w_offset)`` in fp32;
+3. rotate the first ``R = 2 * HALF`` elements by the angle of the row's position:
+   ``o1 = y1 * cos - y2 * sin``, ``o2 = y2 * cos + y1 * sin`` with ``cos``/``sin`` read
+   from ``cos_sin_cache[pos, :HALF]`` / ``cos_sin_cache[pos, HALF:R]``; the tail
+   ``R <= c < D`` is only normalised;
+4. one rounding to the output dtype, one store.
+
+Pairs: NeoX style (``IS_NEOX``) pairs element ``j`` with ``j + HALF`` (rotate halves; two
+contiguous half-row loads); GPT-J style pairs ``2j`` with ``2j + 1`` (one contiguous load
+of the rotary part, split into even/odd lanes with ``reshape`` + ``split``, joined back
+before the store). In both styles pair ``j`` uses ``cos[j]``/``sin[j]``.
+
+Positions are clamped into ``[0, max_pos - 1]`` before the cache is read: an
+out-of-range position never reads outside the cache (it rotates by the nearest valid
+angle instead). The launcher checks the range on CPU tensors only (no device sync).
+
+Launcher: ``rope.qk_rms_norm_rope``; dispatcher entry: ``dispatch.choose_config("qk_rms_norm", ...)``
+(ROWS, num_warps); tests: ``tests/kernels/test_qk_norm_rope.py`` (numerics),
+``tests/test_rope.py`` (argument checks); bench: ``qknorm bench --preset rope`` (op ``"rope"`` in
+``bench/cases.py``).
+"""
+import triton
+import triton.language as tl
+
+from .pdl import pdl_launch_dependents, pdl_wait
+
+
+@triton.jit
+def _rope_rows(block, D, HALF, eps, w_offset, CS, css0, css1, max_pos, P, ps,
+               X, Y, W, n_rows, H, xst, xsh, xsd, yst, ysh, ysd, ws,
+               HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr,
+               ROWS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Norm + RoPE of rows ``block*ROWS ... +ROWS`` of X (``[T, H, D]``) into Y."""
+    rows = block * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < n_rows
+    t = (rows // H).to(tl.int64)
+    h = (rows % H).to(tl.int64)
+    x_row = X + t * xst + h * xsh
+    y_row = Y + t * yst + h * ysh
+    R = 2 * HALF
+
+    # Position of each row's token, clamped into the cache: no out-of-bounds read.
+    pos = tl.load(P + t * ps, mask=row_ok, other=0)
+    pos = tl.minimum(tl.maximum(pos, 0), max_pos - 1).to(tl.int64)
+    cs_row = CS + pos * css0
+
+    j = tl.arange(0, BLOCK_H)  # pair index
+    j_ok = j < HALF
+    pm = row_ok[:, None] & j_ok[None, :]
+    cos = tl.load(cs_row[:, None] + (j * css1)[None, :], mask=pm, other=0.0).to(tl.float32)
+    sin = tl.load(cs_row[:, None] + ((j + HALF) * css1)[None, :], mask=pm, other=0.0).to(tl.float32)
+
+    # Load the rotary part as its pair halves x1 (first of each pair) and x2 (second).
+    if IS_NEOX:
+        x1 = tl.load(x_row[:, None] + (j * xsd)[None, :], mask=pm, other=0.0).to(tl.float32)
+        x2 = tl.load(x_row[:, None] + ((j + HALF) * xsd)[None, :], mask=pm, other=0.0).to(tl.float32)
+    else:
+        c = tl.arange(0, 2 * BLOCK_H)
+        c_ok = c < R
+        xr = tl.load(x_row[:, None] + (c * xsd)[None, :], mask=row_ok[:, None] & c_ok[None, :],
+                     other=0.0).to(tl.float32)
+        x1, x2 = tl.split(tl.reshape(xr, [ROWS, BLOCK_H, 2]))
+    ss = tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)
+    if HAS_TAIL:
+        tc = R + tl.arange(0, BLOCK_T)
+        t_ok = tc < D
+        tm = row_ok[:, None] & t_ok[None, :]
+        xt = tl.load(x_row[:, None] + (tc * xsd)[None, :], mask=tm, other=0.0).to(tl.float32)
+        ss += tl.sum(xt * xt, axis=1)
+    rstd = tl.rsqrt(ss / D + eps)
+
+    y1 = x1 * rstd[:, None]
+    y2 = x2 * rstd[:, None]
+    if HAS_WEIGHT:
+        if IS_NEOX:
+            w1 = tl.load(W + j * ws, mask=j_ok, other=0.0).to(tl.float32) + w_offset
+            w2 = tl.load(W + (j + HALF) * ws, mask=j_ok, other=0.0).to(tl.float32) + w_offset
+        else:
+            wr = tl.load(W + c * ws, mask=c_ok, other=0.0).to(tl.float32) + w_offset
+            w1, w2 = tl.split(tl.reshape(wr, [BLOCK_H, 2]))
+        y1 = y1 * w1[None, :]
+        y2 = y2 * w2[None, :]
+
+    o1 = y1 * cos - y2 * sin
+    o2 = y2 * cos + y1 * sin
+    if IS_NEOX:
+        tl.store(y_row[:, None] + (j * ysd)[None, :], o1.to(Y.dtype.element_ty), mask=pm)
+        tl.store(y_row[:, None] + ((j + HALF) * ysd)[None, :], o2.to(Y.dtype.element_ty), mask=pm)
+    else:
+        o = tl.reshape(tl.join(o1, o2), [ROWS, 2 * BLOCK_H])
+        tl.store(y_row[:, None] + (c * ysd)[None, :], o.to(Y.dtype.element_ty),
+                 mask=row_ok[:, None] & c_ok[None, :])
+    if HAS_TAIL:
+        yt = xt * rstd[:, None]
+        if HAS_WEIGHT:
+            wt = tl.load(W + tc * ws, mask=t_ok, other=0.0).to(tl.float32) + w_offset
+            yt = yt * wt[None, :]
+        tl.store(y_row[:, None] + (tc * ysd)[None, :], yt.to(Y.dtype.element_ty), mask=tm)
+
+
+@triton.jit
+def _qk_rope_block(block, q_blocks, D, HALF, eps, w_offset, CS, css0, css1, max_pos, P, ps,
+                   XQ, YQ, WQ, q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
+                   XK, YK, WK, k_rows, kH, kxt, kxh, kxd, kyt, kyh, kyd, kws,
+                   HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr,
+                   ROWS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr):
+    if block < q_blocks:
+        _rope_rows(block, D, HALF, eps, w_offset, CS, css0, css1, max_pos, P, ps,
+                   XQ, YQ, WQ, q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
+                   HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, BLOCK_T)
+    else:
+        _rope_rows(block - q_blocks, D, HALF, eps, w_offset, CS, css0, css1, max_pos, P, ps,
+                   XK, YK, WK, k_rows, kH, kxt, kxh, kxd, kyt, kyh, kyd, kws,
+                   HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, BLOCK_T)
+
+
+@triton.jit
+def qk_rms_norm_rope_kernel(D, HALF, eps, w_offset, CS, css0, css1, max_pos, P, ps,
+                            XQ, YQ, WQ, q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
+                            XK, YK, WK, k_rows, kH, kxt, kxh, kxd, kyt, kyh, kyd, kws,
+                            HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr,
+                            ROWS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr,
+                            PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False):
+    """Q then K blocks of ROWS (token, head) rows in one grid; PERSISTENT loops over all
+    blocks with a grid stride.
+
+    ``D``: head_dim; ``HALF``: rotary_dim // 2 (``BLOCK_H = next_pow2(HALF)``); the tail
+    ``[2*HALF, D)`` (``HAS_TAIL``, ``BLOCK_T = next_pow2(D - 2*HALF)``) is only normalised.
+    ``CS``: cos/sin cache ``[max_pos, 2*HALF]`` (strides ``css0``, ``css1``); ``P``: positions
+    ``[T]`` (stride ``ps``, int32 or int64). Per segment: rows ``T*H``, heads ``H``, input and
+    output strides (token, head, element), weight stride.
+    """
+    pdl_wait(USE_PDL)
+    pdl_launch_dependents(USE_PDL)
+    q_blocks = tl.cdiv(q_rows, ROWS)
+    if PERSISTENT:
+        n_blocks = q_blocks + tl.cdiv(k_rows, ROWS)
+        for block in range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            _qk_rope_block(block, q_blocks, D, HALF, eps, w_offset, CS, css0, css1, max_pos, P, ps,
+                           XQ, YQ, WQ, q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
+                           XK, YK, WK, k_rows, kH, kxt, kxh, kxd, kyt, kyh, kyd, kws,
+                           HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, BLOCK_T)
+    else:
+        _qk_rope_block(tl.program_id(0), q_blocks, D, HALF, eps, w_offset, CS, css0, css1, max_pos, P, ps,
+                       XQ, YQ, WQ, q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
+                       XK, YK, WK, k_rows, kH, kxt, kxh, kxd, kyt, kyh, kyd, kws,
+                       HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, BLOCK_T)
