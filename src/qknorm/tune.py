@@ -515,7 +515,10 @@ def main(argv: list[str] | None = None, *, measure: Measure | None = None) -> in
         print("no grid point was measured; nothing written")
         return 1
     save(run.entries, complete=not run.skipped and not run.failed)
-    print(f"wrote {path}: {len(run.entries)} entries in {time.monotonic() - t_start:.0f} s"
+    total = len(merge_entries(base, run.entries))
+    print(f"wrote {path}: {len(run.entries)} entries measured"
+          + (f" ({total} in the table with the merged ones)" if base else "")
+          + f" in {time.monotonic() - t_start:.0f} s"
           + (f"; {len(run.skipped)} points skipped (deadline)" if run.skipped else ""))
     shipped = os.path.join("src", "qknorm", "tuned", gpu_key(gpu) + ".json")
     print(f"to ship it: cp {path} {shipped}   (or point {dispatch.ENV_TABLE} at it)")
