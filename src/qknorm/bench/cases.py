@@ -13,6 +13,11 @@ Op kinds
                i.e. 2D norms on strided column slices of the packed buffer, in place.
   ``rms2d``    RMSNorm over the hidden size of a contiguous ``[T, hidden]``, new output.
   ``add``      fused ``residual += x; x = norm(residual)``, in place on both.
+  ``rope``     per-head RMSNorm of Q and K then rotary embedding (NeoX by default,
+               ``rotary_dim`` of each head, partial for Qwen3-Next), in place on the
+               packed QKV buffer; an fp32 ``cos_sin_cache`` ``[ROPE_MAX_POSITION,
+               rotary_dim]`` and random int64 ``positions`` ``[T]`` come with the inputs
+               (``qknorm.qk_rms_norm_rope``; preset ``rope``).
 """
 from __future__ import annotations
 
@@ -23,8 +28,9 @@ import torch
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 DEFAULT_TOKENS = (1, 4, 16, 64, 256, 512, 1024, 4096, 16384)
-OPS = ("qk", "qk_full", "rms2d", "add")
-QKNORM_OP = {"qk": "qk_rms_norm", "qk_full": "qk_rms_norm", "rms2d": "rms_norm", "add": "fused_add_rms_norm"}
+OPS = ("qk", "qk_full", "rms2d", "add", "rope")
+QKNORM_OP = {"qk": "qk_rms_norm", "qk_full": "qk_rms_norm", "rms2d": "rms_norm", "add": "fused_add_rms_norm",
+             "rope": "qk_rms_norm"}  # rope: the fused kernel takes the dispatcher's qk_rms_norm pick
 EPS = 1e-6
 
 SEED_BATCH = (1, 8, 64, 256, 1024, 4096)
@@ -54,7 +60,18 @@ MODELS = {
     "olmo2-7b": Model(32, 32, 128, 4096, qk_op="qk_full"),
     "llama3-70b": Model(64, 8, 128, 8192, qk_op=None),
 }
-PRESETS = ("seed",) + tuple(MODELS)
+
+# QK norm + RoPE (preset "rope"): (model, Q heads, KV heads, head_dim, rotary_dim, weight offset)
+ROPE_MODELS = (
+    ("qwen3-8b", 32, 8, 128, 128, 0.0),
+    ("qwen3-235b", 64, 4, 128, 128, 0.0),
+    ("qwen3-next", 16, 2, 256, 64, 0.0),      # partial rotary: 64 of 256
+    ("gemma3-27b", 32, 16, 128, 128, 1.0),    # Gemma's (1 + w)
+)
+ROPE_MAX_POSITION = 40960  # cos/sin cache rows (Qwen3's max_position_embeddings)
+ROPE_THETA = 1e6
+
+PRESETS = ("seed",) + tuple(MODELS) + ("rope",)
 
 
 @dataclass(frozen=True)
@@ -62,7 +79,8 @@ class Case:
     """One benchmark problem. ``tokens`` is T (the seed grid's batch).
 
     For ``qk``/``qk_full``: ``hq``, ``hkv``, ``head_dim`` describe the packed QKV buffer.
-    For ``rms2d``/``add``: ``hidden`` is the normalised width."""
+    For ``rms2d``/``add``: ``hidden`` is the normalised width. For ``rope``: ``rotary_dim``
+    (0: the whole head) and ``is_neox`` (rotate halves; False: GPT-J pairs)."""
 
     preset: str
     op: str
@@ -74,6 +92,8 @@ class Case:
     hidden: int = 0
     weight_offset: float = 0.0
     eps: float = EPS
+    rotary_dim: int = 0
+    is_neox: bool = True
 
     def __post_init__(self):
         if self.op not in OPS:
@@ -83,10 +103,18 @@ class Case:
         if self.op == "qk_full" and self.hq != self.hkv:
             # qk_rms_norm normalises Q and K rows of one width; OLMo 2 has Hq == Hkv.
             raise ValueError("qk_full needs hq == hkv (equal Q and K widths)")
+        if self.op == "rope":
+            if self.rotary_dim == 0:
+                object.__setattr__(self, "rotary_dim", self.head_dim)
+            if self.rotary_dim < 2 or self.rotary_dim % 2 or self.rotary_dim > self.head_dim:
+                raise ValueError(f"Case.rotary_dim must be even and in [2, head_dim={self.head_dim}], "
+                                 f"got {self.rotary_dim}")
+        elif self.rotary_dim:
+            raise ValueError(f"Case.rotary_dim is for op 'rope' only, got {self.rotary_dim} for {self.op!r}")
 
     @property
     def is_qk(self) -> bool:
-        return self.op in ("qk", "qk_full")
+        return self.op in ("qk", "qk_full", "rope")  # Q and K views of one packed QKV buffer
 
     @property
     def qknorm_op(self) -> str:
@@ -96,7 +124,7 @@ class Case:
     @property
     def width(self) -> int:
         """The normalised width D (head_dim, full Q width, or hidden)."""
-        if self.op == "qk":
+        if self.op in ("qk", "rope"):
             return self.head_dim
         if self.op == "qk_full":
             return self.hq * self.head_dim
@@ -105,7 +133,7 @@ class Case:
     @property
     def n_rows(self) -> int:
         """Normalised rows in one call (Q rows + K rows for QK norm)."""
-        if self.op == "qk":
+        if self.op in ("qk", "rope"):
             return self.tokens * (self.hq + self.hkv)
         if self.op == "qk_full":
             return 2 * self.tokens
@@ -118,8 +146,12 @@ class Case:
     @property
     def ideal_bytes(self) -> int:
         """Bytes an ideal kernel moves: each input element read once, each output written
-        once, each weight read once."""
+        once, each weight read once. ``rope`` adds the positions (int64) and one fp32
+        cos/sin cache row per token."""
         es = torch.empty((), dtype=self.dtype).element_size()
+        if self.op == "rope":
+            elems = self.tokens * (self.hq + self.hkv) * self.head_dim
+            return 2 * elems * es + 2 * self.head_dim * es + self.tokens * (8 + 4 * self.rotary_dim)
         if self.is_qk:
             elems = self.tokens * (self.hq + self.hkv) * self.head_dim
             n_weights = 2 * self.width
@@ -133,6 +165,8 @@ class Case:
         """Human-readable shape, e.g. ``T=512 Hq=32 Hkv=8 D=128`` or ``[512, 4096]``."""
         if self.op == "qk":
             return f"T={self.tokens} Hq={self.hq} Hkv={self.hkv} D={self.head_dim}"
+        if self.op == "rope":
+            return f"T={self.tokens} Hq={self.hq} Hkv={self.hkv} D={self.head_dim} rotary={self.rotary_dim}"
         if self.op == "qk_full":
             return f"T={self.tokens} Q,K=[{self.tokens}, {self.width}] of qkv[{self.tokens}, {self.packed_width}]"
         return f"[{self.tokens}, {self.hidden}]"
@@ -142,6 +176,9 @@ class Case:
         """The case without its token count: the x-axis of plots and threshold tables."""
         if self.op == "qk":
             g = f"qk Hq={self.hq} Hkv={self.hkv} D={self.head_dim}"
+        elif self.op == "rope":
+            g = (f"rope Hq={self.hq} Hkv={self.hkv} D={self.head_dim} rotary={self.rotary_dim} "
+                 f"{'neox' if self.is_neox else 'gptj'}")
         elif self.op == "qk_full":
             g = f"qk_full D={self.width}"
         else:
@@ -181,11 +218,18 @@ def _seed_cases(tokens, dtype) -> list[Case]:
     return out
 
 
+def _rope_cases(tokens, dtype) -> list[Case]:
+    return [Case("rope", "rope", t, dtype, hq, hkv, d, weight_offset=off, rotary_dim=r)
+            for _, hq, hkv, d, r, off in ROPE_MODELS for t in tokens]
+
+
 def preset_cases(name: str, tokens=None, dtype: torch.dtype = torch.bfloat16) -> list[Case]:
     """All cases of preset ``name``; ``tokens`` overrides its token list (the seed's
     default is its batch list, the models' is :data:`DEFAULT_TOKENS`)."""
     if name == "seed":
         return _seed_cases(tuple(tokens) if tokens else SEED_BATCH, dtype)
+    if name == "rope":
+        return _rope_cases(tuple(tokens) if tokens else DEFAULT_TOKENS, dtype)
     if name not in MODELS:
         raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     return _model_cases(name, tuple(tokens) if tokens else DEFAULT_TOKENS, dtype)
@@ -210,6 +254,8 @@ def quick_cases(presets=None, dtype: torch.dtype = torch.bfloat16, tokens=None) 
             for heads, d in ((8, 64), (32, 128)):
                 out += [Case("seed", "qk", t, dtype, heads, heads, d) for t in small]
             out += [Case("seed", "rms2d", t, dtype, hidden=1024) for t in small]
+        elif name == "rope":
+            out += _rope_cases(small, dtype)
         else:
             out += _model_cases(name, small, dtype)
     return out
@@ -220,7 +266,7 @@ def quick_cases(presets=None, dtype: torch.dtype = torch.bfloat16, tokens=None) 
 @dataclass
 class Inputs:
     """The tensors of one case. ``qk``/``qk_full``: ``qkv`` with views ``q``, ``k``, ``v``
-    and weights ``qw``, ``kw``. ``rms2d``: ``x``, ``w`` and a preallocated ``out``.
+    and weights ``qw``, ``kw``; ``rope`` adds ``cos_sin_cache`` and ``positions``. ``rms2d``: ``x``, ``w`` and a preallocated ``out``.
     ``add``: ``x``, ``residual``, ``w``."""
 
     case: Case
@@ -235,14 +281,17 @@ class Inputs:
     def clone(self) -> "Inputs":
         """A deep copy with the same views into a copied packed buffer."""
         if self.case.is_qk:
-            return _qk_views(self.case, self.qkv.clone(), self.qw.clone(), self.kw.clone())
+            out = _qk_views(self.case, self.qkv.clone(), self.qw.clone(), self.kw.clone())
+            if self.case.op == "rope":  # read-only: shared
+                out.t.update(cos_sin_cache=self.cos_sin_cache, positions=self.positions)
+            return out
         return Inputs(self.case, {k: v.clone() for k, v in self.t.items()})
 
 
 def _qk_views(case: Case, qkv, qw, kw) -> Inputs:
     T, D, hq, hkv = case.tokens, case.head_dim, case.hq, case.hkv
     q2, k2, v2 = qkv[:, :hq * D], qkv[:, hq * D:(hq + hkv) * D], qkv[:, (hq + hkv) * D:]
-    if case.op == "qk":
+    if case.op in ("qk", "rope"):
         q, k = q2.view(T, hq, D), k2.view(T, hkv, D)
     else:
         q, k = q2, k2
@@ -270,6 +319,15 @@ def _weight(n: int, offset: float, dtype, device, g) -> torch.Tensor:
     return w.to(dtype)
 
 
+def rope_cache(rotary_dim: int, max_position: int = ROPE_MAX_POSITION, theta: float = ROPE_THETA,
+               device="cpu") -> torch.Tensor:
+    """fp32 ``[max_position, rotary_dim]`` cos half then sin half (vLLM's ``RotaryEmbedding``
+    layout, the one FlashInfer and vLLM's fused op read)."""
+    inv = 1.0 / theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float64, device=device) / rotary_dim)
+    ang = torch.arange(max_position, dtype=torch.float64, device=device)[:, None] * inv[None, :]
+    return torch.cat((ang.cos(), ang.sin()), dim=-1).float().contiguous()
+
+
 def build_inputs(case: Case, device="cpu", seed: int = 0) -> Inputs:
     """Fresh inputs for ``case``: the same ``seed`` gives the same values on a device."""
     g = torch.Generator(device=device).manual_seed(seed)
@@ -280,7 +338,12 @@ def build_inputs(case: Case, device="cpu", seed: int = 0) -> Inputs:
         qkv = _activations((T, H, D), 1, dt, device, g).view(T, H * D)
         qw = _weight(case.width, case.weight_offset, dt, device, g)
         kw = _weight(case.width, case.weight_offset, dt, device, g)
-        return _qk_views(case, qkv, qw, kw)
+        inp = _qk_views(case, qkv, qw, kw)
+        if case.op == "rope":
+            # random positions (a decode batch: each sequence at its own place), unsorted
+            pos = torch.randint(0, ROPE_MAX_POSITION, (T,), generator=g, device=device, dtype=torch.int64)
+            inp.t.update(cos_sin_cache=rope_cache(case.rotary_dim, device=device), positions=pos)
+        return inp
     x = _activations((case.tokens, case.hidden), None, dt, device, g)
     w = _weight(case.hidden, case.weight_offset, dt, device, g)
     if case.op == "rms2d":
@@ -291,9 +354,14 @@ def build_inputs(case: Case, device="cpu", seed: int = 0) -> Inputs:
 
 def expected(case: Case, inp: Inputs) -> tuple[torch.Tensor, ...]:
     """fp32 reference outputs in the order implementations return them:
-    ``qk`` -> (q, k); ``rms2d`` -> (y,); ``add`` -> (x, residual)."""
+    ``qk`` -> (q, k); ``rms2d`` -> (y,); ``add`` -> (x, residual); ``rope`` -> (q, k)."""
     from qknorm.reference import fused_add_rms_norm_ref, rms_norm_ref
 
+    if case.op == "rope":
+        from qknorm.reference_rope import qk_rms_norm_rope_ref
+        return qk_rms_norm_rope_ref(inp.q, inp.k, inp.qw, inp.kw, inp.cos_sin_cache, inp.positions, case.eps,
+                                    is_neox=case.is_neox, rotary_dim=case.rotary_dim,
+                                    weight_offset=case.weight_offset)
     if case.is_qk:
         return (rms_norm_ref(inp.q, inp.qw, case.eps, case.weight_offset),
                 rms_norm_ref(inp.k, inp.kw, case.eps, case.weight_offset))

@@ -3,7 +3,7 @@
 Every adapter builds, for a :class:`~qknorm.bench.cases.Case` and its inputs, a
 zero-argument callable that performs the case's function on those very tensors and
 returns the outputs in the case's order (``qk`` -> (q, k); ``rms2d`` -> (y,);
-``add`` -> (x, residual)). Like with like: per-head norm against per-head norm, Q and
+``add`` -> (x, residual); ``rope`` -> (q, k)). Like with like: per-head norm against per-head norm, Q and
 K both normalised by every implementation (in one launch or Q then K), in place where
 the implementation can be. All host-side set-up (weight copies, module look-ups)
 happens in ``build``, outside the timed region. Where an implementation needs a copy
@@ -12,7 +12,8 @@ row's ``notes`` say so.
 
 Families: ``qknorm`` (the dispatcher's pick), ``qknorm-variant`` (one forced
 :class:`~qknorm.dispatch.KernelConfig`), ``peer`` (other implementations; the best of
-them is what qknorm is compared with), ``copy`` (the ``.contiguous()`` copy alone:
+them is what qknorm is compared with; for ``rope`` the compositions of a norm and a
+RoPE pass, and vLLM's fused op), ``copy`` (the ``.contiguous()`` copy alone:
 not a norm, not checked) and ``trap`` (flattening heads into hidden: a different
 function, shown failing the gate).
 """
@@ -54,6 +55,14 @@ class Impl:
         return contextlib.nullcontext()
 
 
+def _no_rope(case: Case, what: str = "norm only") -> tuple[bool, str]:
+    """``supports()`` answer of a norm-only implementation for ``case``: rope cases are not
+    its function (the compositions below pair a norm with a RoPE pass)."""
+    if case.op == "rope":
+        return False, f"{what}: no RoPE"
+    return True, ""
+
+
 def _import(name: str):
     """Import ``name``; returns (module, "") or (None, reason)."""
     try:
@@ -81,6 +90,8 @@ class Qknorm(Impl):
         self.family = "qknorm" if config is None else "qknorm-variant"
 
     def notes(self, case):
+        if case.op == "rope":
+            return "qk_rms_norm_rope: norm + RoPE of Q and K in one launch, in place on the packed buffer"
         if case.op == "qk":
             return "Q and K in one launch, in place on the packed buffer"
         if case.op == "qk_full":
@@ -91,7 +102,15 @@ class Qknorm(Impl):
         import qknorm
 
         cfg, eps, off = self.config, case.eps, case.weight_offset
-        if case.is_qk:
+        if case.op == "rope":
+            q, k, qw, kw, cs, pos = inp.q, inp.k, inp.qw, inp.kw, inp.cos_sin_cache, inp.positions
+            fr, outs, neox, rd = qknorm.qk_rms_norm_rope, (q, k), case.is_neox, case.rotary_dim
+
+            def call():
+                fr(q, k, qw, kw, cs, pos, eps, is_neox=neox, rotary_dim=rd, weight_offset=off, q_out=q, k_out=k,
+                   config=cfg)
+                return outs
+        elif case.is_qk:
             q, k, qw, kw = inp.q, inp.k, inp.qw, inp.kw
             f, outs = qknorm.qk_rms_norm, (q, k)
 
@@ -116,9 +135,15 @@ class Qknorm(Impl):
 
 
 def qknorm_variants(case: Case, device) -> list[Qknorm]:
-    """One adapter per admissible kernel config for this case (``candidate_configs``)."""
+    """One adapter per admissible kernel config for this case (``candidate_configs``).
+
+    ``rope``: the fused kernel keeps a whole head in registers and walks rows in segment
+    order, so only unchunked, segment-order configs are distinct variants there."""
     from qknorm.dispatch import candidate_configs
-    return [Qknorm(c) for c in candidate_configs(case.qknorm_op, case.dtype, case.width, case.n_rows, device)]
+    cands = candidate_configs(case.qknorm_op, case.dtype, case.width, case.n_rows, device)
+    if case.op == "rope":
+        cands = [c for c in cands if not c.chunked(case.width) and not c.token_order]
+    return [Qknorm(c) for c in cands]
 
 
 def qknorm_pick(case: Case, device) -> tuple[str, str]:
@@ -177,8 +202,47 @@ def _torch_fns(case: Case, inp: Inputs, qk, rms, add) -> Fn:
     return call
 
 
+def torch_rope(x: torch.Tensor, cos_sin_cache: torch.Tensor, positions: torch.Tensor, rotary_dim: int,
+               is_neox: bool) -> torch.Tensor:
+    """RoPE of ``x`` ``[T, H, D]`` the way vLLM's ``RotaryEmbedding.forward_native`` does it:
+    gather the cache rows, rotate the first ``rotary_dim`` elements in fp32, round to x's dtype."""
+    half = rotary_dim // 2
+    cs = cos_sin_cache.index_select(0, positions).float()
+    cos, sin = cs[:, None, :half], cs[:, None, half:rotary_dim]
+    xr = x[..., :rotary_dim].float()
+    if is_neox:
+        x1, x2 = xr[..., :half], xr[..., half:]
+    else:
+        x1, x2 = xr[..., 0::2], xr[..., 1::2]
+    o1 = x1 * cos - x2 * sin
+    o2 = x2 * cos + x1 * sin
+    rot = torch.cat((o1, o2), dim=-1) if is_neox else torch.stack((o1, o2), dim=-1).flatten(-2)
+    return torch.cat((rot.to(x.dtype), x[..., rotary_dim:]), dim=-1)
+
+
+def _torch_rope_inplace(q, k, qw, kw, cs, pos, eps: float, offset: float, rotary_dim: int, is_neox: bool):
+    """The composition: torch norm (rounded to the activation dtype, as separate ops do),
+    then torch RoPE, each result copied back in place."""
+    q.copy_(torch_rope(torch_norm(q, qw, eps, offset), cs, pos, rotary_dim, is_neox))
+    k.copy_(torch_rope(torch_norm(k, kw, eps, offset), cs, pos, rotary_dim, is_neox))
+
+
+def _torch_rope_fn(case: Case, inp: Inputs, fn) -> Fn:
+    q, k, qw, kw, cs, pos = inp.q, inp.k, inp.qw, inp.kw, inp.cos_sin_cache, inp.positions
+    eps, off, rd, neox = case.eps, case.weight_offset, case.rotary_dim, case.is_neox
+    outs = (q, k)
+
+    def call():
+        fn(q, k, qw, kw, cs, pos, eps, off, rd, neox)
+        return outs
+    return call
+
+
 class TorchEager(Impl):
     name = "torch"
+
+    def supports(self, case):
+        return _no_rope(case, "torch norm only (torch_norm+rope is the composition)")
 
     def notes(self, case):
         base = "fp32 upcast formula, several kernels"
@@ -186,6 +250,21 @@ class TorchEager(Impl):
 
     def build(self, case, inp):
         return _torch_fns(case, inp, _torch_qk_inplace, _torch_rms, _torch_add_inplace)
+
+
+class TorchRope(Impl):
+    """The PyTorch composition for ``rope``: torch norm of Q and K, then torch RoPE, in place."""
+
+    name = "torch_norm+rope"
+
+    def supports(self, case):
+        return (True, "") if case.op == "rope" else (False, "rope cases only (norm + RoPE)")
+
+    def notes(self, case):
+        return "torch formula norm then torch RoPE (vLLM forward_native style), many kernels; Q then K, in place"
+
+    def build(self, case, inp):
+        return _torch_rope_fn(case, inp, _torch_rope_inplace)
 
 
 class TorchCompile(Impl):
@@ -196,6 +275,8 @@ class TorchCompile(Impl):
     needs_cuda = True  # Inductor's CPU compile time would dominate a CPU run
 
     def notes(self, case):
+        if case.op == "rope":
+            return "torch.compile(fullgraph, dynamic=False) of torch norm then torch RoPE (torch_norm+rope), in place"
         return "torch.compile(fullgraph, dynamic=False) of the torch formula" + (", in place" if case.op != "rms2d" else "")
 
     def __init__(self):
@@ -210,8 +291,10 @@ class TorchCompile(Impl):
             opts = dict(fullgraph=True, dynamic=False)
             self._case = case
             self._fns = (torch.compile(_torch_qk_inplace, **opts), torch.compile(_torch_rms, **opts),
-                         torch.compile(_torch_add_inplace, **opts))
-        return _torch_fns(case, inp, *self._fns)
+                         torch.compile(_torch_add_inplace, **opts), torch.compile(_torch_rope_inplace, **opts))
+        if case.op == "rope":
+            return _torch_rope_fn(case, inp, self._fns[3])
+        return _torch_fns(case, inp, *self._fns[:3])
 
 
 class TorchFRmsNorm(Impl):
@@ -228,7 +311,7 @@ class TorchFRmsNorm(Impl):
             return False, "no weight_offset argument"
         if case.op == "add":
             return False, "no fused add form"
-        return True, ""
+        return _no_rope(case, "F.rms_norm only")
 
     def notes(self, case):
         return "F.rms_norm" + ("; Q then K, copied back in place" if case.is_qk else "")
@@ -254,7 +337,7 @@ class TorchCopy2D(Impl):
     name = "torch_copy2d"
 
     def supports(self, case):
-        return (True, "") if case.is_qk else (False, "QK cases only")
+        return _no_rope(case) if case.is_qk else (False, "QK cases only")
 
     def notes(self, case):
         return "copies Q and K to contiguous (timed), then the torch formula as a 2D norm; result in the copies"
@@ -277,7 +360,7 @@ class ContiguousCopy(Impl):
     family = "copy"
 
     def supports(self, case):
-        return (True, "") if case.is_qk else (False, "QK cases only")
+        return _no_rope(case, "a copy baseline, shown on the qk cases") if case.is_qk else (False, "QK cases only")
 
     def notes(self, case):
         return "the copy alone (not a norm, not checked): Q.contiguous(), K.contiguous()"
@@ -351,7 +434,7 @@ class FlashInferLike(Impl):
     def supports(self, case):
         if case.weight_offset not in (0.0, 1.0):
             return False, f"weight_offset={case.weight_offset:g}: only 0 and Gemma's 1 (gemma_ forms)"
-        return True, ""
+        return _no_rope(case, "rmsnorm only (flashinfer_rms+rope is the composition)")
 
     def _path(self) -> str:
         m = self._load()
@@ -424,7 +507,7 @@ class FlashInferCopy2D(FlashInferLike):
     def supports(self, case):
         if not case.is_qk:
             return False, "QK cases only"
-        return super().supports(case)
+        return super().supports(case)  # rope: norm only (FlashInferLike.supports)
 
     def notes(self, case):
         return f"flashinfer-python {_version(self.dist)}, {self._path()}; copies Q and K to contiguous (timed), " \
@@ -472,6 +555,8 @@ class Quack(Impl):
         return (True, "") if self._load() is not None else (False, self._why)
 
     def supports(self, case):
+        if case.op == "rope":
+            return _no_rope(case, "quack rmsnorm only")
         if not self.per_head and case.op != "qk":
             return False, "the 1D-weight (copying) form is shown for per-head QK only; see 'quack'"
         return True, ""
@@ -527,6 +612,8 @@ class Liger(Impl):
         return True, ""
 
     def supports(self, case):
+        if case.op == "rope":
+            return _no_rope(case, "liger rms_norm only")
         if case.op == "add" and self._add is None:
             return False, "this Liger has no LigerFusedAddRMSNormFunction"
         return True, ""
@@ -569,6 +656,8 @@ class VLLM(Impl):
         return (self._ops is not None), why
 
     def supports(self, case):
+        if case.op == "rope":
+            return _no_rope(case, "vllm rms_norm only (vllm_fused_qk_norm_rope is its fused op)")
         return (False, "no weight_offset") if case.weight_offset else (True, "")
 
     def notes(self, case):
@@ -601,6 +690,166 @@ class VLLM(Impl):
         return call
 
 
+# --------------------------------------------------------------------------- QK norm + RoPE peers
+
+class _FlashInferRope(Impl):
+    """Base of the compositions ending in FlashInfer's
+    ``flashinfer.rope.apply_rope_with_cos_sin_cache_inplace(positions, query, key, head_size,
+    cos_sin_cache, is_neox=True)``: query/key ``[T, H*D]``, cos_sin_cache fp32
+    ``[max_pos, rotary_dim]`` (the rotary dim is its width), positions int32/int64. Its CUDA
+    kernel reads the token and head strides and needs only a unit last-dim stride, so the
+    strided ``[T, H*D]`` column slices of the packed QKV buffer are passed as they are (no
+    copy)."""
+
+    needs_cuda = True
+    norm_module = ""
+
+    def __init__(self):
+        self._rope = self._norm = None
+        self._why = ""
+
+    def available(self):
+        m, why = _import("flashinfer.rope")
+        if m is None:
+            return False, why
+        self._rope = getattr(m, "apply_rope_with_cos_sin_cache_inplace", None)
+        if self._rope is None:
+            return False, "this flashinfer.rope has no apply_rope_with_cos_sin_cache_inplace"
+        if self.norm_module:
+            self._norm, why = _import(self.norm_module)
+            if self._norm is None:
+                return False, why
+        return True, ""
+
+    def supports(self, case):
+        if case.op != "rope":
+            return False, "rope cases only (norm + RoPE)"
+        if case.dtype not in (torch.float16, torch.bfloat16):
+            return False, "FlashInfer RoPE: fp16/bf16 only"
+        return True, ""
+
+    def _rope_call(self, case, inp):
+        """``rope()`` applying FlashInfer's RoPE in place to the packed buffer's Q and K."""
+        T, D, hq, hkv = case.tokens, case.head_dim, case.hq, case.hkv
+        q2, k2 = inp.qkv[:, :hq * D], inp.qkv[:, hq * D:(hq + hkv) * D]  # strided [T, H*D] views
+        f, cs, pos, neox = self._rope, inp.cos_sin_cache, inp.positions, case.is_neox
+        assert q2.stride(-1) == 1 and k2.stride(-1) == 1 and cs.dtype == torch.float32
+
+        def rope():
+            f(pos, q2, k2, D, cs, neox)
+        return rope
+
+
+class QknormQkFlashInferRope(_FlashInferRope):
+    """qknorm's ``qk_rms_norm`` (Q and K in one launch, in place) + FlashInfer's RoPE: the
+    best two-pass composition qknorm itself offers without the fused kernel."""
+
+    name = "qknorm_qk+flashinfer_rope"
+
+    def notes(self, case):
+        return (f"2 launches: qknorm.qk_rms_norm in place, then flashinfer-python {_version('flashinfer-python')} "
+                "apply_rope_with_cos_sin_cache_inplace on the strided [T, H*D] views (no copy)")
+
+    def build(self, case, inp):
+        import qknorm
+        q, k, qw, kw = inp.q, inp.k, inp.qw, inp.kw
+        eps, off, outs, norm = case.eps, case.weight_offset, (q, k), qknorm.qk_rms_norm
+        rope = self._rope_call(case, inp)
+
+        def call():
+            norm(q, k, qw, kw, eps, weight_offset=off, q_out=q, k_out=k)
+            rope()
+            return outs
+        return call
+
+
+class FlashInferRmsRope(_FlashInferRope):
+    """FlashInfer only: ``rmsnorm`` (``gemma_rmsnorm`` for offset 1) of Q, of K (3D strided
+    views, in place), then FlashInfer's RoPE: what an engine built on FlashInfer runs."""
+
+    name = "flashinfer_rms+rope"
+    norm_module = "flashinfer.norm"
+
+    def supports(self, case):
+        if case.weight_offset not in (0.0, 1.0):
+            return False, f"weight_offset={case.weight_offset:g}: only 0 and Gemma's 1 (gemma_ forms)"
+        return super().supports(case)
+
+    def notes(self, case):
+        return (f"3 launches: flashinfer-python {_version('flashinfer-python')} rmsnorm(Q), rmsnorm(K) on the "
+                "strided [T, H, D] views in place, then apply_rope_with_cos_sin_cache_inplace (no copy)")
+
+    def build(self, case, inp):
+        m = self._norm
+        rms = m.gemma_rmsnorm if case.weight_offset == 1.0 else m.rmsnorm
+        q, k, qw, kw, eps, outs = inp.q, inp.k, inp.qw, inp.kw, case.eps, (inp.q, inp.k)
+        rope = self._rope_call(case, inp)
+
+        def call():
+            rms(q, qw, eps, out=q)
+            rms(k, kw, eps, out=k)
+            rope()
+            return outs
+        return call
+
+
+class VLLMFusedQkNormRope(Impl):
+    """vLLM's fused op ``torch.ops._C.fused_qk_norm_rope(qkv, num_heads_q, num_heads_k,
+    num_heads_v, head_dim, eps, q_weight, k_weight, cos_sin_cache, is_neox, position_ids)``
+    (through ``vllm._custom_ops.fused_qk_norm_rope`` when that wrapper exists): in place on a
+    contiguous 2D packed QKV buffer; fp16/bf16 activations with weights of the same dtype,
+    int64 positions, head_dim 64/128/256; ``rotary_dim`` is the cache width (partial rotary
+    needs a recent vLLM; an older one fails the gate or raises, and the row says so)."""
+
+    name = "vllm_fused_qk_norm_rope"
+    needs_cuda = True
+
+    def __init__(self):
+        self._fn = None
+
+    def available(self):
+        ops, why = _import("vllm._custom_ops")
+        if ops is None:
+            return False, why
+        fn = getattr(ops, "fused_qk_norm_rope", None)
+        if fn is None:
+            c = getattr(torch.ops, "_C", None)
+            try:
+                fn = getattr(c, "fused_qk_norm_rope") if c is not None else None
+            except (AttributeError, RuntimeError):
+                fn = None
+        if fn is None:
+            return False, "this vLLM has no fused_qk_norm_rope op"
+        self._fn = fn
+        return True, ""
+
+    def supports(self, case):
+        if case.op != "rope":
+            return False, "rope cases only (norm + RoPE)"
+        if case.weight_offset:
+            return False, "no weight_offset (Gemma's 1 + w would need a pre-added weight)"
+        if case.dtype not in (torch.float16, torch.bfloat16):
+            return False, "fp16/bf16 only"
+        if case.head_dim not in (64, 128, 256):
+            return False, f"head_dim {case.head_dim}: vLLM's kernel takes 64, 128, 256"
+        return True, ""
+
+    def notes(self, case):
+        return f"vllm {_version('vllm')}; one launch, in place on the contiguous packed QKV buffer"
+
+    def build(self, case, inp):
+        f, qkv = self._fn, inp.qkv
+        assert qkv.is_contiguous() and inp.positions.dtype == torch.int64
+        args = (qkv, case.hq, case.hkv, case.hkv, case.head_dim, case.eps, inp.qw, inp.kw, inp.cos_sin_cache,
+                case.is_neox, inp.positions)
+        outs = (inp.q, inp.k)
+
+        def call():
+            f(*args)
+            return outs
+        return call
+
+
 # --------------------------------------------------------------------------- registry
 
 def static_impls() -> list[Impl]:
@@ -621,12 +870,17 @@ def static_impls() -> list[Impl]:
         Liger(),
         VLLM(),
         FlashInferLike("sgl_kernel", "sgl_kernel", dist="sgl-kernel"),
+        TorchRope(),
+        QknormQkFlashInferRope(),
+        FlashInferRmsRope(),
+        VLLMFusedQkNormRope(),
     ]
 
 
 STATIC_NAMES = ("qknorm", "torch", "torch.compile", "torch_rms_norm", "torch_copy2d", "contiguous_copy",
                 "torch_flat2d", "flashinfer", "flashinfer_cuda", "flashinfer_copy2d", "quack", "quack_flat",
-                "liger", "vllm", "sgl_kernel")
+                "liger", "vllm", "sgl_kernel", "torch_norm+rope", "qknorm_qk+flashinfer_rope", "flashinfer_rms+rope",
+                "vllm_fused_qk_norm_rope")
 VARIANT_PATTERN = "qknorm[*]"
 
 
