@@ -88,11 +88,16 @@ def _presets(s: str) -> list[str]:
 def _versions() -> dict:
     from importlib.metadata import version
     out = {}
-    for dist in ("flashinfer-python", "quack-kernels", "liger-kernel", "vllm", "sgl-kernel"):
+    import importlib
+    for dist, mod in (("flashinfer-python", "flashinfer"), ("quack-kernels", "quack"), ("liger-kernel", "liger_kernel"),
+                      ("vllm", "vllm"), ("sgl-kernel", "sgl_kernel")):
         try:
             out[dist] = version(dist)
-        except Exception:  # noqa: BLE001
-            pass
+        except Exception:  # noqa: BLE001 - installed without metadata: ask the module
+            try:
+                out[dist] = getattr(importlib.import_module(mod), "__version__", "?")
+            except Exception:  # noqa: BLE001
+                pass
     return out
 
 

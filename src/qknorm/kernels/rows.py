@@ -40,12 +40,15 @@ def norm_block(block, X, Y, W, n_rows, D, N1, N2,
     cols = tl.arange(0, BLOCK_D)
     if not CHUNKED:
         col_ok = cols < D
+        # The weight load is issued first so that its latency overlaps the row's load and
+        # reduction instead of following them (a whole DRAM round trip at decode sizes).
+        if HAS_WEIGHT:
+            w = tl.load(W + cols * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset
         mask = row_ok[:, None] & col_ok[None, :]
         x = tl.load(x_row[:, None] + (cols * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
         rstd = tl.rsqrt(tl.sum(x * x, axis=1) / D + eps)
         y = x * rstd[:, None]
         if HAS_WEIGHT:
-            w = tl.load(W + cols * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset
             y = y * w[None, :]
         tl.store(y_row[:, None] + (cols * ysd)[None, :], y.to(Y.dtype.element_ty), mask=mask)
     else:
@@ -86,6 +89,8 @@ def add_norm_block(block, X, R, W, n_rows, D, N1, N2,
     cols = tl.arange(0, BLOCK_D)
     if not CHUNKED:
         col_ok = cols < D
+        if HAS_WEIGHT:  # first, to overlap its latency (see norm_block)
+            w = tl.load(W + cols * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset
         mask = row_ok[:, None] & col_ok[None, :]
         x_ptr = x_row[:, None] + (cols * xsd)[None, :]
         r_ptr = r_row[:, None] + (cols * rsd)[None, :]
@@ -95,7 +100,6 @@ def add_norm_block(block, X, R, W, n_rows, D, N1, N2,
         rstd = tl.rsqrt(tl.sum(s * s, axis=1) / D + eps)
         y = s * rstd[:, None]
         if HAS_WEIGHT:
-            w = tl.load(W + cols * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset
             y = y * w[None, :]
         tl.store(x_ptr, y.to(X.dtype.element_ty), mask=mask)
     else:
