@@ -25,6 +25,7 @@ ops (``torch_library.py``) so tracing sees one opaque op; eager calls skip that 
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -172,8 +173,35 @@ def _grid(cfg: KernelConfig, n_blocks: int, device) -> tuple[int, int, int]:
     return (max(1, n_blocks), 1, 1)
 
 
-def _use_pdl(cfg: KernelConfig) -> bool:
-    if not cfg.pdl or interpreter_on():
+_pdl_default: dict = {}
+
+
+def _pdl_by_default(device) -> bool:
+    """PDL on by default on Hopper and newer (compute capability >= 9), as FlashInfer does:
+    the next kernel's launch overlaps this one's tail. ``QKNORM_PDL=0`` turns it off,
+    ``QKNORM_PDL=1`` asks for it wherever Triton supports it. Cached per device."""
+    idx = device.index if device is not None and device.type == "cuda" else None
+    hit = _pdl_default.get(idx)
+    if hit is None:
+        env = os.environ.get("QKNORM_PDL", "auto").strip().lower()
+        if env in ("0", "false", "off", "no"):
+            hit = False
+        elif env in ("1", "true", "on", "yes"):
+            hit = True
+        else:
+            try:
+                hit = device is not None and device.type == "cuda" and \
+                    torch.cuda.get_device_capability(device)[0] >= 9
+            except Exception:  # noqa: BLE001 - no CUDA: no PDL
+                hit = False
+        _pdl_default[idx] = hit
+    return hit
+
+
+def _use_pdl(cfg: KernelConfig, device=None) -> bool:
+    """Whether this launch uses programmatic dependent launch: ``cfg.pdl`` or the device
+    default, never in the interpreter or without Triton's ``gdc_*`` intrinsics."""
+    if interpreter_on() or not (cfg.pdl or _pdl_by_default(device)):
         return False
     from .kernels.pdl import HAVE_GDC
     return HAVE_GDC
@@ -181,7 +209,7 @@ def _use_pdl(cfg: KernelConfig) -> bool:
 
 def _finish(op, cfg, ints, consts_head, pointer_dtypes, device, n_ptrs, grid):
     """Constexprs, launch kwargs and the shared launch entries of a plan."""
-    pdl = _use_pdl(cfg)
+    pdl = _use_pdl(cfg, device)
     consts = consts_head + (cfg.persistent, pdl)
     kwargs = {"num_warps": cfg.num_warps}
     if pdl:

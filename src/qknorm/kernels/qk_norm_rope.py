@@ -58,6 +58,16 @@ def _rope_rows(block, D, HALF, eps, w_offset, CS, css0, css1, max_pos, P, ps,
     cos = tl.load(cs_row[:, None] + (j * css1)[None, :], mask=pm, other=0.0).to(tl.float32)
     sin = tl.load(cs_row[:, None] + ((j + HALF) * css1)[None, :], mask=pm, other=0.0).to(tl.float32)
 
+    # Weights first: their latency then overlaps the row's load and reduction.
+    if HAS_WEIGHT:
+        if IS_NEOX:
+            w1 = tl.load(W + j * ws, mask=j_ok, other=0.0).to(tl.float32) + w_offset
+            w2 = tl.load(W + (j + HALF) * ws, mask=j_ok, other=0.0).to(tl.float32) + w_offset
+        else:
+            cw = tl.arange(0, 2 * BLOCK_H)
+            wr = tl.load(W + cw * ws, mask=cw < R, other=0.0).to(tl.float32) + w_offset
+            w1, w2 = tl.split(tl.reshape(wr, [BLOCK_H, 2]))
+
     # Load the rotary part as its pair halves x1 (first of each pair) and x2 (second).
     if IS_NEOX:
         x1 = tl.load(x_row[:, None] + (j * xsd)[None, :], mask=pm, other=0.0).to(tl.float32)
@@ -80,12 +90,6 @@ def _rope_rows(block, D, HALF, eps, w_offset, CS, css0, css1, max_pos, P, ps,
     y1 = x1 * rstd[:, None]
     y2 = x2 * rstd[:, None]
     if HAS_WEIGHT:
-        if IS_NEOX:
-            w1 = tl.load(W + j * ws, mask=j_ok, other=0.0).to(tl.float32) + w_offset
-            w2 = tl.load(W + (j + HALF) * ws, mask=j_ok, other=0.0).to(tl.float32) + w_offset
-        else:
-            wr = tl.load(W + c * ws, mask=c_ok, other=0.0).to(tl.float32) + w_offset
-            w1, w2 = tl.split(tl.reshape(wr, [BLOCK_H, 2]))
         y1 = y1 * w1[None, :]
         y2 = y2 * w2[None, :]
 
