@@ -23,6 +23,8 @@ for step in "$@"; do
     bench:*) rest=${step#bench:}; name=${rest%%:*}; args=${rest#*:}; budget=${BENCH_SECONDS:-300}
       echo "== qknorm bench $args (timeout ${budget}s) -> $OUT/$name"
       timeout -s TERM $budget python3 -m qknorm.cli bench $args --no-plots --out $OUT/$name 2>&1 \
-        | grep -v "it/s\]$" | tail -60 > $OUT/$name.log; tail -25 $OUT/$name.log ;;
+        | grep -v "it/s\]$" | tail -60 > $OUT/$name.log; tail -25 $OUT/$name.log
+      # one archive per step: the device tool returns a limited number of files
+      tar czf $OUT/$name.tgz -C $OUT $name && rm -rf $OUT/$name ;;
   esac
 done

@@ -198,18 +198,30 @@ def _pdl_by_default(device) -> bool:
     return hit
 
 
-def _use_pdl(cfg: KernelConfig, device=None) -> bool:
-    """Whether this launch uses programmatic dependent launch: ``cfg.pdl`` or the device
-    default, never in the interpreter or without Triton's ``gdc_*`` intrinsics."""
-    if interpreter_on() or not (cfg.pdl or _pdl_by_default(device)):
+PDL_MAX_PROGRAMS_PER_SM = 4  # by default PDL only for grids of one wave or so (see _use_pdl)
+
+
+def _use_pdl(cfg: KernelConfig, device=None, programs: int = 1) -> bool:
+    """Whether this launch uses programmatic dependent launch: ``cfg.pdl``, or the device
+    default for grids of at most ``PDL_MAX_PROGRAMS_PER_SM`` programs per SM (PDL saves a
+    launch latency, which only matters for short kernels; on large grids an early
+    dependent launch competes for SM slots). Never in the interpreter or without
+    Triton's ``gdc_*`` intrinsics."""
+    if interpreter_on():
         return False
+    if not cfg.pdl:
+        if not _pdl_by_default(device):
+            return False
+        idx = device.index if device is not None and device.type == "cuda" else None
+        if programs > PDL_MAX_PROGRAMS_PER_SM * sm_count(idx):
+            return False
     from .kernels.pdl import HAVE_GDC
     return HAVE_GDC
 
 
 def _finish(op, cfg, ints, consts_head, pointer_dtypes, device, n_ptrs, grid):
     """Constexprs, launch kwargs and the shared launch entries of a plan."""
-    pdl = _use_pdl(cfg, device)
+    pdl = _use_pdl(cfg, device, grid[0])
     consts = consts_head + (cfg.persistent, pdl)
     kwargs = {"num_warps": cfg.num_warps}
     if pdl:

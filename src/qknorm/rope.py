@@ -265,7 +265,7 @@ def _plan(q, k, qw, kw, cs, positions, qos, kos, is_neox, r, config) -> _Plan:
                 qw.stride(0) if qw is not None else 0)
     p.k_ints = (k_rows, max(hk, 1), k.stride(0), k.stride(1), k.stride(2), kos[0], kos[1], kos[2],
                 kw.stride(0) if kw is not None else 0)
-    pdl = _use_pdl(cfg, q.device)
+    pdl = _use_pdl(cfg, q.device, p.grid[0])
     p.consts = (qw is not None, is_neox, tail > 0, cfg.rows, next_pow2(half), next_pow2(tail) if tail else 1,
                 cfg.persistent, pdl)
     p.kwargs = {"num_warps": cfg.num_warps}

@@ -8,13 +8,15 @@ from qknorm.cli import main as qknorm_main
 
 def test_quick_cpu_run_writes_csv_summary_meta(tmp_path, capsys):
     out = tmp_path / "r"
-    rc = main(["--quick", "--tokens", "1", "--impl", "qknorm,torch,flashinfer", "--out", str(out), "--no-plots"])
+    rc = main(["--quick", "--tokens", "1", "--impl", "qknorm,torch,flashinfer", "--out", str(out), "--no-plots",
+               "--device", "cpu"])
     assert rc == 0
     said = capsys.readouterr().out
-    assert "no CUDA GPU" in said or "cuda" in said.lower()
+    assert "CPU paths only" in said and "GPU figures need a GPU" in said
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert {r["impl"] for r in rows} == {"qknorm", "torch", "flashinfer"}
     assert all(r["status"] == "ok" for r in rows if r["impl"] != "flashinfer")
+    assert all(r["status"] == "skipped" and r["reason"] == "needs a CUDA GPU" for r in rows if r["impl"] == "flashinfer")
     assert os.path.exists(out / "summary.md") and os.path.exists(out / "meta.json")
     # --report-only rebuilds the summary from the CSV
     os.remove(out / "summary.md")

@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if not cuda:
         import qknorm
-        print("qknorm bench: no CUDA GPU here. Running the CPU paths only (qknorm on its "
+        where = "--device cpu" if torch.cuda.is_available() else "no CUDA GPU here"
+        print(f"qknorm bench: {where}. Running the CPU paths only (qknorm on its "
               f"{'Triton-interpreter' if qknorm.get_backend() == 'triton' else 'PyTorch'} path, torch eager); "
               "GPU implementations are listed as skipped. GPU figures need a GPU: times below are CPU times "
               "and say nothing about kernel speed.")

@@ -36,7 +36,6 @@ def qk_rms_norm_kernel(D, eps, w_offset,
                        CHUNKED: tl.constexpr, PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False):
     """Q then K blocks in one grid; PERSISTENT loops over all blocks with a grid stride."""
     pdl_wait(USE_PDL)
-    pdl_launch_dependents(USE_PDL)
     q_blocks = tl.cdiv(q_rows, ROWS)
     if PERSISTENT:
         n_blocks = q_blocks + tl.cdiv(k_rows, ROWS)
@@ -50,6 +49,9 @@ def qk_rms_norm_kernel(D, eps, w_offset,
                   XQ, YQ, WQ, q_rows, qN1, qN2, qxs0, qxs1, qxs2, qxsd, qys0, qys1, qys2, qysd, qws,
                   XK, YK, WK, k_rows, kN1, kN2, kxs0, kxs1, kxs2, kxsd, kys0, kys1, kys2, kysd, kws,
                   HAS_WEIGHT, ROWS, BLOCK_D, CHUNKED)
+    # After the work: a dependent kernel launched earlier would hold SM slots while
+    # this grid still has blocks to run (it measured 40% slower at 16k tokens).
+    pdl_launch_dependents(USE_PDL)
 
 
 
@@ -91,7 +93,6 @@ def qk_rms_norm_tokens_kernel(D, eps, w_offset,
     Rows must fit one register tile (no chunked form).
     """
     pdl_wait(USE_PDL)
-    pdl_launch_dependents(USE_PDL)
     H = HQ + HK
     n_rows = n_tokens * H
     cols = tl.arange(0, BLOCK_D)
@@ -108,3 +109,6 @@ def qk_rms_norm_tokens_kernel(D, eps, w_offset,
     else:
         _tokens_block(tl.program_id(0), D, eps, n_rows, H, HQ, wq, wk, XQ, YQ, qxt, qxh, qyt, qyh,
                       XK, YK, kxt, kxh, kyt, kyh, HAS_WEIGHT, ROWS, BLOCK_D)
+    # After the work: a dependent kernel launched earlier would hold SM slots while
+    # this grid still has blocks to run (it measured 40% slower at 16k tokens).
+    pdl_launch_dependents(USE_PDL)

@@ -143,7 +143,6 @@ def qk_rms_norm_rope_kernel(D, HALF, eps, w_offset, CS, css0, css1, max_pos, P, 
     output strides (token, head, element), weight stride.
     """
     pdl_wait(USE_PDL)
-    pdl_launch_dependents(USE_PDL)
     q_blocks = tl.cdiv(q_rows, ROWS)
     if PERSISTENT:
         n_blocks = q_blocks + tl.cdiv(k_rows, ROWS)
@@ -157,3 +156,6 @@ def qk_rms_norm_rope_kernel(D, HALF, eps, w_offset, CS, css0, css1, max_pos, P, 
                        XQ, YQ, WQ, q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
                        XK, YK, WK, k_rows, kH, kxt, kxh, kxd, kyt, kyh, kyd, kws,
                        HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, BLOCK_T)
+    # After the work: a dependent kernel launched earlier would hold SM slots while
+    # this grid still has blocks to run (it measured 40% slower at 16k tokens).
+    pdl_launch_dependents(USE_PDL)

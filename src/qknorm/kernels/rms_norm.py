@@ -18,7 +18,6 @@ def rms_norm_kernel(X, Y, W, n_rows, D, N1, N2,
                     CHUNKED: tl.constexpr, PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False):
     """One program per block of ROWS rows, or (PERSISTENT) a grid-stride loop over blocks."""
     pdl_wait(USE_PDL)
-    pdl_launch_dependents(USE_PDL)
     if PERSISTENT:
         n_blocks = tl.cdiv(n_rows, ROWS)
         for block in range(tl.program_id(0), n_blocks, tl.num_programs(0)):
@@ -27,3 +26,6 @@ def rms_norm_kernel(X, Y, W, n_rows, D, N1, N2,
     else:
         norm_block(tl.program_id(0), X, Y, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd,
                    ys0, ys1, ys2, ysd, ws, eps, w_offset, HAS_WEIGHT, ROWS, BLOCK_D, CHUNKED)
+    # After the work: a dependent kernel launched earlier would hold SM slots while
+    # this grid still has blocks to run (it measured 40% slower at 16k tokens).
+    pdl_launch_dependents(USE_PDL)
