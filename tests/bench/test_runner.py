@@ -149,3 +149,14 @@ def test_ideal_bytes():
     assert c.ideal_bytes == 2 * 4 * 40 * 128 * 2 + 2 * 128 * 2
     a = Case("t", "add", 4, torch.float32, hidden=64)
     assert a.ideal_bytes == 4 * 4 * 64 * 4 + 64 * 4
+
+
+def test_repeated_identical_errors_disable_an_implementation():
+    from qknorm.bench.runner import MAX_SAME_ERRORS
+    r, rows = _runner([Boom(), TorchEager()])
+    for t in range(1, MAX_SAME_ERRORS + 3):
+        r.run_case(Case("t", "qk", t, torch.float32, 2, 1, 8))
+    boom = [row for row in rows if row["impl"] == "boom"]
+    assert [row["status"] for row in boom] == ["error"] * MAX_SAME_ERRORS + ["skipped"] * 2
+    assert "disabled after" in boom[-1]["reason"] and "kernel exploded" in boom[-1]["reason"]
+    assert all(row["status"] == "ok" for row in rows if row["impl"] == "torch")

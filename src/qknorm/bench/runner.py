@@ -25,6 +25,7 @@ from .timing import Baselines, cold_sets, time_eager, time_graph
 MODES = ("graph", "eager")
 VARIANT_CHOICES = ("none", "top", "all")
 TOP_VARIANTS = 8
+MAX_SAME_ERRORS = 3  # an implementation failing this many cases in a row the same way is skipped after
 
 COLUMNS = ("preset", "op", "group", "shape", "tokens", "hq", "hkv", "head_dim", "hidden", "rotary_dim", "dtype",
            "impl", "family", "mode", "l2", "status", "us", "gbps", "pct_copy", "rel_err", "config", "config_reason",
@@ -86,6 +87,7 @@ class Runner:
         self.cuda = torch.device(opt.device).type == "cuda"
         self.impls = [i for i in (impls if impls is not None else static_impls()) if _selected(i.name, opt)]
         self._avail: dict[str, tuple[bool, str]] = {}
+        self._errors: dict[str, list[str]] = {}  # impl -> its consecutive error messages
 
     def impls_for(self, case: Case) -> list[Impl]:
         return self.impls + variant_impls(case, self.opt)
@@ -95,6 +97,10 @@ class Runner:
         return sum(len(self.impls_for(c)) for c in cases)
 
     def available(self, impl: Impl) -> tuple[bool, str]:
+        errs = self._errors.get(impl.name, [])
+        if len(errs) >= MAX_SAME_ERRORS and len(set(errs[-MAX_SAME_ERRORS:])) == 1:
+            # e.g. a JIT build that fails: retrying it on every case costs minutes each
+            return False, f"disabled after {MAX_SAME_ERRORS} identical errors: {errs[-1]}"
         if impl.name not in self._avail:
             if impl.needs_cuda and not self.cuda:
                 self._avail[impl.name] = (False, "needs a CUDA GPU")
@@ -185,9 +191,12 @@ class Runner:
                     pass
             msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
             where = traceback.extract_tb(e.__traceback__)[-1]
+            reason = f"{type(e).__name__}: {msg} (at {where.filename.split('/')[-1]}:{where.lineno})"
+            self._errors.setdefault(impl.name, []).append(reason)
             self._emit(rows, self._row(case, impl, mode=",".join(self.opt.modes), status="error",
-                                       reason=f"{type(e).__name__}: {msg} (at {where.filename.split('/')[-1]}:"
-                                              f"{where.lineno})", **base))
+                                       reason=reason, **base))
+            return rows
+        self._errors.pop(impl.name, None)
         return rows
 
     def _time(self, case: Case, impl: Impl, fn, mode: str) -> float:
