@@ -344,11 +344,16 @@ def plot(rows: list[dict], out_dir: str) -> list[str]:
         names = _impl_order({n for impls in table.values() for n in impls
                              if impls[n]["family"] in ("qknorm", "peer", "copy")})
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for n in names:
-            pts = [(t, _f(impls[n]["us"])) for t, impls in sorted(table.items()) if n in impls]
+        colors = plt.get_cmap("tab20").colors
+        for i, n in enumerate(names):
+            # a copy of an already contiguous view is a no-op (T=1): not a point on a log axis
+            pts = [(t, _f(impls[n]["us"])) for t, impls in sorted(table.items())
+                   if n in impls and not (n == "contiguous_copy" and _f(impls[n]["us"]) < 0.05)]
             if pts:
                 xs, ys = zip(*pts)
-                ax.plot(xs, ys, marker="o", lw=2.5 if n == "qknorm" else 1.2, label=n,
+                q = n == "qknorm"
+                ax.plot(xs, ys, marker="os^vD<>ph*"[i % 10], ms=4, lw=2.8 if q else 1.1, label=n,
+                        color="black" if q else colors[(2 * i) % 20 + (i // 10) % 2], zorder=3 if q else 2,
                         ls="--" if n == "contiguous_copy" else "-")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
