@@ -218,3 +218,62 @@ def test_gpu_compile_inductor_and_cudagraphs():
         got = cf(buf, x)
     torch.testing.assert_close(got, ref)
     torch.testing.assert_close(buf, ref_buf)
+
+
+def _rope_inputs(t=5, hq=4, hkv=2, d=64, rotary=32, dtype=torch.float32):
+    qkv, q, k, v = packed_qkv(t, hq, hkv, d, dtype, "cpu", torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(3)
+    qw, kw = torch.randn(d, generator=g), torch.randn(d, generator=g)
+    ang = torch.arange(16.0)[:, None] * torch.rand(rotary // 2, generator=g)[None, :]
+    cache = torch.cat((ang.cos(), ang.sin()), dim=-1)
+    pos = torch.randint(0, 16, (t,), generator=g)
+    return qkv, q, k, v, qw, kw, cache, pos
+
+
+@pytest.mark.parametrize("name", ["qk_rms_norm_rope", "qk_rms_norm_rope_"])
+def test_opcheck_rope(name):
+    _, q, k, _, qw, kw, cache, pos = _rope_inputs()
+    q, k = q.contiguous(), k.contiguous()
+    op = getattr(ops, name).default
+    torch.library.opcheck(op, (q.clone(), k.clone(), qw, kw, cache, pos, 1e-6, True, 32, 0.0))
+    torch.library.opcheck(op, (q.clone(), k.clone(), None, None, cache, pos.int(), 1e-6, False, 32, 0.0))
+
+
+def test_rope_schemas_declare_mutation():
+    import re
+    s = str(ops.qk_rms_norm_rope_.default._schema)
+    assert re.search(r"Tensor\(\w+!\) q\b", s) and re.search(r"Tensor\(\w+!\) k\b", s)
+    assert not re.search(r"!\) (q_weight|k_weight|cos_sin_cache|positions)", s)
+    assert "!" not in str(ops.qk_rms_norm_rope.default._schema)
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["in_place", "new_outputs"])
+def test_rope_compile_fullgraph(in_place):
+    """qk_rms_norm_rope in model code traces into one graph with the custom op and matches eager."""
+    torch._dynamo.reset()
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        from torch._dynamo.backends.common import aot_autograd
+        return aot_autograd(fw_compiler=lambda g, _: g)(gm, example_inputs)
+
+    def f(qkv, qw, kw, cache, pos):
+        t = qkv.shape[0]
+        q = qkv[:, :4 * 64].view(t, 4, 64)
+        k = qkv[:, 4 * 64:6 * 64].view(t, 2, 64)
+        if in_place:
+            qknorm.qk_rms_norm_rope(q, k, qw, kw, cache, pos, 1e-6, rotary_dim=32, q_out=q, k_out=k)
+            return qkv * 1.0
+        qo, ko = qknorm.qk_rms_norm_rope(q, k, qw, kw, cache, pos, 1e-6, rotary_dim=32, is_neox=False)
+        return qo + 0.0, ko * 1.0
+
+    qkv, _, _, _, qw, kw, cache, pos = _rope_inputs()
+    a, b = qkv.clone(), qkv.clone()
+    ref = f(a, qw, kw, cache, pos)
+    got = torch.compile(f, fullgraph=True, backend=backend)(b, qw, kw, cache, pos)
+    assert len(graphs) == 1
+    assert ("qknorm.qk_rms_norm_rope_" if in_place else "qknorm.qk_rms_norm_rope") in graphs[0].code
+    for x, y in zip(got if isinstance(got, tuple) else (got,), ref if isinstance(ref, tuple) else (ref,)):
+        torch.testing.assert_close(x, y)
+    torch.testing.assert_close(b, a)

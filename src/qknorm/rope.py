@@ -34,7 +34,7 @@ from . import validate as V
 from .backend import use_triton
 from .config import KernelConfig
 from .dispatch import choose_config, next_pow2
-from .ops import _cdiv, _contig_strides, _grid, _no_overlap, _span, _use_pdl
+from .ops import _cdiv, _contig_strides, _grid, _is_compiling, _no_overlap, _span, _use_pdl
 from .reference_rope import qk_rms_norm_rope_torch
 
 __all__ = ["qk_rms_norm_rope", "MAX_HEAD_DIM", "clear_caches"]
@@ -172,6 +172,10 @@ def qk_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | 
     Positions outside ``[0, max_position)`` raise ValueError for CPU tensors; on CUDA they
     are not checked (no sync) and are clamped into range (no out-of-bounds read).
     """
+    if _is_compiling():
+        from .torch_library import traced_qk_rms_norm_rope
+        return traced_qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rotary_dim,
+                                       weight_offset, q_out, k_out, config)
     if (type(q) is _Tensor and q.is_cuda and _backend._backend != "torch" and type(eps) is float
             and type(weight_offset) is float and 0.0 <= eps < _INF and -_INF < weight_offset < _INF
             and type(k) is _Tensor and type(cos_sin_cache) is _Tensor and type(positions) is _Tensor

@@ -11,6 +11,8 @@ Registered on import of ``qknorm`` (``ops.py`` imports this module):
                                                                        functional
 ``qknorm::qk_rms_norm_(q!, k!, q_weight, k_weight, eps, weight_offset) -> ()``
                                                                        in place on ``q``, ``k``
+``qknorm::qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox,
+rotary_dim, weight_offset) -> (Tensor, Tensor)`` and ``qknorm::qk_rms_norm_rope_(q!, k!, ...) -> ()``
 =====================================  =====================================================
 
 Each has a fake (meta) implementation, so ``torch.compile(fullgraph=True)`` traces code
@@ -36,7 +38,7 @@ from torch import Tensor
 
 from . import validate as V
 
-__all__ = ["traced_rms_norm", "traced_fused_add_rms_norm", "traced_qk_rms_norm"]
+__all__ = ["traced_rms_norm", "traced_fused_add_rms_norm", "traced_qk_rms_norm", "traced_qk_rms_norm_rope"]
 
 
 def _ops():
@@ -129,6 +131,44 @@ def _qk_inplace_fake(q, k, q_weight, k_weight, eps, weight_offset):
     _meta_checks_qk(q, k, q_weight, k_weight)
 
 
+# --------------------------------------------------------------------------- QK norm + RoPE
+
+def _rope():
+    from . import rope
+    return rope
+
+
+@torch.library.custom_op("qknorm::qk_rms_norm_rope", mutates_args=())
+def qk_rms_norm_rope_op(q: Tensor, k: Tensor, q_weight: Optional[Tensor], k_weight: Optional[Tensor],
+                        cos_sin_cache: Tensor, positions: Tensor, eps: float, is_neox: bool, rotary_dim: int,
+                        weight_offset: float) -> tuple[Tensor, Tensor]:
+    return _rope().qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox=is_neox,
+                                    rotary_dim=rotary_dim, weight_offset=weight_offset)
+
+
+@qk_rms_norm_rope_op.register_fake
+def _qk_rope_fake(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rotary_dim, weight_offset):
+    _rope()._check_meta(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, weight_offset, is_neox,
+                        rotary_dim, None, None)
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            torch.empty_like(k, memory_format=torch.contiguous_format))
+
+
+@torch.library.custom_op("qknorm::qk_rms_norm_rope_", mutates_args=("q", "k"))
+def qk_rms_norm_rope_inplace_op(q: Tensor, k: Tensor, q_weight: Optional[Tensor], k_weight: Optional[Tensor],
+                                cos_sin_cache: Tensor, positions: Tensor, eps: float, is_neox: bool,
+                                rotary_dim: int, weight_offset: float) -> None:
+    _rope().qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox=is_neox,
+                             rotary_dim=rotary_dim, weight_offset=weight_offset, q_out=q, k_out=k)
+
+
+@qk_rms_norm_rope_inplace_op.register_fake
+def _qk_rope_inplace_fake(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rotary_dim,
+                          weight_offset):
+    _rope()._check_meta(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, weight_offset, is_neox,
+                        rotary_dim, q, k)
+
+
 # --------------------------------------------------------------------------- routing under tracing
 
 def _no_config(config):
@@ -163,6 +203,28 @@ def traced_qk_rms_norm(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_ou
         torch.ops.qknorm.qk_rms_norm_(q, k, q_weight, k_weight, eps, weight_offset)
         return q, k
     qn, kn = torch.ops.qknorm.qk_rms_norm(q, k, q_weight, k_weight, eps, weight_offset)
+    if q_out is None:
+        q_out = qn
+    else:
+        q_out.copy_(qn)
+    if k_out is None:
+        k_out = kn
+    else:
+        k_out.copy_(kn)
+    return q_out, k_out
+
+
+def traced_qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rotary_dim,
+                            weight_offset, q_out, k_out, config):
+    """``qknorm.qk_rms_norm_rope`` while torch.compile traces."""
+    _no_config(config)
+    r = q.shape[-1] if rotary_dim is None else rotary_dim
+    if q_out is q and k_out is k:
+        torch.ops.qknorm.qk_rms_norm_rope_(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, r,
+                                           weight_offset)
+        return q, k
+    qn, kn = torch.ops.qknorm.qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox,
+                                               r, weight_offset)
     if q_out is None:
         q_out = qn
     else:
