@@ -72,7 +72,7 @@ the H100 host): use CUDA graphs in decode.
 
 Tested on CPU only (``tests/test_distributed.py``: gloo, 2 and 4 processes, PyTorch
 path and Triton interpreter, the compile path with AOT tracing). The NCCL path, CUDA-graph
-capture and the timings need a multi-GPU run: ``benchmarks/scripts/tp_bench.py``,
+capture and the timings need a multi-GPU run: ``qknorm bench --preset tp`` (``bench/tp.py``),
 ``docs/tensor-parallel-norm.md``.
 """
 from __future__ import annotations

@@ -7,6 +7,7 @@ Examples::
     qknorm bench --preset seed --variants all         # the original question's grid
     qknorm bench --preset qwen3-8b --mode eager --tokens 1,4,16,64 --variants none
     qknorm bench --preset rope --impl 'qknorm,flashinfer*,torch*'
+    qknorm bench --preset tp --tp 2                   # tensor-parallel full-width norm (2+ GPUs)
 """
 from __future__ import annotations
 
@@ -73,16 +74,38 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
+    p.add_argument("--tp", type=int, default=None, help="ranks for --preset tp (default: the GPUs here, or 2 "
+                                                        "CPU processes)")
     p.add_argument("--report-only", metavar="CSV", help="rebuild summary.md and plots from an existing results.csv")
     return p
 
 
+EXTRA_PRESETS = ("tp",)  # run by their own launcher (several processes), not by the case runner
+
+
 def _presets(s: str) -> list[str]:
     names = list(PRESETS) if s.strip() == "all" else list(_csv_list(s))
-    bad = [n for n in names if n not in PRESETS]
+    bad = [n for n in names if n not in PRESETS + EXTRA_PRESETS]
     if bad:
-        raise SystemExit(f"qknorm bench: unknown preset {', '.join(bad)}; choose from {', '.join(PRESETS)} or all")
+        raise SystemExit(f"qknorm bench: unknown preset {', '.join(bad)}; choose from "
+                         f"{', '.join(PRESETS + EXTRA_PRESETS)} or all")
     return names
+
+
+def _run_tp(a, out_dir: str) -> int:
+    """The ``tp`` preset: full-width QK norm under tensor parallelism, one all-reduce vs
+    all-gather, on ``--tp`` ranks (GPUs; 2 gloo processes on a CPU)."""
+    from .tp import launch
+    n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    nproc = a.tp or (n_gpu if n_gpu >= 2 else 2)
+    if n_gpu and n_gpu < nproc:
+        print(f"qknorm bench --preset tp: needs {nproc} GPUs, this machine has {n_gpu}; skipped")
+        return 1
+    if not n_gpu:
+        print("qknorm bench --preset tp: no CUDA GPU here; running 2 gloo processes on the CPU as a smoke "
+              "test (correctness check and bytes per rank; the times are not GPU numbers)")
+    os.makedirs(out_dir, exist_ok=True)
+    return launch(nproc, a.tokens, a.dtype, os.path.join(out_dir, "tp.csv"))
 
 
 def _versions() -> dict:
@@ -162,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         modes = ("eager",)
     dtype = DTYPES[a.dtype]
     presets = _presets(a.preset) if a.preset else None
+    rc_tp = 0
+    if presets and "tp" in presets:
+        rc_tp = _run_tp(a, a.out or os.path.join("qknorm-bench", "tp"))
+        presets = [p for p in presets if p != "tp"]
+        if not presets:
+            return rc_tp
     if a.quick:
         cases = quick_cases(presets, dtype, a.tokens)
     else:

@@ -19,16 +19,18 @@ the two approaches is what matters: (ql + kl) * itemsize / 8 per token at tp=2.
 Correctness first: every rank builds the same full Q, K from a seed, runs ``ours`` and the
 all-gather path on its shard and compares with ``rms_norm_ref`` of the full width (fp32).
 
-Run (2 GPUs, e.g. nvidia-h200-x2), from the repo root::
+Run (2 GPUs, e.g. nvidia-h200-x2) as the bench preset, which starts the ranks itself::
 
-    PYTHONPATH=src torchrun --nproc-per-node 2 benchmarks/scripts/tp_bench.py --out $OUT/tp_bench.csv
+    qknorm bench --preset tp --tp 2 --out results/tp
+
+or directly: ``torchrun --nproc-per-node 2 -m qknorm.bench.tp --out tp.csv``.
 
 Modes: ``graph`` = CUDA-graph replay (``--inner`` calls captured in one graph, median of
 ``--trials`` timings of ``--reps`` replays; the NCCL communicator is initialised by the
 eager warm-up before capture), ``eager`` = back-to-back calls, wall clock (includes host
 cost). Without CUDA it runs on gloo/CPU, eager only, as a smoke test (numbers meaningless)::
 
-    PYTHONPATH=src torchrun --nproc-per-node 2 benchmarks/scripts/tp_bench.py --tokens 1 64 --out /tmp/tp.csv
+    qknorm bench --preset tp --tokens 1,64
 """
 from __future__ import annotations
 
@@ -311,3 +313,21 @@ def main():
 
 if __name__ == "__main__":
     main()
+
+
+def launch(nproc: int, tokens=None, dtype: str = "bf16", out_csv: str | None = None, model: str = "olmo2-7b") -> int:
+    """Start ``nproc`` ranks of this benchmark with ``torch.distributed.run`` (NCCL on GPUs,
+    gloo on the CPU) and wait for them; returns their exit status."""
+    import subprocess
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "qknorm.bench.tp", "--model", model, "--dtype", dtype]
+    if tokens:
+        cmd += ["--tokens", *map(str, tokens)]
+    if out_csv:
+        cmd += ["--out", out_csv]
+    env = dict(os.environ)
+    src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    print("qknorm bench --preset tp: " + " ".join(cmd[1:]), flush=True)
+    return subprocess.call(cmd, env=env)
