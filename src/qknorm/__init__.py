@@ -14,6 +14,6 @@ from .ops import fused_add_rms_norm, qk_rms_norm, rms_norm
 from .rope import qk_rms_norm_rope
 from . import nn
 
-__version__ = "0.1.0"
+from ._version import __version__
 __all__ = ["rms_norm", "fused_add_rms_norm", "qk_rms_norm", "qk_rms_norm_rope", "explain", "KernelConfig",
            "get_backend", "set_backend", "use_backend", "__version__"]
