@@ -1,5 +1,5 @@
-"""Summary arithmetic on synthetic rows: speedups, targets, regret, thresholds."""
-from qknorm.bench.report import recommendations, regret, speedups, summary_markdown, target_checks, thresholds, timed
+"""Summary arithmetic on synthetic rows: speedups, facts, regret, thresholds."""
+from qknorm.bench.report import recommendations, regret, speedups, summary_markdown, facts, thresholds, timed
 
 
 def _row(impl, family, t, us, preset="qwen3-8b", group="qk Hq=32 Hkv=8 D=128 bf16", mode="graph", pct=50.0):
@@ -33,13 +33,23 @@ def test_regret_and_thresholds():
     assert rec[0].startswith("T 1..16384") and "qknorm[r1.p4]" in rec[0]
 
 
-def test_targets_report_met_and_not_met():
-    lines = target_checks(_rows())
+def test_facts_state_speedups_losses_and_bandwidth_not_targets():
+    lines = facts(_rows())
     qk = next(line for line in lines if "qwen3-8b" in line)
-    # geomean over T<=4096 of (2.0, 1.2) = 1.55 >= 1.3 met; min 1.025 >= 0.98 met; 98% >= 97% met
-    assert "1.55x" in qk and "NOT met" not in qk
+    # geomean of (2.0, 1.2, 1.025); lowest 1.025 at T=16384 vs flashinfer; 98% of copy at T=16384
+    assert "geomean 1.35x" in qk and "lowest 1.02x at T=16384 (vs flashinfer)" in qk
+    assert "faster at every T measured" in qk and "98.0% of copy bandwidth at T=16384" in qk
     slow = [dict(r, us="100") if r["impl"] == "qknorm" else r for r in _rows()]
-    assert "NOT met" in next(line for line in target_checks(slow) if "qwen3-8b" in line)
+    assert "slower at T=1,4096,16384" in next(line for line in facts(slow) if "qwen3-8b" in line)
+    md = summary_markdown(_rows(), {"device": "X"})
+    assert "## Facts" in md and "target" not in md.lower() and "met**" not in md
+
+
+def test_persistent_variant_is_not_matched_by_pdl():
+    rows = [_row("qknorm", "qknorm", 1, 1.0), _row("qknorm[r1.b128.w4.pdl]", "qknorm-variant", 1, 1.0),
+            _row("qknorm[r1.b128.w4.p4]", "qknorm-variant", 1, 2.0)]
+    th = thresholds(timed(rows)[("qwen3-8b", "qk Hq=32 Hkv=8 D=128 bf16", "graph")])
+    assert th[0][3] == "qknorm[r1.b128.w4.p4]" and abs(th[0][4] - 0.5) < 1e-9  # plain (.pdl) / persistent
 
 
 def test_summary_mentions_the_trap_and_problems():

@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+from .common import DTYPE_NAMES, DTYPES, EPS, dtype_name, packed_qkv_views
+
 DEFAULT_TOKENS = (1, 4, 16, 64, 256, 512, 1024, 4096, 16384)
 OPS = ("qk", "qk_full", "rms2d", "add", "rope")
 QKNORM_OP = {"qk": "qk_rms_norm", "qk_full": "qk_rms_norm", "rms2d": "rms_norm", "add": "fused_add_rms_norm",
              "rope": "qk_rms_norm"}  # rope: the fused kernel takes the dispatcher's qk_rms_norm pick
-EPS = 1e-6
+__all__ = ["DTYPES", "DTYPE_NAMES", "EPS", "Case", "Inputs", "build_inputs", "expected", "layout", "preset_cases",
+           "quick_cases", "rope_cache"]
 
 SEED_BATCH = (1, 8, 64, 256, 1024, 4096)
 SEED_HEADS = (4, 8, 16, 32)
@@ -185,7 +186,7 @@ class Case:
             g = f"{self.op} hidden={self.hidden}"
         if self.weight_offset:
             g += f" offset={self.weight_offset:g}"
-        return f"{g} {DTYPE_NAMES.get(self.dtype, self.dtype)}"
+        return f"{g} {dtype_name(self.dtype)}"
 
     @property
     def key(self) -> str:
@@ -290,7 +291,7 @@ class Inputs:
 
 def _qk_views(case: Case, qkv, qw, kw) -> Inputs:
     T, D, hq, hkv = case.tokens, case.head_dim, case.hq, case.hkv
-    q2, k2, v2 = qkv[:, :hq * D], qkv[:, hq * D:(hq + hkv) * D], qkv[:, (hq + hkv) * D:]
+    q2, k2, v2 = packed_qkv_views(qkv, hq * D, hkv * D)
     if case.op in ("qk", "rope"):
         q, k = q2.view(T, hq, D), k2.view(T, hkv, D)
     else:

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import torch
 
 from .cases import Case, Inputs, expected
+from .common import TOL, rel_l2
 
-TOL = {torch.bfloat16: 1e-2, torch.float16: 3e-3, torch.float32: 1e-5}
+__all__ = ["TOL", "Verdict", "gate", "poison_allocator", "rel_l2"]
 
 
 @dataclass
@@ -26,17 +27,6 @@ class Verdict:
     ok: bool
     error: float          # worst relative L2 error over the outputs (inf for NaN)
     reason: str = ""
-
-
-def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref|| in fp64; NaN/inf anywhere in ``out`` gives inf."""
-    o = out.detach().to(torch.float64)
-    r = ref.detach().to(torch.float64)
-    if not torch.isfinite(o).all():
-        return math.inf
-    den = r.norm().item()
-    num = (o - r).norm().item()
-    return num / den if den > 0 else num
 
 
 def poison_allocator(like: tuple[torch.Tensor, ...], dtype: torch.dtype) -> None:

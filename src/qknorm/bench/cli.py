@@ -22,7 +22,8 @@ import time
 import torch
 
 from .cases import DTYPES, PRESETS, preset_cases, quick_cases
-from .report import CsvSink, plot, read_csv, summary_markdown, target_checks
+from .peers import peer_status
+from .report import CsvSink, facts, plot, read_csv, summary_markdown
 from .runner import MODES, VARIANT_CHOICES, Options, Runner
 from .timing import measure_baselines
 
@@ -47,8 +48,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qknorm bench",
         description="Check every implementation against the fp32 reference, then time it: qknorm (the "
-                    "dispatcher's pick and its kernel variants) side by side with FlashInfer, Quack, Liger, "
-                    "vLLM/sgl-kernel (when importable), torch eager and torch.compile. Writes results.csv, "
+                    "dispatcher's pick and its kernel variants) side by side with FlashInfer, SGLang's JIT kernels "
+                    "and sgl_kernel, Quack, Liger, vLLM (when importable; otherwise listed as skipped with the "
+                    "reason), torch eager, torch.compile and F.rms_norm. Writes results.csv, "
                     "summary.md, meta.json and plots/ under --out.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::", 1)[1])
     p.add_argument("--preset", default=None,
@@ -106,22 +108,6 @@ def _run_tp(a, out_dir: str) -> int:
               "test (correctness check and bytes per rank; the times are not GPU numbers)")
     os.makedirs(out_dir, exist_ok=True)
     return launch(nproc, a.tokens, a.dtype, os.path.join(out_dir, "tp.csv"))
-
-
-def _versions() -> dict:
-    from importlib.metadata import version
-    out = {}
-    import importlib
-    for dist, mod in (("flashinfer-python", "flashinfer"), ("quack-kernels", "quack"), ("liger-kernel", "liger_kernel"),
-                      ("vllm", "vllm"), ("sgl-kernel", "sgl_kernel")):
-        try:
-            out[dist] = version(dist)
-        except Exception:  # noqa: BLE001 - installed without metadata: ask the module
-            try:
-                out[dist] = getattr(importlib.import_module(mod), "__version__", "?")
-            except Exception:  # noqa: BLE001
-                pass
-    return out
 
 
 def _progress(total: int, quiet: bool):
@@ -212,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = dict(device=base.device, date=f"{stamp:%Y-%m-%d %H:%M} UTC",
                 command="qknorm bench " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:])),
                 torch=torch.__version__, triton=triton.__version__, qknorm=qknorm.__version__,
-                peers=", ".join(f"{k} {v}" for k, v in _versions().items()) or "none installed",
+                peers="; ".join(f"{k} {v}" for k, v in peer_status().items()),
                 copy_gbps=round(base.copy_gbps, 1), empty_graph_us=base.empty_graph_us,
                 empty_eager_us=base.empty_eager_us, l2="cold" if a.cold_l2 else "warm", modes=",".join(modes),
                 sm_count=base.sm_count, l2_bytes=base.l2_bytes, status="running")
@@ -237,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bar.close()
         sink.close()
+    ran = sorted({r["ran"] for r in rows if r["impl"] == "torch_rms_norm" and r.get("ran")})
+    if ran:
+        meta["torch_rms_norm_ran"] = " | ".join(ran)
     paths = _write_report(rows, meta, out, not a.no_plots)
     _print_console(rows, out, paths)
     return 0 if meta["status"] == "complete" else 130
@@ -280,7 +269,7 @@ def _print_console(rows: list[dict], out: str, plots: list[str]) -> None:
         print(f"{r['status']:>7}: {r['impl']} on {r['preset']} {r['group']} T={r['tokens']}: {r['reason']}")
     if skipped:
         print("skipped: " + "; ".join(f"{n} ({why})" for n, why in skipped))
-    tl = target_checks(rows)
-    if tl:
-        print("\n".join(["targets:"] + tl))
+    fl = facts(rows)
+    if fl:
+        print("\n".join(["facts (this run):"] + fl))
     print(f"\nwrote {out}/results.csv ({len(rows)} rows), {out}/summary.md" + (f", {len(plots)} plots" if plots else ""))

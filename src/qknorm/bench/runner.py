@@ -17,9 +17,10 @@ from typing import Callable, Iterable
 
 import torch
 
-from .cases import DTYPE_NAMES, Case, build_inputs, layout
+from .cases import Case, build_inputs, layout
 from .check import gate
-from .peers import Impl, Qknorm, matches, qknorm_pick, qknorm_variants, static_impls
+from .common import dtype_name
+from .peers import Impl, Qknorm, matches, qknorm_pick, qknorm_ranked, qknorm_variants, static_impls
 from .timing import Baselines, cold_sets, time_eager, time_graph
 
 MODES = ("graph", "eager")
@@ -29,7 +30,10 @@ MAX_SAME_ERRORS = 3  # an implementation failing this many cases in a row the sa
 
 COLUMNS = ("preset", "op", "group", "shape", "tokens", "hq", "hkv", "head_dim", "hidden", "rotary_dim", "dtype",
            "impl", "family", "mode", "l2", "status", "us", "gbps", "pct_copy", "rel_err", "config", "config_reason",
-           "strides", "contiguous", "aligned16", "ideal_bytes", "notes", "reason")
+           "strides", "contiguous", "aligned16", "ideal_bytes", "notes", "reason", "ran")
+# ``ran``: what actually ran where a library picks at run time (F.rms_norm: ATen's kernel or
+# torch._native's vendored Quack override; FlashInfer: CuTe DSL or CUDA path). Last, so older
+# CSVs (without it) read the same.
 
 
 @dataclass
@@ -59,10 +63,9 @@ def variant_impls(case: Case, opt: Options) -> list[Impl]:
     all), or every candidate where the table has no entry. ``none``: no variants."""
     if opt.variants == "none" or torch.device(opt.device).type != "cuda":
         return []
-    from qknorm.dispatch import measured_alternatives
     cands = qknorm_variants(case, opt.device)
     if opt.variants == "top":
-        ranked = measured_alternatives(case.qknorm_op, case.dtype, case.width, case.n_rows, opt.device)
+        ranked = qknorm_ranked(case, opt.device)
         if ranked:
             by_name = {v.name: v for v in cands}
             pick, _ = qknorm_pick(case, opt.device)
@@ -103,7 +106,7 @@ class Runner:
             return False, f"disabled after {MAX_SAME_ERRORS} identical errors: {errs[-1]}"
         if impl.name not in self._avail:
             if impl.needs_cuda and not self.cuda:
-                self._avail[impl.name] = (False, "needs a CUDA GPU")
+                self._avail[impl.name] = (False, needs_cuda_reason(impl))
             else:
                 try:
                     self._avail[impl.name] = impl.available()
@@ -130,10 +133,10 @@ class Runner:
     def _row(self, case: Case, impl: Impl, **kw) -> dict:
         r = dict(preset=case.preset, op=case.op, group=case.group, shape=case.shape, tokens=case.tokens,
                  hq=case.hq, hkv=case.hkv, head_dim=case.head_dim, hidden=case.hidden,
-                 rotary_dim=getattr(case, "rotary_dim", "") or "", dtype=DTYPE_NAMES.get(case.dtype, str(case.dtype)),
+                 rotary_dim=getattr(case, "rotary_dim", "") or "", dtype=dtype_name(case.dtype),
                  impl=impl.name, family=impl.family, mode="", l2="cold" if self.opt.cold_l2 else "warm",
                  status="", us="", gbps="", pct_copy="", rel_err="", config="", config_reason="",
-                 strides="", contiguous="", aligned16="", ideal_bytes=case.ideal_bytes, notes="", reason="")
+                 strides="", contiguous="", aligned16="", ideal_bytes=case.ideal_bytes, notes="", reason="", ran="")
         r.update(kw)
         return r
 
@@ -162,6 +165,7 @@ class Runner:
                 base.update(layout(case, inp))
                 base["notes"] = impl.notes(case)
                 fn = impl.build(case, inp)
+                base["notes"], base["ran"] = impl.notes(case), impl.ran(case)  # after build: what it found
                 if impl.family == "copy":
                     fn()  # not a norm: nothing to check
                     err = ""
@@ -213,6 +217,19 @@ class Runner:
             return time_eager(fns, True)
         # CPU: a short budget, the point is that it runs and says what ran.
         return time_eager(fns, False, batches=3, target_us=5000.0, max_calls=200)
+
+
+def needs_cuda_reason(impl: Impl) -> str:
+    """Skip reason of a GPU-only implementation on a CPU run, with whether its library is
+    installed here (found without importing it) and its version."""
+    try:
+        ok, why = impl.installed()
+        v = impl.version() if ok else ""
+    except Exception as e:  # noqa: BLE001
+        ok, why, v = False, f"{type(e).__name__}: {e}", ""
+    if not ok:
+        return f"needs a CUDA GPU; {why}"
+    return f"needs a CUDA GPU; {impl.library or impl.name} {v or '(version unknown)'} installed"
 
 
 def _set_bytes(case: Case) -> int:

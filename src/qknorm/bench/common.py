@@ -1,0 +1,63 @@
+"""What the benchmark's parts share: dtype names, tolerances, the relative error, the RMSNorm
+formula in PyTorch and the packed QKV buffer that QK norm reads Q and K from.
+
+Used by :mod:`.cases`, :mod:`.check`, :mod:`.peers` and :mod:`.tp`; one definition each.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+EPS = 1e-6
+
+# The correctness gate: relative L2 error (fp64) of an output against the fp32 reference must
+# stay below this for the output's dtype (one rounding to bf16 is ~4e-3 relative).
+TOL = {torch.bfloat16: 1e-2, torch.float16: 3e-3, torch.float32: 1e-5}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``bf16``/``fp16``/``fp32``, or the torch name for any other dtype."""
+    return DTYPE_NAMES.get(dtype, str(dtype))
+
+
+def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """``||out - ref|| / ||ref||`` in fp64; NaN/inf anywhere in ``out`` gives inf."""
+    o = out.detach().to(torch.float64)
+    r = ref.detach().to(torch.float64)
+    if not torch.isfinite(o).all():
+        return math.inf
+    den = r.norm().item()
+    num = (o - r).norm().item()
+    return num / den if den > 0 else num
+
+
+def torch_norm(x: torch.Tensor, w: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:
+    """RMSNorm over the last dim by the fp32 upcast formula, rounded once to x's dtype."""
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (y * (w.float() + offset)).to(x.dtype)
+
+
+def packed_qkv_views(qkv: torch.Tensor, q_width: int, k_width: int, v_width: int | None = None):
+    """The column slices ``q [T, q_width]``, ``k [T, k_width]``, ``v [T, rest]`` of a packed
+    ``qkv [T, q_width + k_width + v_width]`` buffer: strided views (row stride = the packed
+    width), the way an engine's QKV projection output holds them."""
+    v_width = qkv.shape[1] - q_width - k_width if v_width is None else v_width
+    if q_width + k_width + v_width != qkv.shape[1]:
+        raise ValueError(f"packed_qkv_views: widths {q_width}+{k_width}+{v_width} != {qkv.shape[1]}")
+    return qkv[:, :q_width], qkv[:, q_width:q_width + k_width], qkv[:, q_width + k_width:]
+
+
+def packed_qkv(q: torch.Tensor, k: torch.Tensor, v_width: int | None = None):
+    """A packed buffer ``[T, Q | K | V]`` holding copies of ``q [T, q_width]`` and ``k [T, k_width]``
+    (V zero, ``v_width`` defaulting to K's); returns ``(qkv, q_view, k_view, v_view)``."""
+    t, qw, kw = q.shape[0], q.shape[1], k.shape[1]
+    vw = kw if v_width is None else v_width
+    qkv = torch.zeros(t, qw + kw + vw, dtype=q.dtype, device=q.device)
+    qv, kv, vv = packed_qkv_views(qkv, qw, kw, vw)
+    qv.copy_(q)
+    kv.copy_(k)
+    return qkv, qv, kv, vv

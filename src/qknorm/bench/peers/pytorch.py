@@ -1,0 +1,334 @@
+"""PyTorch: the fp32 formula in eager ops (``torch``), the same under ``torch.compile``,
+``torch.nn.functional.rms_norm`` (``torch_rms_norm``), the ``.contiguous()`` copy path
+(``torch_copy2d``), the copy alone (``contiguous_copy``, family ``copy``), the flattening
+trap (``torch_flat2d``, family ``trap``) and the norm-then-RoPE composition
+(``torch_norm+rope``).
+
+Which kernel ``F.rms_norm`` runs depends on the build: on CUDA it calls
+``aten::_fused_rms_norm``, and from torch 2.13 ``torch._native`` may override that op on
+Hopper/Blackwell (compute capability 9.x/10.x) with a vendored Quack CuTe DSL kernel
+(``torch/_native/ops/norm/rmsnorm_impl.py``, registered only when ``nvidia-cutlass-dsl``
+of a version torch lists as known good and ``apache-tvm-ffi`` import; its condition also
+checks dtype, weight dtype/contiguity and the width; a strided input is copied by
+``reshape(M, N).contiguous()`` inside). The override's router dispatches to an op named
+``_native::<node id>``; :func:`rms_norm_path` runs the call once under the profiler and
+reports which of the two ran (the row's ``ran`` column), and why the override did not.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..cases import Case, Inputs
+from ..common import torch_norm
+from .base import Fn, Impl, no_rope
+
+__all__ = ["torch_norm", "torch_rope", "rms_norm_path", "TorchEager", "TorchRope", "TorchCompile", "TorchFRmsNorm",
+           "TorchCopy2D", "ContiguousCopy", "FlattenedTrap"]
+
+
+class _Torch(Impl):
+    library = "torch"
+
+    def version(self):
+        return torch.__version__
+
+
+def _torch_qk_inplace(q, k, qw, kw, eps: float, offset: float):
+    q.copy_(torch_norm(q, qw, eps, offset))
+    k.copy_(torch_norm(k, kw, eps, offset))
+
+
+def _torch_rms(x, w, eps: float, offset: float):
+    return torch_norm(x, w, eps, offset)
+
+
+def _torch_add_inplace(x, r, w, eps: float, offset: float):
+    s = x.float() + r.float()
+    r.copy_(s)
+    xf = s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + eps)
+    x.copy_(xf * (w.float() + offset))
+
+
+def _torch_fns(case: Case, inp: Inputs, qk, rms, add) -> Fn:
+    eps, off = case.eps, case.weight_offset
+    if case.is_qk:
+        q, k, qw, kw = inp.q, inp.k, inp.qw, inp.kw
+        outs = (q, k)
+
+        def call():
+            qk(q, k, qw, kw, eps, off)
+            return outs
+    elif case.op == "rms2d":
+        x, w = inp.x, inp.w
+
+        def call():
+            return (rms(x, w, eps, off),)
+    else:
+        x, r, w = inp.x, inp.residual, inp.w
+        outs = (x, r)
+
+        def call():
+            add(x, r, w, eps, off)
+            return outs
+    return call
+
+
+def torch_rope(x: torch.Tensor, cos_sin_cache: torch.Tensor, positions: torch.Tensor, rotary_dim: int,
+               is_neox: bool) -> torch.Tensor:
+    """RoPE of ``x`` ``[T, H, D]`` the way vLLM's ``RotaryEmbedding.forward_native`` does it:
+    gather the cache rows, rotate the first ``rotary_dim`` elements in fp32, round to x's dtype."""
+    half = rotary_dim // 2
+    cs = cos_sin_cache.index_select(0, positions).float()
+    cos, sin = cs[:, None, :half], cs[:, None, half:rotary_dim]
+    xr = x[..., :rotary_dim].float()
+    if is_neox:
+        x1, x2 = xr[..., :half], xr[..., half:]
+    else:
+        x1, x2 = xr[..., 0::2], xr[..., 1::2]
+    o1 = x1 * cos - x2 * sin
+    o2 = x2 * cos + x1 * sin
+    rot = torch.cat((o1, o2), dim=-1) if is_neox else torch.stack((o1, o2), dim=-1).flatten(-2)
+    return torch.cat((rot.to(x.dtype), x[..., rotary_dim:]), dim=-1)
+
+
+def _torch_rope_inplace(q, k, qw, kw, cs, pos, eps: float, offset: float, rotary_dim: int, is_neox: bool):
+    """The composition: torch norm (rounded to the activation dtype, as separate ops do),
+    then torch RoPE, each result copied back in place."""
+    q.copy_(torch_rope(torch_norm(q, qw, eps, offset), cs, pos, rotary_dim, is_neox))
+    k.copy_(torch_rope(torch_norm(k, kw, eps, offset), cs, pos, rotary_dim, is_neox))
+
+
+def _torch_rope_fn(case: Case, inp: Inputs, fn) -> Fn:
+    q, k, qw, kw, cs, pos = inp.q, inp.k, inp.qw, inp.kw, inp.cos_sin_cache, inp.positions
+    eps, off, rd, neox = case.eps, case.weight_offset, case.rotary_dim, case.is_neox
+    outs = (q, k)
+
+    def call():
+        fn(q, k, qw, kw, cs, pos, eps, off, rd, neox)
+        return outs
+    return call
+
+
+class TorchEager(_Torch):
+    name = "torch"
+    ops = ("qk", "qk_full", "rms2d", "add")
+    not_ops = {"rope": "torch norm only (torch_norm+rope is the composition): no RoPE"}
+
+    def notes(self, case):
+        base = "fp32 upcast formula, several kernels"
+        return base + ("; Q then K, in place" if case.is_qk else "; in place" if case.op == "add" else "")
+
+    def build(self, case, inp):
+        return _torch_fns(case, inp, _torch_qk_inplace, _torch_rms, _torch_add_inplace)
+
+
+class TorchRope(_Torch):
+    """The PyTorch composition for ``rope``: torch norm of Q and K, then torch RoPE, in place."""
+
+    name = "torch_norm+rope"
+    ops = ("rope",)
+    not_ops = dict.fromkeys(("qk", "qk_full", "rms2d", "add"), "rope cases only (norm + RoPE)")
+
+    def notes(self, case):
+        return "torch formula norm then torch RoPE (vLLM forward_native style), many kernels; Q then K, in place"
+
+    def build(self, case, inp):
+        return _torch_rope_fn(case, inp, _torch_rope_inplace)
+
+
+class TorchCompile(_Torch):
+    """torch.compile of the same formula, static shapes (compiled once per case, in the
+    check; compile time is not timed)."""
+
+    name = "torch.compile"
+    needs_cuda = True  # Inductor's CPU compile time would dominate a CPU run
+
+    def __init__(self):
+        self._case = self._fns = None
+
+    def notes(self, case):
+        if case.op == "rope":
+            return "torch.compile(fullgraph, dynamic=False) of torch norm then torch RoPE (torch_norm+rope), in place"
+        return "torch.compile(fullgraph, dynamic=False) of the torch formula" + (", in place" if case.op != "rms2d" else "")
+
+    def ran(self, case):
+        return "Inductor (generated Triton)"
+
+    def build(self, case, inp):
+        if case != self._case:
+            import torch._dynamo as dynamo
+            # A fresh cache per case keeps the guard list (eager host cost) at one entry;
+            # further input sets of the same case (cold L2) reuse the compiled code.
+            dynamo.reset()
+            opts = dict(fullgraph=True, dynamic=False)
+            self._case = case
+            self._fns = (torch.compile(_torch_qk_inplace, **opts), torch.compile(_torch_rms, **opts),
+                         torch.compile(_torch_add_inplace, **opts), torch.compile(_torch_rope_inplace, **opts))
+        if case.op == "rope":
+            return _torch_rope_fn(case, inp, self._fns[3])
+        return _torch_fns(case, inp, *self._fns[:3])
+
+
+# --------------------------------------------------------------------------- F.rms_norm
+
+_FUSED_OP = ("_fused_rms_norm", "CUDA")
+
+
+def _override_nodes() -> tuple[list, str]:
+    """The ``torch._native`` override nodes registered for ``aten::_fused_rms_norm`` on CUDA,
+    or ([], why there are none)."""
+    try:
+        from torch._native import registry
+    except Exception:  # noqa: BLE001 - torch < 2.13: no override registry
+        return [], f"torch {torch.__version__} has no torch._native override registry"
+    nodes = list(getattr(registry, "_graphs", {}).get(_FUSED_OP, []))
+    if nodes:
+        return nodes, ""
+    try:
+        from torch._native import cutedsl_utils as cu
+        ok, ver = cu._check_runtime_available()
+        if not ok:
+            return [], "no CuTe DSL override registered (nvidia-cutlass-dsl / apache-tvm-ffi not importable)"
+        if not cu._version_is_ok():
+            return [], (f"no CuTe DSL override registered: nvidia-cutlass-dsl {ver} is not in torch's known-good "
+                        f"list (TORCH_NATIVE_SKIP_VERSION_CHECK=1 overrides)")
+        return [], "no CuTe DSL override registered (native JIT disabled?)"
+    except Exception as e:  # noqa: BLE001
+        return [], f"no override registered ({type(e).__name__}: {e})"
+
+
+def rms_norm_path(call) -> str:
+    """Run ``call`` (a ``F.rms_norm`` call) once under the profiler and name the implementation
+    that ran: ``torch._native`` override (vendored Quack CuTe DSL kernel), ATen's
+    ``_fused_rms_norm`` kernel (with why no override ran), or the composite decomposition."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            call()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+        names = {e.name for e in prof.events()}
+    except Exception as e:  # noqa: BLE001 - a profiler that cannot start: say so, do not fail the row
+        return f"unknown (profiler: {type(e).__name__}: {e})"
+    native = sorted(n for n in names if n.startswith("_native::"))
+    nodes, why = _override_nodes()
+    if native:
+        ids = {n.split("::", 1)[1] for n in native}
+        hit = [nd for nd in nodes if getattr(nd, "node_id", None) in ids]
+        dsl = hit[0].dsl_name if hit else "?"
+        impl = getattr(hit[0].impl_fn, "__module__", "") if hit else ""
+        what = "vendored Quack CuTe DSL kernel" if dsl == "cutedsl" or "quack" in impl.lower() else "native override"
+        return f"torch._native {dsl} override of aten::_fused_rms_norm ({what}; {', '.join(native)})"
+    if "aten::_fused_rms_norm" in names:
+        if nodes:
+            why = "the registered override declined these inputs (its condition)"
+        return f"ATen _fused_rms_norm kernel ({why})" if why else "ATen _fused_rms_norm kernel"
+    return "aten::rms_norm decomposed into elementwise ops"
+
+
+class TorchFRmsNorm(_Torch):
+    """``torch.nn.functional.rms_norm`` (a fused kernel on CUDA in recent PyTorch; see the
+    module docstring for which one, recorded per row in ``ran``)."""
+
+    name = "torch_rms_norm"
+    ops = ("qk", "qk_full", "rms2d")
+    not_ops = {"add": "no fused add form", "rope": "F.rms_norm only: no RoPE"}
+
+    def __init__(self):
+        self._ran: dict = {}
+
+    def available(self):
+        ok = hasattr(torch.nn.functional, "rms_norm")
+        return ok, "" if ok else f"torch {torch.__version__} has no torch.nn.functional.rms_norm"
+
+    def check(self, case):
+        return (False, "no weight_offset argument") if case.weight_offset else (True, "")
+
+    def notes(self, case):
+        return "F.rms_norm" + ("; Q then K, copied back in place" if case.is_qk else "")
+
+    def ran(self, case):
+        return self._ran.get(case, "")
+
+    def _call(self, case, inp) -> Fn:
+        F, eps = torch.nn.functional, case.eps
+        if case.is_qk:
+            q, k, qw, kw, D = inp.q, inp.k, inp.qw, inp.kw, case.width
+            outs = (q, k)
+
+            def call():
+                q.copy_(F.rms_norm(q, (D,), qw, eps))
+                k.copy_(F.rms_norm(k, (D,), kw, eps))
+                return outs
+            return call
+        x, w, D = inp.x, inp.w, case.width
+        return lambda: (F.rms_norm(x, (D,), w, eps),)
+
+    def build(self, case, inp):
+        if case not in self._ran:  # once per case, on a copy of the inputs (outside the timed region)
+            x = inp.q if case.is_qk else inp.x
+            self._ran[case] = (rms_norm_path(self._call(case, inp.clone())) if x.is_cuda else
+                               "ATen CPU kernel (torch._native overrides are CUDA-only)")
+        return self._call(case, inp)
+
+
+class TorchCopy2D(_Torch):
+    """The copy path: ``.contiguous()`` of Q and K, then a 2D norm over [T*H, D] rows."""
+
+    name = "torch_copy2d"
+    ops = ("qk", "qk_full")
+    not_ops = {"rms2d": "QK cases only", "add": "QK cases only", "rope": "norm only: no RoPE"}
+
+    def notes(self, case):
+        return "copies Q and K to contiguous (timed), then the torch formula as a 2D norm; result in the copies"
+
+    def build(self, case, inp):
+        q, k, qw, kw, D = inp.q, inp.k, inp.qw, inp.kw, case.width
+        eps, off = case.eps, case.weight_offset
+
+        def call():
+            qc, kc = q.contiguous(), k.contiguous()
+            return (torch_norm(qc.view(-1, D), qw, eps, off).view(q.shape),
+                    torch_norm(kc.view(-1, D), kw, eps, off).view(k.shape))
+        return call
+
+
+class ContiguousCopy(_Torch):
+    """The ``.contiguous()`` copy of Q and K alone: the price of the copy path."""
+
+    name = "contiguous_copy"
+    family = "copy"
+    ops = ("qk", "qk_full")
+    not_ops = {"rms2d": "QK cases only", "add": "QK cases only",
+               "rope": "a copy baseline, shown on the qk cases: no RoPE"}
+
+    def notes(self, case):
+        return "the copy alone (not a norm, not checked): Q.contiguous(), K.contiguous()"
+
+    def build(self, case, inp):
+        q, k = inp.q, inp.k
+        return lambda: (q.contiguous(), k.contiguous())
+
+
+class FlattenedTrap(_Torch):
+    """Flattening [T, H, D] to [T, H*D] and norming over H*D: one RMS per token instead
+    of one per head. A different function; the gate is expected to reject it."""
+
+    name = "torch_flat2d"
+    family = "trap"
+    ops = ("qk",)
+    not_ops = dict.fromkeys(("qk_full", "rms2d", "add", "rope"), "per-head QK cases only")
+
+    def notes(self, case):
+        return "flattens heads into hidden: one RMS per token, not per head (a different function)"
+
+    def build(self, case, inp):
+        q, k, T = inp.q, inp.k, case.tokens
+        qw = inp.qw.repeat(case.hq)
+        kw = inp.kw.repeat(case.hkv)
+        eps, off = case.eps, case.weight_offset
+
+        def call():
+            return (torch_norm(q.reshape(T, -1), qw, eps, off).view(q.shape),
+                    torch_norm(k.reshape(T, -1), kw, eps, off).view(k.shape))
+        return call

@@ -1,0 +1,92 @@
+"""qknorm itself, through its public API only: the dispatcher's pick (row ``qknorm``) and
+each forced :class:`qknorm.KernelConfig` (rows ``qknorm[<config>]``), plus the dispatcher's
+public questions the runner asks (the pick and its reason, the candidates, the tuned
+table's ranking)."""
+from __future__ import annotations
+
+from ..cases import Case
+from .base import Impl
+
+
+class Qknorm(Impl):
+    """qknorm's public API: the dispatcher's pick (``config=None``) or one forced config."""
+
+    library = "qknorm"
+
+    def __init__(self, config=None):
+        self.config = config
+        self.name = "qknorm" if config is None else f"qknorm[{config.name}]"
+        self.family = "qknorm" if config is None else "qknorm-variant"
+
+    def version(self):
+        import qknorm
+        return qknorm.__version__
+
+    def notes(self, case):
+        if case.op == "rope":
+            return "qk_rms_norm_rope: norm + RoPE of Q and K in one launch, in place on the packed buffer"
+        if case.op == "qk":
+            return "Q and K in one launch, in place on the packed buffer"
+        if case.op == "qk_full":
+            return "full-width Q and K in one launch, in place on strided slices"
+        return "out= preallocated output" if case.op == "rms2d" else "in place"
+
+    def build(self, case, inp):
+        import qknorm
+
+        cfg, eps, off = self.config, case.eps, case.weight_offset
+        if case.op == "rope":
+            q, k, qw, kw, cs, pos = inp.q, inp.k, inp.qw, inp.kw, inp.cos_sin_cache, inp.positions
+            fr, outs, neox, rd = qknorm.qk_rms_norm_rope, (q, k), case.is_neox, case.rotary_dim
+
+            def call():
+                fr(q, k, qw, kw, cs, pos, eps, is_neox=neox, rotary_dim=rd, weight_offset=off, q_out=q, k_out=k,
+                   config=cfg)
+                return outs
+        elif case.is_qk:
+            q, k, qw, kw = inp.q, inp.k, inp.qw, inp.kw
+            f, outs = qknorm.qk_rms_norm, (q, k)
+
+            def call():
+                f(q, k, qw, kw, eps, weight_offset=off, q_out=q, k_out=k, config=cfg)
+                return outs
+        elif case.op == "rms2d":
+            x, w, out = inp.x, inp.w, inp.out
+            f, outs = qknorm.rms_norm, (out,)
+
+            def call():
+                f(x, w, eps, weight_offset=off, out=out, config=cfg)
+                return outs
+        else:
+            x, r, w = inp.x, inp.residual, inp.w
+            f, outs = qknorm.fused_add_rms_norm, (x, r)
+
+            def call():
+                f(x, r, w, eps, weight_offset=off, config=cfg)
+                return outs
+        return call
+
+
+def qknorm_variants(case: Case, device) -> list[Qknorm]:
+    """One adapter per admissible kernel config for this case (``candidate_configs``).
+
+    ``rope``: the fused kernel keeps a whole head in registers and walks rows in segment
+    order, so only unchunked, segment-order configs are distinct variants there."""
+    from qknorm.dispatch import candidate_configs
+    cands = candidate_configs(case.qknorm_op, case.dtype, case.width, case.n_rows, device)
+    if case.op == "rope":
+        cands = [c for c in cands if not c.chunked(case.width) and not c.token_order]
+    return [Qknorm(c) for c in cands]
+
+
+def qknorm_pick(case: Case, device) -> tuple[str, str]:
+    """The dispatcher's config name for this case, and its reason."""
+    from qknorm.dispatch import choose_config
+    cfg, why = choose_config(case.qknorm_op, case.dtype, case.width, case.n_rows, device)
+    return cfg.name, why
+
+
+def qknorm_ranked(case: Case, device) -> list[str]:
+    """Config names the tuned table measured for this case's bucket, fastest first ([] if none)."""
+    from qknorm.dispatch import measured_alternatives
+    return measured_alternatives(case.qknorm_op, case.dtype, case.width, case.n_rows, device)
