@@ -25,10 +25,10 @@ EAGER_FACT_MAX_T = 64  # eager (host cost included) comparison shown per call up
 class CsvSink:
     """Appends rows to ``path`` as they come (flushed each row: an interrupted run keeps them)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, fieldnames=COLUMNS):
         self.path = path
         self._f = open(path, "w", newline="")
-        self._w = csv.DictWriter(self._f, fieldnames=COLUMNS, extrasaction="ignore")
+        self._w = csv.DictWriter(self._f, fieldnames=list(fieldnames), extrasaction="ignore")
         self._w.writeheader()
         self._f.flush()
 

@@ -35,7 +35,6 @@ cost). Without CUDA it runs on gloo/CPU, eager only, as a smoke test (numbers me
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import sys
@@ -48,6 +47,9 @@ import qknorm
 from qknorm.distributed import qk_rms_norm_tp
 from qknorm.reference import rms_norm_ref
 
+from .common import DTYPES, TOL, packed_qkv, rel_l2
+from .report import CsvSink
+
 # name: (Hq, Hkv, head_dim); q_norm over Hq*D, k_norm over Hkv*D
 MODELS = {
     "olmo2-7b": (32, 32, 128),   # q 4096, k 4096
@@ -55,7 +57,6 @@ MODELS = {
     "olmo2-32b": (40, 8, 128),   # q 5120, k 1024 (GQA; 8 KV heads from memory: check config.json)
 }
 TOKENS = [1, 4, 16, 64, 256, 512, 1024, 4096, 16384]
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _all_gather_tensor = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
@@ -88,10 +89,8 @@ class Case:
         self.wk = (1 + 0.1 * torch.randn(self.kw_full, generator=g, device=device)).to(dtype)
         self.qc = slice(rank * self.ql, (rank + 1) * self.ql)
         self.kc = slice(rank * self.kl, (rank + 1) * self.kl)
-        v = torch.zeros(t, self.kl, dtype=dtype, device=device)
-        self.qkv = torch.cat([self.fq[:, self.qc], self.fk[:, self.kc], v], dim=1)  # [T, ql + 2 kl]
-        self.q = self.qkv[:, :self.ql]
-        self.k = self.qkv[:, self.ql:self.ql + self.kl]
+        # this rank's packed shard [T, ql + 2 kl]: Q and K as strided column slices, V zero
+        self.qkv, self.q, self.k, _ = packed_qkv(self.fq[:, self.qc], self.fk[:, self.kc])
         self.qw, self.kw = self.wq[self.qc].contiguous(), self.wk[self.kc].contiguous()
         self.sums = torch.zeros(2 * t, dtype=torch.float32, device=device)
         self.itemsize = self.q.element_size()
@@ -136,14 +135,9 @@ class Case:
         errs = {}
         for name, fn in (("allgather", self.allgather), ("allgather-1", self.allgather_1), ("ours", self.ours)):
             q, k = fn()
-            errs[name] = max(rel(q, ref_q), rel(k, ref_k))
+            errs[name] = max(rel_l2(q, ref_q), rel_l2(k, ref_k))
         self.qkv.copy_(saved)
         return errs
-
-
-def rel(a, b):
-    a, b = a.float(), b.float()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def slowest(v: float, device) -> float:
@@ -161,6 +155,9 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+# The two timers below are the bench's (timing.time_eager / time_graph) with the ranks lined up
+# (an all-reduce barrier) before every trial: a collective's time on one rank otherwise
+# includes waiting for the slowest rank to arrive.
 def time_eager(fn, device, calls, trials):
     for _ in range(3):
         fn()
@@ -252,7 +249,7 @@ def main():
             case = Case(model, t, dtype, device, rank, tp)
             errs = case.check()
             worst = {k: slowest(v, device) for k, v in errs.items()}
-            tol = 1e-2 if dtype != torch.float32 else 1e-5
+            tol = TOL[dtype]
             bad = {k: v for k, v in worst.items() if not v < tol}
             log(f"{model} T={t}: rel. L2 error vs full-width fp32 reference "
                 + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
@@ -303,10 +300,10 @@ def main():
                           + f" {r['ours']['speedup_vs_allgather']:>7.2f}x {bo:>11} {ba:>11} {ba / bo:>6.0f}x")
         if args.out:
             os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-            with open(args.out, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
+            sink = CsvSink(args.out, fieldnames=list(rows[0]))
+            for r in rows:
+                sink(r)
+            sink.close()
             print(f"wrote {args.out}")
     dist.destroy_process_group()
 
