@@ -34,6 +34,8 @@ Rows:
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from ..cases import ROPE_THETA
@@ -45,6 +47,15 @@ __all__ = ["SGLangJit", "SGLangQkNormRope", "sgl_kernel_norm", "SGLANG_KERNEL_DI
 SGLANG_KERNEL_DISTS = ("sglang-kernel", "sgl-kernel")  # renamed at 0.4; import name sgl_kernel
 QKNORM_HEAD_DIMS = (64, 128, 256, 512, 1024)
 ROPE_HEAD_DIMS = (64, 128, 256)
+
+
+def _takes(fn, name: str) -> bool:
+    """Whether ``fn`` accepts a keyword ``name`` (True when its signature cannot be read)."""
+    try:
+        ps = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in ps or any(p.kind is p.VAR_KEYWORD for p in ps.values())
 
 
 def sglang_version() -> str:
@@ -114,11 +125,12 @@ class SGLangJit(Impl):
     def build(self, case, inp):
         m, eps = self._mod, case.eps
         if case.op == "qk":
-            f, q, k, qw, kw, D = m.fused_inplace_qknorm, inp.q, inp.k, inp.qw, inp.kw, case.head_dim
+            f, q, k, qw, kw = m.fused_inplace_qknorm, inp.q, inp.k, inp.qw, inp.kw
+            extra = {"head_dim": case.head_dim} if _takes(f, "head_dim") else {}  # older SGLang: no head_dim
             outs = (q, k)
 
             def call():
-                f(q, k, qw, kw, eps, head_dim=D)
+                f(q, k, qw, kw, eps, **extra)
                 return outs
         elif case.op == "qk_full":
             f, q, k, qw, kw = m.fused_inplace_qknorm_across_heads, inp.q, inp.k, inp.qw, inp.kw
