@@ -5,7 +5,10 @@ import torch
 
 from .backend import get_backend
 from .dispatch import TunedTable, explain_config, load_table
+from . import validate as V
 from .layout import row_layout
+
+OPS = ("rms_norm", "fused_add_rms_norm", "qk_rms_norm")
 
 
 def _rows(t: torch.Tensor) -> int:
@@ -24,8 +27,20 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
     heuristic rule behind it, the ``top`` fastest measured alternatives when the table has
     them, and how each tensor's rows are addressed. ``table`` (a path or a loaded table)
     explains the decision under that table instead of the one the device uses."""
+    V.activation("x", x)
+    if k is not None:
+        V.activation("k", k)
+        if k.shape[-1] != x.shape[-1]:
+            raise ValueError(f"k must have the last dim of x ({x.shape[-1]}), got shape {tuple(k.shape)}")
     if op is None:
         op = "rms_norm" if k is None else "qk_rms_norm"
+    if op not in OPS:
+        raise ValueError(f"op must be one of {', '.join(OPS)}, got {op!r}")
+    if op == "qk_rms_norm" and k is None:
+        raise ValueError("op='qk_rms_norm' needs k (the K tensor)")
+    if op == "fused_add_rms_norm" and k is not None and k.shape != x.shape:
+        raise ValueError(f"residual (passed as k) must have the shape of x {tuple(x.shape)}, got {tuple(k.shape)}")
+    top = V.integer("top", top, minimum=0)
     if isinstance(table, str):
         table = load_table(table)
     tensors = [x] if k is None else [x, k]

@@ -177,3 +177,45 @@ def same_view(a, b) -> bool:
     """True when ``a`` and ``b`` address exactly the same elements in the same order."""
     return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
             and a.device == b.device)
+
+
+@functools.lru_cache(maxsize=4096)
+def self_overlap(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool | None:
+    """Whether two different indices of a view address the same element: True, False, or
+    None when the exact search exceeds its budget.
+
+    A view whose dims, sorted by |stride|, each step over the whole extent of the smaller
+    ones (``|s_i| >= sum_{j<i} |s_j| * (n_j - 1) + 1``) cannot overlap itself (every
+    contiguous tensor, transposes, and Q/K views of a packed QKV buffer); a zero stride
+    on a dim of size > 1 (``expand``) always does. Other views are decided exactly: two
+    indices collide iff ``sum d_k * s_k == 0`` for some non-zero digits ``|d_k| < n_k``.
+    """
+    dims = sorted((abs(s), n) for n, s in zip(shape, strides) if n > 1)
+    if any(n == 0 for n in shape) or not dims:
+        return False
+    if dims[0][0] == 0:
+        return True
+    reach = 0
+    ok = True
+    for s, n in dims:
+        if s <= reach:
+            ok = False
+            break
+        reach += s * (n - 1)
+    if ok:
+        return False
+    # exact: some non-zero digit vector d (|d_k| < n_k) with sum d_k s_k == 0. Fix the first
+    # non-zero digit's position and sign (d_i > 0, d_j = 0 for j < i) and search the rest.
+    for i in range(len(dims)):
+        s_i, n_i = dims[i]
+        rest_sizes = tuple(2 * n - 1 for _, n in dims[i + 1:])
+        rest_strides = tuple(s for s, _ in dims[i + 1:])
+        # digits d in (-(n-1) .. n-1) written as e - (n-1) with 0 <= e < 2n-1
+        shift = sum(s * (n - 1) for s, n in dims[i + 1:])
+        for d_i in range(1, n_i):
+            r = views_overlap(d_i * s_i - shift, (1,), (0,), rest_sizes, rest_strides)
+            if r is None:
+                return None
+            if r:
+                return True
+    return False

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops
+from . import validate as V
+from .reference import rms_norm_ref
 
 __all__ = ["RMSNorm", "QKNorm", "default_eps"]
 
@@ -64,12 +66,9 @@ def _needs_autograd(*ts) -> bool:
 
 
 def _rms_norm_autograd(x: Tensor, weight: Tensor | None, eps: float, weight_offset: float) -> Tensor:
-    """The same function with differentiable ops: fp32 math, weight in fp32, one rounding."""
-    xf = x.float()
-    y = xf * torch.rsqrt(xf.square().mean(dim=-1, keepdim=True) + eps)
-    if weight is not None:
-        y = y * (weight.float() + weight_offset)
-    return y.to(x.dtype)
+    """The same function with differentiable ops: fp32 math, weight in fp32, one rounding
+    (``reference.rms_norm_ref``, extreme rows in fp64 as the kernels do)."""
+    return rms_norm_ref(x, weight, eps, weight_offset).to(x.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -103,9 +102,7 @@ class RMSNorm(nn.Module):
         self.normalized_shape = tuple(int(n) for n in normalized_shape)
         if not self.normalized_shape or any(n < 1 for n in self.normalized_shape):
             raise ValueError(f"normalized_shape must be one or more positive sizes, got {normalized_shape!r}")
-        if eps is not None and (not math.isfinite(eps) or eps < 0):
-            raise ValueError(f"eps must be a finite number >= 0 or None, got {eps!r}")
-        self.eps = eps
+        self.eps = V.eps_value(eps, allow_none=True)
         self.elementwise_affine = elementwise_affine
         self.weight_offset = float(weight_offset)
         if not math.isfinite(self.weight_offset):
@@ -177,16 +174,12 @@ class QKNorm(nn.Module):
     :meth:`from_norms` builds the module from two existing norm modules.
     """
 
-    def __init__(self, head_dim: int, eps: float = 1e-6, weight_offset: float = 0.0,
+    def __init__(self, head_dim: int, eps: float | None = 1e-6, weight_offset: float = 0.0,
                  elementwise_affine: bool = True, device=None, dtype=None) -> None:
         super().__init__()
-        if head_dim < 1:
-            raise ValueError(f"head_dim must be >= 1, got {head_dim}")
-        if not math.isfinite(eps) or eps < 0:
-            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-        self.head_dim = int(head_dim)
-        self.eps = float(eps)
-        self.weight_offset = float(weight_offset)
+        self.head_dim = V.integer("head_dim", head_dim, minimum=1)
+        self.eps = V.eps_value(eps, allow_none=True)  # None: what torch.nn.RMSNorm does with None
+        self.weight_offset = V.real("weight_offset", weight_offset)
         if not math.isfinite(self.weight_offset):
             raise ValueError(f"weight_offset must be finite, got {weight_offset!r}")
         if self.weight_offset != 0.0 and not elementwise_affine:
@@ -208,15 +201,16 @@ class QKNorm(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, in_place: bool = False) -> tuple[Tensor, Tensor]:
         qw, kw = self.q_weight, self.k_weight
+        eps = self.eps if self.eps is not None else default_eps(q.dtype)
         if _needs_autograd(q, k, qw, kw):
             if in_place:
                 raise RuntimeError("QKNorm(in_place=True) cannot record autograd; run it under "
                                    "torch.no_grad()/inference_mode() or use in_place=False")
-            return (_rms_norm_autograd(q, qw, self.eps, self.weight_offset),
-                    _rms_norm_autograd(k, kw, self.eps, self.weight_offset))
+            return (_rms_norm_autograd(q, qw, eps, self.weight_offset),
+                    _rms_norm_autograd(k, kw, eps, self.weight_offset))
         if in_place:
-            return ops.qk_rms_norm(q, k, qw, kw, self.eps, weight_offset=self.weight_offset, q_out=q, k_out=k)
-        return ops.qk_rms_norm(q, k, qw, kw, self.eps, weight_offset=self.weight_offset)
+            return ops.qk_rms_norm(q, k, qw, kw, eps, weight_offset=self.weight_offset, q_out=q, k_out=k)
+        return ops.qk_rms_norm(q, k, qw, kw, eps, weight_offset=self.weight_offset)
 
     @classmethod
     def from_norms(cls, q_norm: nn.Module, k_norm: nn.Module, *, eps: float | None = None,

@@ -37,9 +37,10 @@ from .backend import interpreter_on, use_triton
 from .config import KernelConfig
 from .dispatch import choose_config, sm_count
 from .layout import row_layout, views_overlap
-from .reference import fused_add_rms_norm_torch, rms_norm_ref, rms_norm_torch
+from .reference import FLT_MAX, FLT_MIN, fused_add_rms_norm_torch, kernel_eps, rms_norm_ref, rms_norm_torch
 
 _INT32_MAX = 2**31 - 1
+ROW_LIMIT = 2**30  # rows per launch; larger calls are split (row indices stay int32 in the kernels)
 _INF = math.inf
 _Tensor = torch.Tensor
 _CONTIG = torch.contiguous_format
@@ -142,9 +143,49 @@ def _layout_of(shape, d, *strides):
     lay = row_layout(tuple(shape), *(tuple(s) for s in strides))
     if lay is None:
         return None
-    if any(abs(s[3]) * d > _INT32_MAX for s in lay.strides) or lay.n_rows > _INT32_MAX - 65536:
+    if any(abs(s[3]) * d > _INT32_MAX for s in lay.strides) or lay.n_rows > ROW_LIMIT:
         return None
     return lay
+
+
+def _weight_ok(w, d: int) -> bool:
+    """Whether the kernels can address weight ``w`` (``col * stride`` is int32 there)."""
+    return w is None or abs(w.stride(0)) * d <= _INT32_MAX
+
+
+def _addressable_weight(w, d: int):
+    """``w``, or a contiguous copy when its stride would overflow the kernels' int32 offsets."""
+    return w if _weight_ok(w, d) else w.contiguous()
+
+
+def _n_rows(t) -> int:
+    n = 1
+    for s in t.shape[:-1]:
+        n *= s
+    return n
+
+
+def _row_chunks(ts, limit: int = None):
+    """Views of the same-shaped tensors ``ts`` split along their leading dims so that each
+    piece has at most ``limit`` rows (default ``ROW_LIMIT``); one piece when it already fits."""
+    limit = ROW_LIMIT if limit is None else limit
+    shape = ts[0].shape
+    if _n_rows(ts[0]) <= limit:
+        yield ts
+        return
+    dim = next(i for i in range(len(shape) - 1) if shape[i] > 1)
+    inner = 1
+    for n in shape[dim + 1:-1]:
+        inner *= n
+    step = max(1, limit // inner)
+    for start in range(0, shape[dim], step):
+        n = min(step, shape[dim] - start)
+        yield from _row_chunks([t.narrow(dim, start, n) for t in ts], limit)
+
+
+def _eps_pair(eps: float):
+    """``(eps, eps_tiny)`` kernel arguments (``reference.kernel_eps``), the common case inline."""
+    return (eps, 0.0) if FLT_MIN <= eps <= FLT_MAX else kernel_eps(eps)
 
 
 def _contig_strides(shape) -> tuple:
@@ -237,7 +278,7 @@ def _rms_like_plan(op, x, w, o_strides, config):
     shape = x.shape
     d = shape[-1]
     lay = _layout_of(shape, d, x.stride(), o_strides)
-    if lay is None:
+    if lay is None or not _weight_ok(w, d):
         return None
     cfg = _choose(op, x.dtype, d, lay.n_rows, x.device, config)
     ws = w.stride(0) if w is not None else 0
@@ -296,7 +337,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
     if _is_compiling():
         return _traced().traced_rms_norm(x, weight, eps, weight_offset, out, config)
     if (type(x) is _Tensor and x.is_cuda and _backend._backend != "torch" and type(eps) is float
-            and type(weight_offset) is float and 0.0 <= eps < _INF and -_INF < weight_offset < _INF):
+            and type(weight_offset) is float and 0.0 <= eps < _INF and -_INF < weight_offset < _INF
+            and not x.requires_grad):
         r = _rms_fast(x, weight, eps, weight_offset, out, config)
         if r is not None:
             return r
@@ -317,7 +359,7 @@ def _rms_fast(x, weight, eps, weight_offset, out, config):
                    config)
         else:
             return None
-    elif isinstance(weight, _Tensor):
+    elif isinstance(weight, _Tensor) and not weight.requires_grad:
         if out is None:
             key = ("rw0", x.shape, x.stride(), x.dtype, x.device, weight.shape, weight.stride(), weight.dtype,
                    weight.device, config)
@@ -341,42 +383,54 @@ def _rms_fast(x, weight, eps, weight_offset, out, config):
         if plan is None:
             return None
     px = x.data_ptr()
+    pw = px if weight is None else weight.data_ptr()
     if out is None:
         out = torch.empty_like(x, memory_format=_CONTIG)
         po = out.data_ptr()
-    elif out is x:
-        po = px
     else:
-        po = out.data_ptr()
-        if not (po == px and plan.same_layout):  # the same view as x is in place
-            sx, so = plan.spans
-            if not (px + sx[1] <= po + so[0] or po + so[1] <= px + sx[0]
-                    or _no_overlap(plan, 0, px, po)):
+        if out is x:
+            po = px
+        else:
+            if out.requires_grad:
+                return None
+            po = out.data_ptr()
+            if not (po == px and plan.same_layout):  # the same view as x is in place
+                sx, so = plan.spans[0], plan.spans[1]
+                if not (px + sx[1] <= po + so[0] or po + so[1] <= px + sx[0]
+                        or _no_overlap(plan, 0, px, po)):
+                    return None
+        if weight is not None:  # a weight sharing memory with the output: the general path copies it
+            so, sw = plan.spans[1], plan.spans[2]
+            if not (pw + sw[1] <= po + so[0] or po + so[1] <= pw + sw[0]):
                 return None
     if weight is None:
-        pw = px
         weight = x
-    else:
-        pw = weight.data_ptr()
+    et = 0.0
+    if not FLT_MIN <= eps <= FLT_MAX:
+        eps, et = kernel_eps(eps)
     bits = 0 if not (px | po | pw) & 15 else ((px & 15) and 1) | ((po & 15) and 2) | ((pw & 15) and 4)
-    _launch.run(plan.kl, plan.entries, bits, plan.grid, (px, po, pw, *plan.ints, eps, weight_offset, *plan.consts),
+    _launch.run(plan.kl, plan.entries, bits, plan.grid,
+                (px, po, pw, *plan.ints, eps, et, weight_offset, *plan.consts),
                 (x, out, weight), plan.kwargs, plan.device)
     return out
 
 
 def _rms_fast_plan(x, weight, out, okey, config):
     if not _checked(lambda: (V.activation("x", x), V.weight("weight", weight, x.shape[-1], "x", x),
-                             V.output("out", out, "x", x))):
+                             V.output("out", out, "x", x), V.config(config),
+                             okey != "0" and V.written("out", out))):
         return None
     if x.numel() == 0 or x.dtype not in _ACT:
         return None
     o_strides = _contig_strides(x.shape) if okey == "0" else x.stride() if okey == "1" else out.stride()
     plan = _rms_like_plan("rms_norm", x, weight, o_strides, config)
-    if plan is not None and okey == "2":
+    if plan is not None:
         es = x.element_size()
-        plan.same_layout = tuple(out.stride()) == tuple(x.stride())
-        plan.spans = (_span(x.shape, x.stride(), es), _span(out.shape, out.stride(), es))
-        plan.geom = [(x.shape, x.stride(), out.shape, out.stride(), es)]
+        plan.same_layout = okey == "2" and tuple(out.stride()) == tuple(x.stride())
+        sw = (0, 0) if weight is None else _span(weight.shape, weight.stride(), weight.element_size())
+        plan.spans = (_span(x.shape, x.stride(), es), _span(x.shape, o_strides, es), sw)
+        if okey == "2":
+            plan.geom = [(x.shape, x.stride(), out.shape, out.stride(), es)]
     return plan
 
 
@@ -385,16 +439,24 @@ def _rms_norm_general(x, weight, eps, weight_offset, out, config):
     d = x.shape[-1]
     V.weight("weight", weight, d, "x", x)
     V.scalars(eps, weight_offset, weight is not None)
+    V.config(config)
     V.output("out", out, "x", x)
+    if out is not None:
+        V.written("out", out)
+        if out is not x:
+            V.in_place_or_disjoint("out", out, "x", x)
+    eps, weight_offset = float(eps), float(weight_offset)
+    if V.grad_needed(x, weight, out):
+        return _traced().autograd_rms_norm(x, weight, eps, weight_offset, out)
     if out is None:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    elif out is not x:
-        V.in_place_or_disjoint("out", out, "x", x)
+    else:
+        weight = V.unaliased(weight, (out,))
     if x.numel() == 0:
         return out
     if not use_triton(x):
         return rms_norm_torch(x, weight, eps, weight_offset, out)
-    _launch_rms_norm(x, out, weight, float(eps), float(weight_offset), config)
+    _launch_rms_norm(x, out, weight, eps, weight_offset, config)
     return out
 
 
@@ -406,21 +468,30 @@ def _plan_for(key, build):
     return plan
 
 
-def _launch_rms_norm(x, out, weight, eps, weight_offset, config):
+def _launch_rms_norm(x, out, weight, eps, weight_offset, config, copied=False):
+    weight = _addressable_weight(weight, x.shape[-1])
+    if _n_rows(x) > ROW_LIMIT:
+        for xc, oc in _row_chunks([x, out]):
+            _launch_rms_norm(xc, oc, weight, eps, weight_offset, config)
+        return
     key = ("R", x.shape, x.stride(), x.dtype, x.device, out.stride(),
            None if weight is None else (weight.stride(), weight.dtype), config)
     plan = _plan_for(key, lambda: _rms_like_plan("rms_norm", x, weight, out.stride(), config))
     if plan is None:
+        # Not addressable as is (> 3 leading dims that do not merge, or a last-dim stride
+        # past int32): once on a contiguous copy, which always is.
+        assert not copied, "a contiguous copy must be addressable"
         xc = x.contiguous()
         tmp = torch.empty_like(xc)
-        _launch_rms_norm(xc, tmp, weight, eps, weight_offset, config)
+        _launch_rms_norm(xc, tmp, weight, eps, weight_offset, config, copied=True)
         out.copy_(tmp)
         return
     w = weight if weight is not None else x
     px, po, pw = x.data_ptr(), out.data_ptr(), w.data_ptr()
     bits = ((px & 15) and 1) | ((po & 15) and 2) | ((pw & 15) and 4)
     _launch.run(plan.kl, plan.entries, bits, plan.grid,
-                (px, po, pw, *plan.ints, eps, weight_offset, *plan.consts), (x, out, w), plan.kwargs, plan.device)
+                (px, po, pw, *plan.ints, *_eps_pair(eps), weight_offset, *plan.consts), (x, out, w), plan.kwargs,
+                plan.device)
 
 
 # --------------------------------------------------------------------------- fused add
@@ -438,7 +509,7 @@ def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Te
         return _traced().traced_fused_add_rms_norm(x, residual, weight, eps, weight_offset, config)
     if (type(x) is _Tensor and x.is_cuda and _backend._backend != "torch" and type(eps) is float
             and type(weight_offset) is float and 0.0 <= eps < _INF and -_INF < weight_offset < _INF
-            and isinstance(residual, _Tensor)):
+            and isinstance(residual, _Tensor) and not (x.requires_grad or residual.requires_grad)):
         if _add_fast(x, residual, weight, eps, weight_offset, config):
             return x, residual
     return _fused_add_general(x, residual, weight, eps, weight_offset, config)
@@ -450,7 +521,7 @@ def _add_fast(x, residual, weight, eps, weight_offset, config) -> bool:
             return False
         key = ("a0", x.shape, x.stride(), x.dtype, x.device, residual.shape, residual.stride(), residual.dtype,
                residual.device, config)
-    elif isinstance(weight, _Tensor):
+    elif isinstance(weight, _Tensor) and not weight.requires_grad:
         key = ("aw", x.shape, x.stride(), x.dtype, x.device, residual.shape, residual.stride(), residual.dtype,
                residual.device, weight.shape, weight.stride(), weight.dtype, weight.device, config)
     else:
@@ -465,16 +536,23 @@ def _add_fast(x, residual, weight, eps, weight_offset, config) -> bool:
         if plan is None:
             return False
     px, pr = x.data_ptr(), residual.data_ptr()
-    sx, sr = plan.spans
+    sx, sr, sw = plan.spans
     if not (px + sx[1] <= pr + sr[0] or pr + sr[1] <= px + sx[0] or _no_overlap(plan, 0, px, pr)):
         return False
     if weight is None:
         pw = px
         weight = x
     else:
-        pw = weight.data_ptr()
+        pw = weight.data_ptr()  # a weight sharing memory with x or residual: the general path copies it
+        if not ((pw + sw[1] <= px + sx[0] or px + sx[1] <= pw + sw[0])
+                and (pw + sw[1] <= pr + sr[0] or pr + sr[1] <= pw + sw[0])):
+            return False
+    et = 0.0
+    if not FLT_MIN <= eps <= FLT_MAX:
+        eps, et = kernel_eps(eps)
     bits = 0 if not (px | pr | pw) & 15 else ((px & 15) and 1) | ((pr & 15) and 2) | ((pw & 15) and 4)
-    _launch.run(plan.kl, plan.entries, bits, plan.grid, (px, pr, pw, *plan.ints, eps, weight_offset, *plan.consts),
+    _launch.run(plan.kl, plan.entries, bits, plan.grid,
+                (px, pr, pw, *plan.ints, eps, et, weight_offset, *plan.consts),
                 (x, residual, weight), plan.kwargs, plan.device)
     return True
 
@@ -487,12 +565,16 @@ def _add_fast_plan(x, residual, weight, config):
             raise ValueError
         V.same_device("residual", residual, "x", x)
         V.weight("weight", weight, x.shape[-1], "x", x)
+        V.config(config)
+        V.written("x", x)
+        V.written("residual", residual)
     if not _checked(check) or x.numel() == 0:
         return None
     plan = _rms_like_plan("fused_add_rms_norm", x, weight, residual.stride(), config)
     if plan is not None:
         es = x.element_size()
-        plan.spans = (_span(x.shape, x.stride(), es), _span(residual.shape, residual.stride(), es))
+        sw = (0, 0) if weight is None else _span(weight.shape, weight.stride(), weight.element_size())
+        plan.spans = (_span(x.shape, x.stride(), es), _span(residual.shape, residual.stride(), es), sw)
         plan.geom = [(x.shape, x.stride(), residual.shape, residual.stride(), es)]
     return plan
 
@@ -508,22 +590,35 @@ def _fused_add_general(x, residual, weight, eps, weight_offset, config):
     d = x.shape[-1]
     V.weight("weight", weight, d, "x", x)
     V.scalars(eps, weight_offset, weight is not None)
+    V.config(config)
+    V.written("x", x)
+    V.written("residual", residual)
     V.disjoint("x", x, "residual", residual)
+    eps, weight_offset = float(eps), float(weight_offset)
+    if V.grad_needed(x, residual, weight):
+        return _traced().autograd_fused_add_rms_norm(x, residual, weight, eps, weight_offset)
+    weight = V.unaliased(weight, (x, residual))
     if x.numel() == 0:
         return x, residual
     if not use_triton(x):
         return fused_add_rms_norm_torch(x, residual, weight, eps, weight_offset)
-    _launch_fused_add(x, residual, weight, float(eps), float(weight_offset), config)
+    _launch_fused_add(x, residual, weight, eps, weight_offset, config)
     return x, residual
 
 
-def _launch_fused_add(x, residual, weight, eps, weight_offset, config):
+def _launch_fused_add(x, residual, weight, eps, weight_offset, config, copied=False):
+    weight = _addressable_weight(weight, x.shape[-1])
+    if _n_rows(x) > ROW_LIMIT:
+        for xc, rc in _row_chunks([x, residual]):
+            _launch_fused_add(xc, rc, weight, eps, weight_offset, config)
+        return
     key = ("A", x.shape, x.stride(), x.dtype, x.device, residual.stride(),
            None if weight is None else (weight.stride(), weight.dtype), config)
     plan = _plan_for(key, lambda: _rms_like_plan("fused_add_rms_norm", x, weight, residual.stride(), config))
-    if plan is None:
+    if plan is None:  # once on contiguous copies (see _launch_rms_norm)
+        assert not copied, "a contiguous copy must be addressable"
         xc, rc = x.contiguous(), residual.contiguous()
-        _launch_fused_add(xc, rc, weight, eps, weight_offset, config)
+        _launch_fused_add(xc, rc, weight, eps, weight_offset, config, copied=True)
         x.copy_(xc)
         residual.copy_(rc)
         return
@@ -531,8 +626,8 @@ def _launch_fused_add(x, residual, weight, eps, weight_offset, config):
     px, pr, pw = x.data_ptr(), residual.data_ptr(), w.data_ptr()
     bits = ((px & 15) and 1) | ((pr & 15) and 2) | ((pw & 15) and 4)
     _launch.run(plan.kl, plan.entries, bits, plan.grid,
-                (px, pr, pw, *plan.ints, eps, weight_offset, *plan.consts), (x, residual, w), plan.kwargs,
-                plan.device)
+                (px, pr, pw, *plan.ints, *_eps_pair(eps), weight_offset, *plan.consts), (x, residual, w),
+                plan.kwargs, plan.device)
 
 
 # --------------------------------------------------------------------------- QK norm
@@ -551,7 +646,7 @@ def qk_rms_norm(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | None,
         return _traced().traced_qk_rms_norm(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config)
     if (type(q) is _Tensor and q.is_cuda and _backend._backend != "torch" and type(eps) is float
             and type(weight_offset) is float and 0.0 <= eps < _INF and -_INF < weight_offset < _INF
-            and type(k) is _Tensor):
+            and type(k) is _Tensor and not (q.requires_grad or k.requires_grad)):
         r = _qk_fast(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config)
         if r is not None:
             return r
@@ -565,7 +660,7 @@ def _qk_fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
         qo = 0
     elif q_out is q:
         qo = 1
-    elif isinstance(q_out, _Tensor):
+    elif isinstance(q_out, _Tensor) and not q_out.requires_grad:
         qo = 2
     else:
         return None
@@ -573,7 +668,7 @@ def _qk_fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
         ko = 0
     elif k_out is k:
         ko = 1
-    elif isinstance(k_out, _Tensor):
+    elif isinstance(k_out, _Tensor) and not k_out.requires_grad:
         ko = 2
     else:
         return None
@@ -581,7 +676,7 @@ def _qk_fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
         if kw is not None or weight_offset != 0.0:
             return None
         key = (qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.device, k.device, config)
-    elif isinstance(qw, _Tensor) and isinstance(kw, _Tensor):
+    elif isinstance(qw, _Tensor) and isinstance(kw, _Tensor) and not (qw.requires_grad or kw.requires_grad):
         key = (qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.device, k.device, config,
                qw.shape, qw.stride(), qw.dtype, qw.device, kw.shape, kw.stride(), kw.dtype, kw.device)
     else:
@@ -602,7 +697,7 @@ def _qk_fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
     pq, pk = q.data_ptr(), k.data_ptr()
     # Overlap rules of the general path, on raw pointers and cached byte spans:
     # outputs must not meet each other, nor the other input, nor partially their own input.
-    sq, sk, sqo, sko = plan.spans
+    sq, sk, sqo, sko, sqw, skw = plan.spans
     if qo == 0:
         q_out = torch.empty_like(q, memory_format=_CONTIG)
         pqo = q_out.data_ptr()
@@ -642,6 +737,16 @@ def _qk_fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
         pqw, pkw, qw, kw = pq, pk, q, k
     else:
         pqw, pkw = qw.data_ptr(), kw.data_ptr()
+        # a weight sharing memory with a written tensor: the general path copies it
+        if qo and not ((pqw + sqw[1] <= pqo + sqo[0] or pqo + sqo[1] <= pqw + sqw[0])
+                       and (pkw + skw[1] <= pqo + sqo[0] or pqo + sqo[1] <= pkw + skw[0])):
+            return None
+        if ko and not ((pqw + sqw[1] <= pko + sko[0] or pko + sko[1] <= pqw + sqw[0])
+                       and (pkw + skw[1] <= pko + sko[0] or pko + sko[1] <= pkw + skw[0])):
+            return None
+    et = 0.0
+    if not FLT_MIN <= eps <= FLT_MAX:
+        eps, et = kernel_eps(eps)
     if (pq | pqo | pqw | pk | pko | pkw) & 15:
         bits = (((pq & 15) and 1) | ((pqo & 15) and 2) | ((pqw & 15) and 4) | ((pk & 15) and 8)
                 | ((pko & 15) and 16) | ((pkw & 15) and 32))
@@ -649,7 +754,7 @@ def _qk_fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
         bits = 0
     qi, ki = plan.ints
     _launch.run(plan.kl, plan.entries, bits, plan.grid,
-                (qi[0], eps, weight_offset, pq, pqo, pqw, *qi[1:], pk, pko, pkw, *ki, *plan.consts),
+                (qi[0], eps, et, weight_offset, pq, pqo, pqw, *qi[1:], pk, pko, pkw, *ki, *plan.consts),
                 (q, q_out, qw, k, k_out, kw), plan.kwargs, plan.device)
     return q_out, k_out
 
@@ -658,7 +763,7 @@ def _wkey(w):
     return None if w is None else (w.shape, w.stride(), w.dtype, w.device)
 
 
-def _qk_static_checks(q, k, qw, kw, q_out, k_out):
+def _qk_static_checks(q, k, qw, kw, q_out, k_out, config):
     """The checks of qk_rms_norm that depend only on metadata (same functions and order)."""
     V.activation("q", q)
     V.activation("k", k)
@@ -674,10 +779,15 @@ def _qk_static_checks(q, k, qw, kw, q_out, k_out):
     V.weight("k_weight", kw, d, "k", k)
     V.output("q_out", q_out, "q", q)
     V.output("k_out", k_out, "k", k)
+    V.config(config)
+    if q_out is not None:
+        V.written("q_out", q_out)
+    if k_out is not None:
+        V.written("k_out", k_out)
 
 
 def _qk_fast_plan(q, k, qw, kw, q_out, k_out, qo, ko, config):
-    if not _checked(lambda: _qk_static_checks(q, k, qw, kw, q_out, k_out)):
+    if not _checked(lambda: _qk_static_checks(q, k, qw, kw, q_out, k_out, config)):
         return None
     if q.numel() == 0 or k.numel() == 0:
         return None
@@ -689,7 +799,10 @@ def _qk_fast_plan(q, k, qw, kw, q_out, k_out, qo, ko, config):
     es = q.element_size()
     qs, ks, qos, kos = tuple(q.stride()), tuple(k.stride()), tuple(qos), tuple(kos)
     # spans of q, k, q_out, k_out (an allocated output's span is never read)
-    plan.spans = (_span(q.shape, qs, es), _span(k.shape, ks, es), _span(q.shape, qos, es), _span(k.shape, kos, es))
+    sqw = (0, 0) if qw is None else _span(qw.shape, qw.stride(), qw.element_size())
+    skw = (0, 0) if kw is None else _span(kw.shape, kw.stride(), kw.element_size())
+    plan.spans = (_span(q.shape, qs, es), _span(k.shape, ks, es), _span(q.shape, qos, es), _span(k.shape, kos, es),
+                  sqw, skw)
     # overlap pairs: 0 (q, q_out), 1 (k, k_out), 2 (q_out, k_out), 3 (q_out, k), 4 (k_out, q)
     plan.geom = [(q.shape, qs, q.shape, qos, es), (k.shape, ks, k.shape, kos, es), (q.shape, qos, k.shape, kos, es),
                  (q.shape, qos, k.shape, ks, es), (k.shape, kos, q.shape, qs, es)]
@@ -701,7 +814,8 @@ def _qk_plan(q, k, qw, kw, qos, kos, config):
     """Plan of one qk_rms_norm launch over q (outputs strided ``qos``) and k (``kos``)."""
     d = q.shape[-1]
     q_lay, k_lay = _layout_of(q.shape, d, q.stride(), qos), _layout_of(k.shape, d, k.stride(), kos)
-    if q_lay is None or k_lay is None:
+    if q_lay is None or k_lay is None or q_lay.n_rows + k_lay.n_rows > ROW_LIMIT \
+            or not (_weight_ok(qw, d) and _weight_ok(kw, d)):
         return None
     if q.numel() == 0:
         q_lay = q_lay._replace(n_rows=0)
@@ -756,8 +870,13 @@ def _qk_general(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, conf
     V.weight("q_weight", q_weight, d, "q", q)
     V.weight("k_weight", k_weight, d, "k", k)
     V.scalars(eps, weight_offset, q_weight is not None)
+    V.config(config)
     V.output("q_out", q_out, "q", q)
     V.output("k_out", k_out, "k", k)
+    if q_out is not None:
+        V.written("q_out", q_out)
+    if k_out is not None:
+        V.written("k_out", k_out)
     q_in_place = q_out is not None and V.in_place_or_disjoint("q_out", q_out, "q", q)
     k_in_place = k_out is not None and V.in_place_or_disjoint("k_out", k_out, "k", k)
     if q_out is not None and k_out is not None:
@@ -766,6 +885,11 @@ def _qk_general(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, conf
         V.disjoint("q_out", q_out, "k", k)
     if k_out is not None and not q_in_place:
         V.disjoint("k_out", k_out, "q", q)
+    eps, weight_offset = float(eps), float(weight_offset)
+    if V.grad_needed(q, k, q_weight, k_weight, q_out, k_out):
+        return _traced().autograd_qk_rms_norm(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out)
+    q_weight = V.unaliased(q_weight, (q_out, k_out))
+    k_weight = V.unaliased(k_weight, (q_out, k_out))
     if q_out is None:
         q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if k_out is None:
@@ -778,19 +902,34 @@ def _qk_general(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, conf
         q_out.copy_(q_res)
         k_out.copy_(k_res)
         return q_out, k_out
-    _launch_qk(q, k, q_out, k_out, q_weight, k_weight, float(eps), float(weight_offset), config)
+    _launch_qk(q, k, q_out, k_out, q_weight, k_weight, eps, weight_offset, config)
     return q_out, k_out
 
 
-def _launch_qk(q, k, q_out, k_out, q_weight, k_weight, eps, weight_offset, config):
+def _launch_qk(q, k, q_out, k_out, q_weight, k_weight, eps, weight_offset, config, copied=False):
+    d = q.shape[-1]
+    q_weight, k_weight = _addressable_weight(q_weight, d), _addressable_weight(k_weight, d)
+    if _n_rows(q) + _n_rows(k) > ROW_LIMIT:
+        # Too many rows for one launch: Q, then K, in pieces of at most ROW_LIMIT rows
+        # (the other segment empty).
+        for src, dst, wq, wk, is_q in ((q, q_out, q_weight, k_weight, True), (k, k_out, q_weight, k_weight, False)):
+            empty = src.new_empty((0, d))
+            for xc, oc in _row_chunks([src, dst]):
+                if is_q:
+                    _launch_qk(xc, empty, oc, empty, wq, wk, eps, weight_offset, config)
+                else:
+                    _launch_qk(empty, xc, empty, oc, wq, wk, eps, weight_offset, config)
+        return
     key = ("Q", q.shape, q.stride(), k.shape, k.stride(), q.dtype, q.device, q_out.stride(), k_out.stride(),
            _wkey(q_weight), _wkey(k_weight), config)
     plan = _plan_for(key, lambda: _qk_plan(q, k, q_weight, k_weight, q_out.stride(), k_out.stride(), config))
     if plan is None:
-        # Rare layouts (> 3 leading dims that do not merge): run on contiguous copies.
+        # Rare layouts (> 3 leading dims that do not merge, last-dim strides past int32):
+        # once on contiguous copies, which are always addressable.
+        assert not copied, "a contiguous copy must be addressable"
         qc, kc = q.contiguous(), k.contiguous()
         qt, kt = torch.empty_like(qc), torch.empty_like(kc)
-        _launch_qk(qc, kc, qt, kt, q_weight, k_weight, eps, weight_offset, config)
+        _launch_qk(qc, kc, qt, kt, q_weight, k_weight, eps, weight_offset, config, copied=True)
         q_out.copy_(qt)
         k_out.copy_(kt)
         return
@@ -802,7 +941,7 @@ def _launch_qk(q, k, q_out, k_out, q_weight, k_weight, eps, weight_offset, confi
             | ((pko & 15) and 16) | ((pkw & 15) and 32))
     qi, ki = plan.ints
     _launch.run(plan.kl, plan.entries, bits, plan.grid,
-                (qi[0], eps, weight_offset, pq, pqo, pqw, *qi[1:], pk, pko, pkw, *ki, *plan.consts),
+                (qi[0], *_eps_pair(eps), weight_offset, pq, pqo, pqw, *qi[1:], pk, pko, pkw, *ki, *plan.consts),
                 (q, q_out, qw, k, k_out, kw), plan.kwargs, plan.device)
 
 

@@ -9,14 +9,75 @@ from __future__ import annotations
 import torch
 
 
+FLT_MIN = 2.0 ** -126  # smallest normal fp32
+FLT_MAX = 3.4028234663852886e38
+EPS_TINY_SCALE = 2.0 ** 250  # eps below FLT_MIN reaches the kernels as eps * 2**250 (see kernel_eps)
+_EXTREME_SS = 3.0e38  # an fp32 sum of squares above this may have overflowed
+_EXTREME_MS = 2.0 ** -60  # a mean square + eps below this may have lost flushed squares or eps
+
+
+def kernel_eps(eps: float) -> tuple[float, float]:
+    """eps as the kernels take it: ``(eps, 0.0)`` when eps is a normal fp32 number, else
+    ``(0.0, eps * 2**250)`` (clamped to at least ``2**-376``, far below any non-zero mean
+    square of fp32 data), so that a positive eps stays positive in the kernels' fp64
+    recomputation of extreme rows (``kernels/rows.py``)."""
+    if eps >= FLT_MIN:
+        return (min(eps, FLT_MAX), 0.0)
+    if eps > 0.0:
+        return (0.0, max(eps, 2.0 ** -376) * EPS_TINY_SCALE)
+    return (0.0, 0.0)
+
+
+def _rstd(xf: torch.Tensor, eps: float) -> torch.Tensor:
+    """``1 / sqrt(mean(xf**2) + eps)`` over the last dim (keepdim) in xf's dtype."""
+    return torch.rsqrt(xf.square().mean(dim=-1, keepdim=True) + eps)
+
+
+def normalize(x: torch.Tensor, eps: float, compute_dtype: torch.dtype = torch.float32, *,
+              skip_when_clean: bool = True) -> torch.Tensor:
+    """``x / sqrt(mean(x**2) + eps)`` in ``compute_dtype``.
+
+    In fp32 the sum of squares overflows for |x| above ~1e19 and underflows below ~1e-19
+    (PyTorch's ``F.rms_norm`` returns 0 or inf there); rows in that range, or with an eps
+    fp32 cannot hold, are recomputed in fp64, as the kernels do. ``skip_when_clean`` skips
+    that fp64 pass when no row needs it (a host sync: CPU tensors, not under tracing)."""
+    xf = x.to(compute_dtype)
+    ms = xf.square().mean(dim=-1, keepdim=True)
+    y = xf * torch.rsqrt(ms + eps)
+    if compute_dtype != torch.float32 or xf.numel() == 0:
+        return y
+    bad = (ms * xf.shape[-1] > _EXTREME_SS) | (ms + kernel_eps(eps)[0] < _EXTREME_MS) | ms.isinf()
+    if not skip_when_clean or xf.is_cuda or torch.compiler.is_compiling() or bool(bad.any()):
+        x64 = xf.to(torch.float64)
+        y = torch.where(bad, (x64 * _rstd(x64, eps)).to(torch.float32), y)
+    return y
+
+
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6,
                  weight_offset: float = 0.0, compute_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """RMSNorm over the last dim of ``x`` in ``compute_dtype`` (result stays in that dtype)."""
-    xf = x.to(compute_dtype)
-    y = xf * torch.rsqrt(xf.square().mean(dim=-1, keepdim=True) + eps)
+    y = normalize(x, eps, compute_dtype)
     if weight is not None:
         y = y * (weight.to(compute_dtype) + weight_offset)
     return y
+
+
+def rms_norm_backward(x: torch.Tensor, weight: torch.Tensor | None, eps: float, weight_offset: float,
+                      grad: torch.Tensor, need_weight_grad: bool = True):
+    """Gradients of ``rms_norm_ref(x, weight, eps, weight_offset)`` for ``grad`` (fp32 math):
+    ``(dx, dweight)`` in the dtypes of ``x`` and ``weight`` (``dweight`` None without a weight
+    or when not needed). With ``n = x * rstd``: ``dx = rstd * (g*w - n * mean(g*w*n))``,
+    ``dweight = sum over rows of g * n``."""
+    xf = x.to(torch.float32)
+    gf = grad.to(torch.float32)
+    n = normalize(x, eps, torch.float32, skip_when_clean=False)
+    rstd = torch.rsqrt(xf.square().mean(dim=-1, keepdim=True) + eps)
+    gw = gf if weight is None else gf * (weight.to(torch.float32) + weight_offset)
+    dx = rstd * (gw - n * (gw * n).mean(dim=-1, keepdim=True))
+    dw = None
+    if weight is not None and need_weight_grad:
+        dw = (gf * n).reshape(-1, x.shape[-1]).sum(dim=0).to(weight.dtype)
+    return dx.to(x.dtype), dw
 
 
 def fused_add_rms_norm_ref(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None = None,

@@ -34,7 +34,9 @@ from . import validate as V
 from .backend import use_triton
 from .config import KernelConfig
 from .dispatch import choose_config, next_pow2
-from .ops import _cdiv, _contig_strides, _grid, _is_compiling, _no_overlap, _span, _use_pdl
+from . import ops as _ops
+from .ops import _cdiv, _contig_strides, _eps_pair, _grid, _is_compiling, _no_overlap, _span, _use_pdl
+from .reference import FLT_MAX, FLT_MIN, kernel_eps
 from .reference_rope import qk_rms_norm_rope_torch
 
 __all__ = ["qk_rms_norm_rope", "MAX_HEAD_DIM", "clear_caches"]
@@ -42,6 +44,7 @@ __all__ = ["qk_rms_norm_rope", "MAX_HEAD_DIM", "clear_caches"]
 MAX_HEAD_DIM = 1024  # whole head in registers; no chunked form
 POSITION_DTYPES = (torch.int32, torch.int64)
 _INF = math.inf
+_INT32_MAX = 2**31 - 1
 _Tensor = torch.Tensor
 _CONTIG = torch.contiguous_format
 _MAX_PLANS = 4096
@@ -123,6 +126,10 @@ def _check_meta(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, weight_
     V.same_device("positions", positions, "q", q)
     V.output("q_out", q_out, "q", q)
     V.output("k_out", k_out, "k", k)
+    if q_out is not None:
+        V.written("q_out", q_out)
+    if k_out is not None:
+        V.written("k_out", k_out)
     return r
 
 
@@ -180,7 +187,8 @@ def qk_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | 
             and type(weight_offset) is float and 0.0 <= eps < _INF and -_INF < weight_offset < _INF
             and type(k) is _Tensor and type(cos_sin_cache) is _Tensor and type(positions) is _Tensor
             and type(is_neox) is bool and (rotary_dim is None or type(rotary_dim) is int)
-            and (config is None or type(config) is KernelConfig)):
+            and (config is None or type(config) is KernelConfig)
+            and not (q.requires_grad or k.requires_grad or cos_sin_cache.requires_grad)):
         r = _fast(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rotary_dim, weight_offset,
                   q_out, k_out, config)
         if r is not None:
@@ -192,8 +200,18 @@ def qk_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | 
 def _general(q, k, q_weight, k_weight, cs, positions, eps, is_neox, rotary_dim, weight_offset, q_out, k_out,
              config):
     r = _check_meta(q, k, q_weight, k_weight, cs, positions, eps, weight_offset, is_neox, rotary_dim, q_out, k_out)
+    V.config(config)
     _check_overlaps(q, k, q_out, k_out)
     _check_positions_range(positions, cs.shape[0])
+    eps, weight_offset = float(eps), float(weight_offset)
+    if V.grad_needed(q, k, q_weight, k_weight, cs, q_out, k_out):
+        from .torch_library import autograd_qk_rms_norm_rope
+        return autograd_qk_rms_norm_rope(q, k, q_weight, k_weight, cs, positions, eps, is_neox, r, weight_offset,
+                                         q_out, k_out)
+    # read-only tensors sharing memory with an output are read from a private copy
+    written = (q_out, k_out)
+    q_weight, k_weight = V.unaliased(q_weight, written), V.unaliased(k_weight, written)
+    cs, positions = V.unaliased(cs, written), V.unaliased(positions, written)
     if q_out is None:
         q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if k_out is None:
@@ -205,23 +223,50 @@ def _general(q, k, q_weight, k_weight, cs, positions, eps, is_neox, rotary_dim, 
             positions = positions.clamp(0, cs.shape[0] - 1)
         return qk_rms_norm_rope_torch(q, k, q_weight, k_weight, cs, positions, eps, is_neox, r, weight_offset,
                                       q_out, k_out)
-    plan = _plan_for(("G", q.shape, q.stride(), k.shape, k.stride(), q.dtype, q.device, q_out.stride(),
-                      k_out.stride(), _wkey(q_weight), _wkey(k_weight), _tkey(cs), _tkey(positions), is_neox, r,
-                      config),
-                     lambda: _plan(q, k, q_weight, k_weight, cs, positions, q_out.stride(), k_out.stride(), is_neox,
-                                   r, config))
-    _run(plan, q, k, q_out, k_out, q_weight, k_weight, cs, positions, float(eps), float(weight_offset))
+    _launch_general(q, k, q_out, k_out, q_weight, k_weight, cs, positions, eps, is_neox, r, weight_offset, config)
     return q_out, k_out
 
 
 # --------------------------------------------------------------------------- plans and launch
+
+def _launch_general(q, k, q_out, k_out, qw, kw, cs, positions, eps, is_neox, r, weight_offset, config):
+    """Launch for checked arguments: tensors the kernel cannot address with int32 column
+    offsets are copied once (weights, cache, or Q/K/outputs to contiguous), calls with more
+    rows than one launch takes run in pieces of whole tokens."""
+    d = q.shape[-1]
+    if qw is not None and abs(qw.stride(0)) * d > _INT32_MAX:
+        qw = qw.contiguous()
+    if kw is not None and abs(kw.stride(0)) * d > _INT32_MAX:
+        kw = kw.contiguous()
+    if abs(cs.stride(1)) * r > _INT32_MAX:
+        cs = cs.contiguous()
+    if any(abs(st) * d > _INT32_MAX for st in (q.stride(2), k.stride(2), q_out.stride(2), k_out.stride(2))):
+        qt, kt = torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty(k.shape, dtype=k.dtype,
+                                                                                   device=k.device)
+        _launch_general(q.contiguous(), k.contiguous(), qt, kt, qw, kw, cs, positions, eps, is_neox, r,
+                        weight_offset, config)  # contiguous: addressable, no further copy
+        q_out.copy_(qt)
+        k_out.copy_(kt)
+        return
+    t = q.shape[0]
+    step = max(1, _ops.ROW_LIMIT // max(1, q.shape[1] + k.shape[1]))
+    for t0 in range(0, t, step):
+        n = min(step, t - t0)
+        qc, kc, qoc, koc, pc = ((q, k, q_out, k_out, positions) if n == t else
+                                (q.narrow(0, t0, n), k.narrow(0, t0, n), q_out.narrow(0, t0, n),
+                                 k_out.narrow(0, t0, n), positions.narrow(0, t0, n)))
+        plan = _plan_for(("G", qc.shape, qc.stride(), kc.shape, kc.stride(), q.dtype, q.device, qoc.stride(),
+                          koc.stride(), _wkey(qw), _wkey(kw), _tkey(cs), _tkey(pc), is_neox, r, config),
+                         lambda: _plan(qc, kc, qw, kw, cs, pc, qoc.stride(), koc.stride(), is_neox, r, config))
+        _run(plan, qc, kc, qoc, koc, qw, kw, cs, pc, eps, weight_offset)
+
 
 class _Plan:
     """What follows from a call's metadata: grid, int arguments, constexprs, launch entries,
     and the byte spans / geometry used by the per-call overlap checks (``ops._no_overlap``)."""
 
     __slots__ = ("kl", "grid", "head", "q_ints", "k_ints", "consts", "kwargs", "entries", "device",
-                 "spans", "geom", "memo", "same_layout")
+                 "spans", "geom", "memo", "same_layout", "read_spans")
 
     def __init__(self):
         self.spans = ()
@@ -295,7 +340,7 @@ def _run(plan, q, k, q_out, k_out, qw, kw, cs, positions, eps, weight_offset):
             bits |= 1 << i
     pcs, pp, pq, pqo, pqw, pk, pko, pkw = ptrs
     d, half, css0, css1, max_pos, ps = plan.head
-    args = (d, half, eps, weight_offset, pcs, css0, css1, max_pos, pp, ps,
+    args = (d, half, *_eps_pair(eps), weight_offset, pcs, css0, css1, max_pos, pp, ps,
             pq, pqo, pqw, *plan.q_ints, pk, pko, pkw, *plan.k_ints, *plan.consts)
     _launch.run(plan.kl, plan.entries, bits, plan.grid, args, tensors, plan.kwargs, plan.device)
 
@@ -304,15 +349,17 @@ def _run(plan, q, k, q_out, k_out, qw, kw, cs, positions, eps, weight_offset):
 
 def _fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q_out, k_out, config):
     """The common CUDA call with a cached plan; None means: take the general path."""
-    qo = 0 if q_out is None else 1 if q_out is q else 2 if isinstance(q_out, _Tensor) else -1
-    ko = 0 if k_out is None else 1 if k_out is k else 2 if isinstance(k_out, _Tensor) else -1
+    qo = 0 if q_out is None else 1 if q_out is q else 2 if isinstance(q_out, _Tensor) and not q_out.requires_grad \
+        else -1
+    ko = 0 if k_out is None else 1 if k_out is k else 2 if isinstance(k_out, _Tensor) and not k_out.requires_grad \
+        else -1
     if qo < 0 or ko < 0:
         return None
     if qw is None:
         if kw is not None or weight_offset != 0.0:
             return None
         wk = None
-    elif isinstance(qw, _Tensor) and isinstance(kw, _Tensor):
+    elif isinstance(qw, _Tensor) and isinstance(kw, _Tensor) and not (qw.requires_grad or kw.requires_grad):
         wk = (_wkey(qw), _wkey(kw))
     else:
         return None
@@ -355,6 +402,14 @@ def _fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, 
         return None
     if ko and not q_in and not _apart(plan, 4, pko, sko, pq, sq):
         return None
+    if qo or ko:  # read-only tensors sharing memory with an output: the general path copies them
+        for pr, sr in ((qw.data_ptr(), plan.read_spans[0]) if qw is not None else (0, (0, 0)),
+                       (kw.data_ptr(), plan.read_spans[1]) if kw is not None else (0, (0, 0)),
+                       (cs.data_ptr(), plan.read_spans[2]), (positions.data_ptr(), plan.read_spans[3])):
+            if qo and not (pr + sr[1] <= pqo + sqo[0] or pqo + sqo[1] <= pr + sr[0]):
+                return None
+            if ko and not (pr + sr[1] <= pko + sko[0] or pko + sko[1] <= pr + sr[0]):
+                return None
     _run(plan, q, k, q_out, k_out, qw, kw, cs, positions, eps, weight_offset)
     return q_out, k_out
 
@@ -367,9 +422,16 @@ def _apart(plan, pair, pa, sa, pb, sb) -> bool:
 def _fast_plan(q, k, qw, kw, cs, positions, is_neox, rotary_dim, q_out, k_out, qo, ko, config):
     try:
         r = _check_meta(q, k, qw, kw, cs, positions, 0.0, 0.0, is_neox, rotary_dim, q_out, k_out)
+        V.config(config)
     except (TypeError, ValueError):
         return None
-    if q.numel() == 0 or k.numel() == 0:
+    if q.numel() == 0 or k.numel() == 0 or q.shape[0] * (q.shape[1] + k.shape[1]) > _ops.ROW_LIMIT:
+        return None
+    d = q.shape[-1]
+    if any(abs(st) * d > _INT32_MAX for st in (q.stride(2), k.stride(2))) or abs(cs.stride(1)) * d > _INT32_MAX \
+            or any(w is not None and abs(w.stride(0)) * d > _INT32_MAX for w in (qw, kw)):
+        return None
+    if (qo == 2 and abs(q_out.stride(2)) * d > _INT32_MAX) or (ko == 2 and abs(k_out.stride(2)) * d > _INT32_MAX):
         return None
     qos = _contig_strides(q.shape) if qo == 0 else q.stride() if qo == 1 else q_out.stride()
     kos = _contig_strides(k.shape) if ko == 0 else k.stride() if ko == 1 else k_out.stride()
@@ -381,4 +443,6 @@ def _fast_plan(q, k, qw, kw, cs, positions, is_neox, rotary_dim, q_out, k_out, q
     plan.geom = [(q.shape, qs, q.shape, qos, es), (k.shape, ks, k.shape, kos, es), (q.shape, qos, k.shape, kos, es),
                  (q.shape, qos, k.shape, ks, es), (k.shape, kos, q.shape, qs, es)]
     plan.same_layout = (qos == qs, kos == ks)
+    plan.read_spans = tuple((0, 0) if t is None else _span(t.shape, t.stride(), t.element_size())
+                            for t in (qw, kw, cs, positions))
     return plan

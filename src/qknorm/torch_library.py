@@ -27,7 +27,16 @@ eager calls need not pay. Under tracing, ``out=`` / ``q_out=`` / ``k_out=`` othe
 None or the input itself become a functional op plus ``copy_``, and ``config=`` is
 not supported (a ``KernelConfig`` is not an op argument type).
 
-No autograd formulas: these are inference kernels. Backward through them raises.
+Autograd: the functional ops have backward formulas (composed of PyTorch ops, fp32 math:
+``reference.rms_norm_backward``; RoPE's backward is the rotation by the negated angle).
+Eager calls whose tensors require grad (under grad mode) run the functional op and copy
+the result into the in-place or ``out=`` target with ``copy_``, so PyTorch's own rules
+for in-place ops apply (a leaf that requires grad cannot be written in place).
+
+Under tracing every form routes to a *functional* op followed by ``copy_`` into the
+target: Inductor's reinplacing of mutating custom ops can alias an input that the op
+reads after the mutation (``r = x.clone(); fused_add_rms_norm(r, x)``), so qknorm never
+gives it a mutating op to reinplace.
 """
 from __future__ import annotations
 
@@ -37,8 +46,11 @@ import torch
 from torch import Tensor
 
 from . import validate as V
+from .reference import rms_norm_backward
+from .reference_rope import rope_ref
 
-__all__ = ["traced_rms_norm", "traced_fused_add_rms_norm", "traced_qk_rms_norm", "traced_qk_rms_norm_rope"]
+__all__ = ["traced_rms_norm", "traced_fused_add_rms_norm", "traced_qk_rms_norm", "traced_qk_rms_norm_rope",
+           "autograd_rms_norm", "autograd_fused_add_rms_norm", "autograd_qk_rms_norm", "autograd_qk_rms_norm_rope"]
 
 
 def _ops():
@@ -69,13 +81,29 @@ def _meta_checks_qk(q, k, q_weight, k_weight):
 
 @torch.library.custom_op("qknorm::rms_norm", mutates_args=())
 def rms_norm_op(x: Tensor, weight: Optional[Tensor], eps: float, weight_offset: float) -> Tensor:
-    return _ops().rms_norm(x, weight, eps, weight_offset=weight_offset)
+    with torch.no_grad():
+        return _ops().rms_norm(x, weight, eps, weight_offset=weight_offset)
 
 
 @rms_norm_op.register_fake
 def _rms_norm_fake(x, weight, eps, weight_offset):
     _meta_checks_norm(x, weight)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _norm_setup(ctx, inputs, output):
+    x, weight, eps, weight_offset = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.eps, ctx.weight_offset = eps, weight_offset
+
+
+def _norm_backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    dx, dw = rms_norm_backward(x, weight, ctx.eps, ctx.weight_offset, grad, ctx.needs_input_grad[1])
+    return dx, dw, None, None
+
+
+rms_norm_op.register_autograd(_norm_backward, setup_context=_norm_setup)
 
 
 @torch.library.custom_op("qknorm::rms_norm_", mutates_args=("x",))
@@ -105,12 +133,49 @@ def _fused_add_fake(x, residual, weight, eps, weight_offset):
                          f"got {tuple(residual.shape)} {residual.dtype}")
 
 
+@torch.library.custom_op("qknorm::fused_add_rms_norm_functional", mutates_args=())
+def fused_add_rms_norm_functional_op(x: Tensor, residual: Tensor, weight: Optional[Tensor], eps: float,
+                                     weight_offset: float) -> tuple[Tensor, Tensor]:
+    """Functional form: returns ``(norm(x + residual) * w, x + residual)`` without touching the inputs."""
+    y = x.clone(memory_format=torch.contiguous_format)
+    r = residual.clone(memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        _ops().fused_add_rms_norm(y, r, weight, eps, weight_offset=weight_offset)
+    return y, r
+
+
+@fused_add_rms_norm_functional_op.register_fake
+def _fused_add_functional_fake(x, residual, weight, eps, weight_offset):
+    _fused_add_fake(x, residual, weight, eps, weight_offset)
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(residual, memory_format=torch.contiguous_format))
+
+
+def _fused_add_setup(ctx, inputs, output):
+    x, residual, weight, eps, weight_offset = inputs
+    ctx.save_for_backward(x, residual, weight)
+    ctx.eps, ctx.weight_offset = eps, weight_offset
+
+
+def _fused_add_backward(ctx, grad_y, grad_sum):
+    x, residual, weight = ctx.saved_tensors
+    s = x.to(torch.float32) + residual.to(torch.float32)  # the norm is of the unrounded fp32 sum
+    ds, dw = rms_norm_backward(s, weight, ctx.eps, ctx.weight_offset, grad_y, ctx.needs_input_grad[2])
+    if grad_sum is not None:
+        ds = ds + grad_sum.to(torch.float32)
+    return ds.to(x.dtype), ds.to(residual.dtype), dw, None, None
+
+
+fused_add_rms_norm_functional_op.register_autograd(_fused_add_backward, setup_context=_fused_add_setup)
+
+
 # --------------------------------------------------------------------------- QK norm
 
 @torch.library.custom_op("qknorm::qk_rms_norm", mutates_args=())
 def qk_rms_norm_op(q: Tensor, k: Tensor, q_weight: Optional[Tensor], k_weight: Optional[Tensor], eps: float,
                    weight_offset: float) -> tuple[Tensor, Tensor]:
-    return _ops().qk_rms_norm(q, k, q_weight, k_weight, eps, weight_offset=weight_offset)
+    with torch.no_grad():
+        return _ops().qk_rms_norm(q, k, q_weight, k_weight, eps, weight_offset=weight_offset)
 
 
 @qk_rms_norm_op.register_fake
@@ -118,6 +183,26 @@ def _qk_fake(q, k, q_weight, k_weight, eps, weight_offset):
     _meta_checks_qk(q, k, q_weight, k_weight)
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
             torch.empty_like(k, memory_format=torch.contiguous_format))
+
+
+def _qk_setup(ctx, inputs, output):
+    q, k, q_weight, k_weight, eps, weight_offset = inputs
+    ctx.save_for_backward(q, k, q_weight, k_weight)
+    ctx.eps, ctx.weight_offset = eps, weight_offset
+
+
+def _qk_backward(ctx, grad_q, grad_k):
+    q, k, q_weight, k_weight = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    dq = dqw = dk = dkw = None
+    if grad_q is not None:
+        dq, dqw = rms_norm_backward(q, q_weight, ctx.eps, ctx.weight_offset, grad_q, need[2])
+    if grad_k is not None:
+        dk, dkw = rms_norm_backward(k, k_weight, ctx.eps, ctx.weight_offset, grad_k, need[3])
+    return dq, dk, dqw, dkw, None, None
+
+
+qk_rms_norm_op.register_autograd(_qk_backward, setup_context=_qk_setup)
 
 
 @torch.library.custom_op("qknorm::qk_rms_norm_", mutates_args=("q", "k"))
@@ -142,8 +227,9 @@ def _rope():
 def qk_rms_norm_rope_op(q: Tensor, k: Tensor, q_weight: Optional[Tensor], k_weight: Optional[Tensor],
                         cos_sin_cache: Tensor, positions: Tensor, eps: float, is_neox: bool, rotary_dim: int,
                         weight_offset: float) -> tuple[Tensor, Tensor]:
-    return _rope().qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox=is_neox,
-                                    rotary_dim=rotary_dim, weight_offset=weight_offset)
+    with torch.no_grad():
+        return _rope().qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox=is_neox,
+                                        rotary_dim=rotary_dim, weight_offset=weight_offset)
 
 
 @qk_rms_norm_rope_op.register_fake
@@ -152,6 +238,55 @@ def _qk_rope_fake(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_ne
                         rotary_dim, None, None)
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
             torch.empty_like(k, memory_format=torch.contiguous_format))
+
+
+def _rope_setup(ctx, inputs, output):
+    q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rotary_dim, weight_offset = inputs
+    ctx.save_for_backward(q, k, q_weight, k_weight, cos_sin_cache, positions)
+    ctx.eps, ctx.is_neox, ctx.rotary_dim, ctx.weight_offset = eps, is_neox, rotary_dim, weight_offset
+
+
+def _rope_backward_one(x, weight, cs, positions, grad, ctx, need_w, need_cs):
+    """Gradients of ``rope(norm(x) * w)`` for one of Q/K: the rotation by the negated angle
+    takes ``grad`` back to the normalised values, then the norm's backward."""
+    r, half = ctx.rotary_dim, ctx.rotary_dim // 2
+    pos = positions.clamp(0, cs.shape[0] - 1).long()  # as the kernel reads the cache
+    cs32 = cs.to(torch.float32)
+    inverse = torch.cat((cs32[:, :half], -cs32[:, half:r]), dim=1)
+    g_norm = rope_ref(grad, inverse, pos, r, ctx.is_neox, torch.float32)
+    dx, dw = rms_norm_backward(x, weight, ctx.eps, ctx.weight_offset, g_norm, need_w)
+    dcs = None
+    if need_cs:
+        from .reference import rms_norm_ref
+        y = rms_norm_ref(x, weight, ctx.eps, ctx.weight_offset)  # [T, H, D] fp32, before rotation
+        g = grad.to(torch.float32)
+        if ctx.is_neox:
+            y1, y2, g1, g2 = y[..., :half], y[..., half:r], g[..., :half], g[..., half:r]
+        else:
+            y1, y2, g1, g2 = y[..., 0:r:2], y[..., 1:r:2], g[..., 0:r:2], g[..., 1:r:2]
+        d_cos = (g1 * y1 + g2 * y2).sum(dim=1)  # [T, half]
+        d_sin = (g2 * y1 - g1 * y2).sum(dim=1)
+        dcs = torch.zeros(cs.shape, dtype=torch.float32, device=cs.device)
+        dcs.index_add_(0, pos, torch.cat((d_cos, d_sin), dim=1))
+    return dx, dw, dcs
+
+
+def _rope_backward(ctx, grad_q, grad_k):
+    q, k, q_weight, k_weight, cs, positions = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    dq = dk = dqw = dkw = dcs = None
+    if grad_q is not None:
+        dq, dqw, dcs = _rope_backward_one(q, q_weight, cs, positions, grad_q, ctx, need[2], need[4])
+    if grad_k is not None:
+        dk, dkw, dcs_k = _rope_backward_one(k, k_weight, cs, positions, grad_k, ctx, need[3], need[4])
+        if dcs_k is not None:
+            dcs = dcs_k if dcs is None else dcs + dcs_k
+    if dcs is not None:
+        dcs = dcs.to(cs.dtype)
+    return dq, dk, dqw, dkw, dcs, None, None, None, None, None
+
+
+qk_rms_norm_rope_op.register_autograd(_rope_backward, setup_context=_rope_setup)
 
 
 @torch.library.custom_op("qknorm::qk_rms_norm_rope_", mutates_args=("q", "k"))
@@ -177,41 +312,34 @@ def _no_config(config):
                          "KernelConfig)")
 
 
+def _into(target, value):
+    """``value`` written into ``target`` (None: ``value`` itself) with ``copy_``."""
+    if target is None:
+        return value
+    target.copy_(value)
+    return target
+
+
 def traced_rms_norm(x, weight, eps, weight_offset, out, config):
-    """``qknorm.rms_norm`` while torch.compile traces: the matching custom op."""
+    """``qknorm.rms_norm`` while torch.compile traces: the functional custom op, then ``copy_``."""
     _no_config(config)
-    if out is None:
-        return torch.ops.qknorm.rms_norm(x, weight, eps, weight_offset)
-    if out is x:
-        torch.ops.qknorm.rms_norm_(x, weight, eps, weight_offset)
-        return x
-    out.copy_(torch.ops.qknorm.rms_norm(x, weight, eps, weight_offset))
-    return out
+    return _into(out, torch.ops.qknorm.rms_norm(x, weight, eps, weight_offset))
 
 
 def traced_fused_add_rms_norm(x, residual, weight, eps, weight_offset, config):
     """``qknorm.fused_add_rms_norm`` while torch.compile traces."""
     _no_config(config)
-    torch.ops.qknorm.fused_add_rms_norm(x, residual, weight, eps, weight_offset)
+    y, s = torch.ops.qknorm.fused_add_rms_norm_functional(x, residual, weight, eps, weight_offset)
+    residual.copy_(s)
+    x.copy_(y)
     return x, residual
 
 
 def traced_qk_rms_norm(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config):
     """``qknorm.qk_rms_norm`` while torch.compile traces."""
     _no_config(config)
-    if q_out is q and k_out is k:
-        torch.ops.qknorm.qk_rms_norm_(q, k, q_weight, k_weight, eps, weight_offset)
-        return q, k
     qn, kn = torch.ops.qknorm.qk_rms_norm(q, k, q_weight, k_weight, eps, weight_offset)
-    if q_out is None:
-        q_out = qn
-    else:
-        q_out.copy_(qn)
-    if k_out is None:
-        k_out = kn
-    else:
-        k_out.copy_(kn)
-    return q_out, k_out
+    return _into(q_out, qn), _into(k_out, kn)
 
 
 def traced_qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rotary_dim,
@@ -219,18 +347,39 @@ def traced_qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, 
     """``qknorm.qk_rms_norm_rope`` while torch.compile traces."""
     _no_config(config)
     r = q.shape[-1] if rotary_dim is None else rotary_dim
-    if q_out is q and k_out is k:
-        torch.ops.qknorm.qk_rms_norm_rope_(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, r,
-                                           weight_offset)
-        return q, k
     qn, kn = torch.ops.qknorm.qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox,
                                                r, weight_offset)
-    if q_out is None:
-        q_out = qn
-    else:
-        q_out.copy_(qn)
-    if k_out is None:
-        k_out = kn
-    else:
-        k_out.copy_(kn)
-    return q_out, k_out
+    return _into(q_out, qn), _into(k_out, kn)
+
+
+# --------------------------------------------------------------------------- eager calls that need autograd
+#
+# The general path of each op sends calls here when a tensor requires grad under grad
+# mode (arguments already checked). In place targets get the functional result by
+# ``copy_``; the op reads a clone of them, so its saved inputs are not modified.
+
+def _pre(t, target):
+    return t.clone() if target is t else t
+
+
+def autograd_rms_norm(x, weight, eps, weight_offset, out):
+    return _into(out, torch.ops.qknorm.rms_norm(_pre(x, out), weight, eps, weight_offset))
+
+
+def autograd_fused_add_rms_norm(x, residual, weight, eps, weight_offset):
+    y, s = torch.ops.qknorm.fused_add_rms_norm_functional(x.clone(), residual.clone(), weight, eps, weight_offset)
+    residual.copy_(s)
+    x.copy_(y)
+    return x, residual
+
+
+def autograd_qk_rms_norm(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out):
+    qn, kn = torch.ops.qknorm.qk_rms_norm(_pre(q, q_out), _pre(k, k_out), q_weight, k_weight, eps, weight_offset)
+    return _into(q_out, qn), _into(k_out, kn)
+
+
+def autograd_qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rotary_dim,
+                              weight_offset, q_out, k_out):
+    qn, kn = torch.ops.qknorm.qk_rms_norm_rope(_pre(q, q_out), _pre(k, k_out), q_weight, k_weight, cos_sin_cache,
+                                               positions, eps, is_neox, rotary_dim, weight_offset)
+    return _into(q_out, qn), _into(k_out, kn)

@@ -3,6 +3,7 @@ and the offending values; none of them writes anything."""
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -39,14 +40,81 @@ def weight(name: str, w, d: int, ref_name: str, ref) -> None:
         raise ValueError(f"{name} is on {w.device} but {ref_name} is on {ref.device}")
 
 
-def scalars(eps, weight_offset, has_weight: bool) -> None:
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps) or eps < 0:
+def real(name: str, v, *, allow_none: bool = False):
+    """A real number (Python or NumPy scalar, not bool) as a Python float; None if allowed."""
+    if v is None and allow_none:
+        return None
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        want = "a real number or None" if allow_none else "a real number"
+        raise TypeError(f"{name} must be {want}, got {type(v).__name__} {v!r}")
+    return float(v)
+
+
+def eps_value(eps, *, allow_none: bool = False):
+    """eps as a float: finite and >= 0 (TypeError for non-numbers, ValueError for the range)."""
+    e = real("eps", eps, allow_none=allow_none)
+    if e is not None and (not math.isfinite(e) or e < 0):
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    if not isinstance(weight_offset, (int, float)) or isinstance(weight_offset, bool) \
-            or not math.isfinite(weight_offset):
+    return e
+
+
+def scalars(eps, weight_offset, has_weight: bool) -> None:
+    eps_value(eps)
+    wo = real("weight_offset", weight_offset)
+    if not math.isfinite(wo):
         raise ValueError(f"weight_offset must be a finite number, got {weight_offset!r}")
-    if weight_offset != 0 and not has_weight:
+    if wo != 0 and not has_weight:
         raise ValueError(f"weight_offset={weight_offset} needs a weight (weight is None)")
+
+
+def config(cfg) -> None:
+    """``config`` must be None or a :class:`qknorm.KernelConfig`."""
+    if cfg is None:
+        return
+    from .config import KernelConfig
+    if not isinstance(cfg, KernelConfig):
+        raise TypeError(f"config must be a qknorm.KernelConfig or None, got {type(cfg).__name__} {cfg!r}")
+
+
+def integer(name: str, v, *, minimum: int | None = None) -> int:
+    """An int (Python or NumPy integer, not bool) within range."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
+    v = int(v)
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return v
+
+
+def written(name: str, t) -> None:
+    """A tensor the op writes must not address one element twice (``expand``, stride 0,
+    overlapping ``as_strided``): the rows would race and the result would depend on the order."""
+    shape, stride = tuple(t.shape), tuple(t.stride())
+    if not all(type(v) is int for v in shape + stride):
+        return  # symbolic sizes (tracing): the eager implementation checks the real tensor
+    ov = layout.self_overlap(shape, stride)
+    if ov is None:
+        raise ValueError(f"cannot prove that {name} (shape {tuple(t.shape)}, stride {tuple(t.stride())}) does not "
+                         f"overlap itself; pass a tensor without internal overlap (e.g. .contiguous())")
+    if ov:
+        raise ValueError(f"{name} overlaps itself in memory (shape {tuple(t.shape)}, stride {tuple(t.stride())}): "
+                         f"a written tensor must address each element once; pass e.g. a .contiguous() tensor")
+
+
+def unaliased(t, written_tensors):
+    """``t`` (a tensor the op only reads, e.g. a weight) or, when it shares memory with a
+    tensor the op writes, a private copy of it: the op then reads the values on entry."""
+    if t is None:
+        return t
+    for w in written_tensors:
+        if w is not None and layout.overlap(t, w) is not False:
+            return t.clone()
+    return t
+
+
+def grad_needed(*ts) -> bool:
+    """Whether autograd must record this call: grad mode on and a tensor argument requires grad."""
+    return any(isinstance(t, torch.Tensor) and t.requires_grad for t in ts) and torch.is_grad_enabled()
 
 
 def same_device(name: str, t, ref_name: str, ref) -> None:

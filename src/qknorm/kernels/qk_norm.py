@@ -11,25 +11,25 @@ import triton.language as tl
 
 from .pdl import pdl_launch_dependents, pdl_wait
 
-from .rows import norm_block
+from .rows import norm_block, normalize_rows
 
 
 @triton.jit
-def _qk_block(block, q_blocks, D, eps, w_offset,
+def _qk_block(block, q_blocks, D, eps, eps_tiny, w_offset,
               XQ, YQ, WQ, q_rows, qN1, qN2, qxs0, qxs1, qxs2, qxsd, qys0, qys1, qys2, qysd, qws,
               XK, YK, WK, k_rows, kN1, kN2, kxs0, kxs1, kxs2, kxsd, kys0, kys1, kys2, kysd, kws,
               HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
               CHUNKED: tl.constexpr):
     if block < q_blocks:
         norm_block(block, XQ, YQ, WQ, q_rows, D, qN1, qN2, qxs0, qxs1, qxs2, qxsd,
-                   qys0, qys1, qys2, qysd, qws, eps, w_offset, HAS_WEIGHT, ROWS, BLOCK_D, CHUNKED)
+                   qys0, qys1, qys2, qysd, qws, eps, eps_tiny, w_offset, HAS_WEIGHT, ROWS, BLOCK_D, CHUNKED)
     else:
         norm_block(block - q_blocks, XK, YK, WK, k_rows, D, kN1, kN2, kxs0, kxs1, kxs2, kxsd,
-                   kys0, kys1, kys2, kysd, kws, eps, w_offset, HAS_WEIGHT, ROWS, BLOCK_D, CHUNKED)
+                   kys0, kys1, kys2, kysd, kws, eps, eps_tiny, w_offset, HAS_WEIGHT, ROWS, BLOCK_D, CHUNKED)
 
 
 @triton.jit
-def qk_rms_norm_kernel(D, eps, w_offset,
+def qk_rms_norm_kernel(D, eps, eps_tiny, w_offset,
                        XQ, YQ, WQ, q_rows, qN1, qN2, qxs0, qxs1, qxs2, qxsd, qys0, qys1, qys2, qysd, qws,
                        XK, YK, WK, k_rows, kN1, kN2, kxs0, kxs1, kxs2, kxsd, kys0, kys1, kys2, kysd, kws,
                        HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -40,12 +40,12 @@ def qk_rms_norm_kernel(D, eps, w_offset,
     if PERSISTENT:
         n_blocks = q_blocks + tl.cdiv(k_rows, ROWS)
         for block in range(tl.program_id(0), n_blocks, tl.num_programs(0)):
-            _qk_block(block, q_blocks, D, eps, w_offset,
+            _qk_block(block, q_blocks, D, eps, eps_tiny, w_offset,
                       XQ, YQ, WQ, q_rows, qN1, qN2, qxs0, qxs1, qxs2, qxsd, qys0, qys1, qys2, qysd, qws,
                       XK, YK, WK, k_rows, kN1, kN2, kxs0, kxs1, kxs2, kxsd, kys0, kys1, kys2, kysd, kws,
                       HAS_WEIGHT, ROWS, BLOCK_D, CHUNKED)
     else:
-        _qk_block(tl.program_id(0), q_blocks, D, eps, w_offset,
+        _qk_block(tl.program_id(0), q_blocks, D, eps, eps_tiny, w_offset,
                   XQ, YQ, WQ, q_rows, qN1, qN2, qxs0, qxs1, qxs2, qxsd, qys0, qys1, qys2, qysd, qws,
                   XK, YK, WK, k_rows, kN1, kN2, kxs0, kxs1, kxs2, kxsd, kys0, kys1, kys2, kysd, kws,
                   HAS_WEIGHT, ROWS, BLOCK_D, CHUNKED)
@@ -56,7 +56,7 @@ def qk_rms_norm_kernel(D, eps, w_offset,
 
 
 @triton.jit
-def _tokens_block(block, D, eps, n_rows, H, HQ, wq, wk,
+def _tokens_block(block, D, eps, eps_tiny, n_rows, H, HQ, wq, wk,
                   XQ, YQ, qxt, qxh, qyt, qyh, XK, YK, kxt, kxh, kyt, kyh,
                   HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
     rows = block * ROWS + tl.arange(0, ROWS)
@@ -71,15 +71,14 @@ def _tokens_block(block, D, eps, n_rows, H, HQ, wq, wk,
     cols = tl.arange(0, BLOCK_D)
     mask = row_ok[:, None] & (cols < D)[None, :]
     x = tl.load(x_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    rstd = tl.rsqrt(tl.sum(x * x, axis=1) / D + eps)
-    y = x * rstd[:, None]
+    y = normalize_rows(x, D, eps, eps_tiny)
     if HAS_WEIGHT:
         y = y * tl.where(is_q[:, None], wq[None, :], wk[None, :])
     tl.store(y_row[:, None] + cols[None, :], y.to(YQ.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def qk_rms_norm_tokens_kernel(D, eps, w_offset,
+def qk_rms_norm_tokens_kernel(D, eps, eps_tiny, w_offset,
                               XQ, YQ, WQ, n_tokens, HQ, qxt, qxh, qyt, qyh, qws,
                               XK, YK, WK, HK, kxt, kxh, kyt, kyh, kws,
                               HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -104,10 +103,10 @@ def qk_rms_norm_tokens_kernel(D, eps, w_offset,
         wk = tl.load(WK + cols * kws, mask=col_ok, other=0.0).to(tl.float32) + w_offset
     if PERSISTENT:
         for block in range(tl.program_id(0), tl.cdiv(n_rows, ROWS), tl.num_programs(0)):
-            _tokens_block(block, D, eps, n_rows, H, HQ, wq, wk, XQ, YQ, qxt, qxh, qyt, qyh,
+            _tokens_block(block, D, eps, eps_tiny, n_rows, H, HQ, wq, wk, XQ, YQ, qxt, qxh, qyt, qyh,
                           XK, YK, kxt, kxh, kyt, kyh, HAS_WEIGHT, ROWS, BLOCK_D)
     else:
-        _tokens_block(tl.program_id(0), D, eps, n_rows, H, HQ, wq, wk, XQ, YQ, qxt, qxh, qyt, qyh,
+        _tokens_block(tl.program_id(0), D, eps, eps_tiny, n_rows, H, HQ, wq, wk, XQ, YQ, qxt, qxh, qyt, qyh,
                       XK, YK, kxt, kxh, kyt, kyh, HAS_WEIGHT, ROWS, BLOCK_D)
     # After the work: a dependent kernel launched earlier would hold SM slots while
     # this grid still has blocks to run (it measured 40% slower at 16k tokens).

@@ -31,10 +31,11 @@ import triton
 import triton.language as tl
 
 from .pdl import pdl_launch_dependents, pdl_wait
+from .rows import row_scale, scaled_rstd
 
 
 @triton.jit
-def _rope_rows(block, D, HALF, eps, w_offset, CS, css0, css1, max_pos, P, ps,
+def _rope_rows(block, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
                X, Y, W, n_rows, H, xst, xsh, xsd, yst, ysh, ysd, ws,
                HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr,
                ROWS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr):
@@ -78,17 +79,27 @@ def _rope_rows(block, D, HALF, eps, w_offset, CS, css0, css1, max_pos, P, ps,
         xr = tl.load(x_row[:, None] + (c * xsd)[None, :], mask=row_ok[:, None] & c_ok[None, :],
                      other=0.0).to(tl.float32)
         x1, x2 = tl.split(tl.reshape(xr, [ROWS, BLOCK_H, 2]))
-    ss = tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)
+    # Row scale (rows.py): rows out of fp32's range are scaled by an exact power of two.
+    amax = tl.maximum(tl.max(tl.abs(x1), axis=1), tl.max(tl.abs(x2), axis=1))
     if HAS_TAIL:
         tc = R + tl.arange(0, BLOCK_T)
         t_ok = tc < D
         tm = row_ok[:, None] & t_ok[None, :]
         xt = tl.load(x_row[:, None] + (tc * xsd)[None, :], mask=tm, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.max(tl.abs(xt), axis=1))
+    k, sa, sb = row_scale(amax)
+    x1 = x1 * sa[:, None] * sb[:, None]
+    x2 = x2 * sa[:, None] * sb[:, None]
+    ss = tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)
+    if HAS_TAIL:
+        xt = xt * sa[:, None] * sb[:, None]
         ss += tl.sum(xt * xt, axis=1)
-    rstd = tl.rsqrt(ss / D + eps)
+    rstd = scaled_rstd(ss, D, eps, eps_tiny, k, sa, sb)
 
     y1 = x1 * rstd[:, None]
     y2 = x2 * rstd[:, None]
+    if HAS_TAIL:
+        yt = xt * rstd[:, None]
     if HAS_WEIGHT:
         y1 = y1 * w1[None, :]
         y2 = y2 * w2[None, :]
@@ -103,7 +114,6 @@ def _rope_rows(block, D, HALF, eps, w_offset, CS, css0, css1, max_pos, P, ps,
         tl.store(y_row[:, None] + (c * ysd)[None, :], o.to(Y.dtype.element_ty),
                  mask=row_ok[:, None] & c_ok[None, :])
     if HAS_TAIL:
-        yt = xt * rstd[:, None]
         if HAS_WEIGHT:
             wt = tl.load(W + tc * ws, mask=t_ok, other=0.0).to(tl.float32) + w_offset
             yt = yt * wt[None, :]
@@ -111,23 +121,23 @@ def _rope_rows(block, D, HALF, eps, w_offset, CS, css0, css1, max_pos, P, ps,
 
 
 @triton.jit
-def _qk_rope_block(block, q_blocks, D, HALF, eps, w_offset, CS, css0, css1, max_pos, P, ps,
+def _qk_rope_block(block, q_blocks, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
                    XQ, YQ, WQ, q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
                    XK, YK, WK, k_rows, kH, kxt, kxh, kxd, kyt, kyh, kyd, kws,
                    HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr,
                    ROWS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr):
     if block < q_blocks:
-        _rope_rows(block, D, HALF, eps, w_offset, CS, css0, css1, max_pos, P, ps,
+        _rope_rows(block, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
                    XQ, YQ, WQ, q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
                    HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, BLOCK_T)
     else:
-        _rope_rows(block - q_blocks, D, HALF, eps, w_offset, CS, css0, css1, max_pos, P, ps,
+        _rope_rows(block - q_blocks, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
                    XK, YK, WK, k_rows, kH, kxt, kxh, kxd, kyt, kyh, kyd, kws,
                    HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, BLOCK_T)
 
 
 @triton.jit
-def qk_rms_norm_rope_kernel(D, HALF, eps, w_offset, CS, css0, css1, max_pos, P, ps,
+def qk_rms_norm_rope_kernel(D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
                             XQ, YQ, WQ, q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
                             XK, YK, WK, k_rows, kH, kxt, kxh, kxd, kyt, kyh, kyd, kws,
                             HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr,
@@ -147,12 +157,12 @@ def qk_rms_norm_rope_kernel(D, HALF, eps, w_offset, CS, css0, css1, max_pos, P, 
     if PERSISTENT:
         n_blocks = q_blocks + tl.cdiv(k_rows, ROWS)
         for block in range(tl.program_id(0), n_blocks, tl.num_programs(0)):
-            _qk_rope_block(block, q_blocks, D, HALF, eps, w_offset, CS, css0, css1, max_pos, P, ps,
+            _qk_rope_block(block, q_blocks, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
                            XQ, YQ, WQ, q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
                            XK, YK, WK, k_rows, kH, kxt, kxh, kxd, kyt, kyh, kyd, kws,
                            HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, BLOCK_T)
     else:
-        _qk_rope_block(tl.program_id(0), q_blocks, D, HALF, eps, w_offset, CS, css0, css1, max_pos, P, ps,
+        _qk_rope_block(tl.program_id(0), q_blocks, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
                        XQ, YQ, WQ, q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
                        XK, YK, WK, k_rows, kH, kxt, kxh, kxd, kyt, kyh, kyd, kws,
                        HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, BLOCK_T)

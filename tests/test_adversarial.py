@@ -1,0 +1,316 @@
+"""Adversarial inputs (issue 11): one test per fault kind, every op, both backends.
+
+Right values come from the fp64 PyTorch reference on the values on entry. Kinds:
+int32 offsets (weight stride, last-dim stride, rows past one launch), written tensors that
+overlap themselves, read tensors sharing memory with written ones, sums of squares that
+overflow or underflow fp32, eps that fp32 cannot hold, loose arguments.
+(Autograd: tests/test_autograd.py.)
+"""
+import numpy as np
+import pytest
+import torch
+
+import qknorm
+from qknorm import ops as qops
+from qknorm.reference_rope import qk_rms_norm_rope_ref
+from helpers import TOL, packed_qkv, ref_add_norm, ref_norm, rel_err, rounds_to_nearest
+
+
+def _tol(dtype):
+    # the interpreter truncates fp32 -> bf16 (one ulp more than rounding)
+    return TOL[dtype] * (1 if rounds_to_nearest() else 2)
+
+
+def _check(out, ref, dtype, what):
+    err = rel_err(out, ref)
+    assert err < _tol(dtype), f"{what}: relative error {err:.3e} ({dtype})"
+
+
+def _huge_stride_weight(d, device, dtype=torch.float32):
+    """A weight ``[d]`` whose element stride times d passes 2**31 (column offsets overflow int32)."""
+    step = 2**25 + 1
+    w = torch.empty((d - 1) * step + 1, dtype=dtype, device=device).as_strided((d,), (step,))
+    w.copy_(torch.randn(d))
+    return w
+
+
+def _rope_cache(max_pos, r, device, dtype=torch.float32):
+    inv = 1.0 / (10000 ** (torch.arange(0, r, 2, dtype=torch.float64) / r))
+    ang = torch.arange(max_pos, dtype=torch.float64)[:, None] * inv[None, :]
+    return torch.cat((ang.cos(), ang.sin()), dim=1).to(dtype).to(device)
+
+
+# --------------------------------------------------------------------------- 1. int32 offsets
+
+def test_weight_stride_past_int32(impl):
+    d = 128
+    w = _huge_stride_weight(d, impl)
+    x = torch.randn(3, d).to(impl)
+    _check(qknorm.rms_norm(x, w), ref_norm(x, w), torch.float32, "rms_norm")
+    xr, r = torch.randn(3, d).to(impl), torch.randn(3, d).to(impl)
+    y_ref, s_ref = ref_add_norm(xr, r, w)
+    qknorm.fused_add_rms_norm(xr, r, w)
+    _check(xr, y_ref, torch.float32, "fused_add")
+    _check(r, s_ref, torch.float32, "fused_add residual")
+    q, k = torch.randn(2, 4, d).to(impl), torch.randn(2, 2, d).to(impl)
+    kw = torch.randn(d).to(impl)
+    qo, ko = qknorm.qk_rms_norm(q, k, w, kw)
+    _check(qo, ref_norm(q, w), torch.float32, "qk q")
+    _check(ko, ref_norm(k, kw), torch.float32, "qk k")
+    cs = _rope_cache(8, d, impl)
+    pos = torch.tensor([3, 5]).to(impl)
+    qo, ko = qknorm.qk_rms_norm_rope(q, k, w, kw, cs, pos)
+    rq, rk = qk_rms_norm_rope_ref(q.cpu(), k.cpu(), w.cpu(), kw.cpu(), cs.cpu(), pos.cpu(),
+                                  compute_dtype=torch.float64)
+    _check(qo, rq, torch.float32, "rope q")
+    _check(ko, rk, torch.float32, "rope k")
+
+
+def test_last_dim_stride_past_int32(impl):
+    # x[:, ::step] with a column stride whose d multiples pass 2**31: copied once, right values
+    d, step = 16, 2**27 + 1
+    base = torch.randn((d - 1) * step + 2, device=impl)
+    x = base.as_strided((2, d), (1, step))
+    _check(qknorm.rms_norm(x), ref_norm(x), torch.float32, "rms_norm")
+
+
+@pytest.mark.parametrize("limit", [1, 5])
+def test_rows_split_past_one_launch(impl, monkeypatch, limit):
+    """More rows than one launch may take (ROW_LIMIT lowered): the call is split, every row right."""
+    monkeypatch.setattr(qops, "ROW_LIMIT", limit)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 7, 32, generator=g).to(impl)
+    w = torch.randn(32, generator=g).to(impl)
+    _check(qknorm.rms_norm(x, w), ref_norm(x, w), torch.float32, "rms_norm")
+    xt = x.transpose(0, 1)  # strided leading dims
+    _check(qknorm.rms_norm(xt, w), ref_norm(xt, w), torch.float32, "rms_norm strided")
+    r = torch.randn(3, 7, 32, generator=g).to(impl)
+    y_ref, s_ref = ref_add_norm(x, r, w)
+    x2, r2 = x.clone(), r.clone()
+    qknorm.fused_add_rms_norm(x2, r2, w)
+    _check(x2, y_ref, torch.float32, "fused_add")
+    _check(r2, s_ref, torch.float32, "fused_add residual")
+    qkv, q, k, v = packed_qkv(9, 4, 2, 32, torch.float32, impl, g)
+    q0, k0 = q.clone(), k.clone()
+    qknorm.qk_rms_norm(q, k, w, w, q_out=q, k_out=k, config=qknorm.KernelConfig(rows=4, block_d=32,
+                                                                                 token_order=True))
+    _check(q, ref_norm(q0, w), torch.float32, "qk q")
+    _check(k, ref_norm(k0, w), torch.float32, "qk k")
+    assert torch.equal(v, qkv[:, 6 * 32:].view(9, 2, 32))
+    cs = _rope_cache(16, 32, impl)
+    pos = torch.arange(9).to(impl)
+    qo, ko = qknorm.qk_rms_norm_rope(q0, k0, w, w, cs, pos)
+    rq, rk = qk_rms_norm_rope_ref(q0.cpu(), k0.cpu(), w.cpu(), w.cpu(), cs.cpu(), pos.cpu(),
+                                  compute_dtype=torch.float64)
+    _check(qo, rq, torch.float32, "rope q")
+    _check(ko, rk, torch.float32, "rope k")
+
+
+# --------------------------------------------------------------------------- 3. written tensors overlapping themselves
+
+def _expanded(shape, device):
+    return torch.zeros(shape[-1], device=device).expand(*shape)
+
+
+def test_written_tensor_overlapping_itself_is_rejected(impl):
+    x = torch.randn(4, 8, device=impl)
+    out = _expanded((4, 8), impl)
+    with pytest.raises(ValueError, match="out"):
+        qknorm.rms_norm(x, out=out)
+    assert out.abs().max() == 0
+    base = torch.zeros(8, device=impl)
+    with pytest.raises(ValueError, match="out"):
+        qknorm.rms_norm(base.expand(4, 8), out=base.expand(4, 8))  # in place on an expanded view
+    r0 = torch.zeros(8, device=impl)
+    xa = torch.randn(300, 8, device=impl)
+    xa0 = xa.clone()
+    with pytest.raises(ValueError, match="residual"):
+        qknorm.fused_add_rms_norm(xa, r0.expand(300, 8))
+    assert r0.abs().max() == 0 and torch.equal(xa, xa0)
+    resid = torch.randn(4, 8, device=impl)
+    resid0 = resid.clone()
+    with pytest.raises(ValueError, match="x"):
+        qknorm.fused_add_rms_norm(base.expand(4, 8), resid)
+    assert torch.equal(resid, resid0)
+    q, k = torch.randn(5, 4, 8, device=impl), torch.randn(5, 2, 8, device=impl)
+    with pytest.raises(ValueError, match="q_out"):
+        qknorm.qk_rms_norm(q, k, None, None, q_out=_expanded((5, 4, 8), impl))
+    ko = _expanded((5, 2, 8), impl)
+    with pytest.raises(ValueError, match="k_out"):
+        qknorm.qk_rms_norm(q, k, None, None, k_out=ko)
+    assert ko.abs().max() == 0
+    cs = _rope_cache(8, 8, impl)
+    pos = torch.zeros(5, dtype=torch.long, device=impl)
+    with pytest.raises(ValueError, match="q_out"):
+        qknorm.qk_rms_norm_rope(q, k, None, None, cs, pos, q_out=_expanded((5, 4, 8), impl))
+    with pytest.raises(ValueError, match="k_out"):
+        qknorm.qk_rms_norm_rope(q, k, None, None, cs, pos, k_out=torch.zeros(5, 1, 8, device=impl).expand(5, 2, 8))
+
+
+def test_self_overlap_decided_exactly():
+    from qknorm.layout import self_overlap
+    assert self_overlap((4, 8), (0, 1)) is True
+    assert self_overlap((4, 8), (2, 1)) is True  # rows overlap by 6 elements
+    assert self_overlap((3, 4), (4, 3)) is False  # interleaved but disjoint
+    assert self_overlap((5, 4, 8), (96, 8, 1)) is False  # a Q view of a packed QKV buffer
+    assert self_overlap((4, 8), (1, 4)) is False  # transposed contiguous
+
+
+# --------------------------------------------------------------------------- 4. read tensors aliasing written ones
+
+def test_weight_aliasing_output_reads_values_on_entry(impl):
+    x = torch.randn(300, 32, device=impl)
+    x0 = x.clone()
+    qknorm.rms_norm(x, x[0], out=x)
+    _check(x, ref_norm(x0, x0[0]), torch.float32, "rms_norm in place, weight = x[0]")
+    x = torch.randn(300, 32, device=impl)
+    out = torch.randn(300, 32, device=impl)
+    w0 = out[5].clone()
+    x0 = x.clone()
+    qknorm.rms_norm(x, out[5], out=out)
+    _check(out, ref_norm(x0, w0), torch.float32, "rms_norm weight = out[5]")
+    x, r = torch.randn(300, 32, device=impl), torch.randn(300, 32, device=impl)
+    x0, r0 = x.clone(), r.clone()
+    qknorm.fused_add_rms_norm(x, r, r[0])
+    y_ref, s_ref = ref_add_norm(x0, r0, r0[0])
+    _check(x, y_ref, torch.float32, "fused_add weight = residual[0]")
+    _check(r, s_ref, torch.float32, "fused_add residual")
+    x, r = torch.randn(300, 32, device=impl), torch.randn(300, 32, device=impl)
+    x0, r0 = x.clone(), r.clone()
+    qknorm.fused_add_rms_norm(x, r, x[7])
+    y_ref, s_ref = ref_add_norm(x0, r0, x0[7])
+    _check(x, y_ref, torch.float32, "fused_add weight = x[7]")
+    qkv, q, k, v = packed_qkv(6, 4, 2, 32, torch.float32, impl, torch.Generator().manual_seed(1))
+    q0, k0 = q.clone(), k.clone()
+    qw, kw = q[0, 1], v[0, 0]  # one weight inside the written Q, one in the untouched V
+    qw0, kw0 = qw.clone(), kw.clone()
+    qknorm.qk_rms_norm(q, k, qw, kw, q_out=q, k_out=k)
+    _check(q, ref_norm(q0, qw0), torch.float32, "qk q")
+    _check(k, ref_norm(k0, kw0), torch.float32, "qk k")
+    qkv, q, k, v = packed_qkv(6, 4, 2, 32, torch.float32, impl, torch.Generator().manual_seed(2))
+    q0, k0, kw0 = q.clone(), k.clone(), k[2, 1].clone()
+    cs = _rope_cache(8, 32, impl)
+    pos = torch.arange(6, device=impl)
+    qknorm.qk_rms_norm_rope(q, k, kw0 * 0 + 1, k[2, 1], cs, pos, q_out=q, k_out=k)
+    rq, rk = qk_rms_norm_rope_ref(q0.cpu(), k0.cpu(), torch.ones(32), kw0.cpu(), cs.cpu(), pos.cpu(),
+                                  compute_dtype=torch.float64)
+    _check(q, rq, torch.float32, "rope q")
+    _check(k, rk, torch.float32, "rope k, weight inside k")
+
+
+def test_cos_sin_cache_aliasing_output(impl):
+    """A cache that lives inside the written buffer is read as it was on entry."""
+    t, d = 4, 16
+    buf = torch.randn(t * 3 * d + 8 * d, device=impl)
+    q = buf[: t * 2 * d].view(t, 2, d)
+    k = buf[t * 2 * d: t * 3 * d].view(t, 1, d)
+    cs = buf[: 8 * d].view(8, d)  # overlaps q
+    pos = torch.tensor([0, 3, 7, 2], device=impl)
+    q0, k0, cs0 = q.clone(), k.clone(), cs.clone()
+    qknorm.qk_rms_norm_rope(q, k, None, None, cs, pos, q_out=q, k_out=k)
+    rq, rk = qk_rms_norm_rope_ref(q0.cpu(), k0.cpu(), None, None, cs0.cpu(), pos.cpu(), compute_dtype=torch.float64)
+    _check(q, rq, torch.float32, "rope q")
+    _check(k, rk, torch.float32, "rope k")
+
+
+# --------------------------------------------------------------------------- 5./6. extreme values and eps
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("scale,eps", [(1e20, 1e-6), (1e-25, 0.0), (1e-30, 1e-6), (3e18, 1e-6), (1e-20, 1e-45)])
+def test_sum_of_squares_out_of_fp32_range(impl, dtype, scale, eps):
+    if dtype == torch.float16 and not 1e-7 < scale < 6e4:
+        pytest.skip("not representable in fp16")
+    g = torch.Generator().manual_seed(5)
+    for d, cfg in ((64, None), (300, None), (256, qknorm.KernelConfig(rows=2, block_d=64))):  # chunked form too
+        x = (torch.randn(5, d, generator=g) * scale).to(dtype).to(impl)
+        w = torch.randn(d, generator=g).to(impl)
+        kw = {} if cfg is None else {"config": cfg}
+        if impl == "cpu" and qknorm.get_backend() == "torch":
+            kw = {}
+        _check(qknorm.rms_norm(x, w, eps, **kw), ref_norm(x, w, eps), dtype, f"rms_norm d={d}")
+        r = (torch.randn(5, d, generator=g) * scale).to(dtype).to(impl)
+        y_ref, s_ref = ref_add_norm(x, r, w, eps)
+        x2, r2 = x.clone(), r.clone()
+        qknorm.fused_add_rms_norm(x2, r2, w, eps, **kw)
+        _check(x2, y_ref, dtype, f"fused_add d={d}")
+    qkv, q, k, v = packed_qkv(3, 4, 2, 64, torch.float32, "cpu", g)
+    qkv = (qkv * scale).to(dtype).to(impl)
+    q, k = qkv[:, :256].view(3, 4, 64), qkv[:, 256:384].view(3, 2, 64)
+    qo, ko = qknorm.qk_rms_norm(q, k, None, None, eps)
+    _check(qo, ref_norm(q, None, eps), dtype, "qk q")
+    _check(ko, ref_norm(k, None, eps), dtype, "qk k")
+    if impl == "cpu" and qknorm.get_backend() == "triton" or impl == "cuda":
+        qo, ko = qknorm.qk_rms_norm(q, k, None, None, eps, config=qknorm.KernelConfig(rows=4, block_d=64,
+                                                                                      token_order=True))
+        _check(qo, ref_norm(q, None, eps), dtype, "qk q (token order)")
+    cs = _rope_cache(8, 32, impl)
+    pos = torch.tensor([1, 0, 7], device=impl)
+    qo, ko = qknorm.qk_rms_norm_rope(q, k, None, None, cs, pos, eps, rotary_dim=32)
+    rq, rk = qk_rms_norm_rope_ref(q.cpu(), k.cpu(), None, None, cs.cpu(), pos.cpu(), eps, rotary_dim=32,
+                                  compute_dtype=torch.float64)
+    _check(qo, rq, dtype, "rope q")
+    _check(ko, rk, dtype, "rope k")
+
+
+@pytest.mark.parametrize("eps", [1e-50, 1e-40, 1e-300, 5e-324])
+def test_every_positive_eps_is_positive(impl, eps):
+    z = torch.zeros(3, 16, device=impl)
+    y = qknorm.rms_norm(z, eps=eps)
+    assert torch.equal(y, torch.zeros_like(y)), "zero rows with eps > 0 must give 0, not NaN"
+    q, k = torch.zeros(2, 2, 16, device=impl), torch.zeros(2, 1, 16, device=impl)
+    qo, ko = qknorm.qk_rms_norm(q, k, None, None, eps)
+    assert not qo.isnan().any() and not ko.isnan().any()
+    x, r = torch.zeros(3, 16, device=impl), torch.zeros(3, 16, device=impl)
+    qknorm.fused_add_rms_norm(x, r, None, eps)
+    assert not x.isnan().any()
+    cs = _rope_cache(4, 16, impl)
+    qo, ko = qknorm.qk_rms_norm_rope(q, k, None, None, cs, torch.tensor([0, 1], device=impl), eps)
+    assert not qo.isnan().any() and not ko.isnan().any()
+    # a tiny non-zero row with a tiny eps: eps still counts, at fp64 precision
+    x = torch.full((1, 4), 1e-30, device=impl)
+    y = qknorm.rms_norm(x, eps=1e-60)
+    expect = 1e-30 / (1e-60 + 1e-60) ** 0.5
+    assert abs(y[0, 0].item() - expect) < 1e-5 * expect
+
+
+# --------------------------------------------------------------------------- 8. loose arguments
+
+def test_loose_arguments_same_rules_on_every_backend(impl):
+    x = torch.randn(2, 8, device=impl)
+    with pytest.raises(TypeError, match="config"):
+        qknorm.rms_norm(x, config="fast")
+    with pytest.raises(TypeError, match="config"):
+        qknorm.fused_add_rms_norm(x.clone(), x.clone() + 1, config="fast")
+    with pytest.raises(TypeError, match="config"):
+        qknorm.qk_rms_norm(x.view(2, 1, 8), x.view(2, 1, 8).clone(), None, None, config={"rows": 1})
+    y = qknorm.rms_norm(x, eps=np.float32(1e-6), weight_offset=np.float64(0.0))
+    _check(y, ref_norm(x), torch.float32, "numpy scalars")
+    with pytest.raises(TypeError, match="eps"):
+        qknorm.rms_norm(x, eps="1e-6")
+    with pytest.raises(TypeError, match="eps"):
+        qknorm.rms_norm(x, eps=True)
+    with pytest.raises(ValueError, match="eps"):
+        qknorm.rms_norm(x, eps=-1.0)
+
+
+def test_nn_module_arguments():
+    with pytest.raises(TypeError, match="head_dim"):
+        qknorm.nn.QKNorm(64.5)
+    with pytest.raises(ValueError, match="head_dim"):
+        qknorm.nn.QKNorm(0)
+    m = qknorm.nn.QKNorm(64, eps=None)  # as nn.RMSNorm: the dtype's default eps
+    q, k = torch.randn(2, 3, 64), torch.randn(2, 1, 64)
+    qo, _ = m(q, k)
+    _check(qo, ref_norm(q, m.q_weight.detach(), qknorm.nn.default_eps(torch.float32)), torch.float32, "QKNorm")
+    with pytest.raises(TypeError, match="eps"):
+        qknorm.nn.QKNorm(64, eps="small")
+    qknorm.nn.RMSNorm(8, eps=np.float32(1e-5))
+
+
+def test_explain_validates():
+    with pytest.raises(TypeError, match="x"):
+        qknorm.explain("not a tensor")
+    with pytest.raises(ValueError, match="op"):
+        qknorm.explain(torch.randn(2, 8), op="nope")
+    with pytest.raises(TypeError, match="k"):
+        qknorm.explain(torch.randn(2, 8), k=3)

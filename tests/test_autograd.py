@@ -1,0 +1,164 @@
+"""Autograd (issue 11, kind 7): every op is differentiable on both backends, gradients equal
+PyTorch autograd of the same function composed of PyTorch ops (fp32), eager and under
+torch.compile; in-place calls on leaves that require grad fail as PyTorch's own do."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import qknorm
+from qknorm.reference_rope import rope_ref
+
+
+def _close(a, b, what, tol=2e-5):
+    assert a is not None, f"{what}: gradient missing"
+    err = (a.double() - b.double()).norm() / max(b.double().norm(), 1e-30)
+    assert err < tol, f"{what}: relative error {err:.3e}"
+
+
+def _torch_norm(x, w, eps, off=0.0):
+    y = F.rms_norm(x.float(), (x.shape[-1],), None, eps)
+    return y if w is None else y * (w.float() + off)
+
+
+def _leaves(*shapes, g):
+    return [torch.randn(*s, generator=g).requires_grad_() for s in shapes]
+
+
+def _grads(fn, leaves, cot):
+    for t in leaves:
+        t.grad = None
+    out = fn(*leaves)
+    out = out if isinstance(out, tuple) else (out,)
+    loss = sum((o * c).sum() for o, c in zip(out, cot)) + sum((t * t).sum() for t in leaves[:1])
+    loss.backward()
+    return [t.grad.clone() for t in leaves]
+
+
+def _compare(fn_ours, fn_ref, leaves, cot, what):
+    ours = _grads(fn_ours, leaves, cot)
+    ref = _grads(fn_ref, leaves, cot)
+    for i, (a, b) in enumerate(zip(ours, ref)):
+        _close(a, b, f"{what}: grad of input {i}")
+
+
+def test_rms_norm_gradients(impl):
+    g = torch.Generator().manual_seed(0)
+    x, w = _leaves((4, 3, 40), (40,), g=g)
+    x.data, w.data = x.data.to(impl), w.data.to(impl)
+    cot = [torch.randn(4, 3, 40, generator=g).to(impl)]
+    y = qknorm.rms_norm(x, w)
+    assert y.requires_grad, "the result must carry the graph"
+    _compare(lambda x, w: qknorm.rms_norm(x, w, 1e-5, weight_offset=0.5),
+             lambda x, w: _torch_norm(x, w, 1e-5, 0.5), [x, w], cot, "rms_norm")
+    (x2,) = _leaves((5, 16), g=g)
+    x2.data = x2.data.to(impl)
+    _compare(lambda x: qknorm.rms_norm(x), lambda x: _torch_norm(x, None, 1e-6), [x2],
+             [torch.randn(5, 16, generator=g).to(impl)], "rms_norm without weight")
+
+
+def test_fused_add_gradients(impl):
+    g = torch.Generator().manual_seed(1)
+    x, r, w = _leaves((6, 32), (6, 32), (32,), g=g)
+    for t in (x, r, w):
+        t.data = t.data.to(impl)
+    cot = [torch.randn(6, 32, generator=g).to(impl), torch.randn(6, 32, generator=g).to(impl)]
+
+    def ours(x, r, w):
+        xc, rc = x * 1.0, r * 1.0  # non-leaf copies: the op works in place on them
+        return qknorm.fused_add_rms_norm(xc, rc, w, 1e-6)
+
+    def ref(x, r, w):
+        s = x + r
+        return _torch_norm(s, w, 1e-6), s
+
+    _compare(ours, ref, [x, r, w], cot, "fused_add")
+
+
+def test_qk_and_rope_gradients(impl):
+    g = torch.Generator().manual_seed(2)
+    t, hq, hk, d, rot = 3, 4, 2, 32, 16
+    q, k, qw, kw = _leaves((t, hq, d), (t, hk, d), (d,), (d,), g=g)
+    inv = 1.0 / (10000 ** (torch.arange(0, rot, 2, dtype=torch.float64) / rot))
+    ang = torch.arange(8, dtype=torch.float64)[:, None] * inv[None, :]
+    cs = torch.cat((ang.cos(), ang.sin()), 1).float().requires_grad_()
+    for tt in (q, k, qw, kw, cs):
+        tt.data = tt.data.to(impl)
+    pos = torch.tensor([5, 0, 7]).to(impl)
+    cot = [torch.randn(t, hq, d, generator=g).to(impl), torch.randn(t, hk, d, generator=g).to(impl)]
+    _compare(lambda q, k, qw, kw: qknorm.qk_rms_norm(q, k, qw, kw, 1e-6),
+             lambda q, k, qw, kw: (_torch_norm(q, qw, 1e-6), _torch_norm(k, kw, 1e-6)), [q, k, qw, kw], cot, "qk")
+    for neox in (True, False):
+        _compare(lambda q, k, qw, kw, cs: qknorm.qk_rms_norm_rope(q, k, qw, kw, cs, pos, 1e-6, is_neox=neox,
+                                                                  rotary_dim=rot),
+                 lambda q, k, qw, kw, cs: (rope_ref(_torch_norm(q, qw, 1e-6), cs, pos, rot, neox),
+                                           rope_ref(_torch_norm(k, kw, 1e-6), cs, pos, rot, neox)),
+                 [q, k, qw, kw, cs], cot, f"rope neox={neox}")
+
+
+def test_in_place_on_leaf_requiring_grad_fails_as_torch_does(impl):
+    x = torch.randn(3, 8, device=impl, requires_grad=True)
+    with pytest.raises(RuntimeError, match="leaf"):
+        x.mul_(2)  # PyTorch's own rule ...
+    with pytest.raises(RuntimeError, match="leaf"):
+        qknorm.rms_norm(x, out=x)  # ... is ours
+    r = torch.randn(3, 8, device=impl)
+    with pytest.raises(RuntimeError, match="leaf"):
+        qknorm.fused_add_rms_norm(x, r)
+    q, k = torch.randn(2, 2, 8, device=impl, requires_grad=True), torch.randn(2, 1, 8, device=impl)
+    with pytest.raises(RuntimeError, match="leaf"):
+        qknorm.qk_rms_norm(q, k, None, None, q_out=q, k_out=k)
+    with torch.no_grad():  # allowed by PyTorch under no_grad, and by us
+        qknorm.rms_norm(x, out=x)
+
+
+def test_in_place_on_non_leaf_keeps_the_graph(impl):
+    x = torch.randn(3, 8, device=impl, requires_grad=True)
+    h = x * 2.0
+    qknorm.rms_norm(h, out=h)
+    h.sum().backward()
+    x2 = x.detach().clone().requires_grad_()
+    _torch_norm(x2 * 2.0, None, 1e-6).sum().backward()
+    _close(x.grad, x2.grad, "in place on a non-leaf")
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_gradients_under_torch_compile(backend):
+    g = torch.Generator().manual_seed(3)
+    x, w = _leaves((4, 32), (32,), g=g)
+    cot = torch.randn(4, 32, generator=g)
+
+    def f(x, w):
+        return qknorm.rms_norm(x, w) * cot
+
+    fc = torch.compile(f, backend=backend, fullgraph=True)
+    fc(x, w).sum().backward()
+    gx, gw = x.grad.clone(), w.grad.clone()
+    x.grad = w.grad = None
+    (_torch_norm(x, w, 1e-6) * cot).sum().backward()
+    _close(gx, x.grad, f"compile {backend} dx")
+    _close(gw, w.grad, f"compile {backend} dw")
+
+
+def test_compiled_aliasing_patterns_are_right():
+    """Inductor removes clones feeding custom ops; qknorm's compiled path stays right."""
+    g = torch.Generator().manual_seed(4)
+
+    def weight_from_x(x):
+        w = x[0].clone()
+        qknorm.rms_norm(x, w, out=x)
+        return x
+
+    def residual_clone(x, r0):
+        r = x.clone()
+        qknorm.fused_add_rms_norm(r, x)
+        return r, x
+
+    x = torch.randn(64, 32, generator=g)
+    expect = _torch_norm(x, x[0], 1e-6)
+    got = torch.compile(weight_from_x, backend="inductor", fullgraph=True)(x.clone())
+    _close(got, expect, "w = x[0].clone(); rms_norm(x, w, out=x)", tol=1e-6)
+    x = torch.randn(64, 32, generator=g)
+    s = 2 * x
+    y, r = torch.compile(residual_clone, backend="inductor", fullgraph=True)(x.clone(), None)
+    _close(r, s, "r = x.clone(); fused_add_rms_norm(r, x): residual", tol=1e-6)
+    _close(y, _torch_norm(s, None, 1e-6), "r = x.clone(); fused_add_rms_norm(r, x): x", tol=1e-6)
