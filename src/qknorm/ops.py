@@ -338,6 +338,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
         return _traced().traced_rms_norm(x, weight, eps, weight_offset, out, config)
     if (type(x) is _Tensor and x.is_cuda and _backend._backend != "torch" and type(eps) is float
             and type(weight_offset) is float and 0.0 <= eps < _INF and -_INF < weight_offset < _INF
+            and (config is None or type(config) is KernelConfig)
             and not x.requires_grad):
         r = _rms_fast(x, weight, eps, weight_offset, out, config)
         if r is not None:
@@ -509,6 +510,7 @@ def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Te
         return _traced().traced_fused_add_rms_norm(x, residual, weight, eps, weight_offset, config)
     if (type(x) is _Tensor and x.is_cuda and _backend._backend != "torch" and type(eps) is float
             and type(weight_offset) is float and 0.0 <= eps < _INF and -_INF < weight_offset < _INF
+            and (config is None or type(config) is KernelConfig)
             and isinstance(residual, _Tensor) and not (x.requires_grad or residual.requires_grad)):
         if _add_fast(x, residual, weight, eps, weight_offset, config):
             return x, residual
@@ -646,6 +648,7 @@ def qk_rms_norm(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | None,
         return _traced().traced_qk_rms_norm(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config)
     if (type(q) is _Tensor and q.is_cuda and _backend._backend != "torch" and type(eps) is float
             and type(weight_offset) is float and 0.0 <= eps < _INF and -_INF < weight_offset < _INF
+            and (config is None or type(config) is KernelConfig)
             and type(k) is _Tensor and not (q.requires_grad or k.requires_grad)):
         r = _qk_fast(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config)
         if r is not None:

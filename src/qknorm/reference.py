@@ -18,13 +18,15 @@ _EXTREME_MS = 2.0 ** -60  # a mean square + eps below this may have lost flushed
 
 def kernel_eps(eps: float) -> tuple[float, float]:
     """eps as the kernels take it: ``(eps, 0.0)`` when eps is a normal fp32 number, else
-    ``(0.0, eps * 2**250)`` (clamped to at least ``2**-376``, far below any non-zero mean
-    square of fp32 data), so that a positive eps stays positive in the kernels' fp64
-    recomputation of extreme rows (``kernels/rows.py``)."""
+    ``(2**-126, eps * 2**250)``: the smallest normal fp32 number (a positive eps stays
+    positive on every GPU, which flushes subnormals; it differs from eps only for rows whose
+    mean square is below ~1e-38, which fp32 cannot represent anyway) and eps scaled into
+    range (clamped to at least ``2**-376``, far below any non-zero mean square of fp32 data)
+    for the exact rescaling of such rows (``kernels/rows.py``, ``QKNORM_SAFE_RANGE``)."""
     if eps >= FLT_MIN:
         return (min(eps, FLT_MAX), 0.0)
     if eps > 0.0:
-        return (0.0, max(eps, 2.0 ** -376) * EPS_TINY_SCALE)
+        return (FLT_MIN, max(eps, 2.0 ** -376) * EPS_TINY_SCALE)
     return (0.0, 0.0)
 
 

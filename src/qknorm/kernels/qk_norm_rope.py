@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from .pdl import pdl_launch_dependents, pdl_wait
-from .rows import row_scale, scaled_rstd
+from .rows import SAFE_RANGE, any_true, extreme_rows, pow2, row_exponent, scaled_factors
 
 
 @triton.jit
@@ -79,27 +79,43 @@ def _rope_rows(block, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos,
         xr = tl.load(x_row[:, None] + (c * xsd)[None, :], mask=row_ok[:, None] & c_ok[None, :],
                      other=0.0).to(tl.float32)
         x1, x2 = tl.split(tl.reshape(xr, [ROWS, BLOCK_H, 2]))
-    # Row scale (rows.py): rows out of fp32's range are scaled by an exact power of two.
-    amax = tl.maximum(tl.max(tl.abs(x1), axis=1), tl.max(tl.abs(x2), axis=1))
+    ss = tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)
     if HAS_TAIL:
         tc = R + tl.arange(0, BLOCK_T)
         t_ok = tc < D
         tm = row_ok[:, None] & t_ok[None, :]
         xt = tl.load(x_row[:, None] + (tc * xsd)[None, :], mask=tm, other=0.0).to(tl.float32)
-        amax = tl.maximum(amax, tl.max(tl.abs(xt), axis=1))
-    k, sa, sb = row_scale(amax)
-    x1 = x1 * sa[:, None] * sb[:, None]
-    x2 = x2 * sa[:, None] * sb[:, None]
-    ss = tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)
-    if HAS_TAIL:
-        xt = xt * sa[:, None] * sb[:, None]
         ss += tl.sum(xt * xt, axis=1)
-    rstd = scaled_rstd(ss, D, eps, eps_tiny, k, sa, sb)
+    # y = (x * p) * q per row; p = 1 unless the row is out of fp32's range (rows.py)
+    q = tl.rsqrt(ss / D + eps)
+    p = q * 0.0 + 1.0
+    if SAFE_RANGE:
+        bad = extreme_rows(ss, D, eps)
+        if any_true(bad):  # rare, block-uniform
+            amax = tl.maximum(tl.max(tl.abs(x1), axis=1), tl.max(tl.abs(x2), axis=1))
+            if HAS_TAIL:
+                amax = tl.maximum(amax, tl.max(tl.abs(xt), axis=1))
+            k = row_exponent(amax, bad)
+            sc = pow2(k >> 1) * pow2(k - (k >> 1))
+            s1 = x1 * sc[:, None]
+            s2 = x2 * sc[:, None]
+            ss2 = tl.sum(s1 * s1, axis=1) + tl.sum(s2 * s2, axis=1)
+            if HAS_TAIL:
+                st = xt * sc[:, None]
+                ss2 += tl.sum(st * st, axis=1)
+            p2, q2 = scaled_factors(ss2, D, eps, eps_tiny, k)
+            p = tl.where(bad, p2, p)
+            q = tl.where(bad, q2, q)
 
-    y1 = x1 * rstd[:, None]
-    y2 = x2 * rstd[:, None]
+    if SAFE_RANGE:
+        x1 = x1 * p[:, None]
+        x2 = x2 * p[:, None]
+    y1 = x1 * q[:, None]
+    y2 = x2 * q[:, None]
     if HAS_TAIL:
-        yt = xt * rstd[:, None]
+        if SAFE_RANGE:
+            xt = xt * p[:, None]
+        yt = xt * q[:, None]
     if HAS_WEIGHT:
         y1 = y1 * w1[None, :]
         y2 = y2 * w2[None, :]

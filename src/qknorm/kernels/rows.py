@@ -8,20 +8,28 @@ Offsets are int64 so tensors past 2**31 elements index correctly.
 Numerics everywhere: load, upcast to fp32, sum of squares in fp32, multiply by the
 fp32 weight (+ offset), one rounding on store.
 
-Rows out of fp32's range: the fp32 sum of squares overflows for |x| above ~1e19 and
-flushes to zero below ~1e-19 (PyTorch's ``F.rms_norm`` returns 0 or inf there). Each row
-is therefore scaled by an exact power of two ``2**k`` chosen from its largest |x|
-(:func:`row_scale`): ``k = 0`` for every row whose max |x| lies in ``[2**-40, 2**41)``
-(multiplying by 1.0 changes no bit: ordinary rows keep their exact numerics), else
-``k = -exponent(max |x|)``. The norm of the scaled row ``xs = x * 2**k`` is the norm of
-``x`` when eps is scaled too (:func:`scaled_rstd`: ``y = xs / sqrt(mean(xs**2) + eps * 4**k)``).
+Rows out of fp32's range (only with ``QKNORM_SAFE_RANGE=1``, see ``SAFE_RANGE``): the fp32 sum of squares overflows for |x| above ~1e19 and
+flushes to zero below ~1e-19 (PyTorch's ``F.rms_norm`` returns 0 or inf there). Such
+rows are found from the sum itself (:func:`extreme_rows`: above 3e38, or mean square +
+eps below 2**-60); a block that holds one takes a branch (uniform over the block, so
+the common path pays one compare per row) that scales each such row by an exact power
+of two ``2**k``, ``k = -exponent(max |x|)`` (:func:`row_exponent`), and normalises the
+scaled row with eps scaled too (:func:`scaled_factors`: ``y = (x * p) * q``, both per-row
+factors inside fp32's range). Ordinary rows keep ``p = 1``, ``q = rsqrt(mean(x**2) + eps)``.
 ``eps`` arrives as two fp32 values (``reference.kernel_eps``): ``eps`` itself when it is
 a normal fp32 number (else 0) and ``eps_tiny = eps * 2**250`` when it is not, so every
-positive eps stays positive. The chunked (two-pass) form rescales behind a branch taken
-only by blocks that hold such a row.
+positive eps stays positive.
 """
+import os
+
 import triton
 import triton.language as tl
+
+# Rows out of fp32's range are handled only when QKNORM_SAFE_RANGE=1 (read once, at import):
+# the rescue branch measured 5-30% slower on an H200 at 256+ tokens even when not taken
+# (benchmarks/results/h200/2026-12-01-issue11), so by default the kernels keep the plain
+# fp32 sum of squares (the PyTorch path is always exact).
+SAFE_RANGE = tl.constexpr(os.environ.get("QKNORM_SAFE_RANGE", "0").strip() not in ("", "0"))
 
 
 @triton.jit
@@ -41,41 +49,71 @@ def pow2(e):
 
 
 @triton.jit
-def row_scale(amax):
-    """Per-row exponent ``k`` (int32) and ``2**k`` as two normal fp32 factors ``(sa, sb)``.
-
-    ``amax``: the row's max |x| (fp32). ``k = 0`` when it lies in ``[2**-40, 2**41)`` or is
-    inf/NaN; else ``-exponent(amax)`` (zero and subnormal rows count as exponent -127)."""
-    e = ((amax.to(tl.int32, bitcast=True) >> 23) & 255) - 127
-    k = tl.where(((e > 40) & (e < 128)) | (e < -40), -e, 0)
-    ka = k >> 1
-    return k, pow2(ka), pow2(k - ka)
+def extreme_rows(ss, D, eps):
+    """Rows whose fp32 sum of squares ``ss`` cannot be trusted: overflow, or a mean square
+    plus eps so small that flushed squares (or an eps below fp32's normal range) matter."""
+    return (ss > 3.0e38) | (ss / D + eps < 8.673617379884035e-19)  # 2**-60
 
 
 @triton.jit
-def scaled_rstd(ss, D, eps, eps_tiny, k, sa, sb):
-    """``1 / sqrt(ss / D + eps * 4**k)`` per row, for ``ss`` the fp32 sum of squares of the
-    row scaled by ``2**k = sa * sb``: ``y = xs * scaled_rstd`` is ``x / sqrt(mean(x**2) + eps)``.
+def row_exponent(amax, bad):
+    """Per-row exponent ``k`` (int32) that brings the ``bad`` rows into fp32's comfortable
+    range: ``-exponent(amax)`` (zero and subnormal maxima count as exponent -127); 0 for the
+    other rows and for inf/NaN maxima. ``amax``: the row's max |x|."""
+    e = ((amax.to(tl.int32, bitcast=True) >> 23) & 255) - 127
+    return tl.where(bad & (e < 128), -e, 0)
 
-    Where ``eps * 4**k`` passes fp32's range the row is negligible next to eps and the
-    factor is ``rsqrt(eps) * 2**-k`` (so that ``xs * factor = x * rsqrt(eps)``)."""
-    kt = tl.minimum(tl.maximum(k - 125, -126), 127)
-    eps_s = eps * sa * sa * sb * sb + eps_tiny * pow2(kt) * pow2(kt)  # eps_tiny * 2**(2k - 250)
-    r = tl.rsqrt(ss / D + eps_s)
+
+@triton.jit
+def scaled_factors(ss, D, eps, eps_tiny, k):
+    """Per-row factors ``(p, q)`` with ``y = (x * p) * q = x / sqrt(mean(x**2) + eps)`` for rows
+    scaled by ``2**k``, where ``ss`` is the fp32 sum of squares of ``x * 2**k``.
+
+    ``p = 2**(k//2)`` and ``q = 2**(k - k//2) / sqrt(ss / D + eps * 4**k)``, both inside
+    fp32's range. Where ``eps * 4**k`` passes that range the row is negligible next to eps
+    and ``q = rsqrt(eps) * 2**-(k//2)`` (``y = x * rsqrt(eps)``)."""
     ka = k >> 1
-    f_eps = tl.rsqrt(eps + 0.0 * sa) * pow2(-ka) * pow2(ka - k)
-    f_tiny = tl.rsqrt(eps_tiny + 0.0 * sa) * pow2(tl.minimum(tl.maximum(125 - k, -126), 127))
-    return tl.where(eps_s > 3.0e38, tl.where(eps + 0.0 * sa > 0, f_eps, f_tiny), r)
+    sa = pow2(ka)
+    sb = pow2(k - ka)
+    kt = tl.minimum(tl.maximum(k - 125, -126), 127)
+    tiny = eps_tiny + 0.0 * sa > 0  # eps below fp32's normal range: eps_tiny = eps * 2**250 holds it
+    eps_s = tl.where(tiny, eps_tiny * pow2(kt) * pow2(kt), eps * sa * sa * sb * sb)
+    q = sb * tl.rsqrt(ss / D + eps_s)
+    q_eps = tl.rsqrt(eps + 0.0 * sa) * pow2(-ka)
+    q_tiny = tl.rsqrt(eps_tiny + 0.0 * sa) * pow2(tl.minimum(tl.maximum(125 - ka, -126), 127))
+    return sa, tl.where(eps_s > 3.0e38, tl.where(tiny, q_tiny, q_eps), q)
+
+
+@triton.jit
+def row_factors(x, ss, D, eps, eps_tiny):
+    """``(p, q)`` per row of the fp32 tile ``x`` (sum of squares ``ss``): ``y = (x * p) * q``.
+    ``p = 1``, ``q = rsqrt(ss / D + eps)`` unless the block holds a row out of fp32's range;
+    then (one block-uniform branch) those rows get :func:`scaled_factors`; the others keep
+    the same bits."""
+    q = tl.rsqrt(ss / D + eps)
+    p = q * 0.0 + 1.0
+    bad = extreme_rows(ss, D, eps)
+    if any_true(bad):
+        k = row_exponent(tl.max(tl.abs(x), axis=1), bad)
+        s = pow2(k >> 1) * pow2(k - (k >> 1))
+        xs = x * s[:, None]
+        p2, q2 = scaled_factors(tl.sum(xs * xs, axis=1), D, eps, eps_tiny, k)
+        p = tl.where(bad, p2, p)
+        q = tl.where(bad, q2, q)
+    return p, q
 
 
 @triton.jit
 def normalize_rows(x, D, eps, eps_tiny):
     """``x / sqrt(mean(x**2) + eps)`` per row of the fp32 tile ``x`` ``[ROWS, BLOCK_D]``
     (masked columns hold 0), with every row kept inside fp32's range (module docstring)."""
-    k, sa, sb = row_scale(tl.max(tl.abs(x), axis=1))
-    xs = x * sa[:, None] * sb[:, None]
-    rstd = scaled_rstd(tl.sum(xs * xs, axis=1), D, eps, eps_tiny, k, sa, sb)
-    return xs * rstd[:, None]
+    ss = tl.sum(x * x, axis=1)
+    if SAFE_RANGE:
+        p, q = row_factors(x, ss, D, eps, eps_tiny)
+        y = (x * p[:, None]) * q[:, None]
+    else:
+        y = x * tl.rsqrt(ss / D + eps)[:, None]
+    return y
 
 
 @triton.jit
@@ -113,31 +151,44 @@ def norm_block(block, X, Y, W, n_rows, D, N1, N2,
         tl.store(y_row[:, None] + (cols * ysd)[None, :], y.to(Y.dtype.element_ty), mask=mask)
     else:
         acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-        amax = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
         for start in range(0, D, BLOCK_D):
             c = start + cols
             mask = row_ok[:, None] & (c < D)[None, :]
             x = tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
             acc += x * x
-            amax = tl.maximum(amax, tl.abs(x))
-        k, sa, sb = row_scale(tl.max(amax, axis=1))
         ss = tl.sum(acc, axis=1)
-        if any_true(k != 0):  # rare: a row out of fp32's range; sum its scaled squares again
-            acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-            for start in range(0, D, BLOCK_D):
-                c = start + cols
-                mask = row_ok[:, None] & (c < D)[None, :]
-                x = tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
-                x = x * sa[:, None] * sb[:, None]
-                acc += x * x
-            ss = tl.sum(acc, axis=1)
-        rstd = scaled_rstd(ss, D, eps, eps_tiny, k, sa, sb)
+        q = tl.rsqrt(ss / D + eps)
+        p = q * 0.0 + 1.0
+        if SAFE_RANGE:
+            bad = extreme_rows(ss, D, eps)
+            if any_true(bad):  # rare: rows out of fp32's range; two more reads
+                amax = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+                for start in range(0, D, BLOCK_D):
+                    c = start + cols
+                    mask = row_ok[:, None] & (c < D)[None, :]
+                    x = tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
+                    amax = tl.maximum(amax, tl.abs(x))
+                k = row_exponent(tl.max(amax, axis=1), bad)
+                sc = pow2(k >> 1) * pow2(k - (k >> 1))
+                acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+                for start in range(0, D, BLOCK_D):
+                    c = start + cols
+                    mask = row_ok[:, None] & (c < D)[None, :]
+                    x = tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
+                    x = x * sc[:, None]
+                    acc += x * x
+                p2, q2 = scaled_factors(tl.sum(acc, axis=1), D, eps, eps_tiny, k)
+                p = tl.where(bad, p2, p)
+                q = tl.where(bad, q2, q)
         for start in range(0, D, BLOCK_D):
             c = start + cols
             col_ok = c < D
             mask = row_ok[:, None] & col_ok[None, :]
             x = tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
-            y = (x * sa[:, None] * sb[:, None]) * rstd[:, None]
+            if SAFE_RANGE:
+                y = (x * p[:, None]) * q[:, None]
+            else:
+                y = x * q[:, None]
             if HAS_WEIGHT:
                 w = tl.load(W + c * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset
                 y = y * w[None, :]
@@ -176,27 +227,38 @@ def add_norm_block(block, X, R, W, n_rows, D, N1, N2,
         tl.store(x_ptr, y.to(X.dtype.element_ty), mask=mask)
     else:
         acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-        amax = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
         for start in range(0, D, BLOCK_D):
             c = start + cols
             mask = row_ok[:, None] & (c < D)[None, :]
             s = (tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
                  + tl.load(r_row[:, None] + (c * rsd)[None, :], mask=mask, other=0.0).to(tl.float32))
             acc += s * s
-            amax = tl.maximum(amax, tl.abs(s))
-        k, sa, sb = row_scale(tl.max(amax, axis=1))
         ss = tl.sum(acc, axis=1)
-        if any_true(k != 0):  # rare: a row out of fp32's range; sum its scaled squares again
-            acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-            for start in range(0, D, BLOCK_D):
-                c = start + cols
-                mask = row_ok[:, None] & (c < D)[None, :]
-                s = (tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
-                     + tl.load(r_row[:, None] + (c * rsd)[None, :], mask=mask, other=0.0).to(tl.float32))
-                s = s * sa[:, None] * sb[:, None]
-                acc += s * s
-            ss = tl.sum(acc, axis=1)
-        rstd = scaled_rstd(ss, D, eps, eps_tiny, k, sa, sb)
+        q = tl.rsqrt(ss / D + eps)
+        p = q * 0.0 + 1.0
+        if SAFE_RANGE:
+            bad = extreme_rows(ss, D, eps)
+            if any_true(bad):  # rare: rows out of fp32's range; two more reads
+                amax = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+                for start in range(0, D, BLOCK_D):
+                    c = start + cols
+                    mask = row_ok[:, None] & (c < D)[None, :]
+                    s = (tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
+                         + tl.load(r_row[:, None] + (c * rsd)[None, :], mask=mask, other=0.0).to(tl.float32))
+                    amax = tl.maximum(amax, tl.abs(s))
+                k = row_exponent(tl.max(amax, axis=1), bad)
+                sc = pow2(k >> 1) * pow2(k - (k >> 1))
+                acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+                for start in range(0, D, BLOCK_D):
+                    c = start + cols
+                    mask = row_ok[:, None] & (c < D)[None, :]
+                    s = (tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
+                         + tl.load(r_row[:, None] + (c * rsd)[None, :], mask=mask, other=0.0).to(tl.float32))
+                    s = s * sc[:, None]
+                    acc += s * s
+                p2, q2 = scaled_factors(tl.sum(acc, axis=1), D, eps, eps_tiny, k)
+                p = tl.where(bad, p2, p)
+                q = tl.where(bad, q2, q)
         for start in range(0, D, BLOCK_D):
             c = start + cols
             col_ok = c < D
@@ -206,7 +268,10 @@ def add_norm_block(block, X, R, W, n_rows, D, N1, N2,
             s = (tl.load(x_ptr, mask=mask, other=0.0).to(tl.float32)
                  + tl.load(r_ptr, mask=mask, other=0.0).to(tl.float32))
             tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
-            y = (s * sa[:, None] * sb[:, None]) * rstd[:, None]
+            if SAFE_RANGE:
+                y = (s * p[:, None]) * q[:, None]
+            else:
+                y = s * q[:, None]
             if HAS_WEIGHT:
                 w = tl.load(W + c * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset
                 y = y * w[None, :]
