@@ -92,7 +92,7 @@ class Case:
         # this rank's packed shard [T, ql + 2 kl]: Q and K as strided column slices, V zero
         self.qkv, self.q, self.k, _ = packed_qkv(self.fq[:, self.qc], self.fk[:, self.kc])
         self.qw, self.kw = self.wq[self.qc].contiguous(), self.wk[self.kc].contiguous()
-        self.sums = torch.zeros(2 * t, dtype=torch.float32, device=device)
+        self.sums = torch.zeros(2 * t, dtype=torch.float64, device=device)  # the op all-reduces fp64 row sums
         self.itemsize = self.q.element_size()
 
     # ----------------------------------------------------------------- implementations
@@ -122,7 +122,7 @@ class Case:
     def bytes(self, impl):
         tp = self.tp
         if impl in ("ours", "comm-ours"):
-            payload = 4 * 2 * self.t
+            payload = 8 * 2 * self.t  # fp64 row sums of Q and K
             return payload, int(2 * (tp - 1) / tp * payload)
         payload = self.itemsize * self.t * (self.ql + self.kl)
         return payload, (tp - 1) * payload
