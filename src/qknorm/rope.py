@@ -403,12 +403,25 @@ def _fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, 
     if ko and not q_in and not _apart(plan, 4, pko, sko, pq, sq):
         return None
     if qo or ko:  # read-only tensors sharing memory with an output: the general path copies them
-        for pr, sr in ((qw.data_ptr(), plan.read_spans[0]) if qw is not None else (0, (0, 0)),
-                       (kw.data_ptr(), plan.read_spans[1]) if kw is not None else (0, (0, 0)),
-                       (cs.data_ptr(), plan.read_spans[2]), (positions.data_ptr(), plan.read_spans[3])):
-            if qo and not (pr + sr[1] <= pqo + sqo[0] or pqo + sqo[1] <= pr + sr[0]):
+        qlo, qhi = (pqo + sqo[0], pqo + sqo[1]) if qo else (0, 0)
+        klo, khi = (pko + sko[0], pko + sko[1]) if ko else (0, 0)
+        s_w, s_kw, s_cs, s_pos = plan.read_spans
+        p = cs.data_ptr()
+        lo, hi = p + s_cs[0], p + s_cs[1]
+        if (hi > qlo and qhi > lo) or (hi > klo and khi > lo):
+            return None
+        p = positions.data_ptr()
+        lo, hi = p + s_pos[0], p + s_pos[1]
+        if (hi > qlo and qhi > lo) or (hi > klo and khi > lo):
+            return None
+        if qw is not None:
+            p = qw.data_ptr()
+            lo, hi = p + s_w[0], p + s_w[1]
+            if (hi > qlo and qhi > lo) or (hi > klo and khi > lo):
                 return None
-            if ko and not (pr + sr[1] <= pko + sko[0] or pko + sko[1] <= pr + sr[0]):
+            p = kw.data_ptr()
+            lo, hi = p + s_kw[0], p + s_kw[1]
+            if (hi > qlo and qhi > lo) or (hi > klo and khi > lo):
                 return None
     _run(plan, q, k, q_out, k_out, qw, kw, cs, positions, eps, weight_offset)
     return q_out, k_out

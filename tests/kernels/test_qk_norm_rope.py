@@ -393,6 +393,9 @@ def test_fast_path_declines_bad_calls(impl):
     pos = positions_for(3, 8, device=impl)
     args = (None, None, cs, pos, 1e-6, True, None, 0.0)
     assert _fast(q, k, *args, q, q[:, :2], None) is None                      # k_out overlaps q
+    # read tensors inside a written output: the general path reads them from a copy
+    w_in_q = q[0, 1]
+    assert _fast(q, k, w_in_q, w_in_q, cs, pos, 1e-6, True, None, 0.0, q, k, None) is None
     assert _fast(q, k, *args, k.new_empty(q.shape), q[:, 1:3], None) is None  # k_out inside q
     assert _fast(q, k, *args, qkv[:, 8:264].view(3, 4, 64), None, None) is None  # q_out partly over q
     assert _fast(q, k, None, None, cs[:, :32], pos, 1e-6, True, None, 0.0, None, None, None) is None
