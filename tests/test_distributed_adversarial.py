@@ -254,7 +254,7 @@ def test_tp_kernels_compile_for_sm90_without_a_gpu():
     except Exception as e:  # noqa: BLE001
         pytest.skip(f"no ahead-of-time compile API in this Triton: {e}")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, "-c", _AOT], env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-c", _AOT], env=env, capture_output=True, text=True, timeout=1800)  # hang guard only
     if r.returncode and "ptxas" in r.stderr.lower() and "not found" in r.stderr.lower():
         pytest.skip("no ptxas to assemble cubins")
     assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-3000:]
