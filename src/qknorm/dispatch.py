@@ -495,10 +495,23 @@ def _choose_slow(op, dtype, D, n_rows, device):
     return hit
 
 
+_reset_hooks: list = []
+
+
+def add_reset_hook(fn) -> None:
+    """Call ``fn()`` after every :func:`reset` (callers that cache decisions, such as the
+    ops' plan cache, forget them then)."""
+    if fn not in _reset_hooks:
+        _reset_hooks.append(fn)
+
+
 def reset() -> None:
-    """Forget cached decisions and per-device tables (re-reads ``QKNORM_TUNED_TABLE``)."""
+    """Forget cached decisions and per-device tables (re-reads ``QKNORM_TUNED_TABLE``), then
+    run the hooks of :func:`add_reset_hook`."""
     _decisions.clear()
     device_state.cache_clear()
+    for fn in list(_reset_hooks):
+        fn()
 
 
 def candidate_configs(op: str, dtype: torch.dtype, D: int, n_rows: int, device=None) -> list[KernelConfig]:

@@ -12,6 +12,13 @@ import functools
 from typing import NamedTuple, Sequence
 
 MAX_LEAD_DIMS = 3
+INT32_MAX = 2**31 - 1
+ROW_LIMIT = 2**30  # rows per launch; larger calls are split (row indices stay int32 in the kernels)
+
+
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for positive ``b``."""
+    return -(-a // b)
 
 
 class RowLayout(NamedTuple):
@@ -219,3 +226,15 @@ def self_overlap(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool | Non
             if r:
                 return True
     return False
+
+
+def kernel_layout(shape, d: int, *strides) -> RowLayout | None:
+    """Joint row layout of tensors of ``shape`` with the given strides, or None when the
+    kernels cannot address it directly: more than three leading dims after merging, a
+    last-dim offset ``col * stride`` past int32, or more than :data:`ROW_LIMIT` rows."""
+    lay = row_layout(tuple(shape), *(tuple(s) for s in strides))
+    if lay is None:
+        return None
+    if any(abs(s[3]) * d > INT32_MAX for s in lay.strides) or lay.n_rows > ROW_LIMIT:
+        return None
+    return lay
