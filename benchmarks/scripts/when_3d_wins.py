@@ -12,9 +12,16 @@ import csv
 import json
 from collections import defaultdict
 
+from qknorm.bench.common import config_from_name
+
 
 def kind(name: str) -> str:
-    return "tok" if ".tok" in name else "persistent" if ".p" in name else "plain"
+    """``tok`` (token-ordered QK), ``persistent`` or ``plain``, from the config's fields (a
+    name's substrings mislead: ``.pdl`` also starts with ``.p``); ``?`` for a foreign name."""
+    cfg = config_from_name(name)
+    if cfg is None:
+        return "?"
+    return "tok" if cfg.token_order else "persistent" if cfg.persistent else "plain"
 
 
 def best(alts: dict, k: str):
@@ -35,7 +42,7 @@ def bench_rows(path):
     by = defaultdict(dict)
     for r in csv.DictReader(open(path)):
         if r["status"] == "ok" and r["family"] == "qknorm-variant" and r["mode"] == "graph":
-            by[(r["preset"], r["group"], int(r["tokens"]))][r["impl"][7:-1]] = float(r["us"])
+            by[(r["preset"], r["group"], int(r["tokens"]))][r["impl"].removeprefix("qknorm[").removesuffix("]")] = float(r["us"])
     return by
 
 

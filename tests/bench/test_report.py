@@ -1,5 +1,6 @@
 """Summary arithmetic on synthetic rows: speedups, facts, regret, thresholds."""
-from qknorm.bench.report import recommendations, regret, speedups, summary_markdown, facts, thresholds, timed
+from qknorm.bench.common import config_from_name
+from qknorm.bench.report import facts, losses, regret, speedups, summary_markdown, thresholds, timed, winning_ranges
 
 
 def _row(impl, family, t, us, preset="qwen3-8b", group="qk Hq=32 Hkv=8 D=128 bf16", mode="graph", pct=50.0):
@@ -29,7 +30,7 @@ def test_regret_and_thresholds():
     assert abs(rg[4096][0] - (10 / 9 - 1)) < 1e-9 and rg[1][0] == 0.0
     th = thresholds(tab)
     assert th[0][1] == "qknorm[r1.p4]" and abs(th[0][2] - 1.5) < 1e-9
-    rec = recommendations(th)
+    rec = winning_ranges(th)
     assert rec[0].startswith("T 1..16384") and "qknorm[r1.p4]" in rec[0]
 
 
@@ -41,8 +42,13 @@ def test_facts_state_speedups_losses_and_bandwidth_not_targets():
     assert "faster at every T measured" in qk and "98.0% of copy bandwidth at T=16384" in qk
     slow = [dict(r, us="100") if r["impl"] == "qknorm" else r for r in _rows()]
     assert "slower at T=1,4096,16384" in next(line for line in facts(slow) if "qwen3-8b" in line)
+    lost = losses(slow)
+    assert [x[3] for x in lost] == [1, 4096, 16384] and lost[0][5] == "flashinfer"  # slowest ratio first
+    assert "## Where qknorm is slower than the best peer" in summary_markdown(slow, {"device": "X"})
+    assert "slower than the best peer" not in summary_markdown(_rows(), {"device": "X"})
     md = summary_markdown(_rows(), {"device": "X"})
     assert "## Facts" in md and "target" not in md.lower() and "met**" not in md
+    assert "recommend" not in md.lower() and "fine" not in md.lower()  # facts, not advice
 
 
 def test_persistent_variant_is_not_matched_by_pdl():
@@ -57,3 +63,17 @@ def test_summary_mentions_the_trap_and_problems():
     md = summary_markdown(rows, {"device": "X", "command": "qknorm bench"})
     assert "different function" in md and "Dispatch regret" in md
     assert "| liger | wrong | rel L2 error" in md
+
+
+def test_variant_kind_comes_from_the_config_fields():
+    assert config_from_name("qknorm[r1.b128.w4.pdl]").persistent is False
+    cfg = config_from_name("r16.b128.w4.p2.tok.pdl")
+    assert cfg.persistent and cfg.programs_per_sm == 2 and cfg.token_order and cfg.pdl
+    assert config_from_name("r1.b128.w4.p4").name == "r1.b128.w4.p4"
+    for foreign in ("torch", "r3.b128.w4", "qknorm[r1.p4]", "r1.b128.w4.p4.extra"):
+        assert config_from_name(foreign) is None, foreign
+    # a token-ordered config is neither the best persistent nor the best plain grid
+    rows = [_row("qknorm", "qknorm", 1, 1.0), _row("qknorm[r1.b128.w4.tok]", "qknorm-variant", 1, 0.5),
+            _row("qknorm[r1.b128.w4.p4]", "qknorm-variant", 1, 2.0)]
+    th = thresholds(timed(rows)[("qwen3-8b", "qk Hq=32 Hkv=8 D=128 bf16", "graph")])
+    assert th[0][1] == "qknorm[r1.b128.w4.tok]" and th[0][3] == "qknorm[r1.b128.w4.p4]" and th[0][4] is None

@@ -3,7 +3,7 @@
 The summary states facts measured inside one run, like with like: qknorm (the
 dispatcher's pick) against the best *peer* per case (family ``peer``: other libraries,
 PyTorch, torch.compile and the ``.contiguous()`` copy paths) as a speedup, where qknorm
-loses, its share of the device copy bandwidth measured in the same run, the dispatch regret
+loses (every case and token count), its share of the device copy bandwidth measured in the same run, the dispatch regret
 against the fastest qknorm variant measured, and the variant that wins each token range by
 >= 5%. It states no goals: whether a number is good enough is for the reader.
 """
@@ -16,6 +16,7 @@ import re
 from collections import defaultdict
 from typing import Iterable
 
+from .common import config_from_name
 from .runner import COLUMNS
 
 WIN_MARGIN = 1.05
@@ -137,6 +138,17 @@ def facts(rows: list[dict]) -> list[str]:
     return lines
 
 
+def losses(rows: list[dict]) -> list[tuple[str, str, str, int, float, str, float]]:
+    """Where qknorm is slower than the best peer: (preset, case, mode, tokens, qknorm us, peer,
+    peer us), slowest ratio first."""
+    out = []
+    for (preset, group, mode), table in timed(rows).items():
+        for t, (ratio, peer, qu, _) in speedups(table).items():
+            if ratio < 1.0:
+                out.append((preset, group, mode, t, qu, peer, ratio * qu))
+    return sorted(out, key=lambda x: x[6] / x[4])
+
+
 def thresholds(table: dict) -> list[tuple[int, str, float, str, float | None]]:
     """Per tokens: (tokens, fastest variant, margin over the runner-up, best persistent vs best
     non-persistent name, their ratio plain/persistent or None)."""
@@ -146,18 +158,17 @@ def thresholds(table: dict) -> list[tuple[int, str, float, str, float | None]]:
         if not var:
             continue
         margin = var[1][0] / var[0][0] if len(var) > 1 else float("nan")
-        pers = [v for v in var if _PERSISTENT.search(v[1])]
-        plain = [v for v in var if not _PERSISTENT.search(v[1]) and ".tok" not in v[1]]
+        cfgs = {n: config_from_name(n) for _, n in var}  # None: a name that is not a KernelConfig's
+        pers = [v for v in var if cfgs[v[1]] is not None and cfgs[v[1]].persistent]
+        plain = [v for v in var if cfgs[v[1]] is not None and not cfgs[v[1]].persistent
+                 and not cfgs[v[1]].token_order]
         ratio = plain[0][0] / pers[0][0] if pers and plain else None
         out.append((t, var[0][1], margin, pers[0][1] if pers else "", ratio))
     return out
 
 
-_PERSISTENT = re.compile(r"\.p\d")  # KernelConfig.name: ".p4" = persistent, 4 programs/SM (".pdl" is not)
-
-
-def recommendations(th) -> list[str]:
-    """Token ranges where one variant wins by >= 5% over every other measured variant."""
+def winning_ranges(th) -> list[str]:
+    """Token ranges where one variant is faster by >= 5% than every other variant measured."""
     out, cur = [], None
     for t, name, margin, _, _ in th:
         win = name if margin >= WIN_MARGIN else None
@@ -169,7 +180,7 @@ def recommendations(th) -> list[str]:
             cur = [win, t, t]
     if cur:
         out.append(cur)
-    return [f"T {a}..{b}: " + (f"`{w}` wins by >= 5%" if w else "no variant wins by 5% (any of the top is fine)")
+    return [f"T {a}..{b}: " + (f"`{w}` fastest by >= 5%" if w else "no variant fastest by >= 5%")
             for w, a, b in out]
 
 
@@ -219,6 +230,12 @@ def summary_markdown(rows: list[dict], meta: dict) -> str:
     if fl:
         L += ["## Facts", "", "Measured in this run: speedup = best peer time / qknorm time; % of copy bandwidth = "
               "the bytes an ideal kernel moves per second over the device copy's, both measured here.", ""] + fl + [""]
+    lost = losses(rows)
+    if lost:
+        L += ["## Where qknorm is slower than the best peer", "",
+              "| preset | case | mode | T | qknorm us | best peer | peer us | speedup |", "|---|---|---|---|---|---|---|---|"]
+        L += [f"| {p} | {g} | {m} | {t} | {qu:.2f} | {n} | {pu:.2f} | {pu / qu:.2f}x |" for p, g, m, t, qu, n, pu in lost]
+        L.append("")
     ran = sorted({(r["impl"], r.get("ran", "")) for r in rows if r.get("ran") and r.get("status") in ("ok", "wrong")})
     if ran:
         L += ["## What ran", "", "Where a library picks its kernel at run time, the path each row took:", "",
@@ -264,7 +281,7 @@ def summary_markdown(rows: list[dict], meta: dict) -> str:
             L += ["", "Fastest qknorm variant per T (margin over the runner-up; persistent vs plain grid):", ""]
             L += [f"- T={t}: `{n}` by {100 * (m - 1):.1f}%" + (f"; best plain / best persistent `{p}` = {r:.3f}"
                                                                if r else "") for t, n, m, p, r in th]
-            L += ["", "Recommendation: " + "; ".join(recommendations(th))]
+            L += ["", "Fastest variant by a margin: " + "; ".join(winning_ranges(th))]
         L.append("")
 
     # Problems
