@@ -19,7 +19,7 @@ import torch
 from .cases import Case, Inputs, expected
 from .common import TOL, rel_l2
 
-__all__ = ["TOL", "Verdict", "gate", "poison_allocator", "rel_l2"]
+__all__ = ["TOL", "Verdict", "gate", "poison_allocator", "rel_l2", "verdict", "worst_error"]
 
 
 @dataclass
@@ -48,19 +48,31 @@ def gate(case: Case, inp: Inputs, fn, poison_out: bool = True) -> Verdict:
     outs = fn()
     if ref[0].is_cuda:
         torch.cuda.synchronize()
+    err, why = worst_error(outs, ref)
+    if why:
+        return Verdict(False, err, why)
+    if v_before is not None and not torch.equal(inp.v, v_before):
+        return Verdict(False, err, "wrote outside Q/K: the V slice of the packed buffer changed")
+    return verdict(err, case.dtype)
+
+
+def worst_error(outs, ref) -> tuple[float, str]:
+    """The worst relative L2 error of ``outs`` (a tuple of tensors) against the reference
+    outputs ``ref``, with "" for the reason; or (inf, why) where their count or shapes differ."""
     if not isinstance(outs, (tuple, list)) or len(outs) != len(ref):
-        return Verdict(False, math.inf, f"returned {type(outs).__name__} of "
-                                        f"{len(outs) if isinstance(outs, (tuple, list)) else 1} outputs, "
-                                        f"expected {len(ref)}")
+        return math.inf, (f"returned {type(outs).__name__} of "
+                          f"{len(outs) if isinstance(outs, (tuple, list)) else 1} outputs, expected {len(ref)}")
     errs = []
     for i, (o, r) in enumerate(zip(outs, ref)):
         if tuple(o.shape) != tuple(r.shape):
-            return Verdict(False, math.inf, f"output {i} has shape {tuple(o.shape)}, expected {tuple(r.shape)}")
+            return math.inf, f"output {i} has shape {tuple(o.shape)}, expected {tuple(r.shape)}"
         errs.append(rel_l2(o, r))
-    err = max(errs)
-    tol = TOL[case.dtype]
-    if v_before is not None and not torch.equal(inp.v, v_before):
-        return Verdict(False, err, "wrote outside Q/K: the V slice of the packed buffer changed")
+    return max(errs), ""
+
+
+def verdict(err: float, dtype: torch.dtype) -> Verdict:
+    """The gate's answer for a worst relative L2 error ``err`` of a ``dtype`` output."""
+    tol = TOL[dtype]
     if not err < tol:
         what = "NaN/inf in output (unwritten or overflow)" if math.isinf(err) else f"rel L2 error {err:.2e} >= {tol:.0e}"
         return Verdict(False, err, what)

@@ -7,7 +7,10 @@ launch gaps squeezed out (how engines run decode).
 per-call time = median batch wall time / calls. It includes the host cost of a call
 (argument checks, dispatch, launch), which dominates at small sizes.
 Both take a list of callables and call them round robin: one callable (warm L2), or one
-per input set (cold L2, see :func:`cold_sets`).
+per input set (cold L2, see :func:`cold_sets`). Both size their call count from a first
+estimate unless ``calls`` fixes it, and call ``before`` (if given) ahead of every timed batch or
+replay: the tensor-parallel preset fixes the count on every rank (each call is a collective,
+so the ranks must make the same number) and lines the ranks up there.
 
 ``measure_baselines``: device copy bandwidth (a large device-to-device copy, bytes read
 plus written) and the time of an empty kernel, in the same run as the cases.
@@ -54,8 +57,9 @@ def _rounds(calls: int, n: int) -> int:
 
 
 def time_graph(fns, replays: int = 20, target_us: float = GRAPH_TARGET_US,
-               max_calls: int = GRAPH_MAX_CALLS) -> float:
-    """Median per-call µs of ``fns`` (round robin) captured in one CUDA graph."""
+               max_calls: int = GRAPH_MAX_CALLS, calls: int | None = None, before=None) -> float:
+    """Median per-call µs of ``fns`` (round robin) captured in one CUDA graph (``calls`` of
+    them if given, else sized to ``target_us``); ``before()`` runs ahead of each timed replay."""
     n = len(fns)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -64,11 +68,13 @@ def time_graph(fns, replays: int = 20, target_us: float = GRAPH_TARGET_US,
             f()
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
-    # A short graph first, to size the real one from device time rather than host time.
-    probe = _replay_us(_capture(fns, _rounds(min(10, max_calls), n)), 3) / _rounds(min(10, max_calls), n)
-    calls = _rounds(min(max_calls, max(4, math.ceil(target_us / max(probe, 0.5)))), n)
+    if calls is None:
+        # A short graph first, to size the real one from device time rather than host time.
+        probe = _replay_us(_capture(fns, _rounds(min(10, max_calls), n)), 3) / _rounds(min(10, max_calls), n)
+        calls = min(max_calls, max(4, math.ceil(target_us / max(probe, 0.5))))
+    calls = _rounds(calls, n)
     g = _capture(fns, calls)
-    return _replay_us(g, replays) / calls
+    return _replay_us(g, replays, before) / calls
 
 
 def _capture(fns, calls: int):
@@ -82,9 +88,11 @@ def _capture(fns, calls: int):
     return g
 
 
-def _replay_us(g, replays: int) -> float:
+def _replay_us(g, replays: int, before=None) -> float:
     times = []
     for _ in range(replays):
+        if before is not None:
+            before()
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         g.replay()
@@ -95,8 +103,9 @@ def _replay_us(g, replays: int) -> float:
 
 
 def time_eager(fns, cuda: bool, batches: int = 5, target_us: float = EAGER_TARGET_US,
-               max_calls: int = EAGER_MAX_CALLS) -> float:
-    """Median per-call wall-clock µs of back-to-back calls (host cost included)."""
+               max_calls: int = EAGER_MAX_CALLS, calls: int | None = None, before=None) -> float:
+    """Median per-call wall-clock µs of back-to-back calls (host cost included): batches of
+    ``calls`` calls if given, else sized to ``target_us``; ``before()`` runs ahead of each batch."""
     n = len(fns)
     for f in fns:
         f()
@@ -106,9 +115,13 @@ def time_eager(fns, cuda: bool, batches: int = 5, target_us: float = EAGER_TARGE
         f()
     _sync(cuda)
     est = (time.perf_counter() - t0) / n * 1e6
-    calls = _rounds(min(max_calls, max(10, math.ceil(target_us / max(est, 0.1)))), n)
+    if calls is None:
+        calls = min(max_calls, max(10, math.ceil(target_us / max(est, 0.1))))
+    calls = _rounds(calls, n)
     per = []
     for _ in range(batches):
+        if before is not None:
+            before()
         t0 = time.perf_counter()
         for i in range(calls):
             fns[i % n]()

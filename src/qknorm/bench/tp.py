@@ -25,20 +25,29 @@ Run (2 GPUs, e.g. nvidia-h200-x2) as the bench preset, which starts the ranks it
 
 or directly: ``torchrun --nproc-per-node 2 -m qknorm.bench.tp --out tp.csv``.
 
-Modes: ``graph`` = CUDA-graph replay (``--inner`` calls captured in one graph, median of
-``--trials`` timings of ``--reps`` replays; the NCCL communicator is initialised by the
-eager warm-up before capture), ``eager`` = back-to-back calls, wall clock (includes host
-cost). Without CUDA it runs on gloo/CPU, eager only, as a smoke test (numbers meaningless)::
+Modes: ``graph`` = CUDA-graph replay, ``eager`` = back-to-back calls, wall clock (includes host
+cost): the bench's timers (:mod:`.timing`), with the call count fixed on every rank (``--inner``
+x ``--reps`` calls per timed replay or batch, median of ``--trials``; each call is a collective,
+so the ranks make the same number) and the ranks lined up before each trial. The NCCL
+communicator is created by the correctness check, before any capture. Without CUDA it runs on
+gloo/CPU, eager only, as a smoke test (numbers meaningless)::
 
     qknorm bench --preset tp --tokens 1,64
+
+The correctness check is the bench's (:mod:`.check`: relative L2 error against the tolerance
+of the dtype, the worst over the ranks); an implementation that fails it is recorded as
+``wrong`` and not timed, and the run exits with status 1. Rows have the bench's columns
+(:data:`.runner.COLUMNS`: ``us``, ``rel_err``, ``status``, ``family`` ...) followed by
+:data:`TP_COLUMNS`; ``ours`` is family ``qknorm``, the all-gather paths ``peer``, the
+collectives alone ``comm``.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
-import statistics
+import subprocess
 import sys
-import time
 
 import torch
 import torch.distributed as dist
@@ -47,8 +56,11 @@ import qknorm
 from qknorm.distributed import qk_rms_norm_tp
 from qknorm.reference import rms_norm_ref
 
-from .common import DTYPES, TOL, packed_qkv, rel_l2
+from .check import Verdict, verdict, worst_error
+from .common import DTYPES, EPS, packed_qkv
 from .report import CsvSink
+from .runner import COLUMNS
+from .timing import time_eager, time_graph
 
 # name: (Hq, Hkv, head_dim); q_norm over Hq*D, k_norm over Hkv*D
 MODELS = {
@@ -73,8 +85,10 @@ def gather_last_dim(x: torch.Tensor, tp: int) -> torch.Tensor:
     return buf.view(tp, t, l).movedim(0, 1).reshape(t, tp * l)
 
 
-class Case:
-    """One rank's shard of the full Q, K (and V) for ``t`` tokens, in a packed local buffer."""
+class Shard:
+    """One rank's shard of the full Q, K (and V) of ``model`` for ``t`` tokens, in a packed
+    local buffer, with the implementations timed on it. (Not a :class:`.cases.Case`: Q and K
+    widths differ for GQA models, and the problem is one rank's part of a full-width norm.)"""
 
     def __init__(self, model, t, dtype, device, rank, tp):
         hq, hkv, d = MODELS[model]
@@ -97,18 +111,18 @@ class Case:
 
     # ----------------------------------------------------------------- implementations
     def ours(self):
-        return qk_rms_norm_tp(self.q, self.k, self.qw, self.kw, 1e-6, q_out=self.q, k_out=self.k)
+        return qk_rms_norm_tp(self.q, self.k, self.qw, self.kw, EPS, q_out=self.q, k_out=self.k)
 
     def allgather(self):
-        qf = qknorm.rms_norm(gather_last_dim(self.q, self.tp), self.wq, 1e-6)
-        kf = qknorm.rms_norm(gather_last_dim(self.k, self.tp), self.wk, 1e-6)
+        qf = qknorm.rms_norm(gather_last_dim(self.q, self.tp), self.wq, EPS)
+        kf = qknorm.rms_norm(gather_last_dim(self.k, self.tp), self.wk, EPS)
         return qf[:, self.qc], kf[:, self.kc]
 
     def allgather_1(self):
         both = gather_last_dim(self.qkv[:, :self.ql + self.kl], self.tp)  # [T, tp*(ql+kl)]
         both = both.view(self.t, self.tp, self.ql + self.kl)
-        qf = qknorm.rms_norm(both[:, :, :self.ql].reshape(self.t, self.qw_full), self.wq, 1e-6)
-        kf = qknorm.rms_norm(both[:, :, self.ql:].reshape(self.t, self.kw_full), self.wk, 1e-6)
+        qf = qknorm.rms_norm(both[:, :, :self.ql].reshape(self.t, self.qw_full), self.wq, EPS)
+        kf = qknorm.rms_norm(both[:, :, self.ql:].reshape(self.t, self.kw_full), self.wk, EPS)
         return qf[:, self.qc], kf[:, self.kc]
 
     def comm_ours(self):
@@ -128,16 +142,21 @@ class Case:
         return payload, (tp - 1) * payload
 
     # ----------------------------------------------------------------- correctness
-    def check(self):
-        ref_q = rms_norm_ref(self.fq, self.wq)[:, self.qc]
-        ref_k = rms_norm_ref(self.fk, self.wk)[:, self.kc]
+    def check(self) -> dict[str, tuple[float, str]]:
+        """Per checked implementation, ``(worst relative L2 error on this rank, reason if the
+        outputs do not even match in count or shape)`` against the fp32 full-width reference.
+        The packed buffer is restored after each (``ours`` works in place)."""
+        ref = (rms_norm_ref(self.fq, self.wq, EPS)[:, self.qc], rms_norm_ref(self.fk, self.wk, EPS)[:, self.kc])
         saved = self.qkv.clone()
-        errs = {}
-        for name, fn in (("allgather", self.allgather), ("allgather-1", self.allgather_1), ("ours", self.ours)):
-            q, k = fn()
-            errs[name] = max(rel_l2(q, ref_q), rel_l2(k, ref_k))
-        self.qkv.copy_(saved)
-        return errs
+        out = {}
+        for name in CHECKED:
+            out[name] = worst_error(self.impls()[name](), ref)
+            self.qkv.copy_(saved)
+        return out
+
+    def impls(self) -> dict:
+        return {"ours": self.ours, "allgather": self.allgather, "allgather-1": self.allgather_1,
+                "comm-ours": self.comm_ours, "comm-allgather": self.comm_allgather}
 
 
 def slowest(v: float, device) -> float:
@@ -155,66 +174,50 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-# The two timers below are the bench's (timing.time_eager / time_graph) with the ranks lined up
-# (an all-reduce barrier) before every trial: a collective's time on one rank otherwise
-# includes waiting for the slowest rank to arrive.
-def time_eager(fn, device, calls, trials):
-    for _ in range(3):
-        fn()
-    res = []
-    for _ in range(trials):
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        res.append((time.perf_counter() - t0) / calls * 1e6)
-    return statistics.median(res)
-
-
-def time_graph(fn, device, inner, reps, trials):
-    s = torch.cuda.Stream(device)
-    s.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()  # compiles kernels, creates the NCCL communicator before capture
-    torch.cuda.current_stream(device).wait_stream(s)
-    sync(device)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(inner):
-            fn()
-    for _ in range(3):
-        g.replay()
-    res = []
-    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    for _ in range(trials):
-        sync(device)
-        e0.record()
-        for _ in range(reps):
-            g.replay()
-        e1.record()
-        e1.synchronize()
-        res.append(e0.elapsed_time(e1) * 1e3 / (reps * inner))
-    del g
-    return statistics.median(res)
-
-
 IMPLS = ("ours", "allgather", "allgather-1", "comm-ours", "comm-allgather")
+CHECKED = ("allgather", "allgather-1", "ours")  # the norms; the collectives alone are not checked
+FAMILY = {"ours": "qknorm", "allgather": "peer", "allgather-1": "peer", "comm-ours": "comm", "comm-allgather": "comm"}
+NOTES = {"ours": "qk_rms_norm_tp in place on the packed shard: row sums, one all-reduce of 2T fp64, scale",
+         "allgather": "vLLM's Olmo2Attention: all-gather Q, all-gather K, full-width qknorm.rms_norm, own slice",
+         "allgather-1": "Q and K packed into one all-gather, full-width qknorm.rms_norm, own slice",
+         "comm-ours": "the all-reduce of ours alone", "comm-allgather": "the two all-gathers alone"}
+TP_COLUMNS = ("model", "tp", "q_width", "k_width", "payload_bytes_per_rank", "ring_bytes_sent_per_rank",
+              "speedup_vs_allgather", "device")
 
 
-def main():
+def time_impl(fn, mode: str, device, calls: int, trials: int) -> float:
+    """Per-call µs of ``fn`` on this rank by the bench's timers: ``calls`` calls per timed batch
+    (eager) or per captured graph (graph), median of ``trials``, the ranks lined up before each."""
+    barrier = lambda: sync(device)  # noqa: E731
+    if mode == "graph":
+        return time_graph([fn], replays=trials, calls=calls, before=barrier)
+    return time_eager([fn], device.type == "cuda", batches=trials, calls=calls, before=barrier)
+
+
+def _row(shard: Shard, model: str, mode: str, impl: str, dtype: str, device_name: str, **kw) -> dict:
+    s = shard
+    r = dict.fromkeys(COLUMNS, "")
+    r.update(preset="tp", op="qk_full", group=f"qk_full tp={s.tp} {model} Q={s.qw_full} K={s.kw_full} {dtype}",
+             shape=f"T={s.t} Q=[{s.t}, {s.ql}], K=[{s.t}, {s.kl}] of qkv[{s.t}, {s.ql + 2 * s.kl}] per rank",
+             tokens=s.t, hq=MODELS[model][0], hkv=MODELS[model][1], head_dim=MODELS[model][2], dtype=dtype,
+             impl=impl, family=FAMILY[impl], mode=mode, l2="warm", notes=NOTES[impl], model=model, tp=s.tp,
+             q_width=s.qw_full, k_width=s.kw_full, device=device_name)
+    r["payload_bytes_per_rank"], r["ring_bytes_sent_per_rank"] = s.bytes(impl)
+    r.update(kw)
+    return r
+
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="olmo2-7b", choices=sorted(MODELS) + ["all"])
     ap.add_argument("--tokens", type=int, nargs="+", default=None)
     ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     ap.add_argument("--modes", nargs="+", default=None, choices=["graph", "eager"])
-    ap.add_argument("--inner", type=int, default=10, help="calls captured per CUDA graph")
-    ap.add_argument("--reps", type=int, default=20, help="graph replays (or eager calls x inner) per trial")
-    ap.add_argument("--trials", type=int, default=7)
+    ap.add_argument("--inner", type=int, default=10, help="calls per timed replay or batch = inner x reps")
+    ap.add_argument("--reps", type=int, default=20, help="calls per timed replay or batch = inner x reps")
+    ap.add_argument("--trials", type=int, default=7, help="timed replays or batches (the median is reported)")
     ap.add_argument("--out", default=None, help="CSV path (rank 0 writes)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     gpu = torch.cuda.is_available()
     if gpu:
@@ -233,89 +236,95 @@ def main():
         modes = [m for m in modes if m != "graph"]
     dtype = DTYPES[args.dtype]
     models = sorted(MODELS) if args.model == "all" else [args.model]
+    calls = args.inner * args.reps
+    device_name = torch.cuda.get_device_name(device) if gpu else "cpu"
 
     import triton
     env = (f"torch {torch.__version__}, triton {triton.__version__}, tp={tp}, backend "
            f"{dist.get_backend()}, qknorm backend {qknorm.get_backend()}")
     if gpu:
-        env += f", {torch.cuda.get_device_name(device)}, NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}"
+        env += f", {device_name}, NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}"
     else:
         env += ", CPU (gloo): smoke test only, timings are not GPU numbers"
     log(env)
 
-    rows = []
+    sink = None
+    if rank == 0 and args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        sink = CsvSink(args.out, fieldnames=COLUMNS + TP_COLUMNS)
+    rows, wrong = [], False
     for model in models:
         for t in tokens:
-            case = Case(model, t, dtype, device, rank, tp)
-            errs = case.check()
-            worst = {k: slowest(v, device) for k, v in errs.items()}
-            tol = TOL[dtype]
-            bad = {k: v for k, v in worst.items() if not v < tol}
-            log(f"{model} T={t}: rel. L2 error vs full-width fp32 reference "
-                + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
-            if bad:
-                log(f"WRONG RESULTS ({bad}); not timing")
-                dist.destroy_process_group()
-                sys.exit(1)
-            fns = {"ours": case.ours, "allgather": case.allgather, "allgather-1": case.allgather_1,
-                   "comm-ours": case.comm_ours, "comm-allgather": case.comm_allgather}
+            shard = Shard(model, t, dtype, device, rank, tp)
+            checked = {}
+            for name, (err, why) in shard.check().items():
+                err = slowest(err, device)  # the worst rank's error
+                checked[name] = Verdict(False, err, why) if why else verdict(err, dtype)
+            log(f"{model} T={t}: rel. L2 error vs full-width fp32 reference (worst rank) "
+                + ", ".join(f"{k} {v.error:.2e}" for k, v in checked.items()))
+            fns = shard.impls()
             for mode in modes:
-                res = {}
+                res, case_rows = {}, {}
                 for impl in IMPLS:
+                    v = checked.get(impl)
+                    err = "" if v is None else ("inf" if math.isinf(v.error) else f"{v.error:.3e}")
+                    if v is not None and not v.ok:
+                        wrong = True
+                        log(f"  {impl}: WRONG ({v.reason}); not timed")
+                        case_rows[impl] = _row(shard, model, mode, impl, args.dtype, device_name, status="wrong",
+                                               rel_err=err, reason=v.reason)
+                        continue
                     try:
-                        if mode == "graph":
-                            us = time_graph(fns[impl], device, args.inner, args.reps, args.trials)
-                        else:
-                            us = time_eager(fns[impl], device, args.reps * args.inner, args.trials)
-                        us = slowest(us, device)
+                        us = slowest(time_impl(fns[impl], mode, device, calls, args.trials), device)
                     except Exception as e:  # noqa: BLE001 - e.g. capture not supported: report, go on
                         log(f"  {impl} {mode}: failed: {type(e).__name__}: {e}")
-                        us = float("nan")
+                        case_rows[impl] = _row(shard, model, mode, impl, args.dtype, device_name, status="error",
+                                               rel_err=err, reason=f"{type(e).__name__}: {e}"[:300])
+                        continue
                     res[impl] = us
+                    case_rows[impl] = _row(shard, model, mode, impl, args.dtype, device_name, status="ok",
+                                           us=f"{us:.3f}", rel_err=err)
+                for impl in ("ours", "allgather-1"):
+                    if impl in res and "allgather" in res:
+                        case_rows[impl]["speedup_vs_allgather"] = f"{res['allgather'] / res[impl]:.3f}"
                 for impl in IMPLS:
-                    payload, ring = case.bytes(impl)
-                    rows.append(dict(model=model, tokens=t, impl=impl, mode=mode, dtype=args.dtype, tp=tp,
-                                     q_width=case.qw_full, k_width=case.kw_full, us_per_call=round(res[impl], 3),
-                                     payload_bytes_per_rank=payload, ring_bytes_sent_per_rank=ring,
-                                     speedup_vs_allgather=round(res["allgather"] / res[impl], 3)
-                                     if impl in ("ours", "allgather-1") else "",
-                                     device=torch.cuda.get_device_name(device) if gpu else "cpu"))
-            del case
+                    rows.append(case_rows[impl])
+                    if sink:
+                        sink(case_rows[impl])
+            del shard
             if gpu:
                 torch.cuda.empty_cache()
-
+    if sink:
+        sink.close()
     if rank == 0:
-        hdr = f"{'model':10} {'T':>6} {'mode':6} " + " ".join(f"{i:>14}" for i in IMPLS) + \
-            f" {'speedup':>8} {'bytes ours':>11} {'bytes AG':>11} {'ratio':>7}"
-        print("\nus per call (slowest rank); bytes = ring bytes sent per rank")
-        print(hdr)
-        for model in models:
-            for t in tokens:
-                for mode in modes:
-                    r = {x["impl"]: x for x in rows if x["model"] == model and x["tokens"] == t and x["mode"] == mode}
-                    if not r:
-                        continue
-                    bo, ba = r["ours"]["ring_bytes_sent_per_rank"], r["allgather"]["ring_bytes_sent_per_rank"]
-                    print(f"{model:10} {t:>6} {mode:6} " + " ".join(f"{r[i]['us_per_call']:>14.2f}" for i in IMPLS)
-                          + f" {r['ours']['speedup_vs_allgather']:>7.2f}x {bo:>11} {ba:>11} {ba / bo:>6.0f}x")
+        _print_table(rows, models, tokens, modes)
         if args.out:
-            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-            sink = CsvSink(args.out, fieldnames=list(rows[0]))
-            for r in rows:
-                sink(r)
-            sink.close()
             print(f"wrote {args.out}")
     dist.destroy_process_group()
+    return 1 if wrong else 0
 
 
-if __name__ == "__main__":
-    main()
+def _print_table(rows, models, tokens, modes) -> None:
+    hdr = f"{'model':10} {'T':>6} {'mode':6} " + " ".join(f"{i:>14}" for i in IMPLS) + \
+        f" {'speedup':>8} {'bytes ours':>11} {'bytes AG':>11} {'ratio':>7}"
+    print("\nus per call (slowest rank); speedup = allgather / ours; bytes = ring bytes sent per rank")
+    print(hdr)
+    for model in models:
+        for t in tokens:
+            for mode in modes:
+                r = {x["impl"]: x for x in rows if x["model"] == model and x["tokens"] == t and x["mode"] == mode}
+                if not r:
+                    continue
+                bo, ba = r["ours"]["ring_bytes_sent_per_rank"], r["allgather"]["ring_bytes_sent_per_rank"]
+                cells = " ".join(f"{float(r[i]['us']):>14.2f}" if r[i]["us"] else f"{r[i]['status']:>14}" for i in IMPLS)
+                sp = r["ours"]["speedup_vs_allgather"]
+                print(f"{model:10} {t:>6} {mode:6} {cells} {(float(sp) if sp else math.nan):>7.2f}x "
+                      f"{bo:>11} {ba:>11} {ba / bo:>6.0f}x")
 
 
 def launch(nproc: int, tokens=None, dtype: str = "bf16", out_csv: str | None = None, model: str = "olmo2-7b") -> int:
     """Start ``nproc`` ranks of this benchmark with ``torch.distributed.run`` (NCCL on GPUs,
     gloo on the CPU) and wait for them; returns their exit status."""
-    import subprocess
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "qknorm.bench.tp", "--model", model, "--dtype", dtype]
     if tokens:
@@ -328,3 +337,7 @@ def launch(nproc: int, tokens=None, dtype: str = "bf16", out_csv: str | None = N
     env.setdefault("OMP_NUM_THREADS", "1")
     print("qknorm bench --preset tp: " + " ".join(cmd[1:]), flush=True)
     return subprocess.call(cmd, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
