@@ -1,6 +1,7 @@
-"""Every peer adapter builds here (CPU) or says why not; SGLang's adapters call SGLang's
-functions with the right arguments (checked with a fake ``sglang.jit_kernel`` injected into
-``sys.modules``); F.rms_norm's row names the kernel that ran."""
+"""Every adapter in peers/ builds here or is skipped with its own reason (the one the bench's
+``skipped`` row gives: on a CPU, "needs a CUDA GPU; <installed or not>"); SGLang's adapters
+call SGLang's functions with the right arguments (checked with a fake ``sglang.jit_kernel``
+injected into ``sys.modules``); F.rms_norm's row names the kernel that ran."""
 import sys
 import types
 
@@ -12,7 +13,7 @@ from qknorm.bench.check import gate
 from qknorm.bench.common import torch_norm
 from qknorm.bench.peers import (Impl, SGLangJit, SGLangQkNormRope, TorchFRmsNorm, peer_status, rms_norm_path,
                                 static_impls)
-from qknorm.bench.runner import COLUMNS, Options, Runner
+from qknorm.bench.runner import COLUMNS, Options, Runner, needs_cuda_reason
 from qknorm.bench.timing import Baselines
 
 BASE = Baselines("cpu", False, 10.0, None, None, 0, 0)
@@ -42,6 +43,28 @@ def test_names_are_unique_and_stable():
     assert {"sglang_jit", "sglang_jit_qk_norm_rope", "sgl_kernel_qk_norm_rope"} <= set(names)
 
 
+def _adapter_classes():
+    """Every concrete adapter class defined in a module of ``qknorm.bench.peers``."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import qknorm.bench.peers as peers
+    out = set()
+    for m in pkgutil.iter_modules(peers.__path__):
+        mod = importlib.import_module(f"{peers.__name__}.{m.name}")
+        out |= {c for _, c in inspect.getmembers(mod, inspect.isclass)
+                if issubclass(c, Impl) and c is not Impl and c.__module__ == mod.__name__ and not c.__name__.startswith("_")}
+    return out
+
+
+def test_every_adapter_class_is_in_the_run():
+    """Each adapter in peers/ is built by the parametrised test below (through static_impls);
+    the qknorm variants are the same class as the pick."""
+    missing = _adapter_classes() - {type(i) for i in static_impls()}
+    assert not missing, sorted(c.__name__ for c in missing)
+
+
 @pytest.mark.parametrize("impl", static_impls(), ids=lambda i: i.name)
 def test_every_adapter_states_its_op_kinds_and_builds_or_skips_with_a_reason(impl):
     assert isinstance(impl, Impl) and impl.library
@@ -57,11 +80,13 @@ def test_every_adapter_states_its_op_kinds_and_builds_or_skips_with_a_reason(imp
         # never built on a CPU run; whether it would load is still said, with a reason
         loaded, why = impl.available() if ok else (False, why)
         assert loaded or why
-        return
+        said = needs_cuda_reason(impl)  # what the bench's skipped row says
+        assert said.startswith("needs a CUDA GPU; ") and (ok or why in said)
+        pytest.skip(f"{impl.name}: {said}")
     loaded, why = impl.available()
     if not loaded:  # not installed on this GPU machine: skipped, with the reason
         assert why
-        return
+        pytest.skip(f"{impl.name}: {why}")
     for case in _one_per_op():
         sup, why = impl.supports(case)
         if not sup:
