@@ -18,67 +18,49 @@ Implementations (a missing peer is reported as skipped):
 
 Shapes: Qwen3-8B (Hq=32, Hkv=8, D=128, QK norm in place on the packed QKV buffer) and
 hidden=4096 (rms_norm allocating its output), bf16, tokens 1, 4, 16, 64. Run under
-torch.inference_mode() as engines do.
+torch.inference_mode() as engines do. Timers, relative error and packed QKV views are the
+bench's (``qknorm.bench.timing``, ``qknorm.bench.common``); ``qknorm bench --mode eager``
+compares qknorm with every peer the same way, with the fast launcher on.
+
+Why this script uses ``qknorm.launch`` (not the ops' API): it measures the launcher itself.
+``launch.set_enabled`` switches fast launches off and on inside one process (the
+``QKNORM_FAST_LAUNCH=0`` environment variable does it for a whole process), and
+``launch.PROTOCOL``/``launch.entry_states`` say which launch protocol was found and which
+specialisations run fast. All are in ``launch.__all__``; if the launcher is replaced, this
+script goes with it.
 """
 from __future__ import annotations
 
 import csv
-import statistics
 import sys
-import time
 
 import torch
 
 import qknorm
 from qknorm import launch
+from qknorm.bench.common import EPS, packed_qkv_views, rel_l2
+from qknorm.bench.timing import time_eager, time_graph
+from qknorm.reference import rms_norm_ref
 
 HQ, HKV, D, HIDDEN = 32, 8, 128, 4096
 TOKENS = (1, 4, 16, 64)
-EPS = 1e-6
 
 
-def eager_us(fn, calls=400, batches=9, warmup=50):
-    for _ in range(warmup):
+def eager_us(fn, calls=400, batches=9):
+    """Per-call µs of back-to-back calls, median of ``batches`` (the bench's eager timer)."""
+    for _ in range(50):  # warm: compile, verify, then fast launches
         fn()
-    torch.cuda.synchronize()
-    per = []
-    for _ in range(batches):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-        per.append((time.perf_counter() - t0) / calls * 1e6)
-    return statistics.median(per)
+    return time_eager([fn], True, batches=batches, calls=calls)
 
 
 def graph_us(fn, calls=100, replays=15):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    per = []
-    for _ in range(replays):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        per.append(a.elapsed_time(b) * 1e3 / calls)
-    return statistics.median(per)
+    """Per-call µs of ``calls`` calls captured in one CUDA graph (the bench's graph timer)."""
+    return time_graph([fn], replays=replays, calls=calls)
 
 
-def rel_err(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm()).item()
+def qk_views(qkv, t):
+    q, k, _ = packed_qkv_views(qkv, HQ * D, HKV * D)
+    return q.view(t, HQ, D), k.view(t, HKV, D)
 
 
 def main():
@@ -112,21 +94,20 @@ def main():
               f"{'on' if launch.enabled() else 'OFF'}")
         for t in TOKENS:
             qkv = torch.randn(t, (HQ + 2 * HKV) * D, device=dev, dtype=torch.bfloat16)
-            q = qkv[:, :HQ * D].view(t, HQ, D)
-            k = qkv[:, HQ * D:(HQ + HKV) * D].view(t, HKV, D)
+            q, k = qk_views(qkv, t)
             x = torch.randn(t, HIDDEN, device=dev, dtype=torch.bfloat16)
             # correctness first (fp64 reference), on copies
-            ref_q = qknorm.reference.rms_norm_ref(q, qw, EPS, 0.0, torch.float64)
-            ref_k = qknorm.reference.rms_norm_ref(k, kw, EPS, 0.0, torch.float64)
-            ref_x = qknorm.reference.rms_norm_ref(x, w, EPS, 0.0, torch.float64)
+            ref_q = rms_norm_ref(q, qw, EPS, 0.0, torch.float64)
+            ref_k = rms_norm_ref(k, kw, EPS, 0.0, torch.float64)
+            ref_x = rms_norm_ref(x, w, EPS, 0.0, torch.float64)
             for fast in (True, False):
                 launch.set_enabled(fast)
                 for _ in range(3):  # compile, verify, fast
                     c = qkv.clone()
-                    cq, ck = c[:, :HQ * D].view(t, HQ, D), c[:, HQ * D:(HQ + HKV) * D].view(t, HKV, D)
+                    cq, ck = qk_views(c, t)
                     qknorm.qk_rms_norm(cq, ck, qw, kw, EPS, q_out=cq, k_out=ck)
                     y = qknorm.rms_norm(x, w, EPS)
-                e = max(rel_err(cq, ref_q), rel_err(ck, ref_k), rel_err(y, ref_x))
+                e = max(rel_l2(cq, ref_q), rel_l2(ck, ref_k), rel_l2(y, ref_x))
                 assert e < 1e-2, f"qknorm ({'fast' if fast else 'plain'}) wrong at T={t}: rel err {e:.2e}"
             launch.set_enabled(True)
 
@@ -162,10 +143,10 @@ def main():
                 launch.set_enabled(True)
 
     states = launch.entry_states()
-    fast_n = sum(1 for s in states if s[3] == launch.FAST)
+    fast_n = sum(1 for s in states if s[3] == "fast")
     print(f"launch entries: {fast_n} fast, {len(states) - fast_n} other")
     for s in states:
-        if s[3] != launch.FAST and s[4] != "fast launches disabled":
+        if s[3] != "fast" and s[4] != "fast launches disabled":
             print(f"  {s[0]} bits={s[2]} {s[3]}: {s[4]}")
 
     names = ["qknorm.fast", "qknorm.plain", "torch.ops", "flashinfer", "torch.mul_"]
