@@ -1,30 +1,25 @@
 """``qknorm.explain`` and ``qknorm explain``: the pick, the table entry or heuristic rule
 behind it, the measured alternatives, and the layout/backend lines."""
 import re
+import sys
 
 import pytest
 import torch
 from helpers import packed_qkv
+from test_dispatch import clean  # noqa: F401 - autouse: no user table, fresh dispatcher caches
 
 import qknorm
 from qknorm import cli
-from qknorm import dispatch as D
 from qknorm import tune as T
+from qknorm import tuned_table as TT
 from qknorm.config import KernelConfig
+from qknorm.explain import explain_config
 
 PICK = KernelConfig(rows=8, block_d=128, num_warps=2)
 # Measured times of the qk entry (T=512 tokens x 40 heads = 20480 rows, bucket 32768).
 TIMES = {PICK: 3.46, KernelConfig(16, 128, 4): 3.50, KernelConfig(32, 128, 4): 3.66,
          KernelConfig(4, 128, 1): 3.80, KernelConfig(2, 128, 1): 4.10, KernelConfig(1, 128, 1): 6.92,
          KernelConfig(64, 128, 8): 5.00}
-
-
-@pytest.fixture(autouse=True)
-def clean(monkeypatch):
-    monkeypatch.delenv(D.ENV_TABLE, raising=False)
-    D.reset()
-    yield
-    D.reset()
 
 
 @pytest.fixture
@@ -39,8 +34,8 @@ def table_path(tmp_path):
 
     run = T.run_tune(pts, measure, log=lambda s: None)
     path = str(tmp_path / "nvidia-fake-9000.json")
-    T.write_table(path, T.table_doc(run.entries, gpu="NVIDIA Fake 9000", sm_count=132, command="qknorm tune",
-                                    date="2026-11-25T00:00:00Z"))
+    TT.write_table(path, TT.table_doc(run.entries, gpu="NVIDIA Fake 9000", sm_count=132, command="qknorm tune",
+                                      date="2026-11-25T00:00:00Z"))
     return path
 
 
@@ -49,7 +44,7 @@ def _alt_lines(text):
 
 
 def test_explain_with_table(table_path, monkeypatch):
-    monkeypatch.setenv(D.ENV_TABLE, table_path)
+    monkeypatch.setenv(TT.ENV_TABLE, table_path)
     _, q, k, _ = packed_qkv(512, 32, 8, 128, torch.bfloat16, "cpu")
     text = qknorm.explain(q, k)
     first = text.splitlines()[0]
@@ -78,7 +73,7 @@ def test_explain_top_and_explicit_table(table_path):
     assert len(_alt_lines(text)) == 2 and "2 fastest of" in text
     assert "x: shape (16, 4096)" in text
     # fused add: the residual line
-    text = qknorm.explain(x, x.clone(), op="fused_add_rms_norm", table=D.load_table(table_path))
+    text = qknorm.explain(x, x.clone(), op="fused_add_rms_norm", table=TT.load_table(table_path))
     assert "heuristic (tuned table nvidia-fake-9000.json: no fused_add_rms_norm bf16 entries)" in text
     assert "residual: shape (16, 4096)" in text and "measured alternatives" not in text
 
@@ -117,7 +112,7 @@ def test_cli_explain(table_path, capsys):
 
 
 def test_cli_explain_env_table(table_path, capsys, monkeypatch):
-    monkeypatch.setenv(D.ENV_TABLE, table_path)
+    monkeypatch.setenv(TT.ENV_TABLE, table_path)
     assert cli.main(["explain", "--op", "qk", "--tokens", "512"]) == 0
     assert "-> r8.b128.w2" in capsys.readouterr().out
 
@@ -126,3 +121,24 @@ def test_cli_explain_unknown_gpu_table(capsys):
     assert cli.main(["explain", "--gpu", "NVIDIA Nonexistent 1"]) == 1
     err = capsys.readouterr().err
     assert "nvidia-nonexistent-1.json does not exist" in err
+
+
+def test_explain_config_top_zero_still_shows_the_pick(table_path):
+    t = TT.load_table(table_path)
+    text = explain_config("qk_rms_norm", torch.bfloat16, 128, 20480, table=t, top=0)
+    assert "measured alternatives (0 fastest of 7)" in text
+    (line,) = _alt_lines(text)
+    assert line.split()[:4] == ["r8.b128.w2", "3.46", "us", "+0.0%"] and line.endswith("<- pick")
+    with pytest.raises(ValueError, match="op must be one of"):
+        explain_config("layer_norm", torch.bfloat16, 128, 1)
+
+
+def test_explain_main_under_a_shipped_table(capsys):
+    E = sys.modules["qknorm.explain"]  # the module (qknorm.explain is the function)
+    assert E.main(["--gpu", "NVIDIA H100 80GB HBM3", "--op", "qk", "--tokens", "512"]) == 0
+    out = capsys.readouterr().out
+    assert "tuned table nvidia-h100-80gb-hbm3.json entry (qk_rms_norm, bf16, D=128" in out
+    assert "(NVIDIA H100 80GB HBM3, 132 SMs" in out and "<- pick" in out
+    with pytest.raises(SystemExit):
+        E.main(["--op", "layer_norm"])
+

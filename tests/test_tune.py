@@ -1,25 +1,20 @@
 """``qknorm tune`` without a GPU: the grid, the budget, picking with injected timings, the
-table round trip, and the command line. One GPU test times a tiny grid for real."""
+tables it writes, and the command line. One GPU test times a tiny grid for real. The table
+format itself (write, read back, merge): test_tuned_table.py."""
 import json
 import os
 
 import pytest
 import torch
+from test_dispatch import clean  # noqa: F401 - autouse: no user table, fresh dispatcher caches
 
 from qknorm import dispatch as D
 from qknorm import tune as T
+from qknorm import tuned_table as TT
 from qknorm.config import KernelConfig
 from qknorm.dispatch import DTYPES, OPS, next_pow2
 
 BF16 = torch.bfloat16
-
-
-@pytest.fixture(autouse=True)
-def clean(monkeypatch):
-    monkeypatch.delenv(D.ENV_TABLE, raising=False)
-    D.reset()
-    yield
-    D.reset()
 
 
 def fake_us(p, c):
@@ -147,76 +142,53 @@ def test_failed_configs_are_recorded_and_never_picked():
     assert run.entries == [] and len(run.failed) == len(cands)
 
 
+def test_run_logs_the_heuristic_regret():
+    p = T.GridPoint("rms_norm", "bf16", 4096, 16, 16)
+    heur = D.heuristic("rms_norm", BF16, 4096, 16)[0]
+    best = min(D.candidate_configs("rms_norm", BF16, 4096, 16), key=lambda c: fake_us(p, c))
+    logs = []
+    T.run_tune([p], fake_measure, log=logs.append)
+    regret = 100 * (fake_us(p, heur) / fake_us(p, best) - 1)
+    assert any(f"heuristic {heur.name} +{regret:.1f}%" in line for line in logs), logs
+    assert logs[-1].startswith(f"heuristic vs tuned pick: geometric mean +{regret:.1f}%")
+
+
 def test_deadline_skips_the_rest():
     pts = T.build_grid(quick=True)
     run = T.run_tune(pts, fake_measure, deadline=0.0, log=lambda s: None)
     assert run.entries == [] and run.skipped == pts
 
 
-# --------------------------------------------------------------------------- table files
+# --------------------------------------------------------------------------- tables it writes
 
-def make_table(tmp_path, pts=None, name="nvidia-fake-9000.json", **kw):
+def make_table(tmp_path, pts=None, name="nvidia-fake-9000.json"):
     pts = pts if pts is not None else T.build_grid(quick=True)
     run = T.run_tune(pts, fake_measure, log=lambda s: None)
-    d = T.table_doc(run.entries, gpu="NVIDIA Fake 9000", sm_count=132, command="qknorm tune --quick", **kw)
+    d = TT.table_doc(run.entries, gpu="NVIDIA Fake 9000", sm_count=132, command="qknorm tune --quick",
+                     timing=T.timing_meta(T.QUICK_REP_MS))
     path = str(tmp_path / name)
-    return path, T.write_table(path, d), run, pts
+    return path, TT.write_table(path, d), run, pts
 
 
-def test_table_round_trip(tmp_path):
+def test_tuned_entries_are_a_valid_table(tmp_path):
     path, _, run, pts = make_table(tmp_path)
-    with open(path) as f:
-        text = f.read()
-    doc = json.loads(text)
-    assert doc["schema_version"] == D.SCHEMA_VERSION and doc["gpu_key"] == "nvidia-fake-9000"
-    for k in ("triton", "torch", "date", "command", "sm_count"):
-        assert doc[k]
-    assert text.count('\n  {"op"') == len(run.entries)  # one line per entry
-    t = D.load_table(path)
+    t = TT.load_table(path)
     assert len(t.entries) == len(pts)
+    assert t.meta["timing"]["method"] == "triton.testing.do_bench_cudagraph"
+    assert t.meta["timing"]["rep_ms"] == T.QUICK_REP_MS
     for p, e in zip(pts, run.entries):
         got = t.lookup(p.op, p.dtype, p.D, p.rows)
         assert got.note == "exact" and got.entry.config == KernelConfig.from_dict(e["config"])
         assert dict(got.entry.alternatives) == e["alternatives"]
-        # and what the dispatcher picks on the measured problem itself
-        c, why = D.decide(p.op, DTYPES[p.dtype], p.D, p.n_rows, t)[:2]
-        assert c == got.entry.config and "nvidia-fake-9000.json" in why
+        assert (got.entry.n_rows, got.entry.shape) == (p.n_rows, p.shape)
 
 
 def test_written_table_drives_choose_config(tmp_path, monkeypatch):
     path, _, run, pts = make_table(tmp_path)
-    monkeypatch.setenv(D.ENV_TABLE, path)
+    monkeypatch.setenv(TT.ENV_TABLE, path)
     for p, e in zip(pts, run.entries):
         c, why = D.choose_config(p.op, DTYPES[p.dtype], p.D, p.n_rows, "cpu")
         assert c == KernelConfig.from_dict(e["config"]), why
-
-
-def test_write_table_refuses_an_invalid_doc(tmp_path):
-    d = T.table_doc([{"op": "rms_norm"}], gpu="X", sm_count=1, command="c")
-    path = tmp_path / "bad.json"
-    with pytest.raises(D.TableError):
-        T.write_table(str(path), d)
-    assert not path.exists() and os.listdir(tmp_path) == []
-    d = T.table_doc([], gpu="X", sm_count=1, command="c")
-    d["entries"] = [{"op": "rms_norm", "dtype": "bf16", "D": 64, "rows": 1, "config": KernelConfig().to_dict(),
-                     "us": float("nan"), "alternatives": {}}]
-    with pytest.raises(ValueError):  # NaN never reaches a file
-        T.write_table(str(path), d)
-    assert not path.exists()
-
-
-def test_merge(tmp_path):
-    qk = T.build_grid(["qk_rms_norm"], quick=True)
-    rms = T.build_grid(["rms_norm"], quick=True)
-    path, _, run_qk, _ = make_table(tmp_path, qk)
-    base = T.read_entries(path, "NVIDIA Fake 9000")
-    run_rms = T.run_tune(rms, fake_measure, log=lambda s: None)
-    changed = dict(run_qk.entries[0], us=0.5)
-    merged = T.merge_entries(base, run_rms.entries + [changed])
-    assert len(merged) == len(qk) + len(rms)
-    assert merged[0]["us"] == 0.5  # replaced in place
-    with pytest.raises(D.TableError, match="tuned on NVIDIA Fake 9000"):
-        T.read_entries(path, "NVIDIA H200")
 
 
 def test_out_path(tmp_path):
@@ -256,7 +228,7 @@ def test_cli_end_to_end_with_injected_timings(tmp_path, monkeypatch, capsys):
     path = out / "nvidia-fake-9000.json"
     text = capsys.readouterr().out
     assert f"wrote {path}" in text and "src/qknorm/tuned/nvidia-fake-9000.json" in text
-    t = D.load_table(str(path))
+    t = TT.load_table(str(path))
     assert {e.op for e in t.entries.values()} == {"qk_rms_norm"} and t.meta["complete"] is True
     assert t.meta["command"] == f"qknorm tune --quick --ops qk --out {out}"
     n_qk = len(t.entries)
@@ -266,7 +238,7 @@ def test_cli_end_to_end_with_injected_timings(tmp_path, monkeypatch, capsys):
 
     rc = T.main(["--quick", "--ops", "rms", "--out", str(path), "--merge", str(path)], measure=failing)
     assert rc == 1 and "FAILED" in capsys.readouterr().out
-    t = D.load_table(str(path))
+    t = TT.load_table(str(path))
     assert len(t.entries) == n_qk + len(T.build_grid(["rms_norm"], quick=True))
     assert t.meta["complete"] is False
     raw = json.loads(path.read_text())
@@ -291,7 +263,7 @@ def test_cli_deadline_writes_a_partial_table(tmp_path, monkeypatch, capsys):
 
     path = tmp_path / "t.json"
     assert T.main(["--quick", "--max-seconds", "0.01", "--out", str(path)], measure=slow) == 0
-    t = D.load_table(str(path))
+    t = TT.load_table(str(path))
     assert len(t.entries) == len(calls) == 1 and t.meta["complete"] is False
     assert "skipped (deadline)" in capsys.readouterr().out
 
@@ -353,5 +325,5 @@ def test_tune_on_gpu_end_to_end(tmp_path):
     for e in run.entries:
         assert 0.5 < e["us"] < 1000 and len(e["alternatives"]) == 3
     path = str(tmp_path / "t.json")
-    T.write_table(path, T.table_doc(run.entries, gpu=torch.cuda.get_device_name(), sm_count=1, command="test"))
-    assert len(D.load_table(path).entries) == 2
+    TT.write_table(path, TT.table_doc(run.entries, gpu=torch.cuda.get_device_name(), sm_count=1, command="test"))
+    assert len(TT.load_table(path).entries) == 2

@@ -8,7 +8,8 @@ import sys
 def _explain(argv: list[str]) -> int:
     import torch
 
-    from .dispatch import TableError, explain_config, load_table, shipped_table_path
+    from .explain import explain_config
+    from .tuned_table import TableError, load_table, shipped_table_path
     p = argparse.ArgumentParser(prog="qknorm explain",
                                 description="Print which kernel variant and config a call would use, and why: "
                                             "the tuned-table entry or heuristic rule behind it and the measured "

@@ -1,14 +1,104 @@
-"""``qknorm.explain``: which kernel variant and config a call would use, and why."""
+"""``qknorm.explain`` and ``qknorm explain``: which kernel variant and config a call would use,
+and why.
+
+The text names the pick, the tuned-table entry (file and key) or the heuristic rule behind
+it (:mod:`qknorm.dispatch`), the table's provenance, and the fastest measured alternatives
+when the table has them (:mod:`qknorm.tuned_table`). Nothing is launched.
+"""
 from __future__ import annotations
+
+import argparse
+import sys
 
 import torch
 
+from . import validate
 from .backend import get_backend
-from .dispatch import TunedTable, explain_config, load_table
-from . import validate as V
+from .dispatch import DTYPES, OPS, Decision, device_decision
 from .layout import row_layout
+from .tuned_table import OP_ALIASES, TableError, TunedTable, load_table, shipped_table_path
 
-OPS = ("rms_norm", "fused_add_rms_norm", "qk_rms_norm")
+
+def explain_config(op: str, dtype: torch.dtype, D: int, n_rows: int, device=None, *,
+                   table: TunedTable | None = None, top: int = 5) -> str:
+    """Which config runs a problem and why, as text.
+
+    Parameters
+    ----------
+    op : str
+        The op's name, e.g. ``"qk_rms_norm"``.
+    dtype : torch.dtype
+        Element type.
+    D : int
+        Width of one row in elements (>= 1).
+    n_rows : int
+        How many rows the call normalises (>= 0); for ``qk_rms_norm`` the Q rows plus the K rows.
+    device : torch.device, str, int or None
+        Where the call would run; None: no GPU.
+    table : TunedTable or None
+        Explain the decision under this table instead of the device's own.
+    top : int
+        How many measured alternatives to list, fastest first.
+
+    Returns
+    -------
+    str
+        Several lines: the variant and config, the table entry or heuristic rule, the
+        table's provenance and the measured alternatives when the table has them.
+
+    Raises
+    ------
+    ValueError
+        As :func:`qknorm.dispatch.choose_config`.
+    """
+    return _describe(op, dtype, D, n_rows, device_decision(op, dtype, D, n_rows, device, table=table), top)
+
+
+def _versions() -> tuple[str | None, str]:
+    try:
+        from importlib.metadata import version
+        tv = version("triton")
+    except Exception:  # noqa: BLE001 - only for a remark in explain
+        tv = None
+    return tv, torch.__version__
+
+
+def _alternative(name: str, us: float, best: float, pick: bool) -> str:
+    return f"    {name:22s} {us:9.2f} us  {100 * (us / best - 1):+6.1f}%" + ("  <- pick" if pick else "")
+
+
+def _describe(op, dtype, D, n_rows, d: Decision, top: int) -> str:
+    cfg = d.config
+    chunk = "chunked two-pass" if cfg.chunked(D) else "row in registers"
+    grid = (f"persistent grid-stride, {cfg.programs_per_sm} programs/SM" if cfg.persistent
+            else "one program per block")
+    extra = (", token order" if cfg.token_order else "") + (", PDL" if cfg.pdl else "")
+    head = (f"{op}: dtype={str(dtype).replace('torch.', '')} D={D} rows={n_rows} (bucket rows<={d.bucket}) "
+            f"-> {cfg.name} ({chunk}, {grid}{extra}, {cfg.rows} rows x {cfg.block_d} cols, "
+            f"{cfg.num_warps} warps)")
+    lines = [head, f"  {d.reason}"]
+    t = d.table
+    if t is not None:
+        m = t.meta
+        now = _versions()
+        tv = m["triton"] + (f" (running {now[0]})" if now[0] and now[0] != m["triton"] else "")
+        pv = m["torch"] + (f" (running {now[1]})" if now[1] != m["torch"] else "")
+        lines.append(f"  table: {t.path or t.name} ({t.gpu}, {t.sm_count} SMs, triton {tv}, torch {pv}, "
+                     f"{m['date']})")
+    e = d.lookup.entry if d.lookup else None
+    if e is not None:
+        if e.shape or e.n_rows:
+            lines.append(f"  measured on: {e.shape or ''}{' ' if e.shape else ''}({e.n_rows} rows)")
+        if e.alternatives:
+            best = e.alternatives[0][1]
+            lines.append(f"  measured alternatives ({min(top, len(e.alternatives))} fastest of "
+                         f"{len(e.alternatives)}):")
+            shown = e.alternatives[:top]
+            lines += [_alternative(name, us, best, name == e.config.name) for name, us in shown]
+            us = dict(e.alternatives).get(e.config.name)
+            if e.config.name not in dict(shown) and us is not None:
+                lines.append(_alternative(e.config.name, us, best, True))
+    return "\n".join(lines)
 
 
 def _rows(t: torch.Tensor) -> int:
@@ -20,16 +110,49 @@ def _rows(t: torch.Tensor) -> int:
 
 def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = None,
             table: TunedTable | str | None = None, top: int = 5) -> str:
-    """Describe the decision for ``rms_norm(x)`` (one tensor), ``qk_rms_norm(x, k)`` (two), or
-    ``fused_add_rms_norm(x, residual)`` with ``op="fused_add_rms_norm"``. Launches nothing.
+    """Describe the kernel decision for a call, without launching anything.
 
-    Prints the chosen variant and config, the tuned-table entry (file and key) or the
-    heuristic rule behind it, the ``top`` fastest measured alternatives when the table has
-    them, and how each tensor's rows are addressed. ``table`` (a path or a loaded table)
-    explains the decision under that table instead of the one the device uses."""
-    V.activation("x", x)
+    ``explain(x)`` explains ``rms_norm(x)``; ``explain(q, k)`` explains
+    ``qk_rms_norm(q, k, ...)``; ``explain(x, residual, op="fused_add_rms_norm")`` explains
+    ``fused_add_rms_norm(x, residual, ...)``.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``[..., D]``, bfloat16, float16 or float32: the normalised tensor (Q for QK norm).
+        Any strides; only its shape, strides, dtype and device are read.
+    k : torch.Tensor or None
+        ``[..., D]``, same last dim as ``x``: K for ``qk_rms_norm``, or the residual (the
+        shape of ``x``) for ``fused_add_rms_norm``.
+    op : str or None
+        ``"rms_norm"``, ``"fused_add_rms_norm"`` or ``"qk_rms_norm"``; default
+        ``"rms_norm"`` without ``k``, ``"qk_rms_norm"`` with it.
+    table : TunedTable, str or None
+        A tuned table (loaded, or a path) to explain the decision under instead of the
+        one the device uses.
+    top : int
+        How many measured alternatives to list (>= 0).
+
+    Returns
+    -------
+    str
+        The chosen variant and config, the tuned-table entry (file and key) or the heuristic
+        rule behind it, the ``top`` fastest measured alternatives when the table has them,
+        how each tensor's rows are addressed, and which backend the call would run.
+
+    Raises
+    ------
+    TypeError
+        ``x`` or ``k`` is not a tensor of a supported dtype, or ``top`` is not an int.
+    ValueError
+        A 0-d tensor, ``k`` of another last dim (or another shape than ``x`` for the
+        residual), an unknown ``op``, ``op="qk_rms_norm"`` without ``k``, or ``top < 0``.
+    TableError
+        ``table`` is a path that does not load (:func:`qknorm.tuned_table.load_table`).
+    """
+    validate.activation("x", x)
     if k is not None:
-        V.activation("k", k)
+        validate.activation("k", k)
         if k.shape[-1] != x.shape[-1]:
             raise ValueError(f"k must have the last dim of x ({x.shape[-1]}), got shape {tuple(k.shape)}")
     if op is None:
@@ -40,7 +163,7 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
         raise ValueError("op='qk_rms_norm' needs k (the K tensor)")
     if op == "fused_add_rms_norm" and k is not None and k.shape != x.shape:
         raise ValueError(f"residual (passed as k) must have the shape of x {tuple(x.shape)}, got {tuple(k.shape)}")
-    top = V.integer("top", top, minimum=0)
+    top = validate.integer("top", top, minimum=0)
     if isinstance(table, str):
         table = load_table(table)
     tensors = [x] if k is None else [x, k]
@@ -57,3 +180,65 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
     runs = "Triton kernels" if (backend == "triton" or (backend == "auto" and x.is_cuda)) else "PyTorch path"
     lines.append(f"  backend={backend}: this call runs the {runs}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- command line
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``qknorm explain``, added to ``p``."""
+    p.add_argument("--op", choices=list(OP_ALIASES), default="qk")
+    p.add_argument("--tokens", type=int, default=1)
+    p.add_argument("--heads", default="32,8", help="Q,K heads for --op qk (e.g. 32,8)")
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--hidden", type=int, default=4096, help="normalised width for --op rms/add")
+    p.add_argument("--dtype", choices=list(DTYPES), default="bf16")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--table", help="explain under this tuned table (default: the one this GPU uses)")
+    src.add_argument("--gpu", help="explain under the table shipped for this GPU name or key "
+                                   "(e.g. nvidia-h100-80gb-hbm3), on any machine")
+    p.add_argument("--top", type=int, default=5, help="measured alternatives to show (default 5)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``qknorm explain``: print the decision for a problem given by flags.
+
+    Parameters
+    ----------
+    argv : list of str or None
+        The options (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0, or 1 when ``--table``/``--gpu`` names a table that does not load (the reason
+        goes to stderr). Bad flags exit through argparse (status 2).
+    """
+    p = argparse.ArgumentParser(prog="qknorm explain",
+                                description="Print which kernel variant and config a call would use, and why: "
+                                            "the tuned-table entry or heuristic rule behind it and the measured "
+                                            "alternatives.")
+    add_arguments(p)
+    a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    device = "cuda" if torch.cuda.is_available() else None
+    table = None
+    if a.table or a.gpu:
+        try:
+            table = load_table(a.table or shipped_table_path(a.gpu))
+        except TableError as e:
+            print(f"qknorm explain: {e}", file=sys.stderr)
+            return 1
+    op = OP_ALIASES[a.op]
+    try:
+        if op == "qk_rms_norm":
+            hq, hk = (int(h) for h in a.heads.split(","))
+            d, rows = a.head_dim, a.tokens * (hq + hk)
+        else:
+            d, rows = a.hidden, a.tokens
+        print(explain_config(op, DTYPES[a.dtype], d, rows, device, table=table, top=a.top))
+    except ValueError as e:
+        p.error(str(e))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,7 +4,8 @@ For each grid point (op, dtype, D, rows) every :func:`dispatch.candidate_configs
 run once on fresh random inputs and checked against ``reference.rms_norm_ref`` (fp32);
 the configs that pass are timed by CUDA-graph replay (``triton.testing.do_bench_cudagraph``,
 median) and the fastest becomes the table entry, with every measured time kept as its
-alternatives (``qknorm explain`` shows them). The table is rewritten after every point, so
+alternatives (``qknorm explain`` shows them). The file format, its validation and its
+writer are :mod:`qknorm.tuned_table`. The table is rewritten after every point, so
 a run cut short (``--max-seconds``, a kill) still leaves a valid, partial table.
 
 Grid (``build_grid``):
@@ -32,22 +33,28 @@ parameter of :func:`run_tune`, so everything but the timing itself is testable o
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import math
 import os
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 
-from . import dispatch
 from .config import KernelConfig
-from .dispatch import DTYPES, OPS, SCHEMA_VERSION, candidate_configs, gpu_key, next_pow2
+from .dispatch import DEFAULT_SMS, DTYPES, OPS, candidate_configs, heuristic, next_pow2
+from .tuned_table import (
+    ENV_TABLE,
+    OP_ALIASES,
+    TableError,
+    gpu_key,
+    merge_entries,
+    read_entries,
+    table_doc,
+    write_table,
+)
 
 HIDDEN = (1024, 2048, 4096, 5120, 7168, 8192, 16384)
 HEAD_DIMS = (64, 128, 256, 512)
@@ -61,7 +68,6 @@ CAP_BYTES = 128 << 20   # per tensor: x, or Q+K; 2.5x the 50 MB L2 of H100/H200
 REP_MS = 10             # do_bench_cudagraph rep (per replay of the captured graph)
 QUICK_REP_MS = 5
 TOL = {"bf16": 1e-2, "fp16": 3e-3, "fp32": 1e-5}
-OP_ALIASES = {"rms": "rms_norm", "add": "fused_add_rms_norm", "qk": "qk_rms_norm"}
 
 # Cost model of --dry-run and the budget line (H100-class GPU, Triton 3.6 host).
 EST_COMPILE_S = 0.5
@@ -246,7 +252,7 @@ def run_tune(points: Sequence[GridPoint], measure: Measure, *, candidates: Calla
             log(f"[{i + 1}/{len(points)}] {p.op} {p.dtype} D={p.D} {p.shape}: no config passed")
             continue
         entries.append(e)
-        heur, _ = dispatch._heuristic(p.op, dtype.itemsize, p.D, p.rows, sms or dispatch.DEFAULT_SMS)
+        heur, _ = heuristic(p.op, dtype, p.D, p.n_rows, sms or DEFAULT_SMS)
         h_us = e["alternatives"].get(heur.name)
         vs = f"heuristic {heur.name} {'+%.1f%%' % (100 * (h_us / e['us'] - 1)) if h_us else 'not measured'}"
         if h_us:
@@ -262,69 +268,10 @@ def run_tune(points: Sequence[GridPoint], measure: Measure, *, candidates: Calla
     return TuneRun(entries, failed, skipped)
 
 
-def merge_entries(base: Sequence[dict], new: Sequence[dict]) -> list[dict]:
-    """``base`` with ``new`` entries replacing those of the same key and the rest appended."""
-    def key(e):
-        return (e["op"], e["dtype"], e["D"], e["rows"])
-    out = {key(e): e for e in base}
-    for e in new:
-        out[key(e)] = e
-    return list(out.values())
-
-
-def read_entries(path: str, gpu: str | None = None) -> list[dict]:
-    """The raw entries of a valid table (for ``--merge``), checked to be from ``gpu``."""
-    table = dispatch.load_table(path)
-    if gpu is not None and gpu_key(table.gpu) != gpu_key(gpu):
-        raise dispatch.TableError(f"{path} was tuned on {table.gpu}, not {gpu}")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)["entries"]
-
-
-def table_doc(entries: list[dict], *, gpu: str, sm_count: int, command: str, complete: bool = True,
-              rep_ms: float = REP_MS, notes: str | None = None, date: str | None = None) -> dict:
-    """A table document (schema ``SCHEMA_VERSION``) around ``entries``."""
-    import triton
-
-    from . import __version__
-    doc = {"schema_version": SCHEMA_VERSION, "gpu": gpu, "gpu_key": gpu_key(gpu), "sm_count": sm_count,
-           "triton": triton.__version__, "torch": torch.__version__, "qknorm": __version__,
-           "date": date or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-           "command": command, "complete": complete,
-           "timing": {"method": "triton.testing.do_bench_cudagraph", "stat": "median", "rep_ms": rep_ms,
-                      "unit": "us", "inputs": "fresh torch.randn per config, checked against rms_norm_ref"},
-           "entries": entries}
-    if notes:
-        doc["notes"] = notes
-    return doc
-
-
-def dumps_table(doc: dict) -> str:
-    """JSON text of a table: header fields indented, one line per entry (diffable)."""
-    head = {k: v for k, v in doc.items() if k != "entries"}
-    lines = ["{"]
-    lines += [f" {json.dumps(k)}: {json.dumps(v)}," for k, v in head.items()]
-    body = ",\n".join("  " + json.dumps(e, allow_nan=False) for e in doc["entries"])
-    lines.append(' "entries": [' + ("\n" + body + "\n ]" if body else "]"))
-    return "\n".join(lines) + "\n}\n"
-
-
-def write_table(path: str, doc: dict) -> dispatch.TunedTable:
-    """Validate ``doc`` as the loader would, then write it atomically. Returns the table."""
-    text = dumps_table(doc)
-    table = dispatch.parse_table(json.loads(text), path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".qknorm-tune-", suffix=".json", dir=d)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return table
+def timing_meta(rep_ms: float) -> dict:
+    """The table's ``timing`` field: how :class:`CudaMeasure` measured the times."""
+    return {"method": "triton.testing.do_bench_cudagraph", "stat": "median", "rep_ms": rep_ms, "unit": "us",
+            "inputs": "fresh torch.randn per config, checked against rms_norm_ref"}
 
 
 def out_path(out: str | None, gpu: str) -> str:
@@ -440,14 +387,8 @@ def _gpu() -> tuple[int, str, int] | None:
     return dev, torch.cuda.get_device_name(dev), torch.cuda.get_device_properties(dev).multi_processor_count
 
 
-def main(argv: list[str] | None = None, *, measure: Measure | None = None) -> int:
-    """``qknorm tune``. ``measure`` replaces the GPU timing (tests)."""
-    argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(
-        prog="qknorm tune",
-        description="Time every candidate kernel config on this GPU (CUDA-graph replay, median) and "
-                    "write its tuned table. Needs a CUDA GPU (exit status 1 without one); "
-                    "--dry-run prints the grid and a time estimate anywhere.")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``qknorm tune``, added to ``p``."""
     p.add_argument("--ops", default=",".join(OPS), help="comma list of ops (rms_norm, fused_add_rms_norm, "
                    "qk_rms_norm; or rms, add, qk). Default: all")
     p.add_argument("--dtypes", default="bf16", help="comma list of bf16, fp16, fp32 (default bf16; fp16 "
@@ -467,6 +408,33 @@ def main(argv: list[str] | None = None, *, measure: Measure | None = None) -> in
     p.add_argument("--rep-ms", type=float, default=None, help=f"do_bench_cudagraph rep "
                    f"(default {REP_MS}, --quick {QUICK_REP_MS})")
     p.add_argument("--dry-run", action="store_true", help="print the grid and the estimate, measure nothing")
+
+
+def main(argv: list[str] | None = None, *, measure: Measure | None = None) -> int:
+    """``qknorm tune``: measure the grid on this GPU and write the table.
+
+    Parameters
+    ----------
+    argv : list of str or None
+        The options (default ``sys.argv[1:]``).
+    measure : callable or None
+        Replaces the GPU timing (:class:`CudaMeasure`); for tests.
+
+    Returns
+    -------
+    int
+        0 when the table was written and every config passed its check (or ``--dry-run``);
+        1 without a GPU, with nothing measured, a ``--merge`` table that does not load or
+        is from another GPU, or a config that failed (the table is written then). Bad flags
+        exit through argparse (status 2).
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(
+        prog="qknorm tune",
+        description="Time every candidate kernel config on this GPU (CUDA-graph replay, median) and "
+                    "write its tuned table. Needs a CUDA GPU (exit status 1 without one); "
+                    "--dry-run prints the grid and a time estimate anywhere.")
+    add_arguments(p)
     a = p.parse_args(argv)
     try:
         ops, dtypes = parse_ops(a.ops), parse_dtypes(a.dtypes)
@@ -500,14 +468,14 @@ def main(argv: list[str] | None = None, *, measure: Measure | None = None) -> in
     if a.merge:
         try:
             base = read_entries(a.merge, gpu)
-        except dispatch.TableError as e:
+        except TableError as e:
             print(f"qknorm tune: --merge: {e}")
             return 1
         print(f"merging into the {len(base)} entries of {a.merge}")
 
     def save(entries, complete=False):
         write_table(path, table_doc(merge_entries(base, entries), gpu=gpu, sm_count=sms, command=command,
-                                    complete=complete, rep_ms=rep_ms))
+                                    complete=complete, timing=timing_meta(rep_ms)))
 
     run = run_tune(points, measure or CudaMeasure(rep_ms, f"cuda:{dev}"), device=f"cuda:{dev}",
                    deadline=t_start + a.max_seconds, on_entry=save, sms=sms)
@@ -521,7 +489,7 @@ def main(argv: list[str] | None = None, *, measure: Measure | None = None) -> in
           + f" in {time.monotonic() - t_start:.0f} s"
           + (f"; {len(run.skipped)} points skipped (deadline)" if run.skipped else ""))
     shipped = os.path.join("src", "qknorm", "tuned", gpu_key(gpu) + ".json")
-    print(f"to ship it: cp {path} {shipped}   (or point {dispatch.ENV_TABLE} at it)")
+    print(f"to ship it: cp {path} {shipped}   (or point {ENV_TABLE} at it)")
     if run.failed:
         print(f"{len(run.failed)} config(s) FAILED the correctness check or raised; they are not in the "
               f"table's picks (see 'failed' in its entries). Exit status 1.")
