@@ -1,4 +1,5 @@
-"""``qknorm`` command line: it routes each command to the tool's own parser and ``main``."""
+"""``qknorm`` command line (``qknorm.cli``): it routes each command to the tool's own parser
+and ``main``. (Not named test_cli.py: tests/bench/test_cli.py has that basename.)"""
 import sys
 
 import pytest
