@@ -42,7 +42,8 @@ def bench_rows(path):
     by = defaultdict(dict)
     for r in csv.DictReader(open(path)):
         if r["status"] == "ok" and r["family"] == "qknorm-variant" and r["mode"] == "graph":
-            by[(r["preset"], r["group"], int(r["tokens"]))][r["impl"].removeprefix("qknorm[").removesuffix("]")] = float(r["us"])
+            config = r["impl"].removeprefix("qknorm[").removesuffix("]")
+            by[(r["preset"], r["group"], int(r["tokens"]))][config] = float(r["us"])
     return by
 
 

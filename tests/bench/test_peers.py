@@ -54,7 +54,8 @@ def _adapter_classes():
     for m in pkgutil.iter_modules(peers.__path__):
         mod = importlib.import_module(f"{peers.__name__}.{m.name}")
         out |= {c for _, c in inspect.getmembers(mod, inspect.isclass)
-                if issubclass(c, Impl) and c is not Impl and c.__module__ == mod.__name__ and not c.__name__.startswith("_")}
+                if issubclass(c, Impl) and c is not Impl and c.__module__ == mod.__name__
+                and not c.__name__.startswith("_")}
     return out
 
 

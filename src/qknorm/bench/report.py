@@ -233,8 +233,10 @@ def summary_markdown(rows: list[dict], meta: dict) -> str:
     lost = losses(rows)
     if lost:
         L += ["## Where qknorm is slower than the best peer", "",
-              "| preset | case | mode | T | qknorm us | best peer | peer us | speedup |", "|---|---|---|---|---|---|---|---|"]
-        L += [f"| {p} | {g} | {m} | {t} | {qu:.2f} | {n} | {pu:.2f} | {pu / qu:.2f}x |" for p, g, m, t, qu, n, pu in lost]
+              "| preset | case | mode | T | qknorm us | best peer | peer us | speedup |",
+              "|---|---|---|---|---|---|---|---|"]
+        L += [f"| {p} | {g} | {m} | {t} | {qu:.2f} | {n} | {pu:.2f} | {pu / qu:.2f}x |"
+              for p, g, m, t, qu, n, pu in lost]
         L.append("")
     ran = sorted({(r["impl"], r.get("ran", "")) for r in rows if r.get("ran") and r.get("status") in ("ok", "wrong")})
     if ran:

@@ -316,7 +316,8 @@ def _print_table(rows, models, tokens, modes) -> None:
                 if not r:
                     continue
                 bo, ba = r["ours"]["ring_bytes_sent_per_rank"], r["allgather"]["ring_bytes_sent_per_rank"]
-                cells = " ".join(f"{float(r[i]['us']):>14.2f}" if r[i]["us"] else f"{r[i]['status']:>14}" for i in IMPLS)
+                cells = " ".join(f"{float(r[i]['us']):>14.2f}" if r[i]["us"] else f"{r[i]['status']:>14}"
+                                 for i in IMPLS)
                 sp = r["ours"]["speedup_vs_allgather"]
                 print(f"{model:10} {t:>6} {mode:6} {cells} {(float(sp) if sp else math.nan):>7.2f}x "
                       f"{bo:>11} {ba:>11} {ba / bo:>6.0f}x")

@@ -53,6 +53,13 @@ class Impl:
         m, why = import_module(self.module)
         return (m is not None), why
 
+    def load(self):
+        """``self.module``, imported on the first call that succeeds; None if it does not
+        load, with the reason in ``self._why``."""
+        if getattr(self, "_mod", None) is None:
+            self._mod, self._why = import_module(self.module)
+        return self._mod
+
     def version(self) -> str:
         """The installed version, from package metadata or the module; "" if unknown."""
         return dist_version(*self.dists)

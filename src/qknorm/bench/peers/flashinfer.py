@@ -45,13 +45,8 @@ class FlashInferLike(Impl):
         self._mod = None
         self._why = ""
 
-    def _load(self):
-        if self._mod is None:
-            self._mod, self._why = import_module(self.module)
-        return self._mod
-
     def available(self):
-        m = self._load()
+        m = self.load()
         if m is None:
             return False, self._why
         if self.cuda_path:
@@ -65,7 +60,7 @@ class FlashInferLike(Impl):
         return _offset_rule(case)
 
     def _path(self) -> str:
-        m = self._load()
+        m = self.load()
         if m is None or not hasattr(m, "_USE_CUDA_NORM"):
             return ""
         return "CUDA path" if (self.cuda_path or m._USE_CUDA_NORM) else "CuTe DSL path"
@@ -90,10 +85,10 @@ class FlashInferLike(Impl):
     def scope(self):
         if not self.cuda_path:
             return contextlib.nullcontext()
-        return module_flag(self._load(), "_USE_CUDA_NORM", True)
+        return module_flag(self.load(), "_USE_CUDA_NORM", True)
 
     def build(self, case, inp):
-        m, eps = self._load(), case.eps
+        m, eps = self.load(), case.eps
         gemma = case.weight_offset == 1.0
         rms = m.gemma_rmsnorm if gemma else m.rmsnorm
         add = m.gemma_fused_add_rmsnorm if gemma else m.fused_add_rmsnorm
@@ -137,7 +132,7 @@ class FlashInferCopy2D(FlashInferLike):
         return f"{self._head()}; copies Q and K to contiguous (timed), then the 2D rmsnorm in place on the copies"
 
     def build(self, case, inp):
-        m, eps, D = self._load(), case.eps, case.width
+        m, eps, D = self.load(), case.eps, case.width
         rms = m.gemma_rmsnorm if case.weight_offset == 1.0 else m.rmsnorm
         q, k, qw, kw = inp.q, inp.k, inp.qw, inp.kw
 

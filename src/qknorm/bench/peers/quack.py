@@ -2,7 +2,7 @@
 (``quack``) and with the 1D weight that makes it copy a strided view (``quack_flat``)."""
 from __future__ import annotations
 
-from .base import Impl, import_module
+from .base import Impl
 
 
 class Quack(Impl):
@@ -33,13 +33,8 @@ class Quack(Impl):
         self._mod = None
         self._why = ""
 
-    def _load(self):
-        if self._mod is None:
-            self._mod, self._why = import_module(self.module)
-        return self._mod
-
     def available(self):
-        return (True, "") if self._load() is not None else (False, self._why)
+        return (True, "") if self.load() is not None else (False, self._why)
 
     def notes(self, case):
         v = f"quack-kernels {self.version()}"
@@ -52,7 +47,7 @@ class Quack(Impl):
         return f"{v}; " + ("out of place" if case.op == "rms2d" else "residual + prenorm=True, out of place")
 
     def build(self, case, inp):
-        f, eps, off = self._load().rmsnorm, case.eps, case.weight_offset
+        f, eps, off = self.load().rmsnorm, case.eps, case.weight_offset
         if case.is_qk:
             q, k = inp.q, inp.k
             qw, kw = inp.qw, inp.kw
