@@ -5,8 +5,11 @@ collection start. ``impl`` runs each kernel test on every (device, backend) pair
 machine has: CPU + PyTorch path and CPU + Triton interpreter here; CUDA + Triton on a GPU.
 """
 import os
+import sys
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `from helpers import ...` in every folder
 
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:

@@ -77,7 +77,7 @@ def test_last_dim_stride_past_int32(impl):
 @pytest.mark.parametrize("limit", [1, 5])
 def test_rows_split_past_one_launch(impl, monkeypatch, limit):
     """More rows than one launch may take (ROW_LIMIT lowered): the call is split, every row right."""
-    monkeypatch.setattr(qops, "ROW_LIMIT", limit)
+    monkeypatch.setattr(qknorm.layout, "ROW_LIMIT", limit)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(3, 7, 32, generator=g).to(impl)
     w = torch.randn(32, generator=g).to(impl)

@@ -6,11 +6,8 @@
   installed Triton's real ``CudaLauncher.__call__`` with a recording stand-in for its C
   ``launch`` function: the fast call must pass exactly what Triton passes.
 * Under TRITON_INTERPRET=1 every launch is plain.
-* The ops' CUDA fast path run on CPU tensors (a copy of ops.py that accepts CPU tensors
-  there) through the interpreter: results, plan caching, and errors still raised by the
-  general path with nothing written.
+(The ops' fast path on CPU tensors: ``tests/ops/test_plan.py``.)
 """
-import importlib.util
 import inspect
 import os
 
@@ -323,124 +320,6 @@ def test_compare_calls_catches_differences(protocol):
     wrong_type = ours[:-1] + ((x, 5.0, 1e-6, True),) if protocol == "L37" else ours[:-4] + (x, 5.0, 1e-6, True)
     assert L.compare_calls(protocol, ours, wrong_type) != ""
     assert L.compare_calls(protocol, ours, theirs[:-1]) != ""
-
-
-# --------------------------------------------------------------------------- the ops' fast path on CPU
-
-@pytest.fixture(scope="module")
-def fast_ops():
-    """A copy of qknorm.ops whose CUDA fast path accepts CPU tensors (kernels run in the
-    interpreter through the launcher's plain path)."""
-    import qknorm.ops as real
-    src = open(real.__file__).read()
-    assert src.count(".is_cuda and") == 3
-    src = src.replace(".is_cuda and", ".is_cpu and")
-    src = src.replace("from . import torch_library as _torch_library", "_torch_library = None")
-    spec = importlib.util.spec_from_loader("qknorm._ops_cpu_fast", loader=None)
-    mod = importlib.util.module_from_spec(spec)
-    mod.__package__ = "qknorm"
-    exec(compile(src, real.__file__, "exec"), mod.__dict__)
-    return mod
-
-
-@pytest.fixture
-def on_interpreter():
-    if torch.cuda.is_available():
-        pytest.skip("CPU stand-in for the CUDA fast path")
-    with qknorm.use_backend("triton"):
-        yield
-
-
-def test_fast_path_results(fast_ops, on_interpreter):
-    dt = torch.float32
-    x = randn((5, 3, 64), dt, "cpu")
-    w = randn((64,), dt, "cpu")
-    y = fast_ops.rms_norm(x, w, 1e-6)
-    assert_matches(y, ref_norm(x, w), dt)
-    n_plans = len(fast_ops._plans)
-    y2 = fast_ops.rms_norm(x, w, 1e-6)
-    assert len(fast_ops._plans) == n_plans, "second call reuses the plan"
-    assert torch.equal(y, y2)
-    out = torch.full_like(x, float("nan"))
-    fast_ops.rms_norm(x, w, 1e-6, out=out, weight_offset=1.0)
-    assert_matches(out, ref_norm(x, w, offset=1.0), dt)
-    xi = x.clone()
-    fast_ops.rms_norm(xi, None, 1e-5, out=xi)
-    assert_matches(xi, ref_norm(x, None, 1e-5), dt)
-    # fused add
-    xa, r = randn((4, 64), dt, "cpu"), randn((4, 64), dt, "cpu")
-    yref, sref = ref_add_norm(xa, r, w)
-    fast_ops.fused_add_rms_norm(xa, r, w, 1e-6)
-    assert_matches(xa, yref, dt)
-    assert_matches(r, sref, dt)
-
-
-def test_fast_path_qk_packed_in_place_and_outputs(fast_ops, on_interpreter):
-    dt = torch.float32
-    qkv, q, k, v = packed_qkv(3, 4, 2, 64, dt, "cpu")
-    qw, kw = randn((64,), dt, "cpu"), randn((64,), dt, "cpu")
-    rq, rk = ref_norm(q, qw), ref_norm(k, kw)
-    v_before = v.clone()
-    for _ in range(2):  # second call: cached plan and overlap memo
-        work = qkv.clone()
-        wq, wk = work[:, :4 * 64].view(3, 4, 64), work[:, 4 * 64:6 * 64].view(3, 2, 64)
-        a, b = fast_ops.qk_rms_norm(wq, wk, qw, kw, 1e-6, q_out=wq, k_out=wk)
-        assert a is wq and b is wk
-        assert_matches(wq, rq, dt)
-        assert_matches(wk, rk, dt)
-        assert torch.equal(work[:, 6 * 64:].view(3, 2, 64), v_before), "V untouched"
-    qo, ko = fast_ops.qk_rms_norm(q, k, qw, kw)
-    assert qo.is_contiguous() and ko.is_contiguous()
-    assert_matches(qo, rq, dt)
-    assert_matches(ko, rk, dt)
-    qo2, ko2 = torch.full_like(qo, float("nan")), torch.full_like(ko, float("nan"))
-    fast_ops.qk_rms_norm(q, k, qw, kw, q_out=qo2, k_out=ko2)
-    assert torch.equal(qo2, qo) and torch.equal(ko2, ko)
-
-
-def test_fast_path_errors_come_from_general_path(fast_ops, on_interpreter):
-    dt = torch.float32
-    qkv, q, k, _ = packed_qkv(3, 4, 2, 64, dt, "cpu")
-    w = randn((64,), dt, "cpu")
-    before = qkv.clone()
-    # warm the plans with a valid call of the same key first, so the per-call checks decide
-    buf = torch.randn(4, 64)
-    fast_ops.rms_norm(buf[:3], w, 1e-6, out=torch.empty(3, 64))
-    with pytest.raises(ValueError, match="out partially overlaps x"):
-        fast_ops.rms_norm(buf[:3], w, 1e-6, out=buf[1:])
-    with pytest.raises(ValueError, match="k_out and q overlap"):
-        fast_ops.qk_rms_norm(q, k, w, w, q_out=k.new_empty(q.shape), k_out=q[:, 1:3])
-    with pytest.raises(ValueError, match="q_out and k_out overlap"):
-        fast_ops.qk_rms_norm(q, k, w, w, q_out=q, k_out=q[:, :2])
-    with pytest.raises(ValueError, match=r"k_weight must have shape \(64,\)"):
-        fast_ops.qk_rms_norm(q, k, w, w[:63])
-    with pytest.raises(ValueError, match="weight_offset=1.0 needs a weight"):
-        fast_ops.rms_norm(q, None, weight_offset=1.0)
-    with pytest.raises(ValueError, match="eps must be"):
-        fast_ops.rms_norm(q, w, eps=float("nan"))
-    with pytest.raises(ValueError, match="x and residual overlap"):
-        fast_ops.fused_add_rms_norm(qkv, qkv)
-    assert torch.equal(qkv, before)
-
-
-def test_plans_follow_dispatch_reset(fast_ops, on_interpreter):
-    x = torch.randn(2, 32)
-    fast_ops.rms_norm(x)
-    assert fast_ops._plans
-    qknorm.dispatch.reset()
-    fast_ops.rms_norm(x)
-    # reset emptied the dispatcher's decisions: the plans were rebuilt from scratch
-    assert len(fast_ops._plans) == 1
-
-
-def test_specialisation_separates_ints_equal_to_one(fast_ops, on_interpreter):
-    """Rows == 1 is a constexpr in Triton: a plan for 1 row must not share entries with 2 rows."""
-    w = torch.randn(32)
-    for t in (1, 2, 16, 17):
-        x = torch.randn(t, 32)
-        assert_matches(fast_ops.rms_norm(x, w), ref_norm(x, w), torch.float32)
-    specs = [s for s in fast_ops._kl()["rms_norm"].specs]
-    assert len({s[0] for s in specs}) >= 3  # int specialisations differ (1 / 16-divisible / other)
 
 
 # --------------------------------------------------------------------------- on a GPU

@@ -10,8 +10,7 @@ Public API::
 from .backend import get_backend, set_backend, use_backend
 from .config import KernelConfig
 from .explain import explain
-from .ops import fused_add_rms_norm, qk_rms_norm, rms_norm
-from .rope import qk_rms_norm_rope
+from .functional import fused_add_rms_norm, qk_rms_norm, qk_rms_norm_rope, rms_norm
 from . import nn
 
 from ._version import __version__

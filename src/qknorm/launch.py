@@ -299,16 +299,47 @@ class KernelLauncher:
     in ``args`` and the tensors in ``tensors`` (same order) for the plain path.
     """
 
-    def __init__(self, fn, pointer_args: tuple[str, ...]):
+    def __init__(self, fn, pointer_args: tuple[str, ...], per_call: tuple[str, ...] = ()):
         self.fn = fn
         names = list(getattr(fn, "arg_names", None) or inspect.signature(fn.fn).parameters)
         self.arg_names = names
         self.ptr_pos = tuple(names.index(n) for n in pointer_args)
+        # The leading parameters a caller passes on every call (pointers and scalars); the
+        # rest are packed once per plan by name (:meth:`pack`).
+        self.per_call = tuple(per_call)
+        if tuple(names[:len(per_call)]) != self.per_call:
+            raise ValueError(f"{getattr(fn, '__name__', fn)}: the kernel's leading parameters are "
+                             f"{names[:len(per_call)]}, expected {list(per_call)}")
+        self.static_names = tuple(names[len(per_call):])
+        try:
+            params = inspect.signature(getattr(fn, "fn", fn)).parameters
+        except (TypeError, ValueError):  # a stand-in without a Python signature
+            params = {}
+        self.constexprs = frozenset(n for n, p in params.items() if "constexpr" in str(p.annotation))
+        self.defaults = {n: p.default for n, p in params.items() if p.default is not inspect.Parameter.empty}
         self.specs: dict = {}  # specialisation -> entries list (index: alignment bits)
         self.name = getattr(fn, "__name__", str(fn))
         _init()
         with _lock:
             _launchers.append(self)
+
+    def pack(self, **static) -> tuple:
+        """Every parameter after the per-call ones, in signature order, from keyword values
+        (parameters with a default may be left out). Raises TypeError on a missing or an
+        unknown name, so a kernel signature change cannot shift arguments silently."""
+        unknown = set(static) - set(self.static_names)
+        if unknown:
+            raise TypeError(f"{self.name}: unknown kernel parameters {sorted(unknown)}")
+        try:
+            return tuple(static[n] if n in static else self.defaults[n] for n in self.static_names)
+        except KeyError as e:
+            raise TypeError(f"{self.name}: kernel parameter {e.args[0]} not given") from None
+
+    def spec(self, tail: tuple) -> tuple:
+        """The part of Triton's specialisation key that :meth:`pack`'s ``tail`` decides:
+        constexprs by value, ints by :func:`int_spec`."""
+        return tuple(v if n in self.constexprs else int_spec(v) if type(v) is int else type(v).__name__
+                     for n, v in zip(self.static_names, tail))
 
     def entries(self, spec, n_ptrs: int) -> list:
         """The shared entries list of specialisation ``spec`` (a hashable tuple)."""

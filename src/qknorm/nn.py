@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import ops
+from . import functional as ops
 from . import validate as V
 from .reference import rms_norm_ref
 

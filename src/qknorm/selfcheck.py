@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .backend import get_backend
-from .ops import fused_add_rms_norm, qk_rms_norm, rms_norm
+from .functional import fused_add_rms_norm, qk_rms_norm, rms_norm
 from .reference import fused_add_rms_norm_ref, rms_norm_ref
 
 TOL = {torch.bfloat16: 1e-2, torch.float16: 3e-3, torch.float32: 1e-5}

@@ -1,6 +1,6 @@
 """``torch.ops.qknorm.*``: the ops as PyTorch custom ops, for ``torch.compile`` and CUDA graphs.
 
-Registered on import of ``qknorm`` (``ops.py`` imports this module):
+Registered on import of ``qknorm`` (``functional.py`` imports this module):
 
 =====================================  =====================================================
 ``qknorm::rms_norm(x, weight, eps, weight_offset) -> Tensor``          functional
@@ -45,7 +45,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import validate as V
+from .ops import fused_add as _add
+from .ops import qk_norm as _qk
+from .ops import qk_norm_rope as _rope
+from .ops import rms_norm as _rms
 from .reference import rms_norm_backward
 from .reference_rope import rope_ref
 
@@ -53,41 +56,17 @@ __all__ = ["traced_rms_norm", "traced_fused_add_rms_norm", "traced_qk_rms_norm",
            "autograd_rms_norm", "autograd_fused_add_rms_norm", "autograd_qk_rms_norm", "autograd_qk_rms_norm_rope"]
 
 
-def _ops():
-    from . import ops
-    return ops
-
-
-def _meta_checks_norm(x, weight, name="x"):
-    V.activation(name, x)
-    V.weight("weight", weight, x.shape[-1], name, x)
-
-
-def _meta_checks_qk(q, k, q_weight, k_weight):
-    V.activation("q", q)
-    V.activation("k", k)
-    if k.dtype != q.dtype:
-        raise TypeError(f"q and k must have the same dtype, got q {q.dtype} and k {k.dtype}")
-    d = q.shape[-1]
-    if k.shape[-1] != d:
-        raise ValueError(f"q and k must have the same head_dim (last dim): q has {d}, k has {k.shape[-1]}")
-    if (q_weight is None) != (k_weight is None):
-        raise ValueError("q_weight and k_weight must both be tensors or both be None")
-    V.weight("q_weight", q_weight, d, "q", q)
-    V.weight("k_weight", k_weight, d, "k", k)
-
-
 # --------------------------------------------------------------------------- rms_norm
 
 @torch.library.custom_op("qknorm::rms_norm", mutates_args=())
 def rms_norm_op(x: Tensor, weight: Optional[Tensor], eps: float, weight_offset: float) -> Tensor:
     with torch.no_grad():
-        return _ops().rms_norm(x, weight, eps, weight_offset=weight_offset)
+        return _rms.call(x, weight, eps, weight_offset)
 
 
 @rms_norm_op.register_fake
 def _rms_norm_fake(x, weight, eps, weight_offset):
-    _meta_checks_norm(x, weight)
+    _rms.check_args(x, weight, eps, weight_offset, None, None, memory=False)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
@@ -108,12 +87,12 @@ rms_norm_op.register_autograd(_norm_backward, setup_context=_norm_setup)
 
 @torch.library.custom_op("qknorm::rms_norm_", mutates_args=("x",))
 def rms_norm_inplace_op(x: Tensor, weight: Optional[Tensor], eps: float, weight_offset: float) -> None:
-    _ops().rms_norm(x, weight, eps, weight_offset=weight_offset, out=x)
+    _rms.call(x, weight, eps, weight_offset, x)
 
 
 @rms_norm_inplace_op.register_fake
 def _rms_norm_inplace_fake(x, weight, eps, weight_offset):
-    _meta_checks_norm(x, weight)
+    _rms.check_args(x, weight, eps, weight_offset, x, None, memory=False)
 
 
 # --------------------------------------------------------------------------- fused add
@@ -121,16 +100,12 @@ def _rms_norm_inplace_fake(x, weight, eps, weight_offset):
 @torch.library.custom_op("qknorm::fused_add_rms_norm", mutates_args=("x", "residual"))
 def fused_add_rms_norm_op(x: Tensor, residual: Tensor, weight: Optional[Tensor], eps: float,
                           weight_offset: float) -> None:
-    _ops().fused_add_rms_norm(x, residual, weight, eps, weight_offset=weight_offset)
+    _add.call(x, residual, weight, eps, weight_offset)
 
 
 @fused_add_rms_norm_op.register_fake
 def _fused_add_fake(x, residual, weight, eps, weight_offset):
-    _meta_checks_norm(x, weight)
-    V.activation("residual", residual)
-    if residual.shape != x.shape or residual.dtype != x.dtype:
-        raise ValueError(f"residual must have the shape and dtype of x {tuple(x.shape)} {x.dtype}, "
-                         f"got {tuple(residual.shape)} {residual.dtype}")
+    _add.check_args(x, residual, weight, eps, weight_offset, None, memory=False)
 
 
 @torch.library.custom_op("qknorm::fused_add_rms_norm_functional", mutates_args=())
@@ -140,7 +115,7 @@ def fused_add_rms_norm_functional_op(x: Tensor, residual: Tensor, weight: Option
     y = x.clone(memory_format=torch.contiguous_format)
     r = residual.clone(memory_format=torch.contiguous_format)
     with torch.no_grad():
-        _ops().fused_add_rms_norm(y, r, weight, eps, weight_offset=weight_offset)
+        _add.call(y, r, weight, eps, weight_offset)
     return y, r
 
 
@@ -175,12 +150,12 @@ fused_add_rms_norm_functional_op.register_autograd(_fused_add_backward, setup_co
 def qk_rms_norm_op(q: Tensor, k: Tensor, q_weight: Optional[Tensor], k_weight: Optional[Tensor], eps: float,
                    weight_offset: float) -> tuple[Tensor, Tensor]:
     with torch.no_grad():
-        return _ops().qk_rms_norm(q, k, q_weight, k_weight, eps, weight_offset=weight_offset)
+        return _qk.call(q, k, q_weight, k_weight, eps, weight_offset)
 
 
 @qk_rms_norm_op.register_fake
 def _qk_fake(q, k, q_weight, k_weight, eps, weight_offset):
-    _meta_checks_qk(q, k, q_weight, k_weight)
+    _qk.check_args(q, k, q_weight, k_weight, eps, weight_offset, None, None, None, memory=False)
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
             torch.empty_like(k, memory_format=torch.contiguous_format))
 
@@ -208,34 +183,29 @@ qk_rms_norm_op.register_autograd(_qk_backward, setup_context=_qk_setup)
 @torch.library.custom_op("qknorm::qk_rms_norm_", mutates_args=("q", "k"))
 def qk_rms_norm_inplace_op(q: Tensor, k: Tensor, q_weight: Optional[Tensor], k_weight: Optional[Tensor],
                            eps: float, weight_offset: float) -> None:
-    _ops().qk_rms_norm(q, k, q_weight, k_weight, eps, weight_offset=weight_offset, q_out=q, k_out=k)
+    _qk.call(q, k, q_weight, k_weight, eps, weight_offset, q, k)
 
 
 @qk_rms_norm_inplace_op.register_fake
 def _qk_inplace_fake(q, k, q_weight, k_weight, eps, weight_offset):
-    _meta_checks_qk(q, k, q_weight, k_weight)
+    _qk.check_args(q, k, q_weight, k_weight, eps, weight_offset, q, k, None, memory=False)
 
 
 # --------------------------------------------------------------------------- QK norm + RoPE
-
-def _rope():
-    from . import rope
-    return rope
-
 
 @torch.library.custom_op("qknorm::qk_rms_norm_rope", mutates_args=())
 def qk_rms_norm_rope_op(q: Tensor, k: Tensor, q_weight: Optional[Tensor], k_weight: Optional[Tensor],
                         cos_sin_cache: Tensor, positions: Tensor, eps: float, is_neox: bool, rotary_dim: int,
                         weight_offset: float) -> tuple[Tensor, Tensor]:
     with torch.no_grad():
-        return _rope().qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox=is_neox,
-                                        rotary_dim=rotary_dim, weight_offset=weight_offset)
+        return _rope.call(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rotary_dim,
+                          weight_offset)
 
 
 @qk_rms_norm_rope_op.register_fake
 def _qk_rope_fake(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rotary_dim, weight_offset):
-    _rope()._check_meta(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, weight_offset, is_neox,
-                        rotary_dim, None, None)
+    _rope.check_args(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rotary_dim, weight_offset,
+                     None, None, None, memory=False)
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
             torch.empty_like(k, memory_format=torch.contiguous_format))
 
@@ -293,15 +263,14 @@ qk_rms_norm_rope_op.register_autograd(_rope_backward, setup_context=_rope_setup)
 def qk_rms_norm_rope_inplace_op(q: Tensor, k: Tensor, q_weight: Optional[Tensor], k_weight: Optional[Tensor],
                                 cos_sin_cache: Tensor, positions: Tensor, eps: float, is_neox: bool,
                                 rotary_dim: int, weight_offset: float) -> None:
-    _rope().qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox=is_neox,
-                             rotary_dim=rotary_dim, weight_offset=weight_offset, q_out=q, k_out=k)
+    _rope.call(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rotary_dim, weight_offset, q, k)
 
 
 @qk_rms_norm_rope_inplace_op.register_fake
 def _qk_rope_inplace_fake(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rotary_dim,
                           weight_offset):
-    _rope()._check_meta(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, weight_offset, is_neox,
-                        rotary_dim, q, k)
+    _rope.check_args(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rotary_dim, weight_offset,
+                     q, k, None, memory=False)
 
 
 # --------------------------------------------------------------------------- routing under tracing

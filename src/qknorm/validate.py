@@ -13,7 +13,7 @@ ACT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 WEIGHT_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
 
 
-def _dt(d) -> str:
+def dtype_name(d) -> str:
     return str(d).replace("torch.", "")
 
 
@@ -21,7 +21,7 @@ def activation(name: str, t) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in ACT_DTYPES:
-        raise TypeError(f"{name} must be bfloat16, float16 or float32, got {_dt(t.dtype)}")
+        raise TypeError(f"{name} must be bfloat16, float16 or float32, got {dtype_name(t.dtype)}")
     if t.dim() < 1:
         raise ValueError(f"{name} must have at least 1 dimension (the normalised one), got a 0-d tensor")
 
@@ -32,7 +32,7 @@ def weight(name: str, w, d: int, ref_name: str, ref) -> None:
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or None, got {type(w).__name__}")
     if w.dtype not in WEIGHT_DTYPES:
-        raise TypeError(f"{name} must be a floating tensor (bf16/fp16/fp32/fp64), got {_dt(w.dtype)}")
+        raise TypeError(f"{name} must be a floating tensor (bf16/fp16/fp32/fp64), got {dtype_name(w.dtype)}")
     if w.dim() != 1 or w.shape[0] != d:
         raise ValueError(f"{name} must have shape ({d},) to match the last dim of {ref_name}, "
                          f"got {tuple(w.shape)}")
@@ -130,7 +130,7 @@ def output(name: str, out, ref_name: str, ref) -> None:
     if out.shape != ref.shape:
         raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(out.shape)}")
     if out.dtype != ref.dtype:
-        raise TypeError(f"{name} must have the dtype of {ref_name} ({_dt(ref.dtype)}), got {_dt(out.dtype)}")
+        raise TypeError(f"{name} must have the dtype of {ref_name} ({dtype_name(ref.dtype)}), got {dtype_name(out.dtype)}")
     same_device(name, out, ref_name, ref)
 
 
@@ -158,3 +158,51 @@ def in_place_or_disjoint(out_name: str, out, in_name: str, inp) -> bool:
         raise ValueError(f"{out_name} partially overlaps {in_name}: pass the same view for in place, "
                          f"or a non-overlapping tensor")
     return False
+
+
+def qk_pair(q, k, q_weight, k_weight, *, three_d: bool = False) -> int:
+    """Q and K of one call: activations of one dtype and device with one head_dim (with
+    ``three_d``: ``[T, H, head_dim]`` each), and weights both None or both ``[head_dim]``.
+    Returns head_dim."""
+    activation("q", q)
+    activation("k", k)
+    if three_d:
+        if q.dim() != 3:
+            raise ValueError(f"q must be [T, Hq, head_dim] (3 dims), got shape {tuple(q.shape)}")
+        if k.dim() != 3:
+            raise ValueError(f"k must be [T, Hkv, head_dim] (3 dims), got shape {tuple(k.shape)}")
+    if k.dtype != q.dtype:
+        raise TypeError(f"q and k must have the same dtype, got q {dtype_name(q.dtype)} and k {dtype_name(k.dtype)}")
+    same_device("k", k, "q", q)
+    d = q.shape[-1]
+    if k.shape[-1] != d:
+        raise ValueError(f"q and k must have the same head_dim (last dim): q has {d}, k has {k.shape[-1]}")
+    if (q_weight is None) != (k_weight is None):
+        raise ValueError("q_weight and k_weight must both be tensors or both be None, got "
+                         f"q_weight={'None' if q_weight is None else 'tensor'}, "
+                         f"k_weight={'None' if k_weight is None else 'tensor'}")
+    weight("q_weight", q_weight, d, "q", q)
+    weight("k_weight", k_weight, d, "k", k)
+    return d
+
+
+def qk_outputs(q, k, q_out, k_out, *, memory: bool = True) -> None:
+    """``q_out``/``k_out``: None, or tensors of q's/k's shape, dtype and device without
+    internal overlap; with ``memory``, each is its input exactly (in place) or shares no
+    memory with it, and neither meets the other output or the other input."""
+    output("q_out", q_out, "q", q)
+    output("k_out", k_out, "k", k)
+    if q_out is not None:
+        written("q_out", q_out)
+    if k_out is not None:
+        written("k_out", k_out)
+    if not memory:
+        return
+    q_in_place = q_out is not None and in_place_or_disjoint("q_out", q_out, "q", q)
+    k_in_place = k_out is not None and in_place_or_disjoint("k_out", k_out, "k", k)
+    if q_out is not None and k_out is not None:
+        disjoint("q_out", q_out, "k_out", k_out)
+    if q_out is not None and not k_in_place:
+        disjoint("q_out", q_out, "k", k)
+    if k_out is not None and not q_in_place:
+        disjoint("k_out", k_out, "q", q)

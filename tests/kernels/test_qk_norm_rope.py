@@ -320,21 +320,21 @@ def test_random(impl, t, hq, hkv, dr, dtype, is_neox, in_place, wkind, pos_i32, 
 
 # --------------------------------------------------------------------------- out-of-range positions
 
-def test_kernel_clamps_out_of_range_positions(monkeypatch):
+def test_kernel_clamps_out_of_range_positions():
     """The GPU behaviour (no range check, no sync): positions are clamped into the cache,
-    never read outside it. Checked on the interpreted kernel with the CPU check disabled."""
-    from qknorm import rope
+    never read outside it. Checked on the interpreted kernel through the op's general call
+    after its checks (``run``), which is where the CPU range check sits."""
+    from qknorm.ops import qk_norm_rope as rope_op
     if not torch.cuda.is_available():
         import os
         if os.environ.get("TRITON_INTERPRET") != "1":
             pytest.skip("needs the Triton interpreter or a GPU")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    monkeypatch.setattr(rope, "_check_positions_range", lambda positions, max_position: None)
     qkv, q, k, v = packed_qkv(4, 2, 1, 64, torch.float32, device)
     cs = make_cache(10, 64, device=device)
     pos = torch.tensor([-5, 3, 10, 1000], dtype=torch.int64, device=device)
     with qknorm.use_backend("triton"):
-        qo, ko = qknorm.qk_rms_norm_rope(q, k, None, None, cs, pos)
+        qo, ko = rope_op.run(q, k, None, None, cs, pos, 1e-6, True, 64, 0.0, None, None, None)
     clamped = pos.clamp(0, 9)
     rq, rk = ref(q, k, None, None, cs, clamped)
     assert_matches(qo, rq, torch.float32, "q")
@@ -343,15 +343,18 @@ def test_kernel_clamps_out_of_range_positions(monkeypatch):
 
 # --------------------------------------------------------------------------- the CUDA fast path's logic
 
-def _fast(*args, **kw):
-    """``rope._fast`` (the cached-plan CUDA path), called directly: on the CPU it runs the
-    interpreted kernel through the same plan, argument packing and overlap checks."""
-    from qknorm import rope
-    return rope._fast(*args, **kw)
+@pytest.fixture
+def _fast(monkeypatch):
+    """``ops.qk_norm_rope.fast`` (the cached-plan CUDA call), called directly: on the CPU
+    (``_plan.FAST_ON_CPU``) it runs the interpreted kernel through the same plan, argument
+    packing and overlap checks."""
+    from qknorm.ops import _plan, qk_norm_rope as rope_op
+    monkeypatch.setattr(_plan, "FAST_ON_CPU", True)
+    return rope_op.fast
 
 
 @pytest.mark.parametrize("is_neox", [True, False], ids=["neox", "gptj"])
-def test_fast_path_matches(impl, is_neox):
+def test_fast_path_matches(impl, is_neox, _fast):
     if impl == "cpu" and (torch.cuda.is_available() or qknorm.get_backend() != "triton"):
         pytest.skip("the fast path runs the Triton kernel: on CUDA tensors, or interpreted on a CPU-only machine")
     t, d, r = 5, 80, 48
@@ -382,7 +385,7 @@ def test_fast_path_matches(impl, is_neox):
     assert torch.equal(v, v_before)
 
 
-def test_fast_path_declines_bad_calls(impl):
+def test_fast_path_declines_bad_calls(impl, _fast):
     """Overlapping outputs and invalid metadata make the fast path decline (None), so the
     general path raises its error; nothing is written."""
     if impl == "cpu" and (torch.cuda.is_available() or qknorm.get_backend() != "triton"):

@@ -1,7 +1,7 @@
 """Fused residual add + RMSNorm, in place: ``residual += x; x = norm(residual)``.
 
 The norm is taken of the fp32 sum; ``residual`` stores that sum rounded once.
-Launcher: ``ops.fused_add_rms_norm``; dispatcher entry:
+Launcher: ``ops/fused_add.py``; dispatcher entry:
 ``dispatch.choose_config("fused_add_rms_norm", ...)``; test: ``tests/kernels/test_fused_add.py``;
 bench case: ``qknorm bench --preset llama3-70b``.
 """
@@ -14,8 +14,8 @@ from .rows import add_norm_block
 
 
 @triton.jit
-def fused_add_rms_norm_kernel(X, R, W, n_rows, D, N1, N2,
-                              xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd, ws, eps, eps_tiny, w_offset,
+def fused_add_rms_norm_kernel(X, R, W, eps, eps_tiny, w_offset, n_rows, D, N1, N2,
+                              xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd, ws,
                               HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
                               CHUNKED: tl.constexpr, PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False):
     """One program per block of ROWS rows, or (PERSISTENT) a grid-stride loop over blocks."""

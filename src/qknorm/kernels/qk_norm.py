@@ -3,7 +3,7 @@
 Blocks ``[0, q_blocks)`` normalise Q rows, the rest K rows; each segment has its own
 base pointers, strides, row count and weight, so Q and K may be strided views of one
 packed QKV buffer (normalised in place) or separate tensors.
-Launcher: ``ops.qk_rms_norm``; dispatcher entry: ``dispatch.choose_config("qk_rms_norm", ...)``;
+Launcher: ``ops/qk_norm.py``; dispatcher entry: ``dispatch.choose_config("qk_rms_norm", ...)``;
 test: ``tests/kernels/test_qk_norm.py``; bench case: ``qknorm bench --preset qwen3-8b``.
 """
 import triton
@@ -29,9 +29,9 @@ def _qk_block(block, q_blocks, D, eps, eps_tiny, w_offset,
 
 
 @triton.jit
-def qk_rms_norm_kernel(D, eps, eps_tiny, w_offset,
-                       XQ, YQ, WQ, q_rows, qN1, qN2, qxs0, qxs1, qxs2, qxsd, qys0, qys1, qys2, qysd, qws,
-                       XK, YK, WK, k_rows, kN1, kN2, kxs0, kxs1, kxs2, kxsd, kys0, kys1, kys2, kysd, kws,
+def qk_rms_norm_kernel(XQ, YQ, WQ, XK, YK, WK, eps, eps_tiny, w_offset, D,
+                       q_rows, qN1, qN2, qxs0, qxs1, qxs2, qxsd, qys0, qys1, qys2, qysd, qws,
+                       k_rows, kN1, kN2, kxs0, kxs1, kxs2, kxsd, kys0, kys1, kys2, kysd, kws,
                        HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
                        CHUNKED: tl.constexpr, PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False):
     """Q then K blocks in one grid; PERSISTENT loops over all blocks with a grid stride."""
@@ -78,9 +78,9 @@ def _tokens_block(block, D, eps, eps_tiny, n_rows, H, HQ, wq, wk,
 
 
 @triton.jit
-def qk_rms_norm_tokens_kernel(D, eps, eps_tiny, w_offset,
-                              XQ, YQ, WQ, n_tokens, HQ, qxt, qxh, qyt, qyh, qws,
-                              XK, YK, WK, HK, kxt, kxh, kyt, kyh, kws,
+def qk_rms_norm_tokens_kernel(XQ, YQ, WQ, XK, YK, WK, eps, eps_tiny, w_offset, D,
+                              n_tokens, HQ, qxt, qxh, qyt, qyh, qws,
+                              HK, kxt, kxh, kyt, kyh, kws,
                               HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
                               PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False):
     """Token-ordered form for Q ``[T, HQ, D]`` and K ``[T, HK, D]`` with unit last-dim

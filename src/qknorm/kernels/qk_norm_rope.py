@@ -22,9 +22,9 @@ Positions are clamped into ``[0, max_pos - 1]`` before the cache is read: an
 out-of-range position never reads outside the cache (it rotates by the nearest valid
 angle instead). The launcher checks the range on CPU tensors only (no device sync).
 
-Launcher: ``rope.qk_rms_norm_rope``; dispatcher entry: ``dispatch.choose_config("qk_rms_norm", ...)``
+Launcher: ``ops/qk_norm_rope.py``; dispatcher entry: ``dispatch.choose_config("qk_rms_norm", ...)``
 (ROWS, num_warps); tests: ``tests/kernels/test_qk_norm_rope.py`` (numerics),
-``tests/test_rope.py`` (argument checks); bench: ``qknorm bench --preset rope`` (op ``"rope"`` in
+``tests/ops/test_qk_norm_rope.py`` (argument checks); bench: ``qknorm bench --preset rope`` (op ``"rope"`` in
 ``bench/cases.py``).
 """
 import triton
@@ -153,9 +153,10 @@ def _qk_rope_block(block, q_blocks, D, HALF, eps, eps_tiny, w_offset, CS, css0, 
 
 
 @triton.jit
-def qk_rms_norm_rope_kernel(D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
-                            XQ, YQ, WQ, q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
-                            XK, YK, WK, k_rows, kH, kxt, kxh, kxd, kyt, kyh, kyd, kws,
+def qk_rms_norm_rope_kernel(CS, P, XQ, YQ, WQ, XK, YK, WK, eps, eps_tiny, w_offset,
+                            D, HALF, css0, css1, max_pos, ps,
+                            q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
+                            k_rows, kH, kxt, kxh, kxd, kyt, kyh, kyd, kws,
                             HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr,
                             ROWS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr,
                             PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False):

@@ -1,6 +1,6 @@
 """RMSNorm over the last dim of a strided tensor: ``y = x / sqrt(mean(x^2) + eps) * (w + offset)``.
 
-Launcher: ``ops.rms_norm``; dispatcher entry: ``dispatch.choose_config("rms_norm", ...)``;
+Launcher: ``ops/rms_norm.py``; dispatcher entry: ``dispatch.choose_config("rms_norm", ...)``;
 test: ``tests/kernels/test_rms_norm.py``; bench case: ``qknorm bench --preset llama3-70b``.
 """
 import triton
@@ -12,8 +12,8 @@ from .rows import norm_block
 
 
 @triton.jit
-def rms_norm_kernel(X, Y, W, n_rows, D, N1, N2,
-                    xs0, xs1, xs2, xsd, ys0, ys1, ys2, ysd, ws, eps, eps_tiny, w_offset,
+def rms_norm_kernel(X, Y, W, eps, eps_tiny, w_offset, n_rows, D, N1, N2,
+                    xs0, xs1, xs2, xsd, ys0, ys1, ys2, ysd, ws,
                     HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
                     CHUNKED: tl.constexpr, PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False):
     """One program per block of ROWS rows, or (PERSISTENT) a grid-stride loop over blocks."""

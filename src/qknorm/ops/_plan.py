@@ -1,0 +1,463 @@
+"""The call-plan mechanism every op shares: plan cache, output kinds, overlap pairs, launch.
+
+An op call on CUDA tensors takes one of two ways:
+
+* the *fast call*: the op builds a key from the arguments' metadata (shapes, strides,
+  dtypes, devices, output kinds) and looks it up in :data:`PLANS`. A :class:`Plan` is built
+  once per key, after the op's ``check_args`` has passed on that metadata; it holds the
+  grid, the kernel's static arguments (packed by name, :meth:`launch.KernelLauncher.pack`),
+  the launch entries and the byte spans used by the per-call overlap checks. Per call the
+  op only reads data pointers, checks that the actual buffers do not overlap
+  (:func:`apart`) and launches (:func:`launch`). A key whose check failed caches None: the
+  call goes the general way, which raises the error.
+* the *general call*: the op's ``check_args``, then its ``run`` (allocation, private copies
+  of aliased read tensors, the PyTorch path on CPU, row splitting, copies of views the
+  kernels cannot address) and the same plans.
+
+:data:`PLANS` is bounded and is emptied when the dispatcher forgets its decisions
+(``dispatch.reset()``, through ``dispatch.add_reset_hook``), so no plan keeps a config the
+dispatcher would no longer pick.
+"""
+from __future__ import annotations
+
+import enum
+import math
+import os
+
+import torch
+
+from .. import dispatch, launch
+from ..backend import interpreter_on
+from ..config import KernelConfig
+from .. import layout
+from ..layout import INT32_MAX, cdiv, kernel_layout, views_overlap
+from ..reference import FLT_MAX, FLT_MIN, kernel_eps
+
+__all__ = ["OutKind", "Pair", "Plan", "PlanCache", "PLANS", "out_kind", "fast_scalars", "apart", "launch_plan",
+           "make_plan", "eps_pair", "contig_strides", "span", "clear_caches"]
+
+_Tensor = torch.Tensor
+_INF = math.inf
+#: Tests only: let the fast call take CPU tensors too (the kernels then run in the Triton
+#: interpreter through the launcher's plain path), so its logic is tested without a GPU.
+FAST_ON_CPU = False
+
+
+class OutKind(enum.IntEnum):
+    """How a call receives an output tensor."""
+
+    NEW = 0        #: None: the op allocates a new contiguous tensor
+    IN_PLACE = 1   #: the input object itself
+    OTHER = 2      #: another tensor (may still be the same view as the input: then in place)
+
+
+NEW, IN_PLACE, OTHER = OutKind.NEW, OutKind.IN_PLACE, OutKind.OTHER
+
+
+class Pair(enum.IntEnum):
+    """Pairs of views whose overlap a fast call checks (index into ``Plan.geom``/``Plan.memo``)."""
+
+    X_OUT = 0       #: rms_norm: x and out; fused add: x and residual
+    Q_QOUT = 1      #: q and q_out
+    K_KOUT = 2      #: k and k_out
+    QOUT_KOUT = 3   #: q_out and k_out
+    QOUT_K = 4      #: q_out and k (also q and k, for in place on both)
+    KOUT_Q = 5      #: k_out and q
+
+
+def out_kind(out, inp):
+    """The :class:`OutKind` of ``out`` for input ``inp``; None when the fast call cannot take it."""
+    if out is None:
+        return NEW
+    if out is inp:
+        return IN_PLACE
+    if type(out) is _Tensor and not out.requires_grad:
+        return OTHER
+    return None
+
+
+def fast_scalars(eps, weight_offset, config) -> bool:
+    """Whether the scalars allow a fast call: plain finite floats, eps >= 0, and config
+    None or a KernelConfig (anything else: the general call converts or raises)."""
+    return (type(eps) is float and type(weight_offset) is float and 0.0 <= eps < _INF
+            and -_INF < weight_offset < _INF and (config is None or type(config) is KernelConfig))
+
+
+class Plan:
+    """Everything about one call that follows from its key.
+
+    ``launcher``/``entries``: the kernel's :class:`launch.KernelLauncher` and the launch
+    entries of this specialisation (indexed by the pointers' 16-byte alignment bits);
+    ``grid``; ``tail``: every kernel argument after the per-call ones, in signature order;
+    ``kwargs``: launch options (``num_warps``, ``launch_pdl``); ``device``: CUDA index.
+    ``spans``: byte ranges ``[lo, hi)`` of the views relative to their data pointers;
+    ``geom``/``memo``: per :class:`Pair`, the geometry for an exact overlap test and its
+    cached answers by pointer distance; ``same_layout``: per output, whether an OTHER
+    output with the input's strides is in place when the pointers are equal.
+    """
+
+    __slots__ = ("launcher", "entries", "grid", "tail", "kwargs", "device", "config", "spans", "geom", "memo",
+                 "same_layout", "read_spans", "extra")
+
+    def __init__(self, launcher, entries, grid, tail, kwargs, device, config):
+        self.launcher = launcher
+        self.entries = entries
+        self.grid = grid
+        self.tail = tail
+        self.kwargs = kwargs
+        self.device = device
+        self.config = config
+        self.spans = ()
+        self.geom = {}
+        self.memo = {}
+        self.same_layout = (False, False)
+        self.read_spans = ()
+        self.extra = None
+
+
+class PlanCache(dict):
+    """Plans by key (None cached too: a key whose checks failed). Bounded: emptied when it
+    holds more than ``limit`` keys, and on ``dispatch.reset()``."""
+
+    def __init__(self, limit: int = 4096):
+        super().__init__()
+        self.limit = limit
+
+    def build(self, key, fn):
+        """The plan of ``key``, built by ``fn()`` (which may return None) on first use."""
+        if len(self) >= self.limit:
+            self.clear()
+        plan = self[key] = fn()
+        return plan
+
+
+PLANS = PlanCache()
+dispatch.add_reset_hook(PLANS.clear)
+
+
+def clear_caches() -> None:
+    """Forget every cached plan and launch entry."""
+    PLANS.clear()
+    launch.clear()
+
+
+def span(shape, stride, itemsize) -> tuple[int, int]:
+    """Byte range ``[lo, hi)`` relative to the data pointer touched by a non-empty view."""
+    lo = hi = 0
+    for n, s in zip(shape, stride):
+        if s >= 0:
+            hi += (n - 1) * s
+        else:
+            lo += (n - 1) * s
+    return lo * itemsize, (hi + 1) * itemsize
+
+
+def contig_strides(shape) -> tuple:
+    """Strides of a new contiguous tensor of ``shape``."""
+    st, acc = [], 1
+    for n in reversed(tuple(shape)):
+        st.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(st))
+
+
+def set_pair(plan: Plan, pair: Pair, shape_a, stride_a, shape_b, stride_b, itemsize: int) -> None:
+    """Record the geometry of ``pair`` for :func:`apart`'s exact test."""
+    plan.geom[pair] = (tuple(shape_a), tuple(stride_a), tuple(shape_b), tuple(stride_b), itemsize)
+    plan.memo[pair] = {}
+
+
+def apart(plan: Plan, pair: Pair, pa: int, sa, pb: int, sb) -> bool:
+    """Whether two views (data pointers ``pa``/``pb``, byte spans ``sa``/``sb``) share no
+    element: their byte ranges are disjoint, or (views whose ranges meet, such as Q and K
+    of one packed buffer) the exact test says so. The exact answer is cached per pointer
+    distance. False also when undecidable (the general call then raises its error)."""
+    if pa + sa[1] <= pb + sb[0] or pb + sb[1] <= pa + sa[0]:
+        return True
+    delta = pb - pa
+    memo = plan.memo[pair]
+    r = memo.get(delta)
+    if r is None:
+        shape_a, stride_a, shape_b, stride_b, es = plan.geom[pair]
+        r = delta % es == 0 and views_overlap(delta // es, shape_a, stride_a, shape_b, stride_b) is False
+        if len(memo) < 64:
+            memo[delta] = r
+    return r
+
+
+def eps_pair(eps: float):
+    """``(eps, eps_tiny)`` kernel arguments (``reference.kernel_eps``), the common case inline."""
+    return (eps, 0.0) if FLT_MIN <= eps <= FLT_MAX else kernel_eps(eps)
+
+
+def launch_plan(plan: Plan, bits: int, head: tuple, tensors: tuple) -> None:
+    """Launch ``plan`` with the per-call arguments ``head`` (pointers, eps, eps_tiny,
+    weight_offset; the kernel's leading parameters) and ``tensors`` behind the pointers."""
+    launch.run(plan.launcher, plan.entries, bits, plan.grid, head + plan.tail, tensors, plan.kwargs, plan.device)
+
+
+# --------------------------------------------------------------------------- building plans
+
+def grid(cfg: KernelConfig, n_blocks: int, device) -> tuple[int, int, int]:
+    """One program per block, or ``programs_per_sm`` per SM for persistent configs."""
+    if cfg.persistent:
+        idx = device.index if device.type == "cuda" else None
+        return (max(1, min(n_blocks, cfg.programs_per_sm * dispatch.sm_count(idx))), 1, 1)
+    return (max(1, n_blocks), 1, 1)
+
+
+_pdl_default: dict = {}
+PDL_MAX_PROGRAMS_PER_SM = 4  # by default PDL only for grids of one wave or so (see use_pdl)
+
+
+def _pdl_by_default(device) -> bool:
+    """PDL on by default on Hopper and newer (compute capability >= 9), as FlashInfer does.
+    ``QKNORM_PDL=0`` turns it off, ``QKNORM_PDL=1`` asks for it wherever Triton supports it."""
+    idx = device.index if device is not None and device.type == "cuda" else None
+    hit = _pdl_default.get(idx)
+    if hit is None:
+        env = os.environ.get("QKNORM_PDL", "auto").strip().lower()
+        if env in ("0", "false", "off", "no"):
+            hit = False
+        elif env in ("1", "true", "on", "yes"):
+            hit = True
+        else:
+            try:
+                hit = device is not None and device.type == "cuda" and \
+                    torch.cuda.get_device_capability(device)[0] >= 9
+            except Exception:  # noqa: BLE001 - no CUDA: no PDL
+                hit = False
+        _pdl_default[idx] = hit
+    return hit
+
+
+def use_pdl(cfg: KernelConfig, device=None, programs: int = 1) -> bool:
+    """Whether a launch uses programmatic dependent launch: ``cfg.pdl``, or the device
+    default for grids of at most ``PDL_MAX_PROGRAMS_PER_SM`` programs per SM (PDL saves a
+    launch latency, which only matters for short kernels; on large grids an early
+    dependent launch competes for SM slots). Never in the interpreter or without
+    Triton's ``gdc_*`` intrinsics."""
+    if interpreter_on():
+        return False
+    if not cfg.pdl:
+        if not _pdl_by_default(device):
+            return False
+        idx = device.index if device is not None and device.type == "cuda" else None
+        if programs > PDL_MAX_PROGRAMS_PER_SM * dispatch.sm_count(idx):
+            return False
+    from ..kernels.pdl import HAVE_GDC
+    return HAVE_GDC
+
+
+def choose(op: str, dtype, d: int, n_rows: int, device, config):
+    """``config`` when given, else the dispatcher's pick for the problem."""
+    if config is not None:
+        return config
+    return dispatch.choose_config(op, dtype, d, n_rows, device)[0]
+
+
+def make_plan(launcher, cfg: KernelConfig, n_blocks: int, device, ptr_dtypes: tuple, **static) -> Plan:
+    """A plan launching ``launcher``'s kernel under ``cfg`` over ``n_blocks`` blocks.
+
+    ``static``: every kernel parameter after the per-call ones, by name, except
+    ``PERSISTENT`` and ``USE_PDL`` (taken from ``cfg`` and the grid). ``ptr_dtypes``: the
+    dtypes of the pointer arguments (part of Triton's specialisation).
+    """
+    g = grid(cfg, n_blocks, device)
+    pdl = use_pdl(cfg, device, g[0])
+    tail = launcher.pack(PERSISTENT=cfg.persistent, USE_PDL=pdl, **static)
+    kwargs = {"num_warps": cfg.num_warps}
+    if pdl:
+        kwargs["launch_pdl"] = True
+    dev = device.index if device.type == "cuda" else -1
+    spec = (launcher.spec(tail), ptr_dtypes, cfg.num_warps, pdl, dev)
+    return Plan(launcher, launcher.entries(spec, len(launcher.ptr_pos)), g, tail, kwargs, dev, cfg)
+
+
+def blocks(n_rows: int, cfg: KernelConfig) -> int:
+    return cdiv(n_rows, cfg.rows)
+
+
+def checked(fn) -> bool:
+    """Whether ``fn()`` passes (a plan's argument checks) without TypeError/ValueError."""
+    try:
+        fn()
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------- general-call helpers
+
+def addressable_weight(w, d: int):
+    """``w``, or a contiguous copy when ``col * stride`` would overflow the kernels' int32 offsets."""
+    return w if w is None or abs(w.stride(0)) * d <= INT32_MAX else w.contiguous()
+
+
+def n_rows(t) -> int:
+    n = 1
+    for s in t.shape[:-1]:
+        n *= s
+    return n
+
+
+def row_chunks(ts, limit: int = None):
+    """Views of the same-shaped tensors ``ts`` split along their leading dims so that each
+    piece has at most ``limit`` rows (default ``layout.ROW_LIMIT``); one piece when it fits."""
+    limit = layout.ROW_LIMIT if limit is None else limit
+    shape = ts[0].shape
+    if n_rows(ts[0]) <= limit:
+        yield ts
+        return
+    dim = next(i for i in range(len(shape) - 1) if shape[i] > 1)
+    inner = 1
+    for n in shape[dim + 1:-1]:
+        inner *= n
+    step = max(1, limit // inner)
+    for start in range(0, shape[dim], step):
+        n = min(step, shape[dim] - start)
+        yield from row_chunks([t.narrow(dim, start, n) for t in ts], limit)
+
+
+def strides_named(prefix: str, strides) -> dict:
+    """Kernel parameters ``{prefix}s0, {prefix}s1, {prefix}s2, {prefix}sd`` of a row layout."""
+    return dict(zip((f"{prefix}s0", f"{prefix}s1", f"{prefix}s2", f"{prefix}sd"), strides))
+
+
+def row_plan(launcher, op: str, x, w, o_strides, config, second: str):
+    """Plan of a row-wise kernel (rms_norm, fused add) over ``x`` and a second tensor of x's
+    shape with strides ``o_strides`` (kernel parameters ``{second}s0`` ... ``{second}sd``);
+    None when the kernel cannot address them directly."""
+    shape = x.shape
+    d = shape[-1]
+    lay = kernel_layout(shape, d, x.stride(), o_strides)
+    if lay is None or (w is not None and abs(w.stride(0)) * d > INT32_MAX):
+        return None
+    cfg = choose(op, x.dtype, d, lay.n_rows, x.device, config)
+    (_, n1, n2), (xs, os_) = lay.sizes, lay.strides
+    return make_plan(launcher, cfg, blocks(lay.n_rows, cfg), x.device,
+                     (x.dtype, w.dtype if w is not None else x.dtype),
+                     n_rows=lay.n_rows, D=d, N1=n1, N2=n2, **strides_named("x", xs), **strides_named(second, os_),
+                     ws=w.stride(0) if w is not None else 0, HAS_WEIGHT=w is not None, ROWS=cfg.rows,
+                     BLOCK_D=cfg.block_d, CHUNKED=cfg.chunked(d))
+
+
+def cached(key, build):
+    """The plan of ``key`` from :data:`PLANS`, built by ``build()`` on first use."""
+    plan = PLANS.get(key)
+    if plan is None and key not in PLANS:
+        plan = PLANS.build(key, build)
+    return plan
+
+
+def launch_rows(launcher, op: str, second: str, x, y, weight, eps: float, weight_offset: float, config,
+                writes_x: bool, copied: bool = False) -> None:
+    """General launch of a row kernel over ``x`` and ``y`` (rms_norm: the output; fused
+    add: the residual) after every check: a weight the kernel cannot address is copied
+    once, calls past ``ROW_LIMIT`` rows run in pieces, and views the kernel cannot address
+    run once on contiguous copies (``writes_x``: x is written too and gets its copy back)."""
+    weight = addressable_weight(weight, x.shape[-1])
+    if n_rows(x) > layout.ROW_LIMIT:
+        for xc, yc in row_chunks([x, y]):
+            launch_rows(launcher, op, second, xc, yc, weight, eps, weight_offset, config, writes_x)
+        return
+    key = (op, "general", x.shape, x.stride(), x.dtype, x.device, y.stride(),
+           None if weight is None else (weight.stride(), weight.dtype), config)
+    plan = cached(key, lambda: row_plan(launcher, op, x, weight, y.stride(), config, second))
+    if plan is None:
+        # > 3 leading dims that do not merge, or a last-dim stride past int32: once on
+        # contiguous copies, which are always addressable.
+        assert not copied, "a contiguous copy must be addressable"
+        xc, yc = x.contiguous(), y.contiguous()
+        launch_rows(launcher, op, second, xc, yc, weight, eps, weight_offset, config, writes_x, copied=True)
+        if writes_x:
+            x.copy_(xc)
+        y.copy_(yc)
+        return
+    w = weight if weight is not None else x
+    px, py, pw = x.data_ptr(), y.data_ptr(), w.data_ptr()
+    launch_plan(plan, launch.align_bits(px, py, pw), (px, py, pw, *eps_pair(eps), weight_offset), (x, y, w))
+
+
+# --------------------------------------------------------------------------- Q and K of one call
+
+def set_qk_pairs(plan: Plan, q, k, qos, kos, reads=()) -> None:
+    """Spans and overlap geometry of a QK call (outputs strided ``qos``/``kos``) and the
+    byte spans of the tensors it only reads (weights, caches; None entries allowed)."""
+    es = q.element_size()
+    qs, ks, qos, kos = tuple(q.stride()), tuple(k.stride()), tuple(qos), tuple(kos)
+    plan.spans = (span(q.shape, qs, es), span(k.shape, ks, es), span(q.shape, qos, es), span(k.shape, kos, es))
+    set_pair(plan, Pair.Q_QOUT, q.shape, qs, q.shape, qos, es)
+    set_pair(plan, Pair.K_KOUT, k.shape, ks, k.shape, kos, es)
+    set_pair(plan, Pair.QOUT_KOUT, q.shape, qos, k.shape, kos, es)
+    set_pair(plan, Pair.QOUT_K, q.shape, qos, k.shape, ks, es)
+    set_pair(plan, Pair.KOUT_Q, k.shape, kos, q.shape, qs, es)
+    plan.same_layout = (qos == qs, kos == ks)
+    plan.read_spans = tuple((0, 0) if t is None else span(t.shape, t.stride(), t.element_size()) for t in reads)
+
+
+def qk_targets(plan: Plan, q, k, q_out, k_out, qo, ko):
+    """Per-call data pointers of a QK call after its overlap rules (outputs are their input
+    or share no memory with it, and meet neither the other output nor the other input);
+    NEW outputs are allocated here. Returns ``(q_out, k_out, pq, pk, pqo, pko)``, or None
+    when a rule fails (the general call then raises)."""
+    pq, pk = q.data_ptr(), k.data_ptr()
+    sq, sk, sqo, sko = plan.spans
+    if qo is IN_PLACE and ko is IN_PLACE:  # the common engine call: Q and K of a packed buffer
+        return (q, k, pq, pk, pq, pk) if apart(plan, Pair.QOUT_K, pq, sq, pk, sk) else None
+    if qo is NEW:
+        q_out = torch.empty_like(q, memory_format=torch.contiguous_format)
+        pqo, q_in = q_out.data_ptr(), False
+    elif qo is IN_PLACE:
+        pqo, q_in = pq, True
+    else:
+        pqo = q_out.data_ptr()
+        q_in = pqo == pq and plan.same_layout[0]
+        if not q_in and not apart(plan, Pair.Q_QOUT, pq, sq, pqo, sqo):
+            return None
+    if ko is NEW:
+        k_out = torch.empty_like(k, memory_format=torch.contiguous_format)
+        pko, k_in = k_out.data_ptr(), False
+    elif ko is IN_PLACE:
+        pko, k_in = pk, True
+    else:
+        pko = k_out.data_ptr()
+        k_in = pko == pk and plan.same_layout[1]
+        if not k_in and not apart(plan, Pair.K_KOUT, pk, sk, pko, sko):
+            return None
+    if qo and ko and not apart(plan, Pair.QOUT_KOUT, pqo, sqo, pko, sko):
+        return None
+    if qo and not k_in and not apart(plan, Pair.QOUT_K, pqo, sqo, pk, sk):
+        return None
+    if ko and not q_in and not apart(plan, Pair.KOUT_Q, pko, sko, pq, sq):
+        return None
+    return q_out, k_out, pq, pk, pqo, pko
+
+
+def reads_apart(plan: Plan, ptrs, qo, ko, pqo: int, pko: int) -> bool:
+    """Whether the read-only tensors at ``ptrs`` (spans ``plan.read_spans``) share no byte
+    with a written output (a NEW output is fresh memory and is not checked). False: the
+    general call reads them from private copies."""
+    spans = plan.spans
+    if qo and ko:  # one range covering both outputs (Q and K of a packed buffer are adjacent)
+        lo = min(pqo + spans[2][0], pko + spans[3][0])
+        hi = max(pqo + spans[2][1], pko + spans[3][1])
+    elif qo:
+        lo, hi = pqo + spans[2][0], pqo + spans[2][1]
+    else:
+        lo, hi = pko + spans[3][0], pko + spans[3][1]
+    for p, (a, b) in zip(ptrs, plan.read_spans):
+        if p + b > lo and hi > p + a:
+            return _reads_apart_exact(plan, ptrs, qo, ko, pqo, pko)
+    return True
+
+
+def _reads_apart_exact(plan: Plan, ptrs, qo, ko, pqo: int, pko: int) -> bool:
+    """:func:`reads_apart` against each written output's own byte range."""
+    spans = plan.spans
+    for p, (a, b) in zip(ptrs, plan.read_spans):
+        if qo and p + b > pqo + spans[2][0] and pqo + spans[2][1] > p + a:
+            return False
+        if ko and p + b > pko + spans[3][0] and pko + spans[3][1] > p + a:
+            return False
+    return True

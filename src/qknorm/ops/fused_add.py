@@ -1,0 +1,121 @@
+"""Host side of ``fused_add_rms_norm`` (kernel: ``kernels/fused_add.py``): checks, plans, launch.
+
+Public function and documentation: :func:`qknorm.fused_add_rms_norm` (``functional.py``).
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import backend, launch
+from .. import validate as V
+from ..reference import FLT_MAX, FLT_MIN, fused_add_rms_norm_torch, kernel_eps
+from . import _plan as P
+from ._plan import PLANS, Pair
+
+OP = "fused_add_rms_norm"
+_Tensor = torch.Tensor
+_launcher = None
+
+
+def launcher() -> launch.KernelLauncher:
+    """The kernel's launcher (imports triton on first use)."""
+    global _launcher
+    if _launcher is None:
+        from ..kernels.fused_add import fused_add_rms_norm_kernel
+        _launcher = launch.KernelLauncher(fused_add_rms_norm_kernel, ("X", "R", "W"),
+                                          ("X", "R", "W", "eps", "eps_tiny", "w_offset"))
+    return _launcher
+
+
+def check_args(x, residual, weight, eps, weight_offset, config, *, memory: bool = True):
+    """Every rule of ``fused_add_rms_norm`` in the order users see the errors; ``memory=False``
+    skips the rule about the actual buffers (for plans and fakes). Returns float (eps, weight_offset)."""
+    V.activation("x", x)
+    V.activation("residual", residual)
+    if residual.dtype != x.dtype:
+        raise TypeError(f"residual must have the dtype of x ({V.dtype_name(x.dtype)}), "
+                        f"got {V.dtype_name(residual.dtype)}")
+    if residual.shape != x.shape:
+        raise ValueError(f"residual must have the shape of x {tuple(x.shape)}, got {tuple(residual.shape)}")
+    V.same_device("residual", residual, "x", x)
+    V.weight("weight", weight, x.shape[-1], "x", x)
+    V.scalars(eps, weight_offset, weight is not None)
+    V.config(config)
+    V.written("x", x)
+    V.written("residual", residual)
+    if memory:
+        V.disjoint("x", x, "residual", residual)
+    return float(eps), float(weight_offset)
+
+
+def fast(x, residual, weight, eps, weight_offset, config) -> bool:
+    """The common CUDA call on a cached plan; False: take the general call."""
+    if not (type(x) is _Tensor and (x.is_cuda or P.FAST_ON_CPU) and backend._backend != "torch"
+            and type(residual) is _Tensor
+            and P.fast_scalars(eps, weight_offset, config)) or x.requires_grad or residual.requires_grad:
+        return False
+    if weight is None:
+        if weight_offset != 0.0:
+            return False
+        key = (OP, x.shape, x.stride(), x.dtype, x.device, residual.shape, residual.stride(), residual.dtype,
+               residual.device, config)
+    elif type(weight) is _Tensor and not weight.requires_grad:
+        key = (OP, x.shape, x.stride(), x.dtype, x.device, residual.shape, residual.stride(), residual.dtype,
+               residual.device, config, weight.shape, weight.stride(), weight.dtype, weight.device)
+    else:
+        return False
+    plan = PLANS.get(key)
+    if plan is None:
+        if key in PLANS:
+            return False
+        plan = PLANS.build(key, lambda: _fast_plan(x, residual, weight, config))
+        if plan is None:
+            return False
+    px, pr = x.data_ptr(), residual.data_ptr()
+    sx, sr, sw = plan.spans
+    if not P.apart(plan, Pair.X_OUT, px, sx, pr, sr):
+        return False
+    if weight is None:
+        weight, pw = x, px
+    else:
+        pw = weight.data_ptr()  # a weight sharing memory with x or residual: the general call copies it
+        if not ((pw + sw[1] <= px + sx[0] or px + sx[1] <= pw + sw[0])
+                and (pw + sw[1] <= pr + sr[0] or pr + sr[1] <= pw + sw[0])):
+            return False
+    et = 0.0
+    if not FLT_MIN <= eps <= FLT_MAX:
+        eps, et = kernel_eps(eps)
+    bits = launch.align_bits(px, pr, pw) if (px | pr | pw) & 15 else 0
+    P.launch_plan(plan, bits, (px, pr, pw, eps, et, weight_offset), (x, residual, weight))
+    return True
+
+
+def _fast_plan(x, residual, weight, config):
+    if not P.checked(lambda: check_args(x, residual, weight, 0.0, 0.0, config, memory=False)) or x.numel() == 0:
+        return None
+    plan = P.row_plan(launcher(), OP, x, weight, residual.stride(), config, "r")
+    if plan is not None:
+        es = x.element_size()
+        sw = (0, 0) if weight is None else P.span(weight.shape, weight.stride(), weight.element_size())
+        plan.spans = (P.span(x.shape, x.stride(), es), P.span(residual.shape, residual.stride(), es), sw)
+        P.set_pair(plan, Pair.X_OUT, x.shape, x.stride(), residual.shape, residual.stride(), es)
+    return plan
+
+
+def run(x, residual, weight, eps: float, weight_offset: float, config):
+    """The general call, after :func:`check_args` (and without autograd)."""
+    weight = V.unaliased(weight, (x, residual))
+    if x.numel() == 0:
+        return x, residual
+    if not backend.use_triton(x):
+        return fused_add_rms_norm_torch(x, residual, weight, eps, weight_offset)
+    P.launch_rows(launcher(), OP, "r", x, residual, weight, eps, weight_offset, config, writes_x=True)
+    return x, residual
+
+
+def call(x, residual, weight=None, eps=1e-6, weight_offset=0.0, config=None):
+    """Eager ``fused_add_rms_norm`` without compile or autograd routing (the custom ops' body)."""
+    if fast(x, residual, weight, eps, weight_offset, config):
+        return x, residual
+    eps, weight_offset = check_args(x, residual, weight, eps, weight_offset, config)
+    return run(x, residual, weight, eps, weight_offset, config)

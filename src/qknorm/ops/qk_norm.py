@@ -1,0 +1,204 @@
+"""Host side of ``qk_rms_norm`` (kernels: ``kernels/qk_norm.py``): checks, plans, launch.
+
+Public function and documentation: :func:`qknorm.qk_rms_norm` (``functional.py``). Q and K
+run in one launch: the segment-ordered kernel (all Q rows, then all K rows), or, when the
+config asks for ``token_order`` and the views allow it, the token-ordered kernel.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import backend, launch
+from .. import validate as V
+from .. import layout
+from ..layout import kernel_layout
+from ..reference import FLT_MAX, FLT_MIN, kernel_eps, rms_norm_ref
+from . import _plan as P
+from ._plan import PLANS
+
+OP = "qk_rms_norm"
+_Tensor = torch.Tensor
+_PTRS = ("XQ", "YQ", "WQ", "XK", "YK", "WK")
+_PER_CALL = _PTRS + ("eps", "eps_tiny", "w_offset")
+_launchers = {}
+
+
+def launcher(token_order: bool = False) -> launch.KernelLauncher:
+    """The segment-ordered (or token-ordered) kernel's launcher (imports triton on first use)."""
+    kl = _launchers.get(token_order)
+    if kl is None:
+        from ..kernels import qk_norm
+        fn = qk_norm.qk_rms_norm_tokens_kernel if token_order else qk_norm.qk_rms_norm_kernel
+        kl = _launchers[token_order] = launch.KernelLauncher(fn, _PTRS, _PER_CALL)
+    return kl
+
+
+def check_args(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config, *, memory: bool = True):
+    """Every rule of ``qk_rms_norm`` in the order users see the errors; ``memory=False``
+    skips the rules about the actual buffers (for plans and fakes). Returns float (eps, weight_offset)."""
+    V.qk_pair(q, k, q_weight, k_weight)
+    V.scalars(eps, weight_offset, q_weight is not None)
+    V.config(config)
+    V.qk_outputs(q, k, q_out, k_out, memory=memory)
+    return float(eps), float(weight_offset)
+
+
+def fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
+    """The common CUDA call on a cached plan; None: take the general call."""
+    if not (type(q) is _Tensor and (q.is_cuda or P.FAST_ON_CPU) and backend._backend != "torch"
+            and type(k) is _Tensor
+            and P.fast_scalars(eps, weight_offset, config)) or q.requires_grad or k.requires_grad:
+        return None
+    qo, ko = P.out_kind(q_out, q), P.out_kind(k_out, k)
+    if qo is None or ko is None:
+        return None
+    if qw is None:
+        if kw is not None or weight_offset != 0.0:
+            return None
+        key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.device, k.device, config)
+    elif type(qw) is _Tensor and type(kw) is _Tensor and not (qw.requires_grad or kw.requires_grad):
+        key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.device, k.device, config,
+               qw.shape, qw.stride(), qw.dtype, qw.device, kw.shape, kw.stride(), kw.dtype, kw.device)
+    else:
+        return None
+    if qo is P.OTHER:
+        key += (q_out.shape, q_out.stride(), q_out.dtype, q_out.device)
+    if ko is P.OTHER:
+        key += (k_out.shape, k_out.stride(), k_out.dtype, k_out.device)
+    plan = PLANS.get(key)
+    if plan is None:
+        if key in PLANS:
+            return None
+        plan = PLANS.build(key, lambda: _fast_plan(q, k, qw, kw, q_out, k_out, qo, ko, config))
+        if plan is None:
+            return None
+    t = P.qk_targets(plan, q, k, q_out, k_out, qo, ko)
+    if t is None:
+        return None
+    q_out, k_out, pq, pk, pqo, pko = t
+    if qw is None:
+        pqw, pkw, qw, kw = pq, pk, q, k
+    else:
+        pqw, pkw = qw.data_ptr(), kw.data_ptr()
+        if (qo or ko) and not P.reads_apart(plan, (pqw, pkw), qo, ko, pqo, pko):
+            return None  # a weight sharing memory with an output: the general call copies it
+    et = 0.0
+    if not FLT_MIN <= eps <= FLT_MAX:
+        eps, et = kernel_eps(eps)
+    bits = launch.align_bits(pq, pqo, pqw, pk, pko, pkw) if (pq | pqo | pqw | pk | pko | pkw) & 15 else 0
+    P.launch_plan(plan, bits, (pq, pqo, pqw, pk, pko, pkw, eps, et, weight_offset), (q, q_out, qw, k, k_out, kw))
+    return q_out, k_out
+
+
+def _fast_plan(q, k, qw, kw, q_out, k_out, qo, ko, config):
+    if not P.checked(lambda: check_args(q, k, qw, kw, 0.0, 0.0, q_out, k_out, config, memory=False)):
+        return None
+    if q.numel() == 0 or k.numel() == 0:
+        return None
+    qos = P.contig_strides(q.shape) if qo is P.NEW else q.stride() if qo is P.IN_PLACE else q_out.stride()
+    kos = P.contig_strides(k.shape) if ko is P.NEW else k.stride() if ko is P.IN_PLACE else k_out.stride()
+    plan = _plan(q, k, qw, kw, qos, kos, config)
+    if plan is not None:
+        P.set_qk_pairs(plan, q, k, qos, kos, (qw, kw))
+    return plan
+
+
+def _plan(q, k, qw, kw, qos, kos, config):
+    """Plan of one launch over q (outputs strided ``qos``) and k (``kos``); None when the
+    kernel cannot address them directly."""
+    d = q.shape[-1]
+    q_lay, k_lay = kernel_layout(q.shape, d, q.stride(), qos), kernel_layout(k.shape, d, k.stride(), kos)
+    if q_lay is None or k_lay is None or q_lay.n_rows + k_lay.n_rows > layout.ROW_LIMIT:
+        return None
+    if any(w is not None and abs(w.stride(0)) * d > P.INT32_MAX for w in (qw, kw)):
+        return None
+    q_rows = 0 if q.numel() == 0 else q_lay.n_rows
+    k_rows = 0 if k.numel() == 0 else k_lay.n_rows
+    cfg = P.choose(OP, q.dtype, d, q_rows + k_rows, q.device, config)
+    dts = (q.dtype, qw.dtype if qw is not None else q.dtype, kw.dtype if kw is not None else q.dtype)
+    weights = dict(qws=qw.stride(0) if qw is not None else 0, kws=kw.stride(0) if kw is not None else 0,
+                   HAS_WEIGHT=qw is not None, ROWS=cfg.rows, BLOCK_D=cfg.block_d)
+    if cfg.token_order and _token_order_ok(q, k, qos, kos, cfg):
+        # Q [T, Hq, D] and K [T, Hkv, D] walked token by token (kernels/qk_norm.py).
+        t, hq, hk = q.shape[0], q.shape[1], k.shape[1]
+        return P.make_plan(launcher(True), cfg, P.cdiv(t * (hq + hk), cfg.rows), q.device, dts,
+                           D=d, n_tokens=t, HQ=hq, qxt=q.stride(0), qxh=q.stride(1), qyt=qos[0], qyh=qos[1],
+                           HK=hk, kxt=k.stride(0), kxh=k.stride(1), kyt=kos[0], kyh=kos[1], **weights)
+    (_, qn1, qn2), (qxs, qys) = q_lay.sizes, q_lay.strides
+    (_, kn1, kn2), (kxs, kys) = k_lay.sizes, k_lay.strides
+    return P.make_plan(launcher(), cfg, P.blocks(q_rows, cfg) + P.blocks(k_rows, cfg), q.device, dts,
+                       D=d, q_rows=q_rows, qN1=qn1, qN2=qn2, **P.strides_named("qx", qxs), **P.strides_named("qy", qys),
+                       k_rows=k_rows, kN1=kn1, kN2=kn2, **P.strides_named("kx", kxs), **P.strides_named("ky", kys),
+                       CHUNKED=cfg.chunked(d), **weights)
+
+
+def _token_order_ok(q, k, qos, kos, cfg) -> bool:
+    """The token-ordered kernel needs Q [T, Hq, D], K [T, Hkv, D], unit last-dim strides
+    everywhere and whole rows in registers; otherwise the segment order runs."""
+    return (q.dim() == 3 and k.dim() == 3 and q.shape[0] == k.shape[0] and not cfg.chunked(q.shape[-1])
+            and q.stride(2) == 1 and k.stride(2) == 1 and qos[2] == 1 and kos[2] == 1)
+
+
+def run(q, k, q_weight, k_weight, eps: float, weight_offset: float, q_out, k_out, config):
+    """The general call, after :func:`check_args` (and without autograd)."""
+    q_weight = V.unaliased(q_weight, (q_out, k_out))
+    k_weight = V.unaliased(k_weight, (q_out, k_out))
+    if q_out is None:
+        q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if k_out is None:
+        k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    if q.numel() == 0 and k.numel() == 0:
+        return q_out, k_out
+    if not backend.use_triton(q):
+        q_res = rms_norm_ref(q, q_weight, eps, weight_offset)
+        k_res = rms_norm_ref(k, k_weight, eps, weight_offset)
+        q_out.copy_(q_res)
+        k_out.copy_(k_res)
+        return q_out, k_out
+    _launch(q, k, q_out, k_out, q_weight, k_weight, eps, weight_offset, config)
+    return q_out, k_out
+
+
+def _launch(q, k, q_out, k_out, q_weight, k_weight, eps, weight_offset, config, copied=False):
+    d = q.shape[-1]
+    q_weight, k_weight = P.addressable_weight(q_weight, d), P.addressable_weight(k_weight, d)
+    if P.n_rows(q) + P.n_rows(k) > layout.ROW_LIMIT:
+        # Too many rows for one launch: Q, then K, in pieces of at most layout.ROW_LIMIT rows
+        # (the other segment empty).
+        empty = q.new_empty((0, d))
+        for xc, oc in P.row_chunks([q, q_out]):
+            _launch(xc, empty, oc, empty, q_weight, k_weight, eps, weight_offset, config)
+        for xc, oc in P.row_chunks([k, k_out]):
+            _launch(empty, xc, empty, oc, q_weight, k_weight, eps, weight_offset, config)
+        return
+    key = (OP, "general", q.shape, q.stride(), k.shape, k.stride(), q.dtype, q.device, q_out.stride(),
+           k_out.stride(), _wkey(q_weight), _wkey(k_weight), config)
+    plan = P.cached(key, lambda: _plan(q, k, q_weight, k_weight, q_out.stride(), k_out.stride(), config))
+    if plan is None:
+        # Rare layouts (> 3 leading dims that do not merge, last-dim strides past int32):
+        # once on contiguous copies, which are always addressable.
+        assert not copied, "a contiguous copy must be addressable"
+        qc, kc = q.contiguous(), k.contiguous()
+        qt, kt = torch.empty_like(qc), torch.empty_like(kc)
+        _launch(qc, kc, qt, kt, q_weight, k_weight, eps, weight_offset, config, copied=True)
+        q_out.copy_(qt)
+        k_out.copy_(kt)
+        return
+    qw = q_weight if q_weight is not None else q
+    kw = k_weight if k_weight is not None else k
+    ptrs = (q.data_ptr(), q_out.data_ptr(), qw.data_ptr(), k.data_ptr(), k_out.data_ptr(), kw.data_ptr())
+    P.launch_plan(plan, launch.align_bits(*ptrs), ptrs + (*P.eps_pair(eps), weight_offset),
+                  (q, q_out, qw, k, k_out, kw))
+
+
+def _wkey(w):
+    return None if w is None else (w.shape, w.stride(), w.dtype, w.device)
+
+
+def call(q, k, q_weight, k_weight, eps=1e-6, weight_offset=0.0, q_out=None, k_out=None, config=None):
+    """Eager ``qk_rms_norm`` without compile or autograd routing (the custom ops' body)."""
+    r = fast(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config)
+    if r is None:
+        eps, weight_offset = check_args(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config)
+        r = run(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config)
+    return r

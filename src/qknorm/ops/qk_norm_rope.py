@@ -1,0 +1,255 @@
+"""Host side of ``qk_rms_norm_rope`` (kernel: ``kernels/qk_norm_rope.py``): checks, plans, launch.
+
+Public function and documentation: :func:`qknorm.qk_rms_norm_rope` (``functional.py``).
+Positions out of the cache's range: CPU positions are checked (ValueError); CUDA positions
+are not (that would need a device sync): the kernel clamps them into ``[0, max_position)``
+and the PyTorch path on CUDA clamps the same way.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import backend, launch
+from .. import validate as V
+from ..dispatch import next_pow2
+from .. import layout
+from ..reference import FLT_MAX, FLT_MIN, kernel_eps
+from ..reference_rope import qk_rms_norm_rope_torch
+from . import _plan as P
+from ._plan import PLANS
+
+OP = "qk_rms_norm_rope"
+CONFIG_OP = "qk_rms_norm"  # the dispatcher's pick for QK norm of the same rows (ROWS, num_warps)
+MAX_HEAD_DIM = 1024  # whole head in registers; no chunked form
+POSITION_DTYPES = (torch.int32, torch.int64)
+_Tensor = torch.Tensor
+_PTRS = ("CS", "P", "XQ", "YQ", "WQ", "XK", "YK", "WK")
+_launcher = None
+
+
+def launcher() -> launch.KernelLauncher:
+    """The kernel's launcher (imports triton on first use)."""
+    global _launcher
+    if _launcher is None:
+        from ..kernels.qk_norm_rope import qk_rms_norm_rope_kernel
+        _launcher = launch.KernelLauncher(qk_rms_norm_rope_kernel, _PTRS, _PTRS + ("eps", "eps_tiny", "w_offset"))
+    return _launcher
+
+
+def check_args(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rotary_dim, weight_offset,
+               q_out, k_out, config, *, memory: bool = True) -> tuple[float, float, int]:
+    """Every rule of ``qk_rms_norm_rope`` in the order users see the errors; ``memory=False``
+    skips the rules about the actual buffers and values (for plans and fakes).
+    Returns float (eps, weight_offset) and the rotary dim."""
+    d = V.qk_pair(q, k, q_weight, k_weight, three_d=True)
+    t = q.shape[0]
+    if k.shape[0] != t:
+        raise ValueError(f"q and k must have the same number of tokens (dim 0): q has {t}, k has {k.shape[0]}")
+    if d > MAX_HEAD_DIM:
+        raise ValueError(f"head_dim {d} is not supported by qk_rms_norm_rope (at most {MAX_HEAD_DIM}: the "
+                         f"whole head is kept in registers)")
+    V.scalars(eps, weight_offset, q_weight is not None)
+    if not isinstance(is_neox, bool):
+        raise TypeError(f"is_neox must be a bool, got {type(is_neox).__name__}")
+    r = d if rotary_dim is None else rotary_dim
+    if not isinstance(r, int) or isinstance(r, bool):
+        raise TypeError(f"rotary_dim must be an int or None, got {type(r).__name__}")
+    if r < 2 or r % 2 or r > d:
+        raise ValueError(f"rotary_dim must be even and in [2, head_dim={d}], got {r}")
+    cs = cos_sin_cache
+    if not isinstance(cs, torch.Tensor):
+        raise TypeError(f"cos_sin_cache must be a torch.Tensor, got {type(cs).__name__}")
+    if cs.dtype not in (torch.float32, q.dtype):
+        raise TypeError(f"cos_sin_cache must be float32 or q's dtype ({V.dtype_name(q.dtype)}), "
+                        f"got {V.dtype_name(cs.dtype)}")
+    if cs.dim() != 2 or cs.shape[1] != r or cs.shape[0] < 1:
+        hint = "" if rotary_dim is not None else " (rotary_dim defaults to head_dim; pass rotary_dim for partial rotary)"
+        raise ValueError(f"cos_sin_cache must have shape [max_position >= 1, rotary_dim={r}] (cos half, then sin "
+                         f"half){hint}, got {tuple(cs.shape)}")
+    V.same_device("cos_sin_cache", cs, "q", q)
+    if not isinstance(positions, torch.Tensor):
+        raise TypeError(f"positions must be a torch.Tensor, got {type(positions).__name__}")
+    if positions.dtype not in POSITION_DTYPES:
+        raise TypeError(f"positions must be int32 or int64, got {V.dtype_name(positions.dtype)}")
+    if positions.dim() != 1 or positions.shape[0] != t:
+        raise ValueError(f"positions must have shape ({t},) (one position per token of q and k), "
+                         f"got {tuple(positions.shape)}")
+    V.same_device("positions", positions, "q", q)
+    V.config(config)
+    V.qk_outputs(q, k, q_out, k_out, memory=memory)
+    if memory and positions.numel() and not positions.is_cuda:  # CPU positions are free to read
+        lo, hi = int(positions.min()), int(positions.max())
+        if lo < 0 or hi >= cs.shape[0]:
+            raise ValueError(f"positions must be in [0, {cs.shape[0] - 1}] (cos_sin_cache has {cs.shape[0]} rows), "
+                             f"got values in [{lo}, {hi}]")
+    return float(eps), float(weight_offset), r
+
+
+def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q_out, k_out, config):
+    """The common CUDA call on a cached plan; None: take the general call."""
+    if not (type(q) is _Tensor and (q.is_cuda or P.FAST_ON_CPU) and backend._backend != "torch" and type(k) is _Tensor
+            and type(cs) is _Tensor and type(positions) is _Tensor and type(is_neox) is bool
+            and (rotary_dim is None or type(rotary_dim) is int) and P.fast_scalars(eps, weight_offset, config)) \
+            or q.requires_grad or k.requires_grad or cs.requires_grad:
+        return None
+    qo, ko = P.out_kind(q_out, q), P.out_kind(k_out, k)
+    if qo is None or ko is None:
+        return None
+    if qw is None:
+        if kw is not None or weight_offset != 0.0:
+            return None
+        wk = None
+    elif type(qw) is _Tensor and type(kw) is _Tensor and not (qw.requires_grad or kw.requires_grad):
+        wk = (qw.shape, qw.stride(), qw.dtype, qw.device, kw.shape, kw.stride(), kw.dtype, kw.device)
+    else:
+        return None
+    key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.device, k.device, wk,
+           cs.shape, cs.stride(), cs.dtype, cs.device, positions.shape, positions.stride(), positions.dtype,
+           positions.device, is_neox, rotary_dim, config)
+    if qo is P.OTHER:
+        key += (q_out.shape, q_out.stride(), q_out.dtype, q_out.device)
+    if ko is P.OTHER:
+        key += (k_out.shape, k_out.stride(), k_out.dtype, k_out.device)
+    plan = PLANS.get(key)
+    if plan is None:
+        if key in PLANS:
+            return None
+        plan = PLANS.build(key, lambda: _fast_plan(q, k, qw, kw, cs, positions, is_neox, rotary_dim, q_out, k_out,
+                                                   qo, ko, config))
+        if plan is None:
+            return None
+    t = P.qk_targets(plan, q, k, q_out, k_out, qo, ko)
+    if t is None:
+        return None
+    q_out, k_out, pq, pk, pqo, pko = t
+    pcs, pp = cs.data_ptr(), positions.data_ptr()
+    if qw is None:
+        pqw, pkw, qw, kw = pq, pk, q, k  # never read (HAS_WEIGHT=False)
+        reads = (pcs, pp)
+    else:
+        pqw, pkw = qw.data_ptr(), kw.data_ptr()
+        reads = (pcs, pp, pqw, pkw)
+    if (qo or ko) and not P.reads_apart(plan, reads, qo, ko, pqo, pko):
+        return None  # a read tensor sharing memory with an output: the general call copies it
+    et = 0.0
+    if not FLT_MIN <= eps <= FLT_MAX:
+        eps, et = kernel_eps(eps)
+    ptrs = (pcs, pp, pq, pqo, pqw, pk, pko, pkw)
+    P.launch_plan(plan, launch.align_bits(*ptrs) if (pcs | pp | pq | pqo | pqw | pk | pko | pkw) & 15 else 0,
+                  ptrs + (eps, et, weight_offset), (cs, positions, q, q_out, qw, k, k_out, kw))
+    return q_out, k_out
+
+
+def _fast_plan(q, k, qw, kw, cs, positions, is_neox, rotary_dim, q_out, k_out, qo, ko, config):
+    try:
+        r = check_args(q, k, qw, kw, cs, positions, 0.0, is_neox, rotary_dim, 0.0, q_out, k_out, config,
+                       memory=False)[2]
+    except (TypeError, ValueError):
+        return None
+    if q.numel() == 0 or k.numel() == 0:
+        return None
+    qos = P.contig_strides(q.shape) if qo is P.NEW else q.stride() if qo is P.IN_PLACE else q_out.stride()
+    kos = P.contig_strides(k.shape) if ko is P.NEW else k.stride() if ko is P.IN_PLACE else k_out.stride()
+    if not _addressable(q, k, qw, kw, cs, qos, kos, r):
+        return None
+    plan = _plan(q, k, qw, kw, cs, positions, qos, kos, is_neox, r, config)
+    P.set_qk_pairs(plan, q, k, qos, kos, (cs, positions) if qw is None else (cs, positions, qw, kw))
+    return plan
+
+
+def _addressable(q, k, qw, kw, cs, qos, kos, r) -> bool:
+    """Whether the kernel's int32 column offsets reach every element, and one launch takes the rows."""
+    d, lim = q.shape[-1], P.INT32_MAX
+    return (q.shape[0] * (q.shape[1] + k.shape[1]) <= layout.ROW_LIMIT and abs(cs.stride(1)) * r <= lim
+            and all(abs(s) * d <= lim for s in (q.stride(2), k.stride(2), qos[2], kos[2]))
+            and all(w is None or abs(w.stride(0)) * d <= lim for w in (qw, kw)))
+
+
+def _plan(q, k, qw, kw, cs, positions, qos, kos, is_neox, r, config) -> P.Plan:
+    """Plan of one launch: Q ``[T, Hq, D]`` into strides ``qos``, K into ``kos``."""
+    t, hq, d = q.shape
+    hk = k.shape[1]
+    q_rows, k_rows = t * hq, t * hk
+    cfg = P.choose(CONFIG_OP, q.dtype, d, q_rows + k_rows, q.device, config)
+    half, tail = r // 2, d - r
+    dts = (cs.dtype, positions.dtype, q.dtype, qw.dtype if qw is not None else q.dtype,
+           kw.dtype if kw is not None else q.dtype)
+    return P.make_plan(launcher(), cfg, P.blocks(q_rows, cfg) + P.blocks(k_rows, cfg), q.device, dts,
+                       D=d, HALF=half, css0=cs.stride(0), css1=cs.stride(1), max_pos=cs.shape[0],
+                       ps=positions.stride(0),
+                       q_rows=q_rows, qH=max(hq, 1), qxt=q.stride(0), qxh=q.stride(1), qxd=q.stride(2),
+                       qyt=qos[0], qyh=qos[1], qyd=qos[2], qws=qw.stride(0) if qw is not None else 0,
+                       k_rows=k_rows, kH=max(hk, 1), kxt=k.stride(0), kxh=k.stride(1), kxd=k.stride(2),
+                       kyt=kos[0], kyh=kos[1], kyd=kos[2], kws=kw.stride(0) if kw is not None else 0,
+                       HAS_WEIGHT=qw is not None, IS_NEOX=is_neox, HAS_TAIL=tail > 0, ROWS=cfg.rows,
+                       BLOCK_H=next_pow2(half), BLOCK_T=next_pow2(tail) if tail else 1)
+
+
+def run(q, k, q_weight, k_weight, cs, positions, eps: float, is_neox: bool, r: int, weight_offset: float,
+        q_out, k_out, config):
+    """The general call, after :func:`check_args` (and without autograd)."""
+    written = (q_out, k_out)  # read-only tensors sharing memory with an output: read from private copies
+    q_weight, k_weight = V.unaliased(q_weight, written), V.unaliased(k_weight, written)
+    cs, positions = V.unaliased(cs, written), V.unaliased(positions, written)
+    if q_out is None:
+        q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if k_out is None:
+        k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    if q.numel() == 0 and k.numel() == 0:
+        return q_out, k_out
+    if not backend.use_triton(q):
+        if positions.is_cuda:  # same behaviour as the kernel, without a sync
+            positions = positions.clamp(0, cs.shape[0] - 1)
+        return qk_rms_norm_rope_torch(q, k, q_weight, k_weight, cs, positions, eps, is_neox, r, weight_offset,
+                                      q_out, k_out)
+    _launch(q, k, q_out, k_out, q_weight, k_weight, cs, positions, eps, is_neox, r, weight_offset, config)
+    return q_out, k_out
+
+
+def _launch(q, k, q_out, k_out, qw, kw, cs, positions, eps, is_neox, r, weight_offset, config):
+    """Launch for checked arguments: tensors the kernel cannot address with int32 column
+    offsets are copied once (weights, cache, or Q/K/outputs to contiguous), calls with more
+    rows than one launch takes run in pieces of whole tokens."""
+    d = q.shape[-1]
+    qw, kw = P.addressable_weight(qw, d), P.addressable_weight(kw, d)
+    if abs(cs.stride(1)) * r > P.INT32_MAX:
+        cs = cs.contiguous()
+    if any(abs(st) * d > P.INT32_MAX for st in (q.stride(2), k.stride(2), q_out.stride(2), k_out.stride(2))):
+        qt = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        kt = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+        _launch(q.contiguous(), k.contiguous(), qt, kt, qw, kw, cs, positions, eps, is_neox, r, weight_offset,
+                config)  # contiguous: addressable, no further copy
+        q_out.copy_(qt)
+        k_out.copy_(kt)
+        return
+    t = q.shape[0]
+    step = max(1, layout.ROW_LIMIT // max(1, q.shape[1] + k.shape[1]))
+    for t0 in range(0, t, step):
+        n = min(step, t - t0)
+        qc, kc, qoc, koc, pc = ((q, k, q_out, k_out, positions) if n == t else
+                                (q.narrow(0, t0, n), k.narrow(0, t0, n), q_out.narrow(0, t0, n),
+                                 k_out.narrow(0, t0, n), positions.narrow(0, t0, n)))
+        key = (OP, "general", qc.shape, qc.stride(), kc.shape, kc.stride(), q.dtype, q.device, qoc.stride(),
+               koc.stride(), _tkey(qw), _tkey(kw), _tkey(cs), _tkey(pc), is_neox, r, config)
+        plan = P.cached(key, lambda: _plan(qc, kc, qw, kw, cs, pc, qoc.stride(), koc.stride(), is_neox, r, config))
+        wq, wk = (qc, kc) if qw is None else (qw, kw)  # never read without weights
+        tensors = (cs, pc, qc, qoc, wq, kc, koc, wk)
+        ptrs = tuple(x.data_ptr() for x in tensors)
+        P.launch_plan(plan, launch.align_bits(*ptrs), ptrs + (*P.eps_pair(eps), weight_offset), tensors)
+
+
+def _tkey(t):
+    return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
+
+
+def call(q, k, q_weight, k_weight, cos_sin_cache, positions, eps=1e-6, is_neox=True, rotary_dim=None,
+         weight_offset=0.0, q_out=None, k_out=None, config=None):
+    """Eager ``qk_rms_norm_rope`` without compile or autograd routing (the custom ops' body)."""
+    r = fast(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rotary_dim, weight_offset, q_out,
+             k_out, config)
+    if r is None:
+        eps, weight_offset, rd = check_args(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox,
+                                            rotary_dim, weight_offset, q_out, k_out, config)
+        r = run(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rd, weight_offset, q_out, k_out,
+                config)
+    return r

@@ -1,0 +1,203 @@
+"""The shared plan mechanism (``ops/_plan.py``) and the ops' fast call, without a GPU.
+
+The fast call normally takes CUDA tensors only; ``_plan.FAST_ON_CPU`` lets it take CPU
+tensors, whose kernels then run in the Triton interpreter through the launcher's plain
+path: results, plan caching, the argument packing by name, and errors still raised by the
+general call with nothing written.
+"""
+import pytest
+import torch
+
+import qknorm
+from qknorm import launch
+from qknorm.ops import PLANS, _plan
+from qknorm.ops import rms_norm as rms_op
+from helpers import assert_matches, packed_qkv, ref_norm, ref_add_norm, randn
+
+triton = pytest.importorskip("triton")
+
+
+@pytest.fixture
+def fast_ops(monkeypatch):
+    """``qknorm`` with the fast call taking CPU tensors (interpreted kernels)."""
+    if torch.cuda.is_available():
+        pytest.skip("CPU stand-in for the CUDA fast path")
+    monkeypatch.setattr(_plan, "FAST_ON_CPU", True)
+    with qknorm.use_backend("triton"):
+        yield qknorm
+
+
+@pytest.fixture
+def on_interpreter():
+    yield
+
+
+def test_fast_path_results(fast_ops, on_interpreter):
+    dt = torch.float32
+    x = randn((5, 3, 64), dt, "cpu")
+    w = randn((64,), dt, "cpu")
+    y = fast_ops.rms_norm(x, w, 1e-6)
+    assert_matches(y, ref_norm(x, w), dt)
+    n_plans = len(PLANS)
+    y2 = fast_ops.rms_norm(x, w, 1e-6)
+    assert len(PLANS) == n_plans, "second call reuses the plan"
+    assert torch.equal(y, y2)
+    out = torch.full_like(x, float("nan"))
+    fast_ops.rms_norm(x, w, 1e-6, out=out, weight_offset=1.0)
+    assert_matches(out, ref_norm(x, w, offset=1.0), dt)
+    xi = x.clone()
+    fast_ops.rms_norm(xi, None, 1e-5, out=xi)
+    assert_matches(xi, ref_norm(x, None, 1e-5), dt)
+    # fused add
+    xa, r = randn((4, 64), dt, "cpu"), randn((4, 64), dt, "cpu")
+    yref, sref = ref_add_norm(xa, r, w)
+    fast_ops.fused_add_rms_norm(xa, r, w, 1e-6)
+    assert_matches(xa, yref, dt)
+    assert_matches(r, sref, dt)
+
+
+def test_fast_path_qk_packed_in_place_and_outputs(fast_ops, on_interpreter):
+    dt = torch.float32
+    qkv, q, k, v = packed_qkv(3, 4, 2, 64, dt, "cpu")
+    qw, kw = randn((64,), dt, "cpu"), randn((64,), dt, "cpu")
+    rq, rk = ref_norm(q, qw), ref_norm(k, kw)
+    v_before = v.clone()
+    for _ in range(2):  # second call: cached plan and overlap memo
+        work = qkv.clone()
+        wq, wk = work[:, :4 * 64].view(3, 4, 64), work[:, 4 * 64:6 * 64].view(3, 2, 64)
+        a, b = fast_ops.qk_rms_norm(wq, wk, qw, kw, 1e-6, q_out=wq, k_out=wk)
+        assert a is wq and b is wk
+        assert_matches(wq, rq, dt)
+        assert_matches(wk, rk, dt)
+        assert torch.equal(work[:, 6 * 64:].view(3, 2, 64), v_before), "V untouched"
+    qo, ko = fast_ops.qk_rms_norm(q, k, qw, kw)
+    assert qo.is_contiguous() and ko.is_contiguous()
+    assert_matches(qo, rq, dt)
+    assert_matches(ko, rk, dt)
+    qo2, ko2 = torch.full_like(qo, float("nan")), torch.full_like(ko, float("nan"))
+    fast_ops.qk_rms_norm(q, k, qw, kw, q_out=qo2, k_out=ko2)
+    assert torch.equal(qo2, qo) and torch.equal(ko2, ko)
+
+
+def test_fast_path_errors_come_from_general_path(fast_ops, on_interpreter):
+    dt = torch.float32
+    qkv, q, k, _ = packed_qkv(3, 4, 2, 64, dt, "cpu")
+    w = randn((64,), dt, "cpu")
+    before = qkv.clone()
+    # warm the plans with a valid call of the same key first, so the per-call checks decide
+    buf = torch.randn(4, 64)
+    fast_ops.rms_norm(buf[:3], w, 1e-6, out=torch.empty(3, 64))
+    with pytest.raises(ValueError, match="out partially overlaps x"):
+        fast_ops.rms_norm(buf[:3], w, 1e-6, out=buf[1:])
+    with pytest.raises(ValueError, match="k_out and q overlap"):
+        fast_ops.qk_rms_norm(q, k, w, w, q_out=k.new_empty(q.shape), k_out=q[:, 1:3])
+    with pytest.raises(ValueError, match="q_out and k_out overlap"):
+        fast_ops.qk_rms_norm(q, k, w, w, q_out=q, k_out=q[:, :2])
+    with pytest.raises(ValueError, match=r"k_weight must have shape \(64,\)"):
+        fast_ops.qk_rms_norm(q, k, w, w[:63])
+    with pytest.raises(ValueError, match="weight_offset=1.0 needs a weight"):
+        fast_ops.rms_norm(q, None, weight_offset=1.0)
+    with pytest.raises(ValueError, match="eps must be"):
+        fast_ops.rms_norm(q, w, eps=float("nan"))
+    with pytest.raises(ValueError, match="x and residual overlap"):
+        fast_ops.fused_add_rms_norm(qkv, qkv)
+    assert torch.equal(qkv, before)
+
+
+def test_plans_follow_dispatch_reset(fast_ops, on_interpreter):
+    x = torch.randn(2, 32)
+    fast_ops.rms_norm(x)
+    assert PLANS
+    qknorm.dispatch.reset()
+    fast_ops.rms_norm(x)
+    # reset emptied the dispatcher's decisions: the plans were rebuilt from scratch
+    assert len(PLANS) == 1
+
+
+def test_specialisation_separates_ints_equal_to_one(fast_ops, on_interpreter):
+    """Rows == 1 is a constexpr in Triton: a plan for 1 row must not share entries with 2 rows."""
+    w = torch.randn(32)
+    for t in (1, 2, 16, 17):
+        x = torch.randn(t, 32)
+        assert_matches(fast_ops.rms_norm(x, w), ref_norm(x, w), torch.float32)
+    specs = [s for s in rms_op.launcher().specs]
+    assert len({s[0] for s in specs}) >= 3  # int specialisations differ (1 / 16-divisible / other)
+
+
+
+
+# --------------------------------------------------------------------------- the pieces
+
+def test_pack_by_name_rejects_unknown_and_missing_parameters():
+    kl = rms_op.launcher()
+    assert kl.per_call == ("X", "Y", "W", "eps", "eps_tiny", "w_offset")
+    full = dict(n_rows=3, D=8, N1=1, N2=3, xs0=0, xs1=0, xs2=8, xsd=1, ys0=0, ys1=0, ys2=8, ysd=1, ws=1,
+                HAS_WEIGHT=True, ROWS=1, BLOCK_D=8, CHUNKED=False, PERSISTENT=False)
+    tail = kl.pack(**full)  # USE_PDL has a default
+    assert len(tail) == len(kl.arg_names) - len(kl.per_call)
+    assert tail[kl.static_names.index("ws")] == 1 and tail[-1] is False
+    with pytest.raises(TypeError, match="unknown kernel parameters"):
+        kl.pack(**full, bogus=1)
+    del full["ws"]
+    with pytest.raises(TypeError, match="ws not given"):
+        kl.pack(**full)
+
+
+def test_launcher_checks_the_leading_per_call_parameters():
+    from qknorm.kernels.rms_norm import rms_norm_kernel
+    with pytest.raises(ValueError, match="leading parameters"):
+        launch.KernelLauncher(rms_norm_kernel, ("X", "Y", "W"), ("X", "W", "Y"))
+
+
+def test_spec_keeps_constexprs_by_value():
+    """ROWS=16 and ROWS=32 are different compiled kernels although both are 16-divisible ints."""
+    kl = rms_op.launcher()
+    base = dict(n_rows=64, D=64, N1=1, N2=64, xs0=0, xs1=0, xs2=64, xsd=1, ys0=0, ys1=0, ys2=64, ysd=1, ws=1,
+                HAS_WEIGHT=True, BLOCK_D=64, CHUNKED=False, PERSISTENT=False)
+    assert kl.spec(kl.pack(ROWS=16, **base)) != kl.spec(kl.pack(ROWS=32, **base))
+    assert kl.spec(kl.pack(ROWS=16, **base)) == kl.spec(kl.pack(ROWS=16, **{**base, "n_rows": 128}))
+
+
+def test_out_kind():
+    x = torch.zeros(3)
+    assert _plan.out_kind(None, x) is _plan.OutKind.NEW
+    assert _plan.out_kind(x, x) is _plan.OutKind.IN_PLACE
+    assert _plan.out_kind(torch.zeros(3), x) is _plan.OutKind.OTHER
+    assert _plan.out_kind(torch.zeros(3, requires_grad=True), x) is None
+    assert _plan.out_kind("x", x) is None
+
+
+def test_plan_cache_is_bounded_and_follows_dispatch_reset():
+    cache = _plan.PlanCache(limit=3)
+    for i in range(3):
+        cache.build(i, lambda: i)
+    assert len(cache) == 3
+    cache.build(3, lambda: None)  # over the limit: emptied first, None cached too
+    assert len(cache) == 1 and 3 in cache and cache[3] is None
+    PLANS.build(("probe",), lambda: 1)
+    qknorm.dispatch.reset()
+    assert ("probe",) not in PLANS
+
+
+def test_apart_exact_for_interleaved_views():
+    """Q and K of a packed buffer: byte ranges meet, elements do not; the exact answer is cached."""
+    qkv = torch.zeros(4, 96)
+    q, k = qkv[:, :64].view(4, 2, 32), qkv[:, 64:].view(4, 1, 32)
+    plan = _plan.Plan(None, None, (1, 1, 1), (), {}, -1, None)
+    _plan.set_qk_pairs(plan, q, k, q.stride(), k.stride())
+    sq, sk = plan.spans[0], plan.spans[1]
+    pq, pk = q.data_ptr(), k.data_ptr()
+    assert _plan.apart(plan, _plan.Pair.QOUT_K, pq, sq, pk, sk)
+    assert plan.memo[_plan.Pair.QOUT_K] == {pk - pq: True}
+    assert not _plan.apart(plan, _plan.Pair.QOUT_K, pq, sq, pq + 4, sk)  # k shifted onto q's elements
+
+
+def test_reads_apart_checks_each_output_when_the_union_meets():
+    """A weight between Q_out and K_out (inside their union, outside both) is still apart."""
+    buf = torch.zeros(3 * 64)
+    qo, w, ko = buf[:64].view(1, 1, 64), buf[64:128], buf[128:].view(1, 1, 64)
+    plan = _plan.Plan(None, None, (1, 1, 1), (), {}, -1, None)
+    _plan.set_qk_pairs(plan, qo, ko, qo.stride(), ko.stride(), (w,))
+    io = _plan.OutKind.IN_PLACE
+    assert _plan.reads_apart(plan, (w.data_ptr(),), io, io, qo.data_ptr(), ko.data_ptr())
+    assert not _plan.reads_apart(plan, (buf[100:].data_ptr(),), io, io, qo.data_ptr(), ko.data_ptr())
