@@ -1,9 +1,9 @@
-"""qknorm.distributed: full-width RMSNorm of tensor-parallel shards, one all-reduce.
+"""qknorm.distributed across ranks: full-width RMSNorm of tensor-parallel shards, one all-reduce.
 
 Multi-rank tests spawn gloo process groups of 2 and 4 ranks on loopback (127.0.0.1, a
 free port, ``GLOO_SOCKET_IFNAME=lo``). This file is also the worker script::
 
-    python tests/test_distributed.py SCENARIO RANK OUTDIR
+    python tests/distributed/test_multi_rank.py SCENARIO RANK OUTDIR
 
 Each worker runs its scenario's cases in order and writes ``OUTDIR/rank{RANK}.json``
 (case -> "ok" or the failure) after every case. Nothing here depends on wall-clock
@@ -19,9 +19,10 @@ reference (``rms_norm_ref`` on the full width, fp64) restricted to its columns.
 Scenarios: ``w2`` and ``w3`` (world sizes 2 and 3); each case runs under a backend,
 ``torch`` (PyTorch path) or ``triton`` (the kernels in the interpreter: ``TRITON_INTERPRET=1``
 is set in the worker's environment before anything imports triton; ``qknorm.set_backend``
-switches). In-process tests cover errors before any collective and the kernels on a
-one-rank group (``impl`` fixture); ``test_distributed_adversarial.py`` the adversarial
-inputs of issue 11 on one rank.
+switches). The cases cover every module of the package across ranks: the local steps'
+numerics (``local``), ``check=True`` (``consistency``), autograd (``eager``) and the
+compile path (``custom_ops``). One rank in-process: ``test_local.py``, ``test_eager.py``,
+``test_consistency.py`` in this folder.
 """
 import datetime
 import functools
@@ -38,10 +39,10 @@ import torch
 import torch.distributed as dist
 
 import qknorm
-from helpers import TOL, assert_matches, poisoned, randn, ref_norm
+from helpers import assert_matches, poisoned, ref_norm
 from qknorm.distributed import qk_rms_norm_tp, rms_norm_tp
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/: helpers.py
 SRC = os.path.dirname(os.path.dirname(os.path.abspath(qknorm.__file__)))
 # Hang guards only, never a speed limit: a busy CI machine may be slow, never red.
 COLLECTIVE_TIMEOUT_S = 600  # gloo: a collective some rank never joins raises after this
@@ -236,11 +237,11 @@ def _one_all_reduce(rank, world):
 
 
 def _backend_used(rank, world):
-    import qknorm.distributed as D
+    from qknorm.distributed import local
     if qknorm.get_backend() == "triton":
-        assert D._kernels is not None and os.environ["TRITON_INTERPRET"] == "1", "Triton kernels did not run"
+        assert local.kernels_loaded() and os.environ["TRITON_INTERPRET"] == "1", "Triton kernels did not run"
     else:
-        assert D._kernels is None, "the torch path imported the Triton kernels"
+        assert not local.kernels_loaded(), "the torch path imported the Triton kernels"
 
 
 def _subgroup(rank, world):
@@ -483,97 +484,6 @@ def test_spawns_exit_cleanly(spawned):
         run = spawned(s)
         assert not run["timed_out"] and run["returncodes"] == [0] * SCENARIOS[s][0], \
             f"{s}: {run['returncodes']}\n" + "\n".join(run["logs"].values())
-
-
-# =========================================================================== in-process
-
-def test_no_process_group_raises():
-    if dist.is_initialized():
-        pytest.skip("a default process group is already initialised in this process")
-    x = torch.randn(3, 32)
-    with pytest.raises(RuntimeError, match="no process group is initialised.*init_process_group"):
-        rms_norm_tp(x, None)
-    with pytest.raises(RuntimeError, match="no process group is initialised"):
-        qk_rms_norm_tp(x, x[:, :16], None, None, check=True)
-
-
-@pytest.mark.parametrize("call,exc,match", [
-    (lambda x, w: rms_norm_tp(x.int(), None), TypeError, "x must be bfloat16"),
-    (lambda x, w: rms_norm_tp(x, w[:31]), ValueError, r"weight must have shape \(32,\).*local width"),
-    (lambda x, w: rms_norm_tp(x, w.int()), TypeError, "weight must be a floating"),
-    (lambda x, w: rms_norm_tp(x, w, full_width=16), ValueError, "full_width must be None or an int >= "),
-    (lambda x, w: rms_norm_tp(x, w, out=x[:, :16]), ValueError, "out must have the shape"),
-    (lambda x, w: rms_norm_tp(x, w, eps=-1.0), ValueError, "eps must be"),
-    (lambda x, w: rms_norm_tp(x[:, :0], None), ValueError, "local shard width"),
-    (lambda x, w: qk_rms_norm_tp(x, x.half(), w, w), TypeError, "same dtype"),
-    (lambda x, w: qk_rms_norm_tp(x, x, w, None), ValueError, "both be tensors or both be None"),
-    (lambda x, w: qk_rms_norm_tp(x, x[:, :16], w, w), ValueError, r"k_weight must have shape \(16,\)"),
-    (lambda x, w: qk_rms_norm_tp(x, x, None, None, q_out=x, k_out=x), ValueError, "overlap"),
-    (lambda x, w: qk_rms_norm_tp(x, x, None, None, k_full_width=8), ValueError, "k_full_width must"),
-])
-def test_local_errors_before_any_collective(call, exc, match):
-    """Argument errors come first, with or without a process group (none here)."""
-    x, w = torch.randn(3, 32), torch.randn(32)
-    before = x.clone()
-    with pytest.raises(exc, match=match):
-        call(x, w)
-    assert torch.equal(x, before)
-
-
-@pytest.fixture
-def one_rank():
-    """A one-rank gloo group in this process (in-memory store, no sockets to other ranks)."""
-    if dist.is_initialized():
-        pytest.skip("a default process group is already initialised in this process")
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
-def _padded_ref(x, w, full, eps=1e-6, offset=0.0):
-    """Reference of a shard that is the first ``D_local`` columns of a row padded with zeros
-    to ``full`` (what the other ranks of an uneven split would add if their shards were zero)."""
-    d = x.shape[-1]
-    pad = torch.zeros(*x.shape[:-1], full - d, dtype=x.dtype)
-    wp = None if w is None else torch.cat([w.cpu().float(), torch.zeros(full - d)])
-    return ref_norm(torch.cat([x.cpu(), pad], -1), wp, eps, offset)[..., :d]
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_one_rank_layouts(one_rank, impl, dtype):
-    """The kernels (interpreter) and the torch path on layouts the spawned tests do not use."""
-    # 4-D view whose leading dims do not merge (> 3): the contiguous-copy fallback
-    x = randn((2, 3, 4, 5, 24), dtype, impl).permute(3, 1, 0, 2, 4)
-    w = randn((24,), torch.float32, impl)
-    assert_matches(rms_norm_tp(x, w), ref_norm(x, w), dtype)
-    # full width larger than the shard: the divisor is the full width
-    assert_matches(rms_norm_tp(x, w, full_width=40), _padded_ref(x, w, 40), dtype)
-    # Q and K with different leading shapes and widths, allocated outputs, no weights
-    q, k = randn((3, 2, 48), dtype, impl), randn((5, 24), dtype, impl)[::2]
-    qo, ko = qk_rms_norm_tp(q, k, None, None, q_full_width=64)
-    assert qo.is_contiguous() and ko.is_contiguous()
-    assert_matches(qo, _padded_ref(q, None, 64), dtype, "q")
-    assert_matches(ko, ref_norm(k), dtype, "k")
-    # a 1-D shard (one row)
-    v = randn((40,), dtype, impl)
-    assert_matches(rms_norm_tp(v, None), ref_norm(v), dtype)
-
-
-def test_one_rank_wide_row_chunks(one_rank, impl):
-    """A shard wider than the dispatcher's register block: the sum loops over chunks."""
-    x = randn((2, 16400), torch.bfloat16, impl)
-    w = randn((16400,), torch.bfloat16, impl)
-    assert_matches(rms_norm_tp(x, w, weight_offset=1.0), ref_norm(x, w, offset=1.0), torch.bfloat16)
-
-
-def test_one_rank_matches_core_op(one_rank, impl):
-    """On one rank the TP op is the plain norm: same values as ``qknorm.rms_norm``."""
-    x = randn((7, 96), torch.float32, impl)
-    w = randn((96,), torch.float32, impl)
-    y = rms_norm_tp(x, w, 1e-5)
-    assert (y - qknorm.rms_norm(x, w, 1e-5)).abs().max().item() <= 4 * TOL[torch.float32]
 
 
 if __name__ == "__main__":

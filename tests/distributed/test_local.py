@@ -1,31 +1,98 @@
-"""Issue 11's adversarial inputs on the tensor-parallel ops, on a one-rank gloo group.
+"""qknorm.distributed.local: this rank's argument checks, addressing and kernels, on a one-rank group.
 
-Each test is one fault *kind* for ``rms_norm_tp`` and ``qk_rms_norm_tp`` on both backends
-(``impl``: the PyTorch path and the Triton kernels in the interpreter): weight strides
-past int32, written tensors that overlap themselves, weights aliasing an output, sums of
-squares past fp32's range, eps below fp32's range, autograd, loose arguments. The
-right value is the fp64 PyTorch reference on fresh random data. The multi-rank versions
-(fp64 all-reduce, backward all-reduce) are cases of ``test_distributed.py``.
+Argument errors come before any collective (with or without a process group). The rest
+runs on a one-rank gloo group on both backends (``impl``: the PyTorch path and the Triton
+kernels in the interpreter): layouts the multi-rank tests do not use, and issue 11's
+adversarial inputs (weight strides past int32, written tensors that overlap themselves,
+weights aliasing an output, sums of squares past fp32's range, eps below fp32's range,
+loose arguments). The right value is the fp64 PyTorch reference on fresh random data.
 """
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 
 import qknorm
-from helpers import assert_matches, randn, ref_norm
-from qknorm.distributed import qk_rms_norm_tp, rms_norm_tp
+from helpers import TOL, assert_matches, randn, ref_norm
+from qknorm import launch
+from qknorm.distributed import local, qk_rms_norm_tp, rms_norm_tp
+from qknorm.layout import ROW_LIMIT
 
 
-@pytest.fixture
-def one_rank():
-    if dist.is_initialized():
-        pytest.skip("a default process group is already initialised in this process")
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda x, w: rms_norm_tp(x.int(), None), TypeError, "x must be bfloat16"),
+    (lambda x, w: rms_norm_tp(x, w[:31]), ValueError, r"weight must have shape \(32,\).*local width"),
+    (lambda x, w: rms_norm_tp(x, w.int()), TypeError, "weight must be a floating"),
+    (lambda x, w: rms_norm_tp(x, w, full_width=16), ValueError, "full_width must be None or an int >= "),
+    (lambda x, w: rms_norm_tp(x, w, out=x[:, :16]), ValueError, "out must have the shape"),
+    (lambda x, w: rms_norm_tp(x, w, eps=-1.0), ValueError, "eps must be"),
+    (lambda x, w: rms_norm_tp(x[:, :0], None), ValueError, "local shard width"),
+    (lambda x, w: qk_rms_norm_tp(x, x.half(), w, w), TypeError, "same dtype"),
+    (lambda x, w: qk_rms_norm_tp(x, x, w, None), ValueError, "both be tensors or both be None"),
+    (lambda x, w: qk_rms_norm_tp(x, x[:, :16], w, w), ValueError, r"k_weight must have shape \(16,\)"),
+    (lambda x, w: qk_rms_norm_tp(x, x, None, None, q_out=x, k_out=x), ValueError, "overlap"),
+    (lambda x, w: qk_rms_norm_tp(x, x, None, None, k_full_width=8), ValueError, "k_full_width must"),
+    # loose arguments: the same rules and messages as the rest of the library
+    (lambda x, w: rms_norm_tp(x, w, config="fast"), TypeError, "^config must be a qknorm.KernelConfig"),
+    (lambda x, w: qk_rms_norm_tp(x, x, w, w, config=4), TypeError, "^config must be a qknorm.KernelConfig"),
+    (lambda x, w: rms_norm_tp(x, w, eps="1e-6"), TypeError, "^eps must be a real number"),
+    (lambda x, w: rms_norm_tp(x, w, eps=True), TypeError, "^eps must be a real number"),
+    (lambda x, w: rms_norm_tp(x, w, eps=None), TypeError, "^eps must be a real number"),
+    (lambda x, w: rms_norm_tp(x, w, eps=float("nan")), ValueError, "^eps must be a finite number >= 0"),
+    (lambda x, w: qk_rms_norm_tp(x, x, w, w, weight_offset="1"), TypeError, "^weight_offset must be a real"),
+    (lambda x, w: rms_norm_tp(x, w, full_width=64.5), TypeError, "^full_width must be None or an int"),
+    (lambda x, w: qk_rms_norm_tp(x, x, w, w, q_full_width=True), TypeError, "^q_full_width must be None or an int"),
+])
+def test_local_errors_before_any_collective(call, exc, match):
+    """Argument errors come first, with or without a process group (none here)."""
+    x, w = torch.randn(3, 32), torch.randn(32)
+    before = x.clone()
+    with pytest.raises(exc, match=match):
+        call(x, w)
+    assert torch.equal(x, before)
+
+
+def _padded_ref(x, w, full, eps=1e-6, offset=0.0):
+    """Reference of a shard that is the first ``D_local`` columns of a row padded with zeros
+    to ``full`` (what the other ranks of an uneven split would add if their shards were zero)."""
+    d = x.shape[-1]
+    pad = torch.zeros(*x.shape[:-1], full - d, dtype=x.dtype)
+    wp = None if w is None else torch.cat([w.cpu().float(), torch.zeros(full - d)])
+    return ref_norm(torch.cat([x.cpu(), pad], -1), wp, eps, offset)[..., :d]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_one_rank_layouts(one_rank, impl, dtype):
+    """The kernels (interpreter) and the torch path on layouts the spawned tests do not use."""
+    # 4-D view whose leading dims do not merge (> 3): the contiguous-copy fallback
+    x = randn((2, 3, 4, 5, 24), dtype, impl).permute(3, 1, 0, 2, 4)
+    w = randn((24,), torch.float32, impl)
+    assert_matches(rms_norm_tp(x, w), ref_norm(x, w), dtype)
+    # full width larger than the shard: the divisor is the full width
+    assert_matches(rms_norm_tp(x, w, full_width=40), _padded_ref(x, w, 40), dtype)
+    # Q and K with different leading shapes and widths, allocated outputs, no weights
+    q, k = randn((3, 2, 48), dtype, impl), randn((5, 24), dtype, impl)[::2]
+    qo, ko = qk_rms_norm_tp(q, k, None, None, q_full_width=64)
+    assert qo.is_contiguous() and ko.is_contiguous()
+    assert_matches(qo, _padded_ref(q, None, 64), dtype, "q")
+    assert_matches(ko, ref_norm(k), dtype, "k")
+    # a 1-D shard (one row)
+    v = randn((40,), dtype, impl)
+    assert_matches(rms_norm_tp(v, None), ref_norm(v), dtype)
+
+
+def test_one_rank_wide_row_chunks(one_rank, impl):
+    """A shard wider than the dispatcher's register block: the sum loops over chunks."""
+    x = randn((2, 16400), torch.bfloat16, impl)
+    w = randn((16400,), torch.bfloat16, impl)
+    assert_matches(rms_norm_tp(x, w, weight_offset=1.0), ref_norm(x, w, offset=1.0), torch.bfloat16)
+
+
+def test_one_rank_matches_core_op(one_rank, impl):
+    """On one rank the TP op is the plain norm: same values as ``qknorm.rms_norm``."""
+    x = randn((7, 96), torch.float32, impl)
+    w = randn((96,), torch.float32, impl)
+    y = rms_norm_tp(x, w, 1e-5)
+    assert (y - qknorm.rms_norm(x, w, 1e-5)).abs().max().item() <= 4 * TOL[torch.float32]
 
 
 # --------------------------------------------------------------------------- int32 offsets
@@ -58,11 +125,10 @@ def test_weight_stride_past_int32(one_rank, impl):
 def test_rows_past_int32_take_one_fallback():
     """A view with more rows than the kernels' int32 row index: no contiguous-copy retry
     (which would hit the same limit); the PyTorch path (int64 everywhere) runs instead."""
-    from qknorm.distributed import _ROW_LIMIT, _kernel_view
-    x = torch.zeros(1, dtype=torch.float16).expand(_ROW_LIMIT + 1, 1)
-    assert _kernel_view(x) is None
+    x = torch.zeros(1, dtype=torch.float16).expand(ROW_LIMIT + 1, 1)
+    assert local.kernel_view(x) is None
     y = torch.zeros(4, 3, 8)[..., :4]
-    v = _kernel_view(y)
+    v = local.kernel_view(y)
     assert v is not None and v[0] is y
 
 
@@ -135,61 +201,6 @@ def test_eps_below_fp32_range(one_rank, impl, eps):
     assert_matches(ko, ref_norm(x, None, eps), torch.float32)
 
 
-# --------------------------------------------------------------------------- autograd
-
-def _full_grad(x, w, eps, c):
-    xr, wr = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
-    y = xr * torch.rsqrt(xr.square().mean(-1, keepdim=True) + eps) * wr
-    ((y * c).sum() + (xr * xr).sum()).backward()
-    return xr.grad, wr.grad
-
-
-def test_autograd_matches_pytorch(one_rank, impl):
-    """Gradients are recorded (never silently dropped) and equal PyTorch autograd's."""
-    x, w, c = randn((2, 3, 48), torch.float32, impl), randn((48,), torch.float32, impl), \
-        randn((2, 3, 48), torch.float32, impl)
-    gx, gw = _full_grad(x, w, 1e-6, c)
-    xl, wl = x.clone().requires_grad_(), w.clone().requires_grad_()
-    y = rms_norm_tp(xl, wl)
-    assert y.requires_grad and y.grad_fn is not None
-    ((y * c).sum() + (xl * xl).sum()).backward()
-    assert_matches(xl.grad, gx, torch.float32, "dx")
-    assert_matches(wl.grad, gw, torch.float32, "dweight")
-    # qk: grad through K only (Q's output unused), Q without grad
-    k = x[0].clone().requires_grad_()
-    qo, ko = qk_rms_norm_tp(randn((4, 16), torch.float32, impl), k, None, None)
-    assert ko.requires_grad
-    (ko * c[0]).sum().backward()
-    gk, _ = _full_grad(x[0], torch.ones(48, device=impl), 1e-6, c[0])
-    assert_matches(k.grad, gk - 2 * x[0], torch.float32, "dk")
-
-
-def test_autograd_in_place_rules(one_rank, impl):
-    """In place on a leaf that requires grad (or a view of one) fails as PyTorch's own
-    in-place ops do, before anything is written; ``out=`` does not support autograd."""
-    leaf = randn((4, 32), torch.float32, impl).requires_grad_()
-    before = leaf.detach().clone()
-    with pytest.raises(RuntimeError, match="a leaf Variable that requires grad is being used in an in-place"):
-        rms_norm_tp(leaf, None, out=leaf)
-    with pytest.raises(RuntimeError, match="a view of a leaf Variable that requires grad"):
-        qk_rms_norm_tp(leaf[:, :16], leaf[:, 16:], None, None, q_out=leaf[:, :16], k_out=leaf[:, 16:])
-    with pytest.raises(RuntimeError, match=r"out=\.\.\. arguments don't support automatic differentiation"):
-        rms_norm_tp(leaf, None, out=torch.empty(4, 32, device=impl))
-    assert torch.equal(leaf.detach(), before)
-    with torch.no_grad():  # allowed without grad mode, as for PyTorch's ops
-        rms_norm_tp(leaf, None, out=leaf)
-    assert_matches(leaf.detach(), ref_norm(before), torch.float32)
-    # in place on a non-leaf: recorded like any in-place op
-    w = randn((32,), torch.float32, impl).requires_grad_()
-    x = randn((4, 32), torch.float32, impl)
-    h = x * 1.0
-    y = rms_norm_tp(h, w, out=h)
-    assert y is h and h.grad_fn is not None
-    h.sum().backward()
-    _, gw = _full_grad(x, w, 1e-6, torch.ones_like(x))
-    assert_matches(w.grad, gw, torch.float32, "dweight")
-
-
 # --------------------------------------------------------------------------- loose arguments
 
 def test_numpy_scalars_and_config(one_rank, impl):
@@ -201,26 +212,6 @@ def test_numpy_scalars_and_config(one_rank, impl):
     assert_matches(rms_norm_tp(x, w, 1e-6, weight_offset=1.0, config=cfg), ref, torch.float32)
     qo, _ = qk_rms_norm_tp(x, x[:, :32], w, w[:32], np.float64(1e-6), weight_offset=1, config=cfg)
     assert_matches(qo, ref, torch.float32)
-
-
-@pytest.mark.parametrize("call,exc,match", [
-    (lambda x, w: rms_norm_tp(x, w, config="fast"), TypeError, "^config must be a qknorm.KernelConfig"),
-    (lambda x, w: qk_rms_norm_tp(x, x, w, w, config=4), TypeError, "^config must be a qknorm.KernelConfig"),
-    (lambda x, w: rms_norm_tp(x, w, eps="1e-6"), TypeError, "^eps must be a real number"),
-    (lambda x, w: rms_norm_tp(x, w, eps=True), TypeError, "^eps must be a real number"),
-    (lambda x, w: rms_norm_tp(x, w, eps=None), TypeError, "^eps must be a real number"),
-    (lambda x, w: rms_norm_tp(x, w, eps=float("nan")), ValueError, "^eps must be a finite number >= 0"),
-    (lambda x, w: qk_rms_norm_tp(x, x, w, w, weight_offset="1"), TypeError, "^weight_offset must be a real"),
-    (lambda x, w: rms_norm_tp(x, w, full_width=64.5), TypeError, "^full_width must be None or an int"),
-    (lambda x, w: qk_rms_norm_tp(x, x, w, w, q_full_width=True), TypeError, "^q_full_width must be None or an int"),
-])
-def test_loose_arguments(call, exc, match):
-    """Same rules and messages as the rest of the library; raised before any collective."""
-    x, w = torch.randn(3, 32), torch.randn(32)
-    before = x.clone()
-    with pytest.raises(exc, match=match):
-        call(x, w)
-    assert torch.equal(x, before)
 
 
 _AOT = r"""
@@ -258,3 +249,35 @@ def test_tp_kernels_compile_for_sm90_without_a_gpu():
     if r.returncode and "ptxas" in r.stderr.lower() and "not found" in r.stderr.lower():
         pytest.skip("no ptxas to assemble cubins")
     assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------- launches
+
+def test_one_plan_per_call(one_rank, impl, monkeypatch):
+    """Both kernels share one addressing plan: a layout the kernels cannot address (more
+    than 3 unmergeable leading dims) is copied contiguous once per call, not once per kernel."""
+    x = randn((2, 3, 4, 5, 24), torch.float32, impl).permute(3, 1, 0, 2, 4)
+    plans, copies = [], []
+    real_plan, real_contiguous = local.kernel_plan, torch.Tensor.contiguous
+    monkeypatch.setattr(local, "kernel_plan", lambda *a, **k: plans.append(1) or real_plan(*a, **k))
+    monkeypatch.setattr(torch.Tensor, "contiguous",
+                        lambda t, *a, **k: copies.append(t.shape) or real_contiguous(t, *a, **k))
+    assert_matches(rms_norm_tp(x, None), ref_norm(x), torch.float32)
+    assert len(plans) == 1
+    assert len(copies) == (1 if qknorm.get_backend() == "triton" else 0), copies
+
+
+def test_launch_specialisations(one_rank):
+    """Launches go through ``qknorm.launch`` with one entry list per specialisation: row
+    counts with a different Triton int specialisation (``% 16``) get their own entries;
+    a repeated shape reuses them."""
+    with qknorm.use_backend("triton"):
+        for n in (16, 17, 16):
+            q, k = torch.randn(n, 48), torch.randn(n, 3, 16)
+            qo, ko = qk_rms_norm_tp(q, k, None, None)
+            assert_matches(qo, ref_norm(q), torch.float32, "q")
+            assert_matches(ko, ref_norm(k), torch.float32, "k")
+    specs = {(name, spec) for name, spec, *_ in launch.entry_states()}
+    for kernel in ("tp_sumsq_kernel", "tp_scale_kernel"):
+        mine = [s for name, s in specs if name == kernel]
+        assert len(mine) >= 2, (kernel, mine)
