@@ -54,8 +54,9 @@ import inspect
 import os
 import re
 import threading
+from typing import NamedTuple
 
-__all__ = ["PROTOCOL", "PROTOCOL_REASON", "KernelLauncher", "int_spec", "run", "set_enabled",
+__all__ = ["PROTOCOL", "PROTOCOL_REASON", "KernelLauncher", "int_spec", "run", "run_plan", "set_enabled",
            "enabled", "clear", "entry_states"]
 
 # entry states
@@ -424,6 +425,16 @@ class KernelLauncher:
         e.state, e.why = FAST, "verified against Triton's own launch"
 
 
+class _Call(NamedTuple):
+    """A one-off plan for :func:`run`."""
+    launcher: "KernelLauncher"
+    entries: list
+    grid: tuple
+    tail: tuple
+    kwargs: dict
+    device: int
+
+
 def run(kl: KernelLauncher, entries: list, bits: int, grid, args: tuple, tensors: tuple, kwargs: dict,
         device: int) -> None:
     """Launch ``kl``'s kernel: the fast call when this entry has one, else the slow path.
@@ -432,22 +443,27 @@ def run(kl: KernelLauncher, entries: list, bits: int, grid, args: tuple, tensors
     ``data_ptr()`` ints, constexprs included); ``tensors`` the tensors behind the pointers
     (for the plain path); ``device`` the CUDA device index (-1: not CUDA, plain path).
     """
-    e = entries[bits]
+    run_plan(_Call(kl, entries, grid, (), kwargs, device), bits, args, tensors)
+
+
+def run_plan(plan, bits: int, head: tuple, tensors: tuple) -> None:
+    """:func:`run` for a call plan (``ops/_plan.Plan``: ``launcher``, ``entries``, ``grid``,
+    ``tail``, ``kwargs``, ``device``) with the per-call arguments ``head``: the hot path of
+    every eager op, so :func:`run`'s fast call is repeated here without the extra call."""
+    e = plan.entries[bits]
     if e is not None:
         go = e.go
+        device = plan.device
         if go is not None and _current_device() == device:
             rt = _rt
-            if rt is not None:  # Triton's launch hooks must be idle (inlined hooks_idle())
-                h, x = rt.launch_enter_hook, rt.launch_exit_hook
-                if not ((h is None or (type(h) is _HookChain and not h.calls))
-                        and (x is None or (type(x) is _HookChain and not x.calls))):
-                    return kl.slow(entries, bits, grid, args, tensors, kwargs, device)
-            try:
-                go(grid, _raw_stream(device), args)
-                return
-            except Exception as exc:  # noqa: BLE001 - fall back for good, then redo it plainly
-                e.go, e.state, e.why = None, PLAIN, f"fast call raised {type(exc).__name__}: {exc}"
-    kl.slow(entries, bits, grid, args, tensors, kwargs, device)
+            if rt is None or ((type(h := rt.launch_enter_hook) is _HookChain and not h.calls or h is None)
+                              and (type(x := rt.launch_exit_hook) is _HookChain and not x.calls or x is None)):
+                try:
+                    go(plan.grid, _raw_stream(device), head + plan.tail)
+                    return
+                except Exception as exc:  # noqa: BLE001 - fall back for good, then redo it plainly
+                    e.go, e.state, e.why = None, PLAIN, f"fast call raised {type(exc).__name__}: {exc}"
+    plan.launcher.slow(plan.entries, bits, plan.grid, head + plan.tail, tensors, plan.kwargs, plan.device)
 
 
 def _no_device() -> int:

@@ -33,7 +33,7 @@ from .. import layout
 from ..layout import INT32_MAX, cdiv, kernel_layout, views_overlap
 from ..reference import FLT_MAX, FLT_MIN, kernel_eps
 
-__all__ = ["OutKind", "Pair", "Plan", "PlanCache", "PLANS", "out_kind", "fast_scalars", "apart", "launch_plan",
+__all__ = ["OutKind", "Pair", "Plan", "PlanCache", "PLANS", "out_kind", "fast_scalars", "apart",
            "make_plan", "eps_pair", "contig_strides", "span", "clear_caches"]
 
 _Tensor = torch.Tensor
@@ -97,7 +97,7 @@ class Plan:
     """
 
     __slots__ = ("launcher", "entries", "grid", "tail", "kwargs", "device", "config", "spans", "geom", "memo",
-                 "same_layout", "read_spans", "extra")
+                 "same_layout", "read_spans", "in_place")
 
     def __init__(self, launcher, entries, grid, tail, kwargs, device, config):
         self.launcher = launcher
@@ -112,7 +112,7 @@ class Plan:
         self.memo = {}
         self.same_layout = (False, False)
         self.read_spans = ()
-        self.extra = None
+        self.in_place = None
 
 
 class PlanCache(dict):
@@ -188,12 +188,6 @@ def apart(plan: Plan, pair: Pair, pa: int, sa, pb: int, sb) -> bool:
 def eps_pair(eps: float):
     """``(eps, eps_tiny)`` kernel arguments (``reference.kernel_eps``), the common case inline."""
     return (eps, 0.0) if FLT_MIN <= eps <= FLT_MAX else kernel_eps(eps)
-
-
-def launch_plan(plan: Plan, bits: int, head: tuple, tensors: tuple) -> None:
-    """Launch ``plan`` with the per-call arguments ``head`` (pointers, eps, eps_tiny,
-    weight_offset; the kernel's leading parameters) and ``tensors`` behind the pointers."""
-    launch.run(plan.launcher, plan.entries, bits, plan.grid, head + plan.tail, tensors, plan.kwargs, plan.device)
 
 
 # --------------------------------------------------------------------------- building plans
@@ -376,7 +370,7 @@ def launch_rows(launcher, op: str, second: str, x, y, weight, eps: float, weight
         return
     w = weight if weight is not None else x
     px, py, pw = x.data_ptr(), y.data_ptr(), w.data_ptr()
-    launch_plan(plan, launch.align_bits(px, py, pw), (px, py, pw, *eps_pair(eps), weight_offset), (x, y, w))
+    launch.run_plan(plan, launch.align_bits(px, py, pw), (px, py, pw, *eps_pair(eps), weight_offset), (x, y, w))
 
 
 # --------------------------------------------------------------------------- Q and K of one call
@@ -394,6 +388,17 @@ def set_qk_pairs(plan: Plan, q, k, qos, kos, reads=()) -> None:
     set_pair(plan, Pair.KOUT_Q, k.shape, kos, q.shape, qs, es)
     plan.same_layout = (qos == qs, kos == ks)
     plan.read_spans = tuple((0, 0) if t is None else span(t.shape, t.stride(), t.element_size()) for t in reads)
+
+
+def in_place_pair(plan: Plan, pq: int, pk: int):
+    """For a QK call in place on both: ``(pk - pq, lo, hi)`` when Q and K share no element
+    (recorded in ``plan.in_place``), else None."""
+    sq, sk = plan.spans[0], plan.spans[1]
+    if not apart(plan, Pair.QOUT_K, pq, sq, pk, sk):
+        return None
+    delta = pk - pq
+    plan.in_place = (delta, min(sq[0], delta + sk[0]), max(sq[1], delta + sk[1]))
+    return plan.in_place
 
 
 def qk_targets(plan: Plan, q, k, q_out, k_out, qo, ko):

@@ -57,11 +57,11 @@ def fast(x, residual, weight, eps, weight_offset, config) -> bool:
     if weight is None:
         if weight_offset != 0.0:
             return False
-        key = (OP, x.shape, x.stride(), x.dtype, x.device, residual.shape, residual.stride(), residual.dtype,
-               residual.device, config)
+        key = (OP, x.shape, x.stride(), x.dtype, x.get_device(), residual.shape, residual.stride(), residual.dtype,
+               residual.get_device(), config)
     elif type(weight) is _Tensor and not weight.requires_grad:
-        key = (OP, x.shape, x.stride(), x.dtype, x.device, residual.shape, residual.stride(), residual.dtype,
-               residual.device, config, weight.shape, weight.stride(), weight.dtype, weight.device)
+        key = (OP, x.shape, x.stride(), x.dtype, x.get_device(), residual.shape, residual.stride(), residual.dtype,
+               residual.get_device(), config, weight.shape, weight.stride(), weight.dtype, weight.get_device())
     else:
         return False
     plan = PLANS.get(key)
@@ -73,7 +73,7 @@ def fast(x, residual, weight, eps, weight_offset, config) -> bool:
             return False
     px, pr = x.data_ptr(), residual.data_ptr()
     sx, sr, sw = plan.spans
-    if not P.apart(plan, Pair.X_OUT, px, sx, pr, sr):
+    if not (px + sx[1] <= pr + sr[0] or pr + sr[1] <= px + sx[0] or P.apart(plan, Pair.X_OUT, px, sx, pr, sr)):
         return False
     if weight is None:
         weight, pw = x, px
@@ -86,7 +86,7 @@ def fast(x, residual, weight, eps, weight_offset, config) -> bool:
     if not FLT_MIN <= eps <= FLT_MAX:
         eps, et = kernel_eps(eps)
     bits = launch.align_bits(px, pr, pw) if (px | pr | pw) & 15 else 0
-    P.launch_plan(plan, bits, (px, pr, pw, eps, et, weight_offset), (x, residual, weight))
+    launch.run_plan(plan, bits, (px, pr, pw, eps, et, weight_offset), (x, residual, weight))
     return True
 
 

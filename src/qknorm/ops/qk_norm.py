@@ -14,7 +14,7 @@ from .. import layout
 from ..layout import kernel_layout
 from ..reference import FLT_MAX, FLT_MIN, kernel_eps, rms_norm_ref
 from . import _plan as P
-from ._plan import PLANS
+from ._plan import IN_PLACE, PLANS, Pair
 
 OP = "qk_rms_norm"
 _Tensor = torch.Tensor
@@ -55,16 +55,18 @@ def fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
     if qw is None:
         if kw is not None or weight_offset != 0.0:
             return None
-        key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.device, k.device, config)
+        key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.get_device(),
+               k.get_device(), config)
     elif type(qw) is _Tensor and type(kw) is _Tensor and not (qw.requires_grad or kw.requires_grad):
-        key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.device, k.device, config,
-               qw.shape, qw.stride(), qw.dtype, qw.device, kw.shape, kw.stride(), kw.dtype, kw.device)
+        key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.get_device(),
+               k.get_device(), config, qw.shape, qw.stride(), qw.dtype, qw.get_device(), kw.shape, kw.stride(),
+               kw.dtype, kw.get_device())
     else:
         return None
     if qo is P.OTHER:
-        key += (q_out.shape, q_out.stride(), q_out.dtype, q_out.device)
+        key += (q_out.shape, q_out.stride(), q_out.dtype, q_out.get_device())
     if ko is P.OTHER:
-        key += (k_out.shape, k_out.stride(), k_out.dtype, k_out.device)
+        key += (k_out.shape, k_out.stride(), k_out.dtype, k_out.get_device())
     plan = PLANS.get(key)
     if plan is None:
         if key in PLANS:
@@ -72,21 +74,38 @@ def fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
         plan = PLANS.build(key, lambda: _fast_plan(q, k, qw, kw, q_out, k_out, qo, ko, config))
         if plan is None:
             return None
-    t = P.qk_targets(plan, q, k, q_out, k_out, qo, ko)
-    if t is None:
-        return None
-    q_out, k_out, pq, pk, pqo, pko = t
-    if qw is None:
-        pqw, pkw, qw, kw = pq, pk, q, k
+    if qo is IN_PLACE and ko is IN_PLACE:  # the engine's call: Q and K of a packed buffer, in place
+        pq, pk = pqo, pko = q.data_ptr(), k.data_ptr()
+        ip = plan.in_place
+        if ip is None or pk - pq != ip[0]:
+            ip = P.in_place_pair(plan, pq, pk)
+            if ip is None:
+                return None  # Q and K share elements: the general call raises
+        if qw is None:
+            pqw, pkw, qw, kw = pq, pk, q, k
+        else:
+            pqw, pkw = qw.data_ptr(), kw.data_ptr()
+            lo, hi = pq + ip[1], pq + ip[2]
+            (a, b), (c, e) = plan.read_spans
+            if not ((pqw + b <= lo or hi <= pqw + a) and (pkw + e <= lo or hi <= pkw + c)) \
+                    and not P.reads_apart(plan, (pqw, pkw), qo, ko, pqo, pko):
+                return None  # a weight sharing memory with Q or K: the general call copies it
     else:
-        pqw, pkw = qw.data_ptr(), kw.data_ptr()
-        if (qo or ko) and not P.reads_apart(plan, (pqw, pkw), qo, ko, pqo, pko):
-            return None  # a weight sharing memory with an output: the general call copies it
+        t = P.qk_targets(plan, q, k, q_out, k_out, qo, ko)
+        if t is None:
+            return None
+        q_out, k_out, pq, pk, pqo, pko = t
+        if qw is None:
+            pqw, pkw, qw, kw = pq, pk, q, k
+        else:
+            pqw, pkw = qw.data_ptr(), kw.data_ptr()
+            if (qo or ko) and not P.reads_apart(plan, (pqw, pkw), qo, ko, pqo, pko):
+                return None  # a weight sharing memory with an output: the general call copies it
     et = 0.0
     if not FLT_MIN <= eps <= FLT_MAX:
         eps, et = kernel_eps(eps)
     bits = launch.align_bits(pq, pqo, pqw, pk, pko, pkw) if (pq | pqo | pqw | pk | pko | pkw) & 15 else 0
-    P.launch_plan(plan, bits, (pq, pqo, pqw, pk, pko, pkw, eps, et, weight_offset), (q, q_out, qw, k, k_out, kw))
+    launch.run_plan(plan, bits, (pq, pqo, pqw, pk, pko, pkw, eps, et, weight_offset), (q, q_out, qw, k, k_out, kw))
     return q_out, k_out
 
 
@@ -187,7 +206,7 @@ def _launch(q, k, q_out, k_out, q_weight, k_weight, eps, weight_offset, config, 
     qw = q_weight if q_weight is not None else q
     kw = k_weight if k_weight is not None else k
     ptrs = (q.data_ptr(), q_out.data_ptr(), qw.data_ptr(), k.data_ptr(), k_out.data_ptr(), kw.data_ptr())
-    P.launch_plan(plan, launch.align_bits(*ptrs), ptrs + (*P.eps_pair(eps), weight_offset),
+    launch.run_plan(plan, launch.align_bits(*ptrs), ptrs + (*P.eps_pair(eps), weight_offset),
                   (q, q_out, qw, k, k_out, kw))
 
 

@@ -16,7 +16,7 @@ from .. import layout
 from ..reference import FLT_MAX, FLT_MIN, kernel_eps
 from ..reference_rope import qk_rms_norm_rope_torch
 from . import _plan as P
-from ._plan import PLANS
+from ._plan import IN_PLACE, PLANS
 
 OP = "qk_rms_norm_rope"
 CONFIG_OP = "qk_rms_norm"  # the dispatcher's pick for QK norm of the same rows (ROWS, num_warps)
@@ -100,16 +100,16 @@ def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q
             return None
         wk = None
     elif type(qw) is _Tensor and type(kw) is _Tensor and not (qw.requires_grad or kw.requires_grad):
-        wk = (qw.shape, qw.stride(), qw.dtype, qw.device, kw.shape, kw.stride(), kw.dtype, kw.device)
+        wk = (qw.shape, qw.stride(), qw.dtype, qw.get_device(), kw.shape, kw.stride(), kw.dtype, kw.get_device())
     else:
         return None
-    key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.device, k.device, wk,
-           cs.shape, cs.stride(), cs.dtype, cs.device, positions.shape, positions.stride(), positions.dtype,
-           positions.device, is_neox, rotary_dim, config)
+    key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.get_device(), k.get_device(),
+           wk, cs.shape, cs.stride(), cs.dtype, cs.get_device(), positions.shape, positions.stride(), positions.dtype,
+           positions.get_device(), is_neox, rotary_dim, config)
     if qo is P.OTHER:
-        key += (q_out.shape, q_out.stride(), q_out.dtype, q_out.device)
+        key += (q_out.shape, q_out.stride(), q_out.dtype, q_out.get_device())
     if ko is P.OTHER:
-        key += (k_out.shape, k_out.stride(), k_out.dtype, k_out.device)
+        key += (k_out.shape, k_out.stride(), k_out.dtype, k_out.get_device())
     plan = PLANS.get(key)
     if plan is None:
         if key in PLANS:
@@ -118,24 +118,37 @@ def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q
                                                    qo, ko, config))
         if plan is None:
             return None
-    t = P.qk_targets(plan, q, k, q_out, k_out, qo, ko)
-    if t is None:
-        return None
-    q_out, k_out, pq, pk, pqo, pko = t
     pcs, pp = cs.data_ptr(), positions.data_ptr()
     if qw is None:
-        pqw, pkw, qw, kw = pq, pk, q, k  # never read (HAS_WEIGHT=False)
         reads = (pcs, pp)
     else:
         pqw, pkw = qw.data_ptr(), kw.data_ptr()
         reads = (pcs, pp, pqw, pkw)
-    if (qo or ko) and not P.reads_apart(plan, reads, qo, ko, pqo, pko):
-        return None  # a read tensor sharing memory with an output: the general call copies it
+    if qo is IN_PLACE and ko is IN_PLACE:  # the engine's call: Q and K of a packed buffer, in place
+        pq, pk = pqo, pko = q.data_ptr(), k.data_ptr()
+        ip = plan.in_place
+        if ip is None or pk - pq != ip[0]:
+            ip = P.in_place_pair(plan, pq, pk)
+            if ip is None:
+                return None  # Q and K share elements: the general call raises
+        lo, hi = pq + ip[1], pq + ip[2]
+        for p, (a, b) in zip(reads, plan.read_spans):
+            if p + b > lo and hi > p + a and not P.reads_apart(plan, reads, qo, ko, pqo, pko):
+                return None  # a read tensor sharing memory with Q or K: the general call copies it
+    else:
+        t = P.qk_targets(plan, q, k, q_out, k_out, qo, ko)
+        if t is None:
+            return None
+        q_out, k_out, pq, pk, pqo, pko = t
+        if (qo or ko) and not P.reads_apart(plan, reads, qo, ko, pqo, pko):
+            return None  # a read tensor sharing memory with an output: the general call copies it
+    if qw is None:
+        pqw, pkw, qw, kw = pq, pk, q, k  # never read (HAS_WEIGHT=False)
     et = 0.0
     if not FLT_MIN <= eps <= FLT_MAX:
         eps, et = kernel_eps(eps)
     ptrs = (pcs, pp, pq, pqo, pqw, pk, pko, pkw)
-    P.launch_plan(plan, launch.align_bits(*ptrs) if (pcs | pp | pq | pqo | pqw | pk | pko | pkw) & 15 else 0,
+    launch.run_plan(plan, launch.align_bits(*ptrs) if (pcs | pp | pq | pqo | pqw | pk | pko | pkw) & 15 else 0,
                   ptrs + (eps, et, weight_offset), (cs, positions, q, q_out, qw, k, k_out, kw))
     return q_out, k_out
 
@@ -235,7 +248,7 @@ def _launch(q, k, q_out, k_out, qw, kw, cs, positions, eps, is_neox, r, weight_o
         wq, wk = (qc, kc) if qw is None else (qw, kw)  # never read without weights
         tensors = (cs, pc, qc, qoc, wq, kc, koc, wk)
         ptrs = tuple(x.data_ptr() for x in tensors)
-        P.launch_plan(plan, launch.align_bits(*ptrs), ptrs + (*P.eps_pair(eps), weight_offset), tensors)
+        launch.run_plan(plan, launch.align_bits(*ptrs), ptrs + (*P.eps_pair(eps), weight_offset), tensors)
 
 
 def _tkey(t):

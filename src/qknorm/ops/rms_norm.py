@@ -48,20 +48,20 @@ def fast(x, weight, eps, weight_offset, out, config):
     if not (type(x) is _Tensor and (x.is_cuda or P.FAST_ON_CPU) and backend._backend != "torch"
             and P.fast_scalars(eps, weight_offset, config)) or x.requires_grad:
         return None
-    ok = P.out_kind(out, x)
+    ok = NEW if out is None else IN_PLACE if out is x else P.out_kind(out, x)
     if ok is None:
         return None
     if weight is None:
         if weight_offset != 0.0:
             return None
-        key = (OP, ok, x.shape, x.stride(), x.dtype, x.device, config)
+        key = (OP, ok, x.shape, x.stride(), x.dtype, x.get_device(), config)
     elif type(weight) is _Tensor and not weight.requires_grad:
-        key = (OP, ok, x.shape, x.stride(), x.dtype, x.device, config, weight.shape, weight.stride(), weight.dtype,
-               weight.device)
+        key = (OP, ok, x.shape, x.stride(), x.dtype, x.get_device(), config, weight.shape, weight.stride(),
+               weight.dtype, weight.get_device())
     else:
         return None
     if ok is OTHER:
-        key += (out.shape, out.stride(), out.dtype, out.device)
+        key += (out.shape, out.stride(), out.dtype, out.get_device())
     plan = PLANS.get(key)
     if plan is None:
         if key in PLANS:
@@ -77,8 +77,9 @@ def fast(x, weight, eps, weight_offset, out, config):
         po = px
     else:
         po = out.data_ptr()
-        if not (po == px and plan.same_layout[0]) and not P.apart(plan, Pair.X_OUT, px, plan.spans[0], po,
-                                                                  plan.spans[1]):
+        sx, so = plan.spans[0], plan.spans[1]
+        if not (px + sx[1] <= po + so[0] or po + so[1] <= px + sx[0] or (po == px and plan.same_layout[0])
+                or P.apart(plan, Pair.X_OUT, px, sx, po, so)):
             return None  # the same view as x is in place; any other overlap: the general call raises
     if weight is None:
         weight, pw = x, px
@@ -92,7 +93,7 @@ def fast(x, weight, eps, weight_offset, out, config):
     if not FLT_MIN <= eps <= FLT_MAX:
         eps, et = kernel_eps(eps)
     bits = launch.align_bits(px, po, pw) if (px | po | pw) & 15 else 0
-    P.launch_plan(plan, bits, (px, po, pw, eps, et, weight_offset), (x, out, weight))
+    launch.run_plan(plan, bits, (px, po, pw, eps, et, weight_offset), (x, out, weight))
     return out
 
 

@@ -1,0 +1,169 @@
+"""Where the microseconds of one eager qknorm call go (H200 host), op by op.
+
+Usage:  PYTHONPATH=$PWD/src python profile_host.py OUTDIR
+
+Per op (Qwen3-8B shapes, bf16, T = 1, 16, 64, inference_mode):
+  total    public call, back-to-back, sync at the end of each batch (median per call)
+  python   the same with qknorm.launch.run replaced by a no-op (host code before the launch)
+  run      qknorm.launch.run with one call's recorded arguments (our launch wrapper + C launcher)
+  go       the verified entry's go() alone (Triton's C launcher)
+  static   torch's Inductor static CUDA launcher on the same compiled kernel, if available
+Floors: x.mul_(1.0), torch.empty_like, stream/device getters. cProfile of 20000 calls.
+"""
+import cProfile
+import io
+import json
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+import qknorm
+from qknorm import launch
+
+OUT = sys.argv[1] if len(sys.argv) > 1 else "."
+os.makedirs(OUT, exist_ok=True)
+dev = torch.device("cuda")
+HQ, HKV, D, HID = 32, 8, 128, 4096
+res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+import triton
+res["triton"] = triton.__version__
+lines = []
+
+
+def log(s):
+    print(s, flush=True)
+    lines.append(s)
+
+
+def per_call(fn, calls=2000, batches=7, warm=200):
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    r = []
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        r.append((time.perf_counter() - t0) / calls * 1e6)
+    return statistics.median(r)
+
+
+def cases(t):
+    qkv = torch.randn(t, (HQ + 2 * HKV) * D, device=dev, dtype=torch.bfloat16)
+    q = qkv[:, :HQ * D].view(t, HQ, D)
+    k = qkv[:, HQ * D:(HQ + HKV) * D].view(t, HKV, D)
+    qw = torch.rand(D, device=dev, dtype=torch.bfloat16)
+    kw = torch.rand(D, device=dev, dtype=torch.bfloat16)
+    x = torch.randn(t, HID, device=dev, dtype=torch.bfloat16)
+    r = torch.randn(t, HID, device=dev, dtype=torch.bfloat16)
+    w = torch.rand(HID, device=dev, dtype=torch.bfloat16)
+    cache = torch.randn(4096, D, device=dev, dtype=torch.float32)
+    pos = torch.arange(t, device=dev, dtype=torch.int64)
+    return {
+        "rms_norm": lambda: qknorm.rms_norm(x, w, 1e-6),
+        "rms_norm_inplace": lambda: qknorm.rms_norm(x, w, 1e-6, out=x),
+        "fused_add": lambda: qknorm.fused_add_rms_norm(x, r, w, 1e-6),
+        "qk_inplace": lambda: qknorm.qk_rms_norm(q, k, qw, kw, 1e-6, q_out=q, k_out=k),
+        "qk_alloc": lambda: qknorm.qk_rms_norm(q, k, qw, kw, 1e-6),
+        "rope_inplace": lambda: qknorm.qk_rms_norm_rope(q, k, qw, kw, cache, pos, 1e-6, q_out=q, k_out=k),
+    }
+
+
+real_run = launch.run
+rec = {}
+
+
+def recording(*a):
+    rec["args"] = a
+    return real_run(*a)
+
+
+def noop(*a):
+    return None
+
+
+table = {}
+with torch.inference_mode():
+    for t in (1, 16, 64):
+        for name, fn in cases(t).items():
+            row = {}
+            row["total"] = per_call(fn)
+            launch.run = recording
+            fn()
+            launch.run = real_run
+            a = rec["args"]
+            launch.run = noop
+            row["python"] = per_call(fn)
+            launch.run = real_run
+            row["run"] = per_call(lambda: real_run(*a))
+            kl, entries, bits, grid, args, tensors, kwargs, device = a
+            e = entries[bits]
+            row["state"] = e.state if e else None
+            if e is not None and e.go is not None:
+                go, stream = e.go, launch._raw_stream(device)
+                row["go"] = per_call(lambda: go(grid, stream, args))
+                if t == 16:
+                    try:
+                        try:
+                            from torch._inductor.runtime.static_cuda_launcher import StaticallyLaunchedCudaKernel
+                        except ImportError:
+                            from torch._inductor.runtime.static_triton_launcher import StaticallyLaunchedCudaKernel
+                        ck = e.ck
+                        path = os.path.join(tempfile.mkdtemp(), "k.cubin")
+                        with open(path, "wb") as f:
+                            f.write(ck.asm["cubin"])
+                        ck._cubin_path = path
+                        sk = StaticallyLaunchedCudaKernel(ck)
+                        sk.load_kernel(torch.cuda.current_device())
+                        names = kl.arg_names
+                        const = set(getattr(sk, "full_constexprs", []))
+                        sargs = tuple(v for i, v in enumerate(args) if i not in const)
+                        C = sk.C_impl
+                        fnh, nw, sh, tys = sk.function, sk.num_warps, sk.shared, sk.arg_tys
+                        extra = tuple(None for h in (sk.has_global_scratch, sk.has_profile_scratch) if h)
+                        sargs = sargs + extra
+                        tys = tys + "O" * len(extra)
+                        row["static_tys"] = tys
+                        row["static"] = per_call(lambda: C._launch_kernel(fnh, grid[0], grid[1], grid[2], nw, sh,
+                                                                          tys, sargs, stream))
+                        row["static_run"] = per_call(lambda: sk.run(grid[0], grid[1], grid[2], stream, *sargs[:len(sargs)-len(extra)]))
+                    except Exception as exc:  # noqa: BLE001
+                        row["static_err"] = f"{type(exc).__name__}: {exc}"
+            table[f"{name} T={t}"] = row
+            log(f"{name:18s} T={t:3d} " + " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
+                                                 for k, v in row.items()))
+    x = torch.randn(16, HID, device=dev, dtype=torch.bfloat16)
+    floors = {
+        "mul_": per_call(lambda: x.mul_(1.0)),
+        "empty_like": per_call(lambda: torch.empty_like(x)),
+        "empty": per_call(lambda: torch.empty((16, HID), dtype=torch.bfloat16, device=dev)),
+        "raw_stream": per_call(lambda: launch._raw_stream(0)),
+        "get_device": per_call(lambda: launch._current_device()),
+        "is_compiling": per_call(lambda: torch.compiler.is_compiling()),
+    }
+    log("floors " + " ".join(f"{k}={v:.3f}" for k, v in floors.items()))
+    res["floors"] = floors
+    res["table"] = table
+    for name in ("qk_inplace", "rms_norm", "rope_inplace"):
+        fn = cases(16)[name]
+        for _ in range(100):
+            fn()
+        pr = cProfile.Profile()
+        pr.enable()
+        for _ in range(20000):
+            fn()
+        pr.disable()
+        torch.cuda.synchronize()
+        s = io.StringIO()
+        pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(18)
+        log(f"==== cProfile {name} T=16, 20000 calls\n" + s.getvalue())
+with open(os.path.join(OUT, "profile.json"), "w") as f:
+    json.dump(res, f, indent=1)
+with open(os.path.join(OUT, "profile.txt"), "w") as f:
+    f.write("\n".join(lines))
