@@ -86,9 +86,9 @@ def _rope_rows(block, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos,
         tm = row_ok[:, None] & t_ok[None, :]
         xt = tl.load(x_row[:, None] + (tc * xsd)[None, :], mask=tm, other=0.0).to(tl.float32)
         ss += tl.sum(xt * xt, axis=1)
-    # y = (x * p) * q per row; p = 1 unless the row is out of fp32's range (rows.py)
+    # y = x * q per row; a block holding a row out of fp32's range first scales those rows
+    # by p (rows.py) in a block-uniform branch, so the common path has no extra multiply.
     q = tl.rsqrt(ss / D + eps)
-    p = q * 0.0 + 1.0
     if SAFE_RANGE:
         bad = extreme_rows(ss, D, eps)
         if any_true(bad):  # rare, block-uniform
@@ -104,17 +104,15 @@ def _rope_rows(block, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos,
                 st = xt * sc[:, None]
                 ss2 += tl.sum(st * st, axis=1)
             p2, q2 = scaled_factors(ss2, D, eps, eps_tiny, k)
-            p = tl.where(bad, p2, p)
+            p = tl.where(bad, p2, 1.0)
             q = tl.where(bad, q2, q)
-
-    if SAFE_RANGE:
-        x1 = x1 * p[:, None]
-        x2 = x2 * p[:, None]
+            x1 = x1 * p[:, None]
+            x2 = x2 * p[:, None]
+            if HAS_TAIL:
+                xt = xt * p[:, None]
     y1 = x1 * q[:, None]
     y2 = x2 * q[:, None]
     if HAS_TAIL:
-        if SAFE_RANGE:
-            xt = xt * p[:, None]
         yt = xt * q[:, None]
     if HAS_WEIGHT:
         y1 = y1 * w1[None, :]

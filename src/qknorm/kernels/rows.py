@@ -8,14 +8,16 @@ Offsets are int64 so tensors past 2**31 elements index correctly.
 Numerics everywhere: load, upcast to fp32, sum of squares in fp32, multiply by the
 fp32 weight (+ offset), one rounding on store.
 
-Rows out of fp32's range (only with ``QKNORM_SAFE_RANGE=1``, see ``SAFE_RANGE``): the fp32 sum of squares overflows for |x| above ~1e19 and
-flushes to zero below ~1e-19 (PyTorch's ``F.rms_norm`` returns 0 or inf there). Such
-rows are found from the sum itself (:func:`extreme_rows`: above 3e38, or mean square +
-eps below 2**-60); a block that holds one takes a branch (uniform over the block, so
-the common path pays one compare per row) that scales each such row by an exact power
-of two ``2**k``, ``k = -exponent(max |x|)`` (:func:`row_exponent`), and normalises the
-scaled row with eps scaled too (:func:`scaled_factors`: ``y = (x * p) * q``, both per-row
-factors inside fp32's range). Ordinary rows keep ``p = 1``, ``q = rsqrt(mean(x**2) + eps)``.
+Rows out of fp32's range (only with ``QKNORM_SAFE_RANGE=1``, see ``SAFE_RANGE``): the fp32
+sum of squares overflows for |x| above ~1e19 and flushes to zero below ~1e-19 (PyTorch's
+``F.rms_norm`` returns 0 or inf there). Such rows are found from the sum itself
+(:func:`extreme_rows`: above 3e38, or mean square + eps below 2**-60). An unchunked block that
+holds one calls :func:`rescue_norm_block` / :func:`rescue_add_norm_block`: functions that are
+not inlined and take scalars only (Triton's noinline functions take no tensors), which read
+the block again and write it with :func:`rescued_factors`: each such row scaled by an exact
+power of two ``2**k``, ``k = -exponent(max |x|)`` (:func:`row_exponent`), then normalised
+with eps scaled too (:func:`scaled_factors`: ``y = (x * p) * q``, both per-row factors inside
+fp32's range). Other rows keep ``q = rsqrt(mean(x**2) + eps)`` and the same bits.
 ``eps`` arrives as two fp32 values (``reference.kernel_eps``): ``eps`` itself when it is
 a normal fp32 number (else 0) and ``eps_tiny = eps * 2**250`` when it is not, so every
 positive eps stays positive.
@@ -26,9 +28,10 @@ import triton
 import triton.language as tl
 
 # Rows out of fp32's range are handled only when QKNORM_SAFE_RANGE=1 (read once, at import):
-# the rescue branch measured 5-30% slower on an H200 at 256+ tokens even when not taken
-# (benchmarks/results/h200/2026-12-01-issue11), so by default the kernels keep the plain
-# fp32 sum of squares (the PyTorch path is always exact).
+# even with the rescue out of line and not taken, the branch measured 4% slower in geometric
+# mean on an H200 (up to 16% at 1024 tokens; RoPE's inline rescue up to 24%):
+# benchmarks/results/h200/2026-12-01-host-cost/graph-ab. So by default the kernels keep the
+# plain fp32 sum of squares (the PyTorch path is always exact).
 SAFE_RANGE = tl.constexpr(os.environ.get("QKNORM_SAFE_RANGE", "0").strip() not in ("", "0"))
 
 
@@ -85,35 +88,88 @@ def scaled_factors(ss, D, eps, eps_tiny, k):
 
 
 @triton.jit
-def row_factors(x, ss, D, eps, eps_tiny):
-    """``(p, q)`` per row of the fp32 tile ``x`` (sum of squares ``ss``): ``y = (x * p) * q``.
-    ``p = 1``, ``q = rsqrt(ss / D + eps)`` unless the block holds a row out of fp32's range;
-    then (one block-uniform branch) those rows get :func:`scaled_factors`; the others keep
-    the same bits."""
-    q = tl.rsqrt(ss / D + eps)
-    p = q * 0.0 + 1.0
+def rescued_factors(x, ss, D, eps, eps_tiny):
+    """``(p, q)`` per row of the fp32 tile ``x`` (sum of squares ``ss``) with
+    ``y = (x * p) * q = x / sqrt(mean(x**2) + eps)``: rows out of fp32's range get
+    :func:`scaled_factors`, the others ``p = 1``, ``q = rsqrt(ss / D + eps)`` (the same bits as
+    the common path)."""
     bad = extreme_rows(ss, D, eps)
-    if any_true(bad):
-        k = row_exponent(tl.max(tl.abs(x), axis=1), bad)
-        s = pow2(k >> 1) * pow2(k - (k >> 1))
-        xs = x * s[:, None]
-        p2, q2 = scaled_factors(tl.sum(xs * xs, axis=1), D, eps, eps_tiny, k)
-        p = tl.where(bad, p2, p)
-        q = tl.where(bad, q2, q)
-    return p, q
+    k = row_exponent(tl.max(tl.abs(x), axis=1), bad)
+    s = pow2(k >> 1) * pow2(k - (k >> 1))
+    xs = x * s[:, None]
+    p2, q2 = scaled_factors(tl.sum(xs * xs, axis=1), D, eps, eps_tiny, k)
+    return tl.where(bad, p2, 1.0), tl.where(bad, q2, tl.rsqrt(ss / D + eps))
 
 
 @triton.jit
 def normalize_rows(x, D, eps, eps_tiny):
     """``x / sqrt(mean(x**2) + eps)`` per row of the fp32 tile ``x`` ``[ROWS, BLOCK_D]``
-    (masked columns hold 0), with every row kept inside fp32's range (module docstring)."""
+    (masked columns hold 0); with ``SAFE_RANGE``, a block holding a row out of fp32's range
+    takes :func:`rescued_factors` (one block-uniform branch)."""
     ss = tl.sum(x * x, axis=1)
     if SAFE_RANGE:
-        p, q = row_factors(x, ss, D, eps, eps_tiny)
-        y = (x * p[:, None]) * q[:, None]
+        if any_true(extreme_rows(ss, D, eps)):
+            p, q = rescued_factors(x, ss, D, eps, eps_tiny)
+            y = (x * p[:, None]) * q[:, None]
+        else:
+            y = x * tl.rsqrt(ss / D + eps)[:, None]
     else:
         y = x * tl.rsqrt(ss / D + eps)[:, None]
     return y
+
+
+@triton.jit(noinline=True)
+def rescue_norm_block(block, X, Y, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd, ys0, ys1, ys2, ysd, ws, eps,
+                      eps_tiny, w_offset, HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr,
+                      BLOCK_D: tl.constexpr):
+    """:func:`norm_block` (unchunked) for a block holding a row out of fp32's range: reads the
+    block again and writes it with :func:`rescued_factors`. Not inlined and given scalars
+    only, so the common path's code and registers stay as if this branch did not exist."""
+    rows = block * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < n_rows
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < D
+    mask = row_ok[:, None] & col_ok[None, :]
+    x = tl.load((X + row_offsets(rows, N1, N2, xs0, xs1, xs2))[:, None] + (cols * xsd)[None, :], mask=mask,
+                other=0.0).to(tl.float32)
+    p, q = rescued_factors(x, tl.sum(x * x, axis=1), D, eps, eps_tiny)
+    y = (x * p[:, None]) * q[:, None]
+    if HAS_WEIGHT:
+        y = y * (tl.load(W + cols * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset)[None, :]
+    tl.store((Y + row_offsets(rows, N1, N2, ys0, ys1, ys2))[:, None] + (cols * ysd)[None, :],
+             y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit(noinline=True)
+def rescue_add_norm_block(block, X, R, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd, ws, eps,
+                          eps_tiny, w_offset, HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr,
+                          BLOCK_D: tl.constexpr):
+    """:func:`add_norm_block` (unchunked) for a block holding a row out of fp32's range
+    (called before either tensor of the block is written; see :func:`rescue_norm_block`)."""
+    rows = block * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < n_rows
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < D
+    mask = row_ok[:, None] & col_ok[None, :]
+    x_ptr = (X + row_offsets(rows, N1, N2, xs0, xs1, xs2))[:, None] + (cols * xsd)[None, :]
+    r_ptr = (R + row_offsets(rows, N1, N2, rs0, rs1, rs2))[:, None] + (cols * rsd)[None, :]
+    s = tl.load(x_ptr, mask=mask, other=0.0).to(tl.float32) + tl.load(r_ptr, mask=mask, other=0.0).to(tl.float32)
+    tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
+    p, q = rescued_factors(s, tl.sum(s * s, axis=1), D, eps, eps_tiny)
+    y = (s * p[:, None]) * q[:, None]
+    if HAS_WEIGHT:
+        y = y * (tl.load(W + cols * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset)[None, :]
+    tl.store(x_ptr, y.to(X.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def scale_store(x, ss, D, eps, w, y_ptr, mask, HAS_WEIGHT: tl.constexpr):
+    """Store ``x / sqrt(ss / D + eps) * w`` (rows of the fp32 tile ``x``, sums of squares
+    ``ss``) at ``y_ptr``: the common path of the unchunked blocks."""
+    y = x * tl.rsqrt(ss / D + eps)[:, None]
+    if HAS_WEIGHT:
+        y = y * w[None, :]
+    tl.store(y_ptr, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -141,14 +197,20 @@ def norm_block(block, X, Y, W, n_rows, D, N1, N2,
         col_ok = cols < D
         # The weight load is issued first so that its latency overlaps the row's load and
         # reduction instead of following them (a whole DRAM round trip at decode sizes).
+        w = 1.0  # no weight (HAS_WEIGHT=False: never read)
         if HAS_WEIGHT:
             w = tl.load(W + cols * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset
         mask = row_ok[:, None] & col_ok[None, :]
         x = tl.load(x_row[:, None] + (cols * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
-        y = normalize_rows(x, D, eps, eps_tiny)
-        if HAS_WEIGHT:
-            y = y * w[None, :]
-        tl.store(y_row[:, None] + (cols * ysd)[None, :], y.to(Y.dtype.element_ty), mask=mask)
+        ss = tl.sum(x * x, axis=1)
+        if SAFE_RANGE:
+            if any_true(extreme_rows(ss, D, eps)):  # rare, block-uniform: a separate function
+                rescue_norm_block(block, X, Y, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd, ys0, ys1, ys2, ysd, ws,
+                                  eps, eps_tiny, w_offset, HAS_WEIGHT, ROWS, BLOCK_D)
+            else:
+                scale_store(x, ss, D, eps, w, y_row[:, None] + (cols * ysd)[None, :], mask, HAS_WEIGHT)
+        else:
+            scale_store(x, ss, D, eps, w, y_row[:, None] + (cols * ysd)[None, :], mask, HAS_WEIGHT)
     else:
         acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
         for start in range(0, D, BLOCK_D):
@@ -213,6 +275,7 @@ def add_norm_block(block, X, R, W, n_rows, D, N1, N2,
     cols = tl.arange(0, BLOCK_D)
     if not CHUNKED:
         col_ok = cols < D
+        w = 1.0  # no weight (HAS_WEIGHT=False: never read)
         if HAS_WEIGHT:  # first, to overlap its latency (see norm_block)
             w = tl.load(W + cols * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset
         mask = row_ok[:, None] & col_ok[None, :]
@@ -220,11 +283,17 @@ def add_norm_block(block, X, R, W, n_rows, D, N1, N2,
         r_ptr = r_row[:, None] + (cols * rsd)[None, :]
         s = (tl.load(x_ptr, mask=mask, other=0.0).to(tl.float32)
              + tl.load(r_ptr, mask=mask, other=0.0).to(tl.float32))
-        tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
-        y = normalize_rows(s, D, eps, eps_tiny)
-        if HAS_WEIGHT:
-            y = y * w[None, :]
-        tl.store(x_ptr, y.to(X.dtype.element_ty), mask=mask)
+        ss = tl.sum(s * s, axis=1)
+        if SAFE_RANGE:
+            if any_true(extreme_rows(ss, D, eps)):  # rare, block-uniform: a separate function
+                rescue_add_norm_block(block, X, R, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd,
+                                      ws, eps, eps_tiny, w_offset, HAS_WEIGHT, ROWS, BLOCK_D)
+            else:
+                tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
+                scale_store(s, ss, D, eps, w, x_ptr, mask, HAS_WEIGHT)
+        else:
+            tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
+            scale_store(s, ss, D, eps, w, x_ptr, mask, HAS_WEIGHT)
     else:
         acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
         for start in range(0, D, BLOCK_D):
