@@ -212,12 +212,12 @@ def qk_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | 
     Returns
     -------
     tuple[torch.Tensor, torch.Tensor]
-        ``(q_out, k_out)``.
+        ``(q_out, k_out)``: normalised, then rotated.
 
     Raises
     ------
     TypeError, ValueError
-        As in :func:`qk_rms_norm`; head_dim above 1024; a cache shape that does not match
+        The errors of :func:`qk_rms_norm`; head_dim above 1024; a cache shape that does not match
         ``rotary_dim``; CPU positions outside ``[0, max_position)``.
 
     Notes

@@ -177,13 +177,62 @@ def qk_pair(q, k, q_weight, k_weight, *, three_d: bool = False) -> int:
     d = q.shape[-1]
     if k.shape[-1] != d:
         raise ValueError(f"q and k must have the same head_dim (last dim): q has {d}, k has {k.shape[-1]}")
+    paired_weights(q_weight, k_weight)
+    weight("q_weight", q_weight, d, "q", q)
+    weight("k_weight", k_weight, d, "k", k)
+    return d
+
+
+def paired_weights(q_weight, k_weight) -> None:
+    """Q's and K's weights: both tensors or both None."""
     if (q_weight is None) != (k_weight is None):
         raise ValueError("q_weight and k_weight must both be tensors or both be None, got "
                          f"q_weight={'None' if q_weight is None else 'tensor'}, "
                          f"k_weight={'None' if k_weight is None else 'tensor'}")
-    weight("q_weight", q_weight, d, "q", q)
-    weight("k_weight", k_weight, d, "k", k)
-    return d
+
+
+def rotary(q, cos_sin_cache, positions, rotary_dim, is_neox) -> int:
+    """RoPE arguments for Q ``[T, H, D]``: ``is_neox`` a bool; ``rotary_dim`` None (= D) or an
+    even int in [2, D]; ``cos_sin_cache`` ``[max_position >= 1, rotary_dim]``, fp32 or q's
+    dtype, on q's device; ``positions`` ``[T]`` int32/int64 on q's device. Returns rotary_dim."""
+    d, t = q.shape[-1], q.shape[0]
+    if not isinstance(is_neox, bool):
+        raise TypeError(f"is_neox must be a bool, got {type(is_neox).__name__}")
+    r = d if rotary_dim is None else rotary_dim
+    if not isinstance(r, int) or isinstance(r, bool):
+        raise TypeError(f"rotary_dim must be an int or None, got {type(r).__name__}")
+    if r < 2 or r % 2 or r > d:
+        raise ValueError(f"rotary_dim must be even and in [2, head_dim={d}], got {r}")
+    cs = cos_sin_cache
+    if not isinstance(cs, torch.Tensor):
+        raise TypeError(f"cos_sin_cache must be a torch.Tensor, got {type(cs).__name__}")
+    if cs.dtype not in (torch.float32, q.dtype):
+        raise TypeError(f"cos_sin_cache must be float32 or q's dtype ({dtype_name(q.dtype)}), "
+                        f"got {dtype_name(cs.dtype)}")
+    if cs.dim() != 2 or cs.shape[1] != r or cs.shape[0] < 1:
+        hint = "" if rotary_dim is not None else " (rotary_dim defaults to head_dim; pass rotary_dim for partial rotary)"
+        raise ValueError(f"cos_sin_cache must have shape [max_position >= 1, rotary_dim={r}] (cos half, then sin "
+                         f"half){hint}, got {tuple(cs.shape)}")
+    same_device("cos_sin_cache", cs, "q", q)
+    if not isinstance(positions, torch.Tensor):
+        raise TypeError(f"positions must be a torch.Tensor, got {type(positions).__name__}")
+    if positions.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"positions must be int32 or int64, got {dtype_name(positions.dtype)}")
+    if positions.dim() != 1 or positions.shape[0] != t:
+        raise ValueError(f"positions must have shape ({t},) (one position per token of q and k), "
+                         f"got {tuple(positions.shape)}")
+    same_device("positions", positions, "q", q)
+    return r
+
+
+def positions_in_range(positions, max_position: int) -> None:
+    """CPU positions (free to read) must index the cache; CUDA ones are not read (no sync)."""
+    if positions.numel() == 0 or positions.is_cuda:
+        return
+    lo, hi = int(positions.min()), int(positions.max())
+    if lo < 0 or hi >= max_position:
+        raise ValueError(f"positions must be in [0, {max_position - 1}] (cos_sin_cache has {max_position} rows), "
+                         f"got values in [{lo}, {hi}]")
 
 
 def qk_outputs(q, k, q_out, k_out, *, memory: bool = True) -> None:

@@ -156,10 +156,7 @@ def check_qk_args(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, q_
         raise TypeError(f"q and k must have the same dtype, got q {q.dtype} and k {k.dtype}")
     V.same_device("k", k, "q", q)
     dq, dk = _local_width("q", q), _local_width("k", k)
-    if (q_weight is None) != (k_weight is None):
-        raise ValueError("q_weight and k_weight must both be tensors or both be None, got "
-                         f"q_weight={'None' if q_weight is None else 'tensor'}, "
-                         f"k_weight={'None' if k_weight is None else 'tensor'}")
+    V.paired_weights(q_weight, k_weight)
     _shard_weight("q_weight", q_weight, dq, "q", q)
     _shard_weight("k_weight", k_weight, dk, "k", k)
     eps, weight_offset = _scalars(eps, weight_offset, q_weight is not None)

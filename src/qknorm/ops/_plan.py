@@ -21,6 +21,7 @@ dispatcher would no longer pick.
 from __future__ import annotations
 
 import enum
+import importlib
 import math
 import os
 
@@ -344,7 +345,7 @@ def cached(key, build):
     return plan
 
 
-def launch_rows(launcher, op: str, second: str, x, y, weight, eps: float, weight_offset: float, config,
+def launch_general_rows(launcher, op: str, second: str, x, y, weight, eps: float, weight_offset: float, config,
                 writes_x: bool, copied: bool = False) -> None:
     """General launch of a row kernel over ``x`` and ``y`` (rms_norm: the output; fused
     add: the residual) after every check: a weight the kernel cannot address is copied
@@ -353,7 +354,7 @@ def launch_rows(launcher, op: str, second: str, x, y, weight, eps: float, weight
     weight = addressable_weight(weight, x.shape[-1])
     if n_rows(x) > layout.ROW_LIMIT:
         for xc, yc in row_chunks([x, y]):
-            launch_rows(launcher, op, second, xc, yc, weight, eps, weight_offset, config, writes_x)
+            launch_general_rows(launcher, op, second, xc, yc, weight, eps, weight_offset, config, writes_x)
         return
     key = (op, "general", x.shape, x.stride(), x.dtype, x.device, y.stride(),
            None if weight is None else (weight.stride(), weight.dtype), config)
@@ -363,7 +364,7 @@ def launch_rows(launcher, op: str, second: str, x, y, weight, eps: float, weight
         # contiguous copies, which are always addressable.
         assert not copied, "a contiguous copy must be addressable"
         xc, yc = x.contiguous(), y.contiguous()
-        launch_rows(launcher, op, second, xc, yc, weight, eps, weight_offset, config, writes_x, copied=True)
+        launch_general_rows(launcher, op, second, xc, yc, weight, eps, weight_offset, config, writes_x, copied=True)
         if writes_x:
             x.copy_(xc)
         y.copy_(yc)
@@ -391,14 +392,54 @@ def set_qk_pairs(plan: Plan, q, k, qos, kos, reads=()) -> None:
 
 
 def in_place_pair(plan: Plan, pq: int, pk: int):
-    """For a QK call in place on both: ``(pk - pq, lo, hi)`` when Q and K share no element
-    (recorded in ``plan.in_place``), else None."""
+    """For a QK call in place on both: ``(pk - pq, lo, hi)`` when Q and K share no element,
+    where ``[pq + lo, pq + hi)`` is the byte range they cover together; else None. The
+    answer for the last pointer distance is kept in ``plan.in_place``."""
+    ip = plan.in_place
+    if ip is not None and pk - pq == ip[0]:
+        return ip
     sq, sk = plan.spans[0], plan.spans[1]
     if not apart(plan, Pair.QOUT_K, pq, sq, pk, sk):
         return None
     delta = pk - pq
     plan.in_place = (delta, min(sq[0], delta + sk[0]), max(sq[1], delta + sk[1]))
     return plan.in_place
+
+
+def reads_outside(plan: Plan, ptrs, lo: int, hi: int) -> bool:
+    """Whether no read-only tensor at ``ptrs`` (spans ``plan.read_spans``) meets ``[lo, hi)``."""
+    for p, (a, b) in zip(ptrs, plan.read_spans):
+        if p + b > lo and hi > p + a:
+            return False
+    return True
+
+
+def with_outputs(key: tuple, qo, q_out, ko, k_out) -> tuple:
+    """``key`` extended by the metadata of the OTHER outputs of a QK call."""
+    if qo is OTHER:
+        key += (q_out.shape, q_out.stride(), q_out.dtype, q_out.get_device())
+    if ko is OTHER:
+        key += (k_out.shape, k_out.stride(), k_out.dtype, k_out.get_device())
+    return key
+
+
+def lookup(key, build):
+    """:data:`PLANS`' plan of ``key`` after a miss of ``PLANS.get``: None when the key is known
+    not to take the fast call, else built by ``build()`` (which may return None)."""
+    return None if key in PLANS else PLANS.build(key, build)
+
+
+_launchers: dict = {}
+
+
+def kernel_launcher(module: str, kernel: str, pointers: tuple, per_call: tuple) -> launch.KernelLauncher:
+    """The :class:`launch.KernelLauncher` of ``kernels/<module>.py``'s ``kernel``, made on
+    first use (importing triton then, so CPU-only callers never do)."""
+    kl = _launchers.get(kernel)
+    if kl is None:
+        fn = getattr(importlib.import_module(f"..kernels.{module}", __package__), kernel)
+        kl = _launchers[kernel] = launch.KernelLauncher(fn, pointers, per_call)
+    return kl
 
 
 def qk_targets(plan: Plan, q, k, q_out, k_out, qo, ko):
@@ -410,26 +451,14 @@ def qk_targets(plan: Plan, q, k, q_out, k_out, qo, ko):
     sq, sk, sqo, sko = plan.spans
     if qo is IN_PLACE and ko is IN_PLACE:  # the common engine call: Q and K of a packed buffer
         return (q, k, pq, pk, pq, pk) if apart(plan, Pair.QOUT_K, pq, sq, pk, sk) else None
-    if qo is NEW:
-        q_out = torch.empty_like(q, memory_format=torch.contiguous_format)
-        pqo, q_in = q_out.data_ptr(), False
-    elif qo is IN_PLACE:
-        pqo, q_in = pq, True
-    else:
-        pqo = q_out.data_ptr()
-        q_in = pqo == pq and plan.same_layout[0]
-        if not q_in and not apart(plan, Pair.Q_QOUT, pq, sq, pqo, sqo):
-            return None
-    if ko is NEW:
-        k_out = torch.empty_like(k, memory_format=torch.contiguous_format)
-        pko, k_in = k_out.data_ptr(), False
-    elif ko is IN_PLACE:
-        pko, k_in = pk, True
-    else:
-        pko = k_out.data_ptr()
-        k_in = pko == pk and plan.same_layout[1]
-        if not k_in and not apart(plan, Pair.K_KOUT, pk, sk, pko, sko):
-            return None
+    t = _target(plan, q, q_out, qo, pq, sq, sqo, Pair.Q_QOUT, plan.same_layout[0])
+    if t is None:
+        return None
+    q_out, pqo, q_in = t
+    t = _target(plan, k, k_out, ko, pk, sk, sko, Pair.K_KOUT, plan.same_layout[1])
+    if t is None:
+        return None
+    k_out, pko, k_in = t
     if qo and ko and not apart(plan, Pair.QOUT_KOUT, pqo, sqo, pko, sko):
         return None
     if qo and not k_in and not apart(plan, Pair.QOUT_K, pqo, sqo, pk, sk):
@@ -439,30 +468,62 @@ def qk_targets(plan: Plan, q, k, q_out, k_out, qo, ko):
     return q_out, k_out, pq, pk, pqo, pko
 
 
+def _target(plan: Plan, x, out, kind, px: int, sx, so, pair: Pair, same_layout: bool):
+    """One output of a QK call: ``(out, its pointer, in place?)``, a NEW one allocated; None
+    when an OTHER output shares memory with its input without being the same view."""
+    if kind is NEW:
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        return out, out.data_ptr(), False
+    if kind is IN_PLACE:
+        return out, px, True
+    po = out.data_ptr()
+    if po == px and same_layout:
+        return out, po, True
+    return (out, po, False) if apart(plan, pair, px, sx, po, so) else None
+
+
+def qk_kinds(q, k, q_out, k_out, q_weight, k_weight, weight_offset):
+    """The :class:`OutKind` pair of a QK call, or None when the fast call cannot take it
+    (an output of another type, or weights that are not both tensors without grad or both None)."""
+    qo, ko = out_kind(q_out, q), out_kind(k_out, k)
+    if qo is None or ko is None:
+        return None
+    if q_weight is None:
+        if k_weight is not None or weight_offset != 0.0:
+            return None
+    elif not (type(q_weight) is _Tensor and type(k_weight) is _Tensor
+              and not (q_weight.requires_grad or k_weight.requires_grad)):
+        return None
+    return qo, ko
+
+
+def launch_rows(plan: Plan, px: int, py: int, pw: int, eps: float, weight_offset: float, tensors: tuple) -> None:
+    """The fast call's launch of a row kernel (rms_norm, fused add): pointers, the eps pair."""
+    et = 0.0
+    if not FLT_MIN <= eps <= FLT_MAX:
+        eps, et = kernel_eps(eps)
+    launch.run_plan(plan, launch.align_bits(px, py, pw) if (px | py | pw) & 15 else 0,
+                    (px, py, pw, eps, et, weight_offset), tensors)
+
+
+def qk_outputs(q, k, q_out, k_out):
+    """The general call's outputs of a QK op: the given ones, or new tensors of q's/k's shape."""
+    if q_out is None:
+        q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if k_out is None:
+        k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    return q_out, k_out
+
+
 def reads_apart(plan: Plan, ptrs, qo, ko, pqo: int, pko: int) -> bool:
     """Whether the read-only tensors at ``ptrs`` (spans ``plan.read_spans``) share no byte
     with a written output (a NEW output is fresh memory and is not checked). False: the
     general call reads them from private copies."""
     spans = plan.spans
-    if qo and ko:  # one range covering both outputs (Q and K of a packed buffer are adjacent)
-        lo = min(pqo + spans[2][0], pko + spans[3][0])
-        hi = max(pqo + spans[2][1], pko + spans[3][1])
-    elif qo:
-        lo, hi = pqo + spans[2][0], pqo + spans[2][1]
-    else:
-        lo, hi = pko + spans[3][0], pko + spans[3][1]
+    written = ((pqo + spans[2][0], pqo + spans[2][1]) if qo else None,
+               (pko + spans[3][0], pko + spans[3][1]) if ko else None)
     for p, (a, b) in zip(ptrs, plan.read_spans):
-        if p + b > lo and hi > p + a:
-            return _reads_apart_exact(plan, ptrs, qo, ko, pqo, pko)
-    return True
-
-
-def _reads_apart_exact(plan: Plan, ptrs, qo, ko, pqo: int, pko: int) -> bool:
-    """:func:`reads_apart` against each written output's own byte range."""
-    spans = plan.spans
-    for p, (a, b) in zip(ptrs, plan.read_spans):
-        if qo and p + b > pqo + spans[2][0] and pqo + spans[2][1] > p + a:
-            return False
-        if ko and p + b > pko + spans[3][0] and pko + spans[3][1] > p + a:
-            return False
+        for w in written:
+            if w is not None and p + b > w[0] and w[1] > p + a:
+                return False
     return True

@@ -8,23 +8,18 @@ import torch
 
 from .. import backend, launch
 from .. import validate as V
-from ..reference import FLT_MAX, FLT_MIN, fused_add_rms_norm_torch, kernel_eps
+from ..reference import fused_add_rms_norm_torch
 from . import _plan as P
 from ._plan import PLANS, Pair
 
 OP = "fused_add_rms_norm"
 _Tensor = torch.Tensor
-_launcher = None
 
 
 def launcher() -> launch.KernelLauncher:
     """The kernel's launcher (imports triton on first use)."""
-    global _launcher
-    if _launcher is None:
-        from ..kernels.fused_add import fused_add_rms_norm_kernel
-        _launcher = launch.KernelLauncher(fused_add_rms_norm_kernel, ("X", "R", "W"),
-                                          ("X", "R", "W", "eps", "eps_tiny", "w_offset"))
-    return _launcher
+    return P.kernel_launcher("fused_add", "fused_add_rms_norm_kernel", ("X", "R", "W"),
+                             ("X", "R", "W", "eps", "eps_tiny", "w_offset"))
 
 
 def check_args(x, residual, weight, eps, weight_offset, config, *, memory: bool = True):
@@ -64,13 +59,9 @@ def fast(x, residual, weight, eps, weight_offset, config) -> bool:
                residual.get_device(), config, weight.shape, weight.stride(), weight.dtype, weight.get_device())
     else:
         return False
-    plan = PLANS.get(key)
+    plan = PLANS.get(key) or P.lookup(key, lambda: _fast_plan(x, residual, weight, config))
     if plan is None:
-        if key in PLANS:
-            return False
-        plan = PLANS.build(key, lambda: _fast_plan(x, residual, weight, config))
-        if plan is None:
-            return False
+        return False
     px, pr = x.data_ptr(), residual.data_ptr()
     sx, sr, sw = plan.spans
     if not (px + sx[1] <= pr + sr[0] or pr + sr[1] <= px + sx[0] or P.apart(plan, Pair.X_OUT, px, sx, pr, sr)):
@@ -82,11 +73,7 @@ def fast(x, residual, weight, eps, weight_offset, config) -> bool:
         if not ((pw + sw[1] <= px + sx[0] or px + sx[1] <= pw + sw[0])
                 and (pw + sw[1] <= pr + sr[0] or pr + sr[1] <= pw + sw[0])):
             return False
-    et = 0.0
-    if not FLT_MIN <= eps <= FLT_MAX:
-        eps, et = kernel_eps(eps)
-    bits = launch.align_bits(px, pr, pw) if (px | pr | pw) & 15 else 0
-    launch.run_plan(plan, bits, (px, pr, pw, eps, et, weight_offset), (x, residual, weight))
+    P.launch_rows(plan, px, pr, pw, eps, weight_offset, (x, residual, weight))
     return True
 
 
@@ -109,7 +96,7 @@ def run(x, residual, weight, eps: float, weight_offset: float, config):
         return x, residual
     if not backend.use_triton(x):
         return fused_add_rms_norm_torch(x, residual, weight, eps, weight_offset)
-    P.launch_rows(launcher(), OP, "r", x, residual, weight, eps, weight_offset, config, writes_x=True)
+    P.launch_general_rows(launcher(), OP, "r", x, residual, weight, eps, weight_offset, config, writes_x=True)
     return x, residual
 
 

@@ -14,23 +14,18 @@ from .. import layout
 from ..layout import kernel_layout
 from ..reference import FLT_MAX, FLT_MIN, kernel_eps, rms_norm_ref
 from . import _plan as P
-from ._plan import IN_PLACE, PLANS, Pair
+from ._plan import IN_PLACE, PLANS
 
 OP = "qk_rms_norm"
 _Tensor = torch.Tensor
 _PTRS = ("XQ", "YQ", "WQ", "XK", "YK", "WK")
 _PER_CALL = _PTRS + ("eps", "eps_tiny", "w_offset")
-_launchers = {}
 
 
 def launcher(token_order: bool = False) -> launch.KernelLauncher:
     """The segment-ordered (or token-ordered) kernel's launcher (imports triton on first use)."""
-    kl = _launchers.get(token_order)
-    if kl is None:
-        from ..kernels import qk_norm
-        fn = qk_norm.qk_rms_norm_tokens_kernel if token_order else qk_norm.qk_rms_norm_kernel
-        kl = _launchers[token_order] = launch.KernelLauncher(fn, _PTRS, _PER_CALL)
-    return kl
+    return P.kernel_launcher("qk_norm", "qk_rms_norm_tokens_kernel" if token_order else "qk_rms_norm_kernel",
+                             _PTRS, _PER_CALL)
 
 
 def check_args(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config, *, memory: bool = True):
@@ -49,47 +44,35 @@ def fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
             and type(k) is _Tensor
             and P.fast_scalars(eps, weight_offset, config)) or q.requires_grad or k.requires_grad:
         return None
-    qo, ko = P.out_kind(q_out, q), P.out_kind(k_out, k)
-    if qo is None or ko is None:
+    kinds = P.qk_kinds(q, k, q_out, k_out, qw, kw, weight_offset)
+    if kinds is None:
         return None
+    qo, ko = kinds
     if qw is None:
-        if kw is not None or weight_offset != 0.0:
-            return None
         key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.get_device(),
                k.get_device(), config)
-    elif type(qw) is _Tensor and type(kw) is _Tensor and not (qw.requires_grad or kw.requires_grad):
+    else:
         key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.get_device(),
                k.get_device(), config, qw.shape, qw.stride(), qw.dtype, qw.get_device(), kw.shape, kw.stride(),
                kw.dtype, kw.get_device())
-    else:
-        return None
-    if qo is P.OTHER:
-        key += (q_out.shape, q_out.stride(), q_out.dtype, q_out.get_device())
-    if ko is P.OTHER:
-        key += (k_out.shape, k_out.stride(), k_out.dtype, k_out.get_device())
-    plan = PLANS.get(key)
+    if qo is P.OTHER or ko is P.OTHER:
+        key = P.with_outputs(key, qo, q_out, ko, k_out)
+    plan = PLANS.get(key) or P.lookup(key, lambda: _fast_plan(q, k, qw, kw, q_out, k_out, qo, ko, config))
     if plan is None:
-        if key in PLANS:
-            return None
-        plan = PLANS.build(key, lambda: _fast_plan(q, k, qw, kw, q_out, k_out, qo, ko, config))
-        if plan is None:
-            return None
+        return None
     if qo is IN_PLACE and ko is IN_PLACE:  # the engine's call: Q and K of a packed buffer, in place
         pq, pk = pqo, pko = q.data_ptr(), k.data_ptr()
-        ip = plan.in_place
-        if ip is None or pk - pq != ip[0]:
-            ip = P.in_place_pair(plan, pq, pk)
-            if ip is None:
-                return None  # Q and K share elements: the general call raises
+        ip = P.in_place_pair(plan, pq, pk)
+        if ip is None:
+            return None  # Q and K share elements: the general call raises
         if qw is None:
             pqw, pkw, qw, kw = pq, pk, q, k
         else:
             pqw, pkw = qw.data_ptr(), kw.data_ptr()
             lo, hi = pq + ip[1], pq + ip[2]
-            (a, b), (c, e) = plan.read_spans
-            if not ((pqw + b <= lo or hi <= pqw + a) and (pkw + e <= lo or hi <= pkw + c)) \
-                    and not P.reads_apart(plan, (pqw, pkw), qo, ko, pqo, pko):
-                return None  # a weight sharing memory with Q or K: the general call copies it
+            (a, b), (c, e) = plan.read_spans  # the weights inside Q or K: the general call copies them
+            if not ((pqw + b <= lo or hi <= pqw + a) and (pkw + e <= lo or hi <= pkw + c)):
+                return None
     else:
         t = P.qk_targets(plan, q, k, q_out, k_out, qo, ko)
         if t is None:
@@ -162,10 +145,7 @@ def run(q, k, q_weight, k_weight, eps: float, weight_offset: float, q_out, k_out
     """The general call, after :func:`check_args` (and without autograd)."""
     q_weight = V.unaliased(q_weight, (q_out, k_out))
     k_weight = V.unaliased(k_weight, (q_out, k_out))
-    if q_out is None:
-        q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    if k_out is None:
-        k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    q_out, k_out = P.qk_outputs(q, k, q_out, k_out)
     if q.numel() == 0 and k.numel() == 0:
         return q_out, k_out
     if not backend.use_triton(q):

@@ -21,19 +21,13 @@ from ._plan import IN_PLACE, PLANS
 OP = "qk_rms_norm_rope"
 CONFIG_OP = "qk_rms_norm"  # the dispatcher's pick for QK norm of the same rows (ROWS, num_warps)
 MAX_HEAD_DIM = 1024  # whole head in registers; no chunked form
-POSITION_DTYPES = (torch.int32, torch.int64)
 _Tensor = torch.Tensor
 _PTRS = ("CS", "P", "XQ", "YQ", "WQ", "XK", "YK", "WK")
-_launcher = None
 
 
 def launcher() -> launch.KernelLauncher:
     """The kernel's launcher (imports triton on first use)."""
-    global _launcher
-    if _launcher is None:
-        from ..kernels.qk_norm_rope import qk_rms_norm_rope_kernel
-        _launcher = launch.KernelLauncher(qk_rms_norm_rope_kernel, _PTRS, _PTRS + ("eps", "eps_tiny", "w_offset"))
-    return _launcher
+    return P.kernel_launcher("qk_norm_rope", "qk_rms_norm_rope_kernel", _PTRS, _PTRS + ("eps", "eps_tiny", "w_offset"))
 
 
 def check_args(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rotary_dim, weight_offset,
@@ -49,39 +43,11 @@ def check_args(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox,
         raise ValueError(f"head_dim {d} is not supported by qk_rms_norm_rope (at most {MAX_HEAD_DIM}: the "
                          f"whole head is kept in registers)")
     V.scalars(eps, weight_offset, q_weight is not None)
-    if not isinstance(is_neox, bool):
-        raise TypeError(f"is_neox must be a bool, got {type(is_neox).__name__}")
-    r = d if rotary_dim is None else rotary_dim
-    if not isinstance(r, int) or isinstance(r, bool):
-        raise TypeError(f"rotary_dim must be an int or None, got {type(r).__name__}")
-    if r < 2 or r % 2 or r > d:
-        raise ValueError(f"rotary_dim must be even and in [2, head_dim={d}], got {r}")
-    cs = cos_sin_cache
-    if not isinstance(cs, torch.Tensor):
-        raise TypeError(f"cos_sin_cache must be a torch.Tensor, got {type(cs).__name__}")
-    if cs.dtype not in (torch.float32, q.dtype):
-        raise TypeError(f"cos_sin_cache must be float32 or q's dtype ({V.dtype_name(q.dtype)}), "
-                        f"got {V.dtype_name(cs.dtype)}")
-    if cs.dim() != 2 or cs.shape[1] != r or cs.shape[0] < 1:
-        hint = "" if rotary_dim is not None else " (rotary_dim defaults to head_dim; pass rotary_dim for partial rotary)"
-        raise ValueError(f"cos_sin_cache must have shape [max_position >= 1, rotary_dim={r}] (cos half, then sin "
-                         f"half){hint}, got {tuple(cs.shape)}")
-    V.same_device("cos_sin_cache", cs, "q", q)
-    if not isinstance(positions, torch.Tensor):
-        raise TypeError(f"positions must be a torch.Tensor, got {type(positions).__name__}")
-    if positions.dtype not in POSITION_DTYPES:
-        raise TypeError(f"positions must be int32 or int64, got {V.dtype_name(positions.dtype)}")
-    if positions.dim() != 1 or positions.shape[0] != t:
-        raise ValueError(f"positions must have shape ({t},) (one position per token of q and k), "
-                         f"got {tuple(positions.shape)}")
-    V.same_device("positions", positions, "q", q)
+    r = V.rotary(q, cos_sin_cache, positions, rotary_dim, is_neox)
     V.config(config)
     V.qk_outputs(q, k, q_out, k_out, memory=memory)
-    if memory and positions.numel() and not positions.is_cuda:  # CPU positions are free to read
-        lo, hi = int(positions.min()), int(positions.max())
-        if lo < 0 or hi >= cs.shape[0]:
-            raise ValueError(f"positions must be in [0, {cs.shape[0] - 1}] (cos_sin_cache has {cs.shape[0]} rows), "
-                             f"got values in [{lo}, {hi}]")
+    if memory:
+        V.positions_in_range(positions, cos_sin_cache.shape[0])
     return float(eps), float(weight_offset), r
 
 
@@ -92,32 +58,21 @@ def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q
             and (rotary_dim is None or type(rotary_dim) is int) and P.fast_scalars(eps, weight_offset, config)) \
             or q.requires_grad or k.requires_grad or cs.requires_grad:
         return None
-    qo, ko = P.out_kind(q_out, q), P.out_kind(k_out, k)
-    if qo is None or ko is None:
+    kinds = P.qk_kinds(q, k, q_out, k_out, qw, kw, weight_offset)
+    if kinds is None:
         return None
-    if qw is None:
-        if kw is not None or weight_offset != 0.0:
-            return None
-        wk = None
-    elif type(qw) is _Tensor and type(kw) is _Tensor and not (qw.requires_grad or kw.requires_grad):
-        wk = (qw.shape, qw.stride(), qw.dtype, qw.get_device(), kw.shape, kw.stride(), kw.dtype, kw.get_device())
-    else:
-        return None
+    qo, ko = kinds
+    wk = None if qw is None else (qw.shape, qw.stride(), qw.dtype, qw.get_device(), kw.shape, kw.stride(), kw.dtype,
+                                  kw.get_device())
     key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.get_device(), k.get_device(),
            wk, cs.shape, cs.stride(), cs.dtype, cs.get_device(), positions.shape, positions.stride(), positions.dtype,
            positions.get_device(), is_neox, rotary_dim, config)
-    if qo is P.OTHER:
-        key += (q_out.shape, q_out.stride(), q_out.dtype, q_out.get_device())
-    if ko is P.OTHER:
-        key += (k_out.shape, k_out.stride(), k_out.dtype, k_out.get_device())
-    plan = PLANS.get(key)
+    if qo is P.OTHER or ko is P.OTHER:
+        key = P.with_outputs(key, qo, q_out, ko, k_out)
+    plan = PLANS.get(key) or P.lookup(key, lambda: _fast_plan(q, k, qw, kw, cs, positions, is_neox, rotary_dim,
+                                                              q_out, k_out, qo, ko, config))
     if plan is None:
-        if key in PLANS:
-            return None
-        plan = PLANS.build(key, lambda: _fast_plan(q, k, qw, kw, cs, positions, is_neox, rotary_dim, q_out, k_out,
-                                                   qo, ko, config))
-        if plan is None:
-            return None
+        return None
     pcs, pp = cs.data_ptr(), positions.data_ptr()
     if qw is None:
         reads = (pcs, pp)
@@ -126,15 +81,9 @@ def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q
         reads = (pcs, pp, pqw, pkw)
     if qo is IN_PLACE and ko is IN_PLACE:  # the engine's call: Q and K of a packed buffer, in place
         pq, pk = pqo, pko = q.data_ptr(), k.data_ptr()
-        ip = plan.in_place
-        if ip is None or pk - pq != ip[0]:
-            ip = P.in_place_pair(plan, pq, pk)
-            if ip is None:
-                return None  # Q and K share elements: the general call raises
-        lo, hi = pq + ip[1], pq + ip[2]
-        for p, (a, b) in zip(reads, plan.read_spans):
-            if p + b > lo and hi > p + a and not P.reads_apart(plan, reads, qo, ko, pqo, pko):
-                return None  # a read tensor sharing memory with Q or K: the general call copies it
+        ip = P.in_place_pair(plan, pq, pk)
+        if ip is None or not P.reads_outside(plan, reads, pq + ip[1], pq + ip[2]):
+            return None  # Q and K share elements, or a read tensor lies inside them: the general call
     else:
         t = P.qk_targets(plan, q, k, q_out, k_out, qo, ko)
         if t is None:
@@ -204,10 +153,7 @@ def run(q, k, q_weight, k_weight, cs, positions, eps: float, is_neox: bool, r: i
     written = (q_out, k_out)  # read-only tensors sharing memory with an output: read from private copies
     q_weight, k_weight = V.unaliased(q_weight, written), V.unaliased(k_weight, written)
     cs, positions = V.unaliased(cs, written), V.unaliased(positions, written)
-    if q_out is None:
-        q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    if k_out is None:
-        k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    q_out, k_out = P.qk_outputs(q, k, q_out, k_out)
     if q.numel() == 0 and k.numel() == 0:
         return q_out, k_out
     if not backend.use_triton(q):

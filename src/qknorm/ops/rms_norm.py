@@ -8,24 +8,19 @@ import torch
 
 from .. import backend, launch
 from .. import validate as V
-from ..reference import FLT_MAX, FLT_MIN, kernel_eps, rms_norm_torch
+from ..reference import rms_norm_torch
 from . import _plan as P
 from ._plan import IN_PLACE, NEW, OTHER, PLANS, Pair
 
 OP = "rms_norm"
 _Tensor = torch.Tensor
 _CONTIG = torch.contiguous_format
-_launcher = None
 
 
 def launcher() -> launch.KernelLauncher:
     """The kernel's launcher (imports triton on first use)."""
-    global _launcher
-    if _launcher is None:
-        from ..kernels.rms_norm import rms_norm_kernel
-        _launcher = launch.KernelLauncher(rms_norm_kernel, ("X", "Y", "W"),
-                                          ("X", "Y", "W", "eps", "eps_tiny", "w_offset"))
-    return _launcher
+    return P.kernel_launcher("rms_norm", "rms_norm_kernel", ("X", "Y", "W"),
+                             ("X", "Y", "W", "eps", "eps_tiny", "w_offset"))
 
 
 def check_args(x, weight, eps, weight_offset, out, config, *, memory: bool = True):
@@ -62,13 +57,9 @@ def fast(x, weight, eps, weight_offset, out, config):
         return None
     if ok is OTHER:
         key += (out.shape, out.stride(), out.dtype, out.get_device())
-    plan = PLANS.get(key)
+    plan = PLANS.get(key) or P.lookup(key, lambda: _fast_plan(x, weight, out, ok, config))
     if plan is None:
-        if key in PLANS:
-            return None
-        plan = PLANS.build(key, lambda: _fast_plan(x, weight, out, ok, config))
-        if plan is None:
-            return None
+        return None
     px = x.data_ptr()
     if ok is NEW:
         out = torch.empty_like(x, memory_format=_CONTIG)
@@ -89,11 +80,7 @@ def fast(x, weight, eps, weight_offset, out, config):
             so, sw = plan.spans[1], plan.spans[2]
             if not (pw + sw[1] <= po + so[0] or po + so[1] <= pw + sw[0]):
                 return None
-    et = 0.0
-    if not FLT_MIN <= eps <= FLT_MAX:
-        eps, et = kernel_eps(eps)
-    bits = launch.align_bits(px, po, pw) if (px | po | pw) & 15 else 0
-    launch.run_plan(plan, bits, (px, po, pw, eps, et, weight_offset), (x, out, weight))
+    P.launch_rows(plan, px, po, pw, eps, weight_offset, (x, out, weight))
     return out
 
 
@@ -125,7 +112,7 @@ def run(x, weight, eps: float, weight_offset: float, out, config):
         return out
     if not backend.use_triton(x):
         return rms_norm_torch(x, weight, eps, weight_offset, out)
-    P.launch_rows(launcher(), OP, "y", x, out, weight, eps, weight_offset, config, writes_x=False)
+    P.launch_general_rows(launcher(), OP, "y", x, out, weight, eps, weight_offset, config, writes_x=False)
     return out
 
 
