@@ -20,25 +20,27 @@ def _from_env() -> str:
     return name
 
 
-_backend = _from_env()
+#: The backend in force (read on every fast call; change it with :func:`set_backend` /
+#: :func:`use_backend`).
+active = _from_env()
 
 
 def get_backend() -> str:
-    return _backend
+    return active
 
 
 def set_backend(name: str) -> None:
     """Set the backend for later calls: ``auto``, ``triton`` or ``torch``."""
-    global _backend
+    global active
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
-    _backend = name
+    active = name
 
 
 @contextlib.contextmanager
 def use_backend(name: str):
     """Run the enclosed calls on backend ``name``, then restore the previous one."""
-    prev = _backend
+    prev = active
     set_backend(name)
     try:
         yield
@@ -52,7 +54,7 @@ def interpreter_on() -> bool:
 
 def use_triton(t) -> bool:
     """Whether a call on tensor ``t`` runs the Triton kernels."""
-    b = _backend
+    b = active
     if b == "torch":
         return False
     if b == "auto":

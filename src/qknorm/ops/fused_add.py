@@ -45,7 +45,7 @@ def check_args(x, residual, weight, eps, weight_offset, config, *, memory: bool 
 
 def fast(x, residual, weight, eps, weight_offset, config) -> bool:
     """The common CUDA call on a cached plan; False: take the general call."""
-    if not (type(x) is _Tensor and (x.is_cuda or P.FAST_ON_CPU) and backend._backend != "torch"
+    if not (type(x) is _Tensor and (x.is_cuda or P.FAST_ON_CPU) and backend.active != "torch"
             and type(residual) is _Tensor
             and P.fast_scalars(eps, weight_offset, config)) or x.requires_grad or residual.requires_grad:
         return False

@@ -40,7 +40,7 @@ def check_args(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, confi
 
 def fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
     """The common CUDA call on a cached plan; None: take the general call."""
-    if not (type(q) is _Tensor and (q.is_cuda or P.FAST_ON_CPU) and backend._backend != "torch"
+    if not (type(q) is _Tensor and (q.is_cuda or P.FAST_ON_CPU) and backend.active != "torch"
             and type(k) is _Tensor
             and P.fast_scalars(eps, weight_offset, config)) or q.requires_grad or k.requires_grad:
         return None

@@ -53,7 +53,7 @@ def check_args(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox,
 
 def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q_out, k_out, config):
     """The common CUDA call on a cached plan; None: take the general call."""
-    if not (type(q) is _Tensor and (q.is_cuda or P.FAST_ON_CPU) and backend._backend != "torch" and type(k) is _Tensor
+    if not (type(q) is _Tensor and (q.is_cuda or P.FAST_ON_CPU) and backend.active != "torch" and type(k) is _Tensor
             and type(cs) is _Tensor and type(positions) is _Tensor and type(is_neox) is bool
             and (rotary_dim is None or type(rotary_dim) is int) and P.fast_scalars(eps, weight_offset, config)) \
             or q.requires_grad or k.requires_grad or cs.requires_grad:

@@ -40,7 +40,7 @@ def check_args(x, weight, eps, weight_offset, out, config, *, memory: bool = Tru
 
 def fast(x, weight, eps, weight_offset, out, config):
     """The common CUDA call on a cached plan; None: take the general call."""
-    if not (type(x) is _Tensor and (x.is_cuda or P.FAST_ON_CPU) and backend._backend != "torch"
+    if not (type(x) is _Tensor and (x.is_cuda or P.FAST_ON_CPU) and backend.active != "torch"
             and P.fast_scalars(eps, weight_offset, config)) or x.requires_grad:
         return None
     ok = NEW if out is None else IN_PLACE if out is x else P.out_kind(out, x)

@@ -1,0 +1,129 @@
+"""The import rules of the tree (README "Layout"), read from the source with ``ast``:
+
+* kernels/ imports only triton (and the standard library's ``os`` for build switches);
+* ops/ never imports the public face or the tools (functional, torch_library, nn,
+  distributed, bench, tune, explain, cli, selfcheck);
+* no import cycle between qknorm's modules (imports inside functions included);
+* nothing outside a package uses another module's ``_private`` name.
+"""
+import ast
+import pathlib
+
+import pytest
+
+SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "qknorm"
+
+
+def _module_name(path: pathlib.Path) -> str:
+    rel = path.relative_to(SRC.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _resolve(mod: str, is_pkg: bool, level: int, target: str | None) -> str:
+    base = mod.split(".") if is_pkg else mod.split(".")[:-1]
+    if level > 1:
+        base = base[:-(level - 1)]
+    return ".".join(base + ([target] if target else []))
+
+
+def _imports(path: pathlib.Path):
+    """``(imported module, imported names, node)`` of every import in the file."""
+    mod = _module_name(path)
+    is_pkg = path.name == "__init__.py"
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, (), node
+        elif isinstance(node, ast.ImportFrom):
+            target = _resolve(mod, is_pkg, node.level, node.module) if node.level else node.module
+            yield target, tuple(a.name for a in node.names), node
+
+
+FILES = sorted(SRC.rglob("*.py"))
+MODULES = {_module_name(p) for p in FILES}
+
+
+def _qknorm_targets(path):
+    """qknorm modules this file imports (``from pkg import mod`` counts as importing pkg.mod)."""
+    for target, names, _ in _imports(path):
+        if not target or not target.startswith("qknorm"):
+            continue
+        subs = [f"{target}.{n}" for n in names if f"{target}.{n}" in MODULES]
+        yield from subs or [target]
+
+
+def test_kernels_import_only_triton():
+    for path in (SRC / "kernels").glob("*.py"):
+        for target, _, node in _imports(path):
+            top = (target or "").split(".")[0]
+            assert top in ("triton", "os", "qknorm", "__future__"), f"{path.name}:{node.lineno} imports {target}"
+            if top == "qknorm":
+                assert target.startswith("qknorm.kernels"), f"{path.name}:{node.lineno} imports {target}"
+
+
+FORBIDDEN_FROM_OPS = ("qknorm.functional", "qknorm.torch_library", "qknorm.nn", "qknorm.distributed",
+                      "qknorm.bench", "qknorm.tune", "qknorm.explain", "qknorm.cli", "qknorm.selfcheck")
+
+
+def test_ops_import_no_public_face_or_tools():
+    for path in (SRC / "ops").glob("*.py"):
+        for target in _qknorm_targets(path):
+            assert not target.startswith(FORBIDDEN_FROM_OPS), f"ops/{path.name} imports {target}"
+
+
+def test_no_import_cycle():
+    graph = {_module_name(p): set(_qknorm_targets(p)) - {_module_name(p)} for p in FILES}
+    # a module importing its own package's __init__ (from . import x) is not an edge back
+    for mod, deps in graph.items():
+        graph[mod] = {d for d in deps if not mod.startswith(d + ".") and d in graph}
+    state, stack = {}, []
+
+    def visit(m):
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                pytest.fail("import cycle: " + " -> ".join(stack[stack.index(d):] + [d]))
+            if d not in state:
+                visit(d)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+def test_no_private_names_across_packages():
+    """``from X import _name`` or ``alias._name`` on another qknorm module is only allowed inside
+    one package (ops/ modules share ``ops._plan``; distributed/ its own modules)."""
+    bad = []
+    for path in FILES:
+        mod = _module_name(path)
+        pkg = mod.rsplit(".", 1)[0] if path.name != "__init__.py" else mod
+        aliases = {}
+        for target, names, node in _imports(path):
+            if not target or not target.startswith("qknorm"):
+                continue
+            for n in names:
+                full = f"{target}.{n}"
+                same_pkg = full.startswith(pkg + ".") or target == pkg
+                if n.startswith("_") and not n.startswith("__") and not same_pkg:
+                    bad.append(f"{mod}:{node.lineno} imports {target}.{n}")
+            if isinstance(node, ast.ImportFrom):
+                for a in node.names:
+                    if f"{target}.{a.name}" in MODULES:
+                        aliases[a.asname or a.name] = f"{target}.{a.name}"
+            else:
+                for a in node.names:
+                    aliases[a.asname or a.name.split(".")[0]] = a.name
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.attr.startswith("_")
+                    and not node.attr.startswith("__") and node.value.id in aliases):
+                target = aliases[node.value.id]
+                if not (target.startswith(pkg + ".") or target == pkg):
+                    bad.append(f"{mod}:{node.lineno} uses {target}.{node.attr}")
+    assert not bad, "\n".join(bad)
