@@ -26,7 +26,7 @@ registers: the sum loops over ``BLOCK_D`` column chunks, the scale is elementwis
 the row's total is known.
 
 Launcher: ``qknorm.distributed`` (``rms_norm_tp``, ``qk_rms_norm_tp``); test:
-``tests/test_distributed.py``; bench: ``qknorm bench --preset tp`` (``bench/tp.py``).
+``tests/distributed/``; bench: ``qknorm bench --preset tp`` (``bench/tp.py``).
 """
 import triton
 import triton.language as tl
