@@ -16,12 +16,45 @@ def test_help_lists_every_command(capsys):
         assert name in out
 
 
-@pytest.mark.parametrize("argv", [[], ["nope"], ["--op", "qk"]])
-def test_missing_or_unknown_command_exits_2(argv, capsys):
+@pytest.mark.parametrize("argv,says", [([], "the following arguments are required: COMMAND"),
+                                       (["benchmark"], "invalid choice: 'benchmark' (choose from 'bench'"),
+                                       (["--op", "qk"], "unrecognized arguments: --op"),
+                                       (["--bogus", "bench"], "unrecognized arguments: --bogus")])
+def test_missing_or_unknown_command_is_one_line_exit_2(argv, says, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
     assert e.value.code == 2
-    assert "usage: qknorm" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("qknorm: error: ") and err.count("\n") == 1 and says in err, err
+    assert "qknorm -h" in err
+
+
+def test_version(capsys):
+    from qknorm import __version__
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"qknorm {__version__}\n"
+
+
+@pytest.mark.parametrize("command", ["bench", "explain", "tune", "selfcheck"])
+def test_a_bad_option_of_a_command_is_one_line_naming_it(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--no-such-flag"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err == (f"qknorm {command}: error: unrecognized arguments: --no-such-flag "
+                   f"(see 'qknorm {command} -h')\n")
+
+
+def test_the_module_runs_as_a_program():
+    """`python -m qknorm.cli` (what the `qknorm` script runs): version, help, an unknown command,
+    and no warning about the module being imported twice."""
+    import subprocess
+    run = [sys.executable, "-m", "qknorm.cli"]
+    r = subprocess.run(run + ["--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("qknorm ") and r.stderr == ""
+    r = subprocess.run(run + ["benchmark"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1 and "invalid choice" in r.stderr
 
 
 @pytest.mark.parametrize("command", sorted(cli.COMMANDS))

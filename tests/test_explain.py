@@ -117,10 +117,29 @@ def test_cli_explain_env_table(table_path, capsys, monkeypatch):
     assert "-> r8.b128.w2" in capsys.readouterr().out
 
 
-def test_cli_explain_unknown_gpu_table(capsys):
-    assert cli.main(["explain", "--gpu", "NVIDIA Nonexistent 1"]) == 1
-    err = capsys.readouterr().err
-    assert "nvidia-nonexistent-1.json does not exist" in err
+@pytest.mark.parametrize("argv,words", [
+    (["--gpu", "NVIDIA Nonexistent 1"], ["--gpu", "'NVIDIA Nonexistent 1'", "nvidia-h100-80gb-hbm3"]),
+    (["--gpu", "h100"], ["--gpu", "'h100'", "shipped: nvidia-h100-80gb-hbm3"]),
+    (["--op", "qk", "--heads", "32"], ["--heads", "'32'", "32,8"]),
+    (["--heads", "32,x"], ["--heads", "'32,x'"]),
+    (["--heads", "0,8"], ["--heads", "'0,8'", ">= 1"]),
+    (["--tokens", "-5"], ["--tokens", "-5", ">= 1"]),
+    (["--tokens", "many"], ["--tokens", "'many'"]),
+    (["--op", "rms", "--hidden", "0"], ["--hidden", "0", ">= 1"]),
+    (["--head-dim", "0"], ["--head-dim", "0", ">= 1"]),
+    (["--top", "-1"], ["--top", "-1", ">= 0"]),
+    (["--op", "rms", "--heads", "32,8"], ["--heads", "--op qk"]),
+    (["--op", "qk", "--hidden", "4096"], ["--hidden", "4096", "--op rms/add"]),
+    (["--table", "missing.json"], ["--table", "missing.json", "does not exist"]),
+    (["--op", "layer_norm"], ["--op", "'layer_norm'", "rms"]),
+])
+def test_cli_bad_values_are_one_line_exit_2(argv, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["explain"] + argv)
+    assert e.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("qknorm explain: error: argument ") and err.count("\n") == 1, err
+    assert all(w in err for w in words), (words, err)
 
 
 def test_explain_config_top_zero_still_shows_the_pick(table_path):

@@ -217,6 +217,36 @@ def test_cli_dry_run(capsys):
         cli.main(["tune", "--ops", "layer_norm"])
 
 
+@pytest.mark.parametrize("argv,words", [
+    (["--dry-run", "--hidden", "0"], ["--hidden", "'0'", "positive"]),
+    (["--head-dims", "abc"], ["--head-dims", "'abc'", "positive integers"]),
+    (["--dry-run", "--hidden", "4096,x"], ["--hidden", "'4096,x'"]),
+    (["--ops", "layer_norm"], ["--ops", "'layer_norm'", "qk_rms_norm"]),
+    (["--dtypes", "fp8"], ["--dtypes", "'fp8'", "bf16"]),
+    (["--max-seconds", "-1"], ["--max-seconds", "-1", "> 0"]),
+    (["--rep-ms", "0"], ["--rep-ms", "0", "> 0"]),
+    (["--ops", "qk", "--hidden", "4096"], ["--hidden", "'4096'", "--ops 'qk'"]),
+    (["--ops", "rms", "--head-dims", "128"], ["--head-dims", "'128'"]),
+])
+def test_cli_bad_values_are_one_line_exit_2(argv, words, capsys, tmp_path, monkeypatch):
+    from qknorm import cli
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["tune"] + argv)
+    assert e.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("qknorm tune: error: argument ") and err.count("\n") == 1, err
+    assert all(w in err for w in words), (words, err)
+    assert os.listdir(tmp_path) == []
+
+
+def test_cli_out_under_a_file_is_one_line(capsys, tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(SystemExit) as e:
+        T.main(["--dry-run", "--out", str(tmp_path / "f" / "t.json")])
+    assert e.value.code == 2 and "argument --out" in capsys.readouterr().err
+
+
 def test_cli_end_to_end_with_injected_timings(tmp_path, monkeypatch, capsys):
     """The whole command with the GPU faked: writes the table, --merge extends it, a failed
     config makes the exit status 1 and is recorded."""

@@ -3,12 +3,18 @@
 This module only routes: ``qknorm <command> ARGS`` calls the tool's own ``main(ARGS)``
 (``qknorm <command> --help`` prints that tool's options). ``selfcheck`` has no module
 ``main`` of its own, so its few lines live here.
+
+Every tool parses with :class:`ArgParser`: a mistake in a flag or its value is ONE line on
+stderr (``qknorm bench: error: argument --tp: ...``) and exit status 2, before anything is
+written.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+
+from ._version import __version__
 
 # command -> ("module:function" taking argv and returning the exit status, one line of help)
 COMMANDS = {
@@ -19,18 +25,33 @@ COMMANDS = {
 }
 
 
+class ArgParser(argparse.ArgumentParser):
+    """An :class:`argparse.ArgumentParser` whose errors are one line on stderr.
+
+    ``error(message)`` prints ``<prog>: error: <message> (see '<prog> -h')`` and exits with
+    status 2 (argparse's own status for a usage error); ``-h`` prints the full usage as usual.
+    The tools raise their own value checks through ``error`` too, so every mistake reads the
+    same way.
+    """
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        message = " ".join(str(message).split())  # one line, whatever the message held
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} -h')\n")
+
+
 def selfcheck_main(argv: list[str]) -> int:
     """``qknorm selfcheck``: run each op once against fp64; 0 when all pass, else 1."""
-    argparse.ArgumentParser(prog="qknorm selfcheck", description="Run each op once against fp64.").parse_args(argv)
+    ArgParser(prog="qknorm selfcheck", description="Run each op once against fp64.").parse_args(argv)
     from .selfcheck import run
     return 0 if run() else 1
 
 
-def parser() -> argparse.ArgumentParser:
-    """The top-level parser: the command name only (each tool parses the rest)."""
-    p = argparse.ArgumentParser(prog="qknorm", description="Triton RMSNorm / QK norm kernels: tools. "
-                                "`qknorm COMMAND --help` lists a command's options.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+def parser() -> ArgParser:
+    """The top-level parser: ``--version``, ``-h`` and the command name (each tool parses the rest)."""
+    p = ArgParser(prog="qknorm", description="Triton RMSNorm / QK norm kernels: tools. "
+                  "`qknorm COMMAND --help` lists a command's options.")
+    p.add_argument("--version", action="version", version=f"qknorm {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", title="commands", required=True)
     for name, (_, text) in COMMANDS.items():
         sub.add_parser(name, help=text, add_help=False)
     return p
@@ -47,13 +68,22 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        The command's exit status. A missing or unknown command, and ``--help``, exit
-        through argparse (``SystemExit``, status 2 and 0).
+        The command's exit status. A missing or unknown command, and ``--help`` and
+        ``--version``, exit through argparse (``SystemExit``: status 2 with one line on
+        stderr, and 0).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = parser().parse_args(argv[:1]).command
+    # Options before the command are the top-level parser's (-h, --version); the command and
+    # everything after it go to the tool.
+    i = next((j for j, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    p = parser()
+    unknown = [a for a in argv[:i] if a not in ("-h", "--help", "--version")]
+    if unknown:
+        p.error(f"unrecognized arguments: {' '.join(unknown)} (options of a command go after it: "
+                f"qknorm COMMAND OPTIONS)")
+    command = p.parse_args(argv[:i + 1]).command
     module, function = COMMANDS[command][0].split(":")
-    return getattr(importlib.import_module(module), function)(argv[1:])
+    return getattr(importlib.import_module(module), function)(argv[i + 1:])
 
 
 if __name__ == "__main__":

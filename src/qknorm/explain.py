@@ -16,7 +16,7 @@ from . import validate
 from .backend import get_backend
 from .dispatch import DTYPES, OPS, Decision, device_decision
 from .layout import row_layout
-from .tuned_table import OP_ALIASES, TableError, TunedTable, load_table, shipped_table_path
+from .tuned_table import OP_ALIASES, TableError, TunedTable, load_table, shipped_table_path, shipped_tables
 
 
 def explain_config(op: str, dtype: torch.dtype, D: int, n_rows: int, device=None, *,
@@ -184,19 +184,43 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
 
 # --------------------------------------------------------------------------- command line
 
+def _count(minimum: int):
+    """An argparse type: an integer >= ``minimum`` (a bad value names the flag, the value and the rule)."""
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{v}: must be >= {minimum}")
+        return v
+    return parse
+
+
+def _heads(s: str) -> tuple[int, int]:
+    parts = s.split(",")
+    try:
+        hq, hk = (int(h) for h in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r}: give the Q and K head counts as Q,K (e.g. 32,8)") from None
+    if hq < 1 or hk < 1:
+        raise argparse.ArgumentTypeError(f"{s!r}: head counts must be >= 1 (e.g. 32,8)")
+    return hq, hk
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``qknorm explain``, added to ``p``."""
     p.add_argument("--op", choices=list(OP_ALIASES), default="qk")
-    p.add_argument("--tokens", type=int, default=1)
-    p.add_argument("--heads", default="32,8", help="Q,K heads for --op qk (e.g. 32,8)")
-    p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--hidden", type=int, default=4096, help="normalised width for --op rms/add")
+    p.add_argument("--tokens", type=_count(1), default=1, help="tokens in the call (>= 1; default 1)")
+    p.add_argument("--heads", type=_heads, default=None, help="Q,K heads for --op qk (default 32,8)")
+    p.add_argument("--head-dim", type=_count(1), default=None, help="head dim for --op qk (default 128)")
+    p.add_argument("--hidden", type=_count(1), default=None, help="normalised width for --op rms/add (default 4096)")
     p.add_argument("--dtype", choices=list(DTYPES), default="bf16")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--table", help="explain under this tuned table (default: the one this GPU uses)")
     src.add_argument("--gpu", help="explain under the table shipped for this GPU name or key "
-                                   "(e.g. nvidia-h100-80gb-hbm3), on any machine")
-    p.add_argument("--top", type=int, default=5, help="measured alternatives to show (default 5)")
+                                   f"({', '.join(shipped_tables()) or 'none shipped'}), on any machine")
+    p.add_argument("--top", type=_count(0), default=5, help="measured alternatives to show (default 5)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,30 +234,42 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        0, or 1 when ``--table``/``--gpu`` names a table that does not load (the reason
-        goes to stderr). Bad flags exit through argparse (status 2).
+        0. A bad flag or value, a ``--gpu`` without a shipped table and a ``--table`` that
+        does not load exit through argparse: one line on stderr, status 2.
     """
-    p = argparse.ArgumentParser(prog="qknorm explain",
-                                description="Print which kernel variant and config a call would use, and why: "
-                                            "the tuned-table entry or heuristic rule behind it and the measured "
-                                            "alternatives.")
+    from .cli import ArgParser  # here, not at the top: `import qknorm` must not import the command line
+
+    p = ArgParser(prog="qknorm explain",
+                  description="Print which kernel variant and config a call would use, and why: "
+                              "the tuned-table entry or heuristic rule behind it and the measured "
+                              "alternatives.")
     add_arguments(p)
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    op = OP_ALIASES[a.op]
+    if op == "qk_rms_norm" and a.hidden is not None:
+        p.error(f"argument --hidden: {a.hidden} is for --op rms/add; --op {a.op} takes --heads and --head-dim")
+    if op != "qk_rms_norm" and (a.heads is not None or a.head_dim is not None):
+        flag = "--heads" if a.heads is not None else "--head-dim"
+        p.error(f"argument {flag}: is for --op qk; --op {a.op} takes --hidden")
     device = "cuda" if torch.cuda.is_available() else None
     table = None
+    if a.gpu:
+        from .tuned_table import gpu_key
+        keys = shipped_tables()
+        if gpu_key(a.gpu) not in keys:
+            p.error(f"argument --gpu: no table shipped for {a.gpu!r} (key {gpu_key(a.gpu)}); shipped: "
+                    f"{', '.join(keys) or 'none'}")
     if a.table or a.gpu:
         try:
             table = load_table(a.table or shipped_table_path(a.gpu))
         except TableError as e:
-            print(f"qknorm explain: {e}", file=sys.stderr)
-            return 1
-    op = OP_ALIASES[a.op]
+            p.error(f"argument {'--table' if a.table else '--gpu'}: {e}")
+    if op == "qk_rms_norm":
+        hq, hk = a.heads or (32, 8)
+        d, rows = a.head_dim or 128, a.tokens * (hq + hk)
+    else:
+        d, rows = a.hidden or 4096, a.tokens
     try:
-        if op == "qk_rms_norm":
-            hq, hk = (int(h) for h in a.heads.split(","))
-            d, rows = a.head_dim, a.tokens * (hq + hk)
-        else:
-            d, rows = a.hidden, a.tokens
         print(explain_config(op, DTYPES[a.dtype], d, rows, device, table=table, top=a.top))
     except ValueError as e:
         p.error(str(e))

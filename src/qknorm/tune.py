@@ -43,6 +43,7 @@ from typing import NamedTuple
 
 import torch
 
+from .cli import ArgParser
 from .config import KernelConfig
 from .dispatch import DEFAULT_SMS, DTYPES, OPS, candidate_configs, heuristic, next_pow2
 from .tuned_table import (
@@ -122,7 +123,7 @@ def parse_ops(s: str) -> tuple[str, ...]:
     ops = tuple(OP_ALIASES.get(o.strip(), o.strip()) for o in s.split(",") if o.strip())
     bad = [o for o in ops if o not in OPS]
     if bad or not ops:
-        raise ValueError(f"--ops takes a comma list of {OPS} (or rms, add, qk), got {s!r}")
+        raise ValueError(f"argument --ops: {s!r}: choose from {', '.join(OPS)} (or rms, add, qk), comma list")
     return ops
 
 
@@ -130,8 +131,22 @@ def parse_dtypes(s: str) -> tuple[str, ...]:
     dts = tuple(d.strip() for d in s.split(",") if d.strip())
     bad = [d for d in dts if d not in DTYPES]
     if bad or not dts:
-        raise ValueError(f"--dtypes takes a comma list of {list(DTYPES)}, got {s!r}")
+        raise ValueError(f"argument --dtypes: {s!r}: choose from {', '.join(DTYPES)}, comma list")
     return dts
+
+
+def parse_widths(flag: str, s: str | None) -> tuple[int, ...] | None:
+    """``--hidden`` / ``--head-dims``: a comma list of positive integers (None: the default grid)."""
+    if s is None:
+        return None
+    eg = "64,128" if flag == "--head-dims" else "4096,8192"
+    try:
+        vals = tuple(int(v) for v in s.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"argument {flag}: {s!r} is not a comma list of positive integers (e.g. {eg})") from None
+    if not vals or any(v < 1 for v in vals):
+        raise ValueError(f"argument {flag}: {s!r}: widths must be positive integers (e.g. {eg})")
+    return vals
 
 
 def _row_counts(exponents: Sequence[int], bytes_per_row: int, cap: int, per_row: int = 1) -> list[int]:
@@ -429,7 +444,7 @@ def main(argv: list[str] | None = None, *, measure: Measure | None = None) -> in
         exit through argparse (status 2).
     """
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(
+    p = ArgParser(
         prog="qknorm tune",
         description="Time every candidate kernel config on this GPU (CUDA-graph replay, median) and "
                     "write its tuned table. Needs a CUDA GPU (exit status 1 without one); "
@@ -438,10 +453,26 @@ def main(argv: list[str] | None = None, *, measure: Measure | None = None) -> in
     a = p.parse_args(argv)
     try:
         ops, dtypes = parse_ops(a.ops), parse_dtypes(a.dtypes)
-        hidden = tuple(int(v) for v in a.hidden.split(",")) if a.hidden else None
-        head_dims = tuple(int(v) for v in a.head_dims.split(",")) if a.head_dims else None
+        hidden = parse_widths("--hidden", a.hidden)
+        head_dims = parse_widths("--head-dims", a.head_dims)
     except ValueError as e:
         p.error(str(e))
+    if not a.max_seconds > 0:
+        p.error(f"argument --max-seconds: {a.max_seconds:g}: must be > 0")
+    if a.rep_ms is not None and not a.rep_ms > 0:
+        p.error(f"argument --rep-ms: {a.rep_ms:g}: must be > 0")
+    if a.hidden and "rms_norm" not in ops and "fused_add_rms_norm" not in ops:
+        p.error(f"argument --hidden: {a.hidden!r} is for the 2D ops (rms, add), and --ops {a.ops!r} has none")
+    if a.head_dims and "qk_rms_norm" not in ops:
+        p.error(f"argument --head-dims: {a.head_dims!r} is for qk_rms_norm, and --ops {a.ops!r} does not include it")
+    if a.out is not None:
+        d = os.path.abspath(a.out)
+        while not os.path.exists(d):
+            d = os.path.dirname(d)
+        if not os.path.isdir(d) and d != os.path.abspath(a.out):
+            p.error(f"argument --out: {a.out!r}: {d} is a file, not a folder")
+        if not os.access(d if os.path.isdir(d) else os.path.dirname(d), os.W_OK | os.X_OK):
+            p.error(f"argument --out: {a.out!r}: cannot write in {d} (permission denied)")
     rep_ms = a.rep_ms or (QUICK_REP_MS if a.quick else REP_MS)
     points = build_grid(ops, dtypes, quick=a.quick, hidden=hidden, head_dims=head_dims)
     est = estimate(points, rep_ms)

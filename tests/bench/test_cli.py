@@ -1,9 +1,32 @@
-"""The README's main job runs on a CPU-only machine and writes its files."""
+"""`qknorm bench` as a user meets it, on a CPU: the run writes its files, earlier results are
+never lost, rows are on disk before anything that can fail, and every mistake in a flag is one
+line on stderr with exit status 2 and nothing written."""
 import csv
+import json
 import os
 
+import pytest
+
+from qknorm.bench import cli as B
 from qknorm.bench.cli import main
 from qknorm.cli import main as qknorm_main
+
+QUICK = ["--quick", "--tokens", "1", "--impl", "qknorm,torch", "--no-plots"]
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _usage_error(argv, capsys):
+    """Run ``argv``; it must exit 2 with exactly one line on stderr. Returns that line."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("qknorm bench: error: "), err
+    return err
 
 
 def test_quick_cpu_run_writes_csv_summary_meta(tmp_path, capsys):
@@ -12,8 +35,8 @@ def test_quick_cpu_run_writes_csv_summary_meta(tmp_path, capsys):
                "--device", "cpu"])
     assert rc == 0
     said = capsys.readouterr().out
-    assert "CPU paths only" in said and "GPU figures need a GPU" in said
-    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert "CPU paths only" in said
+    rows = _rows(out / "results.csv")
     assert {r["impl"] for r in rows} == {"qknorm", "torch", "flashinfer"}
     assert all(r["status"] == "ok" for r in rows if r["impl"] != "flashinfer")
     assert all(r["status"] == "skipped" and r["reason"].startswith("needs a CUDA GPU; ")
@@ -22,15 +45,213 @@ def test_quick_cpu_run_writes_csv_summary_meta(tmp_path, capsys):
     # --report-only rebuilds the summary from the CSV
     os.remove(out / "summary.md")
     assert main(["--report-only", str(out / "results.csv"), "--no-plots"]) == 0
-    assert "Headline" in open(out / "summary.md").read()
+    assert "## Per case" in open(out / "summary.md").read()
+
+
+def test_cpu_run_is_called_a_smoke_test_and_prints_no_speedups(tmp_path, capsys):
+    assert main(QUICK + ["--out", str(tmp_path / "r")]) == 0
+    said = capsys.readouterr().out
+    assert "smoke test, not a comparison" in said
+    assert "speedup" not in said.replace("no speedups", "") and "facts" not in said
+    md = open(tmp_path / "r" / "summary.md").read()
+    assert "## CPU run: a smoke test, not a comparison" in md
+    assert "Headline" not in md and "speedup" not in md.lower().replace("no speedups", "").replace(
+        "without speedups", "")
 
 
 def test_top_level_cli_dispatches_to_bench(tmp_path):
-    assert qknorm_main(["bench", "--quick", "--tokens", "1", "--impl", "torch", "--out", str(tmp_path),
-                        "--no-plots"]) == 0
+    assert qknorm_main(["bench"] + QUICK + ["--out", str(tmp_path / "r")]) == 0
+    assert _rows(tmp_path / "r" / "results.csv")
 
 
-def test_unknown_preset_is_a_clear_error(tmp_path):
-    import pytest
-    with pytest.raises(SystemExit, match="unknown preset"):
-        main(["--preset", "qwen9", "--out", str(tmp_path)])
+# --------------------------------------------------------------------------- results are never lost
+
+def test_second_run_into_the_same_out_refuses_and_keeps_the_first(tmp_path, capsys):
+    out = str(tmp_path / "same")
+    assert main(QUICK + ["--preset", "qwen3-8b", "--out", out]) == 0
+    before = {n: open(os.path.join(out, n), "rb").read() for n in ("results.csv", "summary.md", "meta.json")}
+    capsys.readouterr()
+    err = _usage_error(QUICK + ["--preset", "llama3-70b", "--out", out], capsys)
+    assert "--out" in err and "already holds bench results" in err and "--append" in err and "--overwrite" in err
+    assert {n: open(os.path.join(out, n), "rb").read() for n in before} == before
+
+
+def test_append_adds_rows_beside_the_earlier_ones(tmp_path, capsys):
+    out = str(tmp_path / "same")
+    assert main(QUICK + ["--preset", "qwen3-8b", "--out", out]) == 0
+    first = _rows(os.path.join(out, "results.csv"))
+    assert main(QUICK + ["--preset", "llama3-70b", "--out", out, "--append"]) == 0
+    rows = _rows(os.path.join(out, "results.csv"))
+    assert rows[:len(first)] == first and len(rows) > len(first)
+    assert {r["preset"] for r in rows} == {"qwen3-8b", "llama3-70b"}
+    meta = json.load(open(os.path.join(out, "meta.json")))
+    assert "--preset llama3-70b" in meta["command"]
+    assert [e["command"] for e in meta["earlier_runs"]] == [
+        "qknorm bench " + " ".join(QUICK + ["--preset", "qwen3-8b", "--out", out])]
+    md = open(os.path.join(out, "summary.md")).read()
+    assert "qwen3-8b" in md and "llama3-70b" in md and "earlier run" in md
+
+
+def test_append_refuses_a_csv_of_other_columns(tmp_path, capsys):
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "results.csv").write_text("preset,impl,us\nqwen3-8b,qknorm,1.0\n")
+    err = _usage_error(QUICK + ["--out", str(out), "--append"], capsys)
+    assert "--append" in err and "other columns" in err
+    assert (out / "results.csv").read_text() == "preset,impl,us\nqwen3-8b,qknorm,1.0\n"
+
+
+def test_overwrite_replaces_every_earlier_output(tmp_path, capsys):
+    out = tmp_path / "same"
+    assert main(QUICK + ["--preset", "qwen3-8b", "--out", str(out)]) == 0
+    (out / "plots").mkdir()
+    (out / "plots" / "old.png").write_bytes(b"png")
+    (out / "notes.txt").write_text("mine")  # not a bench output: left alone
+    assert main(QUICK + ["--preset", "llama3-70b", "--out", str(out), "--overwrite"]) == 0
+    assert {r["preset"] for r in _rows(out / "results.csv")} == {"llama3-70b"}
+    assert not (out / "plots").exists() and (out / "notes.txt").read_text() == "mine"
+
+
+def test_rows_are_on_disk_before_the_report_runs(tmp_path, capsys, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("plotting exploded")
+    monkeypatch.setattr(B, "_write_report", broken)
+    assert main(QUICK + ["--out", str(tmp_path / "r")]) == 1
+    last = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
+    assert last.startswith("qknorm bench: writing the report failed") and "plotting exploded" in last
+    assert "results.csv" in last
+    rows = _rows(tmp_path / "r" / "results.csv")
+    assert rows and {r["impl"] for r in rows} == {"qknorm", "torch"}
+
+
+def _fail_on_second_case(monkeypatch, exc):
+    real = B.Runner.run_case
+    seen = []
+
+    def run_case(self, case, tick=lambda: None):
+        seen.append(case)
+        if len(seen) == 2:
+            raise exc
+        return real(self, case, tick)
+    monkeypatch.setattr(B.Runner, "run_case", run_case)
+
+
+def test_an_interrupted_run_keeps_every_row_so_far(tmp_path, capsys, monkeypatch):
+    _fail_on_second_case(monkeypatch, KeyboardInterrupt())
+    out = tmp_path / "r"
+    assert main(QUICK + ["--out", str(out)]) == 130
+    rows = _rows(out / "results.csv")
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"}  # the first case: qknorm and torch
+    meta = json.load(open(out / "meta.json"))
+    assert meta["status"] == "interrupted after 2 rows (kept)"
+    assert "interrupted" in capsys.readouterr().err and (out / "summary.md").exists()
+
+
+def test_a_crashed_run_keeps_every_row_so_far(tmp_path, capsys, monkeypatch):
+    _fail_on_second_case(monkeypatch, RuntimeError("a bug"))
+    out = tmp_path / "r"
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(QUICK + ["--out", str(out)])
+    assert len(_rows(out / "results.csv")) == 2
+    assert json.load(open(out / "meta.json"))["status"].startswith("crashed after 2 rows (kept): RuntimeError")
+
+
+# --------------------------------------------------------------------------- one line per mistake
+
+BAD = [  # argv, words the line must hold (the flag, the value, what is allowed)
+    (["--quick", "--impl", "bogus"], ["--impl", "'bogus'", "torch_rms_norm", "flashinfer"]),
+    (["--quick", "--exclude", "*"], ["--exclude", "'*'", "leave no implementation"]),
+    (["--quick", "--impl", "qknorm[nope]"], ["--impl", "'qknorm[nope]'", "CUDA GPU only"]),
+    (["--quick", "--impl", "qknorm,bogus"], ["--impl", "'bogus'"]),
+    (["--quick", "--exclude", "nothing-like-this"], ["--exclude", "'nothing-like-this'"]),
+    (["--preset", "qwen9"], ["--preset", "'qwen9'", "qwen3-8b", "tp", "all"]),
+    (["--device", "bogus"], ["--device", "'bogus'", "cuda, cuda:N or cpu"]),
+    (["--device", "mps"], ["--device", "'mps'", "cuda, cuda:N or cpu"]),
+    (["--preset", "tp", "--tp", "1"], ["--tp", "1", ">= 2"]),
+    (["--preset", "tp", "--tp", "0"], ["--tp", "0", ">= 2"]),
+    (["--preset", "tp", "--tp", "-2"], ["--tp", "-2", ">= 2"]),
+    (["--tp", "2"], ["--tp", "--preset tp"]),
+    (["--preset", "tp", "--tp", "3"], ["--tp", "3", "power of two"]),
+    (["--quick", "--tokens", "1024"], ["--tokens", "1024", "at most 64"]),
+    (["--tokens", "abc"], ["--tokens", "'abc'"]),
+    (["--tokens", "0"], ["--tokens", "'0'", ">= 1"]),
+    (["--dtype", "fp8"], ["--dtype", "'fp8'", "bf16"]),
+    (["--append", "--overwrite"], ["--overwrite", "--append"]),
+]
+
+
+@pytest.mark.parametrize("argv,words", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_a_bad_flag_is_one_line_exit_2_and_nothing_written(argv, words, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    err = _usage_error(argv + ["--out", str(tmp_path / "out")], capsys)
+    for w in words:
+        assert w in err, (w, err)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(B.torch.cuda.is_available(), reason="checks the no-GPU answers")
+@pytest.mark.parametrize("argv,words", [(["--device", "cuda"], ["--device", "'cuda'", "--device cpu"]),
+                                        (["--mode", "graph"], ["--mode", "'graph'", "eager"]),
+                                        (["--mode", "both"], ["--mode", "'both'"]),
+                                        (["--cold-l2"], ["--cold-l2", "CUDA"])])
+def test_gpu_only_flags_on_a_cpu(argv, words, tmp_path, capsys):
+    err = _usage_error(argv + ["--out", str(tmp_path / "out")], capsys)
+    assert all(w in err for w in words), err
+    assert os.listdir(tmp_path) == []
+
+
+def test_out_that_is_a_file(tmp_path, capsys):
+    f = tmp_path / "results.txt"
+    f.write_text("x")
+    err = _usage_error(QUICK + ["--out", str(f)], capsys)
+    assert "--out" in err and str(f) in err and "is a file" in err
+    err = _usage_error(QUICK + ["--out", str(f / "sub")], capsys)
+    assert "--out" in err and "is a file" in err
+    assert os.listdir(tmp_path) == ["results.txt"]
+
+
+def test_out_in_a_folder_it_cannot_write(tmp_path, capsys, monkeypatch):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() != 0:  # root writes anywhere: then fake the permission check
+        ro.chmod(0o555)
+    else:
+        real = os.access
+        monkeypatch.setattr(B.os, "access", lambda p, m: False if os.path.abspath(p) == str(ro) else real(p, m))
+    try:
+        err = _usage_error(QUICK + ["--out", str(ro / "run")], capsys)
+        assert "--out" in err and "cannot write" in err and "permission denied" in err
+        assert os.listdir(ro) == []
+    finally:
+        ro.chmod(0o755)
+
+
+# --------------------------------------------------------------------------- --report-only
+
+def test_report_only_writes_next_to_the_csv_never_into_the_cwd(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert main(QUICK + ["--out", str(out)]) == 0
+    os.remove(out / "summary.md")
+    meta = (out / "meta.json").read_bytes()
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert main(["--report-only", str(out / "results.csv"), "--no-plots"]) == 0
+    assert (out / "summary.md").exists() and os.listdir(cwd) == []
+    assert (out / "meta.json").read_bytes() == meta  # the run's record is read, not rewritten
+    # --out puts the rebuilt report elsewhere on purpose
+    assert main(["--report-only", str(out / "results.csv"), "--no-plots", "--out", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "summary.md").exists()
+
+
+def test_report_only_refuses_what_is_not_a_bench_csv(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text("# qknorm\n\nTriton kernels, a, b, c\n" * 40)
+    err = _usage_error(["--report-only", str(readme)], capsys)
+    assert "--report-only" in err and "not a qknorm bench results CSV" in err
+    err = _usage_error(["--report-only", str(tmp_path / "missing.csv")], capsys)
+    assert "--report-only" in err and "missing.csv" in err and "no such file" in err
+    err = _usage_error(["--report-only", str(readme), "--preset", "seed"], capsys)
+    assert "--preset" in err
+    assert os.listdir(tmp_path) == ["README.md"]

@@ -77,3 +77,29 @@ def test_variant_kind_comes_from_the_config_fields():
             _row("qknorm[r1.b128.w4.p4]", "qknorm-variant", 1, 2.0)]
     th = thresholds(timed(rows)[("qwen3-8b", "qk Hq=32 Hkv=8 D=128 bf16", "graph")])
     assert th[0][1] == "qknorm[r1.b128.w4.tok]" and th[0][3] == "qknorm[r1.b128.w4.p4]" and th[0][4] is None
+
+
+def test_a_noop_copy_row_from_older_results_is_labelled_not_timed():
+    """Older CSVs hold a `contiguous_copy` time at T=1 where the views were already contiguous
+    (a no-op): the per-case table says `no-op`, never a time, and no comparison uses it."""
+    rows = _rows()
+    for r in rows:
+        r["contiguous"] = "True" if r["tokens"] == "1" else "False"
+    md = summary_markdown(rows, {"device": "X"})
+    table = md[md.index("### qwen3-8b"):]
+    t1 = next(line for line in table.splitlines() if line.startswith("| 1 |"))
+    t4096 = next(line for line in table.splitlines() if line.startswith("| 4096 |"))
+    names = next(line for line in table.splitlines() if line.startswith("| T |")).split(" | ")
+    col = names.index("contiguous_copy")
+    assert t1.split(" | ")[col] == "no-op" and t4096.split(" | ")[col] == "0.10"
+    assert "contiguous_copy" not in timed(rows)[("qwen3-8b", "qk Hq=32 Hkv=8 D=128 bf16", "graph")][1]
+
+
+def test_a_cpu_summary_is_a_smoke_test_without_speedups():
+    cpu = summary_markdown(_rows(), {"device": "cpu"})
+    assert "## CPU run: a smoke test, not a comparison" in cpu
+    for gone in ("Headline", "## Facts", "Dispatch regret", "best peer", "x |", "geomean"):
+        assert gone not in cpu, gone
+    assert "| 1 | 1.00 | 2.00 |" in cpu  # the times as measured are still there
+    gpu = summary_markdown(_rows(), {"device": "NVIDIA H100"})
+    assert "Headline" in gpu and "2.00x" in gpu and "smoke test" not in gpu

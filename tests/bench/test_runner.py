@@ -160,3 +160,21 @@ def test_repeated_identical_errors_disable_an_implementation():
     assert [row["status"] for row in boom] == ["error"] * MAX_SAME_ERRORS + ["skipped"] * 2
     assert "disabled after" in boom[-1]["reason"] and "kernel exploded" in boom[-1]["reason"]
     assert all(row["status"] == "ok" for row in rows if row["impl"] == "torch")
+
+
+@pytest.mark.parametrize("op", ["qk", "qk_full"])
+def test_a_copy_baseline_that_copies_nothing_is_not_timed(op):
+    """At T=1 the Q and K views of the packed buffer are already contiguous: `.contiguous()`
+    is a no-op, so `contiguous_copy` is skipped with that reason instead of timing nothing;
+    from T=2 on it copies and is timed. The copy-then-2D-norm peers say there was no copy."""
+    from qknorm.bench.peers import ContiguousCopy, TorchCopy2D
+    hkv = 4 if op == "qk_full" else 2
+    one, two = Case("t", op, 1, torch.float32, 4, hkv, 16), Case("t", op, 2, torch.float32, 4, hkv, 16)
+    r, rows = _runner([ContiguousCopy(), TorchCopy2D()])
+    r.run_case(one)
+    r.run_case(two)
+    copy = [row for row in rows if row["impl"] == "contiguous_copy"]
+    assert [(row["tokens"], row["status"]) for row in copy] == [(1, "skipped"), (2, "ok")]
+    assert "no-op" in copy[0]["reason"] and "already contiguous" in copy[0]["reason"]
+    c2d = {row["tokens"]: row for row in rows if row["impl"] == "torch_copy2d"}
+    assert "no copy" in c2d[1]["notes"] and "copies Q and K" in c2d[2]["notes"]

@@ -3,6 +3,7 @@ that checks the result against the full-width reference before timing, with the 
 check, timers and CSV columns."""
 import csv
 
+import pytest
 import torch
 
 from qknorm.bench.cli import main
@@ -41,3 +42,69 @@ def test_tp_check_uses_the_bench_gate_arithmetic():
     assert not verdict(err, torch.bfloat16).ok and verdict(0.0, torch.bfloat16).ok
     err, why = worst_error((torch.ones(2, 4),), ref)
     assert err == float("inf") and "expected 2" in why
+
+
+# --------------------------------------------------------------------------- rows kept on an interrupt or a crash
+
+def _one_rank(monkeypatch):
+    """A one-process gloo group for ``tp.main`` in this process (the rows, not the speed, are checked)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for k, v in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1").items():
+        monkeypatch.setenv(k, v)
+
+
+def _argv(path):
+    return ["--tokens", "1", "2", "--inner", "1", "--reps", "1", "--trials", "1", "--out", str(path)]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="one gloo rank on the CPU")
+def test_tp_interrupt_keeps_every_row_measured(tmp_path, monkeypatch, capsys):
+    from qknorm.bench import tp
+    _one_rank(monkeypatch)
+    real, calls = tp.time_impl, []
+
+    def time_impl(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(tp, "time_impl", time_impl)
+    assert tp.main(_argv(tmp_path / "tp.csv")) == 130
+    assert not torch.distributed.is_initialized()
+    with open(tmp_path / "tp.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["impl"] for r in rows] == ["allgather", "ours"] and all(r["status"] == "ok" for r in rows)
+    assert "interrupted; the 2 rows measured are kept" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="one gloo rank on the CPU")
+def test_tp_crash_keeps_every_row_measured(tmp_path, monkeypatch, capsys):
+    from qknorm.bench import tp
+    _one_rank(monkeypatch)
+    real = tp.Shard.check
+
+    def check(self):
+        if self.t == 2:
+            raise RuntimeError("a bug at T=2")
+        return real(self)
+    monkeypatch.setattr(tp.Shard, "check", check)
+    with pytest.raises(RuntimeError, match="a bug at T=2"):
+        tp.main(_argv(tmp_path / "tp.csv"))
+    assert not torch.distributed.is_initialized()
+    with open(tmp_path / "tp.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(tp.IMPLS) and {r["tokens"] for r in rows} == {"1"}  # all of T=1, kept
+    assert "crashed; the 5 rows measured are kept" in capsys.readouterr().err
+
+
+def test_tp_preset_refuses_a_second_run_into_the_same_out(tmp_path, capsys):
+    (tmp_path / "tp.csv").write_text("kept\n")
+    with pytest.raises(SystemExit) as e:
+        main(["--preset", "tp", "--tokens", "1", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tp.csv" in err and "--append" in err and "--overwrite" in err
+    assert (tmp_path / "tp.csv").read_text() == "kept\n"

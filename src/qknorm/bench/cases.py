@@ -32,7 +32,7 @@ OPS = ("qk", "qk_full", "rms2d", "add", "rope")
 QKNORM_OP = {"qk": "qk_rms_norm", "qk_full": "qk_rms_norm", "rms2d": "rms_norm", "add": "fused_add_rms_norm",
              "rope": "qk_rms_norm"}  # rope: the fused kernel takes the dispatcher's qk_rms_norm pick
 __all__ = ["DTYPES", "DTYPE_NAMES", "EPS", "Case", "Inputs", "build_inputs", "expected", "layout", "preset_cases",
-           "quick_cases", "rope_cache"]
+           "qk_views_contiguous", "quick_cases", "rope_cache"]
 
 SEED_BATCH = (1, 8, 64, 256, 1024, 4096)
 SEED_HEADS = (4, 8, 16, 32)
@@ -370,6 +370,16 @@ def expected(case: Case, inp: Inputs) -> tuple[torch.Tensor, ...]:
         return (rms_norm_ref(inp.x, inp.w, case.eps, case.weight_offset),)
     y, s = fused_add_rms_norm_ref(inp.x, inp.residual, inp.w, case.eps, case.weight_offset)
     return (y, s)
+
+
+def qk_views_contiguous(case: Case) -> bool:
+    """Whether the Q and K views of the packed QKV buffer are already contiguous for ``case``
+    (T=1: a single row's view is): then ``.contiguous()`` returns the view itself and a copy
+    baseline would time nothing. Worked out on the meta device (no memory)."""
+    if not case.is_qk:
+        return False
+    inp = _qk_views(case, torch.empty(case.tokens, case.packed_width, dtype=case.dtype, device="meta"), None, None)
+    return inp.q.is_contiguous() and inp.k.is_contiguous()
 
 
 def layout(case: Case, inp: Inputs) -> dict:

@@ -2,12 +2,20 @@
 
 Examples::
 
-    qknorm bench --quick                              # seconds; runs on a CPU too
+    qknorm bench --quick                              # seconds; runs on a CPU too (a smoke test)
     qknorm bench --preset qwen3-8b,qwen3-235b,qwen3-next --out results/h100
+    qknorm bench --preset llama3-70b --out results/h100 --append   # add rows to that folder
     qknorm bench --preset seed --variants all         # the original question's grid
     qknorm bench --preset qwen3-8b --mode eager --tokens 1,4,16,64 --variants none
     qknorm bench --preset rope --impl 'qknorm,flashinfer*,torch*'
     qknorm bench --preset tp --tp 2                   # tensor-parallel full-width norm (2+ GPUs)
+    qknorm bench --report-only results/h100/results.csv   # rebuild summary.md and plots/
+
+Results are never lost: a folder that already holds bench results is refused unless
+``--append`` (add this run's rows to them) or ``--overwrite`` (replace them) says otherwise;
+every row is on disk (flushed) as soon as it is measured, and an interrupted (Ctrl-C,
+SIGTERM) or crashed run keeps every row so far. Every mistake in a flag is one line on
+stderr and exit status 2, before anything is written.
 """
 from __future__ import annotations
 
@@ -18,14 +26,26 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 
+from qknorm.cli import ArgParser
+
 from .cases import DTYPES, PRESETS, preset_cases, quick_cases
-from .peers import peer_status
-from .report import CsvSink, facts, plot, read_csv, summary_markdown
-from .runner import MODES, VARIANT_CHOICES, Options, Runner
+from .peers import matches, peer_status, qknorm_variants, static_impls
+from .report import REPORT_COLUMNS, CsvSink, csv_header, facts, is_smoke, plot, read_csv, summary_markdown
+from .runner import COLUMNS, MODES, VARIANT_CHOICES, Options, Runner
 from .timing import measure_baselines
+
+EXTRA_PRESETS = ("tp",)  # run by their own launcher (several processes), not by the case runner
+QUICK_MAX_TOKENS = 64
+# What a run writes into --out (its folder); any of them there already means earlier results.
+RUN_OUTPUTS = ("results.csv", "summary.md", "meta.json", "plots")
+TP_OUTPUTS = ("tp.csv",)
+SMOKE_LINE = ("qknorm bench: CPU run = a smoke test, not a comparison: every implementation runs and is checked "
+              "against the fp32 reference, but CPU times vary by orders of magnitude between identical runs and "
+              "say nothing about GPU kernels; no speedups are printed.")
 
 
 def _csv_list(s: str | None) -> tuple[str, ...]:
@@ -38,76 +58,285 @@ def _tokens(s: str | None) -> tuple[int, ...] | None:
     try:
         t = tuple(int(x) for x in _csv_list(s))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--tokens must be a comma list of integers, got {s!r}") from None
-    if any(v < 1 for v in t):
-        raise argparse.ArgumentTypeError(f"--tokens must be >= 1, got {s!r}")
+        raise argparse.ArgumentTypeError(f"{s!r} is not a comma list of integers (e.g. 1,16,512)") from None
+    if not t or any(v < 1 for v in t):
+        raise argparse.ArgumentTypeError(f"{s!r}: token counts must be >= 1")
     return t
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def parser() -> ArgParser:
+    p = ArgParser(
         prog="qknorm bench",
         description="Check every implementation against the fp32 reference, then time it: qknorm (the "
                     "dispatcher's pick and its kernel variants) side by side with FlashInfer, SGLang's JIT kernels "
                     "and sgl_kernel, Quack, Liger, vLLM (when importable; otherwise listed as skipped with the "
-                    "reason), torch eager, torch.compile and F.rms_norm. Writes results.csv, "
-                    "summary.md, meta.json and plots/ under --out.",
+                    "reason), torch eager, torch.compile and F.rms_norm. Writes results.csv (row by row), "
+                    "summary.md, meta.json and plots/ under --out. On a CPU the run is a smoke test: it checks "
+                    "that everything runs and is correct; its times are not a comparison.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::", 1)[1])
     p.add_argument("--preset", default=None,
-                   help=f"comma list of presets: {', '.join(PRESETS)}, or 'all' (default qwen3-8b; with "
-                        "--quick: one small case of each op kind)")
+                   help=f"comma list of presets: {', '.join(PRESETS + EXTRA_PRESETS)}, or 'all' (default qwen3-8b; "
+                        "with --quick: one small case of each op kind)")
     p.add_argument("--impl", default="", help="comma list of implementation names or globs to run "
-                                              "(e.g. 'qknorm,flashinfer*,torch'; 'qknorm[*]' = every variant); "
-                                              "default: all")
+                                              "(e.g. 'qknorm,flashinfer*,torch'; 'qknorm[*]' = every variant, "
+                                              "GPU only); default: all. A name or glob that matches nothing is an "
+                                              "error")
     p.add_argument("--exclude", default="", help="comma list of names or globs to leave out")
     p.add_argument("--tokens", type=_tokens, default=None,
-                   help="comma list of token counts (default: the preset's, 1..16384)")
+                   help="comma list of token counts (default: the preset's, 1..16384; with --quick: 1,16, "
+                        f"at most {QUICK_MAX_TOKENS})")
     p.add_argument("--dtype", choices=list(DTYPES), default="bf16")
     p.add_argument("--mode", choices=list(MODES) + ["both"], default=None,
-                   help="graph: CUDA-graph replay (device time); eager: back-to-back calls (host cost "
+                   help="graph: CUDA-graph replay (device time; CUDA only); eager: back-to-back calls (host cost "
                         "included); both. Default: graph on a GPU, eager on a CPU")
     p.add_argument("--cold-l2", action="store_true",
-                   help="rotate over input sets larger than 2x L2 (default: warm L2, inputs may stay cached)")
+                   help="rotate over input sets larger than 2x L2 (CUDA only; default: warm L2, inputs may stay "
+                        "cached)")
     p.add_argument("--variants", choices=VARIANT_CHOICES, default="top",
-                   help="qknorm kernel variants to time beside the pick: none, top (the tuned table's best "
-                        "for the case + the pick; all candidates where the table has none), all")
-    p.add_argument("--out", default=None, help="output folder (default ./qknorm-bench/<gpu>-<time>)")
+                   help="qknorm kernel variants to time beside the pick (GPU only): none, top (the tuned table's "
+                        "best for the case + the pick; all candidates where the table has none), all")
+    p.add_argument("--out", default=None,
+                   help="output folder (default ./qknorm-bench/<device>-<time>). A folder that already holds "
+                        "bench results is refused unless --append or --overwrite is given")
+    keep = p.add_mutually_exclusive_group()
+    keep.add_argument("--append", action="store_true",
+                      help="--out holds earlier results: add this run's rows to its CSV (same device and columns) "
+                           "and rebuild summary.md and plots from all of them")
+    keep.add_argument("--overwrite", action="store_true",
+                      help="--out holds earlier results: delete them (results.csv, tp.csv, summary.md, meta.json, "
+                           "plots/*.png) before this run")
     p.add_argument("--quick", action="store_true", help="a few small cases (seconds, CPU included)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
-    p.add_argument("--tp", type=int, default=None, help="ranks for --preset tp (default: the GPUs here, or 2 "
+    p.add_argument("--tp", type=int, default=None, help="ranks for --preset tp, >= 2 (default: the GPUs here, or 2 "
                                                         "CPU processes)")
-    p.add_argument("--report-only", metavar="CSV", help="rebuild summary.md and plots from an existing results.csv")
+    p.add_argument("--report-only", metavar="CSV",
+                   help="rebuild summary.md and plots/ from an existing bench results.csv, next to it (or in "
+                        "--out); runs nothing")
     return p
 
 
-EXTRA_PRESETS = ("tp",)  # run by their own launcher (several processes), not by the case runner
+# --------------------------------------------------------------------------- checking the flags
+
+@dataclass
+class Plan:
+    """What a checked command line runs."""
+
+    device: str
+    cuda: bool
+    device_name: str
+    modes: tuple[str, ...]
+    presets: list[str] | None   # case presets (not tp); None: the default
+    tp: int | None              # ranks of the tp preset; None: no tp preset
+    cases: list
+    out: str
 
 
-def _presets(s: str) -> list[str]:
+def _presets(p: ArgParser, s: str) -> list[str]:
     names = list(PRESETS) if s.strip() == "all" else list(_csv_list(s))
     bad = [n for n in names if n not in PRESETS + EXTRA_PRESETS]
-    if bad:
-        raise SystemExit(f"qknorm bench: unknown preset {', '.join(bad)}; choose from "
-                         f"{', '.join(PRESETS + EXTRA_PRESETS)} or all")
+    if bad or not names:
+        p.error(f"argument --preset: unknown preset {', '.join(map(repr, bad)) or repr(s)}; choose from "
+                f"{', '.join(PRESETS + EXTRA_PRESETS)} or all (comma list)")
     return names
 
 
-def _run_tp(a, out_dir: str) -> int:
+def _device(p: ArgParser, s: str | None) -> tuple[str, bool, str]:
+    """(device string, is CUDA, device name) of ``--device``; a bad one is a usage error."""
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    s = s or ("cuda" if have else "cpu")
+    try:
+        d = torch.device(s)
+    except (RuntimeError, ValueError):
+        p.error(f"argument --device: {s!r} is not a device; use cuda, cuda:N or cpu")
+    if d.type not in ("cuda", "cpu"):
+        p.error(f"argument --device: {s!r}: the bench runs on cuda, cuda:N or cpu (not {d.type})")
+    if d.type == "cpu":
+        return s, False, "cpu"
+    if not have:
+        p.error(f"argument --device: {s!r}: torch {torch.__version__} sees no CUDA GPU here; use --device cpu "
+                "(a smoke test)")
+    if d.index is not None and d.index >= have:
+        p.error(f"argument --device: {s!r}: this machine has {have} GPU(s), cuda:0 .. cuda:{have - 1}")
+    return s, True, torch.cuda.get_device_name(d)
+
+
+def _selection(p: ArgParser, a, cases, device: str, cuda: bool) -> None:
+    """Every ``--impl`` / ``--exclude`` name or glob must match an implementation of this run,
+    and together they must leave at least one to run."""
+    include, exclude = _csv_list(a.impl), _csv_list(a.exclude)
+    if not include and not exclude:
+        return
+    static = [i.name for i in static_impls()]
+    variants: list[str] = []
+    if cuda and a.variants != "none":
+        variants = sorted({v.name for c in cases for v in qknorm_variants(c, device)})
+    known = static + variants
+    choose = f"choose from {', '.join(static)}" + (" or qknorm[<config>] (GPU only)" if not variants else
+                                                    f" or one of {len(variants)} qknorm[<config>] variants")
+    for flag, pats in (("--impl", include), ("--exclude", exclude)):
+        for pat in pats:
+            if any(matches(n, (pat,)) for n in known):
+                continue
+            if pat.startswith("qknorm[") and not variants:
+                if flag == "--exclude":
+                    continue  # excluding variants from a run without variants: nothing to do
+                why = ("qknorm variants run on a CUDA GPU only" if not cuda else
+                       "--variants none runs no qknorm variants")
+                p.error(f"argument --impl: {pat!r} matches no implementation of this run: {why}")
+            p.error(f"argument {flag}: {pat!r} matches no implementation; {choose} (globs allowed, e.g. "
+                    "'flashinfer*')")
+    left = [n for n in known if (not include or matches(n, include)) and not (exclude and matches(n, exclude))]
+    if not left:
+        p.error(f"argument --impl/--exclude: --impl {a.impl or '(all)'!r} --exclude {a.exclude!r} leave no "
+                "implementation to run")
+
+
+def _writable_folder(p: ArgParser, flag: str, out: str) -> None:
+    """``out`` is, or can be made, a folder this process can write in."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        p.error(f"argument {flag}: {out!r} is a file, not a folder")
+    d = os.path.abspath(out)
+    while not os.path.exists(d):
+        d = os.path.dirname(d)
+    if not os.path.isdir(d):
+        p.error(f"argument {flag}: {out!r}: {d} is a file, not a folder")
+    if not os.access(d, os.W_OK | os.X_OK):
+        p.error(f"argument {flag}: {out!r}: cannot write in {d} (permission denied); pick another folder")
+
+
+def _check_out(p: ArgParser, a, out: str, names: tuple[str, ...], device_name: str) -> None:
+    """``--out`` must be a writable folder; earlier results in it need ``--append`` or
+    ``--overwrite``; ``--append`` needs CSVs of this version's columns from the same device."""
+    _writable_folder(p, "--out", out)
+    held = [n for n in RUN_OUTPUTS + TP_OUTPUTS if os.path.exists(os.path.join(out, n))]
+    if held and not (a.append or a.overwrite):
+        p.error(f"argument --out: {out!r} already holds bench results ({', '.join(held)}); add --append to add "
+                "this run's rows to them, or --overwrite to replace them, or pick another --out")
+    if not a.append:
+        return
+    for name, cols in (("results.csv", COLUMNS), ("tp.csv", _tp_columns())):
+        path = os.path.join(out, name)
+        if name in names and os.path.exists(path) and os.path.getsize(path):
+            try:
+                header = csv_header(path)
+            except (OSError, UnicodeDecodeError) as e:
+                p.error(f"argument --append: cannot read {path}: {e}")
+            if tuple(header) != tuple(cols):
+                p.error(f"argument --append: {path} has other columns than this version writes (another "
+                        "qknorm version, or not a bench CSV); use --overwrite or another --out")
+    earlier = _read_meta(os.path.join(out, "meta.json"))
+    if "results.csv" in names and earlier.get("device") not in (None, device_name):
+        p.error(f"argument --append: the results in {out!r} are from {earlier['device']}, this run is on "
+                f"{device_name}; one folder holds one device's results (pick another --out)")
+
+
+def _tp_columns() -> tuple[str, ...]:
+    from .tp import TP_COLUMNS
+    return tuple(COLUMNS) + tuple(TP_COLUMNS)
+
+
+def _read_meta(path: str) -> dict:
+    try:
+        with open(path) as f:
+            m = json.load(f)
+        return m if isinstance(m, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def check(p: ArgParser, a) -> Plan:
+    """Check every flag against the others and this machine; a mistake is ``p.error`` (one
+    line on stderr, exit status 2) before anything is written."""
+    device, cuda, device_name = _device(p, a.device)
+    if a.mode in ("graph", "both") and not cuda:
+        p.error(f"argument --mode: {a.mode!r} needs CUDA (graph mode is CUDA-graph replay); on the CPU the "
+                "only mode is eager")
+    if a.cold_l2 and not cuda:
+        p.error("argument --cold-l2: needs a CUDA GPU (it rotates inputs past the GPU's L2 cache)")
+    modes = (("graph", "eager") if a.mode == "both" else (a.mode,)) if a.mode else (("graph",) if cuda else ("eager",))
+    presets = _presets(p, a.preset) if a.preset is not None else None
+    tp = None
+    if presets and "tp" in presets:
+        n_gpu = torch.cuda.device_count() if cuda else 0
+        tp = a.tp if a.tp is not None else (n_gpu if n_gpu >= 2 else 2)
+        presets = [x for x in presets if x != "tp"] or None
+        only_tp = presets is None
+    else:
+        only_tp = False
+    if a.tp is not None:
+        if tp is None:
+            p.error(f"argument --tp: {a.tp} ranks given, but --tp is for the tensor-parallel preset only; add "
+                    "--preset tp")
+        if a.tp < 2:
+            p.error(f"argument --tp: {a.tp}: the tp preset splits Q and K over ranks and needs --tp >= 2")
+    if tp is not None:
+        from .tp import MODELS as TP_MODELS
+        hq, hkv, d = TP_MODELS["olmo2-7b"]
+        if (hq * d) % tp or (hkv * d) % tp:
+            p.error(f"argument --tp: {tp} ranks do not split the olmo2-7b Q and K widths ({hq * d}, {hkv * d}) "
+                    "evenly; use a power of two")
+    if tp is not None and cuda and torch.cuda.device_count() < tp:
+        p.error(f"argument --tp: {tp} ranks need {tp} GPUs, this machine has {torch.cuda.device_count()}")
+    if a.quick and a.tokens and max(a.tokens) > QUICK_MAX_TOKENS:
+        p.error(f"argument --tokens: {','.join(map(str, a.tokens))} with --quick: quick cases take at most "
+                f"{QUICK_MAX_TOKENS} tokens (drop --quick for larger ones)")
+    dtype = DTYPES[a.dtype]
+    if only_tp:
+        cases = []
+        if a.impl or a.exclude:
+            p.error("argument --impl/--exclude: the tp preset times its own fixed set (ours, allgather, "
+                    "allgather-1, comm-ours, comm-allgather); --impl and --exclude do not apply")
+    elif a.quick:
+        cases = quick_cases(presets, dtype, a.tokens)
+    else:
+        cases = [c for x in (presets or ["qwen3-8b"]) for c in preset_cases(x, a.tokens, dtype)]
+    if cases:
+        _selection(p, a, cases, device, cuda)
+    stamp = _dt.datetime.now()
+    out = a.out or os.path.join("qknorm-bench", f"{_slug_device(device_name)}-{stamp:%Y%m%d-%H%M%S}")
+    names = (RUN_OUTPUTS if cases else ()) + (TP_OUTPUTS if tp else ())
+    _check_out(p, a, out, names, device_name)
+    return Plan(device, cuda, device_name, modes, presets, tp, cases, out)
+
+
+def _non_default(p: ArgParser, a) -> list[str]:
+    """The options of ``a`` that differ from the parser's defaults, as flags."""
+    return [act.option_strings[-1] for act in p._actions
+            if act.option_strings and act.dest != "help" and getattr(a, act.dest, None) != act.default]
+
+
+def _clear(out: str) -> list[str]:
+    """``--overwrite``: delete the bench outputs in ``out`` (only the files a run writes)."""
+    gone = []
+    for n in RUN_OUTPUTS + TP_OUTPUTS:
+        path = os.path.join(out, n)
+        if n == "plots" and os.path.isdir(path):
+            for f in sorted(os.listdir(path)):
+                if f.endswith(".png"):
+                    os.remove(os.path.join(path, f))
+                    gone.append(os.path.join(n, f))
+            if not os.listdir(path):
+                os.rmdir(path)
+        elif os.path.isfile(path):
+            os.remove(path)
+            gone.append(n)
+    return gone
+
+
+# --------------------------------------------------------------------------- running
+
+def _run_tp(a, plan: Plan, modes) -> int:
     """The ``tp`` preset: full-width QK norm under tensor parallelism, one all-reduce vs
-    all-gather, on ``--tp`` ranks (GPUs; 2 gloo processes on a CPU)."""
+    all-gather, on ``plan.tp`` ranks (GPUs; gloo processes on a CPU)."""
     from .tp import launch
-    n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    nproc = a.tp or (n_gpu if n_gpu >= 2 else 2)
-    if n_gpu and n_gpu < nproc:
-        print(f"qknorm bench --preset tp: needs {nproc} GPUs, this machine has {n_gpu}; skipped")
-        return 1
-    if not n_gpu:
-        print("qknorm bench --preset tp: no CUDA GPU here; running 2 gloo processes on the CPU as a smoke "
-              "test (correctness check and bytes per rank; the times are not GPU numbers)")
-    os.makedirs(out_dir, exist_ok=True)
-    return launch(nproc, a.tokens, a.dtype, os.path.join(out_dir, "tp.csv"))
+    if not plan.cuda:
+        print(f"qknorm bench --preset tp: no CUDA device; running {plan.tp} gloo processes on the CPU as a smoke "
+              "test (correctness check and bytes per rank; the times are not GPU numbers and no speedups are "
+              "printed)")
+    return launch(plan.tp, a.tokens, a.dtype, os.path.join(plan.out, "tp.csv"), modes=modes,
+                  append=a.append, cpu=not plan.cuda)
 
 
 def _progress(total: int, quiet: bool):
@@ -135,11 +364,11 @@ def _progress(total: int, quiet: bool):
         return _Bar()
 
 
-def _write_report(rows: list[dict], meta: dict, out: str, plots: bool) -> list[str]:
+def _write_report(rows: list[dict], meta: dict, out: str, plots: bool, write_meta: bool = True) -> list[str]:
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(summary_markdown(rows, meta))
-    with open(os.path.join(out, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=1, default=str)
+    if write_meta:
+        _write_meta(meta, out)
     if not plots:
         return []
     pdir = os.path.join(out, "plots")
@@ -147,87 +376,145 @@ def _write_report(rows: list[dict], meta: dict, out: str, plots: bool) -> list[s
     return plot(rows, pdir)
 
 
+def _write_meta(meta: dict, out: str) -> None:
+    tmp = os.path.join(out, "meta.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(meta, f, indent=1, default=str)
+    os.replace(tmp, os.path.join(out, "meta.json"))
+
+
+def _report_only(p: ArgParser, a) -> int:
+    """``--report-only CSV``: rebuild summary.md and plots/ from a bench results CSV."""
+    extra = [f for f in _non_default(p, a) if f not in ("--report-only", "--no-plots", "--out")]
+    if extra:
+        p.error(f"argument --report-only: rebuilds the report from a CSV and runs nothing; it takes only --out "
+                f"and --no-plots (got {', '.join(extra)})")
+    path = a.report_only
+    if not os.path.isfile(path):
+        p.error(f"argument --report-only: {path!r}: no such file")
+    try:
+        header = csv_header(path)
+    except (OSError, UnicodeDecodeError) as e:
+        p.error(f"argument --report-only: cannot read {path!r}: {e}")
+    missing = [c for c in REPORT_COLUMNS if c not in header]
+    if missing:
+        p.error(f"argument --report-only: {path!r} is not a qknorm bench results CSV (it has no "
+                f"{', '.join(missing)} column{'s' if len(missing) > 1 else ''})")
+    here = os.path.dirname(os.path.abspath(path))
+    out = a.out or here
+    _writable_folder(p, "--out", out)
+    try:
+        rows = read_csv(path)
+        for r in rows:
+            int(r["tokens"])
+    except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
+        p.error(f"argument --report-only: {path!r} has a row that is not a bench row ({type(e).__name__}: {e})")
+    meta = _read_meta(os.path.join(here, "meta.json"))
+    os.makedirs(out, exist_ok=True)
+    paths = _write_report(rows, meta, out, not a.no_plots, write_meta=False)
+    print(f"qknorm bench: rewrote {os.path.join(out, 'summary.md')}"
+          + (f" and {len(paths)} plots" if not a.no_plots else "") + f" from the {len(rows)} rows of {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    a = parser().parse_args(argv)
+    """``qknorm bench``: 0 when the run completed and its report was written; 1 when the
+    report could not be written (the rows are kept) or the tp preset failed; 130 when
+    interrupted (the rows so far are kept); 2 for a usage mistake (nothing written)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = parser()
+    a = p.parse_args(argv)
     if a.report_only:
-        rows = read_csv(a.report_only)
-        out = os.path.dirname(os.path.abspath(a.report_only))
-        meta = {}
-        mp = os.path.join(out, "meta.json")
-        if os.path.exists(mp):
-            with open(mp) as f:
-                meta = json.load(f)
-        paths = _write_report(rows, meta, out, not a.no_plots)
-        print(f"qknorm bench: rewrote {out}/summary.md and {len(paths)} plots from {len(rows)} rows")
-        return 0
-
-    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cuda = torch.device(device).type == "cuda"
-    if cuda and not torch.cuda.is_available():
-        raise SystemExit("qknorm bench: --device cuda but torch sees no CUDA GPU")
-    modes = (("graph", "eager") if a.mode == "both" else (a.mode,)) if a.mode else (("graph",) if cuda else ("eager",))
-    if not cuda and "graph" in modes:
-        print("qknorm bench: graph mode needs CUDA; timing eager only on the CPU")
-        modes = ("eager",)
-    dtype = DTYPES[a.dtype]
-    presets = _presets(a.preset) if a.preset else None
+        return _report_only(p, a)
+    plan = check(p, a)
+    out = plan.out
+    os.makedirs(out, exist_ok=True)
+    if a.overwrite:
+        gone = _clear(out)
+        if gone:
+            print(f"qknorm bench: --overwrite: deleted the earlier {', '.join(gone[:6])}"
+                  + (f" and {len(gone) - 6} more" if len(gone) > 6 else "") + f" in {out}")
+    if not plan.cuda:
+        print(SMOKE_LINE)
     rc_tp = 0
-    if presets and "tp" in presets:
-        rc_tp = _run_tp(a, a.out or os.path.join("qknorm-bench", "tp"))
-        presets = [p for p in presets if p != "tp"]
-        if not presets:
+    if plan.tp:
+        rc_tp = _run_tp(a, plan, plan.modes if a.mode else None)
+        if not plan.cases:
             return rc_tp
-    if a.quick:
-        cases = quick_cases(presets, dtype, a.tokens)
-    else:
-        cases = [c for p in (presets or ["qwen3-8b"]) for c in preset_cases(p, a.tokens, dtype)]
+    rc = _run_cases(a, argv, plan)
+    return rc if rc else (1 if rc_tp else 0)
 
-    if not cuda:
+
+def _run_cases(a, argv: list[str], plan: Plan) -> int:
+    device, out, cases, modes = plan.device, plan.out, plan.cases, plan.modes
+    if not plan.cuda:
         import qknorm
         where = "--device cpu" if torch.cuda.is_available() else "no CUDA GPU here"
         print(f"qknorm bench: {where}. Running the CPU paths only (qknorm on its "
               f"{'Triton-interpreter' if qknorm.get_backend() == 'triton' else 'PyTorch'} path, torch eager); "
-              "GPU implementations are listed as skipped. GPU figures need a GPU: times below are CPU times "
-              "and say nothing about kernel speed.")
+              "GPU implementations are listed as skipped.")
     base = measure_baselines(device)
     stamp = _dt.datetime.now(_dt.timezone.utc)
-    out = a.out or os.path.join("qknorm-bench", f"{_slug_device(base.device)}-{stamp:%Y%m%d-%H%M%S}")
-    os.makedirs(out, exist_ok=True)
     import qknorm
     import triton
+    csv_path = os.path.join(out, "results.csv")
+    earlier_rows = read_csv(csv_path) if a.append and os.path.exists(csv_path) else []
+    earlier_meta = _read_meta(os.path.join(out, "meta.json")) if a.append else {}
     meta = dict(device=base.device, date=f"{stamp:%Y-%m-%d %H:%M} UTC",
-                command="qknorm bench " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:])),
+                command="qknorm bench " + " ".join(shlex.quote(x) for x in argv),
                 torch=torch.__version__, triton=triton.__version__, qknorm=qknorm.__version__,
                 peers="; ".join(f"{k} {v}" for k, v in peer_status().items()),
                 copy_gbps=round(base.copy_gbps, 1), empty_graph_us=base.empty_graph_us,
                 empty_eager_us=base.empty_eager_us, l2="cold" if a.cold_l2 else "warm", modes=",".join(modes),
                 sm_count=base.sm_count, l2_bytes=base.l2_bytes, status="running")
+    if earlier_meta or earlier_rows:
+        prev = earlier_meta.pop("earlier_runs", []) if earlier_meta else []
+        meta["earlier_runs"] = prev + ([{k: earlier_meta.get(k) for k in ("date", "command", "status")}]
+                                       if earlier_meta else [])
     opt = Options(device=device, modes=modes, cold_l2=a.cold_l2, include=_csv_list(a.impl),
                   exclude=_csv_list(a.exclude), variants=a.variants, seed=a.seed)
-    sink = CsvSink(os.path.join(out, "results.csv"))
+    sink = CsvSink(csv_path, append=a.append)
+    _write_meta(meta, out)  # a run killed outright still says what it was
     runner = Runner(opt, base, sink)
     print(f"qknorm bench: {len(cases)} cases on {base.device} (copy {base.copy_gbps:.0f} GB/s"
           + (f", empty kernel {base.empty_graph_us:.2f} us graph / {base.empty_eager_us:.2f} us eager"
-             if base.empty_graph_us else "") + f"); modes {','.join(modes)}; L2 {meta['l2']}; out {out}")
+             if base.empty_graph_us else "") + f"); modes {','.join(modes)}; L2 {meta['l2']}; out {out}"
+          + (f" (appending to {len(earlier_rows)} earlier rows)" if a.append else ""))
     rows: list[dict] = []
     _sigterm_interrupts()
     bar = _progress(runner.count(cases), quiet=False)
+    crash = None
     try:
         for c in cases:
             bar.set_description(f"{c.preset} {c.op} T={c.tokens}")
             rows += runner.run_case(c, tick=bar.update)
         meta["status"] = "complete"
     except KeyboardInterrupt:
-        meta["status"] = f"interrupted after {len(rows)} rows (kept)"
-        print(f"\nqknorm bench: interrupted; keeping the {len(rows)} rows measured", file=sys.stderr)
+        meta["status"] = f"interrupted after {sink.rows} rows (kept)"
+        print(f"\nqknorm bench: interrupted; the {sink.rows} rows measured are in {csv_path}", file=sys.stderr)
+    except BaseException as e:
+        crash = e
+        meta["status"] = f"crashed after {sink.rows} rows (kept): {type(e).__name__}: {e}"
+        print(f"\nqknorm bench: crashed ({type(e).__name__}); the {sink.rows} rows measured are in {csv_path}",
+              file=sys.stderr)
     finally:
         bar.close()
         sink.close()
     ran = sorted({r["ran"] for r in rows if r["impl"] == "torch_rms_norm" and r.get("ran")})
     if ran:
         meta["torch_rms_norm_ran"] = " | ".join(ran)
-    paths = _write_report(rows, meta, out, not a.no_plots)
-    _print_console(rows, out, paths)
+    all_rows = earlier_rows + rows
+    try:
+        paths = _write_report(all_rows, meta, out, not a.no_plots)
+    except Exception as e:  # noqa: BLE001 - the rows are on disk; say so in one line
+        if crash is not None:
+            raise crash from None
+        print(f"qknorm bench: writing the report failed ({type(e).__name__}: {e}); the {sink.rows} rows are in "
+              f"{csv_path} (`qknorm bench --report-only {csv_path}` rebuilds it)", file=sys.stderr)
+        return 1
+    if crash is not None:
+        raise crash
+    _print_console(rows, out, paths, smoke=is_smoke(meta), earlier=len(earlier_rows))
     return 0 if meta["status"] == "complete" else 130
 
 
@@ -248,16 +535,24 @@ def _slug_device(name: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-") or "device"
 
 
-def _print_console(rows: list[dict], out: str, plots: list[str]) -> None:
+def _print_console(rows: list[dict], out: str, plots: list[str], smoke: bool = False, earlier: int = 0) -> None:
     ok = [r for r in rows if r["status"] == "ok"]
     by = {}
     for r in ok:
         by.setdefault((r["preset"], r["group"], r["mode"], int(r["tokens"])), []).append(r)
-    print(f"\n{'case':<52} {'T':>6} {'mode':>5}  {'qknorm us':>10}  {'best peer':>22}  {'speedup':>7}")
+    if smoke:
+        print(f"\nCPU smoke test: times as measured, not a comparison\n"
+              f"{'case':<52} {'T':>6} {'mode':>5}  {'qknorm us':>10}  {'checked and timed':>17}")
+    else:
+        print(f"\n{'case':<52} {'T':>6} {'mode':>5}  {'qknorm us':>10}  {'best peer':>22}  {'speedup':>7}")
     for (preset, group, mode, t), rs in sorted(by.items()):
         q = next((r for r in rs if r["impl"] == "qknorm"), None)
         peers = [r for r in rs if r["family"] == "peer"]
         if q is None:
+            continue
+        if smoke:
+            print(f"{(preset + ' ' + group)[:52]:<52} {t:>6} {mode:>5}  {float(q['us']):>10.2f}  "
+                  f"{len(rs):>10} impls")
             continue
         bp = min(peers, key=lambda r: float(r["us"])) if peers else None
         sp = f"{float(bp['us']) / float(q['us']):.2f}x" if bp else ""
@@ -269,7 +564,10 @@ def _print_console(rows: list[dict], out: str, plots: list[str]) -> None:
         print(f"{r['status']:>7}: {r['impl']} on {r['preset']} {r['group']} T={r['tokens']}: {r['reason']}")
     if skipped:
         print("skipped: " + "; ".join(f"{n} ({why})" for n, why in skipped))
-    fl = facts(rows)
+    fl = [] if smoke else facts(rows)
     if fl:
         print("\n".join(["facts (this run):"] + fl))
-    print(f"\nwrote {out}/results.csv ({len(rows)} rows), {out}/summary.md" + (f", {len(plots)} plots" if plots else ""))
+    if smoke:
+        print(SMOKE_LINE)
+    print(f"\nwrote {out}/results.csv ({len(rows)} rows" + (f" added to {earlier}" if earlier else "")
+          + f"), {out}/summary.md" + (f", {len(plots)} plots" if plots else ""))

@@ -6,6 +6,9 @@ PyTorch, torch.compile and the ``.contiguous()`` copy paths) as a speedup, where
 loses (every case and token count), its share of the device copy bandwidth measured in the same run, the dispatch regret
 against the fastest qknorm variant measured, and the variant that wins each token range by
 >= 5%. It states no goals: whether a number is good enough is for the reader.
+
+A CPU run (``meta["device"] == "cpu"``) is a smoke test: the summary says so and states
+no speedups, losses or bandwidth shares, only the times as measured.
 """
 from __future__ import annotations
 
@@ -24,21 +27,36 @@ EAGER_FACT_MAX_T = 64  # eager (host cost included) comparison shown per call up
 
 
 class CsvSink:
-    """Appends rows to ``path`` as they come (flushed each row: an interrupted run keeps them)."""
+    """Writes rows to ``path`` as they come (flushed each row: an interrupted or crashed run
+    keeps them). ``append``: add to an existing CSV of the same columns (no second header)."""
 
-    def __init__(self, path: str, fieldnames=COLUMNS):
+    def __init__(self, path: str, fieldnames=COLUMNS, append: bool = False):
         self.path = path
-        self._f = open(path, "w", newline="")
+        self.rows = 0
+        fresh = not (append and os.path.exists(path) and os.path.getsize(path) > 0)
+        self._f = open(path, "a" if append else "w", newline="")
         self._w = csv.DictWriter(self._f, fieldnames=list(fieldnames), extrasaction="ignore")
-        self._w.writeheader()
+        if fresh:
+            self._w.writeheader()
         self._f.flush()
 
     def __call__(self, row: dict) -> None:
         self._w.writerow(row)
         self._f.flush()
+        self.rows += 1
 
     def close(self) -> None:
         self._f.close()
+
+
+# The columns the report reads: a CSV without them is not a bench results CSV.
+REPORT_COLUMNS = ("preset", "op", "group", "tokens", "impl", "family", "mode", "status", "us")
+
+
+def csv_header(path: str) -> list[str]:
+    """The column names of ``path`` (its first line); [] for an empty file."""
+    with open(path, newline="") as f:
+        return next(csv.reader(f), [])
 
 
 def read_csv(path: str) -> list[dict]:
@@ -61,11 +79,19 @@ def geomean(xs: Iterable[float]) -> float:
 
 # --------------------------------------------------------------------------- analysis
 
+def is_noop(r: dict) -> bool:
+    """A copy baseline row whose inputs were already contiguous (T=1): ``.contiguous()``
+    copied nothing, so its time is a no-op's (older results hold such rows; the runner now
+    skips them)."""
+    return r.get("family") == "copy" and str(r.get("contiguous", "")) == "True"
+
+
 def timed(rows: list[dict]) -> dict:
-    """``{(preset, group, mode): {tokens: {impl: row}}}`` over rows with a time."""
+    """``{(preset, group, mode): {tokens: {impl: row}}}`` over rows with a time (no-op
+    copy rows left out: see :func:`is_noop`)."""
     out: dict = defaultdict(lambda: defaultdict(dict))
     for r in rows:
-        if r.get("status") == "ok" and _f(r.get("us")) is not None:
+        if r.get("status") == "ok" and _f(r.get("us")) is not None and not is_noop(r):
             out[(r["preset"], r["group"], r["mode"])][int(r["tokens"])][r["impl"]] = r
     return out
 
@@ -192,8 +218,15 @@ def _fmt(x, nd=2):
 
 def summary_markdown(rows: list[dict], meta: dict) -> str:
     tb = timed(rows)
+    smoke = is_smoke(meta)
     L = [f"# qknorm bench: {meta.get('device', '?')}, {meta.get('date', '')}", ""]
     L += [f"Command: `{meta.get('command', '')}`", ""]
+    earlier = meta.get("earlier_runs") or []
+    if earlier:
+        L += [f"Appended (`--append`) to {len(earlier)} earlier run(s) in this folder; the tables below hold "
+              "every run's rows (a case measured again shows the later run's times):", ""]
+        L += [f"- {e.get('date', '?')}: `{e.get('command', '?')}` ({e.get('status', '?')})" for e in earlier]
+        L.append("")
     L += ["| | |", "|---|---|"]
     for k in ("device", "torch", "triton", "qknorm", "peers", "torch_rms_norm_ran", "copy_gbps", "empty_graph_us",
               "empty_eager_us", "l2", "modes", "status"):
@@ -207,11 +240,37 @@ def summary_markdown(rows: list[dict], meta: dict) -> str:
           "run. " + ("**Warm L2**: inputs under the L2 size stay cached between calls, so small cases can exceed "
                      "HBM copy bandwidth." if meta.get("l2") != "cold" else
                      "**Cold L2**: calls rotate over input sets larger than twice the L2."),
-          "", "Speedup = best peer time / qknorm time (qknorm = the dispatcher's pick). Peers: FlashInfer (CuTe DSL "
+          ""]
+    if not smoke:
+        L += ["Speedup = best peer time / qknorm time (qknorm = the dispatcher's pick). Peers: FlashInfer (CuTe DSL "
           "and CUDA paths), SGLang's JIT kernels and sgl_kernel, Quack, Liger, vLLM when importable, torch eager, "
-          "torch.compile, F.rms_norm, and the `.contiguous()` copy paths. Like with like: per-head against per-head, Q and K both, in place "
-          "where the peer can.", ""]
+              "torch.compile, F.rms_norm, and the `.contiguous()` copy paths. Like with like: per-head against "
+              "per-head, Q and K both, in place where the peer can.", ""]
 
+    if smoke:
+        L += ["## CPU run: a smoke test, not a comparison", "",
+              SMOKE_TEXT + " The per-case tables below list the CPU times as measured, without speedups.", ""]
+    else:
+        L += _comparison(rows, tb)
+    L += _per_case(tb, rows, smoke)
+    L += _problems(rows)
+    return "\n".join(L)
+
+
+def is_smoke(meta: dict) -> bool:
+    """Whether the run behind ``meta`` was on a CPU (a smoke test: no speedups are stated)."""
+    return str(meta.get("device", "")).lower() == "cpu"
+
+
+SMOKE_TEXT = ("This run was on a CPU: qknorm ran its PyTorch path (or the Triton interpreter) and every "
+              "implementation was checked against the fp32 reference, but CPU times vary by orders of magnitude "
+              "between identical runs and say nothing about GPU kernels. They are not a comparison: no speedups, "
+              "losses or bandwidth shares are stated. Run `qknorm bench` on a GPU for those.")
+
+
+def _comparison(rows: list[dict], tb: dict) -> list[str]:
+    """The GPU-run sections: headline speedups, facts, losses, what ran, dispatch regret."""
+    L: list[str] = []
     # Headline
     L += ["## Headline: qknorm speedup over the best peer", ""]
     head_tok = sorted({t for tab in tb.values() for t in tab})
@@ -263,21 +322,36 @@ def summary_markdown(rows: list[dict], meta: dict) -> str:
             L += [f"| {100 * r:+.1f}% | {p} | {gr} | {t} | `{n}` |" for r, p, gr, t, n in bad if r > 0.03]
             L.append("")
 
-    # Per-case tables
-    L += ["## Per case", ""]
+    return L
+
+
+def _per_case(tb: dict, rows: list[dict], smoke: bool) -> list[str]:
+    """One table per (preset, case, mode): µs per implementation and T; a copy baseline that
+    copied nothing (T=1 in older results) reads ``no-op``, never a time."""
+    noop = {(r["preset"], r["group"], r["mode"], int(r["tokens"]), r["impl"]) for r in rows
+            if r.get("status") == "ok" and is_noop(r)}
+    L = ["## Per case", ""]
+    if smoke:
+        L += ["CPU times (µs per call, eager): a smoke test, not a comparison.", ""]
     for (preset, group, mode), table in sorted(tb.items()):
         names = _impl_order({n for impls in table.values() for n in impls
                              if impls[n]["family"] in ("qknorm", "peer", "copy")})
         L += [f"### {preset} · {group} · {mode}", ""]
-        L.append("| T | " + " | ".join(names) + " | best peer | speedup | qknorm GB/s | qknorm % copy | qknorm config |")
-        L.append("|---|" + "---|" * (len(names) + 5))
+        tail = ["qknorm config"] if smoke else ["best peer", "speedup", "qknorm GB/s", "qknorm % copy", "qknorm config"]
+        L.append("| T | " + " | ".join(names + tail) + " |")
+        L.append("|---|" + "---|" * (len(names) + len(tail)))
         for t, impls in sorted(table.items()):
             bp = best_peer(impls)
             q = impls.get("qknorm")
-            cells = [_fmt(_f(impls[n]["us"])) if n in impls else "" for n in names]
-            sp = f"{bp[1] / _f(q['us']):.2f}x" if bp and q else ""
-            L.append(f"| {t} | " + " | ".join(cells) + f" | {bp[0] if bp else ''} | {sp} | "
-                     f"{q['gbps'] if q else ''} | {q['pct_copy'] if q else ''} | {q['config'] if q else ''} |")
+            cells = [_fmt(_f(impls[n]["us"])) if n in impls else
+                     "no-op" if (preset, group, mode, t, n) in noop else "" for n in names]
+            if smoke:
+                cells.append(q["config"] if q else "")
+            else:
+                sp = f"{bp[1] / _f(q['us']):.2f}x" if bp and q else ""
+                cells += [bp[0] if bp else "", sp, q["gbps"] if q else "", q["pct_copy"] if q else "",
+                          q["config"] if q else ""]
+            L.append(f"| {t} | " + " | ".join(cells) + " |")
         th = thresholds(table)
         if th:
             L += ["", "Fastest qknorm variant per T (margin over the runner-up; persistent vs plain grid):", ""]
@@ -285,8 +359,12 @@ def summary_markdown(rows: list[dict], meta: dict) -> str:
                                                                if r else "") for t, n, m, p, r in th]
             L += ["", "Fastest variant by a margin: " + "; ".join(winning_ranges(th))]
         L.append("")
+    return L
 
-    # Problems
+
+def _problems(rows: list[dict]) -> list[str]:
+    """Rows that failed the gate, raised or were skipped; then the notes."""
+    L: list[str] = []
     bad = [r for r in rows if r.get("status") in ("wrong", "error")]
     if bad:
         L += ["## Failed the correctness gate or raised (not timed)", "", "| preset | case | T | impl | status | reason |",
@@ -310,10 +388,12 @@ def summary_markdown(rows: list[dict], meta: dict) -> str:
           "listed to show why a 2D kernel cannot be reused that way.",
           "- **The `.contiguous()` copy path**: `contiguous_copy` times the copy of the strided Q and K views "
           "alone; `torch_copy2d` / `flashinfer_copy2d` copy, then run a 2D norm on `[T*H, D]` rows. The copy "
-          "moves as many bytes as the norm itself, which is why the strided kernel exists.",
+          "moves as many bytes as the norm itself, which is why the strided kernel exists. Where the views are "
+          "already contiguous (T=1: one row) `.contiguous()` copies nothing: `contiguous_copy` is not timed "
+          "there (skipped, or `no-op` in results from older versions) and the copy2d rows are the 2D norm alone.",
           "- Peers that only take contiguous input (Liger) copy inside the call; their notes say so and the "
           "copy is timed.", ""]
-    return "\n".join(L)
+    return L
 
 
 _ORDER = ("qknorm", "sglang_jit", "flashinfer", "flashinfer_cuda", "quack", "quack_flat", "liger", "vllm", "sgl_kernel",
@@ -349,8 +429,7 @@ def plot(rows: list[dict], out_dir: str) -> list[str]:
         colors = plt.get_cmap("tab20").colors
         for i, n in enumerate(names):
             # a copy of an already contiguous view is a no-op (T=1): not a point on a log axis
-            pts = [(t, _f(impls[n]["us"])) for t, impls in sorted(table.items())
-                   if n in impls and not (n == "contiguous_copy" and _f(impls[n]["us"]) < 0.05)]
+            pts = [(t, _f(impls[n]["us"])) for t, impls in sorted(table.items()) if n in impls]
             if pts:
                 xs, ys = zip(*pts)
                 q = n == "qknorm"

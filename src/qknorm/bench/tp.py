@@ -216,8 +216,14 @@ def main(argv=None) -> int:
     ap.add_argument("--inner", type=int, default=10, help="calls per timed replay or batch = inner x reps")
     ap.add_argument("--reps", type=int, default=20, help="calls per timed replay or batch = inner x reps")
     ap.add_argument("--trials", type=int, default=7, help="timed replays or batches (the median is reported)")
-    ap.add_argument("--out", default=None, help="CSV path (rank 0 writes)")
+    ap.add_argument("--out", default=None, help="CSV path (rank 0 writes, row by row)")
+    ap.add_argument("--append", action="store_true", help="add rows to an existing --out CSV of the same columns "
+                                                          "(default: a new file)")
     args = ap.parse_args(argv)
+    if args.inner < 1 or args.reps < 1 or args.trials < 1:
+        ap.error("--inner, --reps and --trials must be >= 1")
+    if args.tokens and min(args.tokens) < 1:
+        ap.error(f"argument --tokens: token counts must be >= 1, got {args.tokens}")
 
     gpu = torch.cuda.is_available()
     if gpu:
@@ -251,63 +257,98 @@ def main(argv=None) -> int:
     sink = None
     if rank == 0 and args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        sink = CsvSink(args.out, fieldnames=COLUMNS + TP_COLUMNS)
+        sink = CsvSink(args.out, fieldnames=COLUMNS + TP_COLUMNS, append=args.append)
     rows, wrong = [], False
-    for model in models:
-        for t in tokens:
-            shard = Shard(model, t, dtype, device, rank, tp)
-            checked = {}
-            for name, (err, why) in shard.check().items():
-                err = slowest(err, device)  # the worst rank's error
-                checked[name] = Verdict(False, err, why) if why else verdict(err, dtype)
-            log(f"{model} T={t}: rel. L2 error vs full-width fp32 reference (worst rank) "
-                + ", ".join(f"{k} {v.error:.2e}" for k, v in checked.items()))
-            fns = shard.impls()
-            for mode in modes:
-                res, case_rows = {}, {}
-                for impl in IMPLS:
-                    v = checked.get(impl)
-                    err = "" if v is None else ("inf" if math.isinf(v.error) else f"{v.error:.3e}")
-                    if v is not None and not v.ok:
-                        wrong = True
-                        log(f"  {impl}: WRONG ({v.reason}); not timed")
-                        case_rows[impl] = _row(shard, model, mode, impl, args.dtype, device_name, status="wrong",
-                                               rel_err=err, reason=v.reason)
-                        continue
-                    try:
-                        us = slowest(time_impl(fns[impl], mode, device, calls, args.trials), device)
-                    except Exception as e:  # noqa: BLE001 - e.g. capture not supported: report, go on
-                        log(f"  {impl} {mode}: failed: {type(e).__name__}: {e}")
-                        case_rows[impl] = _row(shard, model, mode, impl, args.dtype, device_name, status="error",
-                                               rel_err=err, reason=f"{type(e).__name__}: {e}"[:300])
-                        continue
-                    res[impl] = us
-                    case_rows[impl] = _row(shard, model, mode, impl, args.dtype, device_name, status="ok",
-                                           us=f"{us:.3f}", rel_err=err)
-                for impl in ("ours", "allgather-1"):
-                    if impl in res and "allgather" in res:
-                        case_rows[impl]["speedup_vs_allgather"] = f"{res['allgather'] / res[impl]:.3f}"
-                for impl in IMPLS:
-                    rows.append(case_rows[impl])
-                    if sink:
-                        sink(case_rows[impl])
-            del shard
-            if gpu:
-                torch.cuda.empty_cache()
-    if sink:
-        sink.close()
+    status = "complete"
+
+    def emit(row):
+        """One measured row: kept in ``rows`` and on disk (flushed) at once."""
+        rows.append(row)
+        if sink:
+            sink(row)
+
+    try:
+        for model in models:
+            for t in tokens:
+                wrong |= _run_point(model, t, dtype, device, rank, tp, modes, calls, args, device_name, emit)
+                if gpu:
+                    torch.cuda.empty_cache()
+    except KeyboardInterrupt:
+        status = "interrupted"
+        log(f"\ninterrupted; the {len(rows)} rows measured are kept" + (f" in {args.out}" if args.out else ""))
+    except BaseException:
+        if sink:
+            sink.close()
+            sink = None
+        if rank == 0:
+            print(f"crashed; the {len(rows)} rows measured are kept" + (f" in {args.out}" if args.out else ""),
+                  file=sys.stderr, flush=True)
+        _destroy()
+        raise
+    finally:
+        if sink:
+            sink.close()
     if rank == 0:
-        _print_table(rows, models, tokens, modes)
+        _print_table(rows, models, tokens, modes, speedups=gpu)
         if args.out:
-            print(f"wrote {args.out}")
-    dist.destroy_process_group()
+            print(f"wrote {args.out} ({len(rows)} rows)")
+    _destroy()
+    if status != "complete":
+        return 130
     return 1 if wrong else 0
 
 
-def _print_table(rows, models, tokens, modes) -> None:
+def _destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _run_point(model, t, dtype, device, rank, tp, modes, calls, args, device_name, emit) -> bool:
+    """Check and time every implementation at one (model, T); each row goes to ``emit`` as
+    soon as it is measured. Returns whether a norm failed the check."""
+    wrong = False
+    shard = Shard(model, t, dtype, device, rank, tp)
+    checked = {}
+    for name, (err, why) in shard.check().items():
+        err = slowest(err, device)  # the worst rank's error
+        checked[name] = Verdict(False, err, why) if why else verdict(err, dtype)
+    log(f"{model} T={t}: rel. L2 error vs full-width fp32 reference (worst rank) "
+        + ", ".join(f"{k} {v.error:.2e}" for k, v in checked.items()))
+    fns = shard.impls()
+    for mode in modes:
+        res = {}
+        # allgather first: the speedup of the others over it is known when their row is written
+        for impl in ("allgather",) + tuple(i for i in IMPLS if i != "allgather"):
+            v = checked.get(impl)
+            err = "" if v is None else ("inf" if math.isinf(v.error) else f"{v.error:.3e}")
+            if v is not None and not v.ok:
+                wrong = True
+                log(f"  {impl}: WRONG ({v.reason}); not timed")
+                emit(_row(shard, model, mode, impl, args.dtype, device_name, status="wrong", rel_err=err,
+                          reason=v.reason))
+                continue
+            try:
+                us = slowest(time_impl(fns[impl], mode, device, calls, args.trials), device)
+            except Exception as e:  # noqa: BLE001 - e.g. capture not supported: report, go on
+                log(f"  {impl} {mode}: failed: {type(e).__name__}: {e}")
+                emit(_row(shard, model, mode, impl, args.dtype, device_name, status="error", rel_err=err,
+                          reason=f"{type(e).__name__}: {e}"[:300]))
+                continue
+            res[impl] = us
+            row = _row(shard, model, mode, impl, args.dtype, device_name, status="ok", us=f"{us:.3f}", rel_err=err)
+            if impl in ("ours", "allgather-1") and "allgather" in res:
+                row["speedup_vs_allgather"] = f"{res['allgather'] / us:.3f}"
+            emit(row)
+    return wrong
+
+
+def _print_table(rows, models, tokens, modes, speedups: bool = True) -> None:
+    """The console table; ``speedups=False`` (a CPU smoke test) leaves the ratios out."""
     hdr = f"{'model':10} {'T':>6} {'mode':6} " + " ".join(f"{i:>14}" for i in IMPLS) + \
-        f" {'speedup':>8} {'bytes ours':>11} {'bytes AG':>11} {'ratio':>7}"
-    print("\nus per call (slowest rank); speedup = allgather / ours; bytes = ring bytes sent per rank")
+        (f" {'speedup':>8}" if speedups else "") + f" {'bytes ours':>11} {'bytes AG':>11} {'ratio':>7}"
+    print("\nus per call (slowest rank)" + ("; speedup = allgather / ours" if speedups else
+                                         " on the CPU: a smoke test, not a comparison (no speedups)")
+          + "; bytes = ring bytes sent per rank")
     print(hdr)
     for model in models:
         for t in tokens:
@@ -315,24 +356,35 @@ def _print_table(rows, models, tokens, modes) -> None:
                 r = {x["impl"]: x for x in rows if x["model"] == model and x["tokens"] == t and x["mode"] == mode}
                 if not r:
                     continue
-                bo, ba = r["ours"]["ring_bytes_sent_per_rank"], r["allgather"]["ring_bytes_sent_per_rank"]
-                cells = " ".join(f"{float(r[i]['us']):>14.2f}" if r[i]["us"] else f"{r[i]['status']:>14}"
-                                 for i in IMPLS)
-                sp = r["ours"]["speedup_vs_allgather"]
-                print(f"{model:10} {t:>6} {mode:6} {cells} {(float(sp) if sp else math.nan):>7.2f}x "
-                      f"{bo:>11} {ba:>11} {ba / bo:>6.0f}x")
+                bo = r["ours"]["ring_bytes_sent_per_rank"] if "ours" in r else 0
+                ba = r["allgather"]["ring_bytes_sent_per_rank"] if "allgather" in r else 0
+                cells = " ".join((f"{float(r[i]['us']):>14.2f}" if r[i]["us"] else f"{r[i]['status']:>14}")
+                                 if i in r else f"{'-':>14}" for i in IMPLS)
+                sp = r["ours"]["speedup_vs_allgather"] if "ours" in r else ""
+                ratio = f"{ba / bo:>6.0f}x" if bo else f"{'-':>7}"
+                print(f"{model:10} {t:>6} {mode:6} {cells}"
+                      + (f" {(float(sp) if sp else math.nan):>7.2f}x" if speedups else "")
+                      + f" {bo:>11} {ba:>11} {ratio}")
 
 
-def launch(nproc: int, tokens=None, dtype: str = "bf16", out_csv: str | None = None, model: str = "olmo2-7b") -> int:
+def launch(nproc: int, tokens=None, dtype: str = "bf16", out_csv: str | None = None, model: str = "olmo2-7b",
+           modes=None, append: bool = False, cpu: bool = False) -> int:
     """Start ``nproc`` ranks of this benchmark with ``torch.distributed.run`` (NCCL on GPUs,
-    gloo on the CPU) and wait for them; returns their exit status."""
+    gloo on the CPU; ``cpu`` hides the GPUs from the ranks) and wait for them; returns their
+    exit status. ``append``: add rows to ``out_csv``."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "qknorm.bench.tp", "--model", model, "--dtype", dtype]
     if tokens:
         cmd += ["--tokens", *map(str, tokens)]
     if out_csv:
         cmd += ["--out", out_csv]
+    if modes:
+        cmd += ["--modes", *modes]
+    if append:
+        cmd.append("--append")
     env = dict(os.environ)
+    if cpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""
     src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("OMP_NUM_THREADS", "1")

@@ -12,6 +12,7 @@ import contextlib
 
 import torch
 
+from ..cases import qk_views_contiguous
 from .base import Impl, import_module, module_flag
 
 __all__ = ["FlashInferLike", "FlashInferCopy2D", "QknormQkFlashInferRope", "FlashInferRmsRope"]
@@ -129,6 +130,8 @@ class FlashInferCopy2D(FlashInferLike):
                         "rope": "rmsnorm only (flashinfer_rms+rope is the composition): no RoPE"}
 
     def notes(self, case):
+        if qk_views_contiguous(case):
+            return f"{self._head()}; Q and K views already contiguous (T=1): no copy, the 2D rmsnorm alone"
         return f"{self._head()}; copies Q and K to contiguous (timed), then the 2D rmsnorm in place on the copies"
 
     def build(self, case, inp):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ..cases import Case, Inputs
+from ..cases import Case, Inputs, qk_views_contiguous
 from ..common import torch_norm
 from .base import Fn, Impl, no_rope
 
@@ -280,6 +280,8 @@ class TorchCopy2D(_Torch):
     not_ops = {"rms2d": "QK cases only", "add": "QK cases only", "rope": "norm only: no RoPE"}
 
     def notes(self, case):
+        if qk_views_contiguous(case):
+            return "Q and K views already contiguous (T=1): no copy, the torch formula as a 2D norm alone"
         return "copies Q and K to contiguous (timed), then the torch formula as a 2D norm; result in the copies"
 
     def build(self, case, inp):
@@ -293,6 +295,10 @@ class TorchCopy2D(_Torch):
         return call
 
 
+NOOP_COPY = ("no-op here: the Q and K views are already contiguous (T=1), .contiguous() copies nothing; "
+             "not timed")
+
+
 class ContiguousCopy(_Torch):
     """The ``.contiguous()`` copy of Q and K alone: the price of the copy path."""
 
@@ -301,6 +307,11 @@ class ContiguousCopy(_Torch):
     ops = ("qk", "qk_full")
     not_ops = {"rms2d": "QK cases only", "add": "QK cases only",
                "rope": "a copy baseline, shown on the qk cases: no RoPE"}
+
+    def check(self, case):
+        if qk_views_contiguous(case):
+            return False, NOOP_COPY
+        return True, ""
 
     def notes(self, case):
         return "the copy alone (not a norm, not checked): Q.contiguous(), K.contiguous()"
