@@ -40,6 +40,11 @@ of the dtype, the worst over the ranks); an implementation that fails it is reco
 (:data:`.runner.COLUMNS`: ``us``, ``rel_err``, ``status``, ``family`` ...) followed by
 :data:`TP_COLUMNS`; ``ours`` is family ``qknorm``, the all-gather paths ``peer``, the
 collectives alone ``comm``.
+
+Rank 0 writes each row to ``--out`` (flushed) as soon as it is measured (``--append`` adds to
+an existing CSV of the same columns); an interrupted rank (Ctrl-C: exit status 130) or a
+crashed one (the exception propagates) keeps every row measured so far. On the CPU the table
+prints no speedups: the times of a gloo smoke test are not a comparison.
 """
 from __future__ import annotations
 
