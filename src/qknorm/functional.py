@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import torch_library as _tl
-from . import validate as V
+from . import validate
 from .config import KernelConfig
 from .ops import fused_add as _add
 from .ops import qk_norm as _qk
@@ -73,7 +73,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
     if r is not None:
         return r
     eps, weight_offset = _rms.check_args(x, weight, eps, weight_offset, out, config)
-    if V.grad_needed(x, weight, out):
+    if validate.grad_needed(x, weight, out):
         return _tl.autograd_rms_norm(x, weight, eps, weight_offset, out)
     return _rms.run(x, weight, eps, weight_offset, out, config)
 
@@ -118,7 +118,7 @@ def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Te
     if _add.fast(x, residual, weight, eps, weight_offset, config):
         return x, residual
     eps, weight_offset = _add.check_args(x, residual, weight, eps, weight_offset, config)
-    if V.grad_needed(x, residual, weight):
+    if validate.grad_needed(x, residual, weight):
         return _tl.autograd_fused_add_rms_norm(x, residual, weight, eps, weight_offset)
     return _add.run(x, residual, weight, eps, weight_offset, config)
 
@@ -169,7 +169,7 @@ def qk_rms_norm(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | None,
     if r is not None:
         return r
     eps, weight_offset = _qk.check_args(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config)
-    if V.grad_needed(q, k, q_weight, k_weight, q_out, k_out):
+    if validate.grad_needed(q, k, q_weight, k_weight, q_out, k_out):
         return _tl.autograd_qk_rms_norm(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out)
     return _qk.run(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config)
 
@@ -235,7 +235,7 @@ def qk_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | 
         return r
     eps, weight_offset, rd = _rope.check_args(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox,
                                               rotary_dim, weight_offset, q_out, k_out, config)
-    if V.grad_needed(q, k, q_weight, k_weight, cos_sin_cache, q_out, k_out):
+    if validate.grad_needed(q, k, q_weight, k_weight, cos_sin_cache, q_out, k_out):
         return _tl.autograd_qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rd,
                                              weight_offset, q_out, k_out)
     return _rope.run(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rd, weight_offset, q_out,

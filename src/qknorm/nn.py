@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import functional as ops
-from . import validate as V
+from . import validate
 from .reference import rms_norm_ref
 
 __all__ = ["RMSNorm", "QKNorm", "default_eps"]
@@ -102,7 +102,7 @@ class RMSNorm(nn.Module):
         self.normalized_shape = tuple(int(n) for n in normalized_shape)
         if not self.normalized_shape or any(n < 1 for n in self.normalized_shape):
             raise ValueError(f"normalized_shape must be one or more positive sizes, got {normalized_shape!r}")
-        self.eps = V.eps_value(eps, allow_none=True)
+        self.eps = validate.eps_value(eps, allow_none=True)
         self.elementwise_affine = elementwise_affine
         self.weight_offset = float(weight_offset)
         if not math.isfinite(self.weight_offset):
@@ -177,9 +177,9 @@ class QKNorm(nn.Module):
     def __init__(self, head_dim: int, eps: float | None = 1e-6, weight_offset: float = 0.0,
                  elementwise_affine: bool = True, device=None, dtype=None) -> None:
         super().__init__()
-        self.head_dim = V.integer("head_dim", head_dim, minimum=1)
-        self.eps = V.eps_value(eps, allow_none=True)  # None: what torch.nn.RMSNorm does with None
-        self.weight_offset = V.real("weight_offset", weight_offset)
+        self.head_dim = validate.integer("head_dim", head_dim, minimum=1)
+        self.eps = validate.eps_value(eps, allow_none=True)  # None: what torch.nn.RMSNorm does with None
+        self.weight_offset = validate.real("weight_offset", weight_offset)
         if not math.isfinite(self.weight_offset):
             raise ValueError(f"weight_offset must be finite, got {weight_offset!r}")
         if self.weight_offset != 0.0 and not elementwise_affine:

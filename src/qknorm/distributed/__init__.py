@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .. import validate as V
+from .. import validate
 from . import consistency, custom_ops, local
 from .eager import TPNormFn, sums_reduce_scale
 
@@ -114,7 +114,7 @@ def rms_norm_tp(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6,
         return res if out is None else out.copy_(res)
     try:
         args = local.check_rms_args(x, weight, eps, weight_offset, out, full_width, config, eager=True)
-        grad = V.grad_needed(x, weight)
+        grad = validate.grad_needed(x, weight)
         if grad or out is not None:
             local.grad_rules("rms_norm_tp", grad, (("out", out, args.in_place),))
     except (TypeError, ValueError, RuntimeError) as e:
@@ -128,7 +128,7 @@ def rms_norm_tp(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6,
             a_dtype=consistency.DTYPE_CODE[x.dtype], has_weight=weight is not None, eps=args.eps,
             weight_offset=args.weight_offset), ("x", None))
     if out is not None:
-        weight = V.unaliased(weight, (out,))  # a weight inside out: read its values on entry
+        weight = validate.unaliased(weight, (out,))  # a weight inside out: read its values on entry
     if grad:
         spec = (group, d_full, 0, args.eps, args.weight_offset, args.in_place, False, config)
         y = TPNormFn.apply(spec, x, weight, None, None)[0]
@@ -219,7 +219,7 @@ def qk_rms_norm_tp(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | No
     try:
         args = local.check_qk_args(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, q_full_width,
                                    k_full_width, config, eager=True)
-        grad = V.grad_needed(q, k, q_weight, k_weight)
+        grad = validate.grad_needed(q, k, q_weight, k_weight)
         if grad or q_out is not None or k_out is not None:
             local.grad_rules("qk_rms_norm_tp", grad, (("q_out", q_out, args.q_in_place),
                                                       ("k_out", k_out, args.k_in_place)))
@@ -237,7 +237,7 @@ def qk_rms_norm_tp(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | No
             weight_offset=args.weight_offset), ("q", "k"))
     if q_weight is not None:  # a weight inside an output: read its values on entry
         written = (q_out, k_out)
-        q_weight, k_weight = V.unaliased(q_weight, written), V.unaliased(k_weight, written)
+        q_weight, k_weight = validate.unaliased(q_weight, written), validate.unaliased(k_weight, written)
     if grad:
         spec = (group, dq_full, dk_full, args.eps, args.weight_offset, args.q_in_place, args.k_in_place, config)
         yq, yk = TPNormFn.apply(spec, q, q_weight, k, k_weight)

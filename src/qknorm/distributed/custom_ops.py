@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from .. import validate as V
+from .. import validate
 from . import local
 
 
@@ -70,7 +70,7 @@ def traced(group, a, wa, a_full, b, wb, b_full, eps, weight_offset, check, confi
     if check:
         raise RuntimeError("check=True is eager-only (it needs a host sync); make one eager call "
                            "with check=True before compiling")
-    if V.grad_needed(a, wa, b, wb):
+    if validate.grad_needed(a, wa, b, wb):
         raise RuntimeError("qknorm.distributed ops are not differentiable under torch.compile yet: an input "
                            "requires grad. Call them eagerly (they are differentiable there) or under "
                            "torch.no_grad()")

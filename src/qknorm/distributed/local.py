@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 
 from .. import launch, layout
-from .. import validate as V
+from .. import validate
 from ..backend import use_triton
 from ..dispatch import choose_config
 
@@ -82,7 +82,7 @@ def _local_width(name: str, x) -> int:
 
 def _shard_weight(name: str, w, d: int, ref_name: str, ref) -> None:
     try:
-        V.weight(name, w, d, ref_name, ref)
+        validate.weight(name, w, d, ref_name, ref)
     except ValueError as e:
         if str(e).startswith(f"{name} must have shape"):
             raise ValueError(f"{e}: a weight shard must have this rank's local width") from None
@@ -125,45 +125,45 @@ class QKArgs(NamedTuple):
 
 
 def _scalars(eps, weight_offset, has_weight: bool) -> tuple[float, float]:
-    V.scalars(eps, weight_offset, has_weight)
+    validate.scalars(eps, weight_offset, has_weight)
     return float(eps), float(weight_offset)
 
 
 def check_rms_args(x, weight, eps, weight_offset, out, full_width_, config, eager: bool) -> RmsArgs:
     """This rank's arguments of ``rms_norm_tp``; raises TypeError/ValueError, writes nothing.
     ``eager=False`` (tracing): shapes, strides and dtypes only, no data pointers."""
-    V.activation("x", x)
+    validate.activation("x", x)
     d = _local_width("x", x)
     _shard_weight("weight", weight, d, "x", x)
     eps, weight_offset = _scalars(eps, weight_offset, weight is not None)
     full_width_ = _full_width_arg("full_width", full_width_, d)
-    V.config(config)
-    V.output("out", out, "x", x)
+    validate.config(config)
+    validate.output("out", out, "x", x)
     in_place = False
     if out is not None:
-        V.written("out", out)  # shapes and strides only: also under torch.compile
+        validate.written("out", out)  # shapes and strides only: also under torch.compile
         if eager:
-            in_place = out is x or V.in_place_or_disjoint("out", out, "x", x)
+            in_place = out is x or validate.in_place_or_disjoint("out", out, "x", x)
     return RmsArgs(d, eps, weight_offset, full_width_, in_place)
 
 
 def check_qk_args(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, q_full_width, k_full_width,
                   config, eager: bool) -> QKArgs:
     """This rank's arguments of ``qk_rms_norm_tp``; raises TypeError/ValueError, writes nothing."""
-    V.activation("q", q)
-    V.activation("k", k)
+    validate.activation("q", q)
+    validate.activation("k", k)
     if k.dtype != q.dtype:
         raise TypeError(f"q and k must have the same dtype, got q {q.dtype} and k {k.dtype}")
-    V.same_device("k", k, "q", q)
+    validate.same_device("k", k, "q", q)
     dq, dk = _local_width("q", q), _local_width("k", k)
-    V.paired_weights(q_weight, k_weight)
+    validate.paired_weights(q_weight, k_weight)
     _shard_weight("q_weight", q_weight, dq, "q", q)
     _shard_weight("k_weight", k_weight, dk, "k", k)
     eps, weight_offset = _scalars(eps, weight_offset, q_weight is not None)
     q_full_width = _full_width_arg("q_full_width", q_full_width, dq)
     k_full_width = _full_width_arg("k_full_width", k_full_width, dk)
-    V.config(config)
-    V.qk_outputs(q, k, q_out, k_out, memory=eager)  # under torch.compile: no data pointers
+    validate.config(config)
+    validate.qk_outputs(q, k, q_out, k_out, memory=eager)  # under torch.compile: no data pointers
     if not eager:
         return QKArgs(dq, dk, eps, weight_offset, q_full_width, k_full_width, False, False)
     q_in_place = q_out is not None and layout.same_view(q_out, q)

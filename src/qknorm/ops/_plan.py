@@ -162,6 +162,11 @@ def contig_strides(shape) -> tuple:
     return tuple(reversed(st))
 
 
+def out_strides(x, out, kind) -> tuple:
+    """Strides of the output of input ``x``: a new contiguous tensor's (NEW), x's (IN_PLACE) or ``out``'s."""
+    return contig_strides(x.shape) if kind is NEW else tuple(x.stride()) if kind is IN_PLACE else tuple(out.stride())
+
+
 def set_pair(plan: Plan, pair: Pair, shape_a, stride_a, shape_b, stride_b, itemsize: int) -> None:
     """Record the geometry of ``pair`` for :func:`apart`'s exact test."""
     plan.geom[pair] = (tuple(shape_a), tuple(stride_a), tuple(shape_b), tuple(stride_b), itemsize)
@@ -376,18 +381,20 @@ def launch_general_rows(launcher, op: str, second: str, x, y, weight, eps: float
 
 # --------------------------------------------------------------------------- Q and K of one call
 
-def set_qk_pairs(plan: Plan, q, k, qos, kos, reads=()) -> None:
-    """Spans and overlap geometry of a QK call (outputs strided ``qos``/``kos``) and the
+def set_qk_pairs(plan: Plan, q, k, q_out_strides, k_out_strides, reads=()) -> None:
+    """Spans and overlap geometry of a QK call (outputs strided ``q_out_strides``/``k_out_strides``) and the
     byte spans of the tensors it only reads (weights, caches; None entries allowed)."""
     es = q.element_size()
-    qs, ks, qos, kos = tuple(q.stride()), tuple(k.stride()), tuple(qos), tuple(kos)
-    plan.spans = (span(q.shape, qs, es), span(k.shape, ks, es), span(q.shape, qos, es), span(k.shape, kos, es))
-    set_pair(plan, Pair.Q_QOUT, q.shape, qs, q.shape, qos, es)
-    set_pair(plan, Pair.K_KOUT, k.shape, ks, k.shape, kos, es)
-    set_pair(plan, Pair.QOUT_KOUT, q.shape, qos, k.shape, kos, es)
-    set_pair(plan, Pair.QOUT_K, q.shape, qos, k.shape, ks, es)
-    set_pair(plan, Pair.KOUT_Q, k.shape, kos, q.shape, qs, es)
-    plan.same_layout = (qos == qs, kos == ks)
+    qs, ks = tuple(q.stride()), tuple(k.stride())
+    q_out_strides, k_out_strides = tuple(q_out_strides), tuple(k_out_strides)
+    plan.spans = (span(q.shape, qs, es), span(k.shape, ks, es), span(q.shape, q_out_strides, es),
+                  span(k.shape, k_out_strides, es))
+    set_pair(plan, Pair.Q_QOUT, q.shape, qs, q.shape, q_out_strides, es)
+    set_pair(plan, Pair.K_KOUT, k.shape, ks, k.shape, k_out_strides, es)
+    set_pair(plan, Pair.QOUT_KOUT, q.shape, q_out_strides, k.shape, k_out_strides, es)
+    set_pair(plan, Pair.QOUT_K, q.shape, q_out_strides, k.shape, ks, es)
+    set_pair(plan, Pair.KOUT_Q, k.shape, k_out_strides, q.shape, qs, es)
+    plan.same_layout = (q_out_strides == qs, k_out_strides == ks)
     plan.read_spans = tuple((0, 0) if t is None else span(t.shape, t.stride(), t.element_size()) for t in reads)
 
 
@@ -448,22 +455,22 @@ def qk_targets(plan: Plan, q, k, q_out, k_out, qo, ko):
     NEW outputs are allocated here. Returns ``(q_out, k_out, pq, pk, pqo, pko)``, or None
     when a rule fails (the general call then raises)."""
     pq, pk = q.data_ptr(), k.data_ptr()
-    sq, sk, sqo, sko = plan.spans
+    sq, sk, s_q_out, s_k_out = plan.spans
     if qo is IN_PLACE and ko is IN_PLACE:  # the common engine call: Q and K of a packed buffer
         return (q, k, pq, pk, pq, pk) if apart(plan, Pair.QOUT_K, pq, sq, pk, sk) else None
-    t = _target(plan, q, q_out, qo, pq, sq, sqo, Pair.Q_QOUT, plan.same_layout[0])
+    t = _target(plan, q, q_out, qo, pq, sq, s_q_out, Pair.Q_QOUT, plan.same_layout[0])
     if t is None:
         return None
     q_out, pqo, q_in = t
-    t = _target(plan, k, k_out, ko, pk, sk, sko, Pair.K_KOUT, plan.same_layout[1])
+    t = _target(plan, k, k_out, ko, pk, sk, s_k_out, Pair.K_KOUT, plan.same_layout[1])
     if t is None:
         return None
     k_out, pko, k_in = t
-    if qo and ko and not apart(plan, Pair.QOUT_KOUT, pqo, sqo, pko, sko):
+    if qo and ko and not apart(plan, Pair.QOUT_KOUT, pqo, s_q_out, pko, s_k_out):
         return None
-    if qo and not k_in and not apart(plan, Pair.QOUT_K, pqo, sqo, pk, sk):
+    if qo and not k_in and not apart(plan, Pair.QOUT_K, pqo, s_q_out, pk, sk):
         return None
-    if ko and not q_in and not apart(plan, Pair.KOUT_Q, pko, sko, pq, sq):
+    if ko and not q_in and not apart(plan, Pair.KOUT_Q, pko, s_k_out, pq, sq):
         return None
     return q_out, k_out, pq, pk, pqo, pko
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 
 from .. import backend, launch
-from .. import validate as V
+from .. import validate
 from ..reference import fused_add_rms_norm_torch
-from . import _plan as P
+from . import _plan as plans
 from ._plan import PLANS, Pair
 
 OP = "fused_add_rms_norm"
@@ -18,36 +18,36 @@ _Tensor = torch.Tensor
 
 def launcher() -> launch.KernelLauncher:
     """The kernel's launcher (imports triton on first use)."""
-    return P.kernel_launcher("fused_add", "fused_add_rms_norm_kernel", ("X", "R", "W"),
+    return plans.kernel_launcher("fused_add", "fused_add_rms_norm_kernel", ("X", "R", "W"),
                              ("X", "R", "W", "eps", "eps_tiny", "w_offset"))
 
 
 def check_args(x, residual, weight, eps, weight_offset, config, *, memory: bool = True):
     """Every rule of ``fused_add_rms_norm`` in the order users see the errors; ``memory=False``
     skips the rule about the actual buffers (for plans and fakes). Returns float (eps, weight_offset)."""
-    V.activation("x", x)
-    V.activation("residual", residual)
+    validate.activation("x", x)
+    validate.activation("residual", residual)
     if residual.dtype != x.dtype:
-        raise TypeError(f"residual must have the dtype of x ({V.dtype_name(x.dtype)}), "
-                        f"got {V.dtype_name(residual.dtype)}")
+        raise TypeError(f"residual must have the dtype of x ({validate.dtype_name(x.dtype)}), "
+                        f"got {validate.dtype_name(residual.dtype)}")
     if residual.shape != x.shape:
         raise ValueError(f"residual must have the shape of x {tuple(x.shape)}, got {tuple(residual.shape)}")
-    V.same_device("residual", residual, "x", x)
-    V.weight("weight", weight, x.shape[-1], "x", x)
-    V.scalars(eps, weight_offset, weight is not None)
-    V.config(config)
-    V.written("x", x)
-    V.written("residual", residual)
+    validate.same_device("residual", residual, "x", x)
+    validate.weight("weight", weight, x.shape[-1], "x", x)
+    validate.scalars(eps, weight_offset, weight is not None)
+    validate.config(config)
+    validate.written("x", x)
+    validate.written("residual", residual)
     if memory:
-        V.disjoint("x", x, "residual", residual)
+        validate.disjoint("x", x, "residual", residual)
     return float(eps), float(weight_offset)
 
 
 def fast(x, residual, weight, eps, weight_offset, config) -> bool:
     """The common CUDA call on a cached plan; False: take the general call."""
-    if not (type(x) is _Tensor and (x.is_cuda or P.FAST_ON_CPU) and backend.active != "torch"
+    if not (type(x) is _Tensor and (x.is_cuda or plans.FAST_ON_CPU) and backend.active != "torch"
             and type(residual) is _Tensor
-            and P.fast_scalars(eps, weight_offset, config)) or x.requires_grad or residual.requires_grad:
+            and plans.fast_scalars(eps, weight_offset, config)) or x.requires_grad or residual.requires_grad:
         return False
     if weight is None:
         if weight_offset != 0.0:
@@ -59,12 +59,12 @@ def fast(x, residual, weight, eps, weight_offset, config) -> bool:
                residual.get_device(), config, weight.shape, weight.stride(), weight.dtype, weight.get_device())
     else:
         return False
-    plan = PLANS.get(key) or P.lookup(key, lambda: _fast_plan(x, residual, weight, config))
+    plan = PLANS.get(key) or plans.lookup(key, lambda: _fast_plan(x, residual, weight, config))
     if plan is None:
         return False
     px, pr = x.data_ptr(), residual.data_ptr()
     sx, sr, sw = plan.spans
-    if not (px + sx[1] <= pr + sr[0] or pr + sr[1] <= px + sx[0] or P.apart(plan, Pair.X_OUT, px, sx, pr, sr)):
+    if not (px + sx[1] <= pr + sr[0] or pr + sr[1] <= px + sx[0] or plans.apart(plan, Pair.X_OUT, px, sx, pr, sr)):
         return False
     if weight is None:
         weight, pw = x, px
@@ -73,30 +73,30 @@ def fast(x, residual, weight, eps, weight_offset, config) -> bool:
         if not ((pw + sw[1] <= px + sx[0] or px + sx[1] <= pw + sw[0])
                 and (pw + sw[1] <= pr + sr[0] or pr + sr[1] <= pw + sw[0])):
             return False
-    P.launch_rows(plan, px, pr, pw, eps, weight_offset, (x, residual, weight))
+    plans.launch_rows(plan, px, pr, pw, eps, weight_offset, (x, residual, weight))
     return True
 
 
 def _fast_plan(x, residual, weight, config):
-    if not P.checked(lambda: check_args(x, residual, weight, 0.0, 0.0, config, memory=False)) or x.numel() == 0:
+    if not plans.checked(lambda: check_args(x, residual, weight, 0.0, 0.0, config, memory=False)) or x.numel() == 0:
         return None
-    plan = P.row_plan(launcher(), OP, x, weight, residual.stride(), config, "r")
+    plan = plans.row_plan(launcher(), OP, x, weight, residual.stride(), config, "r")
     if plan is not None:
         es = x.element_size()
-        sw = (0, 0) if weight is None else P.span(weight.shape, weight.stride(), weight.element_size())
-        plan.spans = (P.span(x.shape, x.stride(), es), P.span(residual.shape, residual.stride(), es), sw)
-        P.set_pair(plan, Pair.X_OUT, x.shape, x.stride(), residual.shape, residual.stride(), es)
+        sw = (0, 0) if weight is None else plans.span(weight.shape, weight.stride(), weight.element_size())
+        plan.spans = (plans.span(x.shape, x.stride(), es), plans.span(residual.shape, residual.stride(), es), sw)
+        plans.set_pair(plan, Pair.X_OUT, x.shape, x.stride(), residual.shape, residual.stride(), es)
     return plan
 
 
 def run(x, residual, weight, eps: float, weight_offset: float, config):
     """The general call, after :func:`check_args` (and without autograd)."""
-    weight = V.unaliased(weight, (x, residual))
+    weight = validate.unaliased(weight, (x, residual))
     if x.numel() == 0:
         return x, residual
     if not backend.use_triton(x):
         return fused_add_rms_norm_torch(x, residual, weight, eps, weight_offset)
-    P.launch_general_rows(launcher(), OP, "r", x, residual, weight, eps, weight_offset, config, writes_x=True)
+    plans.launch_general_rows(launcher(), OP, "r", x, residual, weight, eps, weight_offset, config, writes_x=True)
     return x, residual
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 
 from .. import backend, launch
-from .. import validate as V
+from .. import validate
 from .. import layout
 from ..layout import kernel_layout
 from ..reference import FLT_MAX, FLT_MIN, kernel_eps, rms_norm_ref
-from . import _plan as P
+from . import _plan as plans
 from ._plan import IN_PLACE, PLANS
 
 OP = "qk_rms_norm"
@@ -24,27 +24,27 @@ _PER_CALL = _PTRS + ("eps", "eps_tiny", "w_offset")
 
 def launcher(token_order: bool = False) -> launch.KernelLauncher:
     """The segment-ordered (or token-ordered) kernel's launcher (imports triton on first use)."""
-    return P.kernel_launcher("qk_norm", "qk_rms_norm_tokens_kernel" if token_order else "qk_rms_norm_kernel",
+    return plans.kernel_launcher("qk_norm", "qk_rms_norm_tokens_kernel" if token_order else "qk_rms_norm_kernel",
                              _PTRS, _PER_CALL)
 
 
 def check_args(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config, *, memory: bool = True):
     """Every rule of ``qk_rms_norm`` in the order users see the errors; ``memory=False``
     skips the rules about the actual buffers (for plans and fakes). Returns float (eps, weight_offset)."""
-    V.qk_pair(q, k, q_weight, k_weight)
-    V.scalars(eps, weight_offset, q_weight is not None)
-    V.config(config)
-    V.qk_outputs(q, k, q_out, k_out, memory=memory)
+    validate.qk_pair(q, k, q_weight, k_weight)
+    validate.scalars(eps, weight_offset, q_weight is not None)
+    validate.config(config)
+    validate.qk_outputs(q, k, q_out, k_out, memory=memory)
     return float(eps), float(weight_offset)
 
 
 def fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
     """The common CUDA call on a cached plan; None: take the general call."""
-    if not (type(q) is _Tensor and (q.is_cuda or P.FAST_ON_CPU) and backend.active != "torch"
+    if not (type(q) is _Tensor and (q.is_cuda or plans.FAST_ON_CPU) and backend.active != "torch"
             and type(k) is _Tensor
-            and P.fast_scalars(eps, weight_offset, config)) or q.requires_grad or k.requires_grad:
+            and plans.fast_scalars(eps, weight_offset, config)) or q.requires_grad or k.requires_grad:
         return None
-    kinds = P.qk_kinds(q, k, q_out, k_out, qw, kw, weight_offset)
+    kinds = plans.qk_kinds(q, k, q_out, k_out, qw, kw, weight_offset)
     if kinds is None:
         return None
     qo, ko = kinds
@@ -55,14 +55,14 @@ def fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
         key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.get_device(),
                k.get_device(), config, qw.shape, qw.stride(), qw.dtype, qw.get_device(), kw.shape, kw.stride(),
                kw.dtype, kw.get_device())
-    if qo is P.OTHER or ko is P.OTHER:
-        key = P.with_outputs(key, qo, q_out, ko, k_out)
-    plan = PLANS.get(key) or P.lookup(key, lambda: _fast_plan(q, k, qw, kw, q_out, k_out, qo, ko, config))
+    if qo is plans.OTHER or ko is plans.OTHER:
+        key = plans.with_outputs(key, qo, q_out, ko, k_out)
+    plan = PLANS.get(key) or plans.lookup(key, lambda: _fast_plan(q, k, qw, kw, q_out, k_out, qo, ko, config))
     if plan is None:
         return None
     if qo is IN_PLACE and ko is IN_PLACE:  # the engine's call: Q and K of a packed buffer, in place
         pq, pk = pqo, pko = q.data_ptr(), k.data_ptr()
-        ip = P.in_place_pair(plan, pq, pk)
+        ip = plans.in_place_pair(plan, pq, pk)
         if ip is None:
             return None  # Q and K share elements: the general call raises
         if qw is None:
@@ -74,7 +74,7 @@ def fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
             if not ((pqw + b <= lo or hi <= pqw + a) and (pkw + e <= lo or hi <= pkw + c)):
                 return None
     else:
-        t = P.qk_targets(plan, q, k, q_out, k_out, qo, ko)
+        t = plans.qk_targets(plan, q, k, q_out, k_out, qo, ko)
         if t is None:
             return None
         q_out, k_out, pq, pk, pqo, pko = t
@@ -82,7 +82,7 @@ def fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
             pqw, pkw, qw, kw = pq, pk, q, k
         else:
             pqw, pkw = qw.data_ptr(), kw.data_ptr()
-            if (qo or ko) and not P.reads_apart(plan, (pqw, pkw), qo, ko, pqo, pko):
+            if (qo or ko) and not plans.reads_apart(plan, (pqw, pkw), qo, ko, pqo, pko):
                 return None  # a weight sharing memory with an output: the general call copies it
     et = 0.0
     if not FLT_MIN <= eps <= FLT_MAX:
@@ -93,59 +93,62 @@ def fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
 
 
 def _fast_plan(q, k, qw, kw, q_out, k_out, qo, ko, config):
-    if not P.checked(lambda: check_args(q, k, qw, kw, 0.0, 0.0, q_out, k_out, config, memory=False)):
+    if not plans.checked(lambda: check_args(q, k, qw, kw, 0.0, 0.0, q_out, k_out, config, memory=False)):
         return None
     if q.numel() == 0 or k.numel() == 0:
         return None
-    qos = P.contig_strides(q.shape) if qo is P.NEW else q.stride() if qo is P.IN_PLACE else q_out.stride()
-    kos = P.contig_strides(k.shape) if ko is P.NEW else k.stride() if ko is P.IN_PLACE else k_out.stride()
-    plan = _plan(q, k, qw, kw, qos, kos, config)
+    q_out_strides = plans.out_strides(q, q_out, qo)
+    k_out_strides = plans.out_strides(k, k_out, ko)
+    plan = _plan(q, k, qw, kw, q_out_strides, k_out_strides, config)
     if plan is not None:
-        P.set_qk_pairs(plan, q, k, qos, kos, (qw, kw))
+        plans.set_qk_pairs(plan, q, k, q_out_strides, k_out_strides, (qw, kw))
     return plan
 
 
-def _plan(q, k, qw, kw, qos, kos, config):
-    """Plan of one launch over q (outputs strided ``qos``) and k (``kos``); None when the
+def _plan(q, k, qw, kw, q_out_strides, k_out_strides, config):
+    """Plan of one launch over q (outputs strided ``q_out_strides``) and k (``k_out_strides``); None when the
     kernel cannot address them directly."""
     d = q.shape[-1]
-    q_lay, k_lay = kernel_layout(q.shape, d, q.stride(), qos), kernel_layout(k.shape, d, k.stride(), kos)
+    q_lay = kernel_layout(q.shape, d, q.stride(), q_out_strides)
+    k_lay = kernel_layout(k.shape, d, k.stride(), k_out_strides)
     if q_lay is None or k_lay is None or q_lay.n_rows + k_lay.n_rows > layout.ROW_LIMIT:
         return None
-    if any(w is not None and abs(w.stride(0)) * d > P.INT32_MAX for w in (qw, kw)):
+    if any(w is not None and abs(w.stride(0)) * d > plans.INT32_MAX for w in (qw, kw)):
         return None
     q_rows = 0 if q.numel() == 0 else q_lay.n_rows
     k_rows = 0 if k.numel() == 0 else k_lay.n_rows
-    cfg = P.choose(OP, q.dtype, d, q_rows + k_rows, q.device, config)
+    cfg = plans.choose(OP, q.dtype, d, q_rows + k_rows, q.device, config)
     dts = (q.dtype, qw.dtype if qw is not None else q.dtype, kw.dtype if kw is not None else q.dtype)
     weights = dict(qws=qw.stride(0) if qw is not None else 0, kws=kw.stride(0) if kw is not None else 0,
                    HAS_WEIGHT=qw is not None, ROWS=cfg.rows, BLOCK_D=cfg.block_d)
-    if cfg.token_order and _token_order_ok(q, k, qos, kos, cfg):
+    if cfg.token_order and _token_order_ok(q, k, q_out_strides, k_out_strides, cfg):
         # Q [T, Hq, D] and K [T, Hkv, D] walked token by token (kernels/qk_norm.py).
         t, hq, hk = q.shape[0], q.shape[1], k.shape[1]
-        return P.make_plan(launcher(True), cfg, P.cdiv(t * (hq + hk), cfg.rows), q.device, dts,
-                           D=d, n_tokens=t, HQ=hq, qxt=q.stride(0), qxh=q.stride(1), qyt=qos[0], qyh=qos[1],
-                           HK=hk, kxt=k.stride(0), kxh=k.stride(1), kyt=kos[0], kyh=kos[1], **weights)
+        return plans.make_plan(launcher(True), cfg, plans.cdiv(t * (hq + hk), cfg.rows), q.device, dts,
+                               D=d, n_tokens=t, HQ=hq, qxt=q.stride(0), qxh=q.stride(1), qyt=q_out_strides[0],
+                               qyh=q_out_strides[1], HK=hk, kxt=k.stride(0), kxh=k.stride(1), kyt=k_out_strides[0],
+                               kyh=k_out_strides[1], **weights)
     (_, qn1, qn2), (qxs, qys) = q_lay.sizes, q_lay.strides
     (_, kn1, kn2), (kxs, kys) = k_lay.sizes, k_lay.strides
-    return P.make_plan(launcher(), cfg, P.blocks(q_rows, cfg) + P.blocks(k_rows, cfg), q.device, dts,
-                       D=d, q_rows=q_rows, qN1=qn1, qN2=qn2, **P.strides_named("qx", qxs), **P.strides_named("qy", qys),
-                       k_rows=k_rows, kN1=kn1, kN2=kn2, **P.strides_named("kx", kxs), **P.strides_named("ky", kys),
-                       CHUNKED=cfg.chunked(d), **weights)
+    return plans.make_plan(launcher(), cfg, plans.blocks(q_rows, cfg) + plans.blocks(k_rows, cfg), q.device, dts,
+                           D=d, q_rows=q_rows, qN1=qn1, qN2=qn2, **plans.strides_named("qx", qxs),
+                           **plans.strides_named("qy", qys), k_rows=k_rows, kN1=kn1, kN2=kn2,
+                           **plans.strides_named("kx", kxs), **plans.strides_named("ky", kys),
+                           CHUNKED=cfg.chunked(d), **weights)
 
 
-def _token_order_ok(q, k, qos, kos, cfg) -> bool:
+def _token_order_ok(q, k, q_out_strides, k_out_strides, cfg) -> bool:
     """The token-ordered kernel needs Q [T, Hq, D], K [T, Hkv, D], unit last-dim strides
     everywhere and whole rows in registers; otherwise the segment order runs."""
     return (q.dim() == 3 and k.dim() == 3 and q.shape[0] == k.shape[0] and not cfg.chunked(q.shape[-1])
-            and q.stride(2) == 1 and k.stride(2) == 1 and qos[2] == 1 and kos[2] == 1)
+            and q.stride(2) == 1 and k.stride(2) == 1 and q_out_strides[2] == 1 and k_out_strides[2] == 1)
 
 
 def run(q, k, q_weight, k_weight, eps: float, weight_offset: float, q_out, k_out, config):
     """The general call, after :func:`check_args` (and without autograd)."""
-    q_weight = V.unaliased(q_weight, (q_out, k_out))
-    k_weight = V.unaliased(k_weight, (q_out, k_out))
-    q_out, k_out = P.qk_outputs(q, k, q_out, k_out)
+    q_weight = validate.unaliased(q_weight, (q_out, k_out))
+    k_weight = validate.unaliased(k_weight, (q_out, k_out))
+    q_out, k_out = plans.qk_outputs(q, k, q_out, k_out)
     if q.numel() == 0 and k.numel() == 0:
         return q_out, k_out
     if not backend.use_triton(q):
@@ -160,19 +163,19 @@ def run(q, k, q_weight, k_weight, eps: float, weight_offset: float, q_out, k_out
 
 def _launch(q, k, q_out, k_out, q_weight, k_weight, eps, weight_offset, config, copied=False):
     d = q.shape[-1]
-    q_weight, k_weight = P.addressable_weight(q_weight, d), P.addressable_weight(k_weight, d)
-    if P.n_rows(q) + P.n_rows(k) > layout.ROW_LIMIT:
+    q_weight, k_weight = plans.addressable_weight(q_weight, d), plans.addressable_weight(k_weight, d)
+    if plans.n_rows(q) + plans.n_rows(k) > layout.ROW_LIMIT:
         # Too many rows for one launch: Q, then K, in pieces of at most layout.ROW_LIMIT rows
         # (the other segment empty).
         empty = q.new_empty((0, d))
-        for xc, oc in P.row_chunks([q, q_out]):
+        for xc, oc in plans.row_chunks([q, q_out]):
             _launch(xc, empty, oc, empty, q_weight, k_weight, eps, weight_offset, config)
-        for xc, oc in P.row_chunks([k, k_out]):
+        for xc, oc in plans.row_chunks([k, k_out]):
             _launch(empty, xc, empty, oc, q_weight, k_weight, eps, weight_offset, config)
         return
     key = (OP, "general", q.shape, q.stride(), k.shape, k.stride(), q.dtype, q.device, q_out.stride(),
            k_out.stride(), _wkey(q_weight), _wkey(k_weight), config)
-    plan = P.cached(key, lambda: _plan(q, k, q_weight, k_weight, q_out.stride(), k_out.stride(), config))
+    plan = plans.cached(key, lambda: _plan(q, k, q_weight, k_weight, q_out.stride(), k_out.stride(), config))
     if plan is None:
         # Rare layouts (> 3 leading dims that do not merge, last-dim strides past int32):
         # once on contiguous copies, which are always addressable.
@@ -186,7 +189,7 @@ def _launch(q, k, q_out, k_out, q_weight, k_weight, eps, weight_offset, config, 
     qw = q_weight if q_weight is not None else q
     kw = k_weight if k_weight is not None else k
     ptrs = (q.data_ptr(), q_out.data_ptr(), qw.data_ptr(), k.data_ptr(), k_out.data_ptr(), kw.data_ptr())
-    launch.run_plan(plan, launch.align_bits(*ptrs), ptrs + (*P.eps_pair(eps), weight_offset),
+    launch.run_plan(plan, launch.align_bits(*ptrs), ptrs + (*plans.eps_pair(eps), weight_offset),
                   (q, q_out, qw, k, k_out, kw))
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import torch
 
 from .. import backend, launch
-from .. import validate as V
+from .. import validate
 from ..dispatch import next_pow2
 from .. import layout
 from ..reference import FLT_MAX, FLT_MIN, kernel_eps
 from ..reference_rope import qk_rms_norm_rope_torch
-from . import _plan as P
+from . import _plan as plans
 from ._plan import IN_PLACE, PLANS
 
 OP = "qk_rms_norm_rope"
@@ -27,7 +27,8 @@ _PTRS = ("CS", "P", "XQ", "YQ", "WQ", "XK", "YK", "WK")
 
 def launcher() -> launch.KernelLauncher:
     """The kernel's launcher (imports triton on first use)."""
-    return P.kernel_launcher("qk_norm_rope", "qk_rms_norm_rope_kernel", _PTRS, _PTRS + ("eps", "eps_tiny", "w_offset"))
+    return plans.kernel_launcher("qk_norm_rope", "qk_rms_norm_rope_kernel", _PTRS,
+                                 _PTRS + ("eps", "eps_tiny", "w_offset"))
 
 
 def check_args(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rotary_dim, weight_offset,
@@ -35,30 +36,30 @@ def check_args(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox,
     """Every rule of ``qk_rms_norm_rope`` in the order users see the errors; ``memory=False``
     skips the rules about the actual buffers and values (for plans and fakes).
     Returns float (eps, weight_offset) and the rotary dim."""
-    d = V.qk_pair(q, k, q_weight, k_weight, three_d=True)
+    d = validate.qk_pair(q, k, q_weight, k_weight, three_d=True)
     t = q.shape[0]
     if k.shape[0] != t:
         raise ValueError(f"q and k must have the same number of tokens (dim 0): q has {t}, k has {k.shape[0]}")
     if d > MAX_HEAD_DIM:
         raise ValueError(f"head_dim {d} is not supported by qk_rms_norm_rope (at most {MAX_HEAD_DIM}: the "
                          f"whole head is kept in registers)")
-    V.scalars(eps, weight_offset, q_weight is not None)
-    r = V.rotary(q, cos_sin_cache, positions, rotary_dim, is_neox)
-    V.config(config)
-    V.qk_outputs(q, k, q_out, k_out, memory=memory)
+    validate.scalars(eps, weight_offset, q_weight is not None)
+    r = validate.rotary(q, cos_sin_cache, positions, rotary_dim, is_neox)
+    validate.config(config)
+    validate.qk_outputs(q, k, q_out, k_out, memory=memory)
     if memory:
-        V.positions_in_range(positions, cos_sin_cache.shape[0])
+        validate.positions_in_range(positions, cos_sin_cache.shape[0])
     return float(eps), float(weight_offset), r
 
 
 def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q_out, k_out, config):
     """The common CUDA call on a cached plan; None: take the general call."""
-    if not (type(q) is _Tensor and (q.is_cuda or P.FAST_ON_CPU) and backend.active != "torch" and type(k) is _Tensor
+    if not (type(q) is _Tensor and (q.is_cuda or plans.FAST_ON_CPU) and backend.active != "torch" and type(k) is _Tensor
             and type(cs) is _Tensor and type(positions) is _Tensor and type(is_neox) is bool
-            and (rotary_dim is None or type(rotary_dim) is int) and P.fast_scalars(eps, weight_offset, config)) \
+            and (rotary_dim is None or type(rotary_dim) is int) and plans.fast_scalars(eps, weight_offset, config)) \
             or q.requires_grad or k.requires_grad or cs.requires_grad:
         return None
-    kinds = P.qk_kinds(q, k, q_out, k_out, qw, kw, weight_offset)
+    kinds = plans.qk_kinds(q, k, q_out, k_out, qw, kw, weight_offset)
     if kinds is None:
         return None
     qo, ko = kinds
@@ -67,9 +68,9 @@ def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q
     key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.get_device(), k.get_device(),
            wk, cs.shape, cs.stride(), cs.dtype, cs.get_device(), positions.shape, positions.stride(), positions.dtype,
            positions.get_device(), is_neox, rotary_dim, config)
-    if qo is P.OTHER or ko is P.OTHER:
-        key = P.with_outputs(key, qo, q_out, ko, k_out)
-    plan = PLANS.get(key) or P.lookup(key, lambda: _fast_plan(q, k, qw, kw, cs, positions, is_neox, rotary_dim,
+    if qo is plans.OTHER or ko is plans.OTHER:
+        key = plans.with_outputs(key, qo, q_out, ko, k_out)
+    plan = PLANS.get(key) or plans.lookup(key, lambda: _fast_plan(q, k, qw, kw, cs, positions, is_neox, rotary_dim,
                                                               q_out, k_out, qo, ko, config))
     if plan is None:
         return None
@@ -81,15 +82,15 @@ def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q
         reads = (pcs, pp, pqw, pkw)
     if qo is IN_PLACE and ko is IN_PLACE:  # the engine's call: Q and K of a packed buffer, in place
         pq, pk = pqo, pko = q.data_ptr(), k.data_ptr()
-        ip = P.in_place_pair(plan, pq, pk)
-        if ip is None or not P.reads_outside(plan, reads, pq + ip[1], pq + ip[2]):
+        ip = plans.in_place_pair(plan, pq, pk)
+        if ip is None or not plans.reads_outside(plan, reads, pq + ip[1], pq + ip[2]):
             return None  # Q and K share elements, or a read tensor lies inside them: the general call
     else:
-        t = P.qk_targets(plan, q, k, q_out, k_out, qo, ko)
+        t = plans.qk_targets(plan, q, k, q_out, k_out, qo, ko)
         if t is None:
             return None
         q_out, k_out, pq, pk, pqo, pko = t
-        if (qo or ko) and not P.reads_apart(plan, reads, qo, ko, pqo, pko):
+        if (qo or ko) and not plans.reads_apart(plan, reads, qo, ko, pqo, pko):
             return None  # a read tensor sharing memory with an output: the general call copies it
     if qw is None:
         pqw, pkw, qw, kw = pq, pk, q, k  # never read (HAS_WEIGHT=False)
@@ -110,39 +111,42 @@ def _fast_plan(q, k, qw, kw, cs, positions, is_neox, rotary_dim, q_out, k_out, q
         return None
     if q.numel() == 0 or k.numel() == 0:
         return None
-    qos = P.contig_strides(q.shape) if qo is P.NEW else q.stride() if qo is P.IN_PLACE else q_out.stride()
-    kos = P.contig_strides(k.shape) if ko is P.NEW else k.stride() if ko is P.IN_PLACE else k_out.stride()
-    if not _addressable(q, k, qw, kw, cs, qos, kos, r):
+    q_out_strides = plans.out_strides(q, q_out, qo)
+    k_out_strides = plans.out_strides(k, k_out, ko)
+    if not _addressable(q, k, qw, kw, cs, q_out_strides, k_out_strides, r):
         return None
-    plan = _plan(q, k, qw, kw, cs, positions, qos, kos, is_neox, r, config)
-    P.set_qk_pairs(plan, q, k, qos, kos, (cs, positions) if qw is None else (cs, positions, qw, kw))
+    plan = _plan(q, k, qw, kw, cs, positions, q_out_strides, k_out_strides, is_neox, r, config)
+    reads = (cs, positions) if qw is None else (cs, positions, qw, kw)
+    plans.set_qk_pairs(plan, q, k, q_out_strides, k_out_strides, reads)
     return plan
 
 
-def _addressable(q, k, qw, kw, cs, qos, kos, r) -> bool:
+def _addressable(q, k, qw, kw, cs, q_out_strides, k_out_strides, r) -> bool:
     """Whether the kernel's int32 column offsets reach every element, and one launch takes the rows."""
-    d, lim = q.shape[-1], P.INT32_MAX
+    d, lim = q.shape[-1], plans.INT32_MAX
     return (q.shape[0] * (q.shape[1] + k.shape[1]) <= layout.ROW_LIMIT and abs(cs.stride(1)) * r <= lim
-            and all(abs(s) * d <= lim for s in (q.stride(2), k.stride(2), qos[2], kos[2]))
+            and all(abs(s) * d <= lim for s in (q.stride(2), k.stride(2), q_out_strides[2], k_out_strides[2]))
             and all(w is None or abs(w.stride(0)) * d <= lim for w in (qw, kw)))
 
 
-def _plan(q, k, qw, kw, cs, positions, qos, kos, is_neox, r, config) -> P.Plan:
-    """Plan of one launch: Q ``[T, Hq, D]`` into strides ``qos``, K into ``kos``."""
+def _plan(q, k, qw, kw, cs, positions, q_out_strides, k_out_strides, is_neox, r, config) -> plans.Plan:
+    """Plan of one launch: Q ``[T, Hq, D]`` into strides ``q_out_strides``, K into ``k_out_strides``."""
     t, hq, d = q.shape
     hk = k.shape[1]
     q_rows, k_rows = t * hq, t * hk
-    cfg = P.choose(CONFIG_OP, q.dtype, d, q_rows + k_rows, q.device, config)
+    cfg = plans.choose(CONFIG_OP, q.dtype, d, q_rows + k_rows, q.device, config)
     half, tail = r // 2, d - r
     dts = (cs.dtype, positions.dtype, q.dtype, qw.dtype if qw is not None else q.dtype,
            kw.dtype if kw is not None else q.dtype)
-    return P.make_plan(launcher(), cfg, P.blocks(q_rows, cfg) + P.blocks(k_rows, cfg), q.device, dts,
+    return plans.make_plan(launcher(), cfg, plans.blocks(q_rows, cfg) + plans.blocks(k_rows, cfg), q.device, dts,
                        D=d, HALF=half, css0=cs.stride(0), css1=cs.stride(1), max_pos=cs.shape[0],
                        ps=positions.stride(0),
                        q_rows=q_rows, qH=max(hq, 1), qxt=q.stride(0), qxh=q.stride(1), qxd=q.stride(2),
-                       qyt=qos[0], qyh=qos[1], qyd=qos[2], qws=qw.stride(0) if qw is not None else 0,
+                       qyt=q_out_strides[0], qyh=q_out_strides[1], qyd=q_out_strides[2],
+                       qws=qw.stride(0) if qw is not None else 0,
                        k_rows=k_rows, kH=max(hk, 1), kxt=k.stride(0), kxh=k.stride(1), kxd=k.stride(2),
-                       kyt=kos[0], kyh=kos[1], kyd=kos[2], kws=kw.stride(0) if kw is not None else 0,
+                       kyt=k_out_strides[0], kyh=k_out_strides[1], kyd=k_out_strides[2],
+                       kws=kw.stride(0) if kw is not None else 0,
                        HAS_WEIGHT=qw is not None, IS_NEOX=is_neox, HAS_TAIL=tail > 0, ROWS=cfg.rows,
                        BLOCK_H=next_pow2(half), BLOCK_T=next_pow2(tail) if tail else 1)
 
@@ -151,9 +155,9 @@ def run(q, k, q_weight, k_weight, cs, positions, eps: float, is_neox: bool, r: i
         q_out, k_out, config):
     """The general call, after :func:`check_args` (and without autograd)."""
     written = (q_out, k_out)  # read-only tensors sharing memory with an output: read from private copies
-    q_weight, k_weight = V.unaliased(q_weight, written), V.unaliased(k_weight, written)
-    cs, positions = V.unaliased(cs, written), V.unaliased(positions, written)
-    q_out, k_out = P.qk_outputs(q, k, q_out, k_out)
+    q_weight, k_weight = validate.unaliased(q_weight, written), validate.unaliased(k_weight, written)
+    cs, positions = validate.unaliased(cs, written), validate.unaliased(positions, written)
+    q_out, k_out = plans.qk_outputs(q, k, q_out, k_out)
     if q.numel() == 0 and k.numel() == 0:
         return q_out, k_out
     if not backend.use_triton(q):
@@ -170,10 +174,10 @@ def _launch(q, k, q_out, k_out, qw, kw, cs, positions, eps, is_neox, r, weight_o
     offsets are copied once (weights, cache, or Q/K/outputs to contiguous), calls with more
     rows than one launch takes run in pieces of whole tokens."""
     d = q.shape[-1]
-    qw, kw = P.addressable_weight(qw, d), P.addressable_weight(kw, d)
-    if abs(cs.stride(1)) * r > P.INT32_MAX:
+    qw, kw = plans.addressable_weight(qw, d), plans.addressable_weight(kw, d)
+    if abs(cs.stride(1)) * r > plans.INT32_MAX:
         cs = cs.contiguous()
-    if any(abs(st) * d > P.INT32_MAX for st in (q.stride(2), k.stride(2), q_out.stride(2), k_out.stride(2))):
+    if any(abs(st) * d > plans.INT32_MAX for st in (q.stride(2), k.stride(2), q_out.stride(2), k_out.stride(2))):
         qt = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         kt = torch.empty(k.shape, dtype=k.dtype, device=k.device)
         _launch(q.contiguous(), k.contiguous(), qt, kt, qw, kw, cs, positions, eps, is_neox, r, weight_offset,
@@ -190,11 +194,11 @@ def _launch(q, k, q_out, k_out, qw, kw, cs, positions, eps, is_neox, r, weight_o
                                  k_out.narrow(0, t0, n), positions.narrow(0, t0, n)))
         key = (OP, "general", qc.shape, qc.stride(), kc.shape, kc.stride(), q.dtype, q.device, qoc.stride(),
                koc.stride(), _tkey(qw), _tkey(kw), _tkey(cs), _tkey(pc), is_neox, r, config)
-        plan = P.cached(key, lambda: _plan(qc, kc, qw, kw, cs, pc, qoc.stride(), koc.stride(), is_neox, r, config))
+        plan = plans.cached(key, lambda: _plan(qc, kc, qw, kw, cs, pc, qoc.stride(), koc.stride(), is_neox, r, config))
         wq, wk = (qc, kc) if qw is None else (qw, kw)  # never read without weights
         tensors = (cs, pc, qc, qoc, wq, kc, koc, wk)
         ptrs = tuple(x.data_ptr() for x in tensors)
-        launch.run_plan(plan, launch.align_bits(*ptrs), ptrs + (*P.eps_pair(eps), weight_offset), tensors)
+        launch.run_plan(plan, launch.align_bits(*ptrs), ptrs + (*plans.eps_pair(eps), weight_offset), tensors)
 
 
 def _tkey(t):
