@@ -280,6 +280,28 @@ def test_cli_end_to_end_with_injected_timings(tmp_path, monkeypatch, capsys):
     assert "tuned on NVIDIA Fake 9000" in capsys.readouterr().out
 
 
+def test_cli_never_overwrites_a_table_silently(tmp_path, monkeypatch, capsys):
+    """A table already at the output path is kept: one line naming --merge/--overwrite, exit 2,
+    nothing measured or written; --overwrite replaces it."""
+    monkeypatch.setattr(T, "_gpu", lambda: (0, "NVIDIA Fake 9000", 132))
+    monkeypatch.setattr(D, "sm_count", lambda i: 132)
+    path = tmp_path / "t.json"
+    path.write_text("earlier results")
+    calls = []
+
+    def counting(p, cfgs):
+        calls.append(p)
+        return fake_measure(p, cfgs)
+
+    with pytest.raises(SystemExit) as e:
+        T.main(["--quick", "--ops", "qk", "--out", str(path)], measure=counting)
+    assert e.value.code == 2 and not calls and path.read_text() == "earlier results"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0] and "--merge" in err[0]
+    assert T.main(["--quick", "--ops", "qk", "--out", str(path), "--overwrite"], measure=counting) == 0
+    assert calls and TT.load_table(str(path)).entries
+
+
 def test_cli_deadline_writes_a_partial_table(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(T, "_gpu", lambda: (0, "NVIDIA Fake 9000", 132))
     monkeypatch.setattr(D, "sm_count", lambda i: 132)

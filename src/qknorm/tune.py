@@ -414,6 +414,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "measured (default 540)")
     p.add_argument("--out", default=None, help="table file, or a directory for <gpu-key>.json "
                    "(default: ./<gpu-key>.json; ship it as src/qknorm/tuned/<gpu-key>.json)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing table at the output path (default: refuse; --merge it to add to it)")
     p.add_argument("--merge", default=None, metavar="TABLE",
                    help="start from this table's entries (same GPU) and add or replace the measured ones: "
                         "split a long tune over several runs (e.g. --ops qk, then --ops rms,add --merge ...)")
@@ -492,6 +494,9 @@ def main(argv: list[str] | None = None, *, measure: Measure | None = None) -> in
     t_start = time.monotonic()
     dev, gpu, sms = info
     path = out_path(a.out, gpu)
+    if os.path.exists(path) and not a.overwrite and not (a.merge and os.path.abspath(a.merge) == os.path.abspath(path)):
+        p.error(f"argument --out: {path} already holds a table; add --merge {path} to add this run's entries to "
+                f"it, or --overwrite to replace it, or pick another --out")
     command = "qknorm tune " + shlex.join(argv) if argv else "qknorm tune"
     print(f"GPU {gpu} ({sms} SMs), torch {torch.__version__}; table -> {path}")
 
