@@ -8,7 +8,7 @@ An op call on CUDA tensors takes one of two ways:
   grid, the kernel's static arguments (packed by name, :meth:`launch.KernelLauncher.pack`),
   the launch entries and the byte spans used by the per-call overlap checks. Per call the
   op only reads data pointers, checks that the actual buffers do not overlap
-  (:func:`apart`) and launches (:func:`launch`). A key whose check failed caches None: the
+  (:func:`apart`) and launches (``launch.run_plan``). A key whose check failed caches None: the
   call goes the general way, which raises the error.
 * the *general call*: the op's ``check_args``, then its ``run`` (allocation, private copies
   of aliased read tensors, the PyTorch path on CPU, row splitting, copies of views the
