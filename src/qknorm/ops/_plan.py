@@ -344,10 +344,7 @@ def row_plan(launcher, op: str, x, w, o_strides, config, second: str):
 
 def cached(key, build):
     """The plan of ``key`` from :data:`PLANS`, built by ``build()`` on first use."""
-    plan = PLANS.get(key)
-    if plan is None and key not in PLANS:
-        plan = PLANS.build(key, build)
-    return plan
+    return PLANS.get(key) or lookup(key, build)
 
 
 def launch_general_rows(launcher, op: str, second: str, x, y, weight, eps: float, weight_offset: float, config,
