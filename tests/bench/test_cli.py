@@ -29,6 +29,19 @@ def _usage_error(argv, capsys):
     return err
 
 
+def test_cpu_run_without_triton(tmp_path, monkeypatch, capsys):
+    """The README's main command on a CPU machine without Triton (the CPU torch wheel does not
+    bring it; the `bench` extra does not either): runs, and says Triton is not installed."""
+    import json
+    import sys
+    monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` raises ImportError
+    out = tmp_path / "r"
+    assert main(["--quick", "--tokens", "1", "--impl", "qknorm,torch", "--out", str(out), "--no-plots",
+                 "--device", "cpu"]) == 0
+    assert json.load(open(out / "meta.json"))["triton"] == "not installed"
+    assert {r["status"] for r in _rows(out / "results.csv")} == {"ok"}
+
+
 def test_quick_cpu_run_writes_csv_summary_meta(tmp_path, capsys):
     out = tmp_path / "r"
     rc = main(["--quick", "--tokens", "1", "--impl", "qknorm,torch,flashinfer", "--out", str(out), "--no-plots",

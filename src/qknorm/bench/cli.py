@@ -36,6 +36,7 @@ from .cases import DTYPES, PRESETS, preset_cases, quick_cases
 from .peers import matches, peer_status, qknorm_variants, static_impls
 from .report import REPORT_COLUMNS, CsvSink, csv_header, facts, is_smoke, plot, read_csv, summary_markdown
 from .runner import COLUMNS, MODES, VARIANT_CHOICES, Options, Runner
+from .common import triton_version
 from .timing import measure_baselines
 
 EXTRA_PRESETS = ("tp",)  # run by their own launcher (several processes), not by the case runner
@@ -456,13 +457,12 @@ def _run_cases(a, argv: list[str], plan: Plan) -> int:
     base = measure_baselines(device)
     stamp = _dt.datetime.now(_dt.timezone.utc)
     import qknorm
-    import triton
     csv_path = os.path.join(out, "results.csv")
     earlier_rows = read_csv(csv_path) if a.append and os.path.exists(csv_path) else []
     earlier_meta = _read_meta(os.path.join(out, "meta.json")) if a.append else {}
     meta = dict(device=base.device, date=f"{stamp:%Y-%m-%d %H:%M} UTC",
                 command="qknorm bench " + " ".join(shlex.quote(x) for x in argv),
-                torch=torch.__version__, triton=triton.__version__, qknorm=qknorm.__version__,
+                torch=torch.__version__, triton=triton_version(), qknorm=qknorm.__version__,
                 peers="; ".join(f"{k} {v}" for k, v in peer_status().items()),
                 copy_gbps=round(base.copy_gbps, 1), empty_graph_us=base.empty_graph_us,
                 empty_eager_us=base.empty_eager_us, l2="cold" if a.cold_l2 else "warm", modes=",".join(modes),

@@ -89,3 +89,12 @@ def config_from_name(name: str) -> KernelConfig | None:
     except ValueError:
         return None
     return cfg if cfg.name == name else None
+
+
+def triton_version() -> str:
+    """The installed Triton's version, or "not installed" (a CPU machine runs the bench without it)."""
+    try:
+        import triton
+    except ImportError:
+        return "not installed"
+    return triton.__version__

@@ -62,7 +62,7 @@ from qknorm.distributed import qk_rms_norm_tp
 from qknorm.reference import rms_norm_ref
 
 from .check import Verdict, verdict, worst_error
-from .common import DTYPES, EPS, packed_qkv
+from .common import DTYPES, EPS, packed_qkv, triton_version
 from .report import CsvSink
 from .runner import COLUMNS
 from .timing import time_eager, time_graph
@@ -250,8 +250,7 @@ def main(argv=None) -> int:
     calls = args.inner * args.reps
     device_name = torch.cuda.get_device_name(device) if gpu else "cpu"
 
-    import triton
-    env = (f"torch {torch.__version__}, triton {triton.__version__}, tp={tp}, backend "
+    env = (f"torch {torch.__version__}, triton {triton_version()}, tp={tp}, backend "
            f"{dist.get_backend()}, qknorm backend {qknorm.get_backend()}")
     if gpu:
         env += f", {device_name}, NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}"
