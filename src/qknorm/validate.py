@@ -9,6 +9,7 @@ import torch
 
 from . import layout
 
+_is_compiling = getattr(torch.compiler, "is_compiling", None) or (lambda: False)
 ACT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 WEIGHT_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
 
@@ -17,9 +18,20 @@ def dtype_name(d) -> str:
     return str(d).replace("torch.", "")
 
 
+def dense(name: str, t) -> None:
+    """A strided (dense) tensor whose memory holds its values as they read: not sparse, not a
+    negated view (``torch._neg_view``, ``z.conj().imag``), whose sign lives in a flag the
+    kernels cannot see."""
+    if t.layout is not torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
+    if not _is_compiling() and t.is_neg():  # traced: the custom op's eager body checks the real tensor
+        raise ValueError(f"{name} is a negated view (its memory holds -{name}); pass {name}.resolve_neg()")
+
+
 def activation(name: str, t) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    dense(name, t)
     if t.dtype not in ACT_DTYPES:
         raise TypeError(f"{name} must be bfloat16, float16 or float32, got {dtype_name(t.dtype)}")
     if t.dim() < 1:
@@ -31,6 +43,7 @@ def weight(name: str, w, d: int, ref_name: str, ref) -> None:
         return
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or None, got {type(w).__name__}")
+    dense(name, w)
     if w.dtype not in WEIGHT_DTYPES:
         raise TypeError(f"{name} must be a floating tensor (bf16/fp16/fp32/fp64), got {dtype_name(w.dtype)}")
     if w.dim() != 1 or w.shape[0] != d:
@@ -50,11 +63,16 @@ def real(name: str, v, *, allow_none: bool = False):
     return float(v)
 
 
+FP32_MAX = 3.4028234663852886e38
+
+
 def eps_value(eps, *, allow_none: bool = False):
-    """eps as a float: finite and >= 0 (TypeError for non-numbers, ValueError for the range)."""
+    """eps as a float: >= 0 and at most fp32's largest value, where the norms compute (TypeError
+    for non-numbers, ValueError for the range)."""
     e = real("eps", eps, allow_none=allow_none)
-    if e is not None and (not math.isfinite(e) or e < 0):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    if e is not None and (not math.isfinite(e) or e < 0 or e > FP32_MAX):
+        raise ValueError(f"eps must be a finite number >= 0 and <= {FP32_MAX:.8g} (fp32's largest value: the "
+                         f"norm is computed in fp32), got {eps!r}")
     return e
 
 
@@ -127,6 +145,7 @@ def output(name: str, out, ref_name: str, ref) -> None:
         return
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or None, got {type(out).__name__}")
+    dense(name, out)
     if out.shape != ref.shape:
         raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(out.shape)}")
     if out.dtype != ref.dtype:
@@ -206,6 +225,7 @@ def rotary(q, cos_sin_cache, positions, rotary_dim, is_neox) -> int:
     cs = cos_sin_cache
     if not isinstance(cs, torch.Tensor):
         raise TypeError(f"cos_sin_cache must be a torch.Tensor, got {type(cs).__name__}")
+    dense("cos_sin_cache", cs)
     if cs.dtype not in (torch.float32, q.dtype):
         raise TypeError(f"cos_sin_cache must be float32 or q's dtype ({dtype_name(q.dtype)}), "
                         f"got {dtype_name(cs.dtype)}")
@@ -216,6 +236,7 @@ def rotary(q, cos_sin_cache, positions, rotary_dim, is_neox) -> int:
     same_device("cos_sin_cache", cs, "q", q)
     if not isinstance(positions, torch.Tensor):
         raise TypeError(f"positions must be a torch.Tensor, got {type(positions).__name__}")
+    dense("positions", positions)
     if positions.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"positions must be int32 or int64, got {dtype_name(positions.dtype)}")
     if positions.dim() != 1 or positions.shape[0] != t:

@@ -201,3 +201,55 @@ def test_reads_apart_checks_each_output_when_the_union_meets():
     io = _plan.OutKind.IN_PLACE
     assert _plan.reads_apart(plan, (w.data_ptr(),), io, io, qo.data_ptr(), ko.data_ptr())
     assert not _plan.reads_apart(plan, (buf[100:].data_ptr(),), io, io, qo.data_ptr(), ko.data_ptr())
+
+
+# --------------------------------------------------------------------------- inputs found by review
+
+def test_negated_views_are_refused_after_a_cached_plan(fast_ops):
+    """A negated view (its memory holds -x) with the metadata of a cached plan: not read as x."""
+    x, w = torch.randn(4, 32), torch.randn(32)
+    fast_ops.rms_norm(x, w)  # caches the plan of this key
+    for args in ((torch._neg_view(x), w), (x, torch._neg_view(w))):
+        with pytest.raises(ValueError, match="negated view"):
+            fast_ops.rms_norm(*args)
+    out = torch.empty(4, 32)
+    fast_ops.rms_norm(x, w, out=out)
+    with pytest.raises(ValueError, match="out is a negated view"):
+        fast_ops.rms_norm(x, w, out=torch._neg_view(out))
+    qkv, q, k, _ = packed_qkv(2, 2, 1, 32, torch.float32, "cpu")
+    fast_ops.qk_rms_norm(q, k, w, w, q_out=q, k_out=k)
+    with pytest.raises(ValueError, match="k_weight is a negated view"):
+        fast_ops.qk_rms_norm(q, k, w, torch._neg_view(w), q_out=q, k_out=k)
+    r = torch.randn(4, 32)
+    fast_ops.fused_add_rms_norm(x.clone(), r.clone(), w)
+    with pytest.raises(ValueError, match="residual is a negated view"):
+        fast_ops.fused_add_rms_norm(x.clone(), torch._neg_view(r.clone()), w)
+
+
+def test_sparse_tensors_raise_type_errors(fast_ops):
+    x, w = torch.randn(4, 32), torch.randn(32)
+    fast_ops.rms_norm(x, w)
+    with pytest.raises(TypeError, match="x must be a dense"):
+        fast_ops.rms_norm(x.to_sparse(), w)
+    with pytest.raises(TypeError, match="weight must be a dense"):
+        fast_ops.rms_norm(x, w.to_sparse())
+
+
+def test_rope_cpu_positions_out_of_range_raise_on_the_fast_call(fast_ops):
+    q, k, cs = torch.randn(2, 1, 8), torch.randn(2, 1, 8), torch.randn(4, 8)
+    fast_ops.qk_rms_norm_rope(q, k, None, None, cs, torch.tensor([0, 3]))  # caches the plan
+    with pytest.raises(ValueError, match=r"positions must be in \[0, 3\]"):
+        fast_ops.qk_rms_norm_rope(q, k, None, None, cs, torch.tensor([0, 4]))
+
+
+@pytest.mark.parametrize("op", ["rms", "add", "qk", "rope"])
+def test_eps_above_fp32_range_is_refused(op):
+    """eps is added in fp32: above fp32's largest value it would become inf (or be clamped)."""
+    x, w = torch.randn(2, 8), torch.randn(8)
+    q, k, cs = torch.randn(2, 1, 8), torch.randn(2, 1, 8), torch.randn(4, 8)
+    calls = {"rms": lambda: qknorm.rms_norm(x, w, 1e39), "add": lambda: qknorm.fused_add_rms_norm(x, x.clone(), w, 1e39),
+             "qk": lambda: qknorm.qk_rms_norm(q, k, None, None, 1e39),
+             "rope": lambda: qknorm.qk_rms_norm_rope(q, k, None, None, cs, torch.tensor([0, 1]), 1e39)}
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0 and <= 3.4028235e"):
+        calls[op]()
+    assert qknorm.rms_norm(x, w, 3.4e38).isfinite().all()

@@ -66,13 +66,19 @@ class Pair(enum.IntEnum):
     KOUT_Q = 5      #: k_out and q
 
 
+def cpu_positions_ok(positions, cos_sin_cache) -> bool:
+    """With :data:`FAST_ON_CPU` (tests) a fast call may see CPU positions: they must index the
+    cache, as the general call checks (CUDA positions are clamped by the kernel instead)."""
+    return positions.numel() == 0 or (int(positions.min()) >= 0 and int(positions.max()) < cos_sin_cache.shape[0])
+
+
 def out_kind(out, inp):
     """The :class:`OutKind` of ``out`` for input ``inp``; None when the fast call cannot take it."""
     if out is None:
         return NEW
     if out is inp:
         return IN_PLACE
-    if type(out) is _Tensor and not out.requires_grad:
+    if type(out) is _Tensor and not (out.requires_grad or out.is_neg()):
         return OTHER
     return None
 
@@ -80,8 +86,13 @@ def out_kind(out, inp):
 def fast_scalars(eps, weight_offset, config) -> bool:
     """Whether the scalars allow a fast call: plain finite floats, eps >= 0, and config
     None or a KernelConfig (anything else: the general call converts or raises)."""
-    return (type(eps) is float and type(weight_offset) is float and 0.0 <= eps < _INF
+    return (type(eps) is float and type(weight_offset) is float and 0.0 <= eps <= FLT_MAX
             and -_INF < weight_offset < _INF and (config is None or type(config) is KernelConfig))
+
+
+# Plan keys hold device *indices* (``get_device()``, cheaper than ``device``): -1 for CPU and meta,
+# the CUDA ordinal otherwise. A fast call's first tensor is CUDA, so an index >= 0 is a CUDA
+# device (a torch build has one accelerator type) and -1 is a tensor its checks reject.
 
 
 class Plan:
@@ -358,7 +369,7 @@ def launch_general_rows(launcher, op: str, second: str, x, y, weight, eps: float
         for xc, yc in row_chunks([x, y]):
             launch_general_rows(launcher, op, second, xc, yc, weight, eps, weight_offset, config, writes_x)
         return
-    key = (op, "general", x.shape, x.stride(), x.dtype, x.device, y.stride(),
+    key = (op, "general", x.shape, x.stride(), x.dtype, x.get_device(), y.stride(),
            None if weight is None else (weight.stride(), weight.dtype), config)
     plan = cached(key, lambda: row_plan(launcher, op, x, weight, y.stride(), config, second))
     if plan is None:
@@ -496,7 +507,7 @@ def qk_kinds(q, k, q_out, k_out, q_weight, k_weight, weight_offset):
         if k_weight is not None or weight_offset != 0.0:
             return None
     elif not (type(q_weight) is _Tensor and type(k_weight) is _Tensor
-              and not (q_weight.requires_grad or k_weight.requires_grad)):
+              and not (q_weight.requires_grad or k_weight.requires_grad or q_weight.is_neg() or k_weight.is_neg())):
         return None
     return qo, ko
 

@@ -47,17 +47,21 @@ def fast(x, residual, weight, eps, weight_offset, config) -> bool:
     """The common CUDA call on a cached plan; False: take the general call."""
     if not (type(x) is _Tensor and (x.is_cuda or plans.FAST_ON_CPU) and backend.active != "torch"
             and type(residual) is _Tensor
-            and plans.fast_scalars(eps, weight_offset, config)) or x.requires_grad or residual.requires_grad:
+            and plans.fast_scalars(eps, weight_offset, config)) or x.requires_grad or residual.requires_grad \
+            or x.is_neg() or residual.is_neg():
         return False
-    if weight is None:
-        if weight_offset != 0.0:
+    try:  # a sparse tensor has no strides: the general call raises its TypeError
+        if weight is None:
+            if weight_offset != 0.0:
+                return False
+            key = (OP, x.shape, x.stride(), x.dtype, x.get_device(), residual.shape, residual.stride(), residual.dtype,
+                   residual.get_device(), config)
+        elif type(weight) is _Tensor and not (weight.requires_grad or weight.is_neg()):
+            key = (OP, x.shape, x.stride(), x.dtype, x.get_device(), residual.shape, residual.stride(), residual.dtype,
+                   residual.get_device(), config, weight.shape, weight.stride(), weight.dtype, weight.get_device())
+        else:
             return False
-        key = (OP, x.shape, x.stride(), x.dtype, x.get_device(), residual.shape, residual.stride(), residual.dtype,
-               residual.get_device(), config)
-    elif type(weight) is _Tensor and not weight.requires_grad:
-        key = (OP, x.shape, x.stride(), x.dtype, x.get_device(), residual.shape, residual.stride(), residual.dtype,
-               residual.get_device(), config, weight.shape, weight.stride(), weight.dtype, weight.get_device())
-    else:
+    except RuntimeError:
         return False
     plan = PLANS.get(key) or plans.lookup(key, lambda: _fast_plan(x, residual, weight, config))
     if plan is None:

@@ -42,21 +42,24 @@ def fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
     """The common CUDA call on a cached plan; None: take the general call."""
     if not (type(q) is _Tensor and (q.is_cuda or plans.FAST_ON_CPU) and backend.active != "torch"
             and type(k) is _Tensor
-            and plans.fast_scalars(eps, weight_offset, config)) or q.requires_grad or k.requires_grad:
+            and plans.fast_scalars(eps, weight_offset, config)) or q.requires_grad or k.requires_grad \
+            or q.is_neg() or k.is_neg():
         return None
     kinds = plans.qk_kinds(q, k, q_out, k_out, qw, kw, weight_offset)
     if kinds is None:
         return None
     qo, ko = kinds
-    if qw is None:
-        key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.get_device(),
-               k.get_device(), config)
-    else:
-        key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.get_device(),
-               k.get_device(), config, qw.shape, qw.stride(), qw.dtype, qw.get_device(), kw.shape, kw.stride(),
-               kw.dtype, kw.get_device())
-    if qo is plans.OTHER or ko is plans.OTHER:
-        key = plans.with_outputs(key, qo, q_out, ko, k_out)
+    try:  # a sparse tensor has no strides: the general call raises its TypeError
+        if qw is None:
+            key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.get_device(), k.get_device(),
+                   config)
+        else:
+            key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.get_device(), k.get_device(),
+                   config, qw.shape, qw.stride(), qw.dtype, qw.get_device(), kw.shape, kw.stride(), kw.dtype, kw.get_device())
+        if qo is plans.OTHER or ko is plans.OTHER:
+            key = plans.with_outputs(key, qo, q_out, ko, k_out)
+    except RuntimeError:
+        return None
     plan = PLANS.get(key) or plans.lookup(key, lambda: _fast_plan(q, k, qw, kw, q_out, k_out, qo, ko, config))
     if plan is None:
         return None
@@ -173,7 +176,7 @@ def _launch(q, k, q_out, k_out, q_weight, k_weight, eps, weight_offset, config, 
         for xc, oc in plans.row_chunks([k, k_out]):
             _launch(empty, xc, empty, oc, q_weight, k_weight, eps, weight_offset, config)
         return
-    key = (OP, "general", q.shape, q.stride(), k.shape, k.stride(), q.dtype, q.device, q_out.stride(),
+    key = (OP, "general", q.shape, q.stride(), k.shape, k.stride(), q.dtype, q.get_device(), q_out.stride(),
            k_out.stride(), _wkey(q_weight), _wkey(k_weight), config)
     plan = plans.cached(key, lambda: _plan(q, k, q_weight, k_weight, q_out.stride(), k_out.stride(), config))
     if plan is None:

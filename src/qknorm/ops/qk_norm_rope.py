@@ -54,22 +54,27 @@ def check_args(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox,
 
 def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q_out, k_out, config):
     """The common CUDA call on a cached plan; None: take the general call."""
-    if not (type(q) is _Tensor and (q.is_cuda or plans.FAST_ON_CPU) and backend.active != "torch" and type(k) is _Tensor
+    if not (type(q) is _Tensor and ((on_cuda := q.is_cuda) or plans.FAST_ON_CPU) and backend.active != "torch"
+            and type(k) is _Tensor
             and type(cs) is _Tensor and type(positions) is _Tensor and type(is_neox) is bool
             and (rotary_dim is None or type(rotary_dim) is int) and plans.fast_scalars(eps, weight_offset, config)) \
-            or q.requires_grad or k.requires_grad or cs.requires_grad:
+            or q.requires_grad or k.requires_grad or cs.requires_grad or q.is_neg() or k.is_neg() or cs.is_neg() \
+            or positions.is_neg():
         return None
     kinds = plans.qk_kinds(q, k, q_out, k_out, qw, kw, weight_offset)
-    if kinds is None:
+    if kinds is None or not (on_cuda or plans.cpu_positions_ok(positions, cs)):
         return None
     qo, ko = kinds
-    wk = None if qw is None else (qw.shape, qw.stride(), qw.dtype, qw.get_device(), kw.shape, kw.stride(), kw.dtype,
-                                  kw.get_device())
-    key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.get_device(), k.get_device(),
-           wk, cs.shape, cs.stride(), cs.dtype, cs.get_device(), positions.shape, positions.stride(), positions.dtype,
-           positions.get_device(), is_neox, rotary_dim, config)
-    if qo is plans.OTHER or ko is plans.OTHER:
-        key = plans.with_outputs(key, qo, q_out, ko, k_out)
+    try:  # a sparse tensor has no strides: the general call raises its TypeError
+        wk = None if qw is None else (qw.shape, qw.stride(), qw.dtype, qw.get_device(), kw.shape, kw.stride(), kw.dtype,
+                                      kw.get_device())
+        key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.get_device(), k.get_device(),
+               wk, cs.shape, cs.stride(), cs.dtype, cs.get_device(), positions.shape, positions.stride(), positions.dtype,
+               positions.get_device(), is_neox, rotary_dim, config)
+        if qo is plans.OTHER or ko is plans.OTHER:
+            key = plans.with_outputs(key, qo, q_out, ko, k_out)
+    except RuntimeError:
+        return None
     plan = PLANS.get(key) or plans.lookup(key, lambda: _fast_plan(q, k, qw, kw, cs, positions, is_neox, rotary_dim,
                                                               q_out, k_out, qo, ko, config))
     if plan is None:
@@ -192,7 +197,7 @@ def _launch(q, k, q_out, k_out, qw, kw, cs, positions, eps, is_neox, r, weight_o
         qc, kc, qoc, koc, pc = ((q, k, q_out, k_out, positions) if n == t else
                                 (q.narrow(0, t0, n), k.narrow(0, t0, n), q_out.narrow(0, t0, n),
                                  k_out.narrow(0, t0, n), positions.narrow(0, t0, n)))
-        key = (OP, "general", qc.shape, qc.stride(), kc.shape, kc.stride(), q.dtype, q.device, qoc.stride(),
+        key = (OP, "general", qc.shape, qc.stride(), kc.shape, kc.stride(), q.dtype, q.get_device(), qoc.stride(),
                koc.stride(), _tkey(qw), _tkey(kw), _tkey(cs), _tkey(pc), is_neox, r, config)
         plan = plans.cached(key, lambda: _plan(qc, kc, qw, kw, cs, pc, qoc.stride(), koc.stride(), is_neox, r, config))
         wq, wk = (qc, kc) if qw is None else (qw, kw)  # never read without weights

@@ -41,22 +41,25 @@ def check_args(x, weight, eps, weight_offset, out, config, *, memory: bool = Tru
 def fast(x, weight, eps, weight_offset, out, config):
     """The common CUDA call on a cached plan; None: take the general call."""
     if not (type(x) is _Tensor and (x.is_cuda or plans.FAST_ON_CPU) and backend.active != "torch"
-            and plans.fast_scalars(eps, weight_offset, config)) or x.requires_grad:
+            and plans.fast_scalars(eps, weight_offset, config)) or x.requires_grad or x.is_neg():
         return None
     ok = NEW if out is None else IN_PLACE if out is x else plans.out_kind(out, x)
     if ok is None:
         return None
-    if weight is None:
-        if weight_offset != 0.0:
+    try:  # a sparse tensor has no strides: the general call raises its TypeError
+        if weight is None:
+            if weight_offset != 0.0:
+                return None
+            key = (OP, ok, x.shape, x.stride(), x.dtype, x.get_device(), config)
+        elif type(weight) is _Tensor and not (weight.requires_grad or weight.is_neg()):
+            key = (OP, ok, x.shape, x.stride(), x.dtype, x.get_device(), config, weight.shape, weight.stride(),
+                   weight.dtype, weight.get_device())
+        else:
             return None
-        key = (OP, ok, x.shape, x.stride(), x.dtype, x.get_device(), config)
-    elif type(weight) is _Tensor and not weight.requires_grad:
-        key = (OP, ok, x.shape, x.stride(), x.dtype, x.get_device(), config, weight.shape, weight.stride(),
-               weight.dtype, weight.get_device())
-    else:
+        if ok is OTHER:
+            key += (out.shape, out.stride(), out.dtype, out.get_device())
+    except RuntimeError:
         return None
-    if ok is OTHER:
-        key += (out.shape, out.stride(), out.dtype, out.get_device())
     plan = PLANS.get(key) or plans.lookup(key, lambda: _fast_plan(x, weight, out, ok, config))
     if plan is None:
         return None
