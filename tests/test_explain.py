@@ -161,3 +161,17 @@ def test_explain_main_under_a_shipped_table(capsys):
     with pytest.raises(SystemExit):
         E.main(["--op", "layer_norm"])
 
+
+
+def test_explain_says_which_fallback_runs(monkeypatch):
+    """The addressing line names the fallback the general call takes: a contiguous copy for
+    more than 3 unmergeable leading dims or last-dim offsets past int32, pieces past ROW_LIMIT."""
+    import qknorm
+    from qknorm import layout
+    x = torch.zeros(2, 3, 4, 5, 8).permute(1, 0, 3, 2, 4)  # 4 leading dims that do not merge
+    assert "copied to contiguous once (more than 3 leading dims" in qknorm.explain(x)
+    wide = torch.empty_strided((2, 64), (0, 2**26), device="meta")  # col * stride passes int32 (no memory)
+    assert "last-dim offsets pass int32: run once on a contiguous copy" in qknorm.explain(wide)
+    monkeypatch.setattr(layout, "ROW_LIMIT", 4)
+    assert "more than 4 rows: launched in pieces" in qknorm.explain(torch.zeros(10, 8))
+    assert "fallback" not in qknorm.explain(torch.zeros(3, 8)) and "pieces" not in qknorm.explain(torch.zeros(3, 8))

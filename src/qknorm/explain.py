@@ -15,6 +15,7 @@ import torch
 from . import validate
 from .backend import get_backend
 from .dispatch import DTYPES, OPS, Decision, device_decision
+from . import layout
 from .layout import row_layout
 from .tuned_table import OP_ALIASES, TableError, TunedTable, load_table, shipped_table_path, shipped_tables
 
@@ -52,6 +53,21 @@ def explain_config(op: str, dtype: torch.dtype, D: int, n_rows: int, device=None
         As :func:`qknorm.dispatch.choose_config`.
     """
     return _describe(op, dtype, D, n_rows, device_decision(op, dtype, D, n_rows, device, table=table), top)
+
+
+def _addressing(t: torch.Tensor) -> str:
+    """How the kernels address ``t``'s rows, or which fallback runs (the general call's rules)."""
+    shape, stride = tuple(t.shape), tuple(t.stride())
+    lay = row_layout(shape, stride)
+    if lay is None:
+        return "copied to contiguous once (more than 3 leading dims that do not merge)"
+    how = (f"{lay.n_rows} rows addressed as sizes {lay.sizes} strides {lay.strides[0][:3]}, "
+           f"last-dim stride {lay.strides[0][3]}")
+    if abs(lay.strides[0][3]) * shape[-1] > layout.INT32_MAX:
+        return how + "; the last-dim offsets pass int32: run once on a contiguous copy"
+    if lay.n_rows > layout.ROW_LIMIT:
+        return how + f"; more than {layout.ROW_LIMIT} rows: launched in pieces of at most that many rows"
+    return how
 
 
 def _versions() -> tuple[str | None, str]:
@@ -171,11 +187,7 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
     n_rows = sum(_rows(t) for t in tensors) if op == "qk_rms_norm" else _rows(x)
     lines = [explain_config(op, x.dtype, d, n_rows, x.device, table=table, top=top)]
     for name, t in zip(("q", "k") if op == "qk_rms_norm" else ("x", "residual"), tensors):
-        lay = row_layout(tuple(t.shape), tuple(t.stride()))
-        how = ("copied to contiguous first (more than 3 leading dims that do not merge)" if lay is None
-               else f"{lay.n_rows} rows addressed as sizes {lay.sizes} strides {lay.strides[0][:3]}, "
-                    f"last-dim stride {lay.strides[0][3]}")
-        lines.append(f"  {name}: shape {tuple(t.shape)} stride {tuple(t.stride())}: {how}")
+        lines.append(f"  {name}: shape {tuple(t.shape)} stride {tuple(t.stride())}: {_addressing(t)}")
     backend = get_backend()
     runs = "Triton kernels" if (backend == "triton" or (backend == "auto" and x.is_cuda)) else "PyTorch path"
     lines.append(f"  backend={backend}: this call runs the {runs}")
