@@ -306,15 +306,16 @@ def test_cli_deadline_writes_a_partial_table(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(T, "_gpu", lambda: (0, "NVIDIA Fake 9000", 132))
     monkeypatch.setattr(D, "sm_count", lambda i: 132)
     calls = []
+    clock = [0.0]  # a fake clock: only measuring takes time, so a busy machine cannot change the outcome
+    monkeypatch.setattr(T.time, "monotonic", lambda: clock[0])
 
     def slow(p, cfgs):
         calls.append(p)
-        import time
-        time.sleep(0.05)
+        clock[0] += 1.0
         return fake_measure(p, cfgs)
 
     path = tmp_path / "t.json"
-    assert T.main(["--quick", "--max-seconds", "0.01", "--out", str(path)], measure=slow) == 0
+    assert T.main(["--quick", "--max-seconds", "0.5", "--out", str(path)], measure=slow) == 0
     t = TT.load_table(str(path))
     assert len(t.entries) == len(calls) == 1 and t.meta["complete"] is False
     assert "skipped (deadline)" in capsys.readouterr().out
