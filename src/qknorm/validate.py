@@ -110,13 +110,19 @@ def written(name: str, t) -> None:
     shape, stride = tuple(t.shape), tuple(t.stride())
     if not all(type(v) is int for v in shape + stride):
         return  # symbolic sizes (tracing): the eager implementation checks the real tensor
-    ov = layout.self_overlap(shape, stride)
-    if ov is None:
-        raise ValueError(f"cannot prove that {name} (shape {tuple(t.shape)}, stride {tuple(t.stride())}) does not "
-                         f"overlap itself; pass a tensor without internal overlap (e.g. .contiguous())")
-    if ov:
-        raise ValueError(f"{name} overlaps itself in memory (shape {tuple(t.shape)}, stride {tuple(t.stride())}): "
-                         f"a written tensor must address each element once; pass e.g. a .contiguous() tensor")
+    _refuse_overlap(layout.self_overlap(shape, stride),
+                    f"cannot prove that {name} (shape {shape}, stride {stride}) does not overlap itself; pass a "
+                    f"tensor without internal overlap (e.g. .contiguous())",
+                    f"{name} overlaps itself in memory (shape {shape}, stride {stride}): a written tensor must "
+                    f"address each element once; pass e.g. a .contiguous() tensor")
+
+
+def _refuse_overlap(overlap, undecided: str, overlapping: str) -> None:
+    """ValueError ``overlapping`` when ``overlap`` is True, ``undecided`` when it is None (unknown)."""
+    if overlap is None:
+        raise ValueError(undecided)
+    if overlap:
+        raise ValueError(overlapping)
 
 
 def unaliased(t, written_tensors):
@@ -155,12 +161,9 @@ def output(name: str, out, ref_name: str, ref) -> None:
 
 def disjoint(name_a: str, a, name_b: str, b) -> None:
     """Raise unless ``a`` and ``b`` share no element (undecidable counts as sharing)."""
-    ov = layout.overlap(a, b)
-    if ov is None:
-        raise ValueError(f"cannot prove that {name_a} and {name_b} do not overlap in memory; "
-                         f"pass non-overlapping tensors")
-    if ov:
-        raise ValueError(f"{name_a} and {name_b} overlap in memory")
+    _refuse_overlap(layout.overlap(a, b),
+                    f"cannot prove that {name_a} and {name_b} do not overlap in memory; pass non-overlapping tensors",
+                    f"{name_a} and {name_b} overlap in memory")
 
 
 def in_place_or_disjoint(out_name: str, out, in_name: str, inp) -> bool:
@@ -169,13 +172,11 @@ def in_place_or_disjoint(out_name: str, out, in_name: str, inp) -> bool:
     Returns False when they are disjoint."""
     if layout.same_view(out, inp):
         return True
-    ov = layout.overlap(out, inp)
-    if ov is None:
-        raise ValueError(f"cannot prove that {out_name} does not partially overlap {in_name}; pass "
-                         f"{out_name}={in_name} (same view) for in place, or a separate tensor")
-    if ov:
-        raise ValueError(f"{out_name} partially overlaps {in_name}: pass the same view for in place, "
-                         f"or a non-overlapping tensor")
+    _refuse_overlap(layout.overlap(out, inp),
+                    f"cannot prove that {out_name} does not partially overlap {in_name}; pass "
+                    f"{out_name}={in_name} (same view) for in place, or a separate tensor",
+                    f"{out_name} partially overlaps {in_name}: pass the same view for in place, "
+                    f"or a non-overlapping tensor")
     return False
 
 
