@@ -1,12 +1,12 @@
-"""Where the microseconds of one eager qknorm call go (H200 host), op by op (after the ops/ rewrite;
-profile_host_before.py is the same for the code before it, which launched through launch.run).
+"""Where the microseconds of one eager qknorm call go (H200 host), op by op. Works on the tree
+before the ops/ rewrite (launches through ``launch.run``) and after it (``launch.run_plan``).
 
 Usage:  PYTHONPATH=$PWD/src python profile_host.py OUTDIR
 
 Per op (Qwen3-8B shapes, bf16, T = 1, 16, 64, inference_mode):
   total    public call, back-to-back, sync at the end of each batch (median per call)
-  python   the same with qknorm.launch.run_plan replaced by a no-op (host code before the launch)
-  run      qknorm.launch.run_plan with one call's recorded arguments (our launch wrapper + C launcher)
+  python   the same with the launch function replaced by a no-op (host code before the launch)
+  run      the launch function with one call's recorded arguments (our launch wrapper + C launcher)
   go       the verified entry's go() alone (Triton's C launcher)
   static   torch's Inductor static CUDA launcher on the same compiled kernel, if available
 Floors: x.mul_(1.0), torch.empty_like, stream/device getters. cProfile of 20000 calls.
@@ -76,7 +76,8 @@ def cases(t):
     }
 
 
-real_run = launch.run_plan
+LAUNCH = "run_plan" if hasattr(launch, "run_plan") else "run"
+real_run = getattr(launch, LAUNCH)
 rec = {}
 
 
@@ -95,16 +96,19 @@ with torch.inference_mode():
         for name, fn in cases(t).items():
             row = {}
             row["total"] = per_call(fn)
-            launch.run_plan = recording
+            setattr(launch, LAUNCH, recording)
             fn()
-            launch.run_plan = real_run
+            setattr(launch, LAUNCH, real_run)
             a = rec["args"]
-            launch.run_plan = noop
+            setattr(launch, LAUNCH, noop)
             row["python"] = per_call(fn)
-            launch.run_plan = real_run
+            setattr(launch, LAUNCH, real_run)
             row["run"] = per_call(lambda: real_run(*a))
-            plan, bits, head, tensors = a
-            kl, entries, grid, args, device = plan.launcher, plan.entries, plan.grid, head + plan.tail, plan.device
+            if LAUNCH == "run_plan":
+                plan, bits, head, tensors = a
+                kl, entries, grid, args, device = plan.launcher, plan.entries, plan.grid, head + plan.tail, plan.device
+            else:
+                kl, entries, bits, grid, args, tensors, kwargs, device = a
             e = entries[bits]
             row["state"] = e.state if e else None
             if e is not None and e.go is not None:
