@@ -60,6 +60,8 @@ def _rope_rows(block, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos,
     sin = tl.load(cs_row[:, None] + ((j + HALF) * css1)[None, :], mask=pm, other=0.0).to(tl.float32)
 
     # Weights first: their latency then overlaps the row's load and reduction.
+    w1 = 1.0  # no weight: never used
+    w2 = 1.0
     if HAS_WEIGHT:
         if IS_NEOX:
             w1 = tl.load(W + j * ws, mask=j_ok, other=0.0).to(tl.float32) + w_offset
@@ -70,28 +72,31 @@ def _rope_rows(block, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos,
             w1, w2 = tl.split(tl.reshape(wr, [BLOCK_H, 2]))
 
     # Load the rotary part as its pair halves x1 (first of each pair) and x2 (second).
+    c = tl.arange(0, 2 * BLOCK_H)  # GPT-J: the rotary part as one contiguous range
+    c_ok = c < R
     if IS_NEOX:
         x1 = tl.load(x_row[:, None] + (j * xsd)[None, :], mask=pm, other=0.0).to(tl.float32)
         x2 = tl.load(x_row[:, None] + ((j + HALF) * xsd)[None, :], mask=pm, other=0.0).to(tl.float32)
     else:
-        c = tl.arange(0, 2 * BLOCK_H)
-        c_ok = c < R
         xr = tl.load(x_row[:, None] + (c * xsd)[None, :], mask=row_ok[:, None] & c_ok[None, :],
                      other=0.0).to(tl.float32)
         x1, x2 = tl.split(tl.reshape(xr, [ROWS, BLOCK_H, 2]))
     ss = tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)
+    tc = R + tl.arange(0, BLOCK_T)  # the pass-through tail (HAS_TAIL)
+    t_ok = tc < D
+    xt = x1  # no tail: never used
     if HAS_TAIL:
-        tc = R + tl.arange(0, BLOCK_T)
-        t_ok = tc < D
-        tm = row_ok[:, None] & t_ok[None, :]
-        xt = tl.load(x_row[:, None] + (tc * xsd)[None, :], mask=tm, other=0.0).to(tl.float32)
+        xt = tl.load(x_row[:, None] + (tc * xsd)[None, :], mask=row_ok[:, None] & t_ok[None, :],
+                     other=0.0).to(tl.float32)
         ss += tl.sum(xt * xt, axis=1)
-    # y = x * q per row; a block holding a row out of fp32's range first scales those rows
-    # by p (rows.py) in a block-uniform branch, so the common path has no extra multiply.
-    q = tl.rsqrt(ss / D + eps)
+    q = tl.rsqrt(ss / D + eps)[:, None]
+    _rotate_store(x1 * q, x2 * q, xt * q, w1, w2, cos, sin, W, ws, w_offset, Y, y_row, ysd, row_ok,
+                  j, j_ok, HALF, c, c_ok, tc, t_ok, HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H)
     if SAFE_RANGE:
+        # After the common stores (rows.norm_block): a block holding a row out of fp32's
+        # range stores those rows again, rescaled by p (rows.py), from the registers.
         bad = extreme_rows(ss, D, eps)
-        if any_true(bad):  # rare, block-uniform
+        if any_true(bad):
             amax = tl.maximum(tl.max(tl.abs(x1), axis=1), tl.max(tl.abs(x2), axis=1))
             if HAS_TAIL:
                 amax = tl.maximum(amax, tl.max(tl.abs(xt), axis=1))
@@ -104,34 +109,37 @@ def _rope_rows(block, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos,
                 st = xt * sc[:, None]
                 ss2 += tl.sum(st * st, axis=1)
             p2, q2 = scaled_factors(ss2, D, eps, eps_tiny, k)
-            p = tl.where(bad, p2, 1.0)
-            q = tl.where(bad, q2, q)
-            x1 = x1 * p[:, None]
-            x2 = x2 * p[:, None]
-            if HAS_TAIL:
-                xt = xt * p[:, None]
-    y1 = x1 * q[:, None]
-    y2 = x2 * q[:, None]
-    if HAS_TAIL:
-        yt = xt * q[:, None]
+            p = p2[:, None]
+            q = q2[:, None]
+            _rotate_store((x1 * p) * q, (x2 * p) * q, (xt * p) * q, w1, w2, cos, sin, W, ws, w_offset, Y, y_row,
+                          ysd, row_ok & bad, j, j_ok, HALF, c, c_ok, tc, t_ok, HAS_WEIGHT, IS_NEOX, HAS_TAIL,
+                          ROWS, BLOCK_H)
+
+
+@triton.jit
+def _rotate_store(y1, y2, yt, w1, w2, cos, sin, W, ws, w_offset, Y, y_row, ysd, rows_ok, j, j_ok, HALF, c, c_ok,
+                  tc, t_ok, HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr,
+                  ROWS: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Weigh, rotate and store the normalised rows ``rows_ok`` (pair halves ``y1``/``y2``, tail ``yt``)."""
     if HAS_WEIGHT:
         y1 = y1 * w1[None, :]
         y2 = y2 * w2[None, :]
-
     o1 = y1 * cos - y2 * sin
     o2 = y2 * cos + y1 * sin
     if IS_NEOX:
+        pm = rows_ok[:, None] & j_ok[None, :]
         tl.store(y_row[:, None] + (j * ysd)[None, :], o1.to(Y.dtype.element_ty), mask=pm)
         tl.store(y_row[:, None] + ((j + HALF) * ysd)[None, :], o2.to(Y.dtype.element_ty), mask=pm)
     else:
         o = tl.reshape(tl.join(o1, o2), [ROWS, 2 * BLOCK_H])
         tl.store(y_row[:, None] + (c * ysd)[None, :], o.to(Y.dtype.element_ty),
-                 mask=row_ok[:, None] & c_ok[None, :])
+                 mask=rows_ok[:, None] & c_ok[None, :])
     if HAS_TAIL:
         if HAS_WEIGHT:
             wt = tl.load(W + tc * ws, mask=t_ok, other=0.0).to(tl.float32) + w_offset
             yt = yt * wt[None, :]
-        tl.store(y_row[:, None] + (tc * ysd)[None, :], yt.to(Y.dtype.element_ty), mask=tm)
+        tl.store(y_row[:, None] + (tc * ysd)[None, :], yt.to(Y.dtype.element_ty),
+                 mask=rows_ok[:, None] & t_ok[None, :])
 
 
 @triton.jit

@@ -11,13 +11,14 @@ fp32 weight (+ offset), one rounding on store.
 Rows out of fp32's range (only with ``QKNORM_SAFE_RANGE=1``, see ``SAFE_RANGE``): the fp32
 sum of squares overflows for |x| above ~1e19 and flushes to zero below ~1e-19 (PyTorch's
 ``F.rms_norm`` returns 0 or inf there). Such rows are found from the sum itself
-(:func:`extreme_rows`: above 3e38, or mean square + eps below 2**-60). An unchunked block that
-holds one calls :func:`rescue_norm_block` / :func:`rescue_add_norm_block`: functions that are
-not inlined and take scalars only (Triton's noinline functions take no tensors), which read
-the block again and write it with :func:`rescued_factors`: each such row scaled by an exact
-power of two ``2**k``, ``k = -exponent(max |x|)`` (:func:`row_exponent`), then normalised
-with eps scaled too (:func:`scaled_factors`: ``y = (x * p) * q``, both per-row factors inside
-fp32's range). Other rows keep ``q = rsqrt(mean(x**2) + eps)`` and the same bits.
+(:func:`extreme_rows`: above 3e38, or mean square + eps below 2**-60). An unchunked block
+first stores every row the common way, then, if it holds such a row, stores those rows again
+from the values still in registers (:func:`rescued_rows`), so the common path waits for no
+extra reduction or branch. :func:`rescued_factors` scales each such row by an exact power of
+two ``2**k``, ``k = -exponent(max |x|)`` (:func:`row_exponent`), then normalises with eps
+scaled too (:func:`scaled_factors`: ``y = (x * p) * q``, both per-row factors inside fp32's
+range). Other rows keep ``q = rsqrt(mean(x**2) + eps)`` and the same bits. The chunked form
+decides before its write pass (it may write in place, so it cannot read the row again after).
 ``eps`` arrives as two fp32 values (``reference.kernel_eps``): ``eps`` itself when it is
 a normal fp32 number (else 0) and ``eps_tiny = eps * 2**250`` when it is not, so every
 positive eps stays positive.
@@ -102,64 +103,11 @@ def rescued_factors(x, ss, D, eps, eps_tiny):
 
 
 @triton.jit
-def normalize_rows(x, D, eps, eps_tiny):
-    """``x / sqrt(mean(x**2) + eps)`` per row of the fp32 tile ``x`` ``[ROWS, BLOCK_D]``
-    (masked columns hold 0); with ``SAFE_RANGE``, a block holding a row out of fp32's range
-    takes :func:`rescued_factors` (one block-uniform branch)."""
-    ss = tl.sum(x * x, axis=1)
-    if SAFE_RANGE:
-        if any_true(extreme_rows(ss, D, eps)):
-            p, q = rescued_factors(x, ss, D, eps, eps_tiny)
-            y = (x * p[:, None]) * q[:, None]
-        else:
-            y = x * tl.rsqrt(ss / D + eps)[:, None]
-    else:
-        y = x * tl.rsqrt(ss / D + eps)[:, None]
-    return y
-
-
-@triton.jit(noinline=True)
-def rescue_norm_block(block, X, Y, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd, ys0, ys1, ys2, ysd, ws, eps,
-                      eps_tiny, w_offset, HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr,
-                      BLOCK_D: tl.constexpr):
-    """:func:`norm_block` (unchunked) for a block holding a row out of fp32's range: reads the
-    block again and writes it with :func:`rescued_factors`. Not inlined and given scalars
-    only, so the common path's code and registers stay as if this branch did not exist."""
-    rows = block * ROWS + tl.arange(0, ROWS)
-    row_ok = rows < n_rows
-    cols = tl.arange(0, BLOCK_D)
-    col_ok = cols < D
-    mask = row_ok[:, None] & col_ok[None, :]
-    x = tl.load((X + row_offsets(rows, N1, N2, xs0, xs1, xs2))[:, None] + (cols * xsd)[None, :], mask=mask,
-                other=0.0).to(tl.float32)
-    p, q = rescued_factors(x, tl.sum(x * x, axis=1), D, eps, eps_tiny)
-    y = (x * p[:, None]) * q[:, None]
-    if HAS_WEIGHT:
-        y = y * (tl.load(W + cols * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset)[None, :]
-    tl.store((Y + row_offsets(rows, N1, N2, ys0, ys1, ys2))[:, None] + (cols * ysd)[None, :],
-             y.to(Y.dtype.element_ty), mask=mask)
-
-
-@triton.jit(noinline=True)
-def rescue_add_norm_block(block, X, R, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd, ws, eps,
-                          eps_tiny, w_offset, HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr,
-                          BLOCK_D: tl.constexpr):
-    """:func:`add_norm_block` (unchunked) for a block holding a row out of fp32's range
-    (called before either tensor of the block is written; see :func:`rescue_norm_block`)."""
-    rows = block * ROWS + tl.arange(0, ROWS)
-    row_ok = rows < n_rows
-    cols = tl.arange(0, BLOCK_D)
-    col_ok = cols < D
-    mask = row_ok[:, None] & col_ok[None, :]
-    x_ptr = (X + row_offsets(rows, N1, N2, xs0, xs1, xs2))[:, None] + (cols * xsd)[None, :]
-    r_ptr = (R + row_offsets(rows, N1, N2, rs0, rs1, rs2))[:, None] + (cols * rsd)[None, :]
-    s = tl.load(x_ptr, mask=mask, other=0.0).to(tl.float32) + tl.load(r_ptr, mask=mask, other=0.0).to(tl.float32)
-    tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
-    p, q = rescued_factors(s, tl.sum(s * s, axis=1), D, eps, eps_tiny)
-    y = (s * p[:, None]) * q[:, None]
-    if HAS_WEIGHT:
-        y = y * (tl.load(W + cols * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset)[None, :]
-    tl.store(x_ptr, y.to(X.dtype.element_ty), mask=mask)
+def rescued_rows(x, ss, D, eps, eps_tiny):
+    """``x / sqrt(mean(x**2) + eps)`` per row of the fp32 tile ``x`` (sums of squares ``ss``)
+    with the rows out of fp32's range rescaled (:func:`rescued_factors`)."""
+    p, q = rescued_factors(x, ss, D, eps, eps_tiny)
+    return (x * p[:, None]) * q[:, None]
 
 
 @triton.jit
@@ -203,14 +151,18 @@ def norm_block(block, X, Y, W, n_rows, D, N1, N2,
         mask = row_ok[:, None] & col_ok[None, :]
         x = tl.load(x_row[:, None] + (cols * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
         ss = tl.sum(x * x, axis=1)
+        y_ptr = y_row[:, None] + (cols * ysd)[None, :]
+        scale_store(x, ss, D, eps, w, y_ptr, mask, HAS_WEIGHT)
         if SAFE_RANGE:
-            if any_true(extreme_rows(ss, D, eps)):  # rare, block-uniform: a separate function
-                rescue_norm_block(block, X, Y, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd, ys0, ys1, ys2, ysd, ws,
-                                  eps, eps_tiny, w_offset, HAS_WEIGHT, ROWS, BLOCK_D)
-            else:
-                scale_store(x, ss, D, eps, w, y_row[:, None] + (cols * ysd)[None, :], mask, HAS_WEIGHT)
-        else:
-            scale_store(x, ss, D, eps, w, y_row[:, None] + (cols * ysd)[None, :], mask, HAS_WEIGHT)
+            # After the common store, so the common path waits for nothing: a block holding
+            # a row out of fp32's range stores those rows again, rescaled (x is still in
+            # registers, so this is right in place too).
+            bad = extreme_rows(ss, D, eps)
+            if any_true(bad):
+                y = rescued_rows(x, ss, D, eps, eps_tiny)
+                if HAS_WEIGHT:
+                    y = y * w[None, :]
+                tl.store(y_ptr, y.to(Y.dtype.element_ty), mask=mask & bad[:, None])
     else:
         acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
         for start in range(0, D, BLOCK_D):
@@ -284,16 +236,15 @@ def add_norm_block(block, X, R, W, n_rows, D, N1, N2,
         s = (tl.load(x_ptr, mask=mask, other=0.0).to(tl.float32)
              + tl.load(r_ptr, mask=mask, other=0.0).to(tl.float32))
         ss = tl.sum(s * s, axis=1)
-        if SAFE_RANGE:
-            if any_true(extreme_rows(ss, D, eps)):  # rare, block-uniform: a separate function
-                rescue_add_norm_block(block, X, R, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd,
-                                      ws, eps, eps_tiny, w_offset, HAS_WEIGHT, ROWS, BLOCK_D)
-            else:
-                tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
-                scale_store(s, ss, D, eps, w, x_ptr, mask, HAS_WEIGHT)
-        else:
-            tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
-            scale_store(s, ss, D, eps, w, x_ptr, mask, HAS_WEIGHT)
+        tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
+        scale_store(s, ss, D, eps, w, x_ptr, mask, HAS_WEIGHT)
+        if SAFE_RANGE:  # after the common stores, from the sum in registers (see norm_block)
+            bad = extreme_rows(ss, D, eps)
+            if any_true(bad):
+                y = rescued_rows(s, ss, D, eps, eps_tiny)
+                if HAS_WEIGHT:
+                    y = y * w[None, :]
+                tl.store(x_ptr, y.to(X.dtype.element_ty), mask=mask & bad[:, None])
     else:
         acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
         for start in range(0, D, BLOCK_D):
