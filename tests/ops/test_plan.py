@@ -158,13 +158,13 @@ def test_spec_keeps_constexprs_by_value():
     assert kl.spec(kl.pack(ROWS=16, **base)) == kl.spec(kl.pack(ROWS=16, **{**base, "n_rows": 128}))
 
 
-def test_out_kind():
+def test_out_key():
     x = torch.zeros(3)
-    assert _plan.out_kind(None, x) is _plan.OutKind.NEW
-    assert _plan.out_kind(x, x) is _plan.OutKind.IN_PLACE
-    assert _plan.out_kind(torch.zeros(3), x) is _plan.OutKind.OTHER
-    assert _plan.out_kind(torch.zeros(3, requires_grad=True), x) is None
-    assert _plan.out_kind("x", x) is None
+    assert _plan.out_key(None, x) == (_plan.OutKind.NEW, None)
+    assert _plan.out_key(x, x) == (_plan.OutKind.IN_PLACE, None)
+    o = torch.zeros(3)
+    assert _plan.out_key(o, x) == (_plan.OutKind.OTHER, (o.shape, o.stride(), o.dtype, o.get_device()))
+    assert _plan.out_key("x", x) == (None, None)
 
 
 def test_plan_cache_is_bounded_and_follows_dispatch_reset():

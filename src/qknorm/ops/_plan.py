@@ -34,7 +34,7 @@ from .. import layout
 from ..layout import INT32_MAX, cdiv, kernel_layout, views_overlap
 from ..reference import FLT_MAX, FLT_MIN, kernel_eps
 
-__all__ = ["OutKind", "Pair", "Plan", "PlanCache", "PLANS", "out_kind", "fast_scalars", "apart",
+__all__ = ["OutKind", "Pair", "Plan", "PlanCache", "PLANS", "out_key", "apart",
            "make_plan", "eps_pair", "contig_strides", "span", "clear_caches"]
 
 _Tensor = torch.Tensor
@@ -72,27 +72,16 @@ def cpu_positions_ok(positions, cos_sin_cache) -> bool:
     return positions.numel() == 0 or (int(positions.min()) >= 0 and int(positions.max()) < cos_sin_cache.shape[0])
 
 
-def out_kind(out, inp):
-    """The :class:`OutKind` of ``out`` for input ``inp``; None when the fast call cannot take it."""
+def out_key(out, inp):
+    """``(OutKind, key part)`` of an output argument for a fast call's key: ``(NEW, None)``,
+    ``(IN_PLACE, None)``, ``(OTHER, metadata)``, or ``(None, None)`` for a non-tensor."""
     if out is None:
-        return NEW
+        return NEW, None
     if out is inp:
-        return IN_PLACE
-    if type(out) is _Tensor and not (out.requires_grad or out.is_neg()):
-        return OTHER
-    return None
-
-
-def fast_scalars(eps, weight_offset, config) -> bool:
-    """Whether the scalars allow a fast call: plain finite floats, eps >= 0, and config
-    None or a KernelConfig (anything else: the general call converts or raises)."""
-    return (type(eps) is float and type(weight_offset) is float and 0.0 <= eps <= FLT_MAX
-            and -_INF < weight_offset < _INF and (config is None or type(config) is KernelConfig))
-
-
-# Plan keys hold device *indices* (``get_device()``, cheaper than ``device``): -1 for CPU and meta,
-# the CUDA ordinal otherwise. A fast call's first tensor is CUDA, so an index >= 0 is a CUDA
-# device (a torch build has one accelerator type) and -1 is a tensor its checks reject.
+        return IN_PLACE, None
+    if type(out) is _Tensor:
+        return OTHER, (out.shape, out.stride(), out.dtype, out.get_device())
+    return None, None
 
 
 class Plan:
@@ -135,15 +124,16 @@ class PlanCache(dict):
         super().__init__()
         self.limit = limit
 
-    def build(self, key, fn):
-        """The plan of ``key``, built by ``fn()`` (which may return None) on first use."""
+    def build(self, key, fn, *args):
+        """The plan of ``key``, built by ``fn(*args)`` (which may return None) on first use."""
         if len(self) >= self.limit:
             self.clear()
-        plan = self[key] = fn()
+        plan = self[key] = fn(*args)
         return plan
 
 
 PLANS = PlanCache()
+MISS = object()  #: ``PLANS.get(key, MISS)``: a key never seen (None: a key that takes the general call)
 dispatch.add_reset_hook(PLANS.clear)
 
 
@@ -200,6 +190,12 @@ def apart(plan: Plan, pair: Pair, pa: int, sa, pb: int, sb) -> bool:
         if len(memo) < 64:
             memo[delta] = r
     return r
+
+
+def bind_scalars(plan: Plan, eps: float, weight_offset: float) -> None:
+    """Make the fast call's scalars part of ``plan``: its tail then starts with the kernel's
+    ``eps, eps_tiny, w_offset`` (the fast call's key holds them), so a call passes pointers only."""
+    plan.tail = (*eps_pair(float(eps)), float(weight_offset)) + plan.tail
 
 
 def eps_pair(eps: float):
@@ -495,30 +491,6 @@ def _target(plan: Plan, x, out, kind, px: int, sx, so, pair: Pair, same_layout: 
     if po == px and same_layout:
         return out, po, True
     return (out, po, False) if apart(plan, pair, px, sx, po, so) else None
-
-
-def qk_kinds(q, k, q_out, k_out, q_weight, k_weight, weight_offset):
-    """The :class:`OutKind` pair of a QK call, or None when the fast call cannot take it
-    (an output of another type, or weights that are not both tensors without grad or both None)."""
-    qo, ko = out_kind(q_out, q), out_kind(k_out, k)
-    if qo is None or ko is None:
-        return None
-    if q_weight is None:
-        if k_weight is not None or weight_offset != 0.0:
-            return None
-    elif not (type(q_weight) is _Tensor and type(k_weight) is _Tensor
-              and not (q_weight.requires_grad or k_weight.requires_grad or q_weight.is_neg() or k_weight.is_neg())):
-        return None
-    return qo, ko
-
-
-def launch_rows(plan: Plan, px: int, py: int, pw: int, eps: float, weight_offset: float, tensors: tuple) -> None:
-    """The fast call's launch of a row kernel (rms_norm, fused add): pointers, the eps pair."""
-    et = 0.0
-    if not FLT_MIN <= eps <= FLT_MAX:
-        eps, et = kernel_eps(eps)
-    launch.run_plan(plan, launch.align_bits(px, py, pw) if (px | py | pw) & 15 else 0,
-                    (px, py, pw, eps, et, weight_offset), tensors)
 
 
 def qk_outputs(q, k, q_out, k_out):

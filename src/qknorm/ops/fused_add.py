@@ -10,10 +10,11 @@ from .. import backend, launch
 from .. import validate
 from ..reference import fused_add_rms_norm_torch
 from . import _plan as plans
-from ._plan import PLANS, Pair
+from ._plan import MISS, PLANS, Pair
 
 OP = "fused_add_rms_norm"
 _Tensor = torch.Tensor
+_grad_on = torch.is_grad_enabled
 
 
 def launcher() -> launch.KernelLauncher:
@@ -44,45 +45,50 @@ def check_args(x, residual, weight, eps, weight_offset, config, *, memory: bool 
 
 
 def fast(x, residual, weight, eps, weight_offset, config) -> bool:
-    """The common CUDA call on a cached plan; False: take the general call."""
-    if not (type(x) is _Tensor and (x.is_cuda or plans.FAST_ON_CPU) and backend.active != "torch"
-            and type(residual) is _Tensor
-            and plans.fast_scalars(eps, weight_offset, config)) or x.requires_grad or residual.requires_grad \
-            or x.is_neg() or residual.is_neg():
+    """The common CUDA call on a cached plan; False: take the general call (see ``rms_norm.fast``)."""
+    if type(x) is not _Tensor or type(residual) is not _Tensor or type(eps) is not float \
+            or type(weight_offset) is not float or backend.active == "torch":
         return False
-    try:  # a sparse tensor has no strides: the general call raises its TypeError
+    try:  # a sparse tensor has no strides, an unhashable config no hash: the general call raises
+        dev = x.get_device()
+        if dev < 0 and not plans.FAST_ON_CPU:
+            return False
         if weight is None:
-            if weight_offset != 0.0:
-                return False
-            key = (OP, x.shape, x.stride(), x.dtype, x.get_device(), residual.shape, residual.stride(), residual.dtype,
-                   residual.get_device(), config)
-        elif type(weight) is _Tensor and not (weight.requires_grad or weight.is_neg()):
-            key = (OP, x.shape, x.stride(), x.dtype, x.get_device(), residual.shape, residual.stride(), residual.dtype,
-                   residual.get_device(), config, weight.shape, weight.stride(), weight.dtype, weight.get_device())
+            wk = None
+        elif type(weight) is _Tensor:
+            wk = (weight.shape, weight.stride(), weight.dtype, weight.get_device())
         else:
             return False
-    except RuntimeError:
+        key = (OP, x.shape, x.stride(), x.dtype, dev, residual.shape, residual.stride(), residual.dtype,
+               residual.get_device(), wk, eps, weight_offset, config)
+        plan = PLANS.get(key, MISS)
+        if plan is MISS:
+            plan = PLANS.build(key, _fast_plan, x, residual, weight, eps, weight_offset, config)
+    except (RuntimeError, TypeError):
         return False
-    plan = PLANS.get(key) or plans.lookup(key, lambda: _fast_plan(x, residual, weight, config))
-    if plan is None:
+    if plan is None or x.is_neg() or residual.is_neg() or (wk is not None and weight.is_neg()):
+        return False
+    if _grad_on() and (x.requires_grad or residual.requires_grad or (wk is not None and weight.requires_grad)):
         return False
     px, pr = x.data_ptr(), residual.data_ptr()
     sx, sr, sw = plan.spans
     if not (px + sx[1] <= pr + sr[0] or pr + sr[1] <= px + sx[0] or plans.apart(plan, Pair.X_OUT, px, sx, pr, sr)):
         return False
-    if weight is None:
+    if wk is None:
         weight, pw = x, px
     else:
         pw = weight.data_ptr()  # a weight sharing memory with x or residual: the general call copies it
         if not ((pw + sw[1] <= px + sx[0] or px + sx[1] <= pw + sw[0])
                 and (pw + sw[1] <= pr + sr[0] or pr + sr[1] <= pw + sw[0])):
             return False
-    plans.launch_rows(plan, px, pr, pw, eps, weight_offset, (x, residual, weight))
+    launch.run_plan(plan, 0 if not (px | pr | pw) & 15 else launch.align_bits(px, pr, pw), (px, pr, pw),
+                    (x, residual, weight))
     return True
 
 
-def _fast_plan(x, residual, weight, config):
-    if not plans.checked(lambda: check_args(x, residual, weight, 0.0, 0.0, config, memory=False)) or x.numel() == 0:
+def _fast_plan(x, residual, weight, eps, weight_offset, config):
+    if not plans.checked(lambda: check_args(x, residual, weight, eps, weight_offset, config, memory=False)) \
+            or x.numel() == 0 or (not x.is_cuda and not plans.FAST_ON_CPU):
         return None
     plan = plans.row_plan(launcher(), OP, x, weight, residual.stride(), config, "r")
     if plan is not None:
@@ -90,6 +96,7 @@ def _fast_plan(x, residual, weight, config):
         sw = (0, 0) if weight is None else plans.span(weight.shape, weight.stride(), weight.element_size())
         plan.spans = (plans.span(x.shape, x.stride(), es), plans.span(residual.shape, residual.stride(), es), sw)
         plans.set_pair(plan, Pair.X_OUT, x.shape, x.stride(), residual.shape, residual.stride(), es)
+        plans.bind_scalars(plan, eps, weight_offset)
     return plan
 
 

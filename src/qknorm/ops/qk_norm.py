@@ -12,12 +12,13 @@ from .. import backend, launch
 from .. import validate
 from .. import layout
 from ..layout import kernel_layout
-from ..reference import FLT_MAX, FLT_MIN, kernel_eps, rms_norm_ref
+from ..reference import rms_norm_ref
 from . import _plan as plans
-from ._plan import IN_PLACE, PLANS
+from ._plan import MISS, IN_PLACE, PLANS
 
 OP = "qk_rms_norm"
 _Tensor = torch.Tensor
+_grad_on = torch.is_grad_enabled
 _PTRS = ("XQ", "YQ", "WQ", "XK", "YK", "WK")
 _PER_CALL = _PTRS + ("eps", "eps_tiny", "w_offset")
 
@@ -39,36 +40,45 @@ def check_args(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, confi
 
 
 def fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
-    """The common CUDA call on a cached plan; None: take the general call."""
-    if not (type(q) is _Tensor and (q.is_cuda or plans.FAST_ON_CPU) and backend.active != "torch"
-            and type(k) is _Tensor
-            and plans.fast_scalars(eps, weight_offset, config)) or q.requires_grad or k.requires_grad \
-            or q.is_neg() or k.is_neg():
+    """The common CUDA call on a cached plan; None: take the general call (see ``rms_norm.fast``)."""
+    if type(q) is not _Tensor or type(k) is not _Tensor or type(eps) is not float \
+            or type(weight_offset) is not float or backend.active == "torch":
         return None
-    kinds = plans.qk_kinds(q, k, q_out, k_out, qw, kw, weight_offset)
-    if kinds is None:
-        return None
-    qo, ko = kinds
-    try:  # a sparse tensor has no strides: the general call raises its TypeError
+    try:  # a sparse tensor has no strides, an unhashable config no hash: the general call raises
+        dev = q.get_device()
+        if dev < 0 and not plans.FAST_ON_CPU:
+            return None
         if qw is None:
-            key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.get_device(), k.get_device(),
-                   config)
+            wk = None if kw is None else False
+        elif type(qw) is _Tensor and type(kw) is _Tensor:
+            wk = (qw.shape, qw.stride(), qw.dtype, qw.get_device(), kw.shape, kw.stride(), kw.dtype, kw.get_device())
         else:
-            key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.get_device(), k.get_device(),
-                   config, qw.shape, qw.stride(), qw.dtype, qw.get_device(), kw.shape, kw.stride(), kw.dtype, kw.get_device())
-        if qo is plans.OTHER or ko is plans.OTHER:
-            key = plans.with_outputs(key, qo, q_out, ko, k_out)
-    except RuntimeError:
+            wk = False
+        qo, qok = plans.out_key(q_out, q)
+        ko, kok = plans.out_key(k_out, k)
+        if wk is False or qo is None or ko is None:
+            return None
+        key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, dev, k.get_device(), wk,
+               qok, kok, eps, weight_offset, config)
+        plan = PLANS.get(key, MISS)
+        if plan is MISS:
+            plan = PLANS.build(key, _fast_plan, q, k, qw, kw, eps, weight_offset, q_out, k_out, qo, ko, config)
+    except (RuntimeError, TypeError):
         return None
-    plan = PLANS.get(key) or plans.lookup(key, lambda: _fast_plan(q, k, qw, kw, q_out, k_out, qo, ko, config))
-    if plan is None:
+    if plan is None or q.is_neg() or k.is_neg() or (wk is not None and (qw.is_neg() or kw.is_neg())) \
+            or (qok is not None and q_out.is_neg()) or (kok is not None and k_out.is_neg()):
+        return None
+    if _grad_on() and (q.requires_grad or k.requires_grad or (wk is not None and (qw.requires_grad or kw.requires_grad))
+                       or (qok is not None and q_out.requires_grad) or (kok is not None and k_out.requires_grad)):
         return None
     if qo is IN_PLACE and ko is IN_PLACE:  # the engine's call: Q and K of a packed buffer, in place
         pq, pk = pqo, pko = q.data_ptr(), k.data_ptr()
-        ip = plans.in_place_pair(plan, pq, pk)
-        if ip is None:
-            return None  # Q and K share elements: the general call raises
-        if qw is None:
+        ip = plan.in_place
+        if ip is None or pk - pq != ip[0]:
+            ip = plans.in_place_pair(plan, pq, pk)
+            if ip is None:
+                return None  # Q and K share elements: the general call raises
+        if wk is None:
             pqw, pkw, qw, kw = pq, pk, q, k
         else:
             pqw, pkw = qw.data_ptr(), kw.data_ptr()
@@ -81,30 +91,28 @@ def fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
         if t is None:
             return None
         q_out, k_out, pq, pk, pqo, pko = t
-        if qw is None:
+        if wk is None:
             pqw, pkw, qw, kw = pq, pk, q, k
         else:
             pqw, pkw = qw.data_ptr(), kw.data_ptr()
             if (qo or ko) and not plans.reads_apart(plan, (pqw, pkw), qo, ko, pqo, pko):
                 return None  # a weight sharing memory with an output: the general call copies it
-    et = 0.0
-    if not FLT_MIN <= eps <= FLT_MAX:
-        eps, et = kernel_eps(eps)
     bits = launch.align_bits(pq, pqo, pqw, pk, pko, pkw) if (pq | pqo | pqw | pk | pko | pkw) & 15 else 0
-    launch.run_plan(plan, bits, (pq, pqo, pqw, pk, pko, pkw, eps, et, weight_offset), (q, q_out, qw, k, k_out, kw))
+    launch.run_plan(plan, bits, (pq, pqo, pqw, pk, pko, pkw), (q, q_out, qw, k, k_out, kw))
     return q_out, k_out
 
 
-def _fast_plan(q, k, qw, kw, q_out, k_out, qo, ko, config):
-    if not plans.checked(lambda: check_args(q, k, qw, kw, 0.0, 0.0, q_out, k_out, config, memory=False)):
+def _fast_plan(q, k, qw, kw, eps, weight_offset, q_out, k_out, qo, ko, config):
+    if not plans.checked(lambda: check_args(q, k, qw, kw, eps, weight_offset, q_out, k_out, config, memory=False)):
         return None
-    if q.numel() == 0 or k.numel() == 0:
+    if q.numel() == 0 or k.numel() == 0 or (not q.is_cuda and not plans.FAST_ON_CPU):
         return None
     q_out_strides = plans.out_strides(q, q_out, qo)
     k_out_strides = plans.out_strides(k, k_out, ko)
     plan = _plan(q, k, qw, kw, q_out_strides, k_out_strides, config)
     if plan is not None:
         plans.set_qk_pairs(plan, q, k, q_out_strides, k_out_strides, (qw, kw))
+        plans.bind_scalars(plan, eps, weight_offset)
     return plan
 
 

@@ -13,15 +13,15 @@ from .. import backend, launch
 from .. import validate
 from ..dispatch import next_pow2
 from .. import layout
-from ..reference import FLT_MAX, FLT_MIN, kernel_eps
 from ..reference_rope import qk_rms_norm_rope_torch
 from . import _plan as plans
-from ._plan import IN_PLACE, PLANS
+from ._plan import MISS, IN_PLACE, PLANS
 
 OP = "qk_rms_norm_rope"
 CONFIG_OP = "qk_rms_norm"  # the dispatcher's pick for QK norm of the same rows (ROWS, num_warps)
 MAX_HEAD_DIM = 1024  # whole head in registers; no chunked form
 _Tensor = torch.Tensor
+_grad_on = torch.is_grad_enabled
 _PTRS = ("CS", "P", "XQ", "YQ", "WQ", "XK", "YK", "WK")
 
 
@@ -53,43 +53,56 @@ def check_args(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox,
 
 
 def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q_out, k_out, config):
-    """The common CUDA call on a cached plan; None: take the general call."""
-    if not (type(q) is _Tensor and ((on_cuda := q.is_cuda) or plans.FAST_ON_CPU) and backend.active != "torch"
-            and type(k) is _Tensor
-            and type(cs) is _Tensor and type(positions) is _Tensor and type(is_neox) is bool
-            and (rotary_dim is None or type(rotary_dim) is int) and plans.fast_scalars(eps, weight_offset, config)) \
-            or q.requires_grad or k.requires_grad or cs.requires_grad or q.is_neg() or k.is_neg() or cs.is_neg() \
-            or positions.is_neg():
+    """The common CUDA call on a cached plan; None: take the general call (see ``rms_norm.fast``)."""
+    if type(q) is not _Tensor or type(k) is not _Tensor or type(cs) is not _Tensor or type(positions) is not _Tensor \
+            or type(eps) is not float or type(weight_offset) is not float or type(is_neox) is not bool \
+            or not (rotary_dim is None or type(rotary_dim) is int) or backend.active == "torch":
         return None
-    kinds = plans.qk_kinds(q, k, q_out, k_out, qw, kw, weight_offset)
-    if kinds is None or not (on_cuda or plans.cpu_positions_ok(positions, cs)):
+    try:  # a sparse tensor has no strides, an unhashable config no hash: the general call raises
+        dev = q.get_device()
+        if dev < 0 and not (plans.FAST_ON_CPU and plans.cpu_positions_ok(positions, cs)):
+            return None
+        if qw is None:
+            wk = None if kw is None else False
+        elif type(qw) is _Tensor and type(kw) is _Tensor:
+            wk = (qw.shape, qw.stride(), qw.dtype, qw.get_device(), kw.shape, kw.stride(), kw.dtype, kw.get_device())
+        else:
+            wk = False
+        qo, qok = plans.out_key(q_out, q)
+        ko, kok = plans.out_key(k_out, k)
+        if wk is False or qo is None or ko is None:
+            return None
+        key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, dev, k.get_device(), wk,
+               cs.shape, cs.stride(), cs.dtype, cs.get_device(), positions.shape, positions.stride(), positions.dtype,
+               positions.get_device(), qok, kok, eps, weight_offset, is_neox, rotary_dim, config)
+        plan = PLANS.get(key, MISS)
+        if plan is MISS:
+            plan = PLANS.build(key, _fast_plan, q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q_out, k_out, qo, ko, config)
+    except (RuntimeError, TypeError):
         return None
-    qo, ko = kinds
-    try:  # a sparse tensor has no strides: the general call raises its TypeError
-        wk = None if qw is None else (qw.shape, qw.stride(), qw.dtype, qw.get_device(), kw.shape, kw.stride(), kw.dtype,
-                                      kw.get_device())
-        key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, q.get_device(), k.get_device(),
-               wk, cs.shape, cs.stride(), cs.dtype, cs.get_device(), positions.shape, positions.stride(), positions.dtype,
-               positions.get_device(), is_neox, rotary_dim, config)
-        if qo is plans.OTHER or ko is plans.OTHER:
-            key = plans.with_outputs(key, qo, q_out, ko, k_out)
-    except RuntimeError:
+    if plan is None or q.is_neg() or k.is_neg() or cs.is_neg() or positions.is_neg() \
+            or (wk is not None and (qw.is_neg() or kw.is_neg())) \
+            or (qok is not None and q_out.is_neg()) or (kok is not None and k_out.is_neg()):
         return None
-    plan = PLANS.get(key) or plans.lookup(key, lambda: _fast_plan(q, k, qw, kw, cs, positions, is_neox, rotary_dim,
-                                                              q_out, k_out, qo, ko, config))
-    if plan is None:
+    if _grad_on() and (q.requires_grad or k.requires_grad or cs.requires_grad
+                       or (wk is not None and (qw.requires_grad or kw.requires_grad))
+                       or (qok is not None and q_out.requires_grad) or (kok is not None and k_out.requires_grad)):
         return None
     pcs, pp = cs.data_ptr(), positions.data_ptr()
-    if qw is None:
+    if wk is None:
         reads = (pcs, pp)
     else:
         pqw, pkw = qw.data_ptr(), kw.data_ptr()
         reads = (pcs, pp, pqw, pkw)
     if qo is IN_PLACE and ko is IN_PLACE:  # the engine's call: Q and K of a packed buffer, in place
         pq, pk = pqo, pko = q.data_ptr(), k.data_ptr()
-        ip = plans.in_place_pair(plan, pq, pk)
-        if ip is None or not plans.reads_outside(plan, reads, pq + ip[1], pq + ip[2]):
-            return None  # Q and K share elements, or a read tensor lies inside them: the general call
+        ip = plan.in_place
+        if ip is None or pk - pq != ip[0]:
+            ip = plans.in_place_pair(plan, pq, pk)
+            if ip is None:
+                return None  # Q and K share elements: the general call raises
+        if not plans.reads_outside(plan, reads, pq + ip[1], pq + ip[2]):
+            return None  # a read tensor lies inside Q or K: the general call copies it
     else:
         t = plans.qk_targets(plan, q, k, q_out, k_out, qo, ko)
         if t is None:
@@ -97,24 +110,21 @@ def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q
         q_out, k_out, pq, pk, pqo, pko = t
         if (qo or ko) and not plans.reads_apart(plan, reads, qo, ko, pqo, pko):
             return None  # a read tensor sharing memory with an output: the general call copies it
-    if qw is None:
+    if wk is None:
         pqw, pkw, qw, kw = pq, pk, q, k  # never read (HAS_WEIGHT=False)
-    et = 0.0
-    if not FLT_MIN <= eps <= FLT_MAX:
-        eps, et = kernel_eps(eps)
     ptrs = (pcs, pp, pq, pqo, pqw, pk, pko, pkw)
     launch.run_plan(plan, launch.align_bits(*ptrs) if (pcs | pp | pq | pqo | pqw | pk | pko | pkw) & 15 else 0,
-                  ptrs + (eps, et, weight_offset), (cs, positions, q, q_out, qw, k, k_out, kw))
+                    ptrs, (cs, positions, q, q_out, qw, k, k_out, kw))
     return q_out, k_out
 
 
-def _fast_plan(q, k, qw, kw, cs, positions, is_neox, rotary_dim, q_out, k_out, qo, ko, config):
+def _fast_plan(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q_out, k_out, qo, ko, config):
     try:
-        r = check_args(q, k, qw, kw, cs, positions, 0.0, is_neox, rotary_dim, 0.0, q_out, k_out, config,
+        r = check_args(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q_out, k_out, config,
                        memory=False)[2]
     except (TypeError, ValueError):
         return None
-    if q.numel() == 0 or k.numel() == 0:
+    if q.numel() == 0 or k.numel() == 0 or (not q.is_cuda and not plans.FAST_ON_CPU):
         return None
     q_out_strides = plans.out_strides(q, q_out, qo)
     k_out_strides = plans.out_strides(k, k_out, ko)
@@ -123,6 +133,7 @@ def _fast_plan(q, k, qw, kw, cs, positions, is_neox, rotary_dim, q_out, k_out, q
     plan = _plan(q, k, qw, kw, cs, positions, q_out_strides, k_out_strides, is_neox, r, config)
     reads = (cs, positions) if qw is None else (cs, positions, qw, kw)
     plans.set_qk_pairs(plan, q, k, q_out_strides, k_out_strides, reads)
+    plans.bind_scalars(plan, eps, weight_offset)
     return plan
 
 

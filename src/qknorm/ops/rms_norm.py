@@ -10,11 +10,12 @@ from .. import backend, launch
 from .. import validate
 from ..reference import rms_norm_torch
 from . import _plan as plans
-from ._plan import IN_PLACE, NEW, OTHER, PLANS, Pair
+from ._plan import MISS, IN_PLACE, NEW, OTHER, PLANS, Pair
 
 OP = "rms_norm"
 _Tensor = torch.Tensor
 _CONTIG = torch.contiguous_format
+_grad_on = torch.is_grad_enabled
 
 
 def launcher() -> launch.KernelLauncher:
@@ -39,29 +40,42 @@ def check_args(x, weight, eps, weight_offset, out, config, *, memory: bool = Tru
 
 
 def fast(x, weight, eps, weight_offset, out, config):
-    """The common CUDA call on a cached plan; None: take the general call."""
-    if not (type(x) is _Tensor and (x.is_cuda or plans.FAST_ON_CPU) and backend.active != "torch"
-            and plans.fast_scalars(eps, weight_offset, config)) or x.requires_grad or x.is_neg():
+    """The common CUDA call on a cached plan; None: take the general call.
+
+    The key holds everything a plan depends on, the scalars included (their rules ran when
+    the plan was built); per call only the flags a key cannot hold (negated views, grad)
+    and the data pointers' overlaps are checked (see ``_plan``)."""
+    if type(x) is not _Tensor or type(eps) is not float or type(weight_offset) is not float \
+            or backend.active == "torch":
         return None
-    ok = NEW if out is None else IN_PLACE if out is x else plans.out_kind(out, x)
-    if ok is None:
-        return None
-    try:  # a sparse tensor has no strides: the general call raises its TypeError
+    try:  # a sparse tensor has no strides, an unhashable config no hash: the general call raises
+        dev = x.get_device()
+        if dev < 0 and not plans.FAST_ON_CPU:
+            return None
         if weight is None:
-            if weight_offset != 0.0:
-                return None
-            key = (OP, ok, x.shape, x.stride(), x.dtype, x.get_device(), config)
-        elif type(weight) is _Tensor and not (weight.requires_grad or weight.is_neg()):
-            key = (OP, ok, x.shape, x.stride(), x.dtype, x.get_device(), config, weight.shape, weight.stride(),
-                   weight.dtype, weight.get_device())
+            wk = None
+        elif type(weight) is _Tensor:
+            wk = (weight.shape, weight.stride(), weight.dtype, weight.get_device())
         else:
             return None
-        if ok is OTHER:
-            key += (out.shape, out.stride(), out.dtype, out.get_device())
-    except RuntimeError:
+        if out is None:
+            ok, outk = NEW, None
+        elif out is x:
+            ok, outk = IN_PLACE, None
+        elif type(out) is _Tensor:
+            ok, outk = OTHER, (out.shape, out.stride(), out.dtype, out.get_device())
+        else:
+            return None
+        key = (OP, ok, x.shape, x.stride(), x.dtype, dev, wk, outk, eps, weight_offset, config)
+        plan = PLANS.get(key, MISS)
+        if plan is MISS:
+            plan = PLANS.build(key, _fast_plan, x, weight, out, ok, eps, weight_offset, config)
+    except (RuntimeError, TypeError):
         return None
-    plan = PLANS.get(key) or plans.lookup(key, lambda: _fast_plan(x, weight, out, ok, config))
-    if plan is None:
+    if plan is None or x.is_neg() or (wk is not None and weight.is_neg()) or (outk is not None and out.is_neg()):
+        return None
+    if _grad_on() and (x.requires_grad or (wk is not None and weight.requires_grad)
+                       or (outk is not None and out.requires_grad)):
         return None
     px = x.data_ptr()
     if ok is NEW:
@@ -75,7 +89,7 @@ def fast(x, weight, eps, weight_offset, out, config):
         if not (px + sx[1] <= po + so[0] or po + so[1] <= px + sx[0] or (po == px and plan.same_layout[0])
                 or plans.apart(plan, Pair.X_OUT, px, sx, po, so)):
             return None  # the same view as x is in place; any other overlap: the general call raises
-    if weight is None:
+    if wk is None:
         weight, pw = x, px
     else:
         pw = weight.data_ptr()
@@ -83,14 +97,15 @@ def fast(x, weight, eps, weight_offset, out, config):
             so, sw = plan.spans[1], plan.spans[2]
             if not (pw + sw[1] <= po + so[0] or po + so[1] <= pw + sw[0]):
                 return None
-    plans.launch_rows(plan, px, po, pw, eps, weight_offset, (x, out, weight))
+    launch.run_plan(plan, 0 if not (px | po | pw) & 15 else launch.align_bits(px, po, pw), (px, po, pw),
+                    (x, out, weight))
     return out
 
 
-def _fast_plan(x, weight, out, ok, config):
-    if not plans.checked(lambda: check_args(x, weight, 0.0, 0.0, out, config, memory=False)):
+def _fast_plan(x, weight, out, ok, eps, weight_offset, config):
+    if not plans.checked(lambda: check_args(x, weight, eps, weight_offset, out, config, memory=False)):
         return None
-    if x.numel() == 0:
+    if x.numel() == 0 or (not x.is_cuda and not plans.FAST_ON_CPU):
         return None
     o_strides = plans.out_strides(x, out, ok)
     plan = plans.row_plan(launcher(), OP, x, weight, o_strides, config, "y")
@@ -100,6 +115,7 @@ def _fast_plan(x, weight, out, ok, config):
         sw = (0, 0) if weight is None else plans.span(weight.shape, weight.stride(), weight.element_size())
         plan.spans = (plans.span(x.shape, x.stride(), es), plans.span(x.shape, o_strides, es), sw)
         plans.set_pair(plan, Pair.X_OUT, x.shape, x.stride(), x.shape, o_strides, es)
+        plans.bind_scalars(plan, eps, weight_offset)
     return plan
 
 
