@@ -11,6 +11,7 @@ import torch
 from test_tuned_table import E_QK, E_RMS_4096, cfg, doc, entry, write
 
 from qknorm import dispatch as D
+from qknorm import invariance
 from qknorm.config import KernelConfig
 from qknorm.dispatch import candidate_configs, choose_config, next_pow2
 from qknorm.tuned_table import ENV_TABLE, QknormTableWarning, TunedTable, gpu_key, parse_table
@@ -68,10 +69,12 @@ def test_no_table_on_cpu_is_the_heuristic_without_warning():
 
 @pytest.mark.parametrize("d,n,sms,want", [
     (128, 20480, 132, (32, 128, 4)),     # 32 rows x 128: a 4096-element tile, 640 blocks >= 2 per SM
-    (128, 40, 132, (1, 128, 1)),         # decode: one row per block keeps the SMs busy
+    (128, 40, 132, (8, 128, 4)),         # decode: 1024-element tiles, one 16-byte load per thread per row
+    (256, 2048, 132, (4, 256, 4)),       # ... up to DECODE_ROWS rows
     (4096, 16, 132, (1, 4096, 4)),
     (1024, 65536, 132, (4, 1024, 4)),
-    (1024, 600, 132, (2, 1024, 2)),      # bucket 1024: 4 rows would give 256 blocks < 2 x 132 SMs
+    (1024, 600, 132, (2, 1024, 4)),      # bucket 1024: 4 rows would give 256 blocks < 2 x 132 SMs; 4 warps
+                                         # along each row (its batch-invariant layout)
     (1024, 600, 100, (4, 1024, 4)),      # ... enough for 2 x 100 SMs
     (20000, 1, 132, (1, 4096, 4)),       # wider than MAX_REG_BLOCK: chunked
     (16384, 1, 132, (1, 16384, 16)),     # the widest whole row in registers
@@ -79,7 +82,9 @@ def test_no_table_on_cpu_is_the_heuristic_without_warning():
 def test_heuristic_rule(d, n, sms, want):
     c, why = D.heuristic("rms_norm", BF16, d, n, sms)
     assert (c.rows, c.block_d, c.num_warps) == want, why
-    assert why.startswith("heuristic: row of ") and f"on {sms} SMs" in why
+    decode = n <= D.DECODE_ROWS and next_pow2(d) < D.DECODE_TILE
+    assert why.startswith("heuristic: row of ") and (("decode:" in why) if decode else (f"on {sms} SMs" in why))
+    assert invariance.is_invariant(c, 2)
     assert ("chunked two-pass" in why) == c.chunked(d)
     assert D.heuristic("rms_norm", BF16, d, n, sms) == D.heuristic("qk_rms_norm", FP32, d, next_pow2(n), sms)
 
@@ -206,12 +211,12 @@ def test_shipped_table_mismatch_falls_back(fake_gpu, change, match):
 def test_env_table_takes_precedence(fake_gpu, tmp_path, monkeypatch):
     _, shipped = fake_gpu
     (shipped / "nvidia-fake-9000.json").write_text(json.dumps(doc()))
-    user = [entry("rms_norm", 4096, 16, cfg(4, 1024, 2))]
+    user = [entry("rms_norm", 4096, 16, cfg(4, 4096, 4))]
     monkeypatch.setenv(ENV_TABLE, write(tmp_path, doc(user), "mine.json"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         c, why = choose_config("rms_norm", BF16, 4096, 16, torch.device("cuda", 0))
-    assert c == cfg(4, 1024, 2) and "mine.json" in why
+    assert c == cfg(4, 4096, 4) and "mine.json" in why
 
 
 def test_env_table_from_another_gpu_is_used_with_a_warning(fake_gpu, tmp_path, monkeypatch):
@@ -319,7 +324,8 @@ def test_candidates_are_admissible_and_distinct(op, d, n):
     for c in cands:
         assert KernelConfig.from_dict(c.to_dict()) == c
         assert c.block_d >= next_pow2(d) or (c.chunked(d) and next_pow2(d) > D.MAX_CANDIDATE_TILE)
-        assert c.rows <= next_pow2(n)
+        assert c.rows <= max(next_pow2(n), 32 * 8 // c.block_d)  # (fewer rows would not fill 16-byte loads)
+        assert D.row_invariant(c, 2, d), c.name
         assert c.rows == 1 or c.rows * c.block_d <= D.MAX_CANDIDATE_TILE
         assert not c.persistent or math.ceil(n / c.rows) > programs
         # token order: QK only, whole rows, and only once Q+K leave L2
@@ -327,7 +333,7 @@ def test_candidates_are_admissible_and_distinct(op, d, n):
                                      and next_pow2(n) >= D.TOKEN_ORDER_MIN_ROWS)
     if op == "qk_rms_norm" and next_pow2(n) >= D.TOKEN_ORDER_MIN_ROWS and next_pow2(d) <= D.MAX_CANDIDATE_TILE:
         assert any(c.token_order for c in cands)
-    if next_pow2(d) > D.MAX_CANDIDATE_TILE:
+    if next_pow2(d) > D.MAX_REG_BLOCK:  # (narrower rows: the whole row, the one batch-invariant tile width)
         assert any(c.chunked(d) for c in cands)
 
 

@@ -7,6 +7,7 @@ persistent grid-stride form (``persistent``).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 MAX_TILE = 65536  # elements of one program's [rows, block_d] tile
@@ -73,3 +74,26 @@ class KernelConfig:
         if unknown:
             raise ValueError(f"unknown KernelConfig fields: {sorted(unknown)}")
         return cls(**d)
+
+
+_CONFIG_NAME = re.compile(r"r(\d+)\.b(\d+)\.w(\d+)(?:\.p(\d+))?(\.tok)?(\.pdl)?")
+
+
+def config_from_name(name: str) -> KernelConfig | None:
+    """The :class:`KernelConfig` whose ``name`` is ``name`` (a bare config name or a bench
+    variant row's ``qknorm[<name>]``), or None where ``name`` is not one: results and tuned
+    tables store names, and a variant's kind is read from the config's fields, never from
+    substrings of its name."""
+    if name.startswith("qknorm[") and name.endswith("]"):
+        name = name[len("qknorm["):-1]
+    m = _CONFIG_NAME.fullmatch(name)
+    if m is None:
+        return None
+    rows, block_d, warps, pps, tok, pdl = m.groups()
+    try:
+        cfg = KernelConfig(rows=int(rows), block_d=int(block_d), num_warps=int(warps), persistent=pps is not None,
+                           programs_per_sm=int(pps) if pps is not None else KernelConfig.programs_per_sm,
+                           token_order=tok is not None, pdl=pdl is not None)
+    except ValueError:
+        return None
+    return cfg if cfg.name == name else None

@@ -37,7 +37,8 @@ from typing import NamedTuple
 
 import torch
 
-from .config import KernelConfig
+from . import invariance
+from .config import KernelConfig, config_from_name
 from .tuned_table import (
     DTYPE_NAMES,
     DTYPES,
@@ -67,6 +68,8 @@ ELEMS_PER_WARP = 1024
 MAX_CANDIDATE_TILE = 2 * TARGET_TILE  # H100 sweeps: no winner had a larger [rows, block_d] tile
 DEFAULT_SMS = 132  # H100 SXM; used when no GPU can be asked (CPU, interpreter)
 TOKEN_ORDER_MIN_ROWS = 4096  # token order only pays off once Q+K leave L2 (H100 data)
+DECODE_ROWS = 2048  # up to this row bucket narrow rows take decode tiles
+DECODE_TILE = 1024  # elements per program at decode sizes
 
 
 @functools.lru_cache(maxsize=64)
@@ -116,13 +119,25 @@ def _heuristic(op: str, itemsize: int, D: int, bucket: int, sms: int) -> tuple[K
     else:
         block_d = CHUNK_BLOCK
         why = f"row of {D} > {MAX_REG_BLOCK}: chunked two-pass, block_d={block_d}"
-    rows = max(1, TARGET_TILE // block_d)
-    while rows > 1 and -(-bucket // rows) < MIN_WAVES * sms:
-        rows //= 2
-    why += f"; rows={rows} (tile <= {TARGET_TILE} elements, >= {MIN_WAVES} blocks/SM on {sms} SMs when rows allow)"
-    warps = _warps_for(rows * block_d)
-    why += f"; num_warps={warps} (~{ELEMS_PER_WARP // 32} elements per thread)"
-    return KernelConfig(rows=rows, block_d=block_d, num_warps=warps), "heuristic: " + why
+    if bucket <= DECODE_ROWS and block_d < DECODE_TILE:
+        # Decode sizes, narrow rows: fewer, fuller programs (one 16-byte load per thread per
+        # row, up to 4 warps) beat one-row programs (H200 sweep: 2026-12-01-decode-qk).
+        rows = min(DECODE_TILE // block_d, max(1, bucket))
+        warps = max(1, min(4, rows * block_d * itemsize // (32 * invariance.VEC_BYTES)))
+        why += f"; rows={rows}, num_warps={warps} (decode: <= {DECODE_ROWS} rows, tiles of {DECODE_TILE})"
+    else:
+        rows = max(1, TARGET_TILE // block_d)
+        while rows > 1 and -(-bucket // rows) < MIN_WAVES * sms:
+            rows //= 2
+        why += (f"; rows={rows} (tile <= {TARGET_TILE} elements, >= {MIN_WAVES} blocks/SM on {sms} SMs when "
+                "rows allow)")
+        warps = _warps_for(rows * block_d)
+        why += f"; num_warps={warps} (~{ELEMS_PER_WARP // 32} elements per thread)"
+    cfg = KernelConfig(rows=rows, block_d=block_d, num_warps=warps)
+    inv = invariance.make_invariant(cfg, itemsize)
+    if inv != cfg:
+        why += f"; batch-invariant row layout: {inv.name}"
+    return inv, "heuristic: " + why
 
 
 def heuristic(op: str, dtype: torch.dtype, D: int, n_rows: int, sms: int = DEFAULT_SMS) -> tuple[KernelConfig, str]:
@@ -276,15 +291,32 @@ def decide(op: str, dtype: torch.dtype, D: int, n_rows: int, table: TunedTable |
         e = found.entry
         if e is not None:
             src = f"({e.op}, {e.dtype}, D={e.D}, rows<={e.rows})"
-            return Decision(e.config, f"tuned table {table.name} entry {src} [{found.note}]: "
-                                      f"{e.us:.2f} us measured, fastest of {len(e.alternatives)}",
-                            table, found, bucket)
+            if row_invariant(e.config, dtype.itemsize, D):
+                return Decision(e.config, f"tuned table {table.name} entry {src} [{found.note}]: "
+                                          f"{e.us:.2f} us measured, fastest of {len(e.alternatives)}",
+                                table, found, bucket)
+            for name, us in e.alternatives:  # fastest first
+                cfg = config_from_name(name)
+                if cfg is not None and row_invariant(cfg, dtype.itemsize, D):
+                    return Decision(cfg, f"tuned table {table.name} entry {src} [{found.note}]: {name} "
+                                         f"{us:.2f} us, the fastest of {len(e.alternatives)} measured in the "
+                                         f"batch-invariant row layout (the fastest, {e.config.name} "
+                                         f"{e.us:.2f} us, is not)", table, found, bucket)
+            found = Lookup(None, f"entry {src}: no measured config in the batch-invariant row layout")
     cfg, why = _heuristic(op, dtype.itemsize, D, bucket, sms)
     if found is not None:
         why = f"heuristic (tuned table {table.name}: {found.note})" + why[len("heuristic"):]
     elif fallback:
         why = f"heuristic ({fallback})" + why[len("heuristic"):]
     return Decision(cfg, why, table, found, bucket)
+
+
+def row_invariant(cfg: KernelConfig, itemsize: int, D: int) -> bool:
+    """Whether ``cfg`` is one the dispatcher may pick for width ``D``: the heuristic's tile
+    width (whole row, or chunks of ``CHUNK_BLOCK``) in its canonical row layout
+    (:mod:`qknorm.invariance`), so every pick for (op, dtype, D) sums a row in one order."""
+    block = next_pow2(D) if next_pow2(D) <= MAX_REG_BLOCK else CHUNK_BLOCK
+    return cfg.block_d == block and invariance.is_invariant(cfg, itemsize)
 
 
 def _decide_on(idx: int | None, op, dtype, D, n_rows) -> Decision:
@@ -413,8 +445,11 @@ def reset() -> None:
 def candidate_configs(op: str, dtype: torch.dtype, D: int, n_rows: int, device=None) -> list[KernelConfig]:
     """Every admissible config worth measuring for this problem (used by bench and tune).
 
-    Whole-row tiles of ``rows`` x ``next_pow2(D)`` up to ``MAX_CANDIDATE_TILE`` elements
-    (rows up to the row bucket), each with the heuristic's warp count, half and double;
+    The heuristic's pick, then whole-row tiles of ``rows`` x ``next_pow2(D)`` up to
+    ``MAX_CANDIDATE_TILE`` elements (rows up to the row bucket), each with the heuristic's warp
+    count, half and double, moved into the batch-invariant row layout (:mod:`qknorm.invariance`:
+    every config of the space sums a row in one order, so a table tuned from it keeps rows
+    bitwise the same across row counts);
     the persistent form only where there are more blocks than persistent programs; the
     chunked form (``CHUNK_BLOCK``, ``2 * CHUNK_BLOCK``) only for rows wider than
     ``MAX_CANDIDATE_TILE``; token-ordered QK (whole rows, not persistent) only from
@@ -444,8 +479,9 @@ def candidate_configs(op: str, dtype: torch.dtype, D: int, n_rows: int, device=N
         Unknown ``op``, ``D < 1`` or ``n_rows < 0``.
     """
     _check(op, D, n_rows)
-    out: list[KernelConfig] = []
-    seen = set()
+    pick = _heuristic(op, dtype.itemsize, D, row_bucket(n_rows), sm_count(_device_index(device)))[0]
+    out: list[KernelConfig] = [pick]
+    seen = {pick}
     blocks = [next_pow2(D)] if next_pow2(D) <= MAX_REG_BLOCK else []
     # The chunked form reads each row twice; on the H100 sweeps it never won while the
     # row fit a tile of MAX_CANDIDATE_TILE, so it is measured only for wider rows.
@@ -468,9 +504,11 @@ def candidate_configs(op: str, dtype: torch.dtype, D: int, n_rows: int, device=N
                 if token_order and block_d >= D:
                     variants.append((False, True))
                 for persistent, tok in variants:
-                    cfg = KernelConfig(rows=rows, block_d=block_d, num_warps=warps, persistent=persistent,
-                                       token_order=tok)
-                    if cfg not in seen:
+                    cfg = invariance.make_invariant(KernelConfig(rows=rows, block_d=block_d, num_warps=warps,
+                                                                 persistent=persistent, token_order=tok),
+                                                    dtype.itemsize)
+                    if cfg.rows * cfg.block_d <= MAX_CANDIDATE_TILE and cfg not in seen \
+                            and row_invariant(cfg, dtype.itemsize, D):
                         seen.add(cfg)
                         out.append(cfg)
             rows *= 2

@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from . import validate
+from . import dispatch, invariance, validate
 from .backend import get_backend
 from .dispatch import DTYPES, OPS, Decision, device_decision
 from . import layout
@@ -83,6 +83,17 @@ def _alternative(name: str, us: float, best: float, pick: bool) -> str:
     return f"    {name:22s} {us:9.2f} us  {100 * (us / best - 1):+6.1f}%" + ("  <- pick" if pick else "")
 
 
+def _invariance(cfg, dtype, D) -> str:
+    """One line on batch invariance (``qknorm.invariance``) of ``cfg`` for rows of width ``D``."""
+    lay = invariance.row_layout(cfg.rows, cfg.block_d, cfg.num_warps, dtype.itemsize)
+    how = f"{lay.per_thread} elements/thread x {lay.lanes} lanes x {lay.warps} warps per row"
+    if dispatch.row_invariant(cfg, dtype.itemsize, D):
+        return (f"batch-invariant: row layout {how}, the one every pick for this (op, dtype, D) uses, so a row's "
+                "output does not depend on the call's row count (nor on in place or not)")
+    return (f"NOT the batch-invariant row layout ({how}): a row may differ in the last bit from the same row in a "
+            "call the dispatcher runs with another config")
+
+
 def _describe(op, dtype, D, n_rows, d: Decision, top: int) -> str:
     cfg = d.config
     chunk = "chunked two-pass" if cfg.chunked(D) else "row in registers"
@@ -92,7 +103,7 @@ def _describe(op, dtype, D, n_rows, d: Decision, top: int) -> str:
     head = (f"{op}: dtype={str(dtype).replace('torch.', '')} D={D} rows={n_rows} (bucket rows<={d.bucket}) "
             f"-> {cfg.name} ({chunk}, {grid}{extra}, {cfg.rows} rows x {cfg.block_d} cols, "
             f"{cfg.num_warps} warps)")
-    lines = [head, f"  {d.reason}"]
+    lines = [head, f"  {d.reason}", "  " + _invariance(cfg, dtype, D)]
     t = d.table
     if t is not None:
         m = t.meta
@@ -110,10 +121,10 @@ def _describe(op, dtype, D, n_rows, d: Decision, top: int) -> str:
             lines.append(f"  measured alternatives ({min(top, len(e.alternatives))} fastest of "
                          f"{len(e.alternatives)}):")
             shown = e.alternatives[:top]
-            lines += [_alternative(name, us, best, name == e.config.name) for name, us in shown]
-            us = dict(e.alternatives).get(e.config.name)
-            if e.config.name not in dict(shown) and us is not None:
-                lines.append(_alternative(e.config.name, us, best, True))
+            lines += [_alternative(name, us, best, name == cfg.name) for name, us in shown]
+            us = dict(e.alternatives).get(cfg.name)
+            if cfg.name not in dict(shown) and us is not None:
+                lines.append(_alternative(cfg.name, us, best, True))
     return "\n".join(lines)
 
 

@@ -1,5 +1,5 @@
 """Summary arithmetic on synthetic rows: speedups, facts, regret, thresholds."""
-from qknorm.bench.common import config_from_name
+from qknorm.config import config_from_name
 from qknorm.bench.report import facts, losses, regret, speedups, summary_markdown, thresholds, timed, winning_ranges
 
 

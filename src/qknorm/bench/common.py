@@ -8,11 +8,10 @@ definition each.
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 
-from qknorm import KernelConfig
+
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
@@ -66,29 +65,6 @@ def packed_qkv(q: torch.Tensor, k: torch.Tensor, v_width: int | None = None):
     qv.copy_(q)
     kv.copy_(k)
     return qkv, qv, kv, vv
-
-
-_CONFIG_NAME = re.compile(r"r(\d+)\.b(\d+)\.w(\d+)(?:\.p(\d+))?(\.tok)?(\.pdl)?")
-
-
-def config_from_name(name: str) -> KernelConfig | None:
-    """The :class:`~qknorm.KernelConfig` whose ``name`` is ``name`` (a bare config name or a
-    variant row's ``qknorm[<name>]``), or None where ``name`` is not one: results and tuned
-    tables store names, and a variant's kind is read from the config's fields, never from
-    substrings of its name."""
-    if name.startswith("qknorm[") and name.endswith("]"):
-        name = name[len("qknorm["):-1]
-    m = _CONFIG_NAME.fullmatch(name)
-    if m is None:
-        return None
-    rows, block_d, warps, pps, tok, pdl = m.groups()
-    try:
-        cfg = KernelConfig(rows=int(rows), block_d=int(block_d), num_warps=int(warps), persistent=pps is not None,
-                           programs_per_sm=int(pps) if pps is not None else KernelConfig.programs_per_sm,
-                           token_order=tok is not None, pdl=pdl is not None)
-    except ValueError:
-        return None
-    return cfg if cfg.name == name else None
 
 
 def triton_version() -> str:

@@ -19,7 +19,7 @@ import re
 from collections import defaultdict
 from typing import Iterable
 
-from .common import config_from_name
+from ..config import config_from_name
 from .runner import COLUMNS
 
 WIN_MARGIN = 1.05
