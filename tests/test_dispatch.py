@@ -69,14 +69,13 @@ def test_no_table_on_cpu_is_the_heuristic_without_warning():
 
 @pytest.mark.parametrize("d,n,sms,want", [
     (128, 20480, 132, (32, 128, 4)),     # 32 rows x 128: a 4096-element tile, 640 blocks >= 2 per SM
-    (128, 40, 132, (8, 128, 4)),         # decode: 1024-element tiles, one 16-byte load per thread per row
-    (256, 2048, 132, (4, 256, 4)),       # ... up to DECODE_ROWS rows
-    (4096, 16, 132, (1, 4096, 4)),
+    (128, 40, 132, (16, 128, 8)),        # decode: 2048-element tiles, one 16-byte load per thread
+    (256, 4096, 132, (8, 256, 8)),       # ... up to DECODE_ROWS rows
+    (4096, 16, 132, (1, 4096, 8)),      # 8 warps along a 4096 row
     (1024, 65536, 132, (4, 1024, 4)),
-    (1024, 600, 132, (2, 1024, 4)),      # bucket 1024: 4 rows would give 256 blocks < 2 x 132 SMs; 4 warps
-                                         # along each row (its batch-invariant layout)
-    (1024, 600, 100, (4, 1024, 4)),      # ... enough for 2 x 100 SMs
-    (20000, 1, 132, (1, 4096, 4)),       # wider than MAX_REG_BLOCK: chunked
+    (1024, 600, 132, (2, 1024, 8)),      # decode tile: 2 rows, 4 warps along each
+    (1024, 6000, 100, (4, 1024, 4)),     # above DECODE_ROWS: 4-row tiles, >= 2 blocks per SM
+    (20000, 1, 132, (1, 4096, 8)),       # wider than MAX_REG_BLOCK: chunked
     (16384, 1, 132, (1, 16384, 16)),     # the widest whole row in registers
 ])
 def test_heuristic_rule(d, n, sms, want):
@@ -86,7 +85,7 @@ def test_heuristic_rule(d, n, sms, want):
     assert why.startswith("heuristic: row of ") and (("decode:" in why) if decode else (f"on {sms} SMs" in why))
     assert invariance.is_invariant(c, 2)
     assert ("chunked two-pass" in why) == c.chunked(d)
-    assert D.heuristic("rms_norm", BF16, d, n, sms) == D.heuristic("qk_rms_norm", FP32, d, next_pow2(n), sms)
+    assert D.heuristic("rms_norm", BF16, d, n, sms) == D.heuristic("qk_rms_norm", BF16, d, next_pow2(n), sms)
 
 
 def test_heuristic_checks_its_arguments():
@@ -211,12 +210,12 @@ def test_shipped_table_mismatch_falls_back(fake_gpu, change, match):
 def test_env_table_takes_precedence(fake_gpu, tmp_path, monkeypatch):
     _, shipped = fake_gpu
     (shipped / "nvidia-fake-9000.json").write_text(json.dumps(doc()))
-    user = [entry("rms_norm", 4096, 16, cfg(4, 4096, 4))]
+    user = [entry("rms_norm", 4096, 16, cfg(1, 4096, 8, persistent=True))]
     monkeypatch.setenv(ENV_TABLE, write(tmp_path, doc(user), "mine.json"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         c, why = choose_config("rms_norm", BF16, 4096, 16, torch.device("cuda", 0))
-    assert c == cfg(4, 4096, 4) and "mine.json" in why
+    assert c == cfg(1, 4096, 8, persistent=True) and "mine.json" in why
 
 
 def test_env_table_from_another_gpu_is_used_with_a_warning(fake_gpu, tmp_path, monkeypatch):

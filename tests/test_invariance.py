@@ -51,11 +51,11 @@ def test_make_invariant_is_idempotent_and_invariant():
 
 
 def test_a_table_pick_outside_the_layout_yields_to_the_fastest_inside():
-    fast_other = cfg(1, 4096, 2)  # 2 warps along a 4096 row: not the canonical 4
-    alts = {"r1.b4096.w2": 1.0, "r1.b4096.w8": 1.1, "r2.b4096.w4": 1.2, "r1.b4096.w4": 1.3}
+    fast_other = cfg(1, 4096, 2)  # 2 warps along a 4096 row: not the canonical 8
+    alts = {"r1.b4096.w2": 1.0, "r1.b4096.w4": 1.1, "r2.b4096.w8": 1.2, "r1.b4096.w8": 1.3}
     t = parse_table(doc([entry("rms_norm", 4096, 16, fast_other, us=1.0, alts=alts)]), "/x/t.json")
     d = dispatch.decide("rms_norm", BF16, 4096, 16, t)
-    assert d.config == cfg(2, 4096, 4) and "batch-invariant" in d.reason and "r1.b4096.w2" in d.reason
+    assert d.config == cfg(2, 4096, 8) and "batch-invariant" in d.reason and "r1.b4096.w2" in d.reason
     t = parse_table(doc([entry("rms_norm", 4096, 16, fast_other, us=1.0, alts={"r1.b4096.w2": 1.0})]), "/x/t.json")
     d = dispatch.decide("rms_norm", BF16, 4096, 16, t)
     assert d.reason.startswith("heuristic") and dispatch.row_invariant(d.config, 2, 4096)

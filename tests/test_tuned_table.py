@@ -37,9 +37,9 @@ def doc(entries=None, gpu="NVIDIA Fake 9000", sms=100, **top):
 
 # Distinct configs per entry, so a test can tell which entry a lookup used.
 # Configs in the batch-invariant row layout of their width (qknorm.invariance), as tune writes them.
-E_RMS_4096 = {1: cfg(1, 4096, 4), 16: cfg(2, 4096, 4), 256: cfg(4, 4096, 4), 4096: cfg(4, 4096, 4, persistent=True)}
+E_RMS_4096 = {1: cfg(1, 4096, 8), 16: cfg(2, 4096, 8), 256: cfg(4, 4096, 8), 4096: cfg(4, 4096, 8, persistent=True)}
 E_RMS_8192 = {16: cfg(1, 8192, 8), 4096: cfg(1, 8192, 8, persistent=True)}
-E_RMS_20000 = {1024: cfg(2, 4096, 4)}  # chunked
+E_RMS_20000 = {1024: cfg(2, 4096, 8)}  # chunked
 E_ADD = {5120: cfg(1, 8192, 8), 7168: cfg(1, 8192, 8, persistent=True)}
 E_QK = {64: cfg(4, 128, 2), 1024: cfg(16, 128, 2)}
 ENTRIES = ([entry("rms_norm", 4096, b, c) for b, c in E_RMS_4096.items()]

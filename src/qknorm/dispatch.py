@@ -68,8 +68,8 @@ ELEMS_PER_WARP = 1024
 MAX_CANDIDATE_TILE = 2 * TARGET_TILE  # H100 sweeps: no winner had a larger [rows, block_d] tile
 DEFAULT_SMS = 132  # H100 SXM; used when no GPU can be asked (CPU, interpreter)
 TOKEN_ORDER_MIN_ROWS = 4096  # token order only pays off once Q+K leave L2 (H100 data)
-DECODE_ROWS = 2048  # up to this row bucket narrow rows take decode tiles
-DECODE_TILE = 1024  # elements per program at decode sizes
+DECODE_ROWS = 4096  # up to this row bucket narrow rows take decode tiles
+DECODE_TILE = 2048  # elements per program at decode sizes (H200 sweep 2026-12-01-layout-sweep)
 
 
 @functools.lru_cache(maxsize=64)
@@ -120,10 +120,10 @@ def _heuristic(op: str, itemsize: int, D: int, bucket: int, sms: int) -> tuple[K
         block_d = CHUNK_BLOCK
         why = f"row of {D} > {MAX_REG_BLOCK}: chunked two-pass, block_d={block_d}"
     if bucket <= DECODE_ROWS and block_d < DECODE_TILE:
-        # Decode sizes, narrow rows: fewer, fuller programs (one 16-byte load per thread per
-        # row, up to 4 warps) beat one-row programs (H200 sweep: 2026-12-01-decode-qk).
+        # Decode sizes, narrow rows: a few large programs, one 16-byte load per thread (up to
+        # 16 warps), beat many one-row programs (H200 sweeps: 2026-12-01-decode-qk, -layout-sweep).
         rows = min(DECODE_TILE // block_d, max(1, bucket))
-        warps = max(1, min(4, rows * block_d * itemsize // (32 * invariance.VEC_BYTES)))
+        warps = max(1, min(16, rows * block_d * itemsize // (32 * invariance.VEC_BYTES)))
         why += f"; rows={rows}, num_warps={warps} (decode: <= {DECODE_ROWS} rows, tiles of {DECODE_TILE})"
     else:
         rows = max(1, TARGET_TILE // block_d)

@@ -15,8 +15,8 @@ Configs with the same :func:`row_layout` give a row the same bits whatever the o
 of the call (measured on an H200: ``benchmarks/results/h200/2026-12-01-batch-invariance``).
 The dispatcher only picks configs in the *canonical* layout of their (dtype, width)
 (:func:`canonical_layout`, :func:`is_invariant`): full 16-byte vectors along the row, all
-32 lanes (or the whole row), and a fixed number of warps along the row (every warp the row
-can use up to ``max(4, heuristic warps of one row)``). So a row's output does not depend on
+32 lanes (or the whole row), and a fixed number of warps along the row (``block_d / 512``
+clamped to 4 ... 8, 16 for the widest rows; never more than the row can use). So a row's output does not depend on
 how many tokens the call has, nor on in-place or not (engines need this for deterministic
 serving and RL rollouts). A ``config=`` given by the caller is used as given.
 """
@@ -61,8 +61,10 @@ def _row_warps(block_d: int, itemsize: int) -> tuple[int, int]:
     vec = _vec(itemsize, block_d)
     lanes = min(LANES, max(1, block_d // vec))
     full = max(1, block_d // (vec * lanes))
-    one_row = max(1, min(16, block_d // 1024))  # the heuristic's warps for a one-row tile
-    return min(full, max(ROW_WARPS_MIN, one_row)), full
+    # H200 sweep (2026-12-01-layout-sweep): bf16 rows of 2048 fastest over 4 warps, of 4096 and
+    # 5120 (8192 tiles) over 8; the widest whole rows keep the heuristic's 16.
+    target = max(1, min(16, block_d // 1024)) if block_d > 8192 else max(ROW_WARPS_MIN, min(8, block_d // 512))
+    return min(full, target), full
 
 
 def canonical_layout(block_d: int, itemsize: int) -> RowLayout:
