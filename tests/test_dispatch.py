@@ -73,7 +73,7 @@ def test_no_table_on_cpu_is_the_heuristic_without_warning():
     (256, 4096, 132, (8, 256, 8)),       # ... up to DECODE_ROWS rows
     (4096, 16, 132, (1, 4096, 8)),      # 8 warps along a 4096 row
     (1024, 65536, 132, (4, 1024, 4)),
-    (1024, 600, 132, (2, 1024, 8)),      # decode tile: 2 rows, 4 warps along each
+    (1024, 600, 132, (2, 1024, 4)),      # bucket 1024: 4 rows would give 256 blocks < 2 x 132 SMs
     (1024, 6000, 100, (4, 1024, 4)),     # above DECODE_ROWS: 4-row tiles, >= 2 blocks per SM
     (20000, 1, 132, (1, 4096, 8)),       # wider than MAX_REG_BLOCK: chunked
     (16384, 1, 132, (1, 16384, 16)),     # the widest whole row in registers
@@ -81,7 +81,7 @@ def test_no_table_on_cpu_is_the_heuristic_without_warning():
 def test_heuristic_rule(d, n, sms, want):
     c, why = D.heuristic("rms_norm", BF16, d, n, sms)
     assert (c.rows, c.block_d, c.num_warps) == want, why
-    decode = n <= D.DECODE_ROWS and next_pow2(d) < D.DECODE_TILE
+    decode = n <= D.DECODE_ROWS and next_pow2(d) <= D.DECODE_BLOCK_MAX
     assert why.startswith("heuristic: row of ") and (("decode:" in why) if decode else (f"on {sms} SMs" in why))
     assert invariance.is_invariant(c, 2)
     assert ("chunked two-pass" in why) == c.chunked(d)

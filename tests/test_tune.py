@@ -174,7 +174,7 @@ def test_tuned_entries_are_a_valid_table(tmp_path):
     path, _, run, pts = make_table(tmp_path)
     t = TT.load_table(path)
     assert len(t.entries) == len(pts)
-    assert t.meta["timing"]["method"] == "triton.testing.do_bench_cudagraph"
+    assert t.meta["timing"]["method"] == "qknorm.bench.timing.time_graph"
     assert t.meta["timing"]["rep_ms"] == T.QUICK_REP_MS
     for p, e in zip(pts, run.entries):
         got = t.lookup(p.op, p.dtype, p.D, p.rows)

@@ -70,6 +70,7 @@ DEFAULT_SMS = 132  # H100 SXM; used when no GPU can be asked (CPU, interpreter)
 TOKEN_ORDER_MIN_ROWS = 4096  # token order only pays off once Q+K leave L2 (H100 data)
 DECODE_ROWS = 4096  # up to this row bucket narrow rows take decode tiles
 DECODE_TILE = 2048  # elements per program at decode sizes (H200 sweep 2026-12-01-layout-sweep)
+DECODE_BLOCK_MAX = 256  # rows up to this tile width take decode tiles (H200 tune: wider lose)
 
 
 @functools.lru_cache(maxsize=64)
@@ -119,7 +120,7 @@ def _heuristic(op: str, itemsize: int, D: int, bucket: int, sms: int) -> tuple[K
     else:
         block_d = CHUNK_BLOCK
         why = f"row of {D} > {MAX_REG_BLOCK}: chunked two-pass, block_d={block_d}"
-    if bucket <= DECODE_ROWS and block_d < DECODE_TILE:
+    if bucket <= DECODE_ROWS and block_d <= DECODE_BLOCK_MAX:
         # Decode sizes, narrow rows: a few large programs, one 16-byte load per thread (up to
         # 16 warps), beat many one-row programs (H200 sweeps: 2026-12-01-decode-qk, -layout-sweep).
         rows = min(DECODE_TILE // block_d, max(1, bucket))

@@ -2,8 +2,9 @@
 
 For each grid point (op, dtype, D, rows) every :func:`dispatch.candidate_configs` entry is
 run once on fresh random inputs and checked against ``reference.rms_norm_ref`` (fp32);
-the configs that pass are timed by CUDA-graph replay (``triton.testing.do_bench_cudagraph``,
-median) and the fastest becomes the table entry, with every measured time kept as its
+the configs that pass are timed by CUDA-graph replay with the bench's own timer
+(:func:`qknorm.bench.timing.time_graph`: one graph of about ``--rep-ms`` of calls, median of
+``TUNE_REPLAYS`` replays), so tune and bench compare like with like, and the fastest becomes the table entry, with every measured time kept as its
 alternatives (``qknorm explain`` shows them). The file format, its validation and its
 writer are :mod:`qknorm.tuned_table`. The table is rewritten after every point, so
 a run cut short (``--max-seconds``, a kill) still leaves a valid, partial table.
@@ -66,8 +67,9 @@ QUICK_ROW_EXPONENTS = tuple(range(0, 17, 4))   # 1, 16, 256, 4096, 65536
 QUICK_HIDDEN = (4096, 8192)
 QUICK_HEAD_DIMS = (128,)
 CAP_BYTES = 128 << 20   # per tensor: x, or Q+K; 2.5x the 50 MB L2 of H100/H200
-REP_MS = 10             # do_bench_cudagraph rep (per replay of the captured graph)
-QUICK_REP_MS = 5
+REP_MS = 2              # ms of calls per captured graph (the bench's GRAPH_TARGET_US)
+QUICK_REP_MS = 1
+TUNE_REPLAYS = 10       # replays per timing; the median is kept
 TOL = {"bf16": 1e-2, "fp16": 3e-3, "fp32": 1e-5}
 
 # Cost model of --dry-run and the budget line (H100-class GPU, Triton 3.6 host).
@@ -208,8 +210,8 @@ def estimate(points: Sequence[GridPoint], rep_ms: float = REP_MS,
         cfgs = candidates(p.op, DTYPES[p.dtype], p.D, p.n_rows)
         t_k = 2e-6 + p.moved_bytes / EST_BANDWIDTH
         est = max(t_k, EST_LAUNCH_S)
-        n_rep = max(1, int(rep_ms * 1e-3 / est))
-        per = EST_FIXED_S + 6 * est + n_rep * EST_LAUNCH_S + 10 * n_rep * t_k
+        n_rep = max(1, int(rep_ms * 1e-3 / est))  # calls per graph
+        per = EST_FIXED_S + 6 * est + n_rep * EST_LAUNCH_S + TUNE_REPLAYS * n_rep * t_k
         n_timings += len(cfgs)
         seconds += len(cfgs) * per
         for c in cfgs:
@@ -285,7 +287,8 @@ def run_tune(points: Sequence[GridPoint], measure: Measure, *, candidates: Calla
 
 def timing_meta(rep_ms: float) -> dict:
     """The table's ``timing`` field: how :class:`CudaMeasure` measured the times."""
-    return {"method": "triton.testing.do_bench_cudagraph", "stat": "median", "rep_ms": rep_ms, "unit": "us",
+    return {"method": "qknorm.bench.timing.time_graph", "stat": "median", "replays": TUNE_REPLAYS,
+            "rep_ms": rep_ms, "unit": "us",
             "inputs": "fresh torch.randn per config, checked against rms_norm_ref"}
 
 
@@ -355,7 +358,7 @@ class CudaMeasure:
                 lambda: max(rel(x, ref_y), rel(r, ref_s)))
 
     def __call__(self, p: GridPoint, configs: Sequence[KernelConfig]) -> list[Result]:
-        import triton.testing as tt
+        from .bench.timing import time_graph
 
         reset, run, error = self._case(p)
         tol = TOL[p.dtype]
@@ -369,8 +372,8 @@ class CudaMeasure:
                 if not err < tol:
                     out.append(Result(cfg, None, f"relative L2 error {err:.2e} >= {tol:.0e}"))
                     continue
-                ms = tt.do_bench_cudagraph(lambda cfg=cfg: run(cfg), rep=self.rep_ms, return_mode="median")
-                out.append(Result(cfg, ms * 1e3))
+                us = time_graph([lambda cfg=cfg: run(cfg)], replays=TUNE_REPLAYS, target_us=self.rep_ms * 1e3)
+                out.append(Result(cfg, us))
             except Exception as e:  # noqa: BLE001 - a compile or launch failure fails this config only
                 msg = str(e).splitlines()[0][:200] if str(e) else ""
                 out.append(Result(cfg, None, f"{type(e).__name__}: {msg}"))
@@ -422,7 +425,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", default=None, help=f"comma list of 2D widths (default {','.join(map(str, HIDDEN))})")
     p.add_argument("--head-dims", default=None,
                    help=f"comma list of QK head dims (default {','.join(map(str, HEAD_DIMS))})")
-    p.add_argument("--rep-ms", type=float, default=None, help=f"do_bench_cudagraph rep "
+    p.add_argument("--rep-ms", type=float, default=None, help=f"ms of calls per timed CUDA graph "
                    f"(default {REP_MS}, --quick {QUICK_REP_MS})")
     p.add_argument("--dry-run", action="store_true", help="print the grid and the estimate, measure nothing")
 
