@@ -17,8 +17,10 @@ from .ops import fused_add as _add
 from .ops import qk_norm as _qk
 from .ops import qk_norm_rope as _rope
 from .ops import rms_norm as _rms
+from .ops import rms_norm_quant as _quant
 
-__all__ = ["rms_norm", "fused_add_rms_norm", "qk_rms_norm", "qk_rms_norm_rope"]
+__all__ = ["rms_norm", "fused_add_rms_norm", "qk_rms_norm", "qk_rms_norm_rope", "rms_norm_quant",
+           "fused_add_rms_norm_quant"]
 
 _is_compiling = getattr(torch.compiler, "is_compiling", None) or (lambda: False)
 _Tensor = torch.Tensor
@@ -240,3 +242,123 @@ def qk_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | 
                                              weight_offset, q_out, k_out)
     return _rope.run(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rd, weight_offset, q_out,
                      k_out, config)
+
+
+_QUANT_DOC_PARAMS = """
+    scale : torch.Tensor or None
+        Static per-tensor quantisation: a 1-element float32 tensor on x's device holding the
+        *dequantisation* scale (``x ≈ y * scale``); ``y = saturate(n / scale)`` and the returned
+        ``scales`` is this tensor. None: dynamic scales computed here.
+    group_size : int or None
+        None: one dynamic scale per row (per token). ``g`` (must divide D): one per group of ``g``
+        consecutive elements (1 x 128 groups are DeepSeek-V3/DeepGEMM's).
+    out_dtype : torch.dtype
+        ``torch.float8_e4m3fn`` (qmax 448), ``torch.float8_e5m2`` (qmax 57344) or ``torch.int8``
+        (symmetric, qmax 127, round half to even; NaN becomes 0). Saturation is to ±qmax; fp8
+        keeps NaN.
+    weight_offset : float
+        Added to the weight in fp32 (Gemma's ``1 + w``: 1.0). Needs a weight.
+    scale_ub : float, torch.Tensor or None
+        Dynamic scales only: an upper bound on each scale (a positive finite number or a
+        1-element float32 tensor).
+    column_major_scales : bool
+        Dynamic scales only: allocate ``scales`` with stride 1 along the tokens (x's leading
+        dims flattened), the layout DeepGEMM's and TMA's grouped GEMMs read.
+    scale_ue8m0 : bool
+        Dynamic scales only: round each scale up to a power of two (``2**ceil(log2(s))``, the
+        UE8M0 scales of Blackwell's MX formats and DeepGEMM) before dividing.
+    out : torch.Tensor or None
+        The codes: x's shape, ``out_dtype``, x's device, no internal overlap, sharing no memory
+        with the inputs. None: a new contiguous tensor.
+    scales_out : torch.Tensor or None
+        Dynamic scales: float32, shape ``x.shape[:-1] + (D // group_size,)`` (``(..., 1)`` per
+        token), any strides; None: a new tensor (row-major, or column-major as asked).
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor)
+        ``(y, scales)``: the codes (``out_dtype``) and the dequantisation scales (float32),
+        ``y * scales ≈ n`` per row / group; for a static scale, ``scales`` is ``scale``.
+
+    Raises
+    ------
+    TypeError
+        A wrong argument type or dtype (x, weight, out_dtype, scale, out, scales_out, the bools).
+    ValueError
+        Shape mismatches, ``group_size`` not dividing D, static and dynamic arguments mixed, eps < 0,
+        outputs overlapping themselves, each other or the inputs, or a tensor requiring grad under
+        grad mode (the quantised output is not differentiable). Nothing is written on error.
+
+    Notes
+    -----
+    Scales: per token/group ``max(amax(|n|), 1e-10) / qmax`` in fp32 (amax over the row or group),
+    then clamped to ``scale_ub``, then (UE8M0) rounded up to a power of two; ``y = saturate(n / s)``
+    rounded to nearest even in ``out_dtype``. The method is the FP8 recipe of the serving engines
+    (vLLM ``rms_norm_dynamic_per_token_quant``, FlashInfer ``rmsnorm_quant``, DeepSeek-V3's 1 x 128
+    block scales). Runs the PyTorch path on every device for now (fp32 math; the fused one-pass
+    kernel is being built). Not differentiable.
+"""
+
+
+def rms_norm_quant(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6, *,
+                   scale: torch.Tensor | None = None, group_size: int | None = None,
+                   out_dtype: torch.dtype = torch.float8_e4m3fn, weight_offset: float = 0.0, scale_ub=None,
+                   column_major_scales: bool = False, scale_ue8m0: bool = False, out: torch.Tensor | None = None,
+                   scales_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm with an 8-bit output (FP8 or INT8) and its scales, for the next GEMM.
+
+    ``n = x / sqrt(mean(x**2) + eps) * (weight + weight_offset)`` in fp32 exactly as
+    :func:`rms_norm` computes it (Zhang & Sennrich 2019), then quantised: statically with a
+    given ``scale``, or dynamically per token or per group. ``x`` is not modified.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``[..., D]``, bfloat16/float16/float32, rank >= 1, any strides.
+    weight : torch.Tensor or None
+        ``[D]``, any float dtype, on x's device.
+    eps : float
+        Added to the mean square, >= 0.
+    """
+    _quant.refuse_grad(("x", x), ("weight", weight))
+    mem = not _is_compiling()
+    eps, weight_offset, groups = _quant.check_args(x, None, weight, eps, scale, group_size, out_dtype, weight_offset,
+                                                   scale_ub, column_major_scales, scale_ue8m0, out, scales_out,
+                                                   memory=mem)
+    return _quant.run(x, None, weight, eps, scale, groups, out_dtype, weight_offset, scale_ub, column_major_scales,
+                      scale_ue8m0, out, scales_out)
+
+
+def fused_add_rms_norm_quant(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None = None,
+                             eps: float = 1e-6, *, scale: torch.Tensor | None = None, group_size: int | None = None,
+                             out_dtype: torch.dtype = torch.float8_e4m3fn, weight_offset: float = 0.0, scale_ub=None,
+                             column_major_scales: bool = False, scale_ue8m0: bool = False,
+                             out: torch.Tensor | None = None,
+                             scales_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual add, RMSNorm and an 8-bit output: ``residual += x`` (stored in residual's
+    dtype), then :func:`rms_norm_quant` of the fp32 sum, as :func:`fused_add_rms_norm` does.
+
+    The fused pre-norm step of a decoder layer feeding an FP8/INT8 GEMM. ``x`` is not modified.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``[..., D]``, bfloat16/float16/float32, any strides.
+    residual : torch.Tensor
+        x's shape, dtype and device; overwritten with ``x + residual``. Shares no memory with x.
+    weight : torch.Tensor or None
+        ``[D]``, any float dtype, on x's device.
+    eps : float
+        Added to the mean square, >= 0.
+    """
+    _quant.refuse_grad(("x", x), ("residual", residual), ("weight", weight))
+    mem = not _is_compiling()
+    eps, weight_offset, groups = _quant.check_args(x, residual, weight, eps, scale, group_size, out_dtype,
+                                                   weight_offset, scale_ub, column_major_scales, scale_ue8m0, out,
+                                                   scales_out, memory=mem)
+    return _quant.run(x, residual, weight, eps, scale, groups, out_dtype, weight_offset, scale_ub,
+                      column_major_scales, scale_ue8m0, out, scales_out)
+
+
+rms_norm_quant.__doc__ += _QUANT_DOC_PARAMS
+fused_add_rms_norm_quant.__doc__ += _QUANT_DOC_PARAMS
