@@ -104,6 +104,16 @@ def integer(name: str, v, *, minimum: int | None = None) -> int:
     return v
 
 
+def residual(x, res) -> None:
+    """``residual`` of a fused add: an activation of x's dtype, shape and device."""
+    activation("residual", res)
+    if res.dtype != x.dtype:
+        raise TypeError(f"residual must have the dtype of x ({dtype_name(x.dtype)}), got {dtype_name(res.dtype)}")
+    if res.shape != x.shape:
+        raise ValueError(f"residual must have the shape of x {tuple(x.shape)}, got {tuple(res.shape)}")
+    same_device("residual", res, "x", x)
+
+
 def written(name: str, t) -> None:
     """A tensor the op writes must not address one element twice (``expand``, stride 0,
     overlapping ``as_strided``): the rows would race and the result would depend on the order."""

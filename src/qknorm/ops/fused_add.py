@@ -27,13 +27,7 @@ def check_args(x, residual, weight, eps, weight_offset, config, *, memory: bool 
     """Every rule of ``fused_add_rms_norm`` in the order users see the errors; ``memory=False``
     skips the rule about the actual buffers (for plans and fakes). Returns float (eps, weight_offset)."""
     validate.activation("x", x)
-    validate.activation("residual", residual)
-    if residual.dtype != x.dtype:
-        raise TypeError(f"residual must have the dtype of x ({validate.dtype_name(x.dtype)}), "
-                        f"got {validate.dtype_name(residual.dtype)}")
-    if residual.shape != x.shape:
-        raise ValueError(f"residual must have the shape of x {tuple(x.shape)}, got {tuple(residual.shape)}")
-    validate.same_device("residual", residual, "x", x)
+    validate.residual(x, residual)
     validate.weight("weight", weight, x.shape[-1], "x", x)
     validate.scalars(eps, weight_offset, weight is not None)
     validate.config(config)

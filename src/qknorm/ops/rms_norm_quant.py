@@ -39,13 +39,7 @@ def check_args(x, residual, weight, eps, scale, group_size, out_dtype, weight_of
     ``(eps, weight_offset, n_groups)`` (``n_groups`` 0 for a static scale)."""
     validate.activation("x", x)
     if residual is not None:
-        validate.activation("residual", residual)
-        if residual.dtype != x.dtype:
-            raise TypeError(f"residual must have the dtype of x ({validate.dtype_name(x.dtype)}), "
-                            f"got {validate.dtype_name(residual.dtype)}")
-        if residual.shape != x.shape:
-            raise ValueError(f"residual must have the shape of x {tuple(x.shape)}, got {tuple(residual.shape)}")
-        validate.same_device("residual", residual, "x", x)
+        validate.residual(x, residual)
     validate.weight("weight", weight, x.shape[-1], "x", x)
     validate.scalars(eps, weight_offset, weight is not None)
     if out_dtype not in QMAX:
