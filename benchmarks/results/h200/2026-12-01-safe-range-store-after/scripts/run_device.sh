@@ -2,7 +2,7 @@
 # One device call: the safe range (rescue stored after the common store) against the default
 # build of the same tree, a default-vs-default control, and the GPU tests with the rescue on.
 set -uo pipefail
-S=benchmarks/results/h200/2026-12-01-safe-range-store-after/scripts
+S=benchmarks/results/h200/2026-12-01-host-cost/scripts  # ab_graph.py and make_copy.sh live there
 export PYTHONPATH=$PWD/src:/tmp/ab
 bash $S/make_copy.sh src/qknorm /tmp/ab qknorm_default safe_off
 nvidia-smi --query-gpu=name,driver_version --format=csv > $OUT/gpu.txt

@@ -2,7 +2,7 @@
 # One device call: the fp64 sum of squares (QKNORM_SAFE_RANGE=wide) against the default build of
 # the same tree (imported as a copy with both switches pinned off), then the GPU tests with it on.
 set -uo pipefail
-S=benchmarks/results/h200/2026-12-01-safe-range-store-after/scripts
+S=benchmarks/results/h200/2026-12-01-host-cost/scripts  # ab_graph.py and make_copy.sh live there
 export PYTHONPATH=$PWD/src:/tmp/ab
 bash $S/make_copy.sh src/qknorm /tmp/ab qknorm_default safe_off
 sed -i 's/^WIDE_SUM = .*/WIDE_SUM = tl.constexpr(False)/' /tmp/ab/qknorm_default/kernels/rows.py
