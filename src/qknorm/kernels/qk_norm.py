@@ -11,7 +11,7 @@ import triton.language as tl
 
 from .pdl import pdl_launch_dependents, pdl_wait
 
-from .rows import SAFE_RANGE, any_true, extreme_rows, norm_block, rescued_rows
+from .rows import norm_block, store_extreme_rows
 
 
 @triton.jit
@@ -73,17 +73,13 @@ def _tokens_block(block, D, eps, eps_tiny, n_rows, H, HQ, wq, wk,
     x = tl.load(x_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     ss = tl.sum(x * x, axis=1)
     y = x * tl.rsqrt(ss / D + eps)[:, None]
+    w = 1.0
     if HAS_WEIGHT:
-        y = y * tl.where(is_q[:, None], wq[None, :], wk[None, :])
+        w = tl.where(is_q[:, None], wq[None, :], wk[None, :])
+        y = y * w
     y_ptr = y_row[:, None] + cols[None, :]
     tl.store(y_ptr, y.to(YQ.dtype.element_ty), mask=mask)
-    if SAFE_RANGE:  # rows out of fp32's range stored again (rows.norm_block)
-        bad = extreme_rows(ss, D, eps)
-        if any_true(bad):
-            y = rescued_rows(x, ss, D, eps, eps_tiny)
-            if HAS_WEIGHT:
-                y = y * tl.where(is_q[:, None], wq[None, :], wk[None, :])
-            tl.store(y_ptr, y.to(YQ.dtype.element_ty), mask=mask & bad[:, None])
+    store_extreme_rows(x, ss, D, eps, eps_tiny, w, y_ptr, mask, HAS_WEIGHT)
 
 
 @triton.jit

@@ -111,6 +111,21 @@ def rescued_rows(x, ss, D, eps, eps_tiny):
 
 
 @triton.jit
+def store_extreme_rows(x, ss, D, eps, eps_tiny, w, y_ptr, mask, HAS_WEIGHT: tl.constexpr):
+    """With ``SAFE_RANGE``, after a block's common store: the rows of the fp32 tile ``x`` (sums
+    of squares ``ss``) out of fp32's range stored again, rescaled (:func:`rescued_rows`), times
+    ``w`` (a weight broadcastable to the tile) when ``HAS_WEIGHT``. The values come from
+    registers, so this is right in place too; without ``SAFE_RANGE`` it is no code at all."""
+    if SAFE_RANGE:
+        bad = extreme_rows(ss, D, eps)
+        if any_true(bad):  # rare, block-uniform
+            y = rescued_rows(x, ss, D, eps, eps_tiny)
+            if HAS_WEIGHT:
+                y = y * w
+            tl.store(y_ptr, y.to(y_ptr.dtype.element_ty), mask=mask & bad[:, None])
+
+
+@triton.jit
 def scale_store(x, ss, D, eps, w, y_ptr, mask, HAS_WEIGHT: tl.constexpr):
     """Store ``x / sqrt(ss / D + eps) * w`` (rows of the fp32 tile ``x``, sums of squares
     ``ss``) at ``y_ptr``: the common path of the unchunked blocks."""
@@ -146,23 +161,17 @@ def norm_block(block, X, Y, W, n_rows, D, N1, N2,
         # The weight load is issued first so that its latency overlaps the row's load and
         # reduction instead of following them (a whole DRAM round trip at decode sizes).
         w = 1.0  # no weight (HAS_WEIGHT=False: never read)
+        w2 = 1.0
         if HAS_WEIGHT:
             w = tl.load(W + cols * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset
+            w2 = w[None, :]
         mask = row_ok[:, None] & col_ok[None, :]
         x = tl.load(x_row[:, None] + (cols * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
         ss = tl.sum(x * x, axis=1)
         y_ptr = y_row[:, None] + (cols * ysd)[None, :]
         scale_store(x, ss, D, eps, w, y_ptr, mask, HAS_WEIGHT)
-        if SAFE_RANGE:
-            # After the common store, so the common path waits for nothing: a block holding
-            # a row out of fp32's range stores those rows again, rescaled (x is still in
-            # registers, so this is right in place too).
-            bad = extreme_rows(ss, D, eps)
-            if any_true(bad):
-                y = rescued_rows(x, ss, D, eps, eps_tiny)
-                if HAS_WEIGHT:
-                    y = y * w[None, :]
-                tl.store(y_ptr, y.to(Y.dtype.element_ty), mask=mask & bad[:, None])
+        # After the common store, so the common path waits for nothing.
+        store_extreme_rows(x, ss, D, eps, eps_tiny, w2, y_ptr, mask, HAS_WEIGHT)
     else:
         acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
         for start in range(0, D, BLOCK_D):
@@ -228,8 +237,10 @@ def add_norm_block(block, X, R, W, n_rows, D, N1, N2,
     if not CHUNKED:
         col_ok = cols < D
         w = 1.0  # no weight (HAS_WEIGHT=False: never read)
+        w2 = 1.0
         if HAS_WEIGHT:  # first, to overlap its latency (see norm_block)
             w = tl.load(W + cols * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset
+            w2 = w[None, :]
         mask = row_ok[:, None] & col_ok[None, :]
         x_ptr = x_row[:, None] + (cols * xsd)[None, :]
         r_ptr = r_row[:, None] + (cols * rsd)[None, :]
@@ -238,13 +249,7 @@ def add_norm_block(block, X, R, W, n_rows, D, N1, N2,
         ss = tl.sum(s * s, axis=1)
         tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
         scale_store(s, ss, D, eps, w, x_ptr, mask, HAS_WEIGHT)
-        if SAFE_RANGE:  # after the common stores, from the sum in registers (see norm_block)
-            bad = extreme_rows(ss, D, eps)
-            if any_true(bad):
-                y = rescued_rows(s, ss, D, eps, eps_tiny)
-                if HAS_WEIGHT:
-                    y = y * w[None, :]
-                tl.store(x_ptr, y.to(X.dtype.element_ty), mask=mask & bad[:, None])
+        store_extreme_rows(s, ss, D, eps, eps_tiny, w2, x_ptr, mask, HAS_WEIGHT)  # from the sum in registers
     else:
         acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
         for start in range(0, D, BLOCK_D):
