@@ -38,6 +38,7 @@ __all__ = ["OutKind", "Pair", "Plan", "PlanCache", "PLANS", "out_key", "apart",
            "make_plan", "eps_pair", "contig_strides", "span", "clear_caches"]
 
 _Tensor = torch.Tensor
+_grad_on = torch.is_grad_enabled
 _INF = math.inf
 #: Tests only: let the fast call take CPU tensors too (the kernels then run in the Triton
 #: interpreter through the launcher's plain path), so its logic is tested without a GPU.
@@ -64,6 +65,30 @@ class Pair(enum.IntEnum):
     QOUT_KOUT = 3   #: q_out and k_out
     QOUT_K = 4      #: q_out and k (also q and k, for in place on both)
     KOUT_Q = 5      #: k_out and q
+
+
+def qk_key_parts(q, k, qw, kw, q_out, k_out):
+    """What a QK fast call's key needs of its weights and outputs, ``(wk, qo, qok, ko, kok)``
+    (weights' metadata or None, each output's :class:`OutKind` and metadata), or None when the
+    fast call cannot take them: weights not both tensors or both None, an output that is not a
+    tensor, a negated view, or a tensor that requires grad under grad mode."""
+    if qw is None:
+        if kw is not None:
+            return None
+        wk = None
+    elif type(qw) is _Tensor and type(kw) is _Tensor:
+        wk = (qw.shape, qw.stride(), qw.dtype, qw.get_device(), kw.shape, kw.stride(), kw.dtype, kw.get_device())
+    else:
+        return None
+    qo, qok = out_key(q_out, q)
+    ko, kok = out_key(k_out, k)
+    if qo is None or ko is None or q.is_neg() or k.is_neg() or (wk is not None and (qw.is_neg() or kw.is_neg())) \
+            or (qok is not None and q_out.is_neg()) or (kok is not None and k_out.is_neg()):
+        return None
+    if _grad_on() and (q.requires_grad or k.requires_grad or (wk is not None and (qw.requires_grad or kw.requires_grad))
+                       or (qok is not None and q_out.requires_grad) or (kok is not None and k_out.requires_grad)):
+        return None
+    return wk, qo, qok, ko, kok
 
 
 def cpu_positions_ok(positions, cos_sin_cache) -> bool:

@@ -18,7 +18,6 @@ from ._plan import MISS, IN_PLACE, PLANS
 
 OP = "qk_rms_norm"
 _Tensor = torch.Tensor
-_grad_on = torch.is_grad_enabled
 _PTRS = ("XQ", "YQ", "WQ", "XK", "YK", "WK")
 _PER_CALL = _PTRS + ("eps", "eps_tiny", "w_offset")
 
@@ -48,16 +47,10 @@ def fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
         dev = q.get_device()
         if dev < 0 and not plans.FAST_ON_CPU:
             return None
-        if qw is None:
-            wk = None if kw is None else False
-        elif type(qw) is _Tensor and type(kw) is _Tensor:
-            wk = (qw.shape, qw.stride(), qw.dtype, qw.get_device(), kw.shape, kw.stride(), kw.dtype, kw.get_device())
-        else:
-            wk = False
-        qo, qok = plans.out_key(q_out, q)
-        ko, kok = plans.out_key(k_out, k)
-        if wk is False or qo is None or ko is None:
+        parts = plans.qk_key_parts(q, k, qw, kw, q_out, k_out)
+        if parts is None:
             return None
+        wk, qo, qok, ko, kok = parts
         key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, dev, k.get_device(), wk,
                qok, kok, eps, weight_offset, config)
         plan = PLANS.get(key, MISS)
@@ -65,19 +58,13 @@ def fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
             plan = PLANS.build(key, _fast_plan, q, k, qw, kw, eps, weight_offset, q_out, k_out, qo, ko, config)
     except (RuntimeError, TypeError):
         return None
-    if plan is None or q.is_neg() or k.is_neg() or (wk is not None and (qw.is_neg() or kw.is_neg())) \
-            or (qok is not None and q_out.is_neg()) or (kok is not None and k_out.is_neg()):
-        return None
-    if _grad_on() and (q.requires_grad or k.requires_grad or (wk is not None and (qw.requires_grad or kw.requires_grad))
-                       or (qok is not None and q_out.requires_grad) or (kok is not None and k_out.requires_grad)):
+    if plan is None:
         return None
     if qo is IN_PLACE and ko is IN_PLACE:  # the engine's call: Q and K of a packed buffer, in place
         pq, pk = pqo, pko = q.data_ptr(), k.data_ptr()
-        ip = plan.in_place
-        if ip is None or pk - pq != ip[0]:
-            ip = plans.in_place_pair(plan, pq, pk)
-            if ip is None:
-                return None  # Q and K share elements: the general call raises
+        ip = plans.in_place_pair(plan, pq, pk)
+        if ip is None:
+            return None  # Q and K share elements: the general call raises
         if wk is None:
             pqw, pkw, qw, kw = pq, pk, q, k
         else:

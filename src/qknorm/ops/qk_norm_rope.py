@@ -62,31 +62,20 @@ def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q
         dev = q.get_device()
         if dev < 0 and not (plans.FAST_ON_CPU and plans.cpu_positions_ok(positions, cs)):
             return None
-        if qw is None:
-            wk = None if kw is None else False
-        elif type(qw) is _Tensor and type(kw) is _Tensor:
-            wk = (qw.shape, qw.stride(), qw.dtype, qw.get_device(), kw.shape, kw.stride(), kw.dtype, kw.get_device())
-        else:
-            wk = False
-        qo, qok = plans.out_key(q_out, q)
-        ko, kok = plans.out_key(k_out, k)
-        if wk is False or qo is None or ko is None:
+        parts = plans.qk_key_parts(q, k, qw, kw, q_out, k_out)
+        if parts is None or cs.is_neg() or positions.is_neg() or (cs.requires_grad and _grad_on()):
             return None
+        wk, qo, qok, ko, kok = parts
         key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, dev, k.get_device(), wk,
                cs.shape, cs.stride(), cs.dtype, cs.get_device(), positions.shape, positions.stride(), positions.dtype,
                positions.get_device(), qok, kok, eps, weight_offset, is_neox, rotary_dim, config)
         plan = PLANS.get(key, MISS)
         if plan is MISS:
-            plan = PLANS.build(key, _fast_plan, q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q_out, k_out, qo, ko, config)
+            plan = PLANS.build(key, _fast_plan, q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim,
+                               weight_offset, q_out, k_out, qo, ko, config)
     except (RuntimeError, TypeError):
         return None
-    if plan is None or q.is_neg() or k.is_neg() or cs.is_neg() or positions.is_neg() \
-            or (wk is not None and (qw.is_neg() or kw.is_neg())) \
-            or (qok is not None and q_out.is_neg()) or (kok is not None and k_out.is_neg()):
-        return None
-    if _grad_on() and (q.requires_grad or k.requires_grad or cs.requires_grad
-                       or (wk is not None and (qw.requires_grad or kw.requires_grad))
-                       or (qok is not None and q_out.requires_grad) or (kok is not None and k_out.requires_grad)):
+    if plan is None:
         return None
     pcs, pp = cs.data_ptr(), positions.data_ptr()
     if wk is None:
@@ -96,11 +85,9 @@ def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q
         reads = (pcs, pp, pqw, pkw)
     if qo is IN_PLACE and ko is IN_PLACE:  # the engine's call: Q and K of a packed buffer, in place
         pq, pk = pqo, pko = q.data_ptr(), k.data_ptr()
-        ip = plan.in_place
-        if ip is None or pk - pq != ip[0]:
-            ip = plans.in_place_pair(plan, pq, pk)
-            if ip is None:
-                return None  # Q and K share elements: the general call raises
+        ip = plans.in_place_pair(plan, pq, pk)
+        if ip is None:
+            return None  # Q and K share elements: the general call raises
         if not plans.reads_outside(plan, reads, pq + ip[1], pq + ip[2]):
             return None  # a read tensor lies inside Q or K: the general call copies it
     else:
