@@ -2,19 +2,14 @@
 import pytest
 import torch
 
+import helpers
 import qknorm
+from helpers import ref_norm  # fp64, on the CPU
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
-FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 QMAX = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0, torch.int8: 127.0}
 MANT = {torch.float8_e4m3fn: 3, torch.float8_e5m2: 2}
 MIN_NORMAL = {torch.float8_e4m3fn: 2.0 ** -6, torch.float8_e5m2: 2.0 ** -14}
-
-
-def ref_norm64(x, w=None, eps=1e-6, wo=0.0):
-    x64 = x.double()
-    n = x64 / torch.sqrt(x64.square().mean(-1, keepdim=True) + eps)
-    return n if w is None else n * (w.double() + wo)
 
 
 def ref_scales64(n, groups, qmax, ub=None, ue8m0=False):
@@ -31,6 +26,7 @@ def check_codes(y, s, n, dtype, groups):
     """Dequantised codes within half a code step (plus fp32-vs-fp64 noise) of the fp64 norm."""
     assert y.dtype == dtype and y.shape == n.shape
     d = n.shape[-1]
+    y, s = y.cpu(), s.cpu()
     sg = s.double().reshape(s.shape[:-1] + (s.shape[-1], 1))
     q = (n.reshape(n.shape[:-1] + (groups, d // groups)) / sg).clamp(-QMAX[dtype], QMAX[dtype])
     got = y.double().reshape(q.shape)
@@ -45,8 +41,8 @@ def check_codes(y, s, n, dtype, groups):
 
 
 def randn(*shape, dtype=torch.float32, scale=1.0, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(*shape, generator=g) * scale).to(dtype).to(DEV)
+    torch.manual_seed(seed)
+    return helpers.randn(shape, dtype, DEV, scale)
 
 
 @pytest.mark.parametrize("out_dtype", [torch.float8_e4m3fn, torch.float8_e5m2, torch.int8])
@@ -58,9 +54,9 @@ def test_dynamic_scales_match_fp64(out_dtype, xdtype, group_size):
     w = randn(200, seed=2)
     y, s = qknorm.rms_norm_quant(x, w, 1e-5, group_size=group_size, out_dtype=out_dtype, weight_offset=0.5)
     groups = 1 if group_size is None else 200 // group_size
-    n = ref_norm64(x, w, 1e-5, 0.5)
+    n = ref_norm(x, w, 1e-5, 0.5)
     assert s.shape == (6, groups) and s.dtype == torch.float32
-    torch.testing.assert_close(s.double(), ref_scales64(n, groups, QMAX[out_dtype]), rtol=1e-5, atol=0)
+    torch.testing.assert_close(s.cpu().double(), ref_scales64(n, groups, QMAX[out_dtype]), rtol=1e-5, atol=0)
     check_codes(y, s, n, out_dtype, groups)
     assert y.abs().double().amax() > 0.9 * QMAX[out_dtype]  # the group max reaches qmax
 
@@ -71,7 +67,7 @@ def test_static_scale_saturates_and_keeps_nan():
     scale = torch.tensor([1e-3], device=DEV)
     y, s = qknorm.rms_norm_quant(x, scale=scale)
     assert s is scale
-    n = ref_norm64(x)
+    n = ref_norm(x)
     yd = y.double()
     assert bool((yd[0].abs() == 448).sum() > 10)  # n / 1e-3 saturates
     assert torch.isnan(yd[1]).all()  # a NaN row normalises to NaN everywhere; fp8 keeps it
@@ -85,9 +81,10 @@ def test_scale_ub_ue8m0_and_column_major():
     y, s = qknorm.rms_norm_quant(x, group_size=128, column_major_scales=True, scale_ue8m0=True)
     assert s.shape == (5, 7, 2) and s.stride()[1] == 1 and s.stride()[0] == 7  # tokens contiguous
     assert bool((torch.frexp(s)[0] == 0.5).all())  # powers of two
-    n = ref_norm64(x)
+    n = ref_norm(x)
     plain = ref_scales64(n, 2, 448.0)
-    assert bool((s.double() >= plain * (1 - 1e-6)).all() & (s.double() < 2 * plain * (1 + 1e-6)).all())
+    sd = s.cpu().double()
+    assert bool((sd >= plain * (1 - 1e-6)).all() & (sd < 2 * plain * (1 + 1e-6)).all())
     check_codes(y, s, n, torch.float8_e4m3fn, 2)
     y2, s2 = qknorm.rms_norm_quant(x, group_size=128)
     assert s2.is_contiguous()
@@ -108,8 +105,8 @@ def test_fused_add_writes_the_sum_and_quantises_it(out_dtype):
     assert torch.equal(x, x0)
     s64 = x0.double() + r0.double()
     assert torch.equal(r, s64.float().to(torch.bfloat16))
-    n = ref_norm64(s64, w)
-    torch.testing.assert_close(s.double(), ref_scales64(n, 3, QMAX[out_dtype]), rtol=1e-5, atol=0)
+    n = ref_norm(s64, w)
+    torch.testing.assert_close(s.cpu().double(), ref_scales64(n, 3, QMAX[out_dtype]), rtol=1e-5, atol=0)
     check_codes(y, s, n, out_dtype, 3)
 
 
