@@ -480,7 +480,8 @@ def candidate_configs(op: str, dtype: torch.dtype, D: int, n_rows: int, device=N
         Unknown ``op``, ``D < 1`` or ``n_rows < 0``.
     """
     _check(op, D, n_rows)
-    pick = _heuristic(op, dtype.itemsize, D, row_bucket(n_rows), sm_count(_device_index(device)))[0]
+    sms = sm_count(_device_index(device))
+    pick = _heuristic(op, dtype.itemsize, D, row_bucket(n_rows), sms)[0]
     out: list[KernelConfig] = [pick]
     seen = {pick}
     blocks = [next_pow2(D)] if next_pow2(D) <= MAX_REG_BLOCK else []
@@ -492,7 +493,7 @@ def candidate_configs(op: str, dtype: torch.dtype, D: int, n_rows: int, device=N
     token_order = op == "qk_rms_norm" and bucket >= TOKEN_ORDER_MIN_ROWS
     # The persistent grid is min(blocks, programs_per_sm * SMs) programs: with no more
     # blocks than that it is the plain grid plus a loop, so it is not a separate candidate.
-    programs = KernelConfig().programs_per_sm * sm_count(_device_index(device))
+    programs = KernelConfig().programs_per_sm * sms
     for block_d in blocks:
         max_rows = max(1, MAX_CANDIDATE_TILE // block_d)
         rows = 1

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import enum
 import importlib
-import math
 import os
 
 import torch
@@ -39,7 +38,6 @@ __all__ = ["OutKind", "Pair", "Plan", "PlanCache", "PLANS", "out_key", "apart",
 
 _Tensor = torch.Tensor
 _grad_on = torch.is_grad_enabled
-_INF = math.inf
 #: Tests only: let the fast call take CPU tensors too (the kernels then run in the Triton
 #: interpreter through the launcher's plain path), so its logic is tested without a GPU.
 FAST_ON_CPU = False
