@@ -140,6 +140,11 @@ def test_presets_cover_the_issue_grid():
     assert max(c.tokens for c in q) == 16384 and {c.op for c in q} == {"qk", "rms2d", "add"}
     assert {c.op for c in preset_cases("olmo2-7b")} == {"qk_full", "rms2d", "add"}
     assert "qk" not in {c.op for c in preset_cases("llama3-70b")}
+    grid = preset_cases("norm2d")
+    assert {c.hidden for c in grid} == {256, 1024, 2048, 4096, 5120, 5376, 7168, 8192}
+    assert {c.tokens for c in grid} == {1, 16, 128, 512, 1024, 2048, 4096, 16384}
+    assert {c.op for c in grid} == {"rms2d", "add"} and len(grid) == 8 * 8 * 2
+    assert {c.op for c in quick_cases(["norm2d"])} == {"rms2d", "add"}
     with pytest.raises(ValueError, match="unknown preset"):
         preset_cases("nope")
 

@@ -39,6 +39,11 @@ SEED_HEADS = (4, 8, 16, 32)
 SEED_HEAD_DIM = (16, 32, 64, 128, 256, 512, 1024)
 SEED_HIDDEN = (256, 1024, 4096, 8192)
 
+# Preset "norm2d": RMSNorm and fused add over the hidden sizes of current models (Llama/Qwen3 4096 and
+# 8192, Qwen3-32B 5120, Gemma 3 5376, DeepSeek-V3 7168, Qwen3-Next 2048) and small widths, prefill and decode.
+NORM2D_HIDDEN = (256, 1024, 2048, 4096, 5120, 5376, 7168, 8192)
+NORM2D_TOKENS = (1, 16, 128, 512, 1024, 2048, 4096, 16384)
+
 
 @dataclass(frozen=True)
 class Model:
@@ -72,7 +77,7 @@ ROPE_MODELS = (
 ROPE_MAX_POSITION = 40960  # cos/sin cache rows (Qwen3's max_position_embeddings)
 ROPE_THETA = 1e6
 
-PRESETS = ("seed",) + tuple(MODELS) + ("rope",)
+PRESETS = ("seed",) + tuple(MODELS) + ("rope", "norm2d")
 
 
 @dataclass(frozen=True)
@@ -219,6 +224,11 @@ def _seed_cases(tokens, dtype) -> list[Case]:
     return out
 
 
+def _norm2d_cases(tokens, dtype) -> list[Case]:
+    return [Case("norm2d", op, t, dtype, hidden=h)
+            for h in NORM2D_HIDDEN for t in tokens for op in ("rms2d", "add")]
+
+
 def _rope_cases(tokens, dtype) -> list[Case]:
     return [Case("rope", "rope", t, dtype, hq, hkv, d, weight_offset=off, rotary_dim=r)
             for _, hq, hkv, d, r, off in ROPE_MODELS for t in tokens]
@@ -231,6 +241,8 @@ def preset_cases(name: str, tokens=None, dtype: torch.dtype = torch.bfloat16) ->
         return _seed_cases(tuple(tokens) if tokens else SEED_BATCH, dtype)
     if name == "rope":
         return _rope_cases(tuple(tokens) if tokens else DEFAULT_TOKENS, dtype)
+    if name == "norm2d":
+        return _norm2d_cases(tuple(tokens) if tokens else NORM2D_TOKENS, dtype)
     if name not in MODELS:
         raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     return _model_cases(name, tuple(tokens) if tokens else DEFAULT_TOKENS, dtype)
@@ -257,6 +269,9 @@ def quick_cases(presets=None, dtype: torch.dtype = torch.bfloat16, tokens=None) 
             out += [Case("seed", "rms2d", t, dtype, hidden=1024) for t in small]
         elif name == "rope":
             out += _rope_cases(small, dtype)
+        elif name == "norm2d":
+            out += [Case("norm2d", op, t, dtype, hidden=h) for h in (1024, 5120) for t in small
+                    for op in ("rms2d", "add")]
         else:
             out += _model_cases(name, small, dtype)
     return out

@@ -1,0 +1,116 @@
+"""Why does qknorm's RMSNorm trail SGLang's at the same tile (one row per program, 16-byte
+vectors, same warps)? A lean kernel with the fewest arguments and D as a constexpr, timed
+beside the production kernel (forced to the same configs) and SGLang's JIT rmsnorm in one
+process, CUDA-graph replay (warm L2), best of 3 alternating rounds. Registers per thread too.
+
+Usage: PYTHONPATH=$PWD/src:/tmp/peers python lean.py OUTDIR
+"""
+import json
+import os
+import sys
+
+import torch
+import triton
+import triton.language as tl
+
+import qknorm
+from qknorm import KernelConfig, launch
+from qknorm.bench.timing import time_graph
+from qknorm.kernels.pdl import pdl_launch_dependents, pdl_wait
+
+OUT = sys.argv[1] if len(sys.argv) > 1 else "."
+os.makedirs(OUT, exist_ok=True)
+
+
+@triton.jit
+def lean_rms(X, Y, W, xs, ys, n_rows, eps, D: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr,
+             RUNTIME_D: tl.constexpr, USE_PDL: tl.constexpr, Dr):
+    pdl_wait(USE_PDL)
+    pid = tl.program_id(0)
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK_D)
+    if RUNTIME_D:
+        col_ok = cols < Dr
+    else:
+        col_ok = cols < D
+    mask = (rows < n_rows)[:, None] & col_ok[None, :]
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+    x = tl.load(X + rows.to(tl.int64)[:, None] * xs + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    ss = tl.sum(x * x, axis=1)
+    if RUNTIME_D:
+        r = tl.rsqrt(ss / Dr + eps)
+    else:
+        r = tl.rsqrt(ss / D + eps)
+    y = x * r[:, None] * w[None, :]
+    tl.store(Y + rows.to(tl.int64)[:, None] * ys + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    pdl_launch_dependents(USE_PDL)
+
+
+def sglang():
+    try:
+        from sglang.jit_kernel.norm import rmsnorm
+        return rmsnorm
+    except Exception as e:  # noqa: BLE001
+        print("no sglang:", e)
+        return None
+
+
+def main():
+    dev = torch.device("cuda")
+    sm = torch.cuda.get_device_properties(0).multi_processor_count
+    sgl = sglang()
+    res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+           "points": []}
+    regs = {}
+    for D in (1024, 2048, 4096, 5120, 8192):
+        block = triton.next_power_of_2(D)
+        for T in (1, 2, 8, 64, 256, 1024, 4096, 16384):
+            x = torch.randn(T, D, device=dev, dtype=torch.bfloat16)
+            w = torch.randn(D, device=dev, dtype=torch.bfloat16)
+            y = torch.empty_like(x)
+            ref = qknorm.rms_norm(x, w, 1e-6)
+            pdl = T <= 4 * sm
+            fns = {}
+            fns["qknorm"] = lambda: qknorm.rms_norm(x, w, 1e-6, out=y)
+            if sgl is not None:
+                fns["sglang"] = lambda: sgl(x, w, out=y, eps=1e-6)
+            for wp in (4, 8, 16):
+                if block // (wp * 32) < 8:  # fewer than one 16-byte vector per thread
+                    continue
+                cfg = KernelConfig(rows=1, block_d=block, num_warps=wp)
+                fns[f"prod.w{wp}"] = (lambda cfg=cfg: qknorm.rms_norm(x, w, 1e-6, out=y, config=cfg))
+                for rt in (False, True):
+                    name = f"lean{'.rtD' if rt else ''}.w{wp}"
+
+                    def f(wp=wp, rt=rt, name=name):
+                        ck = lean_rms[(T,)](x, y, w, x.stride(0), y.stride(0), T, 1e-6, D, block, 1, rt, pdl, D,
+                                            num_warps=wp, launch_pdl=pdl)
+                        regs.setdefault(f"{name} D={D}", (ck.n_regs, ck.n_spills))
+                    fns[name] = f
+            # correctness of every variant
+            for name, f in fns.items():
+                y.fill_(float("nan"))
+                f()
+                torch.cuda.synchronize()
+                err = (y.float() - ref.float()).abs().max().item()
+                if not err <= 0.02 * max(1.0, ref.float().abs().max().item()):
+                    print(f"WRONG {name} D={D} T={T}: {err}")
+            best = {n: float("inf") for n in fns}
+            for _ in range(3):
+                for n, f in fns.items():
+                    best[n] = min(best[n], time_graph([f]))
+            line = f"D={D:5d} T={T:5d} " + " ".join(f"{n}={v:.3f}" for n, v in best.items())
+            print(line, flush=True)
+            res["points"].append({"D": D, "T": T, "us": best})
+    for kl in launch._launchers:
+        for spec, entries in kl.specs.items():
+            for e in entries:
+                if e is not None and getattr(e, "ck", None) is not None:
+                    regs[f"{kl.name} {spec}"] = (e.ck.n_regs, e.ck.n_spills)
+    res["regs"] = regs
+    for k, v in regs.items():
+        print("regs", k, v)
+    json.dump(res, open(os.path.join(OUT, "lean.json"), "w"), indent=1)
+
+
+main()
