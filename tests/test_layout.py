@@ -10,18 +10,18 @@ from qknorm.layout import overlap, row_layout, views_overlap
 
 def test_packed_q_view_merges_to_two_dims():
     lay = row_layout((16, 32, 128), (6144, 128, 1))
-    assert lay.n_rows == 512 and lay.sizes == (1, 16, 32) and lay.strides[0] == (0, 6144, 128, 1)
+    assert lay.n_rows == 512 and lay.sizes == (16, 32, 1) and lay.strides[0] == (6144, 128, 0, 1)
 
 
 def test_contiguous_merges_to_one_dim():
     lay = row_layout((4, 5, 6, 64), (1920, 384, 64, 1), (1920, 384, 64, 1))
-    assert lay.sizes == (1, 1, 120) and lay.strides == ((0, 0, 64, 1), (0, 0, 64, 1))
+    assert lay.sizes == (120, 1, 1) and lay.strides == ((64, 0, 0, 1), (64, 0, 0, 1))
 
 
 def test_merge_is_joint_over_tensors():
     # x contiguous, out with a padded row: the two lead dims merge for x but not for out
     lay = row_layout((4, 5, 64), (320, 64, 1), (400, 64, 1))
-    assert lay.sizes == (1, 4, 5)
+    assert lay.sizes == (4, 5, 1)
 
 
 def test_too_many_dims():

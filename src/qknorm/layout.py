@@ -22,7 +22,7 @@ def cdiv(a: int, b: int) -> int:
 
 
 class RowLayout(NamedTuple):
-    """Leading dims ``sizes`` (outermost first, len <= 3, padded with 1) and, per tensor,
+    """Leading dims ``sizes`` (outermost first, len <= 3, padded with trailing 1s) and, per tensor,
     the matching strides plus the stride of the normalised dim."""
 
     n_rows: int
@@ -58,11 +58,14 @@ def row_layout(shape: tuple[int, ...], *strides: tuple[int, ...]) -> RowLayout |
     n_rows = 1
     for n, _ in merged:
         n_rows *= n
+    # Padded at the end: kernels split a row index with ``% N2``, ``// N2``, ``% N1``, ``// N1``
+    # (rows.row_offsets), and a size of 1 is a compile-time constant there, so one leading dim
+    # (the common [T, D]) costs no integer division and two dims (a packed [T, H, D] view) one.
     pad = MAX_LEAD_DIMS - len(merged)
-    sizes = (1,) * pad + tuple(n for n, _ in merged)
+    sizes = tuple(n for n, _ in merged) + (1,) * pad
     per_tensor = []
     for t, s in enumerate(strides):
-        lead_strides = (0,) * pad + tuple(st[t] for _, st in merged)
+        lead_strides = tuple(st[t] for _, st in merged) + (0,) * pad
         per_tensor.append(lead_strides + (s[-1],))
     return RowLayout(n_rows, sizes, tuple(per_tensor))  # type: ignore[arg-type]
 

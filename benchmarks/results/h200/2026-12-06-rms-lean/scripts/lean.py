@@ -15,6 +15,8 @@ import triton.language as tl
 
 import qknorm
 from qknorm import KernelConfig, launch
+from qknorm import layout as qlayout
+from qknorm.ops import _plan
 from qknorm.bench.timing import time_graph
 from qknorm.kernels.pdl import pdl_launch_dependents, pdl_wait
 
@@ -46,6 +48,33 @@ def lean_rms(X, Y, W, xs, ys, n_rows, eps, D: tl.constexpr, BLOCK_D: tl.constexp
     pdl_launch_dependents(USE_PDL)
 
 
+NEW_ROW_LAYOUT = qlayout.row_layout.__wrapped__
+
+
+def old_row_layout(shape, *strides):
+    """The layout before 2026-12-06: leading dims padded at the front (sizes (1, 1, T) for [T, D])."""
+    lay = NEW_ROW_LAYOUT(shape, *strides)
+    if lay is None:
+        return None
+    k = sum(1 for n in lay.sizes if n != 1)  # merged dims are never 1; the rest is padding
+    pad = 3 - k
+    sizes = (1,) * pad + lay.sizes[:k]
+    return qlayout.RowLayout(lay.n_rows, sizes, tuple((0,) * pad + st[:k] + (st[3],) for st in lay.strides))
+
+
+def timed(f, old=False):
+    """Graph time of f; with old=True the plans are built (and the graph captured) under the old layout."""
+    if old:
+        qlayout.row_layout = old_row_layout
+        _plan.clear_caches()
+    try:
+        return time_graph([f])
+    finally:
+        if old:
+            qlayout.row_layout = NEW_ROW_LAYOUT
+            _plan.clear_caches()
+
+
 def sglang():
     try:
         from sglang.jit_kernel.norm import rmsnorm
@@ -62,9 +91,9 @@ def main():
     res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
            "points": []}
     regs = {}
-    for D in (1024, 2048, 4096, 5120, 8192):
+    for D in (2048, 4096, 5120, 8192):
         block = triton.next_power_of_2(D)
-        for T in (1, 2, 8, 64, 256, 1024, 4096, 16384):
+        for T in (1, 2, 8, 64, 1024, 4096, 16384):
             x = torch.randn(T, D, device=dev, dtype=torch.bfloat16)
             w = torch.randn(D, device=dev, dtype=torch.bfloat16)
             y = torch.empty_like(x)
@@ -72,6 +101,7 @@ def main():
             pdl = T <= 4 * sm
             fns = {}
             fns["qknorm"] = lambda: qknorm.rms_norm(x, w, 1e-6, out=y)
+            fns["qknorm.oldpad"] = fns["qknorm"]
             if sgl is not None:
                 fns["sglang"] = lambda: sgl(x, w, out=y, eps=1e-6)
             for wp in (4, 8, 16):
@@ -79,7 +109,7 @@ def main():
                     continue
                 cfg = KernelConfig(rows=1, block_d=block, num_warps=wp)
                 fns[f"prod.w{wp}"] = (lambda cfg=cfg: qknorm.rms_norm(x, w, 1e-6, out=y, config=cfg))
-                for rt in (False, True):
+                for rt in (False,):
                     name = f"lean{'.rtD' if rt else ''}.w{wp}"
 
                     def f(wp=wp, rt=rt, name=name):
@@ -98,10 +128,49 @@ def main():
             best = {n: float("inf") for n in fns}
             for _ in range(3):
                 for n, f in fns.items():
-                    best[n] = min(best[n], time_graph([f]))
+                    best[n] = min(best[n], timed(f, old=n.endswith(".oldpad")))
             line = f"D={D:5d} T={T:5d} " + " ".join(f"{n}={v:.3f}" for n, v in best.items())
             print(line, flush=True)
             res["points"].append({"D": D, "T": T, "us": best})
+    try:
+        from sglang.jit_kernel.norm import fused_add_rmsnorm, fused_inplace_qknorm
+    except Exception:  # noqa: BLE001
+        fused_add_rmsnorm = fused_inplace_qknorm = None
+    for (hq, hkv, d) in ((32, 8, 128), (16, 2, 256), (64, 4, 128)):
+        for T in (1, 2, 4, 8, 16, 64, 256, 1024):
+            qkv = torch.randn(T, (hq + 2 * hkv) * d, device=dev, dtype=torch.bfloat16)
+            q = qkv[:, :hq * d].view(T, hq, d)
+            k = qkv[:, hq * d:(hq + hkv) * d].view(T, hkv, d)
+            qw = torch.randn(d, device=dev, dtype=torch.bfloat16)
+            kw = torch.randn(d, device=dev, dtype=torch.bfloat16)
+            fns = {"qknorm": lambda: qknorm.qk_rms_norm(q, k, qw, kw, 1e-6, q_out=q, k_out=k)}
+            fns["qknorm.oldpad"] = fns["qknorm"]
+            if fused_inplace_qknorm is not None:
+                fns["sglang"] = lambda: fused_inplace_qknorm(q, k, qw, kw, 1e-6)
+            best = {n: float("inf") for n in fns}
+            for _ in range(3):
+                for n, f in fns.items():
+                    best[n] = min(best[n], timed(f, old=n.endswith(".oldpad")))
+            line = f"QK {hq}+{hkv}x{d} T={T:5d} " + " ".join(f"{n}={v:.3f}" for n, v in best.items())
+            print(line, flush=True)
+            res["points"].append({"op": "qk", "hq": hq, "hkv": hkv, "D": d, "T": T, "us": best})
+    for D in (2048, 4096, 8192):
+        for T in (1, 2, 8, 64, 1024, 4096):
+            x = torch.randn(T, D, device=dev, dtype=torch.bfloat16)
+            r = torch.randn(T, D, device=dev, dtype=torch.bfloat16)
+            w = torch.randn(D, device=dev, dtype=torch.bfloat16)
+            fns = {"qknorm": lambda: qknorm.fused_add_rms_norm(x, r, w, 1e-6)}
+            fns["qknorm.oldpad"] = fns["qknorm"]
+            if fused_add_rmsnorm is not None:
+                fns["sglang"] = lambda: fused_add_rmsnorm(x, r, w, 1e-6)
+            best = {n: float("inf") for n in fns}
+            for _ in range(3):
+                for n, f in fns.items():
+                    x.normal_(); r.normal_()
+                    best[n] = min(best[n], timed(f, old=n.endswith(".oldpad")))
+            line = f"ADD D={D:5d} T={T:5d} " + " ".join(f"{n}={v:.3f}" for n, v in best.items())
+            print(line, flush=True)
+            res["points"].append({"op": "add", "D": D, "T": T, "us": best})
     for kl in launch._launchers:
         for spec, entries in kl.specs.items():
             for e in entries:
