@@ -295,8 +295,11 @@ _QUANT_DOC_PARAMS = """
     then clamped to ``scale_ub``, then (UE8M0) rounded up to a power of two; ``y = saturate(n / s)``
     rounded to nearest even in ``out_dtype``. The method is the FP8 recipe of the serving engines
     (vLLM ``rms_norm_dynamic_per_token_quant``, FlashInfer ``rmsnorm_quant``, DeepSeek-V3's 1 x 128
-    block scales). Runs the PyTorch path on every device for now (fp32 math; the fused one-pass
-    kernel is being built). Not differentiable.
+    block scales). CUDA tensors run one fused kernel (one read of ``x``, one write of the codes
+    and scales; bits of ``n`` as :func:`rms_norm` computes them before its rounding), CPU tensors
+    the PyTorch path with the same numerics. ``torch.compile`` traces it as the
+    ``torch.ops.qknorm.rms_norm_quant`` / ``fused_add_rms_norm_quant_functional`` custom ops.
+    Not differentiable.
 """
 
 
@@ -320,11 +323,20 @@ def rms_norm_quant(x: torch.Tensor, weight: torch.Tensor | None = None, eps: flo
     eps : float
         Added to the mean square, >= 0.
     """
+    if _is_compiling():
+        _quant.refuse_grad(("x", x), ("weight", weight))
+        eps, weight_offset, _ = _quant.check_args(x, None, weight, eps, scale, group_size, out_dtype, weight_offset,
+                                                  scale_ub, column_major_scales, scale_ue8m0, out, scales_out,
+                                                  memory=False)
+        return _tl.traced_rms_norm_quant(x, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
+                                         column_major_scales, scale_ue8m0, out, scales_out)
+    r = _quant.fast(x, None, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub, column_major_scales,
+                    scale_ue8m0, out, scales_out)
+    if r is not None:
+        return r
     _quant.refuse_grad(("x", x), ("weight", weight))
-    mem = not _is_compiling()
     eps, weight_offset, groups = _quant.check_args(x, None, weight, eps, scale, group_size, out_dtype, weight_offset,
-                                                   scale_ub, column_major_scales, scale_ue8m0, out, scales_out,
-                                                   memory=mem)
+                                                   scale_ub, column_major_scales, scale_ue8m0, out, scales_out)
     return _quant.run(x, None, weight, eps, scale, groups, out_dtype, weight_offset, scale_ub, column_major_scales,
                       scale_ue8m0, out, scales_out)
 
@@ -351,11 +363,22 @@ def fused_add_rms_norm_quant(x: torch.Tensor, residual: torch.Tensor, weight: to
     eps : float
         Added to the mean square, >= 0.
     """
+    if _is_compiling():
+        _quant.refuse_grad(("x", x), ("residual", residual), ("weight", weight))
+        eps, weight_offset, _ = _quant.check_args(x, residual, weight, eps, scale, group_size, out_dtype,
+                                                  weight_offset, scale_ub, column_major_scales, scale_ue8m0, out,
+                                                  scales_out, memory=False)
+        return _tl.traced_fused_add_rms_norm_quant(x, residual, weight, eps, scale, group_size, out_dtype,
+                                                   weight_offset, scale_ub, column_major_scales, scale_ue8m0, out,
+                                                   scales_out)
+    r = _quant.fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
+                    column_major_scales, scale_ue8m0, out, scales_out)
+    if r is not None:
+        return r
     _quant.refuse_grad(("x", x), ("residual", residual), ("weight", weight))
-    mem = not _is_compiling()
     eps, weight_offset, groups = _quant.check_args(x, residual, weight, eps, scale, group_size, out_dtype,
                                                    weight_offset, scale_ub, column_major_scales, scale_ue8m0, out,
-                                                   scales_out, memory=mem)
+                                                   scales_out)
     return _quant.run(x, residual, weight, eps, scale, groups, out_dtype, weight_offset, scale_ub,
                       column_major_scales, scale_ue8m0, out, scales_out)
 

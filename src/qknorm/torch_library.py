@@ -13,7 +13,20 @@ Registered on import of ``qknorm`` (``functional.py`` imports this module):
                                                                        in place on ``q``, ``k``
 ``qknorm::qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox,
 rotary_dim, weight_offset) -> (Tensor, Tensor)`` and ``qknorm::qk_rms_norm_rope_(q!, k!, ...) -> ()``
+``qknorm::rms_norm_quant(x, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
+scale_ub_tensor, column_major_scales, scale_ue8m0) -> (Tensor, Tensor)``
+                                                                       functional: codes, scales
+``qknorm::rms_norm_quant_out(x, ..., out!, scales_out!) -> ()``        writes ``out``, ``scales_out``
+``qknorm::fused_add_rms_norm_quant(x, residual!, weight, ...) -> (Tensor, Tensor)``
+                                                                       mutates ``residual``
+``qknorm::fused_add_rms_norm_quant_functional(x, residual, ...) -> (Tensor, Tensor, Tensor)``
+                                                                       functional: codes, scales, sum
+``qknorm::fused_add_rms_norm_quant_out(x, residual!, ..., out!, scales_out!) -> ()``
 =====================================  =====================================================
+
+The quantised ops take ``scale_ub`` as two optional arguments (a number or a tensor) and
+return an empty ``scales`` tensor for a static ``scale`` (an op may not return its input;
+``qknorm.rms_norm_quant`` returns ``scale`` itself). They are not differentiable.
 
 Each has a fake (meta) implementation, so ``torch.compile(fullgraph=True)`` traces code
 that calls them without graph breaks, and inductor treats them as opaque kernels
@@ -49,10 +62,12 @@ from .ops import fused_add as _add
 from .ops import qk_norm as _qk
 from .ops import qk_norm_rope as _rope
 from .ops import rms_norm as _rms
+from .ops import rms_norm_quant as _quant
 from .reference import rms_norm_backward
 from .reference_rope import rope_ref
 
 __all__ = ["traced_rms_norm", "traced_fused_add_rms_norm", "traced_qk_rms_norm", "traced_qk_rms_norm_rope",
+           "traced_rms_norm_quant", "traced_fused_add_rms_norm_quant",
            "autograd_rms_norm", "autograd_fused_add_rms_norm", "autograd_qk_rms_norm", "autograd_qk_rms_norm_rope"]
 
 
@@ -273,6 +288,133 @@ def _qk_rope_inplace_fake(q, k, q_weight, k_weight, cos_sin_cache, positions, ep
                      q, k, None, memory=False)
 
 
+# --------------------------------------------------------------------------- quantised norms
+
+def _ub(scale_ub: Optional[float], scale_ub_tensor: Optional[Tensor]):
+    return scale_ub_tensor if scale_ub_tensor is not None else scale_ub
+
+
+def _no_scales(x: Tensor) -> Tensor:
+    """The ``scales`` output of a static-scale call: empty (the caller has ``scale``)."""
+    return torch.empty((0,), dtype=torch.float32, device=x.device)
+
+
+def _quant_fake(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub, scale_ub_tensor,
+                column_major_scales, scale_ue8m0):
+    _, _, n_groups = _quant.check_args(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset,
+                                       _ub(scale_ub, scale_ub_tensor), column_major_scales, scale_ue8m0, None, None,
+                                       memory=False)
+    y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    if scale is not None:
+        return y, _no_scales(x)
+    return y, _quant.new_scales(x.shape, x.device, n_groups, column_major_scales)
+
+
+def _quant_out_checks(x, residual, weight, eps, scale, group_size, weight_offset, scale_ub, scale_ub_tensor,
+                      scale_ue8m0, out, scales_out):
+    if scale is None and scales_out is None:
+        raise ValueError("scales_out is needed for dynamic scales (scale=None) in the out= form")
+    _quant.check_args(x, residual, weight, eps, scale, group_size, out.dtype, weight_offset,
+                      _ub(scale_ub, scale_ub_tensor), False, scale_ue8m0, out, scales_out, memory=False)
+
+
+@torch.library.custom_op("qknorm::rms_norm_quant", mutates_args=())
+def rms_norm_quant_op(x: Tensor, weight: Optional[Tensor], eps: float, scale: Optional[Tensor],
+                      group_size: Optional[int], out_dtype: torch.dtype, weight_offset: float,
+                      scale_ub: Optional[float], scale_ub_tensor: Optional[Tensor], column_major_scales: bool,
+                      scale_ue8m0: bool) -> tuple[Tensor, Tensor]:
+    with torch.no_grad():
+        y, s = _quant.call(x, None, weight, eps, scale, group_size, out_dtype, weight_offset,
+                           _ub(scale_ub, scale_ub_tensor), column_major_scales, scale_ue8m0)
+    return y, (_no_scales(x) if scale is not None else s)
+
+
+@rms_norm_quant_op.register_fake
+def _rms_norm_quant_fake(x, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub, scale_ub_tensor,
+                         column_major_scales, scale_ue8m0):
+    return _quant_fake(x, None, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub, scale_ub_tensor,
+                       column_major_scales, scale_ue8m0)
+
+
+@torch.library.custom_op("qknorm::rms_norm_quant_out", mutates_args=("out", "scales_out"))
+def rms_norm_quant_out_op(x: Tensor, weight: Optional[Tensor], eps: float, scale: Optional[Tensor],
+                          group_size: Optional[int], weight_offset: float, scale_ub: Optional[float],
+                          scale_ub_tensor: Optional[Tensor], scale_ue8m0: bool, out: Tensor,
+                          scales_out: Optional[Tensor]) -> None:
+    """Codes into ``out`` (its dtype is the output format), scales into ``scales_out`` (None
+    only with a static ``scale``)."""
+    _quant_out_checks(x, None, weight, eps, scale, group_size, weight_offset, scale_ub, scale_ub_tensor, scale_ue8m0,
+                      out, scales_out)
+    _quant.call(x, None, weight, eps, scale, group_size, out.dtype, weight_offset, _ub(scale_ub, scale_ub_tensor),
+                False, scale_ue8m0, out, scales_out)
+
+
+@rms_norm_quant_out_op.register_fake
+def _rms_norm_quant_out_fake(x, weight, eps, scale, group_size, weight_offset, scale_ub, scale_ub_tensor, scale_ue8m0,
+                             out, scales_out):
+    _quant_out_checks(x, None, weight, eps, scale, group_size, weight_offset, scale_ub, scale_ub_tensor, scale_ue8m0,
+                      out, scales_out)
+
+
+@torch.library.custom_op("qknorm::fused_add_rms_norm_quant", mutates_args=("residual",))
+def fused_add_rms_norm_quant_op(x: Tensor, residual: Tensor, weight: Optional[Tensor], eps: float,
+                                scale: Optional[Tensor], group_size: Optional[int], out_dtype: torch.dtype,
+                                weight_offset: float, scale_ub: Optional[float], scale_ub_tensor: Optional[Tensor],
+                                column_major_scales: bool, scale_ue8m0: bool) -> tuple[Tensor, Tensor]:
+    with torch.no_grad():
+        y, s = _quant.call(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset,
+                           _ub(scale_ub, scale_ub_tensor), column_major_scales, scale_ue8m0)
+    return y, (_no_scales(x) if scale is not None else s)
+
+
+@fused_add_rms_norm_quant_op.register_fake
+def _fused_add_quant_fake(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
+                          scale_ub_tensor, column_major_scales, scale_ue8m0):
+    return _quant_fake(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
+                       scale_ub_tensor, column_major_scales, scale_ue8m0)
+
+
+@torch.library.custom_op("qknorm::fused_add_rms_norm_quant_functional", mutates_args=())
+def fused_add_rms_norm_quant_functional_op(x: Tensor, residual: Tensor, weight: Optional[Tensor], eps: float,
+                                           scale: Optional[Tensor], group_size: Optional[int], out_dtype: torch.dtype,
+                                           weight_offset: float, scale_ub: Optional[float],
+                                           scale_ub_tensor: Optional[Tensor], column_major_scales: bool,
+                                           scale_ue8m0: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Functional form: ``(codes, scales, x + residual)`` without touching the inputs."""
+    r = residual.clone(memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        y, s = _quant.call(x, r, weight, eps, scale, group_size, out_dtype, weight_offset,
+                           _ub(scale_ub, scale_ub_tensor), column_major_scales, scale_ue8m0)
+    return y, (_no_scales(x) if scale is not None else s), r
+
+
+@fused_add_rms_norm_quant_functional_op.register_fake
+def _fused_add_quant_functional_fake(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
+                                     scale_ub_tensor, column_major_scales, scale_ue8m0):
+    y, s = _quant_fake(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
+                       scale_ub_tensor, column_major_scales, scale_ue8m0)
+    return y, s, torch.empty_like(residual, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("qknorm::fused_add_rms_norm_quant_out", mutates_args=("residual", "out", "scales_out"))
+def fused_add_rms_norm_quant_out_op(x: Tensor, residual: Tensor, weight: Optional[Tensor], eps: float,
+                                    scale: Optional[Tensor], group_size: Optional[int], weight_offset: float,
+                                    scale_ub: Optional[float], scale_ub_tensor: Optional[Tensor], scale_ue8m0: bool,
+                                    out: Tensor, scales_out: Optional[Tensor]) -> None:
+    """``residual += x``; codes of the norm of the sum into ``out``, scales into ``scales_out``."""
+    _quant_out_checks(x, residual, weight, eps, scale, group_size, weight_offset, scale_ub, scale_ub_tensor,
+                      scale_ue8m0, out, scales_out)
+    _quant.call(x, residual, weight, eps, scale, group_size, out.dtype, weight_offset,
+                _ub(scale_ub, scale_ub_tensor), False, scale_ue8m0, out, scales_out)
+
+
+@fused_add_rms_norm_quant_out_op.register_fake
+def _fused_add_quant_out_fake(x, residual, weight, eps, scale, group_size, weight_offset, scale_ub, scale_ub_tensor,
+                              scale_ue8m0, out, scales_out):
+    _quant_out_checks(x, residual, weight, eps, scale, group_size, weight_offset, scale_ub, scale_ub_tensor,
+                      scale_ue8m0, out, scales_out)
+
+
 # --------------------------------------------------------------------------- routing under tracing
 
 def _no_config(config):
@@ -319,6 +461,36 @@ def traced_qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, 
     qn, kn = torch.ops.qknorm.qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox,
                                                r, weight_offset)
     return _into(q_out, qn), _into(k_out, kn)
+
+
+def _ub_args(scale_ub):
+    """A checked ``scale_ub`` (None, a number or a tensor) as the ops' two arguments."""
+    if isinstance(scale_ub, torch.Tensor):
+        return None, scale_ub
+    return (None if scale_ub is None else float(scale_ub)), None
+
+
+def traced_rms_norm_quant(x, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub, column_major_scales,
+                          scale_ue8m0, out, scales_out):
+    """``qknorm.rms_norm_quant`` while torch.compile traces (arguments checked): the functional
+    custom op, then ``copy_`` into ``out`` / ``scales_out``."""
+    ub, ub_t = _ub_args(scale_ub)
+    g = None if group_size is None else int(group_size)
+    y, s = torch.ops.qknorm.rms_norm_quant(x, weight, eps, scale, g, out_dtype, weight_offset, ub, ub_t,
+                                           column_major_scales, scale_ue8m0)
+    return _into(out, y), (scale if scale is not None else _into(scales_out, s))
+
+
+def traced_fused_add_rms_norm_quant(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
+                                    column_major_scales, scale_ue8m0, out, scales_out):
+    """``qknorm.fused_add_rms_norm_quant`` while torch.compile traces (arguments checked)."""
+    ub, ub_t = _ub_args(scale_ub)
+    g = None if group_size is None else int(group_size)
+    y, s, r = torch.ops.qknorm.fused_add_rms_norm_quant_functional(x, residual, weight, eps, scale, g, out_dtype,
+                                                                   weight_offset, ub, ub_t, column_major_scales,
+                                                                   scale_ue8m0)
+    residual.copy_(r)
+    return _into(out, y), (scale if scale is not None else _into(scales_out, s))
 
 
 # --------------------------------------------------------------------------- eager calls that need autograd

@@ -1,17 +1,30 @@
-"""Host side of ``rms_norm_quant`` and ``fused_add_rms_norm_quant``: argument checks and the
-PyTorch path (fp32 norm as ``rms_norm`` computes it, then the 8-bit quantisation).
+"""Host side of ``rms_norm_quant`` and ``fused_add_rms_norm_quant`` (kernel:
+``kernels/rms_norm_quant.py``): argument checks, the PyTorch path, plans and launch.
 
-Public functions and documentation: ``functional.py``. Every backend runs the PyTorch path
-for now (a handful of PyTorch kernels on a GPU); the fused one-pass Triton kernel is the next
-step of issue 15, and will have to give the same codes.
+Public functions and documentation: ``functional.py``. CUDA tensors (and CPU tensors with
+``QKNORM_BACKEND=triton`` under ``TRITON_INTERPRET=1``) run the fused one-pass kernel through
+the shared plans of ``_plan`` (a cached fast call, else the general call); other calls the
+PyTorch path (:func:`torch_path`), which defines the numerics: the kernel gives its codes and
+scales for the same fp32 ``n``.
+
+The tile: the dispatcher's pick for ``rms_norm`` (``fused_add_rms_norm`` for the fused form)
+of the same dtype, width and rows, so ``n`` is summed in the canonical row layout of that
+width (the bits ``rms_norm`` computes before its rounding, batch-invariant).
 """
 from __future__ import annotations
 
 import torch
 
+from .. import backend, launch, layout
 from .. import validate
+from ..layout import INT32_MAX
 from ..reference import rms_norm_ref
+from . import _plan as plans
+from ._plan import MISS, PLANS, Pair
 
+OP = "rms_norm_quant"
+_Tensor = torch.Tensor
+_grad_on = torch.is_grad_enabled
 _is_compiling = getattr(torch.compiler, "is_compiling", None) or (lambda: False)
 
 #: Largest finite value of each output format (saturation bound; the quantisation's ``qmax``).
@@ -118,58 +131,392 @@ def refuse_grad(*ts) -> None:
                                  "call under torch.no_grad() / torch.inference_mode(), or detach it")
 
 
-def _pow2_ceil(s: torch.Tensor) -> torch.Tensor:
-    """``2**ceil(log2(s))`` exactly for positive finite ``s`` (UE8M0 scales)."""
+def pow2_ceil(s: torch.Tensor) -> torch.Tensor:
+    """``2**ceil(log2(s))`` exactly for positive finite ``s`` (UE8M0 scales; subnormal ``s`` too);
+    other values (<= 0, inf, NaN) unchanged, as the kernel's ``pow2_ceil``."""
     m, e = torch.frexp(s)  # s = m * 2**e, m in [0.5, 1)
-    return torch.ldexp(torch.ones_like(s), e - (m == 0.5).to(e.dtype))
+    p = torch.ldexp(torch.ones_like(s), e - (m == 0.5).to(e.dtype))
+    return torch.where((s > 0) & torch.isfinite(s), p, s)
 
 
-def _new_scales(x, n_groups: int, column_major: bool) -> torch.Tensor:
-    shape = scales_shape(x.shape, n_groups)
+def new_scales(x_shape, device, n_groups: int, column_major: bool) -> torch.Tensor:
+    """The dynamic scales a call allocates: ``x_shape[:-1] + (n_groups,)``, fp32, row-major or
+    column-major (stride 1 along the tokens, x's leading dims flattened: the layout DeepGEMM's
+    and TMA's grouped GEMMs read)."""
+    shape = scales_shape(x_shape, n_groups)
     if not column_major:
-        return torch.empty(shape, dtype=torch.float32, device=x.device)
-    # stride 1 along the tokens (the leading dims flattened): the layout DeepGEMM/TMA reads
-    return torch.empty((n_groups,) + shape[:-1], dtype=torch.float32, device=x.device).movedim(0, -1)
+        return torch.empty(shape, dtype=torch.float32, device=device)
+    return torch.empty((n_groups,) + shape[:-1], dtype=torch.float32, device=device).movedim(0, -1)
+
+
+def torch_path(x, residual, weight, eps: float, scale, n_groups: int, out_dtype, weight_offset: float, scale_ub,
+               scale_ue8m0: bool):
+    """The numerics, in PyTorch ops: ``(codes, scales or None, fp32 sum or None)``, nothing written.
+    ``n`` as ``rms_norm`` computes it (of the fp32 sum ``x + residual`` for the fused form), then
+    :func:`quantise`."""
+    s = None
+    if residual is not None:
+        s = x.to(torch.float32) + residual.to(torch.float32)
+        n = rms_norm_ref(s, weight, eps, weight_offset)
+    else:
+        n = rms_norm_ref(x, weight, eps, weight_offset)
+    y, sc = quantise(n, scale, n_groups, out_dtype, scale_ub, scale_ue8m0)
+    return y, sc, s
+
+
+def quantise(n: torch.Tensor, scale, n_groups: int, out_dtype, scale_ub, scale_ue8m0: bool):
+    """``(codes, scales)`` of the fp32 values ``n`` (scales None for a static ``scale``).
+
+    Scales ``max(amax, 1e-10) / qmax`` per group (NaN when the group holds a NaN) with IEEE
+    division (a device tensor divisor: on CUDA, PyTorch divides by a Python number as a
+    multiplication by its reciprocal), then ``scale_ub``, then UE8M0; codes ``saturate(n /
+    scale)`` (division, not a reciprocal's product: the codes at rounding ties depend on it),
+    round half to even for int8 (NaN -> 0), to nearest even for fp8 (NaN kept)."""
+    qmax = QMAX[out_dtype]
+    if scale is not None:
+        q = n / scale.reshape(())
+        sc = None
+    else:
+        d = n.shape[-1]
+        lead = tuple(n.shape[:-1])
+        if n_groups == 0:  # zero-width rows in groups: no groups
+            return torch.empty(n.shape, dtype=out_dtype, device=n.device), n.new_empty(lead + (0,))
+        ng = n.reshape(lead + (n_groups, d // n_groups))
+        amax = ng.abs().amax(dim=-1) if d else n.new_zeros(lead + (n_groups,))  # an empty row's amax: 0
+        sc = torch.clamp(amax, min=AMAX_FLOOR) / torch.full((), qmax, dtype=torch.float32, device=n.device)
+        if scale_ub is not None:
+            ub = scale_ub.reshape(()) if isinstance(scale_ub, torch.Tensor) else float(scale_ub)
+            sc = torch.clamp(sc, max=ub)
+        if scale_ue8m0:
+            sc = pow2_ceil(sc)
+        q = (ng / sc.unsqueeze(-1)).reshape(n.shape)
+    q = torch.clamp(q, -qmax, qmax)  # NaN stays NaN
+    if out_dtype == torch.int8:
+        q = torch.nan_to_num(torch.round(q), nan=0.0)  # round half to even; int8 has no NaN
+    return q.to(out_dtype), sc
 
 
 def run(x, residual, weight, eps: float, scale, n_groups: int, out_dtype, weight_offset: float, scale_ub,
-        column_major_scales: bool, scale_ue8m0: bool, out, scales_out):
-    """The PyTorch path, after :func:`check_args`: ``(y, scales)``; writes ``residual`` (fused
-    form), ``out`` and ``scales_out`` last."""
-    qmax = QMAX[out_dtype]
+        column_major_scales: bool, scale_ue8m0: bool, out, scales_out, config=None, debug=None):
+    """The general call, after :func:`check_args`: ``(y, scales)``. Reads weight, scale and
+    scale_ub from private copies when they share memory with a written tensor; then the kernel
+    (:func:`use_kernel`) or the PyTorch path, which writes ``residual`` (fused form), ``out`` and
+    ``scales_out`` last. ``config``/``debug`` (kernel only, tests): a forced ``KernelConfig``, and
+    an fp32 tensor of x's shape that receives ``n``."""
     with torch.no_grad():
-        weight = validate.unaliased(weight, (residual, out, scales_out))
-        if residual is not None:
-            s = x.to(torch.float32) + residual.to(torch.float32)
-            n = rms_norm_ref(s, weight, eps, weight_offset)
-        else:
-            n = rms_norm_ref(x, weight, eps, weight_offset)
-        if scale is not None:
-            q = n / scale.reshape(())
-            scales = scale
-        else:
-            d = x.shape[-1]
-            ng = n.reshape(n.shape[:-1] + (n_groups, d // n_groups))
-            sc = torch.clamp(ng.abs().amax(dim=-1), min=AMAX_FLOOR) / qmax
-            if scale_ub is not None:
-                ub = scale_ub.reshape(()) if isinstance(scale_ub, torch.Tensor) else float(scale_ub)
-                sc = torch.clamp(sc, max=ub)
-            if scale_ue8m0:
-                sc = _pow2_ceil(sc)
-            q = (ng / sc.unsqueeze(-1)).reshape(n.shape)
-            scales = sc
-        q = torch.clamp(q, -qmax, qmax)  # NaN stays NaN
-        if out_dtype == torch.int8:
-            q = torch.nan_to_num(torch.round(q), nan=0.0)  # round half to even; int8 has no NaN
-        y = q.to(out_dtype)
+        written = (residual, out, scales_out)
+        weight = validate.unaliased(weight, written)
+        if isinstance(scale_ub, torch.Tensor):
+            scale_ub = validate.unaliased(scale_ub, written)
+        kscale = validate.unaliased(scale, written)
+        if use_kernel(x):
+            y = out if out is not None else torch.empty(x.shape, dtype=out_dtype, device=x.device)
+            sc = None
+            if scale is None:
+                sc = scales_out if scales_out is not None else \
+                    new_scales(x.shape, x.device, n_groups, column_major_scales)
+            _launch_general(x, residual, weight, eps, kscale, n_groups, out_dtype, weight_offset, scale_ub,
+                            scale_ue8m0, y, sc, config, debug)
+            return y, (scale if scale is not None else sc)
+        y, sc, s = torch_path(x, residual, weight, eps, kscale, n_groups, out_dtype, weight_offset, scale_ub,
+                              scale_ue8m0)
         if residual is not None:
             residual.copy_(s)
         if out is not None:
             out.copy_(y)
             y = out
-        if scale is None:
-            if scales_out is None:
-                scales_out = _new_scales(x, n_groups, column_major_scales)
-            scales_out.copy_(scales)
-            scales = scales_out
-    return y, scales
+        if scale is not None:
+            return y, scale
+        if scales_out is None:
+            scales_out = new_scales(x.shape, x.device, n_groups, column_major_scales)
+        scales_out.copy_(sc)
+    return y, scales_out
+
+
+# --------------------------------------------------------------------------- the kernel
+
+#: How the kernel casts to FP8: ``"auto"`` (Triton's cast on sm_89+ GPUs, the kernel's exact
+#: bit path elsewhere: the interpreter, older GPUs), ``"bits"`` or ``"native"`` (tests).
+FP8_CAST = "auto"
+_OUT_CODE = {torch.int8: 0, torch.float8_e4m3fn: 1, torch.float8_e5m2: 2}
+_native_cache: dict = {}
+
+
+def use_kernel(x) -> bool:
+    """Whether a call on ``x`` runs the kernel (the backend's choice; not for empty or
+    zero-width tensors, which the PyTorch path answers)."""
+    return x.numel() > 0 and backend.use_triton(x)
+
+
+def native_cast(device) -> bool:
+    """Whether the kernel casts to FP8 with Triton's cast on ``device`` (see :data:`FP8_CAST`)."""
+    mode = FP8_CAST
+    if mode != "auto":
+        return mode == "native"
+    idx = device.index if device.type == "cuda" else None
+    hit = _native_cache.get(idx)
+    if hit is None:
+        hit = False
+        if device.type == "cuda" and not backend.interpreter_on():
+            try:
+                hit = torch.cuda.get_device_capability(device) >= (8, 9)
+            except Exception:  # noqa: BLE001 - no CUDA: the bit path
+                hit = False
+        _native_cache[idx] = hit
+    return hit
+
+
+def launcher() -> launch.KernelLauncher:
+    """The kernel's launcher (imports triton on first use)."""
+    return plans.kernel_launcher("rms_norm_quant", "rms_norm_quant_kernel", ("X", "R", "Y", "W", "SC", "SIN", "DBG"),
+                                 ("X", "R", "Y", "W", "SC", "SIN", "DBG", "eps", "eps_tiny", "w_offset"))
+
+
+def _pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def build_plan(x, residual, weight, y_strides, sc_strides, static: bool, n_groups: int, out_dtype, ub_kind: int,
+               ub: float, scale_ue8m0: bool, config, debug: bool, sin_dtype, sc_dtype):
+    """Plan of one call's metadata (after the checks), or None when the kernel cannot address
+    the tensors directly (more than three unmergeable leading dims, column offsets past int32,
+    too many rows). ``ub_kind``: 0 no bound, 1 the float ``ub``, 2 a tensor."""
+    d = x.shape[-1]
+    shape = tuple(x.shape)
+    rs = tuple(residual.stride()) if residual is not None else tuple(x.stride())
+    ss = tuple(sc_strides) if sc_strides is not None else (0,) * len(shape)
+    lay = layout.row_layout(shape, tuple(x.stride()), rs, tuple(y_strides), ss)
+    if lay is None or lay.n_rows > layout.ROW_LIMIT or any(abs(s[3]) * d > INT32_MAX for s in lay.strides[:3]) \
+            or (weight is not None and abs(weight.stride(0)) * d > INT32_MAX):
+        return None
+    op = "fused_add_rms_norm" if residual is not None else "rms_norm"
+    cfg = plans.choose(op, x.dtype, d, lay.n_rows, x.device, config)
+    chunked = cfg.chunked(d)
+    group = 0 if static or n_groups == 1 else d // n_groups
+    gp = 1 << (group - 1).bit_length() if group else 0
+    (_, n1, n2), (xs, rs_, ys, ss_) = lay.sizes, lay.strides
+    return plans.make_plan(
+        launcher(), cfg, plans.blocks(lay.n_rows, cfg), x.device,
+        (x.dtype, residual.dtype if residual is not None else x.dtype, out_dtype,
+         weight.dtype if weight is not None else x.dtype, sc_dtype, sin_dtype, torch.float32 if debug else x.dtype),
+        ub=float(ub), n_rows=lay.n_rows, D=d, N1=n1, N2=n2, **plans.strides_named("x", xs),
+        **plans.strides_named("r", rs_), **plans.strides_named("y", ys),
+        ws=weight.stride(0) if weight is not None else 0, ss0=ss_[0], ss1=ss_[1], ss2=ss_[2], ssg=ss_[3],
+        n_groups=n_groups, HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None, STATIC=static,
+        GROUP=group, GP=gp, UB=ub_kind, UE8M0=scale_ue8m0, OUT=_OUT_CODE[out_dtype], QMAX=QMAX[out_dtype],
+        NATIVE_CAST=out_dtype != torch.int8 and native_cast(x.device), ROWS=cfg.rows, BLOCK_D=cfg.block_d,
+        CHUNKED=chunked, ONE_PASS=not chunked and (static or group == 0 or _pow2(group)), DEBUG=debug)
+
+
+def _ub_parts(scale_ub):
+    """``(ub_kind, float ub, tensor or None)`` of a checked ``scale_ub``."""
+    if scale_ub is None:
+        return 0, 0.0, None
+    if isinstance(scale_ub, torch.Tensor):
+        return 2, 0.0, scale_ub
+    return 1, float(scale_ub), None
+
+
+def _launch_general(x, residual, weight, eps, scale, n_groups, out_dtype, weight_offset, scale_ub, scale_ue8m0,
+                    y, sc, config, debug, copied: bool = False):
+    """Launch the kernel over checked arguments (outputs ``y``, ``sc`` given): calls past
+    ``ROW_LIMIT`` rows in pieces, views the kernel cannot address once on contiguous copies."""
+    weight = plans.addressable_weight(weight, x.shape[-1])
+    ts = [x, y] + [t for t in (residual, sc, debug) if t is not None]
+    if plans.n_rows(x) > layout.ROW_LIMIT:
+        for piece in plans.row_chunks(ts):
+            it = iter(piece[2:])
+            xc, yc = piece[0], piece[1]
+            rc = next(it) if residual is not None else None
+            scc = next(it) if sc is not None else None
+            dc = next(it) if debug is not None else None
+            _launch_general(xc, rc, weight, eps, scale, n_groups, out_dtype, weight_offset, scale_ub, scale_ue8m0,
+                            yc, scc, config, dc)
+        return
+    ub_kind, ub, ub_t = _ub_parts(scale_ub)
+    sin = scale if scale is not None else ub_t
+    if sin is not None and sin.is_neg():
+        sin = sin.resolve_neg()
+    key = (OP, "general", x.shape, x.stride(), x.dtype, x.get_device(),
+           None if residual is None else residual.stride(), y.stride(), out_dtype,
+           None if sc is None else sc.stride(), None if weight is None else (weight.stride(), weight.dtype),
+           scale is not None, n_groups, ub_kind, ub, scale_ue8m0, debug is not None,
+           FP8_CAST, config)
+    plan = plans.cached(key, lambda: build_plan(
+        x, residual, weight, y.stride(), None if sc is None else sc.stride(), scale is not None, n_groups, out_dtype,
+        ub_kind, ub, scale_ue8m0, config, debug is not None, torch.float32 if sin is not None else x.dtype,
+        torch.float32 if sc is not None else x.dtype))
+    if plan is None:
+        assert not copied, "a contiguous copy must be addressable"
+        xc = x.contiguous()
+        rc = residual.contiguous() if residual is not None else None
+        yc = torch.empty(y.shape, dtype=y.dtype, device=y.device)
+        scc = torch.empty(sc.shape, dtype=sc.dtype, device=sc.device) if sc is not None else None
+        dc = torch.empty(debug.shape, dtype=debug.dtype, device=debug.device) if debug is not None else None
+        _launch_general(xc, rc, weight, eps, scale, n_groups, out_dtype, weight_offset, scale_ub, scale_ue8m0,
+                        yc, scc, config, dc, copied=True)
+        for dst, src in ((residual, rc), (y, yc), (sc, scc), (debug, dc)):
+            if dst is not None:
+                dst.copy_(src)
+        return
+    r = residual if residual is not None else x
+    w = weight if weight is not None else x
+    s = sc if sc is not None else x
+    sin = sin if sin is not None else x
+    dbg = debug if debug is not None else x
+    ts = (x, r, y, w, s, sin, dbg)
+    ptrs = tuple(t.data_ptr() for t in ts)
+    launch.run_plan(plan, launch.align_bits(*ptrs), ptrs + (*plans.eps_pair(eps), weight_offset), ts)
+
+
+# --------------------------------------------------------------------------- the fast call
+
+def _apart(pa: int, sa, pb: int, sb) -> bool:
+    return pa + sa[1] <= pb + sb[0] or pb + sb[1] <= pa + sa[0]
+
+
+def _meta(t):
+    return (t.shape, t.stride(), t.dtype, t.get_device())
+
+
+def fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub, column_major_scales,
+         scale_ue8m0, out, scales_out, config=None):
+    """The common kernel call on a cached plan: ``(y, scales)``, or None to take the general
+    call (which checks everything again and raises where an argument is wrong).
+
+    The key holds all the metadata the checks read, the scalars included; per call only the
+    flags a key cannot hold (negated views, grad) and the overlaps of the actual buffers are
+    checked: every written tensor (residual, a given ``out`` / ``scales_out``) must share no
+    byte with another tensor of the call (x and residual by the exact test), else the general
+    call copies or raises."""
+    if type(x) is not _Tensor or type(eps) is not float or type(weight_offset) is not float \
+            or backend.active == "torch":
+        return None
+    try:  # a sparse tensor has no strides, an unhashable config no hash: the general call raises
+        dev = x.get_device()
+        if dev < 0 and not plans.FAST_ON_CPU:
+            return None
+        tk = []
+        for t in (residual, weight, scale, out, scales_out):
+            if t is None:
+                tk.append(None)
+            elif type(t) is _Tensor:
+                tk.append(_meta(t))
+            else:
+                return None
+        if scale_ub is None or type(scale_ub) is float:
+            ubk = scale_ub
+        elif type(scale_ub) is _Tensor:
+            ubk = _meta(scale_ub)
+        else:
+            return None
+        key = (OP, x.shape, x.stride(), x.dtype, dev, *tk, eps, weight_offset, group_size, out_dtype, ubk,
+               column_major_scales, scale_ue8m0, FP8_CAST, config)
+        plan = PLANS.get(key, MISS)
+        if plan is MISS:
+            plan = PLANS.build(key, _fast_plan, x, residual, weight, eps, scale, group_size, out_dtype, weight_offset,
+                               scale_ub, column_major_scales, scale_ue8m0, out, scales_out, config)
+    except (RuntimeError, TypeError):
+        return None
+    if plan is None:
+        return None
+    ub_t = scale_ub if ubk is not None and type(scale_ub) is _Tensor else None
+    sin = scale if scale is not None else ub_t
+    for t in (x, residual, weight, sin, out, scales_out):
+        if t is not None and (t.is_neg() or (t.requires_grad and _grad_on())):
+            return None
+    px = x.data_ptr()
+    sp = plan.spans  # byte spans: x, residual, weight, scale or scale_ub, out, scales_out
+    pr = residual.data_ptr() if residual is not None else px
+    pw = weight.data_ptr() if weight is not None else px
+    ps = sin.data_ptr() if sin is not None else px
+    reads = [(px, sp[0])]
+    if weight is not None:
+        reads.append((pw, sp[2]))
+    if sin is not None:
+        reads.append((ps, sp[3]))
+    if residual is not None:
+        if not (_apart(px, sp[0], pr, sp[1]) or plans.apart(plan, Pair.X_OUT, px, sp[0], pr, sp[1])):
+            return None
+        for p, s in reads[1:]:
+            if not _apart(p, s, pr, sp[1]):
+                return None
+        reads.append((pr, sp[1]))  # the written tensors below must not meet it either
+    if out is None:
+        y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+        py = y.data_ptr()
+    else:
+        y, py = out, out.data_ptr()
+        for p, s in reads:
+            if not _apart(py, sp[4], p, s):
+                return None
+        reads.append((py, sp[4]))
+    if scale is not None:
+        sc, psc = x, px
+    elif scales_out is None:
+        sc = new_scales(x.shape, x.device, 1 if group_size is None else x.shape[-1] // group_size,
+                        column_major_scales)
+        psc = sc.data_ptr()
+    else:
+        sc, psc = scales_out, scales_out.data_ptr()
+        for p, s in reads:
+            if not _apart(psc, sp[5], p, s):
+                return None
+    ptrs = (px, pr, py, pw, psc, ps, px)
+    launch.run_plan(plan, 0 if not (px | pr | py | pw | psc | ps) & 15 else launch.align_bits(*ptrs), ptrs,
+                    (x, residual if residual is not None else x, y, weight if weight is not None else x, sc,
+                     sin if sin is not None else x, x))
+    return y, (scale if scale is not None else sc)
+
+
+def _fast_plan(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub, column_major_scales,
+               scale_ue8m0, out, scales_out, config):
+    if not plans.checked(lambda: validate.config(config)):
+        return None
+    try:
+        eps, weight_offset, n_groups = check_args(x, residual, weight, eps, scale, group_size, out_dtype,
+                                                  weight_offset, scale_ub, column_major_scales, scale_ue8m0, out,
+                                                  scales_out, memory=False)
+    except (TypeError, ValueError):
+        return None
+    if x.numel() == 0 or (not x.is_cuda and not plans.FAST_ON_CPU):
+        return None
+    y_strides = plans.contig_strides(x.shape) if out is None else tuple(out.stride())
+    sc_strides = None
+    if n_groups:
+        sc_strides = tuple(scales_out.stride()) if scales_out is not None else \
+            tuple(new_scales(x.shape, "meta", n_groups, column_major_scales).stride())
+    ub_kind, ub, ub_t = _ub_parts(scale_ub)
+    sin = scale if scale is not None else ub_t
+    plan = build_plan(x, residual, weight, y_strides, sc_strides, scale is not None, n_groups, out_dtype, ub_kind, ub,
+                      scale_ue8m0, config, False, torch.float32 if sin is not None else x.dtype,
+                      torch.float32 if n_groups else x.dtype)
+    if plan is None:
+        return None
+    es = x.element_size()
+    none = (0, 0)
+    sp = lambda t, strides=None: none if t is None else plans.span(  # noqa: E731
+        t.shape, t.stride() if strides is None else strides, t.element_size())
+    plan.spans = (sp(x), sp(residual), sp(weight), sp(sin), sp(out), sp(scales_out))
+    if residual is not None:
+        plans.set_pair(plan, Pair.X_OUT, x.shape, x.stride(), residual.shape, residual.stride(), es)
+    plans.bind_scalars(plan, eps, weight_offset)
+    return plan
+
+
+def call(x, residual=None, weight=None, eps=1e-6, scale=None, group_size=None, out_dtype=torch.float8_e4m3fn,
+         weight_offset=0.0, scale_ub=None, column_major_scales=False, scale_ue8m0=False, out=None, scales_out=None,
+         config=None, debug=None):
+    """Eager ``rms_norm_quant`` / ``fused_add_rms_norm_quant`` (``residual`` given) without the
+    compile routing (the custom ops' body): the fast call, else every check and the general call."""
+    if debug is None:
+        r = fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub, column_major_scales,
+                 scale_ue8m0, out, scales_out, config)
+        if r is not None:
+            return r
+    refuse_grad(("x", x), ("residual", residual), ("weight", weight))
+    validate.config(config)
+    eps, weight_offset, n_groups = check_args(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset,
+                                              scale_ub, column_major_scales, scale_ue8m0, out, scales_out)
+    return run(x, residual, weight, eps, scale, n_groups, out_dtype, weight_offset, scale_ub, column_major_scales,
+               scale_ue8m0, out, scales_out, config, debug)
