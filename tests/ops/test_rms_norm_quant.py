@@ -1,4 +1,7 @@
 """``rms_norm_quant`` / ``fused_add_rms_norm_quant`` against an fp64 reference (issue 15)."""
+import os
+import re
+
 import pytest
 import torch
 
@@ -7,6 +10,7 @@ import qknorm
 from helpers import ref_norm  # fp64, on the CPU
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 QMAX = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0, torch.int8: 127.0}
 MANT = {torch.float8_e4m3fn: 3, torch.float8_e5m2: 2}
 MIN_NORMAL = {torch.float8_e4m3fn: 2.0 ** -6, torch.float8_e5m2: 2.0 ** -14}
@@ -145,7 +149,15 @@ def _bad_calls(x, r, w):
     ]
 
 
-def test_bad_input_raises_and_writes_nothing():
+@pytest.mark.parametrize("backend", ["auto", "torch", "triton"])
+def test_bad_input_raises_and_writes_nothing(backend):
+    if backend == "triton" and DEV == "cpu" and not INTERPRET:
+        pytest.skip("the kernels on the CPU need TRITON_INTERPRET=1")
+    with qknorm.use_backend(backend):
+        _bad_input_raises_and_writes_nothing()
+
+
+def _bad_input_raises_and_writes_nothing():
     x = randn(4, 64, seed=9)
     r = randn(4, 64, seed=10)
     w = randn(64, seed=11)
@@ -168,13 +180,6 @@ def test_not_differentiable_under_grad_mode():
     assert not y.requires_grad
 
 
-def test_compiles_fullgraph():
-    x = randn(4, 64, seed=12)
-    f = torch.compile(lambda t: qknorm.rms_norm_quant(t, group_size=32, scale_ue8m0=True), fullgraph=True,
-                      backend="aot_eager")
-    y, s = f(x)
-    y2, s2 = qknorm.rms_norm_quant(x, group_size=32, scale_ue8m0=True)
-    assert torch.equal(y.view(torch.uint8), y2.view(torch.uint8)) and torch.equal(s, s2)
 
 
 def test_batch_invariant_codes():
@@ -183,3 +188,154 @@ def test_batch_invariant_codes():
     for n in (1, 5, 33):
         yn, sn = qknorm.rms_norm_quant(x[:n], group_size=64)
         assert torch.equal(yn.view(torch.uint8), y[:n].view(torch.uint8)) and torch.equal(sn, s[:n])
+
+
+# --------------------------------------------------------------------------- routing
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "triton"])
+def test_routing_kernel_or_torch_path(backend, monkeypatch):
+    """CUDA tensors (auto/triton) and the interpreter (triton) run the kernel, the rest the
+    PyTorch path; both give the same codes here (one code step at a rounding tie allowed)."""
+    if backend == "triton" and DEV == "cpu" and not INTERPRET:
+        pytest.skip("the kernels on the CPU need TRITON_INTERPRET=1")
+    from qknorm.ops import rms_norm_quant as Q
+    calls = []
+    general, torch_path = Q._launch_general, Q.torch_path
+    monkeypatch.setattr(Q, "_launch_general", lambda *a, **k: calls.append("kernel") or general(*a, **k))
+    monkeypatch.setattr(Q, "torch_path", lambda *a, **k: calls.append("torch") or torch_path(*a, **k))
+    x = randn(5, 3, 128, dtype=torch.bfloat16, seed=20)
+    r = randn(5, 3, 128, dtype=torch.bfloat16, seed=21)
+    w = randn(128, dtype=torch.bfloat16, seed=22)
+    with qknorm.use_backend(backend):
+        y, s = qknorm.rms_norm_quant(x, w, group_size=64, column_major_scales=True)
+        r1 = r.clone()
+        y2, s2 = qknorm.fused_add_rms_norm_quant(x, r1, w, out_dtype=torch.int8)
+        rounds = helpers.rounds_to_nearest()
+    kernel = backend == "triton" or (backend == "auto" and DEV == "cuda")
+    if DEV == "cpu":  # on CUDA the fast call runs the kernel without the general call
+        assert calls == (["kernel"] * 2 if kernel else ["torch"] * 2)
+    n = ref_norm(x, w)
+    check_codes(y, s, n, torch.float8_e4m3fn, 2)
+    assert s.stride()[0] == 3 and s.stride()[1] == 1
+    check_codes(y2, s2, ref_norm(x.double() + r.double(), w), torch.int8, 1)
+    assert torch.equal(r1, (x.float() + r.float()).to(torch.bfloat16)) or not rounds
+
+
+def test_empty_and_zero_width():
+    for shape, g in (((0, 8), None), ((0, 8), 4), ((4, 0), None), ((4, 0), 4)):
+        x = torch.zeros(shape, device=DEV)
+        y, s = qknorm.rms_norm_quant(x, group_size=g)
+        assert y.shape == shape and y.dtype == torch.float8_e4m3fn
+        assert s.shape == shape[:-1] + ((1 if g is None else shape[-1] // g),)
+        if shape == (4, 0) and g is None:  # an empty row's amax is 0: the floor
+            assert torch.equal(s.cpu(), torch.full((4, 1), 1e-10) / 448.0)
+
+
+# --------------------------------------------------------------------------- custom ops
+
+ops = torch.ops.qknorm
+QUANT_OPS = ["rms_norm_quant", "rms_norm_quant_out", "fused_add_rms_norm_quant",
+             "fused_add_rms_norm_quant_functional", "fused_add_rms_norm_quant_out"]
+
+
+def test_opcheck_quant_ops():
+    """Schema, fake and real agree (shapes, strides, dtypes, mutations). The out= forms are
+    checked with int8 codes: torch's schema check compares fp8 tensors with allclose, which
+    fp8 does not implement."""
+    x = randn(3, 128, seed=30)
+    r = randn(3, 128, seed=31)
+    w = randn(128, seed=32)
+    sc = torch.tensor([0.01], device=DEV)
+    ub = torch.tensor([0.003], device=DEV)
+    f8, f5, i8 = torch.float8_e4m3fn, torch.float8_e5m2, torch.int8
+    for a in [(x, w, 1e-6, None, None, f8, 0.0, None, None, False, False),
+              (x, w, 1e-6, None, 32, i8, 0.5, 0.01, None, True, True),
+              (x, None, 1e-6, sc, None, f5, 0.0, None, None, False, False),
+              (x, w, 1e-6, None, 64, f8, 0.0, None, ub, False, False)]:
+        torch.library.opcheck(ops.rms_norm_quant.default, a)
+        torch.library.opcheck(ops.fused_add_rms_norm_quant.default, (x, r.clone()) + a[1:])
+        torch.library.opcheck(ops.fused_add_rms_norm_quant_functional.default, (x, r.clone()) + a[1:])
+    out = torch.empty(3, 128, dtype=i8, device=DEV)
+    so = torch.empty(4, 3, device=DEV).t()
+    torch.library.opcheck(ops.rms_norm_quant_out.default, (x, w, 1e-6, None, 32, 0.0, None, None, False, out, so))
+    torch.library.opcheck(ops.rms_norm_quant_out.default, (x, w, 1e-6, sc, None, 0.0, None, None, False, out, None))
+    torch.library.opcheck(ops.fused_add_rms_norm_quant_out.default,
+                          (x, r.clone(), w, 1e-6, None, 32, 1.0, None, ub, True, out, so))
+
+
+def test_quant_op_schemas_and_direct_calls():
+    mut = lambda name, s: re.search(r"Tensor\(\w+!\)\?? " + name + r"\b", s)  # noqa: E731
+    assert "!" not in str(ops.rms_norm_quant.default._schema)
+    assert "!" not in str(ops.fused_add_rms_norm_quant_functional.default._schema)
+    s = str(ops.rms_norm_quant_out.default._schema)
+    assert mut("out", s) and mut("scales_out", s) and not mut("x", s)
+    s = str(ops.fused_add_rms_norm_quant.default._schema)
+    assert mut("residual", s) and not mut("x", s) and not mut("weight", s)
+    s = str(ops.fused_add_rms_norm_quant_out.default._schema)
+    assert mut("residual", s) and mut("out", s) and mut("scales_out", s) and not mut("x", s)
+    x = randn(4, 64, seed=33)
+    r = randn(4, 64, seed=34)
+    y, s = qknorm.fused_add_rms_norm_quant(x, r.clone(), group_size=32)
+    r2 = r.clone()
+    out = torch.empty(4, 64, dtype=torch.float8_e4m3fn, device=DEV)
+    so = torch.empty(4, 2, device=DEV)
+    assert ops.fused_add_rms_norm_quant_out(x, r2, None, 1e-6, None, 32, 0.0, None, None, False, out, so) is None
+    assert torch.equal(out.view(torch.uint8), y.view(torch.uint8)) and torch.equal(so, s)
+    assert torch.equal(r2, (x + r).to(r.dtype))
+    y3, s3, r3 = ops.fused_add_rms_norm_quant_functional(x, r, None, 1e-6, None, 32, torch.float8_e4m3fn, 0.0, None,
+                                                         None, False, False)
+    assert torch.equal(y3.view(torch.uint8), y.view(torch.uint8)) and torch.equal(s3, s) and torch.equal(r3, r2)
+    y4, s4 = ops.rms_norm_quant(x, None, 1e-6, torch.tensor([0.1], device=DEV), None, torch.int8, 0.0, None, None,
+                                False, False)
+    assert s4.numel() == 0 and y4.dtype == torch.int8
+    with pytest.raises(ValueError, match="scales_out is needed"):
+        ops.rms_norm_quant_out(x, None, 1e-6, None, 32, 0.0, None, None, False, out, None)
+
+
+def _model(x, r, w, scale, out, so):
+    """Model-like code: a static-scale call, a fused call writing the residual, out= and scales_out=."""
+    y1, s1 = qknorm.rms_norm_quant(x, w, 1e-6, scale=scale)
+    y2, s2 = qknorm.fused_add_rms_norm_quant(x, r, w, 1e-6, group_size=32, column_major_scales=True,
+                                             scale_ue8m0=True)
+    qknorm.rms_norm_quant(r, None, 1e-5, group_size=64, out_dtype=torch.int8, scale_ub=0.05, out=out, scales_out=so)
+    return y1.float() * s1, y2.view(torch.uint8), s2 * 2, r + 1
+
+
+def test_compiles_fullgraph_to_functional_ops():
+    torch._dynamo.reset()
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        from torch._dynamo.backends.common import aot_autograd
+        return aot_autograd(fw_compiler=lambda g, _: g)(gm, example_inputs)
+
+    args = [randn(4, 128, seed=40), randn(4, 128, seed=41), randn(128, seed=42), torch.tensor([0.02], device=DEV)]
+
+    def outs():
+        return (torch.empty(4, 128, dtype=torch.int8, device=DEV), torch.full((4, 2), float("nan"), device=DEV))
+
+    ref_args, ref_out = [a.clone() for a in args], outs()
+    ref = _model(*ref_args, *ref_out)
+    got_args, got_out = [a.clone() for a in args], outs()
+    got = torch.compile(_model, fullgraph=True, backend=backend)(*got_args, *got_out)
+    for a, b in zip(ref + ref_out, got + got_out):
+        assert torch.equal(a, b)
+    assert torch.equal(got_args[1], ref_args[1]) and not torch.equal(got_args[1], args[1])  # residual written
+    assert len(graphs) == 1
+    code = graphs[0].code
+    assert "qknorm.rms_norm_quant" in code and "qknorm.fused_add_rms_norm_quant_functional" in code
+    assert not re.findall(r"qknorm\.(?:rms_norm_quant_out|fused_add_rms_norm_quant_out|fused_add_rms_norm_quant)[.(]",
+                          code)
+
+
+def test_compile_fullgraph_aot_eager_matches_eager():
+    torch._dynamo.reset()
+    x = randn(4, 64, seed=12)
+    f = torch.compile(lambda t: qknorm.rms_norm_quant(t, group_size=32, scale_ue8m0=True), fullgraph=True,
+                      backend="aot_eager")
+    y, s = f(x)
+    y2, s2 = qknorm.rms_norm_quant(x, group_size=32, scale_ue8m0=True)
+    assert torch.equal(y.view(torch.uint8), y2.view(torch.uint8)) and torch.equal(s, s2)
+    with pytest.raises(Exception, match="group_size 7 must divide"):
+        torch.compile(lambda t: qknorm.rms_norm_quant(t, group_size=7), fullgraph=True, backend="aot_eager")(x)

@@ -321,6 +321,8 @@ def _launch_general(x, residual, weight, eps, scale, n_groups, out_dtype, weight
                     y, sc, config, debug, copied: bool = False):
     """Launch the kernel over checked arguments (outputs ``y``, ``sc`` given): calls past
     ``ROW_LIMIT`` rows in pieces, views the kernel cannot address once on contiguous copies."""
+    assert debug is None or (debug.dtype == torch.float32 and debug.stride() == y.stride()), \
+        "debug: fp32 with the strides of the codes"
     weight = plans.addressable_weight(weight, x.shape[-1])
     ts = [x, y] + [t for t in (residual, sc, debug) if t is not None]
     if plans.n_rows(x) > layout.ROW_LIMIT:
