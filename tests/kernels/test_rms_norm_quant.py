@@ -18,6 +18,7 @@ from qknorm.ops import rms_norm_quant as Q
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
+from qknorm.kernels.rms_norm_quant import pow2_ceil, to_codes  # noqa: E402 - needs triton
 
 HAS_CUDA = torch.cuda.is_available()
 DEV = "cuda" if HAS_CUDA else "cpu"
@@ -132,7 +133,6 @@ def check_call(x, weight=None, residual=None, config=None, offset=0.0, eps=1e-6,
 
 @triton.jit
 def _codes_kernel(Q_, Y, n, OUT: tl.constexpr, QMAX: tl.constexpr, NATIVE: tl.constexpr, BLOCK: tl.constexpr):
-    from qknorm.kernels.rms_norm_quant import to_codes
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = i < n
     q = tl.load(Q_ + i, mask=m, other=0.0)
@@ -141,7 +141,6 @@ def _codes_kernel(Q_, Y, n, OUT: tl.constexpr, QMAX: tl.constexpr, NATIVE: tl.co
 
 @triton.jit
 def _pow2_kernel(S, R, n, BLOCK: tl.constexpr):
-    from qknorm.kernels.rms_norm_quant import pow2_ceil
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = i < n
     tl.store(R + i, pow2_ceil(tl.load(S + i, mask=m, other=1.0)), mask=m)

@@ -414,14 +414,15 @@ def fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, 
             return None
         key = (OP, x.shape, x.stride(), x.dtype, dev, *tk, eps, weight_offset, group_size, out_dtype, ubk,
                column_major_scales, scale_ue8m0, FP8_CAST, config)
-        plan = PLANS.get(key, MISS)
-        if plan is MISS:
-            plan = PLANS.build(key, _fast_plan, x, residual, weight, eps, scale, group_size, out_dtype, weight_offset,
-                               scale_ub, column_major_scales, scale_ue8m0, out, scales_out, config)
+        hit = PLANS.get(key, MISS)
+        if hit is MISS:
+            hit = PLANS.build(key, _fast_plan, x, residual, weight, eps, scale, group_size, out_dtype, weight_offset,
+                              scale_ub, column_major_scales, scale_ue8m0, out, scales_out, config)
     except (RuntimeError, TypeError):
         return None
-    if plan is None:
+    if hit is None:
         return None
+    plan, sc_shape, sc_strides = hit
     ub_t = scale_ub if ubk is not None and type(scale_ub) is _Tensor else None
     sin = scale if scale is not None else ub_t
     for t in (x, residual, weight, sin, out, scales_out):
@@ -456,8 +457,7 @@ def fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, 
     if scale is not None:
         sc, psc = x, px
     elif scales_out is None:
-        sc = new_scales(x.shape, x.device, 1 if group_size is None else x.shape[-1] // group_size,
-                        column_major_scales)
+        sc = torch.empty_strided(sc_shape, sc_strides, dtype=torch.float32, device=x.device)
         psc = sc.data_ptr()
     else:
         sc, psc = scales_out, scales_out.data_ptr()
@@ -473,6 +473,8 @@ def fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, 
 
 def _fast_plan(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub, column_major_scales,
                scale_ue8m0, out, scales_out, config):
+    """``(plan, scales shape, scales strides)`` of a fast call's key (PLANS holds this triple
+    for the quantised ops), or None: the key takes the general call."""
     if not plans.checked(lambda: validate.config(config)):
         return None
     try:
@@ -484,8 +486,9 @@ def _fast_plan(x, residual, weight, eps, scale, group_size, out_dtype, weight_of
     if x.numel() == 0 or (not x.is_cuda and not plans.FAST_ON_CPU):
         return None
     y_strides = plans.contig_strides(x.shape) if out is None else tuple(out.stride())
-    sc_strides = None
+    sc_shape = sc_strides = None
     if n_groups:
+        sc_shape = scales_shape(x.shape, n_groups)
         sc_strides = tuple(scales_out.stride()) if scales_out is not None else \
             tuple(new_scales(x.shape, "meta", n_groups, column_major_scales).stride())
     ub_kind, ub, ub_t = _ub_parts(scale_ub)
@@ -495,15 +498,12 @@ def _fast_plan(x, residual, weight, eps, scale, group_size, out_dtype, weight_of
                       torch.float32 if n_groups else x.dtype)
     if plan is None:
         return None
-    es = x.element_size()
-    none = (0, 0)
-    sp = lambda t, strides=None: none if t is None else plans.span(  # noqa: E731
-        t.shape, t.stride() if strides is None else strides, t.element_size())
-    plan.spans = (sp(x), sp(residual), sp(weight), sp(sin), sp(out), sp(scales_out))
+    plan.spans = tuple((0, 0) if t is None else plans.span(t.shape, t.stride(), t.element_size())
+                       for t in (x, residual, weight, sin, out, scales_out))
     if residual is not None:
-        plans.set_pair(plan, Pair.X_OUT, x.shape, x.stride(), residual.shape, residual.stride(), es)
+        plans.set_pair(plan, Pair.X_OUT, x.shape, x.stride(), residual.shape, residual.stride(), x.element_size())
     plans.bind_scalars(plan, eps, weight_offset)
-    return plan
+    return plan, sc_shape, sc_strides  # the new scales' layout (dynamic scales without scales_out)
 
 
 def call(x, residual=None, weight=None, eps=1e-6, scale=None, group_size=None, out_dtype=torch.float8_e4m3fn,
