@@ -295,9 +295,10 @@ _QUANT_DOC_PARAMS = """
     then clamped to ``scale_ub``, then (UE8M0) rounded up to a power of two; ``y = saturate(n / s)``
     rounded to nearest even in ``out_dtype``. The method is the FP8 recipe of the serving engines
     (vLLM ``rms_norm_dynamic_per_token_quant``, FlashInfer ``rmsnorm_quant``, DeepSeek-V3's 1 x 128
-    block scales). CUDA tensors run one fused kernel (one read of ``x``, one write of the codes
-    and scales; bits of ``n`` as :func:`rms_norm` computes them before its rounding), CPU tensors
-    the PyTorch path with the same numerics. ``torch.compile`` traces it as the
+    block scales). CUDA tensors run one fused kernel (bits of ``n`` as :func:`rms_norm` computes
+    them before its rounding; one read of each row for static, per-token and power-of-two group
+    scales up to D = 16384, a re-read from cache for other group sizes and wider rows), CPU
+    tensors the PyTorch path with the same numerics. ``torch.compile`` traces it as the
     ``torch.ops.qknorm.rms_norm_quant`` / ``fused_add_rms_norm_quant_functional`` custom ops.
     Not differentiable.
 """
