@@ -70,3 +70,18 @@ def test_arguments_go_to_the_tool(monkeypatch):
     monkeypatch.setattr(sys.modules["qknorm.explain"], "main", lambda argv: seen.append(argv) or 7)
     assert cli.main(["explain", "--op", "rms", "--tokens", "3"]) == 7
     assert seen == [["--op", "rms", "--tokens", "3"]]
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--ops", "rms", "--hidden", "99999999"], ["--hidden", "99999999", "MiB", "nothing to measure"]),
+    (["--ops", "qk", "--head-dims", "128,2000000"], ["--head-dims", "2000000", "MiB", "nothing to measure"]),
+])
+def test_tune_widths_that_leave_no_grid_point_are_one_line(argv, words, capsys):
+    """`qknorm tune --dry-run --hidden 99999999` printed '0 grid points' and exit 0 (a GPU run then
+    measured nothing): a width whose single row is over the grid's cap is a usage error."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(["tune", "--dry-run"] + argv)
+    assert e.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and captured.err.startswith("qknorm tune: error: ")
+    assert all(w in captured.err for w in words), captured.err

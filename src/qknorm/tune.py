@@ -480,6 +480,13 @@ def main(argv: list[str] | None = None, *, measure: Measure | None = None) -> in
             p.error(f"argument --out: {a.out!r}: cannot write in {d} (permission denied)")
     rep_ms = a.rep_ms or (QUICK_REP_MS if a.quick else REP_MS)
     points = build_grid(ops, dtypes, quick=a.quick, hidden=hidden, head_dims=head_dims)
+    for flag, widths, kinds in (("--hidden", hidden, ("rms_norm", "fused_add_rms_norm")),
+                                ("--head-dims", head_dims, ("qk_rms_norm",))):
+        empty = [w for w in widths or () if not any(pt.D == w and pt.op in kinds for pt in points)]
+        if empty and any(o in kinds for o in ops):
+            p.error(f"argument {flag}: {','.join(map(str, empty))}: one "
+                    f"{'row' if flag == '--hidden' else 'token (all heads)'} of that width is over the grid's "
+                    f"{CAP_BYTES >> 20} MiB per-tensor cap, so there is nothing to measure; give smaller widths")
     est = estimate(points, rep_ms)
     print(f"qknorm tune: {est['points']} grid points, {est['timings']} timings, ~{est['compiles']} compiles; "
           f"estimated {est['seconds'] / 60:.1f} min on an H100-class GPU (budget {a.max_seconds:.0f} s)")

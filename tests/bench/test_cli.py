@@ -268,3 +268,159 @@ def test_report_only_refuses_what_is_not_a_bench_csv(tmp_path, capsys, monkeypat
     err = _usage_error(["--report-only", str(readme), "--preset", "seed"], capsys)
     assert "--preset" in err
     assert os.listdir(tmp_path) == ["README.md"]
+
+
+# --------------------------------------------------------------------------- found by trying it again (issue 14)
+
+def test_an_interrupt_inside_a_case_keeps_its_rows_in_the_report_too(tmp_path, capsys, monkeypatch):
+    """Ctrl-C between two implementations of one case: the row already measured is in the CSV
+    and in the summary and the console count (they used to hold only finished cases)."""
+    real, calls = B.Runner._run_impl, []
+
+    def run_impl(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+    monkeypatch.setattr(B.Runner, "_run_impl", run_impl)
+    out = tmp_path / "r"
+    assert main(QUICK + ["--preset", "qwen3-8b", "--out", str(out)]) == 130
+    rows = _rows(out / "results.csv")
+    assert len(rows) == 1
+    said = capsys.readouterr().out
+    assert f"results.csv ({len(rows)} rows)" in said
+    assert f"### {rows[0]['preset']} · {rows[0]['group']}" in (out / "summary.md").read_text()
+
+
+def test_an_interrupt_while_the_report_is_written_is_one_line(tmp_path, capsys, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(B, "summary_markdown", interrupted)
+    out = tmp_path / "r"
+    try:
+        rc = main(QUICK + ["--out", str(out)])
+    except KeyboardInterrupt:
+        pytest.fail("the interrupt escaped main() (a traceback for the user)")
+    assert rc == 130
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("qknorm bench: interrupted while writing the report") and "--report-only" in last
+    assert _rows(out / "results.csv")
+    assert json.load(open(out / "meta.json"))["status"] == "complete"  # the record is written first
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_out_where_the_system_refuses_writes_even_to_root(tmp_path, capsys):
+    """os.access says yes to root everywhere; /proc refuses new entries to everyone."""
+    err = _usage_error(QUICK + ["--out", "/proc/qknorm-bench-test"], capsys)
+    assert "--out" in err and "'/proc/qknorm-bench-test'" in err and "cannot write in /proc" in err
+
+
+def test_out_on_a_read_only_filesystem(tmp_path, capsys, monkeypatch):
+    import errno
+
+    def refuse(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+    monkeypatch.setattr(B.tempfile, "mkdtemp", refuse)
+    monkeypatch.setattr(B.tempfile, "mkstemp", refuse)
+    monkeypatch.chdir(tmp_path)
+    for out in (tmp_path / "new", tmp_path):  # a folder to create, and one that exists
+        err = _usage_error(QUICK + ["--out", str(out)], capsys)
+        assert "--out" in err and "Read-only file system" in err
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--out", ""], ["--out", "''", "empty"]),
+    (["--out", " "], ["--out", "' '", "empty"]),
+    (["--report-only", ""], ["--report-only", "''", "empty"]),
+    (["--impl", ","], ["--impl", "','", "names no implementation"]),
+    (["--exclude", " , "], ["--exclude", "' , '", "names no implementation"]),
+])
+def test_an_empty_value_is_a_mistake_not_the_default(argv, words, tmp_path, capsys, monkeypatch):
+    """`--out ''` used to write to the default folder and `--report-only ''` ran a whole bench."""
+    monkeypatch.chdir(tmp_path)
+    err = _usage_error(argv if "--report-only" in argv else ["--quick"] + argv, capsys)
+    assert all(w in err for w in words), err
+    assert os.listdir(tmp_path) == []
+
+
+def test_report_only_given_a_folder_names_its_csv(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(QUICK + ["--out", str(out)]) == 0
+    capsys.readouterr()
+    before = sorted(os.listdir(out))
+    err = _usage_error(["--report-only", str(out)], capsys)
+    assert "--report-only" in err and "is a folder" in err and str(out / "results.csv") in err
+    assert sorted(os.listdir(out)) == before
+
+
+def test_report_only_of_a_cpu_csv_without_its_meta_is_still_a_smoke_test(tmp_path, capsys):
+    """A CPU results.csv copied away from its meta.json: the rebuilt summary states no speedups."""
+    assert main(QUICK + ["--out", str(tmp_path / "run")]) == 0
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    os.replace(tmp_path / "run" / "results.csv", lone / "results.csv")
+    assert main(["--report-only", str(lone / "results.csv"), "--no-plots"]) == 0
+    md = (lone / "summary.md").read_text()
+    assert "## CPU run: a smoke test, not a comparison" in md and "Headline" not in md
+
+
+def test_presets_each_once_and_all_inside_a_list():
+    p = B.parser()
+    assert B._presets(p, "qwen3-8b,qwen3-8b") == ["qwen3-8b"]
+    assert B._presets(p, "all,tp") == list(B.PRESETS) + ["tp"]
+    assert B._presets(p, "rope,all") == ["rope"] + [x for x in B.PRESETS if x != "rope"]
+
+
+_TP_SCRIPT = r'''
+import pathlib, subprocess, sys
+from qknorm.bench import cli as B, tp
+ready, got, out, mode = sys.argv[1:5]
+CHILD = """
+import pathlib, sys, time
+pathlib.Path(sys.argv[1]).write_text("ready")
+end = time.monotonic() + 120  # never outlives a failed test for long
+try:
+    while time.monotonic() < end:
+        time.sleep(0.01)
+except KeyboardInterrupt:
+    pathlib.Path(sys.argv[2]).write_text("SIGINT")
+    sys.exit(130)
+"""
+tp.launch = lambda *a, **k: subprocess.call([sys.executable, "-c", CHILD, ready, got],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+if mode == "noproc":
+    B._child_pids = lambda: []
+sys.exit(B.main(["--preset", "tp", "--tp", "2", "--out", out]))
+'''
+
+
+@pytest.mark.skipif(not hasattr(os, "getpgrp"), reason="POSIX signals")
+@pytest.mark.parametrize("mode", ["proc", "noproc"])
+def test_a_signal_to_a_tp_run_stops_its_ranks_in_one_line(mode, tmp_path):
+    """SIGTERM (a scheduler, `kill`) to `qknorm bench --preset tp`: the launcher is told (SIGINT,
+    so the ranks keep their rows), and the bench says so in one line, exit 130. It used to die
+    alone (SIGTERM) or with a traceback (SIGINT), leaving the ranks running. Without /proc the
+    launcher is stopped as before, still in one line."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    ready, got = tmp_path / "ready", tmp_path / "got"
+    proc = subprocess.Popen([sys.executable, "-c", _TP_SCRIPT, str(ready), str(got), str(tmp_path / "out"), mode],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120  # a bound, not a speed: the child writes `ready` at start
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ready.exists(), proc.communicate(timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (out, err)
+    assert err.splitlines()[-1].startswith("qknorm bench: interrupted (SIG") and "tp.csv" in err, err
+    assert "Traceback" not in err
+    if mode == "proc":
+        assert got.read_text() == "SIGINT"  # the launcher was told, not killed

@@ -103,3 +103,33 @@ def test_a_cpu_summary_is_a_smoke_test_without_speedups():
     assert "| 1 | 1.00 | 2.00 |" in cpu  # the times as measured are still there
     gpu = summary_markdown(_rows(), {"device": "NVIDIA H100"})
     assert "Headline" in gpu and "2.00x" in gpu and "smoke test" not in gpu
+
+
+def test_a_cpu_csv_without_its_meta_is_still_a_smoke_test():
+    """No device in meta (a CSV rebuilt without its meta.json): the qknorm rows' `CPU: ...` config
+    reason tells a CPU run, and no speedups are stated."""
+    from qknorm.bench.report import is_smoke
+    rows = _rows()
+    for r in rows:
+        r["config_reason"] = "CPU: PyTorch path" if r["impl"] == "qknorm" else ""
+    assert is_smoke({}, rows) and not is_smoke({"device": "NVIDIA H100"}, rows)
+    md = summary_markdown(rows, {})
+    assert "## CPU run: a smoke test, not a comparison" in md and "Headline" not in md
+    assert not is_smoke({}, _rows()) and "Headline" in summary_markdown(_rows(), {})
+
+
+def test_cpu_plots_are_titled_a_smoke_test(tmp_path, monkeypatch):
+    import pytest
+    pytest.importorskip("matplotlib")
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+    from qknorm.bench.report import plot
+    titles = []
+    real = Axes.set_title
+    monkeypatch.setattr(Axes, "set_title", lambda self, t, *a, **k: titles.append(t) or real(self, t, *a, **k))
+    assert plot(_rows(), str(tmp_path), smoke=True)
+    assert titles and all("CPU smoke test" in t and "not a comparison" in t for t in titles)
+    titles.clear()
+    assert plot(_rows(), str(tmp_path))
+    assert titles and not any("smoke" in t for t in titles)

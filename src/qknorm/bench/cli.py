@@ -24,7 +24,9 @@ import datetime as _dt
 import json
 import os
 import shlex
+import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -135,7 +137,13 @@ class Plan:
 
 
 def _presets(p: ArgParser, s: str) -> list[str]:
-    names = list(PRESETS) if s.strip() == "all" else list(_csv_list(s))
+    """The presets of ``--preset``, in order, each once (``all`` = every case preset, also inside a
+    list such as ``all,tp``)."""
+    names: list[str] = []
+    for n in _csv_list(s):
+        for x in (PRESETS if n == "all" else (n,)):
+            if x not in names:
+                names.append(x)
     bad = [n for n in names if n not in PRESETS + EXTRA_PRESETS]
     if bad or not names:
         p.error(f"argument --preset: unknown preset {', '.join(map(repr, bad)) or repr(s)}; choose from "
@@ -167,6 +175,10 @@ def _selection(p: ArgParser, a, cases, device: str, cuda: bool) -> None:
     """Every ``--impl`` / ``--exclude`` name or glob must match an implementation of this run,
     and together they must leave at least one to run."""
     include, exclude = _csv_list(a.impl), _csv_list(a.exclude)
+    for flag, given, pats in (("--impl", a.impl, include), ("--exclude", a.exclude, exclude)):
+        if given and not pats:
+            p.error(f"argument {flag}: {given!r} names no implementation; give a comma list of names or globs "
+                    "(e.g. 'qknorm,torch*'), or leave the flag out")
     if not include and not exclude:
         return
     static = [i.name for i in static_impls()]
@@ -205,6 +217,17 @@ def _writable_folder(p: ArgParser, flag: str, out: str) -> None:
         p.error(f"argument {flag}: {out!r}: {d} is a file, not a folder")
     if not os.access(d, os.W_OK | os.X_OK):
         p.error(f"argument {flag}: {out!r}: cannot write in {d} (permission denied); pick another folder")
+    # os.access says yes to root everywhere (and knows nothing of /proc, /sys, some mounts): create
+    # and remove an entry of the kind the run makes there first (a file, or the missing folder).
+    try:
+        if d == os.path.abspath(out):
+            fd, probe = tempfile.mkstemp(prefix=".qknorm-write-check-", dir=d)
+            os.close(fd)
+            os.remove(probe)
+        else:
+            os.rmdir(tempfile.mkdtemp(prefix=".qknorm-write-check-", dir=d))
+    except OSError as e:
+        p.error(f"argument {flag}: {out!r}: cannot write in {d} ({e.strerror or e}); pick another folder")
 
 
 def _check_out(p: ArgParser, a, out: str, names: tuple[str, ...], device_name: str) -> None:
@@ -247,9 +270,16 @@ def _read_meta(path: str) -> dict:
         return {}
 
 
+def _not_empty(p: ArgParser, flag: str, value: str | None) -> None:
+    """A flag given an empty value (``--out ''``) is a mistake, not the default."""
+    if value is not None and not value.strip():
+        p.error(f"argument {flag}: {value!r} is empty; give a path, or leave {flag} out")
+
+
 def check(p: ArgParser, a) -> Plan:
     """Check every flag against the others and this machine; a mistake is ``p.error`` (one
     line on stderr, exit status 2) before anything is written."""
+    _not_empty(p, "--out", a.out)
     device, cuda, device_name = _device(p, a.device)
     if a.mode in ("graph", "both") and not cuda:
         p.error(f"argument --mode: {a.mode!r} needs CUDA (graph mode is CUDA-graph replay); on the CPU the "
@@ -336,8 +366,95 @@ def _run_tp(a, plan: Plan, modes) -> int:
         print(f"qknorm bench --preset tp: no CUDA device; running {plan.tp} gloo processes on the CPU as a smoke "
               "test (correctness check and bytes per rank; the times are not GPU numbers and no speedups are "
               "printed)")
-    return launch(plan.tp, a.tokens, a.dtype, os.path.join(plan.out, "tp.csv"), modes=modes,
-                  append=a.append, cpu=not plan.cuda)
+    csv_path = os.path.join(plan.out, "tp.csv")
+    got: list[int] = []
+    try:
+        with _forward_signals(got):
+            rc = launch(plan.tp, a.tokens, a.dtype, csv_path, modes=modes, append=a.append, cpu=not plan.cuda)
+    except KeyboardInterrupt:  # no child to pass the signal to (no /proc): the launcher was stopped
+        got.append(signal.SIGINT)
+    if got:
+        print(f"qknorm bench: interrupted ({signal.Signals(got[0]).name}); the rows the tp ranks measured are "
+              f"in {csv_path}", file=sys.stderr)
+        return 130
+    return rc
+
+
+def _child_pids() -> list[int]:
+    """This process's children (Linux /proc); [] where that cannot be read."""
+    me, kids = os.getpid(), []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    for n in names:
+        if not n.isdigit():
+            continue
+        try:
+            with open(f"/proc/{n}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == me:
+            kids.append(int(n))
+    return kids
+
+
+class _forward_signals:
+    """While the tp launcher (``torch.distributed.run``) runs: SIGINT or SIGTERM sent to this
+    process (``kill``, a job scheduler) goes on to it as SIGINT, so it stops the ranks (each keeps
+    the rows it measured, flushed) and exits; this process then says so in one line. Without
+    this, Python's Ctrl-C made ``subprocess.call`` SIGKILL the launcher and leave the ranks running,
+    and SIGTERM killed this process alone. ``got`` collects the signals received. Where the
+    children cannot be found (no /proc), the signal raises KeyboardInterrupt as before."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, got: list[int]):
+        self.got, self.old = got, {}
+
+    def _handler(self, signum, frame):
+        kids = _child_pids()
+        if not kids:
+            raise KeyboardInterrupt
+        self.got.append(signum)
+        if signum == signal.SIGINT and _terminal_foreground():
+            return  # Ctrl-C at a terminal reached the launcher and the ranks already
+        for pid in kids:
+            try:
+                os.kill(pid, signal.SIGINT)
+            except OSError:
+                pass
+
+    def __enter__(self):
+        for s in self.SIGNALS:
+            try:
+                self.old[s] = signal.signal(s, self._handler)
+            except (ValueError, OSError):  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+        return False
+
+
+def _terminal_foreground() -> bool:
+    """Whether this process is in its terminal's foreground group (then a Ctrl-C reached every
+    process of the group, the tp ranks included)."""
+    try:
+        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
+
+
+def _make_folder(p: ArgParser, out: str) -> None:
+    """Create ``out``; a failure (a race after the checks) is one line, exit 2, nothing written."""
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        p.error(f"argument --out: {out!r}: cannot create it ({e.strerror or e}); pick another folder")
 
 
 def _progress(total: int, quiet: bool):
@@ -366,15 +483,15 @@ def _progress(total: int, quiet: bool):
 
 
 def _write_report(rows: list[dict], meta: dict, out: str, plots: bool, write_meta: bool = True) -> list[str]:
+    if write_meta:  # first: the run's record (status) must not wait on the summary and plots
+        _write_meta(meta, out)
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(summary_markdown(rows, meta))
-    if write_meta:
-        _write_meta(meta, out)
     if not plots:
         return []
     pdir = os.path.join(out, "plots")
     os.makedirs(pdir, exist_ok=True)
-    return plot(rows, pdir)
+    return plot(rows, pdir, smoke=is_smoke(meta, rows))
 
 
 def _write_meta(meta: dict, out: str) -> None:
@@ -386,11 +503,17 @@ def _write_meta(meta: dict, out: str) -> None:
 
 def _report_only(p: ArgParser, a) -> int:
     """``--report-only CSV``: rebuild summary.md and plots/ from a bench results CSV."""
+    _not_empty(p, "--report-only", a.report_only)
     extra = [f for f in _non_default(p, a) if f not in ("--report-only", "--no-plots", "--out")]
     if extra:
         p.error(f"argument --report-only: rebuilds the report from a CSV and runs nothing; it takes only --out "
                 f"and --no-plots (got {', '.join(extra)})")
+    _not_empty(p, "--out", a.out)
     path = a.report_only
+    if os.path.isdir(path):
+        hint = os.path.join(path, "results.csv")
+        p.error(f"argument --report-only: {path!r} is a folder; give its bench CSV"
+                + (f" ({hint})" if os.path.isfile(hint) else " (a results.csv)"))
     if not os.path.isfile(path):
         p.error(f"argument --report-only: {path!r}: no such file")
     try:
@@ -411,7 +534,7 @@ def _report_only(p: ArgParser, a) -> int:
     except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
         p.error(f"argument --report-only: {path!r} has a row that is not a bench row ({type(e).__name__}: {e})")
     meta = _read_meta(os.path.join(here, "meta.json"))
-    os.makedirs(out, exist_ok=True)
+    _make_folder(p, out)
     paths = _write_report(rows, meta, out, not a.no_plots, write_meta=False)
     print(f"qknorm bench: rewrote {os.path.join(out, 'summary.md')}"
           + (f" and {len(paths)} plots" if not a.no_plots else "") + f" from the {len(rows)} rows of {path}")
@@ -425,11 +548,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = parser()
     a = p.parse_args(argv)
-    if a.report_only:
+    if a.report_only is not None:
         return _report_only(p, a)
     plan = check(p, a)
     out = plan.out
-    os.makedirs(out, exist_ok=True)
+    _make_folder(p, out)
     if a.overwrite:
         gone = _clear(out)
         if gone:
@@ -440,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     rc_tp = 0
     if plan.tp:
         rc_tp = _run_tp(a, plan, plan.modes if a.mode else None)
-        if not plan.cases:
+        if not plan.cases or rc_tp == 130:  # interrupted: stop here, as a case run does
             return rc_tp
     rc = _run_cases(a, argv, plan)
     return rc if rc else (1 if rc_tp else 0)
@@ -475,19 +598,25 @@ def _run_cases(a, argv: list[str], plan: Plan) -> int:
                   exclude=_csv_list(a.exclude), variants=a.variants, seed=a.seed)
     sink = CsvSink(csv_path, append=a.append)
     _write_meta(meta, out)  # a run killed outright still says what it was
-    runner = Runner(opt, base, sink)
+    rows: list[dict] = []
+
+    def keep(row: dict) -> None:
+        """On disk first (flushed), then in the report's list: the report holds every row of the
+        CSV, those of a case cut short included."""
+        sink(row)
+        rows.append(row)
+    runner = Runner(opt, base, keep)
     print(f"qknorm bench: {len(cases)} cases on {base.device} (copy {base.copy_gbps:.0f} GB/s"
           + (f", empty kernel {base.empty_graph_us:.2f} us graph / {base.empty_eager_us:.2f} us eager"
              if base.empty_graph_us else "") + f"); modes {','.join(modes)}; L2 {meta['l2']}; out {out}"
           + (f" (appending to {len(earlier_rows)} earlier rows)" if a.append else ""))
-    rows: list[dict] = []
     _sigterm_interrupts()
     bar = _progress(runner.count(cases), quiet=False)
     crash = None
     try:
         for c in cases:
             bar.set_description(f"{c.preset} {c.op} T={c.tokens}")
-            rows += runner.run_case(c, tick=bar.update)
+            runner.run_case(c, tick=bar.update)
         meta["status"] = "complete"
     except KeyboardInterrupt:
         meta["status"] = f"interrupted after {sink.rows} rows (kept)"
@@ -506,6 +635,12 @@ def _run_cases(a, argv: list[str], plan: Plan) -> int:
     all_rows = earlier_rows + rows
     try:
         paths = _write_report(all_rows, meta, out, not a.no_plots)
+    except KeyboardInterrupt:  # a second Ctrl-C (or SIGTERM) while the summary and plots are written
+        if crash is not None:
+            raise crash from None
+        print(f"\nqknorm bench: interrupted while writing the report; the {sink.rows} rows are in {csv_path} "
+              f"(`qknorm bench --report-only {csv_path}` rebuilds it)", file=sys.stderr)
+        return 130
     except Exception as e:  # noqa: BLE001 - the rows are on disk; say so in one line
         if crash is not None:
             raise crash from None
@@ -514,15 +649,13 @@ def _run_cases(a, argv: list[str], plan: Plan) -> int:
         return 1
     if crash is not None:
         raise crash
-    _print_console(rows, out, paths, smoke=is_smoke(meta), earlier=len(earlier_rows))
+    _print_console(rows, out, paths, smoke=is_smoke(meta, rows), earlier=len(earlier_rows))
     return 0 if meta["status"] == "complete" else 130
 
 
 def _sigterm_interrupts() -> None:
     """A SIGTERM (``timeout``, a job scheduler) ends the run like Ctrl-C: the rows measured so
     far are kept and the summary is written from them."""
-    import signal
-
     def handler(signum, frame):
         raise KeyboardInterrupt
     try:

@@ -218,7 +218,7 @@ def _fmt(x, nd=2):
 
 def summary_markdown(rows: list[dict], meta: dict) -> str:
     tb = timed(rows)
-    smoke = is_smoke(meta)
+    smoke = is_smoke(meta, rows)
     L = [f"# qknorm bench: {meta.get('device', '?')}, {meta.get('date', '')}", ""]
     L += [f"Command: `{meta.get('command', '')}`", ""]
     earlier = meta.get("earlier_runs") or []
@@ -257,9 +257,15 @@ def summary_markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(L)
 
 
-def is_smoke(meta: dict) -> bool:
-    """Whether the run behind ``meta`` was on a CPU (a smoke test: no speedups are stated)."""
-    return str(meta.get("device", "")).lower() == "cpu"
+def is_smoke(meta: dict, rows: Iterable[dict] = ()) -> bool:
+    """Whether the run behind ``meta`` was on a CPU (a smoke test: no speedups are stated).
+
+    Without a device in ``meta`` (a CSV rebuilt without its meta.json), the rows tell: on a CPU
+    the qknorm row's ``config_reason`` is the runner's ``CPU: ...``."""
+    device = str(meta.get("device", "") or "").strip().lower()
+    if device:
+        return device == "cpu"
+    return any(r.get("impl") == "qknorm" and str(r.get("config_reason", "")).startswith("CPU") for r in rows)
 
 
 SMOKE_TEXT = ("This run was on a CPU: qknorm ran its PyTorch path (or the Triton interpreter) and every "
@@ -410,9 +416,10 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_")
 
 
-def plot(rows: list[dict], out_dir: str) -> list[str]:
+def plot(rows: list[dict], out_dir: str, smoke: bool = False) -> list[str]:
     """One PNG per (preset, case, mode): time vs tokens, one line per implementation
-    (qknorm and peers; variants left out). Needs matplotlib; returns the paths written."""
+    (qknorm and peers; variants left out). ``smoke``: a CPU run, titled as a smoke test, not a
+    comparison. Needs matplotlib; returns the paths written."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -440,7 +447,8 @@ def plot(rows: list[dict], out_dir: str) -> list[str]:
         ax.set_yscale("log")
         ax.set_xlabel("tokens")
         ax.set_ylabel(f"µs per call ({mode})")
-        ax.set_title(f"{preset}: {group}", fontsize=10)
+        ax.set_title(f"{preset}: {group}" + ("\nCPU smoke test: times as measured, not a comparison" if smoke
+                                             else ""), fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
