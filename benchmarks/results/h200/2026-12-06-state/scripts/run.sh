@@ -8,12 +8,12 @@ tar -xzf .peers/s/sglang-jit.tgz -C /tmp/peers
 export PYTHONPATH=$PWD/src:/tmp/peers
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > $OUT/gpu.txt
 B="python -m qknorm.cli bench"
-timeout 180 python benchmarks/results/h200/2026-12-06-rms-lean/scripts/lean.py $OUT/lean > $OUT/lean.log 2>&1
+timeout 150 python benchmarks/results/h200/2026-12-06-rms-lean/scripts/lean.py $OUT/lean > $OUT/lean.log 2>&1
 echo "lean rc=$?"
-timeout 140 $B --preset qwen3-8b,qwen3-next,qwen3-235b,gemma3-27b --mode graph \
+timeout 130 $B --preset qwen3-8b,qwen3-next,qwen3-235b,gemma3-27b --mode graph \
   --tokens 1,2,4,8,16,64,256,1024,4096,16384 --impl 'qknorm,sglang*' --variants none --no-plots \
   --out $OUT/bench-graph > $OUT/bench-graph.log 2>&1; echo "graph rc=$?"
-timeout 60 $B --preset qwen3-8b,qwen3-next --mode eager --tokens 1,16,64 --impl 'qknorm,sglang*' \
+timeout 50 $B --preset qwen3-8b,qwen3-next --mode eager --tokens 1,16,64 --impl 'qknorm,sglang*' \
   --variants none --no-plots --out $OUT/bench-eager > $OUT/bench-eager.log 2>&1; echo "eager rc=$?"
 timeout 60 python -m pytest -q -p no:cacheprovider tests/test_invariance.py tests/kernels/test_rms_norm_quant.py tests/ops/test_rms_norm_quant.py \
   > $OUT/gpu-pytest.log 2>&1; echo "pytest rc=$?"; tail -3 $OUT/gpu-pytest.log
