@@ -85,3 +85,18 @@ def test_tune_widths_that_leave_no_grid_point_are_one_line(argv, words, capsys):
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1 and captured.err.startswith("qknorm tune: error: ")
     assert all(w in captured.err for w in words), captured.err
+
+
+def test_output_into_a_closed_pipe_is_no_traceback():
+    # `qknorm tune --dry-run | head -1`: the reader stops early. The read end is closed before
+    # the command starts, so every write fails (no timing involved).
+    import os
+    import subprocess
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([sys.executable, "-m", "qknorm.cli", "tune", "--dry-run"], stdout=w,
+                           stderr=subprocess.PIPE, text=True, timeout=600)
+    finally:
+        os.close(w)
+    assert p.returncode == 141 and "Traceback" not in p.stderr, p.stderr

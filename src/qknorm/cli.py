@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ._version import __version__
@@ -83,7 +84,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"qknorm COMMAND OPTIONS)")
     command = p.parse_args(argv[:i + 1]).command
     module, function = COMMANDS[command][0].split(":")
-    return getattr(importlib.import_module(module), function)(argv[i + 1:])
+    try:
+        return getattr(importlib.import_module(module), function)(argv[i + 1:])
+    except BrokenPipeError:  # output piped into a reader that stopped (`| head`): not an error of ours
+        # Python flushes stdout again at exit; point it at /dev/null so that flush cannot fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports it
 
 
 if __name__ == "__main__":
