@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-from qknorm.bench.cases import OPS, ROPE_THETA, Case, build_inputs
+from qknorm.bench.cases import OPS, QUANT_OPS, ROPE_THETA, Case, build_inputs
 from qknorm.bench.check import gate
 from qknorm.bench.common import torch_norm
 from qknorm.bench.peers import (Impl, SGLangJit, SGLangQkNormRope, TorchFRmsNorm, peer_status, rms_norm_path,
@@ -22,13 +22,15 @@ QK_FULL = Case("olmo2-7b", "qk_full", 3, torch.bfloat16, 2, 2, 128)
 RMS = Case("qwen3-8b", "rms2d", 3, torch.bfloat16, hidden=512)
 ADD = Case("llama3-70b", "add", 3, torch.bfloat16, hidden=512)
 ROPE = Case("rope", "rope", 3, torch.bfloat16, 4, 2, 128, rotary_dim=64)
-ALL = (QK, QK_FULL, RMS, ADD, ROPE)
+QUANT = tuple(Case("quant", op, 3, torch.bfloat16, hidden=512) for op in QUANT_OPS)
+ALL = (QK, QK_FULL, RMS, ADD, ROPE) + QUANT
 
 
 def _one_per_op():
     return [Case("t", "qk", 2, torch.float32, 4, 2, 64), Case("t", "qk_full", 2, torch.float32, 2, 2, 64),
             Case("t", "rms2d", 2, torch.float32, hidden=256), Case("t", "add", 2, torch.float32, hidden=256),
-            Case("t", "rope", 2, torch.float32, 4, 2, 64, rotary_dim=32)]
+            Case("t", "rope", 2, torch.float32, 4, 2, 64, rotary_dim=32)] + \
+        [Case("t", op, 2, torch.bfloat16, hidden=256) for op in QUANT_OPS]
 
 
 # --------------------------------------------------------------------------- every adapter
@@ -99,7 +101,7 @@ def test_every_adapter_states_its_op_kinds_and_builds_or_skips_with_a_reason(imp
             assert len(fn()) == 2
             continue
         try:
-            v = gate(case, inp, fn)
+            v = gate(case, inp, fn, norm_rounded=impl.norm_rounded)
         except Exception as e:  # noqa: BLE001
             if impl.name == "torch.compile":  # Inductor itself can fail on a peer's code; the bench records it
                 pytest.skip(f"torch.compile failed on {case.op}: {type(e).__name__}: {e}"[:300])

@@ -18,6 +18,19 @@ Op kinds
                packed QKV buffer; an fp32 ``cos_sin_cache`` ``[ROPE_MAX_POSITION,
                rotary_dim]`` and random int64 ``positions`` ``[T]`` come with the inputs
                (``qknorm.qk_rms_norm_rope``; preset ``rope``).
+
+Quantised kinds (``qknorm.rms_norm_quant`` / ``fused_add_rms_norm_quant``; preset ``quant``):
+``rmsq_<mode>`` is RMSNorm of a contiguous ``[T, hidden]`` with an 8-bit output (``Case.out_dtype``,
+fp8 e4m3 by default; ``--dtype`` is the input's) and its scales; ``addq_<mode>`` is the fused form
+(``residual += x`` in place, ``x`` unchanged, the norm of the fp32 sum quantised). Modes:
+  ``static``       a given per-tensor scale (1-element fp32 ``scale`` in the inputs)
+  ``token``        dynamic, one scale per token: scales ``[T, 1]``
+  ``group``        dynamic, one per group of ``group_size`` (128) elements: scales ``[T, hidden/128]``
+                   row-major
+  ``group_ue8m0``  the same, column-major scales (stride 1 along the tokens: DeepGEMM's layout)
+                   rounded up to powers of two (UE8M0)
+Implementations return ``(codes, scales)`` (``addq``: ``(codes, scales, residual)``);
+:func:`quant_reference` is the fp64 reference the gate compares them with.
 """
 from __future__ import annotations
 
@@ -25,14 +38,22 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .common import DTYPE_NAMES, DTYPES, EPS, dtype_name, packed_qkv_views
+from .common import (AMAX_FLOOR, DTYPE_NAMES, DTYPES, EPS, QMAX, QUANT_DTYPE_NAMES, dtype_name,
+                     packed_qkv_views)
 
 DEFAULT_TOKENS = (1, 4, 16, 64, 256, 512, 1024, 4096, 16384)
-OPS = ("qk", "qk_full", "rms2d", "add", "rope")
+NORM_OPS = ("qk", "qk_full", "rms2d", "add", "rope")
+QUANT_MODES = ("static", "token", "group", "group_ue8m0")
+QUANT_OPS = tuple(f"{form}_{mode}" for form in ("rmsq", "addq") for mode in QUANT_MODES)
+OPS = NORM_OPS + QUANT_OPS
 QKNORM_OP = {"qk": "qk_rms_norm", "qk_full": "qk_rms_norm", "rms2d": "rms_norm", "add": "fused_add_rms_norm",
-             "rope": "qk_rms_norm"}  # rope: the fused kernel takes the dispatcher's qk_rms_norm pick
-__all__ = ["DTYPES", "DTYPE_NAMES", "EPS", "Case", "Inputs", "build_inputs", "expected", "layout", "preset_cases",
-           "qk_views_contiguous", "quick_cases", "rope_cache"]
+             "rope": "qk_rms_norm",  # rope: the fused kernel takes the dispatcher's qk_rms_norm pick
+             # the quantised kernels take the rms_norm / fused_add_rms_norm pick of the same width and rows
+             **{op: "rms_norm" if op.startswith("rmsq") else "fused_add_rms_norm" for op in QUANT_OPS}}
+QUANT_GROUP = 128  # the group kinds' group size (DeepSeek-V3 / DeepGEMM 1 x 128)
+__all__ = ["DTYPES", "DTYPE_NAMES", "EPS", "OPS", "NORM_OPS", "QUANT_OPS", "QUANT_MODES", "Case", "Inputs",
+           "QuantRef", "build_inputs", "expected", "layout", "preset_cases", "qk_views_contiguous", "quant_reference",
+           "quick_cases", "rope_cache"]
 
 SEED_BATCH = (1, 8, 64, 256, 1024, 4096)
 SEED_HEADS = (4, 8, 16, 32)
@@ -77,7 +98,14 @@ ROPE_MODELS = (
 ROPE_MAX_POSITION = 40960  # cos/sin cache rows (Qwen3's max_position_embeddings)
 ROPE_THETA = 1e6
 
-PRESETS = ("seed",) + tuple(MODELS) + ("rope", "norm2d")
+# Preset "quant" (issue 15): (model, hidden, modes), each mode as the norm and the fused add form.
+QUANT_MODELS = (
+    ("llama3-70b", 8192, ("static", "token", "group")),
+    ("qwen3-235b", 4096, ("static", "token", "group")),
+    ("deepseek-v3", 7168, ("group_ue8m0",)),   # 1 x 128 groups, UE8M0 scales in DeepGEMM's layout
+)
+
+PRESETS = ("seed",) + tuple(MODELS) + ("rope", "norm2d", "quant")
 
 
 @dataclass(frozen=True)
@@ -85,8 +113,10 @@ class Case:
     """One benchmark problem. ``tokens`` is T (the seed grid's batch).
 
     For ``qk``/``qk_full``: ``hq``, ``hkv``, ``head_dim`` describe the packed QKV buffer.
-    For ``rms2d``/``add``: ``hidden`` is the normalised width. For ``rope``: ``rotary_dim``
-    (0: the whole head) and ``is_neox`` (rotate halves; False: GPT-J pairs)."""
+    For ``rms2d``/``add`` and the quantised kinds: ``hidden`` is the normalised width. For
+    ``rope``: ``rotary_dim`` (0: the whole head) and ``is_neox`` (rotate halves; False: GPT-J
+    pairs). Quantised kinds: ``out_dtype`` (the codes' format) and ``group_size`` (the group
+    kinds' group, :data:`QUANT_GROUP` unless given; 0 for the others)."""
 
     preset: str
     op: str
@@ -100,6 +130,8 @@ class Case:
     eps: float = EPS
     rotary_dim: int = 0
     is_neox: bool = True
+    out_dtype: torch.dtype = torch.float8_e4m3fn
+    group_size: int = 0
 
     def __post_init__(self):
         if self.op not in OPS:
@@ -117,10 +149,53 @@ class Case:
                                  f"got {self.rotary_dim}")
         elif self.rotary_dim:
             raise ValueError(f"Case.rotary_dim is for op 'rope' only, got {self.rotary_dim} for {self.op!r}")
+        if self.is_quant:
+            if self.out_dtype not in QMAX:
+                raise ValueError(f"Case.out_dtype must be one of {', '.join(map(str, QMAX))}, got {self.out_dtype}")
+            if self.quant_mode.startswith("group"):
+                if self.group_size == 0:
+                    object.__setattr__(self, "group_size", QUANT_GROUP)
+                if self.group_size < 1 or self.hidden % self.group_size:
+                    raise ValueError(f"Case.group_size {self.group_size} must divide hidden {self.hidden}")
+            elif self.group_size:
+                raise ValueError(f"Case.group_size is for the group kinds only, got {self.group_size} for {self.op!r}")
+        elif self.group_size or self.out_dtype != torch.float8_e4m3fn:
+            raise ValueError(f"Case.group_size/out_dtype are for the quantised kinds only, not {self.op!r}")
 
     @property
     def is_qk(self) -> bool:
         return self.op in ("qk", "qk_full", "rope")  # Q and K views of one packed QKV buffer
+
+    @property
+    def is_quant(self) -> bool:
+        """A quantised kind (``rmsq_*`` / ``addq_*``)."""
+        return self.op in QUANT_OPS
+
+    @property
+    def has_residual(self) -> bool:
+        """The fused residual-add forms (``add``, ``addq_*``)."""
+        return self.op == "add" or self.op.startswith("addq_")
+
+    @property
+    def quant_mode(self) -> str:
+        """``static`` / ``token`` / ``group`` / ``group_ue8m0`` ("" for the unquantised kinds)."""
+        return self.op.split("_", 1)[1] if self.is_quant else ""
+
+    @property
+    def n_groups(self) -> int:
+        """Scales per row: 0 (static: one given scale), 1 (per token) or hidden / group_size."""
+        mode = self.quant_mode
+        if mode == "static" or not mode:
+            return 0
+        return 1 if mode == "token" else self.hidden // self.group_size
+
+    @property
+    def column_major_scales(self) -> bool:
+        return self.quant_mode == "group_ue8m0"
+
+    @property
+    def scale_ue8m0(self) -> bool:
+        return self.quant_mode == "group_ue8m0"
 
     @property
     def qknorm_op(self) -> str:
@@ -163,6 +238,12 @@ class Case:
             n_weights = 2 * self.width
             return 2 * elems * es + n_weights * es
         elems = self.tokens * self.hidden
+        if self.is_quant:
+            # x in, the 8-bit codes and the scales out (static: the scale read), the weight once;
+            # fused: the residual read and written too
+            qs = torch.empty((), dtype=self.out_dtype).element_size()
+            scales = 4 * self.tokens * self.n_groups if self.n_groups else 4
+            return elems * es * (3 if self.has_residual else 1) + elems * qs + scales + self.hidden * es
         streams = 2 if self.op == "rms2d" else 4  # rms: x in, y out; add: x, r in; x, r out
         return streams * elems * es + self.hidden * es
 
@@ -187,6 +268,9 @@ class Case:
                  f"{'neox' if self.is_neox else 'gptj'}")
         elif self.op == "qk_full":
             g = f"qk_full D={self.width}"
+        elif self.is_quant:
+            g = f"{self.op} hidden={self.hidden}" + (f" g={self.group_size}" if self.group_size else "")
+            g += f" {QUANT_DTYPE_NAMES[self.out_dtype]}"
         else:
             g = f"{self.op} hidden={self.hidden}"
         if self.weight_offset:
@@ -234,6 +318,15 @@ def _rope_cases(tokens, dtype) -> list[Case]:
             for _, hq, hkv, d, r, off in ROPE_MODELS for t in tokens]
 
 
+def _quant_cases(tokens, dtype, out_dtype: torch.dtype = torch.float8_e4m3fn) -> list[Case]:
+    return [Case("quant", f"{form}_{mode}", t, dtype, hidden=h, out_dtype=out_dtype)
+            for _, h, modes in QUANT_MODELS for mode in modes for form in ("rmsq", "addq") for t in tokens]
+
+
+# --quick --preset quant: each mode once, the norm and the fused form in turn, at one small T
+QUICK_QUANT = (("rmsq_static", 8192), ("addq_token", 4096), ("addq_group", 4096), ("rmsq_group_ue8m0", 7168))
+
+
 def preset_cases(name: str, tokens=None, dtype: torch.dtype = torch.bfloat16) -> list[Case]:
     """All cases of preset ``name``; ``tokens`` overrides its token list (the seed's
     default is its batch list, the models' is :data:`DEFAULT_TOKENS`)."""
@@ -243,6 +336,8 @@ def preset_cases(name: str, tokens=None, dtype: torch.dtype = torch.bfloat16) ->
         return _rope_cases(tuple(tokens) if tokens else DEFAULT_TOKENS, dtype)
     if name == "norm2d":
         return _norm2d_cases(tuple(tokens) if tokens else NORM2D_TOKENS, dtype)
+    if name == "quant":
+        return _quant_cases(tuple(tokens) if tokens else DEFAULT_TOKENS, dtype)
     if name not in MODELS:
         raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     return _model_cases(name, tuple(tokens) if tokens else DEFAULT_TOKENS, dtype)
@@ -250,7 +345,8 @@ def preset_cases(name: str, tokens=None, dtype: torch.dtype = torch.bfloat16) ->
 
 def quick_cases(presets=None, dtype: torch.dtype = torch.bfloat16, tokens=None) -> list[Case]:
     """A handful of small cases (seconds on a CPU): per preset asked for, its QK/2D/add
-    shapes at small token counts; with no preset, one of each op kind."""
+    shapes at small token counts (``quant``: each quantisation mode once, :data:`QUICK_QUANT`,
+    at the largest small T); with no preset, one of each unquantised op kind."""
     small = tuple(t for t in (tokens or (1, 16)) if t <= 64) or (1, 16)
     if not presets:
         return [
@@ -272,6 +368,8 @@ def quick_cases(presets=None, dtype: torch.dtype = torch.bfloat16, tokens=None) 
         elif name == "norm2d":
             out += [Case("norm2d", op, t, dtype, hidden=h) for h in (1024, 5120) for t in small
                     for op in ("rms2d", "add")]
+        elif name == "quant":
+            out += [Case("quant", op, small[-1], dtype, hidden=h) for op, h in QUICK_QUANT]
         else:
             out += _model_cases(name, small, dtype)
     return out
@@ -282,8 +380,11 @@ def quick_cases(presets=None, dtype: torch.dtype = torch.bfloat16, tokens=None) 
 @dataclass
 class Inputs:
     """The tensors of one case. ``qk``/``qk_full``: ``qkv`` with views ``q``, ``k``, ``v``
-    and weights ``qw``, ``kw``; ``rope`` adds ``cos_sin_cache`` and ``positions``. ``rms2d``: ``x``, ``w`` and a preallocated ``out``.
-    ``add``: ``x``, ``residual``, ``w``."""
+    and weights ``qw``, ``kw``; ``rope`` adds ``cos_sin_cache`` and ``positions``. ``rms2d``:
+    ``x``, ``w`` and a preallocated ``out``. ``add``: ``x``, ``residual``, ``w``. Quantised
+    kinds: ``x``, ``w`` (``addq``: ``residual``), preallocated codes ``out`` (``out_dtype``) and
+    either the static ``scale`` (1-element fp32) or preallocated fp32 ``scales`` ``[T, G]``
+    (column-major for ``group_ue8m0``)."""
 
     case: Case
     t: dict = field(default_factory=dict)
@@ -364,14 +465,117 @@ def build_inputs(case: Case, device="cpu", seed: int = 0) -> Inputs:
     w = _weight(case.hidden, case.weight_offset, dt, device, g)
     if case.op == "rms2d":
         return Inputs(case, dict(x=x, w=w, out=torch.empty_like(x)))
-    r = _activations((case.tokens, case.hidden), None, dt, device, g)
-    return Inputs(case, dict(x=x, residual=r, w=w))
+    if not case.is_quant:
+        r = _activations((case.tokens, case.hidden), None, dt, device, g)
+        return Inputs(case, dict(x=x, residual=r, w=w))
+    t = dict(x=x, w=w)
+    if case.has_residual:
+        t["residual"] = _activations((case.tokens, case.hidden), None, dt, device, g)
+    t["out"] = torch.empty((case.tokens, case.hidden), dtype=case.out_dtype, device=device)
+    if case.n_groups:
+        t["scales"] = quant_scales(case.tokens, case.n_groups, case.column_major_scales, device)
+    else:
+        t["scale"] = static_scale(case, x, w, t.get("residual"))
+    return Inputs(case, t)
+
+
+def quant_scales(tokens: int, n_groups: int, column_major: bool, device="cpu") -> torch.Tensor:
+    """An fp32 ``[tokens, n_groups]`` scales buffer, row-major or column-major (stride 1 along
+    the tokens)."""
+    if column_major:
+        return torch.empty((n_groups, tokens), dtype=torch.float32, device=device).t()
+    return torch.empty((tokens, n_groups), dtype=torch.float32, device=device)
+
+
+def static_scale(case: Case, x: torch.Tensor, w: torch.Tensor, residual=None) -> torch.Tensor:
+    """The static per-tensor scale of a case: ``amax / qmax`` of the first token's normalised row
+    (a calibration on one typical row: other rows may saturate a little, which the static
+    recipe does), as a 1-element fp32 tensor on x's device."""
+    from qknorm.reference import rms_norm_ref
+    row = x[:1].double() + (residual[:1].double() if residual is not None else 0.0)
+    n = rms_norm_ref(row, w, case.eps, case.weight_offset, compute_dtype=torch.float64)
+    return (n.abs().amax().clamp(min=AMAX_FLOOR) / QMAX[case.out_dtype]).float().reshape(1)
+
+
+@dataclass
+class QuantRef:
+    """The fp64 reference of a quantised case. ``n``: ``[T, hidden]`` normalised values (of the
+    exact sum ``x + residual`` for ``addq``); ``scales``: the expected dequantisation scales
+    (``[T, G]``, after UE8M0; static: the given scale, ``[1]``); ``raw``: the UE8M0 kinds' scales
+    before the rounding up (where a power-of-two tie is decided), else None; ``residual``: the
+    fp32 sum stored in residual's dtype (``addq``), else None; ``qmax`` of the output format."""
+
+    n: torch.Tensor
+    scales: torch.Tensor
+    raw: torch.Tensor | None
+    residual: torch.Tensor | None
+    qmax: float
+
+
+def pow2_ceil(s: torch.Tensor) -> torch.Tensor:
+    """``2**ceil(log2(s))`` exactly (frexp), for positive finite ``s``."""
+    m, e = torch.frexp(s)  # s = m * 2**e, m in [0.5, 1)
+    return torch.ldexp(torch.ones_like(s), e - (m == 0.5).to(e.dtype))
+
+
+def quant_reference(case: Case, inp: Inputs) -> QuantRef:
+    """The fp64 reference of a quantised case, from its (unmutated) inputs: ``n`` as
+    ``rms_norm`` defines it, computed in fp64, and the scales of ``qknorm.rms_norm_quant``'s
+    semantics (``max(amax, 1e-10) / qmax`` per token or group, UE8M0 rounded up)."""
+    from qknorm.reference import rms_norm_ref
+    res = None
+    s = inp.x
+    if case.has_residual:
+        s = inp.x.double() + inp.residual.double()
+        res = (inp.x.float() + inp.residual.float()).to(inp.residual.dtype)
+    n = rms_norm_ref(s, inp.w, case.eps, case.weight_offset, compute_dtype=torch.float64)
+    qmax = QMAX[case.out_dtype]
+    if not case.n_groups:
+        return QuantRef(n, inp.scale.double().reshape(1), None, res, qmax)
+    t, h = n.shape
+    amax = n.abs().reshape(t, case.n_groups, h // case.n_groups).amax(-1)
+    raw = amax.clamp(min=AMAX_FLOOR) / qmax
+    if case.scale_ue8m0:
+        return QuantRef(n, pow2_ceil(raw), raw, res, qmax)
+    return QuantRef(n, raw, None, res, qmax)
+
+
+def quant_values(n: torch.Tensor, scales: torch.Tensor, qmax: float) -> torch.Tensor:
+    """``clamp(n / scale, -qmax, qmax)`` in n's dtype: the value each code rounds, scales ``[1]``
+    (static) or ``[T, G]`` (per token or group)."""
+    if scales.numel() == 1 and scales.dim() == 1:
+        v = n / scales
+    else:
+        t, h = n.shape
+        g = scales.shape[-1]
+        v = (n.reshape(t, g, h // g) / scales.reshape(t, g, 1)).reshape(t, h)
+    return v.clamp(-qmax, qmax)
+
+
+def round_to_codes(v: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """Round values (already clamped to +-qmax) to the nearest code, ties to even. fp8 via fp32
+    (a double rounding only within an fp32 ulp of a tie, inside the gate's tie window)."""
+    if out_dtype == torch.int8:
+        return torch.round(v).to(torch.int8)
+    return v.to(torch.float32).to(out_dtype)
 
 
 def expected(case: Case, inp: Inputs) -> tuple[torch.Tensor, ...]:
     """fp32 reference outputs in the order implementations return them:
-    ``qk`` -> (q, k); ``rms2d`` -> (y,); ``add`` -> (x, residual); ``rope`` -> (q, k)."""
+    ``qk`` -> (q, k); ``rms2d`` -> (y,); ``add`` -> (x, residual); ``rope`` -> (q, k);
+    ``rmsq_*`` -> (codes, scales); ``addq_*`` -> (codes, scales, residual) (codes and fp32 scales
+    from the fp64 :func:`quant_reference`; scales in the case's layout)."""
     from qknorm.reference import fused_add_rms_norm_ref, rms_norm_ref
+
+    if case.is_quant:
+        ref = quant_reference(case, inp)
+        codes = round_to_codes(quant_values(ref.n, ref.scales, ref.qmax), case.out_dtype)
+        if case.n_groups:
+            scales = quant_scales(case.tokens, case.n_groups, case.column_major_scales, inp.x.device)
+            scales.copy_(ref.scales)
+        else:
+            scales = inp.scale
+        return (codes, scales) + ((ref.residual,) if case.has_residual else ())
 
     if case.op == "rope":
         from qknorm.reference_rope import qk_rms_norm_rope_ref
@@ -399,7 +603,7 @@ def qk_views_contiguous(case: Case) -> bool:
 
 def layout(case: Case, inp: Inputs) -> dict:
     """Strides, contiguity and 16-byte vector alignment of the normalised inputs."""
-    ts = [inp.q, inp.k] if case.is_qk else [inp.x] + ([inp.residual] if case.op == "add" else [])
+    ts = [inp.q, inp.k] if case.is_qk else [inp.x] + ([inp.residual] if case.has_residual else [])
     names = ["q", "k"] if case.is_qk else ["x", "residual"]
     es = ts[0].element_size()
 

@@ -1,6 +1,6 @@
-"""What the benchmark's parts share: dtype names, tolerances, the relative error, the RMSNorm
-formula in PyTorch, the packed QKV buffer that QK norm reads Q and K from, and the
-:class:`~qknorm.KernelConfig` behind a variant's name.
+"""What the benchmark's parts share: dtype names, tolerances, the relative error, the 8-bit
+output formats of the quantised norms, the RMSNorm formula in PyTorch, the packed QKV buffer
+that QK norm reads Q and K from, and the :class:`~qknorm.KernelConfig` behind a variant's name.
 
 Used by :mod:`.cases`, :mod:`.check`, :mod:`.peers`, :mod:`.report` and :mod:`.tp`; one
 definition each.
@@ -16,6 +16,13 @@ import torch
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 EPS = 1e-6
+
+# The 8-bit output formats of the quantised norms: short name and largest finite value (qmax,
+# the saturation bound; the same numbers as qknorm.rms_norm_quant's).
+QUANT_DTYPES = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2, "int8": torch.int8}
+QUANT_DTYPE_NAMES = {v: k for k, v in QUANT_DTYPES.items()}
+QMAX = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0, torch.int8: 127.0}
+AMAX_FLOOR = 1e-10  # dynamic scales are max(amax, AMAX_FLOOR) / qmax
 
 # The correctness gate: relative L2 error (fp64) of an output against the fp32 reference must
 # stay below this for the output's dtype (one rounding to bf16 is ~4e-3 relative).
@@ -40,9 +47,14 @@ def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 def torch_norm(x: torch.Tensor, w: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:
     """RMSNorm over the last dim by the fp32 upcast formula, rounded once to x's dtype."""
+    return torch_norm_f32(x, w, eps, offset).to(x.dtype)
+
+
+def torch_norm_f32(x: torch.Tensor, w: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:
+    """RMSNorm over the last dim by the fp32 upcast formula, left in fp32 (what a quantiser reads)."""
     xf = x.float()
     y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return (y * (w.float() + offset)).to(x.dtype)
+    return y * (w.float() + offset)
 
 
 def packed_qkv_views(qkv: torch.Tensor, q_width: int, k_width: int, v_width: int | None = None):

@@ -61,8 +61,8 @@ def variant_impls(case: Case, opt: Options) -> list[Impl]:
     ``all``: every admissible candidate config. ``top``: the dispatcher's pick plus the
     fastest alternatives its tuned table measured for this bucket (``TOP_VARIANTS`` in
     all), or every candidate where the table has no entry. ``none``: no variants."""
-    if opt.variants == "none" or torch.device(opt.device).type != "cuda":
-        return []
+    if opt.variants == "none" or torch.device(opt.device).type != "cuda" or case.is_quant:
+        return []  # quantised kinds: the public API takes no config= (the pick alone)
     cands = qknorm_variants(case, opt.device)
     if opt.variants == "top":
         ranked = qknorm_ranked(case, opt.device)
@@ -170,8 +170,9 @@ class Runner:
                     fn()  # not a norm: nothing to check
                     err = ""
                 else:
-                    v = gate(case, inp, fn)
+                    v = gate(case, inp, fn, norm_rounded=impl.norm_rounded)
                     err = "inf" if math.isinf(v.error) else f"{v.error:.3e}"
+                    base["notes"] = "; ".join(n for n in (base["notes"], v.notes) if n)  # quantised: ties counted
                     if not v.ok:
                         reason = v.reason
                         if impl.family == "trap":

@@ -8,13 +8,20 @@ module             rows (``impl`` names, stable across versions)
 :mod:`.pytorch`    ``torch``, ``torch.compile``, ``torch_rms_norm``, ``torch_copy2d``,
                    ``contiguous_copy`` (copy), ``torch_flat2d`` (trap), ``torch_norm+rope``
 :mod:`.flashinfer` ``flashinfer`` (CuTe DSL path), ``flashinfer_cuda``, ``flashinfer_copy2d``,
-                   ``qknorm_qk+flashinfer_rope``, ``flashinfer_rms+rope``
+                   ``qknorm_qk+flashinfer_rope``, ``flashinfer_rms+rope``,
+                   ``flashinfer_rms+torch_quant``
 :mod:`.quack`      ``quack``, ``quack_flat``
 :mod:`.liger`      ``liger``
 :mod:`.vllm`       ``vllm``, ``vllm_fused_qk_norm_rope``
 :mod:`.sglang`     ``sglang_jit``, ``sglang_jit_qk_norm_rope``, ``sgl_kernel``,
-                   ``sgl_kernel_qk_norm_rope``
+                   ``sgl_kernel_qk_norm_rope``, ``sglang_jit_rms+quant``,
+                   ``sglang_jit_rms+torch_quant``
 =================  ==========================================================================
+
+Quantised kinds (``rmsq_*``/``addq_*``): ``qknorm``, ``torch``, ``torch.compile``, FlashInfer's
+fused static quant norms (``flashinfer``, ``flashinfer_cuda``), vLLM's fused quant norms
+(``vllm``) and the compositions of a peer norm with a quantisation (``flashinfer_rms+torch_quant``,
+``sglang_jit_rms+quant``, ``sglang_jit_rms+torch_quant``), all family ``peer``.
 
 Families: ``qknorm``, ``qknorm-variant``, ``peer`` (the best of them is what qknorm is
 compared with; for ``rope`` the compositions of a norm and a RoPE pass, and the fused
@@ -28,21 +35,22 @@ from __future__ import annotations
 import fnmatch
 
 from .base import Fn, Impl, dist_version, import_module, module_flag, no_rope, version_file
-from .flashinfer import FlashInferCopy2D, FlashInferLike, FlashInferRmsRope, QknormQkFlashInferRope
+from .flashinfer import (FlashInferCopy2D, FlashInferLike, FlashInferRmsRope, FlashInferRmsTorchQuant,
+                         QknormQkFlashInferRope)
 from .liger import Liger
 from .pytorch import (ContiguousCopy, FlattenedTrap, TorchCompile, TorchCopy2D, TorchEager, TorchFRmsNorm, TorchRope,
-                      rms_norm_path, torch_norm, torch_rope)
+                      rms_norm_path, torch_norm, torch_norm_quant, torch_quant, torch_rope)
 from .qknorm import Qknorm, qknorm_pick, qknorm_ranked, qknorm_variants
 from .quack import Quack
-from .sglang import SGLangJit, SGLangQkNormRope, sgl_kernel_norm
+from .sglang import SGLangJit, SGLangQkNormRope, SGLangRmsQuant, sgl_kernel_norm
 from .vllm import VLLM, VLLMFusedQkNormRope
 
 __all__ = ["Fn", "Impl", "Qknorm", "TorchEager", "TorchCompile", "TorchFRmsNorm", "TorchCopy2D", "ContiguousCopy",
            "FlattenedTrap", "TorchRope", "FlashInferLike", "FlashInferCopy2D", "QknormQkFlashInferRope",
-           "FlashInferRmsRope", "Quack", "Liger", "VLLM", "VLLMFusedQkNormRope", "SGLangJit", "SGLangQkNormRope",
-           "static_impls", "qknorm_variants", "qknorm_pick", "qknorm_ranked", "matches", "peer_status",
-           "rms_norm_path", "torch_norm", "torch_rope", "dist_version", "import_module", "module_flag", "no_rope",
-           "version_file"]
+           "FlashInferRmsRope", "FlashInferRmsTorchQuant", "Quack", "Liger", "VLLM", "VLLMFusedQkNormRope",
+           "SGLangJit", "SGLangQkNormRope", "SGLangRmsQuant", "static_impls", "qknorm_variants", "qknorm_pick",
+           "qknorm_ranked", "matches", "peer_status", "rms_norm_path", "torch_norm", "torch_norm_quant", "torch_quant",
+           "torch_rope", "dist_version", "import_module", "module_flag", "no_rope", "version_file"]
 
 
 def static_impls() -> list[Impl]:
@@ -55,8 +63,8 @@ def static_impls() -> list[Impl]:
         TorchCopy2D(),
         ContiguousCopy(),
         FlattenedTrap(),
-        FlashInferLike("flashinfer", "flashinfer.norm", dists=("flashinfer-python",)),
-        FlashInferLike("flashinfer_cuda", "flashinfer.norm", cuda_path=True, dists=("flashinfer-python",)),
+        FlashInferLike("flashinfer", "flashinfer.norm", dists=("flashinfer-python",), quant=True),
+        FlashInferLike("flashinfer_cuda", "flashinfer.norm", cuda_path=True, dists=("flashinfer-python",), quant=True),
         FlashInferCopy2D(),
         Quack(per_head=True),
         Quack(per_head=False),
@@ -70,6 +78,9 @@ def static_impls() -> list[Impl]:
         VLLMFusedQkNormRope(),
         SGLangQkNormRope(jit=True),
         SGLangQkNormRope(jit=False),
+        FlashInferRmsTorchQuant(),
+        SGLangRmsQuant(quant="sglang"),
+        SGLangRmsQuant(quant="torch"),
     ]
 
 

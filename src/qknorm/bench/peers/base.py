@@ -4,7 +4,9 @@ An adapter says which library it is and which version is installed (or why it ca
 load), which op kinds it implements (and, for the others, why not), and builds for a
 :class:`~qknorm.bench.cases.Case` and its inputs a zero-argument callable that performs the
 case's function on those very tensors and returns the outputs in the case's order
-(``qk``/``qk_full``/``rope`` -> (q, k); ``rms2d`` -> (y,); ``add`` -> (x, residual)).
+(``qk``/``qk_full``/``rope`` -> (q, k); ``rms2d`` -> (y,); ``add`` -> (x, residual);
+``rmsq_*`` -> (codes, scales); ``addq_*`` -> (codes, scales, residual), the scales being the
+given scale tensor for the static kinds).
 
 All host-side set-up (weight copies, module look-ups, dtype conversions of positions)
 happens in ``build``, outside the timed region. Where an implementation needs a copy to
@@ -33,7 +35,11 @@ class Impl:
     first installed one wins); ``module``: the import that must succeed. ``family``:
     ``qknorm`` / ``qknorm-variant`` / ``peer`` / ``copy`` / ``trap`` (only ``peer`` rows
     compete for "best peer"). ``needs_cuda``: skipped with that reason on a CPU run.
-    ``ops``: the op kinds implemented; ``not_ops``: for the other kinds, why not."""
+    ``ops``: the op kinds implemented; ``not_ops``: for the other kinds, why not (a norm
+    without a quantised form says so by default). ``norm_rounded``: the implementation rounds
+    the normalised values (or the residual sum) to the activation dtype before quantising
+    (compositions through a bf16 norm output, vLLM's kernels): the quantised gate widens its
+    tie window by that rounding (``check.quant_window``)."""
 
     name = "?"
     library = ""
@@ -43,6 +49,7 @@ class Impl:
     needs_cuda = False
     ops: tuple[str, ...] = OPS
     not_ops: dict[str, str] = {}
+    norm_rounded = False
 
     # ------------------------------------------------------------------ identity
 
@@ -80,7 +87,9 @@ class Impl:
     def supports(self, case: Case) -> tuple[bool, str]:
         """(True, "") if this adapter runs ``case``; else (False, why not)."""
         if case.op not in self.ops:
-            return False, self.not_ops.get(case.op, f"{case.op} cases: not implemented by {self.name}")
+            default = (f"no FP8/INT8 output: {self.name} is a norm without the quantised form" if case.is_quant
+                       else f"{case.op} cases: not implemented by {self.name}")
+            return False, self.not_ops.get(case.op, default)
         return self.check(case)
 
     def check(self, case: Case) -> tuple[bool, str]:

@@ -1,7 +1,19 @@
 """FlashInfer: its norm API on the CuTe DSL path (``flashinfer``) and the CUDA path
-(``flashinfer_cuda``), the copy-then-2D path (``flashinfer_copy2d``), and the RoPE
+(``flashinfer_cuda``), the copy-then-2D path (``flashinfer_copy2d``), the RoPE
 compositions ending in its ``apply_rope_with_cos_sin_cache_inplace``
-(``qknorm_qk+flashinfer_rope``, ``flashinfer_rms+rope``).
+(``qknorm_qk+flashinfer_rope``, ``flashinfer_rms+rope``), and for the quantised kinds its fused
+static-scale quant norms (rows ``flashinfer``/``flashinfer_cuda``) and the composition of its
+norm with the PyTorch quantisation (``flashinfer_rms+torch_quant``, every mode).
+
+FlashInfer's quant norms (``flashinfer/norm/__init__.py``, 0.6+; read at commit fb28d72 of
+flashinfer-ai/flashinfer): ``rmsnorm_quant(out, input, weight, scale, eps=1e-6,
+enable_pdl=None)`` and ``fused_add_rmsnorm_quant(out, input, residual, weight, scale, eps=1e-6,
+enable_pdl=None)``: a static per-tensor fp32 ``scale`` of shape (1,) only (no dynamic per-token
+or per-group scales), fp8 e4m3/e5m2 ``out`` (its dtype picks the format; no int8), fp16/bf16
+input, 2D; ``residual += input`` in place, ``input`` unchanged. Both kernels (CUDA
+``RMSNormQuantKernel`` in ``include/flashinfer/norm.cuh`` and the CuTe DSL one) compute
+``x * rstd * w * (1 / scale)`` in fp32 from the fp32 sum and clamp to +-max before the cast, so
+the gate's fp32 window applies (the reciprocal's rounding is inside it).
 
 :class:`FlashInferLike` also serves SGLang's compiled kernel package (``sgl_kernel``,
 see :mod:`.sglang`), which speaks the same norm API.
@@ -12,10 +24,16 @@ import contextlib
 
 import torch
 
-from ..cases import qk_views_contiguous
+from ..cases import QUANT_OPS, qk_views_contiguous
 from .base import Impl, import_module, module_flag
+from .pytorch import torch_quant
 
-__all__ = ["FlashInferLike", "FlashInferCopy2D", "QknormQkFlashInferRope", "FlashInferRmsRope"]
+__all__ = ["FlashInferLike", "FlashInferCopy2D", "QknormQkFlashInferRope", "FlashInferRmsRope",
+           "FlashInferRmsTorchQuant"]
+
+FI_QUANT_OPS = ("rmsq_static", "addq_static")
+FI_NO_DYNAMIC = ("FlashInfer's rmsnorm_quant/fused_add_rmsnorm_quant take a static per-tensor scale only "
+                 "(flashinfer_rms+torch_quant is the composition for this mode)")
 
 
 def _offset_rule(case) -> tuple[bool, str]:
@@ -34,15 +52,25 @@ class FlashInferLike(Impl):
     the module global ``flashinfer.norm._USE_CUDA_NORM``, read at every call by
     ``_use_cuda_norm(device)``. ``cuda_path=True`` sets that global for the duration
     of this implementation (same public entry points, other kernels).
+
+    ``quant=True`` (FlashInfer's rows) adds the static quantised kinds through
+    ``rmsnorm_quant`` / ``fused_add_rmsnorm_quant`` (see the module docstring; the same global
+    picks their path); sgl_kernel's row has no quantised kinds.
     """
 
     needs_cuda = True
     ops = ("qk", "qk_full", "rms2d", "add")
 
     def __init__(self, name: str, module: str, cuda_path: bool = False, dists: tuple[str, ...] = (),
-                 library: str = "FlashInfer"):
+                 library: str = "FlashInfer", quant: bool = False):
         self.name, self.module, self.cuda_path, self.dists, self.library = name, module, cuda_path, dists, library
         self.not_ops = {"rope": "rmsnorm only (flashinfer_rms+rope is the composition): no RoPE"}
+        self.quant = quant
+        if quant:
+            self.ops = FlashInferLike.ops + FI_QUANT_OPS
+            self.not_ops.update(dict.fromkeys((op for op in QUANT_OPS if op not in FI_QUANT_OPS), FI_NO_DYNAMIC))
+        else:
+            self.not_ops.update(dict.fromkeys(QUANT_OPS, f"the {library} norm API adapter: no quantised kinds"))
         self._mod = None
         self._why = ""
 
@@ -58,6 +86,18 @@ class FlashInferLike(Impl):
         return True, ""
 
     def check(self, case):
+        if case.is_quant:
+            if case.weight_offset:
+                return False, "no weight_offset in FlashInfer's quant norms (no gemma_ form)"
+            if case.dtype not in (torch.float16, torch.bfloat16):
+                return False, "FlashInfer's quant norms: fp16/bf16 input only"
+            if case.out_dtype not in (torch.float8_e4m3fn, torch.float8_e5m2):
+                return False, "FlashInfer's quant norms: fp8 e4m3/e5m2 output only"
+            m = self.load()
+            f = "fused_add_rmsnorm_quant" if case.has_residual else "rmsnorm_quant"
+            if m is not None and not hasattr(m, f):
+                return False, f"this flashinfer.norm has no {f}"
+            return True, ""
         return _offset_rule(case)
 
     def _path(self) -> str:
@@ -76,6 +116,9 @@ class FlashInferLike(Impl):
 
     def notes(self, case):
         head = self._head()
+        if case.is_quant:
+            f = "fused_add_rmsnorm_quant (residual in place)" if case.has_residual else "rmsnorm_quant"
+            return f"{head}; {f}: static scale, one launch, out= preallocated" if head else f
         if case.is_qk:
             how = "3D strided [T,H,D]" if case.op == "qk" else "2D strided rows"
             body = f"{how}, Q then K (2 launches), in place"
@@ -90,6 +133,21 @@ class FlashInferLike(Impl):
 
     def build(self, case, inp):
         m, eps = self.load(), case.eps
+        if case.is_quant:
+            x, w, out, scale = inp.x, inp.w, inp.out, inp.scale
+            if case.has_residual:
+                f, r = m.fused_add_rmsnorm_quant, inp.residual
+
+                def call():
+                    f(out, x, r, w, scale, eps)
+                    return out, scale, r
+                return call
+            f = m.rmsnorm_quant
+
+            def call():
+                f(out, x, w, scale, eps)
+                return out, scale
+            return call
         gemma = case.weight_offset == 1.0
         rms = m.gemma_rmsnorm if gemma else m.rmsnorm
         add = m.gemma_fused_add_rmsnorm if gemma else m.fused_add_rmsnorm
@@ -115,6 +173,62 @@ class FlashInferLike(Impl):
             def call():
                 add(x, r, w, eps)
                 return outs
+        return call
+
+
+class FlashInferRmsTorchQuant(Impl):
+    """The composition of FlashInfer's norm with the PyTorch quantisation, every quantised kind:
+    ``rmsnorm(x, w, eps, out=n)`` into a preallocated bf16/fp16 buffer, or
+    ``fused_add_rmsnorm(x, residual, w, eps)`` (``residual += x``, ``x`` overwritten with the
+    norm, in place), then :func:`~qknorm.bench.peers.pytorch.torch_quant` of that rounded norm.
+    What an engine without a fused quant norm runs; ``n`` passes through the activation dtype
+    (``norm_rounded``)."""
+
+    name = "flashinfer_rms+torch_quant"
+    library = "FlashInfer"
+    dists = ("flashinfer-python",)
+    module = "flashinfer.norm"
+    needs_cuda = True
+    ops = QUANT_OPS
+    norm_rounded = True
+    not_ops = {op: "quantised kinds only (a norm + quantise composition)" for op in ("qk", "qk_full", "rms2d", "add",
+                                                                                      "rope")}
+
+    def __init__(self):
+        self._mod = None
+        self._why = ""
+
+    def available(self):
+        return (True, "") if self.load() is not None else (False, self._why)
+
+    def check(self, case):
+        if case.weight_offset:
+            return False, "weight_offset: only FlashInfer's gemma_ norms take it; not wired here"
+        if case.dtype not in (torch.float16, torch.bfloat16):
+            return False, "FlashInfer norm: fp16/bf16 only"
+        return True, ""
+
+    def notes(self, case):
+        v = f"flashinfer-python {self.version()}"
+        first = "fused_add_rmsnorm in place (x becomes the norm)" if case.has_residual else "rmsnorm out= buffer"
+        return f"{v}; {first}, then torch quantise of the {case.dtype} norm (several kernels)"
+
+    def build(self, case, inp):
+        m, eps = self.load(), case.eps
+        x, w, scale = inp.x, inp.w, inp.t.get("scale")
+        args = (case.quant_mode, case.out_dtype, case.group_size, scale, case.column_major_scales, case.scale_ue8m0)
+        if case.has_residual:
+            add, r = m.fused_add_rmsnorm, inp.residual
+
+            def call():
+                add(x, r, w, eps)
+                return torch_quant(x, *args) + (r,)
+            return call
+        rms, n = m.rmsnorm, torch.empty_like(x)
+
+        def call():
+            rms(x, w, eps, out=n)
+            return torch_quant(n, *args)
         return call
 
 

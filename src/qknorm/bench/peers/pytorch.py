@@ -2,7 +2,10 @@
 ``torch.nn.functional.rms_norm`` (``torch_rms_norm``), the ``.contiguous()`` copy path
 (``torch_copy2d``), the copy alone (``contiguous_copy``, family ``copy``), the flattening
 trap (``torch_flat2d``, family ``trap``) and the norm-then-RoPE composition
-(``torch_norm+rope``).
+(``torch_norm+rope``). For the quantised kinds ``torch`` and ``torch.compile`` run the
+composition :func:`torch_norm_quant`: the fp32 norm, then :func:`torch_quant` (amax, scale,
+divide, clamp, cast), the reference's semantics in plain ops; under ``torch.compile`` Inductor
+fuses norm and quantisation itself (the baseline vLLM uses under compile).
 
 Which kernel ``F.rms_norm`` runs depends on the build: on CUDA it calls
 ``aten::_fused_rms_norm``, and from torch 2.13 ``torch._native`` may override that op on
@@ -18,12 +21,12 @@ from __future__ import annotations
 
 import torch
 
-from ..cases import Case, Inputs, qk_views_contiguous
-from ..common import torch_norm
+from ..cases import QUANT_OPS, Case, Inputs, qk_views_contiguous
+from ..common import AMAX_FLOOR, QMAX, torch_norm, torch_norm_f32
 from .base import Fn, Impl, no_rope
 
-__all__ = ["torch_norm", "torch_rope", "rms_norm_path", "TorchEager", "TorchRope", "TorchCompile", "TorchFRmsNorm",
-           "TorchCopy2D", "ContiguousCopy", "FlattenedTrap"]
+__all__ = ["torch_norm", "torch_rope", "torch_quant", "torch_norm_quant", "quant_fn", "rms_norm_path", "TorchEager",
+           "TorchRope", "TorchCompile", "TorchFRmsNorm", "TorchCopy2D", "ContiguousCopy", "FlattenedTrap"]
 
 
 class _Torch(Impl):
@@ -109,16 +112,79 @@ def _torch_rope_fn(case: Case, inp: Inputs, fn) -> Fn:
     return call
 
 
+# --------------------------------------------------------------------------- quantised kinds
+
+def torch_quant(n: torch.Tensor, mode: str, out_dtype: torch.dtype, group_size: int = 0, scale=None,
+                column_major: bool = False, ue8m0: bool = False):
+    """``(codes, scales)`` of ``n [T, D]`` (any float dtype, upcast to fp32) in PyTorch ops, the way
+    engines write it: static (``mode="static"``) ``n / scale``; dynamic ``max(amax, 1e-10) / qmax``
+    per token (``"token"``) or per ``group_size`` group (any other mode), UE8M0 as
+    ``exp2(ceil(log2(s)))``; then clamp to +-qmax and cast (int8: round half to even first).
+    Column-major scales are transposed copies."""
+    qmax = QMAX[out_dtype]
+    nf = n.float()
+    if mode == "static":
+        q, sc = nf / scale, scale
+    else:
+        t, d = nf.shape
+        g = d if mode == "token" else group_size
+        ng = nf.view(t, d // g, g)
+        sc = ng.abs().amax(dim=-1).clamp(min=AMAX_FLOOR) / qmax
+        if ue8m0:
+            sc = torch.exp2(torch.ceil(torch.log2(sc)))
+        q = (ng / sc.unsqueeze(-1)).view(t, d)
+        if column_major:
+            sc = sc.t().contiguous().t()
+    q = q.clamp(-qmax, qmax)
+    if out_dtype == torch.int8:
+        q = torch.round(q)
+    return q.to(out_dtype), sc
+
+
+def torch_norm_quant(x, residual, w, scale, eps: float, offset: float, mode: str, out_dtype, group_size: int,
+                     column_major: bool, ue8m0: bool):
+    """The PyTorch composition of a quantised kind: ``residual += x`` (stored in its dtype) when
+    given, the fp32 norm of the fp32 sum (of x alone otherwise), then :func:`torch_quant`.
+    Returns the case's outputs."""
+    if residual is not None:
+        s = x.float() + residual.float()
+        residual.copy_(s)
+        n = torch_norm_f32(s, w, eps, offset)
+    else:
+        n = torch_norm_f32(x, w, eps, offset)
+    y, sc = torch_quant(n, mode, out_dtype, group_size, scale, column_major, ue8m0)
+    return (y, sc) if residual is None else (y, sc, residual)
+
+
+def quant_fn(case: Case, inp: Inputs, fn=torch_norm_quant) -> Fn:
+    """The zero-argument call of ``fn`` (:func:`torch_norm_quant` or its compiled form) on
+    ``inp`` for a quantised ``case``."""
+    x, w, r = inp.x, inp.w, inp.t.get("residual")
+    scale = inp.t.get("scale")
+    args = (case.eps, case.weight_offset, case.quant_mode, case.out_dtype, case.group_size, case.column_major_scales,
+            case.scale_ue8m0)
+    return lambda: fn(x, r, w, scale, *args)
+
+
+def _quant_notes(case: Case) -> str:
+    what = ("residual add in place, " if case.has_residual else "") + "fp32 norm then quantise"
+    return f"{what} (amax, scale, divide, clamp, cast{', UE8M0, column-major copy' if case.scale_ue8m0 else ''})"
+
+
 class TorchEager(_Torch):
     name = "torch"
-    ops = ("qk", "qk_full", "rms2d", "add")
+    ops = ("qk", "qk_full", "rms2d", "add") + QUANT_OPS
     not_ops = {"rope": "torch norm only (torch_norm+rope is the composition): no RoPE"}
 
     def notes(self, case):
+        if case.is_quant:
+            return _quant_notes(case) + ", several kernels"
         base = "fp32 upcast formula, several kernels"
         return base + ("; Q then K, in place" if case.is_qk else "; in place" if case.op == "add" else "")
 
     def build(self, case, inp):
+        if case.is_quant:
+            return quant_fn(case, inp)
         return _torch_fns(case, inp, _torch_qk_inplace, _torch_rms, _torch_add_inplace)
 
 
@@ -149,6 +215,8 @@ class TorchCompile(_Torch):
     def notes(self, case):
         if case.op == "rope":
             return "torch.compile(fullgraph, dynamic=False) of torch norm then torch RoPE (torch_norm+rope), in place"
+        if case.is_quant:
+            return f"torch.compile(fullgraph, dynamic=False) of the torch composition: {_quant_notes(case)}"
         return "torch.compile(fullgraph, dynamic=False) of the torch formula" + (", in place" if case.op != "rms2d" else "")
 
     def ran(self, case):
@@ -163,7 +231,10 @@ class TorchCompile(_Torch):
             opts = dict(fullgraph=True, dynamic=False)
             self._case = case
             self._fns = (torch.compile(_torch_qk_inplace, **opts), torch.compile(_torch_rms, **opts),
-                         torch.compile(_torch_add_inplace, **opts), torch.compile(_torch_rope_inplace, **opts))
+                         torch.compile(_torch_add_inplace, **opts), torch.compile(_torch_rope_inplace, **opts),
+                         torch.compile(torch_norm_quant, **opts))
+        if case.is_quant:
+            return quant_fn(case, inp, self._fns[4])
         if case.op == "rope":
             return _torch_rope_fn(case, inp, self._fns[3])
         return _torch_fns(case, inp, *self._fns[:3])

@@ -22,6 +22,11 @@ class Qknorm(Impl):
         import qknorm
         return qknorm.__version__
 
+    def check(self, case):
+        if case.is_quant and self.config is not None:
+            return False, "rms_norm_quant takes no config= (its tile is the rms_norm pick): no forced variants"
+        return True, ""
+
     def notes(self, case):
         if case.op == "rope":
             return "qk_rms_norm_rope: norm + RoPE of Q and K in one launch, in place on the packed buffer"
@@ -29,12 +34,17 @@ class Qknorm(Impl):
             return "Q and K in one launch, in place on the packed buffer"
         if case.op == "qk_full":
             return "full-width Q and K in one launch, in place on strided slices"
+        if case.is_quant:
+            f = "fused_add_rms_norm_quant (residual in place)" if case.has_residual else "rms_norm_quant"
+            return f"{f}, one launch; out=" + (", scales_out= preallocated" if case.n_groups else " preallocated")
         return "out= preallocated output" if case.op == "rms2d" else "in place"
 
     def build(self, case, inp):
         import qknorm
 
         cfg, eps, off = self.config, case.eps, case.weight_offset
+        if case.is_quant:
+            return _quant_call(case, inp)
         if case.op == "rope":
             q, k, qw, kw, cs, pos = inp.q, inp.k, inp.qw, inp.kw, inp.cos_sin_cache, inp.positions
             fr, outs, neox, rd = qknorm.qk_rms_norm_rope, (q, k), case.is_neox, case.rotary_dim
@@ -67,11 +77,38 @@ class Qknorm(Impl):
         return call
 
 
+def _quant_call(case: Case, inp):
+    """``rms_norm_quant`` / ``fused_add_rms_norm_quant`` into the preallocated codes and scales
+    (the public API takes no ``config``: the quantised kinds have no forced variants)."""
+    import qknorm
+
+    kw = dict(out_dtype=case.out_dtype, weight_offset=case.weight_offset, out=inp.out)
+    if case.n_groups:
+        kw.update(scales_out=inp.scales, column_major_scales=case.column_major_scales, scale_ue8m0=case.scale_ue8m0)
+        if case.group_size:
+            kw["group_size"] = case.group_size
+    else:
+        kw["scale"] = inp.scale
+    x, w, eps = inp.x, inp.w, case.eps
+    if case.has_residual:
+        f, r = qknorm.fused_add_rms_norm_quant, inp.residual
+
+        def call():
+            y, s = f(x, r, w, eps, **kw)
+            return y, s, r
+        return call
+    f = qknorm.rms_norm_quant
+    return lambda: f(x, w, eps, **kw)
+
+
 def qknorm_variants(case: Case, device) -> list[Qknorm]:
     """One adapter per admissible kernel config for this case (``candidate_configs``).
 
     ``rope``: the fused kernel keeps a whole head in registers and walks rows in segment
-    order, so only unchunked, segment-order configs are distinct variants there."""
+    order, so only unchunked, segment-order configs are distinct variants there. The quantised
+    kinds have none (their public API takes no ``config``; the row ``qknorm`` is the pick)."""
+    if case.is_quant:
+        return []
     from qknorm.dispatch import candidate_configs
     cands = candidate_configs(case.qknorm_op, case.dtype, case.width, case.n_rows, device)
     if case.op == "rope":

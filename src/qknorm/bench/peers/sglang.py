@@ -31,6 +31,29 @@ Rows:
     the compiled package's FlashInfer-style norm API (the same adapter as FlashInfer's).
 ``sgl_kernel_qk_norm_rope``
     ``sgl_kernel.fused_qk_norm_rope`` with the same signature as the JIT one.
+``sglang_jit_rms+quant`` (quantised kinds)
+    SGLang's JIT norm (``rmsnorm(x, w, out=n, eps=eps)`` into a preallocated buffer, or
+    ``fused_add_rmsnorm(x, residual, w, eps)`` in place: ``x`` becomes the norm), then SGLang's
+    JIT quant kernel of the mode, read from sgl-project/sglang's ``python/sglang/jit_kernel``:
+
+    - static: ``per_tensor_quant_fp8.per_tensor_quant_fp8(input, output_q, output_s,
+      is_static=True)`` (``output_s`` the given 1-element scale);
+    - per token: ``per_token_quant_fp8.per_token_quant_fp8(input, output_q, output_s)``
+      (``output_s`` ``[T, 1]`` fp32);
+    - per group, row-major: ``per_token_group_quant_8bit.per_token_group_quant_8bit(input=,
+      output_q=, output_s=, group_size=, eps=1e-10, fp8_min=-448, fp8_max=448,
+      scale_ue8m0=False)`` (fp32 scales ``[T, G]``);
+    - ``group_ue8m0``: not run. That kernel's UE8M0 form writes the scales as packed uint8
+      exponents, four to an int32 word (``csrc/gemm/per_token_group_quant_8bit.cuh``: DeepGEMM's
+      Blackwell layout), not fp32 powers of two: another output format.
+
+    A module missing from this SGLang makes the mode's rows say so. fp8 e4m3 output only here.
+``sglang_jit_rms+torch_quant`` (quantised kinds)
+    The same norm, then the PyTorch quantisation (every mode).
+
+SGLang's fused norm+quant JIT kernels (``fused_add_rmsnorm_per_tensor_quant`` and friends,
+imported by its benchmarks) are not run: their definitions could not be read from source here,
+so their signatures are not confirmed.
 """
 from __future__ import annotations
 
@@ -38,11 +61,23 @@ import inspect
 
 import torch
 
-from ..cases import ROPE_THETA
+from ..cases import QUANT_OPS, ROPE_THETA
 from .base import Impl, dist_version, import_module, version_file
 from .flashinfer import FlashInferLike
+from .pytorch import torch_quant
 
-__all__ = ["SGLangJit", "SGLangQkNormRope", "sgl_kernel_norm", "SGLANG_KERNEL_DISTS"]
+__all__ = ["SGLangJit", "SGLangQkNormRope", "SGLangRmsQuant", "sgl_kernel_norm", "SGLANG_KERNEL_DISTS",
+           "SGL_QUANT_KERNELS"]
+
+# mode -> (module, function) of SGLang's JIT quant kernels composed with its norm
+SGL_QUANT_KERNELS = {
+    "static": ("sglang.jit_kernel.per_tensor_quant_fp8", "per_tensor_quant_fp8"),
+    "token": ("sglang.jit_kernel.per_token_quant_fp8", "per_token_quant_fp8"),
+    "group": ("sglang.jit_kernel.per_token_group_quant_8bit", "per_token_group_quant_8bit"),
+}
+SGL_NO_UE8M0 = ("SGLang's per_token_group_quant_8bit writes UE8M0 scales as packed uint8 exponents (four per int32, "
+                "DeepGEMM's Blackwell layout), not fp32 powers of two: another output format "
+                "(sglang_jit_rms+torch_quant covers this mode)")
 
 SGLANG_KERNEL_DISTS = ("sglang-kernel", "sgl-kernel")  # renamed at 0.4; import name sgl_kernel
 QKNORM_HEAD_DIMS = (64, 128, 256, 512, 1024)
@@ -82,7 +117,9 @@ class SGLangJit(Impl):
     module = "sglang.jit_kernel.norm"
     needs_cuda = True
     ops = ("qk", "qk_full", "rms2d", "add")
-    not_ops = {"rope": "norm only (sglang_jit_qk_norm_rope is its fused op): no RoPE"}
+    not_ops = {"rope": "norm only (sglang_jit_qk_norm_rope is its fused op): no RoPE",
+               **dict.fromkeys(QUANT_OPS, "norm only: sglang_jit_rms+quant / sglang_jit_rms+torch_quant are the "
+                                          "quantised compositions")}
 
     def __init__(self):
         self._mod = None
@@ -220,6 +257,117 @@ class SGLangQkNormRope(Impl):
         def call():
             f(qkv, **kw)
             return outs
+        return call
+
+
+class SGLangRmsQuant(Impl):
+    """SGLang's JIT norm then a quantisation: SGLang's JIT quant kernel of the mode
+    (``quant="sglang"``, row ``sglang_jit_rms+quant``) or the PyTorch one (``quant="torch"``,
+    ``sglang_jit_rms+torch_quant``); see the module docstring. The norm passes through the
+    activation dtype (``norm_rounded``)."""
+
+    library = "SGLang JIT kernels"
+    module = "sglang.jit_kernel.norm"
+    needs_cuda = True
+    ops = QUANT_OPS
+    norm_rounded = True
+    not_ops = dict.fromkeys(("qk", "qk_full", "rms2d", "add", "rope"),
+                            "quantised kinds only (a norm + quantise composition)")
+
+    def __init__(self, quant: str = "sglang"):
+        if quant not in ("sglang", "torch"):
+            raise ValueError(f"quant must be 'sglang' or 'torch', got {quant!r}")
+        self.quant = quant
+        self.name = "sglang_jit_rms+quant" if quant == "sglang" else "sglang_jit_rms+torch_quant"
+        self._norm = None
+        self._q: dict = {}
+
+    def version(self):
+        return sglang_version()
+
+    def available(self):
+        self._norm, why = import_module(self.module)
+        return (self._norm is not None), why
+
+    def _quant_kernel(self, mode: str):
+        """``(function, "")`` of SGLang's JIT quant kernel for ``mode``, or ``(None, why)``."""
+        if mode not in self._q:
+            mod, fn = SGL_QUANT_KERNELS[mode]
+            m, why = import_module(mod)
+            f = getattr(m, fn, None) if m is not None else None
+            why = "" if f is not None else f"this SGLang has no {mod}.{fn}" + (f" ({why})" if why else "")
+            self._q[mode] = (f, why)
+        return self._q[mode]
+
+    def check(self, case):
+        if case.weight_offset:
+            return False, "no weight_offset (Gemma's 1 + w) in SGLang's JIT norm kernels"
+        m = self._norm
+        if case.has_residual:
+            ok = getattr(m, "is_supported_jit_fused_add_rmsnorm_hidden_size", fused_add_width_ok)(case.hidden)
+            if not ok:
+                return False, f"hidden {case.hidden}: not a width SGLang's JIT fused_add_rmsnorm takes"
+        elif not getattr(m, "_is_supported_rmsnorm_hidden_size", rmsnorm_width_ok)(case.hidden):
+            return False, f"hidden {case.hidden}: not a width SGLang's JIT rmsnorm takes"
+        if self.quant == "sglang":
+            if case.quant_mode == "group_ue8m0":
+                return False, SGL_NO_UE8M0
+            if case.out_dtype != torch.float8_e4m3fn:
+                return False, "SGLang's JIT quant kernels are wired here for fp8 e4m3 output only"
+            f, why = self._quant_kernel(case.quant_mode)
+            if f is None:
+                return False, why
+        return True, ""
+
+    def notes(self, case):
+        v = f"sglang {self.version() or '?'} jit_kernel"
+        first = "fused_add_rmsnorm in place (x becomes the norm)" if case.has_residual else "rmsnorm out= buffer"
+        if self.quant == "torch":
+            return f"{v}; {first}, then torch quantise of the {case.dtype} norm (several kernels)"
+        mod, fn = SGL_QUANT_KERNELS.get(case.quant_mode, ("", "?"))
+        return f"{v}; {first}, then {fn} (2 launches)"
+
+    def build(self, case, inp):
+        m, eps, mode = self._norm, case.eps, case.quant_mode
+        x, w, out = inp.x, inp.w, inp.out
+        scale, scales = inp.t.get("scale"), inp.t.get("scales")
+        if case.has_residual:
+            add, r = m.fused_add_rmsnorm, inp.residual
+            n, tail = x, (r,)
+
+            def norm():
+                add(x, r, w, eps)
+        else:
+            rms, n, tail = m.rmsnorm, torch.empty_like(x), ()
+
+            def norm():
+                rms(x, w, out=n, eps=eps)
+        if self.quant == "torch":
+            args = (mode, case.out_dtype, case.group_size, scale, case.column_major_scales, case.scale_ue8m0)
+
+            def call():
+                norm()
+                return torch_quant(n, *args) + tail
+            return call
+        q, _ = self._quant_kernel(mode)
+        if mode == "static":
+            def call():
+                norm()
+                q(n, out, scale, is_static=True)
+                return (out, scale) + tail
+        elif mode == "token":
+            def call():
+                norm()
+                q(n, out, scales)
+                return (out, scales) + tail
+        else:
+            g, qmax = case.group_size, 448.0
+
+            def call():
+                norm()
+                q(input=n, output_q=out, output_s=scales, group_size=g, eps=1e-10, fp8_min=-qmax, fp8_max=qmax,
+                  scale_ue8m0=False)
+                return (out, scales) + tail
         return call
 
 

@@ -1,23 +1,68 @@
-"""vLLM: its custom norm ops (``vllm``) and its fused QK-norm + RoPE op
-(``vllm_fused_qk_norm_rope``)."""
+"""vLLM: its custom norm ops (``vllm``, the quantised kinds included) and its fused QK-norm
++ RoPE op (``vllm_fused_qk_norm_rope``).
+
+The fused quant norms (schemas in vllm-project/vllm ``csrc/torch_bindings.cpp``, kernels in
+``csrc/layernorm_quant_kernels.cu`` and ``csrc/quantization/fused_kernels/``), called as
+``torch.ops._C.<op>`` with preallocated outputs:
+
+- ``rms_norm_static_fp8_quant(Tensor! result, Tensor input, Tensor weight, Tensor scale, float
+  epsilon)`` and ``fused_add_rms_norm_static_fp8_quant(Tensor! result, Tensor input, Tensor!
+  residual, Tensor weight, Tensor scale, float epsilon)``: static fp8 (multiplies by ``1 /
+  scale``);
+- ``rms_norm_dynamic_per_token_quant(Tensor! result, Tensor input, Tensor weight, Tensor!
+  scale, float epsilon, Tensor? scale_ub, Tensor!? residual)``: per token, scales ``[T, 1]``,
+  fp8 or int8;
+- ``rms_norm_per_block_quant(Tensor! result, Tensor input, Tensor weight, Tensor! scale, float
+  epsilon, Tensor? scale_ub, Tensor!? residual, int group_size, bool is_scale_transposed)``:
+  per group (64 or 128), row-major or transposed (column-major) scales; builds whose schema has a
+  trailing ``bool scale_ue8m0`` (vllm-xpu-kernels' has) also run ``group_ue8m0``, others skip it.
+
+Their kernels round ``x * rstd`` and its product with the weight to the activation dtype before
+quantising (``static_cast<scalar_t>(x * rms) * weight``), and the static fused one also the
+residual sum it normalises: ``norm_rounded``.
+"""
 from __future__ import annotations
 
 import torch
 
+from ..cases import QUANT_OPS
 from .base import Impl, import_module
+
+VLLM_QUANT_OPS = {"static": ("rms_norm_static_fp8_quant", "fused_add_rms_norm_static_fp8_quant"),
+                  "token": ("rms_norm_dynamic_per_token_quant", "rms_norm_dynamic_per_token_quant"),
+                  "group": ("rms_norm_per_block_quant", "rms_norm_per_block_quant"),
+                  "group_ue8m0": ("rms_norm_per_block_quant", "rms_norm_per_block_quant")}
+
+
+def _c_op(name: str):
+    """``torch.ops._C.<name>`` (registered by importing vllm._custom_ops), or None."""
+    try:
+        return getattr(torch.ops._C, name)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _takes_arg(op, arg: str) -> bool:
+    """Whether a custom op's schema has an argument ``arg``."""
+    try:
+        return any(a.name == arg for a in op.default._schema.arguments)
+    except (AttributeError, RuntimeError):
+        return False
 
 
 class VLLM(Impl):
     """vLLM's custom ops: ``rms_norm(out, input, weight, epsilon)`` and
-    ``fused_add_rms_norm(input, residual, weight, epsilon)`` (in place)."""
+    ``fused_add_rms_norm(input, residual, weight, epsilon)`` (in place); for the quantised kinds
+    its fused quant norms (see the module docstring)."""
 
     name = "vllm"
     library = "vLLM"
     dists = ("vllm",)
     module = "vllm._custom_ops"
     needs_cuda = True
-    ops = ("qk", "qk_full", "rms2d", "add")
+    ops = ("qk", "qk_full", "rms2d", "add") + QUANT_OPS
     not_ops = {"rope": "vllm rms_norm only (vllm_fused_qk_norm_rope is its fused op): no RoPE"}
+    norm_rounded = True  # quantised kinds: see the module docstring (no effect on the others)
 
     def __init__(self):
         self._ops = None
@@ -27,13 +72,64 @@ class VLLM(Impl):
         return (self._ops is not None), why
 
     def check(self, case):
-        return (False, "no weight_offset") if case.weight_offset else (True, "")
+        if case.weight_offset:
+            return False, "no weight_offset"
+        if not case.is_quant:
+            return True, ""
+        name = VLLM_QUANT_OPS[case.quant_mode][case.has_residual]
+        op = _c_op(name)
+        if op is None:
+            return False, f"this vLLM has no torch.ops._C.{name}"
+        if case.quant_mode == "static" and case.out_dtype != torch.float8_e4m3fn:
+            return False, f"{name}: fp8 e4m3 output only"
+        if case.out_dtype == torch.float8_e5m2:
+            return False, f"{name}: fp8 e4m3 or int8 output only"
+        if case.quant_mode.startswith("group") and case.group_size not in (64, 128):
+            return False, f"{name}: group_size 64 or 128 only"
+        if case.quant_mode == "group_ue8m0" and not _takes_arg(op, "scale_ue8m0"):
+            return False, f"this vLLM's {name} has no scale_ue8m0 argument (no UE8M0 scales)"
+        return True, ""
 
     def notes(self, case):
+        if case.is_quant:
+            name = VLLM_QUANT_OPS[case.quant_mode][case.has_residual]
+            return (f"vllm {self.version()}; torch.ops._C.{name}, one launch" +
+                    ("; residual in place" if case.has_residual else "") + "; norm rounded to the input dtype first")
         return f"vllm {self.version()}; " + ("Q then K, in place (out=input)" if case.is_qk else "")
+
+    def _quant(self, case, inp):
+        op = _c_op(VLLM_QUANT_OPS[case.quant_mode][case.has_residual])
+        x, w, out, eps = inp.x, inp.w, inp.out, case.eps
+        r = inp.t.get("residual")
+        tail = (r,) if r is not None else ()
+        if case.quant_mode == "static":
+            scale = inp.scale
+            if r is not None:
+                def call():
+                    op(out, x, r, w, scale, eps)
+                    return out, scale, r
+            else:
+                def call():
+                    op(out, x, w, scale, eps)
+                    return out, scale
+            return call
+        scales = inp.scales
+        if case.quant_mode == "token":
+            def call():
+                op(out, x, w, scales, eps, None, r)
+                return (out, scales) + tail
+            return call
+        args = (case.group_size, case.column_major_scales) + ((True,) if case.scale_ue8m0 else ())
+
+        def call():
+            op(out, x, w, scales, eps, None, r, *args)
+            return (out, scales) + tail
+        return call
 
     def build(self, case, inp):
         ops, eps = self._ops, case.eps
+        if case.is_quant:
+            return self._quant(case, inp)
         if case.is_qk:
             q, k, qw, kw = inp.q, inp.k, inp.qw, inp.kw
             outs = (q, k)
