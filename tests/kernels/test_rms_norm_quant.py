@@ -80,6 +80,16 @@ def assert_bits(a, b, what):
     assert not bool(diff.any()), f"{what}: {int(diff.sum())} values differ, max {worst}"
 
 
+def assert_within_one_ulp(a, b, what):
+    assert a.dtype == b.dtype and a.shape == b.shape, what
+    it = torch.int32 if a.element_size() == 4 else torch.int16
+    ia = a.contiguous().view(it).to(torch.int64)
+    ib = b.contiguous().view(it).to(torch.int64)
+    nan = torch.isnan(a) & torch.isnan(b)
+    same_sign = (ia < 0) == (ib < 0)
+    assert bool((((ia - ib).abs() <= 1) & same_sign | nan | (a == b)).all()), f"{what}: more than one ulp apart"
+
+
 def as_stored(n, dtype):
     """fp32 ``n`` rounded to ``dtype`` as the kernels store it (the interpreter truncates to bf16)."""
     if dtype == torch.bfloat16 and not rounds_to_nearest():
@@ -114,7 +124,15 @@ def check_call(x, weight=None, residual=None, config=None, offset=0.0, eps=1e-6,
         ref = xs
         ref64, sum64 = ref_add_norm(x0, r0, weight, eps, offset)
         assert_bits(residual, as_stored(x0.float() + r0.float(), x.dtype), "residual")
-    assert_bits(as_stored(n, x.dtype), ref, "n vs rms_norm's kernel")
+    g = kw.get("group_size") or 0
+    if HAS_CUDA and g & (g - 1) and kw.get("scale") is None:
+        # The two-pass group form re-reads the row into [rows, groups, group] tiles; on a GPU Triton
+        # may lay its first-pass tile out differently from rms_norm's kernel, so the sum of squares
+        # can round differently: n within one rounding of the stored dtype (measured on an H100:
+        # 1 value of 960 one bf16 ulp apart). Batch invariance still holds (same tile for every T).
+        assert_within_one_ulp(as_stored(n, x.dtype), ref, "n vs rms_norm's kernel")
+    else:
+        assert_bits(as_stored(n, x.dtype), ref, "n vs rms_norm's kernel")
     if fp64:
         err = ((n.cpu().double() - ref64).norm() / ref64.norm().clamp(min=1e-30)).item()
         assert err < 1e-5, f"n vs fp64: {err}"
@@ -176,7 +194,8 @@ def test_cast_matches_torch_bit_for_bit(out_dtype):
         assert torch.equal(y, want)
     else:
         want = q.to(out_dtype)
-        assert torch.equal(y.view(torch.uint8), want.view(torch.uint8))  # NaN -> 0x7F | sign, as PyTorch
+        # NaN -> a NaN code (PyTorch keeps the sign; a GPU's min/max may return the canonical NaN)
+        assert_same_codes(y, want)
 
 
 @pytest.mark.gpu
@@ -208,6 +227,7 @@ def test_pow2_ceil_matches_torch():
     _pow2_kernel[(triton.cdiv(s.numel(), 2048),)](s, r, s.numel(), BLOCK=2048)
     want = Q.pow2_ceil(s)
     torch.testing.assert_close(r, want, rtol=0, atol=0, equal_nan=True)
+    s, want = s.cpu(), want.cpu()  # the fp64 formula on the CPU (CUDA's fp64 log2 is not correctly rounded)
     fin = (s > 0) & (s <= 2.0 ** 127)  # above 2**127 the power of two is inf in fp32
     f = s[fin].double()
     assert torch.equal(want[fin].double(), torch.exp2(torch.ceil(torch.log2(f))))
@@ -231,7 +251,7 @@ def test_modes_formats_dtypes(mode, out_dtype, fused):
         assert y.is_contiguous()
         if "scale" not in kw:
             assert s.shape == (6, n_groups_of(kw, 160))
-            assert y.abs().float().amax() > 0.5 * Q.QMAX[out_dtype]  # codes span the format
+            assert y.float().abs().amax() > 0.5 * Q.QMAX[out_dtype]  # codes span the format
 
 
 @pytest.mark.parametrize("d", [1, 7, 111])
@@ -338,16 +358,24 @@ def test_wide_rows_default_config():
         check_call(x, None, randn((2, d), torch.bfloat16, DEV), **kw)
 
 
-def test_rows_persistent_and_batch_invariance():
-    x = randn((37, 128), torch.bfloat16, DEV)
-    y, s, _ = check_call(x, None, group_size=64)
-    for n in (1, 5, 33):
-        yn, sn, _ = run_kernel(x[:n], group_size=64)
-        assert torch.equal(yn.view(torch.uint8), y[:n].view(torch.uint8)) and torch.equal(sn, s[:n])
-    for rows in (1, 4, 16):
-        cfg = qknorm.KernelConfig(rows=rows, block_d=128, num_warps=2, persistent=True, programs_per_sm=1)
-        yc, sc, _ = run_kernel(x, config=cfg, group_size=64)
-        assert_same_codes(yc, y) and torch.equal(sc, s)
+@pytest.mark.parametrize("kw,d", [(dict(group_size=64), 128), (dict(group_size=40), 320), ({}, 256)],
+                         ids=["g64", "g40-two-pass", "token"])
+def test_rows_persistent_and_batch_invariance(kw, d):
+    """A row's codes and scales do not depend on how many rows the call has (the dispatcher may
+    pick other configs for other row counts: on a GPU up to 3000 rows), nor on rows per program."""
+    t = 3000 if HAS_CUDA else 37
+    x = randn((t, d), torch.bfloat16, DEV)
+    y, s, _ = check_call(x, None, **kw)
+    for n in (1, 5, 33) + ((257, 1100) if HAS_CUDA else ()):
+        yn, sn, _ = run_kernel(x[:n], **kw)
+        assert torch.equal(yn.view(torch.uint8), y[:n].view(torch.uint8))
+        assert torch.equal(sn, s[:n])
+    if d == 128:
+        for rows in (1, 4, 16):
+            cfg = qknorm.KernelConfig(rows=rows, block_d=128, num_warps=2, persistent=True, programs_per_sm=1)
+            yc, sc, _ = run_kernel(x, config=cfg, **kw)
+            assert_same_codes(yc, y)
+            assert torch.equal(sc, s)
 
 
 def test_safe_range_rows(monkeypatch):

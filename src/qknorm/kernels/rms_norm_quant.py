@@ -3,7 +3,10 @@
 
 Launcher: ``ops/rms_norm_quant.py``; configs: the dispatcher's pick for ``rms_norm`` /
 ``fused_add_rms_norm`` of the same width (the canonical row layout, so ``n`` has the bits
-``rms_norm`` / ``fused_add_rms_norm`` compute before their rounding); reference and CPU path:
+``rms_norm`` / ``fused_add_rms_norm`` compute before their rounding; the two-pass group form for
+group sizes that are not powers of two may differ by one rounding on a GPU, where Triton may lay
+its first-pass tile out differently — measured on an H100; its codes are still batch invariant:
+one tile for every token count); reference and CPU path:
 ``ops/rms_norm_quant.run``; tests: ``tests/kernels/test_rms_norm_quant.py``.
 
 Numerics (the PyTorch path's, operation by operation):
