@@ -17,8 +17,9 @@ from qknorm.bench.cases import (QUANT_MODES, QUANT_OPS, Case, build_inputs, expe
 from qknorm.bench.check import code_table, compare_codes, gate, quant_window
 from qknorm.bench.cli import main
 from qknorm.bench.common import torch_norm_f32
-from qknorm.bench.peers import (FlashInferLike, FlashInferRmsTorchQuant, Qknorm, SGLangRmsQuant, TorchEager, VLLM,
+from qknorm.bench.peers import (VLLM, FlashInferLike, FlashInferRmsTorchQuant, Qknorm, SGLangRmsQuant, TorchEager,
                                 torch_quant)
+from qknorm.bench.peers.pytorch import quant_fn, torch_norm_quant
 from qknorm.bench.runner import Options, Runner
 from qknorm.bench.timing import Baselines
 
@@ -273,9 +274,20 @@ def test_torch_composition_and_qknorm_pass_every_mode():
     assert P.qknorm_variants(_case("rmsq_token"), "cpu") == []
 
 
-def _records():
-    calls = []
-    return calls, (lambda name: (lambda *a, **k: calls.append((name, a, k))))
+def test_torch_compile_composition_traces_in_one_graph():
+    """The torch.compile row compiles torch_norm_quant with fullgraph=True: Dynamo must trace
+    every mode in one graph (checked here with the eager backend; Inductor runs on the GPU)."""
+    import torch._dynamo as dynamo
+    impl = P.TorchCompile()
+    assert impl.needs_cuda and "torch composition" in impl.notes(_case("rmsq_token"))
+    assert impl.ran(_case("rmsq_token")) == "Inductor (generated Triton)"
+    for op in ("addq_static", "rmsq_group_ue8m0"):
+        dynamo.reset()
+        c = _case(op, 4, 256)
+        inp = build_inputs(c)
+        f = torch.compile(torch_norm_quant, fullgraph=True, dynamic=False, backend="eager")
+        assert gate(c, inp, quant_fn(c, inp, f)).ok
+    dynamo.reset()
 
 
 @pytest.fixture
