@@ -21,6 +21,7 @@ from qknorm.bench.timing import time_graph
 from qknorm.kernels.pdl import pdl_launch_dependents, pdl_wait
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else "."
+ONLY = sys.argv[2] if len(sys.argv) > 2 else ""  # "qk": only the QK A/B (5 rounds, T <= 64)
 os.makedirs(OUT, exist_ok=True)
 
 
@@ -91,7 +92,7 @@ def main():
     res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
            "points": []}
     regs = {}
-    for D in (2048, 4096, 5120, 8192):
+    for D in (() if ONLY == "qk" else (2048, 4096, 5120, 8192)):
         block = triton.next_power_of_2(D)
         for T in (1, 2, 8, 64, 1024, 4096, 16384):
             x = torch.randn(T, D, device=dev, dtype=torch.bfloat16)
@@ -137,7 +138,7 @@ def main():
     except Exception:  # noqa: BLE001
         fused_add_rmsnorm = fused_inplace_qknorm = None
     for (hq, hkv, d) in ((32, 8, 128), (16, 2, 256), (64, 4, 128)):
-        for T in (1, 2, 4, 8, 16, 64, 256, 1024):
+        for T in ((1, 2, 4, 8, 16, 64) if ONLY == "qk" else (1, 2, 4, 8, 16, 64, 256, 1024)):
             qkv = torch.randn(T, (hq + 2 * hkv) * d, device=dev, dtype=torch.bfloat16)
             q = qkv[:, :hq * d].view(T, hq, d)
             k = qkv[:, hq * d:(hq + hkv) * d].view(T, hkv, d)
@@ -148,13 +149,13 @@ def main():
             if fused_inplace_qknorm is not None:
                 fns["sglang"] = lambda: fused_inplace_qknorm(q, k, qw, kw, 1e-6)
             best = {n: float("inf") for n in fns}
-            for _ in range(3):
-                for n, f in fns.items():
+            for _ in range(5 if ONLY == "qk" else 3):
+                for n, f in reversed(list(fns.items())) if _ % 2 else fns.items():
                     best[n] = min(best[n], timed(f, old=n.endswith(".oldpad")))
             line = f"QK {hq}+{hkv}x{d} T={T:5d} " + " ".join(f"{n}={v:.3f}" for n, v in best.items())
             print(line, flush=True)
             res["points"].append({"op": "qk", "hq": hq, "hkv": hkv, "D": d, "T": T, "us": best})
-    for D in (2048, 4096, 8192):
+    for D in (() if ONLY == "qk" else (2048, 4096, 8192)):
         for T in (1, 2, 8, 64, 1024, 4096):
             x = torch.randn(T, D, device=dev, dtype=torch.bfloat16)
             r = torch.randn(T, D, device=dev, dtype=torch.bfloat16)
