@@ -241,6 +241,20 @@ def test_gate_accepts_counts_ties_and_fails_wrong_answers():
     assert not v.ok and "shape" in v.reason
 
 
+@pytest.mark.parametrize("out_dtype", [E4M3, torch.float8_e5m2, torch.int8])
+def test_gate_poisons_the_preallocated_outputs(out_dtype):
+    """An implementation that writes nothing fails: codes are poisoned as raw bytes (NaN in both
+    fp8 formats, -128 for int8, which symmetric codes never take), scales with NaN."""
+    c = _case("rmsq_static", 4, 256, out_dtype=out_dtype)
+    inp = build_inputs(c)
+    v = gate(c, inp, lambda: (inp.out, inp.scale))
+    assert not v.ok and v.reason.startswith("codes: 1024 of 1024"), v
+    c = _case("addq_group", 4, 256, out_dtype=out_dtype)
+    inp = build_inputs(c)
+    v = gate(c, inp, lambda: (inp.out, inp.scales, inp.residual))
+    assert not v.ok and "NaN" in v.reason and math.isinf(v.error)
+
+
 def test_window_for_implementations_that_round_the_norm_first():
     assert quant_window(torch.bfloat16) == 2 ** -18
     assert quant_window(torch.bfloat16, True) == pytest.approx(2 ** -18 + 3 * 2 ** -8)

@@ -205,12 +205,14 @@ def gate_quant(case: Case, inp: Inputs, fn, window: float, poison_out: bool = Tr
     """The gate of a quantised case (see the module docstring): run ``fn`` once on fresh
     ``inp``, then compare scales, codes and (``addq``) the residual with the fp64 reference."""
     ref = quant_reference(case, inp)  # before fn: in-place implementations change residual (and x)
-    poison = -128 if case.out_dtype == torch.int8 else math.nan  # int8 codes are in [-127, 127]
+    # poison as raw bytes (no fp8 arithmetic needed on any device): 0x7F is NaN in e4m3fn and e5m2,
+    # 0x80 is int8's -128 (symmetric codes are in [-127, 127])
+    poison = 0x80 if case.out_dtype == torch.int8 else 0x7F
     if poison_out:
-        inp.out.fill_(poison)
+        inp.out.view(torch.uint8).fill_(poison)
         if case.n_groups:
             inp.scales.fill_(math.nan)
-    blocks = [torch.full(inp.out.shape, poison, dtype=case.out_dtype, device=inp.x.device)]
+    blocks = [torch.full(inp.out.shape, poison, dtype=torch.uint8, device=inp.x.device)]
     if case.n_groups:
         blocks.append(torch.full((case.tokens, case.n_groups), math.nan, device=inp.x.device))
     del blocks  # freed into the caching allocator (CUDA): an implementation allocating may get them
