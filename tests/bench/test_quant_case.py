@@ -95,6 +95,15 @@ def test_quant_inputs():
     assert torch.equal(again.x, inp.x) and torch.equal(again.residual, inp.residual)
 
 
+def test_pow2_ceil_is_exact():
+    from qknorm.bench.cases import pow2_ceil
+    s = torch.cat([torch.rand(1000, dtype=torch.float64) * 1e3 + 1e-12,
+                   torch.tensor([1.0, 0.5, 2.0 ** -40, 2.0 ** -40 * (1 + 2 ** -52), 1e-10 / 448], dtype=torch.float64)])
+    m, e = torch.frexp(s)
+    assert torch.equal(pow2_ceil(s), torch.ldexp(torch.ones_like(s), e - (m == 0.5).to(e.dtype)))
+    assert pow2_ceil(torch.tensor([3.0], dtype=torch.float64)).item() == 4.0
+
+
 # --------------------------------------------------------------------------- reference vs qknorm
 
 def _qknorm_call(case, inp):

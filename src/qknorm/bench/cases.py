@@ -513,9 +513,13 @@ class QuantRef:
 
 
 def pow2_ceil(s: torch.Tensor) -> torch.Tensor:
-    """``2**ceil(log2(s))`` exactly (frexp), for positive finite ``s``."""
-    m, e = torch.frexp(s)  # s = m * 2**e, m in [0.5, 1)
-    return torch.ldexp(torch.ones_like(s), e - (m == 0.5).to(e.dtype))
+    """``2**ceil(log2(s))`` of positive normal fp64 ``s``, exactly on any device: the bits
+    themselves (a zero mantissa is a power of two already; else clear it and add one to the
+    exponent), no log2 or pow (CUDA's fp64 ones are not correctly rounded)."""
+    b = s.to(torch.float64).view(torch.int64)
+    mant = b & ((1 << 52) - 1)
+    up = (b & (0x7FF << 52)) + (1 << 52)
+    return torch.where(mant == 0, b, up).view(torch.float64)
 
 
 def quant_reference(case: Case, inp: Inputs) -> QuantRef:
