@@ -14,7 +14,7 @@ from .rows import add_norm_block
 
 
 @triton.jit
-def fused_add_rms_norm_kernel(X, R, W, eps, eps_tiny, w_offset, n_rows, D, N1, N2,
+def fused_add_rms_norm_kernel(X, R, W, eps, eps_tiny, w_offset, n_rows, D: tl.constexpr, N1, N2,
                               xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd, ws,
                               HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
                               CHUNKED: tl.constexpr, PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False):

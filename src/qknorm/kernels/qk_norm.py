@@ -29,7 +29,7 @@ def _qk_block(block, q_blocks, D, eps, eps_tiny, w_offset,
 
 
 @triton.jit
-def qk_rms_norm_kernel(XQ, YQ, WQ, XK, YK, WK, eps, eps_tiny, w_offset, D,
+def qk_rms_norm_kernel(XQ, YQ, WQ, XK, YK, WK, eps, eps_tiny, w_offset, D: tl.constexpr,
                        q_rows, qN1, qN2, qxs0, qxs1, qxs2, qxsd, qys0, qys1, qys2, qysd, qws,
                        k_rows, kN1, kN2, kxs0, kxs1, kxs2, kxsd, kys0, kys1, kys2, kysd, kws,
                        HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -83,7 +83,7 @@ def _tokens_block(block, D, eps, eps_tiny, n_rows, H, HQ, wq, wk,
 
 
 @triton.jit
-def qk_rms_norm_tokens_kernel(XQ, YQ, WQ, XK, YK, WK, eps, eps_tiny, w_offset, D,
+def qk_rms_norm_tokens_kernel(XQ, YQ, WQ, XK, YK, WK, eps, eps_tiny, w_offset, D: tl.constexpr,
                               n_tokens, HQ, qxt, qxh, qyt, qyh, qws,
                               HK, kxt, kxh, kyt, kyh, kws,
                               HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,

@@ -12,7 +12,7 @@ from .rows import norm_block
 
 
 @triton.jit
-def rms_norm_kernel(X, Y, W, eps, eps_tiny, w_offset, n_rows, D, N1, N2,
+def rms_norm_kernel(X, Y, W, eps, eps_tiny, w_offset, n_rows, D: tl.constexpr, N1, N2,
                     xs0, xs1, xs2, xsd, ys0, ys1, ys2, ysd, ws,
                     HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
                     CHUNKED: tl.constexpr, PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False):

@@ -384,7 +384,7 @@ def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub, n_
 
 
 @triton.jit
-def rms_norm_quant_kernel(X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub, n_rows, D, N1, N2,
+def rms_norm_quant_kernel(X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub, n_rows, D: tl.constexpr, N1, N2,
                           xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd, ys0, ys1, ys2, ysd, ws, ss0, ss1, ss2, ssg,
                           n_groups,
                           HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr, STATIC: tl.constexpr,
