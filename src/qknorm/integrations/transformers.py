@@ -1,0 +1,391 @@
+"""Put qknorm's RMSNorm into a loaded Hugging Face ``transformers`` model.
+
+Usage::
+
+    import torch
+    from transformers import AutoModelForCausalLM
+    from qknorm.integrations.transformers import apply_qknorm
+
+    model = AutoModelForCausalLM.from_pretrained("Qwen/Qwen3-8B", torch_dtype=torch.bfloat16).cuda()
+    report = apply_qknorm(model)        # patches the model in place
+    print(report)                       # what was replaced, what was left alone and why
+    out = model.generate(**inputs, max_new_tokens=64)
+
+``pip install "qknorm[transformers]"`` pulls a ``transformers`` recent enough for every
+architecture below (4.51: the first release with Qwen3 and Qwen3-MoE). ``import qknorm``
+never imports ``transformers``; :func:`apply_qknorm` does not need it either (it only reads
+its version for the report).
+
+What is replaced
+----------------
+Every norm module whose class is one of these (matched by class name *and* defining module,
+so a look-alike class elsewhere is never taken for one of them):
+
+==========================  =====================================================  =============
+class (transformers)        the model's forward, ``n = x.float() * rsqrt(mean(x²) + eps)``   qknorm call
+==========================  =====================================================  =============
+``LlamaRMSNorm``,           ``weight * n.to(x.dtype)``                             ``rms_norm``
+``MistralRMSNorm``,
+``Qwen2RMSNorm``,
+``Qwen3RMSNorm``,
+``Qwen3MoeRMSNorm``
+``Olmo2RMSNorm``            ``(weight * n).to(x.dtype)``                           ``rms_norm``
+``Gemma2RMSNorm``,          ``(n * (1 + weight.float())).type_as(x)``              ``rms_norm(...,
+``Gemma3RMSNorm``                                                                  weight_offset=1)``
+``torch.nn.RMSNorm``        ``torch.rms_norm`` (1-D ``normalized_shape``)           ``rms_norm``
+==========================  =====================================================  =============
+
+Each one becomes a :class:`PatchedRMSNorm` holding *the same* ``weight`` Parameter object
+(no copy; ``state_dict`` keys and ``load_state_dict`` are unchanged) and the same eps
+(``variance_epsilon`` or ``eps``). Before a module is swapped, the original and the
+replacement are run on two probe rows in the weight's dtype and must agree (fp32: 1e-4,
+fp16/bf16: about two units in the last place, relative to the row's largest value); a
+module that fails the probe is left alone with the measured difference in the report, so
+a future ``transformers`` that changes a norm's formula is caught rather than followed
+silently.
+
+This covers the decoder-layer norms (``input_layernorm``, ``post_attention_layernorm``;
+Gemma's ``pre_/post_feedforward_layernorm``), the final ``norm``, and the attention q/k
+norms: per head (``[..., H, head_dim]``: Qwen3, Qwen3-MoE, Gemma 3) and full width
+(``[..., H·head_dim]``: OLMo 2).
+
+Numerics
+--------
+qknorm computes in fp32 throughout (weight and ``1 + w`` included) and rounds once, at the
+end, to the input dtype.
+
+* Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE round *twice* in half precision: ``n`` to the
+  input dtype, then the product with the weight. For fp32 activations and weights the two
+  agree to fp32 rounding (the tests hold them to 1e-5 relative); for bf16/fp16 they differ
+  by about one unit in the last place on some elements (qknorm's single rounding is the
+  more accurate). The output dtype follows the model's: ``promote(x.dtype, weight.dtype)``
+  (a bf16 model with fp32 norm weights gets fp32 norm outputs, as unpatched).
+* OLMo 2 and Gemma 2/3 multiply by the weight (``1 + w``) in fp32 and round once: the same
+  recipe as qknorm; differences are fp32 summation order only.
+* ``torch.nn.RMSNorm``: fp32 math, output in the input dtype, as qknorm.
+
+Inputs in other dtypes (fp64) run the model's own formula in PyTorch.
+
+Not done in this step
+---------------------
+* **One launch for Q and K.** The attention forwards of Qwen3/Qwen3-MoE/Gemma 3 call
+  ``self.q_norm`` and ``self.k_norm`` in separate expressions, on the outputs of separate
+  ``q_proj``/``k_proj`` projections; putting them into one ``qk_rms_norm`` call means
+  replacing the whole attention forward (RoPE, cache update, attention interface), a copy of
+  code that changes between ``transformers`` releases (5.x alone renamed
+  ``past_key_values`` to ``cache``). Each q/k norm is therefore its own ``rms_norm`` call
+  (two launches per layer); the report says so for every attention block.
+* **fuse_residual.** ``fused_add_rms_norm`` writes the sum into ``residual`` in place, and
+  there the residual is the decoder layer's *input*: the previous layer's output (kept by
+  ``output_hidden_states`` and the output-recording hooks), or the embeddings (a user's
+  ``inputs_embeds``), and re-read by gradient checkpointing. Doing it safely needs a
+  rewritten decoder-layer (or model) forward that owns its buffers; not done yet, and the
+  report says so when ``fuse_residual=True`` asked for it.
+* Under autograd the qknorm ops take their differentiable custom-op path (gradients match
+  PyTorch's); nothing extra is done for training.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+from .. import functional as _ops
+from ..nn import default_eps
+
+__all__ = ["apply_qknorm", "Report", "Replaced", "LeftAlone", "PatchedRMSNorm"]
+
+_KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+# style names: how the model applies the weight
+_CAST_THEN_WEIGHT = "cast_then_weight"      # weight * n.to(x.dtype)               (Llama family)
+_WEIGHT_THEN_CAST = "weight_then_cast"      # (weight * n).to(x.dtype)             (OLMo 2)
+_ONE_PLUS_WEIGHT = "one_plus_weight"        # (n * (1 + weight.float())).type_as(x) (Gemma 2/3)
+_TORCH = "torch"                            # torch.nn.RMSNorm
+
+_MODELS = "transformers.models."
+# (defining module, class name) -> (style, eps attribute)
+_KNOWN: dict[tuple[str, str], tuple[str, str]] = {
+    (_MODELS + "llama.modeling_llama", "LlamaRMSNorm"): (_CAST_THEN_WEIGHT, "variance_epsilon"),
+    (_MODELS + "mistral.modeling_mistral", "MistralRMSNorm"): (_CAST_THEN_WEIGHT, "variance_epsilon"),
+    (_MODELS + "qwen2.modeling_qwen2", "Qwen2RMSNorm"): (_CAST_THEN_WEIGHT, "variance_epsilon"),
+    (_MODELS + "qwen3.modeling_qwen3", "Qwen3RMSNorm"): (_CAST_THEN_WEIGHT, "variance_epsilon"),
+    (_MODELS + "qwen3_moe.modeling_qwen3_moe", "Qwen3MoeRMSNorm"): (_CAST_THEN_WEIGHT, "variance_epsilon"),
+    (_MODELS + "olmo2.modeling_olmo2", "Olmo2RMSNorm"): (_WEIGHT_THEN_CAST, "variance_epsilon"),
+    (_MODELS + "gemma2.modeling_gemma2", "Gemma2RMSNorm"): (_ONE_PLUS_WEIGHT, "eps"),
+    (_MODELS + "gemma3.modeling_gemma3", "Gemma3RMSNorm"): (_ONE_PLUS_WEIGHT, "eps"),
+}
+
+_NUMERICS = {
+    _CAST_THEN_WEIGHT: "model rounds n to the input dtype, then multiplies by the weight (two roundings "
+                       "in bf16/fp16); qknorm: fp32 throughout, one rounding",
+    _WEIGHT_THEN_CAST: "same recipe as the model (weight in fp32, one rounding)",
+    _ONE_PLUS_WEIGHT: "same recipe as the model ((1 + w) in fp32, one rounding)",
+    _TORCH: "same recipe as torch.rms_norm (fp32, output in the input dtype)",
+}
+
+
+class PatchedRMSNorm(nn.Module):
+    """A model's RMSNorm module running :func:`qknorm.rms_norm`.
+
+    Holds the original module's ``weight`` Parameter itself (or None) and its eps; the
+    ``style`` says how the model applies the weight (see the module docstring), which sets
+    ``weight_offset`` and the output dtype. ``original`` names the class it replaced.
+    """
+
+    def __init__(self, weight: nn.Parameter | None, eps: float | None, style: str, original: str) -> None:
+        super().__init__()
+        if style not in _NUMERICS:
+            raise ValueError(f"unknown style {style!r}")
+        self.weight = weight  # the same Parameter object (registered as this module's parameter)
+        self.eps = eps
+        self.style = style
+        self.weight_offset = 1.0 if style == _ONE_PLUS_WEIGHT else 0.0
+        self.original = original
+
+    @property
+    def variance_epsilon(self):  # the attribute name the Llama family uses
+        return self.eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        eps = self.eps if self.eps is not None else default_eps(x.dtype)
+        if x.dtype not in _KERNEL_DTYPES:
+            return self._model_formula(x, w, eps)
+        y = _ops.rms_norm(x, w, eps, weight_offset=self.weight_offset)
+        if self.style == _CAST_THEN_WEIGHT and w is not None and w.dtype != x.dtype:
+            dt = torch.promote_types(x.dtype, w.dtype)  # `weight * n.to(x.dtype)` promotes
+            if dt != y.dtype:
+                y = y.to(dt)
+        return y
+
+    def _model_formula(self, x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
+        """The model's own forward, in PyTorch (for dtypes the qknorm ops do not take)."""
+        if self.style == _TORCH:
+            return torch.rms_norm(x, (x.shape[-1],), w, eps)
+        xf = x.float() if x.dtype != torch.float64 else x
+        n = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        if self.style == _CAST_THEN_WEIGHT:
+            return w * n.to(x.dtype)
+        if self.style == _WEIGHT_THEN_CAST:
+            return (w * n).to(x.dtype)
+        return (n * (1.0 + w.to(n.dtype))).type_as(x)
+
+    def extra_repr(self) -> str:
+        shape = tuple(self.weight.shape) if self.weight is not None else None
+        return f"{shape}, eps={self.eps}, style={self.style}, replaces={self.original}"
+
+
+@dataclasses.dataclass
+class Replaced:
+    """One module swapped: its path in the model, its class, what it became, and notes."""
+    name: str
+    original: str
+    replacement: str
+    note: str = ""
+
+
+@dataclasses.dataclass
+class LeftAlone:
+    """One norm-like module not touched, and why."""
+    name: str
+    cls: str
+    reason: str
+
+
+@dataclasses.dataclass
+class Report:
+    """What :func:`apply_qknorm` did to a model."""
+    model: str
+    transformers_version: str | None
+    replaced: list[Replaced] = dataclasses.field(default_factory=list)
+    left_alone: list[LeftAlone] = dataclasses.field(default_factory=list)
+    not_done: list[str] = dataclasses.field(default_factory=list)
+    numerics: dict[str, str] = dataclasses.field(default_factory=dict)  # original class -> note
+
+    @property
+    def replaced_names(self) -> list[str]:
+        return [r.name for r in self.replaced]
+
+    @property
+    def left_alone_names(self) -> list[str]:
+        return [r.name for r in self.left_alone]
+
+    def __str__(self) -> str:
+        tv = self.transformers_version or "not importable"
+        lines = [f"apply_qknorm({self.model}) [transformers {tv}]: "
+                 f"{len(self.replaced)} module(s) replaced, {len(self.left_alone)} left alone"]
+        if self.replaced:
+            lines.append("replaced:")
+            for r in self.replaced:
+                lines.append(f"  {r.name}: {r.original} -> {r.replacement}" + (f"  ({r.note})" if r.note else ""))
+        if self.left_alone:
+            lines.append("left alone:")
+            for r in self.left_alone:
+                lines.append(f"  {r.name}: {r.cls} -- {r.reason}")
+        if self.numerics:
+            lines.append("numerics vs the model's own forward:")
+            for cls, note in self.numerics.items():
+                lines.append(f"  {cls}: {note}")
+        if self.not_done:
+            lines.append("not done in this version:")
+            for s in self.not_done:
+                lines.append(f"  - {s}")
+        return "\n".join(lines)
+
+
+def _cls_name(m: nn.Module) -> str:
+    t = type(m)
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def _recognise(m: nn.Module) -> tuple[str, float | None] | str:
+    """``(style, eps)`` for a module we know, else the reason we leave it alone."""
+    t = type(m)
+    if t is nn.RMSNorm:
+        if len(m.normalized_shape) != 1:
+            return f"torch.nn.RMSNorm over {len(m.normalized_shape)} trailing dims (only one is handled)"
+        return _TORCH, m.eps
+    known = _KNOWN.get((t.__module__, t.__qualname__))
+    if known is None:
+        return "unknown norm class: its formula is not known to qknorm, so it is not changed"
+    style, eps_attr = known
+    eps = getattr(m, eps_attr, None)
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps) or eps < 0:
+        return f"expected a number >= 0 in .{eps_attr}, found {eps!r}"
+    w = getattr(m, "weight", None)
+    if not isinstance(w, nn.Parameter) or w.dim() != 1:
+        return "expected a 1-D Parameter `weight`"
+    return style, float(eps)
+
+
+def _hooked(m: nn.Module) -> str | None:
+    if "forward" in m.__dict__:
+        return "its forward was replaced on the instance (by another patch?)"
+    if m._forward_hooks or m._forward_pre_hooks or getattr(m, "_hf_hook", None) is not None:
+        return "it has forward hooks (accelerate offloading, another patch?) that qknorm cannot carry over"
+    return None
+
+
+def _probe(orig: nn.Module, new: PatchedRMSNorm) -> str | None:
+    """Run both on two probe rows in the weight's dtype; the reason they disagree, or None."""
+    w = new.weight
+    if w is None:
+        return None
+    if w.device.type == "meta":
+        return "weight on the meta device: the replacement cannot be checked against the original"
+    dtype = w.dtype if w.dtype in _KERNEL_DTYPES else torch.float32
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, w.shape[0], generator=g)
+    x[1] *= 1e-3  # a row whose mean square is near eps: catches a wrong eps
+    x = x.to(device=w.device, dtype=dtype)
+    try:
+        with torch.no_grad():
+            a = orig(x)
+            b = new(x)
+    except Exception as e:  # noqa: BLE001 - reported, module left alone
+        return f"probe call failed: {type(e).__name__}: {e}"
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return f"probe: original gives {a.dtype}{tuple(a.shape)}, qknorm {b.dtype}{tuple(b.shape)}"
+    a, b = a.double(), b.double()
+    scale = a.abs().amax(-1, keepdim=True).clamp_min(1e-30)
+    err = ((a - b).abs() / scale).max().item()
+    tol = 1e-4 if dtype == torch.float32 else 4 * torch.finfo(dtype).eps
+    if not err <= tol:
+        return f"probe: qknorm differs from the original by {err:.3g} (relative; allowed {tol:.3g})"
+    return None
+
+
+def _role(name: str, m: nn.Module, parents: dict[str, nn.Module]) -> str:
+    parent_name, _, attr = name.rpartition(".")
+    if attr in ("q_norm", "k_norm"):
+        parent = parents.get(parent_name)
+        head_dim = getattr(parent, "head_dim", None)
+        if head_dim is not None and m.weight is not None and m.weight.shape[0] == head_dim:
+            return (f"per-head {attr[0]} norm: its own rms_norm launch (one qk_rms_norm launch for Q and K "
+                    "not used yet)")
+        return f"full-width {attr[0]} norm over heads*head_dim"
+    return ""
+
+
+def apply_qknorm(model: nn.Module, *, fuse_residual: bool = True) -> Report:
+    """Replace the RMSNorm modules of a loaded ``transformers`` model with qknorm's, in place.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A loaded model (``LlamaForCausalLM``, ``Qwen3ForCausalLM``, ... or any module
+        tree holding the norm classes listed in this module's docstring).
+    fuse_residual : bool
+        Ask for the decoder layer's ``residual + x`` then norm to become one
+        ``fused_add_rms_norm``. Not done in this version (see the module docstring); the
+        report lists it under ``not_done``.
+
+    Returns
+    -------
+    Report
+        Every module replaced (path, class, replacement, role), every norm-like module left
+        alone with the reason, the numerics notes per class and what is not done yet.
+        ``print(report)`` gives a readable summary.
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not a ``torch.nn.Module``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    try:
+        import transformers  # noqa: PLC0415 - lazily: `import qknorm` must not import it
+        tv = getattr(transformers, "__version__", None)
+    except ImportError:
+        tv = None
+    report = Report(model=type(model).__name__, transformers_version=tv)
+    modules = dict(model.named_modules(remove_duplicate=False))
+    done: dict[int, PatchedRMSNorm] = {}
+    skipped: dict[int, str] = {}
+    any_per_head = False
+    for name, m in list(modules.items()):
+        if not name or "norm" not in type(m).__name__.lower():
+            continue
+        if isinstance(m, PatchedRMSNorm):
+            report.left_alone.append(LeftAlone(name, _cls_name(m), "already patched by qknorm"))
+            continue
+        new = done.get(id(m))
+        if new is None:
+            if id(m) in skipped:
+                report.left_alone.append(LeftAlone(name, _cls_name(m), skipped[id(m)]))
+                continue
+            r = _recognise(m)
+            if isinstance(r, tuple):
+                r = _hooked(m) or r
+            if isinstance(r, tuple):
+                style, eps = r
+                new = PatchedRMSNorm(m.weight, eps, style, type(m).__qualname__)
+                new.train(m.training)
+                r = _probe(m, new) or r
+            if isinstance(r, str):
+                skipped[id(m)] = r
+                report.left_alone.append(LeftAlone(name, _cls_name(m), r))
+                continue
+            done[id(m)] = new
+            report.numerics.setdefault(type(m).__qualname__, _NUMERICS[new.style])
+        parent_name, _, attr = name.rpartition(".")
+        setattr(modules[parent_name] if parent_name else model, attr, new)
+        role = _role(name, m, modules)
+        any_per_head |= role.startswith("per-head")
+        call = "qknorm.rms_norm" + (", weight_offset=1.0" if new.weight_offset else "")
+        report.replaced.append(Replaced(name, _cls_name(m), f"PatchedRMSNorm({call})", role))
+    if any_per_head:
+        report.not_done.append(
+            "one qk_rms_norm launch for Q and K: the attention forward calls q_norm and k_norm separately on "
+            "separate projections; fusing them means rewriting that forward (tied to one transformers release), "
+            "so each runs its own rms_norm launch")
+    if fuse_residual:
+        report.not_done.append(
+            "fuse_residual: fused_add_rms_norm writes the residual in place, and the residual is the decoder "
+            "layer's input (kept by output_hidden_states, the embeddings, re-read by gradient checkpointing); "
+            "the layer's add and norm stay separate")
+    return report
