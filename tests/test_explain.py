@@ -175,3 +175,13 @@ def test_explain_says_which_fallback_runs(monkeypatch):
     monkeypatch.setattr(layout, "ROW_LIMIT", 4)
     assert "more than 4 rows: launched in pieces" in qknorm.explain(torch.zeros(10, 8))
     assert "fallback" not in qknorm.explain(torch.zeros(3, 8)) and "pieces" not in qknorm.explain(torch.zeros(3, 8))
+
+
+def test_quantised_ops_explain_the_decision_their_kernel_uses():
+    x = torch.randn(4, 4096, dtype=torch.bfloat16)
+    r = torch.randn(4, 4096, dtype=torch.bfloat16)
+    for op, shared, args in (("rms_norm_quant", "rms_norm", (x,)),
+                             ("fused_add_rms_norm_quant", "fused_add_rms_norm", (x, r))):
+        text = qknorm.explain(*args, op=op)
+        assert text.startswith(f"{op} runs its own kernel on the tile {shared} picks")
+        assert text.split("\n", 1)[1] == qknorm.explain(*args, op=shared)

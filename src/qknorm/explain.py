@@ -153,7 +153,9 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
         shape of ``x``) for ``fused_add_rms_norm``.
     op : str or None
         ``"rms_norm"``, ``"fused_add_rms_norm"`` or ``"qk_rms_norm"``; default
-        ``"rms_norm"`` without ``k``, ``"qk_rms_norm"`` with it.
+        ``"rms_norm"`` without ``k``, ``"qk_rms_norm"`` with it. Also ``"rms_norm_quant"`` and
+        ``"fused_add_rms_norm_quant"``, whose kernels run on the tile the dispatcher picks for
+        ``rms_norm`` and ``fused_add_rms_norm`` (:data:`SHARED_DECISIONS`): that decision is explained.
     table : TunedTable, str or None
         A tuned table (loaded, or a path) to explain the decision under instead of the
         one the device uses.
@@ -184,8 +186,13 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
             raise ValueError(f"k must have the last dim of x ({x.shape[-1]}), got shape {tuple(k.shape)}")
     if op is None:
         op = "rms_norm" if k is None else "qk_rms_norm"
-    if op not in OPS:
-        raise ValueError(f"op must be one of {', '.join(OPS)}, got {op!r}")
+    if op not in OPS and op not in SHARED_DECISIONS:
+        raise ValueError(f"op must be one of {', '.join(OPS + tuple(SHARED_DECISIONS))}, got {op!r}")
+    shared = SHARED_DECISIONS.get(op)
+    if shared is not None:  # an op whose kernel takes another op's tile: explain that decision
+        lines = [f"{op} runs its own kernel on the tile {shared} picks for the same call:",
+                 explain(x, k, op=shared, table=table, top=top)]
+        return "\n".join(lines)
     if op == "qk_rms_norm" and k is None:
         raise ValueError("op='qk_rms_norm' needs k (the K tensor)")
     if op == "fused_add_rms_norm" and k is not None and k.shape != x.shape:
@@ -203,6 +210,11 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
     runs = "Triton kernels" if (backend == "triton" or (backend == "auto" and x.is_cuda)) else "PyTorch path"
     lines.append(f"  backend={backend}: this call runs the {runs}")
     return "\n".join(lines)
+
+
+#: Ops whose kernels take the dispatcher's tile of another op (the same canonical row layout, so
+#: the same per-row reduction): what :func:`explain` explains for them.
+SHARED_DECISIONS = {"rms_norm_quant": "rms_norm", "fused_add_rms_norm_quant": "fused_add_rms_norm"}
 
 
 # --------------------------------------------------------------------------- command line
