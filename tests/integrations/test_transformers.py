@@ -1,0 +1,242 @@
+"""apply_qknorm on tiny random-weight transformers models (no downloads; CPU: the ops' PyTorch path)."""
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+transformers = pytest.importorskip("transformers")
+
+from qknorm import functional as qf  # noqa: E402
+from qknorm.integrations.transformers import PatchedRMSNorm, apply_qknorm  # noqa: E402
+
+_SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, vocab_size=128, max_position_embeddings=64)
+
+
+def _config(arch):
+    t = transformers
+    if arch == "llama":
+        return t.LlamaConfig(**_SMALL), "LlamaRMSNorm"
+    if arch == "mistral":
+        return t.MistralConfig(**_SMALL, sliding_window=None), "MistralRMSNorm"
+    if arch == "qwen2":
+        return t.Qwen2Config(**_SMALL), "Qwen2RMSNorm"
+    if arch == "qwen3":
+        return t.Qwen3Config(**_SMALL, head_dim=16), "Qwen3RMSNorm"
+    if arch == "qwen3_moe":
+        return t.Qwen3MoeConfig(**_SMALL, head_dim=16, num_experts=4, num_experts_per_tok=2,
+                                moe_intermediate_size=32, decoder_sparse_step=1), "Qwen3MoeRMSNorm"
+    if arch == "gemma2":
+        return t.Gemma2Config(**_SMALL, head_dim=16), "Gemma2RMSNorm"
+    if arch == "gemma3":
+        return t.Gemma3TextConfig(**_SMALL, head_dim=16), "Gemma3RMSNorm"
+    if arch == "olmo2":
+        return t.Olmo2Config(**_SMALL), "Olmo2RMSNorm"
+    raise AssertionError(arch)
+
+
+ARCHS = ["llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma2", "gemma3", "olmo2"]
+
+
+def _model(arch, dtype=torch.float32):
+    cfg, norm_cls = _config(arch)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
+    gemma = arch.startswith("gemma")
+    with torch.no_grad():  # random norm weights, so a wrong weight (or a missing 1 + w) shows
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0.0 if gemma else 1.0, 0.3)
+    return model, norm_cls
+
+
+def _ids():
+    return torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_patched_model_matches(arch, monkeypatch):
+    model, norm_cls = _model(arch)
+    ids = _ids()
+    expected = [n for n, m in model.named_modules() if type(m).__name__ == norm_cls]
+    weights = {n: m.weight for n, m in model.named_modules() if n in expected}
+    eps = {n: getattr(m, "variance_epsilon", getattr(m, "eps", None)) for n, m in model.named_modules()
+           if n in expected}
+    with torch.no_grad():
+        ref = model(ids).logits
+        ref_gen = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    report = apply_qknorm(model)
+
+    assert report.replaced_names == expected and not report.left_alone, str(report)
+    assert all(r.original.endswith("." + norm_cls) for r in report.replaced)
+    mods = dict(model.named_modules())
+    for n in expected:  # same Parameter object, same eps, right offset
+        assert isinstance(mods[n], PatchedRMSNorm)
+        assert mods[n].weight is weights[n]
+        assert mods[n].eps == eps[n]
+        assert mods[n].weight_offset == (1.0 if arch.startswith("gemma") else 0.0)
+    assert model.state_dict().keys() == state.keys()
+    assert norm_cls in report.numerics and str(report)
+    per_head = arch in ("qwen3", "qwen3_moe", "gemma3")
+    assert any("qk_rms_norm" in s for s in report.not_done) == per_head
+    if per_head:
+        assert all("per-head" in r.note for r in report.replaced if r.name.endswith(("q_norm", "k_norm")))
+    if arch == "olmo2":
+        assert all("full-width" in r.note for r in report.replaced if r.name.endswith(("q_norm", "k_norm")))
+
+    calls = []
+    real = qf.rms_norm
+    monkeypatch.setattr(qf, "rms_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        out = model(ids).logits
+    assert len(calls) == len(expected)  # every norm went through qknorm, once per forward
+    assert _rel(out, ref) <= 1e-5
+    with torch.no_grad():
+        gen = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert torch.equal(gen, ref_gen)
+
+
+def test_static_cache_generate():
+    model, _ = _model("qwen3")
+    ids = _ids()
+    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, cache_implementation="static")
+    with torch.no_grad():
+        ref = model.generate(ids, **kw)
+        apply_qknorm(model)
+        assert torch.equal(model.generate(ids, **kw), ref)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_gradients_match(arch):
+    model, _ = _model(arch)
+    model.train(False)
+    patched = copy.deepcopy(model)
+    apply_qknorm(patched)
+    ids = _ids()
+    grads = []
+    for m in (model, patched):
+        m.zero_grad()
+        m(ids, labels=ids).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for n, g in grads[0].items():
+        assert _rel(grads[1][n], g) <= 1e-4, n
+
+
+def test_bf16_within_model_noise():
+    """bf16: the patched model's logits are as close to the fp32 model's as the unpatched bf16 model's
+    are (qknorm rounds once where Llama rounds twice; stated bound: at most 1.5x the model's own
+    bf16 error plus 1e-3)."""
+    ids = _ids()
+    m32, _ = _model("llama")
+    with torch.no_grad():
+        ref = m32(ids).logits
+        m16 = copy.deepcopy(m32).to(torch.bfloat16)
+        own = _rel(m16(ids).logits, ref)
+        apply_qknorm(m16)
+        ours = _rel(m16(ids).logits, ref)
+    assert ours <= 1.5 * own + 1e-3, (ours, own)
+
+
+def test_cast_then_weight_output_dtype():
+    """Llama's ``weight * n.to(x.dtype)`` promotes: fp32 weight, bf16 input -> fp32 output; kept."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    norm = LlamaRMSNorm(32, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.3)
+    holder = nn.Sequential(norm)
+    apply_qknorm(holder)
+    x = torch.randn(3, 32, dtype=torch.bfloat16)
+    with torch.no_grad():
+        a, b = norm(x), holder[0](x)
+    assert a.dtype == b.dtype == torch.float32
+    assert _rel(b, a) <= 2 ** -7  # Llama rounds n to bf16 first; qknorm does not
+    x64 = torch.randn(3, 32, dtype=torch.float64)  # not a kernel dtype: the model's formula in PyTorch
+    with torch.no_grad():
+        assert torch.allclose(holder[0](x64), norm(x64))
+
+
+class MyRMSNorm(nn.Module):
+    def __init__(self, d, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.variance_epsilon = eps
+
+    def forward(self, x):
+        return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+
+
+def test_unknown_norm_left_alone():
+    model, _ = _model("llama")
+    custom = MyRMSNorm(64)
+    model.model.norm = custom
+    report = apply_qknorm(model)
+    assert model.model.norm is custom
+    assert report.left_alone_names == ["model.norm"]
+    assert "unknown norm class" in report.left_alone[0].reason
+    assert "model.norm" not in report.replaced_names and len(report.replaced) == 4
+    assert "model.norm" in str(report) and "unknown norm class" in str(report)
+
+    only = nn.Sequential(MyRMSNorm(16), nn.LayerNorm(16))
+    before = list(only)
+    report = apply_qknorm(only)
+    assert list(only) == before and not report.replaced
+    assert report.left_alone_names == ["0", "1"]
+
+
+def test_look_alike_class_fails_probe():
+    """A class that claims to be LlamaRMSNorm but computes something else is caught by the probe."""
+    class Fake(nn.Module):
+        def __init__(self, d):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(d) * 0.5)
+            self.variance_epsilon = 1e-6
+
+        def forward(self, x):  # Gemma's (1 + w): not Llama's formula
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * (1 + self.weight)
+
+    Fake.__module__ = "transformers.models.llama.modeling_llama"
+    Fake.__name__ = Fake.__qualname__ = "LlamaRMSNorm"
+    holder = nn.Sequential(Fake(32))
+    fake = holder[0]
+    report = apply_qknorm(holder)
+    assert holder[0] is fake and not report.replaced
+    assert "probe" in report.left_alone[0].reason
+
+
+def test_hooked_module_left_alone():
+    model, _ = _model("llama")
+    model.model.norm.register_forward_hook(lambda *a: None)
+    report = apply_qknorm(model)
+    assert report.left_alone_names == ["model.norm"] and "hook" in report.left_alone[0].reason
+
+
+def test_idempotent_and_fuse_residual_reported():
+    model, _ = _model("llama")
+    first = apply_qknorm(model, fuse_residual=False)
+    assert len(first.replaced) == 5 and not first.not_done
+    second = apply_qknorm(model)
+    assert not second.replaced and len(second.left_alone) == 5
+    assert all("already patched" in r.reason for r in second.left_alone)
+    assert any(s.startswith("fuse_residual") for s in second.not_done)
+
+
+def test_not_a_module():
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        apply_qknorm(object())
+
+
+def test_import_qknorm_does_not_import_transformers():
+    code = ("import sys, qknorm, qknorm.integrations, qknorm.integrations.transformers; "
+            "assert 'transformers' not in sys.modules, 'transformers imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
