@@ -240,3 +240,42 @@ def test_import_qknorm_does_not_import_transformers():
     code = ("import sys, qknorm, qknorm.integrations, qknorm.integrations.transformers; "
             "assert 'transformers' not in sys.modules, 'transformers imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_torch_compile_fullgraph_uses_qknorm_ops():
+    """torch.compile(fullgraph=True) traces the patched norms as torch.ops.qknorm custom ops."""
+    model, _ = _model("qwen3")
+    ids = _ids()
+    with torch.no_grad():
+        ref = model(ids).logits
+    report = apply_qknorm(model)
+    targets = []
+
+    def backend(gm, example_inputs):
+        targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    torch._dynamo.reset()
+    try:
+        with torch.no_grad():
+            out = torch.compile(model, backend=backend, fullgraph=True)(ids).logits
+    finally:
+        torch._dynamo.reset()
+    assert sum("qknorm" in t for t in targets) == len(report.replaced)
+    assert _rel(out, ref) <= 1e-5
+
+
+def test_torch_rms_norm_modules():
+    holder = nn.Sequential(nn.RMSNorm(32, eps=1e-5), nn.RMSNorm(32), nn.RMSNorm(32, elementwise_affine=False),
+                           nn.RMSNorm((4, 8)))
+    with torch.no_grad():
+        holder[0].weight.normal_(1.0, 0.3)
+    originals = list(holder)
+    x = torch.randn(3, 32)
+    report = apply_qknorm(holder)
+    assert report.replaced_names == ["0", "1", "2"]
+    assert report.left_alone_names == ["3"] and "trailing" in report.left_alone[0].reason
+    assert holder[0].weight is originals[0].weight and holder[2].weight is None
+    with torch.no_grad():
+        for i in range(3):
+            assert _rel(holder[i](x), originals[i](x)) <= 1e-6

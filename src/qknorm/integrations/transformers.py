@@ -272,15 +272,17 @@ def _hooked(m: nn.Module) -> str | None:
 def _probe(orig: nn.Module, new: PatchedRMSNorm) -> str | None:
     """Run both on two probe rows in the weight's dtype; the reason they disagree, or None."""
     w = new.weight
-    if w is None:
-        return None
-    if w.device.type == "meta":
+    if w is not None and w.device.type == "meta":
         return "weight on the meta device: the replacement cannot be checked against the original"
-    dtype = w.dtype if w.dtype in _KERNEL_DTYPES else torch.float32
+    if w is None:  # torch.nn.RMSNorm(elementwise_affine=False)
+        dtype, device, width = torch.float32, "cpu", orig.normalized_shape[0]
+    else:
+        dtype = w.dtype if w.dtype in _KERNEL_DTYPES else torch.float32
+        device, width = w.device, w.shape[0]
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, w.shape[0], generator=g)
+    x = torch.randn(2, width, generator=g)
     x[1] *= 1e-3  # a row whose mean square is near eps: catches a wrong eps
-    x = x.to(device=w.device, dtype=dtype)
+    x = x.to(device=device, dtype=dtype)
     try:
         with torch.no_grad():
             a = orig(x)
