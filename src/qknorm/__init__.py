@@ -12,11 +12,11 @@ Public API::
 from .backend import get_backend, set_backend, use_backend
 from .config import KernelConfig
 from .explain import explain
-from .functional import (fused_add_rms_norm, fused_add_rms_norm_quant, qk_rms_norm, qk_rms_norm_rope, rms_norm,
-                         rms_norm_quant)
+from .functional import (fused_add_rms_norm, fused_add_rms_norm_quant, qk_norm_rope_cache, qk_rms_norm,
+                         qk_rms_norm_rope, rms_norm, rms_norm_quant)
 from . import nn
 
 from ._version import __version__
 __all__ = ["rms_norm", "fused_add_rms_norm", "qk_rms_norm", "qk_rms_norm_rope", "rms_norm_quant",
-           "fused_add_rms_norm_quant", "explain", "KernelConfig",
+           "fused_add_rms_norm_quant", "qk_norm_rope_cache", "explain", "KernelConfig",
            "get_backend", "set_backend", "use_backend", "__version__"]

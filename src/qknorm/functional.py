@@ -16,11 +16,12 @@ from .config import KernelConfig
 from .ops import fused_add as _add
 from .ops import qk_norm as _qk
 from .ops import qk_norm_rope as _rope
+from .ops import qk_norm_rope_cache as _cache
 from .ops import rms_norm as _rms
 from .ops import rms_norm_quant as _quant
 
 __all__ = ["rms_norm", "fused_add_rms_norm", "qk_rms_norm", "qk_rms_norm_rope", "rms_norm_quant",
-           "fused_add_rms_norm_quant"]
+           "fused_add_rms_norm_quant", "qk_norm_rope_cache"]
 
 _is_compiling = getattr(torch.compiler, "is_compiling", None) or (lambda: False)
 _Tensor = torch.Tensor
@@ -386,3 +387,123 @@ def fused_add_rms_norm_quant(x: torch.Tensor, residual: torch.Tensor, weight: to
 
 rms_norm_quant.__doc__ += _QUANT_DOC_PARAMS
 fused_add_rms_norm_quant.__doc__ += _QUANT_DOC_PARAMS
+
+
+def qk_norm_rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_weight: torch.Tensor | None,
+                       k_weight: torch.Tensor | None, cos_sin_cache: torch.Tensor, positions: torch.Tensor,
+                       k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor, eps: float = 1e-6, *,
+                       is_neox: bool = True, rotary_dim: int | None = None, weight_offset: float = 0.0,
+                       mrope_section=None, k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None,
+                       q_out: torch.Tensor | None = None, k_out: torch.Tensor | None = None) -> torch.Tensor:
+    """The attention prologue in one launch: per-head RMSNorm of Q and K, rotary embedding
+    (RoPE or multimodal mRoPE), and the write of K and V into a paged KV cache.
+
+    Q is normalised and rotated in place (``q_out=None``) or into ``q_out``. K is normalised,
+    rotated and written to ``k_cache`` at its token's slot (and to ``k_out`` when given); V
+    is written to ``v_cache`` unchanged (FP8 caches: quantised). Nothing else is written:
+    ``k``, ``v`` (the packed QKV buffer's K and V regions, unless ``k_out=k``) and every cache
+    slot not named by ``slot_mapping`` are left untouched.
+
+    Sources: RMSNorm, Zhang & Sennrich 2019 (arXiv:1910.07467), per head as in Qwen3 / Gemma 3
+    QK norm; RoPE, Su et al. 2021 (arXiv:2104.09864), conventions of vLLM's
+    ``RotaryEmbedding`` (see :func:`qk_rms_norm_rope`); mRoPE, Qwen2-VL (Wang et al. 2024,
+    arXiv:2409.12191) as transformers' ``apply_multimodal_rotary_pos_emb`` and vLLM's
+    ``MRotaryEmbedding.forward_native`` define it; the paged KV cache and ``slot_mapping``,
+    vLLM's PagedAttention (Kwon et al. 2023, arXiv:2309.06180) and its
+    ``reshape_and_cache_flash``.
+
+    Parameters
+    ----------
+    q : torch.Tensor
+        ``[T, Hq, D]``, bfloat16/float16/float32, any strides (the Q view of a packed QKV buffer).
+    k : torch.Tensor
+        ``[T, Hkv, D]``, q's dtype and device, any strides.
+    v : torch.Tensor
+        ``[T, Hkv, Dv]``, q's dtype and device, any strides (``Dv`` may differ from ``D``).
+    q_weight, k_weight : torch.Tensor or None
+        Both None or both ``[D]`` (any float dtype, on q's device).
+    cos_sin_cache : torch.Tensor
+        ``[max_position, rotary_dim]`` (cos half, then sin half), float32 or q's dtype.
+    positions : torch.Tensor
+        ``[T]`` int32/int64 (the row of ``cos_sin_cache`` of each token); with ``mrope_section``
+        ``[3, T]``: the temporal, height and width positions of each token.
+    k_cache : torch.Tensor
+        ``[num_blocks, block_size, Hkv, D]``, any strides (an HND cache ``[num_blocks, Hkv,
+        block_size, D]`` is passed as its ``.permute(0, 2, 1, 3)`` view), or a flat token pool
+        ``[num_slots, Hkv, D]`` (block_size 1). dtype: q's, or ``float8_e4m3fn`` /
+        ``float8_e5m2``. Written in place.
+    v_cache : torch.Tensor
+        ``[num_blocks, block_size, Hkv, Dv]`` (or ``[num_slots, Hkv, Dv]``, as ``k_cache``), any
+        strides, q's dtype or FP8. Written in place.
+    slot_mapping : torch.Tensor
+        ``[T]`` int32/int64 on q's device: token ``t`` goes to block ``s // block_size``, offset
+        ``s % block_size`` of both caches (``s = slot_mapping[t]``); a negative slot skips the
+        token's cache writes (padding, as vLLM). Two tokens naming one slot: which one is
+        stored is unspecified.
+    eps : float
+        Added to the mean square, >= 0.
+    is_neox : bool
+        True: rotate halves (NeoX, pairs ``(j, j + R/2)``); False: interleaved (GPT-J, ``(2j, 2j+1)``).
+    rotary_dim : int or None
+        ``R``, even, at most D (default D). Partial rotary: elements past it are only normalised.
+    weight_offset : float
+        Added to the weights in fp32 (Gemma's ``1 + w``: 1.0). Needs weights.
+    mrope_section : tuple[int, int, int] or None
+        Multimodal RoPE (Qwen2-VL / Qwen2.5-VL): ``(t, h, w)`` >= 0 summing to ``R / 2``. Rotary
+        frequency ``j`` (``0 <= j < R/2``; its cos at column ``j``, its sin at ``R/2 + j``)
+        takes its angle from position row 0 (temporal) for ``j < t``, row 1 (height) for
+        ``t <= j < t + h`` and row 2 (width) after; the pairs are those of ``is_neox``. Text
+        tokens (three equal rows) get plain RoPE. (The interleaved layout of Qwen3-VL,
+        ``mrope_interleaved``, is not this.)
+    k_scale, v_scale : torch.Tensor or None
+        Needed for an FP8 cache: 1-element float32 tensors on q's device holding the
+        *dequantisation* scale: stored = ``saturate(value / scale)`` (fp32 division, saturation
+        to the format's largest finite value, round to nearest even, NaN kept). Read on the
+        device (no sync; CUDA-graph safe). Ignored for a cache of q's dtype.
+    q_out : torch.Tensor or None
+        None: Q in place (``q_out = q``); else a tensor of q's shape, dtype and device that is
+        ``q`` itself or shares no memory with q, k, v, the caches or ``k_out``.
+    k_out : torch.Tensor or None
+        None, ``k`` itself (in place), or a tensor of k's shape, dtype and device sharing no
+        memory with q, v, the caches or ``q_out``: receives K normalised and rotated.
+
+    Returns
+    -------
+    torch.Tensor
+        ``q_out`` (``q`` itself when ``q_out`` is None): Q normalised, then rotated.
+
+    Raises
+    ------
+    TypeError
+        A wrong argument type or dtype (message names the argument): activations, weights,
+        cache dtypes, positions / slot_mapping not int32/int64, scales not 1-element float32,
+        ``mrope_section`` not three ints.
+    ValueError
+        Shape mismatches (caches ``[num_blocks, block_size, Hkv, D / Dv]``, ``slot_mapping``
+        ``[T]``, positions ``[T]`` or ``[3, T]``), a missing scale for an FP8 cache,
+        ``mrope_section`` not summing to ``rotary_dim / 2``, outputs or caches overlapping
+        each other or the activations, CPU positions outside the cos/sin cache, CPU slots
+        ``>= num_slots``, a tensor requiring grad under grad mode (not differentiable).
+        Nothing is written on error.
+
+    Notes
+    -----
+    Numerics: fp32 math, one rounding per stored value; Q's values equal
+    :func:`qk_rms_norm_rope`'s. CUDA tensors run one Triton kernel (Q rows, then K rows with
+    the V rows of the same token and head); CPU tensors a PyTorch path with the same math.
+    On CUDA, slots are not checked on the host (that would need a device sync): a slot
+    ``>= num_blocks * block_size`` is skipped like a negative one (no write, nothing out of
+    bounds); positions are clamped into the cos/sin cache, as :func:`qk_rms_norm_rope`
+    does. Read-only tensors sharing memory with a written one are read from private
+    copies. ``torch.compile`` traces it as ``torch.ops.qknorm.qk_norm_rope_cache`` (the
+    caches, ``q_out`` and ``k_out`` are its mutated arguments).
+    """
+    _cache.refuse_grad(("q", q), ("k", k), ("v", v), ("q_weight", q_weight), ("k_weight", k_weight),
+                       ("cos_sin_cache", cos_sin_cache), ("k_cache", k_cache), ("v_cache", v_cache),
+                       ("q_out", q_out), ("k_out", k_out))
+    if _is_compiling():
+        return _tl.traced_qk_norm_rope_cache(q, k, v, q_weight, k_weight, cos_sin_cache, positions, k_cache, v_cache,
+                                             slot_mapping, eps, is_neox, rotary_dim, weight_offset, mrope_section,
+                                             k_scale, v_scale, q_out, k_out)
+    return _cache.call(q, k, v, q_weight, k_weight, cos_sin_cache, positions, k_cache, v_cache, slot_mapping, eps,
+                       is_neox, rotary_dim, weight_offset, mrope_section, k_scale, v_scale, q_out, k_out)

@@ -22,6 +22,8 @@ scale_ub_tensor, column_major_scales, scale_ue8m0) -> (Tensor, Tensor)``
 ``qknorm::fused_add_rms_norm_quant_functional(x, residual, ...) -> (Tensor, Tensor, Tensor)``
                                                                        functional: codes, scales, sum
 ``qknorm::fused_add_rms_norm_quant_out(x, residual!, ..., out!, scales_out!) -> ()``
+``qknorm::qk_norm_rope_cache(q, k, v, ..., k_cache!, v_cache!, ..., q_out!, k_out!) -> ()``
+                                                                       writes Q, the caches, K
 =====================================  =====================================================
 
 The quantised ops take ``scale_ub`` as two optional arguments (a number or a tensor) and
@@ -61,13 +63,14 @@ from torch import Tensor
 from .ops import fused_add as _add
 from .ops import qk_norm as _qk
 from .ops import qk_norm_rope as _rope
+from .ops import qk_norm_rope_cache as _prologue
 from .ops import rms_norm as _rms
 from .ops import rms_norm_quant as _quant
 from .reference import rms_norm_backward
 from .reference_rope import rope_ref
 
 __all__ = ["traced_rms_norm", "traced_fused_add_rms_norm", "traced_qk_rms_norm", "traced_qk_rms_norm_rope",
-           "traced_rms_norm_quant", "traced_fused_add_rms_norm_quant",
+           "traced_rms_norm_quant", "traced_fused_add_rms_norm_quant", "traced_qk_norm_rope_cache",
            "autograd_rms_norm", "autograd_fused_add_rms_norm", "autograd_qk_rms_norm", "autograd_qk_rms_norm_rope"]
 
 
@@ -415,6 +418,28 @@ def _fused_add_quant_out_fake(x, residual, weight, eps, scale, group_size, weigh
                       scale_ue8m0, out, scales_out)
 
 
+# --------------------------------------------------------------------------- QK norm + RoPE + KV-cache write
+
+@torch.library.custom_op("qknorm::qk_norm_rope_cache", mutates_args=("k_cache", "v_cache", "q_out", "k_out"))
+def qk_norm_rope_cache_op(q: Tensor, k: Tensor, v: Tensor, q_weight: Optional[Tensor], k_weight: Optional[Tensor],
+                          cos_sin_cache: Tensor, positions: Tensor, k_cache: Tensor, v_cache: Tensor,
+                          slot_mapping: Tensor, eps: float, is_neox: bool, rotary_dim: int, weight_offset: float,
+                          mrope_section: Optional[list[int]], k_scale: Optional[Tensor], v_scale: Optional[Tensor],
+                          q_out: Tensor, k_out: Optional[Tensor]) -> None:
+    """``qknorm.qk_norm_rope_cache`` into ``q_out`` (``q`` itself for in place) and ``k_out``
+    (None: none), writing the caches. Not differentiable."""
+    _prologue.call(q, k, v, q_weight, k_weight, cos_sin_cache, positions, k_cache, v_cache, slot_mapping, eps,
+                   is_neox, rotary_dim, weight_offset, mrope_section, k_scale, v_scale, q_out, k_out)
+
+
+@qk_norm_rope_cache_op.register_fake
+def _qk_norm_rope_cache_fake(q, k, v, q_weight, k_weight, cos_sin_cache, positions, k_cache, v_cache, slot_mapping,
+                             eps, is_neox, rotary_dim, weight_offset, mrope_section, k_scale, v_scale, q_out, k_out):
+    _prologue.check_args(q, k, v, q_weight, k_weight, cos_sin_cache, positions, k_cache, v_cache, slot_mapping, eps,
+                         is_neox, rotary_dim, weight_offset, mrope_section, k_scale, v_scale, q_out, k_out,
+                         memory=False)
+
+
 # --------------------------------------------------------------------------- routing under tracing
 
 def _no_config(config):
@@ -461,6 +486,25 @@ def traced_qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, 
     qn, kn = torch.ops.qknorm.qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox,
                                                r, weight_offset)
     return _into(q_out, qn), _into(k_out, kn)
+
+
+def traced_qk_norm_rope_cache(q, k, v, q_weight, k_weight, cos_sin_cache, positions, k_cache, v_cache, slot_mapping,
+                              eps, is_neox, rotary_dim, weight_offset, mrope_section, k_scale, v_scale, q_out, k_out):
+    """``qknorm.qk_norm_rope_cache`` while torch.compile traces: the mutating custom op with
+    fresh Q/K outputs (so it never writes a tensor it also reads), then ``copy_`` into the
+    targets; the caches are its mutated arguments (never read by it)."""
+    r = q.shape[-1] if rotary_dim is None else rotary_dim
+    sections = None if mrope_section is None else [int(s) for s in mrope_section]
+    qn = torch.empty_like(q, memory_format=torch.contiguous_format)
+    kn = None if k_out is None else torch.empty_like(k, memory_format=torch.contiguous_format)
+    torch.ops.qknorm.qk_norm_rope_cache(q, k, v, q_weight, k_weight, cos_sin_cache, positions, k_cache, v_cache,
+                                        slot_mapping, eps, is_neox, r, weight_offset, sections, k_scale, v_scale, qn,
+                                        kn)
+    if k_out is not None:
+        k_out.copy_(kn)
+    target = q if q_out is None else q_out
+    target.copy_(qn)
+    return target
 
 
 def _ub_args(scale_ub):

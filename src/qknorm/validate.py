@@ -287,3 +287,27 @@ def qk_outputs(q, k, q_out, k_out, *, memory: bool = True) -> None:
         disjoint("q_out", q_out, "k", k)
     if k_out is not None and not q_in_place:
         disjoint("k_out", k_out, "q", q)
+
+
+def mrope(q, cos_sin_cache, positions, rotary_dim, is_neox, mrope_section) -> tuple[int, tuple[int, int, int]]:
+    """Multimodal RoPE arguments (Qwen2-VL): ``mrope_section`` three ints ``(t, h, w)`` >= 0 summing
+    to ``rotary_dim / 2``; ``positions`` ``[3, T]`` int32/int64 on q's device; the rest as
+    :func:`rotary`. Returns ``(rotary_dim, (t, h, w))``."""
+    t = q.shape[0]
+    if not isinstance(mrope_section, (tuple, list)) or len(mrope_section) != 3 or \
+            not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in mrope_section):
+        raise TypeError(f"mrope_section must be None or three ints (t, h, w), got {mrope_section!r}")
+    sections = tuple(int(s) for s in mrope_section)
+    if not isinstance(positions, torch.Tensor):
+        raise TypeError(f"positions must be a torch.Tensor, got {type(positions).__name__}")
+    dense("positions", positions)
+    if positions.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"positions must be int32 or int64, got {dtype_name(positions.dtype)}")
+    if positions.dim() != 2 or positions.shape[0] != 3 or positions.shape[1] != t:
+        raise ValueError(f"positions must have shape (3, {t}) with mrope_section (rows: temporal, height, width "
+                         f"positions of each token), got {tuple(positions.shape)}")
+    r = rotary(q, cos_sin_cache, positions[0], rotary_dim, is_neox)
+    if min(sections) < 0 or sum(sections) != r // 2:
+        raise ValueError(f"mrope_section must be three ints >= 0 summing to rotary_dim / 2 = {r // 2}, got "
+                         f"{sections}")
+    return r, sections

@@ -1,0 +1,275 @@
+"""The attention prologue in one launch: per-head RMSNorm of Q and K, rotary embedding
+(RoPE or multimodal mRoPE), and the write of K and V into a paged KV cache (bf16/fp16/fp32
+or FP8 with per-tensor scales).
+
+Grid: two segments, as ``qk_norm_rope.py``: blocks ``[0, q_blocks)`` take ROWS Q rows each
+(a row is one (token, head) pair of ``q [T, Hq, D]``), the rest take ROWS K rows *and the V
+rows of the same (token, head)*, so a token's slot is read once for both caches. Per row,
+every element is read once and written once (twice for K when ``k_out`` is given):
+
+1. Q/K: load the row as its rotary pair halves ``x1``/``x2`` plus the pass-through tail,
+   ``rstd = rsqrt(sum(x**2) / D + eps)`` in fp32, ``y = x * rstd * (w + w_offset)``, then
+   pair ``j`` is rotated, ``o1 = y1 cos_j - y2 sin_j``, ``o2 = y2 cos_j + y1 sin_j``: the
+   arithmetic of ``qk_norm_rope._rope_rows`` operation for operation, so Q's bits equal
+   ``qk_rms_norm_rope``'s. Pairs: NeoX ``(j, j + HALF)``, GPT-J ``(2j, 2j + 1)``.
+2. cos/sin: ``cos_sin_cache[pos, j]`` / ``cos_sin_cache[pos, HALF + j]``. With ``MROPE``
+   (Qwen2-VL's multimodal RoPE) the position of frequency ``j`` is row
+   ``(j >= S0) + (j >= S01)`` of ``positions [3, T]`` (sections t, h, w over the
+   ``HALF`` frequencies, ``S0 = t``, ``S01 = t + h``). Positions are clamped into
+   ``[0, max_pos)``: never a read outside the cache.
+3. Q is stored to ``YQ`` (in place or another tensor). K is stored to the cache at its
+   token's slot ``s = slot_mapping[t]``: block ``s // block_size``, offset
+   ``s % block_size``, head ``h`` (any strides) and to ``KO`` when ``HAS_KOUT``. V is read
+   and stored to its cache at the same place. A slot outside ``[0, num_slots)`` (negative:
+   padding, vLLM's convention; too large: a caller's bug the host cannot see without a
+   device sync) skips the token's K and V cache stores: no out-of-bounds access.
+4. FP8 caches (``K_FP8``/``V_FP8``: 1 e4m3fn, 2 e5m2): ``saturate(value / scale)`` with the
+   IEEE division (``div_rn``), NaN kept, cast by ``rms_norm_quant.to_codes`` (the exact
+   bit cast unless ``NATIVE_CAST``: the interpreter's and pre-sm_89 casts are wrong there,
+   see ``rms_norm_quant.py``). ``KSC``/``VSC``: the 1-element fp32 dequantisation scales,
+   read on the device (no sync).
+
+Offsets: token/head/slot offsets int64; column offsets ``col * stride`` int32 unless
+``WIDE`` (the host sets it when a ``stride * width`` passes int32).
+
+Launcher: ``ops/qk_norm_rope_cache.py``; configs: the dispatcher's ``qk_rms_norm`` pick
+(ROWS, num_warps, persistent); tests: ``tests/kernels/test_qk_norm_rope_cache.py``.
+"""
+import triton
+import triton.language as tl
+
+from .pdl import pdl_launch_dependents, pdl_wait
+from .rms_norm_quant import to_codes
+from .rows import SAFE_RANGE, any_true, extreme_rows, pow2, row_exponent, scaled_factors
+
+
+@triton.jit
+def _col(c, WIDE: tl.constexpr):
+    """Column index ``c`` as the offset type: int64 when ``WIDE``."""
+    if WIDE:
+        return c.to(tl.int64)
+    else:
+        return c
+
+
+@triton.jit
+def _cast(v, sc, out_ty: tl.constexpr, FP8: tl.constexpr, QMAX: tl.constexpr, NATIVE_CAST: tl.constexpr):
+    """fp32 ``v`` in the store type: a rounding, or FP8 ``saturate(v / sc)`` (``FP8`` != 0)."""
+    if FP8 != 0:
+        return to_codes(tl.math.div_rn(v, tl.zeros_like(v) + sc), out_ty, FP8, NATIVE_CAST, QMAX)
+    else:
+        return v.to(out_ty)
+
+
+@triton.jit
+def _store_row(o1, o2, ot, Y, y_row, ysd, rows_ok, j, j_ok, HALF, c, c_ok, tc, t_ok, sc,
+               FP8: tl.constexpr, QMAX: tl.constexpr, NATIVE_CAST: tl.constexpr, IS_NEOX: tl.constexpr,
+               HAS_TAIL: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr, WIDE: tl.constexpr):
+    """Store the rotated pair halves ``o1``/``o2`` and the tail ``ot`` of rows ``rows_ok``
+    (row pointers ``y_row``, element stride ``ysd``) in ``Y``'s type."""
+    ty = Y.dtype.element_ty
+    if IS_NEOX:
+        pm = rows_ok[:, None] & j_ok[None, :]
+        tl.store(y_row[:, None] + (_col(j, WIDE) * ysd)[None, :], _cast(o1, sc, ty, FP8, QMAX, NATIVE_CAST), mask=pm)
+        tl.store(y_row[:, None] + (_col(j + HALF, WIDE) * ysd)[None, :], _cast(o2, sc, ty, FP8, QMAX, NATIVE_CAST),
+                 mask=pm)
+    else:
+        o = tl.reshape(tl.join(o1, o2), [ROWS, 2 * BLOCK_H])
+        tl.store(y_row[:, None] + (_col(c, WIDE) * ysd)[None, :], _cast(o, sc, ty, FP8, QMAX, NATIVE_CAST),
+                 mask=rows_ok[:, None] & c_ok[None, :])
+    if HAS_TAIL:
+        tl.store(y_row[:, None] + (_col(tc, WIDE) * ysd)[None, :], _cast(ot, sc, ty, FP8, QMAX, NATIVE_CAST),
+                 mask=rows_ok[:, None] & t_ok[None, :])
+
+
+@triton.jit
+def _norm_rope(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps, ps3, S0, S01,
+               W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok,
+               HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr, MROPE: tl.constexpr,
+               ROWS: tl.constexpr, BLOCK_H: tl.constexpr, WIDE: tl.constexpr):
+    """fp32 ``(o1, o2, ot)``: the rows at ``x_row`` normalised, weighted and rotated."""
+    R = 2 * HALF
+    pm = row_ok[:, None] & j_ok[None, :]
+    # cos/sin of each row's position (per frequency with mRoPE), clamped into the cache.
+    if MROPE:
+        sec = (j >= S0).to(tl.int64) + (j >= S01).to(tl.int64)
+        pos = tl.load(P + t[:, None] * ps + (sec * ps3)[None, :], mask=pm, other=0)
+        pos = tl.minimum(tl.maximum(pos, 0), max_pos - 1).to(tl.int64)
+        cs_at = CS + pos * css0
+        cos = tl.load(cs_at + (j * css1)[None, :], mask=pm, other=0.0).to(tl.float32)
+        sin = tl.load(cs_at + ((j + HALF) * css1)[None, :], mask=pm, other=0.0).to(tl.float32)
+    else:
+        pos = tl.load(P + t * ps, mask=row_ok, other=0)
+        pos = tl.minimum(tl.maximum(pos, 0), max_pos - 1).to(tl.int64)
+        cs_row = CS + pos * css0
+        cos = tl.load(cs_row[:, None] + (j * css1)[None, :], mask=pm, other=0.0).to(tl.float32)
+        sin = tl.load(cs_row[:, None] + ((j + HALF) * css1)[None, :], mask=pm, other=0.0).to(tl.float32)
+
+    w1 = 1.0  # no weight: never used
+    w2 = 1.0
+    if HAS_WEIGHT:
+        if IS_NEOX:
+            w1 = tl.load(W + j * ws, mask=j_ok, other=0.0).to(tl.float32) + w_offset
+            w2 = tl.load(W + (j + HALF) * ws, mask=j_ok, other=0.0).to(tl.float32) + w_offset
+        else:
+            cw = tl.arange(0, 2 * BLOCK_H)
+            wr = tl.load(W + cw * ws, mask=cw < R, other=0.0).to(tl.float32) + w_offset
+            w1, w2 = tl.split(tl.reshape(wr, [BLOCK_H, 2]))
+
+    if IS_NEOX:
+        x1 = tl.load(x_row[:, None] + (_col(j, WIDE) * xsd)[None, :], mask=pm, other=0.0).to(tl.float32)
+        x2 = tl.load(x_row[:, None] + (_col(j + HALF, WIDE) * xsd)[None, :], mask=pm, other=0.0).to(tl.float32)
+    else:
+        xr = tl.load(x_row[:, None] + (_col(c, WIDE) * xsd)[None, :], mask=row_ok[:, None] & c_ok[None, :],
+                     other=0.0).to(tl.float32)
+        x1, x2 = tl.split(tl.reshape(xr, [ROWS, BLOCK_H, 2]))
+    ss = tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)
+    xt = x1  # no tail: never used
+    if HAS_TAIL:
+        xt = tl.load(x_row[:, None] + (_col(tc, WIDE) * xsd)[None, :], mask=row_ok[:, None] & t_ok[None, :],
+                     other=0.0).to(tl.float32)
+        ss += tl.sum(xt * xt, axis=1)
+    q = tl.rsqrt(ss / D + eps)[:, None]
+    y1 = x1 * q
+    y2 = x2 * q
+    yt = xt * q
+    if SAFE_RANGE:
+        # Rows out of fp32's range: rescaled by p (rows.py), as qk_norm_rope._rope_rows does.
+        bad = extreme_rows(ss, D, eps)
+        if any_true(bad):
+            amax = tl.maximum(tl.max(tl.abs(x1), axis=1), tl.max(tl.abs(x2), axis=1))
+            if HAS_TAIL:
+                amax = tl.maximum(amax, tl.max(tl.abs(xt), axis=1))
+            k = row_exponent(amax, bad)
+            sc = pow2(k >> 1) * pow2(k - (k >> 1))
+            s1 = x1 * sc[:, None]
+            s2 = x2 * sc[:, None]
+            ss2 = tl.sum(s1 * s1, axis=1) + tl.sum(s2 * s2, axis=1)
+            if HAS_TAIL:
+                st = xt * sc[:, None]
+                ss2 += tl.sum(st * st, axis=1)
+            p2, q2 = scaled_factors(ss2, D, eps, eps_tiny, k)
+            b = bad[:, None]
+            p = p2[:, None]
+            qq = q2[:, None]
+            y1 = tl.where(b, (x1 * p) * qq, y1)
+            y2 = tl.where(b, (x2 * p) * qq, y2)
+            yt = tl.where(b, (xt * p) * qq, yt)
+    if HAS_WEIGHT:
+        y1 = y1 * w1[None, :]
+        y2 = y2 * w2[None, :]
+    o1 = y1 * cos - y2 * sin
+    o2 = y2 * cos + y1 * sin
+    if HAS_TAIL:
+        if HAS_WEIGHT:
+            wt = tl.load(W + tc * ws, mask=t_ok, other=0.0).to(tl.float32) + w_offset
+            yt = yt * wt[None, :]
+    return o1, o2, yt
+
+
+@triton.jit
+def _prologue_block(block, q_blocks, D, DV, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps, ps3,
+                    S0, S01, XQ, YQ, WQ, XK, WK, KC, KO, XV, VC, SM, KSC, VSC,
+                    q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
+                    k_rows, kH, kxt, kxh, kxd, kws, kot, koh, kod, vxt, vxh, vxd,
+                    kcb, kco, kch, kcd, vcb, vco, vch, vcd, block_size, num_slots, sms,
+                    HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr, MROPE: tl.constexpr,
+                    HAS_KOUT: tl.constexpr, K_FP8: tl.constexpr, V_FP8: tl.constexpr, K_QMAX: tl.constexpr,
+                    V_QMAX: tl.constexpr, NATIVE_CAST: tl.constexpr, WIDE: tl.constexpr, ROWS: tl.constexpr,
+                    BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr):
+    j = tl.arange(0, BLOCK_H)  # pair index
+    j_ok = j < HALF
+    c = tl.arange(0, 2 * BLOCK_H)  # GPT-J: the rotary part as one contiguous range
+    c_ok = c < 2 * HALF
+    tc = 2 * HALF + tl.arange(0, BLOCK_T)  # the pass-through tail (HAS_TAIL)
+    t_ok = tc < D
+    if block < q_blocks:
+        rows = block * ROWS + tl.arange(0, ROWS)
+        row_ok = rows < q_rows
+        t = (rows // qH).to(tl.int64)
+        h = (rows % qH).to(tl.int64)
+        o1, o2, ot = _norm_rope(t, XQ + t * qxt + h * qxh, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
+                                max_pos, P, ps, ps3, S0, S01, WQ, qws, qxd, j, j_ok, c, c_ok, tc, t_ok,
+                                HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE)
+        _store_row(o1, o2, ot, YQ, YQ + t * qyt + h * qyh, qyd, row_ok, j, j_ok, HALF, c, c_ok, tc, t_ok, 1.0,
+                   0, 1.0, NATIVE_CAST, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WIDE)
+    else:
+        rows = (block - q_blocks) * ROWS + tl.arange(0, ROWS)
+        row_ok = rows < k_rows
+        t = (rows // kH).to(tl.int64)
+        h = (rows % kH).to(tl.int64)
+        # The token's slot; outside [0, num_slots): no cache store for this token.
+        slot = tl.load(SM + t * sms, mask=row_ok, other=-1).to(tl.int64)
+        in_cache = row_ok & (slot >= 0) & (slot < num_slots)
+        slot = tl.where(in_cache, slot, 0)
+        blk = slot // block_size
+        off = slot % block_size
+        o1, o2, ot = _norm_rope(t, XK + t * kxt + h * kxh, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
+                                max_pos, P, ps, ps3, S0, S01, WK, kws, kxd, j, j_ok, c, c_ok, tc, t_ok,
+                                HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE)
+        ksc = 1.0
+        if K_FP8 != 0:
+            ksc = tl.load(KSC).to(tl.float32)
+        _store_row(o1, o2, ot, KC, KC + blk * kcb + off * kco + h * kch, kcd, in_cache, j, j_ok, HALF, c, c_ok, tc,
+                   t_ok, ksc, K_FP8, K_QMAX, NATIVE_CAST, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WIDE)
+        if HAS_KOUT:
+            _store_row(o1, o2, ot, KO, KO + t * kot + h * koh, kod, row_ok, j, j_ok, HALF, c, c_ok, tc, t_ok, 1.0,
+                       0, 1.0, NATIVE_CAST, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WIDE)
+        # V: copied (FP8: quantised) into its cache at the same slot.
+        cv = tl.arange(0, BLOCK_V)
+        vm = in_cache[:, None] & (cv < DV)[None, :]
+        vv = tl.load((XV + t * vxt + h * vxh)[:, None] + (_col(cv, WIDE) * vxd)[None, :], mask=vm, other=0.0)
+        vdst = (VC + blk * vcb + off * vco + h * vch)[:, None] + (_col(cv, WIDE) * vcd)[None, :]
+        if V_FP8 != 0:
+            vsc = tl.load(VSC).to(tl.float32)
+            tl.store(vdst, _cast(vv.to(tl.float32), vsc, VC.dtype.element_ty, V_FP8, V_QMAX, NATIVE_CAST), mask=vm)
+        else:
+            tl.store(vdst, vv.to(VC.dtype.element_ty), mask=vm)
+
+
+@triton.jit
+def qk_norm_rope_cache_kernel(CS, P, XQ, YQ, WQ, XK, WK, KC, KO, XV, VC, SM, KSC, VSC, eps, eps_tiny, w_offset,
+                              D, DV, HALF, css0, css1, max_pos, ps, ps3, S0, S01,
+                              q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
+                              k_rows, kH, kxt, kxh, kxd, kws, kot, koh, kod, vxt, vxh, vxd,
+                              kcb, kco, kch, kcd, vcb, vco, vch, vcd, block_size, num_slots, sms,
+                              HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr,
+                              MROPE: tl.constexpr, HAS_KOUT: tl.constexpr, K_FP8: tl.constexpr, V_FP8: tl.constexpr,
+                              K_QMAX: tl.constexpr, V_QMAX: tl.constexpr, NATIVE_CAST: tl.constexpr,
+                              WIDE: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr,
+                              BLOCK_V: tl.constexpr, PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False):
+    """Q blocks then K+V blocks of ROWS (token, head) rows in one grid; PERSISTENT loops
+    over all blocks with a grid stride.
+
+    Pointers: ``CS`` cos/sin cache ``[max_pos, 2*HALF]`` (strides ``css0``, ``css1``);
+    ``P`` positions ``[T]`` (stride ``ps``) or, with ``MROPE``, ``[3, T]`` (strides ``ps3``,
+    ``ps``); ``XQ``/``YQ`` Q in/out ``[T, qH, D]``; ``WQ``/``WK`` weights ``[D]``; ``XK`` K
+    ``[T, kH, D]``; ``KO`` optional K out (``HAS_KOUT``); ``XV`` V ``[T, kH, DV]``;
+    ``KC``/``VC`` caches ``[num_blocks, block_size, kH, D / DV]`` (strides block, offset,
+    head, element: ``kcb, kco, kch, kcd`` / ``vcb, vco, vch, vcd``); ``SM`` slot_mapping
+    ``[T]`` (stride ``sms``); ``KSC``/``VSC`` fp32 dequantisation scales (FP8 caches).
+    ``D``: head_dim; ``DV``: V's head dim (``BLOCK_V = next_pow2(DV)``); ``HALF``:
+    rotary_dim // 2 (``BLOCK_H = next_pow2(HALF)``); the tail ``[2*HALF, D)``
+    (``HAS_TAIL``, ``BLOCK_T``) is only normalised. ``S0``/``S01``: mRoPE section bounds.
+    """
+    pdl_wait(USE_PDL)
+    q_blocks = tl.cdiv(q_rows, ROWS)
+    if PERSISTENT:
+        n_blocks = q_blocks + tl.cdiv(k_rows, ROWS)
+        for block in range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+            _prologue_block(block, q_blocks, D, DV, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
+                            ps3, S0, S01, XQ, YQ, WQ, XK, WK, KC, KO, XV, VC, SM, KSC, VSC,
+                            q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
+                            k_rows, kH, kxt, kxh, kxd, kws, kot, koh, kod, vxt, vxh, vxd,
+                            kcb, kco, kch, kcd, vcb, vco, vch, vcd, block_size, num_slots, sms,
+                            HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, HAS_KOUT, K_FP8, V_FP8, K_QMAX, V_QMAX,
+                            NATIVE_CAST, WIDE, ROWS, BLOCK_H, BLOCK_T, BLOCK_V)
+    else:
+        _prologue_block(tl.program_id(0), q_blocks, D, DV, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P,
+                        ps, ps3, S0, S01, XQ, YQ, WQ, XK, WK, KC, KO, XV, VC, SM, KSC, VSC,
+                        q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
+                        k_rows, kH, kxt, kxh, kxd, kws, kot, koh, kod, vxt, vxh, vxd,
+                        kcb, kco, kch, kcd, vcb, vco, vch, vcd, block_size, num_slots, sms,
+                        HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, HAS_KOUT, K_FP8, V_FP8, K_QMAX, V_QMAX,
+                        NATIVE_CAST, WIDE, ROWS, BLOCK_H, BLOCK_T, BLOCK_V)
+    pdl_launch_dependents(USE_PDL)
