@@ -256,20 +256,27 @@ def test_other_dtypes_and_dv(impl, dtype):
     assert int(torch.isnan(kc).flatten(2).all(-1).sum()) == NB * BS - 4
 
 
-def test_kernel_skips_slots_past_the_cache():
-    """On CUDA slots are not checked on the host (no sync): the kernel skips a slot >= num_slots
-    like a negative one. Run here through the kernel directly (the CPU call raises first)."""
-    from qknorm.ops import qk_norm_rope_cache as op
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_slots_past_the_cache_are_skipped(backend):
+    """On CUDA slots are not checked on the host (no sync): both paths skip a slot >= num_slots
+    like a negative one. Run here through ``run`` directly (the CPU call raises first)."""
     d = 64
     qkv, q, k, v = packed_qkv(4, 2, 1, d, torch.float32, "cpu", gen=torch.Generator().manual_seed(7))
     cs, pos = make_cache(8, d), torch.tensor([0, 1, 2, 3])
-    slots = torch.tensor([2, 1 << 40, 8, -7])  # 8 slots: only token 0 lands
+    for slots, want in ((torch.tensor([2, 1 << 40, 8, -7]), [[False, False, True, False], [False] * 4]),
+                        (torch.tensor([-1, 8, 9, -2]), [[False] * 4, [False] * 4])):  # 8 slots
+        _skip_case(backend, q, k, v, cs, pos, slots, want, d)
+
+
+def _skip_case(backend, q, k, v, cs, pos, slots, want, d):
+    from qknorm.ops import qk_norm_rope_cache as op
     for cdt in (torch.float32, torch.float8_e4m3fn):
-        kc = torch.zeros(2, 4, 1, d, dtype=cdt)
-        vc = torch.zeros(2, 4, 1, d, dtype=cdt)
+        kc = torch.randn(2, 4, 1, d).to(cdt)
+        vc = torch.randn(2, 4, 1, d).to(cdt)
+        before = (kc.view(torch.uint8).clone(), vc.view(torch.uint8).clone())
         sc = torch.tensor([1.0])
-        with qknorm.use_backend("triton"):
+        with qknorm.use_backend(backend):
             op.run(q, k, v, None, None, cs, pos, kc, vc, slots, 1e-6, True, d, 0.0, None, sc, sc, None, None)
-        for c in (kc, vc):
-            written = (c.float() != 0).flatten(2).any(-1)
-            assert written.tolist() == [[False, False, True, False], [False] * 4]
+        for c, b in zip((kc, vc), before):
+            written = (c.view(torch.uint8) != b).flatten(2).any(-1)
+            assert written.tolist() == want

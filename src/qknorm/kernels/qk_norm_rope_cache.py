@@ -47,9 +47,8 @@ from .rows import SAFE_RANGE, any_true, extreme_rows, pow2, row_exponent, scaled
 def _col(c, WIDE: tl.constexpr):
     """Column index ``c`` as the offset type: int64 when ``WIDE``."""
     if WIDE:
-        return c.to(tl.int64)
-    else:
-        return c
+        c = c.to(tl.int64)
+    return c
 
 
 @triton.jit

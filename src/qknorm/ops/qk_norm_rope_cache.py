@@ -185,11 +185,36 @@ def _to_cache(x, cache, scale):
     return quantise_fp8(x, scale, cache.dtype) if cache.dtype in FP8_DTYPES else x.to(cache.dtype)
 
 
+_RAW = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
+
+
+def _raw(t):
+    """``t``'s bits as integers of its element size (copies and selections are then bit exact for any dtype)."""
+    return t.view(_RAW[t.element_size()])
+
+
+def _write_plan(slot_mapping, num_slots: int):
+    """Index writes of the kept tokens (slot in ``[0, num_slots)``) without a device sync:
+    ``(slot, src, none)``: row ``i`` writes token ``src[i]``'s value to ``slot[i]``. A skipped
+    token repeats the first kept token's write (same slot, same value: the result does not
+    depend on the order); ``none`` (0-d bool) when no token is kept, then every row writes
+    slot 0's current content back to it."""
+    s = slot_mapping.long()
+    t = s.shape[0]
+    keep = (s >= 0) & (s < num_slots)
+    ar = torch.arange(t, device=s.device)
+    first = torch.where(keep, ar, t).min()
+    none = first >= t
+    src = torch.where(keep, ar, first.clamp(max=t - 1))
+    slot = torch.where(none, 0, s[src])
+    return slot, src, none
+
+
 def torch_path(q, k, v, q_weight, k_weight, cs, positions, k_cache, v_cache, slot_mapping, eps, is_neox, r,
                weight_offset, sections, k_scale, v_scale, q_out, k_out):
     """PyTorch path: ``reference_rope``'s fp32 math (mRoPE through :func:`mrope_cos_sin`), every
     value computed before anything is written; then index writes of the kept tokens. Slots
-    outside ``[0, num_slots)`` are skipped (on CUDA a boolean mask: this path syncs)."""
+    outside ``[0, num_slots)`` are skipped, without a device sync (:func:`_write_plan`)."""
     if sections is None:
         qr, kr = qk_rms_norm_rope_ref(q, k, q_weight, k_weight, cs, positions, eps, is_neox=is_neox, rotary_dim=r,
                                       weight_offset=weight_offset)
@@ -199,15 +224,13 @@ def torch_path(q, k, v, q_weight, k_weight, cs, positions, k_cache, v_cache, slo
         qr = rope_ref(rms_norm_ref(q, q_weight, eps, weight_offset), cst, tok, r, is_neox)
         kr = rope_ref(rms_norm_ref(k, k_weight, eps, weight_offset), cst, tok, r, is_neox)
     kc, vc = as_blocks(k_cache), as_blocks(v_cache)
-    nb, bs = kc.shape[0], kc.shape[1]
-    s = slot_mapping.long()
-    keep = (s >= 0) & (s < nb * bs)
-    idx = keep.nonzero().squeeze(1)
-    sk = s[idx]
-    k_vals = _to_cache(kr[idx], kc, k_scale)
-    v_vals = _to_cache(v[idx], vc, v_scale)
-    kc[sk // bs, sk % bs] = k_vals
-    vc[sk // bs, sk % bs] = v_vals
+    slot, src, none = _write_plan(slot_mapping, kc.shape[0] * kc.shape[1])
+    bs = kc.shape[1]
+    for cache, vals, scale in ((kc, kr, k_scale), (vc, v, v_scale)):
+        raw = _raw(cache)
+        new = _raw(_to_cache(vals, cache, scale))[src]
+        new = torch.where(none, raw[0, 0], new)  # no token kept: slot 0 gets its own content back
+        raw[slot // bs, slot % bs] = new
     if k_out is not None:
         k_out.copy_(kr)
     q_out.copy_(qr)
