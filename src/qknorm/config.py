@@ -11,6 +11,10 @@ import re
 from dataclasses import asdict, dataclass
 
 MAX_TILE = 65536  # elements of one program's [rows, block_d] tile
+#: A row wider than the tile is kept in registers (read once) when it is at most this many
+#: exact tiles and each thread holds at most REG_VALUES_PER_THREAD fp32 values of it.
+REG_CHUNKS_MAX = 8
+REG_VALUES_PER_THREAD = 64
 
 
 def _pow2(n: int) -> bool:
@@ -53,8 +57,22 @@ class KernelConfig:
             raise ValueError(f"KernelConfig.programs_per_sm must be >= 1, got {self.programs_per_sm}")
 
     def chunked(self, d: int) -> bool:
-        """Whether rows of width ``d`` take the chunked two-pass form under this config."""
+        """Whether rows of width ``d`` are wider than this config's tile (a chunked form)."""
         return self.block_d < d
+
+    def chunk_mode(self, d: int) -> int:
+        """The kernels' ``CHUNKED`` constexpr for rows of width ``d`` (``kernels/rows.norm_block``):
+        0 the row fits one tile; ``n >= 2`` the row is ``n`` exact tiles kept in registers (read
+        once), when ``n <= REG_CHUNKS_MAX`` and each thread holds at most ``REG_VALUES_PER_THREAD``
+        fp32 values; 1 otherwise (two passes: the row read twice). Both chunked forms give the
+        same bits."""
+        if not self.chunked(d):
+            return 0
+        n = d // self.block_d
+        if d % self.block_d == 0 and 2 <= n <= REG_CHUNKS_MAX \
+                and d * self.rows <= REG_VALUES_PER_THREAD * 32 * self.num_warps:
+            return n
+        return 1
 
     @property
     def name(self) -> str:

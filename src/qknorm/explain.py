@@ -96,7 +96,9 @@ def _invariance(cfg, dtype, D) -> str:
 
 def _describe(op, dtype, D, n_rows, d: Decision, top: int) -> str:
     cfg = d.config
-    chunk = "chunked two-pass" if cfg.chunked(D) else "row in registers"
+    mode = cfg.chunk_mode(D)
+    chunk = ("row in registers" if mode == 0 else f"row as {mode} tiles in registers" if mode >= 2
+             else "chunked two-pass")
     grid = (f"persistent grid-stride, {cfg.programs_per_sm} programs/SM" if cfg.persistent
             else "one program per block")
     extra = (", token order" if cfg.token_order else "") + (", PDL" if cfg.pdl else "")

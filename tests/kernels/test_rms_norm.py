@@ -89,6 +89,37 @@ def test_chunked_form_matches(impl, d):
     assert_matches(x2, ref_norm(x, w), torch.bfloat16)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["rms_norm", "fused_add"])
+def test_chunks_in_registers_give_the_two_pass_bits(impl, fused, monkeypatch):
+    """A row of 5 exact tiles is kept in registers (read once); forcing the two-pass form
+    (read twice) must give the same bits, in place and not, for rms_norm and fused add."""
+    from qknorm import config as C
+    from qknorm import dispatch
+    cfg = qknorm.KernelConfig(rows=1, block_d=1024, num_warps=4)
+    assert cfg.chunk_mode(5120) == 5 and cfg.chunk_mode(5000) == 1
+    x = randn((5, 5120), torch.bfloat16, impl, scale=2.0)
+    r = randn((5, 5120), torch.bfloat16, impl)
+    w = randn((5120,), torch.float32, impl)
+
+    def run():
+        if fused:
+            xs, rs = x.clone(), r.clone()
+            qknorm.fused_add_rms_norm(xs, rs, w, config=cfg)
+            return xs, rs
+        xi = x.clone()
+        return qknorm.rms_norm(x, w, config=cfg), qknorm.rms_norm(xi, w, out=xi, config=cfg)
+    got = run()
+    monkeypatch.setattr(C, "REG_CHUNKS_MAX", 0)
+    dispatch.reset()  # cached plans hold the old CHUNKED
+    assert cfg.chunk_mode(5120) == 1
+    want = run()
+    dispatch.reset()
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    if not fused:
+        assert_matches(got[0], ref_norm(x, w), torch.bfloat16)
+
+
 def test_wide_rows_default_path(impl):
     x = randn((2, 32768), torch.float16, impl)
     assert_matches(qknorm.rms_norm(x), ref_norm(x), torch.float16)

@@ -147,9 +147,11 @@ def norm_block(block, X, Y, W, n_rows, D, N1, N2,
                CHUNKED: tl.constexpr):
     """Normalise rows ``block*ROWS ... +ROWS`` of X into Y.
 
-    Unchunked: the whole row (BLOCK_D >= D) is held in registers, one read and one
-    write per element. Chunked (rows wider than a register tile): a first pass sums
-    squares chunk by chunk, a second re-reads, scales and writes.
+    Unchunked (``CHUNKED == 0``): the whole row (BLOCK_D >= D) is held in registers, one read
+    and one write per element. ``CHUNKED >= 2``: the row is that many exact BLOCK_D tiles,
+    all kept in registers (one read; the host picks it when they fit). ``CHUNKED == 1`` (rows
+    wider than the registers hold): a first pass sums squares chunk by chunk, a second re-reads,
+    scales and writes. Both chunked forms do the same arithmetic (the same bits).
     """
     rows = block * ROWS + tl.arange(0, ROWS)
     row_ok = rows < n_rows
@@ -174,11 +176,20 @@ def norm_block(block, X, Y, W, n_rows, D, N1, N2,
         store_extreme_rows(x, ss, D, eps, eps_tiny, w2, y_ptr, mask, HAS_WEIGHT)
     else:
         acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-        for start in range(0, D, BLOCK_D):
-            c = start + cols
-            mask = row_ok[:, None] & (c < D)[None, :]
-            x = tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
-            acc += x * x
+        xs = ()
+        if CHUNKED >= 2:  # CHUNKED exact tiles, kept in registers: the row is read once
+            for i in tl.static_range(CHUNKED):
+                c = i * BLOCK_D + cols
+                mask = row_ok[:, None] & (c < D)[None, :]
+                x = tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
+                acc += x * x
+                xs = xs + (x,)
+        else:
+            for start in range(0, D, BLOCK_D):
+                c = start + cols
+                mask = row_ok[:, None] & (c < D)[None, :]
+                x = tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
+                acc += x * x
         ss = tl.sum(acc, axis=1)
         q = tl.rsqrt(ss / D + eps)
         p = q * 0.0 + 1.0
@@ -203,19 +214,35 @@ def norm_block(block, X, Y, W, n_rows, D, N1, N2,
                 p2, q2 = scaled_factors(tl.sum(acc, axis=1), D, eps, eps_tiny, k)
                 p = tl.where(bad, p2, p)
                 q = tl.where(bad, q2, q)
-        for start in range(0, D, BLOCK_D):
-            c = start + cols
-            col_ok = c < D
-            mask = row_ok[:, None] & col_ok[None, :]
-            x = tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
-            if SAFE_RANGE:
-                y = (x * p[:, None]) * q[:, None]
-            else:
-                y = x * q[:, None]
-            if HAS_WEIGHT:
-                w = tl.load(W + c * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset
-                y = y * w[None, :]
-            tl.store(y_row[:, None] + (c * ysd)[None, :], y.to(Y.dtype.element_ty), mask=mask)
+        if CHUNKED >= 2:
+            for i in tl.static_range(CHUNKED):
+                c = i * BLOCK_D + cols
+                col_ok = c < D
+                mask = row_ok[:, None] & col_ok[None, :]
+                _scaled_chunk_store(xs[i], p, q, W, c, ws, w_offset, col_ok, y_row[:, None] + (c * ysd)[None, :],
+                                    mask, HAS_WEIGHT)
+        else:
+            for start in range(0, D, BLOCK_D):
+                c = start + cols
+                col_ok = c < D
+                mask = row_ok[:, None] & col_ok[None, :]
+                x = tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
+                _scaled_chunk_store(x, p, q, W, c, ws, w_offset, col_ok, y_row[:, None] + (c * ysd)[None, :],
+                                    mask, HAS_WEIGHT)
+
+
+@triton.jit
+def _scaled_chunk_store(x, p, q, W, c, ws, w_offset, col_ok, y_ptr, mask, HAS_WEIGHT: tl.constexpr):
+    """The write pass of a chunked row, one chunk: ``(x * p) * q`` (``x * q`` without the safe
+    range) times the weight's chunk, stored at ``y_ptr``."""
+    if SAFE_RANGE:
+        y = (x * p[:, None]) * q[:, None]
+    else:
+        y = x * q[:, None]
+    if HAS_WEIGHT:
+        w = tl.load(W + c * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset
+        y = y * w[None, :]
+    tl.store(y_ptr, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -252,12 +279,22 @@ def add_norm_block(block, X, R, W, n_rows, D, N1, N2,
         store_extreme_rows(s, ss, D, eps, eps_tiny, w2, x_ptr, mask, HAS_WEIGHT)  # from the sum in registers
     else:
         acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-        for start in range(0, D, BLOCK_D):
-            c = start + cols
-            mask = row_ok[:, None] & (c < D)[None, :]
-            s = (tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
-                 + tl.load(r_row[:, None] + (c * rsd)[None, :], mask=mask, other=0.0).to(tl.float32))
-            acc += s * s
+        sums = ()
+        if CHUNKED >= 2:  # CHUNKED exact tiles of the sum, kept in registers: each tensor read once
+            for i in tl.static_range(CHUNKED):
+                c = i * BLOCK_D + cols
+                mask = row_ok[:, None] & (c < D)[None, :]
+                s = (tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
+                     + tl.load(r_row[:, None] + (c * rsd)[None, :], mask=mask, other=0.0).to(tl.float32))
+                acc += s * s
+                sums = sums + (s,)
+        else:
+            for start in range(0, D, BLOCK_D):
+                c = start + cols
+                mask = row_ok[:, None] & (c < D)[None, :]
+                s = (tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
+                     + tl.load(r_row[:, None] + (c * rsd)[None, :], mask=mask, other=0.0).to(tl.float32))
+                acc += s * s
         ss = tl.sum(acc, axis=1)
         q = tl.rsqrt(ss / D + eps)
         p = q * 0.0 + 1.0
@@ -284,20 +321,23 @@ def add_norm_block(block, X, R, W, n_rows, D, N1, N2,
                 p2, q2 = scaled_factors(tl.sum(acc, axis=1), D, eps, eps_tiny, k)
                 p = tl.where(bad, p2, p)
                 q = tl.where(bad, q2, q)
-        for start in range(0, D, BLOCK_D):
-            c = start + cols
-            col_ok = c < D
-            mask = row_ok[:, None] & col_ok[None, :]
-            x_ptr = x_row[:, None] + (c * xsd)[None, :]
-            r_ptr = r_row[:, None] + (c * rsd)[None, :]
-            s = (tl.load(x_ptr, mask=mask, other=0.0).to(tl.float32)
-                 + tl.load(r_ptr, mask=mask, other=0.0).to(tl.float32))
-            tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
-            if SAFE_RANGE:
-                y = (s * p[:, None]) * q[:, None]
-            else:
-                y = s * q[:, None]
-            if HAS_WEIGHT:
-                w = tl.load(W + c * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset
-                y = y * w[None, :]
-            tl.store(x_ptr, y.to(X.dtype.element_ty), mask=mask)
+        if CHUNKED >= 2:
+            for i in tl.static_range(CHUNKED):
+                c = i * BLOCK_D + cols
+                col_ok = c < D
+                mask = row_ok[:, None] & col_ok[None, :]
+                r_ptr = r_row[:, None] + (c * rsd)[None, :]
+                tl.store(r_ptr, sums[i].to(R.dtype.element_ty), mask=mask)
+                _scaled_chunk_store(sums[i], p, q, W, c, ws, w_offset, col_ok, x_row[:, None] + (c * xsd)[None, :],
+                                    mask, HAS_WEIGHT)
+        else:
+            for start in range(0, D, BLOCK_D):
+                c = start + cols
+                col_ok = c < D
+                mask = row_ok[:, None] & col_ok[None, :]
+                x_ptr = x_row[:, None] + (c * xsd)[None, :]
+                r_ptr = r_row[:, None] + (c * rsd)[None, :]
+                s = (tl.load(x_ptr, mask=mask, other=0.0).to(tl.float32)
+                     + tl.load(r_ptr, mask=mask, other=0.0).to(tl.float32))
+                tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
+                _scaled_chunk_store(s, p, q, W, c, ws, w_offset, col_ok, x_ptr, mask, HAS_WEIGHT)

@@ -369,7 +369,7 @@ def row_plan(launcher, op: str, x, w, o_strides, config, second: str):
                      (x.dtype, w.dtype if w is not None else x.dtype),
                      n_rows=lay.n_rows, D=d, N1=n1, N2=n2, **strides_named("x", xs), **strides_named(second, os_),
                      ws=w.stride(0) if w is not None else 0, HAS_WEIGHT=w is not None, ROWS=cfg.rows,
-                     BLOCK_D=cfg.block_d, CHUNKED=cfg.chunked(d))
+                     BLOCK_D=cfg.block_d, CHUNKED=cfg.chunk_mode(d))
 
 
 def cached(key, build):

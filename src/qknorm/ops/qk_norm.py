@@ -132,7 +132,7 @@ def _plan(q, k, qw, kw, q_out_strides, k_out_strides, config):
                            D=d, q_rows=q_rows, qN1=qn1, qN2=qn2, **plans.strides_named("qx", qxs),
                            **plans.strides_named("qy", qys), k_rows=k_rows, kN1=kn1, kN2=kn2,
                            **plans.strides_named("kx", kxs), **plans.strides_named("ky", kys),
-                           CHUNKED=cfg.chunked(d), **weights)
+                           CHUNKED=cfg.chunk_mode(d), **weights)
 
 
 def _token_order_ok(q, k, q_out_strides, k_out_strides, cfg) -> bool:
