@@ -21,7 +21,7 @@ from qknorm.bench.timing import time_graph
 from qknorm.kernels.pdl import pdl_launch_dependents, pdl_wait
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else "."
-ONLY = sys.argv[2] if len(sys.argv) > 2 else ""  # "qk": only the QK A/B (5 rounds, T <= 64)
+ONLY = sys.argv[2] if len(sys.argv) > 2 else ""  # "qk": only the QK A/B (5 rounds, T <= 64); "chunks"
 os.makedirs(OUT, exist_ok=True)
 
 
@@ -92,7 +92,7 @@ def main():
     res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
            "points": []}
     regs = {}
-    for D in (() if ONLY == "qk" else (2048, 4096, 5120, 8192)):
+    for D in (() if ONLY in ("qk", "chunks") else (2048, 4096, 5120, 8192)):
         block = triton.next_power_of_2(D)
         for T in (1, 2, 8, 64, 1024, 4096, 16384):
             x = torch.randn(T, D, device=dev, dtype=torch.bfloat16)
@@ -133,6 +133,27 @@ def main():
             line = f"D={D:5d} T={T:5d} " + " ".join(f"{n}={v:.3f}" for n, v in best.items())
             print(line, flush=True)
             res["points"].append({"D": D, "T": T, "us": best})
+    if ONLY == "chunks":  # non-power-of-two widths: exact tiles kept in registers vs the padded tile
+        for D in (3072, 5120, 7168):
+            for T in (1, 16, 128, 1024, 4096, 16384):
+                x = torch.randn(T, D, device=dev, dtype=torch.bfloat16)
+                w = torch.randn(D, device=dev, dtype=torch.bfloat16)
+                y = torch.empty_like(x)
+                fns = {"qknorm": lambda: qknorm.rms_norm(x, w, 1e-6, out=y)}
+                if sgl is not None:
+                    fns["sglang"] = lambda: sgl(x, w, out=y, eps=1e-6)
+                for blk, wp in ((512, 2), (1024, 4), (1024, 2), (2048, 8), (1024, 8)):
+                    cfg = KernelConfig(rows=1, block_d=blk, num_warps=wp)
+                    if D % blk == 0 and cfg.chunk_mode(D) >= 2:
+                        fns[f"reg{D // blk}x{blk}.w{wp}"] = (lambda cfg=cfg: qknorm.rms_norm(x, w, 1e-6, out=y, config=cfg))
+                best = {n: float("inf") for n in fns}
+                for r in range(3):
+                    for n, f in (reversed(list(fns.items())) if r % 2 else fns.items()):
+                        best[n] = min(best[n], time_graph([f]))
+                print(f"CHUNKS D={D:5d} T={T:5d} " + " ".join(f"{n}={v:.3f}" for n, v in best.items()), flush=True)
+                res["points"].append({"op": "chunks", "D": D, "T": T, "us": best})
+        json.dump(res, open(os.path.join(OUT, "lean.json"), "w"), indent=1)
+        return
     try:
         from sglang.jit_kernel.norm import fused_add_rmsnorm, fused_inplace_qknorm
     except Exception:  # noqa: BLE001

@@ -24,4 +24,7 @@ timeout 60 $B --preset qwen3-8b --mode eager --tokens 1,16,64 --impl 'qknorm,sgl
   > $OUT/eager.log 2>&1; keep eager
 timeout 80 $B --preset quant --mode graph --tokens 1,16,128,1024,4096,16384 --impl 'qknorm,torch*,sglang*' \
   --out /tmp/b/quant > $OUT/quant.log 2>&1; keep quant
+# 4. non-power-of-two widths: exact tiles in registers (KernelConfig.chunk_mode) vs the padded tile vs SGLang
+timeout 90 python benchmarks/results/h200/2026-12-06-rms-lean/scripts/lean.py $OUT/chunks chunks > $OUT/chunks.log 2>&1
+echo "chunks rc=$?"; grep CHUNKS $OUT/chunks.log | head -20
 echo done
