@@ -35,31 +35,40 @@ from .rows import SAFE_RANGE, any_true, extreme_rows, pow2, row_exponent, scaled
 
 
 @triton.jit
-def _rope_rows(block, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
-               X, Y, W, n_rows, H, xst, xsh, xsd, yst, ysh, ysd, ws,
-               HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr,
-               ROWS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr):
-    """Norm + RoPE of rows ``block*ROWS ... +ROWS`` of X (``[T, H, D]``) into Y."""
-    rows = block * ROWS + tl.arange(0, ROWS)
-    row_ok = rows < n_rows
-    t = (rows // H).to(tl.int64)
-    h = (rows % H).to(tl.int64)
-    x_row = X + t * xst + h * xsh
-    y_row = Y + t * yst + h * ysh
+def col_offset(c, WIDE: tl.constexpr):
+    """Column index ``c`` as the offset type: int64 when ``WIDE``."""
+    if WIDE:
+        c = c.to(tl.int64)
+    return c
+
+
+@triton.jit
+def norm_rope_rows(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps, ps3, S0, S01,
+               W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok,
+               HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr, MROPE: tl.constexpr,
+               ROWS: tl.constexpr, BLOCK_H: tl.constexpr, WIDE: tl.constexpr):
+    """fp32 ``(o1, o2, ot)`` of the rows at ``x_row`` (tokens ``t``): normalised, weighted and
+    rotated pair halves and the weighted tail (steps 1-3 above); nothing stored. ``MROPE``: the
+    position of frequency ``j`` is row ``(j >= S0) + (j >= S01)`` of ``P [3, T]`` (row stride
+    ``ps3``; Qwen2-VL's multimodal RoPE). ``WIDE``: int64 column offsets. With ``SAFE_RANGE``, rows
+    out of fp32's range are rescaled by p (rows.py)."""
     R = 2 * HALF
-
-    # Position of each row's token, clamped into the cache: no out-of-bounds read.
-    pos = tl.load(P + t * ps, mask=row_ok, other=0)
-    pos = tl.minimum(tl.maximum(pos, 0), max_pos - 1).to(tl.int64)
-    cs_row = CS + pos * css0
-
-    j = tl.arange(0, BLOCK_H)  # pair index
-    j_ok = j < HALF
     pm = row_ok[:, None] & j_ok[None, :]
-    cos = tl.load(cs_row[:, None] + (j * css1)[None, :], mask=pm, other=0.0).to(tl.float32)
-    sin = tl.load(cs_row[:, None] + ((j + HALF) * css1)[None, :], mask=pm, other=0.0).to(tl.float32)
+    # cos/sin of each row's position (per frequency with mRoPE), clamped into the cache.
+    if MROPE:
+        sec = (j >= S0).to(tl.int64) + (j >= S01).to(tl.int64)
+        pos = tl.load(P + t[:, None] * ps + (sec * ps3)[None, :], mask=pm, other=0)
+        pos = tl.minimum(tl.maximum(pos, 0), max_pos - 1).to(tl.int64)
+        cs_at = CS + pos * css0
+        cos = tl.load(cs_at + (j * css1)[None, :], mask=pm, other=0.0).to(tl.float32)
+        sin = tl.load(cs_at + ((j + HALF) * css1)[None, :], mask=pm, other=0.0).to(tl.float32)
+    else:
+        pos = tl.load(P + t * ps, mask=row_ok, other=0)
+        pos = tl.minimum(tl.maximum(pos, 0), max_pos - 1).to(tl.int64)
+        cs_row = CS + pos * css0
+        cos = tl.load(cs_row[:, None] + (j * css1)[None, :], mask=pm, other=0.0).to(tl.float32)
+        sin = tl.load(cs_row[:, None] + ((j + HALF) * css1)[None, :], mask=pm, other=0.0).to(tl.float32)
 
-    # Weights first: their latency then overlaps the row's load and reduction.
     w1 = 1.0  # no weight: never used
     w2 = 1.0
     if HAS_WEIGHT:
@@ -71,30 +80,24 @@ def _rope_rows(block, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos,
             wr = tl.load(W + cw * ws, mask=cw < R, other=0.0).to(tl.float32) + w_offset
             w1, w2 = tl.split(tl.reshape(wr, [BLOCK_H, 2]))
 
-    # Load the rotary part as its pair halves x1 (first of each pair) and x2 (second).
-    c = tl.arange(0, 2 * BLOCK_H)  # GPT-J: the rotary part as one contiguous range
-    c_ok = c < R
     if IS_NEOX:
-        x1 = tl.load(x_row[:, None] + (j * xsd)[None, :], mask=pm, other=0.0).to(tl.float32)
-        x2 = tl.load(x_row[:, None] + ((j + HALF) * xsd)[None, :], mask=pm, other=0.0).to(tl.float32)
+        x1 = tl.load(x_row[:, None] + (col_offset(j, WIDE) * xsd)[None, :], mask=pm, other=0.0).to(tl.float32)
+        x2 = tl.load(x_row[:, None] + (col_offset(j + HALF, WIDE) * xsd)[None, :], mask=pm, other=0.0).to(tl.float32)
     else:
-        xr = tl.load(x_row[:, None] + (c * xsd)[None, :], mask=row_ok[:, None] & c_ok[None, :],
+        xr = tl.load(x_row[:, None] + (col_offset(c, WIDE) * xsd)[None, :], mask=row_ok[:, None] & c_ok[None, :],
                      other=0.0).to(tl.float32)
         x1, x2 = tl.split(tl.reshape(xr, [ROWS, BLOCK_H, 2]))
     ss = tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)
-    tc = R + tl.arange(0, BLOCK_T)  # the pass-through tail (HAS_TAIL)
-    t_ok = tc < D
     xt = x1  # no tail: never used
     if HAS_TAIL:
-        xt = tl.load(x_row[:, None] + (tc * xsd)[None, :], mask=row_ok[:, None] & t_ok[None, :],
+        xt = tl.load(x_row[:, None] + (col_offset(tc, WIDE) * xsd)[None, :], mask=row_ok[:, None] & t_ok[None, :],
                      other=0.0).to(tl.float32)
         ss += tl.sum(xt * xt, axis=1)
     q = tl.rsqrt(ss / D + eps)[:, None]
-    _rotate_store(x1 * q, x2 * q, xt * q, w1, w2, cos, sin, W, ws, w_offset, Y, y_row, ysd, row_ok,
-                  j, j_ok, HALF, c, c_ok, tc, t_ok, HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H)
+    y1 = x1 * q
+    y2 = x2 * q
+    yt = xt * q
     if SAFE_RANGE:
-        # After the common stores (rows.norm_block): a block holding a row out of fp32's
-        # range stores those rows again, rescaled by p (rows.py), from the registers.
         bad = extreme_rows(ss, D, eps)
         if any_true(bad):
             amax = tl.maximum(tl.max(tl.abs(x1), axis=1), tl.max(tl.abs(x2), axis=1))
@@ -109,37 +112,54 @@ def _rope_rows(block, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos,
                 st = xt * sc[:, None]
                 ss2 += tl.sum(st * st, axis=1)
             p2, q2 = scaled_factors(ss2, D, eps, eps_tiny, k)
+            b = bad[:, None]
             p = p2[:, None]
-            q = q2[:, None]
-            _rotate_store((x1 * p) * q, (x2 * p) * q, (xt * p) * q, w1, w2, cos, sin, W, ws, w_offset, Y, y_row,
-                          ysd, row_ok & bad, j, j_ok, HALF, c, c_ok, tc, t_ok, HAS_WEIGHT, IS_NEOX, HAS_TAIL,
-                          ROWS, BLOCK_H)
-
-
-@triton.jit
-def _rotate_store(y1, y2, yt, w1, w2, cos, sin, W, ws, w_offset, Y, y_row, ysd, rows_ok, j, j_ok, HALF, c, c_ok,
-                  tc, t_ok, HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr,
-                  ROWS: tl.constexpr, BLOCK_H: tl.constexpr):
-    """Weigh, rotate and store the normalised rows ``rows_ok`` (pair halves ``y1``/``y2``, tail ``yt``)."""
+            qq = q2[:, None]
+            y1 = tl.where(b, (x1 * p) * qq, y1)
+            y2 = tl.where(b, (x2 * p) * qq, y2)
+            yt = tl.where(b, (xt * p) * qq, yt)
     if HAS_WEIGHT:
         y1 = y1 * w1[None, :]
         y2 = y2 * w2[None, :]
     o1 = y1 * cos - y2 * sin
     o2 = y2 * cos + y1 * sin
-    if IS_NEOX:
-        pm = rows_ok[:, None] & j_ok[None, :]
-        tl.store(y_row[:, None] + (j * ysd)[None, :], o1.to(Y.dtype.element_ty), mask=pm)
-        tl.store(y_row[:, None] + ((j + HALF) * ysd)[None, :], o2.to(Y.dtype.element_ty), mask=pm)
-    else:
-        o = tl.reshape(tl.join(o1, o2), [ROWS, 2 * BLOCK_H])
-        tl.store(y_row[:, None] + (c * ysd)[None, :], o.to(Y.dtype.element_ty),
-                 mask=rows_ok[:, None] & c_ok[None, :])
     if HAS_TAIL:
         if HAS_WEIGHT:
             wt = tl.load(W + tc * ws, mask=t_ok, other=0.0).to(tl.float32) + w_offset
             yt = yt * wt[None, :]
-        tl.store(y_row[:, None] + (tc * ysd)[None, :], yt.to(Y.dtype.element_ty),
-                 mask=rows_ok[:, None] & t_ok[None, :])
+    return o1, o2, yt
+
+
+@triton.jit
+def _rope_rows(block, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
+               X, Y, W, n_rows, H, xst, xsh, xsd, yst, ysh, ysd, ws,
+               HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr,
+               ROWS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Norm + RoPE of rows ``block*ROWS ... +ROWS`` of X (``[T, H, D]``) into Y."""
+    rows = block * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < n_rows
+    t = (rows // H).to(tl.int64)
+    h = (rows % H).to(tl.int64)
+    j = tl.arange(0, BLOCK_H)  # pair index
+    j_ok = j < HALF
+    c = tl.arange(0, 2 * BLOCK_H)  # GPT-J: the rotary part as one contiguous range
+    c_ok = c < 2 * HALF
+    tc = 2 * HALF + tl.arange(0, BLOCK_T)  # the pass-through tail (HAS_TAIL)
+    t_ok = tc < D
+    o1, o2, ot = norm_rope_rows(t, X + t * xst + h * xsh, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
+                                max_pos, P, ps, 0, 0, 0, W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok,
+                                HAS_WEIGHT, IS_NEOX, HAS_TAIL, False, ROWS, BLOCK_H, False)
+    y_row = Y + t * yst + h * ysh
+    ty = Y.dtype.element_ty
+    if IS_NEOX:
+        pm = row_ok[:, None] & j_ok[None, :]
+        tl.store(y_row[:, None] + (j * ysd)[None, :], o1.to(ty), mask=pm)
+        tl.store(y_row[:, None] + ((j + HALF) * ysd)[None, :], o2.to(ty), mask=pm)
+    else:
+        o = tl.reshape(tl.join(o1, o2), [ROWS, 2 * BLOCK_H])
+        tl.store(y_row[:, None] + (c * ysd)[None, :], o.to(ty), mask=row_ok[:, None] & c_ok[None, :])
+    if HAS_TAIL:
+        tl.store(y_row[:, None] + (tc * ysd)[None, :], ot.to(ty), mask=row_ok[:, None] & t_ok[None, :])
 
 
 @triton.jit

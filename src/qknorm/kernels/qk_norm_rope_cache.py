@@ -10,8 +10,8 @@ every element is read once and written once (twice for K when ``k_out`` is given
 1. Q/K: load the row as its rotary pair halves ``x1``/``x2`` plus the pass-through tail,
    ``rstd = rsqrt(sum(x**2) / D + eps)`` in fp32, ``y = x * rstd * (w + w_offset)``, then
    pair ``j`` is rotated, ``o1 = y1 cos_j - y2 sin_j``, ``o2 = y2 cos_j + y1 sin_j``: the
-   arithmetic of ``qk_norm_rope._rope_rows`` operation for operation, so Q's bits equal
-   ``qk_rms_norm_rope``'s. Pairs: NeoX ``(j, j + HALF)``, GPT-J ``(2j, 2j + 1)``.
+   arithmetic of ``qk_norm_rope.norm_rope_rows`` (the same code as ``qk_rms_norm_rope``), so
+   Q's bits equal ``qk_rms_norm_rope``'s. Pairs: NeoX ``(j, j + HALF)``, GPT-J ``(2j, 2j + 1)``.
 2. cos/sin: ``cos_sin_cache[pos, j]`` / ``cos_sin_cache[pos, HALF + j]``. With ``MROPE``
    (Qwen2-VL's multimodal RoPE) the position of frequency ``j`` is row
    ``(j >= S0) + (j >= S01)`` of ``positions [3, T]`` (sections t, h, w over the
@@ -40,15 +40,7 @@ import triton.language as tl
 
 from .pdl import pdl_launch_dependents, pdl_wait
 from .rms_norm_quant import to_codes
-from .rows import SAFE_RANGE, any_true, extreme_rows, pow2, row_exponent, scaled_factors
-
-
-@triton.jit
-def _col(c, WIDE: tl.constexpr):
-    """Column index ``c`` as the offset type: int64 when ``WIDE``."""
-    if WIDE:
-        c = c.to(tl.int64)
-    return c
+from .qk_norm_rope import col_offset, norm_rope_rows
 
 
 @triton.jit
@@ -69,101 +61,17 @@ def _store_row(o1, o2, ot, Y, y_row, ysd, rows_ok, j, j_ok, HALF, c, c_ok, tc, t
     ty = Y.dtype.element_ty
     if IS_NEOX:
         pm = rows_ok[:, None] & j_ok[None, :]
-        tl.store(y_row[:, None] + (_col(j, WIDE) * ysd)[None, :], _cast(o1, sc, ty, FP8, QMAX, NATIVE_CAST), mask=pm)
-        tl.store(y_row[:, None] + (_col(j + HALF, WIDE) * ysd)[None, :], _cast(o2, sc, ty, FP8, QMAX, NATIVE_CAST),
+        tl.store(y_row[:, None] + (col_offset(j, WIDE) * ysd)[None, :], _cast(o1, sc, ty, FP8, QMAX, NATIVE_CAST),
                  mask=pm)
+        tl.store(y_row[:, None] + (col_offset(j + HALF, WIDE) * ysd)[None, :],
+                 _cast(o2, sc, ty, FP8, QMAX, NATIVE_CAST), mask=pm)
     else:
         o = tl.reshape(tl.join(o1, o2), [ROWS, 2 * BLOCK_H])
-        tl.store(y_row[:, None] + (_col(c, WIDE) * ysd)[None, :], _cast(o, sc, ty, FP8, QMAX, NATIVE_CAST),
+        tl.store(y_row[:, None] + (col_offset(c, WIDE) * ysd)[None, :], _cast(o, sc, ty, FP8, QMAX, NATIVE_CAST),
                  mask=rows_ok[:, None] & c_ok[None, :])
     if HAS_TAIL:
-        tl.store(y_row[:, None] + (_col(tc, WIDE) * ysd)[None, :], _cast(ot, sc, ty, FP8, QMAX, NATIVE_CAST),
+        tl.store(y_row[:, None] + (col_offset(tc, WIDE) * ysd)[None, :], _cast(ot, sc, ty, FP8, QMAX, NATIVE_CAST),
                  mask=rows_ok[:, None] & t_ok[None, :])
-
-
-@triton.jit
-def _norm_rope(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps, ps3, S0, S01,
-               W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok,
-               HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr, MROPE: tl.constexpr,
-               ROWS: tl.constexpr, BLOCK_H: tl.constexpr, WIDE: tl.constexpr):
-    """fp32 ``(o1, o2, ot)``: the rows at ``x_row`` normalised, weighted and rotated."""
-    R = 2 * HALF
-    pm = row_ok[:, None] & j_ok[None, :]
-    # cos/sin of each row's position (per frequency with mRoPE), clamped into the cache.
-    if MROPE:
-        sec = (j >= S0).to(tl.int64) + (j >= S01).to(tl.int64)
-        pos = tl.load(P + t[:, None] * ps + (sec * ps3)[None, :], mask=pm, other=0)
-        pos = tl.minimum(tl.maximum(pos, 0), max_pos - 1).to(tl.int64)
-        cs_at = CS + pos * css0
-        cos = tl.load(cs_at + (j * css1)[None, :], mask=pm, other=0.0).to(tl.float32)
-        sin = tl.load(cs_at + ((j + HALF) * css1)[None, :], mask=pm, other=0.0).to(tl.float32)
-    else:
-        pos = tl.load(P + t * ps, mask=row_ok, other=0)
-        pos = tl.minimum(tl.maximum(pos, 0), max_pos - 1).to(tl.int64)
-        cs_row = CS + pos * css0
-        cos = tl.load(cs_row[:, None] + (j * css1)[None, :], mask=pm, other=0.0).to(tl.float32)
-        sin = tl.load(cs_row[:, None] + ((j + HALF) * css1)[None, :], mask=pm, other=0.0).to(tl.float32)
-
-    w1 = 1.0  # no weight: never used
-    w2 = 1.0
-    if HAS_WEIGHT:
-        if IS_NEOX:
-            w1 = tl.load(W + j * ws, mask=j_ok, other=0.0).to(tl.float32) + w_offset
-            w2 = tl.load(W + (j + HALF) * ws, mask=j_ok, other=0.0).to(tl.float32) + w_offset
-        else:
-            cw = tl.arange(0, 2 * BLOCK_H)
-            wr = tl.load(W + cw * ws, mask=cw < R, other=0.0).to(tl.float32) + w_offset
-            w1, w2 = tl.split(tl.reshape(wr, [BLOCK_H, 2]))
-
-    if IS_NEOX:
-        x1 = tl.load(x_row[:, None] + (_col(j, WIDE) * xsd)[None, :], mask=pm, other=0.0).to(tl.float32)
-        x2 = tl.load(x_row[:, None] + (_col(j + HALF, WIDE) * xsd)[None, :], mask=pm, other=0.0).to(tl.float32)
-    else:
-        xr = tl.load(x_row[:, None] + (_col(c, WIDE) * xsd)[None, :], mask=row_ok[:, None] & c_ok[None, :],
-                     other=0.0).to(tl.float32)
-        x1, x2 = tl.split(tl.reshape(xr, [ROWS, BLOCK_H, 2]))
-    ss = tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)
-    xt = x1  # no tail: never used
-    if HAS_TAIL:
-        xt = tl.load(x_row[:, None] + (_col(tc, WIDE) * xsd)[None, :], mask=row_ok[:, None] & t_ok[None, :],
-                     other=0.0).to(tl.float32)
-        ss += tl.sum(xt * xt, axis=1)
-    q = tl.rsqrt(ss / D + eps)[:, None]
-    y1 = x1 * q
-    y2 = x2 * q
-    yt = xt * q
-    if SAFE_RANGE:
-        # Rows out of fp32's range: rescaled by p (rows.py), as qk_norm_rope._rope_rows does.
-        bad = extreme_rows(ss, D, eps)
-        if any_true(bad):
-            amax = tl.maximum(tl.max(tl.abs(x1), axis=1), tl.max(tl.abs(x2), axis=1))
-            if HAS_TAIL:
-                amax = tl.maximum(amax, tl.max(tl.abs(xt), axis=1))
-            k = row_exponent(amax, bad)
-            sc = pow2(k >> 1) * pow2(k - (k >> 1))
-            s1 = x1 * sc[:, None]
-            s2 = x2 * sc[:, None]
-            ss2 = tl.sum(s1 * s1, axis=1) + tl.sum(s2 * s2, axis=1)
-            if HAS_TAIL:
-                st = xt * sc[:, None]
-                ss2 += tl.sum(st * st, axis=1)
-            p2, q2 = scaled_factors(ss2, D, eps, eps_tiny, k)
-            b = bad[:, None]
-            p = p2[:, None]
-            qq = q2[:, None]
-            y1 = tl.where(b, (x1 * p) * qq, y1)
-            y2 = tl.where(b, (x2 * p) * qq, y2)
-            yt = tl.where(b, (xt * p) * qq, yt)
-    if HAS_WEIGHT:
-        y1 = y1 * w1[None, :]
-        y2 = y2 * w2[None, :]
-    o1 = y1 * cos - y2 * sin
-    o2 = y2 * cos + y1 * sin
-    if HAS_TAIL:
-        if HAS_WEIGHT:
-            wt = tl.load(W + tc * ws, mask=t_ok, other=0.0).to(tl.float32) + w_offset
-            yt = yt * wt[None, :]
-    return o1, o2, yt
 
 
 @triton.jit
@@ -187,7 +95,7 @@ def _prologue_block(block, q_blocks, D, DV, HALF, eps, eps_tiny, w_offset, CS, c
         row_ok = rows < q_rows
         t = (rows // qH).to(tl.int64)
         h = (rows % qH).to(tl.int64)
-        o1, o2, ot = _norm_rope(t, XQ + t * qxt + h * qxh, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
+        o1, o2, ot = norm_rope_rows(t, XQ + t * qxt + h * qxh, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
                                 max_pos, P, ps, ps3, S0, S01, WQ, qws, qxd, j, j_ok, c, c_ok, tc, t_ok,
                                 HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE)
         _store_row(o1, o2, ot, YQ, YQ + t * qyt + h * qyh, qyd, row_ok, j, j_ok, HALF, c, c_ok, tc, t_ok, 1.0,
@@ -203,7 +111,7 @@ def _prologue_block(block, q_blocks, D, DV, HALF, eps, eps_tiny, w_offset, CS, c
         slot = tl.where(in_cache, slot, 0)
         blk = slot // block_size
         off = slot % block_size
-        o1, o2, ot = _norm_rope(t, XK + t * kxt + h * kxh, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
+        o1, o2, ot = norm_rope_rows(t, XK + t * kxt + h * kxh, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
                                 max_pos, P, ps, ps3, S0, S01, WK, kws, kxd, j, j_ok, c, c_ok, tc, t_ok,
                                 HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE)
         ksc = 1.0
@@ -217,8 +125,8 @@ def _prologue_block(block, q_blocks, D, DV, HALF, eps, eps_tiny, w_offset, CS, c
         # V: copied (FP8: quantised) into its cache at the same slot.
         cv = tl.arange(0, BLOCK_V)
         vm = in_cache[:, None] & (cv < DV)[None, :]
-        vv = tl.load((XV + t * vxt + h * vxh)[:, None] + (_col(cv, WIDE) * vxd)[None, :], mask=vm, other=0.0)
-        vdst = (VC + blk * vcb + off * vco + h * vch)[:, None] + (_col(cv, WIDE) * vcd)[None, :]
+        vv = tl.load((XV + t * vxt + h * vxh)[:, None] + (col_offset(cv, WIDE) * vxd)[None, :], mask=vm, other=0.0)
+        vdst = (VC + blk * vcb + off * vco + h * vch)[:, None] + (col_offset(cv, WIDE) * vcd)[None, :]
         if V_FP8 != 0:
             vsc = tl.load(VSC).to(tl.float32)
             tl.store(vdst, _cast(vv.to(tl.float32), vsc, VC.dtype.element_ty, V_FP8, V_QMAX, NATIVE_CAST), mask=vm)
