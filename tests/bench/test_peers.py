@@ -23,14 +23,17 @@ RMS = Case("qwen3-8b", "rms2d", 3, torch.bfloat16, hidden=512)
 ADD = Case("llama3-70b", "add", 3, torch.bfloat16, hidden=512)
 ROPE = Case("rope", "rope", 3, torch.bfloat16, 4, 2, 128, rotary_dim=64)
 QUANT = tuple(Case("quant", op, 3, torch.bfloat16, hidden=512) for op in QUANT_OPS)
-ALL = (QK, QK_FULL, RMS, ADD, ROPE) + QUANT
+PROLOGUE = Case("prologue", "prologue", 5, torch.bfloat16, 4, 2, 128, rotary_dim=64)
+ALL = (QK, QK_FULL, RMS, ADD, ROPE) + QUANT + (PROLOGUE,)
 
 
 def _one_per_op():
     return [Case("t", "qk", 2, torch.float32, 4, 2, 64), Case("t", "qk_full", 2, torch.float32, 2, 2, 64),
             Case("t", "rms2d", 2, torch.float32, hidden=256), Case("t", "add", 2, torch.float32, hidden=256),
             Case("t", "rope", 2, torch.float32, 4, 2, 64, rotary_dim=32)] + \
-        [Case("t", op, 2, torch.bfloat16, hidden=256) for op in QUANT_OPS]
+        [Case("t", op, 2, torch.bfloat16, hidden=256) for op in QUANT_OPS] + \
+        [Case("t", "prologue", 5, torch.bfloat16, 4, 2, 128, rotary_dim=64, cache_dtype=cd) for cd in
+         (None, torch.float8_e4m3fn)]
 
 
 # --------------------------------------------------------------------------- every adapter

@@ -19,6 +19,20 @@ Op kinds
                rotary_dim]`` and random int64 ``positions`` ``[T]`` come with the inputs
                (``qknorm.qk_rms_norm_rope``; preset ``rope``).
 
+``prologue`` the attention prologue (``qknorm.qk_norm_rope_cache``; preset ``prologue``): QK norm, RoPE
+             (or mRoPE with ``mrope_section`` and ``positions [3, T]``) of Q in place on the packed QKV
+             buffer and of K into a paged KV cache, V copied into the V cache; caches of the
+             activation dtype (``cache_dtype`` None) or FP8 e4m3 with 1-element fp32 ``k_scale``/
+             ``v_scale`` (dequantisation scales: stored = value / scale). Inputs: the packed buffer's
+             q/k/v views, weights, ``cos_sin_cache``, int64 ``positions``, NHD caches
+             ``[num_blocks, block_size, Hkv, D]`` (a flat pool ``[num_slots, Hkv, D]`` for
+             ``block_size=1``) poisoned with NaN (FP8: code 0x7F, NaN in e4m3fn), with room for T
+             tokens plus spare slots, and an int64 ``slot_mapping``: a random permutation of the slots
+             (the last slot never named, so a negative index written Python-style shows) with the last
+             :attr:`Case.n_pad` tokens negative (padding at the tail, as CUDA-graph padding puts it).
+             Implementations return ``(q_out, k_cache, v_cache)``; the gate compares Q and the named
+             slots with the reference and checks every unnamed slot is bit-identical.
+
 Quantised kinds (``qknorm.rms_norm_quant`` / ``fused_add_rms_norm_quant``; preset ``quant``):
 ``rmsq_<mode>`` is RMSNorm of a contiguous ``[T, hidden]`` with an 8-bit output (``Case.out_dtype``,
 fp8 e4m3 by default; ``--dtype`` is the input's) and its scales; ``addq_<mode>`` is the fused form
@@ -34,6 +48,7 @@ Implementations return ``(codes, scales)`` (``addq``: ``(codes, scales, residual
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -45,15 +60,17 @@ DEFAULT_TOKENS = (1, 4, 16, 64, 256, 512, 1024, 4096, 16384)
 NORM_OPS = ("qk", "qk_full", "rms2d", "add", "rope")
 QUANT_MODES = ("static", "token", "group", "group_ue8m0")
 QUANT_OPS = tuple(f"{form}_{mode}" for form in ("rmsq", "addq") for mode in QUANT_MODES)
-OPS = NORM_OPS + QUANT_OPS
+PROLOGUE_OPS = ("prologue",)
+OPS = NORM_OPS + QUANT_OPS + PROLOGUE_OPS
 QKNORM_OP = {"qk": "qk_rms_norm", "qk_full": "qk_rms_norm", "rms2d": "rms_norm", "add": "fused_add_rms_norm",
              "rope": "qk_rms_norm",  # rope: the fused kernel takes the dispatcher's qk_rms_norm pick
              # the quantised kernels take the rms_norm / fused_add_rms_norm pick of the same width and rows
-             **{op: "rms_norm" if op.startswith("rmsq") else "fused_add_rms_norm" for op in QUANT_OPS}}
+             **{op: "rms_norm" if op.startswith("rmsq") else "fused_add_rms_norm" for op in QUANT_OPS},
+             "prologue": "qk_rms_norm"}  # its kernel takes the QK norm pick of the same rows
 QUANT_GROUP = 128  # the group kinds' group size (DeepSeek-V3 / DeepGEMM 1 x 128)
-__all__ = ["DTYPES", "DTYPE_NAMES", "EPS", "OPS", "NORM_OPS", "QUANT_OPS", "QUANT_MODES", "Case", "Inputs",
-           "QuantRef", "build_inputs", "expected", "layout", "preset_cases", "qk_views_contiguous", "quant_reference",
-           "quick_cases", "rope_cache"]
+__all__ = ["DTYPES", "DTYPE_NAMES", "EPS", "OPS", "NORM_OPS", "QUANT_OPS", "QUANT_MODES", "PROLOGUE_OPS", "Case",
+           "Inputs", "QuantRef", "build_inputs", "expected", "kept_slots", "layout", "preset_cases",
+           "qk_views_contiguous", "quant_reference", "quick_cases", "rope_cache", "prologue_reference"]
 
 SEED_BATCH = (1, 8, 64, 256, 1024, 4096)
 SEED_HEADS = (4, 8, 16, 32)
@@ -105,7 +122,20 @@ QUANT_MODELS = (
     ("deepseek-v3", 7168, ("group_ue8m0",)),   # 1 x 128 groups, UE8M0 scales in DeepGEMM's layout
 )
 
-PRESETS = ("seed",) + tuple(MODELS) + ("rope", "norm2d", "quant")
+# Preset "prologue" (issue 16): (model, Q heads, KV heads, head_dim, rotary_dim, weight offset, mrope_section)
+PROLOGUE_MODELS = (
+    ("qwen3-8b", 32, 8, 128, 128, 0.0, ()),
+    ("qwen3-235b", 64, 4, 128, 128, 0.0, ()),
+    ("qwen3-next", 16, 2, 256, 64, 0.0, ()),          # partial rotary: 64 of 256
+    ("gemma3-27b", 32, 16, 128, 128, 1.0, ()),        # Gemma's (1 + w)
+    ("qwen2.5-vl-7b", 28, 4, 128, 128, 0.0, (16, 24, 24)),  # mRoPE: t/h/w sections of the 64 frequencies
+)
+PROLOGUE_CACHE_DTYPES = (None, torch.float8_e4m3fn)  # None: the activation dtype (bf16)
+PROLOGUE_BLOCK = 16
+PROLOGUE_FLAT = "qwen3-8b"  # the one flat-pool (block_size 1) model, both cache dtypes
+PROLOGUE_SPARE = 64  # spare slots past 2 T (never all named: unnamed slots must stay untouched)
+
+PRESETS = ("seed",) + tuple(MODELS) + ("rope", "norm2d", "quant", "prologue")
 
 
 @dataclass(frozen=True)
@@ -132,6 +162,9 @@ class Case:
     is_neox: bool = True
     out_dtype: torch.dtype = torch.float8_e4m3fn
     group_size: int = 0
+    cache_dtype: torch.dtype | None = None   # prologue: None = the activation dtype, or an FP8 format
+    block_size: int = 0                      # prologue: 0 = PROLOGUE_BLOCK; 1 = a flat token pool
+    mrope_section: tuple = ()                # prologue: (t, h, w) summing to rotary_dim / 2 (mRoPE)
 
     def __post_init__(self):
         if self.op not in OPS:
@@ -141,7 +174,7 @@ class Case:
         if self.op == "qk_full" and self.hq != self.hkv:
             # qk_rms_norm normalises Q and K rows of one width; OLMo 2 has Hq == Hkv.
             raise ValueError("qk_full needs hq == hkv (equal Q and K widths)")
-        if self.op == "rope":
+        if self.op in ("rope", "prologue"):
             if self.rotary_dim == 0:
                 object.__setattr__(self, "rotary_dim", self.head_dim)
             if self.rotary_dim < 2 or self.rotary_dim % 2 or self.rotary_dim > self.head_dim:
@@ -149,6 +182,21 @@ class Case:
                                  f"got {self.rotary_dim}")
         elif self.rotary_dim:
             raise ValueError(f"Case.rotary_dim is for op 'rope' only, got {self.rotary_dim} for {self.op!r}")
+        if self.op == "prologue":
+            if self.block_size == 0:
+                object.__setattr__(self, "block_size", PROLOGUE_BLOCK)
+            if self.block_size < 1:
+                raise ValueError(f"Case.block_size must be >= 1, got {self.block_size}")
+            if self.cache_dtype is not None and self.cache_dtype not in (torch.float8_e4m3fn, torch.float8_e5m2):
+                raise ValueError(f"Case.cache_dtype must be None (the activation dtype) or an FP8 format, "
+                                 f"got {self.cache_dtype}")
+            ms = tuple(self.mrope_section)
+            object.__setattr__(self, "mrope_section", ms)
+            if ms and (len(ms) != 3 or sum(ms) != self.rotary_dim // 2 or min(ms) < 0):
+                raise ValueError(f"Case.mrope_section must be three ints >= 0 summing to rotary_dim/2 = "
+                                 f"{self.rotary_dim // 2}, got {ms}")
+        elif self.cache_dtype is not None or self.block_size or self.mrope_section:
+            raise ValueError(f"Case.cache_dtype/block_size/mrope_section are for op 'prologue' only, not {self.op!r}")
         if self.is_quant:
             if self.out_dtype not in QMAX:
                 raise ValueError(f"Case.out_dtype must be one of {', '.join(map(str, QMAX))}, got {self.out_dtype}")
@@ -164,7 +212,38 @@ class Case:
 
     @property
     def is_qk(self) -> bool:
-        return self.op in ("qk", "qk_full", "rope")  # Q and K views of one packed QKV buffer
+        return self.op in ("qk", "qk_full", "rope", "prologue")  # Q and K views of one packed QKV buffer
+
+    @property
+    def is_prologue(self) -> bool:
+        return self.op == "prologue"
+
+    @property
+    def cache_fp8(self) -> bool:
+        """A prologue case with an FP8 cache (``k_scale``/``v_scale`` in the inputs)."""
+        return self.cache_dtype is not None
+
+    @property
+    def cache_elem(self) -> torch.dtype:
+        """The cache's element dtype (prologue)."""
+        return self.cache_dtype if self.cache_dtype is not None else self.dtype
+
+    @property
+    def n_pad(self) -> int:
+        """Padding tokens (negative slots) at the tail of a prologue case: none at T=1, else
+        ``max(1, T // 32)`` (a CUDA-graph batch padded to its captured size)."""
+        return 0 if self.tokens == 1 else max(1, self.tokens // 32)
+
+    @property
+    def n_kept(self) -> int:
+        """Tokens written to the caches (prologue)."""
+        return self.tokens - self.n_pad
+
+    @property
+    def num_slots(self) -> int:
+        """Cache slots (prologue): room for 2 T tokens plus :data:`PROLOGUE_SPARE`, whole blocks."""
+        want = 2 * self.tokens + PROLOGUE_SPARE
+        return -(-want // self.block_size) * self.block_size
 
     @property
     def is_quant(self) -> bool:
@@ -205,7 +284,7 @@ class Case:
     @property
     def width(self) -> int:
         """The normalised width D (head_dim, full Q width, or hidden)."""
-        if self.op in ("qk", "rope"):
+        if self.op in ("qk", "rope", "prologue"):
             return self.head_dim
         if self.op == "qk_full":
             return self.hq * self.head_dim
@@ -214,7 +293,7 @@ class Case:
     @property
     def n_rows(self) -> int:
         """Normalised rows in one call (Q rows + K rows for QK norm)."""
-        if self.op in ("qk", "rope"):
+        if self.op in ("qk", "rope", "prologue"):
             return self.tokens * (self.hq + self.hkv)
         if self.op == "qk_full":
             return 2 * self.tokens
@@ -230,6 +309,17 @@ class Case:
         once, each weight read once. ``rope`` adds the positions (int64) and one fp32
         cos/sin cache row per token."""
         es = torch.empty((), dtype=self.dtype).element_size()
+        if self.op == "prologue":
+            # Q, K, V read once and Q written once (activation dtype); the kept tokens' K and V cache
+            # entries written once (cache element size); weights; per token its positions (int64, 3 rows
+            # for mRoPE), its int64 slot and one fp32 cos/sin row's worth; FP8: the two scales
+            hd = self.hq * self.head_dim
+            kvd = self.hkv * self.head_dim
+            ces = torch.empty((), dtype=self.cache_elem).element_size()
+            act = self.tokens * (2 * hd + 2 * kvd) * es
+            cache = self.n_kept * 2 * kvd * ces
+            meta = self.tokens * (8 * (3 if self.mrope_section else 1) + 8 + 4 * self.rotary_dim)
+            return act + cache + 2 * self.head_dim * es + meta + (8 if self.cache_fp8 else 0)
         if self.op == "rope":
             elems = self.tokens * (self.hq + self.hkv) * self.head_dim
             return 2 * elems * es + 2 * self.head_dim * es + self.tokens * (8 + 4 * self.rotary_dim)
@@ -254,6 +344,10 @@ class Case:
             return f"T={self.tokens} Hq={self.hq} Hkv={self.hkv} D={self.head_dim}"
         if self.op == "rope":
             return f"T={self.tokens} Hq={self.hq} Hkv={self.hkv} D={self.head_dim} rotary={self.rotary_dim}"
+        if self.op == "prologue":
+            return (f"T={self.tokens} Hq={self.hq} Hkv={self.hkv} D={self.head_dim} rotary={self.rotary_dim} "
+                    f"cache=[{self.num_slots // self.block_size}, {self.block_size}, {self.hkv}, {self.head_dim}] "
+                    f"pad={self.n_pad}")
         if self.op == "qk_full":
             return f"T={self.tokens} Q,K=[{self.tokens}, {self.width}] of qkv[{self.tokens}, {self.packed_width}]"
         return f"[{self.tokens}, {self.hidden}]"
@@ -266,6 +360,13 @@ class Case:
         elif self.op == "rope":
             g = (f"rope Hq={self.hq} Hkv={self.hkv} D={self.head_dim} rotary={self.rotary_dim} "
                  f"{'neox' if self.is_neox else 'gptj'}")
+        elif self.op == "prologue":
+            g = (f"prologue Hq={self.hq} Hkv={self.hkv} D={self.head_dim} rotary={self.rotary_dim} "
+                 f"{'neox' if self.is_neox else 'gptj'}")
+            if self.mrope_section:
+                g += " mrope=" + "/".join(map(str, self.mrope_section))
+            cd = "auto" if self.cache_dtype is None else QUANT_DTYPE_NAMES.get(self.cache_dtype, str(self.cache_dtype))
+            g += f" cache={cd} bs={self.block_size}"
         elif self.op == "qk_full":
             g = f"qk_full D={self.width}"
         elif self.is_quant:
@@ -318,6 +419,16 @@ def _rope_cases(tokens, dtype) -> list[Case]:
             for _, hq, hkv, d, r, off in ROPE_MODELS for t in tokens]
 
 
+def _prologue_cases(tokens, dtype) -> list[Case]:
+    out = [Case("prologue", "prologue", t, dtype, hq, hkv, d, weight_offset=off, rotary_dim=r, cache_dtype=cd,
+                mrope_section=ms)
+           for _, hq, hkv, d, r, off, ms in PROLOGUE_MODELS for cd in PROLOGUE_CACHE_DTYPES for t in tokens]
+    _, hq, hkv, d, r, off, ms = next(m for m in PROLOGUE_MODELS if m[0] == PROLOGUE_FLAT)
+    out += [Case("prologue", "prologue", t, dtype, hq, hkv, d, weight_offset=off, rotary_dim=r, cache_dtype=cd,
+                 block_size=1) for cd in PROLOGUE_CACHE_DTYPES for t in tokens]
+    return out
+
+
 def _quant_cases(tokens, dtype, out_dtype: torch.dtype = torch.float8_e4m3fn) -> list[Case]:
     return [Case("quant", f"{form}_{mode}", t, dtype, hidden=h, out_dtype=out_dtype)
             for _, h, modes in QUANT_MODELS for mode in modes for form in ("rmsq", "addq") for t in tokens]
@@ -338,6 +449,8 @@ def preset_cases(name: str, tokens=None, dtype: torch.dtype = torch.bfloat16) ->
         return _norm2d_cases(tuple(tokens) if tokens else NORM2D_TOKENS, dtype)
     if name == "quant":
         return _quant_cases(tuple(tokens) if tokens else DEFAULT_TOKENS, dtype)
+    if name == "prologue":
+        return _prologue_cases(tuple(tokens) if tokens else DEFAULT_TOKENS, dtype)
     if name not in MODELS:
         raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     return _model_cases(name, tuple(tokens) if tokens else DEFAULT_TOKENS, dtype)
@@ -370,6 +483,8 @@ def quick_cases(presets=None, dtype: torch.dtype = torch.bfloat16, tokens=None) 
                     for op in ("rms2d", "add")]
         elif name == "quant":
             out += [Case("quant", op, small[-1], dtype, hidden=h) for op, h in QUICK_QUANT]
+        elif name == "prologue":
+            out += _prologue_cases(small[-1:], dtype)  # every shape, cache dtype and block size once
         else:
             out += _model_cases(name, small, dtype)
     return out
@@ -399,8 +514,11 @@ class Inputs:
         """A deep copy with the same views into a copied packed buffer."""
         if self.case.is_qk:
             out = _qk_views(self.case, self.qkv.clone(), self.qw.clone(), self.kw.clone())
-            if self.case.op == "rope":  # read-only: shared
+            if self.case.op in ("rope", "prologue"):  # read-only: shared
                 out.t.update(cos_sin_cache=self.cos_sin_cache, positions=self.positions)
+            if self.case.op == "prologue":  # the caches are written: copied; the rest read-only
+                out.t.update(k_cache=self.k_cache.clone(), v_cache=self.v_cache.clone(),
+                             slot_mapping=self.slot_mapping, k_scale=self.k_scale, v_scale=self.v_scale)
             return out
         return Inputs(self.case, {k: v.clone() for k, v in self.t.items()})
 
@@ -408,8 +526,10 @@ class Inputs:
 def _qk_views(case: Case, qkv, qw, kw) -> Inputs:
     T, D, hq, hkv = case.tokens, case.head_dim, case.hq, case.hkv
     q2, k2, v2 = packed_qkv_views(qkv, hq * D, hkv * D)
-    if case.op in ("qk", "rope"):
+    if case.op in ("qk", "rope", "prologue"):
         q, k = q2.view(T, hq, D), k2.view(T, hkv, D)
+        if case.op == "prologue":
+            v2 = v2.view(T, hkv, D)
     else:
         q, k = q2, k2
     return Inputs(case, dict(qkv=qkv, q=q, k=k, v=v2, qw=qw, kw=kw))
@@ -456,10 +576,13 @@ def build_inputs(case: Case, device="cpu", seed: int = 0) -> Inputs:
         qw = _weight(case.width, case.weight_offset, dt, device, g)
         kw = _weight(case.width, case.weight_offset, dt, device, g)
         inp = _qk_views(case, qkv, qw, kw)
-        if case.op == "rope":
-            # random positions (a decode batch: each sequence at its own place), unsorted
-            pos = torch.randint(0, ROPE_MAX_POSITION, (T,), generator=g, device=device, dtype=torch.int64)
+        if case.op in ("rope", "prologue"):
+            # random positions (a decode batch: each sequence at its own place), unsorted; mRoPE: three rows
+            shape = (3, T) if case.mrope_section else (T,)
+            pos = torch.randint(0, ROPE_MAX_POSITION, shape, generator=g, device=device, dtype=torch.int64)
             inp.t.update(cos_sin_cache=rope_cache(case.rotary_dim, device=device), positions=pos)
+        if case.op == "prologue":
+            _prologue_inputs(case, inp, g, device)
         return inp
     x = _activations((case.tokens, case.hidden), None, dt, device, g)
     w = _weight(case.hidden, case.weight_offset, dt, device, g)
@@ -477,6 +600,75 @@ def build_inputs(case: Case, device="cpu", seed: int = 0) -> Inputs:
     else:
         t["scale"] = static_scale(case, x, w, t.get("residual"))
     return Inputs(case, t)
+
+
+def _poisoned_cache(case: Case, device) -> torch.Tensor:
+    """An NHD cache ``[num_blocks, block_size, Hkv, D]`` (flat ``[num_slots, Hkv, D]`` for block_size 1)
+    of the case's cache dtype, every element NaN (FP8: byte 0x7F, NaN in e4m3fn and e5m2)."""
+    shape = ((case.num_slots,) if case.block_size == 1 else (case.num_slots // case.block_size, case.block_size))
+    c = torch.empty(shape + (case.hkv, case.head_dim), dtype=case.cache_elem, device=device)
+    if case.cache_fp8:
+        c.view(torch.uint8).fill_(0x7F)
+    else:
+        c.fill_(math.nan)
+    return c
+
+
+def _prologue_inputs(case: Case, inp: Inputs, g, device) -> None:
+    """Caches, slot_mapping and (FP8) scales of a prologue case, into ``inp``."""
+    T = case.tokens
+    # a random permutation of every slot but the last (kept spare: a padding token written to index -1,
+    # Python-style, lands there and shows); the tail tokens are padding (-1)
+    perm = torch.randperm(case.num_slots - 1, generator=g, device=device)[:T]
+    slots = perm.to(torch.int64)
+    if case.n_pad:
+        slots[case.n_kept:] = -1
+    inp.t.update(k_cache=_poisoned_cache(case, device), v_cache=_poisoned_cache(case, device), slot_mapping=slots,
+                 k_scale=None, v_scale=None)
+    if case.cache_fp8:
+        # static per-tensor dequantisation scales as a calibration would set them: |K| after the norm and
+        # rotation is at most sqrt(2) x the normalised amax (a rotated pair keeps its length); no saturation
+        from .common import torch_norm_f32
+        qmax = QMAX[case.cache_dtype]
+        kn = torch_norm_f32(inp.k, inp.kw, case.eps, case.weight_offset)
+        inp.t["k_scale"] = (kn.abs().amax() * math.sqrt(2.0) / qmax).float().reshape(1)
+        inp.t["v_scale"] = (inp.v.float().abs().amax() / qmax).float().reshape(1)
+
+
+def kept_slots(case: Case, inp: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(tokens, slots)`` (int64) of a prologue case's tokens that are written to the caches."""
+    s = inp.slot_mapping
+    keep = (s >= 0).nonzero().flatten()
+    return keep, s[keep]
+
+
+def cache_rows(cache: torch.Tensor, hkv: int, d: int) -> torch.Tensor:
+    """The cache as ``[num_slots, Hkv, D]`` (a view of the contiguous NHD or flat cache)."""
+    return cache.view(-1, hkv, d)
+
+
+def prologue_reference(case: Case, inp: Inputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fp64 ``(q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, D])`` of a prologue case: Q and K normalised
+    (fp64) and rotated (RoPE, or mRoPE: frequency ``j`` takes the position row of its section), V as
+    given. From unmutated inputs."""
+    from qknorm.reference import rms_norm_ref
+    from qknorm.reference_rope import rope_ref
+    f64 = torch.float64
+    qn = rms_norm_ref(inp.q, inp.qw, case.eps, case.weight_offset, compute_dtype=f64)
+    kn = rms_norm_ref(inp.k, inp.kw, case.eps, case.weight_offset, compute_dtype=f64)
+    r = case.rotary_dim
+    cs, pos = inp.cos_sin_cache.double(), inp.positions
+    if case.mrope_section:
+        half = r // 2
+        sec = torch.repeat_interleave(torch.arange(3, device=pos.device),
+                                      torch.tensor(case.mrope_section, device=pos.device))  # [half]
+        p = pos.long()[sec]  # [half, T]
+        cols = torch.arange(half, device=pos.device)[:, None]
+        cs = torch.cat((cs[p, cols].t(), cs[p, half + cols].t()), dim=1)  # [T, R]: each token's own row
+        pos = torch.arange(case.tokens, device=pos.device)
+    qr = rope_ref(qn, cs, pos, r, case.is_neox, compute_dtype=f64)
+    kr = rope_ref(kn, cs, pos, r, case.is_neox, compute_dtype=f64)
+    return qr, kr, inp.v.double()
 
 
 def quant_scales(tokens: int, n_groups: int, column_major: bool, device="cpu") -> torch.Tensor:
@@ -568,7 +760,9 @@ def expected(case: Case, inp: Inputs) -> tuple[torch.Tensor, ...]:
     """fp32 reference outputs in the order implementations return them:
     ``qk`` -> (q, k); ``rms2d`` -> (y,); ``add`` -> (x, residual); ``rope`` -> (q, k);
     ``rmsq_*`` -> (codes, scales); ``addq_*`` -> (codes, scales, residual) (codes and fp32 scales
-    from the fp64 :func:`quant_reference`; scales in the case's layout)."""
+    from the fp64 :func:`quant_reference`; scales in the case's layout); ``prologue`` -> (q fp32,
+    k fp64, v fp64): Q of every token, K and V of the kept tokens (:func:`kept_slots` order), values
+    before any cache quantisation (:func:`prologue_reference`)."""
     from qknorm.reference import fused_add_rms_norm_ref, rms_norm_ref
 
     if case.is_quant:
@@ -581,6 +775,10 @@ def expected(case: Case, inp: Inputs) -> tuple[torch.Tensor, ...]:
             scales = inp.scale
         return (codes, scales) + ((ref.residual,) if case.has_residual else ())
 
+    if case.op == "prologue":
+        q, k, v = prologue_reference(case, inp)
+        tok, _ = kept_slots(case, inp)
+        return q.float(), k[tok], v[tok]
     if case.op == "rope":
         from qknorm.reference_rope import qk_rms_norm_rope_ref
         return qk_rms_norm_rope_ref(inp.q, inp.k, inp.qw, inp.kw, inp.cos_sin_cache, inp.positions, case.eps,

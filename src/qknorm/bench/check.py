@@ -23,6 +23,18 @@ Quantised cases (:func:`gate_quant`) are compared with the fp64 reference of the
   Ties are counted and reported in the row's notes; any other difference fails the gate;
 - residual (``addq``): the relative L2 error of the stored sum under the dtype's tolerance.
 
+Prologue cases (:func:`gate_prologue`, ``qk_norm_rope_cache``): the implementation returns
+``(q_out, k_cache, v_cache)``, the case's own caches written in place. Q: relative L2 error against
+the fp64 reference under the dtype's tolerance. Cache slots named by ``slot_mapping`` (the
+caches come poisoned with NaN, so an unwritten named slot fails): K, relative L2 error under the
+tolerance (cache of the activation dtype); V, bit-identical to the input (it is a copy). FP8
+caches: every code within one FP8 step of the code the fp64 value ``clamp(x / scale, +-qmax)``
+rounds to (K: compositions rounding K to the activation dtype first land within a step too; V:
+a rounding tie at most), no NaN; ``rel_err`` is then the dequantised values' error. Every slot
+not named (spare slots, the slot a padding token would hit at index -1) must be bit-identical
+to before the call, and the packed buffer's V region unchanged. K's region of the packed buffer
+is scratch (compositions rotate K there in place before the cache write): not checked.
+
 ``window`` is :data:`QUANT_RTOL` (2**-18: fp32 roundings of the row's reduction, with margin;
 the codes' own spacing is 2**-4 .. 2**-3 for e4m3) for implementations that quantise the fp32
 ``n``, plus :data:`ROUNDED_UNITS` units of the activation dtype's rounding for those that round
@@ -40,7 +52,8 @@ import torch
 from .cases import Case, Inputs, expected, quant_reference, quant_values, round_to_codes
 from .common import TOL, rel_l2
 
-__all__ = ["QUANT_RTOL", "ROUNDED_UNITS", "TOL", "Verdict", "code_table", "compare_codes", "gate", "gate_quant",
+__all__ = ["QUANT_RTOL", "ROUNDED_UNITS", "TOL", "Verdict", "code_table", "compare_codes", "gate", "gate_prologue",
+           "gate_quant",
            "poison_allocator", "quant_window", "rel_l2", "verdict", "worst_error"]
 
 QUANT_RTOL = 2.0 ** -18   # quantised gate window for implementations quantising the fp32 n (relative)
@@ -70,6 +83,8 @@ def gate(case: Case, inp: Inputs, fn, poison_out: bool = True, norm_rounded: boo
     :func:`gate_quant`, with ``norm_rounded`` widening its window)."""
     if case.is_quant:
         return gate_quant(case, inp, fn, quant_window(case.dtype, norm_rounded), poison_out)
+    if case.op == "prologue":
+        return gate_prologue(case, inp, fn)
     ref = expected(case, inp)
     v_before = inp.v.clone() if case.is_qk else None
     if case.op == "rms2d" and poison_out:
@@ -262,6 +277,96 @@ def gate_quant(case: Case, inp: Inputs, fn, window: float, poison_out: bool = Tr
             return Verdict(False, err, "residual: " + (r_why or f"rel L2 error {r_err:.2e} >= {TOL[case.dtype]:.0e}"),
                            notes)
     return Verdict(True, err, "", notes)
+
+
+# --------------------------------------------------------------------------- prologue cases
+
+def _fp8_steps(codes: torch.Tensor, want: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Distance in FP8 codes between ``codes`` and ``want`` (same dtype), per element (inf for NaN)."""
+    g, w = codes.to(torch.float64), want.to(torch.float64)
+    steps = (torch.searchsorted(table, g.contiguous()) - torch.searchsorted(table, w.contiguous())).abs()
+    return torch.where(torch.isfinite(g), steps.to(torch.float64), torch.full_like(g, math.inf))
+
+
+def _check_fp8_slots(got: torch.Tensor, ref64: torch.Tensor, scale: torch.Tensor, what: str):
+    """``(error, off_by_one, why)`` of FP8 cache entries ``got`` against fp64 values ``ref64``."""
+    from .common import QMAX
+    dt = got.dtype
+    s = scale.double().reshape(())
+    want = round_to_codes(torch.clamp(ref64 / s, -QMAX[dt], QMAX[dt]), dt)
+    steps = _fp8_steps(got, want, code_table(dt, got.device))
+    n_off = int((steps == 1).sum())
+    bad = int((steps > 1).sum())
+    deq = got.to(torch.float64) * s
+    err = rel_l2(deq, ref64)  # inf where a code is NaN
+    if bad:
+        worst = float(steps.max())
+        return err, n_off, (f"{what}: {bad} of {got.numel()} FP8 codes more than one step from the fp64 reference's "
+                            f"({'NaN: unwritten?' if math.isinf(worst) else f'up to {worst:g} steps'})")
+    return err, n_off, ""
+
+
+def gate_prologue(case: Case, inp: Inputs, fn) -> Verdict:
+    """The gate of a prologue case (see the module docstring)."""
+    from .cases import cache_rows, kept_slots
+    ref_q, ref_k, ref_v = expected(case, inp)  # before fn: Q (and K's region) change in place
+    tok, slots = kept_slots(case, inp)
+    hkv, d = case.hkv, case.head_dim
+    kc, vc = inp.k_cache, inp.v_cache
+    k_before, v_before = kc.clone(), vc.clone()
+    vbuf_before = inp.v.clone()
+    outs = fn()
+    if inp.q.is_cuda:
+        torch.cuda.synchronize()
+    if not isinstance(outs, (tuple, list)) or len(outs) != 3:
+        got = len(outs) if isinstance(outs, (tuple, list)) else 1
+        return Verdict(False, math.inf, f"returned {type(outs).__name__} of {got} outputs, expected 3 "
+                                        "(q_out, k_cache, v_cache)")
+    q_out, k_ret, v_ret = outs
+    for name, r, c in (("k_cache", k_ret, kc), ("v_cache", v_ret, vc)):
+        if not isinstance(r, torch.Tensor) or r.data_ptr() != c.data_ptr() or r.numel() != c.numel():
+            return Verdict(False, math.inf, f"returned {name} is not the case's cache (the cache must be written in place)")
+    err, why = worst_error((q_out,), (ref_q,))
+    if why:
+        return Verdict(False, err, "q_out: " + why)
+    if not err < TOL[case.dtype]:
+        v = verdict(err, case.dtype)
+        return Verdict(False, err, "q_out: " + v.reason)
+    # unnamed slots: bit-identical to before
+    named = torch.zeros(case.num_slots, dtype=torch.bool, device=kc.device)
+    named[slots] = True
+    raw = (lambda t: cache_rows(t, hkv, d).view(torch.uint8).reshape(case.num_slots, -1))
+    for name, after, before in (("k_cache", kc, k_before), ("v_cache", vc, v_before)):
+        diff = (raw(after) != raw(before)).any(dim=1) & ~named
+        if bool(diff.any()):
+            n = int(diff.sum())
+            first = int(diff.nonzero()[0])
+            return Verdict(False, err, f"{name}: {n} slot(s) not named by slot_mapping were written (first: slot "
+                                       f"{first}; a padding token's slot -1 is the last slot)")
+    if not torch.equal(inp.v, vbuf_before):
+        return Verdict(False, err, "wrote outside Q/K: the V region of the packed buffer changed")
+    kg, vg = cache_rows(kc, hkv, d)[slots], cache_rows(vc, hkv, d)[slots]
+    notes = ""
+    if case.cache_fp8:
+        ek, nk, why = _check_fp8_slots(kg, ref_k, inp.k_scale, "k_cache")
+        if why:
+            return Verdict(False, ek, why)
+        ev, nv, why = _check_fp8_slots(vg, ref_v, inp.v_scale, "v_cache")
+        if why:
+            return Verdict(False, ev, why)
+        notes = (f"gate: FP8 caches within one step: K {nk} of {kg.numel()}, V {nv} of {vg.numel()} codes one step "
+                 f"off the fp64 rounding")
+        return Verdict(True, max(err, ek, ev), "", notes)
+    ek, why = worst_error((kg,), (ref_k,))
+    if why or not ek < TOL[case.dtype]:
+        return Verdict(False, ek, "k_cache slots: " + (why or verdict(ek, case.dtype).reason))
+    vin = inp.v[tok]
+    if vg.dtype != vin.dtype or not torch.equal(vg.view(torch.uint8), vin.view(torch.uint8)):
+        bad = int((vg.view(torch.uint8) != vin.view(torch.uint8)).flatten(1).any(1).sum()) \
+            if vg.dtype == vin.dtype else case.n_kept
+        return Verdict(False, rel_l2(vg, vin.double()), f"v_cache slots: {bad} of {case.n_kept} token(s) not a "
+                                                        "bit-exact copy of V")
+    return Verdict(True, max(err, ek), "", notes)
 
 
 def _dequant(codes64: torch.Tensor, sc: torch.Tensor) -> torch.Tensor:

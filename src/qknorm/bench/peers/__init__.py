@@ -18,6 +18,11 @@ module             rows (``impl`` names, stable across versions)
                    ``sglang_jit_rms+torch_quant``
 =================  ==========================================================================
 
+Attention prologue (``prologue``, ``qknorm.qk_norm_rope_cache``): ``qknorm``, ``torch_norm+rope+cache``,
+``torch.compile`` (of that composition), ``qknorm_rope+torch_cache``, ``qknorm_rope+flashinfer_append``,
+``flashinfer_rms+rope+append``, ``sglang_jit_qk_norm_rope+torch_cache``,
+``vllm_fused_qk_norm_rope+reshape_and_cache_flash``, all family ``peer`` but ``qknorm``.
+
 Quantised kinds (``rmsq_*``/``addq_*``): ``qknorm``, ``torch``, ``torch.compile``, FlashInfer's
 fused static quant norms (``flashinfer``, ``flashinfer_cuda``), vLLM's fused quant norms
 (``vllm``) and the compositions of a peer norm with a quantisation (``flashinfer_rms+torch_quant``,
@@ -35,22 +40,25 @@ from __future__ import annotations
 import fnmatch
 
 from .base import Fn, Impl, dist_version, import_module, module_flag, no_rope, version_file
-from .flashinfer import (FlashInferCopy2D, FlashInferLike, FlashInferRmsRope, FlashInferRmsTorchQuant,
-                         QknormQkFlashInferRope)
+from .flashinfer import (FlashInferCopy2D, FlashInferLike, FlashInferRmsRope, FlashInferRmsRopeAppend,
+                         FlashInferRmsTorchQuant, QknormQkFlashInferRope, QknormRopeFlashInferAppend)
 from .liger import Liger
-from .pytorch import (ContiguousCopy, FlattenedTrap, TorchCompile, TorchCopy2D, TorchEager, TorchFRmsNorm, TorchRope,
-                      rms_norm_path, torch_norm, torch_norm_quant, torch_quant, torch_rope)
-from .qknorm import Qknorm, qknorm_pick, qknorm_ranked, qknorm_variants
+from .pytorch import (ContiguousCopy, FlattenedTrap, TorchCompile, TorchCopy2D, TorchEager, TorchFRmsNorm,
+                      TorchPrologue, TorchRope, rms_norm_path, torch_cache_write, torch_norm, torch_norm_quant,
+                      torch_prologue, torch_quant, torch_rope)
+from .qknorm import Qknorm, QknormRopeTorchCache, qknorm_pick, qknorm_ranked, qknorm_variants
 from .quack import Quack
-from .sglang import SGLangJit, SGLangQkNormRope, SGLangRmsQuant, sgl_kernel_norm
-from .vllm import VLLM, VLLMFusedQkNormRope
+from .sglang import SGLangJit, SGLangQkNormRope, SGLangQkNormRopeTorchCache, SGLangRmsQuant, sgl_kernel_norm
+from .vllm import VLLM, VLLMFusedQkNormRope, VLLMFusedQkNormRopeCache
 
 __all__ = ["Fn", "Impl", "Qknorm", "TorchEager", "TorchCompile", "TorchFRmsNorm", "TorchCopy2D", "ContiguousCopy",
            "FlattenedTrap", "TorchRope", "FlashInferLike", "FlashInferCopy2D", "QknormQkFlashInferRope",
            "FlashInferRmsRope", "FlashInferRmsTorchQuant", "Quack", "Liger", "VLLM", "VLLMFusedQkNormRope",
            "SGLangJit", "SGLangQkNormRope", "SGLangRmsQuant", "static_impls", "qknorm_variants", "qknorm_pick",
            "qknorm_ranked", "matches", "peer_status", "rms_norm_path", "torch_norm", "torch_norm_quant", "torch_quant",
-           "torch_rope", "dist_version", "import_module", "module_flag", "no_rope", "version_file"]
+           "torch_rope", "dist_version", "import_module", "module_flag", "no_rope", "version_file", "TorchPrologue",
+           "QknormRopeTorchCache", "FlashInferRmsRopeAppend", "QknormRopeFlashInferAppend",
+           "SGLangQkNormRopeTorchCache", "VLLMFusedQkNormRopeCache", "torch_cache_write", "torch_prologue"]
 
 
 def static_impls() -> list[Impl]:
@@ -81,6 +89,12 @@ def static_impls() -> list[Impl]:
         FlashInferRmsTorchQuant(),
         SGLangRmsQuant(quant="sglang"),
         SGLangRmsQuant(quant="torch"),
+        TorchPrologue(),
+        QknormRopeTorchCache(),
+        QknormRopeFlashInferAppend(),
+        FlashInferRmsRopeAppend(),
+        SGLangQkNormRopeTorchCache(),
+        VLLMFusedQkNormRopeCache(),
     ]
 
 

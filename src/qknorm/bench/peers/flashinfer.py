@@ -3,7 +3,9 @@
 compositions ending in its ``apply_rope_with_cos_sin_cache_inplace``
 (``qknorm_qk+flashinfer_rope``, ``flashinfer_rms+rope``), and for the quantised kinds its fused
 static-scale quant norms (rows ``flashinfer``/``flashinfer_cuda``) and the composition of its
-norm with the PyTorch quantisation (``flashinfer_rms+torch_quant``, every mode).
+norm with the PyTorch quantisation (``flashinfer_rms+torch_quant``, every mode). For the attention
+prologue: ``flashinfer_rms+rope+append`` and ``qknorm_rope+flashinfer_append``, ending in its
+``append_paged_kv_cache`` (bf16/fp16 caches only; see :class:`_FlashInferAppend`).
 
 FlashInfer's quant norms (``flashinfer/norm/__init__.py``, 0.6+; read at commit fb28d72 of
 flashinfer-ai/flashinfer): ``rmsnorm_quant(out, input, weight, scale, eps=1e-6,
@@ -29,7 +31,7 @@ from .base import Impl, import_module, module_flag
 from .pytorch import torch_quant
 
 __all__ = ["FlashInferLike", "FlashInferCopy2D", "QknormQkFlashInferRope", "FlashInferRmsRope",
-           "FlashInferRmsTorchQuant"]
+           "FlashInferRmsTorchQuant", "FlashInferRmsRopeAppend", "QknormRopeFlashInferAppend"]
 
 FI_QUANT_OPS = ("rmsq_static", "addq_static")
 FI_NO_DYNAMIC = ("FlashInfer's rmsnorm_quant/fused_add_rmsnorm_quant take a static per-tensor scale only "
@@ -362,5 +364,155 @@ class FlashInferRmsRope(_FlashInferRope):
             rms(q, qw, eps, out=q)
             rms(k, kw, eps, out=k)
             rope()
+            return outs
+        return call
+
+
+# --------------------------------------------------------------------------- prologue compositions
+
+class _FlashInferAppend(Impl):
+    """Base of the prologue compositions ending in FlashInfer's paged-cache append, read at
+    flashinfer-ai/flashinfer ``flashinfer/page.py`` and ``csrc/page.cu``:
+    ``flashinfer.page.append_paged_kv_cache(append_key, append_value, batch_indices, positions,
+    paged_kv_cache, kv_indices, kv_indptr, kv_last_page_len, kv_layout="NHD")`` with
+    ``paged_kv_cache=(k_cache, v_cache)`` of ``[max_num_pages, page_size, Hkv, D]``; append_key/value
+    ``[nnz, Hkv, D]`` with a unit last-dim stride (token and head strides are read: the packed
+    buffer's strided views pass as they are); int32 index arrays. Entry ``i`` goes to page
+    ``kv_indices[kv_indptr[batch_indices[i]] + positions[i] // page_size]``, offset ``positions[i] %
+    page_size``. Here each real token is its own one-page request (``kv_indptr = arange(n + 1)``,
+    ``kv_indices = slot // block_size``, ``positions = slot % block_size``, ``kv_last_page_len =
+    positions + 1``), built once outside the timed call; the padding tail is not passed (the kernel
+    has no skip for negative slots). The kernel copies in the cache's dtype (``DISPATCH`` on the cache
+    dtype, no scale argument): FP8 caches are skipped."""
+
+    library = "FlashInfer"
+    dists = ("flashinfer-python",)
+    module = "flashinfer.page"
+    needs_cuda = True
+    ops = ("prologue",)
+    rope = True  # whether FlashInfer's RoPE is part of the composition
+
+    def __init__(self):
+        from ..cases import OPS
+        self.not_ops = {op: "prologue cases only (norm + RoPE + KV-cache write)" for op in OPS if op != "prologue"}
+        self._append = self._rope = self._norm = None
+
+    def available(self):
+        m, why = import_module("flashinfer.page")
+        if m is None:
+            return False, why
+        self._append = getattr(m, "append_paged_kv_cache", None)
+        if self._append is None:
+            return False, "this flashinfer.page has no append_paged_kv_cache"
+        return True, ""
+
+    def check(self, case):
+        if case.cache_fp8:
+            return False, "append_paged_kv_cache writes the append tensors' dtype (no FP8 quantisation, no scale)"
+        if case.dtype not in (torch.float16, torch.bfloat16):
+            return False, "FlashInfer: fp16/bf16 only"
+        return True, ""
+
+    def _append_call(self, case, inp):
+        n, bs = case.n_kept, case.block_size
+        s = inp.slot_mapping[:n]
+        dev = s.device
+        pos = (s % bs).to(torch.int32)
+        idx = dict(batch_indices=torch.arange(n, dtype=torch.int32, device=dev), positions=pos,
+                   kv_indices=(s // bs).to(torch.int32), kv_indptr=torch.arange(n + 1, dtype=torch.int32, device=dev),
+                   kv_last_page_len=pos + 1)
+        hkv, d = case.hkv, case.head_dim
+        kc = inp.k_cache.view(-1, bs, hkv, d)  # a flat pool is block_size 1
+        vc = inp.v_cache.view(-1, bs, hkv, d)
+        f, k, v = self._append, inp.k[:n], inp.v[:n]
+        self._last_idx = idx  # for the tests
+
+        def append():
+            f(k, v, idx["batch_indices"], idx["positions"], (kc, vc), idx["kv_indices"], idx["kv_indptr"],
+              idx["kv_last_page_len"], kv_layout="NHD")
+        return append
+
+
+class FlashInferRmsRopeAppend(_FlashInferAppend):
+    """FlashInfer only: ``rmsnorm`` (``gemma_rmsnorm``) of Q, of K (strided views, in place),
+    ``apply_rope_with_cos_sin_cache_inplace`` (see :class:`_FlashInferRope`), then
+    ``append_paged_kv_cache``: 4 launches. No mRoPE in FlashInfer's RoPE."""
+
+    name = "flashinfer_rms+rope+append"
+
+    def available(self):
+        ok, why = super().available()
+        if not ok:
+            return ok, why
+        for mod in ("flashinfer.rope", "flashinfer.norm"):
+            m, why = import_module(mod)
+            if m is None:
+                return False, why
+            if mod == "flashinfer.rope":
+                self._rope = getattr(m, "apply_rope_with_cos_sin_cache_inplace", None)
+                if self._rope is None:
+                    return False, "this flashinfer.rope has no apply_rope_with_cos_sin_cache_inplace"
+            else:
+                self._norm = m
+        return True, ""
+
+    def check(self, case):
+        if case.mrope_section:
+            return False, "FlashInfer's apply_rope_with_cos_sin_cache_inplace has no mRoPE"
+        ok, why = _offset_rule(case)
+        return super().check(case) if ok else (ok, why)
+
+    def notes(self, case):
+        return (f"4 launches: flashinfer-python {self.version()} rmsnorm(Q), rmsnorm(K) in place, "
+                "apply_rope_with_cos_sin_cache_inplace on the strided views, append_paged_kv_cache (one-page "
+                "requests, real tokens only)")
+
+    def build(self, case, inp):
+        m = self._norm
+        rms = m.gemma_rmsnorm if case.weight_offset == 1.0 else m.rmsnorm
+        D, hq, hkv = case.head_dim, case.hq, case.hkv
+        q2, k2 = inp.qkv[:, :hq * D], inp.qkv[:, hq * D:(hq + hkv) * D]
+        q, k, qw, kw, eps = inp.q, inp.k, inp.qw, inp.kw, case.eps
+        rope, cs, pos, neox = self._rope, inp.cos_sin_cache, inp.positions, case.is_neox
+        append = self._append_call(case, inp)
+        outs = (q, inp.k_cache, inp.v_cache)
+
+        def call():
+            rms(q, qw, eps, out=q)
+            rms(k, kw, eps, out=k)
+            rope(pos, q2, k2, D, cs, neox)
+            append()
+            return outs
+        return call
+
+
+class QknormRopeFlashInferAppend(_FlashInferAppend):
+    """qknorm's ``qk_rms_norm_rope`` (Q and K in place, one launch) + FlashInfer's
+    ``append_paged_kv_cache``: 2 launches (FlashInfer's JIT RoPE need not build)."""
+
+    name = "qknorm_rope+flashinfer_append"
+
+    def check(self, case):
+        if case.mrope_section:
+            return False, "qk_rms_norm_rope has no mRoPE (qk_norm_rope_cache has)"
+        return super().check(case)
+
+    def notes(self, case):
+        return (f"2 launches: qknorm.qk_rms_norm_rope in place, then flashinfer-python {self.version()} "
+                "append_paged_kv_cache (one-page requests, real tokens only)")
+
+    def build(self, case, inp):
+        import qknorm
+        f = qknorm.qk_rms_norm_rope
+        q, k = inp.q, inp.k
+        args = (q, k, inp.qw, inp.kw, inp.cos_sin_cache, inp.positions, case.eps)
+        kw = dict(is_neox=case.is_neox, rotary_dim=case.rotary_dim, weight_offset=case.weight_offset, q_out=q,
+                  k_out=k)
+        append = self._append_call(case, inp)
+        outs = (q, inp.k_cache, inp.v_cache)
+
+        def call():
+            f(*args, **kw)
+            append()
             return outs
         return call

@@ -1,8 +1,10 @@
 """PyTorch: the fp32 formula in eager ops (``torch``), the same under ``torch.compile``,
 ``torch.nn.functional.rms_norm`` (``torch_rms_norm``), the ``.contiguous()`` copy path
 (``torch_copy2d``), the copy alone (``contiguous_copy``, family ``copy``), the flattening
-trap (``torch_flat2d``, family ``trap``) and the norm-then-RoPE composition
-(``torch_norm+rope``). For the quantised kinds ``torch`` and ``torch.compile`` run the
+trap (``torch_flat2d``, family ``trap``), the norm-then-RoPE composition
+(``torch_norm+rope``) and, for the attention prologue, the composition ``torch_norm+rope+cache``
+(:func:`torch_prologue`: fp32 norm and RoPE/mRoPE, then index writes into the caches, FP8 quantised
+in PyTorch ops; ``torch.compile`` compiles the same function). For the quantised kinds ``torch`` and ``torch.compile`` run the
 composition :func:`torch_norm_quant`: the fp32 norm, then :func:`torch_quant` (amax, scale,
 divide, clamp, cast), the reference's semantics in plain ops; under ``torch.compile`` Inductor
 fuses norm and quantisation itself (the baseline vLLM uses under compile).
@@ -25,7 +27,8 @@ from ..cases import QUANT_OPS, Case, Inputs, qk_views_contiguous
 from ..common import AMAX_FLOOR, QMAX, torch_norm, torch_norm_f32
 from .base import Fn, Impl, no_rope
 
-__all__ = ["torch_norm", "torch_rope", "torch_quant", "torch_norm_quant", "quant_fn", "rms_norm_path", "TorchEager",
+__all__ = ["torch_norm", "torch_rope", "torch_mrope_cos_sin", "torch_cache_write", "torch_prologue", "prologue_fn",
+           "TorchPrologue", "torch_quant", "torch_norm_quant", "quant_fn", "rms_norm_path", "TorchEager",
            "TorchRope", "TorchCompile", "TorchFRmsNorm", "TorchCopy2D", "ContiguousCopy", "FlattenedTrap"]
 
 
@@ -92,6 +95,82 @@ def torch_rope(x: torch.Tensor, cos_sin_cache: torch.Tensor, positions: torch.Te
     o2 = x2 * cos + x1 * sin
     rot = torch.cat((o1, o2), dim=-1) if is_neox else torch.stack((o1, o2), dim=-1).flatten(-2)
     return torch.cat((rot.to(x.dtype), x[..., rotary_dim:]), dim=-1)
+
+
+def torch_mrope_cos_sin(cos_sin_cache: torch.Tensor, positions: torch.Tensor, section, rotary_dim: int):
+    """``[T, rotary_dim]`` cos/sin rows of mRoPE the way vLLM's ``MRotaryEmbedding.forward_native``
+    builds them: gather the rows of the three position rows ``[3, T]``, split cos and sin into the
+    ``section`` chunks and take chunk ``i`` from row ``i``."""
+    half = rotary_dim // 2
+    cs = cos_sin_cache[positions]  # [3, T, R]
+    cos, sin = cs[..., :half], cs[..., half:rotary_dim]
+    cos = torch.cat([m[i] for i, m in enumerate(cos.split(list(section), dim=-1))], dim=-1)
+    sin = torch.cat([m[i] for i, m in enumerate(sin.split(list(section), dim=-1))], dim=-1)
+    return torch.cat((cos, sin), dim=-1)
+
+
+def _rope_rows_f32(x: torch.Tensor, cs: torch.Tensor, rotary_dim: int, is_neox: bool) -> torch.Tensor:
+    """RoPE of fp32 ``x [T, H, D]`` with each token's cos/sin row ``cs [T, R]``, left in fp32."""
+    half = rotary_dim // 2
+    cos, sin = cs[:, None, :half].float(), cs[:, None, half:rotary_dim].float()
+    xr = x[..., :rotary_dim]
+    if is_neox:
+        x1, x2 = xr[..., :half], xr[..., half:]
+    else:
+        x1, x2 = xr[..., 0::2], xr[..., 1::2]
+    o1 = x1 * cos - x2 * sin
+    o2 = x2 * cos + x1 * sin
+    rot = torch.cat((o1, o2), dim=-1) if is_neox else torch.stack((o1, o2), dim=-1).flatten(-2)
+    return torch.cat((rot, x[..., rotary_dim:]), dim=-1)
+
+
+_RAW = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
+
+
+def torch_cache_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                      slots: torch.Tensor, k_scale=None, v_scale=None) -> None:
+    """Index writes of ``k``/``v`` ``[n, Hkv, D]`` into the caches at ``slots`` ``[n]`` (all >= 0): the
+    caches viewed as ``[num_slots, Hkv, D]`` (contiguous NHD or flat), FP8 caches quantised first as
+    ``clamp(x / scale, +-qmax)`` cast (the dequantisation-scale convention), the bits copied with
+    ``index_copy_`` on an integer view (any cache dtype)."""
+    from ..common import QMAX
+    for x, cache, scale in ((k, k_cache, k_scale), (v, v_cache, v_scale)):
+        rows = cache.view(-1, x.shape[1], x.shape[2])
+        if cache.dtype != x.dtype:
+            qmax = QMAX[cache.dtype]
+            x = torch.clamp(x.float() / scale, -qmax, qmax).to(cache.dtype)
+        raw = _RAW[cache.element_size()]
+        rows.view(raw).index_copy_(0, slots, x.view(raw))
+
+
+def torch_prologue(q, k, v, qw, kw, cs, positions, k_cache, v_cache, slots, k_scale, v_scale, eps: float,
+                   offset: float, rotary_dim: int, is_neox: bool, section: tuple, n_kept: int):
+    """The PyTorch composition of the attention prologue: fp32 norm of Q and K, fp32 RoPE (mRoPE with
+    ``section``), Q rounded once and copied back in place, K rounded to the activation dtype (or
+    quantised) and V written to the caches at the first ``n_kept`` tokens' slots (the padding is at the
+    tail and the host knows the real token count, as an engine does)."""
+    if section:
+        rows = torch_mrope_cos_sin(cs, positions, section, rotary_dim)
+    else:
+        rows = cs.index_select(0, positions)
+    qr = _rope_rows_f32(torch_norm_f32(q, qw, eps, offset), rows, rotary_dim, is_neox)
+    kr = _rope_rows_f32(torch_norm_f32(k, kw, eps, offset), rows, rotary_dim, is_neox)
+    q.copy_(qr)
+    kk = kr[:n_kept] if k_cache.dtype != k.dtype else kr[:n_kept].to(k.dtype)
+    torch_cache_write(kk, v[:n_kept], k_cache, v_cache, slots[:n_kept], k_scale, v_scale)
+
+
+def prologue_fn(case: Case, inp: Inputs, fn=torch_prologue) -> Fn:
+    """The zero-argument call of ``fn`` (:func:`torch_prologue` or its compiled form) on ``inp``."""
+    args = (inp.q, inp.k, inp.v, inp.qw, inp.kw, inp.cos_sin_cache, inp.positions, inp.k_cache, inp.v_cache,
+            inp.slot_mapping, inp.k_scale, inp.v_scale, case.eps, case.weight_offset, case.rotary_dim, case.is_neox,
+            tuple(case.mrope_section), case.n_kept)
+    outs = (inp.q, inp.k_cache, inp.v_cache)
+
+    def call():
+        fn(*args)
+        return outs
+    return call
 
 
 def _torch_rope_inplace(q, k, qw, kw, cs, pos, eps: float, offset: float, rotary_dim: int, is_neox: bool):
@@ -202,6 +281,28 @@ class TorchRope(_Torch):
         return _torch_rope_fn(case, inp, _torch_rope_inplace)
 
 
+class TorchPrologue(_Torch):
+    """The PyTorch composition of the attention prologue (:func:`torch_prologue`)."""
+
+    name = "torch_norm+rope+cache"
+    ops = ("prologue",)
+    not_ops = dict.fromkeys(("qk", "qk_full", "rms2d", "add", "rope") + QUANT_OPS,
+                            "prologue cases only (norm + RoPE + KV-cache write)")
+
+    def notes(self, case):
+        return prologue_notes(case)
+
+    def build(self, case, inp):
+        return prologue_fn(case, inp)
+
+
+def prologue_notes(case: Case) -> str:
+    rope = "mRoPE (vLLM forward_native gather)" if case.mrope_section else "RoPE"
+    cache = "FP8 quantised (x / scale, clamp, cast) and " if case.cache_fp8 else ""
+    return (f"fp32 norm + {rope}, Q copied back in place; K and V {cache}index_copy_ into the caches at the "
+            f"real tokens' slots (padding at the tail, n_kept known on the host); many kernels")
+
+
 class TorchCompile(_Torch):
     """torch.compile of the same formula, static shapes (compiled once per case, in the
     check; compile time is not timed)."""
@@ -215,6 +316,8 @@ class TorchCompile(_Torch):
     def notes(self, case):
         if case.op == "rope":
             return "torch.compile(fullgraph, dynamic=False) of torch norm then torch RoPE (torch_norm+rope), in place"
+        if case.op == "prologue":
+            return "torch.compile(fullgraph, dynamic=False) of torch_norm+rope+cache: " + prologue_notes(case)
         if case.is_quant:
             return f"torch.compile(fullgraph, dynamic=False) of the torch composition: {_quant_notes(case)}"
         return "torch.compile(fullgraph, dynamic=False) of the torch formula" + (", in place" if case.op != "rms2d" else "")
@@ -232,7 +335,9 @@ class TorchCompile(_Torch):
             self._case = case
             self._fns = (torch.compile(_torch_qk_inplace, **opts), torch.compile(_torch_rms, **opts),
                          torch.compile(_torch_add_inplace, **opts), torch.compile(_torch_rope_inplace, **opts),
-                         torch.compile(torch_norm_quant, **opts))
+                         torch.compile(torch_norm_quant, **opts), torch.compile(torch_prologue, **opts))
+        if case.op == "prologue":
+            return prologue_fn(case, inp, self._fns[5])
         if case.is_quant:
             return quant_fn(case, inp, self._fns[4])
         if case.op == "rope":

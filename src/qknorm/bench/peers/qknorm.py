@@ -25,9 +25,15 @@ class Qknorm(Impl):
     def check(self, case):
         if case.is_quant and self.config is not None:
             return False, "rms_norm_quant takes no config= (its tile is the rms_norm pick): no forced variants"
+        if case.op == "prologue" and self.config is not None:
+            return False, "qk_norm_rope_cache takes no config= (its kernel takes the qk_rms_norm pick): no variants"
         return True, ""
 
     def notes(self, case):
+        if case.op == "prologue":
+            return ("qk_norm_rope_cache: norm + " + ("mRoPE" if case.mrope_section else "RoPE") + " of Q in place, "
+                    "K and V into the " + ("FP8 " if case.cache_fp8 else "") + "paged caches, one launch; the full "
+                    "slot_mapping (padding skipped in-kernel)")
         if case.op == "rope":
             return "qk_rms_norm_rope: norm + RoPE of Q and K in one launch, in place on the packed buffer"
         if case.op == "qk":
@@ -45,6 +51,8 @@ class Qknorm(Impl):
         cfg, eps, off = self.config, case.eps, case.weight_offset
         if case.is_quant:
             return _quant_call(case, inp)
+        if case.op == "prologue":
+            return _prologue_call(case, inp)
         if case.op == "rope":
             q, k, qw, kw, cs, pos = inp.q, inp.k, inp.qw, inp.kw, inp.cos_sin_cache, inp.positions
             fr, outs, neox, rd = qknorm.qk_rms_norm_rope, (q, k), case.is_neox, case.rotary_dim
@@ -74,6 +82,68 @@ class Qknorm(Impl):
             def call():
                 f(x, r, w, eps, weight_offset=off, config=cfg)
                 return outs
+        return call
+
+
+def _prologue_call(case: Case, inp):
+    """``qk_norm_rope_cache`` with Q in place (``q_out`` None), the case's caches and full slot_mapping."""
+    import qknorm
+
+    f = qknorm.qk_norm_rope_cache
+    args = (inp.q, inp.k, inp.v, inp.qw, inp.kw, inp.cos_sin_cache, inp.positions, inp.k_cache, inp.v_cache,
+            inp.slot_mapping, case.eps)
+    kw = dict(is_neox=case.is_neox, rotary_dim=case.rotary_dim, weight_offset=case.weight_offset,
+              mrope_section=tuple(case.mrope_section) or None, k_scale=inp.k_scale, v_scale=inp.v_scale)
+    outs = (inp.q, inp.k_cache, inp.v_cache)
+
+    def call():
+        f(*args, **kw)
+        return outs
+    return call
+
+
+class QknormRopeTorchCache(Impl):
+    """A composition: qknorm's ``qk_rms_norm_rope`` (Q and K in place on the packed buffer, one
+    launch), then the PyTorch cache write (:func:`~qknorm.bench.peers.pytorch.torch_cache_write`) of
+    the real tokens' K and V. What an engine with qknorm's norm+RoPE but no fused cache write runs."""
+
+    name = "qknorm_rope+torch_cache"
+    library = "qknorm"
+    ops = ("prologue",)
+
+    def __init__(self):
+        from ..cases import OPS
+        self.not_ops = {op: "prologue cases only (norm + RoPE + KV-cache write)" for op in OPS if op != "prologue"}
+
+    def version(self):
+        import qknorm
+        return qknorm.__version__
+
+    def check(self, case):
+        if case.mrope_section:
+            return False, "qk_rms_norm_rope has no mRoPE (qk_norm_rope_cache has)"
+        return True, ""
+
+    def notes(self, case):
+        return ("qk_rms_norm_rope in place (K rotated in its packed-buffer region), then torch index_copy_ of K and "
+                "V" + (" quantised to FP8 in torch ops" if case.cache_fp8 else "") + " at the real tokens' slots")
+
+    def build(self, case, inp):
+        import qknorm
+
+        from .pytorch import torch_cache_write
+        f = qknorm.qk_rms_norm_rope
+        q, k, v, n = inp.q, inp.k, inp.v, case.n_kept
+        args = (q, k, inp.qw, inp.kw, inp.cos_sin_cache, inp.positions, case.eps)
+        kw = dict(is_neox=case.is_neox, rotary_dim=case.rotary_dim, weight_offset=case.weight_offset, q_out=q,
+                  k_out=k)
+        kc, vc, slots, ks, vs = inp.k_cache, inp.v_cache, inp.slot_mapping[:n], inp.k_scale, inp.v_scale
+        outs = (q, kc, vc)
+
+        def call():
+            f(*args, **kw)
+            torch_cache_write(k[:n], v[:n], kc, vc, slots, ks, vs)
+            return outs
         return call
 
 
@@ -107,7 +177,7 @@ def qknorm_variants(case: Case, device) -> list[Qknorm]:
     ``rope``: the fused kernel keeps a whole head in registers and walks rows in segment
     order, so only unchunked, segment-order configs are distinct variants there. The quantised
     kinds have none (their public API takes no ``config``; the row ``qknorm`` is the pick)."""
-    if case.is_quant:
+    if case.is_quant or case.op == "prologue":
         return []
     from qknorm.dispatch import candidate_configs
     cands = candidate_configs(case.qknorm_op, case.dtype, case.width, case.n_rows, device)

@@ -48,6 +48,8 @@ Rows:
       Blackwell layout), not fp32 powers of two: another output format.
 
     A module missing from this SGLang makes the mode's rows say so. fp8 e4m3 output only here.
+``sglang_jit_qk_norm_rope+torch_cache`` (prologue)
+    ``fused_qk_norm_rope`` as above, then a PyTorch index write of K and V into the caches.
 ``sglang_jit_rms+torch_quant`` (quantised kinds)
     The same norm, then the PyTorch quantisation (every mode).
 
@@ -66,7 +68,7 @@ from .base import Impl, dist_version, import_module, version_file
 from .flashinfer import FlashInferLike
 from .pytorch import torch_quant
 
-__all__ = ["SGLangJit", "SGLangQkNormRope", "SGLangRmsQuant", "sgl_kernel_norm", "SGLANG_KERNEL_DISTS",
+__all__ = ["SGLangJit", "SGLangQkNormRope", "SGLangQkNormRopeTorchCache", "SGLangRmsQuant", "sgl_kernel_norm", "SGLANG_KERNEL_DISTS",
            "SGL_QUANT_KERNELS"]
 
 # mode -> (module, function) of SGLang's JIT quant kernels composed with its norm
@@ -256,6 +258,44 @@ class SGLangQkNormRope(Impl):
 
         def call():
             f(qkv, **kw)
+            return outs
+        return call
+
+
+class SGLangQkNormRopeTorchCache(SGLangQkNormRope):
+    """Prologue composition (row ``sglang_jit_qk_norm_rope+torch_cache``): SGLang's JIT
+    ``fused_qk_norm_rope`` in place on the packed buffer (the call of :class:`SGLangQkNormRope`),
+    then the PyTorch cache write (:func:`~qknorm.bench.peers.pytorch.torch_cache_write`) of the real
+    tokens' K and V (FP8: quantised in torch ops). No mRoPE in SGLang's kernel."""
+
+    ops = ("prologue",)
+
+    def __init__(self):
+        super().__init__(jit=True)
+        self.name = "sglang_jit_qk_norm_rope+torch_cache"
+        from ..cases import OPS
+        self.not_ops = {op: "prologue cases only (norm + RoPE + KV-cache write)" for op in OPS if op != "prologue"}
+
+    def check(self, case):
+        if case.mrope_section:
+            return False, "SGLang's fused_qk_norm_rope has no mRoPE"
+        return super().check(case)
+
+    def notes(self, case):
+        return (super().notes(case) + "; then torch index_copy_ of K and V" +
+                (" quantised to FP8 in torch ops" if case.cache_fp8 else "") + " at the real tokens' slots")
+
+    def build(self, case, inp):
+        from .pytorch import torch_cache_write
+        rope = super().build(case, inp)
+        n = case.n_kept
+        k, v, kc, vc = inp.k[:n], inp.v[:n], inp.k_cache, inp.v_cache
+        slots, ks, vs = inp.slot_mapping[:n], inp.k_scale, inp.v_scale
+        outs = (inp.q, kc, vc)
+
+        def call():
+            rope()
+            torch_cache_write(k, v, kc, vc, slots, ks, vs)
             return outs
         return call
 

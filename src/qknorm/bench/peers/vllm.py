@@ -1,5 +1,6 @@
-"""vLLM: its custom norm ops (``vllm``, the quantised kinds included) and its fused QK-norm
-+ RoPE op (``vllm_fused_qk_norm_rope``).
+"""vLLM: its custom norm ops (``vllm``, the quantised kinds included), its fused QK-norm
++ RoPE op (``vllm_fused_qk_norm_rope``) and, for the attention prologue, that op followed by its
+cache write (``vllm_fused_qk_norm_rope+reshape_and_cache_flash``).
 
 The fused quant norms (schemas in vllm-project/vllm ``csrc/torch_bindings.cpp``, kernels in
 ``csrc/layernorm_quant_kernels.cu`` and ``csrc/quantization/fused_kernels/``), called as
@@ -211,5 +212,65 @@ class VLLMFusedQkNormRope(Impl):
 
         def call():
             f(*args)
+            return outs
+        return call
+
+
+class VLLMFusedQkNormRopeCache(VLLMFusedQkNormRope):
+    """Prologue: vLLM's ``fused_qk_norm_rope`` (in place on the packed buffer), then
+    ``torch.ops._C_cache_ops.reshape_and_cache_flash(key, value, key_cache, value_cache, slot_mapping,
+    kv_cache_dtype, k_scale, v_scale)`` as vLLM's attention backends call it (vllm-project/vllm
+    ``vllm/_custom_ops.py`` and the v1 FlashAttention/FlashInfer backends): key/value ``[T, Hkv, D]``
+    (the packed buffer's strided views: it reads the token stride), caches ``[num_blocks, block_size,
+    Hkv, D]`` (a flat pool as block_size 1), the full int64 ``slot_mapping`` (it skips negative slots),
+    ``kv_cache_dtype`` ``"auto"`` or ``"fp8"`` (e4m3; the cache passed as its uint8 view, as vLLM
+    allocates it), fp32 scale tensors (stored = value / scale). No mRoPE in the fused op."""
+
+    name = "vllm_fused_qk_norm_rope+reshape_and_cache_flash"
+    ops = ("prologue",)
+
+    def __init__(self):
+        super().__init__()
+        from ..cases import OPS
+        self.not_ops = {op: "prologue cases only (norm + RoPE + KV-cache write)" for op in OPS if op != "prologue"}
+        self._cache = None
+
+    def available(self):
+        ok, why = super().available()
+        if not ok:
+            return ok, why
+        try:
+            self._cache = torch.ops._C_cache_ops.reshape_and_cache_flash
+        except (AttributeError, RuntimeError):
+            return False, "this vLLM has no torch.ops._C_cache_ops.reshape_and_cache_flash"
+        return True, ""
+
+    def check(self, case):
+        if case.mrope_section:
+            return False, "vLLM's fused_qk_norm_rope has no mRoPE"
+        if case.cache_dtype not in (None, torch.float8_e4m3fn):
+            return False, "kv_cache_dtype 'fp8' is e4m3 (fp8_e5m2 not wired here)"
+        return super().check(case)
+
+    def notes(self, case):
+        return (f"vllm {self.version()}; 2 launches: fused_qk_norm_rope in place on the packed buffer, then "
+                f"reshape_and_cache_flash ({'fp8' if case.cache_fp8 else 'auto'}, full slot_mapping)")
+
+    def build(self, case, inp):
+        rope = super().build(case, inp)
+        bs, hkv, d = case.block_size, case.hkv, case.head_dim
+        kc, vc = inp.k_cache.view(-1, bs, hkv, d), inp.v_cache.view(-1, bs, hkv, d)
+        dev = inp.q.device
+        if case.cache_fp8:
+            kc, vc, dt, ks, vs = kc.view(torch.uint8), vc.view(torch.uint8), "fp8", inp.k_scale, inp.v_scale
+        else:
+            dt = "auto"
+            ks = vs = torch.ones(1, dtype=torch.float32, device=dev)
+        f, k, v, slots = self._cache, inp.k, inp.v, inp.slot_mapping
+        outs = (inp.q, inp.k_cache, inp.v_cache)
+
+        def call():
+            rope()
+            f(k, v, kc, vc, slots, dt, ks, vs)
             return outs
         return call
