@@ -498,6 +498,11 @@ def qk_norm_rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_weig
     copies. ``torch.compile`` traces it as ``torch.ops.qknorm.qk_norm_rope_cache`` (the
     caches, ``q_out`` and ``k_out`` are its mutated arguments).
     """
+    if not _is_compiling():
+        r = _cache.fast(q, k, v, q_weight, k_weight, cos_sin_cache, positions, k_cache, v_cache, slot_mapping, eps,
+                        is_neox, rotary_dim, weight_offset, mrope_section, k_scale, v_scale, q_out, k_out)
+        if r is not None:  # (it declines any tensor requiring grad under grad mode: refused below)
+            return r
     _cache.refuse_grad(("q", q), ("k", k), ("v", v), ("q_weight", q_weight), ("k_weight", k_weight),
                        ("cos_sin_cache", cos_sin_cache), ("k_cache", k_cache), ("v_cache", v_cache),
                        ("q_out", q_out), ("k_out", k_out))
@@ -505,5 +510,5 @@ def qk_norm_rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_weig
         return _tl.traced_qk_norm_rope_cache(q, k, v, q_weight, k_weight, cos_sin_cache, positions, k_cache, v_cache,
                                              slot_mapping, eps, is_neox, rotary_dim, weight_offset, mrope_section,
                                              k_scale, v_scale, q_out, k_out)
-    return _cache.call(q, k, v, q_weight, k_weight, cos_sin_cache, positions, k_cache, v_cache, slot_mapping, eps,
-                       is_neox, rotary_dim, weight_offset, mrope_section, k_scale, v_scale, q_out, k_out)
+    return _cache.general(q, k, v, q_weight, k_weight, cos_sin_cache, positions, k_cache, v_cache, slot_mapping, eps,
+                          is_neox, rotary_dim, weight_offset, mrope_section, k_scale, v_scale, q_out, k_out)

@@ -246,3 +246,241 @@ def test_compile_matches_eager(q_out, cache_dtype):
                     vc.view(torch.uint8) if cache_dtype.itemsize == 1 else vc, ko, r))
     for a, b in zip(*res):
         assert torch.equal(a, b)
+
+
+# --------------------------------------------------------------------------- the fast call (issue 16)
+
+from qknorm.ops import PLANS, _plan  # noqa: E402
+from qknorm.ops import qk_norm_rope_cache as cache_op  # noqa: E402
+
+
+@pytest.fixture
+def fast_ops(monkeypatch):
+    """The fast call taking CPU tensors (interpreted kernel), with a count of its answers:
+    ``hits["fast"]`` calls it took, ``hits["general"]`` calls that went the general way."""
+    if torch.cuda.is_available():
+        pytest.skip("CPU stand-in for the CUDA fast path")
+    pytest.importorskip("triton")
+    monkeypatch.setattr(_plan, "FAST_ON_CPU", True)
+    hits = {"fast": 0, "general": 0}
+    fast, general = cache_op.fast, cache_op.general
+
+    def counted_fast(*a):
+        r = fast(*a)
+        hits["fast" if r is not None else "general"] += 1
+        return r
+
+    monkeypatch.setattr(cache_op, "fast", counted_fast)
+    with qknorm.use_backend("triton"):
+        yield hits
+
+
+def _setup(dtype=torch.float32, cache_dtype=torch.float32, layout="nhd", t=5, d=64, r=64, mrope=None, seed=0):
+    """Arguments of one call on a packed QKV buffer (fresh tensors each time)."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(t, (HQ + 2 * HKV) * d, generator=g).to(dtype)
+    q = qkv[:, :HQ * d].view(t, HQ, d)
+    k = qkv[:, HQ * d:(HQ + HKV) * d].view(t, HKV, d)
+    v = qkv[:, (HQ + HKV) * d:].view(t, HKV, d)
+    qw, kw = torch.randn(d, generator=g), torch.randn(d, generator=g)
+    cs = _cs(32, r)
+    pos = torch.randint(0, 32, (t,) if mrope is None else (3, t), generator=g)
+    nb, bs = 3, 4
+    if layout == "nhd":
+        kc, vc = torch.full((nb, bs, HKV, d), 7.0).to(cache_dtype), torch.full((nb, bs, HKV, d), 7.0).to(cache_dtype)
+    elif layout == "hnd":
+        kc = torch.full((nb, HKV, bs, d), 7.0).to(cache_dtype).permute(0, 2, 1, 3)
+        vc = torch.full((nb, HKV, bs, d), 7.0).to(cache_dtype).permute(0, 2, 1, 3)
+    elif layout == "flat":
+        kc, vc = torch.full((nb * bs, HKV, d), 7.0).to(cache_dtype), torch.full((nb * bs, HKV, d), 7.0).to(cache_dtype)
+    else:  # "kv_interleaved": FlashInfer's [num_blocks, 2, block_size, H, D]: K and V pages alternate
+        kv = torch.full((nb, 2, bs, HKV, d), 7.0).to(cache_dtype)
+        kc, vc = kv[:, 0], kv[:, 1]
+    sm = torch.tensor([11, -1, 0, 5, 7, -3, 4, 2])[:t]
+    kw_ = dict(rotary_dim=r, mrope_section=mrope)
+    if cache_dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        kw_.update(k_scale=torch.tensor([0.03]), v_scale=torch.tensor([0.02]))
+    return dict(qkv=qkv, q=q, k=k, v=v, qw=qw, kw=kw, cs=cs, pos=pos, kc=kc, vc=vc, sm=sm), kw_
+
+
+def _go(a, fn=None, **kw):
+    """``fn`` (default the public call) on ``a``'s tensors, any of them replaced by name in ``kw``."""
+    fn = fn or _f
+    names = ("q", "k", "v", "qw", "kw", "cs", "pos", "kc", "vc", "sm")
+    return fn(*[kw.pop(n) if n in kw else a[n] for n in names], **kw)
+
+
+def _state(a, extra=()):
+    raw = [a["qkv"], a["kc"], a["vc"], *extra]
+    return [x.view(torch.uint8) if x.element_size() == 1 else x.clone() for x in raw]
+
+
+def _equal(x, y):
+    for a, b in zip(x, y):
+        assert torch.equal(a, b)
+
+
+FAST_CASES = {
+    "bf16 in place": dict(dtype=torch.bfloat16, cache_dtype=torch.bfloat16),
+    "fp32 hnd gptj": dict(layout="hnd", call=dict(is_neox=False)),
+    "flat pool no weights": dict(layout="flat", call=dict(weights=False)),
+    "kv interleaved": dict(layout="kv_interleaved", dtype=torch.bfloat16, cache_dtype=torch.bfloat16),
+    "e4m3 partial": dict(dtype=torch.bfloat16, cache_dtype=torch.float8_e4m3fn, r=32, call=dict(weight_offset=1.0)),
+    "e5m2 mrope": dict(dtype=torch.bfloat16, cache_dtype=torch.float8_e5m2, mrope=(8, 16, 8)),
+    "mrope list": dict(mrope=[16, 8, 8]),
+    "q_out k_out": dict(call=dict(outs=True)),
+    "k_out in place": dict(call=dict(k_out_k=True)),
+    "q_out same view": dict(call=dict(q_out_view=True)),
+}
+
+
+def _call_kwargs(a, kw, call):
+    kw = dict(kw)
+    call = dict(call)
+    extra = []
+    if not call.pop("weights", True):
+        a["qw"] = a["kw"] = None
+    if call.pop("outs", False):
+        kw.update(q_out=torch.full_like(a["q"], 3.0), k_out=torch.full_like(a["k"], 3.0))
+        extra = [kw["q_out"], kw["k_out"]]
+    if call.pop("k_out_k", False):
+        kw["k_out"] = a["k"]
+    if call.pop("q_out_view", False):
+        kw["q_out"] = a["qkv"][:, :HQ * a["q"].shape[-1]].view(a["q"].shape)
+    kw.update(call)
+    return kw, extra
+
+
+@pytest.mark.parametrize("name", list(FAST_CASES))
+def test_fast_call_equals_general_call(fast_ops, name):
+    """The fast call takes the case (first call: builds the plan; second: reuses it) and writes
+    exactly what the general call writes."""
+    case = dict(FAST_CASES[name])
+    call = case.pop("call", {})
+    res = []
+    for way in ("general", "fast", "fast again"):
+        a, kw = _setup(**case)
+        kw, extra = _call_kwargs(a, kw, call)
+        before = (fast_ops["fast"], len(PLANS))
+        r = _go(a, cache_op.general if way == "general" else None, **kw)
+        if way != "general":
+            assert fast_ops["fast"] == before[0] + 1, f"{name}: the fast call declined"
+            if way == "fast again":
+                assert len(PLANS) == before[1], "the second call reuses the plan"
+        assert r is kw.get("q_out", a["q"])
+        res.append(_state(a, extra))
+    _equal(res[0], res[1])
+    _equal(res[0], res[2])
+
+
+def test_custom_op_takes_the_fast_call(fast_ops):
+    a, kw = _setup(dtype=torch.bfloat16, cache_dtype=torch.bfloat16)
+    want, _ = _setup(dtype=torch.bfloat16, cache_dtype=torch.bfloat16)
+    _go(want, cache_op.general)
+    torch.ops.qknorm.qk_norm_rope_cache(a["q"], a["k"], a["v"], a["qw"], a["kw"], a["cs"], a["pos"], a["kc"], a["vc"],
+                                        a["sm"], 1e-6, True, 64, 0.0, None, None, None, a["q"], None)
+    assert fast_ops["fast"] == 1
+    _equal(_state(a), _state(want))
+
+
+def _like_qkv(a, bad):
+    """The packed buffer itself (bad) or another buffer of its shape (valid, same strides)."""
+    return a["qkv"] if bad else torch.zeros_like(a["qkv"])
+
+
+def _view(a, bad, shape, col):
+    """``[5, *shape[1:]]`` rows of a packed buffer from column ``col`` (the QKV buffer's when bad)."""
+    buf = _like_qkv(a, bad)
+    n = 1
+    for x in shape[1:]:
+        n *= x
+    return buf[:, col:col + n].view(shape)
+
+
+def _flat(a):
+    return torch.zeros(5, HKV, 64)
+
+
+_SLOTS = torch.tensor([0, -1, 2, 3, 4])
+# (name, call(a, bad): a valid call (bad=False) and the call that breaks a rule with the same key, error)
+DECLINED = [
+    ("caches overlap", lambda a, bad: _go(a, vc=a["kc"] if bad else a["vc"]), "k_cache and v_cache overlap"),
+    ("k_cache over q", lambda a, bad: _go(a, kc=_view(a, bad, (5, HKV, 64), 0), vc=_flat(a), sm=_SLOTS),
+     "k_cache and q overlap"),
+    ("v_cache over v", lambda a, bad: _go(a, vc=_view(a, bad, (5, HKV, 64), (HQ + HKV) * 64), kc=_flat(a), sm=_SLOTS),
+     "v_cache and v overlap"),
+    ("q_out over k, v", lambda a, bad: _go(a, q_out=_view(a, bad, (5, HQ, 64), 2 * HKV * 64)),
+     "q_out and k overlap"),
+    ("k_out over v", lambda a, bad: _go(a, k_out=_view(a, bad, (5, HKV, 64), (HQ + HKV) * 64)),
+     "k_out and v overlap"),
+    ("k_out over q", lambda a, bad: _go(a, q_out=torch.empty_like(a["q"]), k_out=_view(a, bad, (5, HKV, 64), 64)),
+     "k_out and q overlap"),
+    ("q_out partial", lambda a, bad: _go(a, q_out=_view(a, bad, (5, HQ, 64), 64)), "q_out partially overlaps q"),
+    ("k_out over cache", lambda a, bad: _go(a, k_out=(a["kc"] if bad else torch.zeros_like(a["kc"])).view(-1)
+                                            [:5 * HKV * 64].view(5, HKV, 64)), "k_cache and k_out overlap"),
+    ("slot range", lambda a, bad: _go(a, sm=torch.tensor([0, 12 if bad else 11, 1, 2, 3])),
+     "slot_mapping must be < num_slots=12"),
+    ("pos range", lambda a, bad: _go(a, pos=torch.tensor([0, 32 if bad else 31, 1, 2, 3])),
+     r"positions must be in \[0, 31\]"),
+    ("negated v", lambda a, bad: _go(a, v=a["v"]._neg_view() if bad else a["v"]), "v is a negated view"),
+    ("negated cache", lambda a, bad: _go(a, kc=a["kc"]._neg_view() if bad else a["kc"]), "k_cache is a negated view"),
+    ("negated scale", lambda a, bad: _go(a, k_scale=torch.ones(1)._neg_view() if bad else torch.ones(1)),
+     "k_scale is a negated view"),
+    ("grad", lambda a, bad: _go(a, q=a["q"].detach().requires_grad_(bad)), "q requires grad"),
+    ("grad cache", lambda a, bad: _go(a, vc=a["vc"].detach().requires_grad_(bad)), "v_cache requires grad"),
+    ("mrope bools", lambda a, bad: _go(a, pos=torch.zeros(3, 5, dtype=torch.long),
+                                       mrope_section=(True, 15, 16) if bad else (1, 15, 16)),
+     "mrope_section must be None or three ints"),
+]
+
+
+@pytest.mark.parametrize("name,fn,match", DECLINED, ids=[c[0] for c in DECLINED])
+def test_fast_call_declines_and_the_general_call_raises(fast_ops, name, fn, match):
+    """With the plan of the same key cached by a valid call, a call breaking a rule that only
+    its buffers or values show is declined by the fast call and raised by the general call,
+    with nothing written."""
+    a, _ = _setup(t=5)
+    fn(a, False)
+    fn(a, False)
+    assert fast_ops == {"fast": 2, "general": 0}, f"{name}: the valid call did not take the fast call"
+    a, _ = _setup(t=5)
+    before = {n: a[n].clone() for n in ("qkv", "qw", "cs", "pos", "kc", "vc", "sm")}
+    with pytest.raises((ValueError, TypeError), match=match):
+        fn(a, True)
+    assert fast_ops["general"] == 1, f"{name}: the fast call did not decline"
+    for n, b in before.items():
+        assert torch.equal(a[n], b), f"{name}: {n} was modified on error"
+
+
+ALIASED_READS = {
+    "q_weight in q": lambda a, bad: dict(qw=(a["qkv"] if bad else a["qkv"].clone())[1, 64:128]),
+    "k_weight in v_cache": lambda a, bad: dict(kw=(a["vc"] if bad else a["vc"].clone()).view(-1)[64:128]),
+    "k_scale in k_cache": lambda a, bad: dict(k_scale=(a["kc"] if bad else a["kc"].clone()).view(-1)[3:4]),
+    "cos_sin in k_out": lambda a, bad: dict(cs=(a["ko"] if bad else a["ko"].clone()).view(5 * HKV, 64)[:8],
+                                            pos=torch.tensor([0, 7, 1, 2, 3]), k_out=a["ko"]),
+}
+
+
+@pytest.mark.parametrize("name", list(ALIASED_READS))
+def test_fast_call_declines_a_read_tensor_in_a_written_one(fast_ops, name):
+    """A read-only tensor sharing memory with a written one: the fast call declines and the
+    general call reads it from a private copy (its values on entry)."""
+    def args(bad):
+        a, _ = _setup(t=5)
+        a["ko"] = torch.randn(5, HKV, 64, generator=torch.Generator().manual_seed(1))
+        kw = ALIASED_READS[name](a, bad)
+        a.update({n: kw.pop(n) for n in ("qw", "kw", "cs", "pos") if n in kw})
+        return a, kw
+
+    a, kw = args(False)
+    _go(a, **kw)
+    assert fast_ops == {"fast": 1, "general": 0}
+    a, kw = args(True)
+    want_a, want_kw = args(True)  # the same values, read from copies taken before the call
+    for n in ("qw", "kw", "cs"):
+        want_a[n] = want_a[n].clone()
+    want_kw = {n: t.clone() if n != "k_out" else t for n, t in want_kw.items()}
+    _go(a, **kw)
+    assert fast_ops == {"fast": 1, "general": 1}, f"{name}: the fast call did not decline"
+    _go(want_a, cache_op.general, **want_kw)
+    _equal(_state(a, [a["ko"]]), _state(want_a, [want_a["ko"]]))

@@ -9,8 +9,9 @@ slots are not checked (that would need a device sync): the kernel skips such tok
 negative ones, so nothing outside the caches is written. Positions: as ``qk_rms_norm_rope``
 (CPU: checked; CUDA: clamped into the cos/sin cache by the kernel).
 
-Not yet here: the cached-plan fast call of the other ops (every call takes the general
-call, whose plans are cached; see ``_plan.py``).
+Two ways, as the other ops (``_plan.py``): :func:`fast`, the common CUDA call on a plan cached
+by the arguments' metadata (per call only the data pointers, the overlap checks that depend
+on them and the launch), and the general call (:func:`check_args`, then :func:`run`).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from ..dispatch import next_pow2
 from ..reference_rope import qk_rms_norm_rope_ref, rope_ref
 from ..reference import rms_norm_ref
 from . import _plan as plans
+from ._plan import IN_PLACE, MISS, NEW, OTHER, PLANS
 from .rms_norm_quant import QMAX, native_cast
 
 OP = "qk_norm_rope_cache"
@@ -30,6 +32,8 @@ MAX_HEAD_DIM = 1024  # whole head in registers; no chunked form
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 _FP8_CODE = {torch.float8_e4m3fn: 1, torch.float8_e5m2: 2}
 _PTRS = ("CS", "P", "XQ", "YQ", "WQ", "XK", "WK", "KC", "KO", "XV", "VC", "SM", "KSC", "VSC")
+_Tensor = torch.Tensor
+_grad_on = torch.is_grad_enabled
 
 
 def launcher() -> launch.KernelLauncher:
@@ -331,10 +335,270 @@ def run(q, k, v, q_weight, k_weight, cs, positions, k_cache, v_cache, slot_mappi
     return q_out
 
 
+# --------------------------------------------------------------------------- the fast call
+
+# Views of one call, as indices into ``_CachePlan.spans`` (byte spans relative to the data pointers).
+_Q, _K, _V, _QO, _KO, _KC, _VC = range(7)
+_KC_VC = (_KC, _VC)
+# The read-only tensors among the kernel's pointers (``_PTRS`` order): CS, P, WQ, WK, SM, KSC, VSC.
+_CS, _P, _WQ, _WK, _SM, _KSC, _VSC = 0, 1, 4, 6, 11, 12, 13
+
+
+class _CachePlan(plans.Plan):
+    """A fast call's plan, with what its per-call overlap checks need besides ``spans``/``geom``/``memo``:
+    ``pairs``: the pairs of views (indices above) that must share no element (every written view
+    against every other written or read activation, except an output against its own input);
+    ``written``: the indices of the written views; ``read_spans``: ``(pointer index, lo, hi)`` of
+    every tensor only read (weights, cos/sin cache, positions, slots, scales)."""
+
+    __slots__ = ("pairs", "written")
+
+
+def cpu_slots_ok(slot_mapping, k_cache) -> bool:
+    """With :data:`_plan.FAST_ON_CPU` (tests): CPU slots must be below ``num_slots``, as the
+    general call checks (CUDA slots are skipped by the kernel instead)."""
+    nb, bs = cache_geometry(k_cache)
+    return slot_mapping.numel() == 0 or int(slot_mapping.max()) < nb * bs
+
+
+def _sections(mrope_section):
+    """``mrope_section`` as a tuple of three ints for the key, or None (the general call takes it:
+    bools, numpy ints and other types are its to accept or refuse)."""
+    if type(mrope_section) not in (tuple, list) or len(mrope_section) != 3:
+        return None
+    a, b, c = mrope_section
+    if type(a) is not int or type(b) is not int or type(c) is not int:
+        return None
+    return a, b, c
+
+
+def fast(q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, eps, is_neox, rotary_dim, weight_offset,
+         mrope_section, k_scale, v_scale, q_out, k_out):
+    """The common CUDA call on a cached plan; None: take the general call (see ``qk_norm_rope.fast``).
+
+    The key holds every tensor's shape, stride, dtype and device and the scalars; per call only
+    the data pointers are read and checked: no written view (Q's target, ``k_out``, the caches)
+    may share memory with another written view or with q, k or v (an output may be its own
+    input exactly), and no read-only tensor may meet a written one (the general call would read
+    it from a private copy). Declined: non-tensor or unusual scalar arguments, negated views,
+    tensors requiring grad under grad mode, the torch backend, empty calls, calls past one
+    launch's rows, and on CPU (tests only, :data:`_plan.FAST_ON_CPU`) positions or slots out of
+    range."""
+    if type(q) is not _Tensor or type(k) is not _Tensor or type(v) is not _Tensor or type(cs) is not _Tensor \
+            or type(positions) is not _Tensor or type(k_cache) is not _Tensor or type(v_cache) is not _Tensor \
+            or type(slot_mapping) is not _Tensor or type(eps) is not float or type(weight_offset) is not float \
+            or type(is_neox) is not bool or not (rotary_dim is None or type(rotary_dim) is int) \
+            or backend.active == "torch":
+        return None
+    if mrope_section is not None:
+        mrope_section = _sections(mrope_section)
+        if mrope_section is None:
+            return None
+    try:  # a sparse tensor has no strides: the general call raises
+        dev = q.get_device()
+        if dev < 0 and not (plans.FAST_ON_CPU and plans.cpu_positions_ok(positions, cs)
+                            and cpu_slots_ok(slot_mapping, k_cache)):
+            return None
+        parts = plans.qk_key_parts(q, k, qw, kw, q if q_out is None else q_out, k_out)
+        if parts is None or v.is_neg() or cs.is_neg() or positions.is_neg() or k_cache.is_neg() \
+                or v_cache.is_neg() or slot_mapping.is_neg() \
+                or (_grad_on() and (v.requires_grad or cs.requires_grad or k_cache.requires_grad
+                                    or v_cache.requires_grad)):
+            return None
+        wk, qo, qok, ko, kok = parts  # qo: IN_PLACE or OTHER; ko: NEW (no k_out), IN_PLACE or OTHER
+        if k_scale is None:
+            ksk = None
+        elif type(k_scale) is _Tensor and not k_scale.is_neg() and not (k_scale.requires_grad and _grad_on()):
+            ksk = (k_scale.shape, k_scale.stride(), k_scale.dtype, k_scale.get_device())
+        else:
+            return None
+        if v_scale is None:
+            vsk = None
+        elif type(v_scale) is _Tensor and not v_scale.is_neg() and not (v_scale.requires_grad and _grad_on()):
+            vsk = (v_scale.shape, v_scale.stride(), v_scale.dtype, v_scale.get_device())
+        else:
+            return None
+        key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype,
+               dev, k.get_device(), v.get_device(), wk, cs.shape, cs.stride(), cs.dtype, cs.get_device(),
+               positions.shape, positions.stride(), positions.dtype, positions.get_device(),
+               k_cache.shape, k_cache.stride(), k_cache.dtype, k_cache.get_device(),
+               v_cache.shape, v_cache.stride(), v_cache.dtype, v_cache.get_device(),
+               slot_mapping.shape, slot_mapping.stride(), slot_mapping.dtype, slot_mapping.get_device(),
+               ksk, vsk, qok, kok, eps, weight_offset, is_neox, rotary_dim, mrope_section)
+        plan = PLANS.get(key, MISS)
+        if plan is MISS:
+            plan = PLANS.build(key, _fast_plan, q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, eps,
+                               is_neox, rotary_dim, weight_offset, mrope_section, k_scale, v_scale, q_out, k_out,
+                               qo, ko)
+    except (RuntimeError, TypeError):
+        return None
+    if plan is None:
+        return None
+    pq, pk, pv, pkc, pvc = q.data_ptr(), k.data_ptr(), v.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr()
+    pcs, pp, psm = cs.data_ptr(), positions.data_ptr(), slot_mapping.data_ptr()
+    if wk is None:
+        pqw, pkw, qw, kw = pq, pk, q, k  # never read (HAS_WEIGHT=False)
+    else:
+        pqw, pkw = qw.data_ptr(), kw.data_ptr()
+    if k_scale is None:
+        pks, k_scale = pcs, cs  # never read for a cache that is not FP8
+    else:
+        pks = k_scale.data_ptr()
+    if v_scale is None:
+        pvs, v_scale = pcs, cs
+    else:
+        pvs = v_scale.data_ptr()
+    if qo is IN_PLACE and ko is not OTHER:  # the engine's call: in place on a packed QKV buffer
+        q_out = q
+        if ko is NEW:
+            k_out, pko = k, pk  # never written (HAS_KOUT=False)
+        else:
+            pko = pk
+        ptrs = (pcs, pp, pq, pq, pqw, pk, pkw, pkc, pko, pv, pvc, psm, pks, pvs)
+        ip = plan.in_place
+        if ip is None or ip[0] != pk - pq or ip[1] != pv - pq:
+            ip = _activations_apart(plan, pq, pk, pv)
+        s = plan.spans
+        lo = hi = 0
+        if ip is not None:
+            lo, hi = pq + ip[2], pq + ip[3]  # Q, K and V together
+            a, b = s[_KC]
+            kl, kh = pkc + a, pkc + b
+            a, b = s[_VC]
+            vl, vh = pvc + a, pvc + b
+        if ip is None or not ((kh <= lo or hi <= kl) and (vh <= lo or hi <= vl)
+                              and (kh <= vl or vh <= kl or _apart(plan, _KC_VC, pkc, pvc))):
+            if not _views_apart(plan, (pq, pk, pv, pq, pko, pkc, pvc), qo, ko):
+                return None  # (exactly) overlapping views: the general call raises
+            ranges = _written_ranges(plan, (pq, pk, pv, pq, pko, pkc, pvc))
+        else:
+            ranges = ((lo, hi), (kl, kh), (vl, vh))
+    else:
+        if qo is IN_PLACE:
+            q_out, pqo = q, pq
+        else:
+            pqo = q_out.data_ptr()
+        if ko is NEW:
+            k_out, pko = k, pk
+        elif ko is IN_PLACE:
+            pko = pk
+        else:
+            pko = k_out.data_ptr()
+        views = (pq, pk, pv, pqo, pko, pkc, pvc)
+        if not _views_apart(plan, views, qo, ko):
+            return None
+        ranges = _written_ranges(plan, views)
+        ptrs = (pcs, pp, pq, pqo, pqw, pk, pkw, pkc, pko, pv, pvc, psm, pks, pvs)
+    for i, a, b in plan.read_spans:
+        lo, hi = ptrs[i] + a, ptrs[i] + b
+        for wl, wh in ranges:
+            if lo < wh and wl < hi:
+                return None  # a read tensor meeting a written one: the general call copies it
+    launch.run_plan(plan, launch.align_bits(*ptrs), ptrs,
+                    (cs, positions, q, q_out, qw, k, kw, k_cache, k_out, v, v_cache, slot_mapping, k_scale, v_scale))
+    return q_out
+
+
+def _activations_apart(plan, pq: int, pk: int, pv: int):
+    """In place on Q (and K, with ``k_out=k``): ``(pk - pq, pv - pq, lo, hi)`` when no written one
+    of q, k, v shares an element with another of them, where ``[pq + lo, pq + hi)`` is the byte
+    range the three cover; else None. The answer for the last distances is kept in
+    ``plan.in_place``."""
+    for i, j in plan.pairs:
+        if j <= _V and not _apart(plan, (i, j), (pq, pk, pv)[i], (pq, pk, pv)[j]):
+            return None
+    s = plan.spans
+    dk, dv = pk - pq, pv - pq
+    plan.in_place = ip = (dk, dv, min(s[_Q][0], dk + s[_K][0], dv + s[_V][0]),
+                          max(s[_Q][1], dk + s[_K][1], dv + s[_V][1]))
+    return ip
+
+
+def _views_apart(plan, views, qo, ko) -> bool:
+    """The exact overlap rules of :func:`check_args` on the data pointers ``views`` (indexed as
+    ``plan.spans``): an OTHER output is its input's exact view (in place) or shares no element
+    with it; every pair of ``plan.pairs`` shares no element."""
+    if qo is OTHER and not (views[_QO] == views[_Q] and plan.same_layout[0]) \
+            and not _apart(plan, (_QO, _Q), views[_QO], views[_Q]):
+        return False
+    if ko is OTHER and not (views[_KO] == views[_K] and plan.same_layout[1]) \
+            and not _apart(plan, (_KO, _K), views[_KO], views[_K]):
+        return False
+    for i, j in plan.pairs:
+        if not _apart(plan, (i, j), views[i], views[j]):
+            return False
+    return True
+
+
+def _apart(plan, pair, pa: int, pb: int) -> bool:
+    """:func:`_plan.apart` of two of the call's views; views of different element sizes whose
+    byte ranges meet are not apart (``layout.overlap`` cannot decide them: the general call raises)."""
+    sa, sb = plan.spans[pair[0]], plan.spans[pair[1]]
+    if pa + sa[1] <= pb + sb[0] or pb + sb[1] <= pa + sa[0]:
+        return True
+    return pair in plan.geom and plans.apart(plan, pair, pa, sa, pb, sb)
+
+
+def _written_ranges(plan, views) -> tuple:
+    s = plan.spans
+    return tuple((views[i] + s[i][0], views[i] + s[i][1]) for i in plan.written)
+
+
+def _fast_plan(q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, eps, is_neox, rotary_dim,
+               weight_offset, sections, k_scale, v_scale, q_out, k_out, qo, ko):
+    try:
+        r = check_args(q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, eps, is_neox, rotary_dim,
+                       weight_offset, sections, k_scale, v_scale, q_out, k_out, memory=False)[2]
+    except (TypeError, ValueError):
+        return None
+    if q.numel() == 0 or k.numel() == 0 or v.numel() == 0 or (not q.is_cuda and not plans.FAST_ON_CPU) \
+            or q.shape[0] * (q.shape[1] + k.shape[1]) > layout.ROW_LIMIT:
+        return None  # nothing to launch, or pieces of tokens: the general call
+    qt = q if qo is IN_PLACE else q_out
+    kc, vc = as_blocks(k_cache), as_blocks(v_cache)
+    base = _plan(q, k, v, qw, kw, cs, positions, qt, None if ko is NEW else k_out, kc, vc, slot_mapping, is_neox, r,
+                 sections)
+    plan = _CachePlan(base.launcher, base.entries, base.grid, base.tail, base.kwargs, base.device, base.config)
+    plans.bind_scalars(plan, eps, weight_offset)
+    # every view's byte span; an absent output gets its input's (never used)
+    views = (q, k, v, qt, k if ko is not OTHER else k_out, k_cache, v_cache)
+    plan.spans = tuple(plans.span(t.shape, t.stride(), t.element_size()) for t in views)
+    written = (_Q if qo is IN_PLACE else _QO,) + (() if ko is NEW else (_K if ko is IN_PLACE else _KO,)) + (_KC, _VC)
+    plan.written = written
+    pairs = []
+    for i in written:
+        for j in written + (_Q, _K, _V):
+            if i != j and (i, j) not in ((_QO, _Q), (_KO, _K)) and (i, j) not in pairs and (j, i) not in pairs:
+                pairs.append((i, j) if i < j else (j, i))
+    plan.pairs = tuple(sorted(pairs))
+    for i, j in plan.pairs + ((_QO, _Q), (_KO, _K)):
+        a, b = views[i], views[j]
+        if a.element_size() == b.element_size():  # else: byte ranges that meet decline (the general call raises)
+            plans.set_pair(plan, (i, j), a.shape, a.stride(), b.shape, b.stride(), a.element_size())
+    plan.same_layout = (qo is OTHER and q_out.stride() == q.stride(), ko is OTHER and k_out.stride() == k.stride())
+    reads = ((_CS, cs), (_P, positions), (_SM, slot_mapping), (_WQ, qw), (_WK, kw), (_KSC, k_scale), (_VSC, v_scale))
+    plan.read_spans = tuple((i,) + plans.span(t.shape, t.stride(), t.element_size()) for i, t in reads
+                            if t is not None)
+    return plan
+
+
 def call(q, k, v, q_weight, k_weight, cos_sin_cache, positions, k_cache, v_cache, slot_mapping, eps=1e-6,
          is_neox=True, rotary_dim=None, weight_offset=0.0, mrope_section=None, k_scale=None, v_scale=None, q_out=None,
          k_out=None):
-    """Eager ``qk_norm_rope_cache`` without compile routing (the custom op's body)."""
+    """Eager ``qk_norm_rope_cache`` without compile routing (the custom op's body): the fast
+    call, else the general one."""
+    r = fast(q, k, v, q_weight, k_weight, cos_sin_cache, positions, k_cache, v_cache, slot_mapping, eps, is_neox,
+             rotary_dim, weight_offset, mrope_section, k_scale, v_scale, q_out, k_out)
+    if r is None:
+        r = general(q, k, v, q_weight, k_weight, cos_sin_cache, positions, k_cache, v_cache, slot_mapping, eps,
+                    is_neox, rotary_dim, weight_offset, mrope_section, k_scale, v_scale, q_out, k_out)
+    return r
+
+
+def general(q, k, v, q_weight, k_weight, cos_sin_cache, positions, k_cache, v_cache, slot_mapping, eps=1e-6,
+            is_neox=True, rotary_dim=None, weight_offset=0.0, mrope_section=None, k_scale=None, v_scale=None,
+            q_out=None, k_out=None):
+    """The general call: :func:`check_args`, then :func:`run`."""
     eps, weight_offset, r, sections = check_args(q, k, v, q_weight, k_weight, cos_sin_cache, positions, k_cache,
                                                  v_cache, slot_mapping, eps, is_neox, rotary_dim, weight_offset,
                                                  mrope_section, k_scale, v_scale, q_out, k_out)
