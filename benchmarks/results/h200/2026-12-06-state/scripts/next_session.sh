@@ -30,5 +30,7 @@ timeout 60 $B --preset qwen3-8b --mode eager --tokens 1,16,64 --impl 'qknorm,sgl
   > $OUT/eager.log 2>&1; keep eager
 timeout 80 $B --preset quant --mode graph --tokens 1,16,128,1024,4096,16384 --impl 'qknorm,torch*,sglang*' \
   --out /tmp/b/quant > $OUT/quant.log 2>&1; keep quant
+timeout 90 $B --preset prologue --mode graph --tokens 1,16,128,1024,4096 --impl 'qknorm*,torch*,sglang*' \
+  --out /tmp/b/prologue > $OUT/prologue.log 2>&1; keep prologue
 fi
 echo done
