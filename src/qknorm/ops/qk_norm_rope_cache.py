@@ -340,6 +340,7 @@ def run(q, k, v, q_weight, k_weight, cs, positions, k_cache, v_cache, slot_mappi
 # Views of one call, as indices into ``_CachePlan.spans`` (byte spans relative to the data pointers).
 _Q, _K, _V, _QO, _KO, _KC, _VC = range(7)
 _KC_VC = (_KC, _VC)
+_SEEN_LIMIT = 256  # pointer tuples remembered per plan (an engine: one per layer and QKV buffer)
 # The read-only tensors among the kernel's pointers (``_PTRS`` order): CS, P, WQ, WK, SM, KSC, VSC.
 _CS, _P, _WQ, _WK, _SM, _KSC, _VSC = 0, 1, 4, 6, 11, 12, 13
 
@@ -349,9 +350,10 @@ class _CachePlan(plans.Plan):
     ``pairs``: the pairs of views (indices above) that must share no element (every written view
     against every other written or read activation, except an output against its own input);
     ``written``: the indices of the written views; ``read_spans``: ``(pointer index, lo, hi)`` of
-    every tensor only read (weights, cos/sin cache, positions, slots, scales)."""
+    every tensor only read (weights, cos/sin cache, positions, slots, scales); ``seen``: pointer
+    tuples that passed the per-call checks (bounded: ``_SEEN_LIMIT``)."""
 
-    __slots__ = ("pairs", "written")
+    __slots__ = ("pairs", "written", "seen")
 
 
 def cpu_slots_ok(slot_mapping, k_cache) -> bool:
@@ -448,55 +450,60 @@ def fast(q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, eps, is
         pvs, v_scale = pcs, cs
     else:
         pvs = v_scale.data_ptr()
+    if qo is IN_PLACE:
+        q_out, pqo = q, pq
+    else:
+        pqo = q_out.data_ptr()
+    if ko is NEW:
+        k_out, pko = k, pk  # never written (HAS_KOUT=False)
+    elif ko is IN_PLACE:
+        pko = pk
+    else:
+        pko = k_out.data_ptr()
+    ptrs = (pcs, pp, pq, pqo, pqw, pk, pkw, pkc, pko, pv, pvc, psm, pks, pvs)
+    seen = plan.seen
+    if ptrs not in seen:  # the overlap checks depend on the plan's layouts and these pointers only
+        if not _pointers_ok(plan, ptrs, qo, ko):
+            return None  # overlapping views (the general call raises) or a read tensor meeting a written one
+        if len(seen) >= _SEEN_LIMIT:
+            seen.clear()
+        seen.add(ptrs)
+    launch.run_plan(plan, launch.align_bits(*ptrs) if (pcs | pp | pq | pqo | pqw | pk | pkw | pkc | pko | pv | pvc
+                                                        | psm | pks | pvs) & 15 else 0, ptrs,
+                    (cs, positions, q, q_out, qw, k, kw, k_cache, k_out, v, v_cache, slot_mapping, k_scale, v_scale))
+    return q_out
+
+
+def _pointers_ok(plan, ptrs, qo, ko) -> bool:
+    """The per-call rules on the kernel's pointers ``ptrs`` (``_PTRS`` order): the written views
+    share no element with each other or with q, k, v (:func:`_views_apart`), and no read-only
+    tensor meets a written one (else the general call reads it from a private copy)."""
+    pq, pk, pv, pkc, pvc = ptrs[2], ptrs[5], ptrs[9], ptrs[7], ptrs[10]
+    views = (pq, pk, pv, ptrs[3], ptrs[8], pkc, pvc)
+    ranges = None
     if qo is IN_PLACE and ko is not OTHER:  # the engine's call: in place on a packed QKV buffer
-        q_out = q
-        if ko is NEW:
-            k_out, pko = k, pk  # never written (HAS_KOUT=False)
-        else:
-            pko = pk
-        ptrs = (pcs, pp, pq, pq, pqw, pk, pkw, pkc, pko, pv, pvc, psm, pks, pvs)
         ip = plan.in_place
         if ip is None or ip[0] != pk - pq or ip[1] != pv - pq:
             ip = _activations_apart(plan, pq, pk, pv)
-        s = plan.spans
-        lo = hi = 0
         if ip is not None:
+            s = plan.spans
             lo, hi = pq + ip[2], pq + ip[3]  # Q, K and V together
-            a, b = s[_KC]
-            kl, kh = pkc + a, pkc + b
-            a, b = s[_VC]
-            vl, vh = pvc + a, pvc + b
-        if ip is None or not ((kh <= lo or hi <= kl) and (vh <= lo or hi <= vl)
-                              and (kh <= vl or vh <= kl or _apart(plan, _KC_VC, pkc, pvc))):
-            if not _views_apart(plan, (pq, pk, pv, pq, pko, pkc, pvc), qo, ko):
-                return None  # (exactly) overlapping views: the general call raises
-            ranges = _written_ranges(plan, (pq, pk, pv, pq, pko, pkc, pvc))
-        else:
-            ranges = ((lo, hi), (kl, kh), (vl, vh))
-    else:
-        if qo is IN_PLACE:
-            q_out, pqo = q, pq
-        else:
-            pqo = q_out.data_ptr()
-        if ko is NEW:
-            k_out, pko = k, pk
-        elif ko is IN_PLACE:
-            pko = pk
-        else:
-            pko = k_out.data_ptr()
-        views = (pq, pk, pv, pqo, pko, pkc, pvc)
+            kl, kh = pkc + s[_KC][0], pkc + s[_KC][1]
+            vl, vh = pvc + s[_VC][0], pvc + s[_VC][1]
+            if (kh <= lo or hi <= kl) and (vh <= lo or hi <= vl) and (kh <= vl or vh <= kl
+                                                                      or _apart(plan, _KC_VC, pkc, pvc)):
+                ranges = ((lo, hi), (kl, kh), (vl, vh))
+    if ranges is None:
         if not _views_apart(plan, views, qo, ko):
-            return None
-        ranges = _written_ranges(plan, views)
-        ptrs = (pcs, pp, pq, pqo, pqw, pk, pkw, pkc, pko, pv, pvc, psm, pks, pvs)
+            return False
+        s = plan.spans
+        ranges = tuple((views[i] + s[i][0], views[i] + s[i][1]) for i in plan.written)
     for i, a, b in plan.read_spans:
         lo, hi = ptrs[i] + a, ptrs[i] + b
         for wl, wh in ranges:
             if lo < wh and wl < hi:
-                return None  # a read tensor meeting a written one: the general call copies it
-    launch.run_plan(plan, launch.align_bits(*ptrs), ptrs,
-                    (cs, positions, q, q_out, qw, k, kw, k_cache, k_out, v, v_cache, slot_mapping, k_scale, v_scale))
-    return q_out
+                return False
+    return True
 
 
 def _activations_apart(plan, pq: int, pk: int, pv: int):
@@ -539,11 +546,6 @@ def _apart(plan, pair, pa: int, pb: int) -> bool:
     return pair in plan.geom and plans.apart(plan, pair, pa, sa, pb, sb)
 
 
-def _written_ranges(plan, views) -> tuple:
-    s = plan.spans
-    return tuple((views[i] + s[i][0], views[i] + s[i][1]) for i in plan.written)
-
-
 def _fast_plan(q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, eps, is_neox, rotary_dim,
                weight_offset, sections, k_scale, v_scale, q_out, k_out, qo, ko):
     try:
@@ -565,6 +567,7 @@ def _fast_plan(q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, e
     plan.spans = tuple(plans.span(t.shape, t.stride(), t.element_size()) for t in views)
     written = (_Q if qo is IN_PLACE else _QO,) + (() if ko is NEW else (_K if ko is IN_PLACE else _KO,)) + (_KC, _VC)
     plan.written = written
+    plan.seen = set()
     pairs = []
     for i in written:
         for j in written + (_Q, _K, _V):
