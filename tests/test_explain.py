@@ -185,3 +185,13 @@ def test_quantised_ops_explain_the_decision_their_kernel_uses():
         text = qknorm.explain(*args, op=op)
         assert text.startswith(f"{op} runs its own kernel on the tile {shared} picks")
         assert text.split("\n", 1)[1] == qknorm.explain(*args, op=shared)
+
+
+def test_explain_refuses_a_second_tensor_or_a_missing_residual():
+    x = torch.randn(8, 256)
+    for op in ("rms_norm", "rms_norm_quant"):
+        with pytest.raises(ValueError, match="takes one tensor"):
+            qknorm.explain(x, torch.randn(3, 256), op=op)
+    for op in ("fused_add_rms_norm", "fused_add_rms_norm_quant"):
+        with pytest.raises(ValueError, match="needs the residual"):
+            qknorm.explain(x, op=op)

@@ -177,7 +177,8 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
         ``x`` or ``k`` is not a tensor of a supported dtype, or ``top`` is not an int.
     ValueError
         A 0-d tensor, ``k`` of another last dim (or another shape than ``x`` for the
-        residual), an unknown ``op``, ``op="qk_rms_norm"`` without ``k``, or ``top < 0``.
+        residual), an unknown ``op``, ``op="qk_rms_norm"`` or a fused-add op without ``k``, an
+        ``rms_norm`` op with ``k``, or ``top < 0``.
     TableError
         ``table`` is a path that does not load (:func:`qknorm.tuned_table.load_table`).
     """
@@ -190,6 +191,10 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
         op = "rms_norm" if k is None else "qk_rms_norm"
     if op not in OPS and op not in SHARED_DECISIONS:
         raise ValueError(f"op must be one of {', '.join(OPS + tuple(SHARED_DECISIONS))}, got {op!r}")
+    if op in ("rms_norm", "rms_norm_quant") and k is not None:
+        raise ValueError(f"op={op!r} takes one tensor; got a second one (k, shape {tuple(k.shape)})")
+    if op in ("fused_add_rms_norm", "fused_add_rms_norm_quant") and k is None:
+        raise ValueError(f"op={op!r} needs the residual (pass it as k, the shape of x)")
     shared = SHARED_DECISIONS.get(op)
     if shared is not None:  # an op whose kernel takes another op's tile: explain that decision
         lines = [f"{op} runs its own kernel on the tile {shared} picks for the same call:",

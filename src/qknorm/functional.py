@@ -305,6 +305,11 @@ _QUANT_DOC_PARAMS = """
 """
 
 
+def _quant_extra(scale, scale_ub, out, scales_out):
+    """The quantised ops' other tensor arguments, named, for ``refuse_grad``."""
+    return (("scale", scale), ("scale_ub", scale_ub), ("out", out), ("scales_out", scales_out))
+
+
 def rms_norm_quant(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6, *,
                    scale: torch.Tensor | None = None, group_size: int | None = None,
                    out_dtype: torch.dtype = torch.float8_e4m3fn, weight_offset: float = 0.0, scale_ub=None,
@@ -326,7 +331,7 @@ def rms_norm_quant(x: torch.Tensor, weight: torch.Tensor | None = None, eps: flo
         Added to the mean square, >= 0.
     """
     if _is_compiling():
-        _quant.refuse_grad(("x", x), ("weight", weight))
+        _quant.refuse_grad(("x", x), ("weight", weight), *_quant_extra(scale, scale_ub, out, scales_out))
         eps, weight_offset, _ = _quant.check_args(x, None, weight, eps, scale, group_size, out_dtype, weight_offset,
                                                   scale_ub, column_major_scales, scale_ue8m0, out, scales_out,
                                                   memory=False)
@@ -336,7 +341,7 @@ def rms_norm_quant(x: torch.Tensor, weight: torch.Tensor | None = None, eps: flo
                     scale_ue8m0, out, scales_out)
     if r is not None:
         return r
-    _quant.refuse_grad(("x", x), ("weight", weight))
+    _quant.refuse_grad(("x", x), ("weight", weight), *_quant_extra(scale, scale_ub, out, scales_out))
     eps, weight_offset, groups = _quant.check_args(x, None, weight, eps, scale, group_size, out_dtype, weight_offset,
                                                    scale_ub, column_major_scales, scale_ue8m0, out, scales_out)
     return _quant.run(x, None, weight, eps, scale, groups, out_dtype, weight_offset, scale_ub, column_major_scales,
@@ -366,7 +371,8 @@ def fused_add_rms_norm_quant(x: torch.Tensor, residual: torch.Tensor, weight: to
         Added to the mean square, >= 0.
     """
     if _is_compiling():
-        _quant.refuse_grad(("x", x), ("residual", residual), ("weight", weight))
+        _quant.refuse_grad(("x", x), ("residual", residual), ("weight", weight),
+                               *_quant_extra(scale, scale_ub, out, scales_out))
         eps, weight_offset, _ = _quant.check_args(x, residual, weight, eps, scale, group_size, out_dtype,
                                                   weight_offset, scale_ub, column_major_scales, scale_ue8m0, out,
                                                   scales_out, memory=False)
@@ -377,7 +383,8 @@ def fused_add_rms_norm_quant(x: torch.Tensor, residual: torch.Tensor, weight: to
                     column_major_scales, scale_ue8m0, out, scales_out)
     if r is not None:
         return r
-    _quant.refuse_grad(("x", x), ("residual", residual), ("weight", weight))
+    _quant.refuse_grad(("x", x), ("residual", residual), ("weight", weight),
+                               *_quant_extra(scale, scale_ub, out, scales_out))
     eps, weight_offset, groups = _quant.check_args(x, residual, weight, eps, scale, group_size, out_dtype,
                                                    weight_offset, scale_ub, column_major_scales, scale_ue8m0, out,
                                                    scales_out)

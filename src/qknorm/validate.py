@@ -70,7 +70,8 @@ def eps_value(eps, *, allow_none: bool = False):
     """eps as a float: >= 0 and at most fp32's largest value, where the norms compute (TypeError
     for non-numbers, ValueError for the range)."""
     e = real("eps", eps, allow_none=allow_none)
-    if e is not None and (not math.isfinite(e) or e < 0 or e > FP32_MAX):
+    # comparisons, not math.isfinite: under torch.compile(dynamic=True) a float may be symbolic
+    if e is not None and not 0.0 <= e <= FP32_MAX:  # NaN and inf fail too
         raise ValueError(f"eps must be a finite number >= 0 and <= {FP32_MAX:.8g} (fp32's largest value: the "
                          f"norm is computed in fp32), got {eps!r}")
     return e
@@ -79,7 +80,7 @@ def eps_value(eps, *, allow_none: bool = False):
 def scalars(eps, weight_offset, has_weight: bool) -> None:
     eps_value(eps)
     wo = real("weight_offset", weight_offset)
-    if not math.isfinite(wo):
+    if not -math.inf < wo < math.inf:  # NaN fails too (a comparison: symbolic floats under compile)
         raise ValueError(f"weight_offset must be a finite number, got {weight_offset!r}")
     if wo != 0 and not has_weight:
         raise ValueError(f"weight_offset={weight_offset} needs a weight (weight is None)")
@@ -117,9 +118,13 @@ def residual(x, res) -> None:
 def written(name: str, t) -> None:
     """A tensor the op writes must not address one element twice (``expand``, stride 0,
     overlapping ``as_strided``): the rows would race and the result would depend on the order."""
+    if _is_compiling():
+        # Traced: sizes may be symbolic while they look like ints (Dynamo), and the search below
+        # cannot run on them; the op's eager body (or copy_ into the target) checks the real tensor.
+        return
     shape, stride = tuple(t.shape), tuple(t.stride())
     if not all(type(v) is int for v in shape + stride):
-        return  # symbolic sizes (tracing): the eager implementation checks the real tensor
+        return  # symbolic sizes (fake tensors): the eager implementation checks the real tensor
     _refuse_overlap(layout.self_overlap(shape, stride),
                     f"cannot prove that {name} (shape {shape}, stride {stride}) does not overlap itself; pass a "
                     f"tensor without internal overlap (e.g. .contiguous())",

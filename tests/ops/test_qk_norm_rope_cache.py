@@ -90,6 +90,8 @@ CASES = [
     ("cache self overlap", lambda a: call(a, kc=a["kc"][:, :1].expand(NB, BS, HKV, D)), ValueError,
      "k_cache overlaps itself"),
     ("grad", lambda a: call(a, q=a["q"].detach().requires_grad_()), ValueError, "q requires grad"),
+    ("q in place over itself", lambda a: call(a, q=a["qkv"][:1, :HQ * D].view(1, HQ, D).expand(T, HQ, D)),
+     ValueError, r"q \(written in place: q_out=None\) overlaps itself"),
 ]
 
 

@@ -180,6 +180,45 @@ def test_not_differentiable_under_grad_mode():
     assert not y.requires_grad
 
 
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("name", ["out", "scales_out", "scale", "scale_ub"])
+def test_written_or_read_tensors_that_require_grad_are_refused(name, fused):
+    """A written tensor (or a scale) that requires grad would get a gradient as if it were an
+    independent leaf: refused, nothing written."""
+    x = randn(4, 64)
+    r = randn(4, 64, seed=1)
+    kw = {"out": torch.zeros(4, 64, dtype=torch.float8_e4m3fn, device=DEV),
+          "scales_out": torch.zeros(4, 1, device=DEV)}
+    if name == "scale":
+        kw = {"scale": torch.tensor([0.02], device=DEV)}
+    elif name == "scale_ub":
+        kw["scale_ub"] = torch.tensor([0.5], device=DEV)
+    t = kw[name]
+    if t.is_floating_point() and t.dtype.itemsize > 1:
+        t.requires_grad_()
+    else:
+        pytest.skip("fp8 tensors cannot require grad")
+    before = {k: v.detach().clone() for k, v in kw.items()}
+    r0 = r.clone()
+    with pytest.raises(ValueError, match=f"{name} requires grad"):
+        if fused:
+            qknorm.fused_add_rms_norm_quant(x, r, **kw)
+        else:
+            qknorm.rms_norm_quant(x, **kw)
+    for k, v in kw.items():
+        assert torch.equal(v.detach().view(torch.uint8) if v.element_size() == 1 else v.detach(),
+                           before[k].view(torch.uint8) if v.element_size() == 1 else before[k]), k
+    assert torch.equal(r, r0)
+
+
+def test_a_new_output_is_contiguous_on_every_backend():
+    x = randn(6, 5, 200)[::2].transpose(0, 1)
+    y, _ = qknorm.rms_norm_quant(x)
+    assert y.is_contiguous()
+    y, _ = qknorm.fused_add_rms_norm_quant(x, x.clone())
+    assert y.is_contiguous()
+
+
 
 
 def test_batch_invariant_codes():
@@ -327,6 +366,28 @@ def test_compiles_fullgraph_to_functional_ops():
     assert "qknorm.rms_norm_quant" in code and "qknorm.fused_add_rms_norm_quant_functional" in code
     assert not re.findall(r"qknorm\.(?:rms_norm_quant_out|fused_add_rms_norm_quant_out|fused_add_rms_norm_quant)[.(]",
                           code)
+
+
+@pytest.mark.parametrize("dynamic", [None, True])
+def test_compile_with_changing_token_counts(dynamic):
+    """Recompiles for a new token count (or traces symbolic sizes) without a graph break, out=,
+    the fused form and every scale mode included."""
+    torch._dynamo.reset()
+    fns = [lambda x, r, o, so: qknorm.rms_norm_quant(x, out=o, scales_out=so),
+           lambda x, r, o, so: qknorm.fused_add_rms_norm_quant(x, r, group_size=16, scale_ue8m0=True,
+                                                              column_major_scales=True),
+           lambda x, r, o, so: qknorm.rms_norm_quant(x, scale_ub=0.01, out_dtype=torch.int8),
+           lambda x, r, o, so: qknorm.rms_norm_quant(x, scale=torch.tensor([0.02], device=DEV))]
+    for fn in fns:
+        g = torch.compile(fn, fullgraph=True, backend="aot_eager", dynamic=dynamic)
+        for t in (3, 5, 9):
+            args = [randn(t, 64, seed=t), randn(t, 64, seed=t + 1),
+                    torch.empty(t, 64, dtype=torch.float8_e4m3fn, device=DEV), torch.empty(t, 1, device=DEV)]
+            got = g(*[a.clone() for a in args])
+            want = fn(*[a.clone() for a in args])
+            for a, b in zip(got, want):
+                assert torch.equal(a.view(torch.uint8) if a.element_size() == 1 else a,
+                                   b.view(torch.uint8) if b.element_size() == 1 else b)
 
 
 def test_compile_fullgraph_aot_eager_matches_eager():

@@ -141,6 +141,8 @@ def check_args(q, k, v, q_weight, k_weight, cos_sin_cache, positions, k_cache, v
     _scale("k_scale", k_scale, "k_cache", k_cache, q)
     _scale("v_scale", v_scale, "v_cache", v_cache, q)
     q_target = q if q_out is None else q_out  # None: Q in place
+    if q_out is None:  # named as the caller knows it (qk_outputs would call it q_out)
+        validate.written("q (written in place: q_out=None)", q)
     validate.qk_outputs(q, k, q_target, k_out, memory=memory)
     validate.written("k_cache", k_cache)
     validate.written("v_cache", v_cache)

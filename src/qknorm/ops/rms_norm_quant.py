@@ -225,6 +225,8 @@ def run(x, residual, weight, eps: float, scale, n_groups: int, out_dtype, weight
         if out is not None:
             out.copy_(y)
             y = out
+        elif not y.is_contiguous():  # as the kernel path: a new output is contiguous
+            y = y.contiguous()
         if scale is not None:
             return y, scale
         if scales_out is None:
