@@ -121,3 +121,24 @@ def test_valid_edges_do_not_raise():
 def test_exported():
     assert "qk_rms_norm_rope" in qknorm.__all__
     assert qknorm.qk_rms_norm_rope.__doc__
+
+
+def test_rope_config_gives_each_thread_whole_vectors_of_a_rotary_half():
+    """Partial rotary (64 of 256) at the QK pick's 8 warps would give a thread one element of
+    each half (scalar loads on sm_90): fewer warps then; full rotary and a caller's config stay."""
+    from qknorm import dispatch
+    from qknorm.ops import _plan as P
+    cpu = torch.device("cpu")
+    for d, r, n in ((256, 64, 18), (256, 64, 73728), (128, 128, 40), (128, 64, 4096), (256, 256, 18)):
+        qk = dispatch.choose_config("qk_rms_norm", torch.bfloat16, d, n, cpu)[0]
+        cfg = P.choose_rope(torch.bfloat16, d, r, n, cpu, None)
+        assert (cfg.rows, cfg.block_d, cfg.persistent) == (qk.rows, qk.block_d, qk.persistent)
+        half_tile = cfg.rows * triton_next_pow2(r // 2) * 2
+        assert half_tile // (32 * cfg.num_warps) >= P.ROPE_MIN_BYTES or cfg.num_warps == 1
+        assert cfg.num_warps == qk.num_warps or half_tile // (32 * qk.num_warps) < P.ROPE_MIN_BYTES
+    forced = qknorm.KernelConfig(rows=8, block_d=256, num_warps=8)
+    assert P.choose_rope(torch.bfloat16, 256, 64, 18, cpu, forced) is forced
+
+
+def triton_next_pow2(n):
+    return 1 << max(n - 1, 0).bit_length()

@@ -20,6 +20,7 @@ dispatcher would no longer pick.
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 import importlib
 import os
@@ -284,6 +285,26 @@ def choose(op: str, dtype, d: int, n_rows: int, device, config):
     if config is not None:
         return config
     return dispatch.choose_config(op, dtype, d, n_rows, device)[0]
+
+
+#: The RoPE kernels load each row's rotary halves as ``[ROWS, next_pow2(rotary_dim / 2)]`` tiles: a
+#: thread holding fewer bytes of such a tile than this loads them one element at a time.
+ROPE_MIN_BYTES = 8
+
+
+def choose_rope(dtype, d: int, rotary_dim: int, n_rows: int, device, config) -> KernelConfig:
+    """The config of the QK norm + RoPE kernels (``qk_rms_norm_rope``, the attention prologue): the
+    dispatcher's ``qk_rms_norm`` pick, with fewer warps when its tile would give each thread fewer
+    than :data:`ROPE_MIN_BYTES` of a rotary half (partial rotary, e.g. 64 of 256: sm_90 SASS showed
+    16-bit scalar loads and stores at 8 warps; with 16 bytes per thread they are 128-bit), so each
+    thread loads 16 bytes. A caller's ``config`` is kept as given."""
+    if config is not None:
+        return config
+    cfg = dispatch.choose_config("qk_rms_norm", dtype, d, n_rows, device)[0]
+    tile = cfg.rows * (1 << max(rotary_dim // 2 - 1, 0).bit_length()) * dtype.itemsize
+    if tile // (32 * cfg.num_warps) >= ROPE_MIN_BYTES:
+        return cfg
+    return dataclasses.replace(cfg, num_warps=max(1, min(cfg.num_warps, tile // (32 * 16))))
 
 
 def make_plan(launcher, cfg: KernelConfig, n_blocks: int, device, ptr_dtypes: tuple, **static) -> Plan:

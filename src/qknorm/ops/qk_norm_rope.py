@@ -18,7 +18,6 @@ from . import _plan as plans
 from ._plan import MISS, IN_PLACE, PLANS
 
 OP = "qk_rms_norm_rope"
-CONFIG_OP = "qk_rms_norm"  # the dispatcher's pick for QK norm of the same rows (ROWS, num_warps)
 MAX_HEAD_DIM = 1024  # whole head in registers; no chunked form
 _Tensor = torch.Tensor
 _grad_on = torch.is_grad_enabled
@@ -137,7 +136,7 @@ def _plan(q, k, qw, kw, cs, positions, q_out_strides, k_out_strides, is_neox, r,
     t, hq, d = q.shape
     hk = k.shape[1]
     q_rows, k_rows = t * hq, t * hk
-    cfg = plans.choose(CONFIG_OP, q.dtype, d, q_rows + k_rows, q.device, config)
+    cfg = plans.choose_rope(q.dtype, d, r, q_rows + k_rows, q.device, config)
     half, tail = r // 2, d - r
     dts = (cs.dtype, positions.dtype, q.dtype, qw.dtype if qw is not None else q.dtype,
            kw.dtype if kw is not None else q.dtype)

@@ -27,7 +27,6 @@ from ._plan import IN_PLACE, MISS, NEW, OTHER, PLANS
 from .rms_norm_quant import QMAX, native_cast
 
 OP = "qk_norm_rope_cache"
-CONFIG_OP = "qk_rms_norm"  # the dispatcher's pick for QK norm of the same rows (ROWS, num_warps)
 MAX_HEAD_DIM = 1024  # whole head in registers; no chunked form
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 _FP8_CODE = {torch.float8_e4m3fn: 1, torch.float8_e5m2: 2}
@@ -250,7 +249,7 @@ def _plan(q, k, v, qw, kw, cs, positions, q_out, k_out, kc, vc, slot_mapping, is
     t, hq, d = q.shape
     hk, dv = k.shape[1], v.shape[2]
     q_rows, k_rows = t * hq, t * hk
-    cfg = plans.choose(CONFIG_OP, q.dtype, d, q_rows + k_rows, q.device, None)
+    cfg = plans.choose_rope(q.dtype, d, r, q_rows + k_rows, q.device, None)  # as qk_rms_norm_rope: Q's bits
     half, tail = r // 2, d - r
     mrope = sections is not None
     s0, s01 = (sections[0], sections[0] + sections[1]) if mrope else (0, 0)
