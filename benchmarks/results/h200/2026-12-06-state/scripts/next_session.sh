@@ -32,5 +32,7 @@ timeout 80 $B --preset quant --mode graph --tokens 1,16,128,1024,4096,16384 --im
   --out /tmp/b/quant > $OUT/quant.log 2>&1; keep quant
 timeout 90 $B --preset prologue --mode graph --tokens 1,16,128,1024,4096 --impl 'qknorm*,torch*,sglang*' \
   --out /tmp/b/prologue > $OUT/prologue.log 2>&1; keep prologue
+timeout 60 $B --preset rope --mode graph --tokens 1,64,512,4096,16384 --impl 'qknorm,sglang*' \
+  --out /tmp/b/rope > $OUT/rope.log 2>&1; keep rope   # partial rotary after choose_rope (6583730)
 fi
 echo done
