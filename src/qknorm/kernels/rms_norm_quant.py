@@ -56,7 +56,7 @@ import triton.language as tl
 
 from . import rows
 from .pdl import pdl_launch_dependents, pdl_wait
-from .rows import any_true, extreme_rows, rescued_factors, rescued_rows, row_exponent, row_offsets, pow2, scaled_factors
+from .rows import any_true, chunked_factors, extreme_rows, load_sum, rescued_factors, rescued_rows, row_offsets
 
 AMAX_FLOOR = tl.constexpr(1e-10)  #: dynamic scales are ``max(amax, AMAX_FLOOR) / qmax``
 OUT_INT8 = tl.constexpr(0)
@@ -150,15 +150,6 @@ def to_codes(q, out_ty: tl.constexpr, OUT: tl.constexpr, NATIVE_CAST: tl.constex
 # --------------------------------------------------------------------------- row pieces
 
 @triton.jit
-def _load_sum(x_ptr, r_ptr, mask, HAS_RESIDUAL: tl.constexpr):
-    """fp32 ``x`` (or ``x + residual``), as ``norm_block`` / ``add_norm_block`` load it."""
-    s = tl.load(x_ptr, mask=mask, other=0.0).to(tl.float32)
-    if HAS_RESIDUAL:
-        s = s + tl.load(r_ptr, mask=mask, other=0.0).to(tl.float32)
-    return s
-
-
-@triton.jit
 def _normed(s, p, q, w, HAS_WEIGHT: tl.constexpr):
     """``n`` of a re-read piece of rows: ``s * q`` (``(s * p) * q`` with the safe range), times ``w``."""
     if rows.SAFE_RANGE:
@@ -179,8 +170,8 @@ def _row_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_RES
     fp32's range. Reads only."""
     if not CHUNKED:
         mask = row_ok[:, None] & (cols < D)[None, :]
-        s = _load_sum(x_row[:, None] + (cols * xsd)[None, :], r_row[:, None] + (cols * rsd)[None, :], mask,
-                      HAS_RESIDUAL)
+        s = load_sum(x_row[:, None] + (cols * xsd)[None, :], r_row[:, None] + (cols * rsd)[None, :], mask,
+                     HAS_RESIDUAL)
         ss = tl.sum(s * s, axis=1)
         q = tl.rsqrt(ss / D + eps)
         p = q * 0.0 + 1.0
@@ -191,39 +182,8 @@ def _row_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_RES
                 p = tl.where(bad, p2, p)
                 q = tl.where(bad, q2, q)
     else:
-        acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-        for start in range(0, D, BLOCK_D):
-            c = start + cols
-            mask = row_ok[:, None] & (c < D)[None, :]
-            s = _load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], mask,
-                          HAS_RESIDUAL)
-            acc += s * s
-        ss = tl.sum(acc, axis=1)
-        q = tl.rsqrt(ss / D + eps)
-        p = q * 0.0 + 1.0
-        if rows.SAFE_RANGE:
-            bad = extreme_rows(ss, D, eps)
-            if any_true(bad):  # rare: rows out of fp32's range; two more reads (as norm_block)
-                amax = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-                for start in range(0, D, BLOCK_D):
-                    c = start + cols
-                    mask = row_ok[:, None] & (c < D)[None, :]
-                    s = _load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :],
-                                  mask, HAS_RESIDUAL)
-                    amax = tl.maximum(amax, tl.abs(s))
-                k = row_exponent(tl.max(amax, axis=1), bad)
-                sc = pow2(k >> 1) * pow2(k - (k >> 1))
-                acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-                for start in range(0, D, BLOCK_D):
-                    c = start + cols
-                    mask = row_ok[:, None] & (c < D)[None, :]
-                    s = _load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :],
-                                  mask, HAS_RESIDUAL)
-                    s = s * sc[:, None]
-                    acc += s * s
-                p2, q2 = scaled_factors(tl.sum(acc, axis=1), D, eps, eps_tiny, k)
-                p = tl.where(bad, p2, p)
-                q = tl.where(bad, q2, q)
+        p, q, _ = chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_RESIDUAL, ROWS,
+                                  BLOCK_D, 1)
     return p, q
 
 
@@ -260,7 +220,7 @@ def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub, n_
         mask = row_ok[:, None] & col_ok[None, :]
         x_ptr = x_row[:, None] + (cols * xsd)[None, :]
         r_ptr = r_row[:, None] + (cols * rsd)[None, :]
-        s = _load_sum(x_ptr, r_ptr, mask, HAS_RESIDUAL)
+        s = load_sum(x_ptr, r_ptr, mask, HAS_RESIDUAL)
         ss = tl.sum(s * s, axis=1)
         if HAS_RESIDUAL:
             tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
@@ -304,7 +264,7 @@ def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub, n_
                 col_ok = c < D
                 mask = row_ok[:, None] & col_ok[None, :]
                 r_ptr = r_row[:, None] + (c * rsd)[None, :]
-                s = _load_sum(x_row[:, None] + (c * xsd)[None, :], r_ptr, mask, HAS_RESIDUAL)
+                s = load_sum(x_row[:, None] + (c * xsd)[None, :], r_ptr, mask, HAS_RESIDUAL)
                 if HAS_RESIDUAL:
                     tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
                 w = 1.0
@@ -328,7 +288,7 @@ def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub, n_
                 cm = (gi < n_groups)[:, None] & (j < GROUP)[None, :]
                 mask = row_ok[:, None, None] & cm[None, :, :]
                 r_ptr = r_row[:, None, None] + (c * rsd)[None, :, :]
-                s = _load_sum(x_row[:, None, None] + (c * xsd)[None, :, :], r_ptr, mask, HAS_RESIDUAL)
+                s = load_sum(x_row[:, None, None] + (c * xsd)[None, :, :], r_ptr, mask, HAS_RESIDUAL)
                 if HAS_RESIDUAL:
                     tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
                 w = 1.0
@@ -355,8 +315,8 @@ def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub, n_
                     c = base + k
                     col_ok = k < glen
                     mask = row_ok[:, None] & col_ok[None, :]
-                    s = _load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], mask,
-                                  HAS_RESIDUAL)
+                    s = load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], mask,
+                                 HAS_RESIDUAL)
                     w = 1.0
                     if HAS_WEIGHT:
                         w = (tl.load(W + c * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset)[None, :]
@@ -368,7 +328,7 @@ def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub, n_
                     col_ok = k < glen
                     mask = row_ok[:, None] & col_ok[None, :]
                     r_ptr = r_row[:, None] + (c * rsd)[None, :]
-                    s = _load_sum(x_row[:, None] + (c * xsd)[None, :], r_ptr, mask, HAS_RESIDUAL)
+                    s = load_sum(x_row[:, None] + (c * xsd)[None, :], r_ptr, mask, HAS_RESIDUAL)
                     if HAS_RESIDUAL:
                         tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
                     w = 1.0

@@ -141,6 +141,69 @@ def any_true(mask):
 
 
 @triton.jit
+def load_sum(x_ptr, r_ptr, mask, HAS_RESIDUAL: tl.constexpr):
+    """fp32 ``x`` (or ``x + residual`` when ``HAS_RESIDUAL``; ``r_ptr`` is never read otherwise)."""
+    s = tl.load(x_ptr, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        s = s + tl.load(r_ptr, mask=mask, other=0.0).to(tl.float32)
+    return s
+
+
+@triton.jit
+def chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_RESIDUAL: tl.constexpr,
+                    ROWS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNKED: tl.constexpr):
+    """First pass of a chunked row (of ``x``, or of ``x + residual``): ``(p, q, tiles)`` with
+    ``n = (s * p) * q``: ``p = 1``, ``q = rsqrt(mean(s**2) + eps)`` from chunk-wise partial sums of
+    squares, and the rows out of fp32's range rescaled with ``SAFE_RANGE`` (two more reads).
+    ``tiles``: with ``CHUNKED >= 2`` the row's ``CHUNKED`` exact tiles, kept in registers for the
+    write pass; else ``()`` (the write pass reads the row again). Reads only."""
+    acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    tiles = ()
+    if CHUNKED >= 2:
+        for i in tl.static_range(CHUNKED):
+            c = i * BLOCK_D + cols
+            mask = row_ok[:, None] & (c < D)[None, :]
+            s = load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], mask,
+                         HAS_RESIDUAL)
+            acc += s * s
+            tiles = tiles + (s,)
+    else:
+        for start in range(0, D, BLOCK_D):
+            c = start + cols
+            mask = row_ok[:, None] & (c < D)[None, :]
+            s = load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], mask,
+                         HAS_RESIDUAL)
+            acc += s * s
+    ss = tl.sum(acc, axis=1)
+    q = tl.rsqrt(ss / D + eps)
+    p = q * 0.0 + 1.0
+    if SAFE_RANGE:
+        bad = extreme_rows(ss, D, eps)
+        if any_true(bad):  # rare: rows out of fp32's range; two more reads
+            amax = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+            for start in range(0, D, BLOCK_D):
+                c = start + cols
+                mask = row_ok[:, None] & (c < D)[None, :]
+                s = load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], mask,
+                             HAS_RESIDUAL)
+                amax = tl.maximum(amax, tl.abs(s))
+            k = row_exponent(tl.max(amax, axis=1), bad)
+            sc = pow2(k >> 1) * pow2(k - (k >> 1))
+            acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+            for start in range(0, D, BLOCK_D):
+                c = start + cols
+                mask = row_ok[:, None] & (c < D)[None, :]
+                s = load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], mask,
+                             HAS_RESIDUAL)
+                s = s * sc[:, None]
+                acc += s * s
+            p2, q2 = scaled_factors(tl.sum(acc, axis=1), D, eps, eps_tiny, k)
+            p = tl.where(bad, p2, p)
+            q = tl.where(bad, q2, q)
+    return p, q, tiles
+
+
+@triton.jit
 def norm_block(block, X, Y, W, n_rows, D, N1, N2,
                xs0, xs1, xs2, xsd, ys0, ys1, ys2, ysd, ws, eps, eps_tiny, w_offset,
                HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -175,45 +238,8 @@ def norm_block(block, X, Y, W, n_rows, D, N1, N2,
         # After the common store, so the common path waits for nothing.
         store_extreme_rows(x, ss, D, eps, eps_tiny, w2, y_ptr, mask, HAS_WEIGHT)
     else:
-        acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-        xs = ()
-        if CHUNKED >= 2:  # CHUNKED exact tiles, kept in registers: the row is read once
-            for i in tl.static_range(CHUNKED):
-                c = i * BLOCK_D + cols
-                mask = row_ok[:, None] & (c < D)[None, :]
-                x = tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
-                acc += x * x
-                xs = xs + (x,)
-        else:
-            for start in range(0, D, BLOCK_D):
-                c = start + cols
-                mask = row_ok[:, None] & (c < D)[None, :]
-                x = tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
-                acc += x * x
-        ss = tl.sum(acc, axis=1)
-        q = tl.rsqrt(ss / D + eps)
-        p = q * 0.0 + 1.0
-        if SAFE_RANGE:
-            bad = extreme_rows(ss, D, eps)
-            if any_true(bad):  # rare: rows out of fp32's range; two more reads
-                amax = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-                for start in range(0, D, BLOCK_D):
-                    c = start + cols
-                    mask = row_ok[:, None] & (c < D)[None, :]
-                    x = tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
-                    amax = tl.maximum(amax, tl.abs(x))
-                k = row_exponent(tl.max(amax, axis=1), bad)
-                sc = pow2(k >> 1) * pow2(k - (k >> 1))
-                acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-                for start in range(0, D, BLOCK_D):
-                    c = start + cols
-                    mask = row_ok[:, None] & (c < D)[None, :]
-                    x = tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
-                    x = x * sc[:, None]
-                    acc += x * x
-                p2, q2 = scaled_factors(tl.sum(acc, axis=1), D, eps, eps_tiny, k)
-                p = tl.where(bad, p2, p)
-                q = tl.where(bad, q2, q)
+        p, q, xs = chunked_factors(x_row, x_row, row_ok, cols, D, xsd, xsd, eps, eps_tiny, False, ROWS, BLOCK_D,
+                                   CHUNKED)
         if CHUNKED >= 2:
             for i in tl.static_range(CHUNKED):
                 c = i * BLOCK_D + cols
@@ -226,7 +252,7 @@ def norm_block(block, X, Y, W, n_rows, D, N1, N2,
                 c = start + cols
                 col_ok = c < D
                 mask = row_ok[:, None] & col_ok[None, :]
-                x = tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
+                x = load_sum(x_row[:, None] + (c * xsd)[None, :], x_row, mask, False)
                 _scaled_chunk_store(x, p, q, W, c, ws, w_offset, col_ok, y_row[:, None] + (c * ysd)[None, :],
                                     mask, HAS_WEIGHT)
 
@@ -278,49 +304,8 @@ def add_norm_block(block, X, R, W, n_rows, D, N1, N2,
         scale_store(s, ss, D, eps, w, x_ptr, mask, HAS_WEIGHT)
         store_extreme_rows(s, ss, D, eps, eps_tiny, w2, x_ptr, mask, HAS_WEIGHT)  # from the sum in registers
     else:
-        acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-        sums = ()
-        if CHUNKED >= 2:  # CHUNKED exact tiles of the sum, kept in registers: each tensor read once
-            for i in tl.static_range(CHUNKED):
-                c = i * BLOCK_D + cols
-                mask = row_ok[:, None] & (c < D)[None, :]
-                s = (tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
-                     + tl.load(r_row[:, None] + (c * rsd)[None, :], mask=mask, other=0.0).to(tl.float32))
-                acc += s * s
-                sums = sums + (s,)
-        else:
-            for start in range(0, D, BLOCK_D):
-                c = start + cols
-                mask = row_ok[:, None] & (c < D)[None, :]
-                s = (tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
-                     + tl.load(r_row[:, None] + (c * rsd)[None, :], mask=mask, other=0.0).to(tl.float32))
-                acc += s * s
-        ss = tl.sum(acc, axis=1)
-        q = tl.rsqrt(ss / D + eps)
-        p = q * 0.0 + 1.0
-        if SAFE_RANGE:
-            bad = extreme_rows(ss, D, eps)
-            if any_true(bad):  # rare: rows out of fp32's range; two more reads
-                amax = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-                for start in range(0, D, BLOCK_D):
-                    c = start + cols
-                    mask = row_ok[:, None] & (c < D)[None, :]
-                    s = (tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
-                         + tl.load(r_row[:, None] + (c * rsd)[None, :], mask=mask, other=0.0).to(tl.float32))
-                    amax = tl.maximum(amax, tl.abs(s))
-                k = row_exponent(tl.max(amax, axis=1), bad)
-                sc = pow2(k >> 1) * pow2(k - (k >> 1))
-                acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-                for start in range(0, D, BLOCK_D):
-                    c = start + cols
-                    mask = row_ok[:, None] & (c < D)[None, :]
-                    s = (tl.load(x_row[:, None] + (c * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
-                         + tl.load(r_row[:, None] + (c * rsd)[None, :], mask=mask, other=0.0).to(tl.float32))
-                    s = s * sc[:, None]
-                    acc += s * s
-                p2, q2 = scaled_factors(tl.sum(acc, axis=1), D, eps, eps_tiny, k)
-                p = tl.where(bad, p2, p)
-                q = tl.where(bad, q2, q)
+        p, q, sums = chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, True, ROWS, BLOCK_D,
+                                     CHUNKED)
         if CHUNKED >= 2:
             for i in tl.static_range(CHUNKED):
                 c = i * BLOCK_D + cols
@@ -337,7 +322,6 @@ def add_norm_block(block, X, R, W, n_rows, D, N1, N2,
                 mask = row_ok[:, None] & col_ok[None, :]
                 x_ptr = x_row[:, None] + (c * xsd)[None, :]
                 r_ptr = r_row[:, None] + (c * rsd)[None, :]
-                s = (tl.load(x_ptr, mask=mask, other=0.0).to(tl.float32)
-                     + tl.load(r_ptr, mask=mask, other=0.0).to(tl.float32))
+                s = load_sum(x_ptr, r_ptr, mask, True)
                 tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
                 _scaled_chunk_store(s, p, q, W, c, ws, w_offset, col_ok, x_ptr, mask, HAS_WEIGHT)
