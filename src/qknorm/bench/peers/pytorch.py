@@ -25,7 +25,7 @@ import torch
 
 from ..cases import QUANT_OPS, Case, Inputs, qk_views_contiguous
 from ..common import AMAX_FLOOR, QMAX, torch_norm, torch_norm_f32
-from .base import Fn, Impl, no_rope
+from .base import Fn, Impl
 
 __all__ = ["torch_norm", "torch_rope", "torch_mrope_cos_sin", "torch_cache_write", "torch_prologue", "prologue_fn",
            "TorchPrologue", "torch_quant", "torch_norm_quant", "quant_fn", "rms_norm_path", "TorchEager",
@@ -83,18 +83,21 @@ def torch_rope(x: torch.Tensor, cos_sin_cache: torch.Tensor, positions: torch.Te
                is_neox: bool) -> torch.Tensor:
     """RoPE of ``x`` ``[T, H, D]`` the way vLLM's ``RotaryEmbedding.forward_native`` does it:
     gather the cache rows, rotate the first ``rotary_dim`` elements in fp32, round to x's dtype."""
+    rot = _rotate(x[..., :rotary_dim].float(), cos_sin_cache.index_select(0, positions).float(), rotary_dim, is_neox)
+    return torch.cat((rot.to(x.dtype), x[..., rotary_dim:]), dim=-1)
+
+
+def _rotate(xr: torch.Tensor, cs: torch.Tensor, rotary_dim: int, is_neox: bool) -> torch.Tensor:
+    """The rotated rotary part ``xr [T, H, rotary_dim]`` (fp32) by each token's cos/sin row ``cs [T, R]``."""
     half = rotary_dim // 2
-    cs = cos_sin_cache.index_select(0, positions).float()
-    cos, sin = cs[:, None, :half], cs[:, None, half:rotary_dim]
-    xr = x[..., :rotary_dim].float()
+    cos, sin = cs[:, None, :half].float(), cs[:, None, half:rotary_dim].float()
     if is_neox:
         x1, x2 = xr[..., :half], xr[..., half:]
     else:
         x1, x2 = xr[..., 0::2], xr[..., 1::2]
     o1 = x1 * cos - x2 * sin
     o2 = x2 * cos + x1 * sin
-    rot = torch.cat((o1, o2), dim=-1) if is_neox else torch.stack((o1, o2), dim=-1).flatten(-2)
-    return torch.cat((rot.to(x.dtype), x[..., rotary_dim:]), dim=-1)
+    return torch.cat((o1, o2), dim=-1) if is_neox else torch.stack((o1, o2), dim=-1).flatten(-2)
 
 
 def torch_mrope_cos_sin(cos_sin_cache: torch.Tensor, positions: torch.Tensor, section, rotary_dim: int):
@@ -111,17 +114,7 @@ def torch_mrope_cos_sin(cos_sin_cache: torch.Tensor, positions: torch.Tensor, se
 
 def _rope_rows_f32(x: torch.Tensor, cs: torch.Tensor, rotary_dim: int, is_neox: bool) -> torch.Tensor:
     """RoPE of fp32 ``x [T, H, D]`` with each token's cos/sin row ``cs [T, R]``, left in fp32."""
-    half = rotary_dim // 2
-    cos, sin = cs[:, None, :half].float(), cs[:, None, half:rotary_dim].float()
-    xr = x[..., :rotary_dim]
-    if is_neox:
-        x1, x2 = xr[..., :half], xr[..., half:]
-    else:
-        x1, x2 = xr[..., 0::2], xr[..., 1::2]
-    o1 = x1 * cos - x2 * sin
-    o2 = x2 * cos + x1 * sin
-    rot = torch.cat((o1, o2), dim=-1) if is_neox else torch.stack((o1, o2), dim=-1).flatten(-2)
-    return torch.cat((rot, x[..., rotary_dim:]), dim=-1)
+    return torch.cat((_rotate(x[..., :rotary_dim], cs, rotary_dim, is_neox), x[..., rotary_dim:]), dim=-1)
 
 
 _RAW = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
