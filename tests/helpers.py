@@ -52,3 +52,18 @@ def rounds_to_nearest() -> bool:
 
     import qknorm
     return not (qknorm.get_backend() == "triton" and os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def rope64_rows(x, cos, sin, rotary_dim, is_neox):
+    """fp64 RoPE of ``x`` ``[T, H, D]`` (fp64) with per-token ``cos``/``sin`` ``[T, R/2]``, by
+    complex multiplication (NeoX: pairs ``(j, j + R/2)``; GPT-J: ``(2j, 2j + 1)``)."""
+    half = rotary_dim // 2
+    rot = torch.complex(cos.double(), sin.double())[:, None, :]
+    out = x.clone()
+    if is_neox:
+        z = torch.complex(x[..., :half], x[..., half:rotary_dim]) * rot
+        out[..., :half], out[..., half:rotary_dim] = z.real, z.imag
+    else:
+        z = torch.complex(x[..., 0:rotary_dim:2], x[..., 1:rotary_dim:2]) * rot
+        out[..., 0:rotary_dim:2], out[..., 1:rotary_dim:2] = z.real, z.imag
+    return out

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import qknorm
-from helpers import DTYPES, TOL, assert_matches, packed_qkv, poisoned, randn, ref_norm, rel_err
+from helpers import DTYPES, TOL, assert_matches, packed_qkv, poisoned, randn, ref_norm, rel_err, rope64_rows
 from qknorm.reference_rope import qk_rms_norm_rope_ref
 
 
@@ -28,18 +28,10 @@ def make_cache(max_pos, rotary_dim, dtype=torch.float32, base=10000.0, device="c
 
 
 def rope64(x, cache, positions, rotary_dim, is_neox):
-    """fp64 RoPE of ``x`` ``[T, H, D]`` (already in fp64) by complex multiplication."""
+    """fp64 RoPE of ``x`` ``[T, H, D]`` (already in fp64) with the cache rows of ``positions``."""
     half = rotary_dim // 2
     cs = cache.detach().cpu().to(torch.float64)[positions.cpu().long()]
-    rot = torch.complex(cs[:, :half], cs[:, half:rotary_dim])[:, None, :]  # [T, 1, R/2]
-    out = x.clone()
-    if is_neox:
-        z = torch.complex(x[..., :half], x[..., half:rotary_dim]) * rot
-        out[..., :half], out[..., half:rotary_dim] = z.real, z.imag
-    else:
-        z = torch.complex(x[..., 0:rotary_dim:2], x[..., 1:rotary_dim:2]) * rot
-        out[..., 0:rotary_dim:2], out[..., 1:rotary_dim:2] = z.real, z.imag
-    return out
+    return rope64_rows(x, cs[:, :half], cs[:, half:rotary_dim], rotary_dim, is_neox)
 
 
 def ref(q, k, qw, kw, cache, positions, rotary_dim=None, is_neox=True, eps=1e-6, offset=0.0):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import qknorm
-from helpers import TOL, assert_matches, packed_qkv, randn, ref_norm
+from helpers import assert_matches, packed_qkv, randn, ref_norm, rope64_rows
 
 T, HQ, HKV, NB, BS = 6, 4, 2, 3, 16
 FP8 = [torch.float8_e4m3fn, torch.float8_e5m2]
@@ -23,26 +23,12 @@ def make_cache(max_pos, rotary_dim, base=10000.0):
     return torch.cat((ang.cos(), ang.sin()), dim=-1).to(torch.float32)
 
 
-def rope64(x, cos, sin, rotary_dim, is_neox):
-    """fp64 RoPE of ``x`` ``[T, H, D]`` with per-token ``cos``/``sin`` ``[T, R/2]``."""
-    half = rotary_dim // 2
-    rot = torch.complex(cos.double(), sin.double())[:, None, :]
-    out = x.clone()
-    if is_neox:
-        z = torch.complex(x[..., :half], x[..., half:rotary_dim]) * rot
-        out[..., :half], out[..., half:rotary_dim] = z.real, z.imag
-    else:
-        z = torch.complex(x[..., 0:rotary_dim:2], x[..., 1:rotary_dim:2]) * rot
-        out[..., 0:rotary_dim:2], out[..., 1:rotary_dim:2] = z.real, z.imag
-    return out
-
-
 def reference(q, k, qw, kw, cs, pos, r, is_neox, offset=0.0):
     half = r // 2
     rows = cs.double()[pos.cpu().long()]
     cos, sin = rows[:, :half], rows[:, half:r]
-    return (rope64(ref_norm(q, qw, 1e-6, offset), cos, sin, r, is_neox),
-            rope64(ref_norm(k, kw, 1e-6, offset), cos, sin, r, is_neox))
+    return (rope64_rows(ref_norm(q, qw, 1e-6, offset), cos, sin, r, is_neox),
+            rope64_rows(ref_norm(k, kw, 1e-6, offset), cos, sin, r, is_neox))
 
 
 def new_cache(layout, h, d, dtype, device):
