@@ -47,6 +47,10 @@ for out_ty, out, qmax, group, gp, native, static in (("*fp8e4nv", 1, 448.0, 128,
              dict(base, D=7168, HAS_RESIDUAL=True, STATIC=static, GROUP=group, GP=gp, UB=0, UE8M0=group == 128,
                   OUT=out, QMAX=qmax, NATIVE_CAST=native, BLOCK_D=8192, CHUNKED=False, ONE_PASS=one_pass,
                   DEBUG=False))
+for static in (False, True):  # rows wider than a tile: the two-pass forms (amax pass, quantising pass)
+    compile_(rms_norm_quant_kernel, dict(quant, Y="*fp8e4nv"),
+             dict(base, D=7168, HAS_RESIDUAL=True, STATIC=static, GROUP=0, GP=0, UB=0, UE8M0=False, OUT=1,
+                  QMAX=448.0, NATIVE_CAST=True, BLOCK_D=2048, CHUNKED=True, ONE_PASS=False, DEBUG=False))
 cache = {"CS": "*fp32", "P": "*i64", "XQ": "*bf16", "YQ": "*bf16", "WQ": "*bf16", "XK": "*bf16", "WK": "*bf16",
          "KC": "*fp8e4nv", "KO": "*bf16", "XV": "*bf16", "VC": "*fp8e4nv", "SM": "*i64", "KSC": "*fp32",
          "VSC": "*fp32"}

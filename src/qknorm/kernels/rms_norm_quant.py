@@ -263,19 +263,10 @@ def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub, n_
                 c = start + cols
                 col_ok = c < D
                 mask = row_ok[:, None] & col_ok[None, :]
-                r_ptr = r_row[:, None] + (c * rsd)[None, :]
-                s = load_sum(x_row[:, None] + (c * xsd)[None, :], r_ptr, mask, HAS_RESIDUAL)
-                if HAS_RESIDUAL:
-                    tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
-                w = 1.0
-                if HAS_WEIGHT:
-                    w = (tl.load(W + c * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset)[None, :]
-                n = _normed(s, p2, q2, w, HAS_WEIGHT)
-                if DEBUG:
-                    tl.store(d_row[:, None] + (c * ysd)[None, :], n, mask=mask)
-                qv = tl.math.div_rn(n, tl.zeros_like(n) + s_static)
-                tl.store(y_row[:, None] + (c * ysd)[None, :], to_codes(qv, Y.dtype.element_ty, OUT, NATIVE_CAST,
-                                                                        QMAX), mask=mask)
+                n = _reread(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], mask, W, c,
+                            col_ok, ws, w_offset, p2, q2, HAS_RESIDUAL, HAS_WEIGHT, True)
+                _store_codes(n, s_static, y_row[:, None] + (c * ysd)[None, :], d_row[:, None] + (c * ysd)[None, :],
+                             mask, OUT, QMAX, NATIVE_CAST, DEBUG)
         elif GROUP > 0 and GP <= BLOCK_D:  # tiles of whole groups: [ROWS, GB, GP]
             GB: tl.constexpr = BLOCK_D // GP
             gb = tl.arange(0, GB)
@@ -287,20 +278,11 @@ def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub, n_
                 c = gi[:, None] * GROUP + j[None, :]  # [GB, GP] columns
                 cm = (gi < n_groups)[:, None] & (j < GROUP)[None, :]
                 mask = row_ok[:, None, None] & cm[None, :, :]
-                r_ptr = r_row[:, None, None] + (c * rsd)[None, :, :]
-                s = load_sum(x_row[:, None, None] + (c * xsd)[None, :, :], r_ptr, mask, HAS_RESIDUAL)
-                if HAS_RESIDUAL:
-                    tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
-                w = 1.0
-                if HAS_WEIGHT:
-                    w = (tl.load(W + c * ws, mask=cm, other=0.0).to(tl.float32) + w_offset)[None, :, :]
-                n = _normed(s, p3, q3, w, HAS_WEIGHT)
-                if DEBUG:
-                    tl.store(d_row[:, None, None] + (c * ysd)[None, :, :], n, mask=mask)
+                n = _reread(x_row[:, None, None] + (c * xsd)[None, :, :], r_row[:, None, None] + (c * rsd)[None, :, :],
+                            mask, W, c, cm, ws, w_offset, p3, q3, HAS_RESIDUAL, HAS_WEIGHT, True)
                 sc = dyn_scale(amax_nan(n, 2), ub, UB, UE8M0, QMAX)
-                qv = tl.math.div_rn(n, tl.zeros_like(n) + sc[:, :, None])
-                tl.store(y_row[:, None, None] + (c * ysd)[None, :, :],
-                         to_codes(qv, Y.dtype.element_ty, OUT, NATIVE_CAST, QMAX), mask=mask)
+                _store_codes(n, sc[:, :, None], y_row[:, None, None] + (c * ysd)[None, :, :],
+                             d_row[:, None, None] + (c * ysd)[None, :, :], mask, OUT, QMAX, NATIVE_CAST, DEBUG)
                 tl.store(s_row[:, None] + (gi.to(tl.int64) * ssg)[None, :], sc,
                          mask=row_ok[:, None] & (gi < n_groups)[None, :])
         else:  # a row (per token) or a group wider than a tile: an amax pass, then a quantising pass
@@ -315,32 +297,46 @@ def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub, n_
                     c = base + k
                     col_ok = k < glen
                     mask = row_ok[:, None] & col_ok[None, :]
-                    s = load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], mask,
-                                 HAS_RESIDUAL)
-                    w = 1.0
-                    if HAS_WEIGHT:
-                        w = (tl.load(W + c * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset)[None, :]
-                    amax = _max_nan(amax, amax_nan(_normed(s, p2, q2, w, HAS_WEIGHT), 1))
+                    n = _reread(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], mask, W,
+                                c, col_ok, ws, w_offset, p2, q2, HAS_RESIDUAL, HAS_WEIGHT, False)
+                    amax = _max_nan(amax, amax_nan(n, 1))
                 sc = dyn_scale(amax, ub, UB, UE8M0, QMAX)
                 for start in range(0, glen, BLOCK_D):
                     k = start + cols
                     c = base + k
                     col_ok = k < glen
                     mask = row_ok[:, None] & col_ok[None, :]
-                    r_ptr = r_row[:, None] + (c * rsd)[None, :]
-                    s = load_sum(x_row[:, None] + (c * xsd)[None, :], r_ptr, mask, HAS_RESIDUAL)
-                    if HAS_RESIDUAL:
-                        tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
-                    w = 1.0
-                    if HAS_WEIGHT:
-                        w = (tl.load(W + c * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset)[None, :]
-                    n = _normed(s, p2, q2, w, HAS_WEIGHT)
-                    if DEBUG:
-                        tl.store(d_row[:, None] + (c * ysd)[None, :], n, mask=mask)
-                    qv = tl.math.div_rn(n, tl.zeros_like(n) + sc[:, None])
-                    tl.store(y_row[:, None] + (c * ysd)[None, :],
-                             to_codes(qv, Y.dtype.element_ty, OUT, NATIVE_CAST, QMAX), mask=mask)
+                    n = _reread(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], mask, W,
+                                c, col_ok, ws, w_offset, p2, q2, HAS_RESIDUAL, HAS_WEIGHT, True)
+                    _store_codes(n, sc[:, None], y_row[:, None] + (c * ysd)[None, :],
+                                 d_row[:, None] + (c * ysd)[None, :], mask, OUT, QMAX, NATIVE_CAST, DEBUG)
                 tl.store(s_row + tl.cast(gi, tl.int64) * ssg, sc, mask=row_ok)
+
+
+@triton.jit
+def _reread(x_ptr, r_ptr, mask, W, c, w_mask, ws, w_offset, p, q, HAS_RESIDUAL: tl.constexpr,
+            HAS_WEIGHT: tl.constexpr, WRITE_RESIDUAL: tl.constexpr):
+    """``n`` of a piece of rows read again in a second pass (columns ``c``, any tile shape with the
+    rows first): ``x`` (or ``x + residual``, stored back when ``WRITE_RESIDUAL``), scaled by the
+    first pass's ``p``/``q`` (:func:`_normed`), times the weight's piece."""
+    s = load_sum(x_ptr, r_ptr, mask, HAS_RESIDUAL)
+    if HAS_RESIDUAL and WRITE_RESIDUAL:
+        tl.store(r_ptr, s.to(r_ptr.dtype.element_ty), mask=mask)
+    w = 1.0
+    if HAS_WEIGHT:
+        w = tl.expand_dims(tl.load(W + c * ws, mask=w_mask, other=0.0).to(tl.float32) + w_offset, 0)
+    return _normed(s, p, q, w, HAS_WEIGHT)
+
+
+@triton.jit
+def _store_codes(n, sc, y_ptr, d_ptr, mask, OUT: tl.constexpr, QMAX: tl.constexpr, NATIVE_CAST: tl.constexpr,
+                 DEBUG: tl.constexpr):
+    """Store the codes of ``n / sc`` (IEEE division, saturated, cast: :func:`to_codes`) at ``y_ptr``,
+    and ``n`` itself at ``d_ptr`` with ``DEBUG``."""
+    if DEBUG:
+        tl.store(d_ptr, n, mask=mask)
+    qv = tl.math.div_rn(n, tl.zeros_like(n) + sc)
+    tl.store(y_ptr, to_codes(qv, y_ptr.dtype.element_ty, OUT, NATIVE_CAST, QMAX), mask=mask)
 
 
 @triton.jit
