@@ -58,7 +58,7 @@ def rope64_rows(x, cos, sin, rotary_dim, is_neox):
     """fp64 RoPE of ``x`` ``[T, H, D]`` (fp64) with per-token ``cos``/``sin`` ``[T, R/2]``, by
     complex multiplication (NeoX: pairs ``(j, j + R/2)``; GPT-J: ``(2j, 2j + 1)``)."""
     half = rotary_dim // 2
-    rot = torch.complex(cos.double(), sin.double())[:, None, :]
+    rot = torch.complex(cos.double(), sin.double()).to(x.device)[:, None, :]  # cos/sin may live on the GPU
     out = x.clone()
     if is_neox:
         z = torch.complex(x[..., :half], x[..., half:rotary_dim]) * rot
