@@ -87,18 +87,23 @@ def test_patched_model_matches(arch, monkeypatch):
     assert model.state_dict().keys() == state.keys()
     assert norm_cls in report.numerics and str(report)
     per_head = arch in ("qwen3", "qwen3_moe", "gemma3")
-    assert any("qk_rms_norm" in s for s in report.not_done) == per_head
+    assert not any("qk_rms_norm" in s for s in report.not_done), str(report)
+    qk_names = [r for r in report.replaced if r.name.endswith(("q_norm", "k_norm"))]
     if per_head:
-        assert all("per-head" in r.note for r in report.replaced if r.name.endswith(("q_norm", "k_norm")))
+        assert qk_names and all("per-head" in r.note and "one qk_rms_norm launch" in r.note for r in qk_names)
     if arch == "olmo2":
-        assert all("full-width" in r.note for r in report.replaced if r.name.endswith(("q_norm", "k_norm")))
+        assert qk_names and all("full-width" in r.note for r in qk_names)
 
-    calls = []
-    real = qf.rms_norm
+    calls, qk_calls = [], []
+    real, real_qk = qf.rms_norm, qf.qk_rms_norm
     monkeypatch.setattr(qf, "rms_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(qf, "qk_rms_norm", lambda *a, **k: qk_calls.append(1) or real_qk(*a, **k))
     with torch.no_grad():
         out = model(ids).logits
-    assert len(calls) == len(expected)  # every norm went through qknorm, once per forward
+    # every norm went through qknorm once per forward; per-head q/k norms as one launch per block
+    layers = model.config.num_hidden_layers
+    assert len(qk_calls) == (layers if per_head else 0)
+    assert len(calls) == len(expected) - 2 * len(qk_calls)
     assert _rel(out, ref) <= 1e-5
     with torch.no_grad():
         gen = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
@@ -279,3 +284,85 @@ def test_torch_rms_norm_modules():
     with torch.no_grad():
         for i in range(3):
             assert _rel(holder[i](x), originals[i](x)) <= 1e-6
+
+
+def _paired_block(model):
+    attn = model.model.layers[0].self_attn
+    return attn, attn.q_norm._pair
+
+
+def test_qk_pairing_runs_where_it_is_exact():
+    """The pairing defers q_norm only where the in-place launch equals the two modules' results:
+    not with autograd, not for a promoting weight dtype, not for inference tensors outside
+    inference mode; each falls back to two separate calls with the same values."""
+    model, _ = _model("qwen3")
+    apply_qknorm(model)
+    attn, pair = _paired_block(model)
+    assert pair is not None and pair.q is attn.q_norm and pair.k is attn.k_norm
+    q, k = torch.randn(2, 3, 4, 16), torch.randn(2, 3, 2, 16)
+    with torch.no_grad():
+        want_q, want_k = attn.q_norm._own(q.clone()), attn.k_norm._own(k.clone())
+        q1, k1 = q.clone(), k.clone()
+        assert attn.q_norm(q1) is q1 and pair.pending is q1  # deferred: returned as it is
+        assert attn.k_norm(k1) is k1 and pair.pending is None
+    torch.testing.assert_close(q1, want_q, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(k1, want_k, rtol=1e-6, atol=1e-6)
+    # autograd: no deferral, the differentiable path
+    qg = q.clone().requires_grad_()
+    yq = attn.q_norm(qg)
+    assert yq is not qg and pair.pending is None and yq.requires_grad
+    # inference tensors outside inference mode cannot be written in place: no deferral
+    with torch.inference_mode():
+        qi = q.clone()
+    with torch.no_grad():
+        yi = attn.q_norm(qi)
+    assert yi is not qi and pair.pending is None
+    torch.testing.assert_close(yi, want_q, rtol=1e-6, atol=1e-6)
+
+
+def test_qk_pairing_never_leaves_q_unnormalised():
+    """q_norm called twice without k_norm (a forward with another order): the pending q is
+    normalised in place, a warning says so, and the pairing is off for that block."""
+    model, _ = _model("qwen3")
+    apply_qknorm(model)
+    attn, pair = _paired_block(model)
+    q = torch.randn(3, 4, 16)
+    with torch.no_grad():
+        want = attn.q_norm._own(q.clone())
+        q1, q2 = q.clone(), q.clone()
+        attn.q_norm(q1)
+        with pytest.warns(RuntimeWarning, match="q_norm was called twice"):
+            y2 = attn.q_norm(q2)
+    torch.testing.assert_close(q1, want, rtol=1e-6, atol=1e-6)
+    assert not pair.enabled and pair.pending is None and y2 is not q2
+    torch.testing.assert_close(y2, want, rtol=1e-6, atol=1e-6)
+
+
+def test_attention_with_another_order_is_not_paired():
+    """A class named Qwen3Attention whose forward reads Q before calling k_norm fails the
+    probe: its norms run separately and the report says why; the output is unchanged."""
+    from transformers.models.qwen3 import modeling_qwen3 as mq
+
+    class Reordered(mq.Qwen3Attention):
+        def forward(self, hidden_states, position_embeddings, attention_mask=None, **kw):
+            shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+            q = self.q_norm(self.q_proj(hidden_states).view(shape))
+            q_copy = q * 1.0  # read before k_norm ran
+            k = self.k_norm(self.k_proj(hidden_states).view(shape))
+            return self.o_proj((q_copy[..., :k.shape[-2], :] + k).flatten(-2).repeat(1, 1, 2)), None
+
+    Reordered.__module__, Reordered.__name__ = mq.__name__, "Qwen3Attention"
+    Reordered.__qualname__ = "Qwen3Attention"
+    model, _ = _model("qwen3")
+    for layer in model.model.layers:
+        layer.self_attn.__class__ = Reordered
+    ids = _ids()
+    with torch.no_grad():
+        ref = model(ids).logits
+    report = apply_qknorm(model)
+    attn = model.model.layers[0].self_attn
+    assert attn.q_norm._pair is None and attn.k_norm._pair is None
+    assert any("one qk_rms_norm launch" in s and "probe" in s for s in report.not_done), str(report)
+    assert all("its own rms_norm launch" in r.note for r in report.replaced if r.name.endswith("q_norm"))
+    with torch.no_grad():
+        assert _rel(model(ids).logits, ref) <= 1e-5

@@ -66,15 +66,22 @@ end, to the input dtype.
 
 Inputs in other dtypes (fp64) run the model's own formula in PyTorch.
 
+One launch for Q and K
+----------------------
+In the attention blocks of Qwen3, Qwen3-MoE and Gemma 3 the per-head ``q_norm`` and
+``k_norm`` run as *one* ``qk_rms_norm`` launch, on the views the model already has (no
+copies, no rewritten attention forward): ``q_norm`` records its input and returns it,
+``k_norm`` normalises both in place. Those forwards call ``q_norm`` then ``k_norm`` on the
+fresh projection outputs and read neither before both returned; each block is run once
+on probe tokens with and without the pairing before it is switched on, so a forward with
+another order keeps two launches (the report says why). The pairing steps aside (two
+calls, the same values) under autograd, while ``torch.compile`` traces, for inference
+tensors outside inference mode and where the model's dtype rule makes the output dtype
+differ from the input's. One model instance should not run forwards from two threads at
+once (the deferred tensor is held per block).
+
 Not done in this step
 ---------------------
-* **One launch for Q and K.** The attention forwards of Qwen3/Qwen3-MoE/Gemma 3 call
-  ``self.q_norm`` and ``self.k_norm`` in separate expressions, on the outputs of separate
-  ``q_proj``/``k_proj`` projections; putting them into one ``qk_rms_norm`` call means
-  replacing the whole attention forward (RoPE, cache update, attention interface), a copy of
-  code that changes between ``transformers`` releases (5.x alone renamed
-  ``past_key_values`` to ``cache``). Each q/k norm is therefore its own ``rms_norm`` call
-  (two launches per layer); the report says so for every attention block.
 * **fuse_residual.** ``fused_add_rms_norm`` writes the sum into ``residual`` in place, and
   there the residual is the decoder layer's *input*: the previous layer's output (kept by
   ``output_hidden_states`` and the output-recording hooks), or the embeddings (a user's
@@ -88,6 +95,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -149,7 +157,21 @@ class PatchedRMSNorm(nn.Module):
     def variance_epsilon(self):  # the attribute name the Llama family uses
         return self.eps
 
+    _pair: "_QKPair | None" = None  # set on an attention block's q_norm and k_norm (see _QKPair)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pair = self._pair
+        if pair is not None:
+            if pair.q is self:
+                if pair.defer(x):
+                    return x  # normalised in place by k_norm's launch, before anything reads it
+            else:
+                y = pair.finish(x)
+                if y is not None:
+                    return y
+        return self._own(x)
+
+    def _own(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
         eps = self.eps if self.eps is not None else default_eps(x.dtype)
         if x.dtype not in _KERNEL_DTYPES:
@@ -160,6 +182,18 @@ class PatchedRMSNorm(nn.Module):
             if dt != y.dtype:
                 y = y.to(dt)
         return y
+
+    def out_dtype(self, x: torch.Tensor) -> torch.dtype:
+        """The dtype of this module's output for input ``x`` (the model's promotion rule)."""
+        w = self.weight
+        if x.dtype in _KERNEL_DTYPES and self.style == _CAST_THEN_WEIGHT and w is not None:
+            return torch.promote_types(x.dtype, w.dtype)
+        return x.dtype
+
+    def _own_in_place(self, x: torch.Tensor) -> None:
+        """This module's result written over ``x`` (a deferred q whose pairing fell through)."""
+        eps = self.eps if self.eps is not None else default_eps(x.dtype)
+        _ops.rms_norm(x, self.weight, eps, weight_offset=self.weight_offset, out=x)
 
     def _model_formula(self, x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
         """The model's own forward, in PyTorch (for dtypes the qknorm ops do not take)."""
@@ -176,6 +210,74 @@ class PatchedRMSNorm(nn.Module):
     def extra_repr(self) -> str:
         shape = tuple(self.weight.shape) if self.weight is not None else None
         return f"{shape}, eps={self.eps}, style={self.style}, replaces={self.original}"
+
+
+_is_compiling = getattr(torch.compiler, "is_compiling", None) or (lambda: False)
+
+
+class _QKPair:
+    """One attention block's q_norm and k_norm run as one ``qk_rms_norm`` launch.
+
+    The attention forwards this is used for (:data:`_PAIRED_ATTENTION`) call
+    ``q_norm(q)`` and then ``k_norm(k)`` on the fresh outputs of ``q_proj``/``k_proj``
+    and read neither result before both calls returned. So q_norm *defers*: it records
+    ``q`` and returns it as it is; k_norm then normalises both in place with one launch
+    (``qk_rms_norm(q, k, q_weight, k_weight, q_out=q, k_out=k)``) and the query tensor the
+    forward holds (``q`` or a view of it) has its normalised values before its first read.
+    That order is checked per block before the pairing is switched on (:func:`_probe_pair`:
+    the block's output with and without the pairing must be equal and nothing left
+    pending).
+
+    Deferral only happens where the in-place call gives what the two modules would:
+    a kernel dtype, output dtype equal to the input's (the model's promotion rule), no
+    autograd on the tensors and not while ``torch.compile`` traces (Dynamo sees two plain
+    ``rms_norm`` calls). Otherwise each module runs on its own, as without the pairing.
+    A q recorded and never consumed is normalised at the next call of the block's q_norm
+    and the pairing is switched off with a warning (the forward did not have the
+    expected order); ``_probe_pair`` makes this unreachable for the probed classes.
+    """
+
+    def __init__(self, q: PatchedRMSNorm, k: PatchedRMSNorm) -> None:
+        self.q, self.k = q, k
+        self.pending: torch.Tensor | None = None
+        self.enabled = True
+
+    def _eligible(self, m: PatchedRMSNorm, x: torch.Tensor) -> bool:
+        w = m.weight
+        return (type(x) is torch.Tensor and x.dtype in _KERNEL_DTYPES and m.out_dtype(x) == x.dtype
+                and not (torch.is_grad_enabled() and (x.requires_grad or (w is not None and w.requires_grad)))
+                and (not x.is_inference() or torch.is_inference_mode_enabled()))  # in place must be allowed
+
+    def defer(self, q: torch.Tensor) -> bool:
+        if _is_compiling():
+            return False
+        if self.pending is not None:  # the last forward never reached k_norm: finish it, stop pairing
+            self._abandon()
+        if not self.enabled or not self._eligible(self.q, q):
+            return False
+        self.pending = q
+        return True
+
+    def finish(self, k: torch.Tensor) -> torch.Tensor | None:
+        """The paired launch for ``k`` and the pending q; None: k_norm runs on its own."""
+        q = self.pending
+        if q is None:
+            return None
+        self.pending = None
+        if not (self._eligible(self.k, k) and k.dtype == q.dtype and k.device == q.device
+                and k.shape[-1] == q.shape[-1]):
+            self.q._own_in_place(q)
+            return None
+        qm, km = self.q, self.k
+        eps = qm.eps if qm.eps is not None else default_eps(q.dtype)
+        _ops.qk_rms_norm(q, k, qm.weight, km.weight, eps, weight_offset=qm.weight_offset, q_out=q, k_out=k)
+        return k
+
+    def _abandon(self) -> None:
+        q, self.pending, self.enabled = self.pending, None, False
+        self.q._own_in_place(q)
+        warnings.warn("qknorm: an attention block's q_norm was called twice without k_norm in between; "
+                      "the one-launch Q/K pairing is switched off for it", RuntimeWarning, stacklevel=3)
 
 
 @dataclasses.dataclass
@@ -306,10 +408,98 @@ def _role(name: str, m: nn.Module, parents: dict[str, nn.Module]) -> str:
         parent = parents.get(parent_name)
         head_dim = getattr(parent, "head_dim", None)
         if head_dim is not None and m.weight is not None and m.weight.shape[0] == head_dim:
-            return (f"per-head {attr[0]} norm: its own rms_norm launch (one qk_rms_norm launch for Q and K "
-                    "not used yet)")
-        return f"full-width {attr[0]} norm over heads*head_dim"
+            return f"per-head {attr[0]} norm"
+        return f"full-width {attr[0]} norm over heads*head_dim: its own rms_norm launch (Q and K widths differ)"
     return ""
+
+
+# Attention blocks whose forward calls q_norm(q) then k_norm(k) on fresh projections and reads
+# neither result before both returned (transformers 4.51 ... 5.x); checked per block by _probe_pair.
+_PAIRED_ATTENTION = {
+    (_MODELS + "qwen3.modeling_qwen3", "Qwen3Attention"),
+    (_MODELS + "qwen3_moe.modeling_qwen3_moe", "Qwen3MoeAttention"),
+    (_MODELS + "gemma3.modeling_gemma3", "Gemma3Attention"),
+}
+
+
+def _pairable(attn: nn.Module) -> str | None:
+    """Why this attention block's q/k norms cannot share a launch, or None."""
+    t = type(attn)
+    if (t.__module__, t.__qualname__) not in _PAIRED_ATTENTION:
+        return f"attention class {t.__qualname__} is not one whose q_norm/k_norm call order qknorm knows"
+    q, k = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+    if not (isinstance(q, PatchedRMSNorm) and isinstance(k, PatchedRMSNorm)) or q is k:
+        return "q_norm and k_norm are not both patched"
+    if q._pair is not None or k._pair is not None:
+        return "already paired"
+    if q.eps != k.eps or q.weight_offset != k.weight_offset or q.style != k.style:
+        return "q_norm and k_norm differ in eps or formula"
+    if (q.weight is None) != (k.weight is None) or (q.weight is not None and q.weight.shape != k.weight.shape):
+        return "q_norm and k_norm weights differ in shape"
+    if "forward" in attn.__dict__ or "forward" in q.__dict__ or "forward" in k.__dict__:
+        return "a forward was replaced on the instance (another patch?)"
+    return None
+
+
+def _probe_pair(attn: nn.Module, pair: _QKPair) -> str | None:
+    """Run the attention block on three probe tokens with each norm on its own and with the
+    pairing; the reason they disagree (or something is left pending), or None."""
+    proj = getattr(attn, "q_proj", None)
+    w = getattr(proj, "weight", None)
+    head_dim = getattr(attn, "head_dim", None)
+    if not isinstance(w, torch.Tensor) or not isinstance(head_dim, int) or w.device.type == "meta":
+        return "no q_proj weight / head_dim to probe the attention block with"
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(1, 3, w.shape[1], generator=g).to(device=w.device, dtype=w.dtype)
+    ang = torch.rand(1, 3, head_dim, generator=g) * 6.0
+    pe = (ang.cos().to(device=w.device, dtype=w.dtype), ang.sin().to(device=w.device, dtype=w.dtype))
+    outs = []
+    try:
+        with torch.no_grad():
+            for p in (None, pair):
+                pair.q._pair = pair.k._pair = p
+                outs.append(attn(hidden_states=h, position_embeddings=pe, attention_mask=None)[0])
+    except Exception as e:  # noqa: BLE001 - reported, pairing left off
+        return f"probe call failed: {type(e).__name__}: {e}"
+    finally:
+        pair.q._pair = pair.k._pair = None
+    if pair.pending is not None or not pair.enabled:
+        pair.pending = None
+        return "probe: q_norm's deferred Q was not consumed by k_norm (unexpected call order)"
+    a, b = outs[0].double(), outs[1].double()
+    err = ((a - b).abs().max() / a.abs().max().clamp_min(1e-30)).item()
+    tol = 1e-5 if w.dtype == torch.float32 else 4 * torch.finfo(w.dtype).eps
+    if not err <= tol:
+        return f"probe: the paired launch changes the block's output by {err:.3g} (relative; allowed {tol:.3g})"
+    return None
+
+
+def _pair_attention(model: nn.Module, report: "Report") -> None:
+    """One ``qk_rms_norm`` launch for each probed attention block's q_norm and k_norm."""
+    notes = {r.name: r for r in report.replaced}
+    unpaired = []
+    for name, attn in model.named_modules():
+        if not (isinstance(getattr(attn, "q_norm", None), PatchedRMSNorm)
+                and isinstance(getattr(attn, "k_norm", None), PatchedRMSNorm)):
+            continue
+        if attn.q_norm.weight is None or attn.q_norm.weight.shape[0] != getattr(attn, "head_dim", None):
+            continue  # full width (OLMo 2): Q and K widths differ, no shared launch
+        why = _pairable(attn)
+        if why is None:
+            pair = _QKPair(attn.q_norm, attn.k_norm)
+            why = _probe_pair(attn, pair)
+            if why is None:
+                attn.q_norm._pair = attn.k_norm._pair = pair
+        prefix = f"{name}." if name else ""
+        for attr in ("q_norm", "k_norm"):
+            r = notes.get(prefix + attr)
+            if r is not None:
+                r.note = (f"{r.note}: one qk_rms_norm launch with {'k' if attr == 'q_norm' else 'q'}_norm"
+                          if why is None else f"{r.note}: its own rms_norm launch ({why})")
+        if why is not None and why != "already paired":
+            unpaired.append(f"{name or type(attn).__name__}: {why}")
+    if unpaired:
+        report.not_done.append("one qk_rms_norm launch for Q and K in " + "; ".join(unpaired))
 
 
 def apply_qknorm(model: nn.Module, *, fuse_residual: bool = True) -> Report:
@@ -348,7 +538,6 @@ def apply_qknorm(model: nn.Module, *, fuse_residual: bool = True) -> Report:
     modules = dict(model.named_modules(remove_duplicate=False))
     done: dict[int, PatchedRMSNorm] = {}
     skipped: dict[int, str] = {}
-    any_per_head = False
     for name, m in list(modules.items()):
         if not name or "norm" not in type(m).__name__.lower():
             continue
@@ -377,14 +566,9 @@ def apply_qknorm(model: nn.Module, *, fuse_residual: bool = True) -> Report:
         parent_name, _, attr = name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, attr, new)
         role = _role(name, m, modules)
-        any_per_head |= role.startswith("per-head")
         call = "qknorm.rms_norm" + (", weight_offset=1.0" if new.weight_offset else "")
         report.replaced.append(Replaced(name, _cls_name(m), f"PatchedRMSNorm({call})", role))
-    if any_per_head:
-        report.not_done.append(
-            "one qk_rms_norm launch for Q and K: the attention forward calls q_norm and k_norm separately on "
-            "separate projections; fusing them means rewriting that forward (tied to one transformers release), "
-            "so each runs its own rms_norm launch")
+    _pair_attention(model, report)
     if fuse_residual:
         report.not_done.append(
             "fuse_residual: fused_add_rms_norm writes the residual in place, and the residual is the decoder "
