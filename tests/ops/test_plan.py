@@ -253,3 +253,30 @@ def test_eps_above_fp32_range_is_refused(op):
     with pytest.raises(ValueError, match="eps must be a finite number >= 0 and <= 3.4028235e"):
         calls[op]()
     assert qknorm.rms_norm(x, w, 3.4e38).isfinite().all()
+
+
+def test_module_parameters_take_the_fast_call(fast_ops, on_interpreter):
+    """Weights and scales held by modules are ``nn.Parameter``s: the fast call must take them
+    (a real model passed Parameters to every norm and went through the general call: ~10x the
+    host cost). Each op's ``fast`` answers (not None) with Parameter weights, and with a
+    weight that requires grad outside grad mode."""
+    from torch import nn
+    from qknorm.ops import fused_add, qk_norm, qk_norm_rope, rms_norm_quant
+
+    dt = torch.float32
+    P = lambda t: nn.Parameter(t)  # noqa: E731 - requires_grad=True, as in a model
+    w = P(randn((64,), dt, "cpu"))
+    with torch.no_grad():
+        x = randn((3, 64), dt, "cpu")
+        assert rms_op.fast(x, w, 1e-6, 0.0, None, None) is not None
+        assert fused_add.fast(x.clone(), x.clone(), w, 1e-6, 0.0, None) is True
+        qkv, q, k, _ = packed_qkv(2, 4, 2, 64, dt, "cpu")
+        assert qk_norm.fast(q, k, w, P(w.detach().clone()), 1e-6, 0.0, q, k, None) is not None
+        y = rms_norm_quant.fast(x, None, w, 1e-6, P(torch.tensor([0.05])), None, torch.int8, 0.0, None, False,
+                                False, None, None)
+        assert y is not None
+        cs = torch.randn(16, 64)
+        pos = torch.arange(2)
+        assert qk_norm_rope.fast(q, k, w, w, cs, pos, 1e-6, True, 64, 0.0, q, k, None) is not None
+    # grad mode with a weight that requires grad: the differentiable general call, not the fast one
+    assert rms_op.fast(x, w, 1e-6, 0.0, None, None) is None

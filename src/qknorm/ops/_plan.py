@@ -38,6 +38,9 @@ __all__ = ["OutKind", "Pair", "Plan", "PlanCache", "PLANS", "out_key", "apart",
            "make_plan", "eps_pair", "contig_strides", "span", "clear_caches"]
 
 _Tensor = torch.Tensor
+#: What a fast call takes as a weight or scale: a tensor or a module's ``nn.Parameter`` (a
+#: Tensor subclass with no ``__torch_function__`` of its own: the same metadata and pointer).
+WEIGHT_TYPES = (torch.Tensor, torch.nn.Parameter)
 _grad_on = torch.is_grad_enabled
 #: Tests only: let the fast call take CPU tensors too (the kernels then run in the Triton
 #: interpreter through the launcher's plain path), so its logic is tested without a GPU.
@@ -75,7 +78,7 @@ def qk_key_parts(q, k, qw, kw, q_out, k_out):
         if kw is not None:
             return None
         wk = None
-    elif type(qw) is _Tensor and type(kw) is _Tensor:
+    elif type(qw) in WEIGHT_TYPES and type(kw) in WEIGHT_TYPES:
         wk = (qw.shape, qw.stride(), qw.dtype, qw.get_device(), kw.shape, kw.stride(), kw.dtype, kw.get_device())
     else:
         return None

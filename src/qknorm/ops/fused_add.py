@@ -10,7 +10,7 @@ from .. import backend, launch
 from .. import validate
 from ..reference import fused_add_rms_norm_torch
 from . import _plan as plans
-from ._plan import MISS, PLANS, Pair
+from ._plan import MISS, PLANS, WEIGHT_TYPES, Pair
 
 OP = "fused_add_rms_norm"
 _Tensor = torch.Tensor
@@ -49,7 +49,7 @@ def fast(x, residual, weight, eps, weight_offset, config) -> bool:
             return False
         if weight is None:
             wk = None
-        elif type(weight) is _Tensor:
+        elif type(weight) in WEIGHT_TYPES:
             wk = (weight.shape, weight.stride(), weight.dtype, weight.get_device())
         else:
             return False

@@ -23,7 +23,7 @@ from ..dispatch import next_pow2
 from ..reference_rope import qk_rms_norm_rope_ref, rope_ref
 from ..reference import rms_norm_ref
 from . import _plan as plans
-from ._plan import IN_PLACE, MISS, NEW, OTHER, PLANS
+from ._plan import IN_PLACE, MISS, NEW, OTHER, PLANS, WEIGHT_TYPES
 from .rms_norm_quant import QMAX, native_cast
 
 OP = "qk_norm_rope_cache"
@@ -411,13 +411,13 @@ def fast(q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, eps, is
         wk, qo, qok, ko, kok = parts  # qo: IN_PLACE or OTHER; ko: NEW (no k_out), IN_PLACE or OTHER
         if k_scale is None:
             ksk = None
-        elif type(k_scale) is _Tensor and not k_scale.is_neg() and not (k_scale.requires_grad and _grad_on()):
+        elif type(k_scale) in WEIGHT_TYPES and not k_scale.is_neg() and not (k_scale.requires_grad and _grad_on()):
             ksk = (k_scale.shape, k_scale.stride(), k_scale.dtype, k_scale.get_device())
         else:
             return None
         if v_scale is None:
             vsk = None
-        elif type(v_scale) is _Tensor and not v_scale.is_neg() and not (v_scale.requires_grad and _grad_on()):
+        elif type(v_scale) in WEIGHT_TYPES and not v_scale.is_neg() and not (v_scale.requires_grad and _grad_on()):
             vsk = (v_scale.shape, v_scale.stride(), v_scale.dtype, v_scale.get_device())
         else:
             return None

@@ -10,7 +10,7 @@ from .. import backend, launch
 from .. import validate
 from ..reference import rms_norm_torch
 from . import _plan as plans
-from ._plan import MISS, IN_PLACE, NEW, OTHER, PLANS, Pair
+from ._plan import IN_PLACE, MISS, NEW, OTHER, PLANS, WEIGHT_TYPES, Pair
 
 OP = "rms_norm"
 _Tensor = torch.Tensor
@@ -54,7 +54,7 @@ def fast(x, weight, eps, weight_offset, out, config):
             return None
         if weight is None:
             wk = None
-        elif type(weight) is _Tensor:
+        elif type(weight) in WEIGHT_TYPES:
             wk = (weight.shape, weight.stride(), weight.dtype, weight.get_device())
         else:
             return None

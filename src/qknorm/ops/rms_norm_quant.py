@@ -20,7 +20,7 @@ from .. import validate
 from ..layout import INT32_MAX
 from ..reference import rms_norm_ref
 from . import _plan as plans
-from ._plan import MISS, PLANS, Pair
+from ._plan import MISS, PLANS, WEIGHT_TYPES, Pair
 
 OP = "rms_norm_quant"
 _Tensor = torch.Tensor
@@ -404,13 +404,13 @@ def fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, 
         for t in (residual, weight, scale, out, scales_out):
             if t is None:
                 tk.append(None)
-            elif type(t) is _Tensor:
+            elif type(t) in WEIGHT_TYPES:
                 tk.append(_meta(t))
             else:
                 return None
         if scale_ub is None or type(scale_ub) is float:
             ubk = scale_ub
-        elif type(scale_ub) is _Tensor:
+        elif type(scale_ub) in WEIGHT_TYPES:
             ubk = _meta(scale_ub)
         else:
             return None
@@ -425,7 +425,7 @@ def fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, 
     if hit is None:
         return None
     plan, sc_shape, sc_strides = hit
-    ub_t = scale_ub if ubk is not None and type(scale_ub) is _Tensor else None
+    ub_t = scale_ub if ubk is not None and type(scale_ub) in WEIGHT_TYPES else None
     sin = scale if scale is not None else ub_t
     for t in (x, residual, weight, sin, out, scales_out):
         if t is not None and (t.is_neg() or (t.requires_grad and _grad_on())):
