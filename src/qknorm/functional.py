@@ -477,7 +477,9 @@ def qk_norm_rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_weig
     Returns
     -------
     torch.Tensor
-        ``q_out`` (``q`` itself when ``q_out`` is None): Q normalised, then rotated.
+        ``q_out`` (``q`` itself when ``q_out`` is None): Q normalised, then rotated. Under
+        ``torch.compile`` the in-place form writes ``q`` and returns a tensor equal to it
+        (not necessarily ``q`` itself).
 
     Raises
     ------

@@ -502,9 +502,11 @@ def traced_qk_norm_rope_cache(q, k, v, q_weight, k_weight, cos_sin_cache, positi
                                         kn)
     if k_out is not None:
         k_out.copy_(kn)
-    target = q if q_out is None else q_out
-    target.copy_(qn)
-    return target
+    if q_out is None:  # in place on q: return the fresh result, not the mutated input view (on torch 2.11,
+        q.copy_(qn)    # aot_eager returned the view's whole base buffer for it: a [T, (Hq+2Hkv)*D] tensor)
+        return qn
+    q_out.copy_(qn)
+    return q_out
 
 
 def _ub_args(scale_ub):

@@ -114,24 +114,30 @@ def test_exported():
         assert word in doc
 
 
-def _full(dtype, cache_dtype, seed=0, t=7, mrope=None, is_neox=True, d=80, r=48):
+def _dev(backend):
+    """Where a backend's kernels run in this test run: the PyTorch path on the CPU; the Triton
+    kernels on the GPU when there is one, else in the interpreter on the CPU."""
+    return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+
+
+def _full(dtype, cache_dtype, seed=0, t=7, mrope=None, is_neox=True, d=80, r=48, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    qkv = torch.randn(t, (HQ + 2 * HKV) * d, generator=g).to(dtype)
+    qkv = torch.randn(t, (HQ + 2 * HKV) * d, generator=g).to(dtype).to(device)
     q = qkv[:, :HQ * d].view(t, HQ, d)
     k = qkv[:, HQ * d:(HQ + HKV) * d].view(t, HKV, d)
     v = qkv[:, (HQ + HKV) * d:].view(t, HKV, d)
-    qw, kw = torch.randn(d, generator=g), torch.randn(d, generator=g).to(dtype)
-    cs = _cs(32, r)
+    qw, kw = torch.randn(d, generator=g).to(device), torch.randn(d, generator=g).to(dtype).to(device)
+    cs = _cs(32, r).to(device)
     if mrope is None:
-        pos = torch.randint(0, 32, (t,), generator=g)
+        pos = torch.randint(0, 32, (t,), generator=g).to(device)
     else:
-        pos = torch.randint(0, 32, (3, t), generator=g)
-    kc = torch.zeros(3, 4, HKV, d, dtype=cache_dtype)
-    vc = torch.zeros(3, 4, HKV, d, dtype=cache_dtype)
-    sm = torch.tensor([11, -1, 0, 5, 7, -3, 4])[:t]
+        pos = torch.randint(0, 32, (3, t), generator=g).to(device)
+    kc = torch.zeros(3, 4, HKV, d, dtype=cache_dtype, device=device)
+    vc = torch.zeros(3, 4, HKV, d, dtype=cache_dtype, device=device)
+    sm = torch.tensor([11, -1, 0, 5, 7, -3, 4])[:t].to(device)
     sc = {}
     if cache_dtype.is_floating_point and cache_dtype.itemsize == 1:
-        sc = dict(k_scale=torch.tensor([0.03]), v_scale=torch.tensor([0.02]))
+        sc = dict(k_scale=torch.tensor([0.03], device=device), v_scale=torch.tensor([0.02], device=device))
     ko = torch.zeros_like(k)
     return (qkv, q, k, v, qw, kw, cs, pos, kc, vc, sm), dict(is_neox=is_neox, rotary_dim=r, mrope_section=mrope,
                                                              k_out=ko, weight_offset=0.5, **sc)
@@ -144,10 +150,11 @@ def test_cpu_path_matches_kernel(cache_dtype, mrope):
     to one step, at most a few of them)."""
     res = {}
     for backend in ("torch", "triton"):
-        (qkv, q, k, v, qw, kw, cs, pos, kc, vc, sm), kw_ = _full(torch.float32, cache_dtype, mrope=mrope)
+        (qkv, q, k, v, qw, kw, cs, pos, kc, vc, sm), kw_ = _full(torch.float32, cache_dtype, mrope=mrope,
+                                                                  device=_dev(backend))
         with qknorm.use_backend(backend):
             _f(q, k, v, qw, kw, cs, pos, kc, vc, sm, **kw_)
-        res[backend] = (qkv, kc.float(), vc.float(), kw_["k_out"])
+        res[backend] = tuple(t.cpu() for t in (qkv, kc.float(), vc.float(), kw_["k_out"]))
     for i, (a, b) in enumerate(zip(res["torch"], res["triton"])):
         if cache_dtype == torch.float32 or i in (0, 3):  # Q (in the buffer), k_out, fp32 caches
             torch.testing.assert_close(a, b, rtol=2e-6, atol=2e-6)
@@ -175,10 +182,13 @@ def _hf_mrope(x, cs, pos, section, r):
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("section", [(8, 12, 4), (24, 0, 0), (0, 4, 20)])
 def test_mrope_matches_transformers_formula(backend, section):
-    (qkv, q, k, v, qw, kw, cs, pos, kc, vc, sm), kw_ = _full(torch.float32, torch.float32, mrope=section)
+    (qkv, q, k, v, qw, kw, cs, pos, kc, vc, sm), kw_ = _full(torch.float32, torch.float32, mrope=section,
+                                                              device=_dev(backend))
     q0, k0 = q.clone(), k.clone()
     with qknorm.use_backend(backend):
         _f(q, k, v, qw, kw, cs, pos, kc, vc, sm, **kw_)
+    q, kc, ko, cs, pos, sm = (t.cpu() for t in (q, kc, kw_["k_out"], cs, pos, sm))
+    kw_["k_out"] = ko
     rq = _hf_mrope(ref_norm(q0, qw, 1e-6, 0.5), cs, pos, section, 48)
     rk = _hf_mrope(ref_norm(k0, kw, 1e-6, 0.5), cs, pos, section, 48)
     torch.testing.assert_close(q.double(), rq, rtol=1e-5, atol=1e-5)
@@ -193,7 +203,7 @@ def test_mrope_equal_rows_is_rope(backend):
     out = []
     for mrope in (None, (4, 10, 10)):
         (qkv, q, k, v, qw, kw, cs, pos, kc, vc, sm), kw_ = _full(torch.float32, torch.float32, mrope=None,
-                                                                  is_neox=False)
+                                                                  is_neox=False, device=_dev(backend))
         if mrope is not None:
             pos = pos.expand(3, -1).contiguous()
             kw_["mrope_section"] = mrope
