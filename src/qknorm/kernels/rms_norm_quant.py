@@ -234,9 +234,10 @@ def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub, n_
                 if HAS_WEIGHT:
                     nr = nr * w[None, :]
                 n = tl.where(bad[:, None], nr, n)
+        ycols = _code_cols(cols, X)
         if DEBUG:
-            tl.store(d_row[:, None] + (cols * ysd)[None, :], n, mask=mask)
-        y_ptr = y_row[:, None] + (cols * ysd)[None, :]
+            tl.store(d_row[:, None] + (ycols * ysd)[None, :], n, mask=mask)
+        y_ptr = y_row[:, None] + (ycols * ysd)[None, :]
         if STATIC:
             qv = tl.math.div_rn(n, tl.zeros_like(n) + s_static)
         elif GROUP == 0:  # per token
@@ -265,7 +266,8 @@ def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub, n_
                 mask = row_ok[:, None] & col_ok[None, :]
                 n = _reread(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], mask, W, c,
                             col_ok, ws, w_offset, p2, q2, HAS_RESIDUAL, HAS_WEIGHT, True)
-                _store_codes(n, s_static, y_row[:, None] + (c * ysd)[None, :], d_row[:, None] + (c * ysd)[None, :],
+                yc = _code_cols(c, X)
+                _store_codes(n, s_static, y_row[:, None] + (yc * ysd)[None, :], d_row[:, None] + (yc * ysd)[None, :],
                              mask, OUT, QMAX, NATIVE_CAST, DEBUG)
         elif GROUP > 0 and GP <= BLOCK_D:  # tiles of whole groups: [ROWS, GB, GP]
             GB: tl.constexpr = BLOCK_D // GP
@@ -281,8 +283,9 @@ def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub, n_
                 n = _reread(x_row[:, None, None] + (c * xsd)[None, :, :], r_row[:, None, None] + (c * rsd)[None, :, :],
                             mask, W, c, cm, ws, w_offset, p3, q3, HAS_RESIDUAL, HAS_WEIGHT, True)
                 sc = dyn_scale(amax_nan(n, 2), ub, UB, UE8M0, QMAX)
-                _store_codes(n, sc[:, :, None], y_row[:, None, None] + (c * ysd)[None, :, :],
-                             d_row[:, None, None] + (c * ysd)[None, :, :], mask, OUT, QMAX, NATIVE_CAST, DEBUG)
+                yc = gi[:, None] * GROUP + _code_cols(j, X)[None, :]
+                _store_codes(n, sc[:, :, None], y_row[:, None, None] + (yc * ysd)[None, :, :],
+                             d_row[:, None, None] + (yc * ysd)[None, :, :], mask, OUT, QMAX, NATIVE_CAST, DEBUG)
                 tl.store(s_row[:, None] + (gi.to(tl.int64) * ssg)[None, :], sc,
                          mask=row_ok[:, None] & (gi < n_groups)[None, :])
         else:  # a row (per token) or a group wider than a tile: an amax pass, then a quantising pass
@@ -308,8 +311,9 @@ def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub, n_
                     mask = row_ok[:, None] & col_ok[None, :]
                     n = _reread(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], mask, W,
                                 c, col_ok, ws, w_offset, p2, q2, HAS_RESIDUAL, HAS_WEIGHT, True)
-                    _store_codes(n, sc[:, None], y_row[:, None] + (c * ysd)[None, :],
-                                 d_row[:, None] + (c * ysd)[None, :], mask, OUT, QMAX, NATIVE_CAST, DEBUG)
+                    yc = base + start + _code_cols(cols, X)
+                    _store_codes(n, sc[:, None], y_row[:, None] + (yc * ysd)[None, :],
+                                 d_row[:, None] + (yc * ysd)[None, :], mask, OUT, QMAX, NATIVE_CAST, DEBUG)
                 tl.store(s_row + tl.cast(gi, tl.int64) * ssg, sc, mask=row_ok)
 
 
@@ -326,6 +330,19 @@ def _reread(x_ptr, r_ptr, mask, W, c, w_mask, ws, w_offset, p, q, HAS_RESIDUAL: 
     if HAS_WEIGHT:
         w = tl.expand_dims(tl.load(W + c * ws, mask=w_mask, other=0.0).to(tl.float32) + w_offset, 0)
     return _normed(s, p, q, w, HAS_WEIGHT)
+
+
+@triton.jit
+def _code_cols(c, X):
+    """Columns ``c`` for the code (and debug) stores, equal in value, whose contiguity the compiler
+    sees as at most one 16-byte load of ``X``'s elements (8 bf16/fp16, 4 fp32). Left as they
+    are, the 8-bit store asks for 16 codes per thread, and where a tile has that many elements
+    per thread (``ROWS * BLOCK_D > 8 * 32 * num_warps`` for bf16) Triton lays the whole row out
+    that way, the sum of squares included: another summation order than ``rms_norm``'s
+    (whose row layout the dispatcher keeps canonical, ``invariance.py``), so ``n`` and the
+    codes would change with the config, i.e. with the call's row count (seen on an H100)."""
+    V: tl.constexpr = 128 // X.dtype.element_ty.primitive_bitwidth
+    return (c // V) * V + c % V
 
 
 @triton.jit
