@@ -23,10 +23,11 @@ prefill of ``context`` (default 512) random tokens per sequence, then ``steps`` 
 decode steps timed back to back (one synchronize per round, median of ``rounds`` rounds;
 every round rewrites the same cache positions). Prefill is timed the same way (median of
 three). With ``--compile``: the decode step runs ``torch.compile(model,
-mode="reduce-overhead")`` (CUDA graphs); prefill stays eager. Then ``--profile-steps``
-decode steps under ``torch.profiler`` with every norm module's forward wrapped in a
-``record_function("norm")`` range (eager only): the norms' share of host time and of GPU
-kernel time per step.
+mode="reduce-overhead")`` (CUDA graphs); prefill stays eager. Then (eager only)
+``--profile-steps`` decode steps with every norm module's call timed on the host (forward
+hooks, ``perf_counter``): norm calls, host milliseconds inside norms and their share of the
+step (eager decode is host-bound, so this is the part the norms cost); and the same steps
+under ``torch.profiler`` for the GPU kernel time per step.
 
 Output: one JSON line per (model, variant, mode, B) appended to ``--out``, and a line on
 stdout. ``benchmarks/scripts/hf_decode_report.py`` turns the JSONL into a table.
@@ -123,21 +124,25 @@ def timed(fn, rounds: int, sync) -> float:
     return statistics.median(times)
 
 
-def norm_ranges(model):
-    """Forward pre/post hooks putting every norm module's call in a ``record_function("norm")``."""
+def norm_timers(model):
+    """Forward pre/post hooks timing every norm module's call on the host (``perf_counter``,
+    no sync): the host time a step spends inside norms, launches included. Returns
+    ``(handles, totals)``; ``totals`` holds ``[seconds, calls]``."""
+    totals = [0.0, 0]
     handles = []
     for m in model.modules():
         if "norm" in type(m).__name__.lower() and not list(m.children()):
-            state = {}
+            start = []
 
-            def pre(mod, args, state=state):
-                state.setdefault("stack", []).append(torch.autograd.profiler.record_function("norm").__enter__())
+            def pre(mod, args, start=start):
+                start.append(time.perf_counter())
 
-            def post(mod, args, out, state=state):
-                state["stack"].pop().__exit__(None, None, None)
+            def post(mod, args, out, start=start):
+                totals[0] += time.perf_counter() - start.pop()
+                totals[1] += 1
 
             handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
-    return handles
+    return handles, totals
 
 
 def main(argv=None) -> int:
@@ -193,31 +198,34 @@ def main(argv=None) -> int:
             row = dict(meta, batch=b, prefill_ms=t_prefill * 1e3, decode_step_ms=t_decode * 1e3,
                        decode_tok_s=b / t_decode, prefill_tok_s=b * a.context / t_prefill)
             if a.profile_steps and not a.compile:
-                handles = norm_ranges(model)
-                acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+                handles, totals = norm_timers(model)
                 rewind(cache, a.context)
-                with torch.profiler.profile(activities=acts) as prof:
-                    for p in positions[:a.profile_steps]:
-                        model(input_ids=tok0, cache_position=p, use_cache=True, **{ck: cache})
-                    sync()
+                sync()
+                t0 = time.perf_counter()
+                for p in positions[:a.profile_steps]:
+                    model(input_ids=tok0, cache_position=p, use_cache=True, **{ck: cache})
+                sync()
+                step = (time.perf_counter() - t0) / a.profile_steps
                 for h in handles:
                     h.remove()
-                ev = {e.key: e for e in prof.key_averages()}
-                n = ev.get("norm")
-                kernels = sum(e.self_device_time_total for e in prof.key_averages()
-                              if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA) if cuda else 0
-                if n is not None:
-                    row.update(norm_calls_per_step=n.count / a.profile_steps,
-                               norm_host_ms_per_step=n.cpu_time_total / 1e3 / a.profile_steps,
-                               norm_host_share=n.cpu_time_total / 1e3 / a.profile_steps / row["decode_step_ms"],
-                               norm_gpu_ms_per_step=n.device_time_total / 1e3 / a.profile_steps if cuda else None,
-                               gpu_kernel_ms_per_step=kernels / 1e3 / a.profile_steps if cuda else None)
+                row.update(norm_calls_per_step=totals[1] / a.profile_steps,
+                           norm_host_ms_per_step=totals[0] * 1e3 / a.profile_steps,
+                           norm_host_share=totals[0] / a.profile_steps / step)
+                if cuda:
+                    rewind(cache, a.context)
+                    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                        for p in positions[:a.profile_steps]:
+                            model(input_ids=tok0, cache_position=p, use_cache=True, **{ck: cache})
+                        sync()
+                    kern = sum(e.self_device_time_total for e in prof.key_averages()
+                               if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA)
+                    row.update(gpu_kernel_ms_per_step=kern / 1e3 / a.profile_steps)
         line = json.dumps(row)
         print(line, flush=True)
         if a.out:
             with open(a.out, "a") as f:
                 f.write(line + "\n")
-        del cache
+        cache = None
         if cuda:
             torch.cuda.empty_cache()
     if report and a.out:
