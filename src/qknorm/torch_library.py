@@ -129,12 +129,10 @@ def _fused_add_fake(x, residual, weight, eps, weight_offset):
 @torch.library.custom_op("qknorm::fused_add_rms_norm_functional", mutates_args=())
 def fused_add_rms_norm_functional_op(x: Tensor, residual: Tensor, weight: Optional[Tensor], eps: float,
                                      weight_offset: float) -> tuple[Tensor, Tensor]:
-    """Functional form: returns ``(norm(x + residual) * w, x + residual)`` without touching the inputs."""
-    y = x.clone(memory_format=torch.contiguous_format)
-    r = residual.clone(memory_format=torch.contiguous_format)
+    """Functional form: returns ``(norm(x + residual) * w, x + residual)`` without touching the
+    inputs: one out-of-place launch into two new tensors (``ops.fused_add.call_out``), no copies."""
     with torch.no_grad():
-        _add.call(y, r, weight, eps, weight_offset)
-    return y, r
+        return _add.call_out(x, residual, weight, eps, weight_offset)
 
 
 @fused_add_rms_norm_functional_op.register_fake

@@ -12,7 +12,7 @@ _AOT = r"""
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from qknorm.kernels.fused_add import fused_add_rms_norm_kernel
+from qknorm.kernels.fused_add import fused_add_rms_norm_kernel, fused_add_rms_norm_out_kernel
 from qknorm.kernels.qk_norm import qk_rms_norm_kernel
 from qknorm.kernels.qk_norm_rope_cache import qk_norm_rope_cache_kernel
 from qknorm.kernels.rms_norm import rms_norm_kernel
@@ -35,6 +35,8 @@ for d, block, chunked in ((4096, 4096, 0), (5120, 1024, 5), (5000, 1024, 1)):
     compile_(rms_norm_kernel, rows, dict(base, D=d, BLOCK_D=block, CHUNKED=chunked))
     compile_(fused_add_rms_norm_kernel, {"X": "*bf16", "R": "*bf16", "W": "*bf16"},
              dict(base, D=d, BLOCK_D=block, CHUNKED=chunked, PERSISTENT=True))
+compile_(fused_add_rms_norm_out_kernel, {"X": "*bf16", "R": "*bf16", "Y": "*bf16", "RO": "*bf16", "W": "*bf16"},
+         dict(base, D=5000, BLOCK_D=1024, CHUNKED=1))
 compile_(qk_rms_norm_kernel, {"XQ": "*bf16", "YQ": "*bf16", "WQ": "*bf16", "XK": "*bf16", "YK": "*bf16",
                               "WK": "*bf16"},
          dict(base, D=128, ROWS=16, BLOCK_D=128, CHUNKED=0), num_warps=8)

@@ -67,3 +67,34 @@ def test_random(impl, rows, d, dtype, persistent):
     qknorm.fused_add_rms_norm(x, r, config=cfg)
     assert_matches(x, ref_y, dtype)
     assert_matches(r, ref_s, dtype)
+
+
+OUT_CONFIGS = [None, qknorm.KernelConfig(rows=2, block_d=64, num_warps=2),  # exact tiles in registers / two-pass
+               qknorm.KernelConfig(rows=4, block_d=128, num_warps=2, persistent=True, programs_per_sm=1)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("config", OUT_CONFIGS, ids=["pick", "chunked", "persistent"])
+def test_out_of_place_matches_in_place(impl, dtype, config):
+    """The out-of-place kernel (the functional op's body: ``ops.fused_add.call_out``) writes two new
+    contiguous tensors with the in-place call's bits and leaves x and residual as they were; strided
+    inputs, widths that are and are not multiples of the tile, no weight."""
+    from qknorm.ops import fused_add as add_op
+
+    for d in (256, 290):
+        base = randn((6, 3, d + 10), dtype, impl, 2.0)
+        x = base[:, 1, 10:]
+        r = randn((d, 6), dtype, impl).t()  # column-major residual
+        for w, off in ((randn((d,), torch.float32, impl), 0.5), (None, 0.0)):
+            x0, r0 = x.clone(), r.clone()
+            y, s = add_op.call_out(x, r, w, 1e-6, off, config)
+            assert torch.equal(x, x0) and torch.equal(r, r0), "inputs must not be written"
+            assert y.is_contiguous() and s.is_contiguous() and y.shape == x.shape and s.dtype == r.dtype
+            xi, ri = x0.clone(), r0.clone()
+            qknorm.fused_add_rms_norm(xi, ri, w, 1e-6, weight_offset=off, config=config)
+            assert torch.equal(y, xi) and torch.equal(s, ri)
+    same = randn((5, 64), dtype, impl)  # x and residual may share memory: both are only read
+    y, s = add_op.call_out(same, same, None, 1e-6, 0.0, None)
+    ref_y, ref_s = ref_add_norm(same, same)
+    assert_matches(y, ref_y, dtype, "out")
+    assert_matches(s, ref_s, dtype, "residual_out")

@@ -272,13 +272,15 @@ def _scaled_chunk_store(x, p, q, W, c, ws, w_offset, col_ok, y_ptr, mask, HAS_WE
 
 
 @triton.jit
-def add_norm_block(block, X, R, W, n_rows, D, N1, N2,
-                   xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd, ws, eps, eps_tiny, w_offset,
+def add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2,
+                   xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd, ys0, ys1, ys2, ysd, os0, os1, os2, osd,
+                   ws, eps, eps_tiny, w_offset,
                    HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
                    CHUNKED: tl.constexpr):
-    """``R += X; X = norm(R)`` for one block of rows, in place.
+    """``RO = X + R; Y = norm(RO)`` for one block of rows: in place with ``Y = X``, ``RO = R``
+    (and their strides), out of place into fresh tensors otherwise.
 
-    The norm uses the fp32 sum; R stores its rounding. The chunked form sums squares
+    The norm uses the fp32 sum; RO stores its rounding. The chunked form sums squares
     in a read-only first pass so the second pass can recompute the exact fp32 sum
     before either tensor is overwritten.
     """
@@ -286,6 +288,8 @@ def add_norm_block(block, X, R, W, n_rows, D, N1, N2,
     row_ok = rows < n_rows
     x_row = X + row_offsets(rows, N1, N2, xs0, xs1, xs2)
     r_row = R + row_offsets(rows, N1, N2, rs0, rs1, rs2)
+    y_row = Y + row_offsets(rows, N1, N2, ys0, ys1, ys2)
+    o_row = RO + row_offsets(rows, N1, N2, os0, os1, os2)
     cols = tl.arange(0, BLOCK_D)
     if not CHUNKED:
         col_ok = cols < D
@@ -297,12 +301,13 @@ def add_norm_block(block, X, R, W, n_rows, D, N1, N2,
         mask = row_ok[:, None] & col_ok[None, :]
         x_ptr = x_row[:, None] + (cols * xsd)[None, :]
         r_ptr = r_row[:, None] + (cols * rsd)[None, :]
+        y_ptr = y_row[:, None] + (cols * ysd)[None, :]
         s = (tl.load(x_ptr, mask=mask, other=0.0).to(tl.float32)
              + tl.load(r_ptr, mask=mask, other=0.0).to(tl.float32))
         ss = tl.sum(s * s, axis=1)
-        tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
-        scale_store(s, ss, D, eps, w, x_ptr, mask, HAS_WEIGHT)
-        store_extreme_rows(s, ss, D, eps, eps_tiny, w2, x_ptr, mask, HAS_WEIGHT)  # from the sum in registers
+        tl.store(o_row[:, None] + (cols * osd)[None, :], s.to(RO.dtype.element_ty), mask=mask)
+        scale_store(s, ss, D, eps, w, y_ptr, mask, HAS_WEIGHT)
+        store_extreme_rows(s, ss, D, eps, eps_tiny, w2, y_ptr, mask, HAS_WEIGHT)  # from the sum in registers
     else:
         p, q, sums = chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, True, ROWS, BLOCK_D,
                                      CHUNKED)
@@ -311,17 +316,15 @@ def add_norm_block(block, X, R, W, n_rows, D, N1, N2,
                 c = i * BLOCK_D + cols
                 col_ok = c < D
                 mask = row_ok[:, None] & col_ok[None, :]
-                r_ptr = r_row[:, None] + (c * rsd)[None, :]
-                tl.store(r_ptr, sums[i].to(R.dtype.element_ty), mask=mask)
-                _scaled_chunk_store(sums[i], p, q, W, c, ws, w_offset, col_ok, x_row[:, None] + (c * xsd)[None, :],
+                tl.store(o_row[:, None] + (c * osd)[None, :], sums[i].to(RO.dtype.element_ty), mask=mask)
+                _scaled_chunk_store(sums[i], p, q, W, c, ws, w_offset, col_ok, y_row[:, None] + (c * ysd)[None, :],
                                     mask, HAS_WEIGHT)
         else:
             for start in range(0, D, BLOCK_D):
                 c = start + cols
                 col_ok = c < D
                 mask = row_ok[:, None] & col_ok[None, :]
-                x_ptr = x_row[:, None] + (c * xsd)[None, :]
-                r_ptr = r_row[:, None] + (c * rsd)[None, :]
-                s = load_sum(x_ptr, r_ptr, mask, True)
-                tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
-                _scaled_chunk_store(s, p, q, W, c, ws, w_offset, col_ok, x_ptr, mask, HAS_WEIGHT)
+                s = load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], mask, True)
+                tl.store(o_row[:, None] + (c * osd)[None, :], s.to(RO.dtype.element_ty), mask=mask)
+                _scaled_chunk_store(s, p, q, W, c, ws, w_offset, col_ok, y_row[:, None] + (c * ysd)[None, :], mask,
+                                    HAS_WEIGHT)

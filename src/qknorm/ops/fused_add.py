@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import backend, launch
+from .. import backend, launch, layout
 from .. import validate
 from ..reference import fused_add_rms_norm_torch
 from . import _plan as plans
@@ -111,3 +111,113 @@ def call(x, residual, weight=None, eps=1e-6, weight_offset=0.0, config=None):
         return x, residual
     eps, weight_offset = check_args(x, residual, weight, eps, weight_offset, config)
     return run(x, residual, weight, eps, weight_offset, config)
+
+
+# --------------------------------------------------------------------------- out of place
+
+OUT_OP = "fused_add_rms_norm_out"
+
+
+def out_launcher() -> launch.KernelLauncher:
+    """The out-of-place kernel's launcher (imports triton on first use)."""
+    return plans.kernel_launcher("fused_add", "fused_add_rms_norm_out_kernel", ("X", "R", "Y", "RO", "W"),
+                                 ("X", "R", "Y", "RO", "W", "eps", "eps_tiny", "w_offset"))
+
+
+def check_out_args(x, residual, weight, eps, weight_offset, config):
+    """The rules of the out-of-place form: ``fused_add_rms_norm``'s, less those about written
+    tensors (x and residual are only read; they may even share memory)."""
+    validate.activation("x", x)
+    validate.residual(x, residual)
+    validate.weight("weight", weight, x.shape[-1], "x", x)
+    validate.scalars(eps, weight_offset, weight is not None)
+    validate.config(config)
+    return float(eps), float(weight_offset)
+
+
+def _out_plan(x, residual, weight, config, bind=None):
+    d = x.shape[-1]
+    contig = plans.contig_strides(x.shape)
+    lay = plans.kernel_layout(x.shape, d, x.stride(), residual.stride(), contig, contig)
+    if lay is None or (weight is not None and abs(weight.stride(0)) * d > plans.INT32_MAX):
+        return None
+    cfg = plans.choose(OP, x.dtype, d, lay.n_rows, x.device, config)
+    (_, n1, n2), (xs, rs, ys, os_) = lay.sizes, lay.strides
+    plan = plans.make_plan(out_launcher(), cfg, plans.blocks(lay.n_rows, cfg), x.device,
+                           (x.dtype, weight.dtype if weight is not None else x.dtype),
+                           n_rows=lay.n_rows, D=d, N1=n1, N2=n2, **plans.strides_named("x", xs),
+                           **plans.strides_named("r", rs), **plans.strides_named("y", ys),
+                           **plans.strides_named("o", os_), ws=weight.stride(0) if weight is not None else 0,
+                           HAS_WEIGHT=weight is not None, ROWS=cfg.rows, BLOCK_D=cfg.block_d,
+                           CHUNKED=cfg.chunk_mode(d))
+    if bind is not None:
+        plans.bind_scalars(plan, *bind)
+    return plan
+
+
+def _fast_out_plan(x, residual, weight, eps, weight_offset, config):
+    if not plans.checked(lambda: check_out_args(x, residual, weight, eps, weight_offset, config)) \
+            or x.numel() == 0 or (not x.is_cuda and not plans.FAST_ON_CPU):
+        return None
+    return _out_plan(x, residual, weight, config, (eps, weight_offset))
+
+
+def _launch_out(plan, x, residual, weight, y, ro, head_tail=()):
+    w = weight if weight is not None else x
+    px, pr, py, po, pw = x.data_ptr(), residual.data_ptr(), y.data_ptr(), ro.data_ptr(), w.data_ptr()
+    launch.run_plan(plan, 0 if not (px | pr | py | po | pw) & 15 else launch.align_bits(px, pr, py, po, pw),
+                    (px, pr, py, po, pw) + head_tail, (x, residual, y, ro, w))
+
+
+def call_out(x, residual, weight=None, eps=1e-6, weight_offset=0.0, config=None):
+    """``(norm(x + residual) * w, x + residual)`` in two new contiguous tensors, x and residual
+    only read: the numerics of ``fused_add_rms_norm`` (the norm of the fp32 sum; the sum
+    rounded once to residual's dtype), one launch, no copies. The body of the functional
+    custom op (what ``torch.compile`` runs for ``fused_add_rms_norm``) and of the Hugging Face
+    integration's fused residual. No autograd here."""
+    if type(x) is _Tensor and type(residual) is _Tensor and type(eps) is float and type(weight_offset) is float \
+            and backend.active != "torch" and (weight is None or type(weight) in WEIGHT_TYPES):
+        try:
+            dev = x.get_device()
+            if dev >= 0 or plans.FAST_ON_CPU:
+                wk = None if weight is None else (weight.shape, weight.stride(), weight.dtype, weight.get_device())
+                key = (OUT_OP, x.shape, x.stride(), x.dtype, dev, residual.shape, residual.stride(), residual.dtype,
+                       residual.get_device(), wk, eps, weight_offset, config)
+                plan = PLANS.get(key, MISS)
+                if plan is MISS:
+                    plan = PLANS.build(key, _fast_out_plan, x, residual, weight, eps, weight_offset, config)
+                if plan is not None and not (x.is_neg() or residual.is_neg() or (wk is not None and weight.is_neg())):
+                    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+                    ro = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+                    _launch_out(plan, x, residual, weight, y, ro)
+                    return y, ro
+        except (RuntimeError, TypeError):
+            pass
+    eps, weight_offset = check_out_args(x, residual, weight, eps, weight_offset, config)
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    ro = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if x.numel() == 0:
+        return y, ro
+    if not backend.use_triton(x):
+        y.copy_(x)
+        ro.copy_(residual)
+        return fused_add_rms_norm_torch(y, ro, weight, eps, weight_offset)
+    weight = plans.addressable_weight(weight, x.shape[-1])
+    if plans.n_rows(x) > layout.ROW_LIMIT:
+        for xc, rc, yc, oc in plans.row_chunks([x, residual, y, ro]):
+            _general_out(xc, rc, weight, eps, weight_offset, config, yc, oc)
+    else:
+        _general_out(x, residual, weight, eps, weight_offset, config, y, ro)
+    return y, ro
+
+
+def _general_out(x, residual, weight, eps, weight_offset, config, y, ro):
+    key = (OUT_OP, "general", x.shape, x.stride(), x.dtype, x.get_device(), residual.stride(), y.stride(),
+           ro.stride(), None if weight is None else (weight.stride(), weight.dtype), config)
+    plan = plans.cached(key, lambda: _out_plan(x, residual, weight, config))
+    if plan is None:  # a view the kernel cannot address: once on contiguous copies of the inputs
+        xc, rc = x.contiguous(), residual.contiguous()
+        plan = _out_plan(xc, rc, weight, config)
+        assert plan is not None, "a contiguous copy must be addressable"
+        x, residual = xc, rc
+    _launch_out(plan, x, residual, weight, y, ro, (*plans.eps_pair(eps), weight_offset))
