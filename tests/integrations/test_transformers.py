@@ -10,6 +10,7 @@ from torch import nn
 transformers = pytest.importorskip("transformers")
 
 from qknorm import functional as qf  # noqa: E402
+from qknorm.integrations import transformers as qt  # noqa: E402
 from qknorm.integrations.transformers import PatchedRMSNorm, apply_qknorm  # noqa: E402
 
 _SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -94,16 +95,22 @@ def test_patched_model_matches(arch, monkeypatch):
     if arch == "olmo2":
         assert qk_names and all("full-width" in r.note for r in qk_names)
 
-    calls, qk_calls = [], []
-    real, real_qk = qf.rms_norm, qf.qk_rms_norm
+    calls, qk_calls, fused_calls = [], [], []
+    real, real_qk, real_fused = qf.rms_norm, qf.qk_rms_norm, qt._fused_out
     monkeypatch.setattr(qf, "rms_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setattr(qf, "qk_rms_norm", lambda *a, **k: qk_calls.append(1) or real_qk(*a, **k))
+    monkeypatch.setattr(qt, "_fused_out", lambda *a, **k: fused_calls.append(1) or real_fused(*a, **k))
     with torch.no_grad():
         out = model(ids).logits
-    # every norm went through qknorm once per forward; per-head q/k norms as one launch per block
+    # every norm went through qknorm once per forward: per-head q/k norms as one launch per block, the
+    # norm after each layer's residual add fused with it (not OLMo 2: its layers are post-norm)
     layers = model.config.num_hidden_layers
+    fused = arch != "olmo2"
     assert len(qk_calls) == (layers if per_head else 0)
-    assert len(calls) == len(expected) - 2 * len(qk_calls)
+    assert len(fused_calls) == (layers if fused else 0)
+    assert len(calls) == len(expected) - 2 * len(qk_calls) - len(fused_calls)
+    assert report.fused_layers == ([f"model.layers.{i}" for i in range(layers)] if fused else [])
+    assert any("post-norm" in s for s in report.not_done) == (not fused)
     assert _rel(out, ref) <= 1e-5
     with torch.no_grad():
         gen = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
@@ -229,11 +236,14 @@ def test_hooked_module_left_alone():
 def test_idempotent_and_fuse_residual_reported():
     model, _ = _model("llama")
     first = apply_qknorm(model, fuse_residual=False)
-    assert len(first.replaced) == 5 and not first.not_done
-    second = apply_qknorm(model)
+    assert len(first.replaced) == 5 and not first.not_done and not first.fused_layers
+    second = apply_qknorm(model)  # the norms are qknorm's already; the layers get the fused forward now
     assert not second.replaced and len(second.left_alone) == 5
     assert all("already patched" in r.reason for r in second.left_alone)
-    assert any(s.startswith("fuse_residual") for s in second.not_done)
+    assert second.fused_layers == ["model.layers.0", "model.layers.1"] and not second.not_done
+    third = apply_qknorm(model)
+    assert not third.replaced and not third.fused_layers and not third.not_done
+    assert "fused residual add" in str(second)
 
 
 def test_not_a_module():
@@ -364,5 +374,56 @@ def test_attention_with_another_order_is_not_paired():
     assert attn.q_norm._pair is None and attn.k_norm._pair is None
     assert any("one qk_rms_norm launch" in s and "probe" in s for s in report.not_done), str(report)
     assert all("its own rms_norm launch" in r.note for r in report.replaced if r.name.endswith("q_norm"))
+    with torch.no_grad():
+        assert _rel(model(ids).logits, ref) <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gemma3"])
+def test_fused_residual_keeps_inputs_and_hidden_states(arch):
+    """The fused add + norm writes two new tensors: the layer's input (the previous layer's output,
+    the embeddings, what ``output_hidden_states`` returns) is never written, and every hidden state
+    equals the unpatched model's."""
+    model, _ = _model(arch)
+    ids = _ids()
+    with torch.no_grad():
+        ref = model(ids, output_hidden_states=True).hidden_states
+    report = apply_qknorm(model)
+    assert report.fused_layers
+    with torch.no_grad():
+        got = model(ids, output_hidden_states=True).hidden_states
+        layer = model.model.layers[0]
+        h = torch.randn(1, 3, 64)
+        h0 = h.clone()
+        pe = model.model.rotary_emb(h, torch.arange(3)[None]) if arch == "qwen3" else None
+        if pe is not None:
+            layer(h, attention_mask=None, position_embeddings=pe)
+            assert torch.equal(h, h0), "the layer input was written"
+    assert len(got) == len(ref)
+    for a, b in zip(got, ref):
+        assert _rel(a, b) <= 1e-5
+
+
+def test_layer_with_another_forward_is_not_fused():
+    """A class named LlamaDecoderLayer whose forward is post-norm (OLMo 2's order) fails the probe:
+    the layer keeps its own forward and the report says why; logits unchanged."""
+    from transformers.models.llama import modeling_llama as ml
+
+    class PostNorm(ml.LlamaDecoderLayer):
+        def forward(self, hidden_states, attention_mask=None, position_embeddings=None, **kw):
+            h, _ = self.self_attn(hidden_states=hidden_states, attention_mask=attention_mask,
+                                  position_embeddings=position_embeddings, **kw)
+            hidden_states = hidden_states + self.input_layernorm(h)
+            return hidden_states + self.post_attention_layernorm(self.mlp(hidden_states))
+
+    PostNorm.__module__, PostNorm.__name__, PostNorm.__qualname__ = ml.__name__, "LlamaDecoderLayer", "LlamaDecoderLayer"
+    model, _ = _model("llama")
+    for layer in model.model.layers:
+        layer.__class__ = PostNorm
+    ids = _ids()
+    with torch.no_grad():
+        ref = model(ids).logits
+    report = apply_qknorm(model)
+    assert not report.fused_layers and type(model.model.layers[0]) is PostNorm
+    assert any(s.startswith("fuse_residual") and "probe" in s for s in report.not_done), str(report)
     with torch.no_grad():
         assert _rel(model(ids).logits, ref) <= 1e-5

@@ -80,14 +80,27 @@ tensors outside inference mode and where the model's dtype rule makes the output
 differ from the input's. One model instance should not run forwards from two threads at
 once (the deferred tensor is held per block).
 
+Fused residual add (``fuse_residual=True``)
+--------------------------------------------
+In the decoder layers of Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE (pre-norm: ``residual + attn``
+then ``post_attention_layernorm``) and Gemma 2/3 (sandwich norms: ``residual +
+post_attention_layernorm(attn)`` then ``pre_feedforward_layernorm``), the add and the norm
+after it run as one launch of the *out-of-place* fused add (``ops.fused_add.call_out``: the
+norm of the fp32 sum, the sum rounded once into a new tensor). Nothing the caller holds is
+written: the residual is the layer's input (the previous layer's output, the embeddings,
+what ``output_hidden_states`` returns). The layer keeps its object, parameters, hooks and
+``state_dict``; only its class becomes a subclass with this forward, checked per layer
+against the layer's own forward on probe tokens (fp32: 1e-4; bf16/fp16: 3e-2 relative, the
+norm of the unrounded sum propagated through the MLP). Numerics: the model normalises the
+sum rounded to the activation dtype; qknorm the fp32 sum (identical in fp32). Under
+autograd, and for dtypes the fused call would change, the layer runs the add and the norm
+separately; under ``torch.compile`` it calls the functional custom op. OLMo 2's layers are
+post-norm (the add is not followed by a norm): nothing to fuse, reported. A model whose
+layers were patched cannot be pickled whole (``torch.save(model)``); save its
+``state_dict`` (``save_pretrained`` does).
+
 Not done in this step
 ---------------------
-* **fuse_residual.** ``fused_add_rms_norm`` writes the sum into ``residual`` in place, and
-  there the residual is the decoder layer's *input*: the previous layer's output (kept by
-  ``output_hidden_states`` and the output-recording hooks), or the embeddings (a user's
-  ``inputs_embeds``), and re-read by gradient checkpointing. Doing it safely needs a
-  rewritten decoder-layer (or model) forward that owns its buffers; not done yet, and the
-  report says so when ``fuse_residual=True`` asked for it.
 * Under autograd the qknorm ops take their differentiable custom-op path (gradients match
   PyTorch's); nothing extra is done for training.
 """
@@ -101,6 +114,7 @@ import torch
 from torch import nn
 
 from .. import functional as _ops
+from ..ops.fused_add import call_out as _fused_out
 from ..nn import default_eps
 
 __all__ = ["apply_qknorm", "Report", "Replaced", "LeftAlone", "PatchedRMSNorm"]
@@ -306,6 +320,7 @@ class Report:
     left_alone: list[LeftAlone] = dataclasses.field(default_factory=list)
     not_done: list[str] = dataclasses.field(default_factory=list)
     numerics: dict[str, str] = dataclasses.field(default_factory=dict)  # original class -> note
+    fused_layers: list[str] = dataclasses.field(default_factory=list)  # decoder layers with the fused add + norm
 
     @property
     def replaced_names(self) -> list[str]:
@@ -327,6 +342,10 @@ class Report:
             lines.append("left alone:")
             for r in self.left_alone:
                 lines.append(f"  {r.name}: {r.cls} -- {r.reason}")
+        if self.fused_layers:
+            n = self.fused_layers
+            lines.append(f"fused residual add + norm (one fused_add_rms_norm launch, out of place) in {len(n)} decoder "
+                         f"layer(s): {n[0]}" + (f" ... {n[-1]}" if len(n) > 1 else ""))
         if self.numerics:
             lines.append("numerics vs the model's own forward:")
             for cls, note in self.numerics.items():
@@ -502,6 +521,159 @@ def _pair_attention(model: nn.Module, report: "Report") -> None:
         report.not_done.append("one qk_rms_norm launch for Q and K in " + "; ".join(unpaired))
 
 
+# --------------------------------------------------------------------------- fused residual add
+
+# Decoder layers whose forward is ``residual = h; h = input_layernorm(h); h, _ = self_attn(hidden_states=h,
+# **kwargs); [h = post_attention_layernorm(h)]; h = residual + h; residual = h; h = <norm>(h); h = mlp(h);
+# [h = post_feedforward_layernorm(h)]; return residual + h`` (transformers 5.x): class -> (the norm after
+# the add, the norm on the attention output before the add or None, the norm on the MLP output or None).
+_PRE_NORM = ("post_attention_layernorm", None, None)
+_SANDWICH = ("pre_feedforward_layernorm", "post_attention_layernorm", "post_feedforward_layernorm")
+_FUSED_LAYERS: dict[tuple[str, str], tuple] = {
+    (_MODELS + "llama.modeling_llama", "LlamaDecoderLayer"): _PRE_NORM,
+    (_MODELS + "mistral.modeling_mistral", "MistralDecoderLayer"): _PRE_NORM,
+    (_MODELS + "qwen2.modeling_qwen2", "Qwen2DecoderLayer"): _PRE_NORM,
+    (_MODELS + "qwen3.modeling_qwen3", "Qwen3DecoderLayer"): _PRE_NORM,
+    (_MODELS + "qwen3_moe.modeling_qwen3_moe", "Qwen3MoeDecoderLayer"): _PRE_NORM,
+    (_MODELS + "gemma2.modeling_gemma2", "Gemma2DecoderLayer"): _SANDWICH,
+    (_MODELS + "gemma3.modeling_gemma3", "Gemma3DecoderLayer"): _SANDWICH,
+}
+
+
+def _fused_add_norm(norm: PatchedRMSNorm, h: torch.Tensor, residual: torch.Tensor):
+    """``(norm(residual + h), residual + h)`` as one launch into two new tensors (neither input is
+    written: the residual is the layer's input, which the caller may keep), or None where the
+    fused call would not give what the model's add then norm give: another dtype or shape, the
+    model's promotion rule, autograd (the unfused path is differentiable)."""
+    if not (type(h) is torch.Tensor and type(residual) is torch.Tensor and h.dtype == residual.dtype
+            and h.shape == residual.shape and h.dtype in _KERNEL_DTYPES and norm.out_dtype(h) == h.dtype
+            and norm._pair is None):
+        return None
+    w = norm.weight
+    if torch.is_grad_enabled() and (h.requires_grad or residual.requires_grad or (w is not None and w.requires_grad)):
+        return None
+    eps = norm.eps if norm.eps is not None else default_eps(h.dtype)
+    if _is_compiling():
+        return torch.ops.qknorm.fused_add_rms_norm_functional(h, residual, w, float(eps), norm.weight_offset)
+    return _fused_out(h, residual, w, float(eps), norm.weight_offset)
+
+
+def _fused_layer_forward(self, hidden_states, **kwargs):
+    """The decoder layer's forward with the residual add and the next norm as one launch
+    (:data:`_FUSED_LAYERS`); the layer's own forward when called otherwise."""
+    after, attn_post, mlp_post = self._qknorm_fused
+    residual = hidden_states
+    h = self.input_layernorm(hidden_states)
+    h, _ = self.self_attn(hidden_states=h, **kwargs)
+    if attn_post is not None:
+        h = getattr(self, attn_post)(h)
+    norm = getattr(self, after)
+    fused = _fused_add_norm(norm, h, residual)
+    if fused is None:
+        residual = residual + h
+        h = norm(residual)
+    else:
+        h, residual = fused
+    h = self.mlp(h)
+    if isinstance(h, tuple):  # MoE blocks of some releases return (hidden, router_logits)
+        h = h[0]
+    if mlp_post is not None:
+        h = getattr(self, mlp_post)(h)
+    return residual + h
+
+
+_fused_classes: dict[type, type] = {}
+
+
+def _fused_class(cls: type) -> type:
+    """``cls`` with :func:`_fused_layer_forward` (one subclass per class, made once)."""
+    sub = _fused_classes.get(cls)
+    if sub is None:
+        def forward(self, hidden_states=None, *args, **kwargs):
+            if args or hidden_states is None or not self._qknorm_fused_on:
+                return cls.forward(self, hidden_states, *args, **kwargs)
+            return _fused_layer_forward(self, hidden_states, **kwargs)
+        sub = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__,
+                                          "__qualname__": cls.__qualname__, "_qknorm_fused_class": True})
+        _fused_classes[cls] = sub
+    return sub
+
+
+def _fusable(layer: nn.Module) -> tuple | str:
+    t = type(layer)
+    names = _FUSED_LAYERS.get((t.__module__, t.__qualname__))
+    if getattr(t, "_qknorm_fused_class", False):
+        return "already fused"
+    if names is None:
+        if (t.__module__, t.__qualname__) == (_MODELS + "olmo2.modeling_olmo2", "Olmo2DecoderLayer"):
+            return "post-norm layers (the residual add is not followed by a norm): nothing to fuse"
+        return f"decoder layer class {t.__qualname__} is not one whose forward qknorm knows"
+    if "forward" in layer.__dict__:  # (hooks stay: the layer keeps its object and __call__)
+        return "its forward was replaced on the instance (another patch?)"
+    if not isinstance(getattr(layer, names[0], None), PatchedRMSNorm):
+        return f"its {names[0]} was not replaced by qknorm"
+    if not all(hasattr(layer, n) for n in ("input_layernorm", "self_attn", "mlp")):
+        return "no input_layernorm / self_attn / mlp"
+    return names
+
+
+def _probe_layer(layer: nn.Module) -> str | None:
+    """The layer's own forward and the fused one on three probe tokens; why they differ, or None."""
+    attn = layer.self_attn
+    w = getattr(getattr(attn, "q_proj", None), "weight", None)
+    head_dim = getattr(attn, "head_dim", None)
+    if not isinstance(w, torch.Tensor) or not isinstance(head_dim, int) or w.device.type == "meta":
+        return "no q_proj weight / head_dim to probe the layer with"
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(1, 3, w.shape[1], generator=g).to(device=w.device, dtype=w.dtype)
+    ang = torch.rand(1, 3, head_dim, generator=g) * 6.0
+    pe = (ang.cos().to(device=w.device, dtype=w.dtype), ang.sin().to(device=w.device, dtype=w.dtype))
+    outs = []
+    try:
+        with torch.no_grad():
+            for on in (False, True):
+                layer._qknorm_fused_on = on
+                outs.append(layer(h, attention_mask=None, position_embeddings=pe))
+    except Exception as e:  # noqa: BLE001 - reported, layer left unfused
+        return f"probe call failed: {type(e).__name__}: {e}"
+    a, b = outs
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.shape != b.shape:
+        return f"probe: the layer returns {type(a).__name__}, the fused forward {type(b).__name__}"
+    a, b = a.double(), b.double()
+    err = ((a - b).abs().max() / a.abs().max().clamp_min(1e-30)).item()
+    tol = 1e-4 if w.dtype == torch.float32 else 3e-2  # bf16: the norm of the unrounded sum, through the MLP
+    if not err <= tol:
+        return f"probe: the fused forward changes the layer's output by {err:.3g} (relative; allowed {tol:.3g})"
+    return None
+
+
+def _fuse_residuals(model: nn.Module, report: "Report") -> None:
+    fused, why_not = [], {}
+    for name, layer in model.named_modules():
+        if not name or "DecoderLayer" not in type(layer).__name__:
+            continue
+        r = _fusable(layer)
+        if isinstance(r, str):
+            why_not.setdefault(r, []).append(name)
+            continue
+        original = type(layer)
+        layer._qknorm_fused = r
+        layer.__class__ = _fused_class(original)
+        why = _probe_layer(layer)
+        if why is None:
+            layer._qknorm_fused_on = True
+            fused.append(name)
+        else:
+            layer.__class__ = original
+            del layer._qknorm_fused, layer._qknorm_fused_on
+            why_not.setdefault(why, []).append(name)
+    report.fused_layers.extend(fused)
+    for why, names in why_not.items():
+        if why != "already fused":
+            report.not_done.append(f"fuse_residual in {len(names)} layer(s) ({names[0]}{' ...' if len(names) > 1 else ''}):"
+                                   f" {why}")
+
+
 def apply_qknorm(model: nn.Module, *, fuse_residual: bool = True) -> Report:
     """Replace the RMSNorm modules of a loaded ``transformers`` model with qknorm's, in place.
 
@@ -511,15 +683,17 @@ def apply_qknorm(model: nn.Module, *, fuse_residual: bool = True) -> Report:
         A loaded model (``LlamaForCausalLM``, ``Qwen3ForCausalLM``, ... or any module
         tree holding the norm classes listed in this module's docstring).
     fuse_residual : bool
-        Ask for the decoder layer's ``residual + x`` then norm to become one
-        ``fused_add_rms_norm``. Not done in this version (see the module docstring); the
-        report lists it under ``not_done``.
+        Run each recognised decoder layer's residual add and the norm after it as one
+        out-of-place fused launch (see "Fused residual add" in this module's docstring);
+        layers not recognised, or failing their probe, are listed in the report's
+        ``not_done``.
 
     Returns
     -------
     Report
         Every module replaced (path, class, replacement, role), every norm-like module left
-        alone with the reason, the numerics notes per class and what is not done yet.
+        alone with the reason, the decoder layers given the fused residual add
+        (``fused_layers``), the numerics notes per class and what is not done and why.
         ``print(report)`` gives a readable summary.
 
     Raises
@@ -570,8 +744,5 @@ def apply_qknorm(model: nn.Module, *, fuse_residual: bool = True) -> Report:
         report.replaced.append(Replaced(name, _cls_name(m), f"PatchedRMSNorm({call})", role))
     _pair_attention(model, report)
     if fuse_residual:
-        report.not_done.append(
-            "fuse_residual: fused_add_rms_norm writes the residual in place, and the residual is the decoder "
-            "layer's input (kept by output_hidden_states, the embeddings, re-read by gradient checkpointing); "
-            "the layer's add and norm stay separate")
+        _fuse_residuals(model, report)
     return report
