@@ -460,37 +460,57 @@ def _pairable(attn: nn.Module) -> str | None:
     return None
 
 
-def _probe_pair(attn: nn.Module, pair: _QKPair) -> str | None:
-    """Run the attention block on three probe tokens with each norm on its own and with the
-    pairing; the reason they disagree (or something is left pending), or None."""
-    proj = getattr(attn, "q_proj", None)
-    w = getattr(proj, "weight", None)
+def _probe_inputs(attn: nn.Module):
+    """``(hidden_states [1, 3, hidden], (cos, sin) [1, 3, head_dim])`` of random probe tokens in the
+    attention block's weight dtype and device, or None when the block has nothing to size them by."""
+    w = getattr(getattr(attn, "q_proj", None), "weight", None)
     head_dim = getattr(attn, "head_dim", None)
     if not isinstance(w, torch.Tensor) or not isinstance(head_dim, int) or w.device.type == "meta":
-        return "no q_proj weight / head_dim to probe the attention block with"
+        return None
     g = torch.Generator().manual_seed(0)
     h = torch.randn(1, 3, w.shape[1], generator=g).to(device=w.device, dtype=w.dtype)
     ang = torch.rand(1, 3, head_dim, generator=g) * 6.0
-    pe = (ang.cos().to(device=w.device, dtype=w.dtype), ang.sin().to(device=w.device, dtype=w.dtype))
-    outs = []
+    return h, (ang.cos().to(device=w.device, dtype=w.dtype), ang.sin().to(device=w.device, dtype=w.dtype))
+
+
+def _probe_compare(run, what: str, tol_half: float) -> str | None:
+    """``run(False)`` (the model's own way) against ``run(True)`` (qknorm's) without grad: the reason
+    they differ (a failed call, another type or shape, a relative difference over the tolerance:
+    1e-4 for fp32 outputs, ``tol_half`` for bf16/fp16), or None."""
     try:
         with torch.no_grad():
-            for p in (None, pair):
-                pair.q._pair = pair.k._pair = p
-                outs.append(attn(hidden_states=h, position_embeddings=pe, attention_mask=None)[0])
-    except Exception as e:  # noqa: BLE001 - reported, pairing left off
+            a, b = run(False), run(True)
+    except Exception as e:  # noqa: BLE001 - reported, the change is left off
         return f"probe call failed: {type(e).__name__}: {e}"
-    finally:
-        pair.q._pair = pair.k._pair = None
-    if pair.pending is not None or not pair.enabled:
-        pair.pending = None
-        return "probe: q_norm's deferred Q was not consumed by k_norm (unexpected call order)"
-    a, b = outs[0].double(), outs[1].double()
-    err = ((a - b).abs().max() / a.abs().max().clamp_min(1e-30)).item()
-    tol = 1e-5 if w.dtype == torch.float32 else 4 * torch.finfo(w.dtype).eps
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.shape != b.shape:
+        return f"probe: {what} returns {type(a).__name__}, qknorm's {type(b).__name__}"
+    tol = 1e-4 if a.dtype == torch.float32 else tol_half
+    err = ((a.double() - b.double()).abs().max() / a.double().abs().max().clamp_min(1e-30)).item()
     if not err <= tol:
-        return f"probe: the paired launch changes the block's output by {err:.3g} (relative; allowed {tol:.3g})"
+        return f"probe: qknorm's change differs from {what} by {err:.3g} (relative; allowed {tol:.3g})"
     return None
+
+
+def _probe_pair(attn: nn.Module, pair: _QKPair) -> str | None:
+    """Run the attention block on three probe tokens with each norm on its own and with the
+    pairing; the reason they disagree (or something is left pending), or None."""
+    inputs = _probe_inputs(attn)
+    if inputs is None:
+        return "no q_proj weight / head_dim to probe the attention block with"
+    h, pe = inputs
+
+    def run(paired):
+        pair.q._pair = pair.k._pair = pair if paired else None
+        try:
+            return attn(hidden_states=h, position_embeddings=pe, attention_mask=None)[0]
+        finally:
+            pair.q._pair = pair.k._pair = None
+
+    why = _probe_compare(run, "the block's own norms", 4 * torch.finfo(h.dtype).eps)
+    if why is None and (pair.pending is not None or not pair.enabled):
+        why = "probe: q_norm's deferred Q was not consumed by k_norm (unexpected call order)"
+    pair.pending = None
+    return why
 
 
 def _pair_attention(model: nn.Module, report: "Report") -> None:
@@ -618,33 +638,18 @@ def _fusable(layer: nn.Module) -> tuple | str:
 
 
 def _probe_layer(layer: nn.Module) -> str | None:
-    """The layer's own forward and the fused one on three probe tokens; why they differ, or None."""
-    attn = layer.self_attn
-    w = getattr(getattr(attn, "q_proj", None), "weight", None)
-    head_dim = getattr(attn, "head_dim", None)
-    if not isinstance(w, torch.Tensor) or not isinstance(head_dim, int) or w.device.type == "meta":
+    """The layer's own forward and the fused one on three probe tokens; why they differ, or None
+    (bf16/fp16 allowed 3e-2 relative: the norm of the unrounded sum, through the MLP)."""
+    inputs = _probe_inputs(layer.self_attn)
+    if inputs is None:
         return "no q_proj weight / head_dim to probe the layer with"
-    g = torch.Generator().manual_seed(1)
-    h = torch.randn(1, 3, w.shape[1], generator=g).to(device=w.device, dtype=w.dtype)
-    ang = torch.rand(1, 3, head_dim, generator=g) * 6.0
-    pe = (ang.cos().to(device=w.device, dtype=w.dtype), ang.sin().to(device=w.device, dtype=w.dtype))
-    outs = []
-    try:
-        with torch.no_grad():
-            for on in (False, True):
-                layer._qknorm_fused_on = on
-                outs.append(layer(h, attention_mask=None, position_embeddings=pe))
-    except Exception as e:  # noqa: BLE001 - reported, layer left unfused
-        return f"probe call failed: {type(e).__name__}: {e}"
-    a, b = outs
-    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.shape != b.shape:
-        return f"probe: the layer returns {type(a).__name__}, the fused forward {type(b).__name__}"
-    a, b = a.double(), b.double()
-    err = ((a - b).abs().max() / a.abs().max().clamp_min(1e-30)).item()
-    tol = 1e-4 if w.dtype == torch.float32 else 3e-2  # bf16: the norm of the unrounded sum, through the MLP
-    if not err <= tol:
-        return f"probe: the fused forward changes the layer's output by {err:.3g} (relative; allowed {tol:.3g})"
-    return None
+    h, pe = inputs
+
+    def run(fused):
+        layer._qknorm_fused_on = fused
+        return layer(h, attention_mask=None, position_embeddings=pe)
+
+    return _probe_compare(run, "the layer's own forward", 3e-2)
 
 
 def _fuse_residuals(model: nn.Module, report: "Report") -> None:

@@ -328,3 +328,21 @@ def add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2,
                 tl.store(o_row[:, None] + (c * osd)[None, :], s.to(RO.dtype.element_ty), mask=mask)
                 _scaled_chunk_store(s, p, q, W, c, ws, w_offset, col_ok, y_row[:, None] + (c * ysd)[None, :], mask,
                                     HAS_WEIGHT)
+
+
+@triton.jit
+def add_norm_program(X, R, Y, RO, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd,
+                     ys0, ys1, ys2, ysd, os0, os1, os2, osd, ws, eps, eps_tiny, w_offset,
+                     HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNKED: tl.constexpr,
+                     PERSISTENT: tl.constexpr):
+    """One program's share of a fused add: its block of ROWS rows, or (PERSISTENT) a grid-stride
+    loop over blocks (:func:`add_norm_block` each)."""
+    if PERSISTENT:
+        for block in range(tl.program_id(0), tl.cdiv(n_rows, ROWS), tl.num_programs(0)):
+            add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd,
+                           ys0, ys1, ys2, ysd, os0, os1, os2, osd, ws, eps, eps_tiny, w_offset, HAS_WEIGHT, ROWS,
+                           BLOCK_D, CHUNKED)
+    else:
+        add_norm_block(tl.program_id(0), X, R, Y, RO, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd, rs0, rs1, rs2,
+                       rsd, ys0, ys1, ys2, ysd, os0, os1, os2, osd, ws, eps, eps_tiny, w_offset, HAS_WEIGHT, ROWS,
+                       BLOCK_D, CHUNKED)
