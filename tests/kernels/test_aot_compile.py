@@ -65,15 +65,21 @@ print("compiled")
 """
 
 
-def test_every_kernel_compiles_for_sm90_without_a_gpu():
+def _compile_script(script: str):
+    """Run ``script`` in a Python without ``TRITON_INTERPRET`` (Triton's compiler, not the
+    interpreter); skip where this Triton has no ahead-of-time compile API."""
     try:
         from triton.backends.compiler import GPUTarget  # noqa: F401
         from triton.compiler import ASTSource  # noqa: F401
     except Exception as e:  # noqa: BLE001
         pytest.skip(f"no ahead-of-time compile API in this Triton: {e}")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, "-c", _AOT], env=env, capture_output=True, text=True,
-                       timeout=1800)  # hang guard only
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=1800)  # hang guard only
+
+
+def test_every_kernel_compiles_for_sm90_without_a_gpu():
+    r = _compile_script(_AOT)
     if r.returncode and "ptxas" in r.stderr.lower() and "not found" in r.stderr.lower():
         pytest.skip("no ptxas to assemble cubins")
     assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-3000:]
@@ -136,13 +142,6 @@ def test_quant_kernel_sums_squares_in_rms_norms_layout():
     gave the whole tile that layout where a thread holds 16 elements (96 of 144 combinations of
     widths, row counts, modes differed; on an H100 the codes then changed with the call's row
     count). Checked on the sm_90 TTGIR, without a GPU."""
-    try:
-        from triton.backends.compiler import GPUTarget  # noqa: F401
-        from triton.compiler import ASTSource  # noqa: F401
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"no ahead-of-time compile API in this Triton: {e}")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, "-c", _LAYOUT], env=env, capture_output=True, text=True,
-                       timeout=1800)  # hang guard only
+    r = _compile_script(_LAYOUT)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip() == "same layouts", r.stdout
