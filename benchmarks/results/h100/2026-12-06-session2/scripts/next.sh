@@ -2,7 +2,7 @@
 # The next device session (H200 wanted; any H100/H200), from the repository root.
 #   bash benchmarks/results/h100/2026-12-06-session2/scripts/next.sh tests   carry [".peers/s"]  (~6 min)
 #   bash benchmarks/results/h100/2026-12-06-session2/scripts/next.sh bench   carry [".peers/s"]  (~9 min)
-#   bash benchmarks/results/h100/2026-12-06-session2/scripts/e2e.sh eager    carry [".peers/l"]  (~8 min)
+#   MODELS=qwen3-8b bash .../e2e.sh eager, then MODELS=gemma3-12b (carry [".peers/l"], ~5 min each)
 #   bash benchmarks/results/h100/2026-12-06-session2/scripts/e2e.sh compile  carry [".peers/l"]  (~9 min)
 # Copies only summaries/CSVs/logs to $OUT (the reply drops files past a count).
 set -uo pipefail
