@@ -221,12 +221,12 @@ def safe_range(impl, monkeypatch):
     interpreter switches it on here; a GPU run without the variable marks the test xfail."""
     import triton.language as tl
 
-    from qknorm.kernels import qk_norm_rope, rows
+    from qknorm.kernels import qk_norm_rope, qk_norm_rope_cache, rows
     if qknorm.get_backend() == "triton" or impl == "cuda":
         if impl == "cuda" and not bool(rows.SAFE_RANGE):
             pytest.xfail("issue 11 kind 5 is open in the kernels by default: set QKNORM_SAFE_RANGE=1")
-        monkeypatch.setattr(rows, "SAFE_RANGE", tl.constexpr(True))
-        monkeypatch.setattr(qk_norm_rope, "SAFE_RANGE", tl.constexpr(True))
+        for module in (rows, qk_norm_rope, qk_norm_rope_cache):
+            monkeypatch.setattr(module, "SAFE_RANGE", tl.constexpr(True))
     return impl
 
 
@@ -334,3 +334,71 @@ def test_explain_validates():
         qknorm.explain(torch.randn(2, 8), op="nope")
     with pytest.raises(TypeError, match="k"):
         qknorm.explain(torch.randn(2, 8), k=3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_out_of_range_rows_next_to_ordinary_ones_in_place(safe_range, dtype):
+    """Tiles holding rows out of fp32's range next to ordinary rows, written in place, with
+    weights (Q's and K's of two dtypes): the rescue reads those rows again from memory after
+    the common store skipped them, so in place they must still hold their input."""
+    impl = safe_range
+    g = torch.Generator().manual_seed(7)
+    scales = torch.tensor([1e20, 1.0, 1e-25, 3.0, 1e-30, 1e18, 1.0, 1e-22])[:, None]
+    x0 = (torch.randn(8, 96, generator=g) * scales).to(dtype).to(impl)
+    w = torch.randn(96, generator=g).to(impl)
+    backend_cfgs = [None] if impl == "cpu" and qknorm.get_backend() == "torch" else \
+        [None, qknorm.KernelConfig(rows=4, block_d=128, num_warps=2)]
+    for cfg in backend_cfgs:
+        kw = {} if cfg is None else {"config": cfg}
+        x = x0.clone()
+        qknorm.rms_norm(x, w, 1e-6, out=x, **kw)
+        _check(x, ref_norm(x0, w, 1e-6), dtype, f"rms_norm in place {cfg}")
+        x, r = x0.clone(), x0.flip(0).clone()
+        y_ref, s_ref = ref_add_norm(x0, x0.flip(0), w, 1e-6)
+        qknorm.fused_add_rms_norm(x, r, w, 1e-6, **kw)
+        _check(x, y_ref, dtype, f"fused_add in place {cfg}")
+        _check(r, s_ref, dtype, f"fused_add residual {cfg}")
+    qkv = (torch.randn(4, 6 * 32, generator=g) * scales.repeat(3, 1)[:4 * 6].view(4, 6).repeat_interleave(32, 1)) \
+        .to(dtype).to(impl)
+    q0, k0 = qkv[:, :128].view(4, 4, 32).clone(), qkv[:, 128:].view(4, 2, 32).clone()
+    qw = torch.randn(32, generator=g).to(impl)
+    kw_ = torch.randn(32, generator=g).to(torch.bfloat16).to(impl)
+    cfgs = [None] if impl == "cpu" and qknorm.get_backend() == "torch" else \
+        [None, qknorm.KernelConfig(rows=4, block_d=32, num_warps=1),
+         qknorm.KernelConfig(rows=4, block_d=32, num_warps=1, token_order=True)]
+    for cfg in cfgs:
+        kw = {} if cfg is None else {"config": cfg}
+        q, k = q0.clone(), k0.clone()
+        qknorm.qk_rms_norm(q, k, qw, kw_, 1e-6, q_out=q, k_out=k, **kw)
+        _check(q, ref_norm(q0, qw, 1e-6), dtype, f"qk q in place {cfg}")
+        _check(k, ref_norm(k0, kw_, 1e-6), dtype, f"qk k in place {cfg}")
+
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_out_of_range_rows_in_the_attention_prologue(safe_range, dtype):
+    """qk_norm_rope_cache: Q in place and K into the cache and into k_out = k (in place), rows out
+    of fp32's range next to ordinary ones: the rescued rows read their input again, so none may
+    have been written by the common path first."""
+    impl = safe_range
+    g = torch.Generator().manual_seed(9)
+    t, hq, hkv, d = 4, 4, 2, 32
+    scales = torch.tensor([1e20, 1.0, 1e-25, 3.0, 1e-30, 1e18, 1.0, 1e-22])
+    qkv = torch.randn(t, (hq + 2 * hkv) * d, generator=g) * scales.repeat(4)[:t * (hq + 2 * hkv)].view(t, -1) \
+        .repeat_interleave(d, 1)
+    qkv = qkv.to(dtype).to(impl)
+    q, k, v = (qkv[:, :hq * d].view(t, hq, d), qkv[:, hq * d:(hq + hkv) * d].view(t, hkv, d),
+               qkv[:, (hq + hkv) * d:].view(t, hkv, d))
+    q0, k0 = q.clone(), k.clone()
+    cs = _rope_cache(8, 32, impl)
+    pos = torch.tensor([1, 0, 7, 3], device=impl)
+    kc = torch.zeros(2, 4, hkv, d, dtype=dtype, device=impl)
+    vc = torch.zeros_like(kc)
+    slots = torch.tensor([5, 0, 7, 2], device=impl)
+    qknorm.qk_norm_rope_cache(q, k, v, None, None, cs, pos, kc, vc, slots, 1e-6, rotary_dim=32, k_out=k)
+    rq, rk = qk_rms_norm_rope_ref(q0.cpu(), k0.cpu(), None, None, cs.cpu(), pos.cpu(), 1e-6, rotary_dim=32,
+                                  compute_dtype=torch.float64)
+    _check(q, rq, dtype, "prologue q")
+    _check(k, rk, dtype, "prologue k_out = k")
+    flat = kc.view(-1, hkv, d)
+    _check(flat[slots.cpu().tolist()], rk, dtype, "prologue k cache")

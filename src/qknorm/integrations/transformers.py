@@ -675,8 +675,8 @@ def _fuse_residuals(model: nn.Module, report: "Report") -> None:
     report.fused_layers.extend(fused)
     for why, names in why_not.items():
         if why != "already fused":
-            report.not_done.append(f"fuse_residual in {len(names)} layer(s) ({names[0]}{' ...' if len(names) > 1 else ''}):"
-                                   f" {why}")
+            more = " ..." if len(names) > 1 else ""
+            report.not_done.append(f"fuse_residual in {len(names)} layer(s) ({names[0]}{more}): {why}")
 
 
 def apply_qknorm(model: nn.Module, *, fuse_residual: bool = True) -> Report:

@@ -46,12 +46,14 @@ def col_offset(c, WIDE: tl.constexpr):
 def norm_rope_rows(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps, ps3, S0, S01,
                W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok,
                HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr, MROPE: tl.constexpr,
-               ROWS: tl.constexpr, BLOCK_H: tl.constexpr, WIDE: tl.constexpr):
-    """fp32 ``(o1, o2, ot)`` of the rows at ``x_row`` (tokens ``t``): normalised, weighted and
-    rotated pair halves and the weighted tail (steps 1-3 above); nothing stored. ``MROPE``: the
-    position of frequency ``j`` is row ``(j >= S0) + (j >= S01)`` of ``P [3, T]`` (row stride
-    ``ps3``; Qwen2-VL's multimodal RoPE). ``WIDE``: int64 column offsets. With ``SAFE_RANGE``, rows
-    out of fp32's range are rescaled by p (rows.py)."""
+               ROWS: tl.constexpr, BLOCK_H: tl.constexpr, WIDE: tl.constexpr, RESCUE: tl.constexpr = False):
+    """fp32 ``(o1, o2, ot, ss)`` of the rows at ``x_row`` (tokens ``t``): normalised, weighted and
+    rotated pair halves, the weighted tail (steps 1-3 above) and the rows' fp32 sums of squares;
+    nothing stored. ``MROPE``: the position of frequency ``j`` is row ``(j >= S0) + (j >= S01)``
+    of ``P [3, T]`` (row stride ``ps3``; Qwen2-VL's multimodal RoPE). ``WIDE``: int64 column
+    offsets. ``RESCUE`` (``SAFE_RANGE``'s second call, for the rows out of fp32's range: see
+    :func:`store_rows_in_range`): every row scaled by ``2**k`` first (rows.py), the same
+    arithmetic otherwise."""
     R = 2 * HALF
     pm = row_ok[:, None] & j_ok[None, :]
     # cos/sin of each row's position (per frequency with mRoPE), clamped into the cache.
@@ -93,31 +95,29 @@ def norm_rope_rows(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0,
         xt = tl.load(x_row[:, None] + (col_offset(tc, WIDE) * xsd)[None, :], mask=row_ok[:, None] & t_ok[None, :],
                      other=0.0).to(tl.float32)
         ss += tl.sum(xt * xt, axis=1)
-    q = tl.rsqrt(ss / D + eps)[:, None]
-    y1 = x1 * q
-    y2 = x2 * q
-    yt = xt * q
-    if SAFE_RANGE:
-        bad = extreme_rows(ss, D, eps)
-        if any_true(bad):
-            amax = tl.maximum(tl.max(tl.abs(x1), axis=1), tl.max(tl.abs(x2), axis=1))
-            if HAS_TAIL:
-                amax = tl.maximum(amax, tl.max(tl.abs(xt), axis=1))
-            k = row_exponent(amax, bad)
-            sc = pow2(k >> 1) * pow2(k - (k >> 1))
-            s1 = x1 * sc[:, None]
-            s2 = x2 * sc[:, None]
-            ss2 = tl.sum(s1 * s1, axis=1) + tl.sum(s2 * s2, axis=1)
-            if HAS_TAIL:
-                st = xt * sc[:, None]
-                ss2 += tl.sum(st * st, axis=1)
-            p2, q2 = scaled_factors(ss2, D, eps, eps_tiny, k)
-            b = bad[:, None]
-            p = p2[:, None]
-            qq = q2[:, None]
-            y1 = tl.where(b, (x1 * p) * qq, y1)
-            y2 = tl.where(b, (x2 * p) * qq, y2)
-            yt = tl.where(b, (xt * p) * qq, yt)
+    if RESCUE:
+        amax = tl.maximum(tl.max(tl.abs(x1), axis=1), tl.max(tl.abs(x2), axis=1))
+        if HAS_TAIL:
+            amax = tl.maximum(amax, tl.max(tl.abs(xt), axis=1))
+        k = row_exponent(amax, row_ok)
+        sc = (pow2(k >> 1) * pow2(k - (k >> 1)))[:, None]
+        s1 = x1 * sc
+        s2 = x2 * sc
+        ss2 = tl.sum(s1 * s1, axis=1) + tl.sum(s2 * s2, axis=1)
+        if HAS_TAIL:
+            st = xt * sc
+            ss2 += tl.sum(st * st, axis=1)
+        p2, q2 = scaled_factors(ss2, D, eps, eps_tiny, k)
+        p = p2[:, None]
+        q = q2[:, None]
+        y1 = (x1 * p) * q
+        y2 = (x2 * p) * q
+        yt = (xt * p) * q
+    else:
+        q = tl.rsqrt(ss / D + eps)[:, None]
+        y1 = x1 * q
+        y2 = x2 * q
+        yt = xt * q
     if HAS_WEIGHT:
         y1 = y1 * w1[None, :]
         y2 = y2 * w2[None, :]
@@ -127,7 +127,16 @@ def norm_rope_rows(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0,
         if HAS_WEIGHT:
             wt = tl.load(W + tc * ws, mask=t_ok, other=0.0).to(tl.float32) + w_offset
             yt = yt * wt[None, :]
-    return o1, o2, yt
+    return o1, o2, yt, ss
+
+
+@triton.jit
+def rows_in_range(row_ok, ss, D, eps):
+    """The rows a block's common stores write: ``row_ok``, or with ``SAFE_RANGE`` less the rows
+    out of fp32's range, left as they are in memory (their input) for the rescue call."""
+    if SAFE_RANGE:
+        return row_ok & ~extreme_rows(ss, D, eps)
+    return row_ok
 
 
 @triton.jit
@@ -146,20 +155,37 @@ def _rope_rows(block, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos,
     c_ok = c < 2 * HALF
     tc = 2 * HALF + tl.arange(0, BLOCK_T)  # the pass-through tail (HAS_TAIL)
     t_ok = tc < D
-    o1, o2, ot = norm_rope_rows(t, X + t * xst + h * xsh, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
-                                max_pos, P, ps, 0, 0, 0, W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok,
-                                HAS_WEIGHT, IS_NEOX, HAS_TAIL, False, ROWS, BLOCK_H, False)
+    x_row = X + t * xst + h * xsh
+    o1, o2, ot, ss = norm_rope_rows(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P,
+                                    ps, 0, 0, 0, W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok,
+                                    HAS_WEIGHT, IS_NEOX, HAS_TAIL, False, ROWS, BLOCK_H, False)
     y_row = Y + t * yst + h * ysh
-    ty = Y.dtype.element_ty
+    _store_rope(o1, o2, ot, y_row, ysd, rows_in_range(row_ok, ss, D, eps), j, j_ok, HALF, c, c_ok, tc, t_ok,
+                IS_NEOX, HAS_TAIL, ROWS, BLOCK_H)
+    if SAFE_RANGE:
+        bad = row_ok & extreme_rows(ss, D, eps)
+        if any_true(bad):  # rare: rows out of fp32's range, read again (their memory still holds the input)
+            o1, o2, ot, ss = norm_rope_rows(t, x_row, bad, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos,
+                                            P, ps, 0, 0, 0, W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok,
+                                            HAS_WEIGHT, IS_NEOX, HAS_TAIL, False, ROWS, BLOCK_H, False, True)
+            _store_rope(o1, o2, ot, y_row, ysd, bad, j, j_ok, HALF, c, c_ok, tc, t_ok, IS_NEOX, HAS_TAIL, ROWS,
+                        BLOCK_H)
+
+
+@triton.jit
+def _store_rope(o1, o2, ot, y_row, ysd, rows, j, j_ok, HALF, c, c_ok, tc, t_ok, IS_NEOX: tl.constexpr,
+                HAS_TAIL: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Store the rotated halves ``o1``/``o2`` and the tail ``ot`` of the rows ``rows``."""
+    ty = y_row.dtype.element_ty
     if IS_NEOX:
-        pm = row_ok[:, None] & j_ok[None, :]
+        pm = rows[:, None] & j_ok[None, :]
         tl.store(y_row[:, None] + (j * ysd)[None, :], o1.to(ty), mask=pm)
         tl.store(y_row[:, None] + ((j + HALF) * ysd)[None, :], o2.to(ty), mask=pm)
     else:
         o = tl.reshape(tl.join(o1, o2), [ROWS, 2 * BLOCK_H])
-        tl.store(y_row[:, None] + (c * ysd)[None, :], o.to(ty), mask=row_ok[:, None] & c_ok[None, :])
+        tl.store(y_row[:, None] + (c * ysd)[None, :], o.to(ty), mask=rows[:, None] & c_ok[None, :])
     if HAS_TAIL:
-        tl.store(y_row[:, None] + (tc * ysd)[None, :], ot.to(ty), mask=row_ok[:, None] & t_ok[None, :])
+        tl.store(y_row[:, None] + (tc * ysd)[None, :], ot.to(ty), mask=rows[:, None] & t_ok[None, :])
 
 
 @triton.jit

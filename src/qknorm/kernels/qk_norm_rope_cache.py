@@ -40,7 +40,8 @@ import triton.language as tl
 
 from .pdl import pdl_launch_dependents, pdl_wait
 from .rms_norm_quant import to_codes
-from .qk_norm_rope import col_offset, norm_rope_rows
+from .qk_norm_rope import col_offset, norm_rope_rows, rows_in_range
+from .rows import SAFE_RANGE, any_true, extreme_rows
 
 
 @triton.jit
@@ -75,6 +76,21 @@ def _store_row(o1, o2, ot, Y, y_row, ysd, rows_ok, j, j_ok, HALF, c, c_ok, tc, t
 
 
 @triton.jit
+def _store_k(o1, o2, ot, KC, kc_row, kcd, KO, t, h, kot, koh, kod, to_cache, to_kout, j, j_ok, HALF, c, c_ok, tc, t_ok,
+             ksc,
+             K_FP8: tl.constexpr, K_QMAX: tl.constexpr, NATIVE_CAST: tl.constexpr, IS_NEOX: tl.constexpr,
+             HAS_TAIL: tl.constexpr, HAS_KOUT: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
+             WIDE: tl.constexpr):
+    """K's rows: into the cache (rows ``to_cache``, FP8 with ``ksc`` when ``K_FP8``) and, with
+    ``HAS_KOUT``, into ``KO`` (rows ``to_kout``; row ``t, h`` at ``t * kot + h * koh``)."""
+    _store_row(o1, o2, ot, KC, kc_row, kcd, to_cache, j, j_ok, HALF, c, c_ok, tc, t_ok, ksc, K_FP8, K_QMAX,
+               NATIVE_CAST, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WIDE)
+    if HAS_KOUT:
+        _store_row(o1, o2, ot, KO, KO + t * kot + h * koh, kod, to_kout, j, j_ok, HALF, c, c_ok, tc, t_ok, 1.0, 0,
+                   1.0, NATIVE_CAST, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WIDE)
+
+
+@triton.jit
 def _prologue_block(block, q_blocks, D, DV, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps, ps3,
                     S0, S01, XQ, YQ, WQ, XK, WK, KC, KO, XV, VC, SM, KSC, VSC,
                     q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
@@ -95,11 +111,21 @@ def _prologue_block(block, q_blocks, D, DV, HALF, eps, eps_tiny, w_offset, CS, c
         row_ok = rows < q_rows
         t = (rows // qH).to(tl.int64)
         h = (rows % qH).to(tl.int64)
-        o1, o2, ot = norm_rope_rows(t, XQ + t * qxt + h * qxh, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
-                                max_pos, P, ps, ps3, S0, S01, WQ, qws, qxd, j, j_ok, c, c_ok, tc, t_ok,
-                                HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE)
-        _store_row(o1, o2, ot, YQ, YQ + t * qyt + h * qyh, qyd, row_ok, j, j_ok, HALF, c, c_ok, tc, t_ok, 1.0,
-                   0, 1.0, NATIVE_CAST, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WIDE)
+        xq_row = XQ + t * qxt + h * qxh
+        o1, o2, ot, ss = norm_rope_rows(t, xq_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
+                                        max_pos, P, ps, ps3, S0, S01, WQ, qws, qxd, j, j_ok, c, c_ok, tc, t_ok,
+                                        HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE)
+        yq_row = YQ + t * qyt + h * qyh
+        _store_row(o1, o2, ot, YQ, yq_row, qyd, rows_in_range(row_ok, ss, D, eps), j, j_ok, HALF, c, c_ok, tc, t_ok,
+                   1.0, 0, 1.0, NATIVE_CAST, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WIDE)
+        if SAFE_RANGE:
+            bad = row_ok & extreme_rows(ss, D, eps)
+            if any_true(bad):  # rare: rows out of fp32's range, read again (still their input in memory)
+                o1, o2, ot, ss = norm_rope_rows(t, xq_row, bad, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
+                                                max_pos, P, ps, ps3, S0, S01, WQ, qws, qxd, j, j_ok, c, c_ok, tc, t_ok,
+                                                HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE, True)
+                _store_row(o1, o2, ot, YQ, yq_row, qyd, bad, j, j_ok, HALF, c, c_ok, tc, t_ok, 1.0, 0, 1.0,
+                           NATIVE_CAST, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WIDE)
     else:
         rows = (block - q_blocks) * ROWS + tl.arange(0, ROWS)
         row_ok = rows < k_rows
@@ -111,17 +137,26 @@ def _prologue_block(block, q_blocks, D, DV, HALF, eps, eps_tiny, w_offset, CS, c
         slot = tl.where(in_cache, slot, 0)
         blk = slot // block_size
         off = slot % block_size
-        o1, o2, ot = norm_rope_rows(t, XK + t * kxt + h * kxh, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
-                                max_pos, P, ps, ps3, S0, S01, WK, kws, kxd, j, j_ok, c, c_ok, tc, t_ok,
-                                HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE)
+        xk_row = XK + t * kxt + h * kxh
+        o1, o2, ot, ss = norm_rope_rows(t, xk_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
+                                        max_pos, P, ps, ps3, S0, S01, WK, kws, kxd, j, j_ok, c, c_ok, tc, t_ok,
+                                        HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE)
         ksc = 1.0
         if K_FP8 != 0:
             ksc = tl.load(KSC).to(tl.float32)
-        _store_row(o1, o2, ot, KC, KC + blk * kcb + off * kco + h * kch, kcd, in_cache, j, j_ok, HALF, c, c_ok, tc,
-                   t_ok, ksc, K_FP8, K_QMAX, NATIVE_CAST, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WIDE)
-        if HAS_KOUT:
-            _store_row(o1, o2, ot, KO, KO + t * kot + h * koh, kod, row_ok, j, j_ok, HALF, c, c_ok, tc, t_ok, 1.0,
-                       0, 1.0, NATIVE_CAST, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WIDE)
+        kc_row = KC + blk * kcb + off * kco + h * kch
+        keep = rows_in_range(row_ok, ss, D, eps)
+        _store_k(o1, o2, ot, KC, kc_row, kcd, KO, t, h, kot, koh, kod, keep & in_cache, keep, j, j_ok, HALF, c,
+                 c_ok, tc, t_ok, ksc, K_FP8, K_QMAX, NATIVE_CAST, IS_NEOX, HAS_TAIL, HAS_KOUT, ROWS, BLOCK_H, WIDE)
+        if SAFE_RANGE:
+            bad = row_ok & extreme_rows(ss, D, eps)
+            if any_true(bad):  # rare: rows out of fp32's range, read again (k_out = k leaves them for now)
+                o1, o2, ot, ss = norm_rope_rows(t, xk_row, bad, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
+                                                max_pos, P, ps, ps3, S0, S01, WK, kws, kxd, j, j_ok, c, c_ok, tc, t_ok,
+                                                HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE, True)
+                _store_k(o1, o2, ot, KC, kc_row, kcd, KO, t, h, kot, koh, kod, bad & in_cache, bad, j, j_ok, HALF, c,
+                         c_ok, tc, t_ok, ksc, K_FP8, K_QMAX, NATIVE_CAST, IS_NEOX, HAS_TAIL, HAS_KOUT, ROWS, BLOCK_H,
+                         WIDE)
         # V: copied (FP8: quantised) into its cache at the same slot.
         cv = tl.arange(0, BLOCK_V)
         vm = in_cache[:, None] & (cv < DV)[None, :]

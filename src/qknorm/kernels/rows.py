@@ -12,13 +12,16 @@ Rows out of fp32's range (only with ``QKNORM_SAFE_RANGE=1``, see ``SAFE_RANGE``)
 sum of squares overflows for |x| above ~1e19 and flushes to zero below ~1e-19 (PyTorch's
 ``F.rms_norm`` returns 0 or inf there). Such rows are found from the sum itself
 (:func:`extreme_rows`: above 3e38, or mean square + eps below 2**-60). An unchunked block
-first stores every row the common way, then, if it holds such a row, stores those rows again
-from the values still in registers (:func:`rescued_rows`), so the common path waits for no
-extra reduction or branch. :func:`rescued_factors` scales each such row by an exact power of
-two ``2**k``, ``k = -exponent(max |x|)`` (:func:`row_exponent`), then normalises with eps
-scaled too (:func:`scaled_factors`: ``y = (x * p) * q``, both per-row factors inside fp32's
-range). Other rows keep ``q = rsqrt(mean(x**2) + eps)`` and the same bits. The chunked form
-decides before its write pass (it may write in place, so it cannot read the row again after).
+first stores every other row the common way (:func:`common_rows`), then, if it holds such a
+row, reads those rows again in chunks (their memory still holds the input, also in place)
+and stores them rescaled (:func:`reread_extreme_rows`): the common path waits for no extra
+reduction, and the branch needs few registers (sm_90, ``ptxas``: a 16384-wide row at 16
+warps takes 64 registers, as without the rescue; keeping the rows in registers for it took
+106). :func:`rescued_factors` scales each such row by an exact power of two ``2**k``,
+``k = -exponent(max |x|)`` (:func:`row_exponent`), then normalises with eps scaled too
+(:func:`scaled_factors`: ``y = (x * p) * q``, both per-row factors inside fp32's range).
+Other rows keep ``q = rsqrt(mean(x**2) + eps)`` and the same bits. The chunked form decides
+before its write pass (it may write in place, so it cannot read the row again after).
 ``eps`` arrives as two fp32 values (``reference.kernel_eps``): ``eps`` itself when it is
 a normal fp32 number (else 0) and ``eps_tiny = eps * 2**250`` when it is not, so every
 positive eps stays positive.
@@ -111,18 +114,64 @@ def rescued_rows(x, ss, D, eps, eps_tiny):
 
 
 @triton.jit
-def store_extreme_rows(x, ss, D, eps, eps_tiny, w, y_ptr, mask, HAS_WEIGHT: tl.constexpr):
-    """With ``SAFE_RANGE``, after a block's common store: the rows of the fp32 tile ``x`` (sums
-    of squares ``ss``) out of fp32's range stored again, rescaled (:func:`rescued_rows`), times
-    ``w`` (a weight broadcastable to the tile) when ``HAS_WEIGHT``. The values come from
-    registers, so this is right in place too; without ``SAFE_RANGE`` it is no code at all."""
+def common_rows(mask, ss, D, eps):
+    """The store mask of a block's common path: ``mask``, or with ``SAFE_RANGE`` ``mask`` less
+    the rows out of fp32's range, left as they are in memory for :func:`reread_extreme_rows`."""
     if SAFE_RANGE:
-        bad = extreme_rows(ss, D, eps)
+        return mask & ~extreme_rows(ss, D, eps)[:, None]
+    return mask
+
+
+@triton.jit
+def reread_extreme_rows(x_row, r_row, xsd, rsd, y_row, ysd, o_row, osd, W, ws, W2, ws2, second, w_offset, rows_ok,
+                        ss, D, eps, eps_tiny, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                        ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """With ``SAFE_RANGE``, after a block's common stores (:func:`common_rows` kept them off these
+    rows): the rows out of fp32's range (sums of squares ``ss``) done again from memory, which
+    still holds their input (so this is right in place too). Row pointers ``x_row`` (and
+    ``r_row`` with ``HAS_RESIDUAL``: the sum is stored at ``o_row``), output ``y_row``; the
+    weight ``W`` (stride ``ws``), or ``W2`` (stride ``ws2``) for the rows where ``second`` is
+    set (QK: Q's and K's weights, of any two dtypes). In chunks of at most
+    1024 elements per block over three reads (max |x|, the scaled sum of squares, the store),
+    so the branch needs few registers (``ptxas`` sizes the whole kernel for its widest part:
+    holding the rows, or a whole-row rescue, cost 40-70% more registers on the common path).
+    Without ``SAFE_RANGE`` it is no code at all."""
+    if SAFE_RANGE:
+        bad = rows_ok & extreme_rows(ss, D, eps)
         if any_true(bad):  # rare, block-uniform
-            y = rescued_rows(x, ss, D, eps, eps_tiny)
-            if HAS_WEIGHT:
-                y = y * w
-            tl.store(y_ptr, y.to(y_ptr.dtype.element_ty), mask=mask & bad[:, None])
+            CH: tl.constexpr = min(BLOCK_D, max(16, 1024 // ROWS))
+            cols = tl.arange(0, CH)
+            amax = tl.zeros([ROWS, CH], dtype=tl.float32)
+            for start in range(0, D, CH):
+                c = start + cols
+                m = bad[:, None] & (c < D)[None, :]
+                x = load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], m,
+                             HAS_RESIDUAL)
+                amax = tl.maximum(amax, tl.abs(x))
+            k = row_exponent(tl.max(amax, axis=1), bad)
+            sc = pow2(k >> 1) * pow2(k - (k >> 1))
+            acc = tl.zeros([ROWS, CH], dtype=tl.float32)
+            for start in range(0, D, CH):
+                c = start + cols
+                m = bad[:, None] & (c < D)[None, :]
+                x = load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], m,
+                             HAS_RESIDUAL) * sc[:, None]
+                acc += x * x
+            p, q = scaled_factors(tl.sum(acc, axis=1), D, eps, eps_tiny, k)
+            for start in range(0, D, CH):
+                c = start + cols
+                c_ok = (c < D)[None, :]
+                m = bad[:, None] & c_ok
+                x = load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], m,
+                             HAS_RESIDUAL)
+                if HAS_RESIDUAL:
+                    tl.store(o_row[:, None] + (c * osd)[None, :], x.to(o_row.dtype.element_ty), mask=m)
+                y = (x * p[:, None]) * q[:, None]
+                if HAS_WEIGHT:
+                    wa = tl.load(W + c * ws, mask=c < D, other=0.0).to(tl.float32)
+                    wb = tl.load(W2 + c * ws2, mask=c < D, other=0.0).to(tl.float32)
+                    y = y * (tl.where(second[:, None], wb[None, :], wa[None, :]) + w_offset)
+                tl.store(y_row[:, None] + (c * ysd)[None, :], y.to(y_row.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -226,17 +275,17 @@ def norm_block(block, X, Y, W, n_rows, D, N1, N2,
         # The weight load is issued first so that its latency overlaps the row's load and
         # reduction instead of following them (a whole DRAM round trip at decode sizes).
         w = 1.0  # no weight (HAS_WEIGHT=False: never read)
-        w2 = 1.0
         if HAS_WEIGHT:
             w = tl.load(W + cols * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset
-            w2 = w[None, :]
         mask = row_ok[:, None] & col_ok[None, :]
-        x = tl.load(x_row[:, None] + (cols * xsd)[None, :], mask=mask, other=0.0).to(tl.float32)
+        x_ptr = x_row[:, None] + (cols * xsd)[None, :]
+        x = tl.load(x_ptr, mask=mask, other=0.0).to(tl.float32)
         ss = tl.sum(x * x, axis=1)
         y_ptr = y_row[:, None] + (cols * ysd)[None, :]
-        scale_store(x, ss, D, eps, w, y_ptr, mask, HAS_WEIGHT)
+        scale_store(x, ss, D, eps, w, y_ptr, common_rows(mask, ss, D, eps), HAS_WEIGHT)
         # After the common store, so the common path waits for nothing.
-        store_extreme_rows(x, ss, D, eps, eps_tiny, w2, y_ptr, mask, HAS_WEIGHT)
+        reread_extreme_rows(x_row, x_row, xsd, xsd, y_row, ysd, y_row, ysd, W, ws, W, ws, rows < 0, w_offset, row_ok,
+                            ss, D, eps, eps_tiny, False, HAS_WEIGHT, ROWS, BLOCK_D)
     else:
         p, q, xs = chunked_factors(x_row, x_row, row_ok, cols, D, xsd, xsd, eps, eps_tiny, False, ROWS, BLOCK_D,
                                    CHUNKED)
@@ -294,10 +343,8 @@ def add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2,
     if not CHUNKED:
         col_ok = cols < D
         w = 1.0  # no weight (HAS_WEIGHT=False: never read)
-        w2 = 1.0
         if HAS_WEIGHT:  # first, to overlap its latency (see norm_block)
             w = tl.load(W + cols * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset
-            w2 = w[None, :]
         mask = row_ok[:, None] & col_ok[None, :]
         x_ptr = x_row[:, None] + (cols * xsd)[None, :]
         r_ptr = r_row[:, None] + (cols * rsd)[None, :]
@@ -305,9 +352,12 @@ def add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2,
         s = (tl.load(x_ptr, mask=mask, other=0.0).to(tl.float32)
              + tl.load(r_ptr, mask=mask, other=0.0).to(tl.float32))
         ss = tl.sum(s * s, axis=1)
-        tl.store(o_row[:, None] + (cols * osd)[None, :], s.to(RO.dtype.element_ty), mask=mask)
-        scale_store(s, ss, D, eps, w, y_ptr, mask, HAS_WEIGHT)
-        store_extreme_rows(s, ss, D, eps, eps_tiny, w2, y_ptr, mask, HAS_WEIGHT)  # from the sum in registers
+        o_ptr = o_row[:, None] + (cols * osd)[None, :]
+        common = common_rows(mask, ss, D, eps)
+        tl.store(o_ptr, s.to(RO.dtype.element_ty), mask=common)
+        scale_store(s, ss, D, eps, w, y_ptr, common, HAS_WEIGHT)
+        reread_extreme_rows(x_row, r_row, xsd, rsd, y_row, ysd, o_row, osd, W, ws, W, ws, rows < 0, w_offset, row_ok,
+                            ss, D, eps, eps_tiny, True, HAS_WEIGHT, ROWS, BLOCK_D)
     else:
         p, q, sums = chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, True, ROWS, BLOCK_D,
                                      CHUNKED)
