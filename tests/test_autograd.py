@@ -162,3 +162,67 @@ def test_compiled_aliasing_patterns_are_right():
     y, r = torch.compile(residual_clone, backend="inductor", fullgraph=True)(x.clone(), None)
     _close(r, s, "r = x.clone(); fused_add_rms_norm(r, x): residual", tol=1e-6)
     _close(y, _torch_norm(s, None, 1e-6), "r = x.clone(); fused_add_rms_norm(r, x): x", tol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_gradients_of_in_place_forms_under_torch_compile(backend):
+    """The in-place forms on non-leaf tensors (fused add; rms_norm out=x; QK norm and QK norm +
+    RoPE in place on one packed buffer) under torch.compile: the traced op saves its inputs for
+    the backward and the call then writes the targets, which PyTorch refuses unless the op read
+    clones. Gradients equal PyTorch's autograd of the same math."""
+    g = torch.Generator().manual_seed(6)
+    xl, rl, w = _leaves((4, 32), (4, 32), (32,), g=g)
+    cot = torch.randn(4, 32, generator=g)
+
+    def add(x, r, w):
+        x, r = x * 1.0, r * 1.0
+        qknorm.fused_add_rms_norm(x, r, w)
+        return (x * cot).sum() + (r * r).sum()
+
+    def add_ref(x, r, w):
+        s = x + r
+        return (_torch_norm(s, w, 1e-6) * cot).sum() + (s * s).sum()
+
+    def rms_in_place(x, r, w):
+        x = x * 1.0
+        qknorm.rms_norm(x, w, out=x)
+        return (x * cot).sum()
+
+    def rms_ref(x, r, w):
+        return (_torch_norm(x, w, 1e-6) * cot).sum()
+
+    ql, wq = _leaves((3, 6 * 16), (16,), g=g)
+    cs = torch.randn(8, 16, generator=g)
+    pos = torch.tensor([1, 0, 7])
+
+    def qk(qkv, wq):
+        qkv = qkv * 1.0
+        q, k = qkv[:, :64].view(3, 4, 16), qkv[:, 64:].view(3, 2, 16)
+        qknorm.qk_rms_norm(q, k, wq, wq, q_out=q, k_out=k)
+        qknorm.qk_rms_norm_rope(q, k, wq, wq, cs, pos, q_out=q, k_out=k)
+        return (qkv * torch.arange(qkv.numel()).view(qkv.shape).sin()).sum()
+
+    def qk_ref(qkv, wq):
+        q, k = qkv[:, :64].view(3, 4, 16), qkv[:, 64:].view(3, 2, 16)
+        q, k = _torch_norm(q, wq, 1e-6), _torch_norm(k, wq, 1e-6)  # qk_rms_norm
+        q = rope_ref(_torch_norm(q, wq, 1e-6), cs, pos, 16, True)  # then qk_rms_norm_rope (NeoX)
+        k = rope_ref(_torch_norm(k, wq, 1e-6), cs, pos, 16, True)
+        out = torch.cat((q.reshape(3, 64), k.reshape(3, 32)), dim=1)
+        return (out * torch.arange(out.numel()).view(out.shape).sin()).sum()
+
+    torch._dynamo.reset()
+    try:
+        for f, ref, args in ((add, add_ref, (xl, rl, w)), (rms_in_place, rms_ref, (xl, rl, w)), (qk, qk_ref, (ql, wq))):
+            grads = []
+            for fn in (torch.compile(f, backend=backend, fullgraph=True), ref):
+                for a in args:
+                    a.grad = None
+                fn(*args).backward()
+                grads.append([a.grad.clone() if a.grad is not None else None for a in args])
+            for i, (a, b) in enumerate(zip(*grads)):
+                if b is None:
+                    assert a is None or not bool(a.any())
+                else:
+                    _close(a, b, f"{f.__name__} d{i}", tol=5e-5)
+    finally:
+        torch._dynamo.reset()

@@ -282,3 +282,22 @@ def test_rope_compile_fullgraph(in_place):
     for x, y in zip(got if isinstance(got, tuple) else (got,), ref if isinstance(ref, tuple) else (ref,)):
         torch.testing.assert_close(x, y)
     torch.testing.assert_close(b, a)
+
+
+def test_functional_fused_add_fake_takes_what_the_op_takes():
+    """The functional fused add only reads x and residual (one out-of-place launch): its fake, like
+    its body, takes inputs the in-place op refuses to write (an expanded x), and still checks
+    shapes."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x = torch.randn(64).expand(4, 64)
+    r = torch.randn(4, 64)
+    y, s = torch.ops.qknorm.fused_add_rms_norm_functional(x, r, None, 1e-6, 0.0)
+    assert y.shape == s.shape == (4, 64)
+    r2 = r[:2].clone()
+    with FakeTensorMode() as mode:
+        fx, fr, fr2 = mode.from_tensor(x), mode.from_tensor(r), mode.from_tensor(r2)
+        fy, fs = torch.ops.qknorm.fused_add_rms_norm_functional(fx, fr, None, 1e-6, 0.0)
+        assert fy.shape == (4, 64)
+        with pytest.raises(ValueError, match="residual must have the shape"):
+            torch.ops.qknorm.fused_add_rms_norm_functional(fx, fr2, None, 1e-6, 0.0)

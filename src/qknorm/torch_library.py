@@ -126,6 +126,10 @@ def _fused_add_fake(x, residual, weight, eps, weight_offset):
     _add.check_args(x, residual, weight, eps, weight_offset, None, memory=False)
 
 
+def _fused_add_out_fake(x, residual, weight, eps, weight_offset):
+    _add.check_out_args(x, residual, weight, eps, weight_offset, None)  # inputs only read: no written-tensor rules
+
+
 @torch.library.custom_op("qknorm::fused_add_rms_norm_functional", mutates_args=())
 def fused_add_rms_norm_functional_op(x: Tensor, residual: Tensor, weight: Optional[Tensor], eps: float,
                                      weight_offset: float) -> tuple[Tensor, Tensor]:
@@ -137,7 +141,7 @@ def fused_add_rms_norm_functional_op(x: Tensor, residual: Tensor, weight: Option
 
 @fused_add_rms_norm_functional_op.register_fake
 def _fused_add_functional_fake(x, residual, weight, eps, weight_offset):
-    _fused_add_fake(x, residual, weight, eps, weight_offset)
+    _fused_add_out_fake(x, residual, weight, eps, weight_offset)
     return (torch.empty_like(x, memory_format=torch.contiguous_format),
             torch.empty_like(residual, memory_format=torch.contiguous_format))
 
@@ -454,16 +458,29 @@ def _into(target, value):
     return target
 
 
+def _kept_for_backward(writes: bool, weights, *ts):
+    """The activations ``ts`` as a traced functional op should read them: clones when the call
+    then writes targets (``writes``: in place or ``out=``, which may share memory with them) and
+    autograd records the op, so that the tensors it saves for its backward are not modified
+    afterwards (PyTorch refuses that); else ``ts`` themselves."""
+    if not writes or not torch.is_grad_enabled() or not any(
+            t is not None and t.requires_grad for t in (*ts, *weights)):
+        return ts
+    return tuple(t.clone() for t in ts)
+
+
 def traced_rms_norm(x, weight, eps, weight_offset, out, config):
     """``qknorm.rms_norm`` while torch.compile traces: the functional custom op, then ``copy_``."""
     _no_config(config)
+    (x,) = _kept_for_backward(out is not None, (weight,), x)
     return _into(out, torch.ops.qknorm.rms_norm(x, weight, eps, weight_offset))
 
 
 def traced_fused_add_rms_norm(x, residual, weight, eps, weight_offset, config):
     """``qknorm.fused_add_rms_norm`` while torch.compile traces."""
     _no_config(config)
-    y, s = torch.ops.qknorm.fused_add_rms_norm_functional(x, residual, weight, eps, weight_offset)
+    xi, ri = _kept_for_backward(True, (weight,), x, residual)
+    y, s = torch.ops.qknorm.fused_add_rms_norm_functional(xi, ri, weight, eps, weight_offset)
     residual.copy_(s)
     x.copy_(y)
     return x, residual
@@ -472,7 +489,8 @@ def traced_fused_add_rms_norm(x, residual, weight, eps, weight_offset, config):
 def traced_qk_rms_norm(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config):
     """``qknorm.qk_rms_norm`` while torch.compile traces."""
     _no_config(config)
-    qn, kn = torch.ops.qknorm.qk_rms_norm(q, k, q_weight, k_weight, eps, weight_offset)
+    qi, ki = _kept_for_backward(q_out is not None or k_out is not None, (q_weight, k_weight), q, k)
+    qn, kn = torch.ops.qknorm.qk_rms_norm(qi, ki, q_weight, k_weight, eps, weight_offset)
     return _into(q_out, qn), _into(k_out, kn)
 
 
@@ -481,7 +499,8 @@ def traced_qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, 
     """``qknorm.qk_rms_norm_rope`` while torch.compile traces."""
     _no_config(config)
     r = q.shape[-1] if rotary_dim is None else rotary_dim
-    qn, kn = torch.ops.qknorm.qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox,
+    qi, ki = _kept_for_backward(q_out is not None or k_out is not None, (q_weight, k_weight, cos_sin_cache), q, k)
+    qn, kn = torch.ops.qknorm.qk_rms_norm_rope(qi, ki, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox,
                                                r, weight_offset)
     return _into(q_out, qn), _into(k_out, kn)
 
