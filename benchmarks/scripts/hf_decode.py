@@ -24,8 +24,8 @@ decode steps timed back to back (one synchronize per round, median of ``rounds``
 every round rewrites the same cache positions). Prefill is timed the same way (median of
 three). With ``--compile``: the decode step runs ``torch.compile(model,
 mode="reduce-overhead")`` (CUDA graphs); prefill stays eager. Then (eager only)
-``--profile-steps`` decode steps with every norm module's call timed on the host (forward
-hooks, ``perf_counter``): norm calls, host milliseconds inside norms and their share of the
+``--profile-steps`` decode steps with every norm call timed on the host (each norm class's
+forward wrapped, and qknorm's fused add; ``perf_counter``): norm calls, host milliseconds inside norms and their share of the
 step (eager decode is host-bound, so this is the part the norms cost); and the same steps
 under ``torch.profiler`` for the GPU kernel time per step.
 
@@ -125,24 +125,40 @@ def timed(fn, rounds: int, sync) -> float:
 
 
 def norm_timers(model):
-    """Forward pre/post hooks timing every norm module's call on the host (``perf_counter``,
-    no sync): the host time a step spends inside norms, launches included. Returns
-    ``(handles, totals)``; ``totals`` holds ``[seconds, calls]``."""
+    """Time every norm call on the host (``perf_counter``, no sync): each norm class's forward
+    wrapped at class level (forward hooks would make qknorm's patched model step aside from its
+    fused and paired launches, which must not run for a hooked norm), and qknorm's fused residual
+    add counted as a norm call. Returns ``(restore, totals)``; ``totals`` is ``[seconds, calls]``."""
     totals = [0.0, 0]
-    handles = []
-    for m in model.modules():
-        if "norm" in type(m).__name__.lower() and not list(m.children()):
-            start = []
+    undo = []
 
-            def pre(mod, args, start=start):
-                start.append(time.perf_counter())
-
-            def post(mod, args, out, start=start):
-                totals[0] += time.perf_counter() - start.pop()
+    def timed(fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                totals[0] += time.perf_counter() - t0
                 totals[1] += 1
+        return wrapper
 
-            handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
-    return handles, totals
+    for cls in {type(m) for m in model.modules() if "norm" in type(m).__name__.lower() and not list(m.children())}:
+        undo.append((cls, "forward", cls.__dict__.get("forward")))
+        cls.forward = timed(cls.forward)
+    try:
+        import qknorm.integrations.transformers as qt
+        undo.append((qt, "_fused_out", qt._fused_out))
+        qt._fused_out = timed(qt._fused_out)
+    except ImportError:
+        pass
+
+    def restore():
+        for owner, name, old in undo:
+            if old is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, old)
+    return restore, totals
 
 
 def main(argv=None) -> int:
@@ -198,7 +214,7 @@ def main(argv=None) -> int:
             row = dict(meta, batch=b, prefill_ms=t_prefill * 1e3, decode_step_ms=t_decode * 1e3,
                        decode_tok_s=b / t_decode, prefill_tok_s=b * a.context / t_prefill)
             if a.profile_steps and not a.compile:
-                handles, totals = norm_timers(model)
+                restore, totals = norm_timers(model)
                 rewind(cache, a.context)
                 sync()
                 t0 = time.perf_counter()
@@ -206,8 +222,7 @@ def main(argv=None) -> int:
                     model(input_ids=tok0, cache_position=p, use_cache=True, **{ck: cache})
                 sync()
                 step = (time.perf_counter() - t0) / a.profile_steps
-                for h in handles:
-                    h.remove()
+                restore()
                 row.update(norm_calls_per_step=totals[1] / a.profile_steps,
                            norm_host_ms_per_step=totals[0] * 1e3 / a.profile_steps,
                            norm_host_share=totals[0] / a.profile_steps / step)

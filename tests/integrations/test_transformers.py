@@ -312,6 +312,11 @@ def test_qk_pairing_runs_where_it_is_exact():
     q, k = torch.randn(2, 3, 4, 16), torch.randn(2, 3, 2, 16)
     with torch.no_grad():
         want_q, want_k = attn.q_norm._own(q.clone()), attn.k_norm._own(k.clone())
+        qd = q.clone()
+        yd = attn.q_norm(qd)  # called on its own (not from the block's forward): no deferral
+        assert yd is not qd and pair.pending is None
+        torch.testing.assert_close(yd, want_q, rtol=1e-6, atol=1e-6)
+        pair.armed = True  # as inside the block's forward
         q1, k1 = q.clone(), k.clone()
         assert attn.q_norm(q1) is q1 and pair.pending is q1  # deferred: returned as it is
         assert attn.k_norm(k1) is k1 and pair.pending is None
@@ -328,6 +333,7 @@ def test_qk_pairing_runs_where_it_is_exact():
         yi = attn.q_norm(qi)
     assert yi is not qi and pair.pending is None
     torch.testing.assert_close(yi, want_q, rtol=1e-6, atol=1e-6)
+    pair.disarm()
 
 
 def test_qk_pairing_never_leaves_q_unnormalised():
@@ -339,13 +345,41 @@ def test_qk_pairing_never_leaves_q_unnormalised():
     q = torch.randn(3, 4, 16)
     with torch.no_grad():
         want = attn.q_norm._own(q.clone())
+        pair.armed = True  # as inside the block's forward
         q1, q2 = q.clone(), q.clone()
         attn.q_norm(q1)
         with pytest.warns(RuntimeWarning, match="q_norm was called twice"):
             y2 = attn.q_norm(q2)
-    torch.testing.assert_close(q1, want, rtol=1e-6, atol=1e-6)
-    assert not pair.enabled and pair.pending is None and y2 is not q2
-    torch.testing.assert_close(y2, want, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(q1, want, rtol=1e-6, atol=1e-6)
+        assert not pair.enabled and pair.pending is None and y2 is not q2
+        torch.testing.assert_close(y2, want, rtol=1e-6, atol=1e-6)
+        # a forward that raises between q_norm and k_norm: the block's end normalises the pending q
+        pair.enabled = True
+        q3 = q.clone()
+        assert attn.q_norm(q3) is q3 and pair.pending is q3
+        pair.disarm()
+    torch.testing.assert_close(q3, want, rtol=1e-6, atol=1e-6)
+    assert pair.pending is None and not pair.armed
+
+
+def test_hooks_see_what_the_model_would_give_them():
+    """Hooks added after apply_qknorm: one on q_norm sees the normalised Q (q_norm then runs on its
+    own), one on the norm a fused layer folds into its add is called (the layer steps aside from
+    the fused launch); a hook that changes the output changes the logits as it does unpatched."""
+    ref_model, _ = _model("qwen3")
+    model = copy.deepcopy(ref_model)
+    apply_qknorm(model)
+    ids = _ids()
+    seen = {}
+    for m in (ref_model, model):
+        layer = m.model.layers[0]
+        layer.self_attn.q_norm.register_forward_hook(lambda mod, a, out, m=m: seen.__setitem__(id(m), out.clone()))
+        layer.post_attention_layernorm.register_forward_hook(lambda mod, a, out: out * 0.5)
+    with torch.no_grad():
+        ref = ref_model(ids).logits
+        out = model(ids).logits
+    assert _rel(seen[id(model)], seen[id(ref_model)]) <= 1e-5
+    assert _rel(out, ref) <= 1e-5
 
 
 def test_attention_with_another_order_is_not_paired():

@@ -229,6 +229,37 @@ class PatchedRMSNorm(nn.Module):
 _is_compiling = getattr(torch.compiler, "is_compiling", None) or (lambda: False)
 
 
+def _watched(m: nn.Module) -> bool:
+    """Whether a module's call is observed or changed by hooks (its own or global ones) or by a
+    forward replaced on the instance (accelerate): then it must run as itself."""
+    from torch.nn.modules import module as _mm
+    return bool(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__
+                or getattr(m, "_hf_hook", None) is not None
+                or _mm._global_forward_hooks or _mm._global_forward_pre_hooks)
+
+
+_paired_classes: dict[type, type] = {}
+
+
+def _paired_class(cls: type) -> type:
+    """``cls`` whose forward arms its q/k pairing while it runs (one subclass per class)."""
+    sub = _paired_classes.get(cls)
+    if sub is None:
+        def forward(self, *args, **kwargs):
+            pair = self.q_norm._pair
+            if pair is None or _is_compiling():
+                return cls.forward(self, *args, **kwargs)
+            pair.armed = True
+            try:
+                return cls.forward(self, *args, **kwargs)
+            finally:
+                pair.disarm()
+        sub = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__,
+                                          "__qualname__": cls.__qualname__, "_qknorm_paired_class": True})
+        _paired_classes[cls] = sub
+    return sub
+
+
 class _QKPair:
     """One attention block's q_norm and k_norm run as one ``qk_rms_norm`` launch.
 
@@ -255,6 +286,7 @@ class _QKPair:
         self.q, self.k = q, k
         self.pending: torch.Tensor | None = None
         self.enabled = True
+        self.armed = False  # True only while the block's own forward runs (_paired_class)
 
     def _eligible(self, m: PatchedRMSNorm, x: torch.Tensor) -> bool:
         w = m.weight
@@ -263,14 +295,24 @@ class _QKPair:
                 and (not x.is_inference() or torch.is_inference_mode_enabled()))  # in place must be allowed
 
     def defer(self, q: torch.Tensor) -> bool:
-        if _is_compiling():
+        """Whether q_norm's call on ``q`` is left to k_norm's launch: only inside the block's own
+        forward, and not where someone watches q_norm's output (its hooks, global hooks)."""
+        if not self.armed or _is_compiling():
             return False
-        if self.pending is not None:  # the last forward never reached k_norm: finish it, stop pairing
+        if self.pending is not None:  # the forward called q_norm twice before k_norm: finish it, stop pairing
             self._abandon()
-        if not self.enabled or not self._eligible(self.q, q):
+        if not self.enabled or _watched(self.q) or not self._eligible(self.q, q):
             return False
         self.pending = q
         return True
+
+    def disarm(self) -> None:
+        """End of the block's forward: a Q still pending (a forward that raised between the two
+        norms, or another call order) is normalised in place; then nothing is pending."""
+        self.armed = False
+        if self.pending is not None:
+            q, self.pending = self.pending, None
+            self.q._own_in_place(q)
 
     def finish(self, k: torch.Tensor) -> torch.Tensor | None:
         """The paired launch for ``k`` and the pending q; None: k_norm runs on its own."""
@@ -444,6 +486,8 @@ _PAIRED_ATTENTION = {
 def _pairable(attn: nn.Module) -> str | None:
     """Why this attention block's q/k norms cannot share a launch, or None."""
     t = type(attn)
+    if getattr(t, "_qknorm_paired_class", False):
+        return "already paired"
     if (t.__module__, t.__qualname__) not in _PAIRED_ATTENTION:
         return f"attention class {t.__qualname__} is not one whose q_norm/k_norm call order qknorm knows"
     q, k = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
@@ -526,9 +570,13 @@ def _pair_attention(model: nn.Module, report: "Report") -> None:
         why = _pairable(attn)
         if why is None:
             pair = _QKPair(attn.q_norm, attn.k_norm)
+            original = type(attn)
+            attn.__class__ = _paired_class(original)
             why = _probe_pair(attn, pair)
             if why is None:
                 attn.q_norm._pair = attn.k_norm._pair = pair
+            else:
+                attn.__class__ = original
         prefix = f"{name}." if name else ""
         for attr in ("q_norm", "k_norm"):
             r = notes.get(prefix + attr)
@@ -567,8 +615,8 @@ def _fused_add_norm(norm: PatchedRMSNorm, h: torch.Tensor, residual: torch.Tenso
     model's promotion rule, autograd (the unfused path is differentiable)."""
     if not (type(h) is torch.Tensor and type(residual) is torch.Tensor and h.dtype == residual.dtype
             and h.shape == residual.shape and h.dtype in _KERNEL_DTYPES and norm.out_dtype(h) == h.dtype
-            and norm._pair is None):
-        return None
+            and norm._pair is None) or _watched(norm):
+        return None  # (a hooked norm must be called: the fused launch would bypass its hooks)
     w = norm.weight
     if torch.is_grad_enabled() and (h.requires_grad or residual.requires_grad or (w is not None and w.requires_grad)):
         return None
