@@ -123,6 +123,31 @@ def common_rows(mask, ss, D, eps):
 
 
 @triton.jit
+def factors_from_memory(x_row, r_row, xsd, rsd, rows, bad, D, eps, eps_tiny, HAS_RESIDUAL: tl.constexpr,
+                        ROWS: tl.constexpr, CH: tl.constexpr):
+    """Per-row ``(p, q)`` of :func:`scaled_factors` for the ``bad`` rows, from two reads of the rows
+    (``rows``: the rows read; x, or x + residual) in chunks of ``CH`` columns: max |x| for the
+    exponent, then the sum of squares of the scaled row."""
+    cols = tl.arange(0, CH)
+    amax = tl.zeros([ROWS, CH], dtype=tl.float32)
+    for start in range(0, D, CH):
+        c = start + cols
+        m = rows[:, None] & (c < D)[None, :]
+        x = load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], m, HAS_RESIDUAL)
+        amax = tl.maximum(amax, tl.abs(x))
+    k = row_exponent(tl.max(amax, axis=1), bad)
+    sc = pow2(k >> 1) * pow2(k - (k >> 1))
+    acc = tl.zeros([ROWS, CH], dtype=tl.float32)
+    for start in range(0, D, CH):
+        c = start + cols
+        m = rows[:, None] & (c < D)[None, :]
+        x = load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], m,
+                     HAS_RESIDUAL) * sc[:, None]
+        acc += x * x
+    return scaled_factors(tl.sum(acc, axis=1), D, eps, eps_tiny, k)
+
+
+@triton.jit
 def reread_extreme_rows(x_row, r_row, xsd, rsd, y_row, ysd, o_row, osd, W, ws, W2, ws2, second, w_offset, rows_ok,
                         ss, D, eps, eps_tiny, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                         ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -140,24 +165,8 @@ def reread_extreme_rows(x_row, r_row, xsd, rsd, y_row, ysd, o_row, osd, W, ws, W
         bad = rows_ok & extreme_rows(ss, D, eps)
         if any_true(bad):  # rare, block-uniform
             CH: tl.constexpr = min(BLOCK_D, max(16, 1024 // ROWS))
+            p, q = factors_from_memory(x_row, r_row, xsd, rsd, bad, bad, D, eps, eps_tiny, HAS_RESIDUAL, ROWS, CH)
             cols = tl.arange(0, CH)
-            amax = tl.zeros([ROWS, CH], dtype=tl.float32)
-            for start in range(0, D, CH):
-                c = start + cols
-                m = bad[:, None] & (c < D)[None, :]
-                x = load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], m,
-                             HAS_RESIDUAL)
-                amax = tl.maximum(amax, tl.abs(x))
-            k = row_exponent(tl.max(amax, axis=1), bad)
-            sc = pow2(k >> 1) * pow2(k - (k >> 1))
-            acc = tl.zeros([ROWS, CH], dtype=tl.float32)
-            for start in range(0, D, CH):
-                c = start + cols
-                m = bad[:, None] & (c < D)[None, :]
-                x = load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], m,
-                             HAS_RESIDUAL) * sc[:, None]
-                acc += x * x
-            p, q = scaled_factors(tl.sum(acc, axis=1), D, eps, eps_tiny, k)
             for start in range(0, D, CH):
                 c = start + cols
                 c_ok = (c < D)[None, :]
@@ -229,24 +238,8 @@ def chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_
     if SAFE_RANGE:
         bad = extreme_rows(ss, D, eps)
         if any_true(bad):  # rare: rows out of fp32's range; two more reads
-            amax = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-            for start in range(0, D, BLOCK_D):
-                c = start + cols
-                mask = row_ok[:, None] & (c < D)[None, :]
-                s = load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], mask,
-                             HAS_RESIDUAL)
-                amax = tl.maximum(amax, tl.abs(s))
-            k = row_exponent(tl.max(amax, axis=1), bad)
-            sc = pow2(k >> 1) * pow2(k - (k >> 1))
-            acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-            for start in range(0, D, BLOCK_D):
-                c = start + cols
-                mask = row_ok[:, None] & (c < D)[None, :]
-                s = load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], mask,
-                             HAS_RESIDUAL)
-                s = s * sc[:, None]
-                acc += s * s
-            p2, q2 = scaled_factors(tl.sum(acc, axis=1), D, eps, eps_tiny, k)
+            p2, q2 = factors_from_memory(x_row, r_row, xsd, rsd, row_ok, bad, D, eps, eps_tiny, HAS_RESIDUAL, ROWS,
+                                         BLOCK_D)
             p = tl.where(bad, p2, p)
             q = tl.where(bad, q2, q)
     return p, q, tiles
