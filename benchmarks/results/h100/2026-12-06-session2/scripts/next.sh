@@ -4,6 +4,7 @@
 #   bash benchmarks/results/h100/2026-12-06-session2/scripts/next.sh bench   carry [".peers/s"]  (~9 min)
 #   MODELS=qwen3-8b bash .../e2e.sh eager, then MODELS=gemma3-12b (carry [".peers/l"], ~5 min each)
 #   bash benchmarks/results/h100/2026-12-06-session2/scripts/e2e.sh compile  carry [".peers/l"]  (~9 min)
+#   bash .../next.sh rope   carry [".peers/s"]  (issue 16 prototype, ~4 min)
 #   issue 11 kind 5, the re-read SAFE_RANGE design against the default, same process:
 #     here:   bash benchmarks/results/h200/2026-12-01-host-cost/scripts/make_copy.sh src/qknorm .baseline3 qknorm_off safe_off
 #     device: bash benchmarks/results/h100/2026-12-06-session2/scripts/next.sh safe   carry [".baseline3"]  (~3 min)
@@ -17,7 +18,9 @@ S=benchmarks/results/h100/2026-12-06-session2/scripts
 P="python -m pytest -q -p no:cacheprovider --tb=line -rf"
 keep() { cp /tmp/b/$1/summary.md $OUT/$1.summary.md 2>/dev/null; cp /tmp/b/$1/results.csv $OUT/$1.csv 2>/dev/null; }
 B="python -m qknorm.cli bench --no-plots --variants none"
-if [ "${1:-tests}" = safe ]; then
+if [ "${1:-tests}" = rope ]; then   # issue 16: the whole-row gather prototype vs qknorm vs SGLang (~4 min)
+  OUT=$OUT timeout 400 python $S/rope_gather_proto.py > $OUT/rope_gather.log 2>&1; echo "rope rc=$?"; cat $OUT/rope_gather.log | tail -25
+elif [ "${1:-tests}" = safe ]; then
   PYTHONPATH=$PYTHONPATH:$PWD/.baseline3 QKNORM_SAFE_RANGE=1 OUT=$OUT timeout 300 \
     python benchmarks/results/h200/2026-12-01-host-cost/scripts/ab_graph.py qknorm_off safe-range-reread > $OUT/ab.log 2>&1
   echo "ab rc=$?"; tail -3 $OUT/ab.log   # other/this < 1: SAFE_RANGE on (this) is slower
