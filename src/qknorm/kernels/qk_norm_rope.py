@@ -52,7 +52,7 @@ def norm_rope_rows(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0,
     nothing stored. ``MROPE``: the position of frequency ``j`` is row ``(j >= S0) + (j >= S01)``
     of ``P [3, T]`` (row stride ``ps3``; Qwen2-VL's multimodal RoPE). ``WIDE``: int64 column
     offsets. ``RESCUE`` (``SAFE_RANGE``'s second call, for the rows out of fp32's range: see
-    :func:`store_rows_in_range`): every row scaled by ``2**k`` first (rows.py), the same
+    :func:`rows_in_range` and the callers' rescue branch): every row scaled by ``2**k`` first (rows.py), the same
     arithmetic otherwise."""
     R = 2 * HALF
     pm = row_ok[:, None] & j_ok[None, :]

@@ -176,7 +176,7 @@ def _row_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_RES
         q = tl.rsqrt(ss / D + eps)
         p = q * 0.0 + 1.0
         if rows.SAFE_RANGE:
-            bad = extreme_rows(ss, D, eps)
+            bad = row_ok & extreme_rows(ss, D, eps)  # (padding rows sum to 0: not extreme)
             if any_true(bad):
                 p2, q2 = rescued_factors(s, ss, D, eps, eps_tiny)
                 p = tl.where(bad, p2, p)
@@ -228,8 +228,8 @@ def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub, n_
         if HAS_WEIGHT:
             n = n * w[None, :]
         if rows.SAFE_RANGE:
-            bad = extreme_rows(ss, D, eps)
-            if any_true(bad):  # rare, block-uniform: as rows.store_extreme_rows
+            bad = row_ok & extreme_rows(ss, D, eps)  # (padding rows sum to 0: not extreme)
+            if any_true(bad):  # rare, block-uniform; the rows are still in registers here (before any store)
                 nr = rescued_rows(s, ss, D, eps, eps_tiny)
                 if HAS_WEIGHT:
                     nr = nr * w[None, :]

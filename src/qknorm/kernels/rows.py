@@ -156,8 +156,8 @@ def reread_extreme_rows(x_row, r_row, xsd, rsd, y_row, ysd, o_row, osd, W, ws, W
     still holds their input (so this is right in place too). Row pointers ``x_row`` (and
     ``r_row`` with ``HAS_RESIDUAL``: the sum is stored at ``o_row``), output ``y_row``; the
     weight ``W`` (stride ``ws``), or ``W2`` (stride ``ws2``) for the rows where ``second`` is
-    set (QK: Q's and K's weights, of any two dtypes). In chunks of at most
-    1024 elements per block over three reads (max |x|, the scaled sum of squares, the store),
+    set (QK: Q's and K's weights, of any two dtypes). In chunks of ``max(16, 1024 // ROWS)``
+    columns (at most ``BLOCK_D``) over three reads (max |x|, the scaled sum of squares, the store),
     so the branch needs few registers (``ptxas`` sizes the whole kernel for its widest part:
     holding the rows, or a whole-row rescue, cost 40-70% more registers on the common path).
     Without ``SAFE_RANGE`` it is no code at all."""
@@ -236,7 +236,7 @@ def chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_
     q = tl.rsqrt(ss / D + eps)
     p = q * 0.0 + 1.0
     if SAFE_RANGE:
-        bad = extreme_rows(ss, D, eps)
+        bad = row_ok & extreme_rows(ss, D, eps)  # (padding rows sum to 0: not extreme)
         if any_true(bad):  # rare: rows out of fp32's range; two more reads
             p2, q2 = factors_from_memory(x_row, r_row, xsd, rsd, row_ok, bad, D, eps, eps_tiny, HAS_RESIDUAL, ROWS,
                                          BLOCK_D)
