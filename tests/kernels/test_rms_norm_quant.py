@@ -108,12 +108,9 @@ def run_kernel(x, weight=None, residual=None, config=None, **kw):
 
 
 def _same_strides(values, like):
-    """A tensor holding ``values`` with ``like``'s shape and strides (and offset into its storage)."""
-    t = torch.empty_strided(like.shape, like.stride(), dtype=like.dtype, device=like.device)
-    if like.storage_offset():
-        base = torch.empty(like.storage_offset() + t.untyped_storage().nbytes() // like.element_size(),
-                           dtype=like.dtype, device=like.device)
-        t = base.as_strided(like.shape, like.stride(), like.storage_offset())
+    """``values`` in a copy of ``like``'s storage, viewed with its offset, shape and strides."""
+    t = torch.empty(0, dtype=like.dtype, device=like.device)
+    t.set_(like.untyped_storage().clone(), like.storage_offset(), like.shape, like.stride())
     return t.copy_(values)
 
 

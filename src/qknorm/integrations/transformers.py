@@ -112,6 +112,7 @@ import warnings
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _mm
 
 from .. import functional as _ops
 from ..ops.fused_add import call_out as _fused_out
@@ -232,7 +233,6 @@ _is_compiling = getattr(torch.compiler, "is_compiling", None) or (lambda: False)
 def _watched(m: nn.Module) -> bool:
     """Whether a module's call is observed or changed by hooks (its own or global ones) or by a
     forward replaced on the instance (accelerate): then it must run as itself."""
-    from torch.nn.modules import module as _mm
     return bool(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__
                 or getattr(m, "_hf_hook", None) is not None
                 or _mm._global_forward_hooks or _mm._global_forward_pre_hooks)
