@@ -131,6 +131,17 @@ def norm_rope_rows(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0,
 
 
 @triton.jit
+def rope_columns(D, HALF, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr):
+    """The column ranges of a row and their masks: ``j`` the pair index (``[0, HALF)``), ``c`` the
+    rotary part as one range (GPT-J, ``[0, 2*HALF)``), ``tc`` the pass-through tail
+    (``[2*HALF, D)``)."""
+    j = tl.arange(0, BLOCK_H)
+    c = tl.arange(0, 2 * BLOCK_H)
+    tc = 2 * HALF + tl.arange(0, BLOCK_T)
+    return j, j < HALF, c, c < 2 * HALF, tc, tc < D
+
+
+@triton.jit
 def rows_in_range(row_ok, ss, D, eps):
     """The rows a block's common stores write: ``row_ok``, or with ``SAFE_RANGE`` less the rows
     out of fp32's range, left as they are in memory (their input) for the rescue call."""
@@ -149,12 +160,7 @@ def _rope_rows(block, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos,
     row_ok = rows < n_rows
     t = (rows // H).to(tl.int64)
     h = (rows % H).to(tl.int64)
-    j = tl.arange(0, BLOCK_H)  # pair index
-    j_ok = j < HALF
-    c = tl.arange(0, 2 * BLOCK_H)  # GPT-J: the rotary part as one contiguous range
-    c_ok = c < 2 * HALF
-    tc = 2 * HALF + tl.arange(0, BLOCK_T)  # the pass-through tail (HAS_TAIL)
-    t_ok = tc < D
+    j, j_ok, c, c_ok, tc, t_ok = rope_columns(D, HALF, BLOCK_H, BLOCK_T)
     x_row = X + t * xst + h * xsh
     o1, o2, ot, ss = norm_rope_rows(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P,
                                     ps, 0, 0, 0, W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok,

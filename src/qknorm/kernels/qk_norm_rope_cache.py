@@ -40,7 +40,7 @@ import triton.language as tl
 
 from .pdl import pdl_launch_dependents, pdl_wait
 from .rms_norm_quant import to_codes
-from .qk_norm_rope import col_offset, norm_rope_rows, rows_in_range
+from .qk_norm_rope import col_offset, norm_rope_rows, rope_columns, rows_in_range
 from .rows import SAFE_RANGE, any_true, extreme_rows
 
 
@@ -100,12 +100,7 @@ def _prologue_block(block, q_blocks, D, DV, HALF, eps, eps_tiny, w_offset, CS, c
                     HAS_KOUT: tl.constexpr, K_FP8: tl.constexpr, V_FP8: tl.constexpr, K_QMAX: tl.constexpr,
                     V_QMAX: tl.constexpr, NATIVE_CAST: tl.constexpr, WIDE: tl.constexpr, ROWS: tl.constexpr,
                     BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr):
-    j = tl.arange(0, BLOCK_H)  # pair index
-    j_ok = j < HALF
-    c = tl.arange(0, 2 * BLOCK_H)  # GPT-J: the rotary part as one contiguous range
-    c_ok = c < 2 * HALF
-    tc = 2 * HALF + tl.arange(0, BLOCK_T)  # the pass-through tail (HAS_TAIL)
-    t_ok = tc < D
+    j, j_ok, c, c_ok, tc, t_ok = rope_columns(D, HALF, BLOCK_H, BLOCK_T)
     if block < q_blocks:
         rows = block * ROWS + tl.arange(0, ROWS)
         row_ok = rows < q_rows
