@@ -250,7 +250,8 @@ def norm_block(block, X, Y, W, n_rows, D, N1, N2,
                xs0, xs1, xs2, xsd, ys0, ys1, ys2, ysd, ws, eps, eps_tiny, w_offset,
                HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
                CHUNKED: tl.constexpr):
-    """Normalise rows ``block*ROWS ... +ROWS`` of X into Y.
+    """Normalise rows ``block*ROWS ... +ROWS`` of X into Y: :func:`add_norm_block` without a
+    residual.
 
     Unchunked (``CHUNKED == 0``): the whole row (BLOCK_D >= D) is held in registers, one read
     and one write per element. ``CHUNKED >= 2``: the row is that many exact BLOCK_D tiles,
@@ -258,45 +259,9 @@ def norm_block(block, X, Y, W, n_rows, D, N1, N2,
     wider than the registers hold): a first pass sums squares chunk by chunk, a second re-reads,
     scales and writes. Both chunked forms do the same arithmetic (the same bits).
     """
-    rows = block * ROWS + tl.arange(0, ROWS)
-    row_ok = rows < n_rows
-    x_row = X + row_offsets(rows, N1, N2, xs0, xs1, xs2)
-    y_row = Y + row_offsets(rows, N1, N2, ys0, ys1, ys2)
-    cols = tl.arange(0, BLOCK_D)
-    if not CHUNKED:
-        col_ok = cols < D
-        # The weight load is issued first so that its latency overlaps the row's load and
-        # reduction instead of following them (a whole DRAM round trip at decode sizes).
-        w = 1.0  # no weight (HAS_WEIGHT=False: never read)
-        if HAS_WEIGHT:
-            w = tl.load(W + cols * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset
-        mask = row_ok[:, None] & col_ok[None, :]
-        x_ptr = x_row[:, None] + (cols * xsd)[None, :]
-        x = tl.load(x_ptr, mask=mask, other=0.0).to(tl.float32)
-        ss = tl.sum(x * x, axis=1)
-        y_ptr = y_row[:, None] + (cols * ysd)[None, :]
-        scale_store(x, ss, D, eps, w, y_ptr, common_rows(mask, ss, D, eps), HAS_WEIGHT)
-        # After the common store, so the common path waits for nothing.
-        reread_extreme_rows(x_row, x_row, xsd, xsd, y_row, ysd, y_row, ysd, W, ws, W, ws, rows < 0, w_offset, row_ok,
-                            ss, D, eps, eps_tiny, False, HAS_WEIGHT, ROWS, BLOCK_D)
-    else:
-        p, q, xs = chunked_factors(x_row, x_row, row_ok, cols, D, xsd, xsd, eps, eps_tiny, False, ROWS, BLOCK_D,
-                                   CHUNKED)
-        if CHUNKED >= 2:
-            for i in tl.static_range(CHUNKED):
-                c = i * BLOCK_D + cols
-                col_ok = c < D
-                mask = row_ok[:, None] & col_ok[None, :]
-                _scaled_chunk_store(xs[i], p, q, W, c, ws, w_offset, col_ok, y_row[:, None] + (c * ysd)[None, :],
-                                    mask, HAS_WEIGHT)
-        else:
-            for start in range(0, D, BLOCK_D):
-                c = start + cols
-                col_ok = c < D
-                mask = row_ok[:, None] & col_ok[None, :]
-                x = load_sum(x_row[:, None] + (c * xsd)[None, :], x_row, mask, False)
-                _scaled_chunk_store(x, p, q, W, c, ws, w_offset, col_ok, y_row[:, None] + (c * ysd)[None, :],
-                                    mask, HAS_WEIGHT)
+    add_norm_block(block, X, X, Y, Y, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd, xs0, xs1, xs2, xsd,
+                   ys0, ys1, ys2, ysd, ys0, ys1, ys2, ysd, ws, eps, eps_tiny, w_offset, False, HAS_WEIGHT, ROWS,
+                   BLOCK_D, CHUNKED)
 
 
 @triton.jit
@@ -316,11 +281,12 @@ def _scaled_chunk_store(x, p, q, W, c, ws, w_offset, col_ok, y_ptr, mask, HAS_WE
 @triton.jit
 def add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2,
                    xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd, ys0, ys1, ys2, ysd, os0, os1, os2, osd,
-                   ws, eps, eps_tiny, w_offset,
+                   ws, eps, eps_tiny, w_offset, HAS_RESIDUAL: tl.constexpr,
                    HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
                    CHUNKED: tl.constexpr):
     """``RO = X + R; Y = norm(RO)`` for one block of rows: in place with ``Y = X``, ``RO = R``
-    (and their strides), out of place into fresh tensors otherwise.
+    (and their strides), out of place into fresh tensors otherwise; without ``HAS_RESIDUAL``
+    ``Y = norm(X)`` (R and RO unused: :func:`norm_block`).
 
     The norm uses the fp32 sum; RO stores its rounding. The chunked form sums squares
     in a read-only first pass so the second pass can recompute the exact fp32 sum
@@ -329,37 +295,48 @@ def add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2,
     rows = block * ROWS + tl.arange(0, ROWS)
     row_ok = rows < n_rows
     x_row = X + row_offsets(rows, N1, N2, xs0, xs1, xs2)
-    r_row = R + row_offsets(rows, N1, N2, rs0, rs1, rs2)
+    r_row = x_row
+    o_row = x_row
+    if HAS_RESIDUAL:
+        r_row = R + row_offsets(rows, N1, N2, rs0, rs1, rs2)
     y_row = Y + row_offsets(rows, N1, N2, ys0, ys1, ys2)
-    o_row = RO + row_offsets(rows, N1, N2, os0, os1, os2)
+    if HAS_RESIDUAL:
+        o_row = RO + row_offsets(rows, N1, N2, os0, os1, os2)
     cols = tl.arange(0, BLOCK_D)
     if not CHUNKED:
         col_ok = cols < D
+        # The weight load is issued first so that its latency overlaps the row's load and
+        # reduction instead of following them (a whole DRAM round trip at decode sizes).
         w = 1.0  # no weight (HAS_WEIGHT=False: never read)
-        if HAS_WEIGHT:  # first, to overlap its latency (see norm_block)
+        if HAS_WEIGHT:
             w = tl.load(W + cols * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset
         mask = row_ok[:, None] & col_ok[None, :]
         x_ptr = x_row[:, None] + (cols * xsd)[None, :]
         r_ptr = r_row[:, None] + (cols * rsd)[None, :]
-        y_ptr = y_row[:, None] + (cols * ysd)[None, :]
-        s = (tl.load(x_ptr, mask=mask, other=0.0).to(tl.float32)
-             + tl.load(r_ptr, mask=mask, other=0.0).to(tl.float32))
+        if HAS_RESIDUAL:
+            y_ptr = y_row[:, None] + (cols * ysd)[None, :]
+        s = load_sum(x_ptr, r_ptr, mask, HAS_RESIDUAL)
         ss = tl.sum(s * s, axis=1)
-        o_ptr = o_row[:, None] + (cols * osd)[None, :]
-        common = common_rows(mask, ss, D, eps)
-        tl.store(o_ptr, s.to(RO.dtype.element_ty), mask=common)
+        if HAS_RESIDUAL:
+            common = common_rows(mask, ss, D, eps)
+            tl.store(o_row[:, None] + (cols * osd)[None, :], s.to(RO.dtype.element_ty), mask=common)
+        else:
+            y_ptr = y_row[:, None] + (cols * ysd)[None, :]
+            common = common_rows(mask, ss, D, eps)
         scale_store(s, ss, D, eps, w, y_ptr, common, HAS_WEIGHT)
+        # After the common store, so the common path waits for nothing.
         reread_extreme_rows(x_row, r_row, xsd, rsd, y_row, ysd, o_row, osd, W, ws, W, ws, rows < 0, w_offset, row_ok,
-                            ss, D, eps, eps_tiny, True, HAS_WEIGHT, ROWS, BLOCK_D)
+                            ss, D, eps, eps_tiny, HAS_RESIDUAL, HAS_WEIGHT, ROWS, BLOCK_D)
     else:
-        p, q, sums = chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, True, ROWS, BLOCK_D,
-                                     CHUNKED)
+        p, q, sums = chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_RESIDUAL, ROWS,
+                                     BLOCK_D, CHUNKED)
         if CHUNKED >= 2:
             for i in tl.static_range(CHUNKED):
                 c = i * BLOCK_D + cols
                 col_ok = c < D
                 mask = row_ok[:, None] & col_ok[None, :]
-                tl.store(o_row[:, None] + (c * osd)[None, :], sums[i].to(RO.dtype.element_ty), mask=mask)
+                if HAS_RESIDUAL:
+                    tl.store(o_row[:, None] + (c * osd)[None, :], sums[i].to(RO.dtype.element_ty), mask=mask)
                 _scaled_chunk_store(sums[i], p, q, W, c, ws, w_offset, col_ok, y_row[:, None] + (c * ysd)[None, :],
                                     mask, HAS_WEIGHT)
         else:
@@ -367,8 +344,10 @@ def add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2,
                 c = start + cols
                 col_ok = c < D
                 mask = row_ok[:, None] & col_ok[None, :]
-                s = load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], mask, True)
-                tl.store(o_row[:, None] + (c * osd)[None, :], s.to(RO.dtype.element_ty), mask=mask)
+                s = load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], mask,
+                             HAS_RESIDUAL)
+                if HAS_RESIDUAL:
+                    tl.store(o_row[:, None] + (c * osd)[None, :], s.to(RO.dtype.element_ty), mask=mask)
                 _scaled_chunk_store(s, p, q, W, c, ws, w_offset, col_ok, y_row[:, None] + (c * ysd)[None, :], mask,
                                     HAS_WEIGHT)
 
@@ -383,9 +362,9 @@ def add_norm_program(X, R, Y, RO, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd, rs0,
     if PERSISTENT:
         for block in range(tl.program_id(0), tl.cdiv(n_rows, ROWS), tl.num_programs(0)):
             add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd,
-                           ys0, ys1, ys2, ysd, os0, os1, os2, osd, ws, eps, eps_tiny, w_offset, HAS_WEIGHT, ROWS,
-                           BLOCK_D, CHUNKED)
+                           ys0, ys1, ys2, ysd, os0, os1, os2, osd, ws, eps, eps_tiny, w_offset, True, HAS_WEIGHT,
+                           ROWS, BLOCK_D, CHUNKED)
     else:
         add_norm_block(tl.program_id(0), X, R, Y, RO, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd, rs0, rs1, rs2,
-                       rsd, ys0, ys1, ys2, ysd, os0, os1, os2, osd, ws, eps, eps_tiny, w_offset, HAS_WEIGHT, ROWS,
-                       BLOCK_D, CHUNKED)
+                       rsd, ys0, ys1, ys2, ysd, os0, os1, os2, osd, ws, eps, eps_tiny, w_offset, True, HAS_WEIGHT,
+                       ROWS, BLOCK_D, CHUNKED)
