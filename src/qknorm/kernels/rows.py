@@ -236,7 +236,9 @@ def chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_
     q = tl.rsqrt(ss / D + eps)
     p = q * 0.0 + 1.0
     if SAFE_RANGE:
-        bad = row_ok & extreme_rows(ss, D, eps)  # (padding rows sum to 0: not extreme)
+        # (padding rows sum to 0: with eps below 2**-60 a tail block takes the two reads too, right but
+        # slower; masking them with row_ok cost 98 -> 122 registers at CHUNKED=4, sm_90)
+        bad = extreme_rows(ss, D, eps)
         if any_true(bad):  # rare: rows out of fp32's range; two more reads
             p2, q2 = factors_from_memory(x_row, r_row, xsd, rsd, row_ok, bad, D, eps, eps_tiny, HAS_RESIDUAL, ROWS,
                                          BLOCK_D)
