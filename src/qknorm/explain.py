@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from . import dispatch, invariance, validate
+from . import dispatch, invariance, launch, native, validate
 from .backend import get_backend
 from .dispatch import DTYPES, OPS, Decision, device_decision
 from . import layout
@@ -169,7 +169,8 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
     str
         The chosen variant and config, the tuned-table entry (file and key) or the heuristic
         rule behind it, the ``top`` fastest measured alternatives when the table has them,
-        how each tensor's rows are addressed, and which backend the call would run.
+        how each tensor's rows are addressed, which backend the call would run, and (Triton
+        kernels) how the host side describes tensors and launches (``native.host_path``).
 
     Raises
     ------
@@ -216,7 +217,25 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
     backend = get_backend()
     runs = "Triton kernels" if (backend == "triton" or (backend == "auto" and x.is_cuda)) else "PyTorch path"
     lines.append(f"  backend={backend}: this call runs the {runs}")
+    if runs == "Triton kernels":
+        lines.append("  host: " + host_path(x.is_cuda))
     return "\n".join(lines)
+
+
+def host_path(cuda: bool) -> str:
+    """How an eager call's host side runs here, in one line (builds the compiled parts of the
+    fast call if that was not done yet; launches nothing)."""
+    s = "fast calls read their tensors' metadata " + (
+        "in C" if native.load() is not None else f"in Python ({native.REASON})")
+    if not cuda:
+        return s + "; CPU tensors: PyTorch path (or the Triton interpreter)"
+    launch._init()
+    if not launch.enabled():
+        return s + f"; launches: kernel[grid] ({launch.PROTOCOL_REASON if launch.PROTOCOL is None else 'disabled'})"
+    if native.load_launcher() is None:
+        return s + f"; launches: Triton's C launcher (no compiled launch: {native.LAUNCH_REASON})"
+    return s + ("; launches: compiled (cuLaunchKernelEx from a record checked against the driver's list of the "
+                "kernel's parameters) from a plan's third call, Triton's C launcher before")
 
 
 #: Ops whose kernels take the dispatcher's tile of another op (the same canonical row layout, so

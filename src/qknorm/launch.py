@@ -53,6 +53,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import struct
 import threading
 from typing import NamedTuple
 
@@ -426,13 +427,14 @@ class KernelLauncher:
 
 
 class _Call(NamedTuple):
-    """A one-off plan for :func:`run`."""
+    """A one-off plan for :func:`run` (never given launch records)."""
     launcher: "KernelLauncher"
     entries: list
     grid: tuple
     tail: tuple
     kwargs: dict
     device: int
+    records: None = None
 
 
 def run(kl: KernelLauncher, entries: list, bits: int, grid, args: tuple, tensors: tuple, kwargs: dict,
@@ -448,8 +450,22 @@ def run(kl: KernelLauncher, entries: list, bits: int, grid, args: tuple, tensors
 
 def run_plan(plan, bits: int, head: tuple, tensors: tuple) -> None:
     """:func:`run` for a call plan (``ops/_plan.Plan``: ``launcher``, ``entries``, ``grid``,
-    ``tail``, ``kwargs``, ``device``) with the per-call arguments ``head``: the hot path of
-    every eager op, so :func:`run`'s fast call is repeated here without the extra call."""
+    ``tail``, ``kwargs``, ``device``, ``records``) with the per-call arguments ``head``: the hot
+    path of every eager op. A plan whose entry runs fast gets a launch record (:func:`_arm`);
+    from then on the compiled launch takes the call, else Triton's C launcher (``go``)."""
+    rec = plan.records
+    if rec is not None and _enabled:
+        r = rec[bits]
+        if r:
+            rt = _rt
+            if rt is None or ((type(h := rt.launch_enter_hook) is _HookChain and not h.calls or h is None)
+                              and (type(x := rt.launch_exit_hook) is _HookChain and not x.calls or x is None)):
+                try:
+                    if _native_launch(r, *head):
+                        return
+                except Exception as exc:  # noqa: BLE001 - Triton's launch below redoes it (or raises)
+                    rec[bits] = False
+                    _record_errors.append(f"{plan.launcher.name}: {type(exc).__name__}: {exc}")
     e = plan.entries[bits]
     if e is not None:
         go = e.go
@@ -460,10 +476,121 @@ def run_plan(plan, bits: int, head: tuple, tensors: tuple) -> None:
                               and (type(x := rt.launch_exit_hook) is _HookChain and not x.calls or x is None)):
                 try:
                     go(plan.grid, _raw_stream(device), head + plan.tail)
-                    return
                 except Exception as exc:  # noqa: BLE001 - fall back for good, then redo it plainly
                     e.go, e.state, e.why = None, PLAIN, f"fast call raised {type(exc).__name__}: {exc}"
+                else:
+                    if rec is None or rec[bits] is None:
+                        _arm(plan, bits, e, head)
+                    return
     plan.launcher.slow(plan.entries, bits, plan.grid, head + plan.tail, tensors, plan.kwargs, plan.device)
+
+
+# --------------------------------------------------------------------------- compiled launches
+
+#: Per-call argument kinds of a launch record by Triton type, and the bytes each occupies.
+_KINDS = {"i32": ("i", 4), "i64": ("l", 8), "fp32": ("f", 4)}
+_RECORD_HEAD = struct.Struct("<Q3IIIiIII16s16sI")  # launchcall.c's Record (80 bytes)
+_native_launch = None
+_record_errors: list = []
+#: Plans' launch-record outcomes by kernel: ``{kernel: {"armed": n, why-not: n}}`` (for explain/tests).
+record_stats: dict = {}
+
+
+def _note(name: str, what: str) -> None:
+    d = record_stats.setdefault(name, {})
+    d[what] = d.get(what, 0) + 1
+
+
+def _arm(plan, bits: int, e, head: tuple) -> None:
+    """Give ``plan`` the launch record of alignment ``bits`` after a fast call through Triton's
+    launcher, or False where the compiled launch cannot take it (the reason is counted in
+    :data:`record_stats`)."""
+    global _native_launch
+    if type(plan) is _Call:
+        return
+    rec = plan.records
+    if rec is None:
+        rec = plan.records = [None] * len(plan.entries)
+    rec[bits] = False
+    from . import native
+    mod = native.load_launcher()
+    if mod is None:
+        _note(plan.launcher.name, "no compiled launch: " + native.LAUNCH_REASON)
+        return
+    try:
+        r, why = launch_record(mod.param_info, plan, e.ck, head)
+    except Exception as exc:  # noqa: BLE001 - no record: Triton's launcher keeps the calls
+        r, why = None, f"record raised {type(exc).__name__}: {exc}"
+    if r is None:
+        _note(plan.launcher.name, why)
+        return
+    _native_launch = mod.launch
+    rec[bits] = r
+    _note(plan.launcher.name, "armed")
+
+
+def launch_record(param_info, plan, ck, head: tuple):
+    """``(record, "")`` for launching ``ck`` (the compiled kernel of ``plan``'s entry) with
+    ``head`` per call and ``plan.tail`` fixed, or ``(None, why)``.
+
+    The kernel parameters Triton passes are the non-constexpr arguments of the compiled
+    kernel's signature in order, then its global and profile scratch pointers (Triton 3.5+,
+    both NULL for our kernels). Checked against the driver's own list of the loaded kernel's
+    parameters (``cuFuncGetParamInfo``: count and size of each); anything unexpected: no record."""
+    if PROTOCOL not in ("L35", "L37"):
+        return None, f"launch protocol {PROTOCOL}: records only for Triton 3.5+"
+    st, why = _launcher_state(ck, PROTOCOL)
+    if st is None:
+        return None, why
+    md = ck.metadata
+    if getattr(md, "num_ctas", 1) != 1:
+        return None, "num_ctas != 1"
+    sig = ck.src.signature
+    names = plan.launcher.arg_names
+    args = head + plan.tail
+    if len(sig) != len(names) or len(args) != len(names) or len(head) > 16:
+        return None, f"signature of {len(sig)} arguments, {len(names)} names, {len(args)} values"
+    types = [sig[n] if n in sig else sig[i] for i, n in enumerate(names)]
+    slots, sizes, head_slot, head_kind = [], [], [], []
+    for i, (t, v) in enumerate(zip(types, args)):
+        if t == "constexpr":
+            if i < len(head):
+                return None, f"per-call argument {names[i]} is a constexpr"
+            continue
+        if type(t) is not str:
+            return None, f"argument {names[i]} of type {t!r}"
+        if t.startswith("*"):
+            kind, size = "p", 8
+        elif t in _KINDS:
+            kind, size = _KINDS[t]
+        else:
+            return None, f"argument {names[i]} of type {t}"
+        if i < len(head):
+            head_slot.append(len(slots))
+            head_kind.append(kind)
+            slots.append(0)
+        elif kind == "f":
+            if type(v) is not float:
+                return None, f"argument {names[i]} = {v!r} for {t}"
+            slots.append(struct.unpack("<I", struct.pack("<f", v))[0])
+        else:
+            if type(v) is not int:
+                return None, f"argument {names[i]} = {v!r} for {t}"
+            slots.append(v & 0xFFFFFFFF if kind == "i" else v & 0xFFFFFFFFFFFFFFFF)
+        sizes.append(size)
+    slots += [0, 0]  # global and profile scratch: none
+    sizes += [8, 8]
+    info = param_info(st["function"])
+    if info is None:
+        return None, "the driver cannot list kernel parameters (cuFuncGetParamInfo, CUDA 12.4+)"
+    if [s for _, s in info] != sizes:
+        return None, f"kernel parameter sizes {[s for _, s in info]}, expected {sizes}"
+    if len(slots) > 64:
+        return None, f"{len(slots)} parameters (at most 64)"
+    flags = (1 if st["pdl"] else 0) | (2 if st["coop"] else 0)
+    head_rec = _RECORD_HEAD.pack(st["function"], *plan.grid, 32 * md.num_warps, md.shared, plan.device, flags,
+                                 len(slots), len(head), bytes(head_slot), "".join(head_kind).encode(), 0)
+    return head_rec + struct.pack(f"<{len(slots)}Q", *slots), ""
 
 
 def _no_device() -> int:

@@ -158,13 +158,22 @@ def test_spec_keeps_constexprs_by_value():
     assert kl.spec(kl.pack(ROWS=16, **base)) == kl.spec(kl.pack(ROWS=16, **{**base, "n_rows": 128}))
 
 
-def test_out_key():
-    x = torch.zeros(3)
-    assert _plan.out_key(None, x) == (_plan.OutKind.NEW, None)
-    assert _plan.out_key(x, x) == (_plan.OutKind.IN_PLACE, None)
-    o = torch.zeros(3)
-    assert _plan.out_key(o, x) == (_plan.OutKind.OTHER, (o.shape, o.stride(), o.dtype, o.get_device()))
-    assert _plan.out_key("x", x) == (None, None)
+def test_qk_describe_output_kinds_and_refusals(monkeypatch):
+    monkeypatch.setattr(_plan, "FAST_ON_CPU", True)
+    q, k, w = torch.zeros(2, 3, 8), torch.zeros(2, 1, 8), torch.ones(8)
+    qo, ko, d = _plan.qk_describe(q, k, w, w, None, k)
+    assert (qo, ko) == (_plan.OutKind.NEW, _plan.OutKind.IN_PLACE) and d[2:6] == (q.data_ptr(), k.data_ptr(),
+                                                                                 w.data_ptr(), w.data_ptr())
+    o = torch.zeros(2, 3, 8)
+    qo, ko, d2 = _plan.qk_describe(q, k, w, w, o, None)
+    assert (qo, ko) == (_plan.OutKind.OTHER, _plan.OutKind.NEW) and d2[6] == o.data_ptr() and d2[0] != d[0]
+    assert _plan.qk_describe(q, k, w, w, "q", None) is None  # not a tensor: the general call raises
+    g = torch.ones(8, requires_grad=True)
+    assert _plan.qk_describe(q, k, g, w, None, None) is None  # grad: the differentiable op
+    with torch.no_grad():
+        assert _plan.qk_describe(q, k, g, w, None, None) is not None
+    monkeypatch.setattr(_plan, "FAST_ON_CPU", False)
+    assert _plan.qk_describe(q, k, w, w, None, None) is None  # CPU tensors: not a fast call
 
 
 def test_plan_cache_is_bounded_and_follows_dispatch_reset():

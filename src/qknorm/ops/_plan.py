@@ -27,20 +27,16 @@ import os
 
 import torch
 
-from .. import dispatch, launch
+from .. import dispatch, launch, native
 from ..backend import interpreter_on
 from ..config import KernelConfig
 from .. import layout
 from ..layout import INT32_MAX, cdiv, kernel_layout, views_overlap
 from ..reference import FLT_MAX, FLT_MIN, kernel_eps
 
-__all__ = ["OutKind", "Pair", "Plan", "PlanCache", "PLANS", "out_key", "apart",
-           "make_plan", "eps_pair", "contig_strides", "span", "clear_caches"]
+__all__ = ["OutKind", "Pair", "Plan", "PlanCache", "PLANS", "apart",
+           "make_plan", "eps_pair", "grad_needed", "qk_describe", "contig_strides", "span", "clear_caches"]
 
-_Tensor = torch.Tensor
-#: What a fast call takes as a weight or scale: a tensor or a module's ``nn.Parameter`` (a
-#: Tensor subclass with no ``__torch_function__`` of its own: the same metadata and pointer).
-WEIGHT_TYPES = (torch.Tensor, torch.nn.Parameter)
 _grad_on = torch.is_grad_enabled
 #: Tests only: let the fast call take CPU tensors too (the kernels then run in the Triton
 #: interpreter through the launcher's plain path), so its logic is tested without a GPU.
@@ -69,46 +65,35 @@ class Pair(enum.IntEnum):
     KOUT_Q = 5      #: k_out and q
 
 
-def qk_key_parts(q, k, qw, kw, q_out, k_out):
-    """What a QK fast call's key needs of its weights and outputs, ``(wk, qo, qok, ko, kok)``
-    (weights' metadata or None, each output's :class:`OutKind` and metadata), or None when the
-    fast call cannot take them: weights not both tensors or both None, an output that is not a
-    tensor, a negated view, or a tensor that requires grad under grad mode."""
-    if qw is None:
-        if kw is not None:
-            return None
-        wk = None
-    elif type(qw) in WEIGHT_TYPES and type(kw) in WEIGHT_TYPES:
-        wk = (qw.shape, qw.stride(), qw.dtype, qw.get_device(), kw.shape, kw.stride(), kw.dtype, kw.get_device())
-    else:
+def grad_needed(*ts) -> bool:
+    """Whether a tensor among ``ts`` (None skipped) requires grad; callers ask only under grad mode."""
+    for t in ts:
+        if t is not None and t.requires_grad:
+            return True
+    return False
+
+
+def qk_describe(q, k, qw, kw, q_out, k_out, *more):
+    """A QK fast call's arguments described at once: ``(qo, ko, d)`` with each output's
+    :class:`OutKind` and ``d = native.describe(q, k, qw, kw, q_out | None, k_out | None, *more)``
+    (OTHER outputs only), or None when the fast call cannot take them (see ``native.describe``)
+    or a tensor requires grad under grad mode. Weights not both tensors or both None are
+    described as given: their plan's checks fail, and the general call raises."""
+    qo = NEW if q_out is None else IN_PLACE if q_out is q else OTHER
+    ko = NEW if k_out is None else IN_PLACE if k_out is k else OTHER
+    d = native.describe(q, k, qw, kw, q_out if qo is OTHER else None, k_out if ko is OTHER else None, *more)
+    if d is None or (d[1] < 0 and not FAST_ON_CPU):
         return None
-    qo, qok = out_key(q_out, q)
-    ko, kok = out_key(k_out, k)
-    if qo is None or ko is None or q.is_neg() or k.is_neg() or (wk is not None and (qw.is_neg() or kw.is_neg())) \
-            or (qok is not None and q_out.is_neg()) or (kok is not None and k_out.is_neg()):
+    if _grad_on() and grad_needed(q, k, qw, kw, q_out if qo is OTHER else None, k_out if ko is OTHER else None,
+                                  *more):
         return None
-    if _grad_on() and (q.requires_grad or k.requires_grad or (wk is not None and (qw.requires_grad or kw.requires_grad))
-                       or (qok is not None and q_out.requires_grad) or (kok is not None and k_out.requires_grad)):
-        return None
-    return wk, qo, qok, ko, kok
+    return qo, ko, d
 
 
 def cpu_positions_ok(positions, cos_sin_cache) -> bool:
     """With :data:`FAST_ON_CPU` (tests) a fast call may see CPU positions: they must index the
     cache, as the general call checks (CUDA positions are clamped by the kernel instead)."""
     return positions.numel() == 0 or (int(positions.min()) >= 0 and int(positions.max()) < cos_sin_cache.shape[0])
-
-
-def out_key(out, inp):
-    """``(OutKind, key part)`` of an output argument for a fast call's key: ``(NEW, None)``,
-    ``(IN_PLACE, None)``, ``(OTHER, metadata)``, or ``(None, None)`` for a non-tensor."""
-    if out is None:
-        return NEW, None
-    if out is inp:
-        return IN_PLACE, None
-    if type(out) is _Tensor:
-        return OTHER, (out.shape, out.stride(), out.dtype, out.get_device())
-    return None, None
 
 
 class Plan:
@@ -121,11 +106,12 @@ class Plan:
     ``spans``: byte ranges ``[lo, hi)`` of the views relative to their data pointers;
     ``geom``/``memo``: per :class:`Pair`, the geometry for an exact overlap test and its
     cached answers by pointer distance; ``same_layout``: per output, whether an OTHER
-    output with the input's strides is in place when the pointers are equal.
+    output with the input's strides is in place when the pointers are equal; ``records``:
+    the compiled launch's records by alignment bits (``launch.py``).
     """
 
     __slots__ = ("launcher", "entries", "grid", "tail", "kwargs", "device", "config", "spans", "geom", "memo",
-                 "same_layout", "read_spans", "in_place")
+                 "same_layout", "read_spans", "in_place", "records")
 
     def __init__(self, launcher, entries, grid, tail, kwargs, device, config):
         self.launcher = launcher
@@ -141,6 +127,7 @@ class Plan:
         self.same_layout = (False, False)
         self.read_spans = ()
         self.in_place = None
+        self.records = None  # launch records by alignment bits (launch.py), made on the first fast calls
 
 
 class PlanCache(dict):

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import torch
 
-from .. import backend, launch, layout
+from .. import backend, launch, native, layout
 from .. import validate
 from ..reference import fused_add_rms_norm_torch
 from . import _plan as plans
-from ._plan import MISS, PLANS, WEIGHT_TYPES, Pair
+from ._plan import MISS, PLANS, Pair
 
 OP = "fused_add_rms_norm"
-_Tensor = torch.Tensor
 _grad_on = torch.is_grad_enabled
 
 
@@ -40,41 +39,29 @@ def check_args(x, residual, weight, eps, weight_offset, config, *, memory: bool 
 
 def fast(x, residual, weight, eps, weight_offset, config) -> bool:
     """The common CUDA call on a cached plan; False: take the general call (see ``rms_norm.fast``)."""
-    if type(x) is not _Tensor or type(residual) is not _Tensor or type(eps) is not float \
-            or type(weight_offset) is not float or backend.active == "torch":
+    if type(eps) is not float or type(weight_offset) is not float or backend.active == "torch":
         return False
-    try:  # a sparse tensor has no strides, an unhashable config no hash: the general call raises
-        dev = x.get_device()
-        if dev < 0 and not plans.FAST_ON_CPU:
-            return False
-        if weight is None:
-            wk = None
-        elif type(weight) in WEIGHT_TYPES:
-            wk = (weight.shape, weight.stride(), weight.dtype, weight.get_device())
-        else:
-            return False
-        key = (OP, x.shape, x.stride(), x.dtype, dev, residual.shape, residual.stride(), residual.dtype,
-               residual.get_device(), wk, eps, weight_offset, config)
+    d = native.describe(x, residual, weight)
+    if d is None or (d[1] < 0 and not plans.FAST_ON_CPU):
+        return False
+    try:  # an unhashable config: the general call raises
+        key = (OP, d[0], eps, weight_offset, config)
         plan = PLANS.get(key, MISS)
         if plan is MISS:
             plan = PLANS.build(key, _fast_plan, x, residual, weight, eps, weight_offset, config)
-    except (RuntimeError, TypeError):
+    except TypeError:
         return False
-    if plan is None or x.is_neg() or residual.is_neg() or (wk is not None and weight.is_neg()):
+    if plan is None or (_grad_on() and plans.grad_needed(x, residual, weight)):
         return False
-    if _grad_on() and (x.requires_grad or residual.requires_grad or (wk is not None and weight.requires_grad)):
-        return False
-    px, pr = x.data_ptr(), residual.data_ptr()
+    px, pr, pw = d[2], d[3], d[4]
     sx, sr, sw = plan.spans
     if not (px + sx[1] <= pr + sr[0] or pr + sr[1] <= px + sx[0] or plans.apart(plan, Pair.X_OUT, px, sx, pr, sr)):
         return False
-    if wk is None:
+    if pw is None:
         weight, pw = x, px
-    else:
-        pw = weight.data_ptr()  # a weight sharing memory with x or residual: the general call copies it
-        if not ((pw + sw[1] <= px + sx[0] or px + sx[1] <= pw + sw[0])
-                and (pw + sw[1] <= pr + sr[0] or pr + sr[1] <= pw + sw[0])):
-            return False
+    elif not ((pw + sw[1] <= px + sx[0] or px + sx[1] <= pw + sw[0])
+              and (pw + sw[1] <= pr + sr[0] or pr + sr[1] <= pw + sw[0])):
+        return False  # a weight sharing memory with x or residual: the general call copies it
     launch.run_plan(plan, 0 if not (px | pr | pw) & 15 else launch.align_bits(px, pr, pw), (px, pr, pw),
                     (x, residual, weight))
     return True
@@ -175,24 +162,21 @@ def call_out(x, residual, weight=None, eps=1e-6, weight_offset=0.0, config=None)
     rounded once to residual's dtype), one launch, no copies. The body of the functional
     custom op (what ``torch.compile`` runs for ``fused_add_rms_norm``) and of the Hugging Face
     integration's fused residual. No autograd here."""
-    if type(x) is _Tensor and type(residual) is _Tensor and type(eps) is float and type(weight_offset) is float \
-            and backend.active != "torch" and (weight is None or type(weight) in WEIGHT_TYPES):
-        try:
-            dev = x.get_device()
-            if dev >= 0 or plans.FAST_ON_CPU:
-                wk = None if weight is None else (weight.shape, weight.stride(), weight.dtype, weight.get_device())
-                key = (OUT_OP, x.shape, x.stride(), x.dtype, dev, residual.shape, residual.stride(), residual.dtype,
-                       residual.get_device(), wk, eps, weight_offset, config)
+    if type(eps) is float and type(weight_offset) is float and backend.active != "torch":
+        d = native.describe(x, residual, weight)
+        if d is not None and (d[1] >= 0 or plans.FAST_ON_CPU):
+            try:  # an unhashable config: the general call raises
+                key = (OUT_OP, d[0], eps, weight_offset, config)
                 plan = PLANS.get(key, MISS)
                 if plan is MISS:
                     plan = PLANS.build(key, _fast_out_plan, x, residual, weight, eps, weight_offset, config)
-                if plan is not None and not (x.is_neg() or residual.is_neg() or (wk is not None and weight.is_neg())):
-                    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-                    ro = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-                    _launch_out(plan, x, residual, weight, y, ro)
-                    return y, ro
-        except (RuntimeError, TypeError):
-            pass
+            except TypeError:
+                plan = None
+            if plan is not None:
+                y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+                ro = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+                _launch_out(plan, x, residual, weight, y, ro)
+                return y, ro
     eps, weight_offset = check_out_args(x, residual, weight, eps, weight_offset, config)
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     ro = torch.empty(x.shape, dtype=x.dtype, device=x.device)

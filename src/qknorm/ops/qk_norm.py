@@ -17,7 +17,6 @@ from . import _plan as plans
 from ._plan import MISS, IN_PLACE, PLANS
 
 OP = "qk_rms_norm"
-_Tensor = torch.Tensor
 _PTRS = ("XQ", "YQ", "WQ", "XK", "YK", "WK")
 _PER_CALL = _PTRS + ("eps", "eps_tiny", "w_offset")
 
@@ -40,35 +39,31 @@ def check_args(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, confi
 
 def fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
     """The common CUDA call on a cached plan; None: take the general call (see ``rms_norm.fast``)."""
-    if type(q) is not _Tensor or type(k) is not _Tensor or type(eps) is not float \
-            or type(weight_offset) is not float or backend.active == "torch":
+    if type(eps) is not float or type(weight_offset) is not float or backend.active == "torch":
         return None
-    try:  # a sparse tensor has no strides, an unhashable config no hash: the general call raises
-        dev = q.get_device()
-        if dev < 0 and not plans.FAST_ON_CPU:
-            return None
-        parts = plans.qk_key_parts(q, k, qw, kw, q_out, k_out)
-        if parts is None:
-            return None
-        wk, qo, qok, ko, kok = parts
-        key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, dev, k.get_device(), wk,
-               qok, kok, eps, weight_offset, config)
+    r = plans.qk_describe(q, k, qw, kw, q_out, k_out)
+    if r is None:
+        return None
+    qo, ko, d = r
+    try:  # an unhashable config: the general call raises
+        key = (OP, qo, ko, d[0], eps, weight_offset, config)
         plan = PLANS.get(key, MISS)
         if plan is MISS:
             plan = PLANS.build(key, _fast_plan, q, k, qw, kw, eps, weight_offset, q_out, k_out, qo, ko, config)
-    except (RuntimeError, TypeError):
+    except TypeError:
         return None
     if plan is None:
         return None
+    wk = d[4]
     if qo is IN_PLACE and ko is IN_PLACE:  # the engine's call: Q and K of a packed buffer, in place
-        pq, pk = pqo, pko = q.data_ptr(), k.data_ptr()
+        pq, pk = pqo, pko = d[2], d[3]
         ip = plans.in_place_pair(plan, pq, pk)
         if ip is None:
             return None  # Q and K share elements: the general call raises
         if wk is None:
             pqw, pkw, qw, kw = pq, pk, q, k
         else:
-            pqw, pkw = qw.data_ptr(), kw.data_ptr()
+            pqw, pkw = wk, d[5]
             lo, hi = pq + ip[1], pq + ip[2]
             (a, b), (c, e) = plan.read_spans  # the weights inside Q or K: the general call copies them
             if not ((pqw + b <= lo or hi <= pqw + a) and (pkw + e <= lo or hi <= pkw + c)):
@@ -81,7 +76,7 @@ def fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
         if wk is None:
             pqw, pkw, qw, kw = pq, pk, q, k
         else:
-            pqw, pkw = qw.data_ptr(), kw.data_ptr()
+            pqw, pkw = wk, d[5]
             if (qo or ko) and not plans.reads_apart(plan, (pqw, pkw), qo, ko, pqo, pko):
                 return None  # a weight sharing memory with an output: the general call copies it
     bits = launch.align_bits(pq, pqo, pqw, pk, pko, pkw) if (pq | pqo | pqw | pk | pko | pkw) & 15 else 0

@@ -19,8 +19,6 @@ from ._plan import MISS, IN_PLACE, PLANS
 
 OP = "qk_rms_norm_rope"
 MAX_HEAD_DIM = 1024  # whole head in registers; no chunked form
-_Tensor = torch.Tensor
-_grad_on = torch.is_grad_enabled
 _PTRS = ("CS", "P", "XQ", "YQ", "WQ", "XK", "YK", "WK")
 
 
@@ -53,37 +51,33 @@ def check_args(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox,
 
 def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q_out, k_out, config):
     """The common CUDA call on a cached plan; None: take the general call (see ``rms_norm.fast``)."""
-    if type(q) is not _Tensor or type(k) is not _Tensor or type(cs) is not _Tensor or type(positions) is not _Tensor \
-            or type(eps) is not float or type(weight_offset) is not float or type(is_neox) is not bool \
+    if type(eps) is not float or type(weight_offset) is not float or type(is_neox) is not bool \
             or not (rotary_dim is None or type(rotary_dim) is int) or backend.active == "torch":
         return None
-    try:  # a sparse tensor has no strides, an unhashable config no hash: the general call raises
-        dev = q.get_device()
-        if dev < 0 and not (plans.FAST_ON_CPU and plans.cpu_positions_ok(positions, cs)):
-            return None
-        parts = plans.qk_key_parts(q, k, qw, kw, q_out, k_out)
-        if parts is None or cs.is_neg() or positions.is_neg() or (cs.requires_grad and _grad_on()):
-            return None
-        wk, qo, qok, ko, kok = parts
-        key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), q.dtype, k.dtype, dev, k.get_device(), wk,
-               cs.shape, cs.stride(), cs.dtype, cs.get_device(), positions.shape, positions.stride(), positions.dtype,
-               positions.get_device(), qok, kok, eps, weight_offset, is_neox, rotary_dim, config)
+    r = plans.qk_describe(q, k, qw, kw, q_out, k_out, cs, positions)
+    if r is None:
+        return None
+    qo, ko, d = r
+    if d[1] < 0 and not plans.cpu_positions_ok(positions, cs):
+        return None
+    try:  # an unhashable config: the general call raises
+        key = (OP, qo, ko, d[0], eps, weight_offset, is_neox, rotary_dim, config)
         plan = PLANS.get(key, MISS)
         if plan is MISS:
             plan = PLANS.build(key, _fast_plan, q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim,
                                weight_offset, q_out, k_out, qo, ko, config)
-    except (RuntimeError, TypeError):
+    except TypeError:
         return None
     if plan is None:
         return None
-    pcs, pp = cs.data_ptr(), positions.data_ptr()
+    pcs, pp, pqw, pkw = d[8], d[9], d[4], d[5]
+    wk = pqw
     if wk is None:
         reads = (pcs, pp)
     else:
-        pqw, pkw = qw.data_ptr(), kw.data_ptr()
         reads = (pcs, pp, pqw, pkw)
     if qo is IN_PLACE and ko is IN_PLACE:  # the engine's call: Q and K of a packed buffer, in place
-        pq, pk = pqo, pko = q.data_ptr(), k.data_ptr()
+        pq, pk = pqo, pko = d[2], d[3]
         ip = plans.in_place_pair(plan, pq, pk)
         if ip is None:
             return None  # Q and K share elements: the general call raises

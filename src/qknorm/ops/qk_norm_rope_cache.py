@@ -23,7 +23,7 @@ from ..dispatch import next_pow2
 from ..reference_rope import qk_rms_norm_rope_ref, rope_ref
 from ..reference import rms_norm_ref
 from . import _plan as plans
-from ._plan import IN_PLACE, MISS, NEW, OTHER, PLANS, WEIGHT_TYPES
+from ._plan import IN_PLACE, MISS, NEW, OTHER, PLANS
 from .rms_norm_quant import QMAX, native_cast
 
 OP = "qk_norm_rope_cache"
@@ -31,8 +31,6 @@ MAX_HEAD_DIM = 1024  # whole head in registers; no chunked form
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 _FP8_CODE = {torch.float8_e4m3fn: 1, torch.float8_e5m2: 2}
 _PTRS = ("CS", "P", "XQ", "YQ", "WQ", "XK", "WK", "KC", "KO", "XV", "VC", "SM", "KSC", "VSC")
-_Tensor = torch.Tensor
-_grad_on = torch.is_grad_enabled
 
 
 def launcher() -> launch.KernelLauncher:
@@ -387,80 +385,48 @@ def fast(q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, eps, is
     tensors requiring grad under grad mode, the torch backend, empty calls, calls past one
     launch's rows, and on CPU (tests only, :data:`_plan.FAST_ON_CPU`) positions or slots out of
     range."""
-    if type(q) is not _Tensor or type(k) is not _Tensor or type(v) is not _Tensor or type(cs) is not _Tensor \
-            or type(positions) is not _Tensor or type(k_cache) is not _Tensor or type(v_cache) is not _Tensor \
-            or type(slot_mapping) is not _Tensor or type(eps) is not float or type(weight_offset) is not float \
-            or type(is_neox) is not bool or not (rotary_dim is None or type(rotary_dim) is int) \
-            or backend.active == "torch":
+    if type(eps) is not float or type(weight_offset) is not float or type(is_neox) is not bool \
+            or not (rotary_dim is None or type(rotary_dim) is int) or backend.active == "torch":
         return None
     if mrope_section is not None:
         mrope_section = _sections(mrope_section)
         if mrope_section is None:
             return None
-    try:  # a sparse tensor has no strides: the general call raises
-        dev = q.get_device()
-        if dev < 0 and not (plans.FAST_ON_CPU and plans.cpu_positions_ok(positions, cs)
-                            and cpu_slots_ok(slot_mapping, k_cache)):
-            return None
-        parts = plans.qk_key_parts(q, k, qw, kw, q if q_out is None else q_out, k_out)
-        if parts is None or v.is_neg() or cs.is_neg() or positions.is_neg() or k_cache.is_neg() \
-                or v_cache.is_neg() or slot_mapping.is_neg() \
-                or (_grad_on() and (v.requires_grad or cs.requires_grad or k_cache.requires_grad
-                                    or v_cache.requires_grad)):
-            return None
-        wk, qo, qok, ko, kok = parts  # qo: IN_PLACE or OTHER; ko: NEW (no k_out), IN_PLACE or OTHER
-        if k_scale is None:
-            ksk = None
-        elif type(k_scale) in WEIGHT_TYPES and not k_scale.is_neg() and not (k_scale.requires_grad and _grad_on()):
-            ksk = (k_scale.shape, k_scale.stride(), k_scale.dtype, k_scale.get_device())
-        else:
-            return None
-        if v_scale is None:
-            vsk = None
-        elif type(v_scale) in WEIGHT_TYPES and not v_scale.is_neg() and not (v_scale.requires_grad and _grad_on()):
-            vsk = (v_scale.shape, v_scale.stride(), v_scale.dtype, v_scale.get_device())
-        else:
-            return None
-        key = (OP, qo, ko, q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype,
-               dev, k.get_device(), v.get_device(), wk, cs.shape, cs.stride(), cs.dtype, cs.get_device(),
-               positions.shape, positions.stride(), positions.dtype, positions.get_device(),
-               k_cache.shape, k_cache.stride(), k_cache.dtype, k_cache.get_device(),
-               v_cache.shape, v_cache.stride(), v_cache.dtype, v_cache.get_device(),
-               slot_mapping.shape, slot_mapping.stride(), slot_mapping.dtype, slot_mapping.get_device(),
-               ksk, vsk, qok, kok, eps, weight_offset, is_neox, rotary_dim, mrope_section)
+    r = plans.qk_describe(q, k, qw, kw, q if q_out is None else q_out, k_out, v, cs, positions, k_cache, v_cache,
+                          slot_mapping, k_scale, v_scale)
+    if r is None:
+        return None
+    qo, ko, d = r  # qo: IN_PLACE or OTHER; ko: NEW (no k_out), IN_PLACE or OTHER
+    if d[1] < 0 and not (plans.cpu_positions_ok(positions, cs) and cpu_slots_ok(slot_mapping, k_cache)):
+        return None
+    try:  # a tensor argument of another type was refused by describe; the scalars are hashable
+        key = (OP, qo, ko, d[0], eps, weight_offset, is_neox, rotary_dim, mrope_section)
         plan = PLANS.get(key, MISS)
         if plan is MISS:
             plan = PLANS.build(key, _fast_plan, q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, eps,
                                is_neox, rotary_dim, weight_offset, mrope_section, k_scale, v_scale, q_out, k_out,
                                qo, ko)
-    except (RuntimeError, TypeError):
+    except TypeError:
         return None
     if plan is None:
         return None
-    pq, pk, pv, pkc, pvc = q.data_ptr(), k.data_ptr(), v.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr()
-    pcs, pp, psm = cs.data_ptr(), positions.data_ptr(), slot_mapping.data_ptr()
-    if wk is None:
+    pq, pk, pqw, pkw, pv, pcs, pp, pkc, pvc, psm, pks, pvs = d[2], d[3], d[4], d[5], *d[8:16]
+    if pqw is None:
         pqw, pkw, qw, kw = pq, pk, q, k  # never read (HAS_WEIGHT=False)
-    else:
-        pqw, pkw = qw.data_ptr(), kw.data_ptr()
-    if k_scale is None:
+    if pks is None:
         pks, k_scale = pcs, cs  # never read for a cache that is not FP8
-    else:
-        pks = k_scale.data_ptr()
-    if v_scale is None:
+    if pvs is None:
         pvs, v_scale = pcs, cs
-    else:
-        pvs = v_scale.data_ptr()
     if qo is IN_PLACE:
         q_out, pqo = q, pq
     else:
-        pqo = q_out.data_ptr()
+        pqo = d[6]
     if ko is NEW:
         k_out, pko = k, pk  # never written (HAS_KOUT=False)
     elif ko is IN_PLACE:
         pko = pk
     else:
-        pko = k_out.data_ptr()
+        pko = d[7]
     ptrs = (pcs, pp, pq, pqo, pqw, pk, pkw, pkc, pko, pv, pvc, psm, pks, pvs)
     seen = plan.seen
     if ptrs not in seen:  # the overlap checks depend on the plan's layouts and these pointers only

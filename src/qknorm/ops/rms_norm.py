@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import torch
 
-from .. import backend, launch
+from .. import backend, launch, native
 from .. import validate
 from ..reference import rms_norm_torch
 from . import _plan as plans
-from ._plan import IN_PLACE, MISS, NEW, OTHER, PLANS, WEIGHT_TYPES, Pair
+from ._plan import IN_PLACE, MISS, NEW, OTHER, PLANS, Pair
 
 OP = "rms_norm"
-_Tensor = torch.Tensor
 _CONTIG = torch.contiguous_format
 _grad_on = torch.is_grad_enabled
 
@@ -42,61 +41,50 @@ def check_args(x, weight, eps, weight_offset, out, config, *, memory: bool = Tru
 def fast(x, weight, eps, weight_offset, out, config):
     """The common CUDA call on a cached plan; None: take the general call.
 
-    The key holds everything a plan depends on, the scalars included (their rules ran when
-    the plan was built); per call only the flags a key cannot hold (negated views, grad)
-    and the data pointers' overlaps are checked (see ``_plan``)."""
-    if type(x) is not _Tensor or type(eps) is not float or type(weight_offset) is not float \
-            or backend.active == "torch":
+    The key holds everything a plan depends on: every tensor's metadata (``native.describe``,
+    which also refuses other types and negated views), the output kind and the scalars (their
+    rules ran when the plan was built); per call only the grad flags and the data pointers'
+    overlaps are checked (see ``_plan``)."""
+    if type(eps) is not float or type(weight_offset) is not float or backend.active == "torch":
         return None
-    try:  # a sparse tensor has no strides, an unhashable config no hash: the general call raises
-        dev = x.get_device()
-        if dev < 0 and not plans.FAST_ON_CPU:
-            return None
-        if weight is None:
-            wk = None
-        elif type(weight) in WEIGHT_TYPES:
-            wk = (weight.shape, weight.stride(), weight.dtype, weight.get_device())
-        else:
-            return None
-        if out is None:
-            ok, outk = NEW, None
-        elif out is x:
-            ok, outk = IN_PLACE, None
-        elif type(out) is _Tensor:
-            ok, outk = OTHER, (out.shape, out.stride(), out.dtype, out.get_device())
-        else:
-            return None
-        key = (OP, ok, x.shape, x.stride(), x.dtype, dev, wk, outk, eps, weight_offset, config)
+    if out is None:
+        ok, d = NEW, native.describe(x, weight)
+    elif out is x:
+        ok, d = IN_PLACE, native.describe(x, weight)
+    else:
+        ok, d = OTHER, native.describe(x, weight, out)
+    if d is None or (d[1] < 0 and not plans.FAST_ON_CPU):
+        return None
+    try:  # an unhashable config: the general call raises
+        key = (OP, ok, d[0], eps, weight_offset, config)
         plan = PLANS.get(key, MISS)
         if plan is MISS:
             plan = PLANS.build(key, _fast_plan, x, weight, out, ok, eps, weight_offset, config)
-    except (RuntimeError, TypeError):
+    except TypeError:
         return None
-    if plan is None or x.is_neg() or (wk is not None and weight.is_neg()) or (outk is not None and out.is_neg()):
+    if plan is None:
         return None
-    if _grad_on() and (x.requires_grad or (wk is not None and weight.requires_grad)
-                       or (outk is not None and out.requires_grad)):
+    if _grad_on() and (x.requires_grad or (weight is not None and weight.requires_grad)
+                       or (ok is OTHER and out.requires_grad)):
         return None
-    px = x.data_ptr()
+    px, pw = d[2], d[3]
     if ok is NEW:
         out = torch.empty_like(x, memory_format=_CONTIG)
         po = out.data_ptr()
     elif ok is IN_PLACE:
         po = px
     else:
-        po = out.data_ptr()
+        po = d[4]
         sx, so = plan.spans[0], plan.spans[1]
         if not (px + sx[1] <= po + so[0] or po + so[1] <= px + sx[0] or (po == px and plan.same_layout[0])
                 or plans.apart(plan, Pair.X_OUT, px, sx, po, so)):
             return None  # the same view as x is in place; any other overlap: the general call raises
-    if wk is None:
+    if pw is None:
         weight, pw = x, px
-    else:
-        pw = weight.data_ptr()
-        if ok is not NEW:  # a weight sharing memory with the output: the general call copies it
-            so, sw = plan.spans[1], plan.spans[2]
-            if not (pw + sw[1] <= po + so[0] or po + so[1] <= pw + sw[0]):
-                return None
+    elif ok is not NEW:  # a weight sharing memory with the output: the general call copies it
+        so, sw = plan.spans[1], plan.spans[2]
+        if not (pw + sw[1] <= po + so[0] or po + so[1] <= pw + sw[0]):
+            return None
     launch.run_plan(plan, 0 if not (px | po | pw) & 15 else launch.align_bits(px, po, pw), (px, po, pw),
                     (x, out, weight))
     return out

@@ -16,14 +16,14 @@ from __future__ import annotations
 import torch
 
 from .. import backend, launch, layout
+from .. import native as fastcall  # not the 'native' FP8 cast below
 from .. import validate
 from ..layout import INT32_MAX
 from ..reference import rms_norm_ref
 from . import _plan as plans
-from ._plan import MISS, PLANS, WEIGHT_TYPES, Pair
+from ._plan import MISS, PLANS, Pair
 
 OP = "rms_norm_quant"
-_Tensor = torch.Tensor
 _grad_on = torch.is_grad_enabled
 _is_compiling = getattr(torch.compiler, "is_compiling", None) or (lambda: False)
 
@@ -379,10 +379,6 @@ def _apart(pa: int, sa, pb: int, sb) -> bool:
     return pa + sa[1] <= pb + sb[0] or pb + sb[1] <= pa + sa[0]
 
 
-def _meta(t):
-    return (t.shape, t.stride(), t.dtype, t.get_device())
-
-
 def fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub, column_major_scales,
          scale_ue8m0, out, scales_out, config=None):
     """The common kernel call on a cached plan: ``(y, scales)``, or None to take the general
@@ -393,48 +389,33 @@ def fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, 
     checked: every written tensor (residual, a given ``out`` / ``scales_out``) must share no
     byte with another tensor of the call (x and residual by the exact test), else the general
     call copies or raises."""
-    if type(x) is not _Tensor or type(eps) is not float or type(weight_offset) is not float \
-            or backend.active == "torch":
+    if type(eps) is not float or type(weight_offset) is not float or backend.active == "torch":
         return None
-    try:  # a sparse tensor has no strides, an unhashable config no hash: the general call raises
-        dev = x.get_device()
-        if dev < 0 and not plans.FAST_ON_CPU:
-            return None
-        tk = []
-        for t in (residual, weight, scale, out, scales_out):
-            if t is None:
-                tk.append(None)
-            elif type(t) in WEIGHT_TYPES:
-                tk.append(_meta(t))
-            else:
-                return None
-        if scale_ub is None or type(scale_ub) is float:
-            ubk = scale_ub
-        elif type(scale_ub) in WEIGHT_TYPES:
-            ubk = _meta(scale_ub)
-        else:
-            return None
-        key = (OP, x.shape, x.stride(), x.dtype, dev, *tk, eps, weight_offset, group_size, out_dtype, ubk,
-               column_major_scales, scale_ue8m0, FP8_CAST, config)
+    if scale_ub is None or type(scale_ub) is float:
+        ubk, ub_t = scale_ub, None
+    else:
+        ubk, ub_t = True, scale_ub  # a tensor (described below) or another type (refused there)
+    sin = scale if scale is not None else ub_t
+    d = fastcall.describe(x, residual, weight, sin, out, scales_out)
+    if d is None or (d[1] < 0 and not plans.FAST_ON_CPU):
+        return None
+    try:  # an unhashable config: the general call raises
+        key = (OP, d[0], scale is not None, eps, weight_offset, group_size, out_dtype, ubk, column_major_scales,
+               scale_ue8m0, FP8_CAST, config)
         hit = PLANS.get(key, MISS)
         if hit is MISS:
             hit = PLANS.build(key, _fast_plan, x, residual, weight, eps, scale, group_size, out_dtype, weight_offset,
                               scale_ub, column_major_scales, scale_ue8m0, out, scales_out, config)
-    except (RuntimeError, TypeError):
+    except TypeError:
         return None
-    if hit is None:
+    if hit is None or (_grad_on() and plans.grad_needed(x, residual, weight, sin, out, scales_out)):
         return None
     plan, sc_shape, sc_strides = hit
-    ub_t = scale_ub if ubk is not None and type(scale_ub) in WEIGHT_TYPES else None
-    sin = scale if scale is not None else ub_t
-    for t in (x, residual, weight, sin, out, scales_out):
-        if t is not None and (t.is_neg() or (t.requires_grad and _grad_on())):
-            return None
-    px = x.data_ptr()
     sp = plan.spans  # byte spans: x, residual, weight, scale or scale_ub, out, scales_out
-    pr = residual.data_ptr() if residual is not None else px
-    pw = weight.data_ptr() if weight is not None else px
-    ps = sin.data_ptr() if sin is not None else px
+    px = d[2]
+    pr = d[3] if residual is not None else px
+    pw = d[4] if weight is not None else px
+    ps = d[5] if sin is not None else px
     reads = [(px, sp[0])]
     if weight is not None:
         reads.append((pw, sp[2]))

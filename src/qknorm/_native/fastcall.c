@@ -1,0 +1,172 @@
+/* The compiled part of qknorm's fast call (built at first use by qknorm/native.py with the C
+ * compiler and Python headers Triton's own launcher is built with; nothing here needs torch's
+ * or CUDA's headers).
+ *
+ * describe(*args) -> (meta: bytes, device: int, ptr0, ptr1, ...) or None
+ *   For each argument, None or a torch.Tensor / nn.Parameter (exact types): its dtype, device,
+ *   shape and strides packed into `meta` (a None argument adds one marker byte), and its data
+ *   pointer (None for a None argument). `device` is the first tensor's CUDA/ROCm index, -1 on
+ *   any other device. None when an argument is of another type, cannot be described through
+ *   DLPack (sparse, ...), or is a negated view (`is_neg()`: DLPack would not say so).
+ *   The metadata comes from PyTorch's DLPack C exchange API (`__dlpack_c_exchange_api__`, DLPack
+ *   1.x, torch >= 2.10): no Python call per attribute.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ---- the DLPack 1.x ABI (dlpack/dlpack.h, Apache-2.0): only the parts used here ---- */
+typedef struct { uint32_t major; uint32_t minor; } DLPackVersion;
+typedef struct { int32_t device_type; int32_t device_id; } DLDevice;
+typedef struct { uint8_t code; uint8_t bits; uint16_t lanes; } DLDataType;
+typedef struct {
+  void* data;
+  DLDevice device;
+  int32_t ndim;
+  DLDataType dtype;
+  int64_t* shape;
+  int64_t* strides;
+  uint64_t byte_offset;
+} DLTensor;
+typedef int (*DLTensorFromPyObjectNoSync)(void* py_object, DLTensor* out);
+typedef struct DLPackExchangeAPIHeader {
+  DLPackVersion version;
+  struct DLPackExchangeAPIHeader* prev_api;
+} DLPackExchangeAPIHeader;
+typedef struct {
+  DLPackExchangeAPIHeader header;
+  void* managed_tensor_allocator;
+  void* managed_tensor_from_py_object_no_sync;
+  void* managed_tensor_to_py_object_no_sync;
+  DLTensorFromPyObjectNoSync dltensor_from_py_object_no_sync;
+  int (*current_work_stream)(int32_t device_type, int32_t device_id, void** out_stream);
+} DLPackExchangeAPI;
+enum { kDLCUDA = 2, kDLROCM = 10 };
+
+static DLTensorFromPyObjectNoSync from_py = NULL;
+static PyTypeObject *t_tensor = NULL, *t_param = NULL;
+static PyObject* s_is_neg = NULL;
+
+/* init(torch.Tensor, torch.nn.Parameter): bind the exchange API; raises when there is none. */
+static PyObject* init(PyObject* self, PyObject* args) {
+  PyObject *tt, *tp;
+  if (!PyArg_ParseTuple(args, "OO", &tt, &tp)) return NULL;
+  if (!PyType_Check(tt) || !PyType_Check(tp)) {
+    PyErr_SetString(PyExc_TypeError, "init(torch.Tensor, torch.nn.Parameter)");
+    return NULL;
+  }
+  PyObject* cap = PyObject_GetAttrString(tt, "__dlpack_c_exchange_api__");
+  if (!cap) return NULL;
+  DLPackExchangeAPI* api = (DLPackExchangeAPI*)PyCapsule_GetPointer(cap, "dlpack_exchange_api");
+  Py_DECREF(cap);
+  if (!api) return NULL;
+  if (api->header.version.major != 1) {
+    PyErr_Format(PyExc_RuntimeError, "DLPack exchange API version %u.%u (need 1.x)",
+                 api->header.version.major, api->header.version.minor);
+    return NULL;
+  }
+  if (!api->dltensor_from_py_object_no_sync) {
+    PyErr_SetString(PyExc_RuntimeError, "DLPack exchange API without dltensor_from_py_object_no_sync");
+    return NULL;
+  }
+  s_is_neg = PyUnicode_InternFromString("is_neg");
+  if (!s_is_neg) return NULL;
+  from_py = api->dltensor_from_py_object_no_sync;
+  Py_INCREF(tt);
+  Py_INCREF(tp);
+  t_tensor = (PyTypeObject*)tt;
+  t_param = (PyTypeObject*)tp;
+  Py_RETURN_NONE;
+}
+
+#define META_MAX 2048
+
+static PyObject* describe(PyObject* self, PyObject* const* args, Py_ssize_t n) {
+  unsigned char buf[META_MAX];
+  size_t pos = 0;
+  long device = -2; /* not yet seen */
+  if (!from_py) {
+    PyErr_SetString(PyExc_RuntimeError, "qknorm native: init() not called");
+    return NULL;
+  }
+  PyObject* out = PyTuple_New(n + 2);
+  if (!out) return NULL;
+  for (Py_ssize_t i = 0; i < n; i++) {
+    PyObject* a = args[i];
+    if (a == Py_None) {
+      if (pos + 1 > META_MAX) goto none;
+      buf[pos++] = 0xff;
+      Py_INCREF(Py_None);
+      PyTuple_SET_ITEM(out, i + 2, Py_None);
+      continue;
+    }
+    PyTypeObject* ty = Py_TYPE(a);
+    if (ty != t_tensor && ty != t_param) goto none;
+    PyObject* neg = PyObject_CallMethodNoArgs(a, s_is_neg);
+    if (!neg) {
+      PyErr_Clear();
+      goto none;
+    }
+    int is_neg = PyObject_IsTrue(neg);
+    Py_DECREF(neg);
+    if (is_neg != 0) {
+      PyErr_Clear();
+      goto none;
+    }
+    DLTensor t; /* its shape and strides are valid until control returns to Python: copied below */
+    if (from_py(a, &t) != 0) {
+      PyErr_Clear();
+      goto none;
+    }
+    int nd = t.ndim;
+    if (nd < 0 || nd > 64 || pos + 1 + 4 + 8 + 16 * (size_t)nd > META_MAX) goto none;
+    buf[pos++] = (unsigned char)nd;
+    memcpy(buf + pos, &t.dtype, 4);
+    pos += 4;
+    memcpy(buf + pos, &t.device, 8);
+    pos += 8;
+    if (nd) {
+      memcpy(buf + pos, t.shape, 8 * (size_t)nd);
+      pos += 8 * (size_t)nd;
+      memcpy(buf + pos, t.strides, 8 * (size_t)nd);
+      pos += 8 * (size_t)nd;
+    }
+    if (device == -2)
+      device = (t.device.device_type == kDLCUDA || t.device.device_type == kDLROCM) ? t.device.device_id : -1;
+    PyObject* p = PyLong_FromUnsignedLongLong((unsigned long long)((char*)t.data + t.byte_offset));
+    if (!p) {
+      Py_DECREF(out);
+      return NULL;
+    }
+    PyTuple_SET_ITEM(out, i + 2, p);
+  }
+  {
+    PyObject* b = PyBytes_FromStringAndSize((const char*)buf, (Py_ssize_t)pos);
+    if (!b) {
+      Py_DECREF(out);
+      return NULL;
+    }
+    PyTuple_SET_ITEM(out, 0, b);
+    PyObject* d = PyLong_FromLong(device == -2 ? -1 : device);
+    if (!d) {
+      Py_DECREF(out);
+      return NULL;
+    }
+    PyTuple_SET_ITEM(out, 1, d);
+  }
+  return out;
+none:
+  Py_DECREF(out);
+  Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"init", init, METH_VARARGS, "init(torch.Tensor, torch.nn.Parameter): bind PyTorch's DLPack C exchange API"},
+    {"describe", (PyCFunction)(void (*)(void))describe, METH_FASTCALL,
+     "describe(*tensors) -> (meta, device, *data_ptrs) or None"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "qknorm_fastcall", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit_qknorm_fastcall(void) { return PyModule_Create(&module); }
