@@ -174,3 +174,39 @@ def test_compiled_launch_matches_triton_launch():
         for j, (u, v) in enumerate(zip(a, b)):
             assert torch.equal(u, v), (i, j)
     assert not launch._record_errors
+
+
+def test_describe_tells_int8_from_the_shell_dtypes_sharing_its_dlpack_code(describe):
+    """DLPack gives torch.int1..int7 (uint1..uint7) the code of int8 (uint8): never one key."""
+    a, b = describe(torch.empty(4, 64, dtype=torch.int8)), describe(torch.empty(4, 64, dtype=torch.int4))
+    assert a is not None and (b is None or b[0] != a[0])
+    c, d = describe(torch.empty(4, 64, dtype=torch.uint8)), describe(torch.empty(4, 64, dtype=torch.uint3))
+    assert c is not None and (d is None or d[0] != c[0]) and c[0] != a[0]
+
+
+def test_a_quant_output_of_a_shell_dtype_is_refused_after_an_int8_one(monkeypatch):
+    monkeypatch.setattr(_plan, "FAST_ON_CPU", True)
+    if CUDA:
+        pytest.skip("CPU stand-in for the CUDA fast path")
+    x, w = torch.randn(4, 64), torch.ones(64)
+    with qknorm.use_backend("triton"):
+        qknorm.rms_norm_quant(x, w, 1e-6, out_dtype=torch.int8, out=torch.empty(4, 64, dtype=torch.int8))
+        with pytest.raises(TypeError, match="out"):
+            qknorm.rms_norm_quant(x, w, 1e-6, out_dtype=torch.int8, out=torch.empty(4, 64, dtype=torch.int4))
+
+
+def test_clear_forgets_launch_records():
+    rec = launch.Records([b"x", False, None])
+    launch._record_lists[id(rec)] = rec
+    launch.clear()
+    assert list(rec) == [None, None, None]
+
+
+def test_cpu_fast_call_with_none_positions_raises_the_general_error(monkeypatch):
+    monkeypatch.setattr(_plan, "FAST_ON_CPU", True)
+    if CUDA:
+        pytest.skip("CPU stand-in for the CUDA fast path")
+    q, k, w = torch.randn(2, 4, 64), torch.randn(2, 2, 64), torch.ones(64)
+    cs = torch.randn(16, 64)
+    with qknorm.use_backend("triton"), pytest.raises(TypeError, match="positions"):
+        qknorm.qk_rms_norm_rope(q, k, w, w, cs, None)

@@ -170,7 +170,7 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
         The chosen variant and config, the tuned-table entry (file and key) or the heuristic
         rule behind it, the ``top`` fastest measured alternatives when the table has them,
         how each tensor's rows are addressed, which backend the call would run, and (Triton
-        kernels) how the host side describes tensors and launches (``native.host_path``).
+        kernels) how the host side reads tensors and launches (:func:`host_path`).
 
     Raises
     ------

@@ -55,6 +55,7 @@ import os
 import re
 import struct
 import threading
+import weakref
 from typing import NamedTuple
 
 __all__ = ["PROTOCOL", "PROTOCOL_REASON", "KernelLauncher", "int_spec", "run", "run_plan", "set_enabled",
@@ -479,7 +480,7 @@ def run_plan(plan, bits: int, head: tuple, tensors: tuple) -> None:
                 except Exception as exc:  # noqa: BLE001 - fall back for good, then redo it plainly
                     e.go, e.state, e.why = None, PLAIN, f"fast call raised {type(exc).__name__}: {exc}"
                 else:
-                    if rec is None or rec[bits] is None:
+                    if (rec is None or rec[bits] is None) and type(plan) is not _Call:
                         _arm(plan, bits, e, head)
                     return
     plan.launcher.slow(plan.entries, bits, plan.grid, head + plan.tail, tensors, plan.kwargs, plan.device)
@@ -492,6 +493,18 @@ _KINDS = {"i32": ("i", 4), "i64": ("l", 8), "fp32": ("f", 4)}
 _RECORD_HEAD = struct.Struct("<Q3IIIiIII16s16sI")  # launchcall.c's Record (80 bytes)
 _native_launch = None
 _record_errors: list = []
+
+
+class Records(list):
+    """A plan's launch records by alignment bits (bytes; False: none possible; None: not tried).
+    Every such list is known to :func:`clear`, which forgets them with the entries."""
+
+    __slots__ = ("__weakref__",)
+
+
+_record_lists: "weakref.WeakValueDictionary[int, Records]" = weakref.WeakValueDictionary()  # by id
+#: The compiled kernels behind live records (a record holds the raw CUfunction only).
+_record_kernels: dict = {}
 #: Plans' launch-record outcomes by kernel: ``{kernel: {"armed": n, why-not: n}}`` (for explain/tests).
 record_stats: dict = {}
 
@@ -506,11 +519,11 @@ def _arm(plan, bits: int, e, head: tuple) -> None:
     launcher, or False where the compiled launch cannot take it (the reason is counted in
     :data:`record_stats`)."""
     global _native_launch
-    if type(plan) is _Call:
-        return
     rec = plan.records
     if rec is None:
-        rec = plan.records = [None] * len(plan.entries)
+        rec = plan.records = Records([None] * len(plan.entries))
+        with _lock:
+            _record_lists[id(rec)] = rec
     rec[bits] = False
     from . import native
     mod = native.load_launcher()
@@ -525,6 +538,8 @@ def _arm(plan, bits: int, e, head: tuple) -> None:
         _note(plan.launcher.name, why)
         return
     _native_launch = mod.launch
+    with _lock:
+        _record_kernels[id(e.ck)] = e.ck
     rec[bits] = r
     _note(plan.launcher.name, "armed")
 
@@ -545,6 +560,8 @@ def launch_record(param_info, plan, ck, head: tuple):
     md = ck.metadata
     if getattr(md, "num_ctas", 1) != 1:
         return None, "num_ctas != 1"
+    if md.shared > 227 * 1024:  # Triton 3.9 adds a shared-memory-mode attribute past this
+        return None, f"{md.shared} bytes of shared memory"
     sig = ck.src.signature
     names = plan.launcher.arg_names
     args = head + plan.tail
@@ -629,12 +646,15 @@ def set_enabled(flag: bool) -> None:
 
 
 def clear() -> None:
-    """Forget every entry (they are rebuilt on the next calls)."""
-    # Reset the lists in place: cached call plans (ops.py, rope.py) hold references to them.
+    """Forget every entry and launch record (they are rebuilt on the next calls)."""
+    # Reset the lists in place: cached call plans (ops/) hold references to them.
     with _lock:
         for kl in _launchers:
             for entries in kl.specs.values():
                 entries[:] = [None] * len(entries)
+        for rec in list(_record_lists.values()):
+            rec[:] = [None] * len(rec)
+        _record_kernels.clear()
 
 
 def entry_states() -> list[tuple[str, object, int, str, str]]:

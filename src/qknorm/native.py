@@ -90,7 +90,7 @@ def _build():
         with open(path) as f:
             src = f.read()
         mod = compile_module_from_src(src=src, name="qknorm_fastcall")
-        mod.init(_Tensor, _Parameter)
+        mod.init(_Tensor, _Parameter, torch.int8, torch.uint8)
     except Exception as e:  # noqa: BLE001 - any build or load problem: the Python twin runs
         return None, f"building {path} failed ({type(e).__name__}: {str(e).strip()[:300]})"
     return mod, "compiled (DLPack C exchange API)"

@@ -245,22 +245,25 @@ def test_other_dtypes_and_dv(impl, dtype):
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_slots_past_the_cache_are_skipped(backend):
     """On CUDA slots are not checked on the host (no sync): both paths skip a slot >= num_slots
-    like a negative one. Run here through ``run`` directly (the CPU call raises first)."""
+    like a negative one. Run here through ``run`` directly (the CPU call raises first); the
+    Triton backend on the GPU when there is one, else in the interpreter."""
     d = 64
-    qkv, q, k, v = packed_qkv(4, 2, 1, d, torch.float32, "cpu", gen=torch.Generator().manual_seed(7))
-    cs, pos = make_cache(8, d), torch.tensor([0, 1, 2, 3])
+    dev = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+    qkv, q, k, v = packed_qkv(4, 2, 1, d, torch.float32, dev, gen=torch.Generator().manual_seed(7))
+    cs, pos = make_cache(8, d).to(dev), torch.tensor([0, 1, 2, 3], device=dev)
     for slots, want in ((torch.tensor([2, 1 << 40, 8, -7]), [[False, False, True, False], [False] * 4]),
                         (torch.tensor([-1, 8, 9, -2]), [[False] * 4, [False] * 4])):  # 8 slots
-        _skip_case(backend, q, k, v, cs, pos, slots, want, d)
+        _skip_case(backend, q, k, v, cs, pos, slots.to(dev), want, d)
 
 
 def _skip_case(backend, q, k, v, cs, pos, slots, want, d):
     from qknorm.ops import qk_norm_rope_cache as op
+    dev = q.device
     for cdt in (torch.float32, torch.float8_e4m3fn):
-        kc = torch.randn(2, 4, 1, d).to(cdt)
-        vc = torch.randn(2, 4, 1, d).to(cdt)
+        kc = torch.randn(2, 4, 1, d).to(cdt).to(dev)
+        vc = torch.randn(2, 4, 1, d).to(cdt).to(dev)
         before = (kc.view(torch.uint8).clone(), vc.view(torch.uint8).clone())
-        sc = torch.tensor([1.0])
+        sc = torch.tensor([1.0], device=dev)
         with qknorm.use_backend(backend):
             op.run(q, k, v, None, None, cs, pos, kc, vc, slots, 1e-6, True, d, 0.0, None, sc, sc, None, None)
         for c, b in zip((kc, vc), before):

@@ -47,11 +47,15 @@ enum { kDLCUDA = 2, kDLROCM = 10 };
 static DLTensorFromPyObjectNoSync from_py = NULL;
 static PyTypeObject *t_tensor = NULL, *t_param = NULL;
 static PyObject* s_is_neg = NULL;
+static PyObject* s_dtype = NULL;
+static PyObject *dt_int8 = NULL, *dt_uint8 = NULL;
 
-/* init(torch.Tensor, torch.nn.Parameter): bind the exchange API; raises when there is none. */
+/* init(torch.Tensor, torch.nn.Parameter, torch.int8, torch.uint8): bind the exchange API; raises
+ * when there is none. (DLPack gives torch's sub-byte "shell" dtypes int1..int7 / uint1..uint7 the
+ * codes of int8 / uint8: for those codes the dtype object itself is compared.) */
 static PyObject* init(PyObject* self, PyObject* args) {
-  PyObject *tt, *tp;
-  if (!PyArg_ParseTuple(args, "OO", &tt, &tp)) return NULL;
+  PyObject *tt, *tp, *i8, *u8;
+  if (!PyArg_ParseTuple(args, "OOOO", &tt, &tp, &i8, &u8)) return NULL;
   if (!PyType_Check(tt) || !PyType_Check(tp)) {
     PyErr_SetString(PyExc_TypeError, "init(torch.Tensor, torch.nn.Parameter)");
     return NULL;
@@ -71,7 +75,12 @@ static PyObject* init(PyObject* self, PyObject* args) {
     return NULL;
   }
   s_is_neg = PyUnicode_InternFromString("is_neg");
-  if (!s_is_neg) return NULL;
+  s_dtype = PyUnicode_InternFromString("dtype");
+  if (!s_is_neg || !s_dtype) return NULL;
+  Py_INCREF(i8);
+  Py_INCREF(u8);
+  dt_int8 = i8;
+  dt_uint8 = u8;
   from_py = api->dltensor_from_py_object_no_sync;
   Py_INCREF(tt);
   Py_INCREF(tp);
@@ -121,6 +130,17 @@ static PyObject* describe(PyObject* self, PyObject* const* args, Py_ssize_t n) {
     }
     int nd = t.ndim;
     if (nd < 0 || nd > 64 || pos + 1 + 4 + 8 + 16 * (size_t)nd > META_MAX) goto none;
+    if (nd && (!t.shape || !t.strides)) goto none;
+    if (t.dtype.code <= 1 && t.dtype.bits == 8) { /* int8/uint8 or a shell dtype sharing their code */
+      PyObject* dt = PyObject_GetAttr(a, s_dtype);
+      if (!dt) {
+        PyErr_Clear();
+        goto none;
+      }
+      int exact = dt == (t.dtype.code == 0 ? dt_int8 : dt_uint8);
+      Py_DECREF(dt);
+      if (!exact) goto none;
+    }
     buf[pos++] = (unsigned char)nd;
     memcpy(buf + pos, &t.dtype, 4);
     pos += 4;

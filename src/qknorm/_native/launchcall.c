@@ -195,6 +195,10 @@ static PyObject* launch(PyObject* self, PyObject* const* args, Py_ssize_t n) {
       case 'i': {
         long x = PyLong_AsLong(v);
         if (x == -1 && PyErr_Occurred()) return NULL;
+        if (x < INT32_MIN || x > INT32_MAX) {
+          PyErr_SetString(PyExc_OverflowError, "per-call int32 argument out of range");
+          return NULL;
+        }
         int32_t y = (int32_t)x;
         memcpy(&bits, &y, 4);
         break;

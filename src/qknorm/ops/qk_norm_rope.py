@@ -58,8 +58,8 @@ def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q
     if r is None:
         return None
     qo, ko, d = r
-    if d[1] < 0 and not plans.cpu_positions_ok(positions, cs):
-        return None
+    if d[1] < 0 and (d[8] is None or d[9] is None or not plans.cpu_positions_ok(positions, cs)):
+        return None  # (tests only: CPU tensors) a None cache or positions: the general call raises
     try:  # an unhashable config: the general call raises
         key = (OP, qo, ko, d[0], eps, weight_offset, is_neox, rotary_dim, config)
         plan = PLANS.get(key, MISS)

@@ -397,8 +397,9 @@ def fast(q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, eps, is
     if r is None:
         return None
     qo, ko, d = r  # qo: IN_PLACE or OTHER; ko: NEW (no k_out), IN_PLACE or OTHER
-    if d[1] < 0 and not (plans.cpu_positions_ok(positions, cs) and cpu_slots_ok(slot_mapping, k_cache)):
-        return None
+    if d[1] < 0 and (None in d[8:14] or not (plans.cpu_positions_ok(positions, cs)
+                                             and cpu_slots_ok(slot_mapping, k_cache))):
+        return None  # (tests only: CPU tensors) a None tensor: the general call raises
     try:  # a tensor argument of another type was refused by describe; the scalars are hashable
         key = (OP, qo, ko, d[0], eps, weight_offset, is_neox, rotary_dim, mrope_section)
         plan = PLANS.get(key, MISS)
