@@ -46,7 +46,7 @@ enum { kDLCUDA = 2, kDLROCM = 10 };
 
 static DLTensorFromPyObjectNoSync from_py = NULL;
 static PyTypeObject *t_tensor = NULL, *t_param = NULL;
-static PyObject* s_is_neg = NULL;
+static PyObject* is_neg_fn = NULL; /* torch.Tensor.is_neg, called with the tensor as its self */
 static PyObject* s_dtype = NULL;
 static PyObject *dt_int8 = NULL, *dt_uint8 = NULL;
 
@@ -74,9 +74,9 @@ static PyObject* init(PyObject* self, PyObject* args) {
     PyErr_SetString(PyExc_RuntimeError, "DLPack exchange API without dltensor_from_py_object_no_sync");
     return NULL;
   }
-  s_is_neg = PyUnicode_InternFromString("is_neg");
+  is_neg_fn = PyObject_GetAttrString(tt, "is_neg");
   s_dtype = PyUnicode_InternFromString("dtype");
-  if (!s_is_neg || !s_dtype) return NULL;
+  if (!is_neg_fn || !s_dtype) return NULL;
   Py_INCREF(i8);
   Py_INCREF(u8);
   dt_int8 = i8;
@@ -112,7 +112,7 @@ static PyObject* describe(PyObject* self, PyObject* const* args, Py_ssize_t n) {
     }
     PyTypeObject* ty = Py_TYPE(a);
     if (ty != t_tensor && ty != t_param) goto none;
-    PyObject* neg = PyObject_CallMethodNoArgs(a, s_is_neg);
+    PyObject* neg = PyObject_Vectorcall(is_neg_fn, &a, 1, NULL);
     if (!neg) {
       PyErr_Clear();
       goto none;
