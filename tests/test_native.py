@@ -36,13 +36,28 @@ def _tensors():
 
 
 @pytest.fixture(params=["compiled", "python"])
-def describe(request):
+def describe_grad(request):
+    """``describe`` (compiled, or its Python twin) with the grad flag first."""
     if request.param == "python":
         return native.describe_py
     m = native.load()
     if m is None:
-        pytest.skip(f"compiled describe unavailable: {native.REASON}")
+        pytest.skip(f"compiled describe unavailable: {native.reason()}")
     return m.describe
+
+
+@pytest.fixture
+def describe(describe_grad):
+    """``describe`` outside grad mode."""
+    return lambda *a: describe_grad(False, *a)
+
+
+def test_describe_refuses_tensors_that_require_grad_only_in_grad_mode(describe_grad):
+    x, w = torch.randn(2, 8), torch.randn(8, requires_grad=True)
+    p = torch.nn.Parameter(torch.randn(8))
+    assert describe_grad(False, x, w) is not None and describe_grad(False, x, p) is not None
+    assert describe_grad(True, x, w) is None and describe_grad(True, x, p) is None
+    assert describe_grad(True, x, w.detach(), None) is not None
 
 
 def test_describe_groups_exactly_by_metadata(describe):
@@ -79,10 +94,10 @@ def test_describe_positions_and_refusals(describe):
 def test_describe_forms_agree_with_each_other():
     m = native.load()
     if m is None:
-        pytest.skip(native.REASON)
+        pytest.skip(native.reason())
     ts = [t for n, t in _tensors().items()]
     for t in ts:
-        a, b = m.describe(t, None, t), native.describe_py(t, None, t)
+        a, b = m.describe(False, t, None, t), native.describe_py(False, t, None, t)
         assert (a is None) == (b is None)
         if a is not None:
             assert a[1:] == b[1:]
@@ -132,7 +147,7 @@ def test_compiled_launch_matches_triton_launch():
     """Every op, called until its plans run through the compiled launch, gives the bits of
     Triton's own launcher on fresh data each call (in place, out of place, weights, RoPE)."""
     if native.load_launcher() is None:
-        pytest.skip(native.LAUNCH_REASON)
+        pytest.skip(native.reason(launcher=True))
     dev, dt = "cuda", torch.bfloat16
     g = torch.Generator(device=dev).manual_seed(0)
 
@@ -210,3 +225,36 @@ def test_cpu_fast_call_with_none_positions_raises_the_general_error(monkeypatch)
     cs = torch.randn(16, 64)
     with qknorm.use_backend("triton"), pytest.raises(TypeError, match="positions"):
         qknorm.qk_rms_norm_rope(q, k, w, w, cs, None)
+
+
+def test_our_dlpack_abi_matches_torchs_header(tmp_path):
+    """``_native/dlpack_abi.h`` (hand-written, so the C files need no torch headers) has the
+    layout of torch's own ``ATen/dlpack.h``: sizes and field offsets, compiled both ways."""
+    import os
+    import shutil
+    import subprocess
+    cc = shutil.which("cc") or shutil.which("gcc")
+    inc = os.path.join(os.path.dirname(torch.__file__), "include")
+    if cc is None or not os.path.exists(os.path.join(inc, "ATen", "dlpack.h")):
+        pytest.skip("needs a C compiler and torch's headers")
+    probe = r'''
+#include <stdio.h>
+#include <stddef.h>
+HEADER
+int main(void) {
+  printf("%zu %zu %zu %zu %zu %zu %zu\n", sizeof(DLTensor), offsetof(DLTensor, ndim), offsetof(DLTensor, dtype),
+         offsetof(DLTensor, shape), offsetof(DLTensor, strides), offsetof(DLTensor, byte_offset), sizeof(DLDataType));
+  printf("%zu %zu %zu\n", sizeof(DLPackExchangeAPI), offsetof(DLPackExchangeAPI, dltensor_from_py_object_no_sync),
+         offsetof(DLPackExchangeAPI, current_work_stream));
+  printf("%d %d %d\n", (int)kDLCPU, (int)kDLCUDA, (int)kDLROCM);
+  return 0;
+}
+'''
+    outs = []
+    for name, header in (("torch", '#include "ATen/dlpack.h"'), ("ours", native.source_text("dlpack_abi.h"))):
+        src = tmp_path / f"{name}.c"
+        src.write_text(probe.replace("HEADER", header))
+        exe = tmp_path / name
+        subprocess.run([cc, "-I", inc, "-o", str(exe), str(src)], check=True, capture_output=True, timeout=600)
+        outs.append(subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=600).stdout)
+    assert outs[0] == outs[1]

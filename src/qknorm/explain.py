@@ -226,14 +226,14 @@ def host_path(cuda: bool) -> str:
     """How an eager call's host side runs here, in one line (builds the compiled parts of the
     fast call if that was not done yet; launches nothing)."""
     s = "fast calls read their tensors' metadata " + (
-        "in C" if native.load() is not None else f"in Python ({native.REASON})")
+        "in C" if native.load() is not None else f"in Python ({native.reason()})")
     if not cuda:
         return s + "; CPU tensors: PyTorch path (or the Triton interpreter)"
     launch._init()
     if not launch.enabled():
         return s + f"; launches: kernel[grid] ({launch.PROTOCOL_REASON if launch.PROTOCOL is None else 'disabled'})"
     if native.load_launcher() is None:
-        return s + f"; launches: Triton's C launcher (no compiled launch: {native.LAUNCH_REASON})"
+        return s + f"; launches: Triton's C launcher (no compiled launch: {native.reason(launcher=True)})"
     return s + ("; launches: compiled (cuLaunchKernelEx from a record checked against the driver's list of the "
                 "kernel's parameters) from a plan's third call, Triton's C launcher before")
 

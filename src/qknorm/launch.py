@@ -528,7 +528,7 @@ def _arm(plan, bits: int, e, head: tuple) -> None:
     from . import native
     mod = native.load_launcher()
     if mod is None:
-        _note(plan.launcher.name, "no compiled launch: " + native.LAUNCH_REASON)
+        _note(plan.launcher.name, "no compiled launch: " + native.reason(launcher=True))
         return
     try:
         r, why = launch_record(mod.param_info, plan, e.ck, head)

@@ -8,11 +8,12 @@ DLPack C exchange API (``__dlpack_c_exchange_api__``, torch >= 2.10) ~0.1 µs. T
 built on first use with the C compiler and Python headers Triton already needs for its own
 launchers (``triton.runtime.build.compile_module_from_src``, cached by Triton); where that is
 not possible — no compiler, no exchange API, ``QKNORM_NATIVE=0`` — :func:`describe_py` runs
-instead and :data:`REASON` says why.
+instead and :func:`reason` says why.
 
-``describe(*args)`` returns None when the fast call cannot take the arguments (a non-tensor
+``describe(grad, *args)`` returns None when the fast call cannot take the arguments (a non-tensor
 other than None, a tensor subclass other than ``nn.Parameter``, a negated view, a tensor
-DLPack cannot describe), else ``(meta, device, ptr0, ptr1, ...)``: ``meta`` a hashable value
+DLPack cannot describe, or with ``grad`` — the caller's ``torch.is_grad_enabled()`` — a tensor
+that requires grad: autograd's path), else ``(meta, device, ptr0, ptr1, ...)``: ``meta`` a hashable value
 equal for two calls exactly when every argument has the same dtype, device, shape and strides
 (None arguments included by position), ``device`` the first tensor's CUDA index (-1 for other
 devices), then each argument's ``data_ptr()`` (None for None).
@@ -24,13 +25,13 @@ import threading
 
 import torch
 
-__all__ = ["describe", "describe_py", "load", "load_launcher", "REASON", "LAUNCH_REASON", "set_enabled", "enabled"]
+__all__ = ["describe", "describe_py", "load", "load_launcher", "reason", "set_enabled", "enabled"]
 
 _Tensor = torch.Tensor
 _Parameter = torch.nn.Parameter
 
 
-def describe_py(*args):
+def describe_py(grad, *args):
     """:func:`describe` in Python (the fallback, and the reference its tests compare with)."""
     meta = []
     ptrs = []
@@ -40,7 +41,7 @@ def describe_py(*args):
             meta.append(None)
             ptrs.append(None)
             continue
-        if (type(a) is not _Tensor and type(a) is not _Parameter) or a.is_neg():
+        if (type(a) is not _Tensor and type(a) is not _Parameter) or a.is_neg() or (grad and a.requires_grad):
             return None
         try:
             d = a.get_device()
@@ -53,10 +54,65 @@ def describe_py(*args):
     return (tuple(meta), -1 if dev is None else dev, *ptrs)
 
 
-REASON = "not loaded yet"
-_module = None
+_NATIVE_DIR = os.path.join(os.path.dirname(__file__), "_native")
 _lock = threading.Lock()
-_tried = False
+
+
+class _Compiled:
+    """One C module of ``_native/``, built and initialised on first use (at most once)."""
+
+    def __init__(self, source: str, name: str, init_args, built: str):
+        self.source, self.name, self.init_args, self.built = source, name, init_args, built
+        self.module = None
+        self.reason = "not loaded yet"
+        self.tried = False
+
+    def load(self):
+        if not self.tried:
+            with _lock:
+                if not self.tried:
+                    self.module, self.reason = self._build()
+                    self.tried = True
+        return self.module
+
+    def _build(self):
+        if not _env_enabled():
+            return None, "QKNORM_NATIVE=0"
+        if not hasattr(_Tensor, "__dlpack_c_exchange_api__"):
+            return None, f"torch {torch.__version__} has no DLPack C exchange API (torch >= 2.10)"
+        try:
+            from triton.runtime.build import compile_module_from_src
+        except Exception as e:  # noqa: BLE001 - no triton, or a triton without the helper
+            return None, f"cannot import triton.runtime.build.compile_module_from_src ({type(e).__name__}: {e})"
+        path = os.path.join(_NATIVE_DIR, self.source)
+        try:
+            src = source_text(self.source)
+            mod = compile_module_from_src(src=src, name=self.name)
+            mod.init(*self.init_args())
+        except Exception as e:  # noqa: BLE001 - any build or load problem: the Python path runs
+            return None, f"{path}: {type(e).__name__}: {str(e).strip()[:300]}"
+        return mod, self.built
+
+
+_describe_c = _Compiled("fastcall.c", "qknorm_fastcall", lambda: (_Tensor, _Parameter, torch.int8, torch.uint8),
+                        "compiled (DLPack C exchange API)")
+_launch_c = _Compiled("launchcall.c", "qknorm_launchcall", lambda: (_Tensor,),
+                      "compiled (cuLaunchKernelEx from a prepacked record)")
+
+
+def source_text(name: str) -> str:
+    """A C file of ``_native/`` with its local ``#include "x.h"`` lines replaced by the header's text
+    (Triton's build cache keys on the source text: a header change must change it too)."""
+    with open(os.path.join(_NATIVE_DIR, name)) as f:
+        lines = f.read().splitlines(keepends=True)
+    out = []
+    for line in lines:
+        s = line.strip()
+        if s.startswith('#include "') and s.endswith('"'):
+            out.append(source_text(s[len('#include "'):-1]))
+        else:
+            out.append(line)
+    return "".join(out)
 
 
 def _env_enabled() -> bool:
@@ -64,90 +120,35 @@ def _env_enabled() -> bool:
 
 
 def load():
-    """The compiled module, building it on first use; None (and :data:`REASON`) when not possible."""
-    global _module, REASON, _tried
-    if _tried:
-        return _module
-    with _lock:
-        if _tried:
-            return _module
-        _module, REASON = _build()
-        _tried = True
-    return _module
-
-
-def _build():
-    if not _env_enabled():
-        return None, "QKNORM_NATIVE=0"
-    if not hasattr(_Tensor, "__dlpack_c_exchange_api__"):
-        return None, f"torch {torch.__version__} has no DLPack C exchange API (torch >= 2.10)"
-    try:
-        from triton.runtime.build import compile_module_from_src
-    except Exception as e:  # noqa: BLE001 - no triton, or a triton without the helper
-        return None, f"cannot import triton.runtime.build.compile_module_from_src ({type(e).__name__}: {e})"
-    path = os.path.join(os.path.dirname(__file__), "_native", "fastcall.c")
-    try:
-        with open(path) as f:
-            src = f.read()
-        mod = compile_module_from_src(src=src, name="qknorm_fastcall")
-        mod.init(_Tensor, _Parameter, torch.int8, torch.uint8)
-    except Exception as e:  # noqa: BLE001 - any build or load problem: the Python twin runs
-        return None, f"building {path} failed ({type(e).__name__}: {str(e).strip()[:300]})"
-    return mod, "compiled (DLPack C exchange API)"
-
-
-LAUNCH_REASON = "not loaded yet"
-_launch_module = None
-_launch_tried = False
+    """The compiled ``describe`` module, built on first use; None (see :func:`reason`) when not possible."""
+    return _describe_c.load()
 
 
 def load_launcher():
-    """The compiled launch module (``launch``, ``param_info``), built on first use; None (and
-    :data:`LAUNCH_REASON`) where it cannot be: no CUDA driver, no exchange API, no compiler,
-    ``QKNORM_NATIVE=0``."""
-    global _launch_module, LAUNCH_REASON, _launch_tried
-    if _launch_tried:
-        return _launch_module
-    with _lock:
-        if not _launch_tried:
-            _launch_module, LAUNCH_REASON = _build_launcher()
-            _launch_tried = True
-    return _launch_module
+    """The compiled launch module (``launch``, ``param_info``), built on first use; None (see
+    :func:`reason`) where it cannot be: no CUDA driver, no exchange API, no compiler, ``QKNORM_NATIVE=0``."""
+    return _launch_c.load()
 
 
-def _build_launcher():
-    if not _env_enabled():
-        return None, "QKNORM_NATIVE=0"
-    if not hasattr(_Tensor, "__dlpack_c_exchange_api__"):
-        return None, f"torch {torch.__version__} has no DLPack C exchange API (torch >= 2.10)"
-    try:
-        from triton.runtime.build import compile_module_from_src
-    except Exception as e:  # noqa: BLE001
-        return None, f"cannot import triton.runtime.build.compile_module_from_src ({type(e).__name__}: {e})"
-    path = os.path.join(os.path.dirname(__file__), "_native", "launchcall.c")
-    try:
-        with open(path) as f:
-            src = f.read()
-        mod = compile_module_from_src(src=src, name="qknorm_launchcall")
-        mod.init(_Tensor)
-    except Exception as e:  # noqa: BLE001 - any build or load problem: Triton's launcher runs
-        return None, f"{path}: {type(e).__name__}: {str(e).strip()[:300]}"
-    return mod, "compiled (cuLaunchKernelEx from a prepacked record)"
+def reason(launcher: bool = False) -> str:
+    """Why the compiled ``describe`` (or launch) is or is not in use, in words."""
+    return (_launch_c if launcher else _describe_c).reason
 
 
 def set_enabled(flag: bool) -> None:
     """Use the compiled :func:`describe` (True: built now if it was not) or the Python twin (False).
     Plans cached under one form's keys are not found under the other's (``ops._plan.clear_caches``
     drops them)."""
-    global describe, _tried, _module, REASON
+    global describe
     if flag:
-        _tried = False
+        _describe_c.tried = False
         m = load()
         describe = m.describe if m is not None else describe_py
     else:
         with _lock:
             describe = describe_py
-            _module, _tried, REASON = None, True, "switched off (native.set_enabled(False))"
+            _describe_c.module, _describe_c.tried = None, True
+            _describe_c.reason = "switched off (native.set_enabled(False))"
 
 
 def describe(*args):
@@ -160,5 +161,6 @@ def describe(*args):
 
 def enabled() -> bool:
     """Whether the compiled form is in use (False before the first fast call)."""
-    return _module is not None and describe is _module.describe
+    m = _describe_c.module
+    return m is not None and describe is m.describe
 

@@ -2,12 +2,13 @@
  * compiler and Python headers Triton's own launcher is built with; nothing here needs torch's
  * or CUDA's headers).
  *
- * describe(*args) -> (meta: bytes, device: int, ptr0, ptr1, ...) or None
+ * describe(grad, *args) -> (meta: bytes, device: int, ptr0, ptr1, ...) or None
  *   For each argument, None or a torch.Tensor / nn.Parameter (exact types): its dtype, device,
  *   shape and strides packed into `meta` (a None argument adds one marker byte), and its data
  *   pointer (None for a None argument). `device` is the first tensor's CUDA/ROCm index, -1 on
  *   any other device. None when an argument is of another type, cannot be described through
- *   DLPack (sparse, ...), or is a negated view (`is_neg()`: DLPack would not say so).
+ *   DLPack (sparse, ...), is a negated view (`is_neg()`: DLPack would not say so), or, with
+ *   `grad` true (the caller's grad mode), requires grad.
  *   The metadata comes from PyTorch's DLPack C exchange API (`__dlpack_c_exchange_api__`, DLPack
  *   1.x, torch >= 2.10): no Python call per attribute.
  */
@@ -16,38 +17,13 @@
 #include <stdint.h>
 #include <string.h>
 
-/* ---- the DLPack 1.x ABI (dlpack/dlpack.h, Apache-2.0): only the parts used here ---- */
-typedef struct { uint32_t major; uint32_t minor; } DLPackVersion;
-typedef struct { int32_t device_type; int32_t device_id; } DLDevice;
-typedef struct { uint8_t code; uint8_t bits; uint16_t lanes; } DLDataType;
-typedef struct {
-  void* data;
-  DLDevice device;
-  int32_t ndim;
-  DLDataType dtype;
-  int64_t* shape;
-  int64_t* strides;
-  uint64_t byte_offset;
-} DLTensor;
-typedef int (*DLTensorFromPyObjectNoSync)(void* py_object, DLTensor* out);
-typedef struct DLPackExchangeAPIHeader {
-  DLPackVersion version;
-  struct DLPackExchangeAPIHeader* prev_api;
-} DLPackExchangeAPIHeader;
-typedef struct {
-  DLPackExchangeAPIHeader header;
-  void* managed_tensor_allocator;
-  void* managed_tensor_from_py_object_no_sync;
-  void* managed_tensor_to_py_object_no_sync;
-  DLTensorFromPyObjectNoSync dltensor_from_py_object_no_sync;
-  int (*current_work_stream)(int32_t device_type, int32_t device_id, void** out_stream);
-} DLPackExchangeAPI;
-enum { kDLCUDA = 2, kDLROCM = 10 };
+#include "dlpack_abi.h"
 
 static DLTensorFromPyObjectNoSync from_py = NULL;
 static PyTypeObject *t_tensor = NULL, *t_param = NULL;
 static PyObject* is_neg_fn = NULL; /* torch.Tensor.is_neg, called with the tensor as its self */
 static PyObject* s_dtype = NULL;
+static PyObject* s_requires_grad = NULL;
 static PyObject *dt_int8 = NULL, *dt_uint8 = NULL;
 
 /* init(torch.Tensor, torch.nn.Parameter, torch.int8, torch.uint8): bind the exchange API; raises
@@ -76,7 +52,8 @@ static PyObject* init(PyObject* self, PyObject* args) {
   }
   is_neg_fn = PyObject_GetAttrString(tt, "is_neg");
   s_dtype = PyUnicode_InternFromString("dtype");
-  if (!is_neg_fn || !s_dtype) return NULL;
+  s_requires_grad = PyUnicode_InternFromString("requires_grad");
+  if (!is_neg_fn || !s_dtype || !s_requires_grad) return NULL;
   Py_INCREF(i8);
   Py_INCREF(u8);
   dt_int8 = i8;
@@ -91,8 +68,29 @@ static PyObject* init(PyObject* self, PyObject* args) {
 
 #define META_MAX 2048
 
-static PyObject* describe(PyObject* self, PyObject* const* args, Py_ssize_t n) {
+/* 1 when the attribute `name` of `a` is true, 0 when false, -1 when it cannot be read. */
+static int flag(PyObject* a, PyObject* name) {
+  PyObject* v = PyObject_GetAttr(a, name);
+  if (!v) {
+    PyErr_Clear();
+    return -1;
+  }
+  int t = PyObject_IsTrue(v);
+  Py_DECREF(v);
+  if (t < 0) PyErr_Clear();
+  return t;
+}
+
+static PyObject* describe(PyObject* self, PyObject* const* argv, Py_ssize_t nargs) {
   unsigned char buf[META_MAX];
+  if (nargs < 1) {
+    PyErr_SetString(PyExc_TypeError, "describe(grad, *tensors)");
+    return NULL;
+  }
+  int grad = PyObject_IsTrue(argv[0]);
+  if (grad < 0) return NULL;
+  PyObject* const* args = argv + 1;
+  Py_ssize_t n = nargs - 1;
   size_t pos = 0;
   long device = -2; /* not yet seen */
   if (!from_py) {
@@ -112,6 +110,7 @@ static PyObject* describe(PyObject* self, PyObject* const* args, Py_ssize_t n) {
     }
     PyTypeObject* ty = Py_TYPE(a);
     if (ty != t_tensor && ty != t_param) goto none;
+    if (grad && flag(a, s_requires_grad) != 0) goto none;
     PyObject* neg = PyObject_Vectorcall(is_neg_fn, &a, 1, NULL);
     if (!neg) {
       PyErr_Clear();
@@ -184,7 +183,7 @@ none:
 static PyMethodDef methods[] = {
     {"init", init, METH_VARARGS, "init(torch.Tensor, torch.nn.Parameter): bind PyTorch's DLPack C exchange API"},
     {"describe", (PyCFunction)(void (*)(void))describe, METH_FASTCALL,
-     "describe(*tensors) -> (meta, device, *data_ptrs) or None"},
+     "describe(grad, *tensors) -> (meta, device, *data_ptrs) or None"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "qknorm_fastcall", NULL, -1, methods};

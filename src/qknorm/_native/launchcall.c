@@ -56,22 +56,9 @@ static ctx_get_device_t p_ctx_device = NULL;
 static get_error_string_t p_error_string = NULL;
 static func_get_param_info_t p_param_info = NULL;
 
-/* ---- DLPack 1.x exchange API: the current stream ---- */
-typedef struct { uint32_t major; uint32_t minor; } DLPackVersion;
-typedef struct DLPackExchangeAPIHeader {
-  DLPackVersion version;
-  struct DLPackExchangeAPIHeader* prev_api;
-} DLPackExchangeAPIHeader;
-typedef struct {
-  DLPackExchangeAPIHeader header;
-  void* managed_tensor_allocator;
-  void* managed_tensor_from_py_object_no_sync;
-  void* managed_tensor_to_py_object_no_sync;
-  void* dltensor_from_py_object_no_sync;
-  int (*current_work_stream)(int32_t device_type, int32_t device_id, void** out_stream);
-} DLPackExchangeAPI;
+#include "dlpack_abi.h"
+
 static int (*current_stream)(int32_t, int32_t, void**) = NULL;
-enum { kDLCUDA = 2 };
 
 /* ---- the launch record ---- */
 #define MAX_PARAMS 64

@@ -35,7 +35,7 @@ from ..layout import INT32_MAX, cdiv, kernel_layout, views_overlap
 from ..reference import FLT_MAX, FLT_MIN, kernel_eps
 
 __all__ = ["OutKind", "Pair", "Plan", "PlanCache", "PLANS", "apart",
-           "make_plan", "eps_pair", "grad_needed", "qk_describe", "contig_strides", "span", "clear_caches"]
+           "make_plan", "eps_pair", "qk_describe", "contig_strides", "span", "clear_caches"]
 
 _grad_on = torch.is_grad_enabled
 #: Tests only: let the fast call take CPU tensors too (the kernels then run in the Triton
@@ -65,27 +65,17 @@ class Pair(enum.IntEnum):
     KOUT_Q = 5      #: k_out and q
 
 
-def grad_needed(*ts) -> bool:
-    """Whether a tensor among ``ts`` (None skipped) requires grad; callers ask only under grad mode."""
-    for t in ts:
-        if t is not None and t.requires_grad:
-            return True
-    return False
-
-
 def qk_describe(q, k, qw, kw, q_out, k_out, *more):
     """A QK fast call's arguments described at once: ``(qo, ko, d)`` with each output's
-    :class:`OutKind` and ``d = native.describe(q, k, qw, kw, q_out | None, k_out | None, *more)``
+    :class:`OutKind` and ``d = native.describe(grad mode, q, k, qw, kw, q_out | None, k_out | None, *more)``
     (OTHER outputs only), or None when the fast call cannot take them (see ``native.describe``)
     or a tensor requires grad under grad mode. Weights not both tensors or both None are
     described as given: their plan's checks fail, and the general call raises."""
     qo = NEW if q_out is None else IN_PLACE if q_out is q else OTHER
     ko = NEW if k_out is None else IN_PLACE if k_out is k else OTHER
-    d = native.describe(q, k, qw, kw, q_out if qo is OTHER else None, k_out if ko is OTHER else None, *more)
+    d = native.describe(_grad_on(), q, k, qw, kw, q_out if qo is OTHER else None, k_out if ko is OTHER else None,
+                        *more)
     if d is None or (d[1] < 0 and not FAST_ON_CPU):
-        return None
-    if _grad_on() and grad_needed(q, k, qw, kw, q_out if qo is OTHER else None, k_out if ko is OTHER else None,
-                                  *more):
         return None
     return qo, ko, d
 

@@ -41,7 +41,7 @@ def fast(x, residual, weight, eps, weight_offset, config) -> bool:
     """The common CUDA call on a cached plan; False: take the general call (see ``rms_norm.fast``)."""
     if type(eps) is not float or type(weight_offset) is not float or backend.active == "torch":
         return False
-    d = native.describe(x, residual, weight)
+    d = native.describe(_grad_on(), x, residual, weight)
     if d is None or (d[1] < 0 and not plans.FAST_ON_CPU):
         return False
     try:  # an unhashable config: the general call raises
@@ -51,7 +51,7 @@ def fast(x, residual, weight, eps, weight_offset, config) -> bool:
             plan = PLANS.build(key, _fast_plan, x, residual, weight, eps, weight_offset, config)
     except TypeError:
         return False
-    if plan is None or (_grad_on() and plans.grad_needed(x, residual, weight)):
+    if plan is None:
         return False
     px, pr, pw = d[2], d[3], d[4]
     sx, sr, sw = plan.spans
@@ -163,7 +163,7 @@ def call_out(x, residual, weight=None, eps=1e-6, weight_offset=0.0, config=None)
     custom op (what ``torch.compile`` runs for ``fused_add_rms_norm``) and of the Hugging Face
     integration's fused residual. No autograd here."""
     if type(eps) is float and type(weight_offset) is float and backend.active != "torch":
-        d = native.describe(x, residual, weight)
+        d = native.describe(False, x, residual, weight)  # the custom op's body: autograd is outside
         if d is not None and (d[1] >= 0 or plans.FAST_ON_CPU):
             try:  # an unhashable config: the general call raises
                 key = (OUT_OP, d[0], eps, weight_offset, config)

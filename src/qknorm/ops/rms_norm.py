@@ -42,17 +42,17 @@ def fast(x, weight, eps, weight_offset, out, config):
     """The common CUDA call on a cached plan; None: take the general call.
 
     The key holds everything a plan depends on: every tensor's metadata (``native.describe``,
-    which also refuses other types and negated views), the output kind and the scalars (their
-    rules ran when the plan was built); per call only the grad flags and the data pointers'
-    overlaps are checked (see ``_plan``)."""
+    which also refuses other types, negated views and, under grad mode, tensors that require
+    grad), the output kind and the scalars (their rules ran when the plan was built); per call
+    only the data pointers' overlaps are checked (see ``_plan``)."""
     if type(eps) is not float or type(weight_offset) is not float or backend.active == "torch":
         return None
     if out is None:
-        ok, d = NEW, native.describe(x, weight)
+        ok, d = NEW, native.describe(_grad_on(), x, weight)
     elif out is x:
-        ok, d = IN_PLACE, native.describe(x, weight)
+        ok, d = IN_PLACE, native.describe(_grad_on(), x, weight)
     else:
-        ok, d = OTHER, native.describe(x, weight, out)
+        ok, d = OTHER, native.describe(_grad_on(), x, weight, out)
     if d is None or (d[1] < 0 and not plans.FAST_ON_CPU):
         return None
     try:  # an unhashable config: the general call raises
@@ -63,9 +63,6 @@ def fast(x, weight, eps, weight_offset, out, config):
     except TypeError:
         return None
     if plan is None:
-        return None
-    if _grad_on() and (x.requires_grad or (weight is not None and weight.requires_grad)
-                       or (ok is OTHER and out.requires_grad)):
         return None
     px, pw = d[2], d[3]
     if ok is NEW:

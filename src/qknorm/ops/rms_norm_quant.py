@@ -396,7 +396,7 @@ def fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, 
     else:
         ubk, ub_t = True, scale_ub  # a tensor (described below) or another type (refused there)
     sin = scale if scale is not None else ub_t
-    d = fastcall.describe(x, residual, weight, sin, out, scales_out)
+    d = fastcall.describe(_grad_on(), x, residual, weight, sin, out, scales_out)
     if d is None or (d[1] < 0 and not plans.FAST_ON_CPU):
         return None
     try:  # an unhashable config: the general call raises
@@ -408,7 +408,7 @@ def fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, 
                               scale_ub, column_major_scales, scale_ue8m0, out, scales_out, config)
     except TypeError:
         return None
-    if hit is None or (_grad_on() and plans.grad_needed(x, residual, weight, sin, out, scales_out)):
+    if hit is None:
         return None
     plan, sc_shape, sc_strides = hit
     sp = plan.spans  # byte spans: x, residual, weight, scale or scale_ub, out, scales_out

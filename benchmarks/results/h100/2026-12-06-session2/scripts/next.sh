@@ -22,7 +22,7 @@ if [ "${1:-tests}" = rope ]; then   # issue 16: the whole-row gather prototype v
   OUT=$OUT timeout 400 python $S/rope_gather_proto.py > $OUT/rope_gather.log 2>&1; echo "rope rc=$?"; cat $OUT/rope_gather.log | tail -25
 elif [ "${1:-tests}" = safe ]; then
   PYTHONPATH=$PYTHONPATH:$PWD/.baseline3 QKNORM_SAFE_RANGE=1 OUT=$OUT timeout 300 \
-    python benchmarks/results/h200/2026-12-01-host-cost/scripts/ab_graph.py qknorm_off safe-range-reread > $OUT/ab.log 2>&1
+    python benchmarks/scripts/ab_graph.py qknorm_off safe-range-reread > $OUT/ab.log 2>&1
   echo "ab rc=$?"; tail -3 $OUT/ab.log   # other/this < 1: SAFE_RANGE on (this) is slower
 elif [ "${1:-tests}" = tests ]; then
   timeout 60 python $S/g40_fp32.py > $OUT/g40.log 2>&1; cat $OUT/g40.log

@@ -11,6 +11,6 @@ case "${1:-}" in
     rm -rf "$tmp"; echo "baseline in .baseline2/qknorm_before" ;;
   run)
     export PYTHONPATH=$PWD/src:$PWD/.baseline2
-    python benchmarks/results/h200/2026-12-01-host-cost/scripts/ab_graph.py qknorm_before kernels-2026-12-06 ;;
+    python benchmarks/scripts/ab_graph.py qknorm_before kernels-2026-12-06 ;;
   *) echo "usage: $0 prepare|run" >&2; exit 2 ;;
 esac

@@ -17,7 +17,7 @@ if [ "$PART" = 1 ]; then
 timeout 150 python -m pytest -q --tb=line -rf -p no:cacheprovider tests/test_invariance.py tests/kernels tests/ops \
   > $OUT/gpu-pytest.log 2>&1; echo "pytest rc=$?"; tail -3 $OUT/gpu-pytest.log
 # 2. today's kernel changes (row layout, constexpr width) against 43d3f52, same process
-OUT=$OUT timeout 120 python benchmarks/results/h200/2026-12-01-host-cost/scripts/ab_graph.py qknorm_before kernels-2026-12-06 \
+OUT=$OUT timeout 120 python benchmarks/scripts/ab_graph.py qknorm_before kernels-2026-12-06 \
   > $OUT/ab.log 2>&1; echo "ab rc=$?"
 # 4. non-power-of-two widths: exact tiles in registers (KernelConfig.chunk_mode) vs the padded tile vs SGLang
 timeout 90 python benchmarks/results/h200/2026-12-06-rms-lean/scripts/lean.py $OUT/chunks chunks > $OUT/chunks.log 2>&1

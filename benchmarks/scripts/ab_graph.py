@@ -36,6 +36,12 @@ def calls(m, T):
     g = torch.Generator(device=dev).manual_seed(T)
     r = lambda *s: torch.randn(*s, device=dev, dtype=torch.bfloat16, generator=g)  # noqa: E731
     qkv, x, res, w = r(T, 48 * d), r(T, 4096), r(T, 4096), r(4096)
+    v = qkv[:, 40 * d:].view(T, 8, d)
+    nb = (T + 15) // 16 + 4
+    kc = torch.zeros(nb, 16, 8, d, device=dev, dtype=torch.float8_e4m3fn)
+    vc = torch.zeros(nb, 16, 8, d, device=dev, dtype=torch.float8_e4m3fn)
+    slots = torch.randperm(nb * 16, device=dev, generator=g)[:T]
+    ks = torch.full((1,), 0.05, device=dev)
     q, k = qkv[:, :32 * d].view(T, 32, d), qkv[:, 32 * d:40 * d].view(T, 8, d)
     qw, kw = r(d), r(d)
     cs = torch.randn(40960, d, device=dev, generator=g)
@@ -50,6 +56,10 @@ def calls(m, T):
         "rope32_8_128": lambda: m.qk_rms_norm_rope(q, k, qw, kw, cs, pos, 1e-6, q_out=q, k_out=k),
         "rms16384": lambda: m.rms_norm(x16, w16, 1e-6),
         "qk16_2_256": lambda: m.qk_rms_norm(qn, kn, wn, wn, 1e-6, q_out=qn, k_out=kn),
+        "quant_tok4096": lambda: m.rms_norm_quant(x, w, 1e-6),
+        "quant_g128": lambda: m.rms_norm_quant(x, w, 1e-6, group_size=128),
+        "prologue_fp8": lambda: m.qk_norm_rope_cache(q, k, v, qw, kw, cs, pos, kc, vc, slots, 1e-6,
+                                                     k_scale=ks, v_scale=ks),
     }
 
 
@@ -58,7 +68,7 @@ def same_bits(T):
     ok = True
     for name in ("rms4096", "rms16384"):
         ok &= torch.equal(a[name](), b[name]())
-    for name in ("qk32_8_128", "rope32_8_128", "qk16_2_256", "add4096"):
+    for name in ("qk32_8_128", "rope32_8_128", "qk16_2_256", "add4096", "quant_tok4096", "quant_g128"):
         ra, rb = a[name](), b[name]()
         ok &= all(torch.equal(u, v) for u, v in zip(ra, rb))
     return bool(ok)

@@ -111,6 +111,10 @@ with torch.inference_mode():
                 kl, entries, bits, grid, args, tensors, kwargs, device = a
             e = entries[bits]
             row["state"] = e.state if e else None
+            recs = getattr(plan, "records", None) if LAUNCH == "run_plan" else None
+            if recs and recs[bits]:
+                r_, nl = recs[bits], launch._native_launch
+                row["native"] = per_call(lambda: nl(r_, *head))
             if e is not None and e.go is not None:
                 go, stream = e.go, launch._raw_stream(device)
                 row["go"] = per_call(lambda: go(grid, stream, args))
