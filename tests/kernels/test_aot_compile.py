@@ -97,13 +97,15 @@ from qknorm.kernels.rms_norm_quant import rms_norm_quant_kernel
 FLOATS = {"eps", "eps_tiny", "w_offset", "ub"}
 
 
-def ttgir(kernel, ptrs, consts, num_warps):
+def ttgir(kernel, ptrs, consts, num_warps, x_rows_aligned=True):
     # as a real call specialises: unit strides and single leading dims are constexpr 1, pointers
-    # and row strides divisible by 16
+    # and row strides divisible by 16 (x's row strides not, for a strided x whose rows are not
+    # 16-byte aligned, e.g. x[:, 8:] of a [T, 168] fp32 tensor)
     names = list(kernel.arg_names)
     consts = dict({n: 1 for n in names if n in ("xsd", "ysd", "rsd", "ws", "N1", "N2")}, **consts)
     sig = {n: "constexpr" if n in consts else ptrs.get(n) or ("fp32" if n in FLOATS else "i32") for n in names}
-    div = [n for n in names if n not in consts and (sig[n].startswith("*") or re.fullmatch(r"[xyr]s[012]", n))]
+    div = [n for n in names if n not in consts and (sig[n].startswith("*") or re.fullmatch(r"[yr]s[012]", n)
+                                                    or (x_rows_aligned and re.fullmatch(r"xs[012]", n)))]
     src = ASTSource(fn=kernel, signature=sig, constexprs={(names.index(n),): v for n, v in consts.items()},
                     attrs={(names.index(n),): [["tt.divisibility", 16]] for n in div})
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}).asm["ttgir"]
@@ -118,19 +120,25 @@ def sum_layout(ir):
 
 
 bad = []
-# (D, ROWS, num_warps): the H100 table's picks for 256 x 3000 rows, 128 x 33+, 8192 x 1
-for d, rows, nw in ((256, 4, 2), (128, 16, 8), (8192, 1, 16)):
-    base = dict(HAS_WEIGHT=True, ROWS=rows, PERSISTENT=False, USE_PDL=False, D=d, BLOCK_D=d, CHUNKED=0)
-    for fused in (False, True):
-        ref = sum_layout(ttgir(fused_add_rms_norm_kernel if fused else rms_norm_kernel,
-                               {"X": "*bf16", "Y": "*bf16", "R": "*bf16", "W": "*bf16"}, base, nw))
-        for group in (0, 64):
-            q = dict(base, HAS_RESIDUAL=fused, STATIC=False, GROUP=group, GP=group, UB=0, UE8M0=False, OUT=1,
-                     QMAX=448.0, NATIVE_CAST=True, ONE_PASS=True, DEBUG=False, CHUNKED=False)
-            got = sum_layout(ttgir(rms_norm_quant_kernel, {"X": "*bf16", "R": "*bf16", "W": "*bf16", "SC": "*fp32",
-                                                           "SIN": "*fp32", "DBG": "*fp32", "Y": "*fp8e4nv"}, q, nw))
-            if got != ref:
-                bad.append(f"D={d} rows={rows} warps={nw} fused={fused} group={group}: {got} vs {ref}")
+QPTRS = {"R": "*bf16", "W": "*bf16", "SC": "*fp32", "SIN": "*fp32", "DBG": "*fp32", "Y": "*fp8e4nv"}
+# (D, BLOCK_D, ROWS, num_warps, x dtype, groups): the H100 table's picks for 256 x 3000 rows, 128 x 33+,
+# 8192 x 1 (one-pass forms: per token, groups of 64); D = 160 (groups of 40: the two-pass form)
+for d, bd, rows, nw, xt, groups in ((256, 256, 4, 2, "*bf16", (0, 64)), (128, 128, 16, 8, "*bf16", (0, 64)),
+                                    (8192, 8192, 1, 16, "*bf16", (0, 64)), (160, 256, 1, 1, "*fp32", (0, 40)),
+                                    (160, 256, 4, 4, "*fp32", (40,)), (160, 256, 2, 2, "*bf16", (40,))):
+    for aligned in (True, False):
+        base = dict(HAS_WEIGHT=True, ROWS=rows, PERSISTENT=False, USE_PDL=False, D=d, BLOCK_D=bd, CHUNKED=0)
+        for fused in (False, True):
+            ref = sum_layout(ttgir(fused_add_rms_norm_kernel if fused else rms_norm_kernel,
+                                   {"X": xt, "Y": xt, "R": xt, "W": "*bf16"}, base, nw, aligned))
+            for group in groups:
+                gp = 1 << max(group - 1, 0).bit_length() if group else 0
+                q = dict(base, HAS_RESIDUAL=fused, STATIC=False, GROUP=group, GP=gp, UB=0, UE8M0=False, OUT=1,
+                         QMAX=448.0, NATIVE_CAST=True, ONE_PASS=gp == group, DEBUG=False, CHUNKED=False)
+                got = sum_layout(ttgir(rms_norm_quant_kernel, dict(QPTRS, X=xt, R=xt), q, nw, aligned))
+                if got != ref:
+                    bad.append(f"D={d} rows={rows} warps={nw} x={xt} aligned={aligned} fused={fused} group={group}: "
+                               f"{got} vs {ref}")
 print("\n".join(bad) if bad else "same layouts")
 """
 
@@ -141,7 +149,10 @@ def test_quant_kernel_sums_squares_in_rms_norms_layout():
     store asks for 16 codes per thread; unless capped (``rms_norm_quant._code_cols``) Triton
     gave the whole tile that layout where a thread holds 16 elements (96 of 144 combinations of
     widths, row counts, modes differed; on an H100 the codes then changed with the call's row
-    count). Checked on the sm_90 TTGIR, without a GPU."""
+    count). Also the two-pass form (groups that are not a power of two: its first pass only
+    reads, ``rms_norm_quant._layout_anchor``) and x rows that are not 16-byte aligned (a strided
+    x: the layout then came from the loads alone, and fp32 n differed on an H100). Checked on the
+    sm_90 TTGIR, without a GPU."""
     r = _compile_script(_LAYOUT)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip() == "same layouts", r.stdout

@@ -163,15 +163,16 @@ def _normed(s, p, q, w, HAS_WEIGHT: tl.constexpr):
 
 @triton.jit
 def _row_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_RESIDUAL: tl.constexpr,
-                 ROWS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNKED: tl.constexpr):
+                 ROWS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNKED: tl.constexpr, X, Y):
     """First pass of the two-pass forms: per row ``(p, q)`` with ``n = (s * p) * q * w``; ``p = 1``,
     ``q = rsqrt(ss / D + eps)`` from the sum of squares ``norm_block`` computes for the config
     (the whole-row tile, or chunk-wise partial sums), the safe range's factors for rows out of
-    fp32's range. Reads only."""
+    fp32's range. Reads only (see :func:`_layout_anchor`)."""
     if not CHUNKED:
         mask = row_ok[:, None] & (cols < D)[None, :]
         s = load_sum(x_row[:, None] + (cols * xsd)[None, :], r_row[:, None] + (cols * rsd)[None, :], mask,
                      HAS_RESIDUAL)
+        _layout_anchor(s, X, Y, mask, eps)
         ss = tl.sum(s * s, axis=1)
         q = tl.rsqrt(ss / D + eps)
         p = q * 0.0 + 1.0
@@ -256,7 +257,7 @@ def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub, n_
         tl.store(y_ptr, to_codes(qv, Y.dtype.element_ty, OUT, NATIVE_CAST, QMAX), mask=mask)
     else:
         p, q = _row_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_RESIDUAL, ROWS,
-                            BLOCK_D, CHUNKED)
+                            BLOCK_D, CHUNKED, X, Y)
         p2 = p[:, None]
         q2 = q[:, None]
         if STATIC:
@@ -330,6 +331,22 @@ def _reread(x_ptr, r_ptr, mask, W, c, w_mask, ws, w_offset, p, q, HAS_RESIDUAL: 
     if HAS_WEIGHT:
         w = tl.expand_dims(tl.load(W + c * ws, mask=w_mask, other=0.0).to(tl.float32) + w_offset, 0)
     return _normed(s, p, q, w, HAS_WEIGHT)
+
+
+@triton.jit
+def _layout_anchor(s, X, Y, mask, eps):
+    """A store of the first pass's tile that never happens (masked by ``eps < 0``, false for
+    every call: eps >= 0 is checked on the host; the compiler cannot know it), at
+    16-byte-aligned contiguous addresses in ``X``'s dtype: what ``rms_norm``'s row tile flows into
+    (its new output), so Triton gives this tile ``rms_norm``'s layout and the sum of squares its
+    order. Without it the tile had only the loads to go by: for rows that are not 16-byte aligned
+    (a strided x), one element per thread where ``rms_norm`` has a 16-byte vector, and fp32 ``n``
+    differed in the last bits (sm_90 TTGIR; an H100). ``Y`` (a new code tensor) stands in for the
+    address: nothing is written."""
+    ROWS: tl.constexpr = s.shape[0]
+    BLOCK_D: tl.constexpr = s.shape[1]
+    a = Y.to(tl.pointer_type(X.dtype.element_ty)) + (tl.arange(0, ROWS) * 0)[:, None] + tl.arange(0, BLOCK_D)[None, :]
+    tl.store(a, s.to(X.dtype.element_ty), mask=mask & (eps < 0.0))
 
 
 @triton.jit
