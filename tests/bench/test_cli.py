@@ -11,7 +11,7 @@ from qknorm.bench import cli as B
 from qknorm.bench.cli import main
 from qknorm.cli import main as qknorm_main
 
-QUICK = ["--quick", "--tokens", "1", "--impl", "qknorm,torch", "--no-plots"]
+QUICK = ["--quick", "--tokens", "1", "--impl", "qknorm,torch", "--no-plots", "--device", "cpu"]  # the same run on a GPU machine
 
 
 def _rows(path):
@@ -174,7 +174,7 @@ def test_a_crashed_run_keeps_every_row_so_far(tmp_path, capsys, monkeypatch):
 BAD = [  # argv, words the line must hold (the flag, the value, what is allowed)
     (["--quick", "--impl", "bogus"], ["--impl", "'bogus'", "torch_rms_norm", "flashinfer"]),
     (["--quick", "--exclude", "*"], ["--exclude", "'*'", "leave no implementation"]),
-    (["--quick", "--impl", "qknorm[nope]"], ["--impl", "'qknorm[nope]'", "CUDA GPU only"]),
+    (["--quick", "--device", "cpu", "--impl", "qknorm[nope]"], ["--impl", "'qknorm[nope]'", "CUDA GPU only"]),
     (["--quick", "--impl", "qknorm,bogus"], ["--impl", "'bogus'"]),
     (["--quick", "--exclude", "nothing-like-this"], ["--exclude", "'nothing-like-this'"]),
     (["--preset", "qwen9"], ["--preset", "'qwen9'", "qwen3-8b", "tp", "all"]),
@@ -391,7 +391,7 @@ tp.launch = lambda *a, **k: subprocess.call([sys.executable, "-c", CHILD, ready,
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 if mode == "noproc":
     B._child_pids = lambda: []
-sys.exit(B.main(["--preset", "tp", "--tp", "2", "--out", out]))
+sys.exit(B.main(["--preset", "tp", "--tp", "2", "--device", "cpu", "--out", out]))
 '''
 
 

@@ -103,7 +103,7 @@ def test_tp_crash_keeps_every_row_measured(tmp_path, monkeypatch, capsys):
 def test_tp_preset_refuses_a_second_run_into_the_same_out(tmp_path, capsys):
     (tmp_path / "tp.csv").write_text("kept\n")
     with pytest.raises(SystemExit) as e:
-        main(["--preset", "tp", "--tokens", "1", "--out", str(tmp_path)])
+        main(["--preset", "tp", "--tokens", "1", "--device", "cpu", "--out", str(tmp_path)])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "tp.csv" in err and "--append" in err and "--overwrite" in err
