@@ -258,3 +258,43 @@ int main(void) {
         subprocess.run([cc, "-I", inc, "-o", str(exe), str(src)], check=True, capture_output=True, timeout=600)
         outs.append(subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=600).stdout)
     assert outs[0] == outs[1]
+
+
+def _launch_module_uninitialised():
+    """The compiled launch module without ``init`` (no CUDA driver here): ``pick`` needs none."""
+    try:
+        from triton.runtime.build import compile_module_from_src
+        return compile_module_from_src(src=native.source_text("launchcall.c"), name="qknorm_launchcall")
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"cannot build launchcall.c here: {e}")
+
+
+def test_pick_takes_the_record_of_the_pointers_alignment_and_idle_hooks():
+    m = _launch_module_uninitialised()
+    recs = launch.Records([b"aligned", b"first odd", None, False])
+    m.set_hooks(None)
+    assert m.pick(recs, 4096, 8192, 1.5) == b"aligned"  # floats after the pointers: not counted
+    assert m.pick(recs, 4097, 8192) == b"first odd"
+    assert m.pick(recs, 4096, 8200) is None  # entry 2: no record yet
+    assert m.pick(recs, 4100, 8200) is None  # entry 3: none possible
+    assert m.pick(recs, 4096, 8192, 24) is None  # entry 4: past the list
+    assert m.pick([], 1) is None and m.pick((b"x",), 0) is None  # not a record list
+    for head in ((4096, 8192), (4097, 8192), (4096, 8200, 3), (5, 6, 7, 2.0), ()):
+        assert launch.bits_of(head) == (launch.align_bits(*[p for p in head if type(p) is int]) if head else 0)
+
+    class Chain:
+        def __init__(self, calls):
+            self.calls = calls
+
+    class Runtime:
+        launch_enter_hook = Chain([])
+        launch_exit_hook = None
+
+    rt = Runtime()
+    m.set_hooks(rt)
+    assert m.pick(recs, 4096) == b"aligned"
+    rt.launch_exit_hook = Chain([print])  # a profiler's hook: Triton's own launch must run
+    assert m.pick(recs, 4096) is None
+    rt.launch_exit_hook = lambda *a: None  # Triton 3.4's plain callables
+    assert m.pick(recs, 4096) is None
+    m.set_hooks(None)

@@ -58,7 +58,7 @@ import threading
 import weakref
 from typing import NamedTuple
 
-__all__ = ["PROTOCOL", "PROTOCOL_REASON", "KernelLauncher", "int_spec", "run", "run_plan", "set_enabled",
+__all__ = ["PROTOCOL", "PROTOCOL_REASON", "KernelLauncher", "int_spec", "run", "run_plan", "launch_plan", "set_enabled",
            "enabled", "clear", "entry_states"]
 
 # entry states
@@ -449,6 +449,39 @@ def run(kl: KernelLauncher, entries: list, bits: int, grid, args: tuple, tensors
     run_plan(_Call(kl, entries, grid, (), kwargs, device), bits, args, tensors)
 
 
+def launch_plan(plan, head: tuple, tensors: tuple) -> None:
+    """Launch a call plan with the per-call arguments ``head`` (data pointers first): the compiled
+    launch from the plan's records when there is one for these pointers' alignment (one C call:
+    alignment bits, record, hooks, launch), else :func:`run_plan`. The hot path of every fast call."""
+    rec = plan.records
+    if rec is not None and _enabled:
+        try:
+            if _launch_from(rec, *head):
+                return
+        except Exception as exc:  # noqa: BLE001 - Triton's launch below redoes it (or raises)
+            rec[:] = [False] * len(rec)
+            _record_errors.append(f"{plan.launcher.name}: {type(exc).__name__}: {exc}")
+    run_plan(plan, bits_of(head), head, tensors)
+
+
+def bits_of(head: tuple) -> int:
+    """:func:`align_bits` of the leading ints of ``head`` (the data pointers, before any float)."""
+    b = 0
+    for i, p in enumerate(head):
+        if type(p) is not int:
+            break
+        if p & 15:
+            b |= 1 << i
+    return b
+
+
+def _no_records(records, *head) -> bool:
+    return False
+
+
+_launch_from = _no_records  # the compiled launch_from once a record exists (see _arm)
+
+
 def run_plan(plan, bits: int, head: tuple, tensors: tuple) -> None:
     """:func:`run` for a call plan (``ops/_plan.Plan``: ``launcher``, ``entries``, ``grid``,
     ``tail``, ``kwargs``, ``device``, ``records``) with the per-call arguments ``head``: the hot
@@ -518,7 +551,7 @@ def _arm(plan, bits: int, e, head: tuple) -> None:
     """Give ``plan`` the launch record of alignment ``bits`` after a fast call through Triton's
     launcher, or False where the compiled launch cannot take it (the reason is counted in
     :data:`record_stats`)."""
-    global _native_launch
+    global _native_launch, _launch_from
     rec = plan.records
     if rec is None:
         rec = plan.records = Records([None] * len(plan.entries))
@@ -537,7 +570,9 @@ def _arm(plan, bits: int, e, head: tuple) -> None:
     if r is None:
         _note(plan.launcher.name, why)
         return
-    _native_launch = mod.launch
+    if _launch_from is _no_records:
+        mod.set_hooks(_rt)
+    _native_launch, _launch_from = mod.launch, mod.launch_from
     with _lock:
         _record_kernels[id(e.ck)] = e.ck
     rec[bits] = r

@@ -140,13 +140,13 @@ static PyObject* param_info(PyObject* self, PyObject* arg) {
   return out;
 }
 
-static PyObject* launch(PyObject* self, PyObject* const* args, Py_ssize_t n) {
-  if (n < 1 || !PyBytes_CheckExact(args[0])) {
-    PyErr_SetString(PyExc_TypeError, "launch(record: bytes, *per_call)");
-    return NULL;
-  }
-  const char* raw = PyBytes_AS_STRING(args[0]);
-  Py_ssize_t len = PyBytes_GET_SIZE(args[0]);
+/* Launch `record` with the per-call arguments head[0..nhead): Py_True, Py_False (another device
+ * is current) or NULL with an exception. */
+static PyObject* launch_record(PyObject* record, PyObject* const* head, Py_ssize_t nhead) {
+  PyObject* const* args = head - 1; /* args[1 + i] is head[i] below */
+  Py_ssize_t n = nhead + 1;
+  const char* raw = PyBytes_AS_STRING(record);
+  Py_ssize_t len = PyBytes_GET_SIZE(record);
   Record rec;
   if (len < (Py_ssize_t)sizeof(Record)) goto bad_record;
   memcpy(&rec, raw, sizeof(Record));
@@ -242,10 +242,118 @@ bad_record:
   return NULL;
 }
 
+static PyObject* launch(PyObject* self, PyObject* const* args, Py_ssize_t n) {
+  if (n < 1 || !PyBytes_CheckExact(args[0])) {
+    PyErr_SetString(PyExc_TypeError, "launch(record: bytes, *per_call)");
+    return NULL;
+  }
+  return launch_record(args[0], args + 1, n - 1);
+}
+
+/* ---- picking a plan's record: alignment bits and Triton's launch hooks ---- */
+static PyObject* hook_owner = NULL; /* triton.knobs.runtime, or NULL (Triton without knobs) */
+static PyObject *s_enter = NULL, *s_exit = NULL, *s_calls = NULL;
+
+/* set_hooks(triton.knobs.runtime or None): where Triton's launch enter/exit hooks live. */
+static PyObject* set_hooks(PyObject* self, PyObject* owner) {
+  if (!s_enter) {
+    s_enter = PyUnicode_InternFromString("launch_enter_hook");
+    s_exit = PyUnicode_InternFromString("launch_exit_hook");
+    s_calls = PyUnicode_InternFromString("calls");
+    if (!s_enter || !s_exit || !s_calls) return NULL;
+  }
+  Py_XDECREF(hook_owner);
+  hook_owner = owner == Py_None ? NULL : owner;
+  Py_XINCREF(hook_owner);
+  Py_RETURN_NONE;
+}
+
+/* 1 when both hooks are None or hook chains without calls (as launch.hooks_idle), else 0. */
+static int hooks_idle(void) {
+  if (!hook_owner) return 1;
+  PyObject* names[2] = {s_enter, s_exit};
+  for (int i = 0; i < 2; i++) {
+    PyObject* h = PyObject_GetAttr(hook_owner, names[i]);
+    if (!h) {
+      PyErr_Clear();
+      return 0;
+    }
+    if (h == Py_None) {
+      Py_DECREF(h);
+      continue;
+    }
+    PyObject* calls = PyObject_GetAttr(h, s_calls);
+    Py_DECREF(h);
+    if (!calls) {
+      PyErr_Clear();
+      return 0;
+    }
+    Py_ssize_t k = PyList_Check(calls) ? PyList_GET_SIZE(calls) : (PyTuple_Check(calls) ? PyTuple_GET_SIZE(calls) : 1);
+    Py_DECREF(calls);
+    if (k != 0) return 0;
+  }
+  return 1;
+}
+
+/* The index of a call's entry: bit i set when the i-th leading int argument (a data pointer) is
+ * not 16-byte aligned (launch.align_bits); -1 with an exception on an int that is not a pointer. */
+static long alignment_bits(PyObject* const* head, Py_ssize_t n) {
+  long bits = 0;
+  for (Py_ssize_t i = 0; i < n && i < 30; i++) {
+    if (!PyLong_CheckExact(head[i])) break;
+    unsigned long long p = PyLong_AsUnsignedLongLong(head[i]);
+    if (p == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    if (p & 15) bits |= 1L << i;
+  }
+  return bits;
+}
+
+/* pick(records, *head) -> the record for these pointers (bytes) or None: the record list entry of
+ * the call's alignment bits, when it is a record and Triton's launch hooks are idle. */
+static PyObject* pick_record(PyObject* records, PyObject* const* head, Py_ssize_t n) {
+  if (!PyList_Check(records)) return NULL;
+  long bits = alignment_bits(head, n);
+  if (bits < 0) {
+    PyErr_Clear();
+    return NULL;
+  }
+  if (bits >= PyList_GET_SIZE(records)) return NULL;
+  PyObject* r = PyList_GET_ITEM(records, bits);
+  if (!PyBytes_CheckExact(r) || !hooks_idle()) return NULL;
+  return r;
+}
+
+static PyObject* pick(PyObject* self, PyObject* const* args, Py_ssize_t n) {
+  if (n < 1) {
+    PyErr_SetString(PyExc_TypeError, "pick(records, *per_call)");
+    return NULL;
+  }
+  PyObject* r = pick_record(args[0], args + 1, n - 1);
+  if (!r) Py_RETURN_NONE;
+  Py_INCREF(r);
+  return r;
+}
+
+/* launch_from(records, *head) -> True (launched), False (no record for this call, hooks active,
+ * or another device current: the caller takes its other path); raises on a driver error. */
+static PyObject* launch_from(PyObject* self, PyObject* const* args, Py_ssize_t n) {
+  if (n < 1) {
+    PyErr_SetString(PyExc_TypeError, "launch_from(records, *per_call)");
+    return NULL;
+  }
+  PyObject* r = pick_record(args[0], args + 1, n - 1);
+  if (!r) Py_RETURN_FALSE;
+  return launch_record(r, args + 1, n - 1);
+}
+
 static PyMethodDef methods[] = {
     {"init", init, METH_VARARGS, "init(torch.Tensor): open the CUDA driver, bind PyTorch's current-stream getter"},
     {"param_info", param_info, METH_O, "param_info(function) -> [(offset, size), ...] or None"},
     {"launch", (PyCFunction)(void (*)(void))launch, METH_FASTCALL, "launch(record, *per_call) -> bool"},
+    {"set_hooks", set_hooks, METH_O, "set_hooks(triton.knobs.runtime or None)"},
+    {"pick", (PyCFunction)(void (*)(void))pick, METH_FASTCALL, "pick(records, *per_call) -> record or None"},
+    {"launch_from", (PyCFunction)(void (*)(void))launch_from, METH_FASTCALL,
+     "launch_from(records, *per_call) -> bool"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "qknorm_launchcall", NULL, -1, methods};

@@ -62,8 +62,7 @@ def fast(x, residual, weight, eps, weight_offset, config) -> bool:
     elif not ((pw + sw[1] <= px + sx[0] or px + sx[1] <= pw + sw[0])
               and (pw + sw[1] <= pr + sr[0] or pr + sr[1] <= pw + sw[0])):
         return False  # a weight sharing memory with x or residual: the general call copies it
-    launch.run_plan(plan, 0 if not (px | pr | pw) & 15 else launch.align_bits(px, pr, pw), (px, pr, pw),
-                    (x, residual, weight))
+    launch.launch_plan(plan, (px, pr, pw), (x, residual, weight))
     return True
 
 
@@ -152,8 +151,7 @@ def _fast_out_plan(x, residual, weight, eps, weight_offset, config):
 def _launch_out(plan, x, residual, weight, y, ro, head_tail=()):
     w = weight if weight is not None else x
     px, pr, py, po, pw = x.data_ptr(), residual.data_ptr(), y.data_ptr(), ro.data_ptr(), w.data_ptr()
-    launch.run_plan(plan, 0 if not (px | pr | py | po | pw) & 15 else launch.align_bits(px, pr, py, po, pw),
-                    (px, pr, py, po, pw) + head_tail, (x, residual, y, ro, w))
+    launch.launch_plan(plan, (px, pr, py, po, pw) + head_tail, (x, residual, y, ro, w))
 
 
 def call_out(x, residual, weight=None, eps=1e-6, weight_offset=0.0, config=None):

@@ -79,8 +79,7 @@ def fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
             pqw, pkw = wk, d[5]
             if (qo or ko) and not plans.reads_apart(plan, (pqw, pkw), qo, ko, pqo, pko):
                 return None  # a weight sharing memory with an output: the general call copies it
-    bits = launch.align_bits(pq, pqo, pqw, pk, pko, pkw) if (pq | pqo | pqw | pk | pko | pkw) & 15 else 0
-    launch.run_plan(plan, bits, (pq, pqo, pqw, pk, pko, pkw), (q, q_out, qw, k, k_out, kw))
+    launch.launch_plan(plan, (pq, pqo, pqw, pk, pko, pkw), (q, q_out, qw, k, k_out, kw))
     return q_out, k_out
 
 

@@ -93,8 +93,7 @@ def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q
     if wk is None:
         pqw, pkw, qw, kw = pq, pk, q, k  # never read (HAS_WEIGHT=False)
     ptrs = (pcs, pp, pq, pqo, pqw, pk, pko, pkw)
-    launch.run_plan(plan, launch.align_bits(*ptrs) if (pcs | pp | pq | pqo | pqw | pk | pko | pkw) & 15 else 0,
-                    ptrs, (cs, positions, q, q_out, qw, k, k_out, kw))
+    launch.launch_plan(plan, ptrs, (cs, positions, q, q_out, qw, k, k_out, kw))
     return q_out, k_out
 
 

@@ -436,9 +436,8 @@ def fast(q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, eps, is
         if len(seen) >= _SEEN_LIMIT:
             seen.clear()
         seen.add(ptrs)
-    launch.run_plan(plan, launch.align_bits(*ptrs) if (pcs | pp | pq | pqo | pqw | pk | pkw | pkc | pko | pv | pvc
-                                                        | psm | pks | pvs) & 15 else 0, ptrs,
-                    (cs, positions, q, q_out, qw, k, kw, k_cache, k_out, v, v_cache, slot_mapping, k_scale, v_scale))
+    launch.launch_plan(plan, ptrs, (cs, positions, q, q_out, qw, k, kw, k_cache, k_out, v, v_cache, slot_mapping,
+                                    k_scale, v_scale))
     return q_out
 
 

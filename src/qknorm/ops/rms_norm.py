@@ -82,8 +82,7 @@ def fast(x, weight, eps, weight_offset, out, config):
         so, sw = plan.spans[1], plan.spans[2]
         if not (pw + sw[1] <= po + so[0] or po + so[1] <= pw + sw[0]):
             return None
-    launch.run_plan(plan, 0 if not (px | po | pw) & 15 else launch.align_bits(px, po, pw), (px, po, pw),
-                    (x, out, weight))
+    launch.launch_plan(plan, (px, po, pw), (x, out, weight))
     return out
 
 

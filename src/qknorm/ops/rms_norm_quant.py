@@ -448,9 +448,8 @@ def fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, 
             if not _apart(psc, sp[5], p, s):
                 return None
     ptrs = (px, pr, py, pw, psc, ps, px)
-    launch.run_plan(plan, 0 if not (px | pr | py | pw | psc | ps) & 15 else launch.align_bits(*ptrs), ptrs,
-                    (x, residual if residual is not None else x, y, weight if weight is not None else x, sc,
-                     sin if sin is not None else x, x))
+    launch.launch_plan(plan, ptrs, (x, residual if residual is not None else x, y, weight if weight is not None else x,
+                                    sc, sin if sin is not None else x, x))
     return y, (scale if scale is not None else sc)
 
 
