@@ -111,6 +111,49 @@ def test_in_place_on_leaf_requiring_grad_fails_as_torch_does(impl):
         qknorm.rms_norm(x, out=x)
 
 
+@pytest.mark.parametrize("path", ["general", "fast"])
+def test_a_tensor_saved_for_backward_then_written_in_place_is_caught(impl, path, monkeypatch):
+    """PyTorch's in-place ops bump a tensor's version, so a backward that saved it raises instead of
+    using the new values; our kernels write through pointers and must do the same (they did not:
+    a silently wrong gradient), on the fast call and the general call, for every written tensor."""
+    from qknorm.ops import _plan
+    if path == "fast":
+        if impl != "cuda" and qknorm.get_backend() != "triton":
+            pytest.skip("the fast call runs the Triton backend")
+        monkeypatch.setattr(_plan, "FAST_ON_CPU", True)
+    else:
+        monkeypatch.setattr(_plan, "FAST_ON_CPU", False)
+    w = torch.randn(4, 64, device=impl, requires_grad=True)
+    cs = torch.randn(16, 64, device=impl)
+    pos = torch.arange(4, device=impl) % 16
+
+    def writers(x, r, q, k, o):
+        return {"rms_norm out=x": lambda: qknorm.rms_norm(x, None, out=x),
+                "rms_norm out=": lambda: qknorm.rms_norm(r, None, out=x),
+                "fused add (x)": lambda: qknorm.fused_add_rms_norm(x, r),
+                "fused add (residual)": lambda: qknorm.fused_add_rms_norm(r, x),
+                "qk in place": lambda: qknorm.qk_rms_norm(q, k, None, None, q_out=q, k_out=k),
+                "qk into q_out": lambda: qknorm.qk_rms_norm(k, k, None, None, q_out=x.view(4, 1, 64),
+                                                            k_out=o),
+                "qk rope in place": lambda: qknorm.qk_rms_norm_rope(q, k, None, None, cs, pos, q_out=q, k_out=k),
+                "fused add quant (residual)": lambda: qknorm.fused_add_rms_norm_quant(r, x),
+                "prologue (q in place)": lambda: qknorm.qk_norm_rope_cache(
+                    q, k, k, None, None, cs, pos, torch.zeros(2, 4, 1, 64, device=impl),
+                    torch.zeros(2, 4, 1, 64, device=impl), torch.arange(4, device=impl))}
+
+    for name in writers(*[None] * 5):
+        x = torch.randn(4, 64, device=impl)
+        r = torch.randn(4, 64, device=impl)
+        qkv = torch.randn(4, 2 * 64, device=impl)
+        q, k, o = qkv[:, :64].view(4, 1, 64), qkv[:, 64:].view(4, 1, 64), torch.empty(4, 1, 64, device=impl)
+        y = (x * w).sum() + (qkv[:, :64] * w).sum()  # saves x and Q for the backward
+        v0 = (x._version, qkv._version)
+        writers(x, r, q, k, o)[name]()
+        assert (x._version, qkv._version) != v0, name
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.backward()
+
+
 def test_in_place_on_non_leaf_keeps_the_graph(impl):
     x = torch.randn(3, 8, device=impl, requires_grad=True)
     h = x * 2.0

@@ -645,6 +645,21 @@ def launch_record(param_info, plan, ck, head: tuple):
     return head_rec + struct.pack(f"<{len(slots)}Q", *slots), ""
 
 
+def _bump_versions(tensors) -> None:
+    import torch
+    global bump_versions
+    bump_versions = getattr(torch._C, "_increment_version", None) or torch.autograd.graph.increment_version
+    bump_versions(tensors)
+
+
+#: ``bump_versions((t, ...))``: mark tensors a kernel wrote through their data pointers as modified
+#: for autograd, as PyTorch's own in-place ops do (``torch.autograd.graph.increment_version``, whose
+#: C function this is; inference tensors have no counter and are skipped). Without it a tensor saved
+#: for a backward, then overwritten by a kernel, gives a silently wrong gradient. (Bound on first use:
+#: importing this module does not import torch.)
+bump_versions = _bump_versions
+
+
 def _no_device() -> int:
     return -2  # no CUDA: never equal to a CUDA device index
 

@@ -43,9 +43,12 @@ def describe_py(grad, *args):
             continue
         if (type(a) is not _Tensor and type(a) is not _Parameter) or a.is_neg() or (grad and a.requires_grad):
             return None
+        dv = a.device
+        if dv.type not in ("cuda", "cpu"):  # meta, ...: as DLPack (the compiled form) refuses them
+            return None
+        d = -1 if dv.index is None or dv.type == "cpu" else dv.index
         try:
-            d = a.get_device()
-            meta.append((a.shape, a.stride(), a.dtype, d))
+            meta.append((a.shape, a.stride(), a.dtype, dv))
             ptrs.append(a.data_ptr())
         except RuntimeError:  # sparse and other layouts without strides or storage
             return None
@@ -77,7 +80,7 @@ class _Compiled:
 
     def _build(self):
         if not _env_enabled():
-            return None, "QKNORM_NATIVE=0"
+            return None, f"QKNORM_NATIVE={os.environ.get('QKNORM_NATIVE', '').strip()}"
         if not hasattr(_Tensor, "__dlpack_c_exchange_api__"):
             return None, f"torch {torch.__version__} has no DLPack C exchange API (torch >= 2.10)"
         try:

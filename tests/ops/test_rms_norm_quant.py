@@ -400,3 +400,19 @@ def test_compile_fullgraph_aot_eager_matches_eager():
     assert torch.equal(y.view(torch.uint8), y2.view(torch.uint8)) and torch.equal(s, s2)
     with pytest.raises(Exception, match="group_size 7 must divide"):
         torch.compile(lambda t: qknorm.rms_norm_quant(t, group_size=7), fullgraph=True, backend="aot_eager")(x)
+
+
+def test_a_cached_plan_does_not_let_a_flag_of_the_wrong_type_through(monkeypatch):
+    """Plan keys compare by value (32.0 == 32, 1 == True): the fast call must still refuse the
+    wrong types the general call refuses, also after a plan for the right ones was cached."""
+    from qknorm.ops import _plan
+    if torch.cuda.is_available():
+        pytest.skip("CPU stand-in for the CUDA fast path")
+    monkeypatch.setattr(_plan, "FAST_ON_CPU", True)
+    x, w = torch.randn(4, 64), torch.ones(64)
+    with qknorm.use_backend("triton"):
+        qknorm.rms_norm_quant(x, w, group_size=32, scale_ue8m0=True, column_major_scales=False)
+        for bad in (dict(group_size=32.0), dict(group_size=32, scale_ue8m0=1), dict(group_size=32, column_major_scales=0)):
+            kw = dict(dict(group_size=32, scale_ue8m0=True, column_major_scales=False), **bad)
+            with pytest.raises(TypeError):
+                qknorm.rms_norm_quant(x, w, **kw)

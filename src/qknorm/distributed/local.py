@@ -364,5 +364,6 @@ def scale(eps: float, weight_offset: float, a, ya, wa, a_full: int, b, yb, wb, b
     ptrs = tuple(t.data_ptr() for t in tensors)
     args = (eps, weight_offset, *ptrs[:4], *a_ints, *ptrs[4:], *b_ints, *consts)
     _run_kernel(1, plan, args, ptrs, a_ints + b_ints, consts, tensors)
+    launch.bump_versions((ya,) if yb is None else (ya, yb))  # written through pointers
     for y, y_copy in plan.copies:
         y.copy_(y_copy)

@@ -63,6 +63,7 @@ def fast(x, residual, weight, eps, weight_offset, config) -> bool:
               and (pw + sw[1] <= pr + sr[0] or pr + sr[1] <= pw + sw[0])):
         return False  # a weight sharing memory with x or residual: the general call copies it
     launch.launch_plan(plan, (px, pr, pw), (x, residual, weight))
+    launch.bump_versions((x, residual))
     return True
 
 
@@ -88,6 +89,7 @@ def run(x, residual, weight, eps: float, weight_offset: float, config):
     if not backend.use_triton(x):
         return fused_add_rms_norm_torch(x, residual, weight, eps, weight_offset)
     plans.launch_general_rows(launcher(), OP, "r", x, residual, weight, eps, weight_offset, config, writes_x=True)
+    launch.bump_versions((x, residual))
     return x, residual
 
 

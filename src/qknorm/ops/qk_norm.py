@@ -80,6 +80,8 @@ def fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
             if (qo or ko) and not plans.reads_apart(plan, (pqw, pkw), qo, ko, pqo, pko):
                 return None  # a weight sharing memory with an output: the general call copies it
     launch.launch_plan(plan, (pq, pqo, pqw, pk, pko, pkw), (q, q_out, qw, k, k_out, kw))
+    if qo or ko:  # outputs given (in place or not): they existed before the call
+        launch.bump_versions((q_out, k_out) if qo and ko else (q_out,) if qo else (k_out,))
     return q_out, k_out
 
 
@@ -150,6 +152,7 @@ def run(q, k, q_weight, k_weight, eps: float, weight_offset: float, q_out, k_out
         k_out.copy_(k_res)
         return q_out, k_out
     _launch(q, k, q_out, k_out, q_weight, k_weight, eps, weight_offset, config)
+    launch.bump_versions((q_out, k_out))
     return q_out, k_out
 
 

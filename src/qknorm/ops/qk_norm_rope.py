@@ -94,6 +94,8 @@ def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q
         pqw, pkw, qw, kw = pq, pk, q, k  # never read (HAS_WEIGHT=False)
     ptrs = (pcs, pp, pq, pqo, pqw, pk, pko, pkw)
     launch.launch_plan(plan, ptrs, (cs, positions, q, q_out, qw, k, k_out, kw))
+    if qo or ko:  # outputs given (in place or not): they existed before the call
+        launch.bump_versions((q_out, k_out) if qo and ko else (q_out,) if qo else (k_out,))
     return q_out, k_out
 
 
@@ -161,6 +163,7 @@ def run(q, k, q_weight, k_weight, cs, positions, eps: float, is_neox: bool, r: i
         return qk_rms_norm_rope_torch(q, k, q_weight, k_weight, cs, positions, eps, is_neox, r, weight_offset,
                                       q_out, k_out)
     _launch(q, k, q_out, k_out, q_weight, k_weight, cs, positions, eps, is_neox, r, weight_offset, config)
+    launch.bump_versions((q_out, k_out))
     return q_out, k_out
 
 

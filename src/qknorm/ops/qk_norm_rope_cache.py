@@ -331,6 +331,7 @@ def run(q, k, v, q_weight, k_weight, cs, positions, k_cache, v_cache, slot_mappi
         qc, kc, vc, pc, sc, qoc, koc = parts
         _launch(qc, kc, vc, q_weight, k_weight, cs, pc, k_cache, v_cache, sc, eps, is_neox, r, weight_offset,
                 sections, k_scale, v_scale, qoc, koc)
+    launch.bump_versions(tuple(t for t in (q_out, k_out, k_cache, v_cache) if t is not None))
     return q_out
 
 
@@ -438,6 +439,7 @@ def fast(q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, eps, is
         seen.add(ptrs)
     launch.launch_plan(plan, ptrs, (cs, positions, q, q_out, qw, k, kw, k_cache, k_out, v, v_cache, slot_mapping,
                                     k_scale, v_scale))
+    launch.bump_versions((q_out, k_cache, v_cache) if ko is NEW else (q_out, k_out, k_cache, v_cache))
     return q_out
 
 

@@ -83,6 +83,8 @@ def fast(x, weight, eps, weight_offset, out, config):
         if not (pw + sw[1] <= po + so[0] or po + so[1] <= pw + sw[0]):
             return None
     launch.launch_plan(plan, (px, po, pw), (x, out, weight))
+    if ok is not NEW:
+        launch.bump_versions((out,))
     return out
 
 
@@ -116,6 +118,7 @@ def run(x, weight, eps: float, weight_offset: float, out, config):
     if not backend.use_triton(x):
         return rms_norm_torch(x, weight, eps, weight_offset, out)
     plans.launch_general_rows(launcher(), OP, "y", x, out, weight, eps, weight_offset, config, writes_x=False)
+    launch.bump_versions((out,))
     return out
 
 

@@ -217,6 +217,7 @@ def run(x, residual, weight, eps: float, scale, n_groups: int, out_dtype, weight
                     new_scales(x.shape, x.device, n_groups, column_major_scales)
             _launch_general(x, residual, weight, eps, kscale, n_groups, out_dtype, weight_offset, scale_ub,
                             scale_ue8m0, y, sc, config, debug)
+            launch.bump_versions(tuple(t for t in (residual, out, scales_out) if t is not None))
             return y, (scale if scale is not None else sc)
         y, sc, s = torch_path(x, residual, weight, eps, kscale, n_groups, out_dtype, weight_offset, scale_ub,
                               scale_ue8m0)
@@ -389,7 +390,9 @@ def fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, 
     checked: every written tensor (residual, a given ``out`` / ``scales_out``) must share no
     byte with another tensor of the call (x and residual by the exact test), else the general
     call copies or raises."""
-    if type(eps) is not float or type(weight_offset) is not float or backend.active == "torch":
+    if type(eps) is not float or type(weight_offset) is not float or backend.active == "torch" \
+            or not (group_size is None or type(group_size) is int) or type(column_major_scales) is not bool \
+            or type(scale_ue8m0) is not bool:  # (32.0 == 32 and 1 == True as keys: the general call checks types)
         return None
     if scale_ub is None or type(scale_ub) is float:
         ubk, ub_t = scale_ub, None
@@ -450,6 +453,8 @@ def fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, 
     ptrs = (px, pr, py, pw, psc, ps, px)
     launch.launch_plan(plan, ptrs, (x, residual if residual is not None else x, y, weight if weight is not None else x,
                                     sc, sin if sin is not None else x, x))
+    if residual is not None or out is not None or scales_out is not None:
+        launch.bump_versions(tuple(t for t in (residual, out, scales_out) if t is not None))
     return y, (scale if scale is not None else sc)
 
 
