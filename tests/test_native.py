@@ -271,8 +271,16 @@ def _launch_module_uninitialised():
 
 def test_pick_takes_the_record_of_the_pointers_alignment_and_idle_hooks():
     m = _launch_module_uninitialised()
+    try:
+        _pick_cases(m)
+    finally:  # the module is the process's launcher too: give it Triton's hooks back
+        launch._init()
+        m.set_hooks(launch._rt, launch._HookChain if launch._HookChain.__module__.startswith("triton") else None)
+
+
+def _pick_cases(m):
     recs = launch.Records([b"aligned", b"first odd", None, False])
-    m.set_hooks(None)
+    m.set_hooks(None, None)
     assert m.pick(recs, 4096, 8192, 1.5) == b"aligned"  # floats after the pointers: not counted
     assert m.pick(recs, 4097, 8192) == b"first odd"
     assert m.pick(recs, 4096, 8200) is None  # entry 2: no record yet
@@ -291,10 +299,26 @@ def test_pick_takes_the_record_of_the_pointers_alignment_and_idle_hooks():
         launch_exit_hook = None
 
     rt = Runtime()
-    m.set_hooks(rt)
+    m.set_hooks(rt, Chain)
     assert m.pick(recs, 4096) == b"aligned"
     rt.launch_exit_hook = Chain([print])  # a profiler's hook: Triton's own launch must run
     assert m.pick(recs, 4096) is None
     rt.launch_exit_hook = lambda *a: None  # Triton 3.4's plain callables
     assert m.pick(recs, 4096) is None
-    m.set_hooks(None)
+
+    class NotAChain:
+        calls = []
+
+    rt.launch_exit_hook = NotAChain()  # only Triton's own (empty) chains count as idle
+    assert m.pick(recs, 4096) is None
+
+    class Sneaky:  # a hook whose attribute runs code that empties the record list
+        @property
+        def calls(self):
+            recs[:] = [None] * len(recs)
+            return []
+
+    rt.launch_exit_hook = Sneaky()
+    m.set_hooks(rt, Sneaky)
+    assert m.pick(recs, 4096) is None  # the list is read after the hooks: no freed record used
+    assert m.pick(recs, *range(16, 16 * 40, 16)) is None  # past 30 pointers: no record

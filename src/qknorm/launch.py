@@ -571,7 +571,7 @@ def _arm(plan, bits: int, e, head: tuple) -> None:
         _note(plan.launcher.name, why)
         return
     if _launch_from is _no_records:
-        mod.set_hooks(_rt)
+        mod.set_hooks(_rt, _HookChain if _HookChain.__module__.startswith("triton") else None)
     _native_launch, _launch_from = mod.launch, mod.launch_from
     with _lock:
         _record_kernels[id(e.ck)] = e.ck

@@ -252,23 +252,41 @@ static PyObject* launch(PyObject* self, PyObject* const* args, Py_ssize_t n) {
 
 /* ---- picking a plan's record: alignment bits and Triton's launch hooks ---- */
 static PyObject* hook_owner = NULL; /* triton.knobs.runtime, or NULL (Triton without knobs) */
+static PyObject* hook_chain_type = NULL; /* triton.knobs.HookChain, or NULL */
 static PyObject *s_enter = NULL, *s_exit = NULL, *s_calls = NULL;
 
-/* set_hooks(triton.knobs.runtime or None): where Triton's launch enter/exit hooks live. */
-static PyObject* set_hooks(PyObject* self, PyObject* owner) {
-  if (!s_enter) {
-    s_enter = PyUnicode_InternFromString("launch_enter_hook");
-    s_exit = PyUnicode_InternFromString("launch_exit_hook");
-    s_calls = PyUnicode_InternFromString("calls");
-    if (!s_enter || !s_exit || !s_calls) return NULL;
+/* set_hooks(triton.knobs.runtime or None, triton.knobs.HookChain or None): where Triton's launch
+ * enter/exit hooks live, and the type of an empty-able hook chain. */
+static PyObject* set_hooks(PyObject* self, PyObject* args) {
+  PyObject *owner, *chain;
+  if (!PyArg_ParseTuple(args, "OO", &owner, &chain)) return NULL;
+  if (!s_enter || !s_exit || !s_calls) {
+    PyObject* a = PyUnicode_InternFromString("launch_enter_hook");
+    PyObject* b = PyUnicode_InternFromString("launch_exit_hook");
+    PyObject* c = PyUnicode_InternFromString("calls");
+    if (!a || !b || !c) {
+      Py_XDECREF(a);
+      Py_XDECREF(b);
+      Py_XDECREF(c);
+      return NULL;
+    }
+    s_enter = a;
+    s_exit = b;
+    s_calls = c;
   }
-  Py_XDECREF(hook_owner);
+  PyObject* old_owner = hook_owner;
+  PyObject* old_chain = hook_chain_type;
   hook_owner = owner == Py_None ? NULL : owner;
+  hook_chain_type = chain == Py_None ? NULL : chain;
   Py_XINCREF(hook_owner);
+  Py_XINCREF(hook_chain_type);
+  Py_XDECREF(old_owner);
+  Py_XDECREF(old_chain);
   Py_RETURN_NONE;
 }
 
-/* 1 when both hooks are None or hook chains without calls (as launch.hooks_idle), else 0. */
+/* 1 when both hooks are None or hook chains (exactly triton.knobs.HookChain) whose `calls` list is
+ * empty, as launch.hooks_idle; else 0. */
 static int hooks_idle(void) {
   if (!hook_owner) return 1;
   PyObject* names[2] = {s_enter, s_exit};
@@ -282,44 +300,52 @@ static int hooks_idle(void) {
       Py_DECREF(h);
       continue;
     }
+    if (!hook_chain_type || (PyObject*)Py_TYPE(h) != hook_chain_type) {
+      Py_DECREF(h);
+      return 0;
+    }
     PyObject* calls = PyObject_GetAttr(h, s_calls);
     Py_DECREF(h);
     if (!calls) {
       PyErr_Clear();
       return 0;
     }
-    Py_ssize_t k = PyList_Check(calls) ? PyList_GET_SIZE(calls) : (PyTuple_Check(calls) ? PyTuple_GET_SIZE(calls) : 1);
+    int empty = PyList_CheckExact(calls) && PyList_GET_SIZE(calls) == 0;
     Py_DECREF(calls);
-    if (k != 0) return 0;
+    if (!empty) return 0;
   }
   return 1;
 }
 
+#define MAX_POINTERS 30
 /* The index of a call's entry: bit i set when the i-th leading int argument (a data pointer) is
- * not 16-byte aligned (launch.align_bits); -1 with an exception on an int that is not a pointer. */
+ * not 16-byte aligned (launch.align_bits); -1 (no record) past MAX_POINTERS pointers or on an int
+ * that is not a pointer. */
 static long alignment_bits(PyObject* const* head, Py_ssize_t n) {
   long bits = 0;
-  for (Py_ssize_t i = 0; i < n && i < 30; i++) {
+  for (Py_ssize_t i = 0; i < n; i++) {
     if (!PyLong_CheckExact(head[i])) break;
+    if (i >= MAX_POINTERS) return -1;
     unsigned long long p = PyLong_AsUnsignedLongLong(head[i]);
-    if (p == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    if (p == (unsigned long long)-1 && PyErr_Occurred()) {
+      PyErr_Clear();
+      return -1;
+    }
     if (p & 15) bits |= 1L << i;
   }
   return bits;
 }
 
-/* pick(records, *head) -> the record for these pointers (bytes) or None: the record list entry of
- * the call's alignment bits, when it is a record and Triton's launch hooks are idle. */
+/* The record for these pointers, a new reference, or NULL (no record, or hooks active): the record
+ * list entry of the call's alignment bits, when it is a record and Triton's launch hooks are idle.
+ * The hooks are checked first: their attributes may run Python code, which may change the list. */
 static PyObject* pick_record(PyObject* records, PyObject* const* head, Py_ssize_t n) {
-  if (!PyList_Check(records)) return NULL;
+  if (!PyList_Check(records) || !hooks_idle()) return NULL;
   long bits = alignment_bits(head, n);
-  if (bits < 0) {
-    PyErr_Clear();
-    return NULL;
-  }
-  if (bits >= PyList_GET_SIZE(records)) return NULL;
+  if (bits < 0 || bits >= PyList_GET_SIZE(records)) return NULL;
   PyObject* r = PyList_GET_ITEM(records, bits);
-  if (!PyBytes_CheckExact(r) || !hooks_idle()) return NULL;
+  if (!PyBytes_CheckExact(r)) return NULL;
+  Py_INCREF(r);
   return r;
 }
 
@@ -330,7 +356,6 @@ static PyObject* pick(PyObject* self, PyObject* const* args, Py_ssize_t n) {
   }
   PyObject* r = pick_record(args[0], args + 1, n - 1);
   if (!r) Py_RETURN_NONE;
-  Py_INCREF(r);
   return r;
 }
 
@@ -343,14 +368,16 @@ static PyObject* launch_from(PyObject* self, PyObject* const* args, Py_ssize_t n
   }
   PyObject* r = pick_record(args[0], args + 1, n - 1);
   if (!r) Py_RETURN_FALSE;
-  return launch_record(r, args + 1, n - 1);
+  PyObject* res = launch_record(r, args + 1, n - 1);
+  Py_DECREF(r);
+  return res;
 }
 
 static PyMethodDef methods[] = {
     {"init", init, METH_VARARGS, "init(torch.Tensor): open the CUDA driver, bind PyTorch's current-stream getter"},
     {"param_info", param_info, METH_O, "param_info(function) -> [(offset, size), ...] or None"},
     {"launch", (PyCFunction)(void (*)(void))launch, METH_FASTCALL, "launch(record, *per_call) -> bool"},
-    {"set_hooks", set_hooks, METH_O, "set_hooks(triton.knobs.runtime or None)"},
+    {"set_hooks", set_hooks, METH_VARARGS, "set_hooks(triton.knobs.runtime or None, triton.knobs.HookChain or None)"},
     {"pick", (PyCFunction)(void (*)(void))pick, METH_FASTCALL, "pick(records, *per_call) -> record or None"},
     {"launch_from", (PyCFunction)(void (*)(void))launch_from, METH_FASTCALL,
      "launch_from(records, *per_call) -> bool"},
