@@ -1,9 +1,10 @@
 """Where the microseconds of one eager qknorm call go (H200 host), op by op. Works on the tree
 before the ops/ rewrite (launches through ``launch.run``) and after it (``launch.run_plan``).
 
-Usage:  PYTHONPATH=$PWD/src python profile_host.py OUTDIR
+Usage:  PYTHONPATH=$PWD/src python profile_host.py OUTDIR [--grad]
 
-Per op (Qwen3-8B shapes, bf16, T = 1, 16, 64, inference_mode):
+Per op (Qwen3-8B shapes, bf16, T = 1, 16, 64, inference_mode; ``--grad``: grad mode on, as
+``qknorm bench --mode eager`` runs):
   total    public call, back-to-back, sync at the end of each batch (median per call)
   python   the same with the launch function replaced by a no-op (host code before the launch)
   run      the launch function with one call's recorded arguments (our launch wrapper + C launcher)
@@ -26,7 +27,8 @@ import torch
 import qknorm
 from qknorm import launch
 
-OUT = sys.argv[1] if len(sys.argv) > 1 else "."
+GRAD = "--grad" in sys.argv[1:]
+OUT = next((a for a in sys.argv[1:] if a != "--grad"), ".")
 os.makedirs(OUT, exist_ok=True)
 dev = torch.device("cuda")
 HQ, HKV, D, HID = 32, 8, 128, 4096
@@ -91,7 +93,9 @@ def noop(*a):
 
 
 table = {}
-with torch.inference_mode():
+import contextlib  # noqa: E402
+
+with contextlib.nullcontext() if GRAD else torch.inference_mode():
     for t in (1, 16, 64):
         for name, fn in cases(t).items():
             row = {}

@@ -24,7 +24,7 @@ tests)
   ;;
 eager)
   export PYTHONPATH=$PWD/src:/tmp/peers
-  timeout 100 python benchmarks/scripts/profile_host.py $OUT/profile > $OUT/profile.log 2>&1; echo "profile rc=$?"
+  timeout 100 python benchmarks/scripts/profile_host.py $OUT/profile --grad > $OUT/profile.log 2>&1; echo "profile rc=$?"
   grep -E "T=|floors" $OUT/profile.log | head -20
   for i in 1 2; do rm -rf /tmp/b; timeout 60 $B --preset qwen3-8b --mode eager --tokens 1,16,64 --impl 'qknorm,sglang*' \
     --out /tmp/b/eager > $OUT/eager$i.log 2>&1; echo "eager$i rc=$? ${SECONDS}s"; cp /tmp/b/eager/summary.md $OUT/eager$i.summary.md
