@@ -2,14 +2,16 @@
 
 An op call on CUDA tensors takes one of two ways:
 
-* the *fast call*: the op builds a key from the arguments' metadata (shapes, strides,
-  dtypes, devices, output kinds) and looks it up in :data:`PLANS`. A :class:`Plan` is built
-  once per key, after the op's ``check_args`` has passed on that metadata; it holds the
-  grid, the kernel's static arguments (packed by name, :meth:`launch.KernelLauncher.pack`),
-  the launch entries and the byte spans used by the per-call overlap checks. Per call the
-  op only reads data pointers, checks that the actual buffers do not overlap
-  (:func:`apart`) and launches (``launch.run_plan``). A key whose check failed caches None: the
-  call goes the general way, which raises the error.
+* the *fast call*: the op reads every tensor's metadata and data pointer in one call
+  (``native.describe``: shapes, strides, dtypes, devices, in C where it builds), builds a key
+  from that, the output kinds and the scalars, and looks it up in :data:`PLANS`. A
+  :class:`Plan` is built once per key, after the op's ``check_args`` has passed on that
+  metadata; it holds the grid, the kernel's static arguments (packed by name,
+  :meth:`launch.KernelLauncher.pack`), the launch entries and records and the byte spans used
+  by the per-call overlap checks. Per call the op only checks that the actual buffers do not
+  overlap (:func:`apart`), launches (``launch.launch_plan``) and bumps the written tensors'
+  autograd versions. A key whose check failed caches None: the call goes the general way,
+  which raises the error.
 * the *general call*: the op's ``check_args``, then its ``run`` (allocation, private copies
   of aliased read tensors, the PyTorch path on CPU, row splitting, copies of views the
   kernels cannot address) and the same plans.
