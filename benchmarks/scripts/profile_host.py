@@ -1,5 +1,6 @@
 """Where the microseconds of one eager qknorm call go (H200 host), op by op. Works on the tree
-before the ops/ rewrite (launches through ``launch.run``) and after it (``launch.run_plan``).
+before the ops/ rewrite (launches through ``launch.run``), after it (``launch.run_plan``) and with
+the compiled launch (``launch.launch_plan``).
 
 Usage:  PYTHONPATH=$PWD/src python profile_host.py OUTDIR [--grad]
 
@@ -78,7 +79,7 @@ def cases(t):
     }
 
 
-LAUNCH = "run_plan" if hasattr(launch, "run_plan") else "run"
+LAUNCH = "launch_plan" if hasattr(launch, "launch_plan") else "run_plan" if hasattr(launch, "run_plan") else "run"
 real_run = getattr(launch, LAUNCH)
 rec = {}
 
@@ -108,17 +109,21 @@ with contextlib.nullcontext() if GRAD else torch.inference_mode():
             row["python"] = per_call(fn)
             setattr(launch, LAUNCH, real_run)
             row["run"] = per_call(lambda: real_run(*a))
-            if LAUNCH == "run_plan":
+            if LAUNCH == "launch_plan":
+                plan, head, tensors = a
+                bits = launch.bits_of(head)
+                kl, entries, grid, args, device = plan.launcher, plan.entries, plan.grid, head + plan.tail, plan.device
+            elif LAUNCH == "run_plan":
                 plan, bits, head, tensors = a
                 kl, entries, grid, args, device = plan.launcher, plan.entries, plan.grid, head + plan.tail, plan.device
             else:
                 kl, entries, bits, grid, args, tensors, kwargs, device = a
             e = entries[bits]
             row["state"] = e.state if e else None
-            recs = getattr(plan, "records", None) if LAUNCH == "run_plan" else None
-            if recs and recs[bits]:
-                r_, nl = recs[bits], launch._native_launch
-                row["native"] = per_call(lambda: nl(r_, *head))
+            recs = getattr(plan, "records", None) if LAUNCH != "run" else None
+            if recs and recs[bits]:  # the compiled launch alone (alignment bits, record, hooks, launch)
+                nl = launch._launch_from
+                row["native"] = per_call(lambda: nl(recs, *head))
             if e is not None and e.go is not None:
                 go, stream = e.go, launch._raw_stream(device)
                 row["go"] = per_call(lambda: go(grid, stream, args))

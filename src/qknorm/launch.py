@@ -428,7 +428,7 @@ class KernelLauncher:
 
 
 class _Call(NamedTuple):
-    """A one-off plan for :func:`run` (never given launch records)."""
+    """A one-off plan for :func:`run` (never given launch records: it is not kept)."""
     launcher: "KernelLauncher"
     entries: list
     grid: tuple
@@ -484,22 +484,11 @@ _launch_from = _no_records  # the compiled launch_from once a record exists (see
 
 def run_plan(plan, bits: int, head: tuple, tensors: tuple) -> None:
     """:func:`run` for a call plan (``ops/_plan.Plan``: ``launcher``, ``entries``, ``grid``,
-    ``tail``, ``kwargs``, ``device``, ``records``) with the per-call arguments ``head``: the hot
-    path of every eager op. A plan whose entry runs fast gets a launch record (:func:`_arm`);
-    from then on the compiled launch takes the call, else Triton's C launcher (``go``)."""
+    ``tail``, ``kwargs``, ``device``, ``records``) with the per-call arguments ``head``, when its
+    compiled launch did not take the call (:func:`launch_plan`): Triton's C launcher (``go``) for
+    an entry verified fast — after which the plan gets its launch record (:func:`_arm`) — else the
+    slow path."""
     rec = plan.records
-    if rec is not None and _enabled:
-        r = rec[bits]
-        if r:
-            rt = _rt
-            if rt is None or ((type(h := rt.launch_enter_hook) is _HookChain and not h.calls or h is None)
-                              and (type(x := rt.launch_exit_hook) is _HookChain and not x.calls or x is None)):
-                try:
-                    if _native_launch(r, *head):
-                        return
-                except Exception as exc:  # noqa: BLE001 - Triton's launch below redoes it (or raises)
-                    rec[bits] = False
-                    _record_errors.append(f"{plan.launcher.name}: {type(exc).__name__}: {exc}")
     e = plan.entries[bits]
     if e is not None:
         go = e.go
@@ -524,7 +513,6 @@ def run_plan(plan, bits: int, head: tuple, tensors: tuple) -> None:
 #: Per-call argument kinds of a launch record by Triton type, and the bytes each occupies.
 _KINDS = {"i32": ("i", 4), "i64": ("l", 8), "fp32": ("f", 4)}
 _RECORD_HEAD = struct.Struct("<Q3IIIiIII16s16sI")  # launchcall.c's Record (80 bytes)
-_native_launch = None
 _record_errors: list = []
 
 
@@ -551,7 +539,7 @@ def _arm(plan, bits: int, e, head: tuple) -> None:
     """Give ``plan`` the launch record of alignment ``bits`` after a fast call through Triton's
     launcher, or False where the compiled launch cannot take it (the reason is counted in
     :data:`record_stats`)."""
-    global _native_launch, _launch_from
+    global _launch_from
     rec = plan.records
     if rec is None:
         rec = plan.records = Records([None] * len(plan.entries))
@@ -572,7 +560,7 @@ def _arm(plan, bits: int, e, head: tuple) -> None:
         return
     if _launch_from is _no_records:
         mod.set_hooks(_rt, _HookChain if _HookChain.__module__.startswith("triton") else None)
-    _native_launch, _launch_from = mod.launch, mod.launch_from
+    _launch_from = mod.launch_from
     with _lock:
         _record_kernels[id(e.ck)] = e.ck
     rec[bits] = r

@@ -406,7 +406,7 @@ def launch_general_rows(launcher, op: str, second: str, x, y, weight, eps: float
         return
     w = weight if weight is not None else x
     px, py, pw = x.data_ptr(), y.data_ptr(), w.data_ptr()
-    launch.run_plan(plan, launch.align_bits(px, py, pw), (px, py, pw, *eps_pair(eps), weight_offset), (x, y, w))
+    launch.launch_plan(plan, (px, py, pw, *eps_pair(eps), weight_offset), (x, y, w))
 
 
 # --------------------------------------------------------------------------- Q and K of one call
