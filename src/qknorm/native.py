@@ -128,7 +128,7 @@ def load():
 
 
 def load_launcher():
-    """The compiled launch module (``launch``, ``param_info``), built on first use; None (see
+    """The compiled launch module (``launch_from``, ``pick``, ``param_info``), built on first use; None (see
     :func:`reason`) where it cannot be: no CUDA driver, no exchange API, no compiler, ``QKNORM_NATIVE=0``."""
     return _launch_c.load()
 

@@ -1,14 +1,16 @@
 /* qknorm's compiled kernel launch (built at first use by qknorm/native.py; needs neither CUDA's
  * nor torch's headers: the driver is opened with dlopen, as Triton's own launcher does).
  *
- * A *launch record* is a bytes object made once per call plan (qknorm/launch.py, `_record`): the
+ * A *launch record* is a bytes object made once per call plan (qknorm/launch.py, `launch_record`): the
  * CUfunction of a Triton-compiled kernel, its grid, block and shared memory, the device, PDL and
  * cooperative flags, and every kernel parameter already packed in an 8-byte slot, except the
  * per-call ones (data pointers, in general calls also eps), whose slots and kinds it names.
  *
- * launch(record, *per_call) -> True (launched) or False (the current CUDA context is not the
- *   record's device: the caller takes its other path). Raises RuntimeError on a driver error.
- *   The stream is PyTorch's current stream of the device (DLPack C exchange API).
+ * launch_from(records, *per_call) -> True (launched) or False (no record for these pointers'
+ *   alignment, Triton's launch hooks active, or the current CUDA context not the record's device:
+ *   the caller takes its other path). Raises RuntimeError on a driver error. The stream is
+ *   PyTorch's current stream of the device (DLPack C exchange API).
+ * pick(records, *per_call) -> the record launch_from would launch, or None (tests).
  * param_info(function) -> [(offset, size), ...] of a loaded kernel's parameters
  *   (cuFuncGetParamInfo, CUDA 12.4+), or None when the driver cannot say.
  */
@@ -143,8 +145,6 @@ static PyObject* param_info(PyObject* self, PyObject* arg) {
 /* Launch `record` with the per-call arguments head[0..nhead): Py_True, Py_False (another device
  * is current) or NULL with an exception. */
 static PyObject* launch_record(PyObject* record, PyObject* const* head, Py_ssize_t nhead) {
-  PyObject* const* args = head - 1; /* args[1 + i] is head[i] below */
-  Py_ssize_t n = nhead + 1;
   const char* raw = PyBytes_AS_STRING(record);
   Py_ssize_t len = PyBytes_GET_SIZE(record);
   Record rec;
@@ -152,8 +152,8 @@ static PyObject* launch_record(PyObject* record, PyObject* const* head, Py_ssize
   memcpy(&rec, raw, sizeof(Record));
   if (rec.nparams > MAX_PARAMS || rec.nhead > MAX_HEAD || len != (Py_ssize_t)(sizeof(Record) + 8 * rec.nparams))
     goto bad_record;
-  if ((Py_ssize_t)rec.nhead != n - 1) {
-    PyErr_Format(PyExc_TypeError, "launch record takes %u per-call arguments, got %zd", rec.nhead, n - 1);
+  if ((Py_ssize_t)rec.nhead != nhead) {
+    PyErr_Format(PyExc_TypeError, "launch record takes %u per-call arguments, got %zd", rec.nhead, nhead);
     return NULL;
   }
   if (!p_launch) {
@@ -168,7 +168,7 @@ static PyObject* launch_record(PyObject* record, PyObject* const* head, Py_ssize
   uint64_t slots[MAX_PARAMS];
   memcpy(slots, raw + sizeof(Record), 8 * (size_t)rec.nparams);
   for (uint32_t i = 0; i < rec.nhead; i++) {
-    PyObject* v = args[1 + i];
+    PyObject* v = head[i];
     uint32_t s = rec.head_slot[i];
     if (s >= rec.nparams) goto bad_record;
     uint64_t bits = 0;
@@ -240,14 +240,6 @@ static PyObject* launch_record(PyObject* record, PyObject* const* head, Py_ssize
 bad_record:
   PyErr_SetString(PyExc_ValueError, "malformed launch record");
   return NULL;
-}
-
-static PyObject* launch(PyObject* self, PyObject* const* args, Py_ssize_t n) {
-  if (n < 1 || !PyBytes_CheckExact(args[0])) {
-    PyErr_SetString(PyExc_TypeError, "launch(record: bytes, *per_call)");
-    return NULL;
-  }
-  return launch_record(args[0], args + 1, n - 1);
 }
 
 /* ---- picking a plan's record: alignment bits and Triton's launch hooks ---- */
@@ -376,7 +368,6 @@ static PyObject* launch_from(PyObject* self, PyObject* const* args, Py_ssize_t n
 static PyMethodDef methods[] = {
     {"init", init, METH_VARARGS, "init(torch.Tensor): open the CUDA driver, bind PyTorch's current-stream getter"},
     {"param_info", param_info, METH_O, "param_info(function) -> [(offset, size), ...] or None"},
-    {"launch", (PyCFunction)(void (*)(void))launch, METH_FASTCALL, "launch(record, *per_call) -> bool"},
     {"set_hooks", set_hooks, METH_VARARGS, "set_hooks(triton.knobs.runtime or None, triton.knobs.HookChain or None)"},
     {"pick", (PyCFunction)(void (*)(void))pick, METH_FASTCALL, "pick(records, *per_call) -> record or None"},
     {"launch_from", (PyCFunction)(void (*)(void))launch_from, METH_FASTCALL,
