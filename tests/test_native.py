@@ -255,8 +255,9 @@ int main(void) {
         src = tmp_path / f"{name}.c"
         src.write_text(probe.replace("HEADER", header))
         exe = tmp_path / name
-        subprocess.run([cc, "-I", inc, "-o", str(exe), str(src)], check=True, capture_output=True, timeout=600)
-        outs.append(subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=600).stdout)
+        subprocess.run([cc, "-I", inc, "-o", str(exe), str(src)], check=True, capture_output=True, timeout=600)  # hang guard only
+        outs.append(subprocess.run([str(exe)], check=True, capture_output=True, text=True,
+                                   timeout=600).stdout)  # hang guard only
     assert outs[0] == outs[1]
 
 
