@@ -180,6 +180,9 @@ def test_compiled_launch_matches_triton_launch():
     got = [calls(i) for i in inputs]
     armed = {k for k, v in launch.record_stats.items() if v.get("armed")}
     assert {"rms_norm_kernel", "qk_rms_norm_kernel"} <= armed, launch.record_stats
+    express = native.load_launcher().launches()
+    calls(inputs[0])  # every plan armed by now: the four ops' calls run in the express call
+    assert native.load_launcher().launches() - express >= 7
     launch.set_enabled(False)  # Triton's own kernel[grid] launches
     try:
         want = [calls(i) for i in inputs]

@@ -29,12 +29,18 @@ def get_backend() -> str:
     return active
 
 
+#: Called with the new name whenever the backend changes (``ops/_express.py`` forgets its entries).
+listeners: list = []
+
+
 def set_backend(name: str) -> None:
     """Set the backend for later calls: ``auto``, ``triton`` or ``torch``."""
     global active
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
     active = name
+    for fn in listeners:
+        fn(name)
 
 
 @contextlib.contextmanager

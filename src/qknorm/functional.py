@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from . import native as _native
 from . import torch_library as _tl
 from . import validate
 from .config import KernelConfig
@@ -19,6 +20,7 @@ from .ops import qk_norm_rope as _rope
 from .ops import qk_norm_rope_cache as _cache
 from .ops import rms_norm as _rms
 from .ops import rms_norm_quant as _quant
+from .ops._express import FUSED_ADD as _X_ADD, QK as _X_QK, QK_ROPE as _X_ROPE, RMS_NORM as _X_RMS
 
 __all__ = ["rms_norm", "fused_add_rms_norm", "qk_rms_norm", "qk_rms_norm_rope", "rms_norm_quant",
            "fused_add_rms_norm_quant", "qk_norm_rope_cache"]
@@ -72,6 +74,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
     """
     if _is_compiling():
         return _tl.traced_rms_norm(x, weight, eps, weight_offset, out, config)
+    r = _native.call(_X_RMS, x, weight, out, eps, weight_offset, config)
+    if r is not NotImplemented:
+        return r
     r = _rms.fast(x, weight, eps, weight_offset, out, config)
     if r is not None:
         return r
@@ -118,6 +123,9 @@ def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Te
     """
     if _is_compiling():
         return _tl.traced_fused_add_rms_norm(x, residual, weight, eps, weight_offset, config)
+    r = _native.call(_X_ADD, x, residual, weight, eps, weight_offset, config)
+    if r is not NotImplemented:
+        return r
     if _add.fast(x, residual, weight, eps, weight_offset, config):
         return x, residual
     eps, weight_offset = _add.check_args(x, residual, weight, eps, weight_offset, config)
@@ -168,6 +176,9 @@ def qk_rms_norm(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | None,
     """
     if _is_compiling():
         return _tl.traced_qk_rms_norm(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config)
+    r = _native.call(_X_QK, q, k, q_weight, k_weight, q_out, k_out, eps, weight_offset, config)
+    if r is not NotImplemented:
+        return r
     r = _qk.fast(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config)
     if r is not None:
         return r
@@ -232,6 +243,10 @@ def qk_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | 
     if _is_compiling():
         return _tl.traced_qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox,
                                            rotary_dim, weight_offset, q_out, k_out, config)
+    r = _native.call(_X_ROPE, q, k, q_weight, k_weight, cos_sin_cache, positions, q_out, k_out, eps, is_neox,
+                     rotary_dim, weight_offset, config)
+    if r is not NotImplemented:
+        return r
     r = _rope.fast(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rotary_dim, weight_offset,
                    q_out, k_out, config)
     if r is not None:

@@ -506,6 +506,12 @@ def run_plan(plan, bits: int, head: tuple, tensors: tuple) -> None:
                         _arm(plan, bits, e, head)
                     return
     plan.launcher.slow(plan.entries, bits, plan.grid, head + plan.tail, tensors, plan.kwargs, plan.device)
+    if test_arm is not None and plan.device < 0 and type(plan) is not _Call:
+        test_arm(plan, bits)
+
+
+#: Tests only (``ops/_express.set_test_launch``): gives CPU plans stand-in launch records.
+test_arm = None
 
 
 # --------------------------------------------------------------------------- compiled launches

@@ -25,7 +25,8 @@ import threading
 
 import torch
 
-__all__ = ["describe", "describe_py", "load", "load_launcher", "reason", "set_enabled", "enabled"]
+__all__ = ["describe", "describe_py", "load", "load_launcher", "launch_module", "call", "reason", "set_enabled",
+           "enabled"]
 
 _Tensor = torch.Tensor
 _Parameter = torch.nn.Parameter
@@ -99,7 +100,8 @@ class _Compiled:
 
 _describe_c = _Compiled("fastcall.c", "qknorm_fastcall", lambda: (_Tensor, _Parameter, torch.int8, torch.uint8),
                         "compiled (DLPack C exchange API)")
-_launch_c = _Compiled("launchcall.c", "qknorm_launchcall", lambda: (_Tensor,),
+_launch_c = _Compiled("launchcall.c", "qknorm_launchcall",
+                      lambda: (_Tensor, _Parameter, torch.int8, torch.uint8, False),
                       "compiled (cuLaunchKernelEx from a prepacked record)")
 
 
@@ -128,21 +130,41 @@ def load():
 
 
 def load_launcher():
-    """The compiled launch module (``launch_from``, ``pick``, ``param_info``), built on first use; None (see
-    :func:`reason`) where it cannot be: no CUDA driver, no exchange API, no compiler, ``QKNORM_NATIVE=0``."""
+    """The compiled launch module (``launch_from``, ``pick``, ``param_info``, the express ``call``), built
+    on first use; None (see :func:`reason`) where it cannot launch: no CUDA driver, no exchange API, no
+    compiler, ``QKNORM_NATIVE=0``."""
+    m = _launch_c.load()
+    return m if m is not None and m.has_driver() else None
+
+
+def launch_module():
+    """The compiled launch module even without a CUDA driver (tests launch through its
+    ``set_test_launch``), or None."""
     return _launch_c.load()
 
 
 def reason(launcher: bool = False) -> str:
     """Why the compiled ``describe`` (or launch) is or is not in use, in words."""
+    if launcher and _launch_c.module is not None and not _launch_c.module.has_driver():
+        return "no CUDA driver (libcuda.so.1)"
     return (_launch_c if launcher else _describe_c).reason
+
+
+def _no_express(*args):
+    return NotImplemented
+
+
+#: ``call(op, *args)``: an op's whole fast call in C (``_native/launchcall.c``; entries made by
+#: ``ops/_express.py``), NotImplemented when it cannot take the call. Until the first entry is made
+#: (and with the compiled parts off) this stand-in says NotImplemented at once.
+call = _no_express
 
 
 def set_enabled(flag: bool) -> None:
     """Use the compiled :func:`describe` (True: built now if it was not) or the Python twin (False).
     Plans cached under one form's keys are not found under the other's (``ops._plan.clear_caches``
-    drops them)."""
-    global describe
+    drops them). Off also turns the express call off (:data:`call`)."""
+    global describe, call
     if flag:
         _describe_c.tried = False
         m = load()
@@ -150,6 +172,7 @@ def set_enabled(flag: bool) -> None:
     else:
         with _lock:
             describe = describe_py
+            call = _no_express
             _describe_c.module, _describe_c.tried = None, True
             _describe_c.reason = "switched off (native.set_enabled(False))"
 

@@ -17,72 +17,19 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "dlpack_abi.h"
-
-static DLTensorFromPyObjectNoSync from_py = NULL;
-static PyTypeObject *t_tensor = NULL, *t_param = NULL;
-static PyObject* is_neg_fn = NULL; /* torch.Tensor.is_neg, called with the tensor as its self */
-static PyObject* s_dtype = NULL;
-static PyObject* s_requires_grad = NULL;
-static PyObject *dt_int8 = NULL, *dt_uint8 = NULL;
+#include "tensor_meta.h"
 
 /* init(torch.Tensor, torch.nn.Parameter, torch.int8, torch.uint8): bind the exchange API; raises
- * when there is none. (DLPack gives torch's sub-byte "shell" dtypes int1..int7 / uint1..uint7 the
- * codes of int8 / uint8: for those codes the dtype object itself is compared.) */
+ * when there is none. */
 static PyObject* init(PyObject* self, PyObject* args) {
   PyObject *tt, *tp, *i8, *u8;
   if (!PyArg_ParseTuple(args, "OOOO", &tt, &tp, &i8, &u8)) return NULL;
-  if (!PyType_Check(tt) || !PyType_Check(tp)) {
-    PyErr_SetString(PyExc_TypeError, "init(torch.Tensor, torch.nn.Parameter)");
-    return NULL;
-  }
-  PyObject* cap = PyObject_GetAttrString(tt, "__dlpack_c_exchange_api__");
-  if (!cap) return NULL;
-  DLPackExchangeAPI* api = (DLPackExchangeAPI*)PyCapsule_GetPointer(cap, "dlpack_exchange_api");
-  Py_DECREF(cap);
-  if (!api) return NULL;
-  if (api->header.version.major != 1) {
-    PyErr_Format(PyExc_RuntimeError, "DLPack exchange API version %u.%u (need 1.x)",
-                 api->header.version.major, api->header.version.minor);
-    return NULL;
-  }
-  if (!api->dltensor_from_py_object_no_sync) {
-    PyErr_SetString(PyExc_RuntimeError, "DLPack exchange API without dltensor_from_py_object_no_sync");
-    return NULL;
-  }
-  is_neg_fn = PyObject_GetAttrString(tt, "is_neg");
-  s_dtype = PyUnicode_InternFromString("dtype");
-  s_requires_grad = PyUnicode_InternFromString("requires_grad");
-  if (!is_neg_fn || !s_dtype || !s_requires_grad) return NULL;
-  Py_INCREF(i8);
-  Py_INCREF(u8);
-  dt_int8 = i8;
-  dt_uint8 = u8;
-  from_py = api->dltensor_from_py_object_no_sync;
-  Py_INCREF(tt);
-  Py_INCREF(tp);
-  t_tensor = (PyTypeObject*)tt;
-  t_param = (PyTypeObject*)tp;
+  if (!tm_init(tt, tp, i8, u8)) return NULL;
   Py_RETURN_NONE;
 }
 
-#define META_MAX 2048
-
-/* 1 when the attribute `name` of `a` is true, 0 when false, -1 when it cannot be read. */
-static int flag(PyObject* a, PyObject* name) {
-  PyObject* v = PyObject_GetAttr(a, name);
-  if (!v) {
-    PyErr_Clear();
-    return -1;
-  }
-  int t = PyObject_IsTrue(v);
-  Py_DECREF(v);
-  if (t < 0) PyErr_Clear();
-  return t;
-}
-
 static PyObject* describe(PyObject* self, PyObject* const* argv, Py_ssize_t nargs) {
-  unsigned char buf[META_MAX];
+  unsigned char buf[TM_META_MAX];
   if (nargs < 1) {
     PyErr_SetString(PyExc_TypeError, "describe(grad, *tensors)");
     return NULL;
@@ -93,7 +40,7 @@ static PyObject* describe(PyObject* self, PyObject* const* argv, Py_ssize_t narg
   Py_ssize_t n = nargs - 1;
   size_t pos = 0;
   long device = -2; /* not yet seen */
-  if (!from_py) {
+  if (!tm_from_py) {
     PyErr_SetString(PyExc_RuntimeError, "qknorm native: init() not called");
     return NULL;
   }
@@ -102,58 +49,19 @@ static PyObject* describe(PyObject* self, PyObject* const* argv, Py_ssize_t narg
   for (Py_ssize_t i = 0; i < n; i++) {
     PyObject* a = args[i];
     if (a == Py_None) {
-      if (pos + 1 > META_MAX) goto none;
+      if (pos + 1 > TM_META_MAX) goto none;
       buf[pos++] = 0xff;
       Py_INCREF(Py_None);
       PyTuple_SET_ITEM(out, i + 2, Py_None);
       continue;
     }
-    PyTypeObject* ty = Py_TYPE(a);
-    if (ty != t_tensor && ty != t_param) goto none;
-    if (grad && flag(a, s_requires_grad) != 0) goto none;
-    PyObject* neg = PyObject_Vectorcall(is_neg_fn, &a, 1, NULL);
-    if (!neg) {
-      PyErr_Clear();
-      goto none;
-    }
-    int is_neg = PyObject_IsTrue(neg);
-    Py_DECREF(neg);
-    if (is_neg != 0) {
-      PyErr_Clear();
-      goto none;
-    }
     DLTensor t; /* its shape and strides are valid until control returns to Python: copied below */
-    if (from_py(a, &t) != 0) {
-      PyErr_Clear();
-      goto none;
-    }
-    int nd = t.ndim;
-    if (nd < 0 || nd > 64 || pos + 1 + 4 + 8 + 16 * (size_t)nd > META_MAX) goto none;
-    if (nd && (!t.shape || !t.strides)) goto none;
-    if (t.dtype.code <= 1 && t.dtype.bits == 8) { /* int8/uint8 or a shell dtype sharing their code */
-      PyObject* dt = PyObject_GetAttr(a, s_dtype);
-      if (!dt) {
-        PyErr_Clear();
-        goto none;
-      }
-      int exact = dt == (t.dtype.code == 0 ? dt_int8 : dt_uint8);
-      Py_DECREF(dt);
-      if (!exact) goto none;
-    }
-    buf[pos++] = (unsigned char)nd;
-    memcpy(buf + pos, &t.dtype, 4);
-    pos += 4;
-    memcpy(buf + pos, &t.device, 8);
-    pos += 8;
-    if (nd) {
-      memcpy(buf + pos, t.shape, 8 * (size_t)nd);
-      pos += 8 * (size_t)nd;
-      memcpy(buf + pos, t.strides, 8 * (size_t)nd);
-      pos += 8 * (size_t)nd;
-    }
+    if (!tm_read(a, &t, grad)) goto none;
+    pos = tm_pack(buf, pos, &t);
+    if (!pos) goto none;
     if (device == -2)
       device = (t.device.device_type == kDLCUDA || t.device.device_type == kDLROCM) ? t.device.device_id : -1;
-    PyObject* p = PyLong_FromUnsignedLongLong((unsigned long long)((char*)t.data + t.byte_offset));
+    PyObject* p = PyLong_FromUnsignedLongLong((unsigned long long)tm_data_ptr(&t));
     if (!p) {
       Py_DECREF(out);
       return NULL;

@@ -30,6 +30,7 @@ import os
 import torch
 
 from .. import dispatch, launch, native
+from . import _express
 from ..backend import interpreter_on
 from ..config import KernelConfig
 from .. import layout
@@ -129,6 +130,11 @@ class PlanCache(dict):
     def __init__(self, limit: int = 4096):
         super().__init__()
         self.limit = limit
+
+    def clear(self):
+        """Forget every plan, and the express call's entries made from them."""
+        super().clear()
+        _express.clear()
 
     def build(self, key, fn, *args):
         """The plan of ``key``, built by ``fn(*args)`` (which may return None) on first use."""
@@ -517,6 +523,26 @@ def _target(plan: Plan, x, out, kind, px: int, sx, so, pair: Pair, same_layout: 
     if po == px and same_layout:
         return out, po, True
     return (out, po, False) if apart(plan, pair, px, sx, po, so) else None
+
+
+def register_qk(op: int, args: tuple, plan: Plan, ptrs: tuple, io: tuple, head: tuple, reads, qo, ko, q, k) -> None:
+    """The express entry (``_express.register``) of a QK-family fast call that just launched
+    ``plan``: ``io`` the argument indices of q, k, q_out, k_out; ``reads`` ``(index, span)`` of the
+    tensors it only reads; the overlap pairs are those of :func:`qk_targets` and :func:`reads_apart`."""
+    iq, ik, iqo, iko = io
+    sq, sk, sqo, sko = plan.spans[:4]
+    written = ((iqo, sqo),) * bool(qo) + ((iko, sko),) * bool(ko)
+    pairs = [(iq, sq, iqo, sqo)] * (qo is OTHER) + [(ik, sk, iko, sko)] * (ko is OTHER)
+    if qo and ko:
+        pairs.append((iqo, sqo, iko, sko))
+    if qo:
+        pairs.append((iqo, sqo, ik, sk))
+    if ko:
+        pairs.append((iko, sko, iq, sq))
+    pairs += [(i, s, o, so) for i, s in reads for o, so in written]
+    allocs = tuple((i, src, t) for i, src, t, kind in ((iqo, iq, q, qo), (iko, ik, k, ko)) if kind is NEW)
+    _express.register(op, args, plan, ptrs, head, pairs, bumps=tuple(o for o, _ in written), allocs=allocs,
+                      ret=(iqo, iko))
 
 
 def qk_outputs(q, k, q_out, k_out):

@@ -9,6 +9,7 @@ import torch
 from .. import backend, launch, native, layout
 from .. import validate
 from ..reference import fused_add_rms_norm_torch
+from . import _express
 from . import _plan as plans
 from ._plan import MISS, PLANS, Pair
 
@@ -57,13 +58,19 @@ def fast(x, residual, weight, eps, weight_offset, config) -> bool:
     sx, sr, sw = plan.spans
     if not (px + sx[1] <= pr + sr[0] or pr + sr[1] <= px + sx[0] or plans.apart(plan, Pair.X_OUT, px, sx, pr, sr)):
         return False
+    w = weight
     if pw is None:
-        weight, pw = x, px
+        w, pw = x, px
     elif not ((pw + sw[1] <= px + sx[0] or px + sx[1] <= pw + sw[0])
               and (pw + sw[1] <= pr + sr[0] or pr + sr[1] <= pw + sw[0])):
         return False  # a weight sharing memory with x or residual: the general call copies it
-    launch.launch_plan(plan, (px, pr, pw), (x, residual, weight))
+    launch.launch_plan(plan, (px, pr, pw), (x, residual, w))
     launch.bump_versions((x, residual))
+    if plan.records is not None:  # the express call: arguments (x, residual, weight, eps, weight_offset, config)
+        pairs = ((0, sx, 1, sr),) if weight is None else ((0, sx, 1, sr), (2, sw, 0, sx), (2, sw, 1, sr))
+        _express.register(_express.FUSED_ADD, (x, residual, weight, eps, weight_offset, config), plan,
+                          (px, pr, d[4], None, None, None), (0, 1, 0 if weight is None else 2), pairs,
+                          bumps=(0, 1), ret=(0, 1))
     return True
 
 

@@ -13,6 +13,7 @@ from .. import validate
 from .. import layout
 from ..layout import kernel_layout
 from ..reference import rms_norm_ref
+from . import _express
 from . import _plan as plans
 from ._plan import MISS, IN_PLACE, PLANS
 
@@ -55,6 +56,7 @@ def fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
     if plan is None:
         return None
     wk = d[4]
+    given = (qw, kw, q_out, k_out)
     if qo is IN_PLACE and ko is IN_PLACE:  # the engine's call: Q and K of a packed buffer, in place
         pq, pk = pqo, pko = d[2], d[3]
         ip = plans.in_place_pair(plan, pq, pk)
@@ -82,6 +84,11 @@ def fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
     launch.launch_plan(plan, (pq, pqo, pqw, pk, pko, pkw), (q, q_out, qw, k, k_out, kw))
     if qo or ko:  # outputs given (in place or not): they existed before the call
         launch.bump_versions((q_out, k_out) if qo and ko else (q_out,) if qo else (k_out,))
+    if plan.records is not None:  # the express call: arguments (q, k, q_weight, k_weight, q_out, k_out, eps, ...)
+        reads = () if wk is None else ((2, plan.read_spans[0]), (3, plan.read_spans[1]))
+        plans.register_qk(_express.QK, (q, k, *given, eps, weight_offset, config), plan,
+                          (pq, pk, d[4], d[5], pqo, pko, None, None, None), (0, 1, 4, 5),
+                          (0, 4, 0 if wk is None else 2, 1, 5, 1 if wk is None else 3), reads, qo, ko, q, k)
     return q_out, k_out
 
 

@@ -14,6 +14,7 @@ from .. import validate
 from ..dispatch import next_pow2
 from .. import layout
 from ..reference_rope import qk_rms_norm_rope_torch
+from . import _express
 from . import _plan as plans
 from ._plan import MISS, IN_PLACE, PLANS
 
@@ -72,6 +73,7 @@ def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q
         return None
     pcs, pp, pqw, pkw = d[8], d[9], d[4], d[5]
     wk = pqw
+    given = (qw, kw, cs, positions, q_out, k_out)
     if wk is None:
         reads = (pcs, pp)
     else:
@@ -96,6 +98,13 @@ def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q
     launch.launch_plan(plan, ptrs, (cs, positions, q, q_out, qw, k, k_out, kw))
     if qo or ko:  # outputs given (in place or not): they existed before the call
         launch.bump_versions((q_out, k_out) if qo and ko else (q_out,) if qo else (k_out,))
+    if plan.records is not None and d[1] >= 0:  # the express call: (q, k, q_weight, k_weight, cos_sin_cache, ...)
+        # (not for CPU tensors in tests: their positions are checked per call above)
+        rs = plan.read_spans
+        reads = tuple(zip((4, 5) if wk is None else (4, 5, 2, 3), rs))
+        plans.register_qk(_express.QK_ROPE, (q, k, *given, eps, is_neox, rotary_dim, weight_offset, config), plan,
+                          (pq, pk, d[4], d[5], pcs, pp, pqo, pko) + (None,) * 5, (0, 1, 6, 7),
+                          (4, 5, 0, 6, 0 if wk is None else 2, 1, 7, 1 if wk is None else 3), reads, qo, ko, q, k)
     return q_out, k_out
 
 

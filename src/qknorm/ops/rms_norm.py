@@ -9,6 +9,7 @@ import torch
 from .. import backend, launch, native
 from .. import validate
 from ..reference import rms_norm_torch
+from . import _express
 from . import _plan as plans
 from ._plan import IN_PLACE, MISS, NEW, OTHER, PLANS, Pair
 
@@ -65,6 +66,7 @@ def fast(x, weight, eps, weight_offset, out, config):
     if plan is None:
         return None
     px, pw = d[2], d[3]
+    given = (weight, out)
     if ok is NEW:
         out = torch.empty_like(x, memory_format=_CONTIG)
         po = out.data_ptr()
@@ -85,7 +87,22 @@ def fast(x, weight, eps, weight_offset, out, config):
     launch.launch_plan(plan, (px, po, pw), (x, out, weight))
     if ok is not NEW:
         launch.bump_versions((out,))
+    if plan.records is not None:
+        _express_entry(plan, x, given, eps, weight_offset, config, ok, px, d[3], po)
     return out
+
+
+def _express_entry(plan, x, given, eps, weight_offset, config, ok, px, pw, po):
+    """This call for the express call: arguments ``(x, weight, out, eps, weight_offset, config)``."""
+    weight, out = given
+    sx, so, sw = plan.spans
+    pairs = ((0, sx, 2, so),) if ok is OTHER else ()
+    if weight is not None and ok is not NEW:
+        pairs += ((1, sw, 2, so),)
+    _express.register(_express.RMS_NORM, (x, weight, out, eps, weight_offset, config), plan,
+                      (px, pw, po, None, None, None), (0, 2, 0 if weight is None else 1), pairs,
+                      bumps=() if ok is NEW else (2,), allocs=((2, 0, x),) if ok is NEW else (),
+                      ret=2)
 
 
 def _fast_plan(x, weight, out, ok, eps, weight_offset, config):
