@@ -6,7 +6,9 @@ Usage:  PYTHONPATH=$PWD/src python profile_host.py OUTDIR [--grad]
 
 Per op (Qwen3-8B shapes, bf16, T = 1, 16, 64, inference_mode; ``--grad``: grad mode on, as
 ``qknorm bench --mode eager`` runs):
-  total    public call, back-to-back, sync at the end of each batch (median per call)
+  total    public call, back-to-back, sync at the end of each batch (median per call); with the
+           express call (``native.call``) where the tree has it
+  total_python_path  the same with the express call off (the Python fast call); the columns below too
   python   the same with the launch function replaced by a no-op (host code before the launch)
   run      the launch function with one call's recorded arguments (our launch wrapper + C launcher)
   go       the verified entry's go() alone (Triton's C launcher)
@@ -26,7 +28,7 @@ import time
 import torch
 
 import qknorm
-from qknorm import launch
+from qknorm import launch, native
 
 GRAD = "--grad" in sys.argv[1:]
 OUT = next((a for a in sys.argv[1:] if a != "--grad"), ".")
@@ -101,6 +103,11 @@ with contextlib.nullcontext() if GRAD else torch.inference_mode():
         for name, fn in cases(t).items():
             row = {}
             row["total"] = per_call(fn)
+            # The rest on the Python fast call: the express call (qknorm.native.call) off for this row
+            xc = getattr(native, "call", None)
+            if xc is not None and hasattr(native, "_no_express"):
+                native.call = native._no_express
+                row["total_python_path"] = per_call(fn)
             setattr(launch, LAUNCH, recording)
             fn()
             setattr(launch, LAUNCH, real_run)
@@ -154,6 +161,8 @@ with contextlib.nullcontext() if GRAD else torch.inference_mode():
                         row["static_run"] = per_call(lambda: sk.run(grid[0], grid[1], grid[2], stream, *sargs[:len(sargs)-len(extra)]))
                     except Exception as exc:  # noqa: BLE001
                         row["static_err"] = f"{type(exc).__name__}: {exc}"
+            if xc is not None:
+                native.call = xc
             table[f"{name} T={t}"] = row
             log(f"{name:18s} T={t:3d} " + " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
                                                  for k, v in row.items()))
