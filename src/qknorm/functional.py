@@ -20,7 +20,7 @@ from .ops import qk_norm_rope as _rope
 from .ops import qk_norm_rope_cache as _cache
 from .ops import rms_norm as _rms
 from .ops import rms_norm_quant as _quant
-from .ops._express import FUSED_ADD as _X_ADD, QK as _X_QK, QK_ROPE as _X_ROPE, RMS_NORM as _X_RMS
+from .ops._express import FUSED_ADD as _X_ADD, QK as _X_QK, QK_ROPE as _X_ROPE, QUANT as _X_QUANT, RMS_NORM as _X_RMS
 
 __all__ = ["rms_norm", "fused_add_rms_norm", "qk_rms_norm", "qk_rms_norm_rope", "rms_norm_quant",
            "fused_add_rms_norm_quant", "qk_norm_rope_cache"]
@@ -352,6 +352,10 @@ def rms_norm_quant(x: torch.Tensor, weight: torch.Tensor | None = None, eps: flo
                                                   memory=False)
         return _tl.traced_rms_norm_quant(x, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
                                          column_major_scales, scale_ue8m0, out, scales_out)
+    r = _native.call(_X_QUANT, x, None, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
+                     column_major_scales, scale_ue8m0, out, scales_out)
+    if r is not NotImplemented:
+        return r
     r = _quant.fast(x, None, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub, column_major_scales,
                     scale_ue8m0, out, scales_out)
     if r is not None:
@@ -394,6 +398,10 @@ def fused_add_rms_norm_quant(x: torch.Tensor, residual: torch.Tensor, weight: to
         return _tl.traced_fused_add_rms_norm_quant(x, residual, weight, eps, scale, group_size, out_dtype,
                                                    weight_offset, scale_ub, column_major_scales, scale_ue8m0, out,
                                                    scales_out)
+    r = _native.call(_X_QUANT, x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
+                     column_major_scales, scale_ue8m0, out, scales_out)
+    if r is not NotImplemented:
+        return r
     r = _quant.fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
                     column_major_scales, scale_ue8m0, out, scales_out)
     if r is not None:

@@ -246,3 +246,37 @@ def test_arguments_the_entry_does_not_cover_take_the_python_path(express):
     assert m.key(_express.RMS_NORM, x, w, None, 1e-6, 0.0, None) != m.key(_express.RMS_NORM, x, w, x, 1e-6, 0.0, None)
     assert m.key(_express.RMS_NORM, x, w, None, 1e-6, 0.0, object()) is None
     assert m.key(_express.RMS_NORM, x, w, None, 1, 0.0, None) != m.key(_express.RMS_NORM, x, w, None, 1.0, 0.0, None)
+
+
+@pytest.mark.parametrize("mode", ["per_token", "per_group", "group_col_ue8m0", "static", "given_outputs"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_quantised_norms_run_in_c(express, mode, fused):
+    from qknorm.ops import rms_norm_quant as quant_op
+    w = randn((128,), DT, "cpu")
+    kw = {"out_dtype": torch.int8}
+    if mode == "per_group":
+        kw["group_size"] = 32
+    if mode == "group_col_ue8m0":
+        kw.update(group_size=64, column_major_scales=True, scale_ue8m0=True)
+    for i in range(4):
+        x, r = randn((5, 128), DT, "cpu"), randn((5, 128), DT, "cpu")
+        args = dict(kw)
+        if mode == "static":
+            args["scale"] = torch.tensor([0.03])
+        if mode == "given_outputs":
+            args.update(out=torch.empty(5, 128, dtype=torch.int8), scales_out=torch.full((5, 1), float("nan")))
+        rc = r.clone()
+        want = quant_op.call(x.clone(), rc if fused else None, w, 1e-6,
+                             **{k: (v.clone() if torch.is_tensor(v) else v) for k, v in args.items()})
+        express.clear()
+        if fused:
+            y, s = qknorm.fused_add_rms_norm_quant(x, r, w, 1e-6, **args)
+        else:
+            y, s = qknorm.rms_norm_quant(x, w, 1e-6, **args)
+        assert i == 0 or express == ["rms_norm_quant_kernel"] or express == ["fused_add_rms_norm_quant_kernel"], express
+        assert torch.equal(y, want[0]) and torch.equal(s, want[1]) and s.stride() == want[1].stride()
+        assert not fused or torch.equal(r, rc)  # the residual written as the Python call wrote it
+        if "out" in args:
+            assert y is args["out"] and s is args["scales_out"]
+        if mode == "static":
+            assert s is args["scale"]

@@ -17,7 +17,7 @@
  * The *express call* (an op's whole fast call in C, after its Python fast call has run once):
  * call(op, *args) -> the op's result, or NotImplemented (the caller takes its Python path). `args`
  *   are the public function's arguments in a fixed order per op: tensors (exactly torch.Tensor or
- *   nn.Parameter), None, and exact floats, bools and ints. Their key (op code; per argument: its
+ *   nn.Parameter), None, exact floats, bools and ints, and instances of set_express's identity types. Their key (op code; per argument: its
  *   metadata as in fastcall.c's describe, the index of an earlier argument that is the same object,
  *   or the scalar's type and bits) is looked up in the table given to set_express; the *entry*
  *   found there, made by ops/_plan.py after a Python fast call launched through a record, says
@@ -468,29 +468,34 @@ static PyObject* launch_from(PyObject* self, PyObject* const* args, Py_ssize_t n
 static PyObject* x_table = NULL;   /* dict: key bytes -> entry */
 static PyObject* x_grad = NULL;    /* torch.is_grad_enabled */
 static PyObject* x_bump = NULL;    /* torch._C._increment_version (takes a tuple of tensors) */
+static PyObject* x_ident = NULL;   /* tuple of types whose instances are keyed by identity (torch.dtype) */
 static unsigned long long x_launches = 0; /* express calls that launched */
 
 static PyObject* launches(PyObject* self, PyObject* unused) { return PyLong_FromUnsignedLongLong(x_launches); }
 
-/* set_express(table or None, torch.is_grad_enabled, increment_version): the entries' table (None:
- * express calls off, every call NotImplemented). */
+/* set_express(table or None, torch.is_grad_enabled, increment_version, identity_types): the entries'
+ * table (None: express calls off, every call NotImplemented); instances of identity_types (a tuple of
+ * types whose instances live for good, such as torch.dtype) are keyed by identity. */
 static PyObject* set_express(PyObject* self, PyObject* args) {
-  PyObject *table, *grad, *bump;
-  if (!PyArg_ParseTuple(args, "OOO", &table, &grad, &bump)) return NULL;
+  PyObject *table, *grad, *bump, *ident;
+  if (!PyArg_ParseTuple(args, "OOOO!", &table, &grad, &bump, &PyTuple_Type, &ident)) return NULL;
   if (table != Py_None && !PyDict_Check(table)) {
     PyErr_SetString(PyExc_TypeError, "set_express: table must be a dict or None");
     return NULL;
   }
-  PyObject *ot = x_table, *og = x_grad, *ob = x_bump;
+  PyObject *ot = x_table, *og = x_grad, *ob = x_bump, *oi = x_ident;
   x_table = table == Py_None ? NULL : table;
   x_grad = grad;
   x_bump = bump;
+  x_ident = ident;
   Py_XINCREF(x_table);
   Py_INCREF(x_grad);
   Py_INCREF(x_bump);
+  Py_INCREF(x_ident);
   Py_XDECREF(ot);
   Py_XDECREF(og);
   Py_XDECREF(ob);
+  Py_XDECREF(oi);
   Py_RETURN_NONE;
 }
 
@@ -544,6 +549,18 @@ static Py_ssize_t x_key(PyObject* const* args, Py_ssize_t n, unsigned char* buf,
       memcpy(buf + pos, &v, 8);
       pos += 8;
       continue;
+    }
+    if (x_ident) {
+      int ident = 0;
+      for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(x_ident); j++)
+        if ((PyObject*)Py_TYPE(a) == PyTuple_GET_ITEM(x_ident, j)) ident = 1;
+      if (ident) {
+        uint64_t id = (uint64_t)(uintptr_t)a;
+        buf[pos++] = 0xfa;
+        memcpy(buf + pos, &id, 8);
+        pos += 8;
+        continue;
+      }
     }
     Py_ssize_t same = -1;
     for (Py_ssize_t j = 1; j < i; j++)
@@ -657,18 +674,21 @@ static PyObject* call(PyObject* self, PyObject* const* args, Py_ssize_t n) {
     if (!(pi + ck.bi <= pj + ck.aj || pj + ck.bj <= pi + ck.ai || (ck.delta != X_NONE && pj - pi == ck.delta)))
       goto miss;
   }
-  /* 2. new outputs: (arg index, fn, index of the argument it is made like, kwargs or None) */
+  /* 2. new outputs: (arg index, fn, index of the argument it is made like or -1, kwargs or None):
+   * fn(that argument, **kwargs) or fn(**kwargs) */
   for (Py_ssize_t a = 0; a < PyTuple_GET_SIZE(allocs); a++) {
     PyObject* spec = PyTuple_GET_ITEM(allocs, a);
     if (!PyTuple_CheckExact(spec) || PyTuple_GET_SIZE(spec) != 4) goto miss;
     long idx = PyLong_AsLong(PyTuple_GET_ITEM(spec, 0));
     long src = PyLong_AsLong(PyTuple_GET_ITEM(spec, 2));
-    if (idx < 0 || idx >= na || src < 0 || src >= na || made[idx] || obj[idx] != Py_None || !is_t[src]) {
+    if (idx < 0 || idx >= na || src < -1 || src >= na || made[idx] || obj[idx] != Py_None ||
+        (src >= 0 && !is_t[src])) {
       PyErr_Clear();
       goto miss;
     }
     PyObject* kw = PyTuple_GET_ITEM(spec, 3);
-    PyObject* t = PyObject_VectorcallDict(PyTuple_GET_ITEM(spec, 1), &obj[src], 1, kw == Py_None ? NULL : kw);
+    PyObject* t = PyObject_VectorcallDict(PyTuple_GET_ITEM(spec, 1), src >= 0 ? &obj[src] : NULL, src >= 0 ? 1 : 0,
+                                          kw == Py_None ? NULL : kw);
     if (!t) goto fail;
     made[idx] = t;
     obj[idx] = t;
@@ -777,7 +797,8 @@ static PyMethodDef methods[] = {
      "launch_from(records, *per_call) -> bool"},
     {"has_driver", has_driver, METH_NOARGS, "has_driver() -> whether the CUDA driver is open"},
     {"set_test_launch", set_test_launch, METH_O, "set_test_launch(fn or None), tests only"},
-    {"set_express", set_express, METH_VARARGS, "set_express(table or None, is_grad_enabled, increment_version)"},
+    {"set_express", set_express, METH_VARARGS,
+     "set_express(table or None, is_grad_enabled, increment_version, identity_types)"},
     {"call", (PyCFunction)(void (*)(void))call, METH_FASTCALL, "call(op, *args) -> result or NotImplemented"},
     {"register", (PyCFunction)(void (*)(void))register_entry, METH_FASTCALL, "register(entry, op, *args) -> bool"},
     {"key", (PyCFunction)(void (*)(void))key, METH_FASTCALL, "key(op, *args) -> bytes or None"},

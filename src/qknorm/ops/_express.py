@@ -29,10 +29,10 @@ import torch
 
 from .. import backend, launch, native
 
-__all__ = ["RMS_NORM", "FUSED_ADD", "QK", "QK_ROPE", "TABLE", "register", "clear", "set_test_launch", "hits"]
+__all__ = ["RMS_NORM", "FUSED_ADD", "QK", "QK_ROPE", "QUANT", "TABLE", "register", "clear", "set_test_launch", "hits"]
 
 #: Op codes (the first argument of ``native.call``).
-RMS_NORM, FUSED_ADD, QK, QK_ROPE = 1, 2, 3, 4
+RMS_NORM, FUSED_ADD, QK, QK_ROPE, QUANT = 1, 2, 3, 4, 5
 
 #: Entries by key (the C call's table).
 TABLE: dict = {}
@@ -52,17 +52,18 @@ backend.listeners.append(clear)
 
 
 def _on():
-    """The compiled module with the express call switched on, or None where it cannot be."""
+    """The compiled module with the express call switched on, or None where it cannot be (the compiled
+    parts off: ``QKNORM_NATIVE=0``, ``native.set_enabled(False)``, no compiler)."""
     global _module
+    if not native.enabled():
+        return None
     if _module is None:
-        m = native.launch_module() if native.enabled() else None
+        m = native.launch_module()
         if m is None:
             return None
-        m.set_express(TABLE, torch.is_grad_enabled, _bump_fn())
-        native.call = m.call
+        m.set_express(TABLE, torch.is_grad_enabled, _bump_fn(), (torch.dtype,))
         _module = m
-    if native.call is not _module.call:  # switched off since (native.set_enabled(False))
-        return None
+    native.call = _module.call
     return _module
 
 
@@ -78,8 +79,8 @@ def register(op: int, args: tuple, plan, ptrs: tuple, head: tuple, pairs=(), bum
     non-tensors; an allocated output's pointer at its index); ``head``: argument indices of the
     kernel's per-call pointers; ``pairs``: ``(i, span_i, j, span_j)`` views that must not overlap
     (spans: byte ranges relative to the data pointers); ``bumps``: indices of written tensors;
-    ``allocs``: ``(index, index of the input it is made like, that input)`` of new contiguous outputs
-    (``torch.empty_like``); ``ret``: the index (or tuple of
+    ``allocs``: new outputs: ``(index, index of the input it is made like, that input)`` (a contiguous
+    ``torch.empty_like``) or ``(index, fn, src, kwargs)`` as the C call takes them; ``ret``: the index (or tuple of
     indices) of what the call returns. Nothing is registered unless the plan launched through a
     record for these pointers' alignment (a later C call does exactly what this one did)."""
     rec = plan.records
@@ -100,7 +101,8 @@ def register(op: int, args: tuple, plan, ptrs: tuple, head: tuple, pairs=(), bum
         apart = pi + si[1] <= pj + sj[0] or pj + sj[1] <= pi + si[0]
         checks.append(_CHECK.pack(si[0], si[1], sj[0], sj[1], _NONE if apart else pj - pi, i, j))
     prog = _PROG.pack(len(head), len(bumps), len(checks), bytes(head), bytes(bumps)) + b"".join(checks)
-    made = tuple((i, torch.empty_like, src, None if like.is_contiguous() else _CONTIGUOUS) for i, src, like in allocs)
+    made = tuple(a if len(a) == 4 else (a[0], torch.empty_like, a[1], None if a[2].is_contiguous() else _CONTIGUOUS)
+                 for a in allocs)
     m.register((rec, prog, made, ret), op, *args)
 
 

@@ -20,6 +20,7 @@ from .. import native as fastcall  # not the 'native' FP8 cast below
 from .. import validate
 from ..layout import INT32_MAX
 from ..reference import rms_norm_ref
+from . import _express
 from . import _plan as plans
 from ._plan import MISS, PLANS, Pair
 
@@ -455,7 +456,45 @@ def fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, 
                                     sc, sin if sin is not None else x, x))
     if residual is not None or out is not None or scales_out is not None:
         launch.bump_versions(tuple(t for t in (residual, out, scales_out) if t is not None))
+    if plan.records is not None and config is None and FP8_CAST == "auto":
+        _express_entry(plan, sp, (x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
+                                  column_major_scales, scale_ue8m0, out, scales_out), d, py, psc, sc_shape, sc_strides)
     return y, (scale if scale is not None else sc)
+
+
+def _express_entry(plan, sp, args, d, py, psc, sc_shape, sc_strides):
+    """This call for the express call (``ops/_express.py``): the public arguments ``(x, residual, weight,
+    eps, scale, group_size, out_dtype, weight_offset, scale_ub, column_major_scales, scale_ue8m0, out,
+    scales_out)``; the same overlap rules as :func:`fast`."""
+    x, residual, weight, scale, out_dtype, out, scales_out = (args[i] for i in (0, 1, 2, 4, 6, 11, 12))
+    si = 4 if scale is not None else 8 if d[5] is not None else None  # the scale (or scale_ub) tensor read
+    ptrs = [None] * len(args)
+    ptrs[0], ptrs[1], ptrs[2], ptrs[11] = d[2], d[3], d[4], py
+    if si is not None:
+        ptrs[si] = d[5]
+    if scale is None:
+        ptrs[12] = psc
+    reads = [(0, sp[0])] + [(2, sp[2])] * (weight is not None) + [(si, sp[3])] * (si is not None)
+    pairs = []
+    if residual is not None:
+        pairs += [(0, sp[0], 1, sp[1])] + [(i, s, 1, sp[1]) for i, s in reads[1:]]
+        reads.append((1, sp[1]))
+    if out is not None:
+        pairs += [(11, sp[4], i, s) for i, s in reads]
+        reads.append((11, sp[4]))
+    if scale is None and scales_out is not None:
+        pairs += [(12, sp[5], i, s) for i, s in reads]
+    allocs = []
+    if out is None:
+        allocs.append((11, torch.empty_like, 0, {"dtype": out_dtype, "memory_format": torch.contiguous_format}))
+    if scale is None and scales_out is None:
+        allocs.append((12, torch.empty_strided, -1, {"size": sc_shape, "stride": sc_strides, "dtype": torch.float32,
+                                                     "device": x.device}))
+    head = (0, 0 if residual is None else 1, 11, 0 if weight is None else 2, 0 if scale is not None else 12,
+            0 if si is None else si, 0)
+    bumps = tuple(i for i, t in ((1, residual), (11, out), (12, scales_out)) if t is not None)
+    _express.register(_express.QUANT, args, plan, tuple(ptrs), head, pairs, bumps=bumps, allocs=allocs,
+                      ret=(11, 4 if scale is not None else 12))
 
 
 def _fast_plan(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub, column_major_scales,
