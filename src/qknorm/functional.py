@@ -20,7 +20,8 @@ from .ops import qk_norm_rope as _rope
 from .ops import qk_norm_rope_cache as _cache
 from .ops import rms_norm as _rms
 from .ops import rms_norm_quant as _quant
-from .ops._express import FUSED_ADD as _X_ADD, QK as _X_QK, QK_ROPE as _X_ROPE, QUANT as _X_QUANT, RMS_NORM as _X_RMS
+from .ops._express import (FUSED_ADD as _X_ADD, PROLOGUE as _X_PROLOGUE, QK as _X_QK, QK_ROPE as _X_ROPE,
+                           QUANT as _X_QUANT, RMS_NORM as _X_RMS)
 
 __all__ = ["rms_norm", "fused_add_rms_norm", "qk_rms_norm", "qk_rms_norm_rope", "rms_norm_quant",
            "fused_add_rms_norm_quant", "qk_norm_rope_cache"]
@@ -531,6 +532,11 @@ def qk_norm_rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_weig
     caches, ``q_out`` and ``k_out`` are its mutated arguments).
     """
     if not _is_compiling():
+        r = _native.call(_X_PROLOGUE, q, k, v, q_weight, k_weight, cos_sin_cache, positions, k_cache, v_cache,
+                         slot_mapping, eps, is_neox, rotary_dim, weight_offset, mrope_section, k_scale, v_scale, q_out,
+                         k_out)
+        if r is not NotImplemented:
+            return r
         r = _cache.fast(q, k, v, q_weight, k_weight, cos_sin_cache, positions, k_cache, v_cache, slot_mapping, eps,
                         is_neox, rotary_dim, weight_offset, mrope_section, k_scale, v_scale, q_out, k_out)
         if r is not None:  # (it declines any tensor requiring grad under grad mode: refused below)

@@ -280,3 +280,24 @@ def test_quantised_norms_run_in_c(express, mode, fused):
             assert y is args["out"] and s is args["scales_out"]
         if mode == "static":
             assert s is args["scale"]
+
+
+@pytest.mark.parametrize("outputs", ["in_place", "new", "given"])
+@pytest.mark.parametrize("is_neox,rotary_dim", [(True, None), (False, 16)])
+def test_qk_rope_runs_in_c(express, outputs, is_neox, rotary_dim):
+    from qknorm.ops import qk_norm_rope as rope_op
+    qw, kw = randn((32,), DT, "cpu"), randn((32,), DT, "cpu")
+    cs = randn((64, rotary_dim or 32), DT, "cpu")
+    for i in range(4):
+        _, q, k, _ = packed_qkv(3, 4, 2, 32, DT, "cpu")
+        pos = torch.randint(0, 64, (3,))
+        q0, k0 = q.clone(), k.clone()
+        kwargs = {"in_place": {"q_out": q, "k_out": k}, "new": {},
+                  "given": {"q_out": torch.full_like(q0, float("nan")), "k_out": torch.full_like(k0, float("nan"))}
+                  }[outputs]
+        want = rope_op.call(q0.clone(), k0.clone(), qw, kw, cs, pos, 1e-6, is_neox, rotary_dim, 0.0, None, None)
+        express.clear()
+        qo, ko = qknorm.qk_rms_norm_rope(q, k, qw, kw, cs, pos, 1e-6, is_neox=is_neox, rotary_dim=rotary_dim,
+                                         **kwargs)
+        assert i == 0 or len(express) == 1, express
+        assert torch.equal(qo, want[0]) and torch.equal(ko, want[1])

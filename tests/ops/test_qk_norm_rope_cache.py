@@ -496,3 +496,31 @@ def test_fast_call_declines_a_read_tensor_in_a_written_one(fast_ops, name):
     assert fast_ops == {"fast": 1, "general": 1}, f"{name}: the fast call did not decline"
     _go(want_a, cache_op.general, **want_kw)
     _equal(_state(a, [a["ko"]]), _state(want_a, [want_a["ko"]]))
+
+
+@pytest.mark.parametrize("name", [n for n in FAST_CASES if "mrope" not in n])
+def test_express_call_equals_general_call(fast_ops, name):
+    """After a fast call, the same call on fresh tensors runs in the express call (``ops/_express.py``,
+    through stand-in records and the interpreter) and writes exactly what the general call writes."""
+    from qknorm.ops import _express
+    if not _express.set_test_launch(True):
+        pytest.skip("compiled launch module unavailable")
+    try:
+        case = dict(FAST_CASES[name])
+        call = case.pop("call", {})
+        res = []
+        for way in ("general", "fast", "express", "express again"):
+            a, kw = _setup(**case)
+            kw, extra = _call_kwargs(a, kw, call)
+            _express.hits.clear()
+            fast_before = fast_ops["fast"]
+            r = _go(a, cache_op.general if way == "general" else None, **kw)
+            if way.startswith("express"):
+                assert _express.hits == ["qk_norm_rope_cache_kernel"] and fast_ops["fast"] == fast_before, name
+            assert r is kw.get("q_out", a["q"])
+            res.append(_state(a, extra))
+        for got in res[1:]:
+            _equal(res[0], got)
+    finally:
+        _express.set_test_launch(False)
+        _plan.clear_caches()

@@ -463,7 +463,7 @@ static PyObject* launch_from(PyObject* self, PyObject* const* args, Py_ssize_t n
 }
 
 /* ---- the express call ---- */
-#define X_MAX_ARGS 16
+#define X_MAX_ARGS 24
 #define X_NONE INT64_MIN /* a check without an exact pointer distance */
 static PyObject* x_table = NULL;   /* dict: key bytes -> entry */
 static PyObject* x_grad = NULL;    /* torch.is_grad_enabled */

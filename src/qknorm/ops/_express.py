@@ -29,10 +29,10 @@ import torch
 
 from .. import backend, launch, native
 
-__all__ = ["RMS_NORM", "FUSED_ADD", "QK", "QK_ROPE", "QUANT", "TABLE", "register", "clear", "set_test_launch", "hits"]
+__all__ = ["RMS_NORM", "FUSED_ADD", "QK", "QK_ROPE", "QUANT", "PROLOGUE", "TABLE", "register", "clear", "set_test_launch", "hits"]
 
 #: Op codes (the first argument of ``native.call``).
-RMS_NORM, FUSED_ADD, QK, QK_ROPE, QUANT = 1, 2, 3, 4, 5
+RMS_NORM, FUSED_ADD, QK, QK_ROPE, QUANT, PROLOGUE = 1, 2, 3, 4, 5, 6
 
 #: Entries by key (the C call's table).
 TABLE: dict = {}
@@ -136,6 +136,12 @@ def _arm_test(plan, bits: int) -> None:
         rec = plan.records = launch.Records([None] * len(plan.entries))
     rec[bits] = _TEST_MAGIC + struct.pack("<QI", id(plan), bits)
     _test_plans[id(plan)] = plan
+
+
+def testing() -> bool:
+    """Whether :func:`set_test_launch` is on (ops whose CPU fast call checks data per call — positions,
+    slots — register CPU entries only then: the C call does not repeat those checks)."""
+    return launch.test_arm is not None
 
 
 def set_test_launch(on: bool) -> bool:

@@ -22,6 +22,7 @@ from .. import validate
 from ..dispatch import next_pow2
 from ..reference_rope import qk_rms_norm_rope_ref, rope_ref
 from ..reference import rms_norm_ref
+from . import _express
 from . import _plan as plans
 from ._plan import IN_PLACE, MISS, NEW, OTHER, PLANS
 from .rms_norm_quant import QMAX, native_cast
@@ -389,6 +390,8 @@ def fast(q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, eps, is
     if type(eps) is not float or type(weight_offset) is not float or type(is_neox) is not bool \
             or not (rotary_dim is None or type(rotary_dim) is int) or backend.active == "torch":
         return None
+    args = (q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, eps, is_neox, rotary_dim, weight_offset,
+            mrope_section, k_scale, v_scale, q_out, k_out)
     if mrope_section is not None:
         mrope_section = _sections(mrope_section)
         if mrope_section is None:
@@ -440,7 +443,38 @@ def fast(q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, eps, is
     launch.launch_plan(plan, ptrs, (cs, positions, q, q_out, qw, k, kw, k_cache, k_out, v, v_cache, slot_mapping,
                                     k_scale, v_scale))
     launch.bump_versions((q_out, k_cache, v_cache) if ko is NEW else (q_out, k_out, k_cache, v_cache))
+    if plan.records is not None and mrope_section is None and (d[1] >= 0 or _express.testing()):
+        # (CPU tensors, tests only: positions and slots checked per call above, not by the C call)
+        _express_entry(plan, args, ptrs, qo, ko)
     return q_out
+
+
+# The express call's arguments: the public function's, in its order.
+_ARGS = ("q", "k", "v", "q_weight", "k_weight", "cos_sin_cache", "positions", "k_cache", "v_cache", "slot_mapping",
+         "eps", "is_neox", "rotary_dim", "weight_offset", "mrope_section", "k_scale", "v_scale", "q_out", "k_out")
+
+
+def _express_entry(plan, args, ptrs, qo, ko):
+    """This call for the express call (``ops/_express.py``): ``args`` the public arguments (``_ARGS``),
+    ``ptrs`` the kernel's pointers; the overlap pairs of :func:`_pointers_ok`."""
+    qt = 0 if qo is IN_PLACE else 17  # the argument Q is written to
+    kt = 1 if ko is not OTHER else 18
+    view_arg = (0, 1, 2, qt, kt, 7, 8)  # _Q, _K, _V, _QO, _KO, _KC, _VC
+    # the kernel's pointers (_PTRS order) as arguments: absent weights/scales/k_out stand in as read
+    ptr_arg = (5, 6, 0, qt, 3 if args[3] is not None else 0, 1, 4 if args[4] is not None else 1, 7,
+               kt if ko is not NEW else 1, 2, 8, 9, 15 if args[15] is not None else 5, 16 if args[16] is not None else 5)
+    arg_ptr = [None] * len(_ARGS)
+    for a, p in zip(ptr_arg, ptrs):
+        arg_ptr[a] = p
+    sp = plan.spans
+    pairs = [(view_arg[i], sp[i], view_arg[j], sp[j]) for i, j in plan.pairs]
+    if qo is OTHER:
+        pairs.append((17, sp[_QO], 0, sp[_Q]))
+    if ko is OTHER:
+        pairs.append((18, sp[_KO], 1, sp[_K]))
+    pairs += [(ptr_arg[i], (a, b), view_arg[w], sp[w]) for i, a, b in plan.read_spans for w in plan.written]
+    bumps = (qt,) + (() if ko is NEW else (kt,)) + (7, 8)
+    _express.register(_express.PROLOGUE, args, plan, tuple(arg_ptr), ptr_arg, pairs, bumps=bumps, ret=qt)
 
 
 def _pointers_ok(plan, ptrs, qo, ko) -> bool:
