@@ -236,8 +236,8 @@ def host_path(cuda: bool) -> str:
         return s + f"; launches: Triton's C launcher (no compiled launch: {native.reason(launcher=True)})"
     return s + ("; launches: compiled (cuLaunchKernelEx from a record checked against the driver's list of the "
                 "kernel's parameters) from a plan's third call, Triton's C launcher before; from then on "
-                "rms_norm, fused_add_rms_norm, qk_rms_norm and qk_rms_norm_rope calls of a known key run "
-                "entirely in C (the express call: metadata, overlap checks, launch)")
+                "every op's calls with known argument metadata run entirely in C (the express call: "
+                "metadata, overlap checks, new outputs, launch)")
 
 
 #: Ops whose kernels take the dispatcher's tile of another op (the same canonical row layout, so
