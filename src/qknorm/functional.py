@@ -354,7 +354,7 @@ def rms_norm_quant(x: torch.Tensor, weight: torch.Tensor | None = None, eps: flo
         return _tl.traced_rms_norm_quant(x, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
                                          column_major_scales, scale_ue8m0, out, scales_out)
     r = _native.call(_X_QUANT, x, None, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
-                     column_major_scales, scale_ue8m0, out, scales_out)
+                     column_major_scales, scale_ue8m0, out, scales_out, _quant.FP8_CAST == "auto")
     if r is not NotImplemented:
         return r
     r = _quant.fast(x, None, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub, column_major_scales,
@@ -400,7 +400,7 @@ def fused_add_rms_norm_quant(x: torch.Tensor, residual: torch.Tensor, weight: to
                                                    weight_offset, scale_ub, column_major_scales, scale_ue8m0, out,
                                                    scales_out)
     r = _native.call(_X_QUANT, x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
-                     column_major_scales, scale_ue8m0, out, scales_out)
+                     column_major_scales, scale_ue8m0, out, scales_out, _quant.FP8_CAST == "auto")
     if r is not NotImplemented:
         return r
     r = _quant.fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,

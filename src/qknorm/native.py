@@ -50,9 +50,12 @@ def describe_py(grad, *args):
         d = -1 if dv.index is None or dv.type == "cpu" else dv.index
         try:
             meta.append((a.shape, a.stride(), a.dtype, dv))
-            ptrs.append(a.data_ptr())
+            p = a.data_ptr()
         except RuntimeError:  # sparse and other layouts without strides or storage
             return None
+        if p == 0 and a.numel() > 0:  # no memory (an efficient zero tensor), as the compiled form refuses
+            return None
+        ptrs.append(p)
         if dev is None:
             dev = d
     return (tuple(meta), -1 if dev is None else dev, *ptrs)

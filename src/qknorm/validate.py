@@ -21,11 +21,14 @@ def dtype_name(d) -> str:
 def dense(name: str, t) -> None:
     """A strided (dense) tensor whose memory holds its values as they read: not sparse, not a
     negated view (``torch._neg_view``, ``z.conj().imag``), whose sign lives in a flag the
-    kernels cannot see."""
+    kernels cannot see, not an efficient zero tensor (no memory at all)."""
     if t.layout is not torch.strided:
         raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
     if not _is_compiling() and t.is_neg():  # traced: the custom op's eager body checks the real tensor
         raise ValueError(f"{name} is a negated view (its memory holds -{name}); pass {name}.resolve_neg()")
+    if not _is_compiling() and t._is_zerotensor():
+        raise ValueError(f"{name} is an efficient zero tensor (torch._efficientzerotensor: no memory behind it); "
+                         f"pass a materialised tensor, e.g. torch.zeros_like({name})")
 
 
 def activation(name: str, t) -> None:

@@ -301,3 +301,48 @@ def test_qk_rope_runs_in_c(express, outputs, is_neox, rotary_dim):
                                          **kwargs)
         assert i == 0 or len(express) == 1, express
         assert torch.equal(qo, want[0]) and torch.equal(ko, want[1])
+
+
+def test_zero_tensors_and_odd_strides_of_size_one_dims(express):
+    """A weight without memory (torch._efficientzerotensor) is refused before any launch, on every path;
+    new outputs are contiguous as the Python call makes them, whatever the input's size-1 strides."""
+    w = randn((64,), DT, "cpu")
+    for _ in range(3):
+        qknorm.rms_norm(randn((4, 64), DT, "cpu"), w)
+    express.clear()
+    with pytest.raises(ValueError, match="efficient zero tensor"):
+        qknorm.rms_norm(randn((4, 64), DT, "cpu"), torch._efficientzerotensor(64))
+    assert express == []
+    for shape, make in (((1, 64), lambda: torch.randn(64, 1).t()), ((1, 4, 64), lambda: torch.randn(4, 1, 64)
+                                                                   .transpose(0, 1))):
+        for i in range(3):
+            x = make()
+            y = qknorm.rms_norm(x, w)
+            assert y.shape == shape and y.stride() == rms_op.call(x, w).stride() and y.is_contiguous()
+
+
+def test_cpu_positions_out_of_range_raise_in_test_mode_too(express):
+    qw, kw = randn((32,), DT, "cpu"), randn((32,), DT, "cpu")
+    cs = randn((16, 32), DT, "cpu")
+    for _ in range(3):
+        _, q, k, _ = packed_qkv(3, 4, 2, 32, DT, "cpu")
+        qknorm.qk_rms_norm_rope(q, k, qw, kw, cs, torch.tensor([0, 5, 15]), q_out=q, k_out=k)
+    qkv, q, k, _ = packed_qkv(3, 4, 2, 32, DT, "cpu")
+    before = qkv.clone()
+    with pytest.raises(ValueError, match="positions"):
+        qknorm.qk_rms_norm_rope(q, k, qw, kw, cs, torch.tensor([0, 99, 5]), q_out=q, k_out=k)
+    assert torch.equal(qkv, before)
+
+
+def test_another_fp8_cast_setting_takes_the_python_path(express, monkeypatch):
+    from qknorm.ops import rms_norm_quant as quant_op
+    w = randn((128,), DT, "cpu")
+    for _ in range(3):
+        qknorm.rms_norm_quant(randn((4, 128), DT, "cpu"), w, out_dtype=torch.int8)
+    express.clear()
+    qknorm.rms_norm_quant(randn((4, 128), DT, "cpu"), w, out_dtype=torch.int8)
+    assert express
+    monkeypatch.setattr(quant_op, "FP8_CAST", "bits")
+    express.clear()
+    qknorm.rms_norm_quant(randn((4, 128), DT, "cpu"), w, out_dtype=torch.int8)
+    assert express == [] and not _express.errors

@@ -681,12 +681,12 @@ static PyObject* call(PyObject* self, PyObject* const* args, Py_ssize_t n) {
     if (!PyTuple_CheckExact(spec) || PyTuple_GET_SIZE(spec) != 4) goto miss;
     long idx = PyLong_AsLong(PyTuple_GET_ITEM(spec, 0));
     long src = PyLong_AsLong(PyTuple_GET_ITEM(spec, 2));
-    if (idx < 0 || idx >= na || src < -1 || src >= na || made[idx] || obj[idx] != Py_None ||
-        (src >= 0 && !is_t[src])) {
+    PyObject* kw = PyTuple_GET_ITEM(spec, 3);
+    if (PyErr_Occurred() || idx < 0 || idx >= na || src < -1 || src >= na || made[idx] || obj[idx] != Py_None ||
+        (src >= 0 && !is_t[src]) || (kw != Py_None && !PyDict_Check(kw))) {
       PyErr_Clear();
       goto miss;
     }
-    PyObject* kw = PyTuple_GET_ITEM(spec, 3);
     PyObject* t = PyObject_VectorcallDict(PyTuple_GET_ITEM(spec, 1), src >= 0 ? &obj[src] : NULL, src >= 0 ? 1 : 0,
                                           kw == Py_None ? NULL : kw);
     if (!t) goto fail;

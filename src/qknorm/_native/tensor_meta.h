@@ -8,7 +8,8 @@
  *   returns to Python); 0 when the fast call cannot take it: with `grad` (the caller's grad mode) a
  *   tensor that requires grad (autograd's path), another type, a negated view
  *   (`is_neg()`: DLPack would not say so), sparse/meta and other tensors DLPack refuses, or one of
- *   torch's sub-byte "shell" dtypes int1..7/uint1..7 (DLPack gives them the codes of int8/uint8).
+ *   torch's sub-byte "shell" dtypes int1..7/uint1..7 (DLPack gives them the codes of int8/uint8), or a
+ *   non-empty tensor without memory (torch._efficientzerotensor).
  * tm_pack(buf, pos, &t): its metadata appended to a key; the new position, or 0 when it does not fit.
  */
 #ifndef QKNORM_TENSOR_META_H
@@ -103,6 +104,12 @@ static int tm_read(PyObject* a, DLTensor* t, int grad) {
     return 0;
   }
   if (t->ndim < 0 || t->ndim > 64 || (t->ndim && (!t->shape || !t->strides))) return 0;
+  if (!t->data) { /* no memory: only an empty tensor may have none (an efficient zero tensor has none either) */
+    for (int32_t i = 0; i < t->ndim; i++)
+      if (t->shape[i] == 0) goto empty;
+    return 0;
+  }
+empty:
   if (t->dtype.code <= 1 && t->dtype.bits == 8) { /* int8/uint8 or a shell dtype sharing their code */
     PyObject* dt = PyObject_GetAttr(a, tm_s_dtype);
     if (!dt) {

@@ -71,7 +71,8 @@ def _bump_fn():
     return getattr(torch._C, "_increment_version", None) or torch.autograd.graph.increment_version
 
 
-def register(op: int, args: tuple, plan, ptrs: tuple, head: tuple, pairs=(), bumps=(), allocs=(), ret=0) -> None:
+def register(op: int, args: tuple, plan, ptrs: tuple, head: tuple, pairs=(), bumps=(), allocs=(), ret=0,
+             cpu_check=None) -> None:
     """Make the entry of a fast call that just launched ``plan``.
 
     ``args``: the call's arguments exactly as the public function passes them to ``native.call``
@@ -81,8 +82,10 @@ def register(op: int, args: tuple, plan, ptrs: tuple, head: tuple, pairs=(), bum
     (spans: byte ranges relative to the data pointers); ``bumps``: indices of written tensors;
     ``allocs``: new outputs: ``(index, index of the input it is made like, that input)`` (a contiguous
     ``torch.empty_like``) or ``(index, fn, src, kwargs)`` as the C call takes them; ``ret``: the index (or tuple of
-    indices) of what the call returns. Nothing is registered unless the plan launched through a
-    record for these pointers' alignment (a later C call does exactly what this one did)."""
+    indices) of what the call returns; ``cpu_check``: tests only, a check of the kernel's tensors (in
+    head order) that a CPU call must pass (positions, slots in range) before the stand-in launch.
+    Nothing is registered unless the plan launched through a record for these pointers' alignment (a
+    later C call does exactly what this one did)."""
     rec = plan.records
     if rec is None or backend.active == "torch":
         return
@@ -101,9 +104,17 @@ def register(op: int, args: tuple, plan, ptrs: tuple, head: tuple, pairs=(), bum
         apart = pi + si[1] <= pj + sj[0] or pj + sj[1] <= pi + si[0]
         checks.append(_CHECK.pack(si[0], si[1], sj[0], sj[1], _NONE if apart else pj - pi, i, j))
     prog = _PROG.pack(len(head), len(bumps), len(checks), bytes(head), bytes(bumps)) + b"".join(checks)
-    made = tuple(a if len(a) == 4 else (a[0], torch.empty_like, a[1], None if a[2].is_contiguous() else _CONTIGUOUS)
-                 for a in allocs)
-    m.register((rec, prog, made, ret), op, *args)
+    made = tuple(a if len(a) == 4 else (a[0], torch.empty_like, a[1], _CONTIGUOUS) for a in allocs)
+    if cpu_check is not None:
+        _test_checks[id(plan)] = cpu_check
+    try:
+        m.register((rec, prog, made, ret), op, *args)
+    except Exception as exc:  # noqa: BLE001 - the call itself is done: no entry, and the reason kept
+        errors.append(f"{type(exc).__name__}: {exc}")
+
+
+#: Why entries could not be registered (should stay empty; tests check).
+errors: list = []
 
 
 # --------------------------------------------------------------------------- tests
@@ -121,6 +132,9 @@ def _test_launch(record, values, tensors):
     plan = _test_plans[pid]
     assert values == tuple(t.data_ptr() for t in tensors), "pointers and tensors disagree"
     assert launch.align_bits(*values) == bits, "the record of another alignment"
+    check = _test_checks.get(pid)
+    if check is not None and not check(tensors):
+        return False  # (the C call then declines: the Python call raises)
     plan.launcher.plain(plan.grid, tuple(tensors) + plan.tail, tuple(tensors), plan.kwargs)
     hits.append(plan.launcher.name)
     return True
@@ -130,10 +144,14 @@ def _test_launch(record, values, tensors):
 hits: list = []
 
 
+_test_checks: dict = {}
+
+
 def _arm_test(plan, bits: int) -> None:
     rec = plan.records
     if rec is None:
         rec = plan.records = launch.Records([None] * len(plan.entries))
+        launch._record_lists[id(rec)] = rec  # launch.clear() forgets them as it forgets real ones
     rec[bits] = _TEST_MAGIC + struct.pack("<QI", id(plan), bits)
     _test_plans[id(plan)] = plan
 
@@ -154,5 +172,6 @@ def set_test_launch(on: bool) -> bool:
     launch.test_arm = _arm_test if on else None
     if not on:
         _test_plans.clear()
+        _test_checks.clear()
     clear()
     return True

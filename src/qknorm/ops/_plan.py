@@ -525,7 +525,8 @@ def _target(plan: Plan, x, out, kind, px: int, sx, so, pair: Pair, same_layout: 
     return (out, po, False) if apart(plan, pair, px, sx, po, so) else None
 
 
-def register_qk(op: int, args: tuple, plan: Plan, ptrs: tuple, io: tuple, head: tuple, reads, qo, ko, q, k) -> None:
+def register_qk(op: int, args: tuple, plan: Plan, ptrs: tuple, io: tuple, head: tuple, reads, qo, ko, q, k,
+                cpu_check=None) -> None:
     """The express entry (``_express.register``) of a QK-family fast call that just launched
     ``plan``: ``io`` the argument indices of q, k, q_out, k_out; ``reads`` ``(index, span)`` of the
     tensors it only reads; the overlap pairs are those of :func:`qk_targets` and :func:`reads_apart`."""
@@ -542,7 +543,7 @@ def register_qk(op: int, args: tuple, plan: Plan, ptrs: tuple, io: tuple, head: 
     pairs += [(i, s, o, so) for i, s in reads for o, so in written]
     allocs = tuple((i, src, t) for i, src, t, kind in ((iqo, iq, q, qo), (iko, ik, k, ko)) if kind is NEW)
     _express.register(op, args, plan, ptrs, head, pairs, bumps=tuple(o for o, _ in written), allocs=allocs,
-                      ret=(iqo, iko))
+                      ret=(iqo, iko), cpu_check=cpu_check)
 
 
 def qk_outputs(q, k, q_out, k_out):

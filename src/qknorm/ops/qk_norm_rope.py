@@ -104,7 +104,8 @@ def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q
         reads = tuple(zip((4, 5) if wk is None else (4, 5, 2, 3), rs))
         plans.register_qk(_express.QK_ROPE, (q, k, *given, eps, is_neox, rotary_dim, weight_offset, config), plan,
                           (pq, pk, d[4], d[5], pcs, pp, pqo, pko) + (None,) * 5, (0, 1, 6, 7),
-                          (4, 5, 0, 6, 0 if wk is None else 2, 1, 7, 1 if wk is None else 3), reads, qo, ko, q, k)
+                          (4, 5, 0, 6, 0 if wk is None else 2, 1, 7, 1 if wk is None else 3), reads, qo, ko, q, k,
+                          cpu_check=None if d[1] >= 0 else lambda ts: plans.cpu_positions_ok(ts[1], ts[0]))
     return q_out, k_out
 
 

@@ -474,7 +474,13 @@ def _express_entry(plan, args, ptrs, qo, ko):
         pairs.append((18, sp[_KO], 1, sp[_K]))
     pairs += [(ptr_arg[i], (a, b), view_arg[w], sp[w]) for i, a, b in plan.read_spans for w in plan.written]
     bumps = (qt,) + (() if ko is NEW else (kt,)) + (7, 8)
-    _express.register(_express.PROLOGUE, args, plan, tuple(arg_ptr), ptr_arg, pairs, bumps=bumps, ret=qt)
+    cpu = None
+    if not args[0].is_cuda:  # tests: the checks of the CPU fast call above, on the kernel's tensors
+        nb, bs = cache_geometry(args[7])
+        cpu = lambda ts: plans.cpu_positions_ok(ts[1], ts[0]) and (ts[11].numel() == 0 or  # noqa: E731
+                                                                     int(ts[11].max()) < nb * bs)
+    _express.register(_express.PROLOGUE, args, plan, tuple(arg_ptr), ptr_arg, pairs, bumps=bumps, ret=qt,
+                      cpu_check=cpu)
 
 
 def _pointers_ok(plan, ptrs, qo, ko) -> bool:

@@ -458,14 +458,16 @@ def fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, 
         launch.bump_versions(tuple(t for t in (residual, out, scales_out) if t is not None))
     if plan.records is not None and config is None and FP8_CAST == "auto":
         _express_entry(plan, sp, (x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
-                                  column_major_scales, scale_ue8m0, out, scales_out), d, py, psc, sc_shape, sc_strides)
+                                  column_major_scales, scale_ue8m0, out, scales_out, True), d, py, psc, sc_shape,
+                       sc_strides)
     return y, (scale if scale is not None else sc)
 
 
 def _express_entry(plan, sp, args, d, py, psc, sc_shape, sc_strides):
     """This call for the express call (``ops/_express.py``): the public arguments ``(x, residual, weight,
     eps, scale, group_size, out_dtype, weight_offset, scale_ub, column_major_scales, scale_ue8m0, out,
-    scales_out)``; the same overlap rules as :func:`fast`."""
+    scales_out)`` and ``FP8_CAST == "auto"`` (registered only then: the flag keeps another setting's calls
+    off these entries); the same overlap rules as :func:`fast`."""
     x, residual, weight, scale, out_dtype, out, scales_out = (args[i] for i in (0, 1, 2, 4, 6, 11, 12))
     si = 4 if scale is not None else 8 if d[5] is not None else None  # the scale (or scale_ub) tensor read
     ptrs = [None] * len(args)
