@@ -530,6 +530,14 @@ class Records(list):
 
 
 _record_lists: "weakref.WeakValueDictionary[int, Records]" = weakref.WeakValueDictionary()  # by id
+
+
+def new_records(n: int) -> Records:
+    """An empty record list of ``n`` entries, known to :func:`clear`."""
+    rec = Records([None] * n)
+    with _lock:
+        _record_lists[id(rec)] = rec
+    return rec
 #: The compiled kernels behind live records (a record holds the raw CUfunction only).
 _record_kernels: dict = {}
 #: Plans' launch-record outcomes by kernel: ``{kernel: {"armed": n, why-not: n}}`` (for explain/tests).
@@ -548,9 +556,7 @@ def _arm(plan, bits: int, e, head: tuple) -> None:
     global _launch_from
     rec = plan.records
     if rec is None:
-        rec = plan.records = Records([None] * len(plan.entries))
-        with _lock:
-            _record_lists[id(rec)] = rec
+        rec = plan.records = new_records(len(plan.entries))
     rec[bits] = False
     from . import native
     mod = native.load_launcher()

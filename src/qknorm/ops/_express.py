@@ -150,8 +150,7 @@ _test_checks: dict = {}
 def _arm_test(plan, bits: int) -> None:
     rec = plan.records
     if rec is None:
-        rec = plan.records = launch.Records([None] * len(plan.entries))
-        launch._record_lists[id(rec)] = rec  # launch.clear() forgets them as it forgets real ones
+        rec = plan.records = launch.new_records(len(plan.entries))  # launch.clear() forgets them too
     rec[bits] = _TEST_MAGIC + struct.pack("<QI", id(plan), bits)
     _test_plans[id(plan)] = plan
 
