@@ -20,7 +20,7 @@ a)
   for i in 1 2; do rm -rf /tmp/b; timeout 90 $B --preset qwen3-8b --mode eager --tokens 1,16,64 --impl 'qknorm,sglang*' \
     --out /tmp/b/eager > $OUT/eager$i.log 2>&1; echo "eager$i rc=$? ${SECONDS}s"; cp /tmp/b/eager/summary.md $OUT/eager$i.summary.md
     grep -E "^\| qwen3" $OUT/eager$i.summary.md | head -3; grep -E "^- eager" $OUT/eager$i.summary.md | head -9; done
-  rm -rf /tmp/b; timeout 150 $B --preset rope,prologue,quant --mode eager --tokens 16 --impl 'qknorm,sglang*,torch' \
+  rm -rf /tmp/b; timeout 110 $B --preset rope,prologue,quant --mode eager --tokens 16 --impl 'qknorm,sglang*,torch' \
     --out /tmp/b/eager > $OUT/eager3.log 2>&1; echo "eager3 rc=$? ${SECONDS}s"; cp /tmp/b/eager/summary.md $OUT/eager3.summary.md
   grep -E "^- eager" $OUT/eager3.summary.md | head -30
   ;;
