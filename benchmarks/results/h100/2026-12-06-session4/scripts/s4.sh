@@ -13,15 +13,15 @@ B="python -m qknorm.cli bench --no-plots --variants none"
 SECONDS=0
 case "${1:-a}" in
 a)
-  PYTHONPATH=$PWD/src timeout 120 $P tests/test_native.py tests/ops/test_rms_norm.py tests/ops/test_qk_norm.py \
-    tests/ops/test_fused_add.py > $OUT/pytest-a.log 2>&1; echo "a rc=$? ${SECONDS}s"; tail -5 $OUT/pytest-a.log
+  PYTHONPATH=$PWD/src timeout 90 $P tests/test_native.py > $OUT/pytest-a.log 2>&1; echo "a rc=$? ${SECONDS}s"
+  tail -5 $OUT/pytest-a.log
   export PYTHONPATH=$PWD/src:/tmp/peers
   for i in 1 2; do rm -rf /tmp/b; timeout 80 $B --preset qwen3-8b --mode eager --tokens 1,16,64 --impl 'qknorm,sglang*' \
     --out /tmp/b/eager > $OUT/eager$i.log 2>&1; echo "eager$i rc=$? ${SECONDS}s"; cp /tmp/b/eager/summary.md $OUT/eager$i.summary.md
     grep -E "^- eager" $OUT/eager$i.summary.md | head -9; done
   timeout 60 python benchmarks/scripts/profile_host.py $OUT/profile --grad > $OUT/profile.log 2>&1; echo "profile rc=$? ${SECONDS}s"
   grep -E "T= 16|floors" $OUT/profile.log | head -8
-  if [ $SECONDS -lt 230 ]; then rm -rf /tmp/b; timeout 100 $B --preset rope,prologue,quant --mode eager --tokens 16 \
+  if [ $SECONDS -lt 170 ]; then rm -rf /tmp/b; timeout 100 $B --preset rope,prologue,quant --mode eager --tokens 16 \
     --impl 'qknorm,sglang*,torch' --out /tmp/b/eager > $OUT/eager3.log 2>&1; echo "eager3 rc=$? ${SECONDS}s"
     cp /tmp/b/eager/summary.md $OUT/eager3.summary.md; grep -E "^- eager" $OUT/eager3.summary.md | head -30; fi
   ;;
