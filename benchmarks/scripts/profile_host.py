@@ -28,7 +28,12 @@ import time
 import torch
 
 import qknorm
-from qknorm import launch, native
+from qknorm import launch
+
+try:
+    from qknorm.ops import _express
+except ImportError:  # a tree before the express call
+    _express = None
 
 GRAD = "--grad" in sys.argv[1:]
 OUT = next((a for a in sys.argv[1:] if a != "--grad"), ".")
@@ -103,10 +108,9 @@ with contextlib.nullcontext() if GRAD else torch.inference_mode():
         for name, fn in cases(t).items():
             row = {}
             row["total"] = per_call(fn)
-            # The rest on the Python fast call: the express call (qknorm.native.call) off for this row
-            xc = getattr(native, "call", None)
-            if xc is not None and hasattr(native, "_no_express"):
-                native.call = native._no_express
+            # The rest on the Python fast call: the express call off for this row
+            if _express is not None:
+                _express.set_enabled(False)
                 row["total_python_path"] = per_call(fn)
             setattr(launch, LAUNCH, recording)
             fn()
@@ -161,8 +165,8 @@ with contextlib.nullcontext() if GRAD else torch.inference_mode():
                         row["static_run"] = per_call(lambda: sk.run(grid[0], grid[1], grid[2], stream, *sargs[:len(sargs)-len(extra)]))
                     except Exception as exc:  # noqa: BLE001
                         row["static_err"] = f"{type(exc).__name__}: {exc}"
-            if xc is not None:
-                native.call = xc
+            if _express is not None:
+                _express.set_enabled(True)
             table[f"{name} T={t}"] = row
             log(f"{name:18s} T={t:3d} " + " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
                                                  for k, v in row.items()))

@@ -29,7 +29,7 @@ import torch
 
 from .. import backend, launch, native
 
-__all__ = ["RMS_NORM", "FUSED_ADD", "QK", "QK_ROPE", "QUANT", "PROLOGUE", "TABLE", "register", "clear", "set_test_launch", "hits"]
+__all__ = ["set_enabled", "RMS_NORM", "FUSED_ADD", "QK", "QK_ROPE", "QUANT", "PROLOGUE", "TABLE", "register", "clear", "set_test_launch", "hits"]
 
 #: Op codes (the first argument of ``native.call``).
 RMS_NORM, FUSED_ADD, QK, QK_ROPE, QUANT, PROLOGUE = 1, 2, 3, 4, 5, 6
@@ -55,7 +55,7 @@ def _on():
     """The compiled module with the express call switched on, or None where it cannot be (the compiled
     parts off: ``QKNORM_NATIVE=0``, ``native.set_enabled(False)``, no compiler)."""
     global _module
-    if not native.enabled():
+    if not _enabled or not native.enabled():
         return None
     if _module is None:
         m = native.launch_module()
@@ -65,6 +65,19 @@ def _on():
         _module = m
     native.call = _module.call
     return _module
+
+
+_enabled = True
+
+
+def set_enabled(flag: bool) -> None:
+    """Turn the express call on (the default; entries are made again from the next fast calls) or off
+    (every call takes the Python fast call: for measurements and debugging)."""
+    global _enabled
+    _enabled = bool(flag)
+    clear()
+    if not _enabled:
+        native.call = native._no_express if hasattr(native, "_no_express") else native.call
 
 
 def _bump_fn():

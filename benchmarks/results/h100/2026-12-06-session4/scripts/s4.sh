@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Session 4 device calls (H200 wanted; any H100/H200), from the repository root, carry [".peers/s"]:
 #   a   GPU tests of the express call and the compiled launch + host profile + eager bench vs SGLang, twice
+#   p   host profile only (profile_host.py --grad)
 #   b   the rest of the GPU suite (no peers on the path)
 set -uo pipefail
 mkdir -p /tmp/peers
@@ -24,6 +25,11 @@ a)
   if [ $SECONDS -lt 170 ]; then rm -rf /tmp/b; timeout 100 $B --preset rope,prologue,quant --mode eager --tokens 16 \
     --impl 'qknorm,sglang*,torch' --out /tmp/b/eager > $OUT/eager3.log 2>&1; echo "eager3 rc=$? ${SECONDS}s"
     cp /tmp/b/eager/summary.md $OUT/eager3.summary.md; grep -E "^- eager" $OUT/eager3.summary.md | head -30; fi
+  ;;
+p)
+  export PYTHONPATH=$PWD/src
+  timeout 100 python benchmarks/scripts/profile_host.py $OUT/profile --grad > $OUT/profile.log 2>&1; echo "profile rc=$? ${SECONDS}s"
+  grep -E "T=|floors" $OUT/profile.log | head -20
   ;;
 b)
   PYTHONPATH=$PWD/src timeout 400 $P tests --ignore=tests/ops --ignore=tests/test_native.py --ignore=tests/distributed --deselect tests/test_command_line.py > $OUT/pytest-b.log 2>&1
