@@ -25,7 +25,7 @@ import threading
 
 import torch
 
-__all__ = ["describe", "describe_py", "load", "load_launcher", "launch_module", "call", "reason", "set_enabled",
+__all__ = ["describe", "describe_py", "load", "load_launcher", "launch_module", "call", "express_off", "reason", "set_enabled",
            "enabled"]
 
 _Tensor = torch.Tensor
@@ -161,6 +161,12 @@ def _no_express(*args):
 #: ``ops/_express.py``), NotImplemented when it cannot take the call. Until the first entry is made
 #: (and with the compiled parts off) this stand-in says NotImplemented at once.
 call = _no_express
+
+
+def express_off() -> None:
+    """Put the stand-in back as :data:`call` (every call then takes the Python fast call)."""
+    global call
+    call = _no_express
 
 
 def set_enabled(flag: bool) -> None:

@@ -346,3 +346,18 @@ def test_another_fp8_cast_setting_takes_the_python_path(express, monkeypatch):
     express.clear()
     qknorm.rms_norm_quant(randn((4, 128), DT, "cpu"), w, out_dtype=torch.int8)
     assert express == [] and not _express.errors
+
+
+def test_an_entry_the_c_call_keeps_declining_stops_being_registered(express, monkeypatch):
+    """Launch hooks active, or anything else that makes every C call decline: the Python fast call tries
+    to register its entry at most ``_express.TRIES`` times per plan, then not at all."""
+    monkeypatch.setattr(_express, "TRIES", 3)
+    native.launch_module().set_test_launch(lambda record, values, tensors: False)  # every C launch declines
+    tried = []
+    real = _express.register
+    monkeypatch.setattr(_express, "register", lambda *a, **k: (tried.append(1), real(*a, **k)))
+    w = randn((64,), DT, "cpu")
+    for _ in range(8):
+        x = randn((4, 64), DT, "cpu")
+        assert_matches(qknorm.rms_norm(x, w), ref_norm(x, w), DT)
+    assert len(tried) == 3

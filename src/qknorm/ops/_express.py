@@ -29,7 +29,7 @@ import torch
 
 from .. import backend, launch, native
 
-__all__ = ["set_enabled", "RMS_NORM", "FUSED_ADD", "QK", "QK_ROPE", "QUANT", "PROLOGUE", "TABLE", "register", "clear", "set_test_launch", "hits"]
+__all__ = ["set_enabled", "wants", "RMS_NORM", "FUSED_ADD", "QK", "QK_ROPE", "QUANT", "PROLOGUE", "TABLE", "register", "clear", "set_test_launch", "hits"]
 
 #: Op codes (the first argument of ``native.call``).
 RMS_NORM, FUSED_ADD, QK, QK_ROPE, QUANT, PROLOGUE = 1, 2, 3, 4, 5, 6
@@ -77,11 +77,26 @@ def set_enabled(flag: bool) -> None:
     _enabled = bool(flag)
     clear()
     if not _enabled:
-        native.call = native._no_express if hasattr(native, "_no_express") else native.call
+        native.express_off()
 
 
 def _bump_fn():
     return getattr(torch._C, "_increment_version", None) or torch.autograd.graph.increment_version
+
+
+#: Registrations tried per plan at most: an entry the C call keeps declining (Triton launch hooks active, a
+#: pointer distance that changes every call) or that cannot be made (the compiled parts off) stops costing
+#: the Python fast call anything after this many.
+TRIES = 32
+
+
+def wants(plan) -> bool:
+    """Whether a fast call that just launched ``plan`` should (try to) register its entry; counts the try."""
+    n = plan.express
+    if not _enabled or n >= TRIES:
+        return False
+    plan.express = n + 1
+    return True
 
 
 def register(op: int, args: tuple, plan, ptrs: tuple, head: tuple, pairs=(), bumps=(), allocs=(), ret=0,

@@ -100,11 +100,12 @@ class Plan:
     ``geom``/``memo``: per :class:`Pair`, the geometry for an exact overlap test and its
     cached answers by pointer distance; ``same_layout``: per output, whether an OTHER
     output with the input's strides is in place when the pointers are equal; ``records``:
-    the compiled launch's records by alignment bits (``launch.py``).
+    the compiled launch's records by alignment bits (``launch.py``); ``express``: how many
+    express-call entries this plan's fast calls tried to make (``_express.wants``).
     """
 
     __slots__ = ("launcher", "entries", "grid", "tail", "kwargs", "device", "config", "spans", "geom", "memo",
-                 "same_layout", "read_spans", "in_place", "records")
+                 "same_layout", "read_spans", "in_place", "records", "express")
 
     def __init__(self, launcher, entries, grid, tail, kwargs, device, config):
         self.launcher = launcher
@@ -121,6 +122,7 @@ class Plan:
         self.read_spans = ()
         self.in_place = None
         self.records = None  # launch records by alignment bits (launch.py), made on the first fast calls
+        self.express = 0  # express-call registrations tried (ops/_express.py: wants)
 
 
 class PlanCache(dict):

@@ -443,7 +443,7 @@ def fast(q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, eps, is
     launch.launch_plan(plan, ptrs, (cs, positions, q, q_out, qw, k, kw, k_cache, k_out, v, v_cache, slot_mapping,
                                     k_scale, v_scale))
     launch.bump_versions((q_out, k_cache, v_cache) if ko is NEW else (q_out, k_out, k_cache, v_cache))
-    if plan.records is not None and mrope_section is None and (d[1] >= 0 or _express.testing()):
+    if plan.records is not None and _express.wants(plan) and mrope_section is None and (d[1] >= 0 or _express.testing()):
         # (CPU tensors, tests only: positions and slots checked per call above, not by the C call)
         _express_entry(plan, args, ptrs, qo, ko)
     return q_out

@@ -87,7 +87,7 @@ def fast(x, weight, eps, weight_offset, out, config):
     launch.launch_plan(plan, (px, po, pw), (x, out, weight))
     if ok is not NEW:
         launch.bump_versions((out,))
-    if plan.records is not None:
+    if plan.records is not None and _express.wants(plan):
         _express_entry(plan, x, given, eps, weight_offset, config, ok, px, d[3], po)
     return out
 

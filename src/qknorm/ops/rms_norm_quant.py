@@ -456,7 +456,7 @@ def fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, 
                                     sc, sin if sin is not None else x, x))
     if residual is not None or out is not None or scales_out is not None:
         launch.bump_versions(tuple(t for t in (residual, out, scales_out) if t is not None))
-    if plan.records is not None and config is None and FP8_CAST == "auto":
+    if plan.records is not None and _express.wants(plan) and config is None and FP8_CAST == "auto":
         _express_entry(plan, sp, (x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
                                   column_major_scales, scale_ue8m0, out, scales_out, True), d, py, psc, sc_shape,
                        sc_strides)
