@@ -16,7 +16,8 @@ metadata, key, checks, allocation, launch, version bumps. Everything the entry d
 another key, a failed check, no record for the pointers' alignment, Triton's launch hooks
 active, grad mode with a tensor that requires grad — returns NotImplemented before anything is
 written, and the Python path decides. The table is emptied with the plan cache
-(``dispatch.reset()``), on a backend change, and ``native.set_enabled(False)`` turns it off.
+(``dispatch.reset()``) and on a backend change; :func:`set_enabled` (and ``native.set_enabled(False)``)
+turns the express call off.
 
 Tests: :func:`set_test_launch` gives CPU plans stand-in records that the C call launches
 through the Triton interpreter, so the whole express path runs in CI without a GPU.
@@ -29,7 +30,8 @@ import torch
 
 from .. import backend, launch, native
 
-__all__ = ["set_enabled", "wants", "RMS_NORM", "FUSED_ADD", "QK", "QK_ROPE", "QUANT", "PROLOGUE", "TABLE", "register", "clear", "set_test_launch", "hits"]
+__all__ = ["RMS_NORM", "FUSED_ADD", "QK", "QK_ROPE", "QUANT", "PROLOGUE", "TABLE", "TRIES", "wants", "register",
+           "clear", "set_enabled", "set_test_launch", "testing", "hits", "errors"]
 
 #: Op codes (the first argument of ``native.call``).
 RMS_NORM, FUSED_ADD, QK, QK_ROPE, QUANT, PROLOGUE = 1, 2, 3, 4, 5, 6
@@ -40,7 +42,7 @@ _NONE = -(1 << 63)  # a check without an exact pointer distance
 _PROG = struct.Struct("<BBBx16s16s4x")
 _CHECK = struct.Struct("<qqqqqBB6x")
 _CONTIGUOUS = {"memory_format": torch.contiguous_format}
-_module = None  # the compiled module once the express call is on; False: it cannot be
+_module = None  # the compiled module once the express call has been switched on
 
 
 def clear(*_):
@@ -109,8 +111,8 @@ def register(op: int, args: tuple, plan, ptrs: tuple, head: tuple, pairs=(), bum
     kernel's per-call pointers; ``pairs``: ``(i, span_i, j, span_j)`` views that must not overlap
     (spans: byte ranges relative to the data pointers); ``bumps``: indices of written tensors;
     ``allocs``: new outputs: ``(index, index of the input it is made like, that input)`` (a contiguous
-    ``torch.empty_like``) or ``(index, fn, src, kwargs)`` as the C call takes them; ``ret``: the index (or tuple of
-    indices) of what the call returns; ``cpu_check``: tests only, a check of the kernel's tensors (in
+    ``torch.empty_like``) or ``(index, fn, src, kwargs)`` as the C call takes them; ``ret``: the index
+    (or tuple of indices) of what the call returns; ``cpu_check``: tests only, a check of the kernel's tensors (in
     head order) that a CPU call must pass (positions, slots in range) before the stand-in launch.
     Nothing is registered unless the plan launched through a record for these pointers' alignment (a
     later C call does exactly what this one did)."""
