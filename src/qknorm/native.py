@@ -25,8 +25,8 @@ import threading
 
 import torch
 
-__all__ = ["describe", "describe_py", "load", "load_launcher", "launch_module", "call", "express_off", "reason", "set_enabled",
-           "enabled"]
+__all__ = ["describe", "describe_py", "load", "load_launcher", "launch_module", "call", "express_off", "reason",
+           "set_enabled", "enabled"]
 
 _Tensor = torch.Tensor
 _Parameter = torch.nn.Parameter

@@ -66,7 +66,8 @@ def fast(x, residual, weight, eps, weight_offset, config) -> bool:
         return False  # a weight sharing memory with x or residual: the general call copies it
     launch.launch_plan(plan, (px, pr, pw), (x, residual, w))
     launch.bump_versions((x, residual))
-    if plan.records is not None and _express.wants(plan):  # the express call: arguments (x, residual, weight, eps, weight_offset, config)
+    if plan.records is not None and _express.wants(plan):
+        # the express call's entry: arguments (x, residual, weight, eps, weight_offset, config)
         pairs = ((0, sx, 1, sr),) if weight is None else ((0, sx, 1, sr), (2, sw, 0, sx), (2, sw, 1, sr))
         _express.register(_express.FUSED_ADD, (x, residual, weight, eps, weight_offset, config), plan,
                           (px, pr, d[4], None, None, None), (0, 1, 0 if weight is None else 2), pairs,

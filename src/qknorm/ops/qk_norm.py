@@ -84,7 +84,8 @@ def fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
     launch.launch_plan(plan, (pq, pqo, pqw, pk, pko, pkw), (q, q_out, qw, k, k_out, kw))
     if qo or ko:  # outputs given (in place or not): they existed before the call
         launch.bump_versions((q_out, k_out) if qo and ko else (q_out,) if qo else (k_out,))
-    if plan.records is not None and _express.wants(plan):  # the express call: arguments (q, k, q_weight, k_weight, q_out, k_out, eps, ...)
+    if plan.records is not None and _express.wants(plan):
+        # the express call's entry: arguments (q, k, q_weight, k_weight, q_out, k_out, eps, weight_offset, config)
         reads = () if wk is None else ((2, plan.read_spans[0]), (3, plan.read_spans[1]))
         plans.register_qk(_express.QK, (q, k, *given, eps, weight_offset, config), plan,
                           (pq, pk, d[4], d[5], pqo, pko, None, None, None), (0, 1, 4, 5),

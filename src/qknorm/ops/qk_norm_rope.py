@@ -98,7 +98,8 @@ def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q
     launch.launch_plan(plan, ptrs, (cs, positions, q, q_out, qw, k, k_out, kw))
     if qo or ko:  # outputs given (in place or not): they existed before the call
         launch.bump_versions((q_out, k_out) if qo and ko else (q_out,) if qo else (k_out,))
-    if plan.records is not None and _express.wants(plan) and (d[1] >= 0 or _express.testing()):  # the express call: (q, k, q_weight, ...)
+    if plan.records is not None and (d[1] >= 0 or _express.testing()) and _express.wants(plan):
+        # the express call's entry: arguments (q, k, q_weight, k_weight, cos_sin_cache, positions, q_out, ...)
         # (CPU tensors, tests only: positions checked per call above, not by the C call)
         rs = plan.read_spans
         reads = tuple(zip((4, 5) if wk is None else (4, 5, 2, 3), rs))

@@ -443,7 +443,8 @@ def fast(q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, eps, is
     launch.launch_plan(plan, ptrs, (cs, positions, q, q_out, qw, k, kw, k_cache, k_out, v, v_cache, slot_mapping,
                                     k_scale, v_scale))
     launch.bump_versions((q_out, k_cache, v_cache) if ko is NEW else (q_out, k_out, k_cache, v_cache))
-    if plan.records is not None and _express.wants(plan) and mrope_section is None and (d[1] >= 0 or _express.testing()):
+    if plan.records is not None and mrope_section is None and (d[1] >= 0 or _express.testing()) \
+            and _express.wants(plan):
         # (CPU tensors, tests only: positions and slots checked per call above, not by the C call)
         _express_entry(plan, args, ptrs, qo, ko)
     return q_out
@@ -462,7 +463,8 @@ def _express_entry(plan, args, ptrs, qo, ko):
     view_arg = (0, 1, 2, qt, kt, 7, 8)  # _Q, _K, _V, _QO, _KO, _KC, _VC
     # the kernel's pointers (_PTRS order) as arguments: absent weights/scales/k_out stand in as read
     ptr_arg = (5, 6, 0, qt, 3 if args[3] is not None else 0, 1, 4 if args[4] is not None else 1, 7,
-               kt if ko is not NEW else 1, 2, 8, 9, 15 if args[15] is not None else 5, 16 if args[16] is not None else 5)
+               kt if ko is not NEW else 1, 2, 8, 9, 15 if args[15] is not None else 5,
+               16 if args[16] is not None else 5)
     arg_ptr = [None] * len(_ARGS)
     for a, p in zip(ptr_arg, ptrs):
         arg_ptr[a] = p
