@@ -96,7 +96,7 @@ def test_output_into_a_closed_pipe_is_no_traceback():
     os.close(r)
     try:
         p = subprocess.run([sys.executable, "-m", "qknorm.cli", "tune", "--dry-run"], stdout=w,
-                           stderr=subprocess.PIPE, text=True, timeout=600)
+                           stderr=subprocess.PIPE, text=True, timeout=600)  # hang guard only
     finally:
         os.close(w)
     assert p.returncode == 141 and "Traceback" not in p.stderr, p.stderr

@@ -1,6 +1,7 @@
-"""The compiled parts of the fast call: ``describe``, the metadata and data pointers of a call's
-tensors in one C call (``_native/fastcall.c``, with a Python twin of the same contract), and the
-kernel launch from a prepacked record (``_native/launchcall.c``, used by ``launch.py``).
+"""The compiled part of the fast call, one C module (``_native/launchcall.c``): ``describe``, the
+metadata and data pointers of a call's tensors in one C call (with a Python twin of the same
+contract), the kernel launch from a prepacked record (used by ``launch.py``) and the express call
+(:data:`call`, entries made by ``ops/_express.py``).
 
 A fast call's plan key holds every tensor's dtype, device, shape and strides; read from Python
 that is ~0.35 µs per tensor (four attribute calls and a negation check), in C through PyTorch's
@@ -101,11 +102,10 @@ class _Compiled:
         return mod, self.built
 
 
-_describe_c = _Compiled("fastcall.c", "qknorm_fastcall", lambda: (_Tensor, _Parameter, torch.int8, torch.uint8),
-                        "compiled (DLPack C exchange API)")
-_launch_c = _Compiled("launchcall.c", "qknorm_launchcall",
+_native_c = _Compiled("launchcall.c", "qknorm_launchcall",
                       lambda: (_Tensor, _Parameter, torch.int8, torch.uint8, False),
-                      "compiled (cuLaunchKernelEx from a prepacked record)")
+                      "compiled (DLPack C exchange API; cuLaunchKernelEx from prepacked records)")
+_off = None  # why describe is switched off (set_enabled(False)), or None
 
 
 def source_text(name: str) -> str:
@@ -128,29 +128,32 @@ def _env_enabled() -> bool:
 
 
 def load():
-    """The compiled ``describe`` module, built on first use; None (see :func:`reason`) when not possible."""
-    return _describe_c.load()
+    """The compiled module for ``describe``, built on first use; None (see :func:`reason`) when not
+    possible or switched off (:func:`set_enabled`)."""
+    return None if _off else _native_c.load()
 
 
 def load_launcher():
-    """The compiled launch module (``launch_from``, ``pick``, ``param_info``, the express ``call``), built
-    on first use; None (see :func:`reason`) where it cannot launch: no CUDA driver, no exchange API, no
-    compiler, ``QKNORM_NATIVE=0``."""
-    m = _launch_c.load()
+    """The compiled module for launches (``launch_from``, ``pick``, ``param_info``, the express ``call``),
+    built on first use; None (see :func:`reason`) where it cannot launch: no CUDA driver, no exchange
+    API, no compiler, ``QKNORM_NATIVE=0``."""
+    m = _native_c.load()
     return m if m is not None and m.has_driver() else None
 
 
 def launch_module():
-    """The compiled launch module even without a CUDA driver (tests launch through its
-    ``set_test_launch``), or None."""
-    return _launch_c.load()
+    """The compiled module even without a CUDA driver (tests launch through its ``set_test_launch``),
+    or None."""
+    return _native_c.load()
 
 
 def reason(launcher: bool = False) -> str:
     """Why the compiled ``describe`` (or launch) is or is not in use, in words."""
-    if launcher and _launch_c.module is not None and not _launch_c.module.has_driver():
+    if not launcher and _off:
+        return _off
+    if launcher and _native_c.module is not None and not _native_c.module.has_driver():
         return "no CUDA driver (libcuda.so.1)"
-    return (_launch_c if launcher else _describe_c).reason
+    return _native_c.reason
 
 
 def _no_express(*args):
@@ -173,17 +176,13 @@ def set_enabled(flag: bool) -> None:
     """Use the compiled :func:`describe` (True: built now if it was not) or the Python twin (False).
     Plans cached under one form's keys are not found under the other's (``ops._plan.clear_caches``
     drops them). Off also turns the express call off (:data:`call`)."""
-    global describe, call
-    if flag:
-        _describe_c.tried = False
-        m = load()
-        describe = m.describe if m is not None else describe_py
-    else:
-        with _lock:
-            describe = describe_py
+    global describe, call, _off
+    with _lock:
+        _off = None if flag else "switched off (native.set_enabled(False))"
+        if not flag:
             call = _no_express
-            _describe_c.module, _describe_c.tried = None, True
-            _describe_c.reason = "switched off (native.set_enabled(False))"
+    m = load()
+    describe = m.describe if m is not None else describe_py
 
 
 def describe(*args):
@@ -196,6 +195,5 @@ def describe(*args):
 
 def enabled() -> bool:
     """Whether the compiled form is in use (False before the first fast call)."""
-    m = _describe_c.module
+    m = _native_c.module
     return m is not None and describe is m.describe
-

@@ -1,5 +1,15 @@
-/* qknorm's compiled kernel launch (built at first use by qknorm/native.py; needs neither CUDA's
- * nor torch's headers: the driver is opened with dlopen, as Triton's own launcher does).
+/* qknorm's compiled fast call (built at first use by qknorm/native.py with the C compiler and Python
+ * headers Triton's own launchers are built with; needs neither CUDA's nor torch's headers: the driver is
+ * opened with dlopen, as Triton's own launcher does, and tensors are read through PyTorch's DLPack C
+ * exchange API, `__dlpack_c_exchange_api__`, torch >= 2.10).
+ *
+ * describe(grad, *args) -> (meta: bytes, device: int, ptr0, ptr1, ...) or None
+ *   For each argument, None or a torch.Tensor / nn.Parameter (exact types): its dtype, device,
+ *   shape and strides packed into `meta` (a None argument adds one marker byte), and its data
+ *   pointer (None for a None argument). `device` is the first tensor's CUDA/ROCm index, -1 on
+ *   any other device. None when an argument is of another type, cannot be described through
+ *   DLPack (sparse, ...), is a negated view (`is_neg()`: DLPack would not say so), or, with
+ *   `grad` true (the caller's grad mode), requires grad (tensor_meta.h: tm_read).
  *
  * A *launch record* is a bytes object made once per call plan (qknorm/launch.py, `launch_record`): the
  * CUfunction of a Triton-compiled kernel, its grid, block and shared memory, the device, PDL and
@@ -18,7 +28,7 @@
  * call(op, *args) -> the op's result, or NotImplemented (the caller takes its Python path). `args`
  *   are the public function's arguments in a fixed order per op: tensors (exactly torch.Tensor or
  *   nn.Parameter), None, exact floats, bools and ints, and instances of set_express's identity types. Their key (op code; per argument: its
- *   metadata as in fastcall.c's describe, the index of an earlier argument that is the same object,
+ *   metadata as in describe, the index of an earlier argument that is the same object,
  *   or the scalar's type and bits) is looked up in the table given to set_express; the *entry*
  *   found there, made by ops/_plan.py after a Python fast call launched through a record, says
  *   which arguments are the kernel's pointers (head), which pairs of views must be apart (byte
@@ -462,6 +472,67 @@ static PyObject* launch_from(PyObject* self, PyObject* const* args, Py_ssize_t n
   return res;
 }
 
+/* ---- describe: a fast call's tensors, for the Python fast call's plan key ---- */
+static PyObject* describe(PyObject* self, PyObject* const* argv, Py_ssize_t nargs) {
+  unsigned char buf[TM_META_MAX];
+  if (nargs < 1) {
+    PyErr_SetString(PyExc_TypeError, "describe(grad, *tensors)");
+    return NULL;
+  }
+  int grad = PyObject_IsTrue(argv[0]);
+  if (grad < 0) return NULL;
+  PyObject* const* args = argv + 1;
+  Py_ssize_t n = nargs - 1;
+  size_t pos = 0;
+  long device = -2; /* not yet seen */
+  if (!tm_from_py) {
+    PyErr_SetString(PyExc_RuntimeError, "qknorm native: init() not called");
+    return NULL;
+  }
+  PyObject* out = PyTuple_New(n + 2);
+  if (!out) return NULL;
+  for (Py_ssize_t i = 0; i < n; i++) {
+    PyObject* a = args[i];
+    if (a == Py_None) {
+      if (pos + 1 > TM_META_MAX) goto none;
+      buf[pos++] = 0xff;
+      Py_INCREF(Py_None);
+      PyTuple_SET_ITEM(out, i + 2, Py_None);
+      continue;
+    }
+    DLTensor t; /* its shape and strides are valid until control returns to Python: copied below */
+    if (!tm_read(a, &t, grad)) goto none;
+    pos = tm_pack(buf, pos, &t);
+    if (!pos) goto none;
+    if (device == -2)
+      device = (t.device.device_type == kDLCUDA || t.device.device_type == kDLROCM) ? t.device.device_id : -1;
+    PyObject* p = PyLong_FromUnsignedLongLong((unsigned long long)tm_data_ptr(&t));
+    if (!p) {
+      Py_DECREF(out);
+      return NULL;
+    }
+    PyTuple_SET_ITEM(out, i + 2, p);
+  }
+  {
+    PyObject* b = PyBytes_FromStringAndSize((const char*)buf, (Py_ssize_t)pos);
+    if (!b) {
+      Py_DECREF(out);
+      return NULL;
+    }
+    PyTuple_SET_ITEM(out, 0, b);
+    PyObject* d = PyLong_FromLong(device == -2 ? -1 : device);
+    if (!d) {
+      Py_DECREF(out);
+      return NULL;
+    }
+    PyTuple_SET_ITEM(out, 1, d);
+  }
+  return out;
+none:
+  Py_DECREF(out);
+  Py_RETURN_NONE;
+}
+
 /* ---- the express call ---- */
 #define X_MAX_ARGS 24
 #define X_NONE INT64_MIN /* a check without an exact pointer distance */
@@ -796,6 +867,8 @@ static PyMethodDef methods[] = {
     {"launch_from", (PyCFunction)(void (*)(void))launch_from, METH_FASTCALL,
      "launch_from(records, *per_call) -> bool"},
     {"has_driver", has_driver, METH_NOARGS, "has_driver() -> whether the CUDA driver is open"},
+    {"describe", (PyCFunction)(void (*)(void))describe, METH_FASTCALL,
+     "describe(grad, *tensors) -> (meta, device, *data_ptrs) or None"},
     {"set_test_launch", set_test_launch, METH_O, "set_test_launch(fn or None), tests only"},
     {"set_express", set_express, METH_VARARGS,
      "set_express(table or None, is_grad_enabled, increment_version, identity_types)"},

@@ -1,5 +1,4 @@
-/* One tensor argument of a fast call, read in C (shared by fastcall.c and launchcall.c; each C file
- * is its own Python module with its own copy of this state).
+/* One tensor argument of a fast call, read in C (launchcall.c: describe and the express call).
  *
  * tm_init(torch.Tensor, torch.nn.Parameter, torch.int8, torch.uint8) binds PyTorch's DLPack C
  * exchange API (`__dlpack_c_exchange_api__`, DLPack 1.x, torch >= 2.10).
