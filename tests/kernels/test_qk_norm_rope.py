@@ -414,9 +414,12 @@ from qknorm.kernels.qk_norm_rope import qk_rms_norm_rope_kernel as kernel
 names = list(kernel.arg_names)
 ptrs = {"CS": "*fp32", "P": "*i64", "XQ": "*bf16", "YQ": "*bf16", "WQ": "*fp32", "XK": "*bf16", "YK": "*bf16",
         "WK": "*bf16"}
-for is_neox, has_tail, block_h, block_t in ((True, False, 64, 1), (False, True, 32, 128), (False, True, 1, 64)):
+cases = [(True, False, 64, 1, "split"), (False, True, 32, 128, "split"), (False, True, 1, 64, "split")]
+cases += [(neox, True, 32, 256, form) for neox in (True, False) for form in ("gather", "load")]
+for is_neox, has_tail, block_h, block_t, form in cases:
     consts = {"HAS_WEIGHT": True, "IS_NEOX": is_neox, "HAS_TAIL": has_tail, "ROWS": 4, "BLOCK_H": block_h,
-              "BLOCK_T": block_t, "PERSISTENT": True, "USE_PDL": False}
+              "BLOCK_T": block_t, "WHOLE": form != "split", "BLOCK_D": 1 if form == "split" else 256,
+              "PARTNER_LOAD": form == "load", "PERSISTENT": True, "USE_PDL": False}
     sig = {n: ptrs.get(n, "constexpr" if n in consts else "fp32" if n in ("eps", "w_offset") else "i32")
            for n in names}
     src = ASTSource(fn=kernel, signature=sig, constexprs={(names.index(n),): v for n, v in consts.items()})
@@ -428,7 +431,7 @@ print("compiled")
 
 def test_compiles_for_sm90_without_a_gpu():
     """Ahead-of-time compile of the kernel to sm_90 cubins (NeoX full rotary, GPT-J partial,
-    rotary_dim 2), in a process without the interpreter: checks what the interpreter cannot
+    rotary_dim 2; the whole-row forms, partner gathered or loaded), in a process without the interpreter: checks what the interpreter cannot
     (constexpr branches, split/join layouts, the persistent loop lowered for Hopper)."""
     import os
     import subprocess

@@ -46,14 +46,35 @@ def col_offset(c, WIDE: tl.constexpr):
 def norm_rope_rows(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps, ps3, S0, S01,
                W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok,
                HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr, MROPE: tl.constexpr,
-               ROWS: tl.constexpr, BLOCK_H: tl.constexpr, WIDE: tl.constexpr, RESCUE: tl.constexpr = False):
+               ROWS: tl.constexpr, BLOCK_H: tl.constexpr, WIDE: tl.constexpr, RESCUE: tl.constexpr = False,
+               WHOLE: tl.constexpr = False, BLOCK_D: tl.constexpr = 1, PARTNER_LOAD: tl.constexpr = False):
     """fp32 ``(o1, o2, ot, ss)`` of the rows at ``x_row`` (tokens ``t``): normalised, weighted and
     rotated pair halves, the weighted tail (steps 1-3 above) and the rows' fp32 sums of squares;
     nothing stored. ``MROPE``: the position of frequency ``j`` is row ``(j >= S0) + (j >= S01)``
     of ``P [3, T]`` (row stride ``ps3``; Qwen2-VL's multimodal RoPE). ``WIDE``: int64 column
     offsets. ``RESCUE`` (``SAFE_RANGE``'s second call, for the rows out of fp32's range: see
     :func:`rows_in_range` and the callers' rescue branch): every row scaled by ``2**k`` first (rows.py), the same
-    arithmetic otherwise."""
+    arithmetic otherwise. ``WHOLE``: the whole-row form (:func:`norm_rope_whole`): ``o1`` is then the rows'
+    ``[ROWS, BLOCK_D]`` result and ``o2``/``ot`` are unused."""
+    if WHOLE:
+        o1, ss = norm_rope_whole(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
+                                 ps3, S0, S01, W, ws, xsd, HAS_WEIGHT, IS_NEOX, MROPE, ROWS, BLOCK_D, WIDE, RESCUE,
+                                 PARTNER_LOAD)
+        o2 = o1
+        ot = o1
+    else:
+        o1, o2, ot, ss = norm_rope_split(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos,
+                                         P, ps, ps3, S0, S01, W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok, HAS_WEIGHT,
+                                         IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE, RESCUE)
+    return o1, o2, ot, ss
+
+
+@triton.jit
+def norm_rope_split(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps, ps3, S0, S01,
+                    W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok,
+                    HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr, MROPE: tl.constexpr,
+                    ROWS: tl.constexpr, BLOCK_H: tl.constexpr, WIDE: tl.constexpr, RESCUE: tl.constexpr):
+    """The split form of :func:`norm_rope_rows`: the rotary halves and the tail as separate tiles."""
     R = 2 * HALF
     pm = row_ok[:, None] & j_ok[None, :]
     # cos/sin of each row's position (per frequency with mRoPE), clamped into the cache.
@@ -131,6 +152,85 @@ def norm_rope_rows(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0,
 
 
 @triton.jit
+def cos_sin(t, row_ok, j, rot, CS, css0, css1, max_pos, HALF, P, ps, ps3, S0, S01, MROPE: tl.constexpr):
+    """fp32 ``(cos, sin)`` ``[ROWS, len(j)]`` of frequency ``j`` at each row's position (clamped into the
+    cache; with ``MROPE`` the position row of ``j``'s section); 1 and 0 where ``rot`` is false."""
+    pm = row_ok[:, None] & rot[None, :]
+    if MROPE:
+        sec = (j >= S0).to(tl.int64) + (j >= S01).to(tl.int64)
+        pos = tl.load(P + t[:, None] * ps + (sec * ps3)[None, :], mask=pm, other=0)
+        cs_at = CS + tl.minimum(tl.maximum(pos, 0), max_pos - 1).to(tl.int64) * css0
+    else:
+        pos = tl.load(P + t * ps, mask=row_ok, other=0)
+        cs_at = (CS + tl.minimum(tl.maximum(pos, 0), max_pos - 1).to(tl.int64) * css0)[:, None]
+    cos = tl.load(cs_at + (j * css1)[None, :], mask=pm, other=1.0).to(tl.float32)
+    sin = tl.load(cs_at + ((j + HALF) * css1)[None, :], mask=pm, other=0.0).to(tl.float32)
+    return cos, sin
+
+
+@triton.jit
+def norm_rope_whole(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps, ps3, S0,
+                    S01, W, ws, xsd, HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, MROPE: tl.constexpr,
+                    ROWS: tl.constexpr, BLOCK_D: tl.constexpr, WIDE: tl.constexpr, RESCUE: tl.constexpr,
+                    PARTNER_LOAD: tl.constexpr):
+    """fp32 ``(o, ss)`` of the rows at ``x_row``: the whole rows ``[ROWS, BLOCK_D]`` (one contiguous
+    load, 16-byte vectors where the strides allow) normalised, weighted, their first ``2 * HALF``
+    elements rotated; ``ss`` the fp32 sums of squares. For partial rotary this replaces the three
+    narrow tiles (two rotary halves and the tail) of the split form. The rotation partner of each
+    element: GPT-J, the neighbour (``reshape`` + ``split``); NeoX, element ``c +- HALF``, taken from
+    the normalised tile by ``tl.gather`` (warp shuffles where the row lies in one warp) or, with
+    ``PARTNER_LOAD``, read again (an L1 hit) and normalised the same way. Same arithmetic per
+    element as the split form."""
+    c = tl.arange(0, BLOCK_D)
+    c_ok = c < D
+    m = row_ok[:, None] & c_ok[None, :]
+    x = tl.load(x_row[:, None] + (col_offset(c, WIDE) * xsd)[None, :], mask=m, other=0.0).to(tl.float32)
+    ss = tl.sum(x * x, axis=1)
+    if RESCUE:
+        k = row_exponent(tl.max(tl.abs(x), axis=1), row_ok)
+        sc = (pow2(k >> 1) * pow2(k - (k >> 1)))[:, None]
+        xs = x * sc
+        p2, q2 = scaled_factors(tl.sum(xs * xs, axis=1), D, eps, eps_tiny, k)
+        p = p2[:, None]
+        q = q2[:, None]
+    else:
+        p = 1.0
+        q = tl.rsqrt(ss / D + eps)[:, None]
+    if RESCUE:
+        y = (x * p) * q
+    else:
+        y = x * q
+    if HAS_WEIGHT:
+        w = tl.load(W + c * ws, mask=c_ok, other=0.0).to(tl.float32) + w_offset
+        y = y * w[None, :]
+    R = 2 * HALF
+    if IS_NEOX:
+        rot = c < R
+        partner = tl.where(c < HALF, c + HALF, tl.where(rot, c - HALF, c))
+        if PARTNER_LOAD:
+            xp = tl.load(x_row[:, None] + (col_offset(partner, WIDE) * xsd)[None, :], mask=row_ok[:, None] & rot[None, :],
+                         other=0.0).to(tl.float32)
+            if RESCUE:
+                yp = (xp * p) * q
+            else:
+                yp = xp * q
+            if HAS_WEIGHT:
+                yp = yp * (tl.load(W + partner * ws, mask=rot, other=0.0).to(tl.float32) + w_offset)[None, :]
+        else:
+            yp = tl.gather(y, tl.broadcast_to(partner[None, :], (ROWS, BLOCK_D)), axis=1)
+        cos, sin = cos_sin(t, row_ok, tl.where(c < HALF, c, c - HALF), rot, CS, css0, css1, max_pos, HALF, P, ps, ps3,
+                           S0, S01, MROPE)
+        # o1 = y1 * cos - y2 * sin, o2 = y2 * cos + y1 * sin: the split form's products, the sign exact
+        o = y * cos + tl.where((c < HALF)[None, :], -yp, yp) * sin
+    else:
+        ye, yo = tl.split(tl.reshape(y, [ROWS, BLOCK_D // 2, 2]))
+        j = tl.arange(0, BLOCK_D // 2)
+        cos, sin = cos_sin(t, row_ok, j, j < HALF, CS, css0, css1, max_pos, HALF, P, ps, ps3, S0, S01, MROPE)
+        o = tl.reshape(tl.join(ye * cos - yo * sin, yo * cos + ye * sin), [ROWS, BLOCK_D])
+    return o, ss
+
+
+@triton.jit
 def rope_columns(D, HALF, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr):
     """The column ranges of a row and their masks: ``j`` the pair index (``[0, HALF)``), ``c`` the
     rotary part as one range (GPT-J, ``[0, 2*HALF)``), ``tc`` the pass-through tail
@@ -154,7 +254,8 @@ def rows_in_range(row_ok, ss, D, eps):
 def _rope_rows(block, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
                X, Y, W, n_rows, H, xst, xsh, xsd, yst, ysh, ysd, ws,
                HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr,
-               ROWS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr):
+               ROWS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr, WHOLE: tl.constexpr,
+               BLOCK_D: tl.constexpr, PARTNER_LOAD: tl.constexpr):
     """Norm + RoPE of rows ``block*ROWS ... +ROWS`` of X (``[T, H, D]``) into Y."""
     rows = block * ROWS + tl.arange(0, ROWS)
     row_ok = rows < n_rows
@@ -164,33 +265,40 @@ def _rope_rows(block, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos,
     x_row = X + t * xst + h * xsh
     o1, o2, ot, ss = norm_rope_rows(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P,
                                     ps, 0, 0, 0, W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok,
-                                    HAS_WEIGHT, IS_NEOX, HAS_TAIL, False, ROWS, BLOCK_H, False)
+                                    HAS_WEIGHT, IS_NEOX, HAS_TAIL, False, ROWS, BLOCK_H, False, False, WHOLE, BLOCK_D,
+                                    PARTNER_LOAD)
     y_row = Y + t * yst + h * ysh
-    _store_rope(o1, o2, ot, y_row, ysd, rows_in_range(row_ok, ss, D, eps), j, j_ok, HALF, c, c_ok, tc, t_ok,
-                IS_NEOX, HAS_TAIL, ROWS, BLOCK_H)
+    _store_rope(o1, o2, ot, y_row, ysd, rows_in_range(row_ok, ss, D, eps), D, j, j_ok, HALF, c, c_ok, tc, t_ok,
+                IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WHOLE, BLOCK_D)
     if SAFE_RANGE:
         bad = row_ok & extreme_rows(ss, D, eps)
         if any_true(bad):  # rare: rows out of fp32's range, read again (their memory still holds the input)
             o1, o2, ot, ss = norm_rope_rows(t, x_row, bad, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos,
                                             P, ps, 0, 0, 0, W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok,
-                                            HAS_WEIGHT, IS_NEOX, HAS_TAIL, False, ROWS, BLOCK_H, False, True)
-            _store_rope(o1, o2, ot, y_row, ysd, bad, j, j_ok, HALF, c, c_ok, tc, t_ok, IS_NEOX, HAS_TAIL, ROWS,
-                        BLOCK_H)
+                                            HAS_WEIGHT, IS_NEOX, HAS_TAIL, False, ROWS, BLOCK_H, False, True, WHOLE,
+                                            BLOCK_D, PARTNER_LOAD)
+            _store_rope(o1, o2, ot, y_row, ysd, bad, D, j, j_ok, HALF, c, c_ok, tc, t_ok, IS_NEOX, HAS_TAIL, ROWS,
+                        BLOCK_H, WHOLE, BLOCK_D)
 
 
 @triton.jit
-def _store_rope(o1, o2, ot, y_row, ysd, rows, j, j_ok, HALF, c, c_ok, tc, t_ok, IS_NEOX: tl.constexpr,
-                HAS_TAIL: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr):
-    """Store the rotated halves ``o1``/``o2`` and the tail ``ot`` of the rows ``rows``."""
+def _store_rope(o1, o2, ot, y_row, ysd, rows, D, j, j_ok, HALF, c, c_ok, tc, t_ok, IS_NEOX: tl.constexpr,
+                HAS_TAIL: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr, WHOLE: tl.constexpr,
+                BLOCK_D: tl.constexpr):
+    """Store the rotated halves ``o1``/``o2`` and the tail ``ot`` of the rows ``rows`` (``WHOLE``: the
+    whole rows ``o1``)."""
     ty = y_row.dtype.element_ty
-    if IS_NEOX:
+    if WHOLE:
+        cd = tl.arange(0, BLOCK_D)
+        tl.store(y_row[:, None] + (cd * ysd)[None, :], o1.to(ty), mask=rows[:, None] & (cd < D)[None, :])
+    elif IS_NEOX:
         pm = rows[:, None] & j_ok[None, :]
         tl.store(y_row[:, None] + (j * ysd)[None, :], o1.to(ty), mask=pm)
         tl.store(y_row[:, None] + ((j + HALF) * ysd)[None, :], o2.to(ty), mask=pm)
     else:
         o = tl.reshape(tl.join(o1, o2), [ROWS, 2 * BLOCK_H])
         tl.store(y_row[:, None] + (c * ysd)[None, :], o.to(ty), mask=rows[:, None] & c_ok[None, :])
-    if HAS_TAIL:
+    if HAS_TAIL and not WHOLE:
         tl.store(y_row[:, None] + (tc * ysd)[None, :], ot.to(ty), mask=rows[:, None] & t_ok[None, :])
 
 
@@ -199,15 +307,16 @@ def _qk_rope_block(block, q_blocks, D, HALF, eps, eps_tiny, w_offset, CS, css0, 
                    XQ, YQ, WQ, q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
                    XK, YK, WK, k_rows, kH, kxt, kxh, kxd, kyt, kyh, kyd, kws,
                    HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr,
-                   ROWS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr):
+                   ROWS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr, WHOLE: tl.constexpr,
+                   BLOCK_D: tl.constexpr, PARTNER_LOAD: tl.constexpr):
     if block < q_blocks:
         _rope_rows(block, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
                    XQ, YQ, WQ, q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
-                   HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, BLOCK_T)
+                   HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, BLOCK_T, WHOLE, BLOCK_D, PARTNER_LOAD)
     else:
         _rope_rows(block - q_blocks, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
                    XK, YK, WK, k_rows, kH, kxt, kxh, kxd, kyt, kyh, kyd, kws,
-                   HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, BLOCK_T)
+                   HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, BLOCK_T, WHOLE, BLOCK_D, PARTNER_LOAD)
 
 
 @triton.jit
@@ -216,7 +325,8 @@ def qk_rms_norm_rope_kernel(CS, P, XQ, YQ, WQ, XK, YK, WK, eps, eps_tiny, w_offs
                             q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
                             k_rows, kH, kxt, kxh, kxd, kyt, kyh, kyd, kws,
                             HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr,
-                            ROWS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr,
+                            ROWS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr, WHOLE: tl.constexpr,
+                            BLOCK_D: tl.constexpr, PARTNER_LOAD: tl.constexpr,
                             PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False):
     """Q then K blocks of ROWS (token, head) rows in one grid; PERSISTENT loops over all
     blocks with a grid stride.
@@ -225,7 +335,9 @@ def qk_rms_norm_rope_kernel(CS, P, XQ, YQ, WQ, XK, YK, WK, eps, eps_tiny, w_offs
     ``[2*HALF, D)`` (``HAS_TAIL``, ``BLOCK_T = next_pow2(D - 2*HALF)``) is only normalised.
     ``CS``: cos/sin cache ``[max_pos, 2*HALF]`` (strides ``css0``, ``css1``); ``P``: positions
     ``[T]`` (stride ``ps``, int32 or int64). Per segment: rows ``T*H``, heads ``H``, input and
-    output strides (token, head, element), weight stride.
+    output strides (token, head, element), weight stride. ``WHOLE``: each row as one ``[ROWS, BLOCK_D]``
+    tile (``BLOCK_D = next_pow2(D)``, :func:`norm_rope_whole`; ``PARTNER_LOAD`` its NeoX partner read
+    again) instead of its rotary halves and tail.
     """
     pdl_wait(USE_PDL)
     q_blocks = tl.cdiv(q_rows, ROWS)
@@ -235,12 +347,12 @@ def qk_rms_norm_rope_kernel(CS, P, XQ, YQ, WQ, XK, YK, WK, eps, eps_tiny, w_offs
             _qk_rope_block(block, q_blocks, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
                            XQ, YQ, WQ, q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
                            XK, YK, WK, k_rows, kH, kxt, kxh, kxd, kyt, kyh, kyd, kws,
-                           HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, BLOCK_T)
+                           HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, BLOCK_T, WHOLE, BLOCK_D, PARTNER_LOAD)
     else:
         _qk_rope_block(tl.program_id(0), q_blocks, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
                        XQ, YQ, WQ, q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
                        XK, YK, WK, k_rows, kH, kxt, kxh, kxd, kyt, kyh, kyd, kws,
-                       HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, BLOCK_T)
+                       HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, BLOCK_T, WHOLE, BLOCK_D, PARTNER_LOAD)
     # After the work: a dependent kernel launched earlier would hold SM slots while
     # this grid still has blocks to run (it measured 40% slower at 16k tokens).
     pdl_launch_dependents(USE_PDL)

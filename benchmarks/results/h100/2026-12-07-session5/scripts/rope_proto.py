@@ -106,6 +106,19 @@ def main():
             qx, kx = views(x)
             row["qknorm"] = time_graph([lambda: qknorm.qk_rms_norm_rope(qx, kx, qw, kw, cs, pos, 1e-6, rotary_dim=r,
                                                                         q_out=qx, k_out=kx)])
+            # the library's own row forms (ops/qk_norm_rope.ROW_FORM), checked against the split form
+            import qknorm.ops.qk_norm_rope as rope_op
+            for form in ("split", "gather", "load"):
+                rope_op.ROW_FORM = form
+                qknorm.dispatch.reset()
+                f2 = qkv.clone()
+                qf, kf = views(f2)
+                qknorm.qk_rms_norm_rope(qf, kf, qw, kw, cs, pos, 1e-6, rotary_dim=r, q_out=qf, k_out=kf)
+                row[f"lib_{form}_diff"] = ((a.float() - f2.float()).abs().max() / a.float().abs().max()).item()
+                row[f"lib.{form}"] = time_graph([lambda: qknorm.qk_rms_norm_rope(qx, kx, qw, kw, cs, pos, 1e-6,
+                                                                                 rotary_dim=r, q_out=qx, k_out=kx)])
+            rope_op.ROW_FORM = "auto"
+            qknorm.dispatch.reset()
             for rows in (1, 2, 4, 8, 16):
                 for warps in (1, 2, 4, 8):
                     if rows * d // (32 * warps) < 4 or rows * d // (32 * warps) > 64:
@@ -127,7 +140,9 @@ def main():
             best2 = min((v, k) for k, v in row.items() if k.startswith("reload."))
             print(f"hq={hq} hk={hk} d={d} r={r} T={T:6d} diff={err:.1e}/{err2:.1e} qknorm={row['qknorm']:.2f} "
                   f"gather {best[1]}={best[0]:.2f} reload {best2[1]}={best2[0]:.2f} "
-                  f"sglang={row.get('sglang', float('nan')):.2f}", flush=True)
+                  f"sglang={row.get('sglang', float('nan')):.2f} lib split/gather/load="
+                  f"{row['lib.split']:.2f}/{row['lib.gather']:.2f}/{row['lib.load']:.2f} "
+                  f"(diff {row['lib_gather_diff']:.1e}/{row['lib_load_diff']:.1e})", flush=True)
             res.append(row)
     with open(os.path.join(out, "rope_gather.json"), "w") as f:
         json.dump(res, f, indent=1)
