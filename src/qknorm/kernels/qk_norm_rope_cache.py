@@ -54,13 +54,18 @@ def _cast(v, sc, out_ty: tl.constexpr, FP8: tl.constexpr, QMAX: tl.constexpr, NA
 
 
 @triton.jit
-def _store_row(o1, o2, ot, Y, y_row, ysd, rows_ok, j, j_ok, HALF, c, c_ok, tc, t_ok, sc,
+def _store_row(o1, o2, ot, Y, y_row, ysd, rows_ok, D, j, j_ok, HALF, c, c_ok, tc, t_ok, sc,
                FP8: tl.constexpr, QMAX: tl.constexpr, NATIVE_CAST: tl.constexpr, IS_NEOX: tl.constexpr,
-               HAS_TAIL: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr, WIDE: tl.constexpr):
+               HAS_TAIL: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr, WIDE: tl.constexpr,
+               WHOLE: tl.constexpr, BLOCK_D: tl.constexpr):
     """Store the rotated pair halves ``o1``/``o2`` and the tail ``ot`` of rows ``rows_ok``
-    (row pointers ``y_row``, element stride ``ysd``) in ``Y``'s type."""
+    (row pointers ``y_row``, element stride ``ysd``) in ``Y``'s type; ``WHOLE``: the whole rows ``o1``."""
     ty = Y.dtype.element_ty
-    if IS_NEOX:
+    if WHOLE:
+        cd = tl.arange(0, BLOCK_D)
+        tl.store(y_row[:, None] + (col_offset(cd, WIDE) * ysd)[None, :], _cast(o1, sc, ty, FP8, QMAX, NATIVE_CAST),
+                 mask=rows_ok[:, None] & (cd < D)[None, :])
+    elif IS_NEOX:
         pm = rows_ok[:, None] & j_ok[None, :]
         tl.store(y_row[:, None] + (col_offset(j, WIDE) * ysd)[None, :], _cast(o1, sc, ty, FP8, QMAX, NATIVE_CAST),
                  mask=pm)
@@ -70,24 +75,24 @@ def _store_row(o1, o2, ot, Y, y_row, ysd, rows_ok, j, j_ok, HALF, c, c_ok, tc, t
         o = tl.reshape(tl.join(o1, o2), [ROWS, 2 * BLOCK_H])
         tl.store(y_row[:, None] + (col_offset(c, WIDE) * ysd)[None, :], _cast(o, sc, ty, FP8, QMAX, NATIVE_CAST),
                  mask=rows_ok[:, None] & c_ok[None, :])
-    if HAS_TAIL:
+    if HAS_TAIL and not WHOLE:
         tl.store(y_row[:, None] + (col_offset(tc, WIDE) * ysd)[None, :], _cast(ot, sc, ty, FP8, QMAX, NATIVE_CAST),
                  mask=rows_ok[:, None] & t_ok[None, :])
 
 
 @triton.jit
-def _store_k(o1, o2, ot, KC, kc_row, kcd, KO, t, h, kot, koh, kod, to_cache, to_kout, j, j_ok, HALF, c, c_ok, tc, t_ok,
-             ksc,
+def _store_k(o1, o2, ot, KC, kc_row, kcd, KO, t, h, kot, koh, kod, to_cache, to_kout, D, j, j_ok, HALF, c, c_ok, tc,
+             t_ok, ksc,
              K_FP8: tl.constexpr, K_QMAX: tl.constexpr, NATIVE_CAST: tl.constexpr, IS_NEOX: tl.constexpr,
              HAS_TAIL: tl.constexpr, HAS_KOUT: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
-             WIDE: tl.constexpr):
+             WIDE: tl.constexpr, WHOLE: tl.constexpr, BLOCK_D: tl.constexpr):
     """K's rows: into the cache (rows ``to_cache``, FP8 with ``ksc`` when ``K_FP8``) and, with
     ``HAS_KOUT``, into ``KO`` (rows ``to_kout``; row ``t, h`` at ``t * kot + h * koh``)."""
-    _store_row(o1, o2, ot, KC, kc_row, kcd, to_cache, j, j_ok, HALF, c, c_ok, tc, t_ok, ksc, K_FP8, K_QMAX,
-               NATIVE_CAST, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WIDE)
+    _store_row(o1, o2, ot, KC, kc_row, kcd, to_cache, D, j, j_ok, HALF, c, c_ok, tc, t_ok, ksc, K_FP8, K_QMAX,
+               NATIVE_CAST, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WIDE, WHOLE, BLOCK_D)
     if HAS_KOUT:
-        _store_row(o1, o2, ot, KO, KO + t * kot + h * koh, kod, to_kout, j, j_ok, HALF, c, c_ok, tc, t_ok, 1.0, 0,
-                   1.0, NATIVE_CAST, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WIDE)
+        _store_row(o1, o2, ot, KO, KO + t * kot + h * koh, kod, to_kout, D, j, j_ok, HALF, c, c_ok, tc, t_ok, 1.0, 0,
+                   1.0, NATIVE_CAST, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WIDE, WHOLE, BLOCK_D)
 
 
 @triton.jit
@@ -99,7 +104,8 @@ def _prologue_block(block, q_blocks, D, DV, HALF, eps, eps_tiny, w_offset, CS, c
                     HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr, MROPE: tl.constexpr,
                     HAS_KOUT: tl.constexpr, K_FP8: tl.constexpr, V_FP8: tl.constexpr, K_QMAX: tl.constexpr,
                     V_QMAX: tl.constexpr, NATIVE_CAST: tl.constexpr, WIDE: tl.constexpr, ROWS: tl.constexpr,
-                    BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr):
+                    BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr, WHOLE: tl.constexpr,
+                    BLOCK_D: tl.constexpr, PARTNER_LOAD: tl.constexpr):
     j, j_ok, c, c_ok, tc, t_ok = rope_columns(D, HALF, BLOCK_H, BLOCK_T)
     if block < q_blocks:
         rows = block * ROWS + tl.arange(0, ROWS)
@@ -109,18 +115,20 @@ def _prologue_block(block, q_blocks, D, DV, HALF, eps, eps_tiny, w_offset, CS, c
         xq_row = XQ + t * qxt + h * qxh
         o1, o2, ot, ss = norm_rope_rows(t, xq_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
                                         max_pos, P, ps, ps3, S0, S01, WQ, qws, qxd, j, j_ok, c, c_ok, tc, t_ok,
-                                        HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE)
+                                        HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE, False,
+                                        WHOLE, BLOCK_D, PARTNER_LOAD)
         yq_row = YQ + t * qyt + h * qyh
-        _store_row(o1, o2, ot, YQ, yq_row, qyd, rows_in_range(row_ok, ss, D, eps), j, j_ok, HALF, c, c_ok, tc, t_ok,
-                   1.0, 0, 1.0, NATIVE_CAST, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WIDE)
+        _store_row(o1, o2, ot, YQ, yq_row, qyd, rows_in_range(row_ok, ss, D, eps), D, j, j_ok, HALF, c, c_ok, tc,
+                   t_ok, 1.0, 0, 1.0, NATIVE_CAST, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WIDE, WHOLE, BLOCK_D)
         if SAFE_RANGE:
             bad = row_ok & extreme_rows(ss, D, eps)
             if any_true(bad):  # rare: rows out of fp32's range, read again (still their input in memory)
                 o1, o2, ot, ss = norm_rope_rows(t, xq_row, bad, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
                                                 max_pos, P, ps, ps3, S0, S01, WQ, qws, qxd, j, j_ok, c, c_ok, tc, t_ok,
-                                                HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE, True)
-                _store_row(o1, o2, ot, YQ, yq_row, qyd, bad, j, j_ok, HALF, c, c_ok, tc, t_ok, 1.0, 0, 1.0,
-                           NATIVE_CAST, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WIDE)
+                                                HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE, True,
+                                                WHOLE, BLOCK_D, PARTNER_LOAD)
+                _store_row(o1, o2, ot, YQ, yq_row, qyd, bad, D, j, j_ok, HALF, c, c_ok, tc, t_ok, 1.0, 0, 1.0,
+                           NATIVE_CAST, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WIDE, WHOLE, BLOCK_D)
     else:
         rows = (block - q_blocks) * ROWS + tl.arange(0, ROWS)
         row_ok = rows < k_rows
@@ -135,23 +143,26 @@ def _prologue_block(block, q_blocks, D, DV, HALF, eps, eps_tiny, w_offset, CS, c
         xk_row = XK + t * kxt + h * kxh
         o1, o2, ot, ss = norm_rope_rows(t, xk_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
                                         max_pos, P, ps, ps3, S0, S01, WK, kws, kxd, j, j_ok, c, c_ok, tc, t_ok,
-                                        HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE)
+                                        HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE, False,
+                                        WHOLE, BLOCK_D, PARTNER_LOAD)
         ksc = 1.0
         if K_FP8 != 0:
             ksc = tl.load(KSC).to(tl.float32)
         kc_row = KC + blk * kcb + off * kco + h * kch
         keep = rows_in_range(row_ok, ss, D, eps)
-        _store_k(o1, o2, ot, KC, kc_row, kcd, KO, t, h, kot, koh, kod, keep & in_cache, keep, j, j_ok, HALF, c,
-                 c_ok, tc, t_ok, ksc, K_FP8, K_QMAX, NATIVE_CAST, IS_NEOX, HAS_TAIL, HAS_KOUT, ROWS, BLOCK_H, WIDE)
+        _store_k(o1, o2, ot, KC, kc_row, kcd, KO, t, h, kot, koh, kod, keep & in_cache, keep, D, j, j_ok, HALF, c,
+                 c_ok, tc, t_ok, ksc, K_FP8, K_QMAX, NATIVE_CAST, IS_NEOX, HAS_TAIL, HAS_KOUT, ROWS, BLOCK_H, WIDE,
+                 WHOLE, BLOCK_D)
         if SAFE_RANGE:
             bad = row_ok & extreme_rows(ss, D, eps)
             if any_true(bad):  # rare: rows out of fp32's range, read again (k_out = k leaves them for now)
                 o1, o2, ot, ss = norm_rope_rows(t, xk_row, bad, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
                                                 max_pos, P, ps, ps3, S0, S01, WK, kws, kxd, j, j_ok, c, c_ok, tc, t_ok,
-                                                HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE, True)
-                _store_k(o1, o2, ot, KC, kc_row, kcd, KO, t, h, kot, koh, kod, bad & in_cache, bad, j, j_ok, HALF, c,
-                         c_ok, tc, t_ok, ksc, K_FP8, K_QMAX, NATIVE_CAST, IS_NEOX, HAS_TAIL, HAS_KOUT, ROWS, BLOCK_H,
-                         WIDE)
+                                                HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE, True,
+                                                WHOLE, BLOCK_D, PARTNER_LOAD)
+                _store_k(o1, o2, ot, KC, kc_row, kcd, KO, t, h, kot, koh, kod, bad & in_cache, bad, D, j, j_ok, HALF,
+                         c, c_ok, tc, t_ok, ksc, K_FP8, K_QMAX, NATIVE_CAST, IS_NEOX, HAS_TAIL, HAS_KOUT, ROWS, BLOCK_H,
+                         WIDE, WHOLE, BLOCK_D)
         # V: copied (FP8: quantised) into its cache at the same slot.
         cv = tl.arange(0, BLOCK_V)
         vm = in_cache[:, None] & (cv < DV)[None, :]
@@ -174,7 +185,8 @@ def qk_norm_rope_cache_kernel(CS, P, XQ, YQ, WQ, XK, WK, KC, KO, XV, VC, SM, KSC
                               MROPE: tl.constexpr, HAS_KOUT: tl.constexpr, K_FP8: tl.constexpr, V_FP8: tl.constexpr,
                               K_QMAX: tl.constexpr, V_QMAX: tl.constexpr, NATIVE_CAST: tl.constexpr,
                               WIDE: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr,
-                              BLOCK_V: tl.constexpr, PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False):
+                              BLOCK_V: tl.constexpr, WHOLE: tl.constexpr, BLOCK_D: tl.constexpr,
+                              PARTNER_LOAD: tl.constexpr, PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False):
     """Q blocks then K+V blocks of ROWS (token, head) rows in one grid; PERSISTENT loops
     over all blocks with a grid stride.
 
@@ -187,7 +199,8 @@ def qk_norm_rope_cache_kernel(CS, P, XQ, YQ, WQ, XK, WK, KC, KO, XV, VC, SM, KSC
     ``[T]`` (stride ``sms``); ``KSC``/``VSC`` fp32 dequantisation scales (FP8 caches).
     ``D``: head_dim; ``DV``: V's head dim (``BLOCK_V = next_pow2(DV)``); ``HALF``:
     rotary_dim // 2 (``BLOCK_H = next_pow2(HALF)``); the tail ``[2*HALF, D)``
-    (``HAS_TAIL``, ``BLOCK_T``) is only normalised. ``S0``/``S01``: mRoPE section bounds.
+    (``HAS_TAIL``, ``BLOCK_T``) is only normalised. ``S0``/``S01``: mRoPE section bounds. ``WHOLE``,
+    ``BLOCK_D``, ``PARTNER_LOAD``: the row form (``qk_norm_rope.norm_rope_whole``).
     """
     pdl_wait(USE_PDL)
     q_blocks = tl.cdiv(q_rows, ROWS)
@@ -200,7 +213,8 @@ def qk_norm_rope_cache_kernel(CS, P, XQ, YQ, WQ, XK, WK, KC, KO, XV, VC, SM, KSC
                             k_rows, kH, kxt, kxh, kxd, kws, kot, koh, kod, vxt, vxh, vxd,
                             kcb, kco, kch, kcd, vcb, vco, vch, vcd, block_size, num_slots, sms,
                             HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, HAS_KOUT, K_FP8, V_FP8, K_QMAX, V_QMAX,
-                            NATIVE_CAST, WIDE, ROWS, BLOCK_H, BLOCK_T, BLOCK_V)
+                            NATIVE_CAST, WIDE, ROWS, BLOCK_H, BLOCK_T, BLOCK_V, WHOLE, BLOCK_D,
+                            PARTNER_LOAD)
     else:
         _prologue_block(tl.program_id(0), q_blocks, D, DV, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P,
                         ps, ps3, S0, S01, XQ, YQ, WQ, XK, WK, KC, KO, XV, VC, SM, KSC, VSC,
@@ -208,5 +222,6 @@ def qk_norm_rope_cache_kernel(CS, P, XQ, YQ, WQ, XK, WK, KC, KO, XV, VC, SM, KSC
                         k_rows, kH, kxt, kxh, kxd, kws, kot, koh, kod, vxt, vxh, vxd,
                         kcb, kco, kch, kcd, vcb, vco, vch, vcd, block_size, num_slots, sms,
                         HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, HAS_KOUT, K_FP8, V_FP8, K_QMAX, V_QMAX,
-                        NATIVE_CAST, WIDE, ROWS, BLOCK_H, BLOCK_T, BLOCK_V)
+                        NATIVE_CAST, WIDE, ROWS, BLOCK_H, BLOCK_T, BLOCK_V, WHOLE, BLOCK_D,
+                            PARTNER_LOAD)
     pdl_launch_dependents(USE_PDL)

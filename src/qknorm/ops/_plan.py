@@ -297,6 +297,20 @@ def choose_rope(dtype, d: int, rotary_dim: int, n_rows: int, device, config) -> 
     return dataclasses.replace(cfg, num_warps=max(1, min(cfg.num_warps, tile // (32 * 16))))
 
 
+#: Which row form the rope kernels use (``kernels/qk_norm_rope.norm_rope_whole``): "split" (rotary
+#: halves and tail as separate tiles), "gather" (whole row, NeoX partner by ``tl.gather``), "load" (whole
+#: row, NeoX partner read again), or "auto".
+ROW_FORM = "auto"
+
+
+def row_form(d: int, r: int, is_neox: bool) -> dict:
+    """The kernels' ``WHOLE``/``BLOCK_D``/``PARTNER_LOAD`` constexprs for head_dim ``d``, rotary dim ``r``."""
+    form = ROW_FORM
+    if form == "auto":
+        form = "split" if r == d else "load"
+    return dict(WHOLE=form != "split", BLOCK_D=dispatch.next_pow2(d), PARTNER_LOAD=form == "load")
+
+
 def make_plan(launcher, cfg: KernelConfig, n_blocks: int, device, ptr_dtypes: tuple, **static) -> Plan:
     """A plan launching ``launcher``'s kernel under ``cfg`` over ``n_blocks`` blocks.
 

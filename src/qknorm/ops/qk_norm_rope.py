@@ -157,21 +157,8 @@ def _plan(q, k, qw, kw, cs, positions, q_out_strides, k_out_strides, is_neox, r,
                        kws=kw.stride(0) if kw is not None else 0,
                        HAS_WEIGHT=qw is not None, IS_NEOX=is_neox, HAS_TAIL=tail > 0, ROWS=cfg.rows,
                        BLOCK_H=next_pow2(half), BLOCK_T=next_pow2(tail) if tail else 1,
-                       **row_form(d, r, is_neox))
+                       **plans.row_form(d, r, is_neox))
 
-
-#: Which row form the rope kernels use (``kernels/qk_norm_rope.norm_rope_whole``): "split" (rotary
-#: halves and tail as separate tiles), "gather" (whole row, NeoX partner by ``tl.gather``), "load" (whole
-#: row, NeoX partner read again), or "auto".
-ROW_FORM = "auto"
-
-
-def row_form(d: int, r: int, is_neox: bool) -> dict:
-    """The kernels' ``WHOLE``/``BLOCK_D``/``PARTNER_LOAD`` constexprs for head_dim ``d``, rotary dim ``r``."""
-    form = ROW_FORM
-    if form == "auto":
-        form = "split" if r == d else "load"
-    return dict(WHOLE=form != "split", BLOCK_D=next_pow2(d), PARTNER_LOAD=form == "load")
 
 
 def run(q, k, q_weight, k_weight, cs, positions, eps: float, is_neox: bool, r: int, weight_offset: float,

@@ -277,7 +277,8 @@ def _plan(q, k, v, qw, kw, cs, positions, q_out, k_out, kc, vc, slot_mapping, is
         HAS_WEIGHT=qw is not None, IS_NEOX=is_neox, HAS_TAIL=tail > 0, MROPE=mrope, HAS_KOUT=k_out is not None,
         K_FP8=kfp8, V_FP8=vfp8, K_QMAX=QMAX.get(kc.dtype, 1.0), V_QMAX=QMAX.get(vc.dtype, 1.0),
         NATIVE_CAST=bool(kfp8 or vfp8) and native_cast(q.device), WIDE=wide, ROWS=cfg.rows,
-        BLOCK_H=next_pow2(half), BLOCK_T=next_pow2(tail) if tail else 1, BLOCK_V=next_pow2(max(dv, 1)))
+        BLOCK_H=next_pow2(half), BLOCK_T=next_pow2(tail) if tail else 1, BLOCK_V=next_pow2(max(dv, 1)),
+        **plans.row_form(d, r, is_neox))
 
 
 def _tkey(t):
