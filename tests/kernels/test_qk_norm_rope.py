@@ -217,6 +217,47 @@ def test_configs(impl, persistent):
         assert_matches(ko, rk, torch.float16, f"k rows={rows}")
 
 
+
+@pytest.fixture
+def row_form(request, monkeypatch):
+    """Pins ``ops._plan.ROW_FORM`` (the kernels' row form) for one test, plans forgotten before and after."""
+    from qknorm.ops import _plan
+    monkeypatch.setattr(_plan, "ROW_FORM", request.param)
+    qknorm.dispatch.reset()
+    yield request.param
+    monkeypatch.undo()
+    qknorm.dispatch.reset()
+
+
+@pytest.mark.parametrize("row_form", ["split", "gather", "load"], indirect=True)
+@pytest.mark.parametrize("is_neox", [True, False], ids=["neox", "gptj"])
+@pytest.mark.parametrize("d,r", [(256, 64), (80, 48), (64, 64), (96, 2)])
+def test_row_forms(impl, row_form, is_neox, d, r):
+    """Every row form (split; whole row with the NeoX partner gathered or read again) against the
+    reference: strided input, out of place into poisoned outputs, the Gemma offset, 1 and 4 rows per
+    program; and in place on a packed buffer (the partner is read before any store)."""
+    t, hq, hkv, dtype = 5, 3, 2, torch.bfloat16
+    q = randn((hq, t, d), dtype, impl).transpose(0, 1)
+    k = randn((t, hkv, 2 * d), dtype, impl)[:, :, ::2]
+    qw, kw, off = weights("gemma", d, dtype, impl)
+    cs = make_cache(30, r, device=impl)
+    pos = positions_for(t, 30, device=impl, seed=3)
+    rq, rk = ref(q, k, qw, kw, cs, pos, r, is_neox, offset=off)
+    for rows in (1, 4):
+        cfg = qknorm.KernelConfig(rows=rows, block_d=256, num_warps=2)
+        qo, ko = poisoned(q.shape, dtype, impl), poisoned(k.shape, dtype, impl)
+        qknorm.qk_rms_norm_rope(q, k, qw, kw, cs, pos, is_neox=is_neox, rotary_dim=r, weight_offset=off,
+                                q_out=qo, k_out=ko, config=cfg)
+        assert_matches(qo, rq, dtype, f"q rows={rows}")
+        assert_matches(ko, rk, dtype, f"k rows={rows}")
+    qkv, q, k, v = packed_qkv(t, hq, hkv, d, dtype, impl)
+    v_before = v.clone()
+    rq, rk = ref(q, k, None, None, cs, pos, r, is_neox)
+    qknorm.qk_rms_norm_rope(q, k, None, None, cs, pos, is_neox=is_neox, rotary_dim=r, q_out=q, k_out=k)
+    assert_matches(q, rq, dtype, "q in place")
+    assert_matches(k, rk, dtype, "k in place")
+    assert torch.equal(v, v_before)
+
 def test_int32_and_int64_positions_agree(impl):
     qkv, q, k, v = packed_qkv(6, 4, 2, 128, torch.bfloat16, impl)
     cs = make_cache(1000, 128, device=impl)
