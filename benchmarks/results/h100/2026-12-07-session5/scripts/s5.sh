@@ -2,6 +2,8 @@
 # Session 5 device calls, from the repository root (H100 or H200). Each mode fits one call.
 #   rope   carry [".peers/s"]  issue 16: whole-row partial-rotary prototypes (gather / reload) vs qknorm vs SGLang
 #   e2e    carry [".peers/l"]  issue 17: Qwen3-8B eager decode, unpatched / qknorm / liger
+#   check  carry [".peers/s"]  GPU tests of the rope kernels and ops; bench presets rope + prologue (graph, warm L2;
+#                              then rope at 16384 tokens with --cold-l2) against SGLang and FlashInfer when present
 set -uo pipefail
 mkdir -p /tmp/peers
 for w in .peers/s/*.whl .peers/l/*.whl; do [ -e "$w" ] && pip install -q --no-deps --target /tmp/peers "$w" >/dev/null 2>&1; done
@@ -16,6 +18,17 @@ rope)
   ;;
 e2e)
   MODELS=qwen3-8b TMO=150 bash benchmarks/results/h100/2026-12-06-session2/scripts/e2e.sh eager
+  ;;
+check)
+  export PYTHONPATH=$PWD/src:/tmp/peers
+  P="python -m pytest -q -p no:cacheprovider --tb=line -rf"
+  timeout 200 $P tests/kernels/test_qk_norm_rope.py tests/kernels/test_qk_norm_rope_cache.py tests/ops/test_qk_norm_rope.py \
+    tests/ops/test_qk_norm_rope_cache.py > $OUT/pytest-rope.log 2>&1; echo "pytest rc=$? ${SECONDS}s"; tail -4 $OUT/pytest-rope.log
+  B="python -m qknorm.cli bench --no-plots --variants none"
+  timeout 200 $B --preset rope,prologue --impl 'qknorm,sglang*,flashinfer*' --tokens 1,16,64,512,4096,16384 \
+    --out $OUT/bench-graph > $OUT/bench-graph.log 2>&1; echo "bench rc=$? ${SECONDS}s"; tail -5 $OUT/bench-graph.log
+  timeout 120 $B --preset rope --impl 'qknorm,sglang*' --tokens 16384 --cold-l2 --out $OUT/bench-cold > $OUT/bench-cold.log 2>&1
+  echo "cold rc=$? ${SECONDS}s"; tail -3 $OUT/bench-cold.log
   ;;
 *) echo "mode?"; exit 2 ;;
 esac
