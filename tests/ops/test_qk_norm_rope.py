@@ -118,18 +118,38 @@ def test_valid_edges_do_not_raise():
     _f(q, k, w, w, _cache(4, 2), torch.tensor([3, 2, 1]), 0, rotary_dim=2, is_neox=False)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("d,r", [(256, 64), (128, 64), (80, 48), (512, 128), (1024, 64), (64, 32), (96, 2)])
+def test_whole_row_configs_keep_one_row_layout(dtype, d, r):
+    """Partial rotary takes the whole-row form; at every token count its config lays a row out the same
+    way (so the sum of squares adds in one order: batch invariance), with whole 16-byte vectors per
+    thread, a plain grid and the whole head in the tile."""
+    from qknorm import invariance
+    from qknorm.ops import _plan as P
+    cpu = torch.device("cpu")
+    assert P.row_form(d, r, True)["WHOLE"] and P.row_form(d, r, False)["WHOLE"]
+    layouts = set()
+    for n in (1, 18, 1000, 5000, 40000, 300000, 5_000_000):
+        cfg = P.choose_rope(dtype, d, r, n, cpu, None)
+        assert cfg.block_d == triton_next_pow2(d) and not cfg.persistent
+        lay = invariance.row_layout(cfg.rows, cfg.block_d, cfg.num_warps, dtype.itemsize)
+        assert lay.per_thread == min(16 // dtype.itemsize, cfg.block_d)
+        layouts.add(lay)
+    assert len(layouts) == 1, layouts
+
 def test_exported():
     assert "qk_rms_norm_rope" in qknorm.__all__
     assert qknorm.qk_rms_norm_rope.__doc__
 
 
 def test_rope_config_gives_each_thread_whole_vectors_of_a_rotary_half():
-    """Partial rotary (64 of 256) at the QK pick's 8 warps would give a thread one element of
-    each half (scalar loads on sm_90): fewer warps then; full rotary and a caller's config stay."""
+    """Full rotary (the split form) at the QK pick's 8 warps would give a thread one element of each
+    half (scalar loads on sm_90): fewer warps then; a caller's config stays."""
     from qknorm import dispatch
     from qknorm.ops import _plan as P
     cpu = torch.device("cpu")
-    for d, r, n in ((256, 64, 18), (256, 64, 73728), (128, 128, 40), (128, 64, 4096), (256, 256, 18)):
+    for d, r, n in ((128, 128, 40), (256, 256, 18), (64, 64, 4096)):
+        assert not P.row_form(d, r, True)["WHOLE"]
         qk = dispatch.choose_config("qk_rms_norm", torch.bfloat16, d, n, cpu)[0]
         cfg = P.choose_rope(torch.bfloat16, d, r, n, cpu, None)
         assert (cfg.rows, cfg.block_d, cfg.persistent) == (qk.rows, qk.block_d, qk.persistent)
