@@ -2,6 +2,8 @@
 # Session 5 device calls, from the repository root (H100 or H200). Each mode fits one call.
 #   rope   carry [".peers/s"]  issue 16: whole-row partial-rotary prototypes (gather / reload) vs qknorm vs SGLang
 #   e2e    carry [".peers/l"]  issue 17: Qwen3-8B eager decode, unpatched / qknorm / liger
+#   compile carry [".peers/l"] issue 17: Qwen3-8B decode under torch.compile(mode="reduce-overhead"), batch 1 and 8,
+#                              unpatched / qknorm
 #   check  carry [".peers/s"]  GPU tests of the rope kernels and ops; bench presets rope + prologue (graph, warm L2;
 #                              then rope at 16384 tokens with --cold-l2) against SGLang and FlashInfer when present
 set -uo pipefail
@@ -18,6 +20,13 @@ rope)
   ;;
 e2e)
   MODELS=qwen3-8b TMO=150 bash benchmarks/results/h100/2026-12-06-session2/scripts/e2e.sh eager
+  ;;
+compile)
+  export PYTHONPATH=$PWD/src:/tmp/peers
+  for v in unpatched qknorm; do
+    timeout 250 python benchmarks/scripts/hf_decode.py --model qwen3-8b --variant $v --compile --batches 1,8 --rounds 5 \
+      --out $OUT/e2e.jsonl > $OUT/compile.$v.log 2>&1; echo "compile $v rc=$? ${SECONDS}s"; tail -2 $OUT/compile.$v.log | cut -c1-300
+  done
   ;;
 check)
   export PYTHONPATH=$PWD/src:/tmp/peers
