@@ -18,6 +18,13 @@ contiguous half-row loads); GPT-J style pairs ``2j`` with ``2j + 1`` (one contig
 of the rotary part, split into even/odd lanes with ``reshape`` + ``split``, joined back
 before the store). In both styles pair ``j`` uses ``cos[j]``/``sin[j]``.
 
+Two row forms (``WHOLE``; the host picks one per (head_dim, rotary_dim): ``ops/_plan.row_form``):
+the *split* form above loads the rotary halves and the tail as separate tiles (full rotary:
+no tail); the *whole-row* form (:func:`norm_rope_whole`, partial rotary) loads each row as one
+``[ROWS, next_pow2(D)]`` tile and takes each NeoX element's partner ``c +- HALF`` by reading it
+again (``PARTNER_LOAD``, an L1 hit) or by ``tl.gather``. With rotary 64 of 256 (Qwen3-Next) the
+split form's narrow tiles moved 27-41% of the copy bandwidth; the whole row moves 16-byte vectors.
+
 Positions are clamped into ``[0, max_pos - 1]`` before the cache is read: an
 out-of-range position never reads outside the cache (it rotates by the nearest valid
 angle instead). The launcher checks the range on CPU tensors only (no device sync).
