@@ -4,6 +4,8 @@
 #   e2e    carry [".peers/l"]  issue 17: Qwen3-8B eager decode, unpatched / qknorm / liger
 #   compile carry [".peers/l"] issue 17: Qwen3-8B decode under torch.compile(mode="reduce-overhead"), batch 1 and 8,
 #                              unpatched / qknorm
+#   all    carry [".peers/s", ".peers/l"]  one call (~9 min): the rope GPU tests, bench rope (warm + cold L2), then
+#                              Qwen3-8B eager decode (batch 1, 8, 64) unpatched / qknorm / liger
 #   check  carry [".peers/s"]  GPU tests of the rope kernels and ops; bench presets rope + prologue (graph, warm L2;
 #                              then rope at 16384 tokens with --cold-l2) against SGLang and FlashInfer when present
 set -uo pipefail
@@ -20,6 +22,22 @@ rope)
   ;;
 e2e)
   MODELS=qwen3-8b TMO=150 bash benchmarks/results/h100/2026-12-06-session2/scripts/e2e.sh eager
+  ;;
+all)
+  export PYTHONPATH=$PWD/src:/tmp/peers
+  P="python -m pytest -q -p no:cacheprovider --tb=line -rf"
+  timeout 120 $P tests/kernels/test_qk_norm_rope.py tests/kernels/test_qk_norm_rope_cache.py tests/ops/test_qk_norm_rope.py \
+    > $OUT/pytest-rope.log 2>&1; echo "pytest rc=$? ${SECONDS}s"; tail -3 $OUT/pytest-rope.log
+  B="python -m qknorm.cli bench --no-plots --variants none"
+  timeout 130 $B --preset rope --impl 'qknorm,sglang*' --tokens 1,16,64,512,4096,16384 \
+    --out $OUT/bench-rope > $OUT/bench-rope.log 2>&1; echo "rope rc=$? ${SECONDS}s"; tail -3 $OUT/bench-rope.log
+  timeout 70 $B --preset rope --impl 'qknorm,sglang*' --tokens 16384 --cold-l2 --out $OUT/bench-cold > $OUT/bench-cold.log 2>&1
+  echo "cold rc=$? ${SECONDS}s"; tail -3 $OUT/bench-cold.log
+  for v in qknorm unpatched liger; do
+    left=$((530 - SECONDS)); [ $left -lt 40 ] && { echo "no time for $v"; break; }
+    timeout $left python benchmarks/scripts/hf_decode.py --model qwen3-8b --variant $v --rounds 3 --out $OUT/e2e.jsonl \
+      > $OUT/e2e.$v.log 2>&1; echo "e2e $v rc=$? ${SECONDS}s"; tail -1 $OUT/e2e.$v.log | cut -c1-400
+  done
   ;;
 compile)
   export PYTHONPATH=$PWD/src:/tmp/peers
