@@ -56,11 +56,14 @@ for static in (False, True):  # rows wider than a tile: the two-pass forms (amax
 cache = {"CS": "*fp32", "P": "*i64", "XQ": "*bf16", "YQ": "*bf16", "WQ": "*bf16", "XK": "*bf16", "WK": "*bf16",
          "KC": "*fp8e4nv", "KO": "*bf16", "XV": "*bf16", "VC": "*fp8e4nv", "SM": "*i64", "KSC": "*fp32",
          "VSC": "*fp32"}
-for is_neox, mrope, has_tail in ((True, True, False), (False, False, True)):
+for is_neox, mrope, has_tail, form in ((True, True, False, "split"), (False, False, True, "split"),
+                                      (True, True, True, "load"), (True, False, True, "gather"),
+                                      (False, True, True, "load")):
     compile_(qk_norm_rope_cache_kernel, cache,
              dict(HAS_WEIGHT=True, IS_NEOX=is_neox, HAS_TAIL=has_tail, MROPE=mrope, HAS_KOUT=True, K_FP8=1,
-                  V_FP8=1, K_QMAX=448.0, V_QMAX=448.0, NATIVE_CAST=True, WIDE=False, ROWS=4, BLOCK_H=32 if has_tail
-                  else 64, BLOCK_T=64, BLOCK_V=128, PERSISTENT=False, USE_PDL=True))
+                  V_FP8=1, K_QMAX=448.0, V_QMAX=448.0, NATIVE_CAST=True, WIDE=form == "load", ROWS=4,
+                  BLOCK_H=32 if has_tail else 64, BLOCK_T=64, BLOCK_V=128, WHOLE=form != "split",
+                  BLOCK_D=128, PARTNER_LOAD=form == "load", PERSISTENT=False, USE_PDL=True))
 print("compiled")
 """
 
