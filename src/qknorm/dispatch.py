@@ -30,6 +30,7 @@ tells the callers registered with :func:`add_reset_hook`.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import warnings
@@ -58,7 +59,8 @@ from .tuned_table import (
 
 __all__ = ["OPS", "DTYPES", "DTYPE_NAMES", "Decision", "DeviceState", "choose_config", "decide",
            "device_decision", "device_state", "heuristic", "candidate_configs", "measured_alternatives",
-           "reset", "add_reset_hook", "sm_count", "next_pow2"]
+           "reset", "add_reset_hook", "sm_count", "next_pow2", "choose_rope_config", "rope_row_form",
+           "ROPE_ROW_FORM"]
 
 MAX_REG_BLOCK = 16384
 CHUNK_BLOCK = 4096
@@ -401,6 +403,66 @@ def choose_config(op: str, dtype: torch.dtype, D: int, n_rows: int, device=None)
     except (KeyError, TypeError):  # TypeError: an unhashable device spec
         return _choose_slow(op, dtype, D, n_rows, device)
 
+
+
+# --------------------------------------------------------------------------- QK norm + RoPE
+
+#: Row form of the RoPE kernels (``kernels/qk_norm_rope.py``): "split" (rotary halves and tail as separate
+#: tiles), "load" (the whole row as one tile, each NeoX partner read again), "gather" (whole row, partner by
+#: ``tl.gather``), or "auto": split for full rotary, load for partial rotary (H100:
+#: ``benchmarks/results/h100/2026-12-07-session5``). Tests pin the others.
+ROPE_ROW_FORM = "auto"
+
+#: The split form loads each row's rotary halves as ``[ROWS, next_pow2(rotary_dim / 2)]`` tiles: a
+#: thread holding fewer bytes of such a tile than this loads them one element at a time.
+ROPE_MIN_BYTES = 8
+
+
+def rope_row_form(d: int, rotary_dim: int, is_neox: bool = True) -> str:
+    """The RoPE kernels' row form for head_dim ``d`` and ``rotary_dim`` (:data:`ROPE_ROW_FORM`)."""
+    if ROPE_ROW_FORM != "auto":
+        return ROPE_ROW_FORM
+    return "split" if rotary_dim == d else "load"
+
+
+def choose_rope_config(dtype: torch.dtype, D: int, rotary_dim: int, n_rows: int,
+                       device=None) -> tuple[KernelConfig, str]:
+    """The config of the QK norm + RoPE kernels (``qk_rms_norm_rope``, ``qk_norm_rope_cache``), and why.
+
+    Split form (full rotary): the ``qk_rms_norm`` pick (:func:`choose_config`), with fewer warps where
+    its tile would give each thread fewer than :data:`ROPE_MIN_BYTES` of a rotary half (sm_90 SASS
+    showed 16-bit scalar loads and stores; with 16 bytes per thread they are 128-bit). Whole-row form
+    (partial rotary): a plain grid; rows wider than 32 vectors of 16 bytes take one row per program
+    over ``width / (32 vectors)`` warps; narrower rows share a warp, each thread holding 16 bytes of
+    them below 32 programs' worth of rows per SM, else 32 bytes, on 2 warps from 32 to 256 rows per SM
+    and 1 warp otherwise (the best configs of an H100 sweep:
+    ``benchmarks/results/h100/2026-12-07-session5/rope``). Every whole-row config lays a row out the
+    same way (16-byte vectors, the same lanes and warps along it: ``invariance.row_layout``), so a
+    row's bits do not depend on the token count.
+
+    Parameters are :func:`choose_config`'s, with ``rotary_dim`` (even, 2 ... D) and ``n_rows`` the Q
+    rows plus the K rows. Returns the config and the reason.
+    """
+    cfg, why = choose_config("qk_rms_norm", dtype, D, n_rows, device)
+    form = rope_row_form(D, rotary_dim)
+    if form != "split":
+        vec = max(1, 16 // dtype.itemsize)
+        bd = next_pow2(D)
+        row_warps = max(1, bd // (vec * 32))
+        if row_warps > 1:
+            out = KernelConfig(rows=1, block_d=bd, num_warps=min(row_warps, 32), pdl=cfg.pdl)
+        else:
+            sms = sm_count(_device_index(device))
+            per_thread = vec if n_rows < 32 * sms else 2 * vec
+            warps = 2 if 32 * sms <= n_rows < 256 * sms else 1
+            out = KernelConfig(rows=max(1, per_thread * 32 * warps // bd), block_d=bd, num_warps=warps, pdl=cfg.pdl)
+        return out, (f"RoPE whole-row form ({form}: rotary {rotary_dim} of {D}), {out.rows} rows x {bd} over "
+                     f"{out.num_warps} warps for {n_rows} rows (PDL from the qk_rms_norm pick: {why})")
+    tile = cfg.rows * next_pow2(max(rotary_dim // 2, 1)) * dtype.itemsize
+    if tile // (32 * cfg.num_warps) >= ROPE_MIN_BYTES:
+        return cfg, f"RoPE split form (full rotary): the qk_rms_norm pick ({why})"
+    out = dataclasses.replace(cfg, num_warps=max(1, min(cfg.num_warps, tile // (32 * 16))))
+    return out, f"RoPE split form (full rotary): the qk_rms_norm pick with {out.num_warps} warps ({why})"
 
 def _choose_slow(op, dtype, D, n_rows, device):
     _check(op, D, n_rows)

@@ -220,9 +220,8 @@ def test_configs(impl, persistent):
 
 @pytest.fixture
 def row_form(request, monkeypatch):
-    """Pins ``ops._plan.ROW_FORM`` (the kernels' row form) for one test, plans forgotten before and after."""
-    from qknorm.ops import _plan
-    monkeypatch.setattr(_plan, "ROW_FORM", request.param)
+    """Pins ``dispatch.ROPE_ROW_FORM`` (the kernels' row form) for one test, plans forgotten before and after."""
+    monkeypatch.setattr(qknorm.dispatch, "ROPE_ROW_FORM", request.param)
     qknorm.dispatch.reset()
     yield request.param
     monkeypatch.undo()

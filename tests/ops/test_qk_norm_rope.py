@@ -124,7 +124,7 @@ def test_whole_row_configs_keep_one_row_layout(dtype, d, r):
     """Partial rotary takes the whole-row form; at every token count its config lays a row out the same
     way (so the sum of squares adds in one order: batch invariance), with whole 16-byte vectors per
     thread, a plain grid and the whole head in the tile."""
-    from qknorm import invariance
+    from qknorm import dispatch, invariance
     from qknorm.ops import _plan as P
     cpu = torch.device("cpu")
     assert P.row_form(d, r, True)["WHOLE"] and P.row_form(d, r, False)["WHOLE"]
@@ -154,8 +154,8 @@ def test_rope_config_gives_each_thread_whole_vectors_of_a_rotary_half():
         cfg = P.choose_rope(torch.bfloat16, d, r, n, cpu, None)
         assert (cfg.rows, cfg.block_d, cfg.persistent) == (qk.rows, qk.block_d, qk.persistent)
         half_tile = cfg.rows * triton_next_pow2(r // 2) * 2
-        assert half_tile // (32 * cfg.num_warps) >= P.ROPE_MIN_BYTES or cfg.num_warps == 1
-        assert cfg.num_warps == qk.num_warps or half_tile // (32 * qk.num_warps) < P.ROPE_MIN_BYTES
+        assert half_tile // (32 * cfg.num_warps) >= dispatch.ROPE_MIN_BYTES or cfg.num_warps == 1
+        assert cfg.num_warps == qk.num_warps or half_tile // (32 * qk.num_warps) < dispatch.ROPE_MIN_BYTES
     forced = qknorm.KernelConfig(rows=8, block_d=256, num_warps=8)
     assert P.choose_rope(torch.bfloat16, 256, 64, 18, cpu, forced) is forced
 

@@ -63,10 +63,10 @@ QUANT_OPS = tuple(f"{form}_{mode}" for form in ("rmsq", "addq") for mode in QUAN
 PROLOGUE_OPS = ("prologue",)
 OPS = NORM_OPS + QUANT_OPS + PROLOGUE_OPS
 QKNORM_OP = {"qk": "qk_rms_norm", "qk_full": "qk_rms_norm", "rms2d": "rms_norm", "add": "fused_add_rms_norm",
-             "rope": "qk_rms_norm",  # rope: the fused kernel takes the dispatcher's qk_rms_norm pick
+             "rope": "qk_rms_norm",  # rope: its config is dispatch.choose_rope_config's (qk_rms_norm pick based)
              # the quantised kernels take the rms_norm / fused_add_rms_norm pick of the same width and rows
              **{op: "rms_norm" if op.startswith("rmsq") else "fused_add_rms_norm" for op in QUANT_OPS},
-             "prologue": "qk_rms_norm"}  # its kernel takes the QK norm pick of the same rows
+             "prologue": "qk_rms_norm"}  # as rope: dispatch.choose_rope_config
 QUANT_GROUP = 128  # the group kinds' group size (DeepSeek-V3 / DeepGEMM 1 x 128)
 __all__ = ["DTYPES", "DTYPE_NAMES", "EPS", "OPS", "NORM_OPS", "QUANT_OPS", "QUANT_MODES", "PROLOGUE_OPS", "Case",
            "Inputs", "QuantRef", "build_inputs", "expected", "kept_slots", "layout", "preset_cases",

@@ -18,7 +18,7 @@ contiguous half-row loads); GPT-J style pairs ``2j`` with ``2j + 1`` (one contig
 of the rotary part, split into even/odd lanes with ``reshape`` + ``split``, joined back
 before the store). In both styles pair ``j`` uses ``cos[j]``/``sin[j]``.
 
-Two row forms (``WHOLE``; the host picks one per (head_dim, rotary_dim): ``ops/_plan.row_form``):
+Two row forms (``WHOLE``; the host picks one per (head_dim, rotary_dim): ``dispatch.rope_row_form``):
 the *split* form above loads the rotary halves and the tail as separate tiles (full rotary:
 no tail); the *whole-row* form (:func:`norm_rope_whole`, partial rotary) loads each row as one
 ``[ROWS, next_pow2(D)]`` tile and takes each NeoX element's partner ``c +- HALF`` by reading it

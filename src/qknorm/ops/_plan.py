@@ -22,7 +22,6 @@ dispatcher would no longer pick.
 """
 from __future__ import annotations
 
-import dataclasses
 import enum
 import importlib
 import os
@@ -277,58 +276,17 @@ def choose(op: str, dtype, d: int, n_rows: int, device, config):
     return dispatch.choose_config(op, dtype, d, n_rows, device)[0]
 
 
-#: The RoPE kernels load each row's rotary halves as ``[ROWS, next_pow2(rotary_dim / 2)]`` tiles: a
-#: thread holding fewer bytes of such a tile than this loads them one element at a time.
-ROPE_MIN_BYTES = 8
-
-
 def choose_rope(dtype, d: int, rotary_dim: int, n_rows: int, device, config) -> KernelConfig:
-    """The config of the QK norm + RoPE kernels (``qk_rms_norm_rope``, the attention prologue).
-
-    Split form (:func:`row_form`, full rotary): the dispatcher's ``qk_rms_norm`` pick, with fewer
-    warps when its tile would give each thread fewer than :data:`ROPE_MIN_BYTES` of a rotary half
-    (sm_90 SASS showed 16-bit scalar loads and stores; with 16 bytes per thread they are 128-bit).
-    Whole-row form (partial rotary): :func:`whole_row_config`. A caller's ``config`` is kept as given."""
+    """The config of the QK norm + RoPE kernels (``qk_rms_norm_rope``, the attention prologue): the
+    caller's ``config`` as given, else :func:`dispatch.choose_rope_config`."""
     if config is not None:
         return config
-    cfg = dispatch.choose_config("qk_rms_norm", dtype, d, n_rows, device)[0]
-    if row_form(d, rotary_dim, True)["WHOLE"]:
-        return whole_row_config(dtype, d, n_rows, device, cfg.pdl)
-    tile = cfg.rows * (1 << max(rotary_dim // 2 - 1, 0).bit_length()) * dtype.itemsize
-    if tile // (32 * cfg.num_warps) >= ROPE_MIN_BYTES:
-        return cfg
-    return dataclasses.replace(cfg, num_warps=max(1, min(cfg.num_warps, tile // (32 * 16))))
-
-
-
-def whole_row_config(dtype, d: int, n_rows: int, device, pdl: bool) -> KernelConfig:
-    """The whole-row form's config: a plain grid; rows wider than 32 vectors of 16 bytes take one row
-    per program over ``width / (32 vectors)`` warps; narrower rows share a warp, each thread holding
-    16 bytes of them below 32 programs' worth of rows per SM, else 32 bytes, on 2 warps up to 256
-    rows per SM and 1 warp above (H100 sweep: ``benchmarks/results/h100/2026-12-07-session5/rope``).
-    Every such config lays a row out the same way (16-byte vectors, the same lanes and warps along
-    it: ``invariance.row_layout``), so a row's bits do not depend on the token count."""
-    vec = max(1, 16 // dtype.itemsize)
-    bd = dispatch.next_pow2(d)
-    row_warps = max(1, bd // (vec * 32))
-    if row_warps > 1:
-        return KernelConfig(rows=1, block_d=bd, num_warps=min(row_warps, 32), pdl=pdl)
-    sms = dispatch.sm_count(device.index if device.type == "cuda" else None)
-    per_thread = vec if n_rows < 32 * sms else 2 * vec
-    warps = 2 if 32 * sms <= n_rows < 256 * sms else 1
-    return KernelConfig(rows=max(1, per_thread * 32 * warps // bd), block_d=bd, num_warps=warps, pdl=pdl)
-
-#: Which row form the rope kernels use (``kernels/qk_norm_rope.norm_rope_whole``): "split" (rotary
-#: halves and tail as separate tiles), "gather" (whole row, NeoX partner by ``tl.gather``), "load" (whole
-#: row, NeoX partner read again), or "auto".
-ROW_FORM = "auto"
+    return dispatch.choose_rope_config(dtype, d, rotary_dim, n_rows, device)[0]
 
 
 def row_form(d: int, r: int, is_neox: bool) -> dict:
-    """The kernels' ``WHOLE``/``BLOCK_D``/``PARTNER_LOAD`` constexprs for head_dim ``d``, rotary dim ``r``."""
-    form = ROW_FORM
-    if form == "auto":
-        form = "split" if r == d else "load"
+    """The rope kernels' ``WHOLE``/``BLOCK_D``/``PARTNER_LOAD`` constexprs (:func:`dispatch.rope_row_form`)."""
+    form = dispatch.rope_row_form(d, r, is_neox)
     return dict(WHOLE=form != "split", BLOCK_D=dispatch.next_pow2(d), PARTNER_LOAD=form == "load")
 
 

@@ -179,17 +179,23 @@ def qknorm_variants(case: Case, device) -> list[Qknorm]:
     kinds have none (their public API takes no ``config``; the row ``qknorm`` is the pick)."""
     if case.is_quant or case.op == "prologue":
         return []
-    from qknorm.dispatch import candidate_configs
+    from qknorm.dispatch import candidate_configs, choose_rope_config
     cands = candidate_configs(case.qknorm_op, case.dtype, case.width, case.n_rows, device)
     if case.op == "rope":
         cands = [c for c in cands if not c.chunked(case.width) and not c.token_order]
+        pick = choose_rope_config(case.dtype, case.width, case.rotary_dim, case.n_rows, device)[0]
+        cands = [pick] + [c for c in cands if c != pick]
     return [Qknorm(c) for c in cands]
 
 
 def qknorm_pick(case: Case, device) -> tuple[str, str]:
-    """The dispatcher's config name for this case, and its reason."""
-    from qknorm.dispatch import choose_config
-    cfg, why = choose_config(case.qknorm_op, case.dtype, case.width, case.n_rows, device)
+    """The dispatcher's config name for this case, and its reason (the RoPE kernels' own decision
+    for ``rope`` and ``prologue``)."""
+    from qknorm.dispatch import choose_config, choose_rope_config
+    if case.op in ("rope", "prologue"):
+        cfg, why = choose_rope_config(case.dtype, case.width, case.rotary_dim, case.n_rows, device)
+    else:
+        cfg, why = choose_config(case.qknorm_op, case.dtype, case.width, case.n_rows, device)
     return cfg.name, why
 
 

@@ -106,7 +106,7 @@ def main():
             qx, kx = views(x)
             row["qknorm"] = time_graph([lambda: qknorm.qk_rms_norm_rope(qx, kx, qw, kw, cs, pos, 1e-6, rotary_dim=r,
                                                                         q_out=qx, k_out=kx)])
-            # the library's own row forms (ops/qk_norm_rope.ROW_FORM), checked against the split form
+            # the library's own row forms (ops/_plan.ROW_FORM at the time; dispatch.ROPE_ROW_FORM since), checked against the split form
             import qknorm.ops._plan as rope_op
             for form in ("split", "gather", "load"):
                 rope_op.ROW_FORM = form
