@@ -195,3 +195,36 @@ def test_explain_refuses_a_second_tensor_or_a_missing_residual():
     for op in ("fused_add_rms_norm", "fused_add_rms_norm_quant"):
         with pytest.raises(ValueError, match="needs the residual"):
             qknorm.explain(x, op=op)
+
+
+def test_rope_ops_explain_the_config_and_row_form_their_kernels_run():
+    """qk_rms_norm_rope (and the prologue, same config) explain dispatch.choose_rope_config's decision:
+    the whole-row form for partial rotary, the split form for full rotary; the text names the config the
+    op's plan launches."""
+    from qknorm import dispatch
+    from qknorm.ops import _plan
+    q, k = torch.randn(4, 16, 256, dtype=torch.bfloat16), torch.randn(4, 2, 256, dtype=torch.bfloat16)
+    for r, form in ((64, "load"), (256, "split")):
+        text = qknorm.explain(q, k, op="qk_rms_norm_rope", rotary_dim=r)
+        cfg = _plan.choose_rope(torch.bfloat16, 256, r, 72, torch.device("cpu"), None)
+        assert f"rotary_dim={r} rows=72 -> {cfg.name} ({form} form" in text, text
+        assert cfg == dispatch.choose_rope_config(torch.bfloat16, 256, r, 72)[0]
+        assert ("batch-invariant" in text) == (form != "split")
+    assert "qk_norm_rope_cache" in qknorm.explain(q, k, op="qk_norm_rope_cache", rotary_dim=64)
+    with pytest.raises(ValueError, match="needs k"):
+        qknorm.explain(q, op="qk_rms_norm_rope")
+    with pytest.raises(ValueError, match="rotary_dim must be even"):
+        qknorm.explain(q, k, op="qk_rms_norm_rope", rotary_dim=63)
+    with pytest.raises(ValueError, match="rotary_dim is for"):
+        qknorm.explain(q, k, rotary_dim=64)
+
+
+def test_cli_explain_rope(capsys):
+    from qknorm.explain import main
+    assert main(["--op", "rope", "--heads", "16,2", "--head-dim", "256", "--rotary-dim", "64", "--tokens", "4096"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("qk_rms_norm_rope: dtype=bfloat16 D=256 rotary_dim=64 rows=73728 -> ")
+    with pytest.raises(SystemExit) as e:
+        main(["--op", "qk", "--rotary-dim", "64"])
+    assert e.value.code == 2
+    assert "--rotary-dim: is for --op rope" in capsys.readouterr().err

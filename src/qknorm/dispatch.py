@@ -59,7 +59,8 @@ from .tuned_table import (
 
 __all__ = ["OPS", "DTYPES", "DTYPE_NAMES", "Decision", "DeviceState", "choose_config", "decide",
            "device_decision", "device_state", "heuristic", "candidate_configs", "measured_alternatives",
-           "reset", "add_reset_hook", "sm_count", "next_pow2", "choose_rope_config", "rope_row_form",
+           "reset", "add_reset_hook", "sm_count", "next_pow2", "choose_rope_config", "rope_config",
+           "rope_row_form",
            "ROPE_ROW_FORM"]
 
 MAX_REG_BLOCK = 16384
@@ -444,6 +445,14 @@ def choose_rope_config(dtype: torch.dtype, D: int, rotary_dim: int, n_rows: int,
     rows plus the K rows. Returns the config and the reason.
     """
     cfg, why = choose_config("qk_rms_norm", dtype, D, n_rows, device)
+    return rope_config(cfg, why, dtype, D, rotary_dim, n_rows, device)
+
+
+def rope_config(qk_config: KernelConfig, qk_reason: str, dtype: torch.dtype, D: int, rotary_dim: int,
+                n_rows: int, device=None) -> tuple[KernelConfig, str]:
+    """:func:`choose_rope_config` from a given ``qk_rms_norm`` decision (``qknorm.explain`` passes the one
+    a table other than the device's gives)."""
+    cfg, why = qk_config, qk_reason
     form = rope_row_form(D, rotary_dim)
     if form != "split":
         vec = max(1, 16 // dtype.itemsize)

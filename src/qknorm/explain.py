@@ -21,7 +21,7 @@ from .tuned_table import OP_ALIASES, TableError, TunedTable, load_table, shipped
 
 
 def explain_config(op: str, dtype: torch.dtype, D: int, n_rows: int, device=None, *,
-                   table: TunedTable | None = None, top: int = 5) -> str:
+                   table: TunedTable | None = None, top: int = 5, rotary_dim: int | None = None) -> str:
     """Which config runs a problem and why, as text.
 
     Parameters
@@ -40,6 +40,9 @@ def explain_config(op: str, dtype: torch.dtype, D: int, n_rows: int, device=None
         Explain the decision under this table instead of the device's own.
     top : int
         How many measured alternatives to list, fastest first.
+    rotary_dim : int or None
+        For ``op="qk_rms_norm_rope"`` (and the attention prologue, which takes the same config): the
+        rotated dims of each head, even, 2 ... ``D`` (default ``D``). Not taken by the other ops.
 
     Returns
     -------
@@ -52,7 +55,40 @@ def explain_config(op: str, dtype: torch.dtype, D: int, n_rows: int, device=None
     ValueError
         As :func:`qknorm.dispatch.choose_config`.
     """
+    if op in ROPE_OPS:
+        r = D if rotary_dim is None else validate.integer("rotary_dim", rotary_dim, minimum=2)
+        if r % 2 or r > D:
+            raise ValueError(f"rotary_dim must be even and at most D={D}, got {r}")
+        return _describe_rope(op, dtype, D, r, n_rows, device, table, top)
+    if rotary_dim is not None:
+        raise ValueError(f"rotary_dim is for {' and '.join(ROPE_OPS)}, not {op!r}")
     return _describe(op, dtype, D, n_rows, device_decision(op, dtype, D, n_rows, device, table=table), top)
+
+
+#: The RoPE ops: their kernels take ``dispatch.choose_rope_config``'s config (from the qk_rms_norm pick).
+ROPE_OPS = ("qk_rms_norm_rope", "qk_norm_rope_cache")
+
+
+def _describe_rope(op, dtype, D, r, n_rows, device, table, top) -> str:
+    qk = device_decision("qk_rms_norm", dtype, D, n_rows, device, table=table)
+    cfg, why = dispatch.rope_config(qk.config, qk.reason, dtype, D, r, n_rows, device)
+    form = dispatch.rope_row_form(D, r)
+    grid = (f"persistent grid-stride, {cfg.programs_per_sm} programs/SM" if cfg.persistent
+            else "one program per block")
+    shape = "whole rows" if form != "split" else "rotary halves and tail as separate tiles"
+    lines = [f"{op}: dtype={str(dtype).replace('torch.', '')} D={D} rotary_dim={r} rows={n_rows} -> {cfg.name} "
+             f"({form} form: {shape}; {grid}{', PDL' if cfg.pdl else ''}, {cfg.rows} rows x {cfg.block_d} cols, "
+             f"{cfg.num_warps} warps)", f"  {why}"]
+    lay = invariance.row_layout(cfg.rows, cfg.block_d, cfg.num_warps, dtype.itemsize)
+    how = f"{lay.per_thread} elements/thread x {lay.lanes} lanes x {lay.warps} warps per row"
+    if form != "split":
+        lines.append(f"  batch-invariant: row layout {how}, the one every whole-row config for this (dtype, D) uses")
+    else:
+        lines.append(f"  row layout {how}; the split form follows the qk_rms_norm pick and is not covered by the "
+                     "batch-invariance guarantee")
+    if qk.table is not None:
+        lines.append(f"  the qk_rms_norm decision it starts from: table {qk.table.path or qk.table.name}")
+    return "\n".join(lines)
 
 
 def _addressing(t: torch.Tensor) -> str:
@@ -138,7 +174,7 @@ def _rows(t: torch.Tensor) -> int:
 
 
 def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = None,
-            table: TunedTable | str | None = None, top: int = 5) -> str:
+            table: TunedTable | str | None = None, top: int = 5, rotary_dim: int | None = None) -> str:
     """Describe the kernel decision for a call, without launching anything.
 
     ``explain(x)`` explains ``rms_norm(x)``; ``explain(q, k)`` explains
@@ -158,11 +194,14 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
         ``"rms_norm"`` without ``k``, ``"qk_rms_norm"`` with it. Also ``"rms_norm_quant"`` and
         ``"fused_add_rms_norm_quant"``, whose kernels run on the tile the dispatcher picks for
         ``rms_norm`` and ``fused_add_rms_norm`` (:data:`SHARED_DECISIONS`): that decision is explained.
+        ``"qk_rms_norm_rope"`` or ``"qk_norm_rope_cache"`` (with ``k``): the RoPE kernels' config and row form.
     table : TunedTable, str or None
         A tuned table (loaded, or a path) to explain the decision under instead of the
         one the device uses.
     top : int
         How many measured alternatives to list (>= 0).
+    rotary_dim : int or None
+        The RoPE ops' rotary dims (even, 2 ... D; default D); not taken by the other ops.
 
     Returns
     -------
@@ -190,8 +229,8 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
             raise ValueError(f"k must have the last dim of x ({x.shape[-1]}), got shape {tuple(k.shape)}")
     if op is None:
         op = "rms_norm" if k is None else "qk_rms_norm"
-    if op not in OPS and op not in SHARED_DECISIONS:
-        raise ValueError(f"op must be one of {', '.join(OPS + tuple(SHARED_DECISIONS))}, got {op!r}")
+    if op not in OPS and op not in SHARED_DECISIONS and op not in ROPE_OPS:
+        raise ValueError(f"op must be one of {', '.join(OPS + tuple(SHARED_DECISIONS) + ROPE_OPS)}, got {op!r}")
     if op in ("rms_norm", "rms_norm_quant") and k is not None:
         raise ValueError(f"op={op!r} takes one tensor; got a second one (k, shape {tuple(k.shape)})")
     if op in ("fused_add_rms_norm", "fused_add_rms_norm_quant") and k is None:
@@ -201,8 +240,8 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
         lines = [f"{op} runs its own kernel on the tile {shared} picks for the same call:",
                  explain(x, k, op=shared, table=table, top=top)]
         return "\n".join(lines)
-    if op == "qk_rms_norm" and k is None:
-        raise ValueError("op='qk_rms_norm' needs k (the K tensor)")
+    if op in ("qk_rms_norm",) + ROPE_OPS and k is None:
+        raise ValueError(f"op={op!r} needs k (the K tensor)")
     if op == "fused_add_rms_norm" and k is not None and k.shape != x.shape:
         raise ValueError(f"residual (passed as k) must have the shape of x {tuple(x.shape)}, got {tuple(k.shape)}")
     top = validate.integer("top", top, minimum=0)
@@ -210,9 +249,10 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
         table = load_table(table)
     tensors = [x] if k is None else [x, k]
     d = x.shape[-1]
-    n_rows = sum(_rows(t) for t in tensors) if op == "qk_rms_norm" else _rows(x)
-    lines = [explain_config(op, x.dtype, d, n_rows, x.device, table=table, top=top)]
-    for name, t in zip(("q", "k") if op == "qk_rms_norm" else ("x", "residual"), tensors):
+    qk = op in ("qk_rms_norm",) + ROPE_OPS
+    n_rows = sum(_rows(t) for t in tensors) if qk else _rows(x)
+    lines = [explain_config(op, x.dtype, d, n_rows, x.device, table=table, top=top, rotary_dim=rotary_dim)]
+    for name, t in zip(("q", "k") if qk else ("x", "residual"), tensors):
         lines.append(f"  {name}: shape {tuple(t.shape)} stride {tuple(t.stride())}: {_addressing(t)}")
     backend = get_backend()
     runs = "Triton kernels" if (backend == "triton" or (backend == "auto" and x.is_cuda)) else "PyTorch path"
@@ -273,7 +313,10 @@ def _heads(s: str) -> tuple[int, int]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``qknorm explain``, added to ``p``."""
-    p.add_argument("--op", choices=list(OP_ALIASES), default="qk")
+    p.add_argument("--op", choices=list(OP_ALIASES) + ["rope"], default="qk",
+                   help="qk, rms, add, or rope (qk_rms_norm_rope; the attention prologue takes the same config)")
+    p.add_argument("--rotary-dim", type=_count(2), default=None,
+                   help="rotated dims of each head for --op rope (even; default the head dim)")
     p.add_argument("--tokens", type=_count(1), default=1, help="tokens in the call (>= 1; default 1)")
     p.add_argument("--heads", type=_heads, default=None, help="Q,K heads for --op qk (default 32,8)")
     p.add_argument("--head-dim", type=_count(1), default=None, help="head dim for --op qk (default 128)")
@@ -308,10 +351,13 @@ def main(argv: list[str] | None = None) -> int:
                               "alternatives.")
     add_arguments(p)
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
-    op = OP_ALIASES[a.op]
-    if op == "qk_rms_norm" and a.hidden is not None:
+    op = "qk_rms_norm_rope" if a.op == "rope" else OP_ALIASES[a.op]
+    if a.rotary_dim is not None and op != "qk_rms_norm_rope":
+        p.error(f"argument --rotary-dim: is for --op rope, not --op {a.op}")
+    op_heads = op in ("qk_rms_norm", "qk_rms_norm_rope")
+    if op_heads and a.hidden is not None:
         p.error(f"argument --hidden: {a.hidden} is for --op rms/add; --op {a.op} takes --heads and --head-dim")
-    if op != "qk_rms_norm" and (a.heads is not None or a.head_dim is not None):
+    if not op_heads and (a.heads is not None or a.head_dim is not None):
         flag = "--heads" if a.heads is not None else "--head-dim"
         p.error(f"argument {flag}: is for --op qk; --op {a.op} takes --hidden")
     device = "cuda" if torch.cuda.is_available() else None
@@ -327,13 +373,13 @@ def main(argv: list[str] | None = None) -> int:
             table = load_table(a.table or shipped_table_path(a.gpu))
         except TableError as e:
             p.error(f"argument {'--table' if a.table else '--gpu'}: {e}")
-    if op == "qk_rms_norm":
+    if op_heads:
         hq, hk = a.heads or (32, 8)
         d, rows = a.head_dim or 128, a.tokens * (hq + hk)
     else:
         d, rows = a.hidden or 4096, a.tokens
     try:
-        print(explain_config(op, DTYPES[a.dtype], d, rows, device, table=table, top=a.top))
+        print(explain_config(op, DTYPES[a.dtype], d, rows, device, table=table, top=a.top, rotary_dim=a.rotary_dim))
     except ValueError as e:
         p.error(str(e))
     return 0
