@@ -217,6 +217,9 @@ def test_rope_ops_explain_the_config_and_row_form_their_kernels_run():
         qknorm.explain(q, k, op="qk_rms_norm_rope", rotary_dim=63)
     with pytest.raises(ValueError, match="rotary_dim is for"):
         qknorm.explain(q, k, rotary_dim=64)
+    with pytest.raises(ValueError, match="head_dim 2000 is not supported"):  # as the ops say
+        from qknorm.explain import explain_config
+        explain_config("qk_rms_norm_rope", torch.bfloat16, 2000, 6)
 
 
 def test_cli_explain_rope(capsys):

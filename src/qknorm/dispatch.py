@@ -61,7 +61,7 @@ __all__ = ["OPS", "DTYPES", "DTYPE_NAMES", "Decision", "DeviceState", "choose_co
            "device_decision", "device_state", "heuristic", "candidate_configs", "measured_alternatives",
            "reset", "add_reset_hook", "sm_count", "next_pow2", "choose_rope_config", "rope_config",
            "rope_row_form",
-           "ROPE_ROW_FORM"]
+           "ROPE_ROW_FORM", "ROPE_ROW_FORMS", "ROPE_MAX_HEAD_DIM"]
 
 MAX_REG_BLOCK = 16384
 CHUNK_BLOCK = 4096
@@ -413,6 +413,10 @@ def choose_config(op: str, dtype: torch.dtype, D: int, n_rows: int, device=None)
 #: ``tl.gather``), or "auto": split for full rotary, load for partial rotary (H100:
 #: ``benchmarks/results/h100/2026-12-07-session5``). Tests pin the others.
 ROPE_ROW_FORM = "auto"
+ROPE_ROW_FORMS = ("auto", "split", "load", "gather")
+
+#: Widest head the RoPE kernels take: the whole head is kept in registers (no chunked form).
+ROPE_MAX_HEAD_DIM = 1024
 
 #: The split form loads each row's rotary halves as ``[ROWS, next_pow2(rotary_dim / 2)]`` tiles: a
 #: thread holding fewer bytes of such a tile than this loads them one element at a time.
@@ -420,7 +424,16 @@ ROPE_MIN_BYTES = 8
 
 
 def rope_row_form(d: int, rotary_dim: int, is_neox: bool = True) -> str:
-    """The RoPE kernels' row form for head_dim ``d`` and ``rotary_dim`` (:data:`ROPE_ROW_FORM`)."""
+    """The RoPE kernels' row form for head_dim ``d`` and ``rotary_dim`` (:data:`ROPE_ROW_FORM`; after changing
+    it, :func:`reset` forgets the plans made under the old one).
+
+    Raises
+    ------
+    ValueError
+        :data:`ROPE_ROW_FORM` is not one of :data:`ROPE_ROW_FORMS`.
+    """
+    if ROPE_ROW_FORM not in ROPE_ROW_FORMS:
+        raise ValueError(f"dispatch.ROPE_ROW_FORM must be one of {', '.join(ROPE_ROW_FORMS)}, got {ROPE_ROW_FORM!r}")
     if ROPE_ROW_FORM != "auto":
         return ROPE_ROW_FORM
     return "split" if rotary_dim == d else "load"
@@ -452,6 +465,11 @@ def rope_config(qk_config: KernelConfig, qk_reason: str, dtype: torch.dtype, D: 
                 n_rows: int, device=None) -> tuple[KernelConfig, str]:
     """:func:`choose_rope_config` from a given ``qk_rms_norm`` decision (``qknorm.explain`` passes the one
     a table other than the device's gives)."""
+    if not 1 <= D <= ROPE_MAX_HEAD_DIM:
+        raise ValueError(f"head_dim {D} is not supported by the RoPE kernels (1 ... {ROPE_MAX_HEAD_DIM}: the whole "
+                         f"head is kept in registers)")
+    if rotary_dim % 2 or not 2 <= rotary_dim <= D:
+        raise ValueError(f"rotary_dim must be even, 2 ... head_dim {D}, got {rotary_dim}")
     cfg, why = qk_config, qk_reason
     form = rope_row_form(D, rotary_dim)
     if form != "split":

@@ -57,8 +57,6 @@ def explain_config(op: str, dtype: torch.dtype, D: int, n_rows: int, device=None
     """
     if op in ROPE_OPS:
         r = D if rotary_dim is None else validate.integer("rotary_dim", rotary_dim, minimum=2)
-        if r % 2 or r > D:
-            raise ValueError(f"rotary_dim must be even and at most D={D}, got {r}")
         return _describe_rope(op, dtype, D, r, n_rows, device, table, top)
     if rotary_dim is not None:
         raise ValueError(f"rotary_dim is for {' and '.join(ROPE_OPS)}, not {op!r}")

@@ -257,6 +257,33 @@ def test_row_forms(impl, row_form, is_neox, d, r):
     assert_matches(k, rk, dtype, "k in place")
     assert torch.equal(v, v_before)
 
+
+@pytest.mark.parametrize("row_form", ["split", "gather", "load"], indirect=True)
+@pytest.mark.parametrize("is_neox", [True, False], ids=["neox", "gptj"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_tail_stays_in_its_column(impl, row_form, is_neox, bad):
+    """A NaN or an inf in the pass-through tail stays in its own column: the tail is not
+    multiplied by cos = 1 / sin = 0 (inf * 0 would be NaN) and never reaches a rotary partner."""
+    t, hq, hkv, d, r = 3, 2, 1, 80, 48
+    q, k = randn((t, hq, d), torch.float32, impl), randn((t, hkv, d), torch.float32, impl)
+    qw = torch.ones(d, device=impl)
+    qw[r + 1] = bad
+    cs, pos = make_cache(8, r, device=impl), positions_for(t, 8, device=impl)
+    qo, _ = qknorm.qk_rms_norm_rope(q, k, qw, qw, cs, pos, is_neox=is_neox, rotary_dim=r)
+    rq, _ = ref(q, k, qw, qw, cs, pos, r, is_neox)
+    bad_cols = (~torch.isfinite(qo)).any(0).any(0).nonzero().flatten().tolist()
+    assert bad_cols == [r + 1], bad_cols
+    keep = torch.ones(d, dtype=torch.bool)
+    keep[r + 1] = False
+    assert_matches(qo[..., keep.to(impl)], rq[..., keep], torch.float32, "finite columns")
+    assert torch.equal(torch.isnan(qo[..., r + 1]).cpu(), torch.isnan(rq[..., r + 1]))
+
+
+def test_row_form_setting_is_checked(monkeypatch):
+    monkeypatch.setattr(qknorm.dispatch, "ROPE_ROW_FORM", "Load")
+    with pytest.raises(ValueError, match="ROPE_ROW_FORM must be one of"):
+        qknorm.dispatch.rope_row_form(256, 64)
+
 def test_int32_and_int64_positions_agree(impl):
     qkv, q, k, v = packed_qkv(6, 4, 2, 128, torch.bfloat16, impl)
     cs = make_cache(1000, 128, device=impl)

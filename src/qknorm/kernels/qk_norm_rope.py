@@ -228,12 +228,15 @@ def norm_rope_whole(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0
         cos, sin = cos_sin(t, row_ok, tl.where(c < HALF, c, c - HALF), rot, CS, css0, css1, max_pos, HALF, P, ps, ps3,
                            S0, S01, MROPE)
         # o1 = y1 * cos - y2 * sin, o2 = y2 * cos + y1 * sin: the split form's products, the sign exact
-        o = y * cos + tl.where((c < HALF)[None, :], -yp, yp) * sin
+        # the tail keeps y itself (a product with cos = 1, sin = 0 would turn inf into NaN)
+        o = tl.where(rot[None, :], y * cos + tl.where((c < HALF)[None, :], -yp, yp) * sin, y)
     else:
         ye, yo = tl.split(tl.reshape(y, [ROWS, BLOCK_D // 2, 2]))
         j = tl.arange(0, BLOCK_D // 2)
         cos, sin = cos_sin(t, row_ok, j, j < HALF, CS, css0, css1, max_pos, HALF, P, ps, ps3, S0, S01, MROPE)
-        o = tl.reshape(tl.join(ye * cos - yo * sin, yo * cos + ye * sin), [ROWS, BLOCK_D])
+        r2 = (j < HALF)[None, :]
+        o = tl.reshape(tl.join(tl.where(r2, ye * cos - yo * sin, ye), tl.where(r2, yo * cos + ye * sin, yo)),
+                       [ROWS, BLOCK_D])
     return o, ss
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import backend, launch
+from .. import backend, dispatch, launch
 from .. import validate
 from ..dispatch import next_pow2
 from .. import layout
@@ -19,7 +19,7 @@ from . import _plan as plans
 from ._plan import MISS, IN_PLACE, PLANS
 
 OP = "qk_rms_norm_rope"
-MAX_HEAD_DIM = 1024  # whole head in registers; no chunked form
+MAX_HEAD_DIM = dispatch.ROPE_MAX_HEAD_DIM  # whole head in registers; no chunked form
 _PTRS = ("CS", "P", "XQ", "YQ", "WQ", "XK", "YK", "WK")
 
 

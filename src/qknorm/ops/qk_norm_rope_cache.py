@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import backend, launch, layout
+from .. import backend, dispatch, launch, layout
 from .. import validate
 from ..dispatch import next_pow2
 from ..reference_rope import qk_rms_norm_rope_ref, rope_ref
@@ -28,7 +28,7 @@ from ._plan import IN_PLACE, MISS, NEW, OTHER, PLANS
 from .rms_norm_quant import QMAX, native_cast
 
 OP = "qk_norm_rope_cache"
-MAX_HEAD_DIM = 1024  # whole head in registers; no chunked form
+MAX_HEAD_DIM = dispatch.ROPE_MAX_HEAD_DIM  # whole head in registers; no chunked form
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 _FP8_CODE = {torch.float8_e4m3fn: 1, torch.float8_e5m2: 2}
 _PTRS = ("CS", "P", "XQ", "YQ", "WQ", "XK", "WK", "KC", "KO", "XV", "VC", "SM", "KSC", "VSC")
