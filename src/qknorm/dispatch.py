@@ -60,8 +60,7 @@ from .tuned_table import (
 __all__ = ["OPS", "DTYPES", "DTYPE_NAMES", "Decision", "DeviceState", "choose_config", "decide",
            "device_decision", "device_state", "heuristic", "candidate_configs", "measured_alternatives",
            "reset", "add_reset_hook", "sm_count", "next_pow2", "choose_rope_config", "rope_config",
-           "rope_row_form",
-           "ROPE_ROW_FORM", "ROPE_ROW_FORMS", "ROPE_MAX_HEAD_DIM"]
+           "rope_row_form", "ROPE_ROW_FORM", "ROPE_ROW_FORMS", "ROPE_MAX_HEAD_DIM"]
 
 MAX_REG_BLOCK = 16384
 CHUNK_BLOCK = 4096
@@ -405,7 +404,6 @@ def choose_config(op: str, dtype: torch.dtype, D: int, n_rows: int, device=None)
         return _choose_slow(op, dtype, D, n_rows, device)
 
 
-
 # --------------------------------------------------------------------------- QK norm + RoPE
 
 #: Row form of the RoPE kernels (``kernels/qk_norm_rope.py``): "split" (rotary halves and tail as separate
@@ -490,6 +488,7 @@ def rope_config(qk_config: KernelConfig, qk_reason: str, dtype: torch.dtype, D: 
         return cfg, f"RoPE split form (full rotary): the qk_rms_norm pick ({why})"
     out = dataclasses.replace(cfg, num_warps=max(1, min(cfg.num_warps, tile // (32 * 16))))
     return out, f"RoPE split form (full rotary): the qk_rms_norm pick with {out.num_warps} warps ({why})"
+
 
 def _choose_slow(op, dtype, D, n_rows, device):
     _check(op, D, n_rows)

@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from .pdl import pdl_launch_dependents, pdl_wait
-from .rows import SAFE_RANGE, any_true, extreme_rows, pow2, row_exponent, scaled_factors
+from .rows import SAFE_RANGE, any_true, extreme_rows, pow2, rescued_factors, row_exponent, scaled_factors
 
 
 @triton.jit
@@ -84,20 +84,7 @@ def norm_rope_split(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0
     """The split form of :func:`norm_rope_rows`: the rotary halves and the tail as separate tiles."""
     R = 2 * HALF
     pm = row_ok[:, None] & j_ok[None, :]
-    # cos/sin of each row's position (per frequency with mRoPE), clamped into the cache.
-    if MROPE:
-        sec = (j >= S0).to(tl.int64) + (j >= S01).to(tl.int64)
-        pos = tl.load(P + t[:, None] * ps + (sec * ps3)[None, :], mask=pm, other=0)
-        pos = tl.minimum(tl.maximum(pos, 0), max_pos - 1).to(tl.int64)
-        cs_at = CS + pos * css0
-        cos = tl.load(cs_at + (j * css1)[None, :], mask=pm, other=0.0).to(tl.float32)
-        sin = tl.load(cs_at + ((j + HALF) * css1)[None, :], mask=pm, other=0.0).to(tl.float32)
-    else:
-        pos = tl.load(P + t * ps, mask=row_ok, other=0)
-        pos = tl.minimum(tl.maximum(pos, 0), max_pos - 1).to(tl.int64)
-        cs_row = CS + pos * css0
-        cos = tl.load(cs_row[:, None] + (j * css1)[None, :], mask=pm, other=0.0).to(tl.float32)
-        sin = tl.load(cs_row[:, None] + ((j + HALF) * css1)[None, :], mask=pm, other=0.0).to(tl.float32)
+    cos, sin = cos_sin(t, row_ok, j, j_ok, CS, css0, css1, max_pos, HALF, P, ps, ps3, S0, S01, MROPE)
 
     w1 = 1.0  # no weight: never used
     w2 = 1.0
@@ -193,19 +180,14 @@ def norm_rope_whole(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0
     m = row_ok[:, None] & c_ok[None, :]
     x = tl.load(x_row[:, None] + (col_offset(c, WIDE) * xsd)[None, :], mask=m, other=0.0).to(tl.float32)
     ss = tl.sum(x * x, axis=1)
-    if RESCUE:
-        k = row_exponent(tl.max(tl.abs(x), axis=1), row_ok)
-        sc = (pow2(k >> 1) * pow2(k - (k >> 1)))[:, None]
-        xs = x * sc
-        p2, q2 = scaled_factors(tl.sum(xs * xs, axis=1), D, eps, eps_tiny, k)
-        p = p2[:, None]
-        q = q2[:, None]
-    else:
-        p = 1.0
-        q = tl.rsqrt(ss / D + eps)[:, None]
-    if RESCUE:
+    p = 1.0  # (RESCUE only)
+    if RESCUE:  # the rows out of fp32's range, scaled by 2**k (rows.py)
+        p1, q1 = rescued_factors(x, ss, D, eps, eps_tiny)
+        p = p1[:, None]
+        q = q1[:, None]
         y = (x * p) * q
     else:
+        q = tl.rsqrt(ss / D + eps)[:, None]
         y = x * q
     if HAS_WEIGHT:
         w = tl.load(W + c * ws, mask=c_ok, other=0.0).to(tl.float32) + w_offset
@@ -227,7 +209,7 @@ def norm_rope_whole(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0
             yp = tl.gather(y, tl.broadcast_to(partner[None, :], (ROWS, BLOCK_D)), axis=1)
         cos, sin = cos_sin(t, row_ok, tl.where(c < HALF, c, c - HALF), rot, CS, css0, css1, max_pos, HALF, P, ps, ps3,
                            S0, S01, MROPE)
-        # o1 = y1 * cos - y2 * sin, o2 = y2 * cos + y1 * sin: the split form's products, the sign exact
+        # o1 = y1 * cos - y2 * sin, o2 = y2 * cos + y1 * sin (the split form's products, the sign exact);
         # the tail keeps y itself (a product with cos = 1, sin = 0 would turn inf into NaN)
         o = tl.where(rot[None, :], y * cos + tl.where((c < HALF)[None, :], -yp, yp) * sin, y)
     else:
