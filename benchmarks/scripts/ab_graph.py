@@ -74,8 +74,7 @@ def same_bits(T):
     return bool(ok)
 
 
-say(torch.cuda.get_device_name(), "torch", torch.__version__, "other:", sys.argv[1], "label:", label,
-    "QKNORM_SAFE_RANGE=" + os.environ.get("QKNORM_SAFE_RANGE", ""))
+say(torch.cuda.get_device_name(), "torch", torch.__version__, "other:", sys.argv[1], "label:", label)
 rows = []
 for T in (1, 4, 16, 64, 256, 1024, 4096, 16384):
     say(f"T={T} same bits: {same_bits(T)}")

@@ -22,7 +22,7 @@ def kernel_eps(eps: float) -> tuple[float, float]:
     positive on every GPU, which flushes subnormals; it differs from eps only for rows whose
     mean square is below ~1e-38, which fp32 cannot represent anyway) and eps scaled into
     range (clamped to at least ``2**-376``, far below any non-zero mean square of fp32 data)
-    for the exact rescaling of such rows (``kernels/rows.py``, ``QKNORM_SAFE_RANGE``)."""
+    for the exact rescaling of such rows (``kernels/rows.py: range_factors``)."""
     if eps >= FLT_MIN:
         return (min(eps, FLT_MAX), 0.0)
     if eps > 0.0:

@@ -388,18 +388,19 @@ def test_rows_persistent_and_batch_invariance(kw, d):
             assert torch.equal(sc, s)
 
 
-def test_safe_range_rows(monkeypatch):
-    """With QKNORM_SAFE_RANGE the rows out of fp32's range get rms_norm's rescued values."""
-    from qknorm.kernels import rows
-    if HAS_CUDA and not bool(rows.SAFE_RANGE):
-        pytest.skip("QKNORM_SAFE_RANGE=1 is read at import on the GPU")
-    monkeypatch.setattr(rows, "SAFE_RANGE", tl.constexpr(True))
+def test_rows_out_of_fp32_range():
+    """Rows whose fp32 sum of squares overflows (1e20, 1e37) or underflows (1e-22, with eps = 0 and
+    a tiny eps) get rms_norm's exact values (``rows.range_factors``), in every form."""
     x = randn((4, 96), torch.float32, DEV, 1e20)
     x[1] *= 1e-42
+    x[2] *= 1e17
     for cfg in (None, qknorm.KernelConfig(rows=2, block_d=32, num_warps=2)):
         for kw in ({}, dict(group_size=48), dict(group_size=24), dict(scale=torch.tensor([0.1], device=DEV))):
             check_call(x, None, None, config=cfg, **kw)
             check_call(x, None, randn((4, 96), torch.float32, DEV, 1e20), config=cfg, **kw)
+    tiny = randn((3, 96), torch.float32, DEV, 1e-22)
+    for eps in (0.0, 1e-45, 1e-6):
+        check_call(tiny, None, None, eps=eps)
 
 
 def test_rows_past_the_launch_limit(monkeypatch):

@@ -11,7 +11,7 @@ import triton.language as tl
 
 from .pdl import pdl_launch_dependents, pdl_wait
 
-from .rows import common_rows, norm_block, reread_extreme_rows
+from .rows import norm_block, normalized, row_factors
 
 
 @triton.jit
@@ -56,7 +56,7 @@ def qk_rms_norm_kernel(XQ, YQ, WQ, XK, YK, WK, eps, eps_tiny, w_offset, D: tl.co
 
 
 @triton.jit
-def _tokens_block(block, D, eps, eps_tiny, w_offset, n_rows, H, HQ, wq, wk, WQ, WK, qws, kws,
+def _tokens_block(block, D, eps, eps_tiny, n_rows, H, HQ, wq, wk,
                   XQ, YQ, qxt, qxh, qyt, qyh, XK, YK, kxt, kxh, kyt, kyh,
                   HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
     rows = block * ROWS + tl.arange(0, ROWS)
@@ -71,16 +71,13 @@ def _tokens_block(block, D, eps, eps_tiny, w_offset, n_rows, H, HQ, wq, wk, WQ, 
     cols = tl.arange(0, BLOCK_D)
     mask = row_ok[:, None] & (cols < D)[None, :]
     x = tl.load(x_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    ss = tl.sum(x * x, axis=1)
-    y = x * tl.rsqrt(ss / D + eps)[:, None]
+    p, q, _ = row_factors(x, eps, eps_tiny, D)
+    y = normalized(x, p, q)
     w = 1.0
     if HAS_WEIGHT:
         w = tl.where(is_q[:, None], wq[None, :], wk[None, :])
         y = y * w
-    y_ptr = y_row[:, None] + cols[None, :]
-    tl.store(y_ptr, y.to(YQ.dtype.element_ty), mask=common_rows(mask, ss, D, eps))
-    reread_extreme_rows(x_row, x_row, 1, 1, y_row, 1, y_row, 1, WQ, qws, WK, kws, ~is_q, w_offset, row_ok, ss, D, eps,
-                        eps_tiny, False, HAS_WEIGHT, ROWS, BLOCK_D)
+    tl.store(y_row[:, None] + cols[None, :], y.to(YQ.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -109,10 +106,10 @@ def qk_rms_norm_tokens_kernel(XQ, YQ, WQ, XK, YK, WK, eps, eps_tiny, w_offset, D
         wk = tl.load(WK + cols * kws, mask=col_ok, other=0.0).to(tl.float32) + w_offset
     if PERSISTENT:
         for block in range(tl.program_id(0), tl.cdiv(n_rows, ROWS), tl.num_programs(0)):
-            _tokens_block(block, D, eps, eps_tiny, w_offset, n_rows, H, HQ, wq, wk, WQ, WK, qws, kws,
+            _tokens_block(block, D, eps, eps_tiny, n_rows, H, HQ, wq, wk,
                           XQ, YQ, qxt, qxh, qyt, qyh, XK, YK, kxt, kxh, kyt, kyh, HAS_WEIGHT, ROWS, BLOCK_D)
     else:
-        _tokens_block(tl.program_id(0), D, eps, eps_tiny, w_offset, n_rows, H, HQ, wq, wk, WQ, WK, qws, kws,
+        _tokens_block(tl.program_id(0), D, eps, eps_tiny, n_rows, H, HQ, wq, wk,
                       XQ, YQ, qxt, qxh, qyt, qyh, XK, YK, kxt, kxh, kyt, kyh, HAS_WEIGHT, ROWS, BLOCK_D)
     # After the work: a dependent kernel launched earlier would hold SM slots while
     # this grid still has blocks to run (it measured 40% slower at 16k tokens).

@@ -5,7 +5,8 @@ Q rows, the rest K rows; a row is one (token, head) pair of a ``[T, H, D]`` tens
 any strides. Per row, every element is read once and written once:
 
 1. load the row (as its rotary pair halves ``x1``, ``x2`` plus the pass-through tail),
-   upcast to fp32, ``rstd = rsqrt(sum(x**2) / D + eps)`` over the whole row;
+   upcast to fp32, ``rstd = rsqrt(sum(x**2) / D + eps)`` over the whole row (rows out of
+   fp32's range: ``rows.range_factors``);
 2. ``y = x * rstd * (w + w_offset)`` in fp32;
 3. rotate the first ``R = 2 * HALF`` elements by the angle of the row's position:
    ``o1 = y1 * cos - y2 * sin``, ``o2 = y2 * cos + y1 * sin`` with ``cos``/``sin`` read
@@ -38,7 +39,7 @@ import triton
 import triton.language as tl
 
 from .pdl import pdl_launch_dependents, pdl_wait
-from .rows import SAFE_RANGE, any_true, extreme_rows, pow2, rescued_factors, row_exponent, scaled_factors
+from .rows import normalized, range_factors, range_sums, row_factors
 
 
 @triton.jit
@@ -53,34 +54,31 @@ def col_offset(c, WIDE: tl.constexpr):
 def norm_rope_rows(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps, ps3, S0, S01,
                W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok,
                HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr, MROPE: tl.constexpr,
-               ROWS: tl.constexpr, BLOCK_H: tl.constexpr, WIDE: tl.constexpr, RESCUE: tl.constexpr = False,
+               ROWS: tl.constexpr, BLOCK_H: tl.constexpr, WIDE: tl.constexpr,
                WHOLE: tl.constexpr = False, BLOCK_D: tl.constexpr = 1, PARTNER_LOAD: tl.constexpr = False):
-    """fp32 ``(o1, o2, ot, ss)`` of the rows at ``x_row`` (tokens ``t``): normalised, weighted and
-    rotated pair halves, the weighted tail (steps 1-3 above) and the rows' fp32 sums of squares;
-    nothing stored. ``MROPE``: the position of frequency ``j`` is row ``(j >= S0) + (j >= S01)``
+    """fp32 ``(o1, o2, ot)`` of the rows at ``x_row`` (tokens ``t``): normalised (rows out of fp32's
+    range too: ``rows.range_factors``), weighted and rotated pair halves and the weighted tail
+    (steps 1-3 above); nothing stored. ``MROPE``: the position of frequency ``j`` is row ``(j >= S0) + (j >= S01)``
     of ``P [3, T]`` (row stride ``ps3``; Qwen2-VL's multimodal RoPE). ``WIDE``: int64 column
-    offsets. ``RESCUE`` (``SAFE_RANGE``'s second call, for the rows out of fp32's range: see
-    :func:`rows_in_range` and the callers' rescue branch): every row scaled by ``2**k`` first (rows.py), the same
-    arithmetic otherwise. ``WHOLE``: the whole-row form (:func:`norm_rope_whole`): ``o1`` is then the rows'
+    offsets. ``WHOLE``: the whole-row form (:func:`norm_rope_whole`): ``o1`` is then the rows'
     ``[ROWS, BLOCK_D]`` result and ``o2``/``ot`` are unused."""
     if WHOLE:
-        o1, ss = norm_rope_whole(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
-                                 ps3, S0, S01, W, ws, xsd, HAS_WEIGHT, IS_NEOX, MROPE, ROWS, BLOCK_D, WIDE, RESCUE,
-                                 PARTNER_LOAD)
+        o1 = norm_rope_whole(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
+                             ps3, S0, S01, W, ws, xsd, HAS_WEIGHT, IS_NEOX, MROPE, ROWS, BLOCK_D, WIDE, PARTNER_LOAD)
         o2 = o1
         ot = o1
     else:
-        o1, o2, ot, ss = norm_rope_split(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos,
-                                         P, ps, ps3, S0, S01, W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok, HAS_WEIGHT,
-                                         IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE, RESCUE)
-    return o1, o2, ot, ss
+        o1, o2, ot = norm_rope_split(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos,
+                                     P, ps, ps3, S0, S01, W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok, HAS_WEIGHT,
+                                     IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE)
+    return o1, o2, ot
 
 
 @triton.jit
 def norm_rope_split(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps, ps3, S0, S01,
                     W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok,
                     HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr, MROPE: tl.constexpr,
-                    ROWS: tl.constexpr, BLOCK_H: tl.constexpr, WIDE: tl.constexpr, RESCUE: tl.constexpr):
+                    ROWS: tl.constexpr, BLOCK_H: tl.constexpr, WIDE: tl.constexpr):
     """The split form of :func:`norm_rope_rows`: the rotary halves and the tail as separate tiles."""
     R = 2 * HALF
     pm = row_ok[:, None] & j_ok[None, :]
@@ -105,34 +103,22 @@ def norm_rope_split(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0
                      other=0.0).to(tl.float32)
         x1, x2 = tl.split(tl.reshape(xr, [ROWS, BLOCK_H, 2]))
     ss = tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)
+    ssh, ssl = range_sums(x1, eps)
+    ssh2, ssl2 = range_sums(x2, eps)
+    ssh += ssh2
+    ssl += ssl2
     xt = x1  # no tail: never used
     if HAS_TAIL:
         xt = tl.load(x_row[:, None] + (col_offset(tc, WIDE) * xsd)[None, :], mask=row_ok[:, None] & t_ok[None, :],
                      other=0.0).to(tl.float32)
         ss += tl.sum(xt * xt, axis=1)
-    if RESCUE:
-        amax = tl.maximum(tl.max(tl.abs(x1), axis=1), tl.max(tl.abs(x2), axis=1))
-        if HAS_TAIL:
-            amax = tl.maximum(amax, tl.max(tl.abs(xt), axis=1))
-        k = row_exponent(amax, row_ok)
-        sc = (pow2(k >> 1) * pow2(k - (k >> 1)))[:, None]
-        s1 = x1 * sc
-        s2 = x2 * sc
-        ss2 = tl.sum(s1 * s1, axis=1) + tl.sum(s2 * s2, axis=1)
-        if HAS_TAIL:
-            st = xt * sc
-            ss2 += tl.sum(st * st, axis=1)
-        p2, q2 = scaled_factors(ss2, D, eps, eps_tiny, k)
-        p = p2[:, None]
-        q = q2[:, None]
-        y1 = (x1 * p) * q
-        y2 = (x2 * p) * q
-        yt = (xt * p) * q
-    else:
-        q = tl.rsqrt(ss / D + eps)[:, None]
-        y1 = x1 * q
-        y2 = x2 * q
-        yt = xt * q
+        ssh3, ssl3 = range_sums(xt, eps)
+        ssh += ssh3
+        ssl += ssl3
+    p, q = range_factors(ss, ssh, ssl, D, eps, eps_tiny)
+    y1 = normalized(x1, p, q)
+    y2 = normalized(x2, p, q)
+    yt = normalized(xt, p, q)
     if HAS_WEIGHT:
         y1 = y1 * w1[None, :]
         y2 = y2 * w2[None, :]
@@ -142,7 +128,7 @@ def norm_rope_split(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0
         if HAS_WEIGHT:
             wt = tl.load(W + tc * ws, mask=t_ok, other=0.0).to(tl.float32) + w_offset
             yt = yt * wt[None, :]
-    return o1, o2, yt, ss
+    return o1, o2, yt
 
 
 @triton.jit
@@ -165,11 +151,10 @@ def cos_sin(t, row_ok, j, rot, CS, css0, css1, max_pos, HALF, P, ps, ps3, S0, S0
 @triton.jit
 def norm_rope_whole(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps, ps3, S0,
                     S01, W, ws, xsd, HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, MROPE: tl.constexpr,
-                    ROWS: tl.constexpr, BLOCK_D: tl.constexpr, WIDE: tl.constexpr, RESCUE: tl.constexpr,
-                    PARTNER_LOAD: tl.constexpr):
-    """fp32 ``(o, ss)`` of the rows at ``x_row``: the whole rows ``[ROWS, BLOCK_D]`` (one contiguous
+                    ROWS: tl.constexpr, BLOCK_D: tl.constexpr, WIDE: tl.constexpr, PARTNER_LOAD: tl.constexpr):
+    """fp32 ``o`` of the rows at ``x_row``: the whole rows ``[ROWS, BLOCK_D]`` (one contiguous
     load, 16-byte vectors where the strides allow) normalised, weighted, their first ``2 * HALF``
-    elements rotated; ``ss`` the fp32 sums of squares. For partial rotary this replaces the three
+    elements rotated. For partial rotary this replaces the three
     narrow tiles (two rotary halves and the tail) of the split form. The rotation partner of each
     element: GPT-J, the neighbour (``reshape`` + ``split``); NeoX, element ``c +- HALF``, taken from
     the normalised tile by ``tl.gather`` (warp shuffles where the row lies in one warp) or, with
@@ -179,16 +164,8 @@ def norm_rope_whole(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0
     c_ok = c < D
     m = row_ok[:, None] & c_ok[None, :]
     x = tl.load(x_row[:, None] + (col_offset(c, WIDE) * xsd)[None, :], mask=m, other=0.0).to(tl.float32)
-    ss = tl.sum(x * x, axis=1)
-    p = 1.0  # (RESCUE only)
-    if RESCUE:  # the rows out of fp32's range, scaled by 2**k (rows.py)
-        p1, q1 = rescued_factors(x, ss, D, eps, eps_tiny)
-        p = p1[:, None]
-        q = q1[:, None]
-        y = (x * p) * q
-    else:
-        q = tl.rsqrt(ss / D + eps)[:, None]
-        y = x * q
+    p, q, _ = row_factors(x, eps, eps_tiny, D)
+    y = normalized(x, p, q)
     if HAS_WEIGHT:
         w = tl.load(W + c * ws, mask=c_ok, other=0.0).to(tl.float32) + w_offset
         y = y * w[None, :]
@@ -199,10 +176,7 @@ def norm_rope_whole(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0
         if PARTNER_LOAD:
             xp = tl.load(x_row[:, None] + (col_offset(partner, WIDE) * xsd)[None, :], mask=row_ok[:, None] & rot[None, :],
                          other=0.0).to(tl.float32)
-            if RESCUE:
-                yp = (xp * p) * q
-            else:
-                yp = xp * q
+            yp = normalized(xp, p, q)
             if HAS_WEIGHT:
                 yp = yp * (tl.load(W + partner * ws, mask=rot, other=0.0).to(tl.float32) + w_offset)[None, :]
         else:
@@ -219,7 +193,7 @@ def norm_rope_whole(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0
         r2 = (j < HALF)[None, :]
         o = tl.reshape(tl.join(tl.where(r2, ye * cos - yo * sin, ye), tl.where(r2, yo * cos + ye * sin, yo)),
                        [ROWS, BLOCK_D])
-    return o, ss
+    return o
 
 
 @triton.jit
@@ -231,15 +205,6 @@ def rope_columns(D, HALF, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr):
     c = tl.arange(0, 2 * BLOCK_H)
     tc = 2 * HALF + tl.arange(0, BLOCK_T)
     return j, j < HALF, c, c < 2 * HALF, tc, tc < D
-
-
-@triton.jit
-def rows_in_range(row_ok, ss, D, eps):
-    """The rows a block's common stores write: ``row_ok``, or with ``SAFE_RANGE`` less the rows
-    out of fp32's range, left as they are in memory (their input) for the rescue call."""
-    if SAFE_RANGE:
-        return row_ok & ~extreme_rows(ss, D, eps)
-    return row_ok
 
 
 @triton.jit
@@ -255,22 +220,12 @@ def _rope_rows(block, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos,
     h = (rows % H).to(tl.int64)
     j, j_ok, c, c_ok, tc, t_ok = rope_columns(D, HALF, BLOCK_H, BLOCK_T)
     x_row = X + t * xst + h * xsh
-    o1, o2, ot, ss = norm_rope_rows(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P,
-                                    ps, 0, 0, 0, W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok,
-                                    HAS_WEIGHT, IS_NEOX, HAS_TAIL, False, ROWS, BLOCK_H, False, False, WHOLE, BLOCK_D,
-                                    PARTNER_LOAD)
-    y_row = Y + t * yst + h * ysh
-    _store_rope(o1, o2, ot, y_row, ysd, rows_in_range(row_ok, ss, D, eps), D, j, j_ok, HALF, c, c_ok, tc, t_ok,
+    o1, o2, ot = norm_rope_rows(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P,
+                                ps, 0, 0, 0, W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok,
+                                HAS_WEIGHT, IS_NEOX, HAS_TAIL, False, ROWS, BLOCK_H, False, WHOLE, BLOCK_D,
+                                PARTNER_LOAD)
+    _store_rope(o1, o2, ot, Y + t * yst + h * ysh, ysd, row_ok, D, j, j_ok, HALF, c, c_ok, tc, t_ok,
                 IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WHOLE, BLOCK_D)
-    if SAFE_RANGE:
-        bad = row_ok & extreme_rows(ss, D, eps)
-        if any_true(bad):  # rare: rows out of fp32's range, read again (their memory still holds the input)
-            o1, o2, ot, ss = norm_rope_rows(t, x_row, bad, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos,
-                                            P, ps, 0, 0, 0, W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok,
-                                            HAS_WEIGHT, IS_NEOX, HAS_TAIL, False, ROWS, BLOCK_H, False, True, WHOLE,
-                                            BLOCK_D, PARTNER_LOAD)
-            _store_rope(o1, o2, ot, y_row, ysd, bad, D, j, j_ok, HALF, c, c_ok, tc, t_ok, IS_NEOX, HAS_TAIL, ROWS,
-                        BLOCK_H, WHOLE, BLOCK_D)
 
 
 @triton.jit

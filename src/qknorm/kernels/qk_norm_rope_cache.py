@@ -40,8 +40,7 @@ import triton.language as tl
 
 from .pdl import pdl_launch_dependents, pdl_wait
 from .rms_norm_quant import to_codes
-from .qk_norm_rope import col_offset, norm_rope_rows, rope_columns, rows_in_range
-from .rows import SAFE_RANGE, any_true, extreme_rows
+from .qk_norm_rope import col_offset, norm_rope_rows, rope_columns
 
 
 @triton.jit
@@ -113,22 +112,12 @@ def _prologue_block(block, q_blocks, D, DV, HALF, eps, eps_tiny, w_offset, CS, c
         t = (rows // qH).to(tl.int64)
         h = (rows % qH).to(tl.int64)
         xq_row = XQ + t * qxt + h * qxh
-        o1, o2, ot, ss = norm_rope_rows(t, xq_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
-                                        max_pos, P, ps, ps3, S0, S01, WQ, qws, qxd, j, j_ok, c, c_ok, tc, t_ok,
-                                        HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE, False,
-                                        WHOLE, BLOCK_D, PARTNER_LOAD)
-        yq_row = YQ + t * qyt + h * qyh
-        _store_row(o1, o2, ot, YQ, yq_row, qyd, rows_in_range(row_ok, ss, D, eps), D, j, j_ok, HALF, c, c_ok, tc,
+        o1, o2, ot = norm_rope_rows(t, xq_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
+                                    max_pos, P, ps, ps3, S0, S01, WQ, qws, qxd, j, j_ok, c, c_ok, tc, t_ok,
+                                    HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE, WHOLE, BLOCK_D,
+                                    PARTNER_LOAD)
+        _store_row(o1, o2, ot, YQ, YQ + t * qyt + h * qyh, qyd, row_ok, D, j, j_ok, HALF, c, c_ok, tc,
                    t_ok, 1.0, 0, 1.0, NATIVE_CAST, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WIDE, WHOLE, BLOCK_D)
-        if SAFE_RANGE:
-            bad = row_ok & extreme_rows(ss, D, eps)
-            if any_true(bad):  # rare: rows out of fp32's range, read again (still their input in memory)
-                o1, o2, ot, ss = norm_rope_rows(t, xq_row, bad, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
-                                                max_pos, P, ps, ps3, S0, S01, WQ, qws, qxd, j, j_ok, c, c_ok, tc, t_ok,
-                                                HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE, True,
-                                                WHOLE, BLOCK_D, PARTNER_LOAD)
-                _store_row(o1, o2, ot, YQ, yq_row, qyd, bad, D, j, j_ok, HALF, c, c_ok, tc, t_ok, 1.0, 0, 1.0,
-                           NATIVE_CAST, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WIDE, WHOLE, BLOCK_D)
     else:
         rows = (block - q_blocks) * ROWS + tl.arange(0, ROWS)
         row_ok = rows < k_rows
@@ -141,28 +130,16 @@ def _prologue_block(block, q_blocks, D, DV, HALF, eps, eps_tiny, w_offset, CS, c
         blk = slot // block_size
         off = slot % block_size
         xk_row = XK + t * kxt + h * kxh
-        o1, o2, ot, ss = norm_rope_rows(t, xk_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
-                                        max_pos, P, ps, ps3, S0, S01, WK, kws, kxd, j, j_ok, c, c_ok, tc, t_ok,
-                                        HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE, False,
-                                        WHOLE, BLOCK_D, PARTNER_LOAD)
+        o1, o2, ot = norm_rope_rows(t, xk_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
+                                    max_pos, P, ps, ps3, S0, S01, WK, kws, kxd, j, j_ok, c, c_ok, tc, t_ok,
+                                    HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE, WHOLE, BLOCK_D,
+                                    PARTNER_LOAD)
         ksc = 1.0
         if K_FP8 != 0:
             ksc = tl.load(KSC).to(tl.float32)
-        kc_row = KC + blk * kcb + off * kco + h * kch
-        keep = rows_in_range(row_ok, ss, D, eps)
-        _store_k(o1, o2, ot, KC, kc_row, kcd, KO, t, h, kot, koh, kod, keep & in_cache, keep, D, j, j_ok, HALF, c,
-                 c_ok, tc, t_ok, ksc, K_FP8, K_QMAX, NATIVE_CAST, IS_NEOX, HAS_TAIL, HAS_KOUT, ROWS, BLOCK_H, WIDE,
-                 WHOLE, BLOCK_D)
-        if SAFE_RANGE:
-            bad = row_ok & extreme_rows(ss, D, eps)
-            if any_true(bad):  # rare: rows out of fp32's range, read again (k_out = k leaves them for now)
-                o1, o2, ot, ss = norm_rope_rows(t, xk_row, bad, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
-                                                max_pos, P, ps, ps3, S0, S01, WK, kws, kxd, j, j_ok, c, c_ok, tc, t_ok,
-                                                HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE, True,
-                                                WHOLE, BLOCK_D, PARTNER_LOAD)
-                _store_k(o1, o2, ot, KC, kc_row, kcd, KO, t, h, kot, koh, kod, bad & in_cache, bad, D, j, j_ok, HALF,
-                         c, c_ok, tc, t_ok, ksc, K_FP8, K_QMAX, NATIVE_CAST, IS_NEOX, HAS_TAIL, HAS_KOUT, ROWS, BLOCK_H,
-                         WIDE, WHOLE, BLOCK_D)
+        _store_k(o1, o2, ot, KC, KC + blk * kcb + off * kco + h * kch, kcd, KO, t, h, kot, koh, kod, in_cache, row_ok,
+                 D, j, j_ok, HALF, c, c_ok, tc, t_ok, ksc, K_FP8, K_QMAX, NATIVE_CAST, IS_NEOX, HAS_TAIL, HAS_KOUT, ROWS,
+                 BLOCK_H, WIDE, WHOLE, BLOCK_D)
         # V: copied (FP8: quantised) into its cache at the same slot.
         cv = tl.arange(0, BLOCK_V)
         vm = in_cache[:, None] & (cv < DV)[None, :]

@@ -12,8 +12,8 @@ one tile for every token count); reference and CPU path:
 Numerics (the PyTorch path's, operation by operation):
 
 * ``n``: as ``rows.norm_block`` / ``rows.add_norm_block`` (fp32 sum of squares over the same
-  tile, ``s * rsqrt(ss / D + eps)``, times ``w + offset``; with ``QKNORM_SAFE_RANGE=1`` the rows
-  out of fp32's range rescued the same way).
+  tile, ``s * rsqrt(ss / D + eps)``, times ``w + offset``; the rows out of fp32's range the same
+  way: ``rows.range_factors``).
 * scales: static (``STATIC``): the fp32 value read from the 1-element tensor ``SIN`` on the
   device (no host sync). Dynamic: ``amax`` of ``|n|`` over the row (``GROUP == 0``) or over each
   group of ``GROUP`` consecutive elements, NaN-propagating as ``torch.amax``; ``s =
@@ -54,9 +54,8 @@ Offsets: row offsets int64; column offsets ``col * stride`` fit int32 (the host 
 import triton
 import triton.language as tl
 
-from . import rows
 from .pdl import pdl_launch_dependents, pdl_wait
-from .rows import any_true, chunked_factors, extreme_rows, load_sum, rescued_factors, rescued_rows, row_offsets
+from .rows import chunked_factors, load_sum, normalized, row_factors, row_offsets
 
 AMAX_FLOOR = tl.constexpr(1e-10)  #: dynamic scales are ``max(amax, AMAX_FLOOR) / qmax``
 OUT_INT8 = tl.constexpr(0)
@@ -151,11 +150,9 @@ def to_codes(q, out_ty: tl.constexpr, OUT: tl.constexpr, NATIVE_CAST: tl.constex
 
 @triton.jit
 def _normed(s, p, q, w, HAS_WEIGHT: tl.constexpr):
-    """``n`` of a re-read piece of rows: ``s * q`` (``(s * p) * q`` with the safe range), times ``w``."""
-    if rows.SAFE_RANGE:
-        n = (s * p) * q
-    else:
-        n = s * q
+    """``n`` of a re-read piece of rows: ``(s * p) * q`` (``rows.range_factors``, broadcast to ``s``'s
+    shape by the caller), times ``w``."""
+    n = (s * p) * q
     if HAS_WEIGHT:
         n = n * w
     return n
@@ -166,22 +163,14 @@ def _row_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_RES
                  ROWS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNKED: tl.constexpr, X, Y):
     """First pass of the two-pass forms: per row ``(p, q)`` with ``n = (s * p) * q * w``; ``p = 1``,
     ``q = rsqrt(ss / D + eps)`` from the sum of squares ``norm_block`` computes for the config
-    (the whole-row tile, or chunk-wise partial sums), the safe range's factors for rows out of
+    (the whole-row tile, or chunk-wise partial sums), ``rows.range_factors`` for rows out of
     fp32's range. Reads only (see :func:`_layout_anchor`)."""
     if not CHUNKED:
         mask = row_ok[:, None] & (cols < D)[None, :]
         s = load_sum(x_row[:, None] + (cols * xsd)[None, :], r_row[:, None] + (cols * rsd)[None, :], mask,
                      HAS_RESIDUAL)
         _layout_anchor(s, X, Y, mask, eps)
-        ss = tl.sum(s * s, axis=1)
-        q = tl.rsqrt(ss / D + eps)
-        p = q * 0.0 + 1.0
-        if rows.SAFE_RANGE:
-            bad = row_ok & extreme_rows(ss, D, eps)  # (padding rows sum to 0: not extreme)
-            if any_true(bad):
-                p2, q2 = rescued_factors(s, ss, D, eps, eps_tiny)
-                p = tl.where(bad, p2, p)
-                q = tl.where(bad, q2, q)
+        p, q, _ = row_factors(s, eps, eps_tiny, D)
     else:
         p, q, _ = chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_RESIDUAL, ROWS,
                                   BLOCK_D, 1)
@@ -222,19 +211,12 @@ def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub, n_
         x_ptr = x_row[:, None] + (cols * xsd)[None, :]
         r_ptr = r_row[:, None] + (cols * rsd)[None, :]
         s = load_sum(x_ptr, r_ptr, mask, HAS_RESIDUAL)
-        ss = tl.sum(s * s, axis=1)
+        p, q, _ = row_factors(s, eps, eps_tiny, D)
         if HAS_RESIDUAL:
             tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
-        n = s * tl.rsqrt(ss / D + eps)[:, None]  # as rows.scale_store
+        n = normalized(s, p, q)  # as rows.add_norm_block
         if HAS_WEIGHT:
             n = n * w[None, :]
-        if rows.SAFE_RANGE:
-            bad = row_ok & extreme_rows(ss, D, eps)  # (padding rows sum to 0: not extreme)
-            if any_true(bad):  # rare, block-uniform; the rows are still in registers here (before any store)
-                nr = rescued_rows(s, ss, D, eps, eps_tiny)
-                if HAS_WEIGHT:
-                    nr = nr * w[None, :]
-                n = tl.where(bad[:, None], nr, n)
         ycols = _code_cols(cols, X)
         if DEBUG:
             tl.store(d_row[:, None] + (ycols * ysd)[None, :], n, mask=mask)

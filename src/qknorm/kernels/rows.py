@@ -8,35 +8,22 @@ Offsets are int64 so tensors past 2**31 elements index correctly.
 Numerics everywhere: load, upcast to fp32, sum of squares in fp32, multiply by the
 fp32 weight (+ offset), one rounding on store.
 
-Rows out of fp32's range (only with ``QKNORM_SAFE_RANGE=1``, see ``SAFE_RANGE``): the fp32
-sum of squares overflows for |x| above ~1e19 and flushes to zero below ~1e-19 (PyTorch's
-``F.rms_norm`` returns 0 or inf there). Such rows are found from the sum itself
-(:func:`extreme_rows`: above 3e38, or mean square + eps below 2**-60). An unchunked block
-first stores every other row the common way (:func:`common_rows`), then, if it holds such a
-row, reads those rows again in chunks (their memory still holds the input, also in place)
-and stores them rescaled (:func:`reread_extreme_rows`): the common path waits for no extra
-reduction, and the branch needs few registers (sm_90, ``ptxas``: a 16384-wide row at 16
-warps takes 64 registers, as without the rescue; keeping the rows in registers for it took
-106). :func:`rescued_factors` scales each such row by an exact power of two ``2**k``,
-``k = -exponent(max |x|)`` (:func:`row_exponent`), then normalises with eps scaled too
-(:func:`scaled_factors`: ``y = (x * p) * q``, both per-row factors inside fp32's range).
-Other rows keep ``q = rsqrt(mean(x**2) + eps)`` and the same bits. The chunked form decides
-before its write pass (it may write in place, so it cannot read the row again after).
+Rows out of fp32's range: the fp32 sum of squares overflows for |x| above ~1e19 and flushes
+to zero below ~1e-19 (PyTorch's ``F.rms_norm`` returns 0 or inf there). Every kernel takes,
+beside the plain sum ``ss``, the sum of squares of ``x * 2**-72`` (:func:`range_sums`: the
+same tile, reduced in parallel with ``ss``, so the common path waits for nothing more), and
+for the rows whose plain sum overflowed uses that one (:func:`range_factors`). Underflow
+matters only when eps does not dominate (eps below ``2**-100``): for those calls alone (a
+branch on eps, uniform over the grid) a third sum, of ``x * 2**96``, serves the rows whose
+mean square is below ``2**-100``. Both scaled sums hold every finite fp32 row exactly
+(``y = (x * p) * q``: the low rows need ``p = 2**48``, :func:`scaled_factors`); every other
+row keeps ``p = 1``, ``q = rsqrt(mean(x**2) + eps)``, the same bits as without them.
 ``eps`` arrives as two fp32 values (``reference.kernel_eps``): ``eps`` itself when it is
-a normal fp32 number (else 0) and ``eps_tiny = eps * 2**250`` when it is not, so every
-positive eps stays positive.
+a normal fp32 number (else ``2**-126``, or 0) and ``eps_tiny = eps * 2**250`` when it is not,
+so every positive eps stays positive.
 """
-import os
-
 import triton
 import triton.language as tl
-
-# Rows out of fp32's range are handled only when QKNORM_SAFE_RANGE=1 (read once, at import):
-# even with the rescue out of line and not taken, the branch measured 4% slower in geometric
-# mean on an H200 (up to 16% at 1024 tokens; RoPE's inline rescue up to 24%):
-# benchmarks/results/h200/2026-12-01-host-cost/graph-ab. So by default the kernels keep the
-# plain fp32 sum of squares (the PyTorch path is always exact).
-SAFE_RANGE = tl.constexpr(os.environ.get("QKNORM_SAFE_RANGE", "0").strip() not in ("", "0"))
 
 
 @triton.jit
@@ -53,22 +40,6 @@ def row_offsets(rows, N1, N2, S0, S1, S2):
 def pow2(e):
     """``2.0**e`` in fp32, exactly, for int32 ``e`` in [-126, 127] (built from its bits)."""
     return ((e + 127) << 23).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def extreme_rows(ss, D, eps):
-    """Rows whose fp32 sum of squares ``ss`` cannot be trusted: overflow, or a mean square
-    plus eps so small that flushed squares (or an eps below fp32's normal range) matter."""
-    return (ss > 3.0e38) | (ss / D + eps < 8.673617379884035e-19)  # 2**-60
-
-
-@triton.jit
-def row_exponent(amax, bad):
-    """Per-row exponent ``k`` (int32) that brings the ``bad`` rows into fp32's comfortable
-    range: ``-exponent(amax)`` (zero and subnormal maxima count as exponent -127); 0 for the
-    other rows and for inf/NaN maxima. ``amax``: the row's max |x|."""
-    e = ((amax.to(tl.int32, bitcast=True) >> 23) & 255) - 127
-    return tl.where(bad & (e < 128), -e, 0)
 
 
 @triton.jit
@@ -91,111 +62,76 @@ def scaled_factors(ss, D, eps, eps_tiny, k):
     return sa, tl.where(eps_s > 3.0e38, tl.where(tiny, q_tiny, q_eps), q)
 
 
-@triton.jit
-def rescued_factors(x, ss, D, eps, eps_tiny):
-    """``(p, q)`` per row of the fp32 tile ``x`` (sum of squares ``ss``) with
-    ``y = (x * p) * q = x / sqrt(mean(x**2) + eps)``: rows out of fp32's range get
-    :func:`scaled_factors`, the others ``p = 1``, ``q = rsqrt(ss / D + eps)`` (the same bits as
-    the common path)."""
-    bad = extreme_rows(ss, D, eps)
-    k = row_exponent(tl.max(tl.abs(x), axis=1), bad)
-    s = pow2(k >> 1) * pow2(k - (k >> 1))
-    xs = x * s[:, None]
-    p2, q2 = scaled_factors(tl.sum(xs * xs, axis=1), D, eps, eps_tiny, k)
-    return tl.where(bad, p2, 1.0), tl.where(bad, q2, tl.rsqrt(ss / D + eps))
+# The scaled sums (see the module docstring). HI: for rows whose plain sum overflowed, so max |x| is past
+# 2**64 / sqrt(D): the squares of x * 2**-72 are at most 2**112 (2**126 summed over 2**14 columns) and the
+# largest at least 2**-30 at any width up to 2**20, so the sum is as exact as a plain one. LO: for rows whose
+# mean square is below TINY, so max |x| is below 2**-43 (2**14 columns): the squares of x * 2**96 lie in
+# [2**-106, 2**106], subnormal x included. From eps >= TINY on, eps dominates every flushed square (at
+# most 2**-149 each against a mean square + eps of at least 2**-100), so LO is only needed below it.
+HI = tl.constexpr(2.0 ** -72)
+LO_K = tl.constexpr(96)
+LO = tl.constexpr(2.0 ** 96)
+TINY = tl.constexpr(2.0 ** -100)
+OVERFLOW = tl.constexpr(3.0e38)  # a plain sum of squares above this may have overflowed
 
 
 @triton.jit
-def rescued_rows(x, ss, D, eps, eps_tiny):
-    """``x / sqrt(mean(x**2) + eps)`` per row of the fp32 tile ``x`` (sums of squares ``ss``)
-    with the rows out of fp32's range rescaled (:func:`rescued_factors`)."""
-    p, q = rescued_factors(x, ss, D, eps, eps_tiny)
+def range_sums(x, eps):
+    """``(ssh, ssl)`` per row of the fp32 tile ``x`` (sums over axis 1): the squares of ``x * 2**-72``
+    and, only where eps is below ``TINY`` (a branch on the scalar eps), of ``x * 2**96`` (else 0).
+    Callers add these over chunks as they add the plain sum."""
+    xh = x * HI
+    ssh = tl.sum(xh * xh, axis=1)
+    ssl = ssh * 0.0
+    if eps < TINY:
+        xl = x * LO
+        ssl = tl.sum(xl * xl, axis=1)
+    return ssh, ssl
+
+
+@triton.jit
+def range_factors(ss, ssh, ssl, D, eps, eps_tiny):
+    """Per-row ``(p, q)`` with ``y = (x * p) * q = x / sqrt(mean(x**2) + eps)`` from the plain sum of
+    squares ``ss`` and the scaled sums of :func:`range_sums`: ``p = 1``, ``q = rsqrt(ss / D + eps)``
+    (the plain bits) except for rows whose plain sum overflowed (``q`` from ``ssh``: at least
+    ``2**-128``, a subnormal with 21 bits or more at worst) and, with eps below ``TINY``, rows whose
+    mean square is below ``TINY`` (from ``ssl``; ``p = 2**48``, as ``q`` alone could pass fp32's
+    largest value). NaN rows stay NaN."""
+    q = tl.where(ss > OVERFLOW, tl.rsqrt(ssh / D + eps * HI * HI) * HI, tl.rsqrt(ss / D + eps))
+    p = q * 0.0 + 1.0
+    if eps < TINY:
+        lo = ss / D + eps < TINY
+        pl, ql = scaled_factors(ssl, D, eps, eps_tiny, tl.full(ss.shape, LO_K, tl.int32))
+        # eps * 4**96 underflows for eps below ~2**-341: a zero row then gives 0 (any finite q), not 0 * inf
+        ql = tl.where((ssl == 0.0) & (eps > 0.0), 1.0, ql)
+        p = tl.where(lo, pl, p)
+        q = tl.where(lo, ql, q)
+    return p, q
+
+
+@triton.jit
+def normalized(x, p, q):
+    """``(x * p) * q`` for the fp32 tile ``x`` and per-row factors (:func:`range_factors`)."""
     return (x * p[:, None]) * q[:, None]
 
 
 @triton.jit
-def common_rows(mask, ss, D, eps):
-    """The store mask of a block's common path: ``mask``, or with ``SAFE_RANGE`` ``mask`` less
-    the rows out of fp32's range, left as they are in memory for :func:`reread_extreme_rows`."""
-    if SAFE_RANGE:
-        return mask & ~extreme_rows(ss, D, eps)[:, None]
-    return mask
+def _add2(a0, a1, b0, b1):
+    return a0 + b0, a1 + b1
 
 
 @triton.jit
-def factors_from_memory(x_row, r_row, xsd, rsd, rows, bad, D, eps, eps_tiny, HAS_RESIDUAL: tl.constexpr,
-                        ROWS: tl.constexpr, CH: tl.constexpr):
-    """Per-row ``(p, q)`` of :func:`scaled_factors` for the ``bad`` rows, from two reads of the rows
-    (``rows``: the rows read; x, or x + residual) in chunks of ``CH`` columns: max |x| for the
-    exponent, then the sum of squares of the scaled row."""
-    cols = tl.arange(0, CH)
-    amax = tl.zeros([ROWS, CH], dtype=tl.float32)
-    for start in range(0, D, CH):
-        c = start + cols
-        m = rows[:, None] & (c < D)[None, :]
-        x = load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], m, HAS_RESIDUAL)
-        amax = tl.maximum(amax, tl.abs(x))
-    k = row_exponent(tl.max(amax, axis=1), bad)
-    sc = pow2(k >> 1) * pow2(k - (k >> 1))
-    acc = tl.zeros([ROWS, CH], dtype=tl.float32)
-    for start in range(0, D, CH):
-        c = start + cols
-        m = rows[:, None] & (c < D)[None, :]
-        x = load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], m,
-                     HAS_RESIDUAL) * sc[:, None]
-        acc += x * x
-    return scaled_factors(tl.sum(acc, axis=1), D, eps, eps_tiny, k)
-
-
-@triton.jit
-def reread_extreme_rows(x_row, r_row, xsd, rsd, y_row, ysd, o_row, osd, W, ws, W2, ws2, second, w_offset, rows_ok,
-                        ss, D, eps, eps_tiny, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-                        ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
-    """With ``SAFE_RANGE``, after a block's common stores (:func:`common_rows` kept them off these
-    rows): the rows out of fp32's range (sums of squares ``ss``) done again from memory, which
-    still holds their input (so this is right in place too). Row pointers ``x_row`` (and
-    ``r_row`` with ``HAS_RESIDUAL``: the sum is stored at ``o_row``), output ``y_row``; the
-    weight ``W`` (stride ``ws``), or ``W2`` (stride ``ws2``) for the rows where ``second`` is
-    set (QK: Q's and K's weights, of any two dtypes). In chunks of ``max(16, 1024 // ROWS)``
-    columns (at most ``BLOCK_D``) over three reads (max |x|, the scaled sum of squares, the store),
-    so the branch needs few registers (``ptxas`` sizes the whole kernel for its widest part:
-    holding the rows, or a whole-row rescue, cost 40-70% more registers on the common path).
-    Without ``SAFE_RANGE`` it is no code at all."""
-    if SAFE_RANGE:
-        bad = rows_ok & extreme_rows(ss, D, eps)
-        if any_true(bad):  # rare, block-uniform
-            CH: tl.constexpr = min(BLOCK_D, max(16, 1024 // ROWS))
-            p, q = factors_from_memory(x_row, r_row, xsd, rsd, bad, bad, D, eps, eps_tiny, HAS_RESIDUAL, ROWS, CH)
-            cols = tl.arange(0, CH)
-            for start in range(0, D, CH):
-                c = start + cols
-                c_ok = (c < D)[None, :]
-                m = bad[:, None] & c_ok
-                x = load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], m,
-                             HAS_RESIDUAL)
-                if HAS_RESIDUAL:
-                    tl.store(o_row[:, None] + (c * osd)[None, :], x.to(o_row.dtype.element_ty), mask=m)
-                y = (x * p[:, None]) * q[:, None]
-                if HAS_WEIGHT:
-                    wa = tl.load(W + c * ws, mask=c < D, other=0.0).to(tl.float32)
-                    wb = tl.load(W2 + c * ws2, mask=c < D, other=0.0).to(tl.float32)
-                    y = y * (tl.where(second[:, None], wb[None, :], wa[None, :]) + w_offset)
-                tl.store(y_row[:, None] + (c * ysd)[None, :], y.to(y_row.dtype.element_ty), mask=m)
-
-
-@triton.jit
-def scale_store(x, ss, D, eps, w, y_ptr, mask, HAS_WEIGHT: tl.constexpr):
-    """Store ``x / sqrt(ss / D + eps) * w`` (rows of the fp32 tile ``x``, sums of squares
-    ``ss``) at ``y_ptr``: the common path of the unchunked blocks."""
-    y = x * tl.rsqrt(ss / D + eps)[:, None]
-    if HAS_WEIGHT:
-        y = y * w[None, :]
-    tl.store(y_ptr, y.to(y_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def any_true(mask):
-    return tl.max(mask.to(tl.int32), axis=0) > 0
+def row_factors(x, eps, eps_tiny, D):
+    """``(p, q, ss)`` of the rows of the whole-row fp32 tile ``x``: :func:`range_factors` of its sums
+    (the plain and the ``2**-72`` sums in one two-operand reduction: one exchange between warps)."""
+    xh = x * HI
+    ss, ssh = tl.reduce((x * x, xh * xh), 1, _add2)
+    ssl = ssh * 0.0
+    if eps < TINY:
+        xl = x * LO
+        ssl = tl.sum(xl * xl, axis=1)
+    p, q = range_factors(ss, ssh, ssl, D, eps, eps_tiny)
+    return p, q, ss
 
 
 @triton.jit
@@ -211,11 +147,12 @@ def load_sum(x_ptr, r_ptr, mask, HAS_RESIDUAL: tl.constexpr):
 def chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_RESIDUAL: tl.constexpr,
                     ROWS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNKED: tl.constexpr):
     """First pass of a chunked row (of ``x``, or of ``x + residual``): ``(p, q, tiles)`` with
-    ``n = (s * p) * q``: ``p = 1``, ``q = rsqrt(mean(s**2) + eps)`` from chunk-wise partial sums of
-    squares, and the rows out of fp32's range rescaled with ``SAFE_RANGE`` (two more reads).
-    ``tiles``: with ``CHUNKED >= 2`` the row's ``CHUNKED`` exact tiles, kept in registers for the
-    write pass; else ``()`` (the write pass reads the row again). Reads only."""
+    ``n = (s * p) * q`` (:func:`range_factors`) from chunk-wise partial sums of squares, plain and
+    scaled. ``tiles``: with ``CHUNKED >= 2`` the row's ``CHUNKED`` exact tiles, kept in registers for
+    the write pass; else ``()`` (the write pass reads the row again). Reads only."""
     acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    acc_h = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    ssl = tl.zeros([ROWS], dtype=tl.float32)
     tiles = ()
     if CHUNKED >= 2:
         for i in tl.static_range(CHUNKED):
@@ -224,6 +161,7 @@ def chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_
             s = load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], mask,
                          HAS_RESIDUAL)
             acc += s * s
+            acc_h, ssl = _range_acc(acc_h, ssl, s, eps)
             tiles = tiles + (s,)
     else:
         for start in range(0, D, BLOCK_D):
@@ -232,19 +170,21 @@ def chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_
             s = load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], mask,
                          HAS_RESIDUAL)
             acc += s * s
-    ss = tl.sum(acc, axis=1)
-    q = tl.rsqrt(ss / D + eps)
-    p = q * 0.0 + 1.0
-    if SAFE_RANGE:
-        # (padding rows sum to 0: with eps below 2**-60 a tail block takes the two reads too, right but
-        # slower; masking them with row_ok cost 98 -> 122 registers at CHUNKED=4, sm_90)
-        bad = extreme_rows(ss, D, eps)
-        if any_true(bad):  # rare: rows out of fp32's range; two more reads
-            p2, q2 = factors_from_memory(x_row, r_row, xsd, rsd, row_ok, bad, D, eps, eps_tiny, HAS_RESIDUAL, ROWS,
-                                         BLOCK_D)
-            p = tl.where(bad, p2, p)
-            q = tl.where(bad, q2, q)
+            acc_h, ssl = _range_acc(acc_h, ssl, s, eps)
+    p, q = range_factors(tl.sum(acc, axis=1), tl.sum(acc_h, axis=1), ssl, D, eps, eps_tiny)
     return p, q, tiles
+
+
+@triton.jit
+def _range_acc(acc_h, ssl, s, eps):
+    """One chunk's share of :func:`range_sums`: the ``2**-72`` squares added to the tile ``acc_h``
+    (reduced once, as the plain sum), the ``2**96`` sum (eps below ``TINY`` only) to ``ssl``."""
+    sh = s * HI
+    acc_h += sh * sh
+    if eps < TINY:
+        sl = s * LO
+        ssl += tl.sum(sl * sl, axis=1)
+    return acc_h, ssl
 
 
 @triton.jit
@@ -268,12 +208,9 @@ def norm_block(block, X, Y, W, n_rows, D, N1, N2,
 
 @triton.jit
 def _scaled_chunk_store(x, p, q, W, c, ws, w_offset, col_ok, y_ptr, mask, HAS_WEIGHT: tl.constexpr):
-    """The write pass of a chunked row, one chunk: ``(x * p) * q`` (``x * q`` without the safe
-    range) times the weight's chunk, stored at ``y_ptr``."""
-    if SAFE_RANGE:
-        y = (x * p[:, None]) * q[:, None]
-    else:
-        y = x * q[:, None]
+    """The write pass of a chunked row, one chunk: ``(x * p) * q`` times the weight's chunk, stored
+    at ``y_ptr``."""
+    y = normalized(x, p, q)
     if HAS_WEIGHT:
         w = tl.load(W + c * ws, mask=col_ok, other=0.0).to(tl.float32) + w_offset
         y = y * w[None, :]
@@ -318,17 +255,15 @@ def add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2,
         if HAS_RESIDUAL:
             y_ptr = y_row[:, None] + (cols * ysd)[None, :]
         s = load_sum(x_ptr, r_ptr, mask, HAS_RESIDUAL)
-        ss = tl.sum(s * s, axis=1)
+        p, q, _ = row_factors(s, eps, eps_tiny, D)
         if HAS_RESIDUAL:
-            common = common_rows(mask, ss, D, eps)
-            tl.store(o_row[:, None] + (cols * osd)[None, :], s.to(RO.dtype.element_ty), mask=common)
+            tl.store(o_row[:, None] + (cols * osd)[None, :], s.to(RO.dtype.element_ty), mask=mask)
         else:
             y_ptr = y_row[:, None] + (cols * ysd)[None, :]
-            common = common_rows(mask, ss, D, eps)
-        scale_store(s, ss, D, eps, w, y_ptr, common, HAS_WEIGHT)
-        # After the common store, so the common path waits for nothing.
-        reread_extreme_rows(x_row, r_row, xsd, rsd, y_row, ysd, o_row, osd, W, ws, W, ws, rows < 0, w_offset, row_ok,
-                            ss, D, eps, eps_tiny, HAS_RESIDUAL, HAS_WEIGHT, ROWS, BLOCK_D)
+        y = normalized(s, p, q)
+        if HAS_WEIGHT:
+            y = y * w[None, :]
+        tl.store(y_ptr, y.to(Y.dtype.element_ty), mask=mask)
     else:
         p, q, sums = chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_RESIDUAL, ROWS,
                                      BLOCK_D, CHUNKED)
