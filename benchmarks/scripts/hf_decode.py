@@ -14,7 +14,9 @@ Models (random bf16 weights from the published configs, no download): ``qwen3-8b
 norms, per-head q/k norms), ``tiny`` (a 2-layer Qwen3 for smoke tests).
 
 Variants: ``unpatched`` (transformers' own RMSNorm modules), ``qknorm`` (``apply_qknorm``:
-every RMSNorm one launch, per-head q/k norms one launch per attention block), ``liger``
+every RMSNorm one launch, per-head q/k norms one launch per attention block; under ``--compile``
+the norms are left to Inductor, the default ``under_compile="inductor"``), ``qknorm_kernels`` (the same
+with ``under_compile="kernels"``: qknorm's custom ops inside the compiled graph), ``liger``
 (``apply_liger_kernel_to_qwen3/gemma3(model=..., rms_norm=True)`` with RoPE, SwiGLU/GeGLU
 and the loss patches off: norm against norm).
 
@@ -72,9 +74,9 @@ def build(name: str, device: str):
 def patch(model, variant: str, name: str) -> str:
     if variant == "unpatched":
         return ""
-    if variant == "qknorm":
+    if variant in ("qknorm", "qknorm_kernels"):
         from qknorm.integrations.transformers import apply_qknorm
-        return str(apply_qknorm(model))
+        return str(apply_qknorm(model, under_compile="kernels" if variant == "qknorm_kernels" else "inductor"))
     if variant == "liger":
         import liger_kernel.transformers as lk
         fn = lk.apply_liger_kernel_to_gemma3_text if name.startswith("gemma3") else lk.apply_liger_kernel_to_qwen3
@@ -164,7 +166,7 @@ def norm_timers(model):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=sorted(CONFIGS), required=True)
-    ap.add_argument("--variant", choices=["unpatched", "qknorm", "liger"], required=True)
+    ap.add_argument("--variant", choices=["unpatched", "qknorm", "qknorm_kernels", "liger"], required=True)
     ap.add_argument("--batches", default="1,8,64")
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--steps", type=int, default=16)

@@ -257,13 +257,7 @@ def test_import_qknorm_does_not_import_transformers():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_torch_compile_fullgraph_uses_qknorm_ops():
-    """torch.compile(fullgraph=True) traces the patched norms as torch.ops.qknorm custom ops."""
-    model, _ = _model("qwen3")
-    ids = _ids()
-    with torch.no_grad():
-        ref = model(ids).logits
-    report = apply_qknorm(model)
+def _compiled_targets(model, ids):
     targets = []
 
     def backend(gm, example_inputs):
@@ -276,8 +270,38 @@ def test_torch_compile_fullgraph_uses_qknorm_ops():
             out = torch.compile(model, backend=backend, fullgraph=True)(ids).logits
     finally:
         torch._dynamo.reset()
+    return out, targets
+
+
+def test_torch_compile_fullgraph_uses_qknorm_ops_when_asked():
+    """under_compile="kernels": torch.compile(fullgraph=True) traces the patched norms as
+    torch.ops.qknorm custom ops."""
+    model, _ = _model("qwen3")
+    ids = _ids()
+    with torch.no_grad():
+        ref = model(ids).logits
+    report = apply_qknorm(model, under_compile="kernels")
+    out, targets = _compiled_targets(model, ids)
     assert sum("qknorm" in t for t in targets) == len(report.replaced)
     assert _rel(out, ref) <= 1e-5
+
+
+def test_torch_compile_traces_the_models_own_norms_by_default():
+    """The default (under_compile="inductor"): the compiled patched model's graph is the compiled
+    unpatched model's (no qknorm op, the same calls), so Inductor fuses the norms as it would;
+    eager calls still take qknorm's kernels."""
+    model, _ = _model("qwen3")
+    ids = _ids()
+    with torch.no_grad():
+        ref = model(ids).logits
+    ref_out, ref_targets = _compiled_targets(model, ids)
+    apply_qknorm(model)
+    out, targets = _compiled_targets(model, ids)
+    assert not any("qknorm" in t for t in targets)
+    assert sorted(targets) == sorted(ref_targets)
+    assert _rel(out, ref) <= 1e-5 and _rel(ref_out, ref) <= 1e-5
+    with pytest.raises(ValueError, match="under_compile"):
+        apply_qknorm(model, under_compile="triton")
 
 
 def test_torch_rms_norm_modules():
