@@ -151,7 +151,6 @@ def chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_
     scaled. ``tiles``: with ``CHUNKED >= 2`` the row's ``CHUNKED`` exact tiles, kept in registers for
     the write pass; else ``()`` (the write pass reads the row again). Reads only."""
     acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-    acc_h = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
     ssl = tl.zeros([ROWS], dtype=tl.float32)
     tiles = ()
     if CHUNKED >= 2:
@@ -161,9 +160,14 @@ def chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_
             s = load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], mask,
                          HAS_RESIDUAL)
             acc += s * s
-            acc_h, ssl = _range_acc(acc_h, ssl, s, eps)
             tiles = tiles + (s,)
+        ss = tl.sum(acc, axis=1)
+        # the scaled sums after the plain one, from the tiles held anyway: acc's registers serve again
+        acc_h = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+        for i in tl.static_range(CHUNKED):
+            acc_h, ssl = _range_acc(acc_h, ssl, tiles[i], eps)
     else:
+        acc_h = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
         for start in range(0, D, BLOCK_D):
             c = start + cols
             mask = row_ok[:, None] & (c < D)[None, :]
@@ -171,7 +175,8 @@ def chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_
                          HAS_RESIDUAL)
             acc += s * s
             acc_h, ssl = _range_acc(acc_h, ssl, s, eps)
-    p, q = range_factors(tl.sum(acc, axis=1), tl.sum(acc_h, axis=1), ssl, D, eps, eps_tiny)
+        ss = tl.sum(acc, axis=1)
+    p, q = range_factors(ss, tl.sum(acc_h, axis=1), ssl, D, eps, eps_tiny)
     return p, q, tiles
 
 

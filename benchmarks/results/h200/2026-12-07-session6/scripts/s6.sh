@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Session 6 device calls (H200 or H100), from the repository root. Each mode fits one call.
-#   range  carry [".baseline3"]  issue 11 kind 5 (rows out of fp32's range, always on): GPU tests, then the
-#          same-process A/B of every kernel family against the session's starting tree (ab_graph.py)
+#   range  carry [".baseline3"]  issue 11 kind 5 (rows out of fp32's range, always on): the same-process A/B of
+#          every kernel family against the session's starting tree (ab_graph.py), the same for the one-sum
+#          alternative in .baseline3/alt (when present), then the GPU tests
 #   compile  issue 17: decode step under torch.compile(mode="reduce-overhead"), batch 1/8/64, Qwen3-8B shape
 #          (MODEL=gemma3-12b for the Gemma 3 shape): unpatched / qknorm (norms left to Inductor, the default) /
 #          qknorm_kernels (qknorm's custom ops in the graph), interleaved
@@ -17,20 +18,16 @@ export PYTHONPATH=$PWD/src:$PWD/.baseline3
 SECONDS=0
 case "${1:-range}" in
 range)
+  OUT=$OUT timeout 240 python benchmarks/scripts/ab_graph.py qknorm_main range > /dev/null 2>&1
+  echo "ab rc=$? ${SECONDS}s"; tail -1 $OUT/ab_range.txt
+  if [ -d .baseline3/alt/qknorm ]; then  # the one-sum alternative (scale from eps), as `qknorm`, against the start
+    OUT=$OUT PYTHONPATH=$PWD/.baseline3/alt:$PYTHONPATH timeout $((470 - SECONDS)) python benchmarks/scripts/ab_graph.py \
+      qknorm_main alt > /dev/null 2>&1; echo "ab alt rc=$? ${SECONDS}s"; tail -1 $OUT/ab_alt.txt
+  fi
   P="python -m pytest -q -p no:cacheprovider --tb=short -rf"
-  timeout 260 $P tests/test_adversarial.py tests/kernels tests/test_autograd.py > $OUT/pytest.log 2>&1
+  timeout $((590 - SECONDS)) $P tests/test_adversarial.py tests/test_autograd.py tests/kernels \
+    > $OUT/pytest.log 2>&1
   echo "pytest rc=$? ${SECONDS}s"; tail -4 $OUT/pytest.log
-  OUT=$OUT timeout 300 python benchmarks/scripts/ab_graph.py qknorm_main range > /dev/null 2>&1
-  echo "ab rc=$? ${SECONDS}s"; tail -2 $OUT/ab_range.txt
-  ;;
-bench)
-  B="--no-plots --variants none --preset qwen3-8b --impl qknorm"
-  for i in 1 2; do
-    timeout 130 python -m qknorm_main.cli bench $B --out /tmp/b-main-$i > /tmp/b-main-$i.log 2>&1; echo "main $i rc=$? ${SECONDS}s"
-    timeout 130 python -m qknorm.cli bench $B --out /tmp/b-this-$i > /tmp/b-this-$i.log 2>&1; echo "this $i rc=$? ${SECONDS}s"
-  done
-  python $D/bench_ab.py $OUT/bench_ab.txt /tmp/b-main-1 /tmp/b-this-1 /tmp/b-main-2 /tmp/b-this-2
-  cp /tmp/b-this-1/summary.md $OUT/summary-this-1.md 2>/dev/null; tail -5 /tmp/b-this-1.log
   ;;
 compile)
   M=${MODEL:-qwen3-8b}
