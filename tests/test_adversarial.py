@@ -216,7 +216,8 @@ def test_cos_sin_cache_aliasing_output(impl):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("scale,eps", [(1e20, 1e-6), (1e-25, 0.0), (1e-30, 1e-6), (3e18, 1e-6), (1e-20, 1e-45),
-                                       (1e37, 1e-6), (1e-40, 0.0), (1e30, 1e-300), (1e-12, 1e-35)])
+                                       (1e37, 1e-6), (1e-40, 0.0), (1e30, 1e-300), (1e-12, 1e-35), (1e19, 1e38),
+                                       (1e19, 3e38)])
 def test_sum_of_squares_out_of_fp32_range(impl, dtype, scale, eps):
     if dtype == torch.float16 and not 1e-7 < scale < 6e4:
         pytest.skip("not representable in fp16")
@@ -252,6 +253,17 @@ def test_sum_of_squares_out_of_fp32_range(impl, dtype, scale, eps):
                                   compute_dtype=torch.float64)
     _check(qo, rq, dtype, "rope q")
     _check(ko, rk, dtype, "rope k")
+
+
+def test_rows_near_fp32s_largest_value_keep_full_precision(impl):
+    """Rows whose rms is past 2**126: their factor would be an fp32 subnormal alone (fewer bits);
+    split as (x * p) * q they keep fp32's precision (within 2 ulp of the fp64 value)."""
+    for v in (3.2112056044788855e38, 1e38, 8.5e37, 3e38):
+        x = torch.tensor([[v, v / 2, -v / 3, 0.0]], device=impl)
+        y = qknorm.rms_norm(x, None, 1e-6)
+        ref = ref_norm(x, None, 1e-6)
+        err = ((y.double().cpu() - ref.double()).abs() / ref.double().abs().clamp_min(1e-30)).max().item()
+        assert err < 2.5e-7, (v, y.tolist(), ref.tolist())
 
 
 @pytest.mark.parametrize("eps", [1e-50, 1e-40, 1e-300, 5e-324])

@@ -12,11 +12,12 @@ Rows out of fp32's range: the fp32 sum of squares overflows for |x| above ~1e19 
 to zero below ~1e-19 (PyTorch's ``F.rms_norm`` returns 0 or inf there). Every kernel takes,
 beside the plain sum ``ss``, the sum of squares of ``x * 2**-72`` (:func:`range_sums`: the
 same tile, reduced in parallel with ``ss``, so the common path waits for nothing more), and
-for the rows whose plain sum overflowed uses that one (:func:`range_factors`). Underflow
+for the rows whose plain sum (or mean square + eps) overflowed uses that one
+(:func:`range_factors`). Underflow
 matters only when eps does not dominate (eps below ``2**-100``): for those calls alone (a
 branch on eps, uniform over the grid) a third sum, of ``x * 2**96``, serves the rows whose
 mean square is below ``2**-100``. Both scaled sums hold every finite fp32 row exactly
-(``y = (x * p) * q``: the low rows need ``p = 2**48``, :func:`scaled_factors`); every other
+(``y = (x * p) * q``, ``p = 2**-36`` or ``2**48``: both factors normal); every other
 row keeps ``p = 1``, ``q = rsqrt(mean(x**2) + eps)``, the same bits as without them.
 ``eps`` arrives as two fp32 values (``reference.kernel_eps``): ``eps`` itself when it is
 a normal fp32 number (else ``2**-126``, or 0) and ``eps_tiny = eps * 2**250`` when it is not,
@@ -69,6 +70,7 @@ def scaled_factors(ss, D, eps, eps_tiny, k):
 # [2**-106, 2**106], subnormal x included. From eps >= TINY on, eps dominates every flushed square (at
 # most 2**-149 each against a mean square + eps of at least 2**-100), so LO is only needed below it.
 HI = tl.constexpr(2.0 ** -72)
+HALF_HI = tl.constexpr(2.0 ** -36)
 LO_K = tl.constexpr(96)
 LO = tl.constexpr(2.0 ** 96)
 TINY = tl.constexpr(2.0 ** -100)
@@ -93,14 +95,16 @@ def range_sums(x, eps):
 def range_factors(ss, ssh, ssl, D, eps, eps_tiny):
     """Per-row ``(p, q)`` with ``y = (x * p) * q = x / sqrt(mean(x**2) + eps)`` from the plain sum of
     squares ``ss`` and the scaled sums of :func:`range_sums`: ``p = 1``, ``q = rsqrt(ss / D + eps)``
-    (the plain bits) except for rows whose plain sum overflowed (``q`` from ``ssh``: at least
-    ``2**-128``, a subnormal with 21 bits or more at worst) and, with eps below ``TINY``, rows whose
-    mean square is below ``TINY`` (from ``ssl``; ``p = 2**48``, as ``q`` alone could pass fp32's
-    largest value). NaN rows stay NaN."""
-    q = tl.where(ss > OVERFLOW, tl.rsqrt(ssh / D + eps * HI * HI) * HI, tl.rsqrt(ss / D + eps))
-    p = q * 0.0 + 1.0
+    (the plain bits) except for rows whose plain mean square + eps passed fp32's range (an
+    overflowed sum, or an eps near fp32's largest value: ``p = 2**-36`` and ``q`` from ``ssh``) and,
+    with eps below ``TINY``, rows whose mean square is below ``TINY`` (``p = 2**48``, from ``ssl``).
+    ``p`` keeps both factors normal where ``q`` alone would leave fp32's range. NaN rows stay NaN."""
+    m = ss / D + eps
+    hi = m > OVERFLOW
+    q = tl.where(hi, tl.rsqrt(ssh / D + eps * HI * HI) * HALF_HI, tl.rsqrt(m))
+    p = tl.where(hi, HALF_HI, 1.0)
     if eps < TINY:
-        lo = ss / D + eps < TINY
+        lo = m < TINY
         pl, ql = scaled_factors(ssl, D, eps, eps_tiny, tl.full(ss.shape, LO_K, tl.int32))
         # eps * 4**96 underflows for eps below ~2**-341: a zero row then gives 0 (any finite q), not 0 * inf
         ql = tl.where((ssl == 0.0) & (eps > 0.0), 1.0, ql)
@@ -116,20 +120,10 @@ def normalized(x, p, q):
 
 
 @triton.jit
-def _add2(a0, a1, b0, b1):
-    return a0 + b0, a1 + b1
-
-
-@triton.jit
 def row_factors(x, eps, eps_tiny, D):
-    """``(p, q, ss)`` of the rows of the whole-row fp32 tile ``x``: :func:`range_factors` of its sums
-    (the plain and the ``2**-72`` sums in one two-operand reduction: one exchange between warps)."""
-    xh = x * HI
-    ss, ssh = tl.reduce((x * x, xh * xh), 1, _add2)
-    ssl = ssh * 0.0
-    if eps < TINY:
-        xl = x * LO
-        ssl = tl.sum(xl * xl, axis=1)
+    """``(p, q, ss)`` of the rows of the whole-row fp32 tile ``x``: :func:`range_factors` of its sums."""
+    ss = tl.sum(x * x, axis=1)
+    ssh, ssl = range_sums(x, eps)
     p, q = range_factors(ss, ssh, ssl, D, eps, eps_tiny)
     return p, q, ss
 
