@@ -3,6 +3,7 @@
 #   range  carry [".baseline3"]  issue 11 kind 5 (rows out of fp32's range, always on): the same-process A/B of
 #          every kernel family against the session's starting tree (ab_graph.py), the GPU tests, then (time
 #          left) the A/B of the one-sum alternative in .baseline3/alt
+#   ab     carry [".baseline3"]  the A/B of `range` alone, then the alternative's, in 400 s
 #   compile  issue 17: decode step under torch.compile(mode="reduce-overhead"), batch 1/8/64, Qwen3-8B shape
 #          (MODEL=gemma3-12b for the Gemma 3 shape): unpatched / qknorm (norms left to Inductor, the default) /
 #          qknorm_kernels (qknorm's custom ops in the graph), interleaved
@@ -27,6 +28,12 @@ range)
     OUT=$OUT PYTHONPATH=$PWD/.baseline3/alt:$PYTHONPATH timeout $((580 - SECONDS)) python benchmarks/scripts/ab_graph.py \
       qknorm_main alt > /dev/null 2>&1; echo "ab alt rc=$? ${SECONDS}s"; tail -1 $OUT/ab_alt.txt
   fi
+  ;;
+ab)  # the A/B alone (short device budget): this tree, then the one-sum alternative, against the start
+  OUT=$OUT timeout 250 python benchmarks/scripts/ab_graph.py qknorm_main range > /dev/null 2>&1
+  echo "ab rc=$? ${SECONDS}s"; tail -1 $OUT/ab_range.txt
+  OUT=$OUT PYTHONPATH=$PWD/.baseline3/alt:$PYTHONPATH timeout $((390 - SECONDS)) python benchmarks/scripts/ab_graph.py \
+    qknorm_main alt > /dev/null 2>&1; echo "ab alt rc=$? ${SECONDS}s"; tail -1 $OUT/ab_alt.txt
   ;;
 compile)
   M=${MODEL:-qwen3-8b}
