@@ -266,6 +266,17 @@ def test_rows_near_fp32s_largest_value_keep_full_precision(impl):
         assert err < 2.5e-7, (v, y.tolist(), ref.tolist())
 
 
+@pytest.mark.parametrize("v,eps", [(1.7e19, 1e38), (1e19, 3.3e38), (1.7e19, 2e38)])
+def test_eps_near_fp32s_largest_value(impl, v, eps):
+    """mean(x**2) + eps past fp32's range while the sum itself is not (narrow rows): the result is
+    x / sqrt(mean(x**2) + eps), not 0 (found by a review helper, on both backends)."""
+    for x in (torch.tensor([[v]], device=impl), torch.tensor([[v, 0.0]], device=impl)):
+        _check(qknorm.rms_norm(x, None, eps), ref_norm(x, None, eps), torch.float32, f"rms_norm {x.tolist()}")
+        q, k = x.view(1, 1, -1).clone(), x.view(1, 1, -1).clone()
+        qo, _ = qknorm.qk_rms_norm(q, k, None, None, eps)
+        _check(qo, ref_norm(q, None, eps), torch.float32, "qk")
+
+
 @pytest.mark.parametrize("eps", [1e-50, 1e-40, 1e-300, 5e-324])
 def test_every_positive_eps_is_positive(impl, eps):
     z = torch.zeros(3, 16, device=impl)
