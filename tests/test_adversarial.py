@@ -409,3 +409,42 @@ def test_out_of_range_rows_in_the_attention_prologue(impl, dtype):
     _check(k, rk, dtype, "prologue k_out = k")
     flat = kc.view(-1, hkv, d)
     _check(flat[slots.cpu().tolist()], rk, dtype, "prologue k cache")
+
+
+# --------------------------------------------------------------------------- meta tensors
+
+def _meta_calls(dev):
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s, dtype=torch.bfloat16: torch.randn(*s, generator=g, dtype=dtype).to(dev)  # noqa: E731
+    x, res, w = r(5, 64), r(5, 64), r(64)
+    qkv = r(5, 8 * 16)
+    q, k, v = qkv[:, :64].view(5, 4, 16), qkv[:, 64:96].view(5, 2, 16), qkv[:, 96:].view(5, 2, 16)
+    cs, pos = r(100, 16, dtype=torch.float32), torch.tensor([0, 3, 99, 7, 1]).to(dev)
+    kc, vc, slots = torch.zeros(4, 4, 2, 16, dtype=torch.bfloat16).to(dev), \
+        torch.zeros(4, 4, 2, 16, dtype=torch.bfloat16).to(dev), torch.tensor([0, 5, -1, 15, 2]).to(dev)
+    return {
+        "rms_norm": lambda: qknorm.rms_norm(x, w),
+        "fused_add_rms_norm": lambda: qknorm.fused_add_rms_norm(x, res, w),
+        "qk_rms_norm": lambda: qknorm.qk_rms_norm(q, k, w[:16], w[:16]),
+        "qk_rms_norm_rope": lambda: qknorm.qk_rms_norm_rope(q, k, w[:16], w[:16], cs, pos),
+        "rms_norm_quant": lambda: qknorm.rms_norm_quant(x, w, group_size=16, column_major_scales=True),
+        "fused_add_rms_norm_quant": lambda: qknorm.fused_add_rms_norm_quant(x, res, w),
+        "qk_norm_rope_cache": lambda: qknorm.qk_norm_rope_cache(q, k, v, w[:16], w[:16], cs, pos, kc, vc, slots),
+        "nn.RMSNorm": lambda: qknorm.nn.RMSNorm(64, device=dev, dtype=torch.bfloat16)(x),
+        "nn.QKNorm": lambda: qknorm.nn.QKNorm(16, device=dev, dtype=torch.bfloat16)(q, k),
+    }
+
+
+@pytest.mark.parametrize("name", ["auto", "triton"])
+@pytest.mark.parametrize("op", list(_meta_calls("cpu")))
+def test_meta_tensors_give_the_cpu_results_shapes(op, name):
+    """Shape inference on meta tensors (no memory, every data_ptr 0) on either backend: no launch, no false
+    overlap error, no read of positions or slots, results with the CPU call's shapes, strides and dtypes."""
+    want = _meta_calls("cpu")[op]()
+    if name == "triton" and not qknorm.backend.interpreter_on():
+        pytest.skip("QKNORM_BACKEND=triton on the CPU needs TRITON_INTERPRET=1")
+    with qknorm.use_backend(name):
+        got = _meta_calls("meta")[op]()
+    want, got = (want if isinstance(want, tuple) else (want,)), (got if isinstance(got, tuple) else (got,))
+    assert [(t.shape, t.stride(), t.dtype) for t in got] == [(t.shape, t.stride(), t.dtype) for t in want]
+    assert all(t.device.type == "meta" for t in got)

@@ -59,9 +59,10 @@ def interpreter_on() -> bool:
 
 
 def use_triton(t) -> bool:
-    """Whether a call on tensor ``t`` runs the Triton kernels."""
+    """Whether a call on tensor ``t`` runs the Triton kernels (never for meta tensors: nothing to launch,
+    the PyTorch path gives their shapes)."""
     b = active
-    if b == "torch":
+    if b == "torch" or t.device.type == "meta":
         return False
     if b == "auto":
         return t.is_cuda

@@ -165,9 +165,10 @@ def overlap(a, b) -> bool | None:
     """Whether tensors ``a`` and ``b`` share memory: True, False, or None if undecided.
 
     Cheap when the byte ranges are apart (the usual case); otherwise an exact search
-    over element offsets, cached by shape, stride and offset difference.
+    over element offsets, cached by shape, stride and offset difference. Meta tensors hold no
+    memory (every one's ``data_ptr()`` is 0): never overlapping.
     """
-    if a.numel() == 0 or b.numel() == 0 or a.device != b.device:
+    if a.numel() == 0 or b.numel() == 0 or a.device != b.device or a.device.type == "meta":
         return False
     alo, ahi = _extent(a)
     blo, bhi = _extent(b)

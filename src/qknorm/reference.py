@@ -50,7 +50,7 @@ def normalize(x: torch.Tensor, eps: float, compute_dtype: torch.dtype = torch.fl
         return y
     m = ms + kernel_eps(eps)[0]
     bad = (ms * xf.shape[-1] > _EXTREME_SS) | (m < _EXTREME_MS) | (m > _EXTREME_SS) | ms.isinf()
-    if not skip_when_clean or xf.is_cuda or torch.compiler.is_compiling() or bool(bad.any()):
+    if not skip_when_clean or xf.device.type != "cpu" or torch.compiler.is_compiling() or bool(bad.any()):
         x64 = xf.to(torch.float64)
         y = torch.where(bad, (x64 * _rstd(x64, eps)).to(torch.float32), y)
     return y

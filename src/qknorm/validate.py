@@ -266,8 +266,8 @@ def rotary(q, cos_sin_cache, positions, rotary_dim, is_neox) -> int:
 
 
 def positions_in_range(positions, max_position: int) -> None:
-    """CPU positions (free to read) must index the cache; CUDA ones are not read (no sync)."""
-    if positions.numel() == 0 or positions.is_cuda:
+    """CPU positions (free to read) must index the cache; others (CUDA: no sync; meta) are not read."""
+    if positions.numel() == 0 or positions.device.type != "cpu":
         return
     lo, hi = int(positions.min()), int(positions.max())
     if lo < 0 or hi >= max_position:

@@ -94,8 +94,8 @@ def _slots(slot_mapping, t: int, q) -> None:
 
 def slots_in_range(slot_mapping, num_slots: int) -> None:
     """CPU slots (free to read) must be below ``num_slots``; negative ones mean "skip". CUDA
-    slots are not read (no sync): the kernel skips out-of-range ones."""
-    if slot_mapping.numel() == 0 or slot_mapping.is_cuda:
+    slots are not read (no sync): the kernel skips out-of-range ones; nor are meta ones."""
+    if slot_mapping.numel() == 0 or slot_mapping.device.type != "cpu":
         return
     hi = int(slot_mapping.max())
     if hi >= num_slots:
