@@ -17,7 +17,9 @@ def test_device_mismatch():
 
 
 def test_backend_triton_on_cpu_without_interpreter(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    # Not TRITON_INTERPRET=0 itself: kernels first imported under it would be compiled-mode functions that
+    # the interpreted kernels of later tests cannot call.
+    monkeypatch.setattr(qknorm.backend, "interpreter_on", lambda: False)
     with qknorm.use_backend("triton"):
         with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
             qknorm.rms_norm(torch.randn(2, 8))
