@@ -459,16 +459,20 @@ def preset_cases(name: str, tokens=None, dtype: torch.dtype = torch.bfloat16) ->
 def quick_cases(presets=None, dtype: torch.dtype = torch.bfloat16, tokens=None) -> list[Case]:
     """A handful of small cases (seconds on a CPU): per preset asked for, its QK/2D/add
     shapes at small token counts (``quant``: each quantisation mode once, :data:`QUICK_QUANT`,
-    at the largest small T); with no preset, one of each unquantised op kind."""
+    at the largest small T); with no preset, one small case of each op kind."""
     small = tuple(t for t in (tokens or (1, 16)) if t <= 64) or (1, 16)
     if not presets:
+        t = small[-1]
         return [
             Case("qwen3-8b", "qk", small[0], dtype, 32, 8, 128),
-            Case("qwen3-8b", "qk", small[-1], dtype, 32, 8, 128),
-            Case("gemma3-27b", "qk", small[-1], dtype, 32, 16, 128, weight_offset=1.0),
-            Case("olmo2-7b", "qk_full", small[-1], dtype, 32, 32, 128),
-            Case("qwen3-8b", "rms2d", small[-1], dtype, hidden=4096),
-            Case("llama3-70b", "add", small[-1], dtype, hidden=8192),
+            Case("qwen3-8b", "qk", t, dtype, 32, 8, 128),
+            Case("gemma3-27b", "qk", t, dtype, 32, 16, 128, weight_offset=1.0),
+            Case("olmo2-7b", "qk_full", t, dtype, 32, 32, 128),
+            Case("qwen3-8b", "rms2d", t, dtype, hidden=4096),
+            Case("llama3-70b", "add", t, dtype, hidden=8192),
+            Case("rope", "rope", t, dtype, 16, 2, 256, rotary_dim=64),  # Qwen3-Next: partial rotary
+            Case("quant", "addq_token", t, dtype, hidden=4096),
+            Case("prologue", "prologue", t, dtype, 32, 8, 128, rotary_dim=128, cache_dtype=torch.float8_e4m3fn),
         ]
     out: list[Case] = []
     for name in presets:

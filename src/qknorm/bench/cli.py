@@ -12,7 +12,7 @@ Examples::
     qknorm bench --report-only results/h100/results.csv   # rebuild summary.md and plots/
 
 Results are never lost: a folder that already holds bench results is refused unless
-``--append`` (add this run's rows to them) or ``--overwrite`` (replace them) says otherwise;
+--append (add this run's rows to them) or --overwrite (replace them) says otherwise;
 every row is on disk (flushed) as soon as it is measured, and an interrupted (Ctrl-C,
 SIGTERM) or crashed run keeps every row so far. Every mistake in a flag is one line on
 stderr and exit status 2, before anything is written.
@@ -88,16 +88,16 @@ def parser() -> ArgParser:
     p.add_argument("--tokens", type=_tokens, default=None,
                    help="comma list of token counts (default: the preset's, 1..16384; with --quick: 1,16, "
                         f"at most {QUICK_MAX_TOKENS})")
-    p.add_argument("--dtype", choices=list(DTYPES), default="bf16")
+    p.add_argument("--dtype", choices=list(DTYPES), default="bf16", help="activation dtype of every case (default bf16)")
     p.add_argument("--mode", choices=list(MODES) + ["both"], default=None,
                    help="graph: CUDA-graph replay (device time; CUDA only); eager: back-to-back calls (host cost "
                         "included); both. Default: graph on a GPU, eager on a CPU")
     p.add_argument("--cold-l2", action="store_true",
                    help="rotate over input sets larger than 2x L2 (CUDA only; default: warm L2, inputs may stay "
                         "cached)")
-    p.add_argument("--variants", choices=VARIANT_CHOICES, default="top",
-                   help="qknorm kernel variants to time beside the pick (GPU only): none, top (the tuned table's "
-                        "best for the case + the pick; all candidates where the table has none), all")
+    p.add_argument("--variants", choices=VARIANT_CHOICES, default=None,
+                   help="qknorm kernel variants to time beside the pick (GPU only): none, top (the default: the "
+                        "tuned table's best for the case + the pick; all candidates where the table has none), all")
     p.add_argument("--out", default=None,
                    help="output folder (default ./qknorm-bench/<device>-<time>). A folder that already holds "
                         "bench results is refused unless --append or --overwrite is given")
@@ -109,8 +109,8 @@ def parser() -> ArgParser:
                       help="--out holds earlier results: delete them (results.csv, tp.csv, summary.md, meta.json, "
                            "plots/*.png) before this run")
     p.add_argument("--quick", action="store_true", help="a few small cases (seconds, CPU included)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    p.add_argument("--no-plots", action="store_true", help="write no plots/ (the CSV and summary.md only)")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
     p.add_argument("--tp", type=int, default=None, help="ranks for --preset tp, >= 2 (default: the GPUs here, or 2 "
                                                         "CPU processes)")
@@ -286,6 +286,10 @@ def check(p: ArgParser, a) -> Plan:
                 "only mode is eager")
     if a.cold_l2 and not cuda:
         p.error("argument --cold-l2: needs a CUDA GPU (it rotates inputs past the GPU's L2 cache)")
+    if a.variants not in (None, "none") and not cuda:
+        p.error(f"argument --variants: {a.variants!r} needs a CUDA GPU (qknorm's kernel variants are Triton "
+                "kernels); a CPU run times the pick only")
+    a.variants = a.variants or "top"
     modes = (("graph", "eager") if a.mode == "both" else (a.mode,)) if a.mode else (("graph",) if cuda else ("eager",))
     presets = _presets(p, a.preset) if a.preset is not None else None
     tp = None
@@ -537,7 +541,7 @@ def _report_only(p: ArgParser, a) -> int:
     _make_folder(p, out)
     paths = _write_report(rows, meta, out, not a.no_plots, write_meta=False)
     print(f"qknorm bench: rewrote {os.path.join(out, 'summary.md')}"
-          + (f" and {len(paths)} plots" if not a.no_plots else "") + f" from the {len(rows)} rows of {path}")
+          + (f" and {_plural(len(paths), 'plot')}" if not a.no_plots else "") + f" from the {len(rows)} rows of {path}")
     return 0
 
 
@@ -668,39 +672,64 @@ def _slug_device(name: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-") or "device"
 
 
+def _case_name(preset: str, group: str) -> str:
+    """``preset group``, the preset said once where the group starts with it (``rope rope ...``)."""
+    return group if group.split(" ", 1)[0] == preset else f"{preset} {group}"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def _print_console(rows: list[dict], out: str, plots: list[str], smoke: bool = False, earlier: int = 0) -> None:
     ok = [r for r in rows if r["status"] == "ok"]
     by = {}
     for r in ok:
         by.setdefault((r["preset"], r["group"], r["mode"], int(r["tokens"])), []).append(r)
+    w = max([len("case")] + [len(_case_name(p, g)) for p, g, _, _ in by])
     if smoke:
         print(f"\nCPU smoke test: times as measured, not a comparison\n"
-              f"{'case':<52} {'T':>6} {'mode':>5}  {'qknorm us':>10}  {'checked and timed':>17}")
+              f"{'case':<{w}} {'T':>6} {'mode':>5}  {'qknorm us':>10}  {'checked and timed':>17}")
     else:
-        print(f"\n{'case':<52} {'T':>6} {'mode':>5}  {'qknorm us':>10}  {'best peer':>22}  {'speedup':>7}")
+        print(f"\n{'case':<{w}} {'T':>6} {'mode':>5}  {'qknorm us':>10}  {'best peer':>22}  {'speedup':>7}")
     for (preset, group, mode, t), rs in sorted(by.items()):
         q = next((r for r in rs if r["impl"] == "qknorm"), None)
         peers = [r for r in rs if r["family"] == "peer"]
         if q is None:
             continue
+        name = _case_name(preset, group)
         if smoke:
-            print(f"{(preset + ' ' + group)[:52]:<52} {t:>6} {mode:>5}  {float(q['us']):>10.2f}  "
-                  f"{len(rs):>10} impls")
+            print(f"{name:<{w}} {t:>6} {mode:>5}  {float(q['us']):>10.2f}  {_plural(len(rs), 'impl'):>17}")
             continue
         bp = min(peers, key=lambda r: float(r["us"])) if peers else None
         sp = f"{float(bp['us']) / float(q['us']):.2f}x" if bp else ""
         bps = f"{bp['impl']} {float(bp['us']):.2f}" if bp else "-"
-        print(f"{(preset + ' ' + group)[:52]:<52} {t:>6} {mode:>5}  {float(q['us']):>10.2f}  {bps:>22}  {sp:>7}")
-    bad = [r for r in rows if r["status"] in ("wrong", "error")]
-    skipped = sorted({(r["impl"], r["reason"]) for r in rows if r["status"] == "skipped"})
+        print(f"{name:<{w}} {t:>6} {mode:>5}  {float(q['us']):>10.2f}  {bps:>22}  {sp:>7}")
+    bad = [r for r in rows if r["status"] in ("wrong", "error") and r.get("family") != "trap"]
+    traps = [r for r in rows if r["status"] == "wrong" and r.get("family") == "trap"]
     for r in bad:
-        print(f"{r['status']:>7}: {r['impl']} on {r['preset']} {r['group']} T={r['tokens']}: {r['reason']}")
-    if skipped:
-        print("skipped: " + "; ".join(f"{n} ({why})" for n, why in skipped))
+        print(f"{r['status']:>7}: {r['impl']} on {_case_name(r['preset'], r['group'])} T={r['tokens']}: "
+              f"{r['reason']}")
+    for impl in sorted({r["impl"] for r in traps}):
+        n = sum(r["impl"] == impl for r in traps)
+        print(f"by design: {impl} computes a different function (one RMS over all heads of a token), so it fails "
+              f"the correctness gate: {_plural(n, 'case')}, not timed (summary.md, Notes)")
+    # Implementations that ran nowhere, grouped by why (those skipped only where a case does not apply to them
+    # are in summary.md's Skipped table)
+    ran = {r["impl"] for r in rows if r["status"] != "skipped"}
+    why_not: dict[str, list[str]] = {}
+    for r in rows:
+        if r["status"] == "skipped" and r["impl"] not in ran and r["impl"] not in why_not.get(r["reason"], []):
+            if not any(r["impl"] in names for names in why_not.values()):
+                why_not.setdefault(r["reason"], []).append(r["impl"])
+    if why_not:
+        print(f"not run ({_plural(sum(map(len, why_not.values())), 'implementation')}; summary.md lists every skip):")
+        for why, names in sorted(why_not.items()):
+            print(f"  {', '.join(sorted(names))}: {why}")
     fl = [] if smoke else facts(rows)
     if fl:
         print("\n".join(["facts (this run):"] + fl))
     if smoke:
         print(SMOKE_LINE)
     print(f"\nwrote {out}/results.csv ({len(rows)} rows" + (f" added to {earlier}" if earlier else "")
-          + f"), {out}/summary.md" + (f", {len(plots)} plots" if plots else ""))
+          + f"), {out}/summary.md" + (f", {_plural(len(plots), 'plot')}" if plots else ""))

@@ -230,6 +230,8 @@ def needs_cuda_reason(impl: Impl) -> str:
         ok, why, v = False, f"{type(e).__name__}: {e}", ""
     if not ok:
         return f"needs a CUDA GPU; {why}"
+    if not impl.module:  # runs on a CPU, left out of CPU runs by choice
+        return f"GPU runs only: {impl.cpu_skip}" if getattr(impl, "cpu_skip", "") else "GPU runs only"
     return f"needs a CUDA GPU; {impl.library or impl.name} {v or '(version unknown)'} installed"
 
 

@@ -301,7 +301,8 @@ class TorchCompile(_Torch):
     check; compile time is not timed)."""
 
     name = "torch.compile"
-    needs_cuda = True  # Inductor's CPU compile time would dominate a CPU run
+    needs_cuda = True
+    cpu_skip = "Inductor's compile time (minutes per case on a CPU) would be most of a CPU run"
 
     def __init__(self):
         self._case = self._fns = None
