@@ -132,14 +132,17 @@ def _heuristic(op: str, itemsize: int, D: int, bucket: int, sms: int) -> tuple[K
         rows = max(1, TARGET_TILE // block_d)
         while rows > 1 and -(-bucket // rows) < MIN_WAVES * sms:
             rows //= 2
-        why += (f"; rows={rows} (tile <= {TARGET_TILE} elements, >= {MIN_WAVES} blocks/SM on {sms} SMs when "
-                "rows allow)")
+        assumed = " (assumed: no GPU to ask)" if sms == DEFAULT_SMS and not torch.cuda.is_available() else ""
+        why += (f"; rows={rows} (tile <= {TARGET_TILE} elements, >= {MIN_WAVES} blocks/SM on {sms} SMs{assumed} "
+                "when rows allow)")
         warps = _warps_for(rows * block_d)
         why += f"; num_warps={warps} (~{ELEMS_PER_WARP // 32} elements per thread)"
     cfg = KernelConfig(rows=rows, block_d=block_d, num_warps=warps)
     inv = invariance.make_invariant(cfg, itemsize)
     if inv != cfg:
-        why += f"; batch-invariant row layout: {inv.name}"
+        moved = ", ".join(f"{f} {getattr(cfg, f)} -> {getattr(inv, f)}" for f in ("rows", "block_d", "num_warps")
+                          if getattr(cfg, f) != getattr(inv, f))
+        why += f"; then moved into the batch-invariant row layout ({moved}): {inv.name}"
     return inv, "heuristic: " + why
 
 
@@ -481,8 +484,9 @@ def rope_config(qk_config: KernelConfig, qk_reason: str, dtype: torch.dtype, D: 
             per_thread = vec if n_rows < 32 * sms else 2 * vec
             warps = 2 if 32 * sms <= n_rows < 256 * sms else 1
             out = KernelConfig(rows=max(1, per_thread * 32 * warps // bd), block_d=bd, num_warps=warps, pdl=cfg.pdl)
-        return out, (f"RoPE whole-row form ({form}: rotary {rotary_dim} of {D}), {out.rows} rows x {bd} over "
-                     f"{out.num_warps} warps for {n_rows} rows (PDL from the qk_rms_norm pick: {why})")
+        rows_s, warps_s = "s" * (out.rows != 1), "s" * (out.num_warps != 1)
+        return out, (f"RoPE whole-row form ({form}: rotary {rotary_dim} of {D}), {out.rows} row{rows_s} x {bd} over "
+                     f"{out.num_warps} warp{warps_s} for {n_rows} rows (PDL from the qk_rms_norm pick: {why})")
     tile = cfg.rows * next_pow2(max(rotary_dim // 2, 1)) * dtype.itemsize
     if tile // (32 * cfg.num_warps) >= ROPE_MIN_BYTES:
         return cfg, f"RoPE split form (full rotary): the qk_rms_norm pick ({why})"
