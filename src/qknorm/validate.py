@@ -214,7 +214,9 @@ def qk_pair(q, k, q_weight, k_weight, *, three_d: bool = False) -> int:
     same_device("k", k, "q", q)
     d = q.shape[-1]
     if k.shape[-1] != d:
-        raise ValueError(f"q and k must have the same head_dim (last dim): q has {d}, k has {k.shape[-1]}")
+        raise ValueError(f"q and k must have the same head_dim (last dim): q has {d}, k has {k.shape[-1]} (flat "
+                         f"[T, heads * head_dim] projections: pass per-head views, q.view(T, -1, head_dim) and "
+                         f"k.view(T, -1, head_dim))")
     paired_weights(q_weight, k_weight)
     weight("q_weight", q_weight, d, "q", q)
     weight("k_weight", k_weight, d, "k", k)
