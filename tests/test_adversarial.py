@@ -383,6 +383,21 @@ def test_out_of_range_rows_next_to_ordinary_ones_in_place(impl, dtype):
 
 
 
+def test_out_of_range_rows_next_to_nan_and_inf_rows(impl):
+    """A NaN or inf row in the same call must not hide an out-of-range row (the PyTorch path decides from
+    the extremes of the mean squares, which a NaN poisons): each row as if alone."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(6, 64, generator=g) * torch.tensor([1.0, 1e20, 1.0, 1e-25, 1.0, 1.0])[:, None]
+    x[0, 3], x[2, 5], x[4, 1] = float("nan"), float("inf"), -float("inf")
+    y = qknorm.rms_norm(x.to(impl), None, 0.0).cpu()
+    want = ref_norm(x, None, 0.0)
+    assert torch.isnan(y[0]).all()
+    for i in (2, 4):  # rms = inf: 0 everywhere, NaN (inf / inf) where the inf was, as in fp64
+        assert torch.equal(y[i].isnan(), want[i].isnan()) and torch.equal(y[i].nan_to_num(), want[i].float().nan_to_num())
+    for i in (1, 3, 5):
+        _check(y[i:i + 1], want[i:i + 1], torch.float32, f"row {i}")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_out_of_range_rows_in_the_attention_prologue(impl, dtype):
     """qk_norm_rope_cache: Q in place and K into the cache and into k_out = k (in place), rows out

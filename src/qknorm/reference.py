@@ -48,7 +48,14 @@ def normalize(x: torch.Tensor, eps: float, compute_dtype: torch.dtype = torch.fl
     y = xf * torch.rsqrt(ms + eps)
     if compute_dtype != torch.float32 or xf.numel() == 0:
         return y
-    m = ms + kernel_eps(eps)[0]
+    e = kernel_eps(eps)[0]
+    if skip_when_clean and xf.device.type == "cpu" and not torch.compiler.is_compiling():
+        # One reduction, then scalars: every row clean (the usual case) needs no mask. A NaN row makes
+        # both NaN: then the row-wise mask decides.
+        lo, hi = (float(v) for v in ms.aminmax())
+        if hi == hi and not (hi * xf.shape[-1] > _EXTREME_SS or lo + e < _EXTREME_MS or hi + e > _EXTREME_SS):
+            return y
+    m = ms + e
     bad = (ms * xf.shape[-1] > _EXTREME_SS) | (m < _EXTREME_MS) | (m > _EXTREME_SS) | ms.isinf()
     if not skip_when_clean or xf.device.type != "cpu" or torch.compiler.is_compiling() or bool(bad.any()):
         x64 = xf.to(torch.float64)
