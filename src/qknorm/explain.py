@@ -20,9 +20,9 @@ from .layout import row_layout
 from .tuned_table import OP_ALIASES, TableError, TunedTable, load_table, shipped_table_path, shipped_tables
 
 
-
 def _n(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
+
 
 def explain_config(op: str, dtype: torch.dtype, D: int, n_rows: int, device=None, *,
                    table: TunedTable | None = None, top: int = 5, rotary_dim: int | None = None) -> str:

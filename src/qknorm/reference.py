@@ -49,7 +49,8 @@ def normalize(x: torch.Tensor, eps: float, compute_dtype: torch.dtype = torch.fl
     if compute_dtype != torch.float32 or xf.numel() == 0:
         return y
     e = kernel_eps(eps)[0]
-    if skip_when_clean and xf.device.type == "cpu" and not torch.compiler.is_compiling():
+    unread = xf.is_cuda or xf.device.type == "meta"  # no host sync on CUDA; meta tensors hold no values
+    if skip_when_clean and not unread and not torch.compiler.is_compiling():
         # One reduction, then scalars: every row clean (the usual case) needs no mask. A NaN row makes
         # both NaN: then the row-wise mask decides.
         lo, hi = (float(v) for v in ms.aminmax())
@@ -57,7 +58,7 @@ def normalize(x: torch.Tensor, eps: float, compute_dtype: torch.dtype = torch.fl
             return y
     m = ms + e
     bad = (ms * xf.shape[-1] > _EXTREME_SS) | (m < _EXTREME_MS) | (m > _EXTREME_SS) | ms.isinf()
-    if not skip_when_clean or xf.device.type != "cpu" or torch.compiler.is_compiling() or bool(bad.any()):
+    if not skip_when_clean or unread or torch.compiler.is_compiling() or bool(bad.any()):
         x64 = xf.to(torch.float64)
         y = torch.where(bad, (x64 * _rstd(x64, eps)).to(torch.float32), y)
     return y
