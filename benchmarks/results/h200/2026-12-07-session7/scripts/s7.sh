@@ -7,7 +7,8 @@
 #          3. eager cost per call against SGLang's JIT kernels (T = 1, 16, 64).
 #   ab     carry [".baseline3"]  every kernel family, same process, this tree vs the start (ab_graph.py),
 #          then the one-sum alternative (.baseline3/alt) vs the start
-#   ropebw issue 16: rope_bw.py (qk_rms_norm_rope at 16384 tokens against a strided copy of the same bytes)
+#   ropebw issue 16: rope_tok.py (a one-program-per-token prototype), then rope_bw.py (qk_rms_norm_rope at 16384
+#          tokens, forms x configs, against a strided copy of the same bytes)
 #   compile  issue 17 (see ../../2026-12-07-session6/scripts/s6.sh compile)
 # .baseline3 (ignored) is rebuilt with:
 #   git worktree add /tmp/start bdefcae && mkdir -p .baseline3/start && cp -r /tmp/start/src/qknorm .baseline3/start/
@@ -51,8 +52,11 @@ ab)
     qknorm_main alt > /dev/null 2>&1; echo "ab alt rc=$? ${SECONDS}s"; tail -1 $OUT/ab_alt.txt
   ;;
 ropebw)  # issue 16: where qk_rms_norm_rope's bandwidth goes at 16384 tokens (forms x configs, positions 0)
-  PYTHONPATH=$PWD/src timeout 570 python benchmarks/results/h200/2026-12-07-session7/scripts/rope_bw.py 16384 \
-    > $OUT/rope_bw.log 2>&1; echo "ropebw rc=$? ${SECONDS}s"; tail -5 $OUT/rope_bw.log
+  D=benchmarks/results/h200/2026-12-07-session7/scripts
+  PYTHONPATH=$PWD/src timeout 150 python $D/rope_tok.py > $OUT/rope_tok.log 2>&1; echo "ropetok rc=$? ${SECONDS}s"
+  cat $OUT/rope_tok.txt
+  PYTHONPATH=$PWD/src timeout $((575 - SECONDS)) python $D/rope_bw.py 16384 > $OUT/rope_bw.log 2>&1
+  echo "ropebw rc=$? ${SECONDS}s"; tail -5 $OUT/rope_bw.log
   ;;
 compile) bash $S6/s6.sh compile ;;
 *) echo "mode?"; exit 2 ;;
