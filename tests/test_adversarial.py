@@ -447,6 +447,8 @@ def _meta_calls(dev):
         "qk_norm_rope_cache": lambda: qknorm.qk_norm_rope_cache(q, k, v, w[:16], w[:16], cs, pos, kc, vc, slots),
         "nn.RMSNorm": lambda: qknorm.nn.RMSNorm(64, device=dev, dtype=torch.bfloat16)(x),
         "nn.QKNorm": lambda: qknorm.nn.QKNorm(16, device=dev, dtype=torch.bfloat16)(q, k),
+        "qk_norm_rope_cache mRoPE": lambda: qknorm.qk_norm_rope_cache(
+            q, k, v, w[:16], w[:16], cs, torch.stack([pos, pos.flip(0), pos]), kc, vc, slots, mrope_section=(2, 3, 3)),
     }
 
 
@@ -463,3 +465,29 @@ def test_meta_tensors_give_the_cpu_results_shapes(op, name):
     want, got = (want if isinstance(want, tuple) else (want,)), (got if isinstance(got, tuple) else (got,))
     assert [(t.shape, t.stride(), t.dtype) for t in got] == [(t.shape, t.stride(), t.dtype) for t in want]
     assert all(t.device.type == "meta" for t in got)
+
+
+def test_meta_views_of_one_tensor_keep_the_aliasing_rules():
+    """Meta tensors have no memory (every data_ptr is 0), yet views of one meta tensor overlap as their CPU
+    twins do: the same errors, and separate meta tensors never collide."""
+    for dev in ("cpu", "meta"):
+        b = torch.zeros(6, 8, device=dev)
+        with pytest.raises(ValueError, match="out"):
+            qknorm.rms_norm(b[:5], None, out=b[1:])
+        with pytest.raises(ValueError, match="x and residual"):
+            qknorm.fused_add_rms_norm(b, b)
+        assert qknorm.rms_norm(b, None, out=b) is b  # in place: the same view
+        o = torch.empty(6, 8, device=dev)
+        assert qknorm.rms_norm(b, None, out=o) is o  # another tensor: no overlap
+
+
+def test_cpu_path_under_autograd_warns_nothing():
+    """The PyTorch path's range check reads two scalars of the mean squares: never from a tensor that requires
+    grad (PyTorch warns on that)."""
+    import warnings
+    x = torch.randn(4, 64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        qknorm.nn.RMSNorm(64)(x).sum().backward()
+        qknorm.rms_norm(x, None).sum().backward()
+    assert x.grad is not None

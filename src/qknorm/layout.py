@@ -149,9 +149,18 @@ def views_overlap(delta: int, sizes_a: tuple[int, ...], strides_a: tuple[int, ..
         return None
 
 
+def _address(t) -> tuple[int, int]:
+    """``(storage key, byte address)`` of ``t``'s first element: for memory-backed tensors ``(0, data_ptr)``;
+    meta tensors hold no memory (every ``data_ptr()`` is 0), so their storage tells views of one tensor
+    apart from other tensors and the storage offset places them in it."""
+    if t.device.type == "meta":
+        return t.untyped_storage()._cdata, t.storage_offset() * t.element_size()
+    return 0, t.data_ptr()
+
+
 def _extent(t) -> tuple[int, int]:
     """Byte range [lo, hi) touched by tensor ``t`` (non-empty)."""
-    lo = hi = t.data_ptr()
+    lo = hi = _address(t)[1]
     size = t.element_size()
     for n, s in zip(t.shape, t.stride()):
         if s >= 0:
@@ -165,10 +174,13 @@ def overlap(a, b) -> bool | None:
     """Whether tensors ``a`` and ``b`` share memory: True, False, or None if undecided.
 
     Cheap when the byte ranges are apart (the usual case); otherwise an exact search
-    over element offsets, cached by shape, stride and offset difference. Meta tensors hold no
-    memory (every one's ``data_ptr()`` is 0): never overlapping.
+    over element offsets, cached by shape, stride and offset difference. Meta tensors: views of one
+    tensor overlap as their memory-backed twins would; others never.
     """
-    if a.numel() == 0 or b.numel() == 0 or a.device != b.device or a.device.type == "meta":
+    if a.numel() == 0 or b.numel() == 0 or a.device != b.device:
+        return False
+    (ka, pa), (kb, pb) = _address(a), _address(b)
+    if ka != kb:
         return False
     alo, ahi = _extent(a)
     blo, bhi = _extent(b)
@@ -177,7 +189,7 @@ def overlap(a, b) -> bool | None:
     if a.dtype.itemsize != b.dtype.itemsize:
         return None
     es = a.element_size()
-    delta_bytes = b.data_ptr() - a.data_ptr()
+    delta_bytes = pb - pa
     if delta_bytes % es:
         return None
     return views_overlap(delta_bytes // es, tuple(a.shape), tuple(a.stride()),
@@ -186,8 +198,8 @@ def overlap(a, b) -> bool | None:
 
 def same_view(a, b) -> bool:
     """True when ``a`` and ``b`` address exactly the same elements in the same order."""
-    return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
-            and a.device == b.device)
+    return (a.device == b.device and _address(a) == _address(b) and a.shape == b.shape
+            and a.stride() == b.stride())
 
 
 @functools.lru_cache(maxsize=4096)

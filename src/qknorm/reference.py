@@ -53,7 +53,7 @@ def normalize(x: torch.Tensor, eps: float, compute_dtype: torch.dtype = torch.fl
     if skip_when_clean and not unread and not torch.compiler.is_compiling():
         # One reduction, then scalars: every row clean (the usual case) needs no mask. A NaN row makes
         # both NaN: then the row-wise mask decides.
-        lo, hi = (float(v) for v in ms.aminmax())
+        lo, hi = (float(v) for v in ms.detach().aminmax())
         if hi == hi and not (hi * xf.shape[-1] > _EXTREME_SS or lo + e < _EXTREME_MS or hi + e > _EXTREME_SS):
             return y
     m = ms + e

@@ -444,3 +444,23 @@ def test_cpu_console_names_each_case_once_and_sets_the_trap_apart(tmp_path, caps
     assert "flashinfer, flashinfer_copy2d" in said and said.count("needs a CUDA GPU") == 1
     summary = open(tmp_path / "r" / "summary.md").read()
     assert "## A different function by design" in summary and "## Failed the correctness gate" not in summary
+
+
+def test_a_trap_that_raises_is_an_error_not_a_design_note(tmp_path, capsys, monkeypatch):
+    from qknorm.bench.peers import pytorch
+
+    def boom(self, case, inp):
+        raise RuntimeError("simulated crash")
+    monkeypatch.setattr(pytorch.FlattenedTrap, "build", boom)
+    assert main(["--quick", "--tokens", "1", "--impl", "qknorm,torch_flat2d", "--out", str(tmp_path / "r"),
+                 "--no-plots", "--device", "cpu"]) == 0
+    said = capsys.readouterr().out
+    assert "error: torch_flat2d" in said and "simulated crash" in said and "by design" not in said
+    assert "## Failed the correctness gate or raised" in open(tmp_path / "r" / "summary.md").read()
+
+
+def test_quick_with_one_token_count_runs_each_case_once(tmp_path, capsys):
+    assert main(["--quick", "--tokens", "1", "--impl", "qknorm", "--out", str(tmp_path / "r"), "--no-plots",
+                 "--device", "cpu"]) == 0
+    keys = [(r["group"], r["tokens"]) for r in _rows(tmp_path / "r" / "results.csv")]
+    assert len(keys) == len(set(keys)) == 8  # 2 QK, full-width QK, 2D, add, RoPE, quantised, prologue

@@ -462,9 +462,8 @@ def quick_cases(presets=None, dtype: torch.dtype = torch.bfloat16, tokens=None) 
     at the largest small T); with no preset, one small case of each op kind."""
     small = tuple(t for t in (tokens or (1, 16)) if t <= 64) or (1, 16)
     if not presets:
-        t = small[-1]
-        return [
-            Case("qwen3-8b", "qk", small[0], dtype, 32, 8, 128),
+        t = max(small)
+        return [Case("qwen3-8b", "qk", min(small), dtype, 32, 8, 128)] * (min(small) != t) + [
             Case("qwen3-8b", "qk", t, dtype, 32, 8, 128),
             Case("gemma3-27b", "qk", t, dtype, 32, 16, 128, weight_offset=1.0),
             Case("olmo2-7b", "qk_full", t, dtype, 32, 32, 128),

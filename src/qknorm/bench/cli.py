@@ -705,7 +705,7 @@ def _print_console(rows: list[dict], out: str, plots: list[str], smoke: bool = F
         sp = f"{float(bp['us']) / float(q['us']):.2f}x" if bp else ""
         bps = f"{bp['impl']} {float(bp['us']):.2f}" if bp else "-"
         print(f"{name:<{w}} {t:>6} {mode:>5}  {float(q['us']):>10.2f}  {bps:>22}  {sp:>7}")
-    bad = [r for r in rows if r["status"] in ("wrong", "error") and r.get("family") != "trap"]
+    bad = [r for r in rows if r["status"] == "error" or (r["status"] == "wrong" and r.get("family") != "trap")]
     traps = [r for r in rows if r["status"] == "wrong" and r.get("family") == "trap"]
     for r in bad:
         print(f"{r['status']:>7}: {r['impl']} on {_case_name(r['preset'], r['group'])} T={r['tokens']}: "
@@ -717,13 +717,16 @@ def _print_console(rows: list[dict], out: str, plots: list[str], smoke: bool = F
     # Implementations that ran nowhere, grouped by why (those skipped only where a case does not apply to them
     # are in summary.md's Skipped table)
     ran = {r["impl"] for r in rows if r["status"] != "skipped"}
-    why_not: dict[str, list[str]] = {}
+    reasons: dict[str, list[str]] = {}  # implementation -> its skip reasons, first seen first
     for r in rows:
-        if r["status"] == "skipped" and r["impl"] not in ran and r["impl"] not in why_not.get(r["reason"], []):
-            if not any(r["impl"] in names for names in why_not.values()):
-                why_not.setdefault(r["reason"], []).append(r["impl"])
+        if r["status"] == "skipped" and r["impl"] not in ran and r["reason"] not in reasons.setdefault(r["impl"], []):
+            reasons[r["impl"]].append(r["reason"])
+    why_not: dict[str, list[str]] = {}
+    for impl, whys in reasons.items():
+        more = f" (and {_plural(len(whys) - 1, 'other reason')}: summary.md)" if len(whys) > 1 else ""
+        why_not.setdefault(whys[0] + more, []).append(impl)
     if why_not:
-        print(f"not run ({_plural(sum(map(len, why_not.values())), 'implementation')}; summary.md lists every skip):")
+        print(f"not run ({_plural(len(reasons), 'implementation')}; summary.md lists every skip):")
         for why, names in sorted(why_not.items()):
             print(f"  {', '.join(sorted(names))}: {why}")
     fl = [] if smoke else facts(rows)

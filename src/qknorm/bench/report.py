@@ -371,7 +371,7 @@ def _per_case(tb: dict, rows: list[dict], smoke: bool) -> list[str]:
 def _problems(rows: list[dict]) -> list[str]:
     """Rows that failed the gate, raised or were skipped; then the notes."""
     L: list[str] = []
-    bad = [r for r in rows if r.get("status") in ("wrong", "error") and r.get("family") != "trap"]
+    bad = [r for r in rows if r.get("status") == "error" or (r.get("status") == "wrong" and r.get("family") != "trap")]
     traps = [r for r in rows if r.get("status") == "wrong" and r.get("family") == "trap"]
     for title, rs in (("Failed the correctness gate or raised (not timed)", bad),
                       ("A different function by design (fails the gate, not timed; see Notes)", traps)):

@@ -171,7 +171,7 @@ def mrope_cos_sin(cos_sin_cache, positions, sections, rotary_dim: int):
     vLLM's ``MRotaryEmbedding`` and transformers' ``apply_multimodal_rotary_pos_emb`` do."""
     half = rotary_dim // 2
     sec = torch.repeat_interleave(torch.arange(3, device=positions.device),
-                                  torch.tensor(sections, device=positions.device))  # [half]
+                                  torch.tensor(sections, device=positions.device), output_size=half)  # [half]
     pos = positions.long()[sec]  # [half, T]: each frequency's position per token
     cols = torch.arange(half, device=positions.device)
     cos = cos_sin_cache[pos, cols[:, None]]  # [half, T]
