@@ -11,9 +11,11 @@ fp32 weight (+ offset), one rounding on store.
 Rows out of fp32's range: the fp32 sum of squares overflows for |x| above ~1e19 and flushes
 to zero below ~1e-19 (PyTorch's ``F.rms_norm`` returns 0 or inf there). Every kernel takes,
 beside the plain sum ``ss``, the sum of squares of ``x * 2**-72`` (:func:`range_sums`: the
-same tile, reduced in parallel with ``ss``, so the common path waits for nothing more), and
-for the rows whose plain sum (or mean square + eps) overflowed uses that one
-(:func:`range_factors`). Underflow
+same tile, reduced in parallel with ``ss``), and for the rows whose plain sum (or mean
+square + eps) overflowed uses that one (:func:`range_factors`). Programs of one row take it
+only behind a branch on that row's plain sum (:func:`row_factors`): an H100 measured the
+parallel sum at up to +25% per call at decode sizes where a row spans the program's warps
+(`benchmarks/results/h100/2026-12-07-session7`). Underflow
 matters only when eps does not dominate (eps below ``2**-100``): for those calls alone (a
 branch on eps, uniform over the grid) a third sum, of ``x * 2**96``, serves the rows whose
 mean square is below ``2**-100``. Both scaled sums hold every finite fp32 row exactly
@@ -121,9 +123,25 @@ def normalized(x, p, q):
 
 @triton.jit
 def row_factors(x, eps, eps_tiny, D):
-    """``(p, q, ss)`` of the rows of the whole-row fp32 tile ``x``: :func:`range_factors` of its sums."""
+    """``(p, q, ss)`` of the rows of the whole-row fp32 tile ``x``: :func:`range_factors` of its sums.
+
+    One row per program (``x`` is ``[1, BLOCK_D]``: the row spans the program's warps, and every
+    further block-wide sum costs a shared-memory round trip and barriers): the scaled sums are taken
+    only when the row needs them, behind a branch on the row's own plain sum (uniform over the
+    program). Several rows: beside the plain sum, as :func:`range_sums` says."""
     ss = tl.sum(x * x, axis=1)
-    ssh, ssl = range_sums(x, eps)
+    if x.shape[0] == 1:
+        m = tl.max(ss, axis=0) / D + eps  # the one row's mean square + eps, as a scalar (no reduction left)
+        ssh = ss * 0.0
+        if m > OVERFLOW:
+            xh = x * HI
+            ssh = tl.sum(xh * xh, axis=1)
+        ssl = ss * 0.0
+        if eps < TINY:
+            xl = x * LO
+            ssl = tl.sum(xl * xl, axis=1)
+    else:
+        ssh, ssl = range_sums(x, eps)
     p, q = range_factors(ss, ssh, ssl, D, eps, eps_tiny)
     return p, q, ss
 
