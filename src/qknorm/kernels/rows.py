@@ -86,11 +86,18 @@ def range_sums(x, eps):
     Callers add these over chunks as they add the plain sum."""
     xh = x * HI
     ssh = tl.sum(xh * xh, axis=1)
-    ssl = ssh * 0.0
+    return ssh, lo_sum(x, eps, ssh)
+
+
+@triton.jit
+def lo_sum(x, eps, like):
+    """The sum of squares of ``x * 2**96`` per row where eps is below ``TINY`` (a branch on the scalar eps),
+    else 0 (``like * 0.0``: a per-row vector of the sums' layout, no reduction)."""
+    ssl = like * 0.0
     if eps < TINY:
         xl = x * LO
         ssl = tl.sum(xl * xl, axis=1)
-    return ssh, ssl
+    return ssl
 
 
 @triton.jit
@@ -136,10 +143,7 @@ def row_factors(x, eps, eps_tiny, D):
         if m > OVERFLOW:
             xh = x * HI
             ssh = tl.sum(xh * xh, axis=1)
-        ssl = ss * 0.0
-        if eps < TINY:
-            xl = x * LO
-            ssl = tl.sum(xl * xl, axis=1)
+        ssl = lo_sum(x, eps, ss)
     else:
         ssh, ssl = range_sums(x, eps)
     p, q = range_factors(ss, ssh, ssl, D, eps, eps_tiny)
