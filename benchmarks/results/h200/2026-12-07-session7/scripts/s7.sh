@@ -5,6 +5,8 @@
 #             tree (bdefcae, .baseline3/start/qknorm) and of this tree, interleaved A B A B (bench_ab.py);
 #          2. the GPU tests (adversarial, autograd, kernels, invariance);
 #          3. eager cost per call against SGLang's JIT kernels (T = 1, 16, 64).
+#   branch carry [".baseline3"]  issue 11: the bench A/B of `first` with a third build, .baseline3/branch (make_branch.py:
+#          the scaled sums behind one branch per program for multi-row tiles too), then the GPU tests
 #   ab     carry [".baseline3"]  every kernel family, same process, this tree vs the start (ab_graph.py),
 #          then the one-sum alternative (.baseline3/alt) vs the start
 #   ropebw issue 16: rope_tok.py (a one-program-per-token prototype), then rope_bw.py (qk_rms_norm_rope at 16384
@@ -14,6 +16,7 @@
 #   git worktree add /tmp/start bdefcae && mkdir -p .baseline3/start && cp -r /tmp/start/src/qknorm .baseline3/start/
 #   bash benchmarks/results/h200/2026-12-01-host-cost/scripts/make_copy.sh /tmp/start/src/qknorm .baseline3 qknorm_main
 #   python benchmarks/results/h200/2026-12-07-session6/scripts/make_alt.py
+#   python benchmarks/results/h200/2026-12-07-session7/scripts/make_branch.py
 set -uo pipefail
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee $OUT/gpu.txt
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a $OUT/gpu.txt
@@ -43,6 +46,22 @@ first)
   timeout $((590 - SECONDS)) python -c "$BENCH" bench --no-plots --variants none --preset qwen3-8b,qwen3-next --mode eager \
     --tokens 1,16,64 --impl 'qknorm,sglang*' --out /tmp/e > $OUT/eager.log 2>&1
   echo "eager rc=$? ${SECONDS}s"; cp /tmp/e/summary.md $OUT/eager.summary.md 2>/dev/null; tail -30 $OUT/eager.log
+  ;;
+branch)  # issue 11: start vs this tree vs .baseline3/branch (make_branch.py), interleaved twice, then the GPU tests
+  B="bench --no-plots --preset qwen3-8b --impl qknorm --variants none"
+  for i in 1 2; do
+    for tree in start this branch; do
+      [ $tree = this ] && PP=$PWD/src || PP=$PWD/.baseline3/$tree
+      PYTHONPATH=$PP timeout 100 python -c "$BENCH" $B --out /tmp/b/$tree$i > /tmp/b.$tree$i.log 2>&1
+      echo "bench $tree$i rc=$? ${SECONDS}s"
+    done
+  done
+  mkdir -p $OUT/bench
+  python $S6/bench_ab.py $OUT/bench/this.txt /tmp/b/start1 /tmp/b/this1 /tmp/b/start2 /tmp/b/this2
+  python $S6/bench_ab.py $OUT/bench/branch.txt /tmp/b/start1 /tmp/b/branch1 /tmp/b/start2 /tmp/b/branch2
+  PYTHONPATH=$PWD/src timeout $((580 - SECONDS)) python -m pytest -q -p no:cacheprovider --tb=short -rf \
+    tests/test_adversarial.py tests/test_invariance.py tests/kernels tests/test_autograd.py > $OUT/pytest.log 2>&1
+  echo "pytest rc=$? ${SECONDS}s"; tail -4 $OUT/pytest.log
   ;;
 ab)
   export PYTHONPATH=$PWD/src:$PWD/.baseline3
