@@ -268,8 +268,8 @@ def rotary(q, cos_sin_cache, positions, rotary_dim, is_neox) -> int:
 
 
 def positions_in_range(positions, max_position: int) -> None:
-    """CPU positions (free to read) must index the cache; others (CUDA: no sync; meta) are not read."""
-    if positions.numel() == 0 or positions.device.type != "cpu":
+    """CPU positions (free to read) must index the cache; CUDA ones (no sync) and meta ones are not read."""
+    if positions.numel() == 0 or positions.device.type in ("cuda", "meta"):
         return
     lo, hi = int(positions.min()), int(positions.max())
     if lo < 0 or hi >= max_position:

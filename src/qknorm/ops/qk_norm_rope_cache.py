@@ -95,7 +95,7 @@ def _slots(slot_mapping, t: int, q) -> None:
 def slots_in_range(slot_mapping, num_slots: int) -> None:
     """CPU slots (free to read) must be below ``num_slots``; negative ones mean "skip". CUDA
     slots are not read (no sync): the kernel skips out-of-range ones; nor are meta ones."""
-    if slot_mapping.numel() == 0 or slot_mapping.device.type != "cpu":
+    if slot_mapping.numel() == 0 or slot_mapping.device.type in ("cuda", "meta"):
         return
     hi = int(slot_mapping.max())
     if hi >= num_slots:
