@@ -1,10 +1,10 @@
 """CPU proxy of the eager host cost at T = 1/16/64 (express call, launch stubbed; the session-4 method).
     python express_proxy_t.py"""
-import os, sys, time
+import os, time
 os.environ["TRITON_INTERPRET"] = "1"
 import torch
 import qknorm
-from qknorm import launch, native
+from qknorm import native
 from qknorm.ops import _express, _plan
 _plan.FAST_ON_CPU = True
 dt = torch.bfloat16
