@@ -4,7 +4,7 @@ programs): the branch tests the largest non-NaN plain mean square + eps of the p
 reduction (cross-warp where rows span warps) in place of the parallel sum's shuffles. For the A/B only
 (s7.sh branch). Run from the repository root:
     python benchmarks/results/h200/2026-12-07-session7/scripts/make_branch.py"""
-import shutil
+import importlib.util
 
 BRANCH = '''@triton.jit
 def row_factors(x, eps, eps_tiny, D):
@@ -22,10 +22,8 @@ def row_factors(x, eps, eps_tiny, D):
 
 '''
 
-shutil.rmtree(".baseline3/branch/qknorm", ignore_errors=True)
-shutil.copytree("src/qknorm", ".baseline3/branch/qknorm", ignore=shutil.ignore_patterns("__pycache__"))
-p = ".baseline3/branch/qknorm/kernels/rows.py"
-s = open(p).read()
-a, b = s.index("@triton.jit\ndef row_factors("), s.index("@triton.jit\ndef load_sum")
-open(p, "w").write(s[:a] + BRANCH + s[b:])
-print("wrote", p)
+_spec = importlib.util.spec_from_file_location(
+    "make_alt", "benchmarks/results/h200/2026-12-07-session6/scripts/make_alt.py")
+make_alt = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_alt)
+make_alt.make_variant("branch", BRANCH)
