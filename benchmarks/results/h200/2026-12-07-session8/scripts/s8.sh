@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Session 8 device calls (H200 or H100), from the repository root. Each mode fits one 600 s call.
 #   ab     carry [".baseline3"]  issue 11: `qknorm bench --no-plots --preset qwen3-8b --impl qknorm --variants none`
-#          (graph) of the session-6 start tree (.baseline3/start, bdefcae), this tree and .baseline3/branch
-#          (make_branch.py), interleaved start this branch x2; then the whole test suite in 8 processes (suite.py)
+#          (graph) of the session-6 start tree (.baseline3/start, bdefcae), this tree and .baseline3/prev (d218065:
+#          multi-row tiles take the scaled sum in parallel), interleaved start this prev x2; then the whole test
+#          suite in 8 processes (suite.py)
 #   suite  the whole test suite in 8 processes (suite.py), 560 s
 #   eager  carry [".baseline3", ".peers/s"]  issue 12: eager cost per call, start tree and this tree against
 #          SGLang's JIT kernels (T = 1, 16, 64), interleaved x2
-# .baseline3: see ../../2026-12-07-session7/scripts/s7.sh
+# .baseline3: start and qknorm_main as ../../2026-12-07-session7/scripts/s7.sh says; prev:
+#   git worktree add /tmp/prevwt d218065 && mkdir -p .baseline3/prev && cp -r /tmp/prevwt/src/qknorm .baseline3/prev/
 set -uo pipefail
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee $OUT/gpu.txt
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a $OUT/gpu.txt
@@ -19,7 +21,7 @@ case "${1:-ab}" in
 ab)
   B="bench --no-plots --preset qwen3-8b --impl qknorm --variants none"
   for i in 1 2; do
-    for tree in start this branch; do
+    for tree in start this prev; do
       [ $tree = this ] && PP=$PWD/src || PP=$PWD/.baseline3/$tree
       PYTHONPATH=$PP timeout 100 python -c "$BENCH" $B --out /tmp/b/$tree$i > /tmp/b.$tree$i.log 2>&1
       echo "bench $tree$i rc=$? ${SECONDS}s"
@@ -27,8 +29,8 @@ ab)
   done
   mkdir -p $OUT/bench; cp /tmp/b/this1/summary.md $OUT/bench/this1.summary.md 2>/dev/null
   python $S6/bench_ab.py $OUT/bench/this.txt /tmp/b/start1 /tmp/b/this1 /tmp/b/start2 /tmp/b/this2
-  python $S6/bench_ab.py $OUT/bench/branch.txt /tmp/b/start1 /tmp/b/branch1 /tmp/b/start2 /tmp/b/branch2
-  tail -2 $OUT/bench/this.txt $OUT/bench/branch.txt
+  python $S6/bench_ab.py $OUT/bench/prev.txt /tmp/b/start1 /tmp/b/prev1 /tmp/b/start2 /tmp/b/prev2
+  tail -2 $OUT/bench/this.txt $OUT/bench/prev.txt
   PYTHONPATH=$PWD/src python $D/suite.py 8 $((585 - SECONDS)) tests
   ;;
 suite)
