@@ -186,3 +186,46 @@ def test_a_copy_baseline_that_copies_nothing_is_not_timed(op):
     assert "no-op" in copy[0]["reason"] and "already contiguous" in copy[0]["reason"]
     c2d = {row["tokens"]: row for row in rows if row["impl"] == "torch_copy2d"}
     assert "no copy" in c2d[1]["notes"] and "copies Q and K" in c2d[2]["notes"]
+
+
+def test_gpu_eager_rows_are_timed_together(monkeypatch):
+    """On a GPU the eager timings of a case's implementations are taken interleaved, after every
+    implementation passed its check; one that raises there gets its own error row."""
+    import qknorm.bench.runner as runner_mod
+    seen = []
+
+    def rounds(fn_sets, cuda, scopes=None, **kw):
+        seen.append([len(f) for f in fn_sets])
+        raise RuntimeError("interleaved failed")
+
+    def alone(fns, cuda, **kw):
+        timing[0] = True
+        for f in fns:
+            f()
+        return 1.5
+
+    timing = [False]
+
+    class Late(Impl):  # passes the check, raises when timed
+        name = "late"
+
+        def build(self, case, inp):
+            good = TorchEager().build(case, inp)
+
+            def call():
+                if timing[0]:
+                    raise RuntimeError("late failure")
+                return good()
+            return call
+
+    monkeypatch.setattr(runner_mod, "time_eager_rounds", rounds)
+    monkeypatch.setattr(runner_mod, "time_eager", alone)
+    r, rows = _runner([TorchEager(), Late(), Identity()])
+    r.cuda = True
+    monkeypatch.setattr(r, "_sync_after_error", lambda: None)
+    r.run_case(QK)
+    assert seen == [[1, 1]], "torch and late together (identity failed its check)"
+    st = {row["impl"]: row for row in rows}
+    assert st["identity"]["status"] == "wrong"
+    assert st["torch"]["status"] == "ok" and st["torch"]["us"] == "1.500" and st["torch"]["mode"] == "eager"
+    assert st["late"]["status"] == "error" and "late failure" in st["late"]["reason"]

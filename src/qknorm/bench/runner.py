@@ -3,7 +3,9 @@
 One row per (case, implementation, timing mode). An implementation that is missing,
 does not support the case, fails the correctness gate or raises is recorded with its
 status and reason, and the run goes on. Rows are handed to ``sink`` as soon as they are
-measured, so an interrupted run keeps what it measured.
+measured, so an interrupted run keeps what it measured. Eager mode on a GPU times a case's
+implementations together, interleaved batch by batch (``timing.time_eager_rounds``: host drift
+falls on all alike), after all of them were checked: its rows come at the end of the case.
 
 Statuses: ``ok`` (timed), ``skipped`` (not available / not applicable / needs a GPU),
 ``wrong`` (failed the gate: not timed), ``error`` (raised; the exception is the reason).
@@ -21,7 +23,7 @@ from .cases import Case, build_inputs, layout
 from .check import gate
 from .common import dtype_name
 from .peers import Impl, Qknorm, matches, qknorm_pick, qknorm_ranked, qknorm_variants, static_impls
-from .timing import Baselines, cold_sets, time_eager, time_graph
+from .timing import Baselines, cold_sets, time_eager, time_eager_rounds, time_graph
 
 MODES = ("graph", "eager")
 VARIANT_CHOICES = ("none", "top", "all")
@@ -123,12 +125,51 @@ class Runner:
             pick, pick_why = qknorm_pick(case, self.opt.device) if self.cuda else ("", "CPU: PyTorch path")
         except Exception as e:  # noqa: BLE001
             pick_why = f"dispatcher raised {type(e).__name__}: {e}"
+        pending: list[tuple] = []  # (impl, fns, row fields): eager timings taken together below
         for impl in self.impls_for(case):
             try:
-                rows += self._run_impl(case, impl, pick, pick_why)
+                rows += self._run_impl(case, impl, pick, pick_why, pending)
             finally:
                 tick()
+        if pending:
+            rows += self._time_eager_together(case, pending)
         return rows
+
+    def _time_eager_together(self, case: Case, pending: list[tuple]) -> list[dict]:
+        """Eager mode on a GPU: the implementations that passed the gate, timed interleaved
+        (``timing.time_eager_rounds``); if that raises, each alone, a failure its own error row."""
+        rows: list[dict] = []
+        try:
+            times = time_eager_rounds([fns for _, fns, _ in pending], True,
+                                      scopes=[impl.scope for impl, _, _ in pending])
+        except Exception:  # noqa: BLE001 - find which one: time them one by one
+            self._sync_after_error()
+            times = []
+            for impl, fns, base in pending:
+                try:
+                    with impl.scope():
+                        times.append(time_eager(fns, True))
+                except Exception as e:  # noqa: BLE001
+                    self._sync_after_error()
+                    times.append(e)
+        for (impl, _, base), us in zip(pending, times):
+            if isinstance(us, Exception):
+                self._emit(rows, self._row(case, impl, mode="eager", status="error", reason=_reason(us), **base))
+            else:
+                self._emit(rows, self._timed_row(case, impl, "eager", us, base))
+        return rows
+
+    def _timed_row(self, case: Case, impl: Impl, mode: str, us: float, base: dict) -> dict:
+        gbps = case.ideal_bytes / us / 1e3
+        return self._row(case, impl, mode=mode, status="ok", us=f"{us:.3f}", gbps=f"{gbps:.1f}",
+                         pct_copy=f"{100 * gbps / self.base.copy_gbps:.1f}", **base)
+
+    def _sync_after_error(self) -> None:
+        if self.cuda:
+            try:
+                torch.cuda.synchronize()
+            except Exception:  # noqa: BLE001 - a sticky CUDA error: later rows will say so too
+                pass
 
     def _row(self, case: Case, impl: Impl, **kw) -> dict:
         r = dict(preset=case.preset, op=case.op, group=case.group, shape=case.shape, tokens=case.tokens,
@@ -144,7 +185,9 @@ class Runner:
         rows.append(row)
         self.sink(row)
 
-    def _run_impl(self, case: Case, impl: Impl, pick: str, pick_why: str) -> list[dict]:
+    def _run_impl(self, case: Case, impl: Impl, pick: str, pick_why: str, pending: list | None = None) -> list[dict]:
+        """Check ``impl`` on ``case`` and time it; eager mode on a GPU is left to the caller (appended to
+        ``pending``) when given."""
         rows: list[dict] = []
         ok, why = self.available(impl)
         if ok:
@@ -179,24 +222,17 @@ class Runner:
                             reason += " (expected: a different function)"
                         self._emit(rows, self._row(case, impl, status="wrong", rel_err=err, reason=reason, **base))
                         return rows
+                base["rel_err"] = err
                 for mode in self.opt.modes:
-                    us = self._time(case, impl, fn, mode)
-                    gbps = case.ideal_bytes / us / 1e3
-                    self._emit(rows, self._row(case, impl, mode=mode, status="ok", us=f"{us:.3f}",
-                                               gbps=f"{gbps:.1f}",
-                                               pct_copy=f"{100 * gbps / self.base.copy_gbps:.1f}",
-                                               rel_err=err, **base))
+                    if mode == "eager" and self.cuda and pending is not None:
+                        pending.append((impl, self._inputs(case, impl, fn), base))
+                        continue
+                    self._emit(rows, self._timed_row(case, impl, mode, self._time(case, impl, fn, mode), base))
         except KeyboardInterrupt:
             raise
         except Exception as e:  # noqa: BLE001 - a crashing peer is a result, not the end of the run
-            if self.cuda:
-                try:
-                    torch.cuda.synchronize()
-                except Exception:  # noqa: BLE001 - a sticky CUDA error: later rows will say so too
-                    pass
-            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-            where = traceback.extract_tb(e.__traceback__)[-1]
-            reason = f"{type(e).__name__}: {msg} (at {where.filename.split('/')[-1]}:{where.lineno})"
+            self._sync_after_error()
+            reason = _reason(e)
             self._errors.setdefault(impl.name, []).append(reason)
             self._emit(rows, self._row(case, impl, mode=",".join(self.opt.modes), status="error",
                                        reason=reason, **base))
@@ -204,12 +240,17 @@ class Runner:
         self._errors.pop(impl.name, None)
         return rows
 
-    def _time(self, case: Case, impl: Impl, fn, mode: str) -> float:
+    def _inputs(self, case: Case, impl: Impl, fn) -> list:
+        """The callables to time: ``fn``, and with cold L2 (GPU) one per further input set."""
         fns = [fn]
         if self.opt.cold_l2 and self.cuda:
             n = cold_sets(_set_bytes(case), self.base.l2_bytes)
             fns += [impl.build(case, build_inputs(case, self.opt.device, self.opt.seed + 1 + i))
                     for i in range(n - 1)]
+        return fns
+
+    def _time(self, case: Case, impl: Impl, fn, mode: str) -> float:
+        fns = self._inputs(case, impl, fn)
         if mode == "graph":
             if not self.cuda:
                 raise RuntimeError("graph mode needs CUDA")
@@ -233,6 +274,14 @@ def needs_cuda_reason(impl: Impl) -> str:
     if not impl.module:  # runs on a CPU, left out of CPU runs by choice
         return f"GPU runs only: {impl.cpu_skip}" if getattr(impl, "cpu_skip", "") else "GPU runs only"
     return f"needs a CUDA GPU; {impl.library or impl.name} {v or '(version unknown)'} installed"
+
+
+def _reason(e: BaseException) -> str:
+    """An exception as a row's reason: type, first line, where it was raised."""
+    msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    where = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+    at = f" (at {where.filename.split('/')[-1]}:{where.lineno})" if where else ""
+    return f"{type(e).__name__}: {msg}{at}"
 
 
 def _set_bytes(case: Case) -> int:

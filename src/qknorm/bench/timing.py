@@ -5,7 +5,9 @@ times; per-call time = median replay time / calls. This is the device-side cost 
 launch gaps squeezed out (how engines run decode).
 ``time_eager``: back-to-back calls from Python, synchronised at the end of each batch;
 per-call time = median batch wall time / calls. It includes the host cost of a call
-(argument checks, dispatch, launch), which dominates at small sizes.
+(argument checks, dispatch, launch), which dominates at small sizes. ``time_eager_rounds``
+times several implementations of one case that way, interleaved batch by batch, so that
+host drift does not decide a comparison.
 Both take a list of callables and call them round robin: one callable (warm L2), or one
 per input set (cold L2, see :func:`cold_sets`). Both size their call count from a first
 estimate unless ``calls`` fixes it, and call ``before`` (if given) ahead of every timed batch or
@@ -20,6 +22,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from contextlib import nullcontext as _no_scope
 from dataclasses import asdict, dataclass
 
 import torch
@@ -28,6 +31,8 @@ GRAPH_TARGET_US = 2000.0   # a replay long enough that event resolution does not
 GRAPH_MAX_CALLS = 1000
 EAGER_TARGET_US = 20000.0
 EAGER_MAX_CALLS = 5000
+EAGER_ROUNDS = 15           # interleaved eager timing (several implementations): rounds ...
+EAGER_ROUND_US = 4000.0     # ... of one batch this long per implementation
 COLD_L2_FACTOR = 2          # rotate over buffers of at least this many times the L2 size
 COLD_MAX_SETS = 8192        # cap on input sets (tiny cases cannot be made cold)
 
@@ -106,28 +111,44 @@ def time_eager(fns, cuda: bool, batches: int = 5, target_us: float = EAGER_TARGE
                max_calls: int = EAGER_MAX_CALLS, calls: int | None = None, before=None) -> float:
     """Median per-call wall-clock µs of back-to-back calls (host cost included): batches of
     ``calls`` calls if given, else sized to ``target_us``; ``before()`` runs ahead of each batch."""
-    n = len(fns)
-    for f in fns:
-        f()
-    _sync(cuda)
-    t0 = time.perf_counter()
-    for f in fns:
-        f()
-    _sync(cuda)
-    est = (time.perf_counter() - t0) / n * 1e6
-    if calls is None:
-        calls = min(max_calls, max(10, math.ceil(target_us / max(est, 0.1))))
-    calls = _rounds(calls, n)
-    per = []
-    for _ in range(batches):
-        if before is not None:
-            before()
-        t0 = time.perf_counter()
-        for i in range(calls):
-            fns[i % n]()
-        _sync(cuda)
-        per.append((time.perf_counter() - t0) / calls * 1e6)
-    return statistics.median(per)
+    return time_eager_rounds([fns], cuda, batches, target_us, max_calls, calls, before)[0]
+
+
+def time_eager_rounds(fn_sets, cuda: bool, rounds: int = EAGER_ROUNDS, target_us: float = EAGER_ROUND_US,
+                      max_calls: int = EAGER_MAX_CALLS, calls: int | None = None, before=None,
+                      scopes=None) -> list[float]:
+    """:func:`time_eager` of several implementations at once, one value per entry of ``fn_sets`` (each a
+    list of callables, called round robin): every round times one batch of each, in turn (the order
+    reversed every other round), and each gets the median over rounds. Drift on the host (clock
+    speed, other work) then falls on every implementation alike instead of on whichever ran during
+    it. ``scopes``: per entry, a context-manager factory entered around each of its batches."""
+    sizes = []
+    for i, fns in enumerate(fn_sets):
+        with scopes[i]() if scopes else _no_scope():
+            for f in fns:
+                f()
+            _sync(cuda)
+            t0 = time.perf_counter()
+            for f in fns:
+                f()
+            _sync(cuda)
+        est = (time.perf_counter() - t0) / len(fns) * 1e6
+        k = calls if calls is not None else min(max_calls, max(10, math.ceil(target_us / max(est, 0.1))))
+        sizes.append(_rounds(k, len(fns)))
+    per: list[list[float]] = [[] for _ in fn_sets]
+    order = list(range(len(fn_sets)))
+    for r in range(rounds):
+        for i in (order if r % 2 == 0 else order[::-1]):
+            fns, k, n = fn_sets[i], sizes[i], len(fn_sets[i])
+            with scopes[i]() if scopes else _no_scope():
+                if before is not None:
+                    before()
+                t0 = time.perf_counter()
+                for j in range(k):
+                    fns[j % n]()
+                _sync(cuda)
+                per[i].append((time.perf_counter() - t0) / k * 1e6)
+    return [statistics.median(p) for p in per]
 
 
 def cold_sets(set_bytes: int, l2_bytes: int) -> int:
