@@ -13,7 +13,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from qknorm.kernels.fused_add import fused_add_rms_norm_kernel, fused_add_rms_norm_out_kernel
-from qknorm.kernels.qk_norm import qk_rms_norm_kernel
+from qknorm.kernels.qk_norm import qk_rms_norm_kernel, qk_rms_norm_tokens_kernel
 from qknorm.kernels.qk_norm_rope_cache import qk_norm_rope_cache_kernel
 from qknorm.kernels.rms_norm import rms_norm_kernel
 from qknorm.kernels.rms_norm_quant import rms_norm_quant_kernel
@@ -40,6 +40,11 @@ compile_(fused_add_rms_norm_out_kernel, {"X": "*bf16", "R": "*bf16", "Y": "*bf16
 compile_(qk_rms_norm_kernel, {"XQ": "*bf16", "YQ": "*bf16", "WQ": "*bf16", "XK": "*bf16", "YK": "*bf16",
                               "WK": "*bf16"},
          dict(base, D=128, ROWS=16, BLOCK_D=128, CHUNKED=0), num_warps=8)
+# tiles of several rows: the store, then one cross-warp test per program (rows.rewrite_overflowed)
+compile_(rms_norm_kernel, rows, dict(base, D=96, ROWS=32, BLOCK_D=128, CHUNKED=0, PERSISTENT=True), num_warps=8)
+compile_(qk_rms_norm_tokens_kernel, {"XQ": "*bf16", "YQ": "*bf16", "WQ": "*bf16", "XK": "*bf16", "YK": "*bf16",
+                                     "WK": "*fp32"},
+         dict(HAS_WEIGHT=True, D=128, ROWS=8, BLOCK_D=128, PERSISTENT=True, USE_PDL=True), num_warps=4)
 quant = {"X": "*bf16", "R": "*bf16", "W": "*bf16", "SC": "*fp32", "SIN": "*fp32", "DBG": "*bf16"}
 for out_ty, out, qmax, group, gp, native, static in (("*fp8e4nv", 1, 448.0, 128, 128, True, False),
                                                      ("*fp8e5", 2, 57344.0, 40, 64, False, False),
