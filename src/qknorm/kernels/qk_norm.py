@@ -11,7 +11,7 @@ import triton.language as tl
 
 from .pdl import pdl_launch_dependents, pdl_wait
 
-from .rows import norm_block, normalized, rewrite_overflowed, row_factors
+from .rows import norm_block, row_normalized
 
 
 @triton.jit
@@ -71,15 +71,10 @@ def _tokens_block(block, D, eps, eps_tiny, n_rows, H, HQ, wq, wk,
     cols = tl.arange(0, BLOCK_D)
     mask = row_ok[:, None] & (cols < D)[None, :]
     x = tl.load(x_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    p, q, ss = row_factors(x, eps, eps_tiny, D, True)
-    y = normalized(x, p, q)
-    w = 1.0
+    y, _ = row_normalized(x, eps, eps_tiny, D)
     if HAS_WEIGHT:
-        w = tl.where(is_q[:, None], wq[None, :], wk[None, :])
-        y = y * w
-    y_ptr = y_row[:, None] + cols[None, :]
-    tl.store(y_ptr, y.to(YQ.dtype.element_ty), mask=mask)
-    rewrite_overflowed(x, ss, w, y_ptr, mask, eps, eps_tiny, D, HAS_WEIGHT)
+        y = y * tl.where(is_q[:, None], wq[None, :], wk[None, :])
+    tl.store(y_row[:, None] + cols[None, :], y.to(YQ.dtype.element_ty), mask=mask)
 
 
 @triton.jit

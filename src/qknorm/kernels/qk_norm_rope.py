@@ -164,7 +164,7 @@ def norm_rope_whole(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0
     c_ok = c < D
     m = row_ok[:, None] & c_ok[None, :]
     x = tl.load(x_row[:, None] + (col_offset(c, WIDE) * xsd)[None, :], mask=m, other=0.0).to(tl.float32)
-    p, q, _ = row_factors(x, eps, eps_tiny, D, False)
+    p, q, _ = row_factors(x, eps, eps_tiny, D)
     y = normalized(x, p, q)
     if HAS_WEIGHT:
         w = tl.load(W + c * ws, mask=c_ok, other=0.0).to(tl.float32) + w_offset

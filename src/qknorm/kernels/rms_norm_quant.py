@@ -170,7 +170,7 @@ def _row_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_RES
         s = load_sum(x_row[:, None] + (cols * xsd)[None, :], r_row[:, None] + (cols * rsd)[None, :], mask,
                      HAS_RESIDUAL)
         _layout_anchor(s, X, Y, mask, eps)
-        p, q, _ = row_factors(s, eps, eps_tiny, D, False)
+        p, q, _ = row_factors(s, eps, eps_tiny, D)
     else:
         p, q, _ = chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_RESIDUAL, ROWS,
                                   BLOCK_D, 1)
@@ -211,7 +211,7 @@ def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub, n_
         x_ptr = x_row[:, None] + (cols * xsd)[None, :]
         r_ptr = r_row[:, None] + (cols * rsd)[None, :]
         s = load_sum(x_ptr, r_ptr, mask, HAS_RESIDUAL)
-        p, q, _ = row_factors(s, eps, eps_tiny, D, False)
+        p, q, _ = row_factors(s, eps, eps_tiny, D)
         if HAS_RESIDUAL:
             tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
         n = normalized(s, p, q)  # as rows.add_norm_block

@@ -15,10 +15,9 @@ same tile, reduced in parallel with ``ss``), and for the rows whose plain sum (o
 square + eps) overflowed uses that one (:func:`range_factors`). Programs of one row take it
 only behind a branch on that row's plain sum (:func:`row_factors`): an H100 measured the
 parallel sum at up to +25% per call at decode sizes where a row spans the program's warps
-(`benchmarks/results/h100/2026-12-07-session7`). The plain norm kernels (rms_norm, fused add,
-QK) take it for tiles of several rows only after storing the tile, behind one test per program
-(:func:`rewrite_overflowed`), which rewrites the tile from registers; the fused forms (RoPE,
-quantised output) take it in parallel. Underflow
+(`benchmarks/results/h100/2026-12-07-session7`); the plain norm kernels (rms_norm, fused add,
+QK) keep a plain kernel's arithmetic on the common path and select the rescued rows after it
+(:func:`row_normalized`). Underflow
 matters only when eps does not dominate (eps below ``2**-100``): for those calls alone (a
 branch on eps, uniform over the grid) a third sum, of ``x * 2**96``, serves the rows whose
 mean square is below ``2**-100``. Both scaled sums hold every finite fp32 row exactly
@@ -132,51 +131,52 @@ def normalized(x, p, q):
 
 
 @triton.jit
-def row_factors(x, eps, eps_tiny, D, DEFER: tl.constexpr):
-    """``(p, q, ss)`` of the rows of the whole-row fp32 tile ``x``: :func:`range_factors` of its sums.
-
-    One row per program (``x`` is ``[1, BLOCK_D]``: the row spans the program's warps, and every
-    further block-wide sum costs a shared-memory round trip and barriers): the scaled sums are taken
-    only when the row needs them, behind a branch on the row's own plain sum (uniform over the
-    program). Several rows: beside the plain sum, as :func:`range_sums` says; with ``DEFER`` not at
-    all: then the factors of rows whose plain mean square + eps passed fp32's range are wrong, and
-    the caller must store its tile and then call :func:`rewrite_overflowed` (the rows of a tile lie
-    in different warps: the test that no row needs the scaled sum is a cross-warp reduction, which
-    costs least after the stores are issued)."""
+def row_factors(x, eps, eps_tiny, D):
+    """``(p, q, ss)`` of the rows of the whole-row fp32 tile ``x``: :func:`range_factors` of its sums,
+    for kernels that apply the factors to several tiles (RoPE's halves, a re-read row). One row per
+    program: the scaled sums only behind a branch on the row's own plain sum (uniform over the
+    program; a further block-wide sum costs a shared-memory round trip). Several rows: beside the
+    plain sum, as :func:`range_sums` says."""
     ss = tl.sum(x * x, axis=1)
-    ssh = ss * 0.0
     if x.shape[0] == 1:
         m = tl.max(ss, axis=0) / D + eps  # the one row's mean square + eps, as a scalar (no reduction left)
+        ssh = ss * 0.0
         if m > OVERFLOW:
             xh = x * HI
             ssh = tl.sum(xh * xh, axis=1)
-    elif not DEFER:
-        xh = x * HI
-        ssh = tl.sum(xh * xh, axis=1)
-    ssl = lo_sum(x, eps, ss)
+        ssl = lo_sum(x, eps, ss)
+    else:
+        ssh, ssl = range_sums(x, eps)
     p, q = range_factors(ss, ssh, ssl, D, eps, eps_tiny)
     return p, q, ss
 
 
 @triton.jit
-def rewrite_overflowed(x, ss, w, y_ptr, mask, eps, eps_tiny, D, HAS_WEIGHT: tl.constexpr):
-    """After a tile of several rows was stored from ``row_factors(..., DEFER=True)``: if some row's
-    plain mean square + eps passed fp32's range (one test per program, NaN rows left out), every row
-    of the tile is normalised again from :func:`range_factors` of all its sums and stored again at
-    ``y_ptr`` (the same bits for the rows that were right). ``x``: the fp32 tile as normalised
-    (still in registers: the stores may have overwritten it in memory); ``ss``: its plain sums;
-    ``w``: the weight, broadcastable to ``x`` (``HAS_WEIGHT``). Same threads, same addresses, in
-    program order: the second store wins. One-row tiles: nothing (``row_factors`` took the scaled
-    sum before the store where needed)."""
-    if x.shape[0] > 1:
-        m = ss / D + eps
-        if tl.max(tl.where(m == m, m, 0.0), axis=0) > OVERFLOW:
+def row_normalized(x, eps, eps_tiny, D):
+    """``(y, ss)``: ``y = x / sqrt(mean(x**2) + eps)`` for each row of the whole-row fp32 tile ``x``
+    (unweighted) and the rows' plain sums of squares ``ss``.
+
+    The common path is a plain kernel's: ``y = x * rsqrt(ss / D + eps)``, one multiply per element
+    right after the reduction (at decode sizes the kernel's time is this critical path). Rows out of
+    fp32's range replace it: one row per program behind a branch on that row (uniform over the
+    program: the scaled sums and :func:`range_factors` only when taken); several rows with the
+    scaled sum taken in parallel and the rows that need it selected (the lo sum behind the branch
+    on eps, as everywhere)."""
+    ss = tl.sum(x * x, axis=1)
+    m = ss / D + eps
+    y = x * tl.rsqrt(m)[:, None]
+    if x.shape[0] == 1:
+        mm = tl.max(m, axis=0)  # the one row's, as a scalar (no reduction left)
+        if (mm > OVERFLOW) | ((eps < TINY) & (mm < TINY)):
             xh = x * HI
             p, q = range_factors(ss, tl.sum(xh * xh, axis=1), lo_sum(x, eps, ss), D, eps, eps_tiny)
             y = normalized(x, p, q)
-            if HAS_WEIGHT:
-                y = y * w
-            tl.store(y_ptr, y.to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        ssh, ssl = range_sums(x, eps)
+        p, q = range_factors(ss, ssh, ssl, D, eps, eps_tiny)
+        bad = (m > OVERFLOW) | ((eps < TINY) & (m < TINY))
+        y = tl.where(bad[:, None], normalized(x, p, q), y)
+    return y, ss
 
 
 @triton.jit
@@ -305,18 +305,14 @@ def add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2,
         if HAS_RESIDUAL:
             y_ptr = y_row[:, None] + (cols * ysd)[None, :]
         s = load_sum(x_ptr, r_ptr, mask, HAS_RESIDUAL)
-        p, q, ss = row_factors(s, eps, eps_tiny, D, True)
+        y, _ = row_normalized(s, eps, eps_tiny, D)
         if HAS_RESIDUAL:
             tl.store(o_row[:, None] + (cols * osd)[None, :], s.to(RO.dtype.element_ty), mask=mask)
         else:
             y_ptr = y_row[:, None] + (cols * ysd)[None, :]
-        y = normalized(s, p, q)
-        wt = 1.0
         if HAS_WEIGHT:
-            wt = w[None, :]
-            y = y * wt
+            y = y * w[None, :]
         tl.store(y_ptr, y.to(Y.dtype.element_ty), mask=mask)
-        rewrite_overflowed(s, ss, wt, y_ptr, mask, eps, eps_tiny, D, HAS_WEIGHT)
     else:
         p, q, sums = chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_RESIDUAL, ROWS,
                                      BLOCK_D, CHUNKED)

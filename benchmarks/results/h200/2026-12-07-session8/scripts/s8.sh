@@ -4,6 +4,8 @@
 #          (graph) of the session-6 start tree (.baseline3/start, bdefcae), this tree and .baseline3/prev (d218065:
 #          multi-row tiles take the scaled sum in parallel), interleaved start this prev x2; then the whole test
 #          suite in 8 processes (suite.py)
+#   ab2    carry [".baseline3"]  the same bench A/B: start, this tree, .baseline3/prev, .baseline3/pbranch
+#          (make_variants.py), interleaved x2
 #   suite  the whole test suite in 8 processes (suite.py), 560 s
 #   eager  carry [".baseline3", ".peers/s"]  issue 12: eager cost per call, start tree and this tree against
 #          SGLang's JIT kernels (T = 1, 16, 64), interleaved x2
@@ -32,6 +34,21 @@ ab)
   python $S6/bench_ab.py $OUT/bench/prev.txt /tmp/b/start1 /tmp/b/prev1 /tmp/b/start2 /tmp/b/prev2
   tail -2 $OUT/bench/this.txt $OUT/bench/prev.txt
   PYTHONPATH=$PWD/src python $D/suite.py 8 $((585 - SECONDS)) tests
+  ;;
+ab2)  # issue 11, second round: start, this (row_normalized: plain-first), prev, pbranch (make_variants.py) x2
+  B="bench --no-plots --preset qwen3-8b --impl qknorm --variants none"
+  for i in 1 2; do
+    for tree in start this prev pbranch; do
+      [ $tree = this ] && PP=$PWD/src || PP=$PWD/.baseline3/$tree
+      PYTHONPATH=$PP timeout 60 python -c "$BENCH" $B --out /tmp/c/$tree$i > /tmp/c.$tree$i.log 2>&1
+      echo "bench $tree$i rc=$? ${SECONDS}s"
+    done
+  done
+  mkdir -p $OUT/bench
+  for tree in this prev pbranch; do
+    python $S6/bench_ab.py $OUT/bench/$tree.txt /tmp/c/start1 /tmp/c/${tree}1 /tmp/c/start2 /tmp/c/${tree}2
+    tail -1 $OUT/bench/$tree.txt
+  done
   ;;
 suite)
   PYTHONPATH=$PWD/src python $D/suite.py 8 560 tests
