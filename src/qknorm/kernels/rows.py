@@ -156,16 +156,19 @@ def row_normalized(x, eps, eps_tiny, D):
     """``(y, ss)``: ``y = x / sqrt(mean(x**2) + eps)`` for each row of the whole-row fp32 tile ``x``
     (unweighted) and the rows' plain sums of squares ``ss``.
 
-    The common path is a plain kernel's: ``y = x * rsqrt(ss / D + eps)``, one multiply per element
-    right after the reduction (at decode sizes the kernel's time is this critical path). Rows out of
-    fp32's range replace it: one row per program behind a branch on that row (uniform over the
-    program: the scaled sums and :func:`range_factors` only when taken); several rows with the
-    scaled sum taken in parallel and the rows that need it selected (the lo sum behind the branch
-    on eps, as everywhere)."""
+    One row per program: the common path is a plain kernel's, ``y = x * rsqrt(ss / D + eps)``, one
+    multiply per element right after the reduction (at decode sizes the kernel's time is this
+    critical path); a row out of fp32's range replaces it behind a branch on that row (uniform over
+    the program: the scaled sums and :func:`range_factors` only when taken). Several rows: the
+    scaled sum in parallel with the plain one, ``y = (x * p) * q`` (:func:`range_factors`; the lo sum
+    behind the branch on eps). An H100 measured the alternatives for several rows (a per-element
+    select after a plain-first ``y``; one cross-warp test and branch per program before the store;
+    storing first and rewriting after such a test) no faster, most slower:
+    ``benchmarks/results/h100/2026-12-07-session8``."""
     ss = tl.sum(x * x, axis=1)
-    m = ss / D + eps
-    y = x * tl.rsqrt(m)[:, None]
     if x.shape[0] == 1:
+        m = ss / D + eps
+        y = x * tl.rsqrt(m)[:, None]
         mm = tl.max(m, axis=0)  # the one row's, as a scalar (no reduction left)
         if (mm > OVERFLOW) | ((eps < TINY) & (mm < TINY)):
             xh = x * HI
@@ -174,8 +177,7 @@ def row_normalized(x, eps, eps_tiny, D):
     else:
         ssh, ssl = range_sums(x, eps)
         p, q = range_factors(ss, ssh, ssl, D, eps, eps_tiny)
-        bad = (m > OVERFLOW) | ((eps < TINY) & (m < TINY))
-        y = tl.where(bad[:, None], normalized(x, p, q), y)
+        y = normalized(x, p, q)
     return y, ss
 
 
