@@ -97,11 +97,11 @@ def test_one_rank_matches_core_op(one_rank, impl):
 
 # --------------------------------------------------------------------------- int32 offsets
 
-def _far_strided_weight(d: int, stride: int, dtype):
+def _far_strided_weight(d: int, stride: int, dtype, device="cpu"):
     """A ``[d]`` weight whose last element sits ``stride * (d - 1) >= 2**31`` elements
-    after the first (a lazily allocated storage: only ``d`` pages are touched)."""
+    after the first (on a CPU a lazily allocated storage: only ``d`` pages are touched)."""
     try:
-        w = torch.empty(stride * (d - 1) + 1, dtype=dtype).as_strided((d,), (stride,))
+        w = torch.empty(stride * (d - 1) + 1, dtype=dtype, device=device).as_strided((d,), (stride,))
     except RuntimeError as e:  # no address space for the storage on this machine
         pytest.skip(f"cannot reserve a {stride * d * 2 / 2**30:.1f} GiB storage: {e}")
     w.copy_(torch.randn(d).to(dtype))
@@ -111,12 +111,12 @@ def _far_strided_weight(d: int, stride: int, dtype):
 def test_weight_stride_past_int32(one_rank, impl):
     """``c * weight_stride`` past 2**31 (a crash or garbage in int32): right values."""
     d = 129
-    w = _far_strided_weight(d, 2**24 + 1, torch.bfloat16)  # 128 * (2**24 + 1) > 2**31
+    w = _far_strided_weight(d, 2**24 + 1, torch.bfloat16, impl)  # 128 * (2**24 + 1) > 2**31
     assert abs(w.stride(0)) * (d - 1) >= 2**31
     x = randn((3, d), torch.float32, impl)
     assert_matches(rms_norm_tp(x, w), ref_norm(x, w), torch.float32)
     k = randn((2, 2, 64), torch.float32, impl)
-    kw = _far_strided_weight(64, 2**25 + 1, torch.bfloat16)[:64]  # 63 * (2**25 + 1) < 2**31: as is
+    kw = _far_strided_weight(64, 2**25 + 1, torch.bfloat16, impl)[:64]  # 63 * (2**25 + 1) < 2**31: as is
     qo, ko = qk_rms_norm_tp(x, k, w, kw)
     assert_matches(qo, ref_norm(x, w), torch.float32, "q")
     assert_matches(ko, ref_norm(k, kw), torch.float32, "k")
@@ -142,7 +142,7 @@ def test_rows_past_int32_take_one_fallback():
     (lambda x, base: qk_rms_norm_tp(x, x[:2].clone(), None, None, k_out=base.expand(2, 8)),
      r"^k_out overlaps itself"),
     (lambda x, base: qk_rms_norm_tp(x, x[:2].clone(), None, None,
-                                    k_out=torch.zeros(16).as_strided((2, 8), (3, 1))), r"^k_out overlaps itself"),
+                                    k_out=base.new_zeros(16).as_strided((2, 8), (3, 1))), r"^k_out overlaps itself"),
 ])
 def test_written_tensor_overlapping_itself(one_rank, impl, call, match):
     x = randn((4, 8), torch.float32, impl)
@@ -271,9 +271,10 @@ def test_launch_specialisations(one_rank):
     """Launches go through ``qknorm.launch`` with one entry list per specialisation: row
     counts with a different Triton int specialisation (``% 16``) get their own entries;
     a repeated shape reuses them."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # Triton on CPU tensors: the interpreter only
     with qknorm.use_backend("triton"):
         for n in (16, 17, 16):
-            q, k = torch.randn(n, 48), torch.randn(n, 3, 16)
+            q, k = torch.randn(n, 48, device=dev), torch.randn(n, 3, 16, device=dev)
             qo, ko = qk_rms_norm_tp(q, k, None, None)
             assert_matches(qo, ref_norm(q), torch.float32, "q")
             assert_matches(ko, ref_norm(k), torch.float32, "k")
