@@ -14,7 +14,7 @@
 set -uo pipefail
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee $OUT/gpu.txt
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a $OUT/gpu.txt
-git log -1 --format=%H 2>/dev/null | tee -a $OUT/gpu.txt
+echo "(the device copy's .git is not this tree's: see the README for the commit that ran)" >> $OUT/gpu.txt
 S6=benchmarks/results/h200/2026-12-07-session6/scripts
 D=benchmarks/results/h200/2026-12-07-session8/scripts
 SECONDS=0
