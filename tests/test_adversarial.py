@@ -348,9 +348,8 @@ def test_explain_validates():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_out_of_range_rows_next_to_ordinary_ones_in_place(impl, dtype):
     """Tiles holding rows out of fp32's range next to ordinary rows, written in place, with
-    weights (Q's and K's of two dtypes): the plain kernels store such a tile first and write it
-    again from the scaled sums (``rows.rewrite_overflowed``), from the values in registers: in
-    place, memory holds the first store's output by then."""
+    weights (Q's and K's of two dtypes), every row checked: the rescued rows and the ordinary ones
+    beside them, in place too."""
     g = torch.Generator().manual_seed(7)
     scales = torch.tensor([1e20, 1.0, 1e-25, 3.0, 1e-30, 1e18, 1.0, 1e-22])[:, None]
     x0 = (torch.randn(8, 96, generator=g) * scales).to(dtype).to(impl)

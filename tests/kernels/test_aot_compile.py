@@ -40,7 +40,7 @@ compile_(fused_add_rms_norm_out_kernel, {"X": "*bf16", "R": "*bf16", "Y": "*bf16
 compile_(qk_rms_norm_kernel, {"XQ": "*bf16", "YQ": "*bf16", "WQ": "*bf16", "XK": "*bf16", "YK": "*bf16",
                               "WK": "*bf16"},
          dict(base, D=128, ROWS=16, BLOCK_D=128, CHUNKED=0), num_warps=8)
-# tiles of several rows: the store, then one cross-warp test per program (rows.rewrite_overflowed)
+# tiles of several rows (rows.row_normalized's parallel scaled sum), persistent; the token-ordered QK kernel
 compile_(rms_norm_kernel, rows, dict(base, D=96, ROWS=32, BLOCK_D=128, CHUNKED=0, PERSISTENT=True), num_warps=8)
 compile_(qk_rms_norm_tokens_kernel, {"XQ": "*bf16", "YQ": "*bf16", "WQ": "*bf16", "XK": "*bf16", "YK": "*bf16",
                                      "WK": "*fp32"},
