@@ -15,8 +15,8 @@ same tile, reduced in parallel with ``ss``), and for the rows whose plain sum (o
 square + eps) overflowed uses that one (:func:`range_factors`). Programs of one row take it
 only behind a branch on that row's plain sum (:func:`row_factors`): an H100 measured the
 parallel sum at up to +25% per call at decode sizes where a row spans the program's warps
-(`benchmarks/results/h100/2026-12-07-session7`); the plain norm kernels (rms_norm, fused add,
-QK) keep a plain kernel's arithmetic on the common path and select the rescued rows after it
+(`benchmarks/results/h100/2026-12-07-session7`); in the plain norm kernels (rms_norm, fused
+add, QK) such programs also keep a plain kernel's arithmetic on the common path
 (:func:`row_normalized`). Underflow
 matters only when eps does not dominate (eps below ``2**-100``): for those calls alone (a
 branch on eps, uniform over the grid) a third sum, of ``x * 2**96``, serves the rows whose
@@ -153,8 +153,7 @@ def row_factors(x, eps, eps_tiny, D):
 
 @triton.jit
 def row_normalized(x, eps, eps_tiny, D):
-    """``(y, ss)``: ``y = x / sqrt(mean(x**2) + eps)`` for each row of the whole-row fp32 tile ``x``
-    (unweighted) and the rows' plain sums of squares ``ss``.
+    """``y = x / sqrt(mean(x**2) + eps)`` for each row of the whole-row fp32 tile ``x`` (unweighted).
 
     One row per program: the common path is a plain kernel's, ``y = x * rsqrt(ss / D + eps)``, one
     multiply per element right after the reduction (at decode sizes the kernel's time is this
@@ -178,7 +177,7 @@ def row_normalized(x, eps, eps_tiny, D):
         ssh, ssl = range_sums(x, eps)
         p, q = range_factors(ss, ssh, ssl, D, eps, eps_tiny)
         y = normalized(x, p, q)
-    return y, ss
+    return y
 
 
 @triton.jit
@@ -307,7 +306,7 @@ def add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2,
         if HAS_RESIDUAL:
             y_ptr = y_row[:, None] + (cols * ysd)[None, :]
         s = load_sum(x_ptr, r_ptr, mask, HAS_RESIDUAL)
-        y, _ = row_normalized(s, eps, eps_tiny, D)
+        y = row_normalized(s, eps, eps_tiny, D)
         if HAS_RESIDUAL:
             tl.store(o_row[:, None] + (cols * osd)[None, :], s.to(RO.dtype.element_ty), mask=mask)
         else:
