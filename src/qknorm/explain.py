@@ -20,7 +20,8 @@ from .layout import row_layout
 from .tuned_table import OP_ALIASES, TableError, TunedTable, load_table, shipped_table_path, shipped_tables
 
 
-def _n(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
+    """``"1 row"``, ``"2 rows"``: a count and its noun (the bench's console uses it too)."""
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
@@ -79,8 +80,8 @@ def _describe_rope(op, dtype, D, r, n_rows, device, table, top) -> str:
             else "one program per block")
     shape = "whole rows" if form != "split" else "rotary halves and tail as separate tiles"
     lines = [f"{op}: dtype={str(dtype).replace('torch.', '')} D={D} rotary_dim={r} rows={n_rows} -> {cfg.name} "
-             f"({form} form: {shape}; {grid}{', PDL' if cfg.pdl else ''}, {_n(cfg.rows, 'row')} x {cfg.block_d} cols, "
-             f"{_n(cfg.num_warps, 'warp')})", f"  {why}"]
+             f"({form} form: {shape}; {grid}{', PDL' if cfg.pdl else ''}, {plural(cfg.rows, 'row')} x {cfg.block_d} cols, "
+             f"{plural(cfg.num_warps, 'warp')})", f"  {why}"]
     lay = invariance.row_layout(cfg.rows, cfg.block_d, cfg.num_warps, dtype.itemsize)
     how = f"{lay.per_thread} elements/thread x {lay.lanes} lanes x {lay.warps} warps per row"
     if form != "split":
@@ -141,8 +142,8 @@ def _describe(op, dtype, D, n_rows, d: Decision, top: int) -> str:
             else "one program per block")
     extra = (", token order" if cfg.token_order else "") + (", PDL" if cfg.pdl else "")
     head = (f"{op}: dtype={str(dtype).replace('torch.', '')} D={D} rows={n_rows} (bucket rows<={d.bucket}) "
-            f"-> {cfg.name} ({chunk}, {grid}{extra}, {_n(cfg.rows, 'row')} x {cfg.block_d} cols, "
-            f"{_n(cfg.num_warps, 'warp')})")
+            f"-> {cfg.name} ({chunk}, {grid}{extra}, {plural(cfg.rows, 'row')} x {cfg.block_d} cols, "
+            f"{plural(cfg.num_warps, 'warp')})")
     lines = [head, f"  {d.reason}", "  " + _invariance(cfg, dtype, D)]
     t = d.table
     if t is not None:

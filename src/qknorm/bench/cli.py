@@ -33,10 +33,12 @@ from dataclasses import dataclass
 import torch
 
 from qknorm.cli import ArgParser
+from qknorm.explain import plural
 
 from .cases import DTYPES, PRESETS, preset_cases, quick_cases
 from .peers import matches, peer_status, qknorm_variants, static_impls
-from .report import REPORT_COLUMNS, CsvSink, csv_header, facts, is_smoke, plot, read_csv, summary_markdown
+from .report import (REPORT_COLUMNS, CsvSink, csv_header, facts, failed_rows, is_smoke, plot, read_csv,
+                     summary_markdown)
 from .runner import COLUMNS, MODES, VARIANT_CHOICES, Options, Runner
 from .common import triton_version
 from .timing import measure_baselines
@@ -541,7 +543,7 @@ def _report_only(p: ArgParser, a) -> int:
     _make_folder(p, out)
     paths = _write_report(rows, meta, out, not a.no_plots, write_meta=False)
     print(f"qknorm bench: rewrote {os.path.join(out, 'summary.md')}"
-          + (f" and {_plural(len(paths), 'plot')}" if not a.no_plots else "") + f" from the {len(rows)} rows of {path}")
+          + (f" and {plural(len(paths), 'plot')}" if not a.no_plots else "") + f" from the {len(rows)} rows of {path}")
     return 0
 
 
@@ -677,10 +679,6 @@ def _case_name(preset: str, group: str) -> str:
     return group if group.split(" ", 1)[0] == preset else f"{preset} {group}"
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
-
-
 def _print_console(rows: list[dict], out: str, plots: list[str], smoke: bool = False, earlier: int = 0) -> None:
     ok = [r for r in rows if r["status"] == "ok"]
     by = {}
@@ -699,21 +697,20 @@ def _print_console(rows: list[dict], out: str, plots: list[str], smoke: bool = F
             continue
         name = _case_name(preset, group)
         if smoke:
-            print(f"{name:<{w}} {t:>6} {mode:>5}  {float(q['us']):>10.2f}  {_plural(len(rs), 'impl'):>17}")
+            print(f"{name:<{w}} {t:>6} {mode:>5}  {float(q['us']):>10.2f}  {plural(len(rs), 'impl'):>17}")
             continue
         bp = min(peers, key=lambda r: float(r["us"])) if peers else None
         sp = f"{float(bp['us']) / float(q['us']):.2f}x" if bp else ""
         bps = f"{bp['impl']} {float(bp['us']):.2f}" if bp else "-"
         print(f"{name:<{w}} {t:>6} {mode:>5}  {float(q['us']):>10.2f}  {bps:>22}  {sp:>7}")
-    bad = [r for r in rows if r["status"] == "error" or (r["status"] == "wrong" and r.get("family") != "trap")]
-    traps = [r for r in rows if r["status"] == "wrong" and r.get("family") == "trap"]
+    bad, traps = failed_rows(rows)
     for r in bad:
         print(f"{r['status']:>7}: {r['impl']} on {_case_name(r['preset'], r['group'])} T={r['tokens']}: "
               f"{r['reason']}")
     for impl in sorted({r["impl"] for r in traps}):
         n = sum(r["impl"] == impl for r in traps)
         print(f"by design: {impl} computes a different function (one RMS over all heads of a token), so it fails "
-              f"the correctness gate: {_plural(n, 'case')}, not timed (summary.md, Notes)")
+              f"the correctness gate: {plural(n, 'case')}, not timed (summary.md, Notes)")
     # Implementations that ran nowhere, grouped by why (those skipped only where a case does not apply to them
     # are in summary.md's Skipped table)
     ran = {r["impl"] for r in rows if r["status"] != "skipped"}
@@ -723,10 +720,10 @@ def _print_console(rows: list[dict], out: str, plots: list[str], smoke: bool = F
             reasons[r["impl"]].append(r["reason"])
     why_not: dict[str, list[str]] = {}
     for impl, whys in reasons.items():
-        more = f" (and {_plural(len(whys) - 1, 'other reason')}: summary.md)" if len(whys) > 1 else ""
+        more = f" (and {plural(len(whys) - 1, 'other reason')}: summary.md)" if len(whys) > 1 else ""
         why_not.setdefault(whys[0] + more, []).append(impl)
     if why_not:
-        print(f"not run ({_plural(len(reasons), 'implementation')}; summary.md lists every skip):")
+        print(f"not run ({plural(len(reasons), 'implementation')}; summary.md lists every skip):")
         for why, names in sorted(why_not.items()):
             print(f"  {', '.join(sorted(names))}: {why}")
     fl = [] if smoke else facts(rows)
@@ -735,4 +732,4 @@ def _print_console(rows: list[dict], out: str, plots: list[str], smoke: bool = F
     if smoke:
         print(SMOKE_LINE)
     print(f"\nwrote {out}/results.csv ({len(rows)} rows" + (f" added to {earlier}" if earlier else "")
-          + f"), {out}/summary.md" + (f", {_plural(len(plots), 'plot')}" if plots else ""))
+          + f"), {out}/summary.md" + (f", {plural(len(plots), 'plot')}" if plots else ""))

@@ -368,11 +368,18 @@ def _per_case(tb: dict, rows: list[dict], smoke: bool) -> list[str]:
     return L
 
 
+def failed_rows(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """``(bad, traps)``: rows that raised or failed the correctness gate, and the rows of "trap"
+    implementations (a different function by design), which fail it as expected."""
+    trap = [r.get("family") == "trap" for r in rows]
+    bad = [r for r, t in zip(rows, trap) if r.get("status") == "error" or (r.get("status") == "wrong" and not t)]
+    return bad, [r for r, t in zip(rows, trap) if r.get("status") == "wrong" and t]
+
+
 def _problems(rows: list[dict]) -> list[str]:
     """Rows that failed the gate, raised or were skipped; then the notes."""
     L: list[str] = []
-    bad = [r for r in rows if r.get("status") == "error" or (r.get("status") == "wrong" and r.get("family") != "trap")]
-    traps = [r for r in rows if r.get("status") == "wrong" and r.get("family") == "trap"]
+    bad, traps = failed_rows(rows)
     for title, rs in (("Failed the correctness gate or raised (not timed)", bad),
                       ("A different function by design (fails the gate, not timed; see Notes)", traps)):
         if rs:
