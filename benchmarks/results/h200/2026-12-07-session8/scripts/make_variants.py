@@ -3,7 +3,7 @@
       program (the largest non-NaN row test, a cross-warp reduction, before the store) instead of the
       parallel scaled sum.
 Run from the repository root: python benchmarks/results/h200/2026-12-07-session8/scripts/make_variants.py"""
-import shutil
+import importlib.util
 
 PBRANCH = '''@triton.jit
 def row_normalized(x, eps, eps_tiny, D):
@@ -22,16 +22,11 @@ def row_normalized(x, eps, eps_tiny, D):
 '''
 
 
-def make(name, src):
-    dst = f".baseline3/{name}/qknorm"
-    shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree("src/qknorm", dst, ignore=shutil.ignore_patterns("__pycache__"))
-    p = f"{dst}/kernels/rows.py"
-    s = open(p).read()
-    a, b = s.index("@triton.jit\ndef row_normalized("), s.index("@triton.jit\ndef load_sum")
-    open(p, "w").write(s[:a] + src + s[b:])
-    print("wrote", p)
+_spec = importlib.util.spec_from_file_location(
+    "make_alt", "benchmarks/results/h200/2026-12-07-session6/scripts/make_alt.py")
+make_alt = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_alt)
 
 
 if __name__ == "__main__":
-    make("pbranch", PBRANCH)
+    make_alt.make_variant("pbranch", PBRANCH, "row_normalized")
