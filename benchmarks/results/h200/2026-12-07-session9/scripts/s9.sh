@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Session 9 device calls (H200 or H100), from the repository root. Each mode fits one 600 s call.
+#   all    carry [".baseline3"]  issue 11: `qknorm bench --no-plots --preset qwen3-8b --impl 'qknorm,qknorm[*]'
+#          --variants all` (graph: the pick and every candidate config) of the session-6 start tree
+#          (.baseline3/start, bdefcae), this tree and .baseline3/pbranch (every tile behind one branch per
+#          program); variants_ab.py compares each build's pick and best config with start's pick
+#   suite  the whole test suite in 8 processes (../../2026-12-07-session8/scripts/suite.py), 560 s
+#   se     carry [".baseline3", ".peers/s"]  s8.sh eager (start and this tree against SGLang's JIT kernels, eager,
+#          T = 1, 16, 64, x2), then the whole suite in what is left of 585 s
+# .baseline3: as ../../2026-12-07-session8/scripts/s8.sh says (pbranch: make_variants.py there).
+set -uo pipefail
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee $OUT/gpu.txt
+python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a $OUT/gpu.txt
+echo "(the device copy's .git is not this tree's: see the README for the commit that ran)" >> $OUT/gpu.txt
+S8=benchmarks/results/h200/2026-12-07-session8/scripts
+D=benchmarks/results/h200/2026-12-07-session9/scripts
+SECONDS=0
+BENCH='import sys; from qknorm.cli import main; sys.exit(main(sys.argv[1:]))'
+case "${1:-all}" in
+all)
+  for tree in start this pbranch; do
+    [ $tree = this ] && PP=$PWD/src || PP=$PWD/.baseline3/$tree
+    PYTHONPATH=$PP timeout 185 python -c "$BENCH" bench --no-plots --preset qwen3-8b --impl 'qknorm,qknorm[*]' \
+      --variants all --out /tmp/v/$tree > /tmp/v.$tree.log 2>&1
+    echo "bench $tree rc=$? ${SECONDS}s"; tail -3 /tmp/v.$tree.log
+    mkdir -p $OUT/$tree && cp /tmp/v/$tree/results.csv $OUT/$tree/ 2>/dev/null
+  done
+  python $D/variants_ab.py $OUT/variants.txt /tmp/v/start this=/tmp/v/this pbranch=/tmp/v/pbranch
+  ;;
+se)
+  bash $S8/s8.sh eager | grep -v "^done"
+  PYTHONPATH=$PWD/src python $S8/suite.py 8 $((585 - SECONDS)) tests
+  ;;
+suite)
+  PYTHONPATH=$PWD/src python $S8/suite.py 8 560 tests
+  ;;
+esac
+echo "done ${SECONDS}s"
