@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Session 9 device calls (H200 or H100), from the repository root. Each mode fits one 600 s call.
-#   all    carry [".baseline3"]  issue 11: `qknorm bench --no-plots --preset qwen3-8b --impl 'qknorm,qknorm[*]'
+#   all [TREES]  carry [".baseline3"]  issue 11: `qknorm bench --no-plots --preset qwen3-8b --impl 'qknorm,qknorm[*]'
 #          --variants all` (graph: the pick and every candidate config) of the session-6 start tree
 #          (.baseline3/start, bdefcae), this tree and .baseline3/pbranch (every tile behind one branch per
-#          program); variants_ab.py compares each build's pick and best config with start's pick
+#          program); variants_ab.py compares each build's pick and best config with start's pick. TREES: a
+#          comma list (default start,this,pbranch): start, this, or any .baseline3/<name> (make_variants.py here)
 #   suite  the whole test suite in 8 processes (../../2026-12-07-session8/scripts/suite.py), 560 s
 #   se     carry [".baseline3", ".peers/s"]  s8.sh eager (start and this tree against SGLang's JIT kernels, eager,
 #          T = 1, 16, 64, x2), then the whole suite in what is left of 585 s
@@ -18,14 +19,15 @@ SECONDS=0
 BENCH='import sys; from qknorm.cli import main; sys.exit(main(sys.argv[1:]))'
 case "${1:-all}" in
 all)
-  for tree in start this pbranch; do
+  TREES=${2:-start,this,pbranch}
+  for tree in ${TREES//,/ }; do
     [ $tree = this ] && PP=$PWD/src || PP=$PWD/.baseline3/$tree
-    PYTHONPATH=$PP timeout 185 python -c "$BENCH" bench --no-plots --preset qwen3-8b --impl 'qknorm,qknorm[*]' \
+    PYTHONPATH=$PP timeout 150 python -c "$BENCH" bench --no-plots --preset qwen3-8b --impl 'qknorm,qknorm[*]' \
       --variants all --out /tmp/v/$tree > /tmp/v.$tree.log 2>&1
     echo "bench $tree rc=$? ${SECONDS}s"; tail -3 /tmp/v.$tree.log
-    mkdir -p $OUT/$tree && cp /tmp/v/$tree/results.csv $OUT/$tree/ 2>/dev/null
+    cp /tmp/v/$tree/results.csv $OUT/$tree.csv 2>/dev/null
   done
-  python $D/variants_ab.py $OUT/variants.txt /tmp/v/start this=/tmp/v/this pbranch=/tmp/v/pbranch
+  python $D/variants_ab.py $OUT/variants.txt /tmp/v/start $(for t in ${TREES//,/ }; do [ $t = start ] || echo $t=/tmp/v/$t; done)
   ;;
 se)
   bash $S8/s8.sh eager | grep -v "^done"
