@@ -5,6 +5,7 @@ tensors, whose kernels then run in the Triton interpreter through the launcher's
 path: results, plan caching, the argument packing by name, and errors still raised by the
 general call with nothing written.
 """
+import numpy as np
 import pytest
 import torch
 
@@ -122,6 +123,31 @@ def test_specialisation_separates_ints_equal_to_one(fast_ops, on_interpreter):
         assert_matches(fast_ops.rms_norm(x, w), ref_norm(x, w), torch.float32)
     specs = [s for s in rms_op.launcher().specs]
     assert len({s[0] for s in specs}) >= 3  # int specialisations differ (1 / 16-divisible / other)
+
+
+@pytest.mark.parametrize("eps", [0.0, 2.0 ** -101, 1e-40])
+@pytest.mark.parametrize("rows", [1, 4])
+def test_eps_below_lo_eps_runs_the_lo_sums_kernel(fast_ops, on_interpreter, eps, rows):
+    """eps below 2**-100 (0 included) takes the plan's twin compiled with LO_SUMS, on the fast and the general
+    call, and rows whose mean square is below it stay exact; any other eps keeps the plan without it."""
+    cfg = qknorm.KernelConfig(rows=rows, block_d=64, num_warps=1)
+    x = torch.randn(8, 64) * 1e-30
+    x[3] = 0.0 if eps else 1e-44  # a zero row: 0 for any positive eps; for eps = 0, a row of subnormals
+    kl = rms_op.launcher()
+    lo = kl.static_names.index("LO_SUMS")
+    for call in range(2):  # the first call builds the fast plan, the second takes it
+        y = fast_ops.rms_norm(x, None, eps, config=cfg)
+        assert_matches(y, ref_norm(x, None, eps), torch.float32)
+        assert torch.equal(y[3], torch.zeros(64)) if eps else torch.allclose(y[3], torch.ones(64))
+    plan = next(p for k, p in PLANS.items() if k[0] == "rms_norm" and k[3] == eps)
+    assert plan.tail[3 + lo] is True and plan.lo is plan  # a fast plan's tail starts with eps, eps_tiny, w_offset
+    y = fast_ops.rms_norm(x, None, np.float64(eps), config=cfg)  # not a Python float: the general call
+    assert_matches(y, ref_norm(x, None, eps), torch.float32)
+    general = [p for k, p in PLANS.items() if k[:2] == ("rms_norm", "general")]
+    assert general and all(p.tail[lo] is False and p.lo is not None and p.lo.tail[lo] is True for p in general)
+    plain = _plan.for_eps(general[0], 1e-6)
+    assert plain is general[0] and _plan.for_eps(general[0], eps) is general[0].lo
+    assert plain.entries is not plain.lo.entries  # its own specialisation (compiled separately on a GPU)
 
 
 

@@ -51,11 +51,11 @@ def col_offset(c, WIDE: tl.constexpr):
 
 
 @triton.jit
-def norm_rope_rows(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps, ps3, S0, S01,
-               W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok,
-               HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr, MROPE: tl.constexpr,
-               ROWS: tl.constexpr, BLOCK_H: tl.constexpr, WIDE: tl.constexpr,
-               WHOLE: tl.constexpr = False, BLOCK_D: tl.constexpr = 1, PARTNER_LOAD: tl.constexpr = False):
+def norm_rope_rows(t, x_row, row_ok, D, HALF, eps, eps_tiny, LO_SUMS: tl.constexpr, w_offset, CS, css0, css1, max_pos,
+                   P, ps, ps3, S0, S01, W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok, HAS_WEIGHT: tl.constexpr,
+                   IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr, MROPE: tl.constexpr, ROWS: tl.constexpr,
+                   BLOCK_H: tl.constexpr, WIDE: tl.constexpr, WHOLE: tl.constexpr = False, BLOCK_D: tl.constexpr = 1,
+                   PARTNER_LOAD: tl.constexpr = False):
     """fp32 ``(o1, o2, ot)`` of the rows at ``x_row`` (tokens ``t``): normalised (rows out of fp32's
     range too: ``rows.range_factors``), weighted and rotated pair halves and the weighted tail
     (steps 1-3 above); nothing stored. ``MROPE``: the position of frequency ``j`` is row ``(j >= S0) + (j >= S01)``
@@ -63,22 +63,23 @@ def norm_rope_rows(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0,
     offsets. ``WHOLE``: the whole-row form (:func:`norm_rope_whole`): ``o1`` is then the rows'
     ``[ROWS, BLOCK_D]`` result and ``o2``/``ot`` are unused."""
     if WHOLE:
-        o1 = norm_rope_whole(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
-                             ps3, S0, S01, W, ws, xsd, HAS_WEIGHT, IS_NEOX, MROPE, ROWS, BLOCK_D, WIDE, PARTNER_LOAD)
+        o1 = norm_rope_whole(t, x_row, row_ok, D, HALF, eps, eps_tiny, LO_SUMS, w_offset, CS, css0, css1, max_pos, P,
+                             ps, ps3, S0, S01, W, ws, xsd, HAS_WEIGHT, IS_NEOX, MROPE, ROWS, BLOCK_D, WIDE,
+                             PARTNER_LOAD)
         o2 = o1
         ot = o1
     else:
-        o1, o2, ot = norm_rope_split(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos,
-                                     P, ps, ps3, S0, S01, W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok, HAS_WEIGHT,
+        o1, o2, ot = norm_rope_split(t, x_row, row_ok, D, HALF, eps, eps_tiny, LO_SUMS, w_offset, CS, css0, css1,
+                                     max_pos, P, ps, ps3, S0, S01, W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok, HAS_WEIGHT,
                                      IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE)
     return o1, o2, ot
 
 
 @triton.jit
-def norm_rope_split(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps, ps3, S0, S01,
-                    W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok,
-                    HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr, MROPE: tl.constexpr,
-                    ROWS: tl.constexpr, BLOCK_H: tl.constexpr, WIDE: tl.constexpr):
+def norm_rope_split(t, x_row, row_ok, D, HALF, eps, eps_tiny, LO_SUMS: tl.constexpr, w_offset, CS, css0, css1, max_pos,
+                    P, ps, ps3, S0, S01, W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok, HAS_WEIGHT: tl.constexpr,
+                    IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr, MROPE: tl.constexpr, ROWS: tl.constexpr,
+                    BLOCK_H: tl.constexpr, WIDE: tl.constexpr):
     """The split form of :func:`norm_rope_rows`: the rotary halves and the tail as separate tiles."""
     R = 2 * HALF
     pm = row_ok[:, None] & j_ok[None, :]
@@ -103,8 +104,8 @@ def norm_rope_split(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0
                      other=0.0).to(tl.float32)
         x1, x2 = tl.split(tl.reshape(xr, [ROWS, BLOCK_H, 2]))
     ss = tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)
-    ssh, ssl = range_sums(x1, eps)
-    ssh2, ssl2 = range_sums(x2, eps)
+    ssh, ssl = range_sums(x1, LO_SUMS)
+    ssh2, ssl2 = range_sums(x2, LO_SUMS)
     ssh += ssh2
     ssl += ssl2
     xt = x1  # no tail: never used
@@ -112,10 +113,10 @@ def norm_rope_split(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0
         xt = tl.load(x_row[:, None] + (col_offset(tc, WIDE) * xsd)[None, :], mask=row_ok[:, None] & t_ok[None, :],
                      other=0.0).to(tl.float32)
         ss += tl.sum(xt * xt, axis=1)
-        ssh3, ssl3 = range_sums(xt, eps)
+        ssh3, ssl3 = range_sums(xt, LO_SUMS)
         ssh += ssh3
         ssl += ssl3
-    p, q = range_factors(ss, ssh, ssl, D, eps, eps_tiny)
+    p, q = range_factors(ss, ssh, ssl, D, eps, eps_tiny, LO_SUMS)
     y1 = normalized(x1, p, q)
     y2 = normalized(x2, p, q)
     yt = normalized(xt, p, q)
@@ -149,9 +150,10 @@ def cos_sin(t, row_ok, j, rot, CS, css0, css1, max_pos, HALF, P, ps, ps3, S0, S0
 
 
 @triton.jit
-def norm_rope_whole(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps, ps3, S0,
-                    S01, W, ws, xsd, HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, MROPE: tl.constexpr,
-                    ROWS: tl.constexpr, BLOCK_D: tl.constexpr, WIDE: tl.constexpr, PARTNER_LOAD: tl.constexpr):
+def norm_rope_whole(t, x_row, row_ok, D, HALF, eps, eps_tiny, LO_SUMS: tl.constexpr, w_offset, CS, css0, css1, max_pos,
+                    P, ps, ps3, S0, S01, W, ws, xsd, HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr,
+                    MROPE: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr, WIDE: tl.constexpr,
+                    PARTNER_LOAD: tl.constexpr):
     """fp32 ``o`` of the rows at ``x_row``: the whole rows ``[ROWS, BLOCK_D]`` (one contiguous
     load, 16-byte vectors where the strides allow) normalised, weighted, their first ``2 * HALF``
     elements rotated. For partial rotary this replaces the three
@@ -164,7 +166,7 @@ def norm_rope_whole(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0
     c_ok = c < D
     m = row_ok[:, None] & c_ok[None, :]
     x = tl.load(x_row[:, None] + (col_offset(c, WIDE) * xsd)[None, :], mask=m, other=0.0).to(tl.float32)
-    p, q, _ = row_factors(x, eps, eps_tiny, D)
+    p, q, _ = row_factors(x, eps, eps_tiny, D, LO_SUMS)
     y = normalized(x, p, q)
     if HAS_WEIGHT:
         w = tl.load(W + c * ws, mask=c_ok, other=0.0).to(tl.float32) + w_offset
@@ -208,11 +210,10 @@ def rope_columns(D, HALF, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr):
 
 
 @triton.jit
-def _rope_rows(block, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
-               X, Y, W, n_rows, H, xst, xsh, xsd, yst, ysh, ysd, ws,
-               HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr,
-               ROWS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr, WHOLE: tl.constexpr,
-               BLOCK_D: tl.constexpr, PARTNER_LOAD: tl.constexpr):
+def _rope_rows(block, D, HALF, eps, eps_tiny, LO_SUMS: tl.constexpr, w_offset, CS, css0, css1, max_pos, P, ps, X, Y, W,
+               n_rows, H, xst, xsh, xsd, yst, ysh, ysd, ws, HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr,
+               HAS_TAIL: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr,
+               WHOLE: tl.constexpr, BLOCK_D: tl.constexpr, PARTNER_LOAD: tl.constexpr):
     """Norm + RoPE of rows ``block*ROWS ... +ROWS`` of X (``[T, H, D]``) into Y."""
     rows = block * ROWS + tl.arange(0, ROWS)
     row_ok = rows < n_rows
@@ -220,10 +221,9 @@ def _rope_rows(block, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos,
     h = (rows % H).to(tl.int64)
     j, j_ok, c, c_ok, tc, t_ok = rope_columns(D, HALF, BLOCK_H, BLOCK_T)
     x_row = X + t * xst + h * xsh
-    o1, o2, ot = norm_rope_rows(t, x_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P,
-                                ps, 0, 0, 0, W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok,
-                                HAS_WEIGHT, IS_NEOX, HAS_TAIL, False, ROWS, BLOCK_H, False, WHOLE, BLOCK_D,
-                                PARTNER_LOAD)
+    o1, o2, ot = norm_rope_rows(t, x_row, row_ok, D, HALF, eps, eps_tiny, LO_SUMS, w_offset, CS, css0, css1, max_pos, P,
+                                ps, 0, 0, 0, W, ws, xsd, j, j_ok, c, c_ok, tc, t_ok, HAS_WEIGHT, IS_NEOX, HAS_TAIL,
+                                False, ROWS, BLOCK_H, False, WHOLE, BLOCK_D, PARTNER_LOAD)
     _store_rope(o1, o2, ot, Y + t * yst + h * ysh, ysd, row_ok, D, j, j_ok, HALF, c, c_ok, tc, t_ok,
                 IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WHOLE, BLOCK_D)
 
@@ -250,20 +250,19 @@ def _store_rope(o1, o2, ot, y_row, ysd, rows, D, j, j_ok, HALF, c, c_ok, tc, t_o
 
 
 @triton.jit
-def _qk_rope_block(block, q_blocks, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
-                   XQ, YQ, WQ, q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
-                   XK, YK, WK, k_rows, kH, kxt, kxh, kxd, kyt, kyh, kyd, kws,
-                   HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr,
+def _qk_rope_block(block, q_blocks, D, HALF, eps, eps_tiny, LO_SUMS: tl.constexpr, w_offset, CS, css0, css1, max_pos, P,
+                   ps, XQ, YQ, WQ, q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws, XK, YK, WK, k_rows, kH, kxt, kxh, kxd,
+                   kyt, kyh, kyd, kws, HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr,
                    ROWS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr, WHOLE: tl.constexpr,
                    BLOCK_D: tl.constexpr, PARTNER_LOAD: tl.constexpr):
     if block < q_blocks:
-        _rope_rows(block, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
-                   XQ, YQ, WQ, q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
-                   HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, BLOCK_T, WHOLE, BLOCK_D, PARTNER_LOAD)
+        _rope_rows(block, D, HALF, eps, eps_tiny, LO_SUMS, w_offset, CS, css0, css1, max_pos, P, ps, XQ, YQ, WQ, q_rows,
+                   qH, qxt, qxh, qxd, qyt, qyh, qyd, qws, HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, BLOCK_T, WHOLE,
+                   BLOCK_D, PARTNER_LOAD)
     else:
-        _rope_rows(block - q_blocks, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
-                   XK, YK, WK, k_rows, kH, kxt, kxh, kxd, kyt, kyh, kyd, kws,
-                   HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, BLOCK_T, WHOLE, BLOCK_D, PARTNER_LOAD)
+        _rope_rows(block - q_blocks, D, HALF, eps, eps_tiny, LO_SUMS, w_offset, CS, css0, css1, max_pos, P, ps, XK, YK,
+                   WK, k_rows, kH, kxt, kxh, kxd, kyt, kyh, kyd, kws, HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H,
+                   BLOCK_T, WHOLE, BLOCK_D, PARTNER_LOAD)
 
 
 @triton.jit
@@ -274,7 +273,8 @@ def qk_rms_norm_rope_kernel(CS, P, XQ, YQ, WQ, XK, YK, WK, eps, eps_tiny, w_offs
                             HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr,
                             ROWS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr, WHOLE: tl.constexpr,
                             BLOCK_D: tl.constexpr, PARTNER_LOAD: tl.constexpr,
-                            PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False):
+                            PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False,
+                          LO_SUMS: tl.constexpr = False):
     """Q then K blocks of ROWS (token, head) rows in one grid; PERSISTENT loops over all
     blocks with a grid stride.
 
@@ -291,15 +291,15 @@ def qk_rms_norm_rope_kernel(CS, P, XQ, YQ, WQ, XK, YK, WK, eps, eps_tiny, w_offs
     if PERSISTENT:
         n_blocks = q_blocks + tl.cdiv(k_rows, ROWS)
         for block in range(tl.program_id(0), n_blocks, tl.num_programs(0)):
-            _qk_rope_block(block, q_blocks, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
-                           XQ, YQ, WQ, q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
-                           XK, YK, WK, k_rows, kH, kxt, kxh, kxd, kyt, kyh, kyd, kws,
-                           HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, BLOCK_T, WHOLE, BLOCK_D, PARTNER_LOAD)
+            _qk_rope_block(block, q_blocks, D, HALF, eps, eps_tiny, LO_SUMS, w_offset, CS, css0, css1, max_pos, P, ps,
+                           XQ, YQ, WQ, q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws, XK, YK, WK, k_rows, kH, kxt, kxh,
+                           kxd, kyt, kyh, kyd, kws, HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, BLOCK_T, WHOLE,
+                           BLOCK_D, PARTNER_LOAD)
     else:
-        _qk_rope_block(tl.program_id(0), q_blocks, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
-                       XQ, YQ, WQ, q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
-                       XK, YK, WK, k_rows, kH, kxt, kxh, kxd, kyt, kyh, kyd, kws,
-                       HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, BLOCK_T, WHOLE, BLOCK_D, PARTNER_LOAD)
+        _qk_rope_block(tl.program_id(0), q_blocks, D, HALF, eps, eps_tiny, LO_SUMS, w_offset, CS, css0, css1, max_pos,
+                       P, ps, XQ, YQ, WQ, q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws, XK, YK, WK, k_rows, kH, kxt,
+                       kxh, kxd, kyt, kyh, kyd, kws, HAS_WEIGHT, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, BLOCK_T, WHOLE,
+                       BLOCK_D, PARTNER_LOAD)
     # After the work: a dependent kernel launched earlier would hold SM slots while
     # this grid still has blocks to run (it measured 40% slower at 16k tokens).
     pdl_launch_dependents(USE_PDL)

@@ -95,16 +95,15 @@ def _store_k(o1, o2, ot, KC, kc_row, kcd, KO, t, h, kot, koh, kod, to_cache, to_
 
 
 @triton.jit
-def _prologue_block(block, q_blocks, D, DV, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps, ps3,
-                    S0, S01, XQ, YQ, WQ, XK, WK, KC, KO, XV, VC, SM, KSC, VSC,
-                    q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
-                    k_rows, kH, kxt, kxh, kxd, kws, kot, koh, kod, vxt, vxh, vxd,
-                    kcb, kco, kch, kcd, vcb, vco, vch, vcd, block_size, num_slots, sms,
-                    HAS_WEIGHT: tl.constexpr, IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr, MROPE: tl.constexpr,
-                    HAS_KOUT: tl.constexpr, K_FP8: tl.constexpr, V_FP8: tl.constexpr, K_QMAX: tl.constexpr,
-                    V_QMAX: tl.constexpr, NATIVE_CAST: tl.constexpr, WIDE: tl.constexpr, ROWS: tl.constexpr,
-                    BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr, WHOLE: tl.constexpr,
-                    BLOCK_D: tl.constexpr, PARTNER_LOAD: tl.constexpr):
+def _prologue_block(block, q_blocks, D, DV, HALF, eps, eps_tiny, LO_SUMS: tl.constexpr, w_offset, CS, css0, css1,
+                    max_pos, P, ps, ps3, S0, S01, XQ, YQ, WQ, XK, WK, KC, KO, XV, VC, SM, KSC, VSC, q_rows, qH, qxt,
+                    qxh, qxd, qyt, qyh, qyd, qws, k_rows, kH, kxt, kxh, kxd, kws, kot, koh, kod, vxt, vxh, vxd, kcb,
+                    kco, kch, kcd, vcb, vco, vch, vcd, block_size, num_slots, sms, HAS_WEIGHT: tl.constexpr,
+                    IS_NEOX: tl.constexpr, HAS_TAIL: tl.constexpr, MROPE: tl.constexpr, HAS_KOUT: tl.constexpr,
+                    K_FP8: tl.constexpr, V_FP8: tl.constexpr, K_QMAX: tl.constexpr, V_QMAX: tl.constexpr,
+                    NATIVE_CAST: tl.constexpr, WIDE: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
+                    BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr, WHOLE: tl.constexpr, BLOCK_D: tl.constexpr,
+                    PARTNER_LOAD: tl.constexpr):
     j, j_ok, c, c_ok, tc, t_ok = rope_columns(D, HALF, BLOCK_H, BLOCK_T)
     if block < q_blocks:
         rows = block * ROWS + tl.arange(0, ROWS)
@@ -112,10 +111,9 @@ def _prologue_block(block, q_blocks, D, DV, HALF, eps, eps_tiny, w_offset, CS, c
         t = (rows // qH).to(tl.int64)
         h = (rows % qH).to(tl.int64)
         xq_row = XQ + t * qxt + h * qxh
-        o1, o2, ot = norm_rope_rows(t, xq_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
-                                    max_pos, P, ps, ps3, S0, S01, WQ, qws, qxd, j, j_ok, c, c_ok, tc, t_ok,
-                                    HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE, WHOLE, BLOCK_D,
-                                    PARTNER_LOAD)
+        o1, o2, ot = norm_rope_rows(t, xq_row, row_ok, D, HALF, eps, eps_tiny, LO_SUMS, w_offset, CS, css0, css1,
+                                    max_pos, P, ps, ps3, S0, S01, WQ, qws, qxd, j, j_ok, c, c_ok, tc, t_ok, HAS_WEIGHT,
+                                    IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE, WHOLE, BLOCK_D, PARTNER_LOAD)
         _store_row(o1, o2, ot, YQ, YQ + t * qyt + h * qyh, qyd, row_ok, D, j, j_ok, HALF, c, c_ok, tc,
                    t_ok, 1.0, 0, 1.0, NATIVE_CAST, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WIDE, WHOLE, BLOCK_D)
     else:
@@ -130,15 +128,15 @@ def _prologue_block(block, q_blocks, D, DV, HALF, eps, eps_tiny, w_offset, CS, c
         blk = slot // block_size
         off = slot % block_size
         xk_row = XK + t * kxt + h * kxh
-        o1, o2, ot = norm_rope_rows(t, xk_row, row_ok, D, HALF, eps, eps_tiny, w_offset, CS, css0, css1,
-                                    max_pos, P, ps, ps3, S0, S01, WK, kws, kxd, j, j_ok, c, c_ok, tc, t_ok,
-                                    HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE, WHOLE, BLOCK_D,
-                                    PARTNER_LOAD)
+        o1, o2, ot = norm_rope_rows(t, xk_row, row_ok, D, HALF, eps, eps_tiny, LO_SUMS, w_offset, CS, css0, css1,
+                                    max_pos, P, ps, ps3, S0, S01, WK, kws, kxd, j, j_ok, c, c_ok, tc, t_ok, HAS_WEIGHT,
+                                    IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE, WHOLE, BLOCK_D, PARTNER_LOAD)
         ksc = 1.0
         if K_FP8 != 0:
             ksc = tl.load(KSC).to(tl.float32)
         _store_k(o1, o2, ot, KC, KC + blk * kcb + off * kco + h * kch, kcd, KO, t, h, kot, koh, kod, in_cache, row_ok,
-                 D, j, j_ok, HALF, c, c_ok, tc, t_ok, ksc, K_FP8, K_QMAX, NATIVE_CAST, IS_NEOX, HAS_TAIL, HAS_KOUT, ROWS,
+                 D, j, j_ok, HALF, c, c_ok, tc, t_ok, ksc, K_FP8, K_QMAX, NATIVE_CAST, IS_NEOX, HAS_TAIL, HAS_KOUT,
+                 ROWS,
                  BLOCK_H, WIDE, WHOLE, BLOCK_D)
         # V: copied (FP8: quantised) into its cache at the same slot.
         cv = tl.arange(0, BLOCK_V)
@@ -163,7 +161,8 @@ def qk_norm_rope_cache_kernel(CS, P, XQ, YQ, WQ, XK, WK, KC, KO, XV, VC, SM, KSC
                               K_QMAX: tl.constexpr, V_QMAX: tl.constexpr, NATIVE_CAST: tl.constexpr,
                               WIDE: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr,
                               BLOCK_V: tl.constexpr, WHOLE: tl.constexpr, BLOCK_D: tl.constexpr,
-                              PARTNER_LOAD: tl.constexpr, PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False):
+                              PARTNER_LOAD: tl.constexpr, PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False,
+                          LO_SUMS: tl.constexpr = False):
     """Q blocks then K+V blocks of ROWS (token, head) rows in one grid; PERSISTENT loops
     over all blocks with a grid stride.
 
@@ -184,21 +183,17 @@ def qk_norm_rope_cache_kernel(CS, P, XQ, YQ, WQ, XK, WK, KC, KO, XV, VC, SM, KSC
     if PERSISTENT:
         n_blocks = q_blocks + tl.cdiv(k_rows, ROWS)
         for block in range(tl.program_id(0), n_blocks, tl.num_programs(0)):
-            _prologue_block(block, q_blocks, D, DV, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P, ps,
-                            ps3, S0, S01, XQ, YQ, WQ, XK, WK, KC, KO, XV, VC, SM, KSC, VSC,
-                            q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
-                            k_rows, kH, kxt, kxh, kxd, kws, kot, koh, kod, vxt, vxh, vxd,
-                            kcb, kco, kch, kcd, vcb, vco, vch, vcd, block_size, num_slots, sms,
-                            HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, HAS_KOUT, K_FP8, V_FP8, K_QMAX, V_QMAX,
-                            NATIVE_CAST, WIDE, ROWS, BLOCK_H, BLOCK_T, BLOCK_V, WHOLE, BLOCK_D,
-                            PARTNER_LOAD)
+            _prologue_block(block, q_blocks, D, DV, HALF, eps, eps_tiny, LO_SUMS, w_offset, CS, css0, css1, max_pos, P,
+                            ps, ps3, S0, S01, XQ, YQ, WQ, XK, WK, KC, KO, XV, VC, SM, KSC, VSC, q_rows, qH, qxt, qxh,
+                            qxd, qyt, qyh, qyd, qws, k_rows, kH, kxt, kxh, kxd, kws, kot, koh, kod, vxt, vxh, vxd, kcb,
+                            kco, kch, kcd, vcb, vco, vch, vcd, block_size, num_slots, sms, HAS_WEIGHT, IS_NEOX,
+                            HAS_TAIL, MROPE, HAS_KOUT, K_FP8, V_FP8, K_QMAX, V_QMAX, NATIVE_CAST, WIDE, ROWS, BLOCK_H,
+                            BLOCK_T, BLOCK_V, WHOLE, BLOCK_D, PARTNER_LOAD)
     else:
-        _prologue_block(tl.program_id(0), q_blocks, D, DV, HALF, eps, eps_tiny, w_offset, CS, css0, css1, max_pos, P,
-                        ps, ps3, S0, S01, XQ, YQ, WQ, XK, WK, KC, KO, XV, VC, SM, KSC, VSC,
-                        q_rows, qH, qxt, qxh, qxd, qyt, qyh, qyd, qws,
-                        k_rows, kH, kxt, kxh, kxd, kws, kot, koh, kod, vxt, vxh, vxd,
-                        kcb, kco, kch, kcd, vcb, vco, vch, vcd, block_size, num_slots, sms,
-                        HAS_WEIGHT, IS_NEOX, HAS_TAIL, MROPE, HAS_KOUT, K_FP8, V_FP8, K_QMAX, V_QMAX,
-                        NATIVE_CAST, WIDE, ROWS, BLOCK_H, BLOCK_T, BLOCK_V, WHOLE, BLOCK_D,
-                            PARTNER_LOAD)
+        _prologue_block(tl.program_id(0), q_blocks, D, DV, HALF, eps, eps_tiny, LO_SUMS, w_offset, CS, css0, css1,
+                        max_pos, P, ps, ps3, S0, S01, XQ, YQ, WQ, XK, WK, KC, KO, XV, VC, SM, KSC, VSC, q_rows, qH, qxt,
+                        qxh, qxd, qyt, qyh, qyd, qws, k_rows, kH, kxt, kxh, kxd, kws, kot, koh, kod, vxt, vxh, vxd, kcb,
+                        kco, kch, kcd, vcb, vco, vch, vcd, block_size, num_slots, sms, HAS_WEIGHT, IS_NEOX, HAS_TAIL,
+                        MROPE, HAS_KOUT, K_FP8, V_FP8, K_QMAX, V_QMAX, NATIVE_CAST, WIDE, ROWS, BLOCK_H, BLOCK_T,
+                        BLOCK_V, WHOLE, BLOCK_D, PARTNER_LOAD)
     pdl_launch_dependents(USE_PDL)

@@ -159,8 +159,8 @@ def _normed(s, p, q, w, HAS_WEIGHT: tl.constexpr):
 
 
 @triton.jit
-def _row_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_RESIDUAL: tl.constexpr,
-                 ROWS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNKED: tl.constexpr, X, Y):
+def _row_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, LO_SUMS: tl.constexpr,
+                 HAS_RESIDUAL: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNKED: tl.constexpr, X, Y):
     """First pass of the two-pass forms: per row ``(p, q)`` with ``n = (s * p) * q * w``; ``p = 1``,
     ``q = rsqrt(ss / D + eps)`` from the sum of squares ``norm_block`` computes for the config
     (the whole-row tile, or chunk-wise partial sums), ``rows.range_factors`` for rows out of
@@ -170,20 +170,20 @@ def _row_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_RES
         s = load_sum(x_row[:, None] + (cols * xsd)[None, :], r_row[:, None] + (cols * rsd)[None, :], mask,
                      HAS_RESIDUAL)
         _layout_anchor(s, X, Y, mask, eps)
-        p, q, _ = row_factors(s, eps, eps_tiny, D)
+        p, q, _ = row_factors(s, eps, eps_tiny, D, LO_SUMS)
     else:
         p, q, _ = chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_RESIDUAL, ROWS,
-                                  BLOCK_D, 1)
+                                  BLOCK_D, 1, LO_SUMS)
     return p, q
 
 
 @triton.jit
-def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub, n_rows, D, N1, N2,
+def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, LO_SUMS: tl.constexpr, w_offset, ub, n_rows, D, N1, N2,
                 xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd, ys0, ys1, ys2, ysd, ws, ss0, ss1, ss2, ssg, n_groups,
-                HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr, STATIC: tl.constexpr,
-                GROUP: tl.constexpr, GP: tl.constexpr, UB: tl.constexpr, UE8M0: tl.constexpr,
-                OUT: tl.constexpr, QMAX: tl.constexpr, NATIVE_CAST: tl.constexpr, ROWS: tl.constexpr,
-                BLOCK_D: tl.constexpr, CHUNKED: tl.constexpr, ONE_PASS: tl.constexpr, DEBUG: tl.constexpr):
+                HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr, STATIC: tl.constexpr, GROUP: tl.constexpr,
+                GP: tl.constexpr, UB: tl.constexpr, UE8M0: tl.constexpr, OUT: tl.constexpr, QMAX: tl.constexpr,
+                NATIVE_CAST: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNKED: tl.constexpr,
+                ONE_PASS: tl.constexpr, DEBUG: tl.constexpr):
     """Rows ``block*ROWS ... +ROWS``: norm, quantise, store codes (and scales, residual)."""
     rws = block * ROWS + tl.arange(0, ROWS)
     row_ok = rws < n_rows
@@ -211,7 +211,7 @@ def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub, n_
         x_ptr = x_row[:, None] + (cols * xsd)[None, :]
         r_ptr = r_row[:, None] + (cols * rsd)[None, :]
         s = load_sum(x_ptr, r_ptr, mask, HAS_RESIDUAL)
-        p, q, _ = row_factors(s, eps, eps_tiny, D)
+        p, q, _ = row_factors(s, eps, eps_tiny, D, LO_SUMS)
         if HAS_RESIDUAL:
             tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
         n = normalized(s, p, q)  # as rows.add_norm_block
@@ -238,7 +238,7 @@ def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub, n_
                      mask=row_ok[:, None] & (gi < n_groups)[None, :])
         tl.store(y_ptr, to_codes(qv, Y.dtype.element_ty, OUT, NATIVE_CAST, QMAX), mask=mask)
     else:
-        p, q = _row_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_RESIDUAL, ROWS,
+        p, q = _row_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, LO_SUMS, HAS_RESIDUAL, ROWS,
                             BLOCK_D, CHUNKED, X, Y)
         p2 = p[:, None]
         q2 = q[:, None]
@@ -363,7 +363,8 @@ def rms_norm_quant_kernel(X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub,
                           GROUP: tl.constexpr, GP: tl.constexpr, UB: tl.constexpr, UE8M0: tl.constexpr,
                           OUT: tl.constexpr, QMAX: tl.constexpr, NATIVE_CAST: tl.constexpr, ROWS: tl.constexpr,
                           BLOCK_D: tl.constexpr, CHUNKED: tl.constexpr, ONE_PASS: tl.constexpr,
-                          PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False, DEBUG: tl.constexpr = False):
+                          PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False, DEBUG: tl.constexpr = False,
+                          LO_SUMS: tl.constexpr = False):
     """One program per block of ROWS rows, or (PERSISTENT) a grid-stride loop over blocks.
 
     X ``[rows, D]`` (strides xs0..xs2 for up to three leading dims of sizes N0 x N1 x N2, xsd
@@ -381,12 +382,12 @@ def rms_norm_quant_kernel(X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub,
     if PERSISTENT:
         n_blocks = tl.cdiv(n_rows, ROWS)
         for block in range(tl.program_id(0), n_blocks, tl.num_programs(0)):
-            quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub, n_rows, D, N1, N2,
-                        xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd, ys0, ys1, ys2, ysd, ws, ss0, ss1, ss2, ssg, n_groups,
+            quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, LO_SUMS, w_offset, ub, n_rows, D, N1, N2, xs0,
+                        xs1, xs2, xsd, rs0, rs1, rs2, rsd, ys0, ys1, ys2, ysd, ws, ss0, ss1, ss2, ssg, n_groups,
                         HAS_RESIDUAL, HAS_WEIGHT, STATIC, GROUP, GP, UB, UE8M0, OUT, QMAX, NATIVE_CAST, ROWS, BLOCK_D,
                         CHUNKED, ONE_PASS, DEBUG)
     else:
-        quant_block(tl.program_id(0), X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, w_offset, ub, n_rows, D, N1, N2,
+        quant_block(tl.program_id(0), X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, LO_SUMS, w_offset, ub, n_rows, D, N1, N2,
                     xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd, ys0, ys1, ys2, ysd, ws, ss0, ss1, ss2, ssg, n_groups,
                     HAS_RESIDUAL, HAS_WEIGHT, STATIC, GROUP, GP, UB, UE8M0, OUT, QMAX, NATIVE_CAST, ROWS, BLOCK_D,
                     CHUNKED, ONE_PASS, DEBUG)

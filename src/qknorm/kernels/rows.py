@@ -18,9 +18,11 @@ parallel sum at up to +25% per call at decode sizes where a row spans the progra
 (`benchmarks/results/h100/2026-12-07-session7`); in the plain norm kernels (rms_norm, fused
 add, QK) such programs also keep a plain kernel's arithmetic on the common path
 (:func:`row_normalized`). Underflow
-matters only when eps does not dominate (eps below ``2**-100``): for those calls alone (a
-branch on eps, uniform over the grid) a third sum, of ``x * 2**96``, serves the rows whose
-mean square is below ``2**-100``. Both scaled sums hold every finite fp32 row exactly
+matters only when eps does not dominate (eps below ``2**-100``): for those calls alone (the
+``LO_SUMS`` constexpr, a separate compile: the host sets it from eps, ``ops/_plan.for_eps``) a
+third sum, of ``x * 2**96``, serves the rows whose mean square is below ``2**-100``; every other
+call's kernel holds no code for it (a runtime branch on eps measured 1-2% per call on an H100,
+``benchmarks/results/h100/2026-12-07-session9``). Both scaled sums hold every finite fp32 row exactly
 (``y = (x * p) * q``, ``p = 2**-36`` or ``2**48``: both factors normal); every other
 row keeps ``p = 1``, ``q = rsqrt(mean(x**2) + eps)``, the same bits as without them.
 ``eps`` arrives as two fp32 values (``reference.kernel_eps``): ``eps`` itself when it is
@@ -82,39 +84,39 @@ OVERFLOW = tl.constexpr(3.0e38)  # a plain sum of squares above this may have ov
 
 
 @triton.jit
-def range_sums(x, eps):
+def range_sums(x, LO_SUMS: tl.constexpr):
     """``(ssh, ssl)`` per row of the fp32 tile ``x`` (sums over axis 1): the squares of ``x * 2**-72``
-    and, only where eps is below ``TINY`` (a branch on the scalar eps), of ``x * 2**96`` (else 0).
+    and, with ``LO_SUMS`` (eps below ``TINY``), of ``x * 2**96`` (else 0).
     Callers add these over chunks as they add the plain sum."""
     xh = x * HI
     ssh = tl.sum(xh * xh, axis=1)
-    return ssh, lo_sum(x, eps, ssh)
+    return ssh, lo_sum(x, ssh, LO_SUMS)
 
 
 @triton.jit
-def lo_sum(x, eps, like):
-    """The sum of squares of ``x * 2**96`` per row where eps is below ``TINY`` (a branch on the scalar eps),
-    else 0 (``like * 0.0``: a per-row vector of the sums' layout, no reduction)."""
+def lo_sum(x, like, LO_SUMS: tl.constexpr):
+    """The sum of squares of ``x * 2**96`` per row with ``LO_SUMS`` (eps below ``TINY``), else 0
+    (``like * 0.0``: a per-row vector of the sums' layout, no reduction)."""
     ssl = like * 0.0
-    if eps < TINY:
+    if LO_SUMS:
         xl = x * LO
         ssl = tl.sum(xl * xl, axis=1)
     return ssl
 
 
 @triton.jit
-def range_factors(ss, ssh, ssl, D, eps, eps_tiny):
+def range_factors(ss, ssh, ssl, D, eps, eps_tiny, LO_SUMS: tl.constexpr):
     """Per-row ``(p, q)`` with ``y = (x * p) * q = x / sqrt(mean(x**2) + eps)`` from the plain sum of
     squares ``ss`` and the scaled sums of :func:`range_sums`: ``p = 1``, ``q = rsqrt(ss / D + eps)``
     (the plain bits) except for rows whose plain mean square + eps passed fp32's range (an
     overflowed sum, or an eps near fp32's largest value: ``p = 2**-36`` and ``q`` from ``ssh``) and,
-    with eps below ``TINY``, rows whose mean square is below ``TINY`` (``p = 2**48``, from ``ssl``).
+    with ``LO_SUMS`` (eps below ``TINY``), rows whose mean square is below ``TINY`` (``p = 2**48``, from ``ssl``).
     ``p`` keeps both factors normal where ``q`` alone would leave fp32's range. NaN rows stay NaN."""
     m = ss / D + eps
     hi = m > OVERFLOW
     q = tl.where(hi, tl.rsqrt(ssh / D + eps * HI * HI) * HALF_HI, tl.rsqrt(m))
     p = tl.where(hi, HALF_HI, 1.0)
-    if eps < TINY:
+    if LO_SUMS:
         lo = m < TINY
         pl, ql = scaled_factors(ssl, D, eps, eps_tiny, tl.full(ss.shape, LO_K, tl.int32))
         # eps * 4**96 underflows for eps below ~2**-341: a zero row then gives 0 (any finite q), not 0 * inf
@@ -131,7 +133,7 @@ def normalized(x, p, q):
 
 
 @triton.jit
-def row_factors(x, eps, eps_tiny, D):
+def row_factors(x, eps, eps_tiny, D, LO_SUMS: tl.constexpr):
     """``(p, q, ss)`` of the rows of the whole-row fp32 tile ``x``: :func:`range_factors` of its sums,
     for kernels that apply the factors to several tiles (RoPE's halves, a re-read row). One row per
     program: the scaled sums only behind a branch on the row's own plain sum (uniform over the
@@ -144,39 +146,57 @@ def row_factors(x, eps, eps_tiny, D):
         if m > OVERFLOW:
             xh = x * HI
             ssh = tl.sum(xh * xh, axis=1)
-        ssl = lo_sum(x, eps, ss)
+        ssl = lo_sum(x, ss, LO_SUMS)
     else:
-        ssh, ssl = range_sums(x, eps)
-    p, q = range_factors(ss, ssh, ssl, D, eps, eps_tiny)
+        ssh, ssl = range_sums(x, LO_SUMS)
+    p, q = range_factors(ss, ssh, ssl, D, eps, eps_tiny, LO_SUMS)
     return p, q, ss
 
 
 @triton.jit
-def row_normalized(x, eps, eps_tiny, D):
+def hi_folded(ss, ssh, D, eps):
+    """Per-row ``q`` with ``y = x * q = x / sqrt(mean(x**2) + eps)`` from the plain sum of squares ``ss`` and
+    the ``2**-72`` one ``ssh`` (:func:`range_sums`) when no row needs the lo sum: ``rsqrt(ss / D + eps)``
+    (the plain bits) except where that overflowed, where ``q = rsqrt(ssh / D + eps * 2**-144) * 2**-72``
+    — :func:`range_factors`'s ``p * q`` as one number, normal down to rows of rms ``2**126`` and a
+    subnormal (21-23 significant bits, exact to fp32 rounding of y within a few ulp) past that."""
+    m = ss / D + eps
+    return tl.where(m > OVERFLOW, tl.rsqrt(ssh / D + eps * HI * HI) * HI, tl.rsqrt(m))
+
+
+@triton.jit
+def row_normalized(x, eps, eps_tiny, D, LO_SUMS: tl.constexpr):
     """``y = x / sqrt(mean(x**2) + eps)`` for each row of the whole-row fp32 tile ``x`` (unweighted).
 
     One row per program: the common path is a plain kernel's, ``y = x * rsqrt(ss / D + eps)``, one
     multiply per element right after the reduction (at decode sizes the kernel's time is this
     critical path); a row out of fp32's range replaces it behind a branch on that row (uniform over
     the program: the scaled sums and :func:`range_factors` only when taken). Several rows: the
-    scaled sum in parallel with the plain one, ``y = (x * p) * q`` (:func:`range_factors`; the lo sum
-    behind the branch on eps). An H100 measured the alternatives for several rows (a per-element
-    select after a plain-first ``y``; one cross-warp test and branch per program before the store;
-    storing first and rewriting after such a test) no faster, most slower:
-    ``benchmarks/results/h100/2026-12-07-session8``."""
+    ``2**-72`` sum in parallel with the plain one, ``y = x * q`` (:func:`hi_folded`; with ``LO_SUMS``
+    ``y = (x * p) * q``, :func:`range_factors`). An H100 measured the alternatives for several rows (a
+    per-element select after a plain-first ``y``; one cross-warp test and branch per program before the
+    store; storing first and rewriting after such a test) no faster, most slower
+    (``benchmarks/results/h100/2026-12-07-session8``), and the one folded factor 1-5% faster than
+    ``(x * p) * q`` at 64-1024 tokens of Qwen3-8B's QK norm (``.../2026-12-07-session9``)."""
     ss = tl.sum(x * x, axis=1)
     if x.shape[0] == 1:
         m = ss / D + eps
         y = x * tl.rsqrt(m)[:, None]
         mm = tl.max(m, axis=0)  # the one row's, as a scalar (no reduction left)
-        if (mm > OVERFLOW) | ((eps < TINY) & (mm < TINY)):
+        bad = mm > OVERFLOW
+        if LO_SUMS:
+            bad = bad | (mm < TINY)
+        if bad:
             xh = x * HI
-            p, q = range_factors(ss, tl.sum(xh * xh, axis=1), lo_sum(x, eps, ss), D, eps, eps_tiny)
+            p, q = range_factors(ss, tl.sum(xh * xh, axis=1), lo_sum(x, ss, LO_SUMS), D, eps, eps_tiny, LO_SUMS)
             y = normalized(x, p, q)
-    else:
-        ssh, ssl = range_sums(x, eps)
-        p, q = range_factors(ss, ssh, ssl, D, eps, eps_tiny)
+    elif LO_SUMS:
+        ssh, ssl = range_sums(x, LO_SUMS)
+        p, q = range_factors(ss, ssh, ssl, D, eps, eps_tiny, LO_SUMS)
         y = normalized(x, p, q)
+    else:
+        xh = x * HI
+        y = x * hi_folded(ss, tl.sum(xh * xh, axis=1), D, eps)[:, None]
     return y
 
 
@@ -191,7 +211,7 @@ def load_sum(x_ptr, r_ptr, mask, HAS_RESIDUAL: tl.constexpr):
 
 @triton.jit
 def chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_RESIDUAL: tl.constexpr,
-                    ROWS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNKED: tl.constexpr):
+                    ROWS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNKED: tl.constexpr, LO_SUMS: tl.constexpr):
     """First pass of a chunked row (of ``x``, or of ``x + residual``): ``(p, q, tiles)`` with
     ``n = (s * p) * q`` (:func:`range_factors`) from chunk-wise partial sums of squares, plain and
     scaled. ``tiles``: with ``CHUNKED >= 2`` the row's ``CHUNKED`` exact tiles, kept in registers for
@@ -211,7 +231,7 @@ def chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_
         # the scaled sums after the plain one, from the tiles held anyway: acc's registers serve again
         acc_h = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
         for i in tl.static_range(CHUNKED):
-            acc_h, ssl = _range_acc(acc_h, ssl, tiles[i], eps)
+            acc_h, ssl = _range_acc(acc_h, ssl, tiles[i], LO_SUMS)
     else:
         acc_h = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
         for start in range(0, D, BLOCK_D):
@@ -220,19 +240,19 @@ def chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_
             s = load_sum(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], mask,
                          HAS_RESIDUAL)
             acc += s * s
-            acc_h, ssl = _range_acc(acc_h, ssl, s, eps)
+            acc_h, ssl = _range_acc(acc_h, ssl, s, LO_SUMS)
         ss = tl.sum(acc, axis=1)
-    p, q = range_factors(ss, tl.sum(acc_h, axis=1), ssl, D, eps, eps_tiny)
+    p, q = range_factors(ss, tl.sum(acc_h, axis=1), ssl, D, eps, eps_tiny, LO_SUMS)
     return p, q, tiles
 
 
 @triton.jit
-def _range_acc(acc_h, ssl, s, eps):
+def _range_acc(acc_h, ssl, s, LO_SUMS: tl.constexpr):
     """One chunk's share of :func:`range_sums`: the ``2**-72`` squares added to the tile ``acc_h``
-    (reduced once, as the plain sum), the ``2**96`` sum (eps below ``TINY`` only) to ``ssl``."""
+    (reduced once, as the plain sum), the ``2**96`` sum (``LO_SUMS`` only) to ``ssl``."""
     sh = s * HI
     acc_h += sh * sh
-    if eps < TINY:
+    if LO_SUMS:
         sl = s * LO
         ssl += tl.sum(sl * sl, axis=1)
     return acc_h, ssl
@@ -242,7 +262,7 @@ def _range_acc(acc_h, ssl, s, eps):
 def norm_block(block, X, Y, W, n_rows, D, N1, N2,
                xs0, xs1, xs2, xsd, ys0, ys1, ys2, ysd, ws, eps, eps_tiny, w_offset,
                HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
-               CHUNKED: tl.constexpr):
+               CHUNKED: tl.constexpr, LO_SUMS: tl.constexpr):
     """Normalise rows ``block*ROWS ... +ROWS`` of X into Y: :func:`add_norm_block` without a
     residual.
 
@@ -254,7 +274,7 @@ def norm_block(block, X, Y, W, n_rows, D, N1, N2,
     """
     add_norm_block(block, X, X, Y, Y, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd, xs0, xs1, xs2, xsd,
                    ys0, ys1, ys2, ysd, ys0, ys1, ys2, ysd, ws, eps, eps_tiny, w_offset, False, HAS_WEIGHT, ROWS,
-                   BLOCK_D, CHUNKED)
+                   BLOCK_D, CHUNKED, LO_SUMS)
 
 
 @triton.jit
@@ -273,7 +293,7 @@ def add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2,
                    xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd, ys0, ys1, ys2, ysd, os0, os1, os2, osd,
                    ws, eps, eps_tiny, w_offset, HAS_RESIDUAL: tl.constexpr,
                    HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
-                   CHUNKED: tl.constexpr):
+                   CHUNKED: tl.constexpr, LO_SUMS: tl.constexpr):
     """``RO = X + R; Y = norm(RO)`` for one block of rows: in place with ``Y = X``, ``RO = R``
     (and their strides), out of place into fresh tensors otherwise; without ``HAS_RESIDUAL``
     ``Y = norm(X)`` (R and RO unused: :func:`norm_block`).
@@ -306,7 +326,7 @@ def add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2,
         if HAS_RESIDUAL:
             y_ptr = y_row[:, None] + (cols * ysd)[None, :]
         s = load_sum(x_ptr, r_ptr, mask, HAS_RESIDUAL)
-        y = row_normalized(s, eps, eps_tiny, D)
+        y = row_normalized(s, eps, eps_tiny, D, LO_SUMS)
         if HAS_RESIDUAL:
             tl.store(o_row[:, None] + (cols * osd)[None, :], s.to(RO.dtype.element_ty), mask=mask)
         else:
@@ -316,7 +336,7 @@ def add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2,
         tl.store(y_ptr, y.to(Y.dtype.element_ty), mask=mask)
     else:
         p, q, sums = chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_RESIDUAL, ROWS,
-                                     BLOCK_D, CHUNKED)
+                                     BLOCK_D, CHUNKED, LO_SUMS)
         if CHUNKED >= 2:
             for i in tl.static_range(CHUNKED):
                 c = i * BLOCK_D + cols
@@ -343,15 +363,15 @@ def add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2,
 def add_norm_program(X, R, Y, RO, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd,
                      ys0, ys1, ys2, ysd, os0, os1, os2, osd, ws, eps, eps_tiny, w_offset,
                      HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNKED: tl.constexpr,
-                     PERSISTENT: tl.constexpr):
+                     PERSISTENT: tl.constexpr, LO_SUMS: tl.constexpr):
     """One program's share of a fused add: its block of ROWS rows, or (PERSISTENT) a grid-stride
     loop over blocks (:func:`add_norm_block` each)."""
     if PERSISTENT:
         for block in range(tl.program_id(0), tl.cdiv(n_rows, ROWS), tl.num_programs(0)):
             add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd,
                            ys0, ys1, ys2, ysd, os0, os1, os2, osd, ws, eps, eps_tiny, w_offset, True, HAS_WEIGHT,
-                           ROWS, BLOCK_D, CHUNKED)
+                           ROWS, BLOCK_D, CHUNKED, LO_SUMS)
     else:
         add_norm_block(tl.program_id(0), X, R, Y, RO, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd, rs0, rs1, rs2,
                        rsd, ys0, ys1, ys2, ysd, os0, os1, os2, osd, ws, eps, eps_tiny, w_offset, True, HAS_WEIGHT,
-                       ROWS, BLOCK_D, CHUNKED)
+                       ROWS, BLOCK_D, CHUNKED, LO_SUMS)

@@ -37,7 +37,8 @@ from ..layout import INT32_MAX, cdiv, kernel_layout, views_overlap
 from ..reference import FLT_MAX, FLT_MIN, kernel_eps
 
 __all__ = ["OutKind", "Pair", "Plan", "PlanCache", "PLANS", "apart",
-           "make_plan", "eps_pair", "qk_describe", "contig_strides", "span", "clear_caches"]
+           "make_plan", "eps_pair", "for_eps", "bind_scalars", "LO_EPS", "qk_describe", "contig_strides", "span",
+           "clear_caches"]
 
 _grad_on = torch.is_grad_enabled
 #: Tests only: let the fast call take CPU tensors too (the kernels then run in the Triton
@@ -104,7 +105,7 @@ class Plan:
     """
 
     __slots__ = ("launcher", "entries", "grid", "tail", "kwargs", "device", "config", "spans", "geom", "memo",
-                 "same_layout", "read_spans", "in_place", "records", "express")
+                 "same_layout", "read_spans", "in_place", "records", "express", "lo")
 
     def __init__(self, launcher, entries, grid, tail, kwargs, device, config):
         self.launcher = launcher
@@ -122,6 +123,7 @@ class Plan:
         self.in_place = None
         self.records = None  # launch records by alignment bits (launch.py), made on the first fast calls
         self.express = 0  # express-call registrations tried (ops/_express.py: wants)
+        self.lo = None  # the twin for eps below LO_EPS (for_eps), made on first use
 
 
 class PlanCache(dict):
@@ -205,10 +207,48 @@ def apart(plan: Plan, pair: Pair, pa: int, sa, pb: int, sb) -> bool:
     return r
 
 
-def bind_scalars(plan: Plan, eps: float, weight_offset: float) -> None:
-    """Make the fast call's scalars part of ``plan``: its tail then starts with the kernel's
-    ``eps, eps_tiny, w_offset`` (the fast call's key holds them), so a call passes pointers only."""
+def bind_scalars(plan: Plan, eps: float, weight_offset: float) -> Plan:
+    """``plan`` for these scalars (:func:`for_eps`), with them made part of it: its tail then starts with
+    the kernel's ``eps, eps_tiny, w_offset`` (the fast call's key holds them), so a call passes pointers
+    only. Use the plan it returns."""
+    plan = for_eps(plan, eps)
     plan.tail = (*eps_pair(float(eps)), float(weight_offset)) + plan.tail
+    return plan
+
+
+LO_EPS = 2.0 ** -100  #: ``kernels/rows.TINY``: calls with eps below it run the kernels compiled with ``LO_SUMS``
+
+
+def for_eps(plan: Plan | None, eps: float) -> Plan | None:
+    """``plan``, or for eps below :data:`LO_EPS` (eps = 0 included) its twin: the same launch with the
+    kernel's ``LO_SUMS`` constexpr on (``kernels/rows.py``: the third sum that keeps rows whose mean
+    square is below ``2**-100`` exact when eps does not dominate them). A separate specialisation, so
+    the kernel of every other eps holds no code for it. Made once per plan, before any scalars are
+    bound (:func:`bind_scalars`)."""
+    if plan is None or eps >= LO_EPS:
+        return plan
+    twin = plan.lo
+    if twin is None:
+        twin = plan.lo = _lo_twin(plan)
+    return twin
+
+
+def _lo_twin(plan: Plan) -> Plan:
+    launcher = plan.launcher
+    i = launcher.static_names.index("LO_SUMS")
+    tail = plan.tail[:i] + (True,) + plan.tail[i + 1:]
+    spec = next(s for s, e in launcher.specs.items() if e is plan.entries)  # the plan's specialisation
+    twin = object.__new__(type(plan))
+    for cls in type(plan).__mro__:
+        for f in getattr(cls, "__slots__", ()):
+            if hasattr(plan, f):
+                setattr(twin, f, getattr(plan, f))
+    twin.tail = tail
+    twin.entries = launcher.entries((launcher.spec(tail),) + spec[1:], len(launcher.ptr_pos))
+    twin.records = None
+    twin.express = 0
+    twin.lo = twin
+    return twin
 
 
 def eps_pair(eps: float):
@@ -407,7 +447,7 @@ def launch_general_rows(launcher, op: str, second: str, x, y, weight, eps: float
         return
     w = weight if weight is not None else x
     px, py, pw = x.data_ptr(), y.data_ptr(), w.data_ptr()
-    launch.launch_plan(plan, (px, py, pw, *eps_pair(eps), weight_offset), (x, y, w))
+    launch.launch_plan(for_eps(plan, eps), (px, py, pw, *eps_pair(eps), weight_offset), (x, y, w))
 
 
 # --------------------------------------------------------------------------- Q and K of one call

@@ -85,7 +85,7 @@ def _fast_plan(x, residual, weight, eps, weight_offset, config):
         sw = (0, 0) if weight is None else plans.span(weight.shape, weight.stride(), weight.element_size())
         plan.spans = (plans.span(x.shape, x.stride(), es), plans.span(residual.shape, residual.stride(), es), sw)
         plans.set_pair(plan, Pair.X_OUT, x.shape, x.stride(), residual.shape, residual.stride(), es)
-        plans.bind_scalars(plan, eps, weight_offset)
+        plan = plans.bind_scalars(plan, eps, weight_offset)
     return plan
 
 
@@ -147,7 +147,7 @@ def _out_plan(x, residual, weight, config, bind=None):
                            HAS_WEIGHT=weight is not None, ROWS=cfg.rows, BLOCK_D=cfg.block_d,
                            CHUNKED=cfg.chunk_mode(d))
     if bind is not None:
-        plans.bind_scalars(plan, *bind)
+        plan = plans.bind_scalars(plan, *bind)
     return plan
 
 
@@ -212,4 +212,4 @@ def _general_out(x, residual, weight, eps, weight_offset, config, y, ro):
         plan = _out_plan(xc, rc, weight, config)
         assert plan is not None, "a contiguous copy must be addressable"
         x, residual = xc, rc
-    _launch_out(plan, x, residual, weight, y, ro, (*plans.eps_pair(eps), weight_offset))
+    _launch_out(plans.for_eps(plan, eps), x, residual, weight, y, ro, (*plans.eps_pair(eps), weight_offset))

@@ -103,7 +103,7 @@ def _fast_plan(q, k, qw, kw, eps, weight_offset, q_out, k_out, qo, ko, config):
     plan = _plan(q, k, qw, kw, q_out_strides, k_out_strides, config)
     if plan is not None:
         plans.set_qk_pairs(plan, q, k, q_out_strides, k_out_strides, (qw, kw))
-        plans.bind_scalars(plan, eps, weight_offset)
+        plan = plans.bind_scalars(plan, eps, weight_offset)
     return plan
 
 
@@ -192,7 +192,7 @@ def _launch(q, k, q_out, k_out, q_weight, k_weight, eps, weight_offset, config, 
     qw = q_weight if q_weight is not None else q
     kw = k_weight if k_weight is not None else k
     ptrs = (q.data_ptr(), q_out.data_ptr(), qw.data_ptr(), k.data_ptr(), k_out.data_ptr(), kw.data_ptr())
-    launch.launch_plan(plan, ptrs + (*plans.eps_pair(eps), weight_offset), (q, q_out, qw, k, k_out, kw))
+    launch.launch_plan(plans.for_eps(plan, eps), ptrs + (*plans.eps_pair(eps), weight_offset), (q, q_out, qw, k, k_out, kw))
 
 
 def _wkey(w):

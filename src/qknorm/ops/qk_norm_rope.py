@@ -125,7 +125,7 @@ def _fast_plan(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_off
     plan = _plan(q, k, qw, kw, cs, positions, q_out_strides, k_out_strides, is_neox, r, config)
     reads = (cs, positions) if qw is None else (cs, positions, qw, kw)
     plans.set_qk_pairs(plan, q, k, q_out_strides, k_out_strides, reads)
-    plans.bind_scalars(plan, eps, weight_offset)
+    plan = plans.bind_scalars(plan, eps, weight_offset)
     return plan
 
 
@@ -209,7 +209,7 @@ def _launch(q, k, q_out, k_out, qw, kw, cs, positions, eps, is_neox, r, weight_o
         wq, wk = (qc, kc) if qw is None else (qw, kw)  # never read without weights
         tensors = (cs, pc, qc, qoc, wq, kc, koc, wk)
         ptrs = tuple(x.data_ptr() for x in tensors)
-        launch.launch_plan(plan, ptrs + (*plans.eps_pair(eps), weight_offset), tensors)
+        launch.launch_plan(plans.for_eps(plan, eps), ptrs + (*plans.eps_pair(eps), weight_offset), tensors)
 
 
 def _tkey(t):

@@ -298,7 +298,7 @@ def _launch(q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, eps,
     vsc = v_scale if v_scale is not None else cs
     tensors = (cs, positions, q, q_out, wq, k, wk, kc, ko, v, vc, slot_mapping, ksc, vsc)
     ptrs = tuple(x.data_ptr() for x in tensors)
-    launch.launch_plan(plan, ptrs + (*plans.eps_pair(eps), weight_offset), tensors)
+    launch.launch_plan(plans.for_eps(plan, eps), ptrs + (*plans.eps_pair(eps), weight_offset), tensors)
 
 
 def run(q, k, v, q_weight, k_weight, cs, positions, k_cache, v_cache, slot_mapping, eps: float, is_neox: bool, r: int,
@@ -573,7 +573,7 @@ def _fast_plan(q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, e
     base = _plan(q, k, v, qw, kw, cs, positions, qt, None if ko is NEW else k_out, kc, vc, slot_mapping, is_neox, r,
                  sections)
     plan = _CachePlan(base.launcher, base.entries, base.grid, base.tail, base.kwargs, base.device, base.config)
-    plans.bind_scalars(plan, eps, weight_offset)
+    plan = plans.bind_scalars(plan, eps, weight_offset)
     # every view's byte span; an absent output gets its input's (never used)
     views = (q, k, v, qt, k if ko is not OTHER else k_out, k_cache, v_cache)
     plan.spans = tuple(plans.span(t.shape, t.stride(), t.element_size()) for t in views)

@@ -118,7 +118,7 @@ def _fast_plan(x, weight, out, ok, eps, weight_offset, config):
         sw = (0, 0) if weight is None else plans.span(weight.shape, weight.stride(), weight.element_size())
         plan.spans = (plans.span(x.shape, x.stride(), es), plans.span(x.shape, o_strides, es), sw)
         plans.set_pair(plan, Pair.X_OUT, x.shape, x.stride(), x.shape, o_strides, es)
-        plans.bind_scalars(plan, eps, weight_offset)
+        plan = plans.bind_scalars(plan, eps, weight_offset)
     return plan
 
 

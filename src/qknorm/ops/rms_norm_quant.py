@@ -372,7 +372,7 @@ def _launch_general(x, residual, weight, eps, scale, n_groups, out_dtype, weight
     dbg = debug if debug is not None else x
     ts = (x, r, y, w, s, sin, dbg)
     ptrs = tuple(t.data_ptr() for t in ts)
-    launch.launch_plan(plan, ptrs + (*plans.eps_pair(eps), weight_offset), ts)
+    launch.launch_plan(plans.for_eps(plan, eps), ptrs + (*plans.eps_pair(eps), weight_offset), ts)
 
 
 # --------------------------------------------------------------------------- the fast call
@@ -530,7 +530,7 @@ def _fast_plan(x, residual, weight, eps, scale, group_size, out_dtype, weight_of
                        for t in (x, residual, weight, sin, out, scales_out))
     if residual is not None:
         plans.set_pair(plan, Pair.X_OUT, x.shape, x.stride(), residual.shape, residual.stride(), x.element_size())
-    plans.bind_scalars(plan, eps, weight_offset)
+    plan = plans.bind_scalars(plan, eps, weight_offset)
     return plan, sc_shape, sc_strides  # the new scales' layout (dynamic scales without scales_out)
 
 

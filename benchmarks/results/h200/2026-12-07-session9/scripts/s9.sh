@@ -5,6 +5,9 @@
 #          (.baseline3/start, bdefcae), this tree and .baseline3/pbranch (every tile behind one branch per
 #          program); variants_ab.py compares each build's pick and best config with start's pick. TREES: a
 #          comma list (default start,this,pbranch): start, this, or any .baseline3/<name> (make_variants.py here)
+#   final  carry [".baseline3"]  issue 11's criterion: `qknorm bench --no-plots --preset qwen3-8b --impl qknorm
+#          --variants none` of start (bdefcae) and this tree, interleaved x2 (ab.txt, ../../2026-12-07-session6/
+#          scripts/bench_ab.py), then `all start,this` (variants.txt), then the whole suite in what is left of 585 s
 #   suite  the whole test suite in 8 processes (../../2026-12-07-session8/scripts/suite.py), 560 s
 #   se     carry [".baseline3", ".peers/s"]  s8.sh eager (start and this tree against SGLang's JIT kernels, eager,
 #          T = 1, 16, 64, x2), then the whole suite in what is left of 585 s
@@ -28,6 +31,26 @@ all)
     cp /tmp/v/$tree/results.csv $OUT/$tree.csv 2>/dev/null
   done
   python $D/variants_ab.py $OUT/variants.txt /tmp/v/start $(for t in ${TREES//,/ }; do [ $t = start ] || echo $t=/tmp/v/$t; done)
+  ;;
+final)
+  B="bench --no-plots --preset qwen3-8b --impl qknorm --variants none"
+  for i in 1 2; do
+    for tree in start this; do
+      [ $tree = this ] && PP=$PWD/src || PP=$PWD/.baseline3/$tree
+      PYTHONPATH=$PP timeout 60 python -c "$BENCH" $B --out /tmp/f/$tree$i > /tmp/f.$tree$i.log 2>&1
+      echo "bench $tree$i rc=$? ${SECONDS}s"
+    done
+  done
+  python benchmarks/results/h200/2026-12-07-session6/scripts/bench_ab.py $OUT/ab.txt /tmp/f/start1 /tmp/f/this1 \
+    /tmp/f/start2 /tmp/f/this2
+  for tree in start this; do
+    [ $tree = this ] && PP=$PWD/src || PP=$PWD/.baseline3/$tree
+    PYTHONPATH=$PP timeout 100 python -c "$BENCH" bench --no-plots --preset qwen3-8b --impl 'qknorm,qknorm[*]' \
+      --variants all --out /tmp/v/$tree > /tmp/v.$tree.log 2>&1
+    echo "bench all $tree rc=$? ${SECONDS}s"
+  done
+  python $D/variants_ab.py $OUT/variants.txt /tmp/v/start this=/tmp/v/this
+  PYTHONPATH=$PWD/src python $S8/suite.py 8 $((585 - SECONDS)) tests
   ;;
 se)
   bash $S8/s8.sh eager | grep -v "^done"
