@@ -13,7 +13,9 @@ Per op (Qwen3-8B shapes, bf16, T = 1, 16, 64, inference_mode; ``--grad``: grad m
   run      the launch function with one call's recorded arguments (our launch wrapper + C launcher)
   go       the verified entry's go() alone (Triton's C launcher)
   static   torch's Inductor static CUDA launcher on the same compiled kernel, if available
-Floors: x.mul_(1.0), torch.empty_like, stream/device getters. cProfile of 20000 calls.
+Floors: x.mul_(1.0), torch.empty_like, stream/device getters. cProfile of 20000 calls. With SGLang's JIT kernels
+importable (``PYTHONPATH`` holding the bundle ``shared/device/stage_peers.sh`` makes), their eager call on the
+same shapes (``sglang_*`` rows, total only).
 """
 import cProfile
 import io
@@ -84,6 +86,28 @@ def cases(t):
         "qk_alloc": lambda: qknorm.qk_rms_norm(q, k, qw, kw, 1e-6),
         "rope_inplace": lambda: qknorm.qk_rms_norm_rope(q, k, qw, kw, cache, pos, 1e-6, q_out=q, k_out=k),
     }
+
+
+def peer_cases(t):
+    """SGLang's JIT kernels on the same shapes (``sglang.jit_kernel.norm``; none when it does not import)."""
+    try:
+        from sglang.jit_kernel import norm as sg
+    except Exception as exc:  # noqa: BLE001 - any import failure: no peer rows
+        if t == 1:
+            log(f"sglang.jit_kernel.norm: not importable ({type(exc).__name__}: {exc})")
+        return {}
+    qkv = torch.randn(t, (HQ + 2 * HKV) * D, device=dev, dtype=torch.bfloat16)
+    q = qkv[:, :HQ * D].view(t, HQ, D)
+    k = qkv[:, HQ * D:(HQ + HKV) * D].view(t, HKV, D)
+    qw = torch.rand(D, device=dev, dtype=torch.bfloat16)
+    kw = torch.rand(D, device=dev, dtype=torch.bfloat16)
+    x = torch.randn(t, HID, device=dev, dtype=torch.bfloat16)
+    r = torch.randn(t, HID, device=dev, dtype=torch.bfloat16)
+    w = torch.rand(HID, device=dev, dtype=torch.bfloat16)
+    y = torch.empty_like(x)
+    return {"sglang_qk_inplace": lambda: sg.fused_inplace_qknorm(q, k, qw, kw, 1e-6, head_dim=D),
+            "sglang_rms_norm": lambda: sg.rmsnorm(x, w, out=y, eps=1e-6),
+            "sglang_fused_add": lambda: sg.fused_add_rmsnorm(x, r, w, 1e-6)}
 
 
 LAUNCH = "launch_plan" if hasattr(launch, "launch_plan") else "run_plan" if hasattr(launch, "run_plan") else "run"
@@ -170,6 +194,13 @@ with contextlib.nullcontext() if GRAD else torch.inference_mode():
             table[f"{name} T={t}"] = row
             log(f"{name:18s} T={t:3d} " + " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
                                                  for k, v in row.items()))
+        for name, fn in peer_cases(t).items():  # the same work through SGLang's JIT kernels, when importable
+            try:
+                table[f"{name} T={t}"] = {"total": per_call(fn)}
+            except Exception as exc:  # noqa: BLE001 - a peer's failure is a row, not the end of the run
+                log(f"{name:18s} T={t:3d} error {type(exc).__name__}: {exc}")
+                continue
+            log(f"{name:18s} T={t:3d} total={table[f'{name} T={t}']['total']:.2f}")
     x = torch.randn(16, HID, device=dev, dtype=torch.bfloat16)
     floors = {
         "mul_": per_call(lambda: x.mul_(1.0)),

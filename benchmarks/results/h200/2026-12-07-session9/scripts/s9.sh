@@ -8,6 +8,8 @@
 #   final  carry [".baseline3"]  issue 11's criterion: `qknorm bench --no-plots --preset qwen3-8b --impl qknorm
 #          --variants none` of start (bdefcae) and this tree, interleaved x2 (ab.txt, ../../2026-12-07-session6/
 #          scripts/bench_ab.py), then `all start,this` (variants.txt), then the whole suite in what is left of 585 s
+#   prof   carry [".peers/s"]  issue 12: benchmarks/scripts/profile_host.py (where an eager call's microseconds go,
+#          T = 1/16/64, with SGLang's JIT kernels' eager calls in the same process)
 #   suite  the whole test suite in 8 processes (../../2026-12-07-session8/scripts/suite.py), 560 s
 #   se     carry [".baseline3", ".peers/s"]  s8.sh eager (start and this tree against SGLang's JIT kernels, eager,
 #          T = 1, 16, 64, x2), then the whole suite in what is left of 585 s
@@ -51,6 +53,11 @@ final)
   done
   python $D/variants_ab.py $OUT/variants.txt /tmp/v/start this=/tmp/v/this
   PYTHONPATH=$PWD/src python $S8/suite.py 8 $((585 - SECONDS)) tests
+  ;;
+prof)
+  for w in .peers/s/*.whl; do [ -e "$w" ] && pip install -q --no-deps --target /tmp/peers "$w" >/dev/null 2>&1; done
+  [ -e .peers/s/sglang-jit.tgz ] && tar -xzf .peers/s/sglang-jit.tgz -C /tmp/peers 2>/dev/null
+  PYTHONPATH=$PWD/src:/tmp/peers timeout 300 python benchmarks/scripts/profile_host.py $OUT/profile 2>&1 | tail -40
   ;;
 se)
   bash $S8/s8.sh eager | grep -v "^done"
