@@ -23,7 +23,8 @@ matters only when eps does not dominate (eps below ``2**-100``): for those calls
 third sum, of ``x * 2**96``, serves the rows whose mean square is below ``2**-100``; every other
 call's kernel holds no code for it (a runtime branch on eps measured 1-2% per call on an H100,
 ``benchmarks/results/h100/2026-12-07-session9``). Both scaled sums hold every finite fp32 row exactly
-(``y = (x * p) * q``, ``p = 2**-36`` or ``2**48``: both factors normal); every other
+(with ``LO_SUMS``: ``y = (x * p) * q``, ``p = 2**-36`` or ``2**48``, both factors normal; without it the
+overflowed rows take one folded factor, ``y = x * q``, :func:`hi_folded`); every other
 row keeps ``p = 1``, ``q = rsqrt(mean(x**2) + eps)``, the same bits as without them.
 ``eps`` arrives as two fp32 values (``reference.kernel_eps``): ``eps`` itself when it is
 a normal fp32 number (else ``2**-126``, or 0) and ``eps_tiny = eps * 2**250`` when it is not,
@@ -105,24 +106,39 @@ def lo_sum(x, like, LO_SUMS: tl.constexpr):
 
 
 @triton.jit
+def hi_folded(ss, ssh, D, eps):
+    """Per-row ``q`` with ``y = x * q = x / sqrt(mean(x**2) + eps)`` from the plain sum of squares ``ss`` and
+    the ``2**-72`` one ``ssh`` (:func:`range_sums`) when no row needs the lo sum: ``rsqrt(ss / D + eps)``
+    (the plain bits) except where that overflowed, where ``q = rsqrt(ssh / D + eps * 2**-144) * 2**-72``
+    — :func:`range_factors`'s ``p * q`` as one number, normal down to rows of rms ``2**126`` and a
+    subnormal (21-23 significant bits, exact to fp32 rounding of y within a few ulp) past that."""
+    m = ss / D + eps
+    return tl.where(m > OVERFLOW, tl.rsqrt(ssh / D + eps * HI * HI) * HI, tl.rsqrt(m))
+
+
+@triton.jit
 def range_factors(ss, ssh, ssl, D, eps, eps_tiny, LO_SUMS: tl.constexpr):
     """Per-row ``(p, q)`` with ``y = (x * p) * q = x / sqrt(mean(x**2) + eps)`` from the plain sum of
     squares ``ss`` and the scaled sums of :func:`range_sums`: ``p = 1``, ``q = rsqrt(ss / D + eps)``
     (the plain bits) except for rows whose plain mean square + eps passed fp32's range (an
     overflowed sum, or an eps near fp32's largest value: ``p = 2**-36`` and ``q`` from ``ssh``) and,
     with ``LO_SUMS`` (eps below ``TINY``), rows whose mean square is below ``TINY`` (``p = 2**48``, from ``ssl``).
-    ``p`` keeps both factors normal where ``q`` alone would leave fp32's range. NaN rows stay NaN."""
-    m = ss / D + eps
-    hi = m > OVERFLOW
-    q = tl.where(hi, tl.rsqrt(ssh / D + eps * HI * HI) * HALF_HI, tl.rsqrt(m))
-    p = tl.where(hi, HALF_HI, 1.0)
+    ``p`` keeps both factors normal where ``q`` alone would leave fp32's range. NaN rows stay NaN.
+    Without ``LO_SUMS`` ``p`` is the constant 1 (``x * p`` folds away) and ``q`` is :func:`hi_folded`'s."""
     if LO_SUMS:
+        m = ss / D + eps
+        hi = m > OVERFLOW
+        q = tl.where(hi, tl.rsqrt(ssh / D + eps * HI * HI) * HALF_HI, tl.rsqrt(m))
+        p = tl.where(hi, HALF_HI, 1.0)
         lo = m < TINY
         pl, ql = scaled_factors(ssl, D, eps, eps_tiny, tl.full(ss.shape, LO_K, tl.int32))
         # eps * 4**96 underflows for eps below ~2**-341: a zero row then gives 0 (any finite q), not 0 * inf
         ql = tl.where((ssl == 0.0) & (eps > 0.0), 1.0, ql)
         p = tl.where(lo, pl, p)
         q = tl.where(lo, ql, q)
+    else:
+        p = tl.full(ss.shape, 1.0, tl.float32)
+        q = hi_folded(ss, ssh, D, eps)
     return p, q
 
 
@@ -151,17 +167,6 @@ def row_factors(x, eps, eps_tiny, D, LO_SUMS: tl.constexpr):
         ssh, ssl = range_sums(x, LO_SUMS)
     p, q = range_factors(ss, ssh, ssl, D, eps, eps_tiny, LO_SUMS)
     return p, q, ss
-
-
-@triton.jit
-def hi_folded(ss, ssh, D, eps):
-    """Per-row ``q`` with ``y = x * q = x / sqrt(mean(x**2) + eps)`` from the plain sum of squares ``ss`` and
-    the ``2**-72`` one ``ssh`` (:func:`range_sums`) when no row needs the lo sum: ``rsqrt(ss / D + eps)``
-    (the plain bits) except where that overflowed, where ``q = rsqrt(ssh / D + eps * 2**-144) * 2**-72``
-    — :func:`range_factors`'s ``p * q`` as one number, normal down to rows of rms ``2**126`` and a
-    subnormal (21-23 significant bits, exact to fp32 rounding of y within a few ulp) past that."""
-    m = ss / D + eps
-    return tl.where(m > OVERFLOW, tl.rsqrt(ssh / D + eps * HI * HI) * HI, tl.rsqrt(m))
 
 
 @triton.jit
