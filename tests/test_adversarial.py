@@ -266,6 +266,29 @@ def test_rows_near_fp32s_largest_value_keep_full_precision(impl):
         assert err < 2.5e-7, (v, y.tolist(), ref.tolist())
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_rows_near_fp32s_largest_value_in_every_tile_shape(impl, dtype):
+    """Rows of rms past 2**126 in programs of one row and in tiles of several rows (QK norm too): right, and
+    bitwise the same whichever tile holds them (bf16 outputs take one folded factor, a subnormal there:
+    a GPU that flushed it would give 0)."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(8, 64, generator=g) * torch.tensor([3e38, 1.0, 2e38, 1e37, 1.0, 3.3e38, 1e-3, 1.5e38])[:, None]
+    x = x.clamp(-3.38e38, 3.38e38).to(dtype).to(impl)
+    ref = ref_norm(x, None, 1e-6)
+    outs = []
+    for rows in (1, 4, 8):
+        kw = {} if impl == "cpu" and qknorm.get_backend() == "torch" else {
+            "config": qknorm.KernelConfig(rows=rows, block_d=64, num_warps=1)}
+        y = qknorm.rms_norm(x, None, 1e-6, **kw)
+        _check(y, ref, dtype, f"rms_norm rows={rows}")
+        outs.append(y)
+        q, k = x.view(2, 4, 64), x[:4].view(2, 2, 64)
+        qo, ko = qknorm.qk_rms_norm(q, k, None, None, 1e-6, **kw)
+        _check(qo, ref.view(2, 4, 64), dtype, f"qk rows={rows}")
+        assert torch.equal(qo.reshape(8, 64), y) and torch.equal(ko.reshape(4, 64), y[:4])
+    assert all(torch.equal(o, outs[0]) for o in outs), "a row's bits depend on the tile that holds it"
+
+
 @pytest.mark.parametrize("v,eps", [(1.7e19, 1e38), (1e19, 3.3e38), (1.7e19, 2e38)])
 def test_eps_near_fp32s_largest_value(impl, v, eps):
     """mean(x**2) + eps past fp32's range while the sum itself is not (narrow rows): the result is

@@ -45,6 +45,15 @@ compile_(rms_norm_kernel, rows, dict(base, D=96, ROWS=32, BLOCK_D=128, CHUNKED=0
 compile_(qk_rms_norm_tokens_kernel, {"XQ": "*bf16", "YQ": "*bf16", "WQ": "*bf16", "XK": "*bf16", "YK": "*bf16",
                                      "WK": "*fp32"},
          dict(HAS_WEIGHT=True, D=128, ROWS=8, BLOCK_D=128, PERSISTENT=True, USE_PDL=True), num_warps=4)
+# eps below 2**-100 (LO_SUMS: the third sum) and fp32 outputs (factors kept split): one-row, several-row, chunked
+f32 = {"X": "*fp32", "Y": "*fp32", "W": "*fp32"}
+for rows_, d, block, chunked in ((1, 4096, 4096, 0), (16, 128, 128, 0), (2, 5000, 1024, 1), (1, 5120, 1024, 5)):
+    for lo in (False, True):
+        compile_(rms_norm_kernel, f32, dict(base, D=d, ROWS=rows_, BLOCK_D=block, CHUNKED=chunked, LO_SUMS=lo))
+    compile_(rms_norm_kernel, rows, dict(base, D=d, ROWS=rows_, BLOCK_D=block, CHUNKED=chunked, LO_SUMS=True))
+compile_(qk_rms_norm_tokens_kernel, {"XQ": "*fp32", "YQ": "*fp32", "WQ": "*fp32", "XK": "*fp32", "YK": "*fp32",
+                                     "WK": "*fp32"},
+         dict(HAS_WEIGHT=True, D=128, ROWS=8, BLOCK_D=128, PERSISTENT=False, USE_PDL=False, LO_SUMS=True))
 quant = {"X": "*bf16", "R": "*bf16", "W": "*bf16", "SC": "*fp32", "SIN": "*fp32", "DBG": "*bf16"}
 for out_ty, out, qmax, group, gp, native, static in (("*fp8e4nv", 1, 448.0, 128, 128, True, False),
                                                      ("*fp8e5", 2, 57344.0, 40, 64, False, False),
@@ -53,7 +62,7 @@ for out_ty, out, qmax, group, gp, native, static in (("*fp8e4nv", 1, 448.0, 128,
     compile_(rms_norm_quant_kernel, dict(quant, Y=out_ty),
              dict(base, D=7168, HAS_RESIDUAL=True, STATIC=static, GROUP=group, GP=gp, UB=0, UE8M0=group == 128,
                   OUT=out, QMAX=qmax, NATIVE_CAST=native, BLOCK_D=8192, CHUNKED=False, ONE_PASS=one_pass,
-                  DEBUG=False))
+                  DEBUG=False, LO_SUMS=group == 40))
 for static in (False, True):  # rows wider than a tile: the two-pass forms (amax pass, quantising pass)
     compile_(rms_norm_quant_kernel, dict(quant, Y="*fp8e4nv"),
              dict(base, D=7168, HAS_RESIDUAL=True, STATIC=static, GROUP=0, GP=0, UB=0, UE8M0=False, OUT=1,
@@ -68,7 +77,8 @@ for is_neox, mrope, has_tail, form in ((True, True, False, "split"), (False, Fal
              dict(HAS_WEIGHT=True, IS_NEOX=is_neox, HAS_TAIL=has_tail, MROPE=mrope, HAS_KOUT=True, K_FP8=1,
                   V_FP8=1, K_QMAX=448.0, V_QMAX=448.0, NATIVE_CAST=True, WIDE=form == "load", ROWS=4,
                   BLOCK_H=32 if has_tail else 64, BLOCK_T=64, BLOCK_V=128, WHOLE=form != "split",
-                  BLOCK_D=128, PARTNER_LOAD=form == "load", PERSISTENT=False, USE_PDL=True))
+                  BLOCK_D=128, PARTNER_LOAD=form == "load", PERSISTENT=False, USE_PDL=True,
+                  LO_SUMS=form == "gather"))
 print("compiled")
 """
 

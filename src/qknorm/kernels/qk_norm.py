@@ -74,7 +74,7 @@ def _tokens_block(block, D, eps, eps_tiny, n_rows, H, HQ, wq, wk,
     cols = tl.arange(0, BLOCK_D)
     mask = row_ok[:, None] & (cols < D)[None, :]
     x = tl.load(x_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    y = row_normalized(x, eps, eps_tiny, D, LO_SUMS)
+    y = row_normalized(x, eps, eps_tiny, D, LO_SUMS, YQ.dtype.element_ty != tl.float32)
     if HAS_WEIGHT:
         y = y * tl.where(is_q[:, None], wq[None, :], wk[None, :])
     tl.store(y_row[:, None] + cols[None, :], y.to(YQ.dtype.element_ty), mask=mask)

@@ -117,25 +117,28 @@ def hi_folded(ss, ssh, D, eps):
 
 
 @triton.jit
-def range_factors(ss, ssh, ssl, D, eps, eps_tiny, LO_SUMS: tl.constexpr):
+def range_factors(ss, ssh, ssl, D, eps, eps_tiny, LO_SUMS: tl.constexpr, FOLD: tl.constexpr = False):
     """Per-row ``(p, q)`` with ``y = (x * p) * q = x / sqrt(mean(x**2) + eps)`` from the plain sum of
     squares ``ss`` and the scaled sums of :func:`range_sums`: ``p = 1``, ``q = rsqrt(ss / D + eps)``
     (the plain bits) except for rows whose plain mean square + eps passed fp32's range (an
     overflowed sum, or an eps near fp32's largest value: ``p = 2**-36`` and ``q`` from ``ssh``) and,
     with ``LO_SUMS`` (eps below ``TINY``), rows whose mean square is below ``TINY`` (``p = 2**48``, from ``ssl``).
     ``p`` keeps both factors normal where ``q`` alone would leave fp32's range. NaN rows stay NaN.
-    Without ``LO_SUMS`` ``p`` is the constant 1 (``x * p`` folds away) and ``q`` is :func:`hi_folded`'s."""
-    if LO_SUMS:
+    ``FOLD`` (callers whose output is narrower than fp32), without ``LO_SUMS``: ``p`` is the constant 1
+    (``x * p`` folds away) and ``q`` is :func:`hi_folded`'s, a subnormal for rows of rms past ``2**126``
+    (2-3 ulp of fp32 there, below any 16- or 8-bit output's rounding)."""
+    if LO_SUMS or not FOLD:
         m = ss / D + eps
         hi = m > OVERFLOW
         q = tl.where(hi, tl.rsqrt(ssh / D + eps * HI * HI) * HALF_HI, tl.rsqrt(m))
         p = tl.where(hi, HALF_HI, 1.0)
-        lo = m < TINY
-        pl, ql = scaled_factors(ssl, D, eps, eps_tiny, tl.full(ss.shape, LO_K, tl.int32))
-        # eps * 4**96 underflows for eps below ~2**-341: a zero row then gives 0 (any finite q), not 0 * inf
-        ql = tl.where((ssl == 0.0) & (eps > 0.0), 1.0, ql)
-        p = tl.where(lo, pl, p)
-        q = tl.where(lo, ql, q)
+        if LO_SUMS:
+            lo = m < TINY
+            pl, ql = scaled_factors(ssl, D, eps, eps_tiny, tl.full(ss.shape, LO_K, tl.int32))
+            # eps * 4**96 underflows for eps below ~2**-341: a zero row then gives 0 (any finite q), not 0 * inf
+            ql = tl.where((ssl == 0.0) & (eps > 0.0), 1.0, ql)
+            p = tl.where(lo, pl, p)
+            q = tl.where(lo, ql, q)
     else:
         p = tl.full(ss.shape, 1.0, tl.float32)
         q = hi_folded(ss, ssh, D, eps)
@@ -149,7 +152,7 @@ def normalized(x, p, q):
 
 
 @triton.jit
-def row_factors(x, eps, eps_tiny, D, LO_SUMS: tl.constexpr):
+def row_factors(x, eps, eps_tiny, D, LO_SUMS: tl.constexpr, FOLD: tl.constexpr = False):
     """``(p, q, ss)`` of the rows of the whole-row fp32 tile ``x``: :func:`range_factors` of its sums,
     for kernels that apply the factors to several tiles (RoPE's halves, a re-read row). One row per
     program: the scaled sums only behind a branch on the row's own plain sum (uniform over the
@@ -165,20 +168,20 @@ def row_factors(x, eps, eps_tiny, D, LO_SUMS: tl.constexpr):
         ssl = lo_sum(x, ss, LO_SUMS)
     else:
         ssh, ssl = range_sums(x, LO_SUMS)
-    p, q = range_factors(ss, ssh, ssl, D, eps, eps_tiny, LO_SUMS)
+    p, q = range_factors(ss, ssh, ssl, D, eps, eps_tiny, LO_SUMS, FOLD)
     return p, q, ss
 
 
 @triton.jit
-def row_normalized(x, eps, eps_tiny, D, LO_SUMS: tl.constexpr):
+def row_normalized(x, eps, eps_tiny, D, LO_SUMS: tl.constexpr, FOLD: tl.constexpr):
     """``y = x / sqrt(mean(x**2) + eps)`` for each row of the whole-row fp32 tile ``x`` (unweighted).
 
     One row per program: the common path is a plain kernel's, ``y = x * rsqrt(ss / D + eps)``, one
     multiply per element right after the reduction (at decode sizes the kernel's time is this
     critical path); a row out of fp32's range replaces it behind a branch on that row (uniform over
     the program: the scaled sums and :func:`range_factors` only when taken). Several rows: the
-    ``2**-72`` sum in parallel with the plain one, ``y = x * q`` (:func:`hi_folded`; with ``LO_SUMS``
-    ``y = (x * p) * q``, :func:`range_factors`). An H100 measured the alternatives for several rows (a
+    ``2**-72`` sum in parallel with the plain one, ``y = x * q`` with ``FOLD`` (:func:`hi_folded`: an
+    output narrower than fp32), else or with ``LO_SUMS`` ``y = (x * p) * q`` (:func:`range_factors`). An H100 measured the alternatives for several rows (a
     per-element select after a plain-first ``y``; one cross-warp test and branch per program before the
     store; storing first and rewriting after such a test) no faster, most slower
     (``benchmarks/results/h100/2026-12-07-session8``), and the one folded factor 1-5% faster than
@@ -193,9 +196,10 @@ def row_normalized(x, eps, eps_tiny, D, LO_SUMS: tl.constexpr):
             bad = bad | (mm < TINY)
         if bad:
             xh = x * HI
-            p, q = range_factors(ss, tl.sum(xh * xh, axis=1), lo_sum(x, ss, LO_SUMS), D, eps, eps_tiny, LO_SUMS)
+            p, q = range_factors(ss, tl.sum(xh * xh, axis=1), lo_sum(x, ss, LO_SUMS), D, eps, eps_tiny, LO_SUMS,
+                                 FOLD)
             y = normalized(x, p, q)
-    elif LO_SUMS:
+    elif LO_SUMS or not FOLD:
         ssh, ssl = range_sums(x, LO_SUMS)
         p, q = range_factors(ss, ssh, ssl, D, eps, eps_tiny, LO_SUMS)
         y = normalized(x, p, q)
@@ -216,7 +220,8 @@ def load_sum(x_ptr, r_ptr, mask, HAS_RESIDUAL: tl.constexpr):
 
 @triton.jit
 def chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_RESIDUAL: tl.constexpr,
-                    ROWS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNKED: tl.constexpr, LO_SUMS: tl.constexpr):
+                    ROWS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNKED: tl.constexpr, LO_SUMS: tl.constexpr,
+                    FOLD: tl.constexpr = False):
     """First pass of a chunked row (of ``x``, or of ``x + residual``): ``(p, q, tiles)`` with
     ``n = (s * p) * q`` (:func:`range_factors`) from chunk-wise partial sums of squares, plain and
     scaled. ``tiles``: with ``CHUNKED >= 2`` the row's ``CHUNKED`` exact tiles, kept in registers for
@@ -247,7 +252,7 @@ def chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_
             acc += s * s
             acc_h, ssl = _range_acc(acc_h, ssl, s, LO_SUMS)
         ss = tl.sum(acc, axis=1)
-    p, q = range_factors(ss, tl.sum(acc_h, axis=1), ssl, D, eps, eps_tiny, LO_SUMS)
+    p, q = range_factors(ss, tl.sum(acc_h, axis=1), ssl, D, eps, eps_tiny, LO_SUMS, FOLD)
     return p, q, tiles
 
 
@@ -318,6 +323,7 @@ def add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2,
     if HAS_RESIDUAL:
         o_row = RO + row_offsets(rows, N1, N2, os0, os1, os2)
     cols = tl.arange(0, BLOCK_D)
+    FOLD: tl.constexpr = Y.dtype.element_ty != tl.float32  # one folded factor: rows.range_factors
     if not CHUNKED:
         col_ok = cols < D
         # The weight load is issued first so that its latency overlaps the row's load and
@@ -331,7 +337,7 @@ def add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2,
         if HAS_RESIDUAL:
             y_ptr = y_row[:, None] + (cols * ysd)[None, :]
         s = load_sum(x_ptr, r_ptr, mask, HAS_RESIDUAL)
-        y = row_normalized(s, eps, eps_tiny, D, LO_SUMS)
+        y = row_normalized(s, eps, eps_tiny, D, LO_SUMS, FOLD)
         if HAS_RESIDUAL:
             tl.store(o_row[:, None] + (cols * osd)[None, :], s.to(RO.dtype.element_ty), mask=mask)
         else:
@@ -341,7 +347,7 @@ def add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2,
         tl.store(y_ptr, y.to(Y.dtype.element_ty), mask=mask)
     else:
         p, q, sums = chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_RESIDUAL, ROWS,
-                                     BLOCK_D, CHUNKED, LO_SUMS)
+                                     BLOCK_D, CHUNKED, LO_SUMS, FOLD)
         if CHUNKED >= 2:
             for i in tl.static_range(CHUNKED):
                 c = i * BLOCK_D + cols
