@@ -67,15 +67,17 @@ def per_call(fn, calls=2000, batches=7, warm=200):
     return statistics.median(r)
 
 
-def cases(t):
+def inputs(t):
+    """Fresh Qwen3-8B-shaped inputs for T tokens: q, k views of a packed QKV buffer, weights, x, residual."""
     qkv = torch.randn(t, (HQ + 2 * HKV) * D, device=dev, dtype=torch.bfloat16)
-    q = qkv[:, :HQ * D].view(t, HQ, D)
-    k = qkv[:, HQ * D:(HQ + HKV) * D].view(t, HKV, D)
-    qw = torch.rand(D, device=dev, dtype=torch.bfloat16)
-    kw = torch.rand(D, device=dev, dtype=torch.bfloat16)
-    x = torch.randn(t, HID, device=dev, dtype=torch.bfloat16)
-    r = torch.randn(t, HID, device=dev, dtype=torch.bfloat16)
-    w = torch.rand(HID, device=dev, dtype=torch.bfloat16)
+    return (qkv[:, :HQ * D].view(t, HQ, D), qkv[:, HQ * D:(HQ + HKV) * D].view(t, HKV, D),
+            torch.rand(D, device=dev, dtype=torch.bfloat16), torch.rand(D, device=dev, dtype=torch.bfloat16),
+            torch.randn(t, HID, device=dev, dtype=torch.bfloat16),
+            torch.randn(t, HID, device=dev, dtype=torch.bfloat16), torch.rand(HID, device=dev, dtype=torch.bfloat16))
+
+
+def cases(t):
+    q, k, qw, kw, x, r, w = inputs(t)
     cache = torch.randn(4096, D, device=dev, dtype=torch.float32)
     pos = torch.arange(t, device=dev, dtype=torch.int64)
     return {
@@ -96,14 +98,7 @@ def peer_cases(t):
         if t == 1:
             log(f"sglang.jit_kernel.norm: not importable ({type(exc).__name__}: {exc})")
         return {}
-    qkv = torch.randn(t, (HQ + 2 * HKV) * D, device=dev, dtype=torch.bfloat16)
-    q = qkv[:, :HQ * D].view(t, HQ, D)
-    k = qkv[:, HQ * D:(HQ + HKV) * D].view(t, HKV, D)
-    qw = torch.rand(D, device=dev, dtype=torch.bfloat16)
-    kw = torch.rand(D, device=dev, dtype=torch.bfloat16)
-    x = torch.randn(t, HID, device=dev, dtype=torch.bfloat16)
-    r = torch.randn(t, HID, device=dev, dtype=torch.bfloat16)
-    w = torch.rand(HID, device=dev, dtype=torch.bfloat16)
+    q, k, qw, kw, x, r, w = inputs(t)
     y = torch.empty_like(x)
     return {"sglang_qk_inplace": lambda: sg.fused_inplace_qknorm(q, k, qw, kw, 1e-6, head_dim=D),
             "sglang_rms_norm": lambda: sg.rmsnorm(x, w, out=y, eps=1e-6),
