@@ -401,6 +401,11 @@ def test_rows_out_of_fp32_range():
     tiny = randn((3, 96), torch.float32, DEV, 1e-22)
     for eps in (0.0, 1e-45, 1e-6):
         check_call(tiny, None, None, eps=eps)
+    big = torch.full((2, 96), 3.0e38, device=DEV)  # rms past 2**126: fp32 keeps two factors, bf16 folds them
+    big[:, ::3] = -1.0e38
+    for dt in (torch.float32, torch.bfloat16):
+        for cfg in (None, qknorm.KernelConfig(rows=2, block_d=32, num_warps=2)):
+            check_call(big.to(dt), None, None, config=cfg)
 
 
 def test_rows_past_the_launch_limit(monkeypatch):

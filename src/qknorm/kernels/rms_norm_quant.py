@@ -170,10 +170,10 @@ def _row_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, LO_SUMS
         s = load_sum(x_row[:, None] + (cols * xsd)[None, :], r_row[:, None] + (cols * rsd)[None, :], mask,
                      HAS_RESIDUAL)
         _layout_anchor(s, X, Y, mask, eps)
-        p, q, _ = row_factors(s, eps, eps_tiny, D, LO_SUMS, True)
+        p, q, _ = row_factors(s, eps, eps_tiny, D, LO_SUMS, X.dtype.element_ty != tl.float32)
     else:
         p, q, _ = chunked_factors(x_row, r_row, row_ok, cols, D, xsd, rsd, eps, eps_tiny, HAS_RESIDUAL, ROWS,
-                                  BLOCK_D, 1, LO_SUMS, True)
+                                  BLOCK_D, 1, LO_SUMS, X.dtype.element_ty != tl.float32)
     return p, q
 
 
@@ -211,7 +211,7 @@ def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, LO_SUMS: tl.cons
         x_ptr = x_row[:, None] + (cols * xsd)[None, :]
         r_ptr = r_row[:, None] + (cols * rsd)[None, :]
         s = load_sum(x_ptr, r_ptr, mask, HAS_RESIDUAL)
-        p, q, _ = row_factors(s, eps, eps_tiny, D, LO_SUMS, True)
+        p, q, _ = row_factors(s, eps, eps_tiny, D, LO_SUMS, X.dtype.element_ty != tl.float32)
         if HAS_RESIDUAL:
             tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
         n = normalized(s, p, q)  # as rows.add_norm_block

@@ -124,7 +124,8 @@ def range_factors(ss, ssh, ssl, D, eps, eps_tiny, LO_SUMS: tl.constexpr, FOLD: t
     overflowed sum, or an eps near fp32's largest value: ``p = 2**-36`` and ``q`` from ``ssh``) and,
     with ``LO_SUMS`` (eps below ``TINY``), rows whose mean square is below ``TINY`` (``p = 2**48``, from ``ssl``).
     ``p`` keeps both factors normal where ``q`` alone would leave fp32's range. NaN rows stay NaN.
-    ``FOLD`` (callers whose output is narrower than fp32), without ``LO_SUMS``: ``p`` is the constant 1
+    ``FOLD`` (outputs narrower than fp32; the quantised forms: x narrower than fp32, so their ``n`` keeps
+    ``rms_norm``'s bits), without ``LO_SUMS``: ``p`` is the constant 1
     (``x * p`` folds away) and ``q`` is :func:`hi_folded`'s, a subnormal for rows of rms past ``2**126``
     (2-3 ulp of fp32 there, below any 16- or 8-bit output's rounding)."""
     if LO_SUMS or not FOLD:
