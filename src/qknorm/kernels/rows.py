@@ -182,9 +182,10 @@ def row_normalized(x, eps, eps_tiny, D, LO_SUMS: tl.constexpr, FOLD: tl.constexp
     critical path); a row out of fp32's range replaces it behind a branch on that row (uniform over
     the program: the scaled sums and :func:`range_factors` only when taken). Several rows: the
     ``2**-72`` sum in parallel with the plain one, ``y = x * q`` with ``FOLD`` (:func:`hi_folded`: an
-    output narrower than fp32), else or with ``LO_SUMS`` ``y = (x * p) * q`` (:func:`range_factors`). An H100 measured the alternatives for several rows (a
-    per-element select after a plain-first ``y``; one cross-warp test and branch per program before the
-    store; storing first and rewriting after such a test) no faster, most slower
+    output narrower than fp32), else or with ``LO_SUMS`` ``y = (x * p) * q`` (:func:`range_factors`).
+    An H100 measured the alternatives for several rows (a per-element select after a plain-first ``y``;
+    one cross-warp test and branch per program before the store; storing first and rewriting after such
+    a test) no faster, most slower
     (``benchmarks/results/h100/2026-12-07-session8``), and the one folded factor 1-5% faster than
     ``(x * p) * q`` at 64-1024 tokens of Qwen3-8B's QK norm (``.../2026-12-07-session9``)."""
     ss = tl.sum(x * x, axis=1)

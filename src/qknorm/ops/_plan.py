@@ -234,6 +234,8 @@ def for_eps(plan: Plan | None, eps: float) -> Plan | None:
 
 
 def _lo_twin(plan: Plan) -> Plan:
+    """A copy of ``plan`` (every slot, its subclass's too) whose tail says ``LO_SUMS=True``, with the launch
+    entries of that specialisation and no launch records or express entries yet."""
     launcher = plan.launcher
     i = launcher.static_names.index("LO_SUMS")
     tail = plan.tail[:i] + (True,) + plan.tail[i + 1:]
