@@ -37,8 +37,8 @@ from ..layout import INT32_MAX, cdiv, kernel_layout, views_overlap
 from ..reference import FLT_MAX, FLT_MIN, kernel_eps
 
 __all__ = ["OutKind", "Pair", "Plan", "PlanCache", "PLANS", "apart",
-           "make_plan", "eps_pair", "for_eps", "bind_scalars", "LO_EPS", "qk_describe", "contig_strides", "span",
-           "clear_caches"]
+           "make_plan", "eps_pair", "for_eps", "bind_scalars", "launch_general", "LO_EPS", "qk_describe",
+           "contig_strides", "span", "clear_caches"]
 
 _grad_on = torch.is_grad_enabled
 #: Tests only: let the fast call take CPU tensors too (the kernels then run in the Triton
@@ -449,7 +449,14 @@ def launch_general_rows(launcher, op: str, second: str, x, y, weight, eps: float
         return
     w = weight if weight is not None else x
     px, py, pw = x.data_ptr(), y.data_ptr(), w.data_ptr()
-    launch.launch_plan(for_eps(plan, eps), (px, py, pw, *eps_pair(eps), weight_offset), (x, y, w))
+    launch_general(plan, (px, py, pw), eps, weight_offset, (x, y, w))
+
+
+def launch_general(plan: Plan, ptrs: tuple, eps: float, weight_offset: float, tensors: tuple) -> None:
+    """A general call's launch of ``plan`` (scalars not bound): ``ptrs`` then the per-call scalars, on the
+    plan's ``LO_SUMS`` twin for eps below :data:`LO_EPS` (:func:`for_eps`). The one place a general call
+    turns eps into kernel arguments, so no launch site can pair them wrongly."""
+    launch.launch_plan(for_eps(plan, eps), ptrs + (*eps_pair(eps), weight_offset), tensors)
 
 
 # --------------------------------------------------------------------------- Q and K of one call

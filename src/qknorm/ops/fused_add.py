@@ -158,10 +158,16 @@ def _fast_out_plan(x, residual, weight, eps, weight_offset, config):
     return _out_plan(x, residual, weight, config, (eps, weight_offset))
 
 
-def _launch_out(plan, x, residual, weight, y, ro, head_tail=()):
+def _launch_out(plan, x, residual, weight, y, ro, scalars=None):
+    """Launch the out-of-place kernel: a fast call's plan (scalars bound), or with ``scalars``
+    ``(eps, weight_offset)`` a general call's (``plans.launch_general``)."""
     w = weight if weight is not None else x
-    px, pr, py, po, pw = x.data_ptr(), residual.data_ptr(), y.data_ptr(), ro.data_ptr(), w.data_ptr()
-    launch.launch_plan(plan, (px, pr, py, po, pw) + head_tail, (x, residual, y, ro, w))
+    ptrs = (x.data_ptr(), residual.data_ptr(), y.data_ptr(), ro.data_ptr(), w.data_ptr())
+    tensors = (x, residual, y, ro, w)
+    if scalars is None:
+        launch.launch_plan(plan, ptrs, tensors)
+    else:
+        plans.launch_general(plan, ptrs, *scalars, tensors)
 
 
 def call_out(x, residual, weight=None, eps=1e-6, weight_offset=0.0, config=None):
@@ -212,4 +218,4 @@ def _general_out(x, residual, weight, eps, weight_offset, config, y, ro):
         plan = _out_plan(xc, rc, weight, config)
         assert plan is not None, "a contiguous copy must be addressable"
         x, residual = xc, rc
-    _launch_out(plans.for_eps(plan, eps), x, residual, weight, y, ro, (*plans.eps_pair(eps), weight_offset))
+    _launch_out(plan, x, residual, weight, y, ro, (eps, weight_offset))

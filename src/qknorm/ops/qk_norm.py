@@ -192,8 +192,7 @@ def _launch(q, k, q_out, k_out, q_weight, k_weight, eps, weight_offset, config, 
     qw = q_weight if q_weight is not None else q
     kw = k_weight if k_weight is not None else k
     ptrs = (q.data_ptr(), q_out.data_ptr(), qw.data_ptr(), k.data_ptr(), k_out.data_ptr(), kw.data_ptr())
-    launch.launch_plan(plans.for_eps(plan, eps), ptrs + (*plans.eps_pair(eps), weight_offset),
-                       (q, q_out, qw, k, k_out, kw))
+    plans.launch_general(plan, ptrs, eps, weight_offset, (q, q_out, qw, k, k_out, kw))
 
 
 def _wkey(w):

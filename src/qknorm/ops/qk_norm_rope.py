@@ -209,7 +209,7 @@ def _launch(q, k, q_out, k_out, qw, kw, cs, positions, eps, is_neox, r, weight_o
         wq, wk = (qc, kc) if qw is None else (qw, kw)  # never read without weights
         tensors = (cs, pc, qc, qoc, wq, kc, koc, wk)
         ptrs = tuple(x.data_ptr() for x in tensors)
-        launch.launch_plan(plans.for_eps(plan, eps), ptrs + (*plans.eps_pair(eps), weight_offset), tensors)
+        plans.launch_general(plan, ptrs, eps, weight_offset, tensors)
 
 
 def _tkey(t):

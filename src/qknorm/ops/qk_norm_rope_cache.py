@@ -298,7 +298,7 @@ def _launch(q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, eps,
     vsc = v_scale if v_scale is not None else cs
     tensors = (cs, positions, q, q_out, wq, k, wk, kc, ko, v, vc, slot_mapping, ksc, vsc)
     ptrs = tuple(x.data_ptr() for x in tensors)
-    launch.launch_plan(plans.for_eps(plan, eps), ptrs + (*plans.eps_pair(eps), weight_offset), tensors)
+    plans.launch_general(plan, ptrs, eps, weight_offset, tensors)
 
 
 def run(q, k, v, q_weight, k_weight, cs, positions, k_cache, v_cache, slot_mapping, eps: float, is_neox: bool, r: int,

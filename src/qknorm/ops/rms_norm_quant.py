@@ -372,7 +372,7 @@ def _launch_general(x, residual, weight, eps, scale, n_groups, out_dtype, weight
     dbg = debug if debug is not None else x
     ts = (x, r, y, w, s, sin, dbg)
     ptrs = tuple(t.data_ptr() for t in ts)
-    launch.launch_plan(plans.for_eps(plan, eps), ptrs + (*plans.eps_pair(eps), weight_offset), ts)
+    plans.launch_general(plan, ptrs, eps, weight_offset, ts)
 
 
 # --------------------------------------------------------------------------- the fast call
