@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import qknorm
+from qknorm import invariance
 from qknorm.reference_rope import qk_rms_norm_rope_ref
 from helpers import TOL, packed_qkv, ref_add_norm, ref_norm, rel_err, rounds_to_nearest
 
@@ -270,22 +271,26 @@ def test_rows_near_fp32s_largest_value_keep_full_precision(impl):
 def test_rows_near_fp32s_largest_value_in_every_tile_shape(impl, dtype):
     """Rows of rms past 2**126 in programs of one row and in tiles of several rows (QK norm too): right, and
     bitwise the same whichever tile holds them (bf16 outputs take one folded factor, a subnormal there:
-    a GPU that flushed it would give 0)."""
+    a GPU that flushed it would give 0). The row is one warp's 16-byte vectors wide, so every config here
+    sums it in the same order (qknorm.invariance): narrower rows of one program are laid out differently
+    from tiles of several, and a GPU's fp32 sums then differ in the last bit for any row."""
+    d = 32 * (16 // dtype.itemsize)
     g = torch.Generator().manual_seed(11)
-    x = torch.randn(8, 64, generator=g) * torch.tensor([3e38, 1.0, 2e38, 1e37, 1.0, 3.3e38, 1e-3, 1.5e38])[:, None]
+    x = torch.randn(8, d, generator=g) * torch.tensor([3e38, 1.0, 2e38, 1e37, 1.0, 3.3e38, 1e-3, 1.5e38])[:, None]
     x = x.clamp(-3.38e38, 3.38e38).to(dtype).to(impl)
     ref = ref_norm(x, None, 1e-6)
     outs = []
     for rows in (1, 4, 8):
-        kw = {} if impl == "cpu" and qknorm.get_backend() == "torch" else {
-            "config": qknorm.KernelConfig(rows=rows, block_d=64, num_warps=1)}
+        cfg = qknorm.KernelConfig(rows=rows, block_d=d, num_warps=1)
+        assert invariance.is_invariant(cfg, dtype.itemsize), cfg
+        kw = {} if impl == "cpu" and qknorm.get_backend() == "torch" else {"config": cfg}
         y = qknorm.rms_norm(x, None, 1e-6, **kw)
         _check(y, ref, dtype, f"rms_norm rows={rows}")
         outs.append(y)
-        q, k = x.view(2, 4, 64), x[:4].view(2, 2, 64)
+        q, k = x.view(2, 4, d), x[:4].view(2, 2, d)
         qo, ko = qknorm.qk_rms_norm(q, k, None, None, 1e-6, **kw)
-        _check(qo, ref.view(2, 4, 64), dtype, f"qk rows={rows}")
-        assert torch.equal(qo.reshape(8, 64), y) and torch.equal(ko.reshape(4, 64), y[:4])
+        _check(qo, ref.view(2, 4, d), dtype, f"qk rows={rows}")
+        assert torch.equal(qo.reshape(8, d), y) and torch.equal(ko.reshape(4, d), y[:4])
     assert all(torch.equal(o, outs[0]) for o in outs), "a row's bits depend on the tile that holds it"
 
 

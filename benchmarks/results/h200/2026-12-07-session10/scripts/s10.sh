@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Session 10 device calls (H200 or H100), from the repository root. Each mode fits one 600 s call.
+#   warps [TREES]  carry [".baseline3"]  issue 11: `qknorm bench --no-plots --preset qwen3-8b --impl 'qknorm,qknorm[*]'
+#          --variants all` of each build of make_variants.py here (default start_w,this_w,branch_w,plain_w), one
+#          process each; ../../2026-12-07-session9/scripts/variants_ab.py compares each build's pick and fastest
+#          config with start_w's pick (= start's: the added candidates do not move a pick)
+#   tune   `qknorm tune --merge <shipped table> --max-seconds 300` for this GPU (the table goes to $OUT and replaces
+#          the shipped one in this copy), then issue 11's criterion with it: start (.baseline3/start) and this tree,
+#          `qknorm bench --no-plots --preset qwen3-8b --impl qknorm --variants none`, interleaved x2 (ab.txt)
+#   final  carry [".baseline3"]  ../../2026-12-07-session9/scripts/s9.sh final (criterion A/B, then the suite)
+set -uo pipefail
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee $OUT/gpu.txt
+python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a $OUT/gpu.txt
+S9=benchmarks/results/h200/2026-12-07-session9/scripts
+SECONDS=0
+BENCH='import sys; from qknorm.cli import main; sys.exit(main(sys.argv[1:]))'
+case "${1:-warps}" in
+warps)
+  TREES=${2:-start_w,this_w,branch_w,plain_w}
+  for tree in ${TREES//,/ }; do
+    PYTHONPATH=$PWD/.baseline3/$tree timeout 140 python -c "$BENCH" bench --no-plots --preset qwen3-8b \
+      --impl 'qknorm,qknorm[*]' --variants all --out /tmp/v/$tree > /tmp/v.$tree.log 2>&1
+    echo "bench $tree rc=$? ${SECONDS}s"; tail -2 /tmp/v.$tree.log
+    cp /tmp/v/$tree/results.csv $OUT/$tree.csv 2>/dev/null
+  done
+  base=${TREES%%,*}
+  python $S9/variants_ab.py $OUT/variants.txt /tmp/v/$base \
+    $(for t in ${TREES//,/ }; do [ $t = $base ] || echo $t=/tmp/v/$t; done)
+  cat $OUT/variants.txt | tail -45
+  ;;
+tune)
+  K=$(PYTHONPATH=src python -c "import torch; from qknorm.tuned_table import gpu_key; print(gpu_key(torch.cuda.get_device_name()))")
+  T=src/qknorm/tuned/$K.json
+  M=""; [ -e $T ] && M="--merge $T"
+  PYTHONPATH=$PWD/src timeout 360 python -c "$BENCH" tune $M --out /tmp/tuned/$K.json --max-seconds 300 > $OUT/tune.log 2>&1
+  echo "tune rc=$? ${SECONDS}s"; tail -4 $OUT/tune.log
+  cp /tmp/tuned/$K.json $OUT/ && cp /tmp/tuned/$K.json $T
+  B="bench --no-plots --preset qwen3-8b --impl qknorm --variants none"
+  for i in 1 2; do
+    for tree in start this; do
+      [ $tree = this ] && PP=$PWD/src || PP=$PWD/.baseline3/$tree
+      PYTHONPATH=$PP timeout 60 python -c "$BENCH" $B --out /tmp/f/$tree$i > /tmp/f.$tree$i.log 2>&1
+      echo "bench $tree$i rc=$? ${SECONDS}s"
+    done
+  done
+  python benchmarks/results/h200/2026-12-07-session6/scripts/bench_ab.py $OUT/ab.txt /tmp/f/start1 /tmp/f/this1 \
+    /tmp/f/start2 /tmp/f/this2
+  tail -40 $OUT/ab.txt
+  ;;
+final)
+  bash $S9/s9.sh final
+  ;;
+esac
+echo "done ${SECONDS}s"
