@@ -4,7 +4,8 @@ Right values come from the fp64 PyTorch reference on the values on entry. Kinds:
 int32 offsets (weight stride, last-dim stride, rows past one launch), written tensors that
 overlap themselves, read tensors sharing memory with written ones, sums of squares that
 overflow or underflow fp32, eps that fp32 cannot hold, loose arguments.
-(Autograd: tests/test_autograd.py.)
+(Autograd: tests/test_autograd.py.) Without a GPU each test runs on the PyTorch backend, the Triton
+kernels through the general call, and the fast call (see ``impl`` below).
 """
 import numpy as np
 import pytest
@@ -13,7 +14,24 @@ import torch
 import qknorm
 from qknorm import invariance
 from qknorm.reference_rope import qk_rms_norm_rope_ref
+from qknorm.ops import _plan
+from conftest import HAS_CUDA, IMPLS
 from helpers import TOL, packed_qkv, ref_add_norm, ref_norm, rel_err, rounds_to_nearest
+
+# Without a GPU also ("cpu", "fast"): the Triton backend with the fast call taking CPU tensors
+# (``_plan.FAST_ON_CPU``), so its own overlap and range checks meet every input here too.
+ADV_IMPLS = IMPLS + ([] if HAS_CUDA else [("cpu", "fast")])
+
+
+@pytest.fixture(params=ADV_IMPLS, ids=[f"{d}-{b}" for d, b in ADV_IMPLS])
+def impl(request, monkeypatch):
+    """(device, backend) as conftest's ``impl``, plus the CPU fast call."""
+    device, backend = request.param
+    if backend == "fast":
+        monkeypatch.setattr(_plan, "FAST_ON_CPU", True)
+        backend = "triton"
+    with qknorm.use_backend(backend):
+        yield device
 
 
 def _tol(dtype):
@@ -180,13 +198,19 @@ def test_weight_aliasing_output_reads_values_on_entry(impl):
     qknorm.fused_add_rms_norm(x, r, x[7])
     y_ref, s_ref = ref_add_norm(x0, r0, x0[7])
     _check(x, y_ref, torch.float32, "fused_add weight = x[7]")
-    qkv, q, k, v = packed_qkv(6, 4, 2, 32, torch.float32, impl, torch.Generator().manual_seed(1))
+    qkv, q, k, v = packed_qkv(300, 4, 2, 32, torch.float32, impl, torch.Generator().manual_seed(1))
     q0, k0 = q.clone(), k.clone()
-    qw, kw = q[0, 1], v[0, 0]  # one weight inside the written Q, one in the untouched V
+    qw, kw = q[0, 1], v[0, 0]  # one weight inside the written Q (several programs), one in the untouched V
     qw0, kw0 = qw.clone(), kw.clone()
     qknorm.qk_rms_norm(q, k, qw, kw, q_out=q, k_out=k)
     _check(q, ref_norm(q0, qw0), torch.float32, "qk q")
     _check(k, ref_norm(k0, kw0), torch.float32, "qk k")
+    q, k = torch.randn(300, 4, 32, device=impl), torch.randn(300, 2, 32, device=impl)
+    qo, ko = torch.randn_like(q), torch.randn_like(k)
+    qw0, kw0 = qo[7, 1].clone(), ko[3, 0].clone()
+    qknorm.qk_rms_norm(q, k, qo[7, 1], ko[3, 0], q_out=qo, k_out=ko)  # weights inside separate outputs
+    _check(qo, ref_norm(q, qw0), torch.float32, "qk q, weight inside q_out")
+    _check(ko, ref_norm(k, kw0), torch.float32, "qk k, weight inside k_out")
     qkv, q, k, v = packed_qkv(6, 4, 2, 32, torch.float32, impl, torch.Generator().manual_seed(2))
     q0, k0, kw0 = q.clone(), k.clone(), k[2, 1].clone()
     cs = _rope_cache(8, 32, impl)

@@ -126,6 +126,9 @@ class Plan:
         self.lo = None  # the twin for eps below LO_EPS (for_eps), made on first use
 
 
+MISS = object()  #: ``PLANS.get(key, MISS)``: a key never seen (None: a key that takes the general call)
+
+
 class PlanCache(dict):
     """Plans by key (None cached too: a key whose checks failed). Bounded: emptied when it
     holds more than ``limit`` keys, and on ``dispatch.reset()``."""
@@ -146,9 +149,20 @@ class PlanCache(dict):
         plan = self[key] = fn(*args)
         return plan
 
+    def fetch(self, key, fn, *args):
+        """A fast call's plan: the plan of ``key`` (built by ``fn(*args)`` on first use), or None
+        where the general call must run: a key known not to take the fast call, or one that
+        cannot be hashed (a config of another type; the general call raises the error)."""
+        try:
+            plan = self.get(key, MISS)
+            if plan is MISS:
+                plan = self.build(key, fn, *args)
+        except TypeError:
+            return None
+        return plan
+
 
 PLANS = PlanCache()
-MISS = object()  #: ``PLANS.get(key, MISS)``: a key never seen (None: a key that takes the general call)
 dispatch.add_reset_hook(PLANS.clear)
 
 
@@ -491,6 +505,24 @@ def in_place_pair(plan: Plan, pq: int, pk: int):
     delta = pk - pq
     plan.in_place = (delta, min(sq[0], delta + sk[0]), max(sq[1], delta + sk[1]))
     return plan.in_place
+
+
+def qk_placed(plan: Plan, d, q, k, q_out, k_out, qo, ko, reads):
+    """Where a QK fast call reads and writes, after its overlap rules: ``(q_out, k_out, pq, pk, pqo,
+    pko)`` (:func:`qk_targets`; in place on both: Q and K sharing no element, by
+    :func:`in_place_pair`), or None when the general call must run (a rule fails, or a read-only
+    tensor at ``reads``, spans ``plan.read_spans``, shares memory with a written one: the general
+    call reads it from a private copy). ``d``: the call's :func:`qk_describe`."""
+    if qo is IN_PLACE and ko is IN_PLACE:  # the engine's call: Q and K of a packed buffer, in place
+        pq, pk = d[2], d[3]
+        ip = in_place_pair(plan, pq, pk)
+        if ip is None or not reads_outside(plan, reads, pq + ip[1], pq + ip[2]):
+            return None
+        return q_out, k_out, pq, pk, pq, pk
+    t = qk_targets(plan, q, k, q_out, k_out, qo, ko)
+    if t is None or ((qo or ko) and not reads_apart(plan, reads, qo, ko, t[4], t[5])):
+        return None
+    return t
 
 
 def reads_outside(plan: Plan, ptrs, lo: int, hi: int) -> bool:

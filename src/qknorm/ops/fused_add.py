@@ -11,7 +11,7 @@ from .. import validate
 from ..reference import fused_add_rms_norm_torch
 from . import _express
 from . import _plan as plans
-from ._plan import MISS, PLANS, Pair
+from ._plan import PLANS, Pair
 
 OP = "fused_add_rms_norm"
 _grad_on = torch.is_grad_enabled
@@ -45,13 +45,8 @@ def fast(x, residual, weight, eps, weight_offset, config) -> bool:
     d = native.describe(_grad_on(), x, residual, weight)
     if d is None or (d[1] < 0 and not plans.FAST_ON_CPU):
         return False
-    try:  # an unhashable config: the general call raises
-        key = (OP, d[0], eps, weight_offset, config)
-        plan = PLANS.get(key, MISS)
-        if plan is MISS:
-            plan = PLANS.build(key, _fast_plan, x, residual, weight, eps, weight_offset, config)
-    except TypeError:
-        return False
+    plan = PLANS.fetch((OP, d[0], eps, weight_offset, config), _fast_plan, x, residual, weight, eps, weight_offset,
+                       config)
     if plan is None:
         return False
     px, pr, pw = d[2], d[3], d[4]
@@ -179,13 +174,8 @@ def call_out(x, residual, weight=None, eps=1e-6, weight_offset=0.0, config=None)
     if type(eps) is float and type(weight_offset) is float and backend.active != "torch":
         d = native.describe(False, x, residual, weight)  # the custom op's body: autograd is outside
         if d is not None and (d[1] >= 0 or plans.FAST_ON_CPU):
-            try:  # an unhashable config: the general call raises
-                key = (OUT_OP, d[0], eps, weight_offset, config)
-                plan = PLANS.get(key, MISS)
-                if plan is MISS:
-                    plan = PLANS.build(key, _fast_out_plan, x, residual, weight, eps, weight_offset, config)
-            except TypeError:
-                plan = None
+            plan = PLANS.fetch((OUT_OP, d[0], eps, weight_offset, config), _fast_out_plan, x, residual, weight, eps,
+                               weight_offset, config)
             if plan is not None:
                 y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
                 ro = torch.empty(x.shape, dtype=x.dtype, device=x.device)

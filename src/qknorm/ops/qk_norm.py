@@ -15,7 +15,7 @@ from ..layout import kernel_layout
 from ..reference import rms_norm_ref
 from . import _express
 from . import _plan as plans
-from ._plan import MISS, IN_PLACE, PLANS
+from ._plan import PLANS
 
 OP = "qk_rms_norm"
 _PTRS = ("XQ", "YQ", "WQ", "XK", "YK", "WK")
@@ -46,41 +46,19 @@ def fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
     if r is None:
         return None
     qo, ko, d = r
-    try:  # an unhashable config: the general call raises
-        key = (OP, qo, ko, d[0], eps, weight_offset, config)
-        plan = PLANS.get(key, MISS)
-        if plan is MISS:
-            plan = PLANS.build(key, _fast_plan, q, k, qw, kw, eps, weight_offset, q_out, k_out, qo, ko, config)
-    except TypeError:
-        return None
+    plan = PLANS.fetch((OP, qo, ko, d[0], eps, weight_offset, config), _fast_plan, q, k, qw, kw, eps, weight_offset,
+                       q_out, k_out, qo, ko, config)
     if plan is None:
         return None
-    wk = d[4]
+    wk = pqw = d[4]  # None: no weights
+    pkw = d[5]
     given = (qw, kw, q_out, k_out)
-    if qo is IN_PLACE and ko is IN_PLACE:  # the engine's call: Q and K of a packed buffer, in place
-        pq, pk = pqo, pko = d[2], d[3]
-        ip = plans.in_place_pair(plan, pq, pk)
-        if ip is None:
-            return None  # Q and K share elements: the general call raises
-        if wk is None:
-            pqw, pkw, qw, kw = pq, pk, q, k
-        else:
-            pqw, pkw = wk, d[5]
-            lo, hi = pq + ip[1], pq + ip[2]
-            (a, b), (c, e) = plan.read_spans  # the weights inside Q or K: the general call copies them
-            if not ((pqw + b <= lo or hi <= pqw + a) and (pkw + e <= lo or hi <= pkw + c)):
-                return None
-    else:
-        t = plans.qk_targets(plan, q, k, q_out, k_out, qo, ko)
-        if t is None:
-            return None
-        q_out, k_out, pq, pk, pqo, pko = t
-        if wk is None:
-            pqw, pkw, qw, kw = pq, pk, q, k
-        else:
-            pqw, pkw = wk, d[5]
-            if (qo or ko) and not plans.reads_apart(plan, (pqw, pkw), qo, ko, pqo, pko):
-                return None  # a weight sharing memory with an output: the general call copies it
+    t = plans.qk_placed(plan, d, q, k, q_out, k_out, qo, ko, () if wk is None else (pqw, pkw))
+    if t is None:
+        return None
+    q_out, k_out, pq, pk, pqo, pko = t
+    if wk is None:
+        pqw, pkw, qw, kw = pq, pk, q, k  # never read (HAS_WEIGHT=False)
     launch.launch_plan(plan, (pq, pqo, pqw, pk, pko, pkw), (q, q_out, qw, k, k_out, kw))
     if qo or ko:  # outputs given (in place or not): they existed before the call
         launch.bump_versions((q_out, k_out) if qo and ko else (q_out,) if qo else (k_out,))

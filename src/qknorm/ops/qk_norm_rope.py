@@ -16,7 +16,7 @@ from .. import layout
 from ..reference_rope import qk_rms_norm_rope_torch
 from . import _express
 from . import _plan as plans
-from ._plan import MISS, IN_PLACE, PLANS
+from ._plan import PLANS
 
 OP = "qk_rms_norm_rope"
 MAX_HEAD_DIM = dispatch.ROPE_MAX_HEAD_DIM  # whole head in registers; no chunked form
@@ -61,14 +61,8 @@ def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q
     qo, ko, d = r
     if d[1] < 0 and (d[8] is None or d[9] is None or not plans.cpu_positions_ok(positions, cs)):
         return None  # (tests only: CPU tensors) a None cache or positions: the general call raises
-    try:  # an unhashable config: the general call raises
-        key = (OP, qo, ko, d[0], eps, weight_offset, is_neox, rotary_dim, config)
-        plan = PLANS.get(key, MISS)
-        if plan is MISS:
-            plan = PLANS.build(key, _fast_plan, q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim,
-                               weight_offset, q_out, k_out, qo, ko, config)
-    except TypeError:
-        return None
+    plan = PLANS.fetch((OP, qo, ko, d[0], eps, weight_offset, is_neox, rotary_dim, config), _fast_plan, q, k, qw, kw,
+                       cs, positions, eps, is_neox, rotary_dim, weight_offset, q_out, k_out, qo, ko, config)
     if plan is None:
         return None
     pcs, pp, pqw, pkw = d[8], d[9], d[4], d[5]
@@ -78,20 +72,10 @@ def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q
         reads = (pcs, pp)
     else:
         reads = (pcs, pp, pqw, pkw)
-    if qo is IN_PLACE and ko is IN_PLACE:  # the engine's call: Q and K of a packed buffer, in place
-        pq, pk = pqo, pko = d[2], d[3]
-        ip = plans.in_place_pair(plan, pq, pk)
-        if ip is None:
-            return None  # Q and K share elements: the general call raises
-        if not plans.reads_outside(plan, reads, pq + ip[1], pq + ip[2]):
-            return None  # a read tensor lies inside Q or K: the general call copies it
-    else:
-        t = plans.qk_targets(plan, q, k, q_out, k_out, qo, ko)
-        if t is None:
-            return None
-        q_out, k_out, pq, pk, pqo, pko = t
-        if (qo or ko) and not plans.reads_apart(plan, reads, qo, ko, pqo, pko):
-            return None  # a read tensor sharing memory with an output: the general call copies it
+    t = plans.qk_placed(plan, d, q, k, q_out, k_out, qo, ko, reads)
+    if t is None:
+        return None
+    q_out, k_out, pq, pk, pqo, pko = t
     if wk is None:
         pqw, pkw, qw, kw = pq, pk, q, k  # never read (HAS_WEIGHT=False)
     ptrs = (pcs, pp, pq, pqo, pqw, pk, pko, pkw)

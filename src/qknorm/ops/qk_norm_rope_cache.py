@@ -24,7 +24,7 @@ from ..reference_rope import qk_rms_norm_rope_ref, rope_ref
 from ..reference import rms_norm_ref
 from . import _express
 from . import _plan as plans
-from ._plan import IN_PLACE, MISS, NEW, OTHER, PLANS
+from ._plan import IN_PLACE, NEW, OTHER, PLANS
 from .rms_norm_quant import QMAX, native_cast
 
 OP = "qk_norm_rope_cache"
@@ -405,15 +405,9 @@ def fast(q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, eps, is
     if d[1] < 0 and (None in d[8:14] or not (plans.cpu_positions_ok(positions, cs)
                                              and cpu_slots_ok(slot_mapping, k_cache))):
         return None  # (tests only: CPU tensors) a None tensor: the general call raises
-    try:  # a tensor argument of another type was refused by describe; the scalars are hashable
-        key = (OP, qo, ko, d[0], eps, weight_offset, is_neox, rotary_dim, mrope_section)
-        plan = PLANS.get(key, MISS)
-        if plan is MISS:
-            plan = PLANS.build(key, _fast_plan, q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, eps,
-                               is_neox, rotary_dim, weight_offset, mrope_section, k_scale, v_scale, q_out, k_out,
-                               qo, ko)
-    except TypeError:
-        return None
+    plan = PLANS.fetch((OP, qo, ko, d[0], eps, weight_offset, is_neox, rotary_dim, mrope_section), _fast_plan, q, k,
+                       v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, eps, is_neox, rotary_dim, weight_offset,
+                       mrope_section, k_scale, v_scale, q_out, k_out, qo, ko)
     if plan is None:
         return None
     pq, pk, pqw, pkw, pv, pcs, pp, pkc, pvc, psm, pks, pvs = d[2], d[3], d[4], d[5], *d[8:16]

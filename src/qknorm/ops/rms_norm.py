@@ -11,7 +11,7 @@ from .. import validate
 from ..reference import rms_norm_torch
 from . import _express
 from . import _plan as plans
-from ._plan import IN_PLACE, MISS, NEW, OTHER, PLANS, Pair
+from ._plan import IN_PLACE, NEW, OTHER, PLANS, Pair
 
 OP = "rms_norm"
 _CONTIG = torch.contiguous_format
@@ -56,13 +56,8 @@ def fast(x, weight, eps, weight_offset, out, config):
         ok, d = OTHER, native.describe(_grad_on(), x, weight, out)
     if d is None or (d[1] < 0 and not plans.FAST_ON_CPU):
         return None
-    try:  # an unhashable config: the general call raises
-        key = (OP, ok, d[0], eps, weight_offset, config)
-        plan = PLANS.get(key, MISS)
-        if plan is MISS:
-            plan = PLANS.build(key, _fast_plan, x, weight, out, ok, eps, weight_offset, config)
-    except TypeError:
-        return None
+    plan = PLANS.fetch((OP, ok, d[0], eps, weight_offset, config), _fast_plan, x, weight, out, ok, eps, weight_offset,
+                       config)
     if plan is None:
         return None
     px, pw = d[2], d[3]

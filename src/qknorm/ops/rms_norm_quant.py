@@ -22,7 +22,7 @@ from ..layout import INT32_MAX
 from ..reference import rms_norm_ref
 from . import _express
 from . import _plan as plans
-from ._plan import MISS, PLANS, Pair
+from ._plan import PLANS, Pair
 
 OP = "rms_norm_quant"
 _grad_on = torch.is_grad_enabled
@@ -403,15 +403,9 @@ def fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, 
     d = fastcall.describe(_grad_on(), x, residual, weight, sin, out, scales_out)
     if d is None or (d[1] < 0 and not plans.FAST_ON_CPU):
         return None
-    try:  # an unhashable config: the general call raises
-        key = (OP, d[0], scale is not None, eps, weight_offset, group_size, out_dtype, ubk, column_major_scales,
-               scale_ue8m0, FP8_CAST, config)
-        hit = PLANS.get(key, MISS)
-        if hit is MISS:
-            hit = PLANS.build(key, _fast_plan, x, residual, weight, eps, scale, group_size, out_dtype, weight_offset,
-                              scale_ub, column_major_scales, scale_ue8m0, out, scales_out, config)
-    except TypeError:
-        return None
+    hit = PLANS.fetch((OP, d[0], scale is not None, eps, weight_offset, group_size, out_dtype, ubk, column_major_scales,
+                       scale_ue8m0, FP8_CAST, config), _fast_plan, x, residual, weight, eps, scale, group_size, out_dtype,
+                      weight_offset, scale_ub, column_major_scales, scale_ue8m0, out, scales_out, config)
     if hit is None:
         return None
     plan, sc_shape, sc_strides = hit

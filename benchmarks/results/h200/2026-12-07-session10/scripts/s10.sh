@@ -7,6 +7,9 @@
 #   tune   `qknorm tune --merge <shipped table> --max-seconds 300` for this GPU (the table goes to $OUT and replaces
 #          the shipped one in this copy), then issue 11's criterion with it: start (.baseline3/start) and this tree,
 #          `qknorm bench --no-plots --preset qwen3-8b --impl qknorm --variants none`, interleaved x2 (ab.txt)
+#   compile  issue 17: benchmarks/scripts/hf_decode.py --model ${MODEL:-qwen3-8b} --compile (reduce-overhead),
+#          unpatched then qknorm (apply_qknorm's default under_compile="inductor") then qknorm_kernels, batches
+#          ${BATCHES:-1,8}, 3 rounds, each variant started only while 90 s of ${BUDGET:-340} s are left
 #   final  carry [".baseline3"]  ../../2026-12-07-session9/scripts/s9.sh final (criterion A/B, then the suite)
 set -uo pipefail
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee $OUT/gpu.txt
@@ -46,6 +49,16 @@ tune)
   python benchmarks/results/h200/2026-12-07-session6/scripts/bench_ab.py $OUT/ab.txt /tmp/f/start1 /tmp/f/this1 \
     /tmp/f/start2 /tmp/f/this2
   tail -40 $OUT/ab.txt
+  ;;
+compile)
+  M=${MODEL:-qwen3-8b}
+  for v in unpatched qknorm qknorm_kernels; do
+    left=$((${BUDGET:-340} - SECONDS)); [ $left -lt 90 ] && { echo "no time for $v"; break; }
+    timeout $left python benchmarks/scripts/hf_decode.py --model $M --variant $v --compile --batches ${BATCHES:-1,8} \
+      --rounds 3 --out $OUT/e2e.jsonl > $OUT/compile.$v.log 2>&1; echo "compile $v rc=$? ${SECONDS}s"
+    tail -3 $OUT/compile.$v.log | cut -c1-300
+  done
+  [ -s $OUT/e2e.jsonl ] && python benchmarks/scripts/hf_decode_report.py $OUT/e2e.jsonl
   ;;
 final)
   bash $S9/s9.sh final
