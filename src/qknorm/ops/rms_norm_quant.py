@@ -381,6 +381,16 @@ def _apart(pa: int, sa, pb: int, sb) -> bool:
     return pa + sa[1] <= pb + sb[0] or pb + sb[1] <= pa + sa[0]
 
 
+def _given_apart(t, span, others):
+    """The data pointer of a given output ``t`` (byte span ``span``), or None where it meets one of
+    ``others`` (``(pointer, span)`` pairs): the general call then reads from private copies."""
+    p = t.data_ptr()
+    for q, s in others:
+        if not _apart(p, span, q, s):
+            return None
+    return p
+
+
 def fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub, column_major_scales,
          scale_ue8m0, out, scales_out, config=None):
     """The common kernel call on a cached plan: ``(y, scales)``, or None to take the general
@@ -430,10 +440,9 @@ def fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, 
         y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
         py = y.data_ptr()
     else:
-        y, py = out, out.data_ptr()
-        for p, s in reads:
-            if not _apart(py, sp[4], p, s):
-                return None
+        y, py = out, _given_apart(out, sp[4], reads)
+        if py is None:
+            return None
         reads.append((py, sp[4]))
     if scale is not None:
         sc, psc = x, px
@@ -441,10 +450,9 @@ def fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, 
         sc = torch.empty_strided(sc_shape, sc_strides, dtype=torch.float32, device=x.device)
         psc = sc.data_ptr()
     else:
-        sc, psc = scales_out, scales_out.data_ptr()
-        for p, s in reads:
-            if not _apart(psc, sp[5], p, s):
-                return None
+        sc, psc = scales_out, _given_apart(scales_out, sp[5], reads)
+        if psc is None:
+            return None
     ptrs = (px, pr, py, pw, psc, ps, px)
     launch.launch_plan(plan, ptrs, (x, residual if residual is not None else x, y, weight if weight is not None else x,
                                     sc, sin if sin is not None else x, x))
