@@ -113,7 +113,9 @@ def hi_folded(ss, ssh, D, eps):
     — :func:`range_factors`'s ``p * q`` as one number, normal down to rows of rms ``2**126`` and a
     subnormal (21-23 significant bits, exact to fp32 rounding of y within a few ulp) past that."""
     m = ss / D + eps
-    return tl.where(m > OVERFLOW, tl.rsqrt(ssh / D + eps * HI * HI) * HI, tl.rsqrt(m))
+    hi = m > OVERFLOW
+    q = tl.rsqrt(tl.where(hi, ssh / D + eps * HI * HI, m))  # one rsqrt per row: the argument selected first
+    return tl.where(hi, q * HI, q)
 
 
 @triton.jit
@@ -131,7 +133,8 @@ def range_factors(ss, ssh, ssl, D, eps, eps_tiny, LO_SUMS: tl.constexpr, FOLD: t
     if LO_SUMS or not FOLD:
         m = ss / D + eps
         hi = m > OVERFLOW
-        q = tl.where(hi, tl.rsqrt(ssh / D + eps * HI * HI) * HALF_HI, tl.rsqrt(m))
+        q = tl.rsqrt(tl.where(hi, ssh / D + eps * HI * HI, m))
+        q = tl.where(hi, q * HALF_HI, q)
         p = tl.where(hi, HALF_HI, 1.0)
         if LO_SUMS:
             lo = m < TINY
