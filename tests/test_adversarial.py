@@ -318,6 +318,31 @@ def test_rows_near_fp32s_largest_value_in_every_tile_shape(impl, dtype):
     assert all(torch.equal(o, outs[0]) for o in outs), "a row's bits depend on the tile that holds it"
 
 
+@pytest.mark.parametrize("eps", [1e-6, 1e-40, 0.0])
+def test_fp16_rows_at_its_extremes_in_every_tile_shape(impl, eps):
+    """fp16 rows take the plain kernel alone (kernels/rows.in_range): rows of +-65504 (the fused add's sum
+    131008), of fp16's smallest subnormal and mixed, right in one-row programs and tiles of several rows,
+    the fused add's residual too."""
+    d = 256
+    big, tiny = 65504.0, 2.0 ** -24
+    rows = [torch.full((d,), big), torch.full((d,), -big), torch.full((d,), tiny), torch.randn(d) * big / 4,
+            torch.cat([torch.full((1,), big), torch.full((d - 1,), tiny)]), torch.randn(d), torch.full((d,), tiny),
+            torch.randn(d) * 1e-3]
+    x = torch.stack(rows).to(torch.float16).to(impl)
+    for cfg_rows in (1, 4, 8):
+        kw = {} if impl == "cpu" and qknorm.get_backend() == "torch" else {
+            "config": qknorm.KernelConfig(rows=cfg_rows, block_d=d, num_warps=1)}
+        _check(qknorm.rms_norm(x, None, eps, **kw), ref_norm(x, None, eps), torch.float16, f"rms rows={cfg_rows}")
+        q, k = x.view(2, 4, d), x[:4].view(2, 2, d)
+        qo, ko = qknorm.qk_rms_norm(q, k, None, None, eps, **kw)
+        _check(qo, ref_norm(q, None, eps), torch.float16, f"qk rows={cfg_rows}")
+        xa, r = x.clone(), x.clone()
+        y_ref, s_ref = ref_add_norm(x, x, None, eps)
+        qknorm.fused_add_rms_norm(xa, r, None, eps, **kw)
+        _check(xa, y_ref, torch.float16, f"fused add rows={cfg_rows}")
+        assert torch.equal(r, s_ref.to(torch.float16)), "the residual: x + r rounded once (inf past 65504)"
+
+
 @pytest.mark.parametrize("v,eps", [(1.7e19, 1e38), (1e19, 3.3e38), (1.7e19, 2e38)])
 def test_eps_near_fp32s_largest_value(impl, v, eps):
     """mean(x**2) + eps past fp32's range while the sum itself is not (narrow rows): the result is

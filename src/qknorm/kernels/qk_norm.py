@@ -11,7 +11,7 @@ import triton.language as tl
 
 from .pdl import pdl_launch_dependents, pdl_wait
 
-from .rows import norm_block, row_normalized
+from .rows import in_range, norm_block, row_normalized
 
 
 @triton.jit
@@ -74,7 +74,7 @@ def _tokens_block(block, D, eps, eps_tiny, n_rows, H, HQ, wq, wk,
     cols = tl.arange(0, BLOCK_D)
     mask = row_ok[:, None] & (cols < D)[None, :]
     x = tl.load(x_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    y = row_normalized(x, eps, eps_tiny, D, LO_SUMS, YQ.dtype.element_ty != tl.float32)
+    y = row_normalized(x, eps, eps_tiny, D, LO_SUMS, YQ.dtype.element_ty != tl.float32, in_range(XQ, XK))
     if HAS_WEIGHT:
         y = y * tl.where(is_q[:, None], wq[None, :], wk[None, :])
     tl.store(y_row[:, None] + cols[None, :], y.to(YQ.dtype.element_ty), mask=mask)

@@ -25,7 +25,9 @@ call's kernel holds no code for it (a runtime branch on eps measured 1-2% per ca
 ``benchmarks/results/h100/2026-12-07-session9``). Both scaled sums hold every finite fp32 row exactly
 (with ``LO_SUMS``: ``y = (x * p) * q``, ``p = 2**-36`` or ``2**48``, both factors normal; without it the
 overflowed rows take one folded factor, ``y = x * q``, :func:`hi_folded`); every other
-row keeps ``p = 1``, ``q = rsqrt(mean(x**2) + eps)``, the same bits as without them.
+row keeps ``p = 1``, ``q = rsqrt(mean(x**2) + eps)``, the same bits as without them. fp16 data cannot
+leave the range (:func:`in_range`): the whole-row norm kernels (rms_norm, fused add, QK) compile the plain
+kernel alone for it.
 ``eps`` arrives as two fp32 values (``reference.kernel_eps``): ``eps`` itself when it is
 a normal fp32 number (else ``2**-126``, or 0) and ``eps_tiny = eps * 2**250`` when it is not,
 so every positive eps stays positive.
@@ -177,8 +179,19 @@ def row_factors(x, eps, eps_tiny, D, LO_SUMS: tl.constexpr, FOLD: tl.constexpr =
 
 
 @triton.jit
-def row_normalized(x, eps, eps_tiny, D, LO_SUMS: tl.constexpr, FOLD: tl.constexpr):
+def in_range(X, R):
+    """Whether rows of ``X`` (or of ``X + R``) stay inside fp32's range whatever their values: fp16 data
+    (|x| <= 65504, |x + r| <= 131008: squares from 2**-48 to 1.8e10, a sum far from overflow at any width,
+    none flushed), so neither scaled sum is needed (a constexpr)."""
+    return (X.dtype.element_ty == tl.float16) & (R.dtype.element_ty == tl.float16)
+
+
+@triton.jit
+def row_normalized(x, eps, eps_tiny, D, LO_SUMS: tl.constexpr, FOLD: tl.constexpr, IN_RANGE: tl.constexpr = False):
     """``y = x / sqrt(mean(x**2) + eps)`` for each row of the whole-row fp32 tile ``x`` (unweighted).
+
+    ``IN_RANGE`` (fp16 data: :func:`in_range`): the plain path alone, ``y = x * rsqrt(ss / D + eps)``, the
+    bits every other path gives such rows.
 
     One row per program: the common path is a plain kernel's, ``y = x * rsqrt(ss / D + eps)``, one
     multiply per element right after the reduction (at decode sizes the kernel's time is this
@@ -192,7 +205,9 @@ def row_normalized(x, eps, eps_tiny, D, LO_SUMS: tl.constexpr, FOLD: tl.constexp
     (``benchmarks/results/h100/2026-12-07-session8``), and the one folded factor 1-5% faster than
     ``(x * p) * q`` at 64-1024 tokens of Qwen3-8B's QK norm (``.../2026-12-07-session9``)."""
     ss = tl.sum(x * x, axis=1)
-    if x.shape[0] == 1:
+    if IN_RANGE:
+        y = x * tl.rsqrt(ss / D + eps)[:, None]
+    elif x.shape[0] == 1:
         m = ss / D + eps
         y = x * tl.rsqrt(m)[:, None]
         mm = tl.max(m, axis=0)  # the one row's, as a scalar (no reduction left)
@@ -342,7 +357,7 @@ def add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2,
         if HAS_RESIDUAL:
             y_ptr = y_row[:, None] + (cols * ysd)[None, :]
         s = load_sum(x_ptr, r_ptr, mask, HAS_RESIDUAL)
-        y = row_normalized(s, eps, eps_tiny, D, LO_SUMS, FOLD)
+        y = row_normalized(s, eps, eps_tiny, D, LO_SUMS, FOLD, in_range(X, R))
         if HAS_RESIDUAL:
             tl.store(o_row[:, None] + (cols * osd)[None, :], s.to(RO.dtype.element_ty), mask=mask)
         else:
