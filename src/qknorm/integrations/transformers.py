@@ -168,7 +168,9 @@ class PatchedRMSNorm(nn.Module):
         self.style = style
         self.weight_offset = 1.0 if style == _ONE_PLUS_WEIGHT else 0.0
         self.original = original
-        self.compile_kernels = False  # under torch.compile: the model's own formula (apply_qknorm's under_compile)
+        # under torch.compile: False, the model's own formula; True, the custom ops (apply_qknorm's under_compile;
+        # the modules apply_qknorm makes have it in their class instead: _traced_class)
+        self.compile_kernels = False
 
     @property
     def variance_epsilon(self):  # the attribute name the Llama family uses
@@ -177,9 +179,8 @@ class PatchedRMSNorm(nn.Module):
     _pair: "_QKPair | None" = None  # set on an attention block's q_norm and k_norm (see _QKPair)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.compile_kernels and _is_compiling():
-            eps = self.eps if self.eps is not None else default_eps(x.dtype)
-            return self._model_formula(x, self.weight, eps)  # Inductor fuses it with its neighbours
+        if _is_compiling():
+            return self._traced(x)
         pair = self._pair
         if pair is not None:
             if pair.q is self:
@@ -190,6 +191,14 @@ class PatchedRMSNorm(nn.Module):
                 if y is not None:
                     return y
         return self._own(x)
+
+    def _traced(self, x: torch.Tensor) -> torch.Tensor:
+        """This module while ``torch.compile`` traces: the model's own formula (Inductor fuses it with its
+        neighbours), or with ``compile_kernels`` the custom op (the Q/K pairing is off while tracing: Dynamo
+        sees two ``rms_norm`` calls)."""
+        if self.compile_kernels:
+            return self._own(x)
+        return self._model_formula(x, self.weight, self.eps if self.eps is not None else default_eps(x.dtype))
 
     def _own(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
@@ -217,15 +226,7 @@ class PatchedRMSNorm(nn.Module):
 
     def _model_formula(self, x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
         """The model's own forward, in PyTorch (for dtypes the qknorm ops do not take)."""
-        if self.style == _TORCH:
-            return torch.rms_norm(x, (x.shape[-1],), w, eps)
-        xf = x.float() if x.dtype != torch.float64 else x
-        n = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-        if self.style == _CAST_THEN_WEIGHT:
-            return w * n.to(x.dtype)
-        if self.style == _WEIGHT_THEN_CAST:
-            return (w * n).to(x.dtype)
-        return (n * (1.0 + w.to(n.dtype))).type_as(x)
+        return _model_formula(self.style, x, w, eps)
 
     def extra_repr(self) -> str:
         shape = tuple(self.weight.shape) if self.weight is not None else None
@@ -233,6 +234,65 @@ class PatchedRMSNorm(nn.Module):
 
 
 _is_compiling = getattr(torch.compiler, "is_compiling", None) or (lambda: False)
+
+
+def _model_formula(style: str, x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """A model's RMSNorm forward in PyTorch, by ``style`` (the module docstring's recipes)."""
+    if style == _TORCH:
+        return torch.rms_norm(x, (x.shape[-1],), w, eps)
+    xf = x.float() if x.dtype != torch.float64 else x
+    n = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    if style == _CAST_THEN_WEIGHT:
+        return w * n.to(x.dtype)
+    if style == _WEIGHT_THEN_CAST:
+        return (w * n).to(x.dtype)
+    return (n * (1.0 + w.to(n.dtype))).type_as(x)
+
+
+# The norms apply_qknorm makes: what runs while torch.compile traces is fixed by the class, so that the traced
+# code reads no more of the module than the model's own norm does (Dynamo guards each attribute read, and checks
+# the guards on every call of the compiled model: on a Qwen3-8B-shaped model the per-module reads of
+# PatchedRMSNorm._traced cost ~0.4% of a compiled decode step). under_compile="inductor": one subclass per
+# style, the model's formula from the weight and eps alone; "kernels": the custom op. The classes keep
+# PatchedRMSNorm's name.
+class _TracedTorch(PatchedRMSNorm):
+    def _traced(self, x):
+        return _model_formula(_TORCH, x, self.weight, self.eps if self.eps is not None else default_eps(x.dtype))
+
+
+class _TracedCastThenWeight(PatchedRMSNorm):
+    def _traced(self, x):
+        return _model_formula(_CAST_THEN_WEIGHT, x, self.weight,
+                              self.eps if self.eps is not None else default_eps(x.dtype))
+
+
+class _TracedWeightThenCast(PatchedRMSNorm):
+    def _traced(self, x):
+        return _model_formula(_WEIGHT_THEN_CAST, x, self.weight,
+                              self.eps if self.eps is not None else default_eps(x.dtype))
+
+
+class _TracedOnePlusWeight(PatchedRMSNorm):
+    def _traced(self, x):
+        return _model_formula(_ONE_PLUS_WEIGHT, x, self.weight,
+                              self.eps if self.eps is not None else default_eps(x.dtype))
+
+
+class _TracedKernels(PatchedRMSNorm):
+    def _traced(self, x):
+        return self._own(x)
+
+
+_TRACED = {_TORCH: _TracedTorch, _CAST_THEN_WEIGHT: _TracedCastThenWeight, _WEIGHT_THEN_CAST: _TracedWeightThenCast,
+           _ONE_PLUS_WEIGHT: _TracedOnePlusWeight}
+for _c in (*_TRACED.values(), _TracedKernels):
+    _c.__name__ = _c.__qualname__ = "PatchedRMSNorm"
+del _c
+
+
+def _traced_class(style: str, under_compile: str) -> type:
+    """The class of a patched norm of ``style`` for ``apply_qknorm``'s ``under_compile``."""
+    return _TracedKernels if under_compile == "kernels" else _TRACED[style]
 
 
 def _watched(m: nn.Module) -> bool:
@@ -251,8 +311,10 @@ def _paired_class(cls: type) -> type:
     sub = _paired_classes.get(cls)
     if sub is None:
         def forward(self, *args, **kwargs):
+            if _is_compiling():  # no pairing while tracing (first: nothing of the module read, no guard)
+                return cls.forward(self, *args, **kwargs)
             pair = self.q_norm._pair
-            if pair is None or _is_compiling():
+            if pair is None:
                 return cls.forward(self, *args, **kwargs)
             pair.armed = True
             try:
@@ -657,20 +719,29 @@ def _fused_layer_forward(self, hidden_states, **kwargs):
     return residual + h
 
 
-_fused_classes: dict[type, type] = {}
+_fused_classes: dict[tuple[type, bool], type] = {}
 
 
-def _fused_class(cls: type) -> type:
-    """``cls`` with :func:`_fused_layer_forward` (one subclass per class, made once)."""
-    sub = _fused_classes.get(cls)
+def _fused_class(cls: type, traced_kernels: bool) -> type:
+    """``cls`` with :func:`_fused_layer_forward` (one subclass per class and mode, made once). While
+    torch.compile traces: with ``traced_kernels`` (``under_compile="kernels"``) the fused custom op,
+    else the layer's own forward, before anything of the layer is read (each read is a guard checked on
+    every call of the compiled model)."""
+    sub = _fused_classes.get((cls, traced_kernels))
     if sub is None:
-        def forward(self, hidden_states=None, *args, **kwargs):
-            if args or hidden_states is None or not self._qknorm_fused_on:
-                return cls.forward(self, hidden_states, *args, **kwargs)
-            return _fused_layer_forward(self, hidden_states, **kwargs)
+        if traced_kernels:
+            def forward(self, hidden_states=None, *args, **kwargs):
+                if args or hidden_states is None or not self._qknorm_fused_on:
+                    return cls.forward(self, hidden_states, *args, **kwargs)
+                return _fused_layer_forward(self, hidden_states, **kwargs)
+        else:
+            def forward(self, hidden_states=None, *args, **kwargs):
+                if _is_compiling() or args or hidden_states is None or not self._qknorm_fused_on:
+                    return cls.forward(self, hidden_states, *args, **kwargs)
+                return _fused_layer_forward(self, hidden_states, **kwargs)
         sub = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__,
                                           "__qualname__": cls.__qualname__, "_qknorm_fused_class": True})
-        _fused_classes[cls] = sub
+        _fused_classes[(cls, traced_kernels)] = sub
     return sub
 
 
@@ -718,7 +789,8 @@ def _fuse_residuals(model: nn.Module, report: "Report") -> None:
             continue
         original = type(layer)
         layer._qknorm_fused = r
-        layer.__class__ = _fused_class(original)
+        after = getattr(layer, r[0])
+        layer.__class__ = _fused_class(original, isinstance(after, _TracedKernels) or after.compile_kernels)
         why = _probe_layer(layer)
         if why is None:
             layer._qknorm_fused_on = True
@@ -800,7 +872,7 @@ def apply_qknorm(model: nn.Module, *, fuse_residual: bool = True, under_compile:
                 r = _hooked(m) or r
             if isinstance(r, tuple):
                 style, eps = r
-                new = PatchedRMSNorm(m.weight, eps, style, type(m).__qualname__)
+                new = _traced_class(style, under_compile)(m.weight, eps, style, type(m).__qualname__)
                 new.compile_kernels = under_compile == "kernels"
                 new.train(m.training)
                 r = _probe(m, new) or r
