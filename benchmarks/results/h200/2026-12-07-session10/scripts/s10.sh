@@ -52,6 +52,7 @@ tune)
   ;;
 compile)
   M=${MODEL:-qwen3-8b}
+  export PYTHONPATH=$PWD/src  # (call 5 ran without it: its qknorm runs found no qknorm)
   for v in unpatched qknorm qknorm_kernels; do
     left=$((${BUDGET:-340} - SECONDS)); [ $left -lt 90 ] && { echo "no time for $v"; break; }
     timeout $left python benchmarks/scripts/hf_decode.py --model $M --variant $v --compile --batches ${BATCHES:-1,8} \
