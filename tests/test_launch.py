@@ -114,6 +114,23 @@ def test_interpreter_means_plain_launches():
     assert states and all(s[3] == L.PLAIN for s in states)
 
 
+def test_every_launch_pins_fp_fusion():
+    """Triton's FMA contraction is fixed for every qknorm kernel (``launch.FP_FUSION``), not left to the
+    installed Triton's default (3.10 turns it off, which would change the kernels' last bits): every
+    compile goes through ``KernelLauncher.plain``."""
+    seen = []
+
+    class Recorder:
+        arg_names = ["X", "Y", "n", "eps", "BLOCK"]
+
+        def __getitem__(self, grid):
+            return lambda *a, **kw: seen.append(kw)
+
+    kl = L.KernelLauncher(Recorder(), ("X", "Y"))
+    kl.plain((1,), (0, 0, 64, 1e-6, 128), (torch.empty(1), torch.empty(1)), {"num_warps": 4})
+    assert L.FP_FUSION is True and seen == [{"enable_fp_fusion": True, "num_warps": 4}]
+
+
 # --------------------------------------------------------------------------- the state machine
 
 class FakeCK:

@@ -68,6 +68,12 @@ _lock = threading.Lock()
 _launchers: list["KernelLauncher"] = []
 
 
+#: Triton's FMA contraction (``enable_fp_fusion``), pinned for every kernel: on, the default of the Triton
+#: releases the kernels were written and measured with (3.x up to 3.9), so their results keep their bits when
+#: that default changes (Triton 3.10 turns it off by default; ``TRITON_FORCE_DISABLE_FP_FUSION=1`` still wins).
+FP_FUSION = True
+
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -352,11 +358,12 @@ class KernelLauncher:
         return e
 
     def plain(self, grid, args, tensors, kwargs):
-        """The normal ``kernel[grid](...)`` launch, tensors in the pointer positions."""
+        """The normal ``kernel[grid](...)`` launch, tensors in the pointer positions, with
+        :data:`FP_FUSION` (every compile of a qknorm kernel goes through here)."""
         a = list(args)
         for i, t in zip(self.ptr_pos, tensors):
             a[i] = t
-        return self.fn[grid](*a, **kwargs)
+        return self.fn[grid](*a, enable_fp_fusion=FP_FUSION, **kwargs)
 
     def slow(self, entries, bits, grid, args, tensors, kwargs, device):
         """Every call that is not a ready fast call: compile, verify, or plain."""
