@@ -246,6 +246,33 @@ def test_idempotent_and_fuse_residual_reported():
     assert "fused residual add" in str(second)
 
 
+@pytest.mark.parametrize("arch,under_compile", [("qwen3", "inductor"), ("qwen3", "kernels"), ("gemma3", "inductor")])
+def test_patched_model_pickles(arch, under_compile):
+    """``torch.save(model)`` / ``torch.load`` of a patched model: the classes made at run time (fused
+    layers, paired attention, the norms' compile-path classes) come back, so do the logits and the
+    pairing; ``copy.deepcopy`` too."""
+    import io
+    model, _ = _model(arch)
+    apply_qknorm(model, under_compile=under_compile)
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    ids = _ids()
+    with torch.no_grad():
+        want = model(ids).logits
+        for other in (loaded, copy.deepcopy(model)):
+            assert torch.equal(other(ids).logits, want)
+    before = [(n, type(m)) for n, m in model.named_modules()]
+    assert [(n, type(m)) for n, m in loaded.named_modules()] == before
+    assert str(loaded) == str(model)
+    def paired(mod):
+        return [m for m in mod.modules() if isinstance(m, PatchedRMSNorm) and m._pair is not None]
+    mods = set(map(id, loaded.modules()))
+    assert len(paired(loaded)) == len(paired(model))
+    assert all(id(m._pair.q) in mods and id(m._pair.k) in mods for m in paired(loaded))  # the loaded model's own
+
+
 def test_not_a_module():
     with pytest.raises(TypeError, match="torch.nn.Module"):
         apply_qknorm(object())
