@@ -10,6 +10,9 @@
 #   compile  issue 17: benchmarks/scripts/hf_decode.py --model ${MODEL:-qwen3-8b} --compile (reduce-overhead),
 #          unpatched then qknorm (apply_qknorm's default under_compile="inductor") then qknorm_kernels, batches
 #          ${BATCHES:-1,8}, 3 rounds, each variant started only while 90 s of ${BUDGET:-340} s are left
+#   next   carry [".baseline3"]  for the next session, on this tree: the whole suite (270 s cap), then
+#          bf16 criterion A/B start vs this and fp16 A/B this_w (b148ddc: before the fp16 compile) vs this,
+#          `qknorm bench --no-plots --preset qwen3-8b --impl qknorm --variants none [--dtype fp16]`, interleaved x2
 #   final  carry [".baseline3"]  ../../2026-12-07-session9/scripts/s9.sh final (criterion A/B, then the suite)
 set -uo pipefail
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee $OUT/gpu.txt
@@ -60,6 +63,23 @@ compile)
     tail -3 $OUT/compile.$v.log | cut -c1-300
   done
   [ -s $OUT/e2e.jsonl ] && python benchmarks/scripts/hf_decode_report.py $OUT/e2e.jsonl
+  ;;
+next)
+  PYTHONPATH=$PWD/src timeout 280 python benchmarks/results/h200/2026-12-07-session8/scripts/suite.py 8 270 tests
+  for dt in bf16 fp16; do
+    [ $dt = bf16 ] && A=start || A=this_w
+    for i in 1 2; do
+      for tree in $A this; do
+        [ $tree = this ] && PP=$PWD/src || PP=$PWD/.baseline3/$tree
+        PYTHONPATH=$PP timeout 60 python -c "$BENCH" bench --no-plots --preset qwen3-8b --impl qknorm --variants none \
+          --dtype $dt --out /tmp/n/$dt-$tree$i > /tmp/n.$dt-$tree$i.log 2>&1
+        echo "bench $dt $tree$i rc=$? ${SECONDS}s"
+      done
+    done
+    python benchmarks/results/h200/2026-12-07-session6/scripts/bench_ab.py $OUT/ab-$dt.txt /tmp/n/$dt-${A}1 \
+      /tmp/n/$dt-this1 /tmp/n/$dt-${A}2 /tmp/n/$dt-this2
+    tail -3 $OUT/ab-$dt.txt
+  done
   ;;
 final)
   bash $S9/s9.sh final
