@@ -66,6 +66,7 @@ compile)
   ;;
 next)
   PYTHONPATH=$PWD/src timeout 280 python benchmarks/results/h200/2026-12-07-session8/scripts/suite.py 8 270 tests
+  cp src/qknorm/tuned/*.json .baseline3/this_w/qknorm/tuned/  # the same table in both: the A/B is the kernels'
   for dt in bf16 fp16; do
     [ $dt = bf16 ] && A=start || A=this_w
     for i in 1 2; do
