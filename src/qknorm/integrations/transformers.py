@@ -198,7 +198,8 @@ class PatchedRMSNorm(nn.Module):
         sees two ``rms_norm`` calls)."""
         if self.compile_kernels:
             return self._own(x)
-        return self._model_formula(x, self.weight, self.eps if self.eps is not None else default_eps(x.dtype))
+        return self._model_formula(x, self.weight, _eps_of(self, x))
+
 
     def _own(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
@@ -236,6 +237,12 @@ class PatchedRMSNorm(nn.Module):
 _is_compiling = getattr(torch.compiler, "is_compiling", None) or (lambda: False)
 
 
+def _eps_of(m: PatchedRMSNorm, x: torch.Tensor) -> float:
+    """``m``'s eps, or the library default for ``x``'s dtype when it has none (a function, not a method:
+    while Dynamo traces, a method call costs a guard per module)."""
+    return m.eps if m.eps is not None else default_eps(x.dtype)
+
+
 def _model_formula(style: str, x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
     """A model's RMSNorm forward in PyTorch, by ``style`` (the module docstring's recipes)."""
     if style == _TORCH:
@@ -257,25 +264,22 @@ def _model_formula(style: str, x: torch.Tensor, w: torch.Tensor | None, eps: flo
 # PatchedRMSNorm.
 class _TracedTorch(PatchedRMSNorm):
     def _traced(self, x):
-        return _model_formula(_TORCH, x, self.weight, self.eps if self.eps is not None else default_eps(x.dtype))
+        return _model_formula(_TORCH, x, self.weight, _eps_of(self, x))
 
 
 class _TracedCastThenWeight(PatchedRMSNorm):
     def _traced(self, x):
-        return _model_formula(_CAST_THEN_WEIGHT, x, self.weight,
-                              self.eps if self.eps is not None else default_eps(x.dtype))
+        return _model_formula(_CAST_THEN_WEIGHT, x, self.weight, _eps_of(self, x))
 
 
 class _TracedWeightThenCast(PatchedRMSNorm):
     def _traced(self, x):
-        return _model_formula(_WEIGHT_THEN_CAST, x, self.weight,
-                              self.eps if self.eps is not None else default_eps(x.dtype))
+        return _model_formula(_WEIGHT_THEN_CAST, x, self.weight, _eps_of(self, x))
 
 
 class _TracedOnePlusWeight(PatchedRMSNorm):
     def _traced(self, x):
-        return _model_formula(_ONE_PLUS_WEIGHT, x, self.weight,
-                              self.eps if self.eps is not None else default_eps(x.dtype))
+        return _model_formula(_ONE_PLUS_WEIGHT, x, self.weight, _eps_of(self, x))
 
 
 class _TracedKernels(PatchedRMSNorm):
