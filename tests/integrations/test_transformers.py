@@ -266,6 +266,14 @@ def test_patched_model_pickles(arch, under_compile):
     before = [(n, type(m)) for n, m in model.named_modules()]
     assert [(n, type(m)) for n, m in loaded.named_modules()] == before
     assert str(loaded) == str(model)
+    for layer in model.model.layers:  # compile()d modules pickle and copy as torch's own: without the compiled forward
+        layer.compile()
+        layer.self_attn.compile()
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    copied = copy.deepcopy(model)
+    assert all(getattr(m, "_compiled_call_impl", None) is None for m in copied.modules())
+
     def paired(mod):
         return [m for m in mod.modules() if isinstance(m, PatchedRMSNorm) and m._pair is not None]
     mods = set(map(id, loaded.modules()))

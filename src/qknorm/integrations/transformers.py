@@ -338,7 +338,7 @@ def _reduce_by(factory, *args):
     ``torch.save(model)`` of a patched model works (the class carries its base's name, which
     pickle would otherwise look up and find to be another class)."""
     def __reduce_ex__(self, protocol):
-        return _rebuild, (factory, args), self.__dict__
+        return _rebuild, (factory, args), self.__getstate__()  # (nn.Module's: without a compile()d forward)
     return __reduce_ex__
 
 
