@@ -385,7 +385,7 @@ class _QKPair:
     def defer(self, q: torch.Tensor) -> bool:
         """Whether q_norm's call on ``q`` is left to k_norm's launch: only inside the block's own
         forward, and not where someone watches q_norm's output (its hooks, global hooks)."""
-        if not self.armed or _is_compiling():
+        if not self.armed:  # (armed only by the block's eager forward: never while torch.compile traces)
             return False
         if self.pending is not None:  # the forward called q_norm twice before k_norm: finish it, stop pairing
             self._abandon()
@@ -696,11 +696,13 @@ _FUSED_LAYERS: dict[tuple[str, str], tuple] = {
 }
 
 
-def _fused_add_norm(norm: PatchedRMSNorm, h: torch.Tensor, residual: torch.Tensor):
+def _fused_add_norm(norm: PatchedRMSNorm, h: torch.Tensor, residual: torch.Tensor, compiling: bool):
     """``(norm(residual + h), residual + h)`` as one launch into two new tensors (neither input is
     written: the residual is the layer's input, which the caller may keep), or None where the
     fused call would not give what the model's add then norm give: another dtype or shape, the
-    model's promotion rule, autograd (the unfused path is differentiable)."""
+    model's promotion rule, autograd (the unfused path is differentiable). ``compiling``: while
+    torch.compile traces (``under_compile="kernels"`` only: the other mode traces the layer's own
+    forward), the functional custom op."""
     if not (type(h) is torch.Tensor and type(residual) is torch.Tensor and h.dtype == residual.dtype
             and h.shape == residual.shape and h.dtype in _KERNEL_DTYPES and norm.out_dtype(h) == h.dtype
             and norm._pair is None) or _watched(norm):
@@ -709,16 +711,14 @@ def _fused_add_norm(norm: PatchedRMSNorm, h: torch.Tensor, residual: torch.Tenso
     if torch.is_grad_enabled() and (h.requires_grad or residual.requires_grad or (w is not None and w.requires_grad)):
         return None
     eps = norm.eps if norm.eps is not None else default_eps(h.dtype)
-    if _is_compiling():
-        if not norm.compile_kernels:
-            return None  # the model's add and norm, for Inductor to fuse
+    if compiling:
         return torch.ops.qknorm.fused_add_rms_norm_functional(h, residual, w, float(eps), norm.weight_offset)
     return _fused_out(h, residual, w, float(eps), norm.weight_offset)
 
 
-def _fused_layer_forward(self, hidden_states, **kwargs):
+def _fused_layer_forward(self, hidden_states, compiling: bool, **kwargs):
     """The decoder layer's forward with the residual add and the next norm as one launch
-    (:data:`_FUSED_LAYERS`); the layer's own forward when called otherwise."""
+    (:data:`_FUSED_LAYERS`; ``compiling``: see :func:`_fused_add_norm`)."""
     after, attn_post, mlp_post = self._qknorm_fused
     residual = hidden_states
     h = self.input_layernorm(hidden_states)
@@ -726,7 +726,7 @@ def _fused_layer_forward(self, hidden_states, **kwargs):
     if attn_post is not None:
         h = getattr(self, attn_post)(h)
     norm = getattr(self, after)
-    fused = _fused_add_norm(norm, h, residual)
+    fused = _fused_add_norm(norm, h, residual, compiling)
     if fused is None:
         residual = residual + h
         h = norm(residual)
@@ -754,12 +754,12 @@ def _fused_class(cls: type, traced_kernels: bool) -> type:
             def forward(self, hidden_states=None, *args, **kwargs):
                 if args or hidden_states is None or not self._qknorm_fused_on:
                     return cls.forward(self, hidden_states, *args, **kwargs)
-                return _fused_layer_forward(self, hidden_states, **kwargs)
+                return _fused_layer_forward(self, hidden_states, _is_compiling(), **kwargs)
         else:
             def forward(self, hidden_states=None, *args, **kwargs):
                 if _is_compiling() or args or hidden_states is None or not self._qknorm_fused_on:
                     return cls.forward(self, hidden_states, *args, **kwargs)
-                return _fused_layer_forward(self, hidden_states, **kwargs)
+                return _fused_layer_forward(self, hidden_states, False, **kwargs)  # (one compiling test per call)
         sub = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__,
                                           "__qualname__": cls.__qualname__, "_qknorm_fused_class": True,
                                           "__reduce_ex__": _reduce_by(_fused_class, cls, traced_kernels)})
