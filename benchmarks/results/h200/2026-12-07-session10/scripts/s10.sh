@@ -13,6 +13,9 @@
 #   next   carry [".baseline3"]  for the next session, on this tree: the whole suite (270 s cap), then
 #          bf16 criterion A/B start vs this and fp16 A/B this_w (b148ddc: before the fp16 compile) vs this,
 #          `qknorm bench --no-plots --preset qwen3-8b --impl qknorm --variants none [--dtype fp16]`, interleaved x2
+#   eager  carry [".baseline3", ".peers/s"]  the host change: `qknorm bench --mode eager --tokens 1,16,64
+#          --preset qwen3-8b,qwen3-next --impl 'qknorm,sglang*'` of .baseline3/this_w (b148ddc's host code) and this
+#          tree, interleaved x2, SGLang's JIT kernels in every run (ab-eager: qknorm's before/after; summaries: vs SGLang)
 #   final  carry [".baseline3"]  ../../2026-12-07-session9/scripts/s9.sh final (criterion A/B, then the suite)
 set -uo pipefail
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee $OUT/gpu.txt
@@ -20,6 +23,22 @@ python -c "import torch, triton; print('torch', torch.__version__, 'triton', tri
 S9=benchmarks/results/h200/2026-12-07-session9/scripts
 SECONDS=0
 BENCH='import sys; from qknorm.cli import main; sys.exit(main(sys.argv[1:]))'
+# ab OUTFILE BASE [bench args]: `qknorm bench --no-plots --variants none [bench args]` of .baseline3/BASE and this
+# tree, interleaved x2 (best of 2 per case: ../../2026-12-07-session6/scripts/bench_ab.py)
+ab() {
+  local out=$1 base=$2 i tree; shift 2
+  for i in 1 2; do
+    for tree in $base this; do
+      [ $tree = this ] && PP=$PWD/src || PP=$PWD/.baseline3/$tree
+      PYTHONPATH=$PP:/tmp/peers timeout 140 python -c "$BENCH" bench --no-plots --variants none "$@" \
+        --out /tmp/ab/$out-$tree$i > /tmp/ab.$out-$tree$i.log 2>&1
+      echo "bench $out $tree$i rc=$? ${SECONDS}s"
+    done
+  done
+  python benchmarks/results/h200/2026-12-07-session6/scripts/bench_ab.py $OUT/$out.txt /tmp/ab/$out-${base}1 \
+    /tmp/ab/$out-this1 /tmp/ab/$out-${base}2 /tmp/ab/$out-this2
+  tail -3 $OUT/$out.txt
+}
 case "${1:-warps}" in
 warps)
   TREES=${2:-start_w,this_w,branch_w,plain_w}
@@ -41,17 +60,7 @@ tune)
   PYTHONPATH=$PWD/src timeout 360 python -c "$BENCH" tune $M --out /tmp/tuned/$K.json --max-seconds 300 > $OUT/tune.log 2>&1
   echo "tune rc=$? ${SECONDS}s"; tail -4 $OUT/tune.log
   cp /tmp/tuned/$K.json $OUT/ && cp /tmp/tuned/$K.json $T
-  B="bench --no-plots --preset qwen3-8b --impl qknorm --variants none"
-  for i in 1 2; do
-    for tree in start this; do
-      [ $tree = this ] && PP=$PWD/src || PP=$PWD/.baseline3/$tree
-      PYTHONPATH=$PP timeout 60 python -c "$BENCH" $B --out /tmp/f/$tree$i > /tmp/f.$tree$i.log 2>&1
-      echo "bench $tree$i rc=$? ${SECONDS}s"
-    done
-  done
-  python benchmarks/results/h200/2026-12-07-session6/scripts/bench_ab.py $OUT/ab.txt /tmp/f/start1 /tmp/f/this1 \
-    /tmp/f/start2 /tmp/f/this2
-  tail -40 $OUT/ab.txt
+  ab ab start --preset qwen3-8b --impl qknorm
   ;;
 compile)
   M=${MODEL:-qwen3-8b}
@@ -67,20 +76,15 @@ compile)
 next)
   PYTHONPATH=$PWD/src timeout 280 python benchmarks/results/h200/2026-12-07-session8/scripts/suite.py 8 270 tests
   cp src/qknorm/tuned/*.json .baseline3/this_w/qknorm/tuned/  # the same table in both: the A/B is the kernels'
-  for dt in bf16 fp16; do
-    [ $dt = bf16 ] && A=start || A=this_w
-    for i in 1 2; do
-      for tree in $A this; do
-        [ $tree = this ] && PP=$PWD/src || PP=$PWD/.baseline3/$tree
-        PYTHONPATH=$PP timeout 60 python -c "$BENCH" bench --no-plots --preset qwen3-8b --impl qknorm --variants none \
-          --dtype $dt --out /tmp/n/$dt-$tree$i > /tmp/n.$dt-$tree$i.log 2>&1
-        echo "bench $dt $tree$i rc=$? ${SECONDS}s"
-      done
-    done
-    python benchmarks/results/h200/2026-12-07-session6/scripts/bench_ab.py $OUT/ab-$dt.txt /tmp/n/$dt-${A}1 \
-      /tmp/n/$dt-this1 /tmp/n/$dt-${A}2 /tmp/n/$dt-this2
-    tail -3 $OUT/ab-$dt.txt
-  done
+  ab ab-bf16 start --preset qwen3-8b --impl qknorm
+  ab ab-fp16 this_w --preset qwen3-8b --impl qknorm --dtype fp16
+  ;;
+eager)
+  for w in .peers/s/*.whl; do [ -e "$w" ] && pip install -q --no-deps --target /tmp/peers "$w" >/dev/null 2>&1; done
+  [ -e .peers/s/sglang-jit.tgz ] && tar -xzf .peers/s/sglang-jit.tgz -C /tmp/peers 2>/dev/null
+  cp src/qknorm/tuned/*.json .baseline3/this_w/qknorm/tuned/
+  ab eager this_w --preset qwen3-8b,qwen3-next --mode eager --tokens 1,16,64 --impl 'qknorm,sglang*'
+  for f in /tmp/ab/eager-*/summary.md; do cp $f $OUT/$(basename $(dirname $f)).summary.md; done
   ;;
 final)
   bash $S9/s9.sh final
