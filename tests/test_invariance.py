@@ -1,5 +1,7 @@
 """Batch invariance (``qknorm.invariance``): the row-layout rule, the dispatcher kept to one
 layout per (op, dtype, width), and, on a GPU, rows bitwise the same across row counts."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -88,3 +90,10 @@ def test_rows_bitwise_the_same_across_row_counts_on_the_gpu(dtype, d):
             qq, kk = q[:t].clone(), k[:t].clone()
             qknorm.qk_rms_norm(qq, kk, w, w, q_out=qq, k_out=kk)
             assert torch.equal(qq, qf[:t]) and torch.equal(kk, kf[:t]), t
+        # the dispatcher switches between the head-ordered and the token-ordered kernel with the token
+        # count: in the canonical layout both give a row the same bits
+        for rows in (8, 32):
+            cfg = invariance.make_invariant(KernelConfig(rows=rows, block_d=d, num_warps=8), x.element_size())
+            for tok in (False, True):
+                got = qknorm.qk_rms_norm(q, k, w, w, config=dataclasses.replace(cfg, token_order=tok))
+                assert torch.equal(got[0], qf) and torch.equal(got[1], kf), (cfg, tok)

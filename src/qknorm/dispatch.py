@@ -69,7 +69,8 @@ MIN_WAVES = 2
 ELEMS_PER_WARP = 1024
 MAX_CANDIDATE_TILE = 2 * TARGET_TILE  # H100 sweeps: no winner had a larger [rows, block_d] tile
 DEFAULT_SMS = 132  # H100 SXM; used when no GPU can be asked (CPU, interpreter)
-TOKEN_ORDER_MIN_ROWS = 4096  # token order only pays off once Q+K leave L2 (H100 data)
+TOKEN_ORDER_MIN_ROWS = 64  # token-ordered QK candidates from this row bucket on (measured with 16-byte rows since
+# session 11: before, that kernel moved 2-byte elements and won only from 4096 rows, on the H100)
 DECODE_ROWS = 4096  # up to this row bucket narrow rows take decode tiles
 DECODE_TILE = 2048  # elements per program at decode sizes (H200 sweep 2026-12-01-layout-sweep)
 DECODE_BLOCK_MAX = 256  # rows up to this tile width take decode tiles (H200 tune: wider lose)

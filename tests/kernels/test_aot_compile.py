@@ -174,3 +174,46 @@ def test_quant_kernel_sums_squares_in_rms_norms_layout():
     r = _compile_script(_LAYOUT)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip() == "same layouts", r.stdout
+
+
+_TOKENS_LAYOUT = _LAYOUT.split("bad = []")[0] + r"""
+from qknorm.kernels.qk_norm import qk_rms_norm_kernel, qk_rms_norm_tokens_kernel
+
+
+def qk_ttgir(kernel, consts, num_warps):
+    # as a packed [T, H, D] QKV view specialises: unit column and weight strides and N2 are constexpr 1,
+    # pointers and the token/head strides divisible by 16
+    names = list(kernel.arg_names)
+    consts = dict({n: 1 for n in names if re.fullmatch(r"[qk](xsd|ysd|ws|N2|xs2|ys2)", n)}, **consts)
+    sig = {n: "constexpr" if n in consts else "*bf16" if re.fullmatch(r"[XYW][QK]", n)
+           else "fp32" if n in FLOATS else "i32" for n in names}
+    div = [n for n in names if n not in consts and (sig[n].startswith("*") or re.fullmatch(r"[qk][xy](s[01]|t|h)", n))]
+    src = ASTSource(fn=kernel, signature=sig, constexprs={(names.index(n),): v for n, v in consts.items()},
+                    attrs={(names.index(n),): [["tt.divisibility", 16]] for n in div})
+    ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    return ck.asm["ttgir"], ck.asm["ptx"]
+
+
+bad = []
+for d, rows, nw in ((128, 32, 8), (128, 32, 4), (64, 64, 4), (256, 8, 4)):
+    base = dict(HAS_WEIGHT=True, ROWS=rows, PERSISTENT=False, USE_PDL=False, D=d, BLOCK_D=d)
+    ref, _ = qk_ttgir(qk_rms_norm_kernel, dict(base, CHUNKED=0), nw)
+    got, ptx = qk_ttgir(qk_rms_norm_tokens_kernel, base, nw)
+    if sum_layout(got) != sum_layout(ref):
+        bad.append(f"D={d} rows={rows} warps={nw}: {sum_layout(got)} vs {sum_layout(ref)}")
+    if "ld.global.v4" not in ptx or "st.global.v4" not in ptx:
+        bad.append(f"D={d} rows={rows} warps={nw}: no 16-byte loads or stores")
+print("\n".join(bad) if bad else "same layouts")
+"""
+
+
+def test_token_ordered_qk_kernel_reads_16_byte_vectors_in_the_qk_kernels_layout():
+    """The token-ordered QK kernel (Q and K heads of a token in one tile) moves rows in 16-byte vectors
+    and sums squares in the row layout of the head-ordered QK kernel under the same config, so either
+    form gives a row the same bits (batch invariance across the token-order switch). It selected each
+    row's base pointer (Q's or K's) per row; Triton could not prove the selected pointer aligned and
+    compiled 2-byte loads and stores, with another reduction layout. Checked on the sm_90 TTGIR/PTX,
+    without a GPU."""
+    r = _compile_script(_TOKENS_LAYOUT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == "same layouts", r.stdout

@@ -11,11 +11,13 @@
 #          unpatched then qknorm (apply_qknorm's default under_compile="inductor") then qknorm_kernels, batches
 #          ${BATCHES:-1,8}, 3 rounds, each variant started only while 90 s of ${BUDGET:-340} s are left
 #   next   carry [".baseline3"]  for the next session, on this tree: the whole suite (270 s cap), then
-#          bf16 criterion A/B start vs this and fp16 A/B this_w (b148ddc: before the fp16 compile) vs this,
-#          `qknorm bench --no-plots --preset qwen3-8b --impl qknorm --variants none [--dtype fp16]`, interleaved x2
+#          bf16 criterion A/B start vs this, `qknorm bench --no-plots --preset qwen3-8b --impl qknorm --variants none`,
+#          interleaved x2
 #   eager  carry [".baseline3", ".peers/s"]  the host change: `qknorm bench --mode eager --tokens 1,16,64
 #          --preset qwen3-8b,qwen3-next --impl 'qknorm,sglang*'` of .baseline3/this_w (b148ddc's host code) and this
-#          tree, interleaved x2, SGLang's JIT kernels in every run (ab-eager: qknorm's before/after; summaries: vs SGLang)
+#          tree, interleaved x2, SGLang's JIT kernels in every run (ab-eager: qknorm's before/after; summaries: vs SGLang);
+#          then the fp16 A/B this_w (b148ddc: before the fp16 compile) vs this, the criterion's bench with --dtype fp16
+#   suite_eager  carry [".baseline3", ".peers/s"]  the suite (240 s cap), then eager without the fp16 A/B (eager_only)
 #   final  carry [".baseline3"]  ../../2026-12-07-session9/scripts/s9.sh final (criterion A/B, then the suite)
 set -uo pipefail
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee $OUT/gpu.txt
@@ -77,7 +79,6 @@ next)
   PYTHONPATH=$PWD/src timeout 280 python benchmarks/results/h200/2026-12-07-session8/scripts/suite.py 8 270 tests
   cp src/qknorm/tuned/*.json .baseline3/this_w/qknorm/tuned/  # the same table in both: the A/B is the kernels'
   ab ab-bf16 start --preset qwen3-8b --impl qknorm
-  ab ab-fp16 this_w --preset qwen3-8b --impl qknorm --dtype fp16
   ;;
 eager)
   for w in .peers/s/*.whl; do [ -e "$w" ] && pip install -q --no-deps --target /tmp/peers "$w" >/dev/null 2>&1; done
@@ -85,9 +86,21 @@ eager)
   cp src/qknorm/tuned/*.json .baseline3/this_w/qknorm/tuned/
   ab eager this_w --preset qwen3-8b,qwen3-next --mode eager --tokens 1,16,64 --impl 'qknorm,sglang*'
   for f in /tmp/ab/eager-*/summary.md; do cp $f $OUT/$(basename $(dirname $f)).summary.md; done
+  ab ab-fp16 this_w --preset qwen3-8b --impl qknorm --dtype fp16
   ;;
 final)
   bash $S9/s9.sh final
+  ;;
+suite_eager)
+  PYTHONPATH=$PWD/src timeout 250 python benchmarks/results/h200/2026-12-07-session8/scripts/suite.py 8 240 tests
+  bash $0 eager_only
+  ;;
+eager_only)
+  for w in .peers/s/*.whl; do [ -e "$w" ] && pip install -q --no-deps --target /tmp/peers "$w" >/dev/null 2>&1; done
+  [ -e .peers/s/sglang-jit.tgz ] && tar -xzf .peers/s/sglang-jit.tgz -C /tmp/peers 2>/dev/null
+  cp src/qknorm/tuned/*.json .baseline3/this_w/qknorm/tuned/
+  ab eager this_w --preset qwen3-8b,qwen3-next --mode eager --tokens 1,16,64 --impl 'qknorm,sglang*'
+  for f in /tmp/ab/eager-*/summary.md; do cp $f $OUT/$(basename $(dirname $f)).summary.md; done
   ;;
 esac
 echo "done ${SECONDS}s"
