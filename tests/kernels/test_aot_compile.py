@@ -180,12 +180,12 @@ _TOKENS_LAYOUT = _LAYOUT.split("bad = []")[0] + r"""
 from qknorm.kernels.qk_norm import qk_rms_norm_kernel, qk_rms_norm_tokens_kernel
 
 
-def qk_ttgir(kernel, consts, num_warps):
+def qk_ttgir(kernel, consts, num_warps, dt="*bf16"):
     # as a packed [T, H, D] QKV view specialises: unit column and weight strides and N2 are constexpr 1,
     # pointers and the token/head strides divisible by 16
     names = list(kernel.arg_names)
     consts = dict({n: 1 for n in names if re.fullmatch(r"[qk](xsd|ysd|ws|N2|xs2|ys2)", n)}, **consts)
-    sig = {n: "constexpr" if n in consts else "*bf16" if re.fullmatch(r"[XYW][QK]", n)
+    sig = {n: "constexpr" if n in consts else dt if re.fullmatch(r"[XYW][QK]", n)
            else "fp32" if n in FLOATS else "i32" for n in names}
     div = [n for n in names if n not in consts and (sig[n].startswith("*") or re.fullmatch(r"[qk][xy](s[01]|t|h)", n))]
     src = ASTSource(fn=kernel, signature=sig, constexprs={(names.index(n),): v for n, v in consts.items()},
@@ -195,14 +195,15 @@ def qk_ttgir(kernel, consts, num_warps):
 
 
 bad = []
-for d, rows, nw in ((128, 32, 8), (128, 32, 4), (64, 64, 4), (256, 8, 4)):
+for d, rows, nw, dt in ((128, 32, 8, "*bf16"), (128, 32, 4, "*bf16"), (64, 64, 4, "*bf16"), (256, 8, 4, "*bf16"),
+                        (128, 16, 4, "*fp32"), (64, 8, 1, "*fp16")):
     base = dict(HAS_WEIGHT=True, ROWS=rows, PERSISTENT=False, USE_PDL=False, D=d, BLOCK_D=d)
-    ref, _ = qk_ttgir(qk_rms_norm_kernel, dict(base, CHUNKED=0), nw)
-    got, ptx = qk_ttgir(qk_rms_norm_tokens_kernel, base, nw)
+    ref, _ = qk_ttgir(qk_rms_norm_kernel, dict(base, CHUNKED=0), nw, dt)
+    got, ptx = qk_ttgir(qk_rms_norm_tokens_kernel, base, nw, dt)
     if sum_layout(got) != sum_layout(ref):
-        bad.append(f"D={d} rows={rows} warps={nw}: {sum_layout(got)} vs {sum_layout(ref)}")
+        bad.append(f"D={d} rows={rows} warps={nw} {dt}: {sum_layout(got)} vs {sum_layout(ref)}")
     if "ld.global.v4" not in ptx or "st.global.v4" not in ptx:
-        bad.append(f"D={d} rows={rows} warps={nw}: no 16-byte loads or stores")
+        bad.append(f"D={d} rows={rows} warps={nw} {dt}: no 16-byte loads or stores")
 print("\n".join(bad) if bad else "same layouts")
 """
 
