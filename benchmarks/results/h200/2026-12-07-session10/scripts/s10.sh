@@ -18,6 +18,7 @@
 #          tree, interleaved x2, SGLang's JIT kernels in every run (ab-eager: qknorm's before/after; summaries: vs SGLang);
 #          then the fp16 A/B this_w (b148ddc: before the fp16 compile) vs this, the criterion's bench with --dtype fp16
 #   suite_eager  carry [".baseline3", ".peers/s"]  the suite (240 s cap), then eager without the fp16 A/B (eager_only)
+#   suite_qk  carry [".peers/s"]  the suite (230 s cap), then qkpeers (qwen3-8b, qwen3-next; T = 1..16384) until 560 s
 #   qkpeers  carry [".peers/s"]  `qknorm bench --variants top --preset qwen3-8b,qwen3-next,qwen3-235b --impl 'qknorm,sglang*'`
 #          at T = 1..16384 (graph replay, warm L2) into $OUT/qkpeers
 #   final  carry [".baseline3"]  ../../2026-12-07-session9/scripts/s9.sh final (criterion A/B, then the suite)
@@ -97,11 +98,15 @@ suite_eager)
   PYTHONPATH=$PWD/src timeout 250 python benchmarks/results/h200/2026-12-07-session8/scripts/suite.py 8 240 tests
   bash $0 eager_only
   ;;
+suite_qk)
+  PYTHONPATH=$PWD/src timeout 240 python benchmarks/results/h200/2026-12-07-session8/scripts/suite.py 8 230 tests
+  BUDGET=$((560 - SECONDS)) PRESETS=qwen3-8b,qwen3-next TOKENS=1,4,16,64,256,1024,4096,16384 bash $0 qkpeers
+  ;;
 qkpeers)
   for w in .peers/s/*.whl; do [ -e "$w" ] && pip install -q --no-deps --target /tmp/peers "$w" >/dev/null 2>&1; done
   [ -e .peers/s/sglang-jit.tgz ] && tar -xzf .peers/s/sglang-jit.tgz -C /tmp/peers 2>/dev/null
   PYTHONPATH=$PWD/src:/tmp/peers timeout ${BUDGET:-500} python -c "$BENCH" bench --no-plots --variants top \
-    --preset qwen3-8b,qwen3-next,qwen3-235b --impl 'qknorm,sglang*' --tokens 1,2,4,8,16,64,256,1024,4096,16384 \
+    --preset ${PRESETS:-qwen3-8b,qwen3-next,qwen3-235b} --impl 'qknorm,sglang*' --tokens ${TOKENS:-1,2,4,8,16,64,256,1024,4096,16384} \
     --out $OUT/qkpeers > $OUT/qkpeers.log 2>&1
   echo "qkpeers rc=$? ${SECONDS}s"; tail -5 $OUT/qkpeers.log
   ;;
