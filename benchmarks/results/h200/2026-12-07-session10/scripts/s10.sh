@@ -62,7 +62,7 @@ tune)
   K=$(PYTHONPATH=src python -c "import torch; from qknorm.tuned_table import gpu_key; print(gpu_key(torch.cuda.get_device_name()))")
   T=src/qknorm/tuned/$K.json
   M=""; [ -e $T ] && M="--merge $T"
-  PYTHONPATH=$PWD/src timeout 360 python -c "$BENCH" tune $M --out /tmp/tuned/$K.json --max-seconds 300 > $OUT/tune.log 2>&1
+  PYTHONPATH=$PWD/src timeout 300 python -c "$BENCH" tune $M --out /tmp/tuned/$K.json --max-seconds ${TUNE_S:-250} > $OUT/tune.log 2>&1
   echo "tune rc=$? ${SECONDS}s"; tail -4 $OUT/tune.log
   cp /tmp/tuned/$K.json $OUT/ && cp /tmp/tuned/$K.json $T
   ab ab start --preset qwen3-8b --impl qknorm
