@@ -84,7 +84,7 @@ def _tokens_block(block, D, eps, eps_tiny, n_rows, H, HQ, wq, wk,
     x = tl.where(is_q[:, None], xq.to(tl.float32), xk.to(tl.float32))
     y = row_normalized(x, eps, eps_tiny, D, LO_SUMS, YQ.dtype.element_ty != tl.float32, in_range(XQ, XK))
     if HAS_WEIGHT:
-        y = y * tl.where(is_q[:, None], wq[None, :], wk[None, :])
+        y = tl.where(is_q[:, None], y * wq[None, :], y * wk[None, :])
     y = y.to(YQ.dtype.element_ty)
     tl.store((YQ + t * qyt + hq * qyh)[:, None] + cols[None, :], y, mask=mq)
     tl.store((YK + t * kyt + hk * kyh)[:, None] + cols[None, :], y, mask=mk)
