@@ -204,6 +204,8 @@ for d, rows, nw, dt in ((128, 32, 8, "*bf16"), (128, 32, 4, "*bf16"), (64, 64, 4
         bad.append(f"D={d} rows={rows} warps={nw} {dt}: {sum_layout(got)} vs {sum_layout(ref)}")
     if "ld.global.v4" not in ptx or "st.global.v4" not in ptx:
         bad.append(f"D={d} rows={rows} warps={nw} {dt}: no 16-byte loads or stores")
+    if re.search(r"ttg\.convert_layout %\S+ : tensor<\d+x\d+x", got):  # a whole tile through shared memory
+        bad.append(f"D={d} rows={rows} warps={nw} {dt}: a 2-D layout conversion")
 print("\n".join(bad) if bad else "same layouts")
 """
 
@@ -213,8 +215,9 @@ def test_token_ordered_qk_kernel_reads_16_byte_vectors_in_the_qk_kernels_layout(
     and sums squares in the row layout of the head-ordered QK kernel under the same config, so either
     form gives a row the same bits (batch invariance across the token-order switch). It selected each
     row's base pointer (Q's or K's) per row; Triton could not prove the selected pointer aligned and
-    compiled 2-byte loads and stores, with another reduction layout. Checked on the sm_90 TTGIR/PTX,
-    without a GPU."""
+    compiled 2-byte loads and stores, with another reduction layout. Nor does it move a whole tile
+    between layouts (weighting rows by a select of the two weight vectors did, at 4 warps). Checked on
+    the sm_90 TTGIR/PTX, without a GPU."""
     r = _compile_script(_TOKENS_LAYOUT)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip() == "same layouts", r.stdout
