@@ -90,6 +90,14 @@ def test_rows_bitwise_the_same_across_row_counts_on_the_gpu(dtype, d):
             qq, kk = q[:t].clone(), k[:t].clone()
             qknorm.qk_rms_norm(qq, kk, w, w, q_out=qq, k_out=kk)
             assert torch.equal(qq, qf[:t]) and torch.equal(kk, kf[:t]), t
+        # QK norm + RoPE (full and partial rotary): a row's bits do not depend on the token count either
+        cs = torch.randn(512, d, device="cuda", dtype=torch.float32, generator=g)
+        pos = torch.randint(0, 512, (256,), device="cuda", generator=g)
+        for rot in (d, d // 2):
+            rq, rk = qknorm.qk_rms_norm_rope(q, k, w, w, cs[:, :rot], pos, rotary_dim=rot)
+            for t in (1, 2, 16, 100):
+                tq, tk = qknorm.qk_rms_norm_rope(q[:t], k[:t], w, w, cs[:, :rot], pos[:t], rotary_dim=rot)
+                assert torch.equal(tq, rq[:t]) and torch.equal(tk, rk[:t]), (rot, t)
         # the dispatcher switches between the head-ordered and the token-ordered kernel with the token
         # count: in the canonical layout both give a row the same bits
         for rows in (8, 32):

@@ -420,9 +420,11 @@ ROPE_ROW_FORMS = ("auto", "split", "load", "gather")
 #: Widest head the RoPE kernels take: the whole head is kept in registers (no chunked form).
 ROPE_MAX_HEAD_DIM = 1024
 
-#: The split form loads each row's rotary halves as ``[ROWS, next_pow2(rotary_dim / 2)]`` tiles: a
-#: thread holding fewer bytes of such a tile than this loads them one element at a time.
-ROPE_MIN_BYTES = 8
+#: The split form loads each row's rotary halves as ``[ROWS, next_pow2(rotary_dim / 2)]`` tiles; its configs
+#: give every thread exactly this many bytes of such a tile (one 16-byte vector: fewer are loaded in narrower
+#: pieces, and a thread holding 8 bytes at one token count and 16 at another would sum a row's squares in
+#: another order, so its bits would depend on the token count).
+ROPE_MIN_BYTES = 16
 
 
 def rope_row_form(d: int, rotary_dim: int, is_neox: bool = True) -> str:
@@ -445,9 +447,11 @@ def choose_rope_config(dtype: torch.dtype, D: int, rotary_dim: int, n_rows: int,
                        device=None) -> tuple[KernelConfig, str]:
     """The config of the QK norm + RoPE kernels (``qk_rms_norm_rope``, ``qk_norm_rope_cache``), and why.
 
-    Split form (full rotary): the ``qk_rms_norm`` pick (:func:`choose_config`), with fewer warps where
-    its tile would give each thread fewer than :data:`ROPE_MIN_BYTES` of a rotary half (sm_90 SASS
-    showed 16-bit scalar loads and stores; with 16 bytes per thread they are 128-bit). Whole-row form
+    Split form (full rotary): the ``qk_rms_norm`` pick (:func:`choose_config`), with fewer warps (and, on one
+    warp, more rows) where its tile would give each thread less than :data:`ROPE_MIN_BYTES` of a rotary half:
+    every split config lays a half out as 16-byte vectors over the same lanes, so a row's bits do not depend
+    on the token count (with 8 bytes per thread at some counts and 16 at others they did; with fewer, sm_90
+    SASS showed 16-bit scalar loads and stores). Whole-row form
     (partial rotary): a plain grid; rows wider than 32 vectors of 16 bytes take one row per program
     over ``width / (32 vectors)`` warps; narrower rows share a warp, each thread holding 16 bytes of
     them below 32 programs' worth of rows per SM, else 32 bytes, on 2 warps from 32 to 256 rows per SM
@@ -488,11 +492,15 @@ def rope_config(qk_config: KernelConfig, qk_reason: str, dtype: torch.dtype, D: 
         rows_s, warps_s = "s" * (out.rows != 1), "s" * (out.num_warps != 1)
         return out, (f"RoPE whole-row form ({form}: rotary {rotary_dim} of {D}), {out.rows} row{rows_s} x {bd} over "
                      f"{out.num_warps} warp{warps_s} for {n_rows} rows (PDL from the qk_rms_norm pick: {why})")
-    tile = cfg.rows * next_pow2(max(rotary_dim // 2, 1)) * dtype.itemsize
-    if tile // (32 * cfg.num_warps) >= ROPE_MIN_BYTES:
+    half = next_pow2(max(rotary_dim // 2, 1)) * dtype.itemsize  # bytes of one row's rotary half
+    span = max(1, half // (32 * ROPE_MIN_BYTES))  # warps one half spans (more than 32 vectors: head_dim 1024)
+    if cfg.rows * half >= 32 * ROPE_MIN_BYTES * cfg.num_warps and cfg.num_warps >= span:
         return cfg, f"RoPE split form (full rotary): the qk_rms_norm pick ({why})"
-    out = dataclasses.replace(cfg, num_warps=max(1, min(cfg.num_warps, tile // (32 * 16))))
-    return out, f"RoPE split form (full rotary): the qk_rms_norm pick with {out.num_warps} warps ({why})"
+    warps = max(span, min(cfg.num_warps, cfg.rows * half // (32 * ROPE_MIN_BYTES)))
+    rows = max(cfg.rows, -(-32 * ROPE_MIN_BYTES * warps // half))
+    out = dataclasses.replace(cfg, rows=rows, num_warps=warps)
+    return out, (f"RoPE split form (full rotary): the qk_rms_norm pick as {rows} rows over {warps} warps, "
+                 f"{ROPE_MIN_BYTES} bytes of each rotary half per thread ({why})")
 
 
 def _choose_slow(op, dtype, D, n_rows, device):

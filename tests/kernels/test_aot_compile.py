@@ -221,3 +221,80 @@ def test_token_ordered_qk_kernel_reads_16_byte_vectors_in_the_qk_kernels_layout(
     r = _compile_script(_TOKENS_LAYOUT)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip() == "same layouts", r.stdout
+
+
+_ROPE_LAYOUT = r"""
+import re
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from qknorm.dispatch import candidate_configs, rope_config
+from qknorm.kernels.qk_norm_rope import qk_rms_norm_rope_kernel as K
+from qknorm.ops import _plan as P
+
+
+def row_sum_layouts(ir):
+    # (elements per thread, lanes, warps) along the row of every reduction's operand
+    lay = dict(re.findall(r"^(#\w+) = (#ttg\.\w+<\{[^\n]*\}>)", ir, re.M))
+    out = set()
+    for line in ir.splitlines():
+        if line.strip().startswith("}) : (tensor<"):
+            m = re.findall(r"tensor<[^>]*, (#[\w.]+)", line)
+            f = re.search(r"sizePerThread = \[1, (\d+)\], threadsPerWarp = \[\d+, (\d+)\], warpsPerCTA = \[\d+, (\d+)\]",
+                          lay.get(m[0], "") if m else "")
+            if f:
+                out.add(f.groups())
+    return tuple(sorted(out))
+
+
+def ttgir(d, r, cfg, dt):
+    # as a packed QKV view of Qwen3-Next's 16+2 heads specialises: ints equal to 1 constexpr, the rest of the
+    # strides and the pointers divisible by 16
+    names = list(K.arg_names)
+    width = 20 * d
+    ints = dict(D=d, HALF=r // 2, css0=r, css1=1, max_pos=4096, ps=1, q_rows=64 * 16, qH=16, qxt=width, qxh=d,
+                qxd=1, qyt=width, qyh=d, qyd=1, qws=1, k_rows=64 * 2, kH=2, kxt=width, kxh=d, kxd=1, kyt=width, kyh=d,
+                kyd=1, kws=1)
+    c = dict(HAS_WEIGHT=True, IS_NEOX=True, HAS_TAIL=d > r, ROWS=cfg.rows, BLOCK_H=triton.next_power_of_2(r // 2),
+             BLOCK_T=triton.next_power_of_2(d - r) if d > r else 1, PERSISTENT=cfg.persistent, USE_PDL=False,
+             LO_SUMS=False, **P.row_form(d, r, True))
+    c.update({n: 1 for n, v in ints.items() if v == 1})
+    sig = {n: "constexpr" if n in c else "*fp32" if n == "CS" else "*i64" if n == "P"
+           else dt if re.fullmatch(r"[XYW][QK]", n) else "fp32" if n in ("eps", "eps_tiny", "w_offset") else "i32"
+           for n in names}
+    div = [n for n in names if n not in c and (sig[n].startswith("*") or (n in ints and ints[n] % 16 == 0))]
+    src = ASTSource(fn=K, signature=sig, constexprs={(names.index(n),): v for n, v in c.items() if n in names},
+                    attrs={(names.index(n),): [["tt.divisibility", 16]] for n in div})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": cfg.num_warps}).asm["ttgir"]
+
+
+bad = []
+for dtype, dt, cases in ((torch.bfloat16, "*bf16", ((64, 64), (128, 128), (256, 64))), (torch.float32, "*fp32", ((128, 128),))):
+    for d, r in cases:
+        cfgs = {}
+        for n in (40, 2560, 40960, 5_000_000):
+            # every head-ordered config the QK dispatcher may pick (any tuned table's pick is one of them)
+            for qk in candidate_configs("qk_rms_norm", dtype, d, n):
+                if not qk.token_order:
+                    cfg = rope_config(qk, "", dtype, d, r, n)[0]
+                    cfgs[(cfg.rows, cfg.num_warps)] = cfg  # a persistent grid lays a tile out as a plain one
+        seen = {}
+        for cfg in cfgs.values():
+            seen.setdefault(row_sum_layouts(ttgir(d, r, cfg, dt)), []).append(cfg.name)
+        if len(seen) != 1:
+            bad.append(f"{dt} head_dim {d} rotary {r}: {seen}")
+print("\n".join(bad) if bad else "one layout each")
+"""
+
+
+def test_rope_configs_keep_one_row_layout_whatever_the_qk_pick():
+    """Batch invariance of ``qk_rms_norm_rope`` (and the prologue, which takes the same configs): every config
+    the RoPE dispatch can make from any head-ordered QK candidate (so from any tuned table's pick) at any token
+    count sums a row's squares over the same elements per thread, lanes and warps, so a row's bits do not depend
+    on the token count. The split form (full rotary) took the QK pick with at least 8 bytes of a rotary half
+    per thread: 8 at some token counts and 16 at others (Qwen3-8B's head_dim 128: 4 bf16 over 16 lanes below
+    ~5000 rows, 8 over 8 lanes above). Checked on the sm_90 TTGIR, without a GPU."""
+    r = _compile_script(_ROPE_LAYOUT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == "one layout each", r.stdout
