@@ -20,7 +20,7 @@
 #   suite_eager  carry [".baseline3", ".peers/s"]  the suite (240 s cap), then eager without the fp16 A/B (eager_only)
 #   suite_qk  carry [".peers/s"]  the suite (230 s cap), then qkpeers (qwen3-8b, qwen3-next; T = 1..16384) until 560 s
 #   qkpeers  carry [".peers/s"]  `qknorm bench --variants top --preset qwen3-8b,qwen3-next,qwen3-235b --impl 'qknorm,sglang*'`
-#          at T = 1..16384 (graph replay, warm L2) into $OUT/qkpeers
+#          at T = 1..16384 (graph replay, warm L2): summary and CSV to $OUT (a call brings back 8 files at most)
 #   final  carry [".baseline3"]  ../../2026-12-07-session9/scripts/s9.sh final (criterion A/B, then the suite)
 set -uo pipefail
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee $OUT/gpu.txt
@@ -43,6 +43,11 @@ ab() {
   python benchmarks/results/h200/2026-12-07-session6/scripts/bench_ab.py $OUT/$out.txt /tmp/ab/$out-${base}1 \
     /tmp/ab/$out-this1 /tmp/ab/$out-${base}2 /tmp/ab/$out-this2
   tail -3 $OUT/$out.txt
+}
+# SGLang's JIT kernels (carry .peers/s) into /tmp/peers
+sglang_peers() {
+  for w in .peers/s/*.whl; do [ -e "$w" ] && pip install -q --no-deps --target /tmp/peers "$w" >/dev/null 2>&1; done
+  [ -e .peers/s/sglang-jit.tgz ] && tar -xzf .peers/s/sglang-jit.tgz -C /tmp/peers 2>/dev/null
 }
 case "${1:-warps}" in
 warps)
@@ -84,11 +89,7 @@ next)
   ab ab-bf16 start --preset qwen3-8b --impl qknorm
   ;;
 eager)
-  for w in .peers/s/*.whl; do [ -e "$w" ] && pip install -q --no-deps --target /tmp/peers "$w" >/dev/null 2>&1; done
-  [ -e .peers/s/sglang-jit.tgz ] && tar -xzf .peers/s/sglang-jit.tgz -C /tmp/peers 2>/dev/null
-  cp src/qknorm/tuned/*.json .baseline3/this_w/qknorm/tuned/
-  ab eager this_w --preset qwen3-8b,qwen3-next --mode eager --tokens 1,16,64 --impl 'qknorm,sglang*'
-  for f in /tmp/ab/eager-*/summary.md; do cp $f $OUT/$(basename $(dirname $f)).summary.md; done
+  bash $0 eager_only
   ab ab-fp16 this_w --preset qwen3-8b --impl qknorm --dtype fp16
   ;;
 final)
@@ -103,16 +104,15 @@ suite_qk)
   BUDGET=$((560 - SECONDS)) PRESETS=qwen3-8b,qwen3-next TOKENS=1,4,16,64,256,1024,4096,16384 bash $0 qkpeers
   ;;
 qkpeers)
-  for w in .peers/s/*.whl; do [ -e "$w" ] && pip install -q --no-deps --target /tmp/peers "$w" >/dev/null 2>&1; done
-  [ -e .peers/s/sglang-jit.tgz ] && tar -xzf .peers/s/sglang-jit.tgz -C /tmp/peers 2>/dev/null
+  sglang_peers
   PYTHONPATH=$PWD/src:/tmp/peers timeout ${BUDGET:-500} python -c "$BENCH" bench --no-plots --variants top \
     --preset ${PRESETS:-qwen3-8b,qwen3-next,qwen3-235b} --impl 'qknorm,sglang*' --tokens ${TOKENS:-1,2,4,8,16,64,256,1024,4096,16384} \
-    --out $OUT/qkpeers > $OUT/qkpeers.log 2>&1
-  echo "qkpeers rc=$? ${SECONDS}s"; tail -5 $OUT/qkpeers.log
+    --out /tmp/qkpeers > /tmp/qkpeers.log 2>&1
+  echo "qkpeers rc=$? ${SECONDS}s"; tail -5 /tmp/qkpeers.log
+  cp /tmp/qkpeers/summary.md $OUT/qkpeers-summary.md; cp /tmp/qkpeers/results.csv $OUT/qkpeers-results.csv  # 8 files come back
   ;;
 eager_only)
-  for w in .peers/s/*.whl; do [ -e "$w" ] && pip install -q --no-deps --target /tmp/peers "$w" >/dev/null 2>&1; done
-  [ -e .peers/s/sglang-jit.tgz ] && tar -xzf .peers/s/sglang-jit.tgz -C /tmp/peers 2>/dev/null
+  sglang_peers
   cp src/qknorm/tuned/*.json .baseline3/this_w/qknorm/tuned/
   ab eager this_w --preset qwen3-8b,qwen3-next --mode eager --tokens 1,16,64 --impl 'qknorm,sglang*'
   for f in /tmp/ab/eager-*/summary.md; do cp $f $OUT/$(basename $(dirname $f)).summary.md; done
