@@ -164,7 +164,7 @@ print("\n".join(bad) if bad else "same layouts")
 def test_quant_kernel_sums_squares_in_rms_norms_layout():
     """The fused quant kernel's sum of squares has the row layout of rms_norm's (fused add's)
     kernel under the same config, so ``n`` has their bits and is batch-invariant. Its 8-bit code
-    store asks for 16 codes per thread; unless capped (``rms_norm_quant._code_cols``) Triton
+    store asks for 16 codes per thread; unless capped (``rms_norm_quant.code_cols``) Triton
     gave the whole tile that layout where a thread holds 16 elements (96 of 144 combinations of
     widths, row counts, modes differed; on an H100 the codes then changed with the call's row
     count). Also the two-pass form (groups that are not a power of two: its first pass only
@@ -231,6 +231,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from qknorm.dispatch import candidate_configs, rope_config
 from qknorm.kernels.qk_norm_rope import qk_rms_norm_rope_kernel as K
+from qknorm.kernels.qk_norm_rope_cache import qk_norm_rope_cache_kernel as KC
 from qknorm.ops import _plan as P
 
 
@@ -269,6 +270,28 @@ def ttgir(d, r, cfg, dt):
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": cfg.num_warps}).asm["ttgir"]
 
 
+def cache_ttgir(d, r, cfg, dt):
+    # the attention prologue with FP8 K and V caches (16 slots a block), the same views
+    names = list(KC.arg_names)
+    width = 20 * d
+    ints = dict(D=d, DV=d, HALF=r // 2, css0=r, css1=1, max_pos=4096, ps=1, ps3=0, S0=0, S01=0, q_rows=64 * 16, qH=16,
+                qxt=width, qxh=d, qxd=1, qyt=width, qyh=d, qyd=1, qws=1, k_rows=64 * 2, kH=2, kxt=width, kxh=d, kxd=1,
+                kws=1, kot=0, koh=0, kod=0, vxt=width, vxh=d, vxd=1, kcb=32 * d, kco=2 * d, kch=d, kcd=1, vcb=32 * d,
+                vco=2 * d, vch=d, vcd=1, block_size=16, num_slots=4096, sms=132)
+    c = dict(HAS_WEIGHT=True, IS_NEOX=True, HAS_TAIL=d > r, MROPE=False, HAS_KOUT=False, K_FP8=1, V_FP8=1,
+             K_QMAX=448.0, V_QMAX=448.0, NATIVE_CAST=True, WIDE=False, ROWS=cfg.rows,
+             BLOCK_H=triton.next_power_of_2(r // 2), BLOCK_T=triton.next_power_of_2(d - r) if d > r else 1,
+             BLOCK_V=triton.next_power_of_2(d), PERSISTENT=False, USE_PDL=False, LO_SUMS=False, **P.row_form(d, r, True))
+    c.update({n: 1 for n, v in ints.items() if v == 1})
+    ptr = dict(CS="*fp32", P="*i64", SM="*i64", KSC="*fp32", VSC="*fp32", KC="*fp8e4nv", VC="*fp8e4nv")
+    sig = {n: "constexpr" if n in c else ptr.get(n) or (dt if re.fullmatch(r"[XYWK][QKVO]", n) else
+           "fp32" if n in ("eps", "eps_tiny", "w_offset") else "i32") for n in names}
+    div = [n for n in names if n not in c and (sig[n].startswith("*") or (n in ints and ints[n] % 16 == 0))]
+    src = ASTSource(fn=KC, signature=sig, constexprs={(names.index(n),): v for n, v in c.items() if n in names},
+                    attrs={(names.index(n),): [["tt.divisibility", 16]] for n in div})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": cfg.num_warps}).asm["ttgir"]
+
+
 bad = []
 for dtype, dt, cases in ((torch.bfloat16, "*bf16", ((64, 64), (128, 128), (256, 64))), (torch.float32, "*fp32", ((128, 128),))):
     for d, r in cases:
@@ -282,6 +305,8 @@ for dtype, dt, cases in ((torch.bfloat16, "*bf16", ((64, 64), (128, 128), (256, 
         seen = {}
         for cfg in cfgs.values():
             seen.setdefault(row_sum_layouts(ttgir(d, r, cfg, dt)), []).append(cfg.name)
+            if dt == "*bf16" and d != 64:  # the prologue with FP8 caches: the same layout
+                seen.setdefault(row_sum_layouts(cache_ttgir(d, r, cfg, dt)), []).append(cfg.name + " (prologue)")
         if len(seen) != 1:
             bad.append(f"{dt} head_dim {d} rotary {r}: {seen}")
 print("\n".join(bad) if bad else "one layout each")
@@ -294,7 +319,9 @@ def test_rope_configs_keep_one_row_layout_whatever_the_qk_pick():
     count sums a row's squares over the same elements per thread, lanes and warps, so a row's bits do not depend
     on the token count. The split form (full rotary) took the QK pick with at least 8 bytes of a rotary half
     per thread: 8 at some token counts and 16 at others (Qwen3-8B's head_dim 128: 4 bf16 over 16 lanes below
-    ~5000 rows, 8 over 8 lanes above). Checked on the sm_90 TTGIR, without a GPU."""
+    ~5000 rows, 8 over 8 lanes above). The prologue with FP8 caches too: its 8-bit cache stores asked for 16
+    codes per thread and took the whole tile into that layout at some configs. Checked on the sm_90 TTGIR,
+    without a GPU."""
     r = _compile_script(_ROPE_LAYOUT)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip() == "one layout each", r.stdout

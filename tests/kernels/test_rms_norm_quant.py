@@ -136,7 +136,7 @@ def check_call(x, weight=None, residual=None, config=None, offset=0.0, eps=1e-6,
         ref64, sum64 = ref_add_norm(x0, r0, weight, eps, offset)
         assert_bits(residual, as_stored(x0.float() + r0.float(), x.dtype), "residual")
     # Bits: with the same strides the sum of squares has rms_norm's layout in every form (the
-    # code stores are kept off it: rms_norm_quant._code_cols; tests/kernels/test_aot_compile.py).
+    # code stores are kept off it: rms_norm_quant.code_cols; tests/kernels/test_aot_compile.py).
     # The one-ulp differences seen on an H100 before came from comparing a strided x with a
     # contiguous copy.
     assert_bits(as_stored(n, x.dtype), ref, "n vs rms_norm's kernel")

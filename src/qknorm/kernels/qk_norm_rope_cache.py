@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from .pdl import pdl_launch_dependents, pdl_wait
-from .rms_norm_quant import to_codes
+from .rms_norm_quant import code_cols, to_codes
 from .qk_norm_rope import col_offset, norm_rope_rows, rope_columns
 
 
@@ -53,15 +53,30 @@ def _cast(v, sc, out_ty: tl.constexpr, FP8: tl.constexpr, QMAX: tl.constexpr, NA
 
 
 @triton.jit
-def _store_row(o1, o2, ot, Y, y_row, ysd, rows_ok, D, j, j_ok, HALF, c, c_ok, tc, t_ok, sc,
+def _fp8_cols(c, X, FP8: tl.constexpr):
+    """Columns ``c`` of an FP8 store (``FP8`` != 0) seen by the compiler as at most one 16-byte vector of the
+    activations ``X`` (:func:`rms_norm_quant.code_cols`): an 8-bit store left to ask for 16 codes per thread made
+    Triton lay the whole row tile out that way at some configs, the sum of squares included, so a row's bits
+    changed with the config, i.e. with the token count (sm_90 TTGIR). Other stores: ``c``."""
+    if FP8 != 0:
+        c = code_cols(c, X)
+    return c
+
+
+@triton.jit
+def _store_row(o1, o2, ot, X, Y, y_row, ysd, rows_ok, D, j, j_ok, HALF, c, c_ok, tc, t_ok, sc,
                FP8: tl.constexpr, QMAX: tl.constexpr, NATIVE_CAST: tl.constexpr, IS_NEOX: tl.constexpr,
                HAS_TAIL: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr, WIDE: tl.constexpr,
                WHOLE: tl.constexpr, BLOCK_D: tl.constexpr):
     """Store the rotated pair halves ``o1``/``o2`` and the tail ``ot`` of rows ``rows_ok``
-    (row pointers ``y_row``, element stride ``ysd``) in ``Y``'s type; ``WHOLE``: the whole rows ``o1``."""
+    (row pointers ``y_row``, element stride ``ysd``) in ``Y``'s type; ``WHOLE``: the whole rows ``o1``.
+    ``X``: the activations (their dtype caps an FP8 store's vectors, :func:`_fp8_cols`)."""
     ty = Y.dtype.element_ty
+    j = _fp8_cols(j, X, FP8)
+    c = _fp8_cols(c, X, FP8)
+    tc = _fp8_cols(tc, X, FP8)
     if WHOLE:
-        cd = tl.arange(0, BLOCK_D)
+        cd = _fp8_cols(tl.arange(0, BLOCK_D), X, FP8)
         tl.store(y_row[:, None] + (col_offset(cd, WIDE) * ysd)[None, :], _cast(o1, sc, ty, FP8, QMAX, NATIVE_CAST),
                  mask=rows_ok[:, None] & (cd < D)[None, :])
     elif IS_NEOX:
@@ -80,18 +95,18 @@ def _store_row(o1, o2, ot, Y, y_row, ysd, rows_ok, D, j, j_ok, HALF, c, c_ok, tc
 
 
 @triton.jit
-def _store_k(o1, o2, ot, KC, kc_row, kcd, KO, t, h, kot, koh, kod, to_cache, to_kout, D, j, j_ok, HALF, c, c_ok, tc,
+def _store_k(o1, o2, ot, XK, KC, kc_row, kcd, KO, t, h, kot, koh, kod, to_cache, to_kout, D, j, j_ok, HALF, c, c_ok, tc,
              t_ok, ksc,
              K_FP8: tl.constexpr, K_QMAX: tl.constexpr, NATIVE_CAST: tl.constexpr, IS_NEOX: tl.constexpr,
              HAS_TAIL: tl.constexpr, HAS_KOUT: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
              WIDE: tl.constexpr, WHOLE: tl.constexpr, BLOCK_D: tl.constexpr):
-    """K's rows: into the cache (rows ``to_cache``, FP8 with ``ksc`` when ``K_FP8``) and, with
+    """K's rows (activations ``XK``): into the cache (rows ``to_cache``, FP8 with ``ksc`` when ``K_FP8``) and, with
     ``HAS_KOUT``, into ``KO`` (rows ``to_kout``; row ``t, h`` at ``t * kot + h * koh``)."""
-    _store_row(o1, o2, ot, KC, kc_row, kcd, to_cache, D, j, j_ok, HALF, c, c_ok, tc, t_ok, ksc, K_FP8, K_QMAX,
+    _store_row(o1, o2, ot, XK, KC, kc_row, kcd, to_cache, D, j, j_ok, HALF, c, c_ok, tc, t_ok, ksc, K_FP8, K_QMAX,
                NATIVE_CAST, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WIDE, WHOLE, BLOCK_D)
     if HAS_KOUT:
-        _store_row(o1, o2, ot, KO, KO + t * kot + h * koh, kod, to_kout, D, j, j_ok, HALF, c, c_ok, tc, t_ok, 1.0, 0,
-                   1.0, NATIVE_CAST, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WIDE, WHOLE, BLOCK_D)
+        _store_row(o1, o2, ot, XK, KO, KO + t * kot + h * koh, kod, to_kout, D, j, j_ok, HALF, c, c_ok, tc, t_ok, 1.0,
+                   0, 1.0, NATIVE_CAST, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WIDE, WHOLE, BLOCK_D)
 
 
 @triton.jit
@@ -114,7 +129,7 @@ def _prologue_block(block, q_blocks, D, DV, HALF, eps, eps_tiny, LO_SUMS: tl.con
         o1, o2, ot = norm_rope_rows(t, xq_row, row_ok, D, HALF, eps, eps_tiny, LO_SUMS, w_offset, CS, css0, css1,
                                     max_pos, P, ps, ps3, S0, S01, WQ, qws, qxd, j, j_ok, c, c_ok, tc, t_ok, HAS_WEIGHT,
                                     IS_NEOX, HAS_TAIL, MROPE, ROWS, BLOCK_H, WIDE, WHOLE, BLOCK_D, PARTNER_LOAD)
-        _store_row(o1, o2, ot, YQ, YQ + t * qyt + h * qyh, qyd, row_ok, D, j, j_ok, HALF, c, c_ok, tc,
+        _store_row(o1, o2, ot, XQ, YQ, YQ + t * qyt + h * qyh, qyd, row_ok, D, j, j_ok, HALF, c, c_ok, tc,
                    t_ok, 1.0, 0, 1.0, NATIVE_CAST, IS_NEOX, HAS_TAIL, ROWS, BLOCK_H, WIDE, WHOLE, BLOCK_D)
     else:
         rows = (block - q_blocks) * ROWS + tl.arange(0, ROWS)
@@ -134,15 +149,15 @@ def _prologue_block(block, q_blocks, D, DV, HALF, eps, eps_tiny, LO_SUMS: tl.con
         ksc = 1.0
         if K_FP8 != 0:
             ksc = tl.load(KSC).to(tl.float32)
-        _store_k(o1, o2, ot, KC, KC + blk * kcb + off * kco + h * kch, kcd, KO, t, h, kot, koh, kod, in_cache, row_ok,
-                 D, j, j_ok, HALF, c, c_ok, tc, t_ok, ksc, K_FP8, K_QMAX, NATIVE_CAST, IS_NEOX, HAS_TAIL, HAS_KOUT,
-                 ROWS,
-                 BLOCK_H, WIDE, WHOLE, BLOCK_D)
+        _store_k(o1, o2, ot, XK, KC, KC + blk * kcb + off * kco + h * kch, kcd, KO, t, h, kot, koh, kod, in_cache,
+                 row_ok, D, j, j_ok, HALF, c, c_ok, tc, t_ok, ksc, K_FP8, K_QMAX, NATIVE_CAST, IS_NEOX, HAS_TAIL,
+                 HAS_KOUT, ROWS, BLOCK_H, WIDE, WHOLE, BLOCK_D)
         # V: copied (FP8: quantised) into its cache at the same slot.
         cv = tl.arange(0, BLOCK_V)
         vm = in_cache[:, None] & (cv < DV)[None, :]
         vv = tl.load((XV + t * vxt + h * vxh)[:, None] + (col_offset(cv, WIDE) * vxd)[None, :], mask=vm, other=0.0)
-        vdst = (VC + blk * vcb + off * vco + h * vch)[:, None] + (col_offset(cv, WIDE) * vcd)[None, :]
+        cvs = col_offset(_fp8_cols(cv, XV, V_FP8), WIDE)
+        vdst = (VC + blk * vcb + off * vco + h * vch)[:, None] + (cvs * vcd)[None, :]
         if V_FP8 != 0:
             vsc = tl.load(VSC).to(tl.float32)
             tl.store(vdst, _cast(vv.to(tl.float32), vsc, VC.dtype.element_ty, V_FP8, V_QMAX, NATIVE_CAST), mask=vm)

@@ -217,7 +217,7 @@ def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, LO_SUMS: tl.cons
         n = normalized(s, p, q)  # as rows.add_norm_block
         if HAS_WEIGHT:
             n = n * w[None, :]
-        ycols = _code_cols(cols, X)
+        ycols = code_cols(cols, X)
         if DEBUG:
             tl.store(d_row[:, None] + (ycols * ysd)[None, :], n, mask=mask)
         y_ptr = y_row[:, None] + (ycols * ysd)[None, :]
@@ -249,7 +249,7 @@ def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, LO_SUMS: tl.cons
                 mask = row_ok[:, None] & col_ok[None, :]
                 n = _reread(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], mask, W, c,
                             col_ok, ws, w_offset, p2, q2, HAS_RESIDUAL, HAS_WEIGHT, True)
-                yc = _code_cols(c, X)
+                yc = code_cols(c, X)
                 _store_codes(n, s_static, y_row[:, None] + (yc * ysd)[None, :], d_row[:, None] + (yc * ysd)[None, :],
                              mask, OUT, QMAX, NATIVE_CAST, DEBUG)
         elif GROUP > 0 and GP <= BLOCK_D:  # tiles of whole groups: [ROWS, GB, GP]
@@ -266,7 +266,7 @@ def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, LO_SUMS: tl.cons
                 n = _reread(x_row[:, None, None] + (c * xsd)[None, :, :], r_row[:, None, None] + (c * rsd)[None, :, :],
                             mask, W, c, cm, ws, w_offset, p3, q3, HAS_RESIDUAL, HAS_WEIGHT, True)
                 sc = dyn_scale(amax_nan(n, 2), ub, UB, UE8M0, QMAX)
-                yc = gi[:, None] * GROUP + _code_cols(j, X)[None, :]
+                yc = gi[:, None] * GROUP + code_cols(j, X)[None, :]
                 _store_codes(n, sc[:, :, None], y_row[:, None, None] + (yc * ysd)[None, :, :],
                              d_row[:, None, None] + (yc * ysd)[None, :, :], mask, OUT, QMAX, NATIVE_CAST, DEBUG)
                 tl.store(s_row[:, None] + (gi.to(tl.int64) * ssg)[None, :], sc,
@@ -294,7 +294,7 @@ def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, LO_SUMS: tl.cons
                     mask = row_ok[:, None] & col_ok[None, :]
                     n = _reread(x_row[:, None] + (c * xsd)[None, :], r_row[:, None] + (c * rsd)[None, :], mask, W,
                                 c, col_ok, ws, w_offset, p2, q2, HAS_RESIDUAL, HAS_WEIGHT, True)
-                    yc = base + start + _code_cols(cols, X)
+                    yc = base + start + code_cols(cols, X)
                     _store_codes(n, sc[:, None], y_row[:, None] + (yc * ysd)[None, :],
                                  d_row[:, None] + (yc * ysd)[None, :], mask, OUT, QMAX, NATIVE_CAST, DEBUG)
                 tl.store(s_row + tl.cast(gi, tl.int64) * ssg, sc, mask=row_ok)
@@ -332,7 +332,7 @@ def _layout_anchor(s, X, Y, mask, eps):
 
 
 @triton.jit
-def _code_cols(c, X):
+def code_cols(c, X):
     """Columns ``c`` for the code (and debug) stores, equal in value, whose contiguity the compiler
     sees as at most one 16-byte load of ``X``'s elements (8 bf16/fp16, 4 fp32). Left as they
     are, the 8-bit store asks for 16 codes per thread, and where a tile has that many elements
