@@ -19,6 +19,13 @@ The dispatcher only picks configs in the *canonical* layout of their (dtype, wid
 clamped to 4 ... 8, 16 for the widest rows; never more than the row can use). So a row's output does not depend on
 how many tokens the call has, nor on in-place or not (engines need this for deterministic
 serving and RL rollouts). A ``config=`` given by the caller is used as given.
+
+Not covered: views whose rows are not 16-byte aligned (a row stride that is not a multiple of 16 elements,
+e.g. ``x[:, 8:]`` of an fp32 ``[T, 168]`` tensor). Triton then cannot vectorise their loads, and the layout
+comes from whichever access is aligned: out of place the new output's 16-byte stores give the canonical
+layout, in place (and the in-place fused add) every access is unaligned and a thread holds one element, so
+``rms_norm(x, w)`` and ``rms_norm(x, w, out=x)`` may differ in the last bit there (sm_90 TTGIR). Every token
+count of one such view still gives a row the same bits.
 """
 from __future__ import annotations
 
