@@ -23,9 +23,10 @@ serving and RL rollouts). A ``config=`` given by the caller is used as given.
 Not covered: views whose rows are not 16-byte aligned (a row stride that is not a multiple of 16 elements,
 e.g. ``x[:, 8:]`` of an fp32 ``[T, 168]`` tensor). Triton then cannot vectorise their loads, and the layout
 comes from whichever access is aligned: out of place the new output's 16-byte stores give the canonical
-layout, in place (and the in-place fused add) every access is unaligned and a thread holds one element, so
-``rms_norm(x, w)`` and ``rms_norm(x, w, out=x)`` may differ in the last bit there (sm_90 TTGIR). Every token
-count of one such view still gives a row the same bits.
+layout; in place (and the in-place fused add) every access is unaligned, a thread holds one element and
+every warp of the program lies along the row, so the order follows the config's warp count, which the
+dispatcher varies with the token count (sm_90 TTGIR). Such rows may change in the last bit with the token
+count and between ``rms_norm(x, w)`` and ``rms_norm(x, w, out=x)``.
 """
 from __future__ import annotations
 
