@@ -242,8 +242,8 @@ def row_sum_layouts(ir):
     for line in ir.splitlines():
         if line.strip().startswith("}) : (tensor<"):
             m = re.findall(r"tensor<[^>]*, (#[\w.]+)", line)
-            f = re.search(r"sizePerThread = \[1, (\d+)\], threadsPerWarp = \[\d+, (\d+)\], warpsPerCTA = \[\d+, (\d+)\]",
-                          lay.get(m[0], "") if m else "")
+            f = re.search(r"sizePerThread = \[1, (\d+)\], threadsPerWarp = \[\d+, (\d+)\], "
+                          r"warpsPerCTA = \[\d+, (\d+)\]", lay.get(m[0], "") if m else "")
             if f:
                 out.add(f.groups())
     return tuple(sorted(out))
@@ -281,7 +281,8 @@ def cache_ttgir(d, r, cfg, dt):
     c = dict(HAS_WEIGHT=True, IS_NEOX=True, HAS_TAIL=d > r, MROPE=False, HAS_KOUT=False, K_FP8=1, V_FP8=1,
              K_QMAX=448.0, V_QMAX=448.0, NATIVE_CAST=True, WIDE=False, ROWS=cfg.rows,
              BLOCK_H=triton.next_power_of_2(r // 2), BLOCK_T=triton.next_power_of_2(d - r) if d > r else 1,
-             BLOCK_V=triton.next_power_of_2(d), PERSISTENT=False, USE_PDL=False, LO_SUMS=False, **P.row_form(d, r, True))
+             BLOCK_V=triton.next_power_of_2(d), PERSISTENT=False, USE_PDL=False, LO_SUMS=False,
+             **P.row_form(d, r, True))
     c.update({n: 1 for n, v in ints.items() if v == 1})
     ptr = dict(CS="*fp32", P="*i64", SM="*i64", KSC="*fp32", VSC="*fp32", KC="*fp8e4nv", VC="*fp8e4nv")
     sig = {n: "constexpr" if n in c else ptr.get(n) or (dt if re.fullmatch(r"[XYWK][QKVO]", n) else
@@ -293,7 +294,8 @@ def cache_ttgir(d, r, cfg, dt):
 
 
 bad = []
-for dtype, dt, cases in ((torch.bfloat16, "*bf16", ((64, 64), (128, 128), (256, 64))), (torch.float32, "*fp32", ((128, 128),))):
+for dtype, dt, cases in ((torch.bfloat16, "*bf16", ((64, 64), (128, 128), (256, 64))),
+                         (torch.float32, "*fp32", ((128, 128),))):
     for d, r in cases:
         cfgs = {}
         for n in (40, 2560, 40960, 5_000_000):
