@@ -209,7 +209,7 @@ def test_rope_ops_explain_the_config_and_row_form_their_kernels_run():
         cfg = _plan.choose_rope(torch.bfloat16, 256, r, 72, torch.device("cpu"), None)
         assert f"rotary_dim={r} rows=72 -> {cfg.name} ({form} form" in text, text
         assert cfg == dispatch.choose_rope_config(torch.bfloat16, 256, r, 72)[0]
-        assert ("batch-invariant" in text) == (form != "split")
+        assert ("per rotary half" in text) == (form == "split") and "batch-invariant" in text
     assert "qk_norm_rope_cache" in qknorm.explain(q, k, op="qk_norm_rope_cache", rotary_dim=64)
     with pytest.raises(ValueError, match="needs k"):
         qknorm.explain(q, op="qk_rms_norm_rope")

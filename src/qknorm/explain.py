@@ -82,13 +82,15 @@ def _describe_rope(op, dtype, D, r, n_rows, device, table, top) -> str:
     lines = [f"{op}: dtype={str(dtype).replace('torch.', '')} D={D} rotary_dim={r} rows={n_rows} -> {cfg.name} "
              f"({form} form: {shape}; {grid}{', PDL' if cfg.pdl else ''}, {plural(cfg.rows, 'row')} x {cfg.block_d} cols, "
              f"{plural(cfg.num_warps, 'warp')})", f"  {why}"]
-    lay = invariance.row_layout(cfg.rows, cfg.block_d, cfg.num_warps, dtype.itemsize)
-    how = f"{lay.per_thread} elements/thread x {lay.lanes} lanes x {lay.warps} warps per row"
     if form != "split":
+        lay = invariance.row_layout(cfg.rows, cfg.block_d, cfg.num_warps, dtype.itemsize)
+        how = f"{lay.per_thread} elements/thread x {lay.lanes} lanes x {lay.warps} warps per row"
         lines.append(f"  batch-invariant: row layout {how}, the one every whole-row config for this (dtype, D) uses")
     else:
-        lines.append(f"  row layout {how}; the split form follows the qk_rms_norm pick and is not covered by the "
-                     "batch-invariance guarantee")
+        half = dispatch.next_pow2(max(r // 2, 1))
+        lay = invariance.row_layout(cfg.rows, half, cfg.num_warps, dtype.itemsize)
+        how = f"{lay.per_thread} elements/thread x {lay.lanes} lanes x {lay.warps} warps per rotary half"
+        lines.append(f"  batch-invariant: layout {how}, the one every split-form config for this (dtype, D) uses")
     if qk.table is not None:
         lines.append(f"  the qk_rms_norm decision it starts from: table {qk.table.path or qk.table.name}")
     return "\n".join(lines)
