@@ -198,14 +198,13 @@ class PatchedRMSNorm(nn.Module):
         sees two ``rms_norm`` calls)."""
         if self.compile_kernels:
             return self._own(x)
-        return self._model_formula(x, self.weight, _eps_of(self, x))
-
+        return _model_formula(self.style, x, self.weight, _eps_of(self, x))
 
     def _own(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        eps = self.eps if self.eps is not None else default_eps(x.dtype)
+        eps = _eps_of(self, x)
         if x.dtype not in _KERNEL_DTYPES:
-            return self._model_formula(x, w, eps)
+            return _model_formula(self.style, x, w, eps)
         y = _ops.rms_norm(x, w, eps, weight_offset=self.weight_offset)
         if self.style == _CAST_THEN_WEIGHT and w is not None and w.dtype != x.dtype:
             dt = torch.promote_types(x.dtype, w.dtype)  # `weight * n.to(x.dtype)` promotes
@@ -222,12 +221,7 @@ class PatchedRMSNorm(nn.Module):
 
     def _own_in_place(self, x: torch.Tensor) -> None:
         """This module's result written over ``x`` (a deferred q whose pairing fell through)."""
-        eps = self.eps if self.eps is not None else default_eps(x.dtype)
-        _ops.rms_norm(x, self.weight, eps, weight_offset=self.weight_offset, out=x)
-
-    def _model_formula(self, x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
-        """The model's own forward, in PyTorch (for dtypes the qknorm ops do not take)."""
-        return _model_formula(self.style, x, w, eps)
+        _ops.rms_norm(x, self.weight, _eps_of(self, x), weight_offset=self.weight_offset, out=x)
 
     def extra_repr(self) -> str:
         shape = tuple(self.weight.shape) if self.weight is not None else None
@@ -413,8 +407,7 @@ class _QKPair:
             self.q._own_in_place(q)
             return None
         qm, km = self.q, self.k
-        eps = qm.eps if qm.eps is not None else default_eps(q.dtype)
-        _ops.qk_rms_norm(q, k, qm.weight, km.weight, eps, weight_offset=qm.weight_offset, q_out=q, k_out=k)
+        _ops.qk_rms_norm(q, k, qm.weight, km.weight, _eps_of(qm, q), weight_offset=qm.weight_offset, q_out=q, k_out=k)
         return k
 
     def _abandon(self) -> None:
@@ -710,7 +703,7 @@ def _fused_add_norm(norm: PatchedRMSNorm, h: torch.Tensor, residual: torch.Tenso
     w = norm.weight
     if torch.is_grad_enabled() and (h.requires_grad or residual.requires_grad or (w is not None and w.requires_grad)):
         return None
-    eps = norm.eps if norm.eps is not None else default_eps(h.dtype)
+    eps = _eps_of(norm, h)
     if compiling:
         return torch.ops.qknorm.fused_add_rms_norm_functional(h, residual, w, float(eps), norm.weight_offset)
     return _fused_out(h, residual, w, float(eps), norm.weight_offset)
@@ -812,7 +805,7 @@ def _fuse_residuals(model: nn.Module, report: "Report") -> None:
         original = type(layer)
         layer._qknorm_fused = r
         after = getattr(layer, r[0])
-        layer.__class__ = _fused_class(original, isinstance(after, _TracedKernels) or after.compile_kernels)
+        layer.__class__ = _fused_class(original, after.compile_kernels)
         why = _probe_layer(layer)
         if why is None:
             layer._qknorm_fused_on = True
