@@ -65,10 +65,10 @@ def mean_plus(ss, D, add):
     """``ss / D + add`` (the mean square plus eps) as ``fma(ss, 1/D, add)``: one rounding, with ``1/D`` the IEEE
     reciprocal (exact for a power-of-two ``D``). Spelled as an explicit fma so the code generator has no choice
     left: a plain ``ss / D + eps`` compiles to a multiply by an approximate reciprocal followed by an add, which
-    ptxas fuses into one FFMA in some configs and not in others, so a row's bits depended on the kernel config
-    (an H100 measured fp32 head_dim 256 QK norm + RoPE rows 1-2 ulp apart between configs,
-    ``benchmarks/results/h100/2026-12-07-session12``). ``tests/kernels/test_aot_compile.py`` checks that no
-    kernel leaves ptxas such a pair."""
+    ptxas may fuse into one FFMA or not depending on the code around it, so a row's bits could depend on the
+    kernel config (found while looking for why an H100 gave fp32 head_dim 256 QK norm + RoPE rows 1-2 ulp apart
+    between configs, ``benchmarks/results/h100/2026-12-07-session12``; whether it was the cause is not yet
+    measured). ``tests/kernels/test_aot_compile.py`` checks that no kernel leaves ptxas such a pair."""
     inv = tl.math.div_rn(tl.full((), 1.0, tl.float32), tl.full((), 0.0, tl.float32) + D)
     return tl.fma(ss, inv, add)
 
