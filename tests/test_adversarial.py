@@ -46,10 +46,18 @@ def _check(out, ref, dtype, what):
 
 def _huge_stride_weight(d, device, dtype=torch.float32):
     """A weight ``[d]`` whose element stride times d passes 2**31 (column offsets overflow int32)."""
-    step = 2**25 + 1
+    step = max(2**25 + 1, 2**31 // (d - 1) + 1)
     w = torch.empty((d - 1) * step + 1, dtype=dtype, device=device).as_strided((d,), (step,))
     w.copy_(torch.randn(d))
     return w
+
+
+def _huge_stride_cos_sin(max_pos, r, device, dtype=torch.float32):
+    """A ``cos_sin_cache [max_pos, r]`` (``_rope_cache``'s values) whose column stride times r passes 2**31."""
+    step = 2**31 // (r - 1) + 1
+    cs = torch.empty((r - 1) * step + max_pos, dtype=dtype, device=device).as_strided((max_pos, r), (1, step))
+    cs.copy_(_rope_cache(max_pos, r, device, dtype))
+    return cs
 
 
 def _rope_cache(max_pos, r, device, dtype=torch.float32):
@@ -82,6 +90,37 @@ def test_weight_stride_past_int32(impl):
                                   compute_dtype=torch.float64)
     _check(qo, rq, torch.float32, "rope q")
     _check(ko, rk, torch.float32, "rope k")
+
+
+def test_prologue_and_quant_weights_and_cos_sin_past_int32(impl):
+    """The attention prologue with a weight and a cos/sin cache whose column offsets pass int32 (it
+    segfaulted: its kernel addressed them in int32 whatever ``WIDE`` said), and both quant ops with such a
+    weight: the values of the same call on contiguous copies, bit for bit."""
+    d = 16
+    g = torch.Generator().manual_seed(11)
+    kw, cs = _huge_stride_weight(d, impl), _huge_stride_cos_sin(8, d, impl)
+    qw = torch.randn(d, generator=g).to(impl)
+    q, k, v = (torch.randn(3, h, d, generator=g).to(impl) for h in (2, 1, 1))
+    pos, slots = torch.tensor([0, 7, 3]).to(impl), torch.tensor([2, 0, 5]).to(impl)
+
+    def prologue(kw_, cs_):
+        kc, vc, qo = torch.zeros(3, 2, 1, d, device=impl), torch.zeros(3, 2, 1, d, device=impl), q.clone()
+        for _ in range(3):  # the fast call and its express entry from the third call on
+            qknorm.qk_norm_rope_cache(qo, k, v, qw, kw_, cs_, pos, kc, vc, slots)
+        return qo, kc, vc
+
+    for got, want in zip(prologue(kw, cs), prologue(kw.contiguous(), cs.contiguous())):
+        assert torch.equal(got, want)
+    x, r = torch.randn(3, d, generator=g).to(impl), torch.randn(3, d, generator=g).to(impl)
+    for fused in (False, True):
+        def quant(w_):
+            xc, rc = x.clone(), r.clone()
+            if fused:
+                return (*qknorm.fused_add_rms_norm_quant(xc, rc, w_, group_size=8), rc)
+            return qknorm.rms_norm_quant(xc, w_, group_size=8)
+        for got, want in zip(quant(kw), quant(kw.contiguous())):
+            assert torch.equal(got.view(torch.uint8) if got.element_size() == 1 else got,
+                               want.view(torch.uint8) if want.element_size() == 1 else want), fused
 
 
 def test_last_dim_stride_past_int32(impl):

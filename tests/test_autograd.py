@@ -95,6 +95,53 @@ def test_qk_and_rope_gradients(impl):
                  [q, k, qw, kw, cs], cot, f"rope neox={neox}")
 
 
+def _norm64(x, w, eps):
+    y = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+    return y if w is None else y * w
+
+
+@pytest.mark.parametrize("scale,eps", [(1e25, 1e-6), (1e-25, 0.0), (1e-25, 1e-50)], ids=["huge", "tiny-eps0",
+                                                                                          "tiny-eps1e-50"])
+def test_gradients_of_rows_out_of_fp32_range(impl, scale, eps):
+    """Rows the forward normalises right although their fp32 sum of squares overflows or underflows (|x| ~
+    1e25, or ~1e-25 with an eps fp32 cannot hold) get the fp64 formula's gradients, not 0 or inf (the
+    backward took rstd in plain fp32), on every differentiable op."""
+    g = torch.Generator().manual_seed(5)
+    d, rot = 16, 8
+
+    def leaves(*shapes):
+        return [(torch.randn(*sh, generator=g, dtype=torch.float64) * sc).float().to(impl).requires_grad_()
+                for sh, sc in shapes]
+
+    def check(ours, ref, ts, what):
+        outs = ours(*ts)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        cot = [torch.randn(o.shape, generator=g).to(impl) for o in outs]
+        got = torch.autograd.grad(outs, ts, cot)
+        t64 = [t.detach().double().requires_grad_() for t in ts]
+        r = ref(*t64)
+        want = torch.autograd.grad(r if isinstance(r, tuple) else (r,), t64, [c.double() for c in cot])
+        for i, (a, b) in enumerate(zip(got, want)):
+            assert torch.isfinite(a).all(), f"{what}: grad of input {i} not finite"
+            _close(a, b, f"{what}: grad of input {i}", tol=1e-5)
+
+    x, w = leaves(((3, d), scale), ((d,), 1.0))
+    check(lambda x, w: qknorm.rms_norm(x, w, eps), lambda x, w: _norm64(x, w, eps), [x, w], "rms_norm")
+    x, r, w = leaves(((3, d), scale), ((3, d), scale), ((d,), 1.0))
+    check(lambda x, r, w: qknorm.fused_add_rms_norm(x * 1.0, r * 1.0, w, eps),
+          lambda x, r, w: (_norm64(x + r, w, eps), x + r), [x, r, w], "fused_add")
+    q, k, qw, kw = leaves(((2, 3, d), scale), ((2, 1, d), scale), ((d,), 1.0), ((d,), 1.0))
+    check(lambda q, k, qw, kw: qknorm.qk_rms_norm(q, k, qw, kw, eps),
+          lambda q, k, qw, kw: (_norm64(q, qw, eps), _norm64(k, kw, eps)), [q, k, qw, kw], "qk")
+    inv = 1.0 / (10000 ** (torch.arange(0, rot, 2, dtype=torch.float64) / rot))
+    ang = torch.arange(4, dtype=torch.float64)[:, None] * inv[None, :]
+    cs = torch.cat((ang.cos(), ang.sin()), 1).float().to(impl)
+    pos = torch.tensor([3, 1]).to(impl)
+    check(lambda q, k, qw, kw: qknorm.qk_rms_norm_rope(q, k, qw, kw, cs, pos, eps, rotary_dim=rot),
+          lambda q, k, qw, kw: (rope_ref(_norm64(q, qw, eps), cs.double(), pos, rot, True),
+                                rope_ref(_norm64(k, kw, eps), cs.double(), pos, rot, True)), [q, k, qw, kw], "rope")
+
+
 def test_in_place_on_leaf_requiring_grad_fails_as_torch_does(impl):
     x = torch.randn(3, 8, device=impl, requires_grad=True)
     with pytest.raises(RuntimeError, match="leaf"):

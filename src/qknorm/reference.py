@@ -35,6 +35,13 @@ def _rstd(xf: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.rsqrt(xf.square().mean(dim=-1, keepdim=True) + eps)
 
 
+def _out_of_range(ms: torch.Tensor, e: float, d: int) -> torch.Tensor:
+    """The rows (keepdim mask) whose fp32 mean square ``ms`` (eps as the kernels take it: ``e``) may have
+    overflowed or lost flushed squares or eps: recomputed in fp64."""
+    m = ms + e
+    return (ms * d > _EXTREME_SS) | (m < _EXTREME_MS) | (m > _EXTREME_SS) | ms.isinf()
+
+
 def normalize(x: torch.Tensor, eps: float, compute_dtype: torch.dtype = torch.float32, *,
               skip_when_clean: bool = True) -> torch.Tensor:
     """``x / sqrt(mean(x**2) + eps)`` in ``compute_dtype``.
@@ -56,8 +63,7 @@ def normalize(x: torch.Tensor, eps: float, compute_dtype: torch.dtype = torch.fl
         lo, hi = (float(v) for v in ms.detach().aminmax())
         if hi == hi and not (hi * xf.shape[-1] > _EXTREME_SS or lo + e < _EXTREME_MS or hi + e > _EXTREME_SS):
             return y
-    m = ms + e
-    bad = (ms * xf.shape[-1] > _EXTREME_SS) | (m < _EXTREME_MS) | (m > _EXTREME_SS) | ms.isinf()
+    bad = _out_of_range(ms, e, xf.shape[-1])
     if not skip_when_clean or unread or torch.compiler.is_compiling() or bool(bad.any()):
         x64 = xf.to(torch.float64)
         y = torch.where(bad, (x64 * _rstd(x64, eps)).to(torch.float32), y)
@@ -78,13 +84,20 @@ def rms_norm_backward(x: torch.Tensor, weight: torch.Tensor | None, eps: float, 
     """Gradients of ``rms_norm_ref(x, weight, eps, weight_offset)`` for ``grad`` (fp32 math):
     ``(dx, dweight)`` in the dtypes of ``x`` and ``weight`` (``dweight`` None without a weight
     or when not needed). With ``n = x * rstd``: ``dx = rstd * (g*w - n * mean(g*w*n))``,
-    ``dweight = sum over rows of g * n``."""
+    ``dweight = sum over rows of g * n``. Rows out of fp32's range (as :func:`normalize` finds them, whose
+    fp32 ``rstd`` would be 0 or inf) take ``dx`` from fp64, as the forward takes ``n``."""
     xf = x.to(torch.float32)
     gf = grad.to(torch.float32)
     n = normalize(x, eps, torch.float32, skip_when_clean=False)
-    rstd = torch.rsqrt(xf.square().mean(dim=-1, keepdim=True) + eps)
+    ms = xf.square().mean(dim=-1, keepdim=True)
     gw = gf if weight is None else gf * (weight.to(torch.float32) + weight_offset)
-    dx = rstd * (gw - n * (gw * n).mean(dim=-1, keepdim=True))
+    dx = torch.rsqrt(ms + eps) * (gw - n * (gw * n).mean(dim=-1, keepdim=True))
+    if xf.numel():
+        x64, gw64 = xf.to(torch.float64), gw.to(torch.float64)
+        r64 = _rstd(x64, eps)
+        n64 = x64 * r64
+        dx64 = r64 * (gw64 - n64 * (gw64 * n64).mean(dim=-1, keepdim=True))
+        dx = torch.where(_out_of_range(ms, kernel_eps(eps)[0], xf.shape[-1]), dx64.to(torch.float32), dx)
     dw = None
     if weight is not None and need_weight_grad:
         dw = (gf * n).reshape(-1, x.shape[-1]).sum(dim=0).to(weight.dtype)

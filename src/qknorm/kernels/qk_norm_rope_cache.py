@@ -29,8 +29,9 @@ every element is read once and written once (twice for K when ``k_out`` is given
    see ``rms_norm_quant.py``). ``KSC``/``VSC``: the 1-element fp32 dequantisation scales,
    read on the device (no sync).
 
-Offsets: token/head/slot offsets int64; column offsets ``col * stride`` int32 unless
-``WIDE`` (the host sets it when a ``stride * width`` passes int32).
+Offsets: token/head/slot offsets int64; column offsets ``col * stride`` of the activations and caches int32
+unless ``WIDE`` (the host sets it when a ``stride * width`` passes int32); those of the weights and the cos/sin
+cache always int32 (the host passes contiguous copies where they would not do).
 
 Launcher: ``ops/qk_norm_rope_cache.py``; configs: the dispatcher's ``qk_rms_norm`` pick
 (ROWS, num_warps, persistent); tests: ``tests/kernels/test_qk_norm_rope_cache.py``.

@@ -379,9 +379,26 @@ def checked(fn) -> bool:
 
 # --------------------------------------------------------------------------- general-call helpers
 
+def weight_ok(w, d: int) -> bool:
+    """Whether the kernels' int32 column offsets ``col * stride`` reach every element of the weight ``w``
+    (``[d]`` or None)."""
+    return w is None or abs(w.stride(0)) * d <= INT32_MAX
+
+
 def addressable_weight(w, d: int):
     """``w``, or a contiguous copy when ``col * stride`` would overflow the kernels' int32 offsets."""
-    return w if w is None or abs(w.stride(0)) * d <= INT32_MAX else w.contiguous()
+    return w if weight_ok(w, d) else w.contiguous()
+
+
+def cos_sin_ok(cs, r: int) -> bool:
+    """Whether the RoPE kernels' int32 column offsets reach every used column of ``cos_sin_cache``
+    (``[max_pos, >= r]``, columns ``0 .. r-1``)."""
+    return abs(cs.stride(1)) * r <= INT32_MAX
+
+
+def addressable_cos_sin(cs, r: int):
+    """``cs``, or a contiguous copy when its column offsets would overflow int32 (:func:`cos_sin_ok`)."""
+    return cs if cos_sin_ok(cs, r) else cs.contiguous()
 
 
 def n_rows(t) -> int:
@@ -421,7 +438,7 @@ def row_plan(launcher, op: str, x, w, o_strides, config, second: str):
     shape = x.shape
     d = shape[-1]
     lay = kernel_layout(shape, d, x.stride(), o_strides)
-    if lay is None or (w is not None and abs(w.stride(0)) * d > INT32_MAX):
+    if lay is None or not weight_ok(w, d):
         return None
     cfg = choose(op, x.dtype, d, lay.n_rows, x.device, config)
     (_, n1, n2), (xs, os_) = lay.sizes, lay.strides

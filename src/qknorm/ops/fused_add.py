@@ -130,7 +130,7 @@ def _out_plan(x, residual, weight, config, bind=None):
     d = x.shape[-1]
     contig = plans.contig_strides(x.shape)
     lay = plans.kernel_layout(x.shape, d, x.stride(), residual.stride(), contig, contig)
-    if lay is None or (weight is not None and abs(weight.stride(0)) * d > plans.INT32_MAX):
+    if lay is None or not plans.weight_ok(weight, d):
         return None
     cfg = plans.choose(OP, x.dtype, d, lay.n_rows, x.device, config)
     (_, n1, n2), (xs, rs, ys, os_) = lay.sizes, lay.strides

@@ -93,7 +93,7 @@ def _plan(q, k, qw, kw, q_out_strides, k_out_strides, config):
     k_lay = kernel_layout(k.shape, d, k.stride(), k_out_strides)
     if q_lay is None or k_lay is None or q_lay.n_rows + k_lay.n_rows > layout.ROW_LIMIT:
         return None
-    if any(w is not None and abs(w.stride(0)) * d > plans.INT32_MAX for w in (qw, kw)):
+    if not (plans.weight_ok(qw, d) and plans.weight_ok(kw, d)):
         return None
     q_rows = 0 if q.numel() == 0 else q_lay.n_rows
     k_rows = 0 if k.numel() == 0 else k_lay.n_rows

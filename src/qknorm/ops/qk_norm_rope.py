@@ -116,9 +116,9 @@ def _fast_plan(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_off
 def _addressable(q, k, qw, kw, cs, q_out_strides, k_out_strides, r) -> bool:
     """Whether the kernel's int32 column offsets reach every element, and one launch takes the rows."""
     d, lim = q.shape[-1], plans.INT32_MAX
-    return (q.shape[0] * (q.shape[1] + k.shape[1]) <= layout.ROW_LIMIT and abs(cs.stride(1)) * r <= lim
+    return (q.shape[0] * (q.shape[1] + k.shape[1]) <= layout.ROW_LIMIT and plans.cos_sin_ok(cs, r)
             and all(abs(s) * d <= lim for s in (q.stride(2), k.stride(2), q_out_strides[2], k_out_strides[2]))
-            and all(w is None or abs(w.stride(0)) * d <= lim for w in (qw, kw)))
+            and plans.weight_ok(qw, d) and plans.weight_ok(kw, d))
 
 
 def _plan(q, k, qw, kw, cs, positions, q_out_strides, k_out_strides, is_neox, r, config) -> plans.Plan:
@@ -169,9 +169,7 @@ def _launch(q, k, q_out, k_out, qw, kw, cs, positions, eps, is_neox, r, weight_o
     offsets are copied once (weights, cache, or Q/K/outputs to contiguous), calls with more
     rows than one launch takes run in pieces of whole tokens."""
     d = q.shape[-1]
-    qw, kw = plans.addressable_weight(qw, d), plans.addressable_weight(kw, d)
-    if abs(cs.stride(1)) * r > plans.INT32_MAX:
-        cs = cs.contiguous()
+    qw, kw, cs = plans.addressable_weight(qw, d), plans.addressable_weight(kw, d), plans.addressable_cos_sin(cs, r)
     if any(abs(st) * d > plans.INT32_MAX for st in (q.stride(2), k.stride(2), q_out.stride(2), k_out.stride(2))):
         qt = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         kt = torch.empty(k.shape, dtype=k.dtype, device=k.device)

@@ -254,10 +254,11 @@ def _plan(q, k, v, qw, kw, cs, positions, q_out, k_out, kc, vc, slot_mapping, is
     s0, s01 = (sections[0], sections[0] + sections[1]) if mrope else (0, 0)
     kfp8, vfp8 = _FP8_CODE.get(kc.dtype, 0), _FP8_CODE.get(vc.dtype, 0)
     ko_strides = k_out.stride() if k_out is not None else (0, 0, 0)
+    # int64 columns of the activations and caches (weights and cos/sin arrive addressable: plans.weight_ok,
+    # plans.cos_sin_ok)
     wide = any(abs(st) * w > plans.INT32_MAX for st, w in (
         (q.stride(2), d), (q_out.stride(2), d), (k.stride(2), d), (ko_strides[2], d), (v.stride(2), dv),
-        (kc.stride(3), d), (vc.stride(3), dv), (cs.stride(1), r),
-        (qw.stride(0) if qw is not None else 0, d), (kw.stride(0) if kw is not None else 0, d)))
+        (kc.stride(3), d), (vc.stride(3), dv)))
     dts = (cs.dtype, positions.dtype, q.dtype, qw.dtype if qw is not None else q.dtype,
            kw.dtype if kw is not None else q.dtype, kc.dtype, vc.dtype, slot_mapping.dtype)
     ps3, ps = (positions.stride(0), positions.stride(1)) if mrope else (0, positions.stride(0))
@@ -320,6 +321,9 @@ def run(q, k, v, q_weight, k_weight, cs, positions, k_cache, v_cache, slot_mappi
                           weight_offset, sections, k_scale, v_scale, q_out, k_out)
     if q.shape[1] * q.shape[0] + k.shape[1] * k.shape[0] == 0:
         return q_out
+    d = q.shape[-1]  # the kernel's weight and cos/sin columns are int32 offsets: copies where they would overflow
+    q_weight, k_weight = plans.addressable_weight(q_weight, d), plans.addressable_weight(k_weight, d)
+    cs = plans.addressable_cos_sin(cs, r)
     t = q.shape[0]
     step = max(1, layout.ROW_LIMIT // max(1, q.shape[1] + k.shape[1]))
     for t0 in range(0, t, step):  # calls with more rows than one launch takes: pieces of whole tokens
@@ -560,8 +564,9 @@ def _fast_plan(q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, e
     except (TypeError, ValueError):
         return None
     if q.numel() == 0 or k.numel() == 0 or v.numel() == 0 or (not q.is_cuda and not plans.FAST_ON_CPU) \
-            or q.shape[0] * (q.shape[1] + k.shape[1]) > layout.ROW_LIMIT:
-        return None  # nothing to launch, or pieces of tokens: the general call
+            or q.shape[0] * (q.shape[1] + k.shape[1]) > layout.ROW_LIMIT or not plans.cos_sin_ok(cs, r) \
+            or not (plans.weight_ok(qw, q.shape[-1]) and plans.weight_ok(kw, q.shape[-1])):
+        return None  # nothing to launch, pieces of tokens, or copies of a weight or cos/sin: the general call
     qt = q if qo is IN_PLACE else q_out
     kc, vc = as_blocks(k_cache), as_blocks(v_cache)
     base = _plan(q, k, v, qw, kw, cs, positions, qt, None if ko is NEW else k_out, kc, vc, slot_mapping, is_neox, r,

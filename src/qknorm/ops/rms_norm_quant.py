@@ -291,7 +291,7 @@ def build_plan(x, residual, weight, y_strides, sc_strides, static: bool, n_group
     ss = tuple(sc_strides) if sc_strides is not None else (0,) * len(shape)
     lay = layout.row_layout(shape, tuple(x.stride()), rs, tuple(y_strides), ss)
     if lay is None or lay.n_rows > layout.ROW_LIMIT or any(abs(s[3]) * d > INT32_MAX for s in lay.strides[:3]) \
-            or (weight is not None and abs(weight.stride(0)) * d > INT32_MAX):
+            or not plans.weight_ok(weight, d):
         return None
     op = "fused_add_rms_norm" if residual is not None else "rms_norm"
     cfg = plans.choose(op, x.dtype, d, lay.n_rows, x.device, config)
