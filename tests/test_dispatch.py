@@ -358,3 +358,22 @@ def test_token_order_candidates_from_token_order_min_rows():
     assert all(not c.persistent and not c.chunked(128) for c in big if c.token_order)
     assert not any(c.token_order for c in candidate_configs("qk_rms_norm", BF16, 128, 20))
     assert not any(c.token_order for c in candidate_configs("rms_norm", BF16, 128, 1 << 20))
+
+
+def test_fp32_rope_split_form_takes_one_tile_at_every_token_count():
+    """fp32 QK norm + RoPE with full rotary (the split form): whatever the qk_rms_norm pick (any candidate, so any
+    tuned table's) and the token count, the rows and warps of the tile are the same (configs that lay a rotary
+    half out alike still rounded apart by their warps on an H100: ``dispatch.ROPE_FP32_TILE``); bf16 keeps the
+    pick's tile."""
+    for d in (8, 64, 128, 256, 1024):
+        tiles = set()
+        for n in (1, 40, 2560, 40960, 5_000_000):
+            for qk in candidate_configs("qk_rms_norm", torch.float32, d, n):
+                if not qk.token_order:
+                    cfg, why = D.rope_config(qk, "", torch.float32, d, d, n)
+                    tiles.add((cfg.rows, cfg.num_warps, cfg.block_d))
+                    assert "at every token count" in why
+        assert len(tiles) == 1, (d, tiles)
+    bf16 = {D.rope_config(qk, "", BF16, 128, 128, 40960)[0].num_warps
+            for qk in candidate_configs("qk_rms_norm", BF16, 128, 40960) if not qk.token_order}
+    assert len(bf16) > 1

@@ -426,6 +426,13 @@ ROPE_MAX_HEAD_DIM = 1024
 #: another order, so its bits would depend on the token count).
 ROPE_MIN_BYTES = 16
 
+#: fp32 split-form tile ``(rows, num_warps)``, the same at every token count (rows capped at a 4096-element tile,
+#: then :data:`ROPE_MIN_BYTES`'s rule): fp32 configs that lay a rotary half out the same way (16-byte vectors over
+#: the same lanes) still round 1-4 ulps apart on an H100 by their warps (1 and 8 against 2 and 4 at head_dim 256;
+#: other groups at 128), which the per-element dataflow of their SASS does not show
+#: (``benchmarks/results/h100/2026-12-07-session13``); the QK pick moves between such groups with the token count.
+ROPE_FP32_TILE = (16, 4)
+
 
 def rope_row_form(d: int, rotary_dim: int, is_neox: bool = True) -> str:
     """The RoPE kernels' row form for head_dim ``d`` and ``rotary_dim`` (:data:`ROPE_ROW_FORM`; after changing
@@ -451,7 +458,8 @@ def choose_rope_config(dtype: torch.dtype, D: int, rotary_dim: int, n_rows: int,
     warp, more rows) where its tile would give each thread less than :data:`ROPE_MIN_BYTES` of a rotary half:
     every split config lays a half out as 16-byte vectors over the same lanes, so a row's bits do not depend
     on the token count (with 8 bytes per thread at some counts and 16 at others they did; with fewer, sm_90
-    SASS showed 16-bit scalar loads and stores). Whole-row form
+    SASS showed 16-bit scalar loads and stores). fp32 takes one tile at every token count instead
+    (:data:`ROPE_FP32_TILE`: fp32 configs laid out alike still rounded apart by their warps on an H100). Whole-row form
     (partial rotary): a plain grid; rows wider than 32 vectors of 16 bytes take one row per program
     over ``width / (32 vectors)`` warps; narrower rows share a warp, each thread holding 16 bytes of
     them below 32 programs' worth of rows per SM, else 32 bytes, on 2 warps from 32 to 256 rows per SM
@@ -494,12 +502,21 @@ def rope_config(qk_config: KernelConfig, qk_reason: str, dtype: torch.dtype, D: 
                      f"{out.num_warps} warp{warps_s} for {n_rows} rows (PDL from the qk_rms_norm pick: {why})")
     half = next_pow2(max(rotary_dim // 2, 1)) * dtype.itemsize  # bytes of one row's rotary half
     span = max(1, half // (32 * ROPE_MIN_BYTES))  # warps one half spans (more than 32 vectors: head_dim 1024)
-    if cfg.rows * half >= 32 * ROPE_MIN_BYTES * cfg.num_warps and cfg.num_warps >= span:
+    fp32 = dtype == torch.float32
+    if fp32:  # one tile shape at every token count (ROPE_FP32_TILE), whatever the QK pick
+        rows, warps = ROPE_FP32_TILE
+        cfg = dataclasses.replace(cfg, rows=max(1, min(rows, 4096 // next_pow2(D))), num_warps=warps)
+    if cfg.rows * half < 32 * ROPE_MIN_BYTES * cfg.num_warps or cfg.num_warps < span:
+        warps = max(span, min(cfg.num_warps, cfg.rows * half // (32 * ROPE_MIN_BYTES)))
+        rows = max(cfg.rows, -(-32 * ROPE_MIN_BYTES * warps // half))
+        cfg = dataclasses.replace(cfg, rows=rows, num_warps=warps)
+    elif not fp32:
         return cfg, f"RoPE split form (full rotary): the qk_rms_norm pick ({why})"
-    warps = max(span, min(cfg.num_warps, cfg.rows * half // (32 * ROPE_MIN_BYTES)))
-    rows = max(cfg.rows, -(-32 * ROPE_MIN_BYTES * warps // half))
-    out = dataclasses.replace(cfg, rows=rows, num_warps=warps)
-    return out, (f"RoPE split form (full rotary): the qk_rms_norm pick as {rows} rows over {warps} warps, "
+    if fp32:
+        return cfg, (f"RoPE split form (full rotary), fp32: {cfg.rows} rows over {cfg.num_warps} warps at every token "
+                     f"count ({ROPE_MIN_BYTES} bytes of each rotary half per thread; grid and PDL from the qk_rms_norm "
+                     f"pick: {why})")
+    return cfg, (f"RoPE split form (full rotary): the qk_rms_norm pick as {cfg.rows} rows over {cfg.num_warps} warps, "
                  f"{ROPE_MIN_BYTES} bytes of each rotary half per thread ({why})")
 
 
