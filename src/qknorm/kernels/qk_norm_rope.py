@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from .pdl import pdl_launch_dependents, pdl_wait
-from .rows import normalized, range_factors, range_sums, row_factors, squares
+from .rows import normalized, range_factors, range_sums, row_factors
 
 
 @triton.jit
@@ -103,7 +103,7 @@ def norm_rope_split(t, x_row, row_ok, D, HALF, eps, eps_tiny, LO_SUMS: tl.conste
         xr = tl.load(x_row[:, None] + (col_offset(c, WIDE) * xsd)[None, :], mask=row_ok[:, None] & c_ok[None, :],
                      other=0.0).to(tl.float32)
         x1, x2 = tl.split(tl.reshape(xr, [ROWS, BLOCK_H, 2]))
-    ss = tl.sum(squares(x1), axis=1) + tl.sum(squares(x2), axis=1)
+    ss = tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)
     ssh, ssl = range_sums(x1, LO_SUMS)
     ssh2, ssl2 = range_sums(x2, LO_SUMS)
     ssh += ssh2
@@ -112,7 +112,7 @@ def norm_rope_split(t, x_row, row_ok, D, HALF, eps, eps_tiny, LO_SUMS: tl.conste
     if HAS_TAIL:
         xt = tl.load(x_row[:, None] + (col_offset(tc, WIDE) * xsd)[None, :], mask=row_ok[:, None] & t_ok[None, :],
                      other=0.0).to(tl.float32)
-        ss += tl.sum(squares(xt), axis=1)
+        ss += tl.sum(xt * xt, axis=1)
         ssh3, ssl3 = range_sums(xt, LO_SUMS)
         ssh += ssh3
         ssl += ssl3

@@ -53,27 +53,6 @@ def pow2(e):
 
 
 @triton.jit
-def squares(x):
-    """``x * x`` as an explicit fma (``fma(x, x, 0)``, the same value): summed by ``tl.sum``, a plain product can
-    reach an add (a thread's one element plus a neighbour lane's) as a multiply-then-add that ptxas fuses or not
-    depending on the code around it, so a row's sum could round differently under two configs."""
-    return tl.fma(x, x, 0.0)
-
-
-@triton.jit
-def mean_plus(ss, D, add):
-    """``ss / D + add`` (the mean square plus eps) as ``fma(ss, 1/D, add)``: one rounding, with ``1/D`` the IEEE
-    reciprocal (exact for a power-of-two ``D``). Spelled as an explicit fma so the code generator has no choice
-    left: a plain ``ss / D + eps`` compiles to a multiply by an approximate reciprocal followed by an add, which
-    ptxas may fuse into one FFMA or not depending on the code around it, so a row's bits could depend on the
-    kernel config (found while looking for why an H100 gave fp32 head_dim 256 QK norm + RoPE rows 1-2 ulp apart
-    between configs, ``benchmarks/results/h100/2026-12-07-session12``; whether it was the cause is not yet
-    measured). ``tests/kernels/test_aot_compile.py`` checks that no kernel leaves ptxas such a pair."""
-    inv = tl.math.div_rn(tl.full((), 1.0, tl.float32), tl.full((), 0.0, tl.float32) + D)
-    return tl.fma(ss, inv, add)
-
-
-@triton.jit
 def scaled_factors(ss, D, eps, eps_tiny, k):
     """Per-row factors ``(p, q)`` with ``y = (x * p) * q = x / sqrt(mean(x**2) + eps)`` for rows
     scaled by ``2**k``, where ``ss`` is the fp32 sum of squares of ``x * 2**k``.
@@ -87,7 +66,7 @@ def scaled_factors(ss, D, eps, eps_tiny, k):
     kt = tl.minimum(tl.maximum(k - 125, -126), 127)
     tiny = eps_tiny + 0.0 * sa > 0  # eps below fp32's normal range: eps_tiny = eps * 2**250 holds it
     eps_s = tl.where(tiny, eps_tiny * pow2(kt) * pow2(kt), eps * sa * sa * sb * sb)
-    q = sb * tl.rsqrt(mean_plus(ss, D, eps_s))
+    q = sb * tl.rsqrt(ss / D + eps_s)
     q_eps = tl.rsqrt(eps + 0.0 * sa) * pow2(-ka)
     q_tiny = tl.rsqrt(eps_tiny + 0.0 * sa) * pow2(tl.minimum(tl.maximum(125 - ka, -126), 127))
     return sa, tl.where(eps_s > 3.0e38, tl.where(tiny, q_tiny, q_eps), q)
@@ -113,7 +92,7 @@ def range_sums(x, LO_SUMS: tl.constexpr):
     and, with ``LO_SUMS`` (eps below ``TINY``), of ``x * 2**96`` (else 0).
     Callers add these over chunks as they add the plain sum."""
     xh = x * HI
-    ssh = tl.sum(squares(xh), axis=1)
+    ssh = tl.sum(xh * xh, axis=1)
     return ssh, lo_sum(x, ssh, LO_SUMS)
 
 
@@ -124,7 +103,7 @@ def lo_sum(x, like, LO_SUMS: tl.constexpr):
     ssl = like * 0.0
     if LO_SUMS:
         xl = x * LO
-        ssl = tl.sum(squares(xl), axis=1)
+        ssl = tl.sum(xl * xl, axis=1)
     return ssl
 
 
@@ -135,9 +114,9 @@ def hi_folded(ss, ssh, D, eps):
     (the plain bits) except where that overflowed, where ``q = rsqrt(ssh / D + eps * 2**-144) * 2**-72``
     — :func:`range_factors`'s ``p * q`` as one number, normal down to rows of rms ``2**126`` and a
     subnormal (21-23 significant bits, exact to fp32 rounding of y within a few ulp) past that."""
-    m = mean_plus(ss, D, eps)
+    m = ss / D + eps
     hi = m > OVERFLOW
-    q = tl.rsqrt(tl.where(hi, mean_plus(ssh, D, eps * HI * HI), m))  # one rsqrt per row: the argument selected first
+    q = tl.rsqrt(tl.where(hi, ssh / D + eps * HI * HI, m))  # one rsqrt per row: the argument selected first
     return tl.where(hi, q * HI, q)
 
 
@@ -154,9 +133,9 @@ def range_factors(ss, ssh, ssl, D, eps, eps_tiny, LO_SUMS: tl.constexpr, FOLD: t
     (``x * p`` folds away) and ``q`` is :func:`hi_folded`'s, a subnormal for rows of rms past ``2**126``
     (2-3 ulp of fp32 there, below any 16- or 8-bit output's rounding)."""
     if LO_SUMS or not FOLD:
-        m = mean_plus(ss, D, eps)
+        m = ss / D + eps
         hi = m > OVERFLOW
-        q = tl.rsqrt(tl.where(hi, mean_plus(ssh, D, eps * HI * HI), m))
+        q = tl.rsqrt(tl.where(hi, ssh / D + eps * HI * HI, m))
         q = tl.where(hi, q * HALF_HI, q)
         p = tl.where(hi, HALF_HI, 1.0)
         if LO_SUMS:
@@ -185,13 +164,13 @@ def row_factors(x, eps, eps_tiny, D, LO_SUMS: tl.constexpr, FOLD: tl.constexpr =
     program: the scaled sums only behind a branch on the row's own plain sum (uniform over the
     program; a further block-wide sum costs a shared-memory round trip). Several rows: beside the
     plain sum, as :func:`range_sums` says."""
-    ss = tl.sum(squares(x), axis=1)
+    ss = tl.sum(x * x, axis=1)
     if x.shape[0] == 1:
-        m = mean_plus(tl.max(ss, axis=0), D, eps)  # the one row's mean square + eps, as a scalar (no reduction left)
+        m = tl.max(ss, axis=0) / D + eps  # the one row's mean square + eps, as a scalar (no reduction left)
         ssh = ss * 0.0
         if m > OVERFLOW:
             xh = x * HI
-            ssh = tl.sum(squares(xh), axis=1)
+            ssh = tl.sum(xh * xh, axis=1)
         ssl = lo_sum(x, ss, LO_SUMS)
     else:
         ssh, ssl = range_sums(x, LO_SUMS)
@@ -225,11 +204,11 @@ def row_normalized(x, eps, eps_tiny, D, LO_SUMS: tl.constexpr, FOLD: tl.constexp
     a test) no faster, most slower
     (``benchmarks/results/h100/2026-12-07-session8``), and the one folded factor 1-5% faster than
     ``(x * p) * q`` at 64-1024 tokens of Qwen3-8B's QK norm (``.../2026-12-07-session9``)."""
-    ss = tl.sum(squares(x), axis=1)
+    ss = tl.sum(x * x, axis=1)
     if IN_RANGE:
-        y = x * tl.rsqrt(mean_plus(ss, D, eps))[:, None]
+        y = x * tl.rsqrt(ss / D + eps)[:, None]
     elif x.shape[0] == 1:
-        m = mean_plus(ss, D, eps)
+        m = ss / D + eps
         y = x * tl.rsqrt(m)[:, None]
         mm = tl.max(m, axis=0)  # the one row's, as a scalar (no reduction left)
         bad = mm > OVERFLOW
@@ -237,7 +216,7 @@ def row_normalized(x, eps, eps_tiny, D, LO_SUMS: tl.constexpr, FOLD: tl.constexp
             bad = bad | (mm < TINY)
         if bad:
             xh = x * HI
-            p, q = range_factors(ss, tl.sum(squares(xh), axis=1), lo_sum(x, ss, LO_SUMS), D, eps, eps_tiny, LO_SUMS,
+            p, q = range_factors(ss, tl.sum(xh * xh, axis=1), lo_sum(x, ss, LO_SUMS), D, eps, eps_tiny, LO_SUMS,
                                  FOLD)
             y = normalized(x, p, q)
     elif LO_SUMS or not FOLD:
@@ -246,7 +225,7 @@ def row_normalized(x, eps, eps_tiny, D, LO_SUMS: tl.constexpr, FOLD: tl.constexp
         y = normalized(x, p, q)
     else:
         xh = x * HI
-        y = x * hi_folded(ss, tl.sum(squares(xh), axis=1), D, eps)[:, None]
+        y = x * hi_folded(ss, tl.sum(xh * xh, axis=1), D, eps)[:, None]
     return y
 
 
@@ -305,7 +284,7 @@ def _range_acc(acc_h, ssl, s, LO_SUMS: tl.constexpr):
     acc_h += sh * sh
     if LO_SUMS:
         sl = s * LO
-        ssl += tl.sum(squares(sl), axis=1)
+        ssl += tl.sum(sl * sl, axis=1)
     return acc_h, ssl
 
 
