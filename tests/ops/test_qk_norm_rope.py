@@ -118,21 +118,20 @@ def test_valid_edges_do_not_raise():
     _f(q, k, w, w, _cache(4, 2), torch.tensor([3, 2, 1]), 0, rotary_dim=2, is_neox=False)
 
 
-def test_numpy_integer_rotary_dim_is_an_int():
+def test_numpy_integer_rotary_dim_is_an_int(impl):
     """rotary_dim takes NumPy integers as every other int argument does (group_size, mrope_section), with
     the int's result, on both backends and in the attention prologue."""
     np = pytest.importorskip("numpy")
-    qkv, q, k, w, cs, pos = _args()
+    qkv, q, k, w, cs, pos = (t.to(impl) for t in _args())
     cs32 = cs[:, :32].contiguous()
-    for backend in ("torch", "triton"):
-        with qknorm.use_backend(backend):
-            want = _f(q, k, w, w, cs32, pos, rotary_dim=32)
-            got = _f(q, k, w, w, cs32, pos, rotary_dim=np.int64(32))
-            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-            kc, vc = torch.zeros(4, 1, HKV, D, dtype=q.dtype), torch.zeros(4, 1, HKV, D, dtype=q.dtype)
-            qo = qknorm.qk_norm_rope_cache(q, k, k, w, w, cs32, pos, kc, vc, torch.tensor([0, 2, 3]),
-                                           rotary_dim=np.int32(32), q_out=torch.empty_like(q))
-            assert torch.equal(qo, want[0])
+    want = _f(q, k, w, w, cs32, pos, rotary_dim=32)
+    got = _f(q, k, w, w, cs32, pos, rotary_dim=np.int64(32))
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    kc = torch.zeros(4, 1, HKV, D, dtype=q.dtype, device=impl)
+    vc = torch.zeros_like(kc)
+    qo = qknorm.qk_norm_rope_cache(q, k, k, w, w, cs32, pos, kc, vc, torch.tensor([0, 2, 3], device=impl),
+                                   rotary_dim=np.int32(32), q_out=torch.empty_like(q))
+    assert torch.equal(qo, want[0])
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
