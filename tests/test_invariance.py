@@ -105,3 +105,33 @@ def test_rows_bitwise_the_same_across_row_counts_on_the_gpu(dtype, d):
             for tok in (False, True):
                 got = qknorm.qk_rms_norm(q, k, w, w, config=dataclasses.replace(cfg, token_order=tok))
                 assert torch.equal(got[0], qf) and torch.equal(got[1], kf), (cfg, tok)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the reduction order is a GPU property")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_every_rope_config_the_dispatcher_makes_gives_the_same_rows_on_the_gpu(dtype, d):
+    """QK norm + RoPE, full and partial rotary: every config ``dispatch.rope_config`` makes from any
+    head-ordered qk_rms_norm candidate (so from any tuned table's pick) at any token count gives the same rows,
+    bit for bit — not only the two picks the row-count test above meets. (fp32 configs that lay a rotary half out
+    alike rounded 1-4 ulps apart by their warps on an H100: ``dispatch.ROPE_FP32_TILE``.)"""
+    import qknorm
+    g = torch.Generator(device="cuda").manual_seed(d + 1)
+    w = torch.randn(d, device="cuda", dtype=dtype, generator=g)
+    qkv = torch.randn(64, 48 * d, device="cuda", dtype=dtype, generator=g)
+    q, k = qkv[:, :32 * d].view(64, 32, d), qkv[:, 32 * d:40 * d].view(64, 8, d)
+    cs = torch.randn(512, d, device="cuda", dtype=torch.float32, generator=g)
+    pos = torch.randint(0, 512, (64,), device="cuda", generator=g)
+    for rot in (d, d // 2):
+        cfgs = {}
+        for n in (40, 2560, 40960, 5_000_000):
+            for qk in dispatch.candidate_configs("qk_rms_norm", dtype, d, n):
+                if not qk.token_order:
+                    cfg = dispatch.rope_config(qk, "", dtype, d, rot, n)[0]
+                    cfgs[cfg.name] = cfg
+        outs = {name: qknorm.qk_rms_norm_rope(q, k, w, w, cs[:, :rot], pos, rotary_dim=rot, config=cfg)
+                for name, cfg in sorted(cfgs.items())}
+        first = next(iter(outs))
+        apart = [name for name, (oq, ok) in outs.items()
+                 if not (torch.equal(oq, outs[first][0]) and torch.equal(ok, outs[first][1]))]
+        assert not apart, f"rotary {rot}: {apart} differ from {first} (of {sorted(outs)})"
