@@ -100,17 +100,19 @@ def _norm64(x, w, eps):
     return y if w is None else y * w
 
 
-@pytest.mark.parametrize("scale,eps", [(1e25, 1e-6), (1e-25, 0.0), (1e-25, 1e-50)], ids=["huge", "tiny-eps0",
-                                                                                          "tiny-eps1e-50"])
+@pytest.mark.parametrize("scale,eps", [(1e25, 1e-6), (2e38, 1e-6), (1e-25, 0.0), (1e-25, 1e-50)],
+                         ids=["huge", "near-max", "tiny-eps0", "tiny-eps1e-50"])
 def test_gradients_of_rows_out_of_fp32_range(impl, scale, eps):
     """Rows the forward normalises right although their fp32 sum of squares overflows or underflows (|x| ~
     1e25, or ~1e-25 with an eps fp32 cannot hold) get the fp64 formula's gradients, not 0 or inf (the
-    backward took rstd in plain fp32), on every differentiable op."""
+    backward took rstd in plain fp32), on every differentiable op, and not NaN through the nn modules (their
+    composition's masked fp32 branch gave 0 * inf)."""
     g = torch.Generator().manual_seed(5)
     d, rot = 16, 8
 
     def leaves(*shapes):
-        return [(torch.randn(*sh, generator=g, dtype=torch.float64) * sc).float().to(impl).requires_grad_()
+        return [(torch.randn(*sh, generator=g, dtype=torch.float64).clamp(-1.5, 1.5) * sc).float().to(impl)
+                .requires_grad_()
                 for sh, sc in shapes]
 
     def check(ours, ref, ts, what):
@@ -127,12 +129,20 @@ def test_gradients_of_rows_out_of_fp32_range(impl, scale, eps):
 
     x, w = leaves(((3, d), scale), ((d,), 1.0))
     check(lambda x, w: qknorm.rms_norm(x, w, eps), lambda x, w: _norm64(x, w, eps), [x, w], "rms_norm")
-    x, r, w = leaves(((3, d), scale), ((3, d), scale), ((d,), 1.0))
+    x, r, w = leaves(((3, d), scale / 2), ((3, d), scale / 2), ((d,), 1.0))  # x + r inside fp32's range
     check(lambda x, r, w: qknorm.fused_add_rms_norm(x * 1.0, r * 1.0, w, eps),
           lambda x, r, w: (_norm64(x + r, w, eps), x + r), [x, r, w], "fused_add")
     q, k, qw, kw = leaves(((2, 3, d), scale), ((2, 1, d), scale), ((d,), 1.0), ((d,), 1.0))
     check(lambda q, k, qw, kw: qknorm.qk_rms_norm(q, k, qw, kw, eps),
           lambda q, k, qw, kw: (_norm64(q, qw, eps), _norm64(k, kw, eps)), [q, k, qw, kw], "qk")
+    # the nn modules (their own differentiable composition: a NaN came from the masked fp32 branch)
+    x, w = leaves(((3, d), scale), ((d,), 1.0))
+    norm = qknorm.nn.RMSNorm(d, eps=eps).to(impl)
+    check(lambda x, w: torch.func.functional_call(norm, {"weight": w}, (x,)), lambda x, w: _norm64(x, w, eps),
+          [x, w], "nn.RMSNorm")
+    qkn = qknorm.nn.QKNorm(d, eps=eps).to(impl)
+    check(lambda q, k, qw, kw: torch.func.functional_call(qkn, {"q_weight": qw, "k_weight": kw}, (q, k)),
+          lambda q, k, qw, kw: (_norm64(q, qw, eps), _norm64(k, kw, eps)), [q, k, qw, kw], "nn.QKNorm")
     inv = 1.0 / (10000 ** (torch.arange(0, rot, 2, dtype=torch.float64) / rot))
     ang = torch.arange(4, dtype=torch.float64)[:, None] * inv[None, :]
     cs = torch.cat((ang.cos(), ang.sin()), 1).float().to(impl)

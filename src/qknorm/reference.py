@@ -65,6 +65,10 @@ def normalize(x: torch.Tensor, eps: float, compute_dtype: torch.dtype = torch.fl
             return y
     bad = _out_of_range(ms, e, xf.shape[-1])
     if not skip_when_clean or unread or torch.compiler.is_compiling() or bool(bad.any()):
+        # the fp32 branch of the rows taken from fp64 runs on ones: autograd masks its gradient there, and a
+        # masked 0 * inf is NaN (clean rows keep their values and bits)
+        xs = torch.where(bad, torch.ones_like(xf), xf)
+        y = xs * torch.rsqrt(xs.square().mean(dim=-1, keepdim=True) + eps)
         x64 = xf.to(torch.float64)
         y = torch.where(bad, (x64 * _rstd(x64, eps)).to(torch.float32), y)
     return y
