@@ -514,8 +514,8 @@ def rope_config(qk_config: KernelConfig, qk_reason: str, dtype: torch.dtype, D: 
         return cfg, f"RoPE split form (full rotary): the qk_rms_norm pick ({why})"
     if fp32:
         return cfg, (f"RoPE split form (full rotary), fp32: {cfg.rows} rows over {cfg.num_warps} warps at every token "
-                     f"count ({ROPE_MIN_BYTES} bytes of each rotary half per thread; grid and PDL from the qk_rms_norm "
-                     f"pick: {why})")
+                     f"count ({ROPE_MIN_BYTES} bytes of each rotary half per thread; grid kind (plain or "
+                     f"persistent) and PDL from the qk_rms_norm pick: {why})")
     return cfg, (f"RoPE split form (full rotary): the qk_rms_norm pick as {cfg.rows} rows over {cfg.num_warps} warps, "
                  f"{ROPE_MIN_BYTES} bytes of each rotary half per thread ({why})")
 
