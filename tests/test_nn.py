@@ -3,8 +3,10 @@
 Runs on every (device, backend) pair of the ``impl`` fixture: the PyTorch path and, on a
 CPU, the Triton kernels in the interpreter.
 """
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from qknorm.nn import QKNorm, RMSNorm, default_eps
 from helpers import assert_matches, packed_qkv, ref_norm
@@ -209,3 +211,40 @@ def test_qknorm_autograd_and_errors():
         QKNorm(0)
     with pytest.raises(ValueError, match="pass eps="):
         QKNorm.from_norms(torch.nn.RMSNorm(8, eps=1e-5), torch.nn.RMSNorm(8, eps=1e-6))
+
+
+def test_constructor_refuses_loose_arguments():
+    """Sizes that are not ints, a string shape, a non-number or huge weight_offset: TypeError/ValueError naming
+    the argument (they became (8,), (1, 6), or an OverflowError), for RMSNorm and QKNorm alike."""
+    for bad, exc in ((8.5, TypeError), ((8.5,), TypeError), ("16", TypeError), (True, TypeError), ((0,), ValueError)):
+        with pytest.raises(exc, match="normalized_shape"):
+            RMSNorm(bad)
+    for cls in (RMSNorm, QKNorm):
+        for bad, exc in (("1", TypeError), (True, TypeError), (10**400, ValueError), (float("nan"), ValueError)):
+            with pytest.raises(exc, match="weight_offset"):
+                cls(16, weight_offset=bad)
+    assert RMSNorm(np.int64(16)).normalized_shape == RMSNorm(torch.Size([16])).normalized_shape == (16,)
+
+
+def test_qknorm_checks_head_dim_and_takes_float64_in_every_mode():
+    """QKNorm without weights refused nothing (a head_dim of 8 went through a QKNorm(16)); float64 raised under
+    no_grad but ran in fp32 under grad. Now: the width is checked, and float64 runs PyTorch's own rms_norm in
+    float64 either way (as RMSNorm does), in place too."""
+    m = QKNorm(16, elementwise_affine=False)
+    with pytest.raises(ValueError, match="head_dim 16"):
+        m(torch.randn(2, 4, 8), torch.randn(2, 2, 8))
+    m = QKNorm(16)
+    q, k = torch.randn(5, 4, 16, dtype=torch.float64), torch.randn(5, 2, 16, dtype=torch.float64)
+    want = (F.rms_norm(q, (16,), None, 1e-6), F.rms_norm(k, (16,), None, 1e-6))
+    with torch.no_grad():
+        got = m(q, k)
+    assert got[0].dtype == torch.float64 and torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    qg = q.clone().requires_grad_()
+    got = m(qg, k)
+    assert torch.equal(got[0], want[0]) and got[0].requires_grad
+    got[0].sum().backward()
+    assert qg.grad is not None and qg.grad.dtype == torch.float64
+    with torch.no_grad():
+        qi, ki = q.clone(), k.clone()
+        out = m(qi, ki, in_place=True)
+    assert out[0] is qi and torch.equal(qi, want[0]) and torch.equal(ki, want[1])

@@ -97,14 +97,17 @@ class RMSNorm(nn.Module):
     def __init__(self, normalized_shape, eps: float | None = None, elementwise_affine: bool = True,
                  device=None, dtype=None, *, weight_offset: float = 0.0) -> None:
         super().__init__()
-        if isinstance(normalized_shape, numbers.Integral):
+        if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
             normalized_shape = (normalized_shape,)
-        self.normalized_shape = tuple(int(n) for n in normalized_shape)
-        if not self.normalized_shape or any(n < 1 for n in self.normalized_shape):
+        if isinstance(normalized_shape, (str, bytes)) or not isinstance(normalized_shape, (tuple, list, torch.Size)):
+            raise TypeError(f"normalized_shape must be an int or a sequence of ints, got "
+                            f"{type(normalized_shape).__name__} {normalized_shape!r}")
+        self.normalized_shape = tuple(validate.integer("normalized_shape", n, minimum=1) for n in normalized_shape)
+        if not self.normalized_shape:
             raise ValueError(f"normalized_shape must be one or more positive sizes, got {normalized_shape!r}")
         self.eps = validate.eps_value(eps, allow_none=True)
         self.elementwise_affine = elementwise_affine
-        self.weight_offset = float(weight_offset)
+        self.weight_offset = validate.real("weight_offset", weight_offset)
         if not math.isfinite(self.weight_offset):
             raise ValueError(f"weight_offset must be finite, got {weight_offset!r}")
         if self.weight_offset != 0.0 and not elementwise_affine:
@@ -201,16 +204,30 @@ class QKNorm(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, in_place: bool = False) -> tuple[Tensor, Tensor]:
         qw, kw = self.q_weight, self.k_weight
+        for name, t in (("q", q), ("k", k)):
+            if not isinstance(t, Tensor) or t.dim() < 1 or t.shape[-1] != self.head_dim:
+                raise ValueError(f"QKNorm({self.head_dim}): {name} must end with head_dim {self.head_dim}, got "
+                                 f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
         eps = self.eps if self.eps is not None else default_eps(q.dtype)
         if _needs_autograd(q, k, qw, kw):
             if in_place:
                 raise RuntimeError("QKNorm(in_place=True) cannot record autograd; run it under "
                                    "torch.no_grad()/inference_mode() or use in_place=False")
+            if q.dtype not in _KERNEL_DTYPES:
+                return self._torch_norm(q, qw, eps), self._torch_norm(k, kw, eps)
             return (_rms_norm_autograd(q, qw, eps, self.weight_offset),
                     _rms_norm_autograd(k, kw, eps, self.weight_offset))
+        if q.dtype not in _KERNEL_DTYPES and q.dtype == k.dtype:  # e.g. float64: PyTorch's own op, as RMSNorm
+            qn, kn = self._torch_norm(q, qw, eps), self._torch_norm(k, kw, eps)
+            return (q.copy_(qn), k.copy_(kn)) if in_place else (qn, kn)
         if in_place:
             return ops.qk_rms_norm(q, k, qw, kw, eps, weight_offset=self.weight_offset, q_out=q, k_out=k)
         return ops.qk_rms_norm(q, k, qw, kw, eps, weight_offset=self.weight_offset)
+
+    def _torch_norm(self, x: Tensor, w: Tensor | None, eps: float) -> Tensor:
+        """Dtypes the kernels do not take (float64): ``torch.nn.functional.rms_norm`` in x's dtype."""
+        ww = None if w is None else (w.to(x.dtype) + self.weight_offset if self.weight_offset else w.to(x.dtype))
+        return F.rms_norm(x, (x.shape[-1],), ww, eps)
 
     @classmethod
     def from_norms(cls, q_norm: nn.Module, k_norm: nn.Module, *, eps: float | None = None,

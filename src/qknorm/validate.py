@@ -63,7 +63,10 @@ def real(name: str, v, *, allow_none: bool = False):
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         want = "a real number or None" if allow_none else "a real number"
         raise TypeError(f"{name} must be {want}, got {type(v).__name__} {v!r}")
-    return float(v)
+    try:
+        return float(v)
+    except OverflowError:  # an int past float's range (10**400)
+        raise ValueError(f"{name} must be a finite number, got an int of {len(str(abs(int(v))))} digits") from None
 
 
 FP32_MAX = 3.4028234663852886e38

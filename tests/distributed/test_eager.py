@@ -62,3 +62,40 @@ def test_autograd_in_place_rules(one_rank, impl):
     h.sum().backward()
     _, gw = _full_grad(x, w, 1e-6, torch.ones_like(x))
     assert_matches(w.grad, gw, torch.float32, "dweight")
+
+
+def test_backward_after_an_input_was_written_in_place_is_refused(one_rank, impl):
+    """The backward needs x and the weight as they were: written in place after the forward, autograd's version
+    check refuses it, as for PyTorch's own ops (the saved tensors were kept as attributes and the new values
+    differentiated, silently wrong)."""
+    a = randn((3, 32), torch.float32, impl).requires_grad_()
+    x = a * 1.0
+    y = rms_norm_tp(x, None)
+    x.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+    w = randn((32,), torch.float32, impl).requires_grad_()
+    y = rms_norm_tp(a * 1.0, w)
+    with torch.no_grad():
+        w.mul_(3)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+    q, k = a * 1.0, randn((3, 16), torch.float32, impl).requires_grad_() * 1.0
+    qo, ko = qk_rms_norm_tp(q, k, None, None)
+    k.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (qo.sum() + ko.sum()).backward()
+
+
+def test_huge_int_scalars_are_value_errors(one_rank, impl):
+    """eps or weight_offset of 10**400 (past float's range) raised OverflowError, which ``check=True`` does not
+    pass to the other ranks (they fell out of step): a ValueError naming the argument, nothing written."""
+    x = randn((3, 32), torch.float32, impl)
+    before = x.clone()
+    for kw in (dict(eps=10**400), dict(eps=-10**400), dict(weight_offset=10**400)):
+        for check in (False, True):
+            with pytest.raises(ValueError, match="eps|weight_offset"):
+                rms_norm_tp(x, randn((32,), torch.float32, impl), out=x, check=check, **kw)
+            with pytest.raises(ValueError, match="eps|weight_offset"):
+                qk_rms_norm_tp(x[:, :16], x[:, 16:], None, None, check=check, **kw)
+    assert torch.equal(x, before)

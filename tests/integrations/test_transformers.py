@@ -117,6 +117,17 @@ def test_patched_model_matches(arch, monkeypatch):
     assert torch.equal(gen, ref_gen)
 
 
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a != "qwen3_moe"])  # its experts refuse fp64 in transformers
+def test_float64_model_is_the_model_bit_for_bit(arch):
+    """fp64 is not a kernel dtype: the patched norms run the model's own formula, which computes in fp32 (the
+    patched one kept fp64, 1e-7 away from the model's logits)."""
+    model = _model(arch, torch.float64)[0]
+    with torch.no_grad():
+        ref = model(_ids()).logits
+        apply_qknorm(model)
+        assert torch.equal(model(_ids()).logits, ref)
+
+
 def test_static_cache_generate():
     model, _ = _model("qwen3")
     ids = _ids()
@@ -175,7 +186,7 @@ def test_cast_then_weight_output_dtype():
     assert _rel(b, a) <= 2 ** -7  # Llama rounds n to bf16 first; qknorm does not
     x64 = torch.randn(3, 32, dtype=torch.float64)  # not a kernel dtype: the model's formula in PyTorch
     with torch.no_grad():
-        assert torch.allclose(holder[0](x64), norm(x64))
+        assert torch.equal(holder[0](x64), norm(x64))  # the model computes fp64 inputs in fp32 too
 
 
 class MyRMSNorm(nn.Module):

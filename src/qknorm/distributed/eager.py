@@ -48,13 +48,16 @@ class TPNormFn(torch.autograd.Function):
         ya = torch.empty(a.shape, dtype=a.dtype, device=a.device)
         yb = None if b is None else torch.empty(b.shape, dtype=b.dtype, device=b.device)
         sums = sums_reduce_scale(group, a, ya, wa, a_full, b, yb, wb, b_full, eps, weight_offset, config)
-        ctx.spec, ctx.x, ctx.w, ctx.sums = spec, (xa, xb), (wa, wb), sums
+        ctx.spec = spec
+        # saved for backward (not kept as attributes): autograd's version check then refuses a backward after the
+        # inputs or weights were written in place, instead of differentiating their new values
+        ctx.save_for_backward(xa, xb, wa, wb, sums)
         return (ya,) if b is None else (ya, yb)
 
     @staticmethod
     def backward(ctx, *grads):
         group, a_full, b_full, eps, weight_offset = ctx.spec[:5]
-        (xa, xb), (wa, wb), sums = ctx.x, ctx.w, ctx.sums
+        xa, xb, wa, wb, sums = ctx.saved_tensors
         segs, n0 = [], 0
         for x, w, full, g in ((xa, wa, a_full, grads[0]), (xb, wb, b_full, grads[1] if len(grads) > 1 else None)):
             if x is None:

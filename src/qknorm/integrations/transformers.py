@@ -64,7 +64,7 @@ end, to the input dtype.
   recipe as qknorm; differences are fp32 summation order only.
 * ``torch.nn.RMSNorm``: fp32 math, output in the input dtype, as qknorm.
 
-Inputs in other dtypes (fp64) run the model's own formula in PyTorch.
+Inputs in other dtypes (fp64) run the model's own formula in PyTorch (which computes them in fp32, as the models do).
 
 One launch for Q and K
 ----------------------
@@ -241,7 +241,7 @@ def _model_formula(style: str, x: torch.Tensor, w: torch.Tensor | None, eps: flo
     """A model's RMSNorm forward in PyTorch, by ``style`` (the module docstring's recipes)."""
     if style == _TORCH:
         return torch.rms_norm(x, (x.shape[-1],), w, eps)
-    xf = x.float() if x.dtype != torch.float64 else x
+    xf = x.float()  # fp64 too: the models' own norms compute in fp32 (hidden_states.to(torch.float32))
     n = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     if style == _CAST_THEN_WEIGHT:
         return w * n.to(x.dtype)
