@@ -3,7 +3,7 @@
 #   first  carry [".baseline3/start"]  rope_sass.py (the fp32 RoPE picks' compiled variants, one tarball), then
 #          ../../../h100/2026-12-07-session12/scripts/s12.sh (config bit-groups, GPU invariance tests, issue 11's
 #          criterion start vs this x2)
-#   verify carry [".baseline3/start"]  the whole suite (8 processes, 330 s cap; its summary comes back), then issue 11's
+#   verify carry [".baseline3/start"]  the whole suite (8 processes, ${SUITE_S:-500} s cap; call 2 ran 330; its summary comes back), then issue 11's
 #          criterion, start (bdefcae) vs this tree, `qknorm bench --no-plots --variants none --preset qwen3-8b
 #          --impl qknorm`, interleaved x2 (best of 2 per case)
 set -uo pipefail
@@ -17,7 +17,7 @@ first)
 verify)
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee $OUT/gpu.txt
   SECONDS=0
-  PYTHONPATH=$PWD/src timeout 340 python benchmarks/results/h200/2026-12-07-session8/scripts/suite.py 8 330 tests
+  PYTHONPATH=$PWD/src timeout $((${SUITE_S:-500} + 10)) python benchmarks/results/h200/2026-12-07-session8/scripts/suite.py 8 ${SUITE_S:-500} tests
   echo "suite ${SECONDS}s"; head -30 $OUT/suite/summary.txt
   BENCH='import sys; from qknorm.cli import main; sys.exit(main(sys.argv[1:]))'
   for i in 1 2; do
