@@ -92,16 +92,18 @@ def rms_norm_backward(x: torch.Tensor, weight: torch.Tensor | None, eps: float, 
     fp32 ``rstd`` would be 0 or inf) take ``dx`` from fp64, as the forward takes ``n``."""
     xf = x.to(torch.float32)
     gf = grad.to(torch.float32)
-    n = normalize(x, eps, torch.float32, skip_when_clean=False)
     ms = xf.square().mean(dim=-1, keepdim=True)
+    rstd = torch.rsqrt(ms + eps)
+    n = xf * rstd  # normalize's value for the rows in range
     gw = gf if weight is None else gf * (weight.to(torch.float32) + weight_offset)
-    dx = torch.rsqrt(ms + eps) * (gw - n * (gw * n).mean(dim=-1, keepdim=True))
-    if xf.numel():
+    dx = rstd * (gw - n * (gw * n).mean(dim=-1, keepdim=True))
+    if xf.numel():  # rows out of range: n and dx from fp64 (never differentiated: no masked branch to guard)
+        bad = _out_of_range(ms, kernel_eps(eps)[0], xf.shape[-1])
         x64, gw64 = xf.to(torch.float64), gw.to(torch.float64)
         r64 = _rstd(x64, eps)
         n64 = x64 * r64
-        dx64 = r64 * (gw64 - n64 * (gw64 * n64).mean(dim=-1, keepdim=True))
-        dx = torch.where(_out_of_range(ms, kernel_eps(eps)[0], xf.shape[-1]), dx64.to(torch.float32), dx)
+        dx = torch.where(bad, (r64 * (gw64 - n64 * (gw64 * n64).mean(dim=-1, keepdim=True))).to(torch.float32), dx)
+        n = torch.where(bad, n64.to(torch.float32), n)
     dw = None
     if weight is not None and need_weight_grad:
         dw = (gf * n).reshape(-1, x.shape[-1]).sum(dim=0).to(weight.dtype)
