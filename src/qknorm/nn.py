@@ -164,7 +164,8 @@ class QKNorm(nn.Module):
     ``forward(q, k, in_place=False)`` takes ``q [..., Hq, head_dim]`` and
     ``k [..., Hkv, head_dim]`` (typically strided views of the packed QKV projection) and
     returns ``(q_normed, k_normed)``; with ``in_place=True`` it writes into ``q`` and ``k``
-    and returns them.
+    and returns them. bf16/fp16/fp32 run the kernel; other dtypes (float64) run PyTorch's own
+    ``rms_norm`` in their dtype. ``ValueError`` when q or k does not end with ``head_dim``.
 
     Parameters ``q_weight`` and ``k_weight`` (``[head_dim]``) are the weights that
     Hugging Face models keep as ``self_attn.q_norm.weight`` and ``self_attn.k_norm.weight``.
