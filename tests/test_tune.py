@@ -225,6 +225,7 @@ def test_cli_dry_run(capsys):
     (["--dtypes", "fp8"], ["--dtypes", "'fp8'", "bf16"]),
     (["--max-seconds", "-1"], ["--max-seconds", "-1", "> 0"]),
     (["--rep-ms", "0"], ["--rep-ms", "0", "> 0"]),
+    (["--rep-ms", "inf"], ["--rep-ms", "inf", "below 1e6"]),  # was an OverflowError traceback
     (["--ops", "qk", "--hidden", "4096"], ["--hidden", "'4096'", "--ops 'qk'"]),
     (["--ops", "rms", "--head-dims", "128"], ["--head-dims", "'128'"]),
 ])

@@ -464,8 +464,8 @@ def main(argv: list[str] | None = None, *, measure: Measure | None = None) -> in
         p.error(str(e))
     if not a.max_seconds > 0:
         p.error(f"argument --max-seconds: {a.max_seconds:g}: must be > 0")
-    if a.rep_ms is not None and not a.rep_ms > 0:
-        p.error(f"argument --rep-ms: {a.rep_ms:g}: must be > 0")
+    if a.rep_ms is not None and not 0 < a.rep_ms < 1e6:  # NaN and inf fail too
+        p.error(f"argument --rep-ms: {a.rep_ms:g}: must be > 0 and below 1e6 (ms of calls per timed graph)")
     if a.hidden and "rms_norm" not in ops and "fused_add_rms_norm" not in ops:
         p.error(f"argument --hidden: {a.hidden!r} is for the 2D ops (rms, add), and --ops {a.ops!r} has none")
     if a.head_dims and "qk_rms_norm" not in ops:

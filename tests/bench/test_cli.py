@@ -341,6 +341,11 @@ def test_out_on_a_read_only_filesystem(tmp_path, capsys, monkeypatch):
     (["--report-only", ""], ["--report-only", "''", "empty"]),
     (["--impl", ","], ["--impl", "','", "names no implementation"]),
     (["--exclude", " , "], ["--exclude", "' , '", "names no implementation"]),
+    (["--impl", ""], ["--impl", "''", "names no implementation"]),
+    (["--exclude", ""], ["--exclude", "''", "names no implementation"]),
+    (["--tokens", ""], ["--tokens", "''", "empty"]),
+    (["--device", ""], ["--device", "''", "empty"]),
+    (["--seed", str(10**23)], ["--seed", "2**63"]),
 ])
 def test_an_empty_value_is_a_mistake_not_the_default(argv, words, tmp_path, capsys, monkeypatch):
     """`--out ''` used to write to the default folder and `--report-only ''` ran a whole bench."""
@@ -464,3 +469,62 @@ def test_quick_with_one_token_count_runs_each_case_once(tmp_path, capsys):
                  "--device", "cpu"]) == 0
     keys = [(r["group"], r["tokens"]) for r in _rows(tmp_path / "r" / "results.csv")]
     assert len(keys) == len(set(keys)) == 8  # 2 QK, full-width QK, 2D, add, RoPE, quantised, prologue
+
+
+def test_append_after_a_cut_off_last_line_starts_a_line_of_its_own(tmp_path, capsys):
+    """A run that died mid-row (a full disk) left a CSV ending in half a line; --append glued its first row onto
+    it, and the CSV could no longer be read. The cut-off line is moved to results.csv.cut, the rows go on after the
+    last whole one, and the report rebuilds."""
+    out = str(tmp_path / "r")
+    assert main(QUICK + ["--preset", "qwen3-8b", "--out", out]) == 0
+    path = os.path.join(out, "results.csv")
+    whole = _rows(path)
+    with open(path, "rb+") as f:
+        f.truncate(os.path.getsize(path) - 40)
+    assert main(QUICK + ["--preset", "llama3-70b", "--out", out, "--append"]) == 0
+    assert "cut-off line" in capsys.readouterr().err
+    rows = _rows(path)
+    assert rows[:len(whole) - 1] == whole[:-1] and {r["preset"] for r in rows} == {"qwen3-8b", "llama3-70b"}
+    assert all(r["tokens"].isdigit() for r in rows)
+    assert os.path.getsize(path + ".cut") > 0
+    assert main(["--report-only", path, "--no-plots"]) == 0
+
+
+def test_report_only_into_another_runs_folder_is_refused(tmp_path, capsys):
+    """--report-only replaced the summary of the run in --out with a report of another CSV."""
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert main(QUICK + ["--preset", "qwen3-8b", "--out", a]) == 0
+    assert main(QUICK + ["--preset", "llama3-70b", "--out", b]) == 0
+    before = open(os.path.join(b, "summary.md"), "rb").read()
+    capsys.readouterr()
+    err = _usage_error(["--report-only", os.path.join(a, "results.csv"), "--no-plots", "--out", b], capsys)
+    assert "another run" in err
+    assert open(os.path.join(b, "summary.md"), "rb").read() == before
+
+
+def test_a_second_run_creating_the_same_csv_at_once_writes_nothing(tmp_path, capsys, monkeypatch):
+    """Two benches started together on one new folder both passed the --out check, and the second replaced the
+    first's rows. The CSV is created exclusively: the one that comes second stops without writing."""
+    out = str(tmp_path / "r")
+    real = B._run_cases
+
+    def racing(a, argv, plan):  # the other run creates the CSV between this run's check and its first row
+        with open(os.path.join(plan.out, "results.csv"), "w") as f:
+            f.write("the other run's rows\n")
+        return real(a, argv, plan)
+
+    monkeypatch.setattr(B, "_run_cases", racing)
+    assert main(QUICK + ["--preset", "qwen3-8b", "--out", out]) == 2
+    assert "appeared after this run checked --out" in capsys.readouterr().err
+    assert open(os.path.join(out, "results.csv")).read() == "the other run's rows\n"
+
+
+def test_overwrite_where_an_output_name_is_a_folder_is_a_usage_error(tmp_path, capsys):
+    """--overwrite on a folder whose results.csv (or meta.json) is a directory ended in an IsADirectoryError
+    traceback after writing an empty CSV."""
+    for name in ("results.csv", "meta.json"):
+        out = tmp_path / name.split(".")[0]
+        (out / name).mkdir(parents=True)
+        err = _usage_error(QUICK + ["--out", str(out), "--overwrite"], capsys)
+        assert name in err and "not a file" in err
+        assert sorted(os.listdir(out)) == [name]

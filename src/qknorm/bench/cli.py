@@ -37,7 +37,7 @@ from qknorm.explain import plural
 
 from .cases import DTYPES, PRESETS, preset_cases, quick_cases
 from .peers import matches, peer_status, qknorm_variants, static_impls
-from .report import (REPORT_COLUMNS, CsvSink, csv_header, facts, failed_rows, is_smoke, plot, read_csv,
+from .report import (REPORT_COLUMNS, CsvSink, csv_header, cut_tail, facts, failed_rows, is_smoke, plot, read_csv,
                      summary_markdown)
 from .runner import COLUMNS, MODES, VARIANT_CHOICES, Options, Runner
 from .common import triton_version
@@ -58,15 +58,17 @@ def _csv_list(s: str | None) -> tuple[str, ...]:
 
 
 def _tokens(s: str | None) -> tuple[int, ...] | None:
-    if not s:
+    if s is None:
         return None
+    if not s.strip():
+        raise argparse.ArgumentTypeError(f"{s!r} is empty; give token counts (e.g. 1,16,512), or leave --tokens out")
     try:
         t = tuple(int(x) for x in _csv_list(s))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{s!r} is not a comma list of integers (e.g. 1,16,512)") from None
     if not t or any(v < 1 for v in t):
         raise argparse.ArgumentTypeError(f"{s!r}: token counts must be >= 1")
-    return t
+    return tuple(dict.fromkeys(t))  # each count once, in the order given
 
 
 def parser() -> ArgParser:
@@ -82,11 +84,11 @@ def parser() -> ArgParser:
     p.add_argument("--preset", default=None,
                    help=f"comma list of presets: {', '.join(PRESETS + EXTRA_PRESETS)}, or 'all' (default qwen3-8b; "
                         "with --quick: one small case of each op kind)")
-    p.add_argument("--impl", default="", help="comma list of implementation names or globs to run "
+    p.add_argument("--impl", default=None, help="comma list of implementation names or globs to run "
                                               "(e.g. 'qknorm,flashinfer*,torch'; 'qknorm[*]' = every variant, "
                                               "GPU only); default: all. A name or glob that matches nothing is an "
                                               "error")
-    p.add_argument("--exclude", default="", help="comma list of names or globs to leave out")
+    p.add_argument("--exclude", default=None, help="comma list of names or globs to leave out")
     p.add_argument("--tokens", type=_tokens, default=None,
                    help="comma list of token counts (default: the preset's, 1..16384; with --quick: 1,16, "
                         f"at most {QUICK_MAX_TOKENS})")
@@ -178,7 +180,7 @@ def _selection(p: ArgParser, a, cases, device: str, cuda: bool) -> None:
     and together they must leave at least one to run."""
     include, exclude = _csv_list(a.impl), _csv_list(a.exclude)
     for flag, given, pats in (("--impl", a.impl, include), ("--exclude", a.exclude, exclude)):
-        if given and not pats:
+        if given is not None and not pats:
             p.error(f"argument {flag}: {given!r} names no implementation; give a comma list of names or globs "
                     "(e.g. 'qknorm,torch*'), or leave the flag out")
     if not include and not exclude:
@@ -204,7 +206,7 @@ def _selection(p: ArgParser, a, cases, device: str, cuda: bool) -> None:
                     "'flashinfer*')")
     left = [n for n in known if (not include or matches(n, include)) and not (exclude and matches(n, exclude))]
     if not left:
-        p.error(f"argument --impl/--exclude: --impl {a.impl or '(all)'!r} --exclude {a.exclude!r} leave no "
+        p.error(f"argument --impl/--exclude: --impl {a.impl or '(all)'!r} --exclude {a.exclude or ''!r} leave no "
                 "implementation to run")
 
 
@@ -237,6 +239,10 @@ def _check_out(p: ArgParser, a, out: str, names: tuple[str, ...], device_name: s
     ``--overwrite``; ``--append`` needs CSVs of this version's columns from the same device."""
     _writable_folder(p, "--out", out)
     held = [n for n in RUN_OUTPUTS + TP_OUTPUTS if os.path.exists(os.path.join(out, n))]
+    odd = [n for n in held if n != "plots" and not os.path.isfile(os.path.join(out, n))]
+    if odd:
+        p.error(f"argument --out: in {out!r}, {', '.join(odd)} {'is not a file' if len(odd) == 1 else 'are not files'} "
+                "(a bench writes files by those names); move it aside or pick another --out")
     if held and not (a.append or a.overwrite):
         p.error(f"argument --out: {out!r} already holds bench results ({', '.join(held)}); add --append to add "
                 "this run's rows to them, or --overwrite to replace them, or pick another --out")
@@ -275,13 +281,16 @@ def _read_meta(path: str) -> dict:
 def _not_empty(p: ArgParser, flag: str, value: str | None) -> None:
     """A flag given an empty value (``--out ''``) is a mistake, not the default."""
     if value is not None and not value.strip():
-        p.error(f"argument {flag}: {value!r} is empty; give a path, or leave {flag} out")
+        p.error(f"argument {flag}: {value!r} is empty; give a value, or leave {flag} out")
 
 
 def check(p: ArgParser, a) -> Plan:
     """Check every flag against the others and this machine; a mistake is ``p.error`` (one
     line on stderr, exit status 2) before anything is written."""
-    _not_empty(p, "--out", a.out)
+    for flag, value in (("--out", a.out), ("--device", a.device)):
+        _not_empty(p, flag, value)
+    if not 0 <= a.seed < 2**63:
+        p.error(f"argument --seed: must be in 0 ... 2**63 - 1, got {a.seed}")
     device, cuda, device_name = _device(p, a.device)
     if a.mode in ("graph", "both") and not cuda:
         p.error(f"argument --mode: {a.mode!r} needs CUDA (graph mode is CUDA-graph replay); on the CPU the "
@@ -533,6 +542,10 @@ def _report_only(p: ArgParser, a) -> int:
     here = os.path.dirname(os.path.abspath(path))
     out = a.out or here
     _writable_folder(p, "--out", out)
+    held = [n for n in RUN_OUTPUTS + TP_OUTPUTS if os.path.exists(os.path.join(out, n))]
+    if os.path.abspath(out) != here and held:
+        p.error(f"argument --out: {out!r} holds another run's results ({', '.join(held)}); --report-only writes a "
+                "report only into the CSV's own folder or a folder without bench results")
     try:
         rows = read_csv(path)
         for r in rows:
@@ -587,6 +600,11 @@ def _run_cases(a, argv: list[str], plan: Plan) -> int:
     stamp = _dt.datetime.now(_dt.timezone.utc)
     import qknorm
     csv_path = os.path.join(out, "results.csv")
+    if a.append and os.path.exists(csv_path):
+        cut = cut_tail(csv_path)
+        if cut:
+            print(f"qknorm bench: {csv_path} ended in a cut-off line (a full disk or a crash while writing); moved it "
+                  f"to {cut}, appending after the last whole row", file=sys.stderr)
     earlier_rows = read_csv(csv_path) if a.append and os.path.exists(csv_path) else []
     earlier_meta = _read_meta(os.path.join(out, "meta.json")) if a.append else {}
     meta = dict(device=base.device, date=f"{stamp:%Y-%m-%d %H:%M} UTC",
@@ -602,7 +620,12 @@ def _run_cases(a, argv: list[str], plan: Plan) -> int:
                                        if earlier_meta else [])
     opt = Options(device=device, modes=modes, cold_l2=a.cold_l2, include=_csv_list(a.impl),
                   exclude=_csv_list(a.exclude), variants=a.variants, seed=a.seed)
-    sink = CsvSink(csv_path, append=a.append)
+    try:
+        sink = CsvSink(csv_path, append=a.append, exclusive=True)
+    except FileExistsError:
+        print(f"qknorm bench: {csv_path} appeared after this run checked --out (another bench writing the same "
+              "folder?); nothing written. Give another --out, or --append", file=sys.stderr)
+        return 2
     _write_meta(meta, out)  # a run killed outright still says what it was
     rows: list[dict] = []
 

@@ -26,15 +26,40 @@ WIN_MARGIN = 1.05
 EAGER_FACT_MAX_T = 64  # eager (host cost included) comparison shown per call up to this many tokens
 
 
+def cut_tail(path: str) -> str | None:
+    """A CSV whose last line was cut off (a disk filled up, a crash mid-write) ends without a newline: move that
+    partial line into ``<path>.cut`` and truncate the CSV after its last whole line, so that rows appended later
+    start on a line of their own. Returns the ``.cut`` path, or None when the CSV ends whole."""
+    with open(path, "rb+") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end == 0:
+            return None
+        f.seek(end - 1)
+        if f.read(1) == b"\n":
+            return None
+        f.seek(max(0, end - (1 << 20)))
+        tail = f.read()
+        keep = end - len(tail) + tail.rfind(b"\n") + 1  # after the last newline (0: no whole line)
+        f.seek(keep)
+        part = f.read()
+        cut = path + ".cut"
+        with open(cut, "ab") as c:
+            c.write(part + b"\n")
+        f.truncate(keep)
+    return cut
+
+
 class CsvSink:
     """Writes rows to ``path`` as they come (flushed each row: an interrupted or crashed run
-    keeps them). ``append``: add to an existing CSV of the same columns (no second header)."""
+    keeps them). ``append``: add to an existing CSV of the same columns (no second header).
+    ``exclusive`` (without ``append``): the CSV must not exist yet (``FileExistsError``): a second
+    run writing the same folder at once fails instead of replacing the first one's rows."""
 
-    def __init__(self, path: str, fieldnames=COLUMNS, append: bool = False):
+    def __init__(self, path: str, fieldnames=COLUMNS, append: bool = False, exclusive: bool = False):
         self.path = path
         self.rows = 0
         fresh = not (append and os.path.exists(path) and os.path.getsize(path) > 0)
-        self._f = open(path, "a" if append else "w", newline="")
+        self._f = open(path, "a" if append else "x" if exclusive else "w", newline="")
         self._w = csv.DictWriter(self._f, fieldnames=list(fieldnames), extrasaction="ignore")
         if fresh:
             self._w.writeheader()
