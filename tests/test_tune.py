@@ -386,3 +386,20 @@ def test_tune_on_gpu_end_to_end(tmp_path):
     path = str(tmp_path / "t.json")
     TT.write_table(path, TT.table_doc(run.entries, gpu=torch.cuda.get_device_name(), sm_count=1, command="test"))
     assert len(TT.load_table(path).entries) == 2
+
+
+@pytest.mark.parametrize("out", ["", "/proc/qknorm-table.json"])
+def test_an_out_it_cannot_write_is_refused_before_measuring(out, tmp_path, monkeypatch, capsys):
+    """`--out ''` and a path in /proc passed the checks (os.access says yes to root), the grid was timed, then the
+    save failed with a traceback. Now a usage error before the first measurement."""
+    monkeypatch.setattr(T, "_gpu", lambda: (0, "NVIDIA Fake 9000", 132))
+    monkeypatch.setattr(D, "sm_count", lambda i: 132)
+    measured = []
+
+    def measure(p, cfgs):
+        measured.append(p)
+        return fake_measure(p, cfgs)
+
+    with pytest.raises(SystemExit) as e:
+        T.main(["--quick", "--ops", "qk", "--out", out], measure=measure)
+    assert e.value.code == 2 and "argument --out" in capsys.readouterr().err and not measured

@@ -37,6 +37,7 @@ import argparse
 import math
 import os
 import shlex
+import tempfile
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -397,6 +398,24 @@ def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 # --------------------------------------------------------------------------- command line
 
+def _probe_write(p, path: str) -> None:
+    """Before measuring: ``path``'s folder (or its nearest existing parent) takes a new entry. ``os.access``
+    says yes to root everywhere (/proc too), so the save would fail only after the whole grid was timed."""
+    d = os.path.dirname(os.path.abspath(path))
+    e = d
+    while not os.path.exists(e):
+        e = os.path.dirname(e)
+    try:
+        if e == d:
+            fd, probe = tempfile.mkstemp(prefix=".qknorm-write-check-", dir=d)
+            os.close(fd)
+            os.remove(probe)
+        else:
+            os.rmdir(tempfile.mkdtemp(prefix=".qknorm-write-check-", dir=e))
+    except OSError as exc:
+        p.error(f"argument --out: cannot write {path} ({exc.strerror or exc}); pick another --out")
+
+
 def _gpu() -> tuple[int, str, int] | None:
     """(device index, name, SM count) of the current CUDA device, or None without one."""
     if not torch.cuda.is_available():
@@ -470,6 +489,8 @@ def main(argv: list[str] | None = None, *, measure: Measure | None = None) -> in
         p.error(f"argument --hidden: {a.hidden!r} is for the 2D ops (rms, add), and --ops {a.ops!r} has none")
     if a.head_dims and "qk_rms_norm" not in ops:
         p.error(f"argument --head-dims: {a.head_dims!r} is for qk_rms_norm, and --ops {a.ops!r} does not include it")
+    if a.out is not None and not a.out.strip():
+        p.error(f"argument --out: {a.out!r} is empty; give a table file or folder, or leave --out out")
     if a.out is not None:
         d = os.path.abspath(a.out)
         while not os.path.exists(d):
@@ -507,6 +528,7 @@ def main(argv: list[str] | None = None, *, measure: Measure | None = None) -> in
     if os.path.exists(path) and not a.overwrite and not (a.merge and os.path.abspath(a.merge) == os.path.abspath(path)):
         p.error(f"argument --out: {path} already holds a table; add --merge {path} to add this run's entries to "
                 f"it, or --overwrite to replace it, or pick another --out")
+    _probe_write(p, path)
     command = "qknorm tune " + shlex.join(argv) if argv else "qknorm tune"
     print(f"GPU {gpu} ({sms} SMs), torch {torch.__version__}; table -> {path}")
 
