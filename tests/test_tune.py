@@ -403,3 +403,24 @@ def test_an_out_it_cannot_write_is_refused_before_measuring(out, tmp_path, monke
     with pytest.raises(SystemExit) as e:
         T.main(["--quick", "--ops", "qk", "--out", out], measure=measure)
     assert e.value.code == 2 and "argument --out" in capsys.readouterr().err and not measured
+
+
+def test_an_interrupt_is_one_line_and_keeps_the_entries_so_far(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during a run printed a KeyboardInterrupt traceback (the table so far was kept): now one line naming
+    the table, exit status 130, the entries measured so far on disk and the table marked incomplete."""
+    monkeypatch.setattr(T, "_gpu", lambda: (0, "NVIDIA Fake 9000", 132))
+    monkeypatch.setattr(D, "sm_count", lambda i: 132)
+    calls = []
+
+    def measure(p, cfgs):
+        calls.append(p)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return fake_measure(p, cfgs)
+
+    assert T.main(["--quick", "--ops", "qk", "--out", str(tmp_path)], measure=measure) == 130
+    err = capsys.readouterr().err
+    path = tmp_path / "nvidia-fake-9000.json"
+    assert err.count("\n") == 1 and "interrupted" in err and str(path) in err
+    t = TT.load_table(str(path))
+    assert 0 < len(t.entries) and t.meta.get("complete") is False

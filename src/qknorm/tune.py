@@ -541,12 +541,21 @@ def main(argv: list[str] | None = None, *, measure: Measure | None = None) -> in
             return 1
         print(f"merging into the {len(base)} entries of {a.merge}")
 
+    saved = [0]  # entries in the table on disk (it is rewritten, atomically, after each grid point)
+
     def save(entries, complete=False):
         write_table(path, table_doc(merge_entries(base, entries), gpu=gpu, sm_count=sms, command=command,
                                     complete=complete, timing=timing_meta(rep_ms)))
+        saved[0] = len(entries)
 
-    run = run_tune(points, measure or CudaMeasure(rep_ms, f"cuda:{dev}"), device=f"cuda:{dev}",
-                   deadline=t_start + a.max_seconds, on_entry=save, sms=sms)
+    try:
+        run = run_tune(points, measure or CudaMeasure(rep_ms, f"cuda:{dev}"), device=f"cuda:{dev}",
+                       deadline=t_start + a.max_seconds, on_entry=save, sms=sms)
+    except KeyboardInterrupt:
+        print("qknorm tune: interrupted; " + (f"the {saved[0]} entries measured so far are in {path} (marked "
+                                              "incomplete)" if saved[0] else "nothing was measured or written"),
+              file=sys.stderr)
+        return 130
     if not run.entries:
         print("no grid point was measured; nothing written")
         return 1
