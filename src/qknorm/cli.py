@@ -14,6 +14,7 @@ import argparse
 import importlib
 import os
 import sys
+import tempfile
 
 from ._version import __version__
 
@@ -38,6 +39,29 @@ class ArgParser(argparse.ArgumentParser):
     def error(self, message: str):  # noqa: D102 - argparse's hook
         message = " ".join(str(message).split())  # one line, whatever the message held
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} -h')\n")
+
+
+def write_probe(target: str) -> str | None:
+    """Whether this process can create ``target`` (a file or folder path): None, or why not. Creates and removes an
+    entry of the kind a run makes in ``target``'s nearest existing folder (a file when ``target``'s own folder
+    exists, else the missing folder): ``os.access`` says yes to root everywhere and knows nothing of /proc, /sys or
+    some mounts. Used by ``qknorm bench --out`` and ``qknorm tune --out`` before anything is measured."""
+    d = os.path.dirname(os.path.abspath(target))
+    e = d
+    while not os.path.exists(e):
+        e = os.path.dirname(e)
+    if not os.path.isdir(e):
+        return f"{e} is a file, not a folder"
+    try:
+        if e == d:
+            fd, probe = tempfile.mkstemp(prefix=".qknorm-write-check-", dir=d)
+            os.close(fd)
+            os.remove(probe)
+        else:
+            os.rmdir(tempfile.mkdtemp(prefix=".qknorm-write-check-", dir=e))
+    except OSError as exc:
+        return f"cannot write in {e} ({exc.strerror or exc})"
+    return None
 
 
 def selfcheck_main(argv: list[str]) -> int:

@@ -37,7 +37,6 @@ import argparse
 import math
 import os
 import shlex
-import tempfile
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -45,7 +44,7 @@ from typing import NamedTuple
 
 import torch
 
-from .cli import ArgParser
+from .cli import ArgParser, write_probe
 from .config import KernelConfig
 from .dispatch import DEFAULT_SMS, DTYPES, OPS, candidate_configs, heuristic, next_pow2
 from .tuned_table import (
@@ -398,24 +397,6 @@ def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 # --------------------------------------------------------------------------- command line
 
-def _probe_write(p, path: str) -> None:
-    """Before measuring: ``path``'s folder (or its nearest existing parent) takes a new entry. ``os.access``
-    says yes to root everywhere (/proc too), so the save would fail only after the whole grid was timed."""
-    d = os.path.dirname(os.path.abspath(path))
-    e = d
-    while not os.path.exists(e):
-        e = os.path.dirname(e)
-    try:
-        if e == d:
-            fd, probe = tempfile.mkstemp(prefix=".qknorm-write-check-", dir=d)
-            os.close(fd)
-            os.remove(probe)
-        else:
-            os.rmdir(tempfile.mkdtemp(prefix=".qknorm-write-check-", dir=e))
-    except OSError as exc:
-        p.error(f"argument --out: cannot write {path} ({exc.strerror or exc}); pick another --out")
-
-
 def _gpu() -> tuple[int, str, int] | None:
     """(device index, name, SM count) of the current CUDA device, or None without one."""
     if not torch.cuda.is_available():
@@ -528,7 +509,9 @@ def main(argv: list[str] | None = None, *, measure: Measure | None = None) -> in
     if os.path.exists(path) and not a.overwrite and not (a.merge and os.path.abspath(a.merge) == os.path.abspath(path)):
         p.error(f"argument --out: {path} already holds a table; add --merge {path} to add this run's entries to "
                 f"it, or --overwrite to replace it, or pick another --out")
-    _probe_write(p, path)
+    why = write_probe(path)
+    if why:
+        p.error(f"argument --out: cannot write {path}: {why}; pick another --out")
     command = "qknorm tune " + shlex.join(argv) if argv else "qknorm tune"
     print(f"GPU {gpu} ({sms} SMs), torch {torch.__version__}; table -> {path}")
 

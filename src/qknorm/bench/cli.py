@@ -26,13 +26,12 @@ import os
 import shlex
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 
 import torch
 
-from qknorm.cli import ArgParser
+from qknorm.cli import ArgParser, write_probe
 from qknorm.explain import plural
 
 from .cases import DTYPES, PRESETS, preset_cases, quick_cases
@@ -221,17 +220,9 @@ def _writable_folder(p: ArgParser, flag: str, out: str) -> None:
         p.error(f"argument {flag}: {out!r}: {d} is a file, not a folder")
     if not os.access(d, os.W_OK | os.X_OK):
         p.error(f"argument {flag}: {out!r}: cannot write in {d} (permission denied); pick another folder")
-    # os.access says yes to root everywhere (and knows nothing of /proc, /sys, some mounts): create
-    # and remove an entry of the kind the run makes there first (a file, or the missing folder).
-    try:
-        if d == os.path.abspath(out):
-            fd, probe = tempfile.mkstemp(prefix=".qknorm-write-check-", dir=d)
-            os.close(fd)
-            os.remove(probe)
-        else:
-            os.rmdir(tempfile.mkdtemp(prefix=".qknorm-write-check-", dir=d))
-    except OSError as e:
-        p.error(f"argument {flag}: {out!r}: cannot write in {d} ({e.strerror or e}); pick another folder")
+    why = write_probe(os.path.join(out, "results.csv"))  # (root passes os.access everywhere: a real write)
+    if why:
+        p.error(f"argument {flag}: {out!r}: {why}; pick another folder")
 
 
 def _check_out(p: ArgParser, a, out: str, names: tuple[str, ...], device_name: str) -> None:
