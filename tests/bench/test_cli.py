@@ -323,11 +323,12 @@ def test_out_where_the_system_refuses_writes_even_to_root(tmp_path, capsys):
 
 def test_out_on_a_read_only_filesystem(tmp_path, capsys, monkeypatch):
     import errno
+    import tempfile
 
     def refuse(*a, **k):
         raise OSError(errno.EROFS, "Read-only file system")
-    monkeypatch.setattr(B.tempfile, "mkdtemp", refuse)
-    monkeypatch.setattr(B.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)  # the write probe's (qknorm.cli.write_probe)
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
     monkeypatch.chdir(tmp_path)
     for out in (tmp_path / "new", tmp_path):  # a folder to create, and one that exists
         err = _usage_error(QUICK + ["--out", str(out)], capsys)
