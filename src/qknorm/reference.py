@@ -42,6 +42,25 @@ def _out_of_range(ms: torch.Tensor, e: float, d: int) -> torch.Tensor:
     return (ms * d > _EXTREME_SS) | (m < _EXTREME_MS) | (m > _EXTREME_SS) | ms.isinf()
 
 
+def _rescued(xf: torch.Tensor, ms: torch.Tensor, eps: float, skip_when_clean: bool = True):
+    """The rows of fp32 ``xf`` (mean squares ``ms``) to recompute in fp64 (:func:`_out_of_range`, keepdim mask), or
+    None when no row needs it. With ``skip_when_clean`` that is decided from two scalars where reading them is
+    possible (CPU tensors, not under tracing: a host sync); on CUDA, meta tensors and under tracing the mask is
+    always returned (no sync)."""
+    e = kernel_eps(eps)[0]
+    unread = xf.is_cuda or xf.device.type == "meta" or torch.compiler.is_compiling()
+    if skip_when_clean and not unread:
+        # One reduction, then scalars: every row clean (the usual case) needs no mask. A NaN row makes
+        # both NaN: then the row-wise mask decides.
+        lo, hi = (float(v) for v in ms.detach().aminmax())
+        if hi == hi and not (hi * xf.shape[-1] > _EXTREME_SS or lo + e < _EXTREME_MS or hi + e > _EXTREME_SS):
+            return None
+    bad = _out_of_range(ms, e, xf.shape[-1])
+    if skip_when_clean and not unread and not bool(bad.any()):
+        return None
+    return bad
+
+
 def normalize(x: torch.Tensor, eps: float, compute_dtype: torch.dtype = torch.float32, *,
               skip_when_clean: bool = True) -> torch.Tensor:
     """``x / sqrt(mean(x**2) + eps)`` in ``compute_dtype``.
@@ -52,26 +71,17 @@ def normalize(x: torch.Tensor, eps: float, compute_dtype: torch.dtype = torch.fl
     that fp64 pass when no row needs it (a host sync: CPU tensors, not under tracing)."""
     xf = x.to(compute_dtype)
     ms = xf.square().mean(dim=-1, keepdim=True)
-    y = xf * torch.rsqrt(ms + eps)
-    if compute_dtype != torch.float32 or xf.numel() == 0:
-        return y
-    e = kernel_eps(eps)[0]
-    unread = xf.is_cuda or xf.device.type == "meta"  # no host sync on CUDA; meta tensors hold no values
-    if skip_when_clean and not unread and not torch.compiler.is_compiling():
-        # One reduction, then scalars: every row clean (the usual case) needs no mask. A NaN row makes
-        # both NaN: then the row-wise mask decides.
-        lo, hi = (float(v) for v in ms.detach().aminmax())
-        if hi == hi and not (hi * xf.shape[-1] > _EXTREME_SS or lo + e < _EXTREME_MS or hi + e > _EXTREME_SS):
-            return y
-    bad = _out_of_range(ms, e, xf.shape[-1])
-    if not skip_when_clean or unread or torch.compiler.is_compiling() or bool(bad.any()):
-        # the fp32 branch of the rows taken from fp64 runs on ones: autograd masks its gradient there, and a
-        # masked 0 * inf is NaN (clean rows keep their values and bits)
-        xs = torch.where(bad, torch.ones_like(xf), xf)
-        y = xs * torch.rsqrt(xs.square().mean(dim=-1, keepdim=True) + eps)
-        x64 = xf.to(torch.float64)
-        y = torch.where(bad, (x64 * _rstd(x64, eps)).to(torch.float32), y)
-    return y
+    bad = None
+    if compute_dtype == torch.float32 and xf.numel():
+        bad = _rescued(xf, ms, eps, skip_when_clean)
+    if bad is None:
+        return xf * torch.rsqrt(ms + eps)
+    # the fp32 branch of the rows taken from fp64 runs on ones: autograd masks its gradient there, and a
+    # masked 0 * inf is NaN (clean rows keep their values and bits)
+    xs = torch.where(bad, torch.ones_like(xf), xf)
+    y = xs * torch.rsqrt(xs.square().mean(dim=-1, keepdim=True) + eps)
+    x64 = xf.to(torch.float64)
+    return torch.where(bad, (x64 * _rstd(x64, eps)).to(torch.float32), y)
 
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6,
@@ -97,8 +107,8 @@ def rms_norm_backward(x: torch.Tensor, weight: torch.Tensor | None, eps: float, 
     n = xf * rstd  # normalize's value for the rows in range
     gw = gf if weight is None else gf * (weight.to(torch.float32) + weight_offset)
     dx = rstd * (gw - n * (gw * n).mean(dim=-1, keepdim=True))
-    if xf.numel():  # rows out of range: n and dx from fp64 (never differentiated: no masked branch to guard)
-        bad = _out_of_range(ms, kernel_eps(eps)[0], xf.shape[-1])
+    bad = _rescued(xf, ms, eps) if xf.numel() else None
+    if bad is not None:  # rows out of range: n and dx from fp64 (never differentiated: no masked branch to guard)
         x64, gw64 = xf.to(torch.float64), gw.to(torch.float64)
         r64 = _rstd(x64, eps)
         n64 = x64 * r64
