@@ -241,9 +241,7 @@ def rotary(q, cos_sin_cache, positions, rotary_dim, is_neox) -> int:
     d, t = q.shape[-1], q.shape[0]
     if not isinstance(is_neox, bool):
         raise TypeError(f"is_neox must be a bool, got {type(is_neox).__name__}")
-    if rotary_dim is not None and (isinstance(rotary_dim, bool) or not isinstance(rotary_dim, numbers.Integral)):
-        raise TypeError(f"rotary_dim must be an int or None, got {type(rotary_dim).__name__} {rotary_dim!r}")
-    r = d if rotary_dim is None else int(rotary_dim)  # NumPy integers too, as every other int argument
+    r = d if rotary_dim is None else integer("rotary_dim", rotary_dim)  # NumPy integers too, as every int argument
     if r < 2 or r % 2 or r > d:
         raise ValueError(f"rotary_dim must be even and in [2, head_dim={d}], got {r}")
     cs = cos_sin_cache
