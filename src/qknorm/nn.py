@@ -205,10 +205,15 @@ class QKNorm(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, in_place: bool = False) -> tuple[Tensor, Tensor]:
         qw, kw = self.q_weight, self.k_weight
-        for name, t in (("q", q), ("k", k)):
-            if not isinstance(t, Tensor) or t.dim() < 1 or t.shape[-1] != self.head_dim:
-                raise ValueError(f"QKNorm({self.head_dim}): {name} must end with head_dim {self.head_dim}, got "
-                                 f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+        try:
+            fits = q.shape[-1] == self.head_dim and k.shape[-1] == self.head_dim  # one test per call
+        except (AttributeError, IndexError):  # not tensors, or 0-dim
+            fits = False
+        if not fits:
+            for name, t in (("q", q), ("k", k)):
+                if not isinstance(t, Tensor) or t.dim() < 1 or t.shape[-1] != self.head_dim:
+                    raise ValueError(f"QKNorm({self.head_dim}): {name} must end with head_dim {self.head_dim}, got "
+                                     f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
         eps = self.eps if self.eps is not None else default_eps(q.dtype)
         if _needs_autograd(q, k, qw, kw):
             if in_place:
