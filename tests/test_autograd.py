@@ -326,3 +326,28 @@ def test_gradients_of_in_place_forms_under_torch_compile(backend):
                     _close(a, b, f"{f.__name__} d{i}", tol=5e-5)
     finally:
         torch._dynamo.reset()
+
+
+def test_backward_formula_traces_on_fake_tensors():
+    """AOT autograd traces the backward with fake (and functional) tensors, on some torch releases without
+    setting ``torch.compiler.is_compiling()`` (torch 2.11 on the GPU image: the compile tests above failed there
+    inside the joint graph's trace): the formula must not read values then. Rows out of fp32's range must
+    still take fp64 when traced (the mask, not a host-side skip)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from qknorm import reference
+
+    with FakeTensorMode():
+        x, g, w = torch.randn(4, 32), torch.randn(4, 32), torch.randn(32)
+        dx, dw = reference.rms_norm_backward(x, w, 1e-6, 0.0, g)
+        y = reference.normalize(x, 1e-6)
+    assert dx.shape == x.shape and dw.shape == w.shape and y.shape == x.shape
+    # the traced form (mask always applied) gives the eager values, huge rows included
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 32, generator=gen)
+    x[1] *= 1e25
+    g, w = torch.randn(4, 32, generator=gen), torch.randn(32, generator=gen)
+    eager = reference.rms_norm_backward(x, w, 1e-6, 0.0, g)
+    traced = torch.func.functionalize(lambda *a: reference.rms_norm_backward(*a))(x, w, 1e-6, 0.0, g)
+    assert torch.equal(eager[0], traced[0]) and torch.equal(eager[1], traced[1])
+    assert torch.isfinite(eager[0]).all()

@@ -45,10 +45,13 @@ def _out_of_range(ms: torch.Tensor, e: float, d: int) -> torch.Tensor:
 def _rescued(xf: torch.Tensor, ms: torch.Tensor, eps: float, skip_when_clean: bool = True):
     """The rows of fp32 ``xf`` (mean squares ``ms``) to recompute in fp64 (:func:`_out_of_range`, keepdim mask), or
     None when no row needs it. With ``skip_when_clean`` that is decided from two scalars where reading them is
-    possible (CPU tensors, not under tracing: a host sync); on CUDA, meta tensors and under tracing the mask is
-    always returned (no sync)."""
+    possible (plain CPU tensors, not under tracing: a host sync); on CUDA, for meta and wrapper tensors (fake,
+    functional) and under tracing the mask is always returned (no sync)."""
     e = kernel_eps(eps)[0]
-    unread = xf.is_cuda or xf.device.type == "meta" or torch.compiler.is_compiling()
+    # fake, functional and other wrapper tensors (AOT autograd traces a backward with them, and on some torch
+    # releases without setting is_compiling): no values to read
+    unread = (xf.is_cuda or xf.device.type == "meta" or torch.compiler.is_compiling()
+              or (type(xf) is not torch.Tensor and type(xf) is not torch.nn.Parameter))
     if skip_when_clean and not unread:
         # One reduction, then scalars: every row clean (the usual case) needs no mask. A NaN row makes
         # both NaN: then the row-wise mask decides.
