@@ -12,7 +12,7 @@ import csv
 import json
 from collections import defaultdict
 
-from qknorm.bench.common import config_from_name
+from qknorm.config import config_from_name
 
 
 def kind(name: str) -> str:

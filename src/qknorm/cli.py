@@ -67,7 +67,13 @@ def write_probe(target: str) -> str | None:
 def selfcheck_main(argv: list[str]) -> int:
     """``qknorm selfcheck``: run each op once against fp64; 0 when all pass, else 1."""
     ArgParser(prog="qknorm selfcheck", description="Run each op once against fp64.").parse_args(argv)
-    from .selfcheck import run
+    import torch
+
+    from .selfcheck import run, why_not
+    why = why_not("cuda" if torch.cuda.is_available() else "cpu")
+    if why:
+        print(f"qknorm selfcheck: {why}", file=sys.stderr)
+        return 2
     return 0 if run() else 1
 
 

@@ -219,6 +219,19 @@ def test_gpu_only_flags_on_a_cpu(argv, words, tmp_path, capsys):
     assert os.listdir(tmp_path) == []
 
 
+def test_triton_backend_on_a_cpu_without_the_interpreter_is_refused(tmp_path, capsys, monkeypatch):
+    """Every qknorm row would be an error (the kernels cannot run on CPU tensors without the interpreter):
+    refused up front, nothing written, instead of a 'complete' run without qknorm rows."""
+    import qknorm
+    from qknorm import backend
+
+    monkeypatch.setattr(backend, "interpreter_on", lambda: False)
+    with qknorm.use_backend("triton"):
+        err = _usage_error(QUICK + ["--out", str(tmp_path / "out")], capsys)
+    assert "QKNORM_BACKEND=triton" in err and "TRITON_INTERPRET=1" in err, err
+    assert os.listdir(tmp_path) == []
+
+
 def test_out_that_is_a_file(tmp_path, capsys):
     f = tmp_path / "results.txt"
     f.write_text("x")
