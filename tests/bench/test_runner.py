@@ -103,6 +103,25 @@ def test_runner_skips_gpu_only_peers_on_cpu():
                                         else "needs a CUDA GPU; "), row
 
 
+@pytest.mark.parametrize("backend", ["auto", "triton"])
+def test_cpu_rows_name_the_path_that_ran(backend):
+    """On a CPU the PyTorch path runs (no config), or with the Triton backend the interpreter runs the
+    dispatcher's pick: the row names that config and its reason, not the PyTorch path."""
+    import qknorm
+    from qknorm.dispatch import choose_config
+
+    with qknorm.use_backend(backend):
+        r, rows = _runner([Qknorm()])
+        r.run_case(QK)
+    (row,) = rows
+    assert row["status"] == "ok", row
+    if backend == "auto":
+        assert (row["config"], row["config_reason"]) == ("", "CPU: PyTorch path")
+    else:
+        cfg, why = choose_config(QK.qknorm_op, QK.dtype, QK.width, QK.n_rows, "cpu")
+        assert (row["config"], row["config_reason"]) == (cfg.name, why)
+
+
 def test_rows_reach_the_sink_before_an_interrupt():
     class Interrupt(Impl):
         name = "interrupt"

@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from ..backend import get_backend
 from .cases import Case, build_inputs, layout
 from .check import gate
 from .common import dtype_name
@@ -122,7 +123,10 @@ class Runner:
         rows = []
         pick = pick_why = ""
         try:
-            pick, pick_why = qknorm_pick(case, self.opt.device) if self.cuda else ("", "CPU: PyTorch path")
+            if self.cuda or get_backend() == "triton":  # (on a CPU: the interpreter runs the dispatcher's pick)
+                pick, pick_why = qknorm_pick(case, self.opt.device)
+            else:
+                pick, pick_why = "", "CPU: PyTorch path"
         except Exception as e:  # noqa: BLE001
             pick_why = f"dispatcher raised {type(e).__name__}: {e}"
         pending: list[tuple] = []  # (impl, fns, row fields): eager timings taken together below
