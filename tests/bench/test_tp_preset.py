@@ -2,6 +2,7 @@
 that checks the result against the full-width reference before timing, with the bench's
 check, timers and CSV columns."""
 import csv
+import json
 
 import pytest
 import torch
@@ -28,7 +29,15 @@ def test_tp_preset_runs_two_ranks_and_writes_csv(tmp_path):
         assert float(impls[name]["rel_err"]) < 1e-2
     assert impls["comm-ours"]["rel_err"] == "" and impls["comm-ours"]["family"] == "comm"
     assert impls["ours"]["family"] == "qknorm" and impls["allgather"]["family"] == "peer"
-    assert float(impls["ours"]["speedup_vs_allgather"]) > 0
+    cuda = torch.cuda.is_available()
+    # a ratio on GPUs; none from a CPU smoke test (gloo times are not a comparison)
+    assert (float(impls["ours"]["speedup_vs_allgather"]) > 0) if cuda else impls["ours"]["speedup_vs_allgather"] == ""
+    # what the run was sits beside its table
+    meta = json.loads((tmp_path / "tp-meta.json").read_text())
+    assert meta["status"] == "complete" and meta["tp"] == 2 and meta["date"].endswith("UTC")
+    assert meta["command"] == f"qknorm bench --preset tp --tokens 1 --out {tmp_path}"
+    assert meta["device"] == (f"2 x {torch.cuda.get_device_name(0)}" if cuda else "2 gloo CPU processes")
+    assert {"torch", "triton", "qknorm"} <= set(meta)
     # one fp64 sum per row of Q and of K crosses the link instead of the activations
     assert int(impls["ours"]["payload_bytes_per_rank"]) == 16
     assert int(impls["ours"]["payload_bytes_per_rank"]) * 100 < int(impls["allgather"]["payload_bytes_per_rank"])
@@ -108,3 +117,15 @@ def test_tp_preset_refuses_a_second_run_into_the_same_out(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "tp.csv" in err and "--append" in err and "--overwrite" in err
     assert (tmp_path / "tp.csv").read_text() == "kept\n"
+
+
+def test_report_only_refuses_the_tp_table(tmp_path, capsys):
+    """tp.csv is the tp preset's own report: --report-only on it would write an empty, mislabelled summary."""
+    header = ",".join(tuple(COLUMNS) + tuple(TP_COLUMNS))
+    (tmp_path / "tp.csv").write_text(header + "\n")
+    with pytest.raises(SystemExit) as e:
+        main(["--report-only", str(tmp_path / "tp.csv")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tp preset" in err and "results.csv" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tp.csv"]

@@ -46,7 +46,7 @@ EXTRA_PRESETS = ("tp",)  # run by their own launcher (several processes), not by
 QUICK_MAX_TOKENS = 64
 # What a run writes into --out (its folder); any of them there already means earlier results.
 RUN_OUTPUTS = ("results.csv", "summary.md", "meta.json", "plots")
-TP_OUTPUTS = ("tp.csv",)
+TP_OUTPUTS = ("tp.csv", "tp-meta.json")
 SMOKE_LINE = ("qknorm bench: CPU run = a smoke test, not a comparison: every implementation runs and is checked "
               "against the fp32 reference, but CPU times vary by orders of magnitude between identical runs and "
               "say nothing about GPU kernels; no speedups are printed.")
@@ -77,8 +77,9 @@ def parser() -> ArgParser:
                     "dispatcher's pick and its kernel variants) side by side with FlashInfer, SGLang's JIT kernels "
                     "and sgl_kernel, Quack, Liger, vLLM (when importable; otherwise listed as skipped with the "
                     "reason), torch eager, torch.compile and F.rms_norm. Writes results.csv (row by row), "
-                    "summary.md, meta.json and plots/ under --out. On a CPU the run is a smoke test: it checks "
-                    "that everything runs and is correct; its times are not a comparison.",
+                    "summary.md, meta.json and plots/ under --out (the tp preset: tp.csv and tp-meta.json). On a "
+                    "CPU the run is a smoke test: it checks that everything runs and is correct; its times are not "
+                    "a comparison.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::", 1)[1])
     p.add_argument("--preset", default=None,
                    help=f"comma list of presets: {', '.join(PRESETS + EXTRA_PRESETS)}, or 'all' (default qwen3-8b; "
@@ -109,8 +110,8 @@ def parser() -> ArgParser:
                       help="--out holds earlier results: add this run's rows to its CSV (same device and columns) "
                            "and rebuild summary.md and plots from all of them")
     keep.add_argument("--overwrite", action="store_true",
-                      help="--out holds earlier results: delete them (results.csv, tp.csv, summary.md, meta.json, "
-                           "plots/*.png) before this run")
+                      help="--out holds earlier results: delete them (results.csv, summary.md, meta.json, plots/*.png, "
+                           "tp.csv, tp-meta.json) before this run")
     p.add_argument("--quick", action="store_true", help="a few small cases (seconds, CPU included)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     p.add_argument("--no-plots", action="store_true", help="write no plots/ (the CSV and summary.md only)")
@@ -369,21 +370,38 @@ def _clear(out: str) -> list[str]:
 
 # --------------------------------------------------------------------------- running
 
-def _run_tp(a, plan: Plan, modes) -> int:
+def _run_tp(a, argv: list[str], plan: Plan, modes) -> int:
     """The ``tp`` preset: full-width QK norm under tensor parallelism, one all-reduce vs
-    all-gather, on ``plan.tp`` ranks (GPUs; gloo processes on a CPU)."""
+    all-gather, on ``plan.tp`` ranks (GPUs; gloo processes on a CPU). Its rows go to ``tp.csv``; what
+    the run was (device, date, command, versions, status; earlier runs with ``--append``) to ``tp-meta.json``."""
+    import qknorm
+
     from .tp import launch
     if not plan.cuda:
         print(f"qknorm bench --preset tp: no CUDA device; running {plan.tp} gloo processes on the CPU as a smoke "
               "test (correctness check and bytes per rank; the times are not GPU numbers and no speedups are "
               "printed)")
     csv_path = os.path.join(plan.out, "tp.csv")
+    meta_path = os.path.join(plan.out, "tp-meta.json")
+    meta = dict(device=f"{plan.tp} x {torch.cuda.get_device_name(0)}" if plan.cuda else f"{plan.tp} gloo CPU processes",
+                date=f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+                command="qknorm bench " + " ".join(shlex.quote(x) for x in argv), torch=torch.__version__,
+                triton=triton_version(), qknorm=qknorm.__version__, tp=plan.tp, status="running")
+    earlier = _read_meta(meta_path) if a.append else {}
+    if earlier:
+        meta["earlier_runs"] = earlier.pop("earlier_runs", []) + [
+            {k: earlier.get(k) for k in ("date", "command", "status")}]
+    _write_meta(meta, plan.out, "tp-meta.json")
     got: list[int] = []
+    rc = 1
     try:
         with _forward_signals(got):
             rc = launch(plan.tp, a.tokens, a.dtype, csv_path, modes=modes, append=a.append, cpu=not plan.cuda)
     except KeyboardInterrupt:  # no child to pass the signal to (no /proc): the launcher was stopped
         got.append(signal.SIGINT)
+    finally:
+        meta["status"] = "interrupted" if got else ("complete" if rc == 0 else "failed")
+        _write_meta(meta, plan.out, "tp-meta.json")
     if got:
         print(f"qknorm bench: interrupted ({signal.Signals(got[0]).name}); the rows the tp ranks measured are "
               f"in {csv_path}", file=sys.stderr)
@@ -505,11 +523,11 @@ def _write_report(rows: list[dict], meta: dict, out: str, plots: bool, write_met
     return plot(rows, pdir, smoke=is_smoke(meta, rows))
 
 
-def _write_meta(meta: dict, out: str) -> None:
-    tmp = os.path.join(out, "meta.json.tmp")
+def _write_meta(meta: dict, out: str, name: str = "meta.json") -> None:
+    tmp = os.path.join(out, name + ".tmp")
     with open(tmp, "w") as f:
         json.dump(meta, f, indent=1, default=str)
-    os.replace(tmp, os.path.join(out, "meta.json"))
+    os.replace(tmp, os.path.join(out, name))
 
 
 def _report_only(p: ArgParser, a) -> int:
@@ -532,6 +550,9 @@ def _report_only(p: ArgParser, a) -> int:
     except (OSError, UnicodeDecodeError) as e:
         p.error(f"argument --report-only: cannot read {path!r}: {e}")
     missing = [c for c in REPORT_COLUMNS if c not in header]
+    if "speedup_vs_allgather" in header:
+        p.error(f"argument --report-only: {path!r} is the tp preset's table (tp.csv), which is its own report; "
+                "--report-only rebuilds summary.md and plots from a results.csv")
     if missing:
         p.error(f"argument --report-only: {path!r} is not a qknorm bench results CSV (it has no "
                 f"{', '.join(missing)} column{'s' if len(missing) > 1 else ''})")
@@ -577,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
         print(SMOKE_LINE)
     rc_tp = 0
     if plan.tp:
-        rc_tp = _run_tp(a, plan, plan.modes if a.mode else None)
+        rc_tp = _run_tp(a, argv, plan, plan.modes if a.mode else None)
         if not plan.cases or rc_tp == 130:  # interrupted: stop here, as a case run does
             return rc_tp
     rc = _run_cases(a, argv, plan)

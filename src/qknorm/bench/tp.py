@@ -201,7 +201,7 @@ def time_impl(fn, mode: str, device, calls: int, trials: int) -> float:
 
 def _row(shard: Shard, model: str, mode: str, impl: str, dtype: str, device_name: str, **kw) -> dict:
     s = shard
-    r = dict.fromkeys(COLUMNS, "")
+    r = dict.fromkeys(tuple(COLUMNS) + TP_COLUMNS, "")
     r.update(preset="tp", op="qk_full", group=f"qk_full tp={s.tp} {model} Q={s.qw_full} K={s.kw_full} {dtype}",
              shape=f"T={s.t} Q=[{s.t}, {s.ql}], K=[{s.t}, {s.kl}] of qkv[{s.t}, {s.ql + 2 * s.kl}] per rank",
              tokens=s.t, hq=MODELS[model][0], hkv=MODELS[model][1], head_dim=MODELS[model][2], dtype=dtype,
@@ -340,7 +340,7 @@ def _run_point(model, t, dtype, device, rank, tp, modes, calls, args, device_nam
                 continue
             res[impl] = us
             row = _row(shard, model, mode, impl, args.dtype, device_name, status="ok", us=f"{us:.3f}", rel_err=err)
-            if impl in ("ours", "allgather-1") and "allgather" in res:
+            if impl in ("ours", "allgather-1") and "allgather" in res and device.type == "cuda":  # (CPU: no ratios)
                 row["speedup_vs_allgather"] = f"{res['allgather'] / us:.3f}"
             emit(row)
     return wrong
