@@ -5,6 +5,7 @@ Usage:  PYTHONPATH=$PWD/src:<dir of the other build> python ab_graph.py <other m
 Writes $OUT/ab_<label>.json and ab_<label>.txt; each point is the best of 3 medians per build,
 the builds alternating. Also checks that both give the same bits on ordinary data.
 """
+import argparse
 import importlib
 import json
 import os
@@ -16,8 +17,15 @@ import torch
 import qknorm
 from qknorm.bench.timing import time_graph
 
-other = importlib.import_module(sys.argv[1])
-label = sys.argv[2]
+_p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0], epilog=__doc__.split("\n\n", 1)[1],
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+_p.add_argument("other", help="module name of the other build (importable through PYTHONPATH)")
+_p.add_argument("label", help="names the output files: $OUT/ab_<label>.json and .txt")
+_a = _p.parse_args()
+if not torch.cuda.is_available():
+    sys.exit("ab_graph.py: needs a CUDA GPU (CUDA-graph replay)")
+other = importlib.import_module(_a.other)
+label = _a.label
 OUT = os.environ.get("OUT", ".")
 dev = "cuda"
 torch.manual_seed(0)
@@ -74,7 +82,7 @@ def same_bits(T):
     return bool(ok)
 
 
-say(torch.cuda.get_device_name(), "torch", torch.__version__, "other:", sys.argv[1], "label:", label)
+say(torch.cuda.get_device_name(), "torch", torch.__version__, "other:", _a.other, "label:", label)
 rows = []
 for T in (1, 4, 16, 64, 256, 1024, 4096, 16384):
     say(f"T={T} same bits: {same_bits(T)}")

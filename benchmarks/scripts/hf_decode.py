@@ -176,6 +176,10 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", default=None, help="append one JSON line per batch size here")
     a = ap.parse_args(argv)
+    if a.variant == "liger":
+        import importlib.util
+        if importlib.util.find_spec("liger_kernel") is None:
+            ap.error("--variant liger: Liger is not installed (pip install liger-kernel)")
     dev = torch.device(a.device)
     cuda = dev.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)

@@ -17,6 +17,7 @@ Floors: x.mul_(1.0), torch.empty_like, stream/device getters. cProfile of 20000 
 importable (``PYTHONPATH`` holding the bundle ``shared/device/stage_peers.sh`` makes), their eager call on the
 same shapes (``sglang_*`` rows, total only).
 """
+import argparse
 import cProfile
 import io
 import json
@@ -37,8 +38,14 @@ try:
 except ImportError:  # a tree before the express call
     _express = None
 
-GRAD = "--grad" in sys.argv[1:]
-OUT = next((a for a in sys.argv[1:] if a != "--grad"), ".")
+_p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0], epilog=__doc__.split("\n\n", 1)[1],
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+_p.add_argument("outdir", nargs="?", default=".", help="where the JSON goes (default: here)")
+_p.add_argument("--grad", action="store_true", help="grad mode on (as qknorm bench --mode eager runs)")
+_a = _p.parse_args()
+if not torch.cuda.is_available():
+    sys.exit("profile_host.py: needs a CUDA GPU (it times eager launches)")
+GRAD, OUT = _a.grad, _a.outdir
 os.makedirs(OUT, exist_ok=True)
 dev = torch.device("cuda")
 HQ, HKV, D, HID = 32, 8, 128, 4096
