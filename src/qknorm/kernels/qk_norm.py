@@ -11,7 +11,7 @@ import triton.language as tl
 
 from .pdl import pdl_launch_dependents, pdl_wait
 
-from .rows import in_range, norm_block, row_normalized
+from .rows import in_range, norm_block, row_normalized, split_rows
 
 
 @triton.jit
@@ -64,8 +64,9 @@ def _tokens_block(block, D, eps, eps_tiny, n_rows, H, HQ, wq, wk,
                   HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr, LO_SUMS: tl.constexpr):
     rows = block * ROWS + tl.arange(0, ROWS)
     row_ok = rows < n_rows
-    t = (rows // H).to(tl.int64)
-    h = rows % H
+    t, h = split_rows(rows, H)
+    t = t.to(tl.int64)
+    h = h.to(tl.int32)
     is_q = h < HQ
     hq = h.to(tl.int64)
     hk = hq - HQ

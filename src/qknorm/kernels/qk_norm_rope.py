@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from .pdl import pdl_launch_dependents, pdl_wait
-from .rows import normalized, range_factors, range_sums, row_factors
+from .rows import normalized, range_factors, range_sums, row_factors, split_rows
 
 
 @triton.jit
@@ -217,8 +217,9 @@ def _rope_rows(block, D, HALF, eps, eps_tiny, LO_SUMS: tl.constexpr, w_offset, C
     """Norm + RoPE of rows ``block*ROWS ... +ROWS`` of X (``[T, H, D]``) into Y."""
     rows = block * ROWS + tl.arange(0, ROWS)
     row_ok = rows < n_rows
-    t = (rows // H).to(tl.int64)
-    h = (rows % H).to(tl.int64)
+    t, h = split_rows(rows, H)
+    t = t.to(tl.int64)
+    h = h.to(tl.int64)
     j, j_ok, c, c_ok, tc, t_ok = rope_columns(D, HALF, BLOCK_H, BLOCK_T)
     x_row = X + t * xst + h * xsh
     o1, o2, ot = norm_rope_rows(t, x_row, row_ok, D, HALF, eps, eps_tiny, LO_SUMS, w_offset, CS, css0, css1, max_pos, P,

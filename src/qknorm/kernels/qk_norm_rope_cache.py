@@ -42,6 +42,7 @@ import triton.language as tl
 from .pdl import pdl_launch_dependents, pdl_wait
 from .rms_norm_quant import code_cols, to_codes
 from .qk_norm_rope import col_offset, norm_rope_rows, rope_columns
+from .rows import split_rows
 
 
 @triton.jit
@@ -124,8 +125,9 @@ def _prologue_block(block, q_blocks, D, DV, HALF, eps, eps_tiny, LO_SUMS: tl.con
     if block < q_blocks:
         rows = block * ROWS + tl.arange(0, ROWS)
         row_ok = rows < q_rows
-        t = (rows // qH).to(tl.int64)
-        h = (rows % qH).to(tl.int64)
+        t, h = split_rows(rows, qH)
+        t = t.to(tl.int64)
+        h = h.to(tl.int64)
         xq_row = XQ + t * qxt + h * qxh
         o1, o2, ot = norm_rope_rows(t, xq_row, row_ok, D, HALF, eps, eps_tiny, LO_SUMS, w_offset, CS, css0, css1,
                                     max_pos, P, ps, ps3, S0, S01, WQ, qws, qxd, j, j_ok, c, c_ok, tc, t_ok, HAS_WEIGHT,
@@ -135,8 +137,9 @@ def _prologue_block(block, q_blocks, D, DV, HALF, eps, eps_tiny, LO_SUMS: tl.con
     else:
         rows = (block - q_blocks) * ROWS + tl.arange(0, ROWS)
         row_ok = rows < k_rows
-        t = (rows // kH).to(tl.int64)
-        h = (rows % kH).to(tl.int64)
+        t, h = split_rows(rows, kH)
+        t = t.to(tl.int64)
+        h = h.to(tl.int64)
         # The token's slot; outside [0, num_slots): no cache store for this token.
         slot = tl.load(SM + t * sms, mask=row_ok, other=-1).to(tl.int64)
         in_cache = row_ok & (slot >= 0) & (slot < num_slots)
