@@ -129,3 +129,16 @@ def test_report_only_refuses_the_tp_table(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "tp preset" in err and "results.csv" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tp.csv"]
+
+
+def test_tp_append_refuses_another_devices_results(tmp_path, capsys):
+    """As a case run's --append: one folder holds one device's tp results; tp-meta.json says which."""
+    header = ",".join(tuple(COLUMNS) + tuple(TP_COLUMNS))
+    (tmp_path / "tp.csv").write_text(header + "\n")
+    (tmp_path / "tp-meta.json").write_text(json.dumps({"device": "2 x NVIDIA H100 80GB HBM3", "status": "complete"}))
+    with pytest.raises(SystemExit) as e:
+        main(["--preset", "tp", "--tokens", "1", "--device", "cpu", "--out", str(tmp_path), "--append"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "2 x NVIDIA H100 80GB HBM3" in err and "2 gloo CPU processes" in err
+    assert (tmp_path / "tp.csv").read_text() == header + "\n"

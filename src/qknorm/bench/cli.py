@@ -226,7 +226,8 @@ def _writable_folder(p: ArgParser, flag: str, out: str) -> None:
         p.error(f"argument {flag}: {out!r}: {why}; pick another folder")
 
 
-def _check_out(p: ArgParser, a, out: str, names: tuple[str, ...], device_name: str) -> None:
+def _check_out(p: ArgParser, a, out: str, names: tuple[str, ...], device_name: str,
+               tp_device: str | None = None) -> None:
     """``--out`` must be a writable folder; earlier results in it need ``--append`` or
     ``--overwrite``; ``--append`` needs CSVs of this version's columns from the same device."""
     _writable_folder(p, "--out", out)
@@ -254,6 +255,15 @@ def _check_out(p: ArgParser, a, out: str, names: tuple[str, ...], device_name: s
     if "results.csv" in names and earlier.get("device") not in (None, device_name):
         p.error(f"argument --append: the results in {out!r} are from {earlier['device']}, this run is on "
                 f"{device_name}; one folder holds one device's results (pick another --out)")
+    earlier = _read_meta(os.path.join(out, "tp-meta.json"))
+    if tp_device is not None and earlier.get("device") not in (None, tp_device):
+        p.error(f"argument --append: the tp results in {out!r} are from {earlier['device']}, this run is on "
+                f"{tp_device}; one folder holds one device's results (pick another --out)")
+
+
+def _tp_device(tp: int, cuda: bool) -> str:
+    """The tp preset's device, as ``tp-meta.json`` records it."""
+    return f"{tp} x {torch.cuda.get_device_name(0)}" if cuda else f"{tp} gloo CPU processes"
 
 
 def _tp_columns() -> tuple[str, ...]:
@@ -340,7 +350,7 @@ def check(p: ArgParser, a) -> Plan:
     stamp = _dt.datetime.now()
     out = a.out or os.path.join("qknorm-bench", f"{_slug_device(device_name)}-{stamp:%Y%m%d-%H%M%S}")
     names = (RUN_OUTPUTS if cases else ()) + (TP_OUTPUTS if tp else ())
-    _check_out(p, a, out, names, device_name)
+    _check_out(p, a, out, names, device_name, _tp_device(tp, cuda) if tp else None)
     return Plan(device, cuda, device_name, modes, presets, tp, cases, out)
 
 
@@ -383,14 +393,13 @@ def _run_tp(a, argv: list[str], plan: Plan, modes) -> int:
               "printed)")
     csv_path = os.path.join(plan.out, "tp.csv")
     meta_path = os.path.join(plan.out, "tp-meta.json")
-    meta = dict(device=f"{plan.tp} x {torch.cuda.get_device_name(0)}" if plan.cuda else f"{plan.tp} gloo CPU processes",
-                date=f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+    meta = dict(device=_tp_device(plan.tp, plan.cuda), date=f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
                 command="qknorm bench " + " ".join(shlex.quote(x) for x in argv), torch=torch.__version__,
                 triton=triton_version(), qknorm=qknorm.__version__, tp=plan.tp, status="running")
     earlier = _read_meta(meta_path) if a.append else {}
-    if earlier:
-        meta["earlier_runs"] = earlier.pop("earlier_runs", []) + [
-            {k: earlier.get(k) for k in ("date", "command", "status")}]
+    if earlier or (a.append and os.path.exists(csv_path)):  # ([] : earlier rows whose run left no record)
+        meta["earlier_runs"] = earlier.pop("earlier_runs", []) + (
+            [{k: earlier.get(k) for k in ("date", "command", "status")}] if earlier else [])
     _write_meta(meta, plan.out, "tp-meta.json")
     got: list[int] = []
     rc = 1
