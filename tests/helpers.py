@@ -46,14 +46,6 @@ def randn(shape, dtype, device, scale=1.0):
     return (torch.randn(shape, dtype=torch.float32) * scale).to(dtype).to(device)
 
 
-def rounds_to_nearest() -> bool:
-    """False under the Triton interpreter, whose fp32 -> bf16 cast truncates (GPU and torch round to nearest)."""
-    import os
-
-    import qknorm
-    return not (qknorm.get_backend() == "triton" and os.environ.get("TRITON_INTERPRET") == "1")
-
-
 def rope64_rows(x, cos, sin, rotary_dim, is_neox):
     """fp64 RoPE of ``x`` ``[T, H, D]`` (fp64) with per-token ``cos``/``sin`` ``[T, R/2]``, by
     complex multiplication (NeoX: pairs ``(j, j + R/2)``; GPT-J: ``(2j, 2j + 1)``)."""

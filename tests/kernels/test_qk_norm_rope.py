@@ -339,7 +339,7 @@ def test_wrong_style_positions_or_rotary_dim_would_fail(impl, is_neox):
 
 def test_rounding_once(impl):
     """fp32 math with one rounding: every bf16 output is within one bf16 ulp of the fp64
-    reference (half an ulp when rounding to nearest, plus fp32 noise; the interpreter truncates)."""
+    reference (half an ulp when rounding to nearest, plus fp32 noise)."""
     qkv, q, k, v = packed_qkv(16, 8, 2, 128, torch.bfloat16, impl)
     qw, kw, _ = weights("act", 128, torch.bfloat16, impl)
     cs = make_cache(64, 128, device=impl)

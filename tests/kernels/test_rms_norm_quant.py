@@ -13,7 +13,7 @@ import torch
 
 import qknorm
 from qknorm import invariance
-from helpers import DTYPES, randn, ref_add_norm, ref_norm, rounds_to_nearest
+from helpers import DTYPES, randn, ref_add_norm, ref_norm
 from qknorm.ops import _plan
 from qknorm.ops import rms_norm_quant as Q
 
@@ -92,9 +92,8 @@ def assert_within_one_ulp(a, b, what):
 
 
 def as_stored(n, dtype):
-    """fp32 ``n`` rounded to ``dtype`` as the kernels store it (the interpreter truncates to bf16)."""
-    if dtype == torch.bfloat16 and not rounds_to_nearest():
-        return (n.contiguous().view(torch.int32) & -65536).view(torch.float32).to(dtype)
+    """fp32 ``n`` rounded to ``dtype`` as the kernels store it (round to nearest even, the interpreter too:
+    ``kernels/_interp_compat.py``)."""
     return n.to(dtype)
 
 

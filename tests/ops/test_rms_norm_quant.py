@@ -249,7 +249,6 @@ def test_routing_kernel_or_torch_path(backend, monkeypatch):
         y, s = qknorm.rms_norm_quant(x, w, group_size=64, column_major_scales=True)
         r1 = r.clone()
         y2, s2 = qknorm.fused_add_rms_norm_quant(x, r1, w, out_dtype=torch.int8)
-        rounds = helpers.rounds_to_nearest()
     kernel = backend == "triton" or (backend == "auto" and DEV == "cuda")
     if DEV == "cpu":  # on CUDA the fast call runs the kernel without the general call
         assert calls == (["kernel"] * 2 if kernel else ["torch"] * 2)
@@ -257,7 +256,7 @@ def test_routing_kernel_or_torch_path(backend, monkeypatch):
     check_codes(y, s, n, torch.float8_e4m3fn, 2)
     assert s.stride()[0] == 3 and s.stride()[1] == 1
     check_codes(y2, s2, ref_norm(x.double() + r.double(), w), torch.int8, 1)
-    assert torch.equal(r1, (x.float() + r.float()).to(torch.bfloat16)) or not rounds
+    assert torch.equal(r1, (x.float() + r.float()).to(torch.bfloat16))
 
 
 def test_empty_and_zero_width():
