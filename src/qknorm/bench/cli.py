@@ -297,8 +297,8 @@ def check(p: ArgParser, a) -> Plan:
     if not cuda:
         from ..backend import active, interpreter_on
         if active == "triton" and not interpreter_on():
-            p.error("QKNORM_BACKEND=triton: qknorm's Triton kernels run on the CPU only through the Triton interpreter; "
-                    "set TRITON_INTERPRET=1 as well (slow: seconds per call) or use QKNORM_BACKEND=auto")
+            p.error("QKNORM_BACKEND=triton: qknorm's Triton kernels run on the CPU only through the Triton "
+                    "interpreter; set TRITON_INTERPRET=1 as well (slow: seconds per call) or use QKNORM_BACKEND=auto")
     if a.mode in ("graph", "both") and not cuda:
         p.error(f"argument --mode: {a.mode!r} needs CUDA (graph mode is CUDA-graph replay); on the CPU the "
                 "only mode is eager")
