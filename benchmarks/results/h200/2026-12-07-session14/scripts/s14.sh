@@ -5,6 +5,8 @@
 #          `qknorm bench --no-plots --variants none --preset qwen3-8b --impl qknorm` of start (bdefcae: issue 11's
 #          criterion base), head (53f1dbb: before the unsigned row split) and this tree, interleaved x2, best of 2
 #          per case: ab-start.txt (this vs start), ab-head.txt (this vs head)
+#   second (call 2; see the case's comment)
+#   next1  (for the next session) the in-place Inductor test's error, then the whole suite (scripts/suite.py)
 set -uo pipefail
 S=benchmarks/results/h200/2026-12-07-session14/scripts
 SECONDS=0
@@ -62,6 +64,16 @@ second)
   tail -1 $OUT/ab2-start.txt $OUT/ab2-head.txt
   cp /tmp/tune.log $OUT/ 2>/dev/null
   tar -czf $OUT/data.tgz -C /tmp b14 e14 tuned 2>/dev/null
+  ;;
+next1)
+  # (written for the next session; carry nothing) the whole suite, uncapped as far as one call allows (SUITE_S, 540 s
+  # default), each failure's head and tail kept; then the in-place Inductor compile test alone with its error's end
+  PYTHONPATH=$PWD/src timeout 70 python -m pytest -q -x -p no:cacheprovider -p no:logging --tb=long \
+    "tests/test_autograd.py::test_gradients_of_in_place_forms_under_torch_compile[inductor]" > /tmp/ind.log 2>&1
+  echo "inductor test rc=$? ${SECONDS}s"; tail -c 4000 /tmp/ind.log > $OUT/inductor-tail.txt; tail -5 $OUT/inductor-tail.txt
+  left=$((${SUITE_S:-540} - SECONDS))
+  PYTHONPATH=$PWD/src timeout $((left + 10)) python $S/suite.py 8 $left tests
+  echo "suite ${SECONDS}s"; head -30 $OUT/suite/summary.txt
   ;;
 esac
 echo "s14 done ${SECONDS}s"
