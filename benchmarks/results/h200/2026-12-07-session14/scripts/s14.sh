@@ -38,7 +38,7 @@ second)
   rm -rf /tmp/b14 /tmp/e14
   for w in .peers/s/*.whl; do [ -e "$w" ] && pip install -q --no-deps --target /tmp/peers "$w" >/dev/null 2>&1; done
   [ -e .peers/s/sglang-jit.tgz ] && tar -xzf .peers/s/sglang-jit.tgz -C /tmp/peers 2>/dev/null
-  timeout 150 python -m pytest -q -p no:cacheprovider tests/test_autograd.py 2>&1 | tail -15 > $OUT/autograd.txt
+  PYTHONPATH=$PWD/src timeout 150 python -m pytest -q -p no:cacheprovider tests/test_autograd.py 2>&1 | tail -15 > $OUT/autograd.txt
   echo "autograd ${SECONDS}s"; tail -3 $OUT/autograd.txt
   BENCH='import sys; from qknorm.cli import main; sys.exit(main(sys.argv[1:]))'
   for i in 1 2; do
