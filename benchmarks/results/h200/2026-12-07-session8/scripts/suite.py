@@ -1,6 +1,7 @@
 """suite.py: the whole test suite on one GPU machine, in K processes at once (Triton compiles are CPU-bound; the
 node ids are dealt round-robin so each process gets a share of every file). Each shard's log goes to
-/tmp/suite/shard<i>.log (the failures' short tracebacks are copied into the summary); a summary of the pass/fail/skip counts and every failure to $OUT/suite/summary.txt.
+/tmp/suite/shard<i>.log (the failures' short tracebacks are copied into the summary); a summary of the pass/fail/skip counts and every failure to $OUT/suite/summary.txt (each failure's
+head and tail: the exception is at the end of a long traceback; before session 14 the first 6000 characters).
     python suite.py K SECONDS [pytest paths...]"""
 import os, re, subprocess, sys, time
 
@@ -33,9 +34,12 @@ for i in range(k):
     for n, what in re.findall(r"(\d+) (passed|failed|skipped|errors?|xfailed|deselected)", last[-1] if last else ""):
         totals[what] = totals.get(what, 0) + int(n)
     failed += [ln for ln in text.splitlines() if ln.startswith(("FAILED", "ERROR"))]
-    if "FAILED" in text or " ERROR " in text or "= ERRORS =" in text:  # the short tracebacks, at most 6000 characters
+    if "FAILED" in text or " ERROR " in text or "= ERRORS =" in text:
+        # each failure's head and tail (the exception message is at the end of a long traceback)
         tb = text.split("= FAILURES =", 1)[-1] if "= FAILURES =" in text else text
-        failed.append(f"--- shard {i} tracebacks ---\n" + tb[:6000])
+        blocks = re.split(r"\n(?=_{5,} .* _{5,}\n)", tb)
+        kept = [b if len(b) <= 2500 else b[:700] + "\n[...]\n" + b[-1800:] for b in blocks]
+        failed.append(f"--- shard {i} tracebacks ---\n" + "\n".join(kept)[:12000])
     if not last:
         failed.append(f"shard {i}: no summary line (killed at the time limit?), rc={procs[i].returncode}")
 with open(f"{out}/summary.txt", "w") as f:
