@@ -506,12 +506,12 @@ def rope_config(qk_config: KernelConfig, qk_reason: str, dtype: torch.dtype, D: 
     if fp32:  # one tile shape at every token count (ROPE_FP32_TILE), whatever the QK pick
         rows, warps = ROPE_FP32_TILE
         cfg = dataclasses.replace(cfg, rows=max(1, min(rows, 4096 // next_pow2(D))), num_warps=warps)
-    if cfg.rows * half < 32 * ROPE_MIN_BYTES * cfg.num_warps or cfg.num_warps < span:
+    elif cfg.rows * half >= 32 * ROPE_MIN_BYTES * cfg.num_warps and cfg.num_warps >= span:
+        return cfg, f"RoPE split form (full rotary): the qk_rms_norm pick ({why})"
+    if cfg.rows * half < 32 * ROPE_MIN_BYTES * cfg.num_warps or cfg.num_warps < span:  # each thread 16 bytes of a half
         warps = max(span, min(cfg.num_warps, cfg.rows * half // (32 * ROPE_MIN_BYTES)))
         rows = max(cfg.rows, -(-32 * ROPE_MIN_BYTES * warps // half))
         cfg = dataclasses.replace(cfg, rows=rows, num_warps=warps)
-    elif not fp32:
-        return cfg, f"RoPE split form (full rotary): the qk_rms_norm pick ({why})"
     if fp32:
         return cfg, (f"RoPE split form (full rotary), fp32: {cfg.rows} rows over {cfg.num_warps} warps at every token "
                      f"count ({ROPE_MIN_BYTES} bytes of each rotary half per thread; grid kind (plain or "
