@@ -206,29 +206,37 @@ class QKNorm(nn.Module):
     def forward(self, q: Tensor, k: Tensor, in_place: bool = False) -> tuple[Tensor, Tensor]:
         qw, kw = self.q_weight, self.k_weight
         try:
-            fits = q.shape[-1] == self.head_dim and k.shape[-1] == self.head_dim  # one test per call
-        except (AttributeError, IndexError):  # not tensors, or 0-dim
-            fits = False
-        if not fits:
-            for name, t in (("q", q), ("k", k)):
-                if not isinstance(t, Tensor) or t.dim() < 1 or t.shape[-1] != self.head_dim:
-                    raise ValueError(f"QKNorm({self.head_dim}): {name} must end with head_dim {self.head_dim}, got "
-                                     f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
-        eps = self.eps if self.eps is not None else default_eps(q.dtype)
-        if _needs_autograd(q, k, qw, kw):
+            kernel = q.dtype in _KERNEL_DTYPES
+        except AttributeError:  # not a tensor: the check below names it
+            kernel = False
+        if qw is None or not kernel:  # with weights, a wrong width fails below and is named there
+            self._check_head_dim(q, k)
+        try:
+            eps = self.eps if self.eps is not None else default_eps(q.dtype)
+            if _needs_autograd(q, k, qw, kw):
+                if in_place:
+                    raise RuntimeError("QKNorm(in_place=True) cannot record autograd; run it under "
+                                       "torch.no_grad()/inference_mode() or use in_place=False")
+                if not kernel:
+                    return self._torch_norm(q, qw, eps), self._torch_norm(k, kw, eps)
+                return (_rms_norm_autograd(q, qw, eps, self.weight_offset),
+                        _rms_norm_autograd(k, kw, eps, self.weight_offset))
+            if not kernel and q.dtype == k.dtype:  # e.g. float64: PyTorch's own op, as RMSNorm
+                qn, kn = self._torch_norm(q, qw, eps), self._torch_norm(k, kw, eps)
+                return (q.copy_(qn), k.copy_(kn)) if in_place else (qn, kn)
             if in_place:
-                raise RuntimeError("QKNorm(in_place=True) cannot record autograd; run it under "
-                                   "torch.no_grad()/inference_mode() or use in_place=False")
-            if q.dtype not in _KERNEL_DTYPES:
-                return self._torch_norm(q, qw, eps), self._torch_norm(k, kw, eps)
-            return (_rms_norm_autograd(q, qw, eps, self.weight_offset),
-                    _rms_norm_autograd(k, kw, eps, self.weight_offset))
-        if q.dtype not in _KERNEL_DTYPES and q.dtype == k.dtype:  # e.g. float64: PyTorch's own op, as RMSNorm
-            qn, kn = self._torch_norm(q, qw, eps), self._torch_norm(k, kw, eps)
-            return (q.copy_(qn), k.copy_(kn)) if in_place else (qn, kn)
-        if in_place:
-            return ops.qk_rms_norm(q, k, qw, kw, eps, weight_offset=self.weight_offset, q_out=q, k_out=k)
-        return ops.qk_rms_norm(q, k, qw, kw, eps, weight_offset=self.weight_offset)
+                return ops.qk_rms_norm(q, k, qw, kw, eps, weight_offset=self.weight_offset, q_out=q, k_out=k)
+            return ops.qk_rms_norm(q, k, qw, kw, eps, weight_offset=self.weight_offset)
+        except (ValueError, RuntimeError):  # (the autograd path's PyTorch ops raise RuntimeError on a wrong width)
+            self._check_head_dim(q, k)  # the module's own message when the width is what is wrong (error path only)
+            raise
+
+    def _check_head_dim(self, q, k) -> None:
+        """``ValueError`` naming q or k when it does not end with ``head_dim``."""
+        for name, t in (("q", q), ("k", k)):
+            if not isinstance(t, Tensor) or t.dim() < 1 or t.shape[-1] != self.head_dim:
+                raise ValueError(f"QKNorm({self.head_dim}): {name} must end with head_dim {self.head_dim}, got "
+                                 f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
 
     def _torch_norm(self, x: Tensor, w: Tensor | None, eps: float) -> Tensor:
         """Dtypes the kernels do not take (float64): ``torch.nn.functional.rms_norm`` in x's dtype."""
