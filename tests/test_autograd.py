@@ -321,7 +321,13 @@ def test_gradients_of_in_place_forms_under_torch_compile(backend):
             for fn in (torch.compile(f, backend=backend, fullgraph=True), ref):
                 for a in args:
                     a.grad = None
-                fn(*args).backward()
+                try:
+                    fn(*args).backward()
+                except Exception as e:  # noqa: BLE001 - re-raised unless PyTorch fails the same way on its own ops
+                    if "CppCompileError" in repr(e) and not _inductor_cpu_compiles_plain_rescue():
+                        pytest.skip(f"torch {torch.__version__}'s Inductor C++ backend fails to compile the same graph "
+                                    "written in plain PyTorch (CppCompileError; a PyTorch fault, seen on 2.11, not 2.13)")
+                    raise
                 grads.append([a.grad.clone() if a.grad is not None else None for a in args])
             for i, (a, b) in enumerate(zip(*grads)):
                 if b is None:
@@ -331,6 +337,41 @@ def test_gradients_of_in_place_forms_under_torch_compile(backend):
     finally:
         torch._dynamo.reset()
 
+
+
+def _inductor_cpu_compiles_plain_rescue():
+    """Whether this torch's Inductor compiles, on the CPU, the in-place QK test's graph written in plain PyTorch:
+    a norm whose out-of-range rows are selected from fp64 with ``torch.where`` (as ``reference.rms_norm_backward``
+    does), its results copied into the Q and K slices of one packed buffer, and the gradient of that. torch 2.11's
+    C++ code generation fails on it (``decltype`` of a scalar ``float`` in a vectorised blend); torch 2.13's does not."""
+    g = torch.Generator().manual_seed(0)
+    qkv0, w0 = torch.randn(3, 96, generator=g).requires_grad_(), torch.randn(16, generator=g).requires_grad_()
+    mix = torch.randn(3, 96, generator=g)
+
+    def norm(x, w):
+        ms = x.square().mean(-1, keepdim=True)
+        x64 = x.double()
+        n64 = (x64 * torch.rsqrt(x64.square().mean(-1, keepdim=True) + 1e-6)).float()
+        return torch.where((ms > 1e30) | (ms < 1e-30), n64, x * torch.rsqrt(ms + 1e-6)) * w
+
+    def f(qkv, w):
+        qkv = qkv * 1.0
+        q, k = qkv[:, :64].view(3, 4, 16), qkv[:, 64:].view(3, 2, 16)
+        qn, kn = norm(q.clone(), w), norm(k.clone(), w)
+        q.copy_(qn)
+        k.copy_(kn)
+        return (qkv * mix).sum()
+
+    torch._dynamo.reset()
+    try:
+        torch.compile(f, backend="inductor", fullgraph=True)(qkv0, w0).backward()
+    except Exception as e:  # noqa: BLE001 - only PyTorch's own C++ build failure counts
+        if "CppCompileError" in repr(e):
+            return False
+        raise
+    finally:
+        torch._dynamo.reset()
+    return True
 
 def test_backward_formula_traces_on_fake_tensors():
     """AOT autograd traces the backward with fake (and functional) tensors, on some torch releases without
