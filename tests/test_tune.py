@@ -91,6 +91,76 @@ def test_budget_full_under_9_minutes_and_quick_under_2():
     assert full["timings"] == sum(len(D.candidate_configs(p.op, BF16, p.D, p.n_rows)) for p in T.build_grid())
 
 
+def test_estimate_shares_the_compiles_among_jobs():
+    pts = T.build_grid()
+    one, many = T.estimate(pts, T.REP_MS), T.estimate(pts, T.REP_MS, jobs=8)
+    compile_s = one["compiles"] * T.EST_COMPILE_S
+    assert many["seconds"] == pytest.approx(one["seconds"] - compile_s + compile_s / 8 + T.EST_POOL_S)
+
+
+def test_compile_tasks_are_every_timed_config_point_by_point():
+    pts = T.build_grid(["qk_rms_norm", "rms_norm"], quick=True)
+    tasks = T.compile_tasks(pts)
+    assert tasks == [(p, c) for p in pts for c in D.candidate_configs(p.op, DTYPES[p.dtype], p.D, p.n_rows)]
+    firsts = [i for i, (p, _) in enumerate(tasks) if i == 0 or tasks[i - 1][0] != p]
+    assert len(firsts) == len(pts)  # each point's configs together, in grid order
+
+
+def test_compile_ahead_launches_every_config_in_worker_processes(monkeypatch):
+    """The real pool and worker function on the CPU (spawned processes, the Triton interpreter): each
+    (point, config) runs once, a task that cannot run counts as failed, the pool is gone afterwards."""
+    import multiprocessing
+
+    from qknorm import compile_pool
+    monkeypatch.setenv("QKNORM_BACKEND", "triton")  # read by the spawned processes (TRITON_INTERPRET is set)
+    before = set(multiprocessing.active_children())
+    pt = T.GridPoint("rms_norm", "bf16", 64, 3, 3)
+    cfgs = D.candidate_configs("rms_norm", BF16, 64, 3)[:2]
+    lines = []
+    r = T.compile_ahead([pt], "cpu", 2, 600, log=lines.append, candidates=lambda *a: cfgs)
+    assert (r.ran, r.failed, r.finished) == (len(cfgs), 0, True), r
+    assert lines and f"{len(cfgs)} of {len(cfgs)} configs launched" in lines[0]
+    bad = compile_pool.run([(pt, "not a config")], T.compile_one, 1, 600, T._worker_init, ("cpu",))
+    assert (bad.ran, bad.failed) == (0, 1)
+    assert set(multiprocessing.active_children()) <= before
+
+
+@pytest.mark.parametrize("jobs", ["3", "1"])
+def test_cli_compiles_ahead_with_jobs_before_timing(jobs, tmp_path, monkeypatch, capsys):
+    """On a GPU (faked here) the command compiles ahead in --jobs processes, within its share of the time
+    limit, before the first timing; --jobs 1 compiles while timing."""
+    monkeypatch.setattr(T, "_gpu", lambda: (0, "NVIDIA Fake 9000", 132))
+    monkeypatch.setattr(D, "sm_count", lambda i: 132)
+    calls = []
+    monkeypatch.setattr(T, "compile_ahead", lambda pts, dev, n, secs: calls.append((len(pts), dev, n, secs)))
+
+    def timing(p, cfgs):
+        assert len(calls) == (jobs != "1")  # compiled ahead before the first timing
+        return fake_measure(p, cfgs)
+    monkeypatch.setattr(T, "CudaMeasure", lambda *a, **k: timing)
+    argv = ["--quick", "--ops", "qk", "--out", str(tmp_path / "t.json"), "--jobs", jobs, "--max-seconds", "100"]
+    assert T.main(argv) == 0
+    if jobs == "1":
+        assert calls == []
+    else:
+        (n, dev, n_jobs, secs), = calls
+        assert (n, dev, n_jobs) == (len(T.build_grid(["qk_rms_norm"], quick=True)), "cuda:0", 3)
+        assert 0 < secs <= T.COMPILE_SHARE * 100
+    assert f"in {jobs} process" in capsys.readouterr().out
+
+
+def test_compile_pool_counts_and_stops_at_its_time_limit():
+    """Falsy results and exceptions count as failed; at the time limit the processes are ended (tasks that
+    would take 10 minutes do not hold it up)."""
+    import time
+
+    from qknorm import compile_pool
+    assert compile_pool.run([1, 0, "", 2, None], bool, 2, 600)[:2] == (2, 3)
+    assert compile_pool.run([-1], time.sleep, 1, 600)[:2] == (0, 1)  # ValueError: negative sleep
+    r = compile_pool.run([600, 600], time.sleep, 2, 2)
+    assert not r.finished and r.seconds < 600
+
+
 def test_estimate_counts_compile_specialisations():
     p1 = T.GridPoint("rms_norm", "bf16", 4096, 1, 1)
     p16 = T.GridPoint("rms_norm", "bf16", 4096, 16, 16)
@@ -228,6 +298,7 @@ def test_cli_dry_run(capsys):
     (["--rep-ms", "inf"], ["--rep-ms", "inf", "below 1e6"]),  # was an OverflowError traceback
     (["--ops", "qk", "--hidden", "4096"], ["--hidden", "'4096'", "--ops 'qk'"]),
     (["--ops", "rms", "--head-dims", "128"], ["--head-dims", "'128'"]),
+    (["--jobs", "0"], ["--jobs", "0", ">= 1"]),
 ])
 def test_cli_bad_values_are_one_line_exit_2(argv, words, capsys, tmp_path, monkeypatch):
     from qknorm import cli
@@ -386,6 +457,14 @@ def test_tune_on_gpu_end_to_end(tmp_path):
     path = str(tmp_path / "t.json")
     TT.write_table(path, TT.table_doc(run.entries, gpu=torch.cuda.get_device_name(), sm_count=1, command="test"))
     assert len(TT.load_table(path).entries) == 2
+
+
+@pytest.mark.gpu
+def test_compile_ahead_on_gpu():
+    pt = T.GridPoint("qk_rms_norm", "bf16", 128, 40 * 16, 16, (32, 8))
+    r = T.compile_ahead([pt], "cuda:0", 2, 600, log=lambda s: None,
+                        candidates=lambda *a: D.candidate_configs(*a)[:4])
+    assert (r.ran, r.failed, r.finished) == (4, 0, True), r
 
 
 @pytest.mark.parametrize("out", ["", "/proc/qknorm-table.json"])

@@ -44,6 +44,7 @@ from typing import NamedTuple
 
 import torch
 
+from . import compile_pool
 from .cli import ArgParser, write_probe
 from .config import KernelConfig
 from .dispatch import DEFAULT_SMS, DTYPES, OPS, candidate_configs, heuristic, next_pow2
@@ -77,6 +78,9 @@ EST_COMPILE_S = 0.5
 EST_LAUNCH_S = 25e-6      # one eager launch through the public op
 EST_BANDWIDTH = 2.9e12    # bytes/s, read + write
 EST_FIXED_S = 0.05        # graph capture/instantiate, events, the correctness check
+EST_POOL_S = 15.0         # starting the --jobs processes (spawn, import torch, a CUDA context)
+MAX_JOBS = 16             # default --jobs: the CPU count, at most this
+COMPILE_SHARE = 0.6       # of the time left, the most that compiling ahead may take
 
 
 class GridPoint(NamedTuple):
@@ -201,8 +205,9 @@ def _spec(n: int) -> str:
 
 
 def estimate(points: Sequence[GridPoint], rep_ms: float = REP_MS,
-             candidates: Callable = candidate_configs) -> dict:
-    """Timings, compiles and seconds a run of ``points`` should take (rough model)."""
+             candidates: Callable = candidate_configs, jobs: int = 1) -> dict:
+    """Timings, compiles and seconds a run of ``points`` should take (rough model), with the compiles
+    shared by ``jobs`` processes."""
     n_timings = 0
     compiles = set()
     seconds = 0.0
@@ -216,7 +221,7 @@ def estimate(points: Sequence[GridPoint], rep_ms: float = REP_MS,
         seconds += len(cfgs) * per
         for c in cfgs:
             compiles.add((p.op, p.dtype, c, c.chunked(p.D), _spec(p.tokens), p.D % 16 == 0))
-    seconds += len(compiles) * EST_COMPILE_S
+    seconds += len(compiles) * EST_COMPILE_S / jobs + (EST_POOL_S if jobs > 1 else 0.0)
     return {"points": len(points), "timings": n_timings, "compiles": len(compiles), "seconds": seconds}
 
 
@@ -388,6 +393,55 @@ class CudaMeasure:
             torch.cuda.synchronize(self.device)
 
 
+# Compiling ahead (``--jobs``): each worker process launches (point, config) pairs once, so that Triton's on-disk
+# cache holds their kernels before the timing pass (:mod:`qknorm.compile_pool`).
+_WORKER: dict = {}
+
+
+def compile_tasks(points: Sequence[GridPoint], candidates: Callable = candidate_configs,
+                  device=None) -> list[tuple[GridPoint, KernelConfig]]:
+    """Every (point, config) the timing pass will launch, point by point: processes that take the next
+    task when free then compile different configs of one point at once, and a later point's configs
+    mostly find theirs compiled (two processes seldom compile one kernel twice)."""
+    return [(p, c) for p in points for c in candidates(p.op, DTYPES[p.dtype], p.D, p.n_rows, device)]
+
+
+def _worker_init(device: str) -> None:
+    try:
+        _WORKER["measure"] = CudaMeasure(device=device)
+    except Exception as e:  # noqa: BLE001 - every task of this process then returns False at once
+        _WORKER["error"] = e
+
+
+def compile_one(task: tuple[GridPoint, KernelConfig]) -> bool:
+    """Launch one (point, config) once (in a worker process): whether it ran. Failures are left to the
+    timing pass, which checks and reports every config."""
+    point, cfg = task
+    m = _WORKER.get("measure")
+    if m is None:
+        return False
+    if _WORKER.get("point") != point:  # one point's inputs at a time: the last ones freed first
+        _WORKER["case"] = _WORKER["point"] = None
+        _WORKER["case"], _WORKER["point"] = m._case(point), point
+    reset, run, _ = _WORKER["case"]
+    reset()
+    run(cfg)
+    m._sync()
+    return True
+
+
+def compile_ahead(points: Sequence[GridPoint], device: str, jobs: int, seconds: float,
+                  log: Callable[[str], None] = print, candidates: Callable = candidate_configs) -> compile_pool.PoolRun:
+    """Launch every (point, config) of the grid once in ``jobs`` processes (at most ``seconds``), so that the
+    timing pass finds the kernels in Triton's on-disk cache; say what ran."""
+    tasks = compile_tasks(points, candidates, device)
+    r = compile_pool.run(tasks, compile_one, jobs, seconds, _worker_init, (device,))
+    log(f"compiled ahead in {jobs} processes: {r.ran} of {len(tasks)} configs launched in {r.seconds:.0f} s"
+        + ("" if r.finished else "; the time limit stopped it, the rest compile while timing")
+        + (f"; {r.failed} did not run (the timing pass checks and reports every config)" if r.failed else ""))
+    return r
+
+
 def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """Relative L2 error in fp32 (NaN when anything is NaN, e.g. an unwritten element)."""
     o = out.float()
@@ -427,6 +481,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma list of QK head dims (default {','.join(map(str, HEAD_DIMS))})")
     p.add_argument("--rep-ms", type=float, default=None, help=f"ms of calls per timed CUDA graph "
                    f"(default {REP_MS}, --quick {QUICK_REP_MS})")
+    p.add_argument("--jobs", type=int, default=None, help="processes that compile the kernels before the timing "
+                   f"pass (default: the CPU count, at most {MAX_JOBS}; 1: compile while timing, in this process)")
     p.add_argument("--dry-run", action="store_true", help="print the grid and the estimate, measure nothing")
 
 
@@ -464,6 +520,9 @@ def main(argv: list[str] | None = None, *, measure: Measure | None = None) -> in
         p.error(str(e))
     if not a.max_seconds > 0:
         p.error(f"argument --max-seconds: {a.max_seconds:g}: must be > 0")
+    if a.jobs is not None and a.jobs < 1:
+        p.error(f"argument --jobs: {a.jobs}: must be >= 1 (1: compile while timing, in this process)")
+    jobs = a.jobs or max(1, min(MAX_JOBS, os.cpu_count() or 1))
     if a.rep_ms is not None and not 0 < a.rep_ms < 1e6:  # NaN and inf fail too
         p.error(f"argument --rep-ms: {a.rep_ms:g}: must be > 0 and below 1e6 (ms of calls per timed graph)")
     if a.hidden and "rms_norm" not in ops and "fused_add_rms_norm" not in ops:
@@ -489,9 +548,9 @@ def main(argv: list[str] | None = None, *, measure: Measure | None = None) -> in
             p.error(f"argument {flag}: {','.join(map(str, empty))}: one "
                     f"{'row' if flag == '--hidden' else 'token (all heads)'} of that width is over the grid's "
                     f"{CAP_BYTES >> 20} MiB per-tensor cap, so there is nothing to measure; give smaller widths")
-    est = estimate(points, rep_ms)
-    print(f"qknorm tune: {est['points']} grid points, {est['timings']} timings, ~{est['compiles']} compiles; "
-          f"estimated {est['seconds'] / 60:.1f} min on an H100-class GPU (budget {a.max_seconds:.0f} s)")
+    est = estimate(points, rep_ms, jobs=jobs)
+    print(f"qknorm tune: {est['points']} grid points, {est['timings']} timings, ~{est['compiles']} compiles "
+          f"in {jobs} process{'es' if jobs > 1 else ''}; estimated {est['seconds'] / 60:.1f} min on an H100-class GPU (budget {a.max_seconds:.0f} s)")
     if a.dry_run:
         for pt in points:
             n = len(candidate_configs(pt.op, DTYPES[pt.dtype], pt.D, pt.n_rows))
@@ -531,6 +590,8 @@ def main(argv: list[str] | None = None, *, measure: Measure | None = None) -> in
                                     complete=complete, timing=timing_meta(rep_ms)))
         saved[0] = len(entries)
 
+    if jobs > 1 and measure is None:
+        compile_ahead(points, f"cuda:{dev}", jobs, COMPILE_SHARE * (t_start + a.max_seconds - time.monotonic()))
     try:
         run = run_tune(points, measure or CudaMeasure(rep_ms, f"cuda:{dev}"), device=f"cuda:{dev}",
                        deadline=t_start + a.max_seconds, on_entry=save, sms=sms)
