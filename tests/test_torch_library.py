@@ -301,3 +301,38 @@ def test_functional_fused_add_fake_takes_what_the_op_takes():
         assert fy.shape == (4, 64)
         with pytest.raises(ValueError, match="residual must have the shape"):
             torch.ops.qknorm.fused_add_rms_norm_functional(fx, fr2, None, 1e-6, 0.0)
+
+
+def test_compile_with_dynamic_shapes_takes_sizes_as_arguments():
+    """``torch.compile(dynamic=True)``: the width is a SymInt while tracing, and the defaults derived from it
+    (``rotary_dim=None`` is the head width) or sizes a caller computes from shapes (``group_size``) reach the
+    ops' checks as SymInts; each op compiles once and matches eager at two token counts."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(16, generator=g)
+    cs = torch.randn(8, 16, generator=g)
+
+    def rope(q, k, pos):
+        return qknorm.qk_rms_norm_rope(q, k, w, w, cs, pos)
+
+    def prologue(q, k, v, pos, kc, vc, sm):
+        qknorm.qk_norm_rope_cache(q, k, v, w, w, cs, pos, kc, vc, sm)
+        return q * 1.0, kc * 1.0, vc * 1.0
+
+    def quant(x):
+        return qknorm.rms_norm_quant(x, None, group_size=x.shape[-1] // 2)
+
+    for fn in (rope, prologue, quant):
+        torch._dynamo.reset()
+        compiled = torch.compile(fn, fullgraph=True, dynamic=True, backend="aot_eager")
+        for t in (3, 5):
+            q, k = torch.randn(t, 2, 16, generator=g), torch.randn(t, 1, 16, generator=g)
+            pos = torch.randint(0, 8, (t,), generator=g)
+            args = {rope: lambda: (q, k, pos),
+                    prologue: lambda: (q.clone(), k, k * 2, pos, torch.zeros(4, 2, 1, 16), torch.zeros(4, 2, 1, 16),
+                                       torch.arange(t)),
+                    quant: lambda: (torch.randn(t, 32, generator=g),)}[fn]()
+            ref = fn(*[a.clone() for a in args])
+            got = compiled(*[a.clone() for a in args])
+            for a, b in zip(got, ref):
+                torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=0, msg=f"{fn.__name__} T={t}")
+    torch._dynamo.reset()
