@@ -248,3 +248,21 @@ def test_qknorm_checks_head_dim_and_takes_float64_in_every_mode():
         qi, ki = q.clone(), k.clone()
         out = m(qi, ki, in_place=True)
     assert out[0] is qi and torch.equal(qi, want[0]) and torch.equal(ki, want[1])
+
+
+@pytest.mark.parametrize("wdtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_float64_input_adds_the_offset_in_float64_whatever_the_weight_dtype(wdtype):
+    """RMSNorm and QKNorm on float64 input with an offset (Gemma's ``1 + w``): the offset is added in
+    float64, not in the weight's dtype (bf16 rounded ``1 + 1e-3`` to 1: a 3e-3 relative error)."""
+    w = torch.tensor([1e-3, 2e-3, -3e-3, 4e-4, 5e-3, 1e-2, 0.3, -0.7])
+    x = torch.randn(2, 3, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    want = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-6) * (w.to(wdtype).double() + 1.0)
+    m = RMSNorm(8, eps=1e-6, weight_offset=1.0, dtype=wdtype)
+    qk = QKNorm(8, eps=1e-6, weight_offset=1.0, dtype=wdtype)
+    with torch.no_grad():
+        m.weight.copy_(w)
+        qk.q_weight.copy_(w)
+        qk.k_weight.copy_(w)
+        for got in (m(x), *qk(x, x)):
+            assert got.dtype == torch.float64
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
