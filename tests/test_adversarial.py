@@ -606,3 +606,50 @@ def test_cpu_path_under_autograd_warns_nothing():
         qknorm.nn.RMSNorm(64)(x).sum().backward()
         qknorm.rms_norm(x, None).sum().backward()
     assert x.grad is not None
+
+
+def test_inference_tensors_written_outside_inference_mode_on_every_path(impl):
+    """Inference tensors written outside inference mode next to normal ones: PyTorch refuses such an in-place
+    write, qknorm does not enforce that (the kernels write them). The PyTorch path wrote the first target and
+    then raised on the next (residual, q, the caches, out); now every path writes them all, and each result
+    equals the same call on normal tensors."""
+    g = torch.Generator().manual_seed(5)
+
+    def infer(t):
+        with torch.inference_mode():
+            return t.clone()
+
+    w = torch.randn(32, generator=g).to(impl)
+    cs = _rope_cache(8, 32, impl)
+    pos = torch.tensor([3, 0, 7], device=impl)
+    x, r = torch.randn(3, 32, generator=g).to(impl), torch.randn(3, 32, generator=g).to(impl)
+    q, k = torch.randn(3, 2, 32, generator=g).to(impl), torch.randn(3, 1, 32, generator=g).to(impl)
+
+    def calls(inf):
+        """(op name, function of the tensors it writes, the tensors); ``inf`` marks which become inference."""
+        return [
+            ("fused_add_rms_norm", lambda a, b: qknorm.fused_add_rms_norm(a, b, w), (x, r)),
+            ("qk_rms_norm", lambda a, b: qknorm.qk_rms_norm(a, b, w, w, q_out=a, k_out=b), (q, k)),
+            ("qk_rms_norm_rope", lambda a, b: qknorm.qk_rms_norm_rope(a, b, w, w, cs, pos, q_out=a, k_out=b), (q, k)),
+            ("qk_norm_rope_cache", lambda a, b, kc, vc: qknorm.qk_norm_rope_cache(
+                a, b, b * 2, w, w, cs, pos, kc, vc, torch.tensor([5, 1, 2], device=impl)),
+             (q, k, torch.zeros(4, 2, 1, 32, device=impl), torch.zeros(4, 2, 1, 32, device=impl))),
+            ("fused_add_rms_norm_quant", lambda a, b, o, s: qknorm.fused_add_rms_norm_quant(
+                a, b, w, out_dtype=torch.int8, out=o, scales_out=s),
+             (x, r, torch.zeros(3, 32, dtype=torch.int8, device=impl), torch.zeros(3, 1, device=impl))),
+        ]
+
+    for name, fn, ts in calls(None):
+        for pick in range(len(ts)):  # one of the written tensors is an inference tensor at a time
+            want = [t.clone() for t in ts]
+            fn(*want)
+            got = [infer(t) if i == pick else t.clone() for i, t in enumerate(ts)]
+            fn(*got)
+            for i, (a, b) in enumerate(zip(got, want)):
+                assert torch.equal(a, b), f"{name}: tensor {i} (inference tensor: {pick})"
+    m = qknorm.nn.QKNorm(32, dtype=torch.float64)
+    qd, kd = q.double(), k.double()
+    with torch.no_grad():  # its weights require grad
+        want = m(qd.clone(), kd.clone())
+        got = m(qd.clone(), infer(kd), in_place=True)
+    assert all(torch.equal(a, b) for a, b in zip(got, want)), "QKNorm float64 in place"

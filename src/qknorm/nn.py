@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from . import functional as ops
 from . import validate
-from .reference import rms_norm_ref
+from .reference import rms_norm_ref, writing
 
 __all__ = ["RMSNorm", "QKNorm", "default_eps"]
 
@@ -224,7 +224,10 @@ class QKNorm(nn.Module):
                         _rms_norm_autograd(k, kw, eps, self.weight_offset))
             if not kernel and q.dtype == k.dtype:  # e.g. float64: PyTorch's own op, as RMSNorm
                 qn, kn = self._torch_norm(q, qw, eps), self._torch_norm(k, kw, eps)
-                return (q.copy_(qn), k.copy_(kn)) if in_place else (qn, kn)
+                if not in_place:
+                    return qn, kn
+                with writing(q, k):
+                    return q.copy_(qn), k.copy_(kn)
             if in_place:
                 return ops.qk_rms_norm(q, k, qw, kw, eps, weight_offset=self.weight_offset, q_out=q, k_out=k)
             return ops.qk_rms_norm(q, k, qw, kw, eps, weight_offset=self.weight_offset)

@@ -6,6 +6,8 @@ round once at the end.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 
@@ -131,15 +133,28 @@ def fused_add_rms_norm_ref(x: torch.Tensor, residual: torch.Tensor, weight: torc
     return rms_norm_ref(s, weight, eps, weight_offset, compute_dtype), s
 
 
+def writing(*targets):
+    """The context for writing ``targets`` (None entries skipped) with PyTorch ops, as the kernels write them:
+    inference mode when one is an inference tensor and inference mode is off. PyTorch refuses such a write
+    outside inference mode, and with several targets the first ``copy_`` would land before the next raised
+    (the kernels write them; qknorm does not enforce that refusal, on either backend)."""
+    if not torch.is_inference_mode_enabled() and any(t is not None and t.is_inference() for t in targets):
+        return torch.inference_mode()
+    return contextlib.nullcontext()
+
+
 def rms_norm_torch(x, weight, eps, weight_offset, out):
     """CPU path of ``rms_norm``: fp32 math, one rounding into ``out``."""
-    out.copy_(rms_norm_ref(x, weight, eps, weight_offset))
+    y = rms_norm_ref(x, weight, eps, weight_offset)
+    with writing(out):
+        out.copy_(y)
     return out
 
 
 def fused_add_rms_norm_torch(x, residual, weight, eps, weight_offset):
     """CPU path of ``fused_add_rms_norm`` (in place on ``x`` and ``residual``)."""
     y, s = fused_add_rms_norm_ref(x, residual, weight, eps, weight_offset)
-    residual.copy_(s)
-    x.copy_(y)
+    with writing(x, residual):
+        residual.copy_(s)
+        x.copy_(y)
     return x, residual

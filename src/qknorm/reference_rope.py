@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .reference import rms_norm_ref
+from .reference import rms_norm_ref, writing
 
 
 def rope_ref(x: torch.Tensor, cos_sin_cache: torch.Tensor, positions: torch.Tensor, rotary_dim: int,
@@ -58,6 +58,7 @@ def qk_rms_norm_rope_torch(q, k, q_weight, k_weight, cos_sin_cache, positions, e
     Both results are computed before either output is written (outputs may alias inputs)."""
     qr, kr = qk_rms_norm_rope_ref(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox=is_neox,
                                   rotary_dim=rotary_dim, weight_offset=weight_offset)
-    q_out.copy_(qr)
-    k_out.copy_(kr)
+    with writing(q_out, k_out):
+        q_out.copy_(qr)
+        k_out.copy_(kr)
     return q_out, k_out

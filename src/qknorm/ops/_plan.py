@@ -34,7 +34,7 @@ from ..backend import interpreter_on
 from ..config import KernelConfig
 from .. import layout
 from ..layout import INT32_MAX, cdiv, kernel_layout, views_overlap
-from ..reference import FLT_MAX, FLT_MIN, kernel_eps
+from ..reference import FLT_MAX, FLT_MIN, kernel_eps, writing
 
 __all__ = ["OutKind", "Pair", "Plan", "PlanCache", "PLANS", "apart",
            "make_plan", "eps_pair", "for_eps", "bind_scalars", "launch_general", "LO_EPS", "qk_describe",
@@ -474,9 +474,10 @@ def launch_general_rows(launcher, op: str, second: str, x, y, weight, eps: float
         assert not copied, "a contiguous copy must be addressable"
         xc, yc = x.contiguous(), y.contiguous()
         launch_general_rows(launcher, op, second, xc, yc, weight, eps, weight_offset, config, writes_x, copied=True)
-        if writes_x:
-            x.copy_(xc)
-        y.copy_(yc)
+        with writing(x if writes_x else None, y):
+            if writes_x:
+                x.copy_(xc)
+            y.copy_(yc)
         return
     w = weight if weight is not None else x
     px, py, pw = x.data_ptr(), y.data_ptr(), w.data_ptr()

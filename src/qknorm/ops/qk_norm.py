@@ -12,7 +12,7 @@ from .. import backend, launch
 from .. import validate
 from .. import layout
 from ..layout import kernel_layout
-from ..reference import rms_norm_ref
+from ..reference import rms_norm_ref, writing
 from . import _express
 from . import _plan as plans
 from ._plan import PLANS
@@ -134,8 +134,9 @@ def run(q, k, q_weight, k_weight, eps: float, weight_offset: float, q_out, k_out
     if not backend.use_triton(q):
         q_res = rms_norm_ref(q, q_weight, eps, weight_offset)
         k_res = rms_norm_ref(k, k_weight, eps, weight_offset)
-        q_out.copy_(q_res)
-        k_out.copy_(k_res)
+        with writing(q_out, k_out):
+            q_out.copy_(q_res)
+            k_out.copy_(k_res)
         return q_out, k_out
     _launch(q, k, q_out, k_out, q_weight, k_weight, eps, weight_offset, config)
     launch.bump_versions((q_out, k_out))
@@ -164,8 +165,9 @@ def _launch(q, k, q_out, k_out, q_weight, k_weight, eps, weight_offset, config, 
         qc, kc = q.contiguous(), k.contiguous()
         qt, kt = torch.empty_like(qc), torch.empty_like(kc)
         _launch(qc, kc, qt, kt, q_weight, k_weight, eps, weight_offset, config, copied=True)
-        q_out.copy_(qt)
-        k_out.copy_(kt)
+        with writing(q_out, k_out):
+            q_out.copy_(qt)
+            k_out.copy_(kt)
         return
     qw = q_weight if q_weight is not None else q
     kw = k_weight if k_weight is not None else k

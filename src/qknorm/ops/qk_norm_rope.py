@@ -13,6 +13,7 @@ from .. import backend, dispatch, launch
 from .. import validate
 from ..dispatch import next_pow2
 from .. import layout
+from ..reference import writing
 from ..reference_rope import qk_rms_norm_rope_torch
 from . import _express
 from . import _plan as plans
@@ -175,8 +176,9 @@ def _launch(q, k, q_out, k_out, qw, kw, cs, positions, eps, is_neox, r, weight_o
         kt = torch.empty(k.shape, dtype=k.dtype, device=k.device)
         _launch(q.contiguous(), k.contiguous(), qt, kt, qw, kw, cs, positions, eps, is_neox, r, weight_offset,
                 config)  # contiguous: addressable, no further copy
-        q_out.copy_(qt)
-        k_out.copy_(kt)
+        with writing(q_out, k_out):
+            q_out.copy_(qt)
+            k_out.copy_(kt)
         return
     t = q.shape[0]
     step = max(1, layout.ROW_LIMIT // max(1, q.shape[1] + k.shape[1]))

@@ -21,7 +21,7 @@ from .. import backend, dispatch, launch, layout
 from .. import validate
 from ..dispatch import next_pow2
 from ..reference_rope import qk_rms_norm_rope_ref, rope_ref
-from ..reference import rms_norm_ref
+from ..reference import rms_norm_ref, writing
 from . import _express
 from . import _plan as plans
 from ._plan import IN_PLACE, NEW, OTHER, PLANS
@@ -230,14 +230,17 @@ def torch_path(q, k, v, q_weight, k_weight, cs, positions, k_cache, v_cache, slo
     kc, vc = as_blocks(k_cache), as_blocks(v_cache)
     slot, src, none = _write_plan(slot_mapping, kc.shape[0] * kc.shape[1])
     bs = kc.shape[1]
+    news = []
     for cache, vals, scale in ((kc, kr, k_scale), (vc, v, v_scale)):
         raw = _raw(cache)
         new = _raw(_to_cache(vals, cache, scale))[src]
-        new = torch.where(none, raw[0, 0], new)  # no token kept: slot 0 gets its own content back
-        raw[slot // bs, slot % bs] = new
-    if k_out is not None:
-        k_out.copy_(kr)
-    q_out.copy_(qr)
+        news.append((raw, torch.where(none, raw[0, 0], new)))  # no token kept: slot 0 gets its own content back
+    with writing(k_cache, v_cache, k_out, q_out):
+        for raw, new in news:
+            raw[slot // bs, slot % bs] = new
+        if k_out is not None:
+            k_out.copy_(kr)
+        q_out.copy_(qr)
     return q_out
 
 

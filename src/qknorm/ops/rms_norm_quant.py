@@ -19,7 +19,7 @@ from .. import backend, launch, layout
 from .. import native as fastcall  # not the 'native' FP8 cast below
 from .. import validate
 from ..layout import INT32_MAX
-from ..reference import rms_norm_ref
+from ..reference import rms_norm_ref, writing
 from . import _express
 from . import _plan as plans
 from ._plan import PLANS, Pair
@@ -222,18 +222,19 @@ def run(x, residual, weight, eps: float, scale, n_groups: int, out_dtype, weight
             return y, (scale if scale is not None else sc)
         y, sc, s = torch_path(x, residual, weight, eps, kscale, n_groups, out_dtype, weight_offset, scale_ub,
                               scale_ue8m0)
-        if residual is not None:
-            residual.copy_(s)
-        if out is not None:
-            out.copy_(y)
-            y = out
-        elif not y.is_contiguous():  # as the kernel path: a new output is contiguous
-            y = y.contiguous()
-        if scale is not None:
-            return y, scale
-        if scales_out is None:
+        if scale is None and scales_out is None:
             scales_out = new_scales(x.shape, x.device, n_groups, column_major_scales)
-        scales_out.copy_(sc)
+        with writing(residual, out, scales_out):
+            if residual is not None:
+                residual.copy_(s)
+            if out is not None:
+                out.copy_(y)
+                y = out
+            elif not y.is_contiguous():  # as the kernel path: a new output is contiguous
+                y = y.contiguous()
+            if scale is not None:
+                return y, scale
+            scales_out.copy_(sc)
     return y, scales_out
 
 
@@ -361,9 +362,10 @@ def _launch_general(x, residual, weight, eps, scale, n_groups, out_dtype, weight
         dc = torch.empty(debug.shape, dtype=debug.dtype, device=debug.device) if debug is not None else None
         _launch_general(xc, rc, weight, eps, scale, n_groups, out_dtype, weight_offset, scale_ub, scale_ue8m0,
                         yc, scc, config, dc, copied=True)
-        for dst, src in ((residual, rc), (y, yc), (sc, scc), (debug, dc)):
-            if dst is not None:
-                dst.copy_(src)
+        with writing(residual, y, sc, debug):
+            for dst, src in ((residual, rc), (y, yc), (sc, scc), (debug, dc)):
+                if dst is not None:
+                    dst.copy_(src)
         return
     r = residual if residual is not None else x
     w = weight if weight is not None else x
