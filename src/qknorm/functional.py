@@ -276,8 +276,9 @@ _QUANT_DOC_PARAMS = """
     weight_offset : float
         Added to the weight in fp32 (Gemma's ``1 + w``: 1.0). Needs a weight.
     scale_ub : float, torch.Tensor or None
-        Dynamic scales only: an upper bound on each scale (a positive finite number or a
-        1-element float32 tensor).
+        Dynamic scales only: an upper bound on each scale (a number in fp32's normal range,
+        about 1.2e-38 to 3.4e38, or a 1-element float32 tensor, not read on the host: a NaN
+        in it bounds nothing).
     column_major_scales : bool
         Dynamic scales only: allocate ``scales`` with stride 1 along the tokens (x's leading
         dims flattened), the layout DeepGEMM's and TMA's grouped GEMMs read.

@@ -136,6 +136,11 @@ def _bad_calls(x, r, w):
         (ValueError, "scale_ue8m0", lambda: qknorm.rms_norm_quant(x, scale=one, scale_ue8m0=True)),
         (TypeError, "column_major_scales must be a bool", lambda: qknorm.rms_norm_quant(x, column_major_scales=1)),
         (ValueError, "scale_ub must be a positive", lambda: qknorm.rms_norm_quant(x, scale_ub=-1.0)),
+        # outside fp32's normal range: 1e39 / 3.5e38 were inf to the kernels and a raw RuntimeError on the PyTorch
+        # path, 1e-50 a zero bound (every scale 0)
+        *[(ValueError, r"scale_ub must be a positive number in fp32's normal range", lambda v=v: qknorm.rms_norm_quant(
+            x, scale_ub=v)) for v in (1e39, 3.5e38, 1e-50, float("nan"))],
+        (ValueError, r"scale_ub .* got 1e\+39", lambda: qknorm.fused_add_rms_norm_quant(x, r, scale_ub=1e39)),
         (TypeError, "out must have dtype", lambda: qknorm.rms_norm_quant(x, out=torch.empty_like(x))),
         (ValueError, "out must have the shape", lambda: qknorm.rms_norm_quant(
             x, out=torch.empty(3, 64, dtype=f8, device=DEV))),
@@ -169,6 +174,22 @@ def _bad_input_raises_and_writes_nothing():
     with pytest.raises(ValueError, match="scales_out"):
         qknorm.fused_add_rms_norm_quant(x, r, w, group_size=16, scales_out=torch.empty(4, 3, device=DEV))
     assert torch.equal(r, r0)
+
+
+def test_a_nan_bound_tensor_bounds_nothing_on_every_backend():
+    """A ``scale_ub`` tensor is not read on the host: a NaN in it gave NaN scales and codes on the PyTorch path
+    and bounded nothing in the kernels. Both now bound nothing (a NaN scale of a NaN row stays NaN)."""
+    x = randn(4, 64, seed=12)
+    x[2, 5] = float("nan")
+    nan = torch.tensor([float("nan")], device=DEV)
+    runs = []
+    for backend in (["torch", "triton"] if DEV == "cuda" or INTERPRET else ["torch"]):
+        with qknorm.use_backend(backend):
+            runs.append((qknorm.rms_norm_quant(x, group_size=16, scale_ub=nan), qknorm.rms_norm_quant(x, group_size=16)))
+    for (y, s), (y0, s0) in runs:
+        assert torch.equal(s.isnan(), s0.isnan()) and s[2].isnan().any() and not s[[0, 1, 3]].isnan().any()
+        torch.testing.assert_close(s, s0, equal_nan=True, rtol=0, atol=0)
+        assert torch.equal(y.view(torch.uint8), y0.view(torch.uint8))
 
 
 def test_not_differentiable_under_grad_mode():

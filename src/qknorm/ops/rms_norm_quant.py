@@ -19,7 +19,7 @@ from .. import backend, launch, layout
 from .. import native as fastcall  # not the 'native' FP8 cast below
 from .. import validate
 from ..layout import INT32_MAX
-from ..reference import rms_norm_ref, writing
+from ..reference import FLT_MAX, FLT_MIN, rms_norm_ref, writing
 from . import _express
 from . import _plan as plans
 from ._plan import PLANS, Pair
@@ -83,8 +83,9 @@ def check_args(x, residual, weight, eps, scale, group_size, out_dtype, weight_of
                 _scale_tensor("scale_ub", scale_ub, x)
             else:
                 ub = validate.real("scale_ub", scale_ub)
-                if not ub > 0 or ub == float("inf"):
-                    raise ValueError(f"scale_ub must be a positive finite number, got {scale_ub!r}")
+                if not FLT_MIN <= ub <= FLT_MAX:  # the kernels take it as fp32: 1e-50 would be 0, 1e39 inf
+                    raise ValueError(f"scale_ub must be a positive number in fp32's normal range "
+                                     f"[{FLT_MIN:.4g}, {FLT_MAX:.4g}], got {scale_ub!r}")
     if out is not None:
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"out must be a torch.Tensor or None, got {type(out).__name__}")
@@ -186,8 +187,8 @@ def quantise(n: torch.Tensor, scale, n_groups: int, out_dtype, scale_ub, scale_u
         amax = ng.abs().amax(dim=-1) if d else n.new_zeros(lead + (n_groups,))  # an empty row's amax: 0
         sc = torch.clamp(amax, min=AMAX_FLOOR) / torch.full((), qmax, dtype=torch.float32, device=n.device)
         if scale_ub is not None:
-            ub = scale_ub.reshape(()) if isinstance(scale_ub, torch.Tensor) else float(scale_ub)
-            sc = torch.clamp(sc, max=ub)
+            ub = scale_ub.reshape(()).to(torch.float32) if isinstance(scale_ub, torch.Tensor) else float(scale_ub)
+            sc = torch.where(sc > ub, ub, sc)  # as the kernels: a NaN bound bounds nothing, a NaN scale stays NaN
         if scale_ue8m0:
             sc = pow2_ceil(sc)
         q = (ng / sc.unsqueeze(-1)).reshape(n.shape)
