@@ -51,7 +51,11 @@ for in-place ops apply (a leaf that requires grad cannot be written in place).
 Under tracing every form routes to a *functional* op followed by ``copy_`` into the
 target: Inductor's reinplacing of mutating custom ops can alias an input that the op
 reads after the mutation (``r = x.clone(); fused_add_rms_norm(r, x)``), so qknorm never
-gives it a mutating op to reinplace.
+gives it a mutating op to reinplace. Code that calls a mutating ``torch.ops.qknorm`` op itself
+in that pattern gets a wrong result from Inductor (pytorch/pytorch#198031: the clone is dropped;
+a plain ``torch.library.custom_op`` does the same on torch 2.11 and 2.13); nothing in the op can
+see it. Under tracing the written-tensor overlap rules are not checked (fake tensors have no
+memory to compare; PyTorch's own ``out=`` ops are the same).
 """
 from __future__ import annotations
 
