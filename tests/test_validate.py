@@ -56,7 +56,7 @@ def test_rotary_rules():
         validate.rotary(q, cs[:, :8], pos, None, True)
     with pytest.raises(TypeError, match="positions must be int32 or int64"):
         validate.rotary(q, cs, pos.float(), None, True)
-    with pytest.raises(TypeError, match="is_neox must be a bool"):
+    with pytest.raises(TypeError, match="is_neox must be a Python bool"):
         validate.rotary(q, cs, pos, None, 1)
     validate.positions_in_range(torch.tensor([0, 9]), 10)
     with pytest.raises(ValueError, match=r"positions must be in \[0, 9\]"):

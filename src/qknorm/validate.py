@@ -101,6 +101,12 @@ def config(cfg) -> None:
         raise TypeError(f"config must be a qknorm.KernelConfig or None, got {type(cfg).__name__} {cfg!r}")
 
 
+def type_name(v) -> str:
+    """``v``'s type for a message: qualified outside builtins (``numpy.bool`` is not ``bool``)."""
+    t = type(v)
+    return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
 def integer(name: str, v, *, minimum: int | None = None) -> int:
     """An int (Python or NumPy integer, not bool) within range. Traced with dynamic shapes, a size
     such as ``q.shape[-1]`` arrives as a ``torch.SymInt`` and stays one (the range test guards on it)."""
@@ -245,7 +251,7 @@ def rotary(q, cos_sin_cache, positions, rotary_dim, is_neox) -> int:
     dtype, on q's device; ``positions`` ``[T]`` int32/int64 on q's device. Returns rotary_dim."""
     d, t = q.shape[-1], q.shape[0]
     if not isinstance(is_neox, bool):
-        raise TypeError(f"is_neox must be a bool, got {type(is_neox).__name__}")
+        raise TypeError(f"is_neox must be a Python bool, got {type_name(is_neox)} {is_neox!r}")
     r = d if rotary_dim is None else integer("rotary_dim", rotary_dim)  # NumPy integers too, as every int argument
     if r < 2 or r % 2 or r > d:
         raise ValueError(f"rotary_dim must be even and in [2, head_dim={d}], got {r}")

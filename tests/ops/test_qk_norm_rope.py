@@ -1,4 +1,5 @@
 """qk_rms_norm_rope argument checks: TypeError/ValueError naming the argument, nothing written."""
+import numpy as np
 import pytest
 import torch
 
@@ -42,7 +43,9 @@ CASES = [
     ("eps", lambda q, k, w, cs, p: _f(q, k, w, w, cs, p, -1.0), ValueError, "eps must be"),
     ("offset no weight", lambda q, k, w, cs, p: _f(q, k, None, None, cs, p, weight_offset=1.0), ValueError,
      "weight_offset=1.0 needs a weight"),
-    ("is_neox", lambda q, k, w, cs, p: _f(q, k, w, w, cs, p, is_neox=1), TypeError, "is_neox must be a bool"),
+    ("is_neox", lambda q, k, w, cs, p: _f(q, k, w, w, cs, p, is_neox=1), TypeError, "is_neox must be a Python bool, got int 1"),
+    ("is_neox", lambda q, k, w, cs, p: _f(q, k, w, w, cs, p, is_neox=np.bool_(True)), TypeError,
+     "is_neox must be a Python bool, got numpy.bool"),
     # rotary_dim
     ("rotary odd", lambda q, k, w, cs, p: _f(q, k, w, w, cs[:, :33], p, rotary_dim=33), ValueError,
      "rotary_dim must be even"),

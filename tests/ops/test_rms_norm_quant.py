@@ -134,7 +134,7 @@ def _bad_calls(x, r, w):
         (TypeError, "scale must be a 1-element float32", lambda: qknorm.rms_norm_quant(x, scale=torch.ones(2, device=DEV))),
         (ValueError, "group_size is for dynamic scales", lambda: qknorm.rms_norm_quant(x, scale=one, group_size=8)),
         (ValueError, "scale_ue8m0", lambda: qknorm.rms_norm_quant(x, scale=one, scale_ue8m0=True)),
-        (TypeError, "column_major_scales must be a bool", lambda: qknorm.rms_norm_quant(x, column_major_scales=1)),
+        (TypeError, "column_major_scales must be a Python bool", lambda: qknorm.rms_norm_quant(x, column_major_scales=1)),
         (ValueError, "scale_ub must be a positive", lambda: qknorm.rms_norm_quant(x, scale_ub=-1.0)),
         # outside fp32's normal range: 1e39 / 3.5e38 were inf to the kernels and a raw RuntimeError on the PyTorch
         # path, 1e-50 a zero bound (every scale 0)

@@ -60,7 +60,7 @@ def check_args(x, residual, weight, eps, scale, group_size, out_dtype, weight_of
         raise TypeError(f"out_dtype must be torch.float8_e4m3fn, torch.float8_e5m2 or torch.int8, got {out_dtype!r}")
     for name, v in (("column_major_scales", column_major_scales), ("scale_ue8m0", scale_ue8m0)):
         if type(v) is not bool:
-            raise TypeError(f"{name} must be a bool, got {type(v).__name__} {v!r}")
+            raise TypeError(f"{name} must be a Python bool, got {validate.type_name(v)} {v!r}")
     d = x.shape[-1]
     if scale is not None:
         _scale_tensor("scale", scale, x)
