@@ -231,3 +231,15 @@ def test_cli_explain_rope(capsys):
         main(["--op", "qk", "--rotary-dim", "64"])
     assert e.value.code == 2
     assert "--rotary-dim: is for --op rope" in capsys.readouterr().err
+
+
+def test_explain_a_call_with_no_elements():
+    """Width 0 raised ``need D >= 1`` (the ops take it), and 0 rows said the Triton kernels run: neither
+    launches anything, and explain says so, for every op."""
+    for args, op in (((torch.empty(3, 0),), None), ((torch.empty(0, 64),), "rms_norm_quant"),
+                     ((torch.empty(0, 4, 128), torch.empty(0, 2, 128)), None),
+                     ((torch.empty(2, 0), torch.empty(2, 0)), "fused_add_rms_norm")):
+        text = qknorm.explain(*args, op=op)
+        assert "no elements, so no kernel runs" in text and "Triton" not in text, text
+    # one of Q and K empty: the other still launches
+    assert "no kernel runs" not in qknorm.explain(torch.empty(0, 4, 128), torch.empty(3, 2, 128))

@@ -240,6 +240,9 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
         raise ValueError(f"op={op!r} takes one tensor; got a second one (k, shape {tuple(k.shape)})")
     if op in ("fused_add_rms_norm", "fused_add_rms_norm_quant") and k is None:
         raise ValueError(f"op={op!r} needs the residual (pass it as k, the shape of x)")
+    if x.numel() == 0 and (k is None or k.numel() == 0):  # zero rows or width 0: nothing to launch
+        shapes = " and ".join(str(tuple(t.shape)) for t in ((x,) if k is None else (x, k)))
+        return f"{op} on shape {shapes}: no elements, so no kernel runs (the call only checks its arguments)"
     shared = SHARED_DECISIONS.get(op)
     if shared is not None:  # an op whose kernel takes another op's tile: explain that decision
         lines = [f"{op} runs its own kernel on the tile {shared} picks for the same call:",
