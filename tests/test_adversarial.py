@@ -647,6 +647,10 @@ def test_inference_tensors_written_outside_inference_mode_on_every_path(impl):
             fn(*got)
             for i, (a, b) in enumerate(zip(got, want)):
                 assert torch.equal(a, b), f"{name}: tensor {i} (inference tensor: {pick})"
+    # a new output next to an inference target is an ordinary tensor (made outside the inference-mode write)
+    y, _ = qknorm.rms_norm_quant(x.t().contiguous().t(), w, out_dtype=torch.int8,
+                                 scales_out=infer(torch.zeros(3, 1, device=impl)))
+    assert not y.is_inference() and y.is_contiguous()
     m = qknorm.nn.QKNorm(32, dtype=torch.float64)
     qd, kd = q.double(), k.double()
     with torch.no_grad():  # its weights require grad

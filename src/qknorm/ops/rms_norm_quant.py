@@ -223,19 +223,21 @@ def run(x, residual, weight, eps: float, scale, n_groups: int, out_dtype, weight
             return y, (scale if scale is not None else sc)
         y, sc, s = torch_path(x, residual, weight, eps, kscale, n_groups, out_dtype, weight_offset, scale_ub,
                               scale_ue8m0)
+        if out is None and not y.is_contiguous():  # as the kernel path: a new output is contiguous
+            y = y.contiguous()
         if scale is None and scales_out is None:
             scales_out = new_scales(x.shape, x.device, n_groups, column_major_scales)
-        with writing(residual, out, scales_out):
+        with writing(residual, out, scales_out):  # only writes inside (a tensor made there would be an inference one)
             if residual is not None:
                 residual.copy_(s)
             if out is not None:
                 out.copy_(y)
-                y = out
-            elif not y.is_contiguous():  # as the kernel path: a new output is contiguous
-                y = y.contiguous()
-            if scale is not None:
-                return y, scale
-            scales_out.copy_(sc)
+            if scale is None:
+                scales_out.copy_(sc)
+        if out is not None:
+            y = out
+        if scale is not None:
+            return y, scale
     return y, scales_out
 
 
