@@ -324,7 +324,7 @@ def test_gradients_of_in_place_forms_under_torch_compile(backend):
                 try:
                     fn(*args).backward()
                 except Exception as e:  # noqa: BLE001 - re-raised unless PyTorch fails the same way on its own ops
-                    if "CppCompileError" in repr(e) and not _inductor_cpu_compiles_plain_rescue():
+                    if f is qk and _cpp_fault(e) and not _inductor_cpu_compiles_plain_rescue():
                         pytest.skip(f"torch {torch.__version__}'s Inductor C++ backend fails to compile the same graph "
                                     "written in plain PyTorch (CppCompileError; a PyTorch fault, seen on 2.11, not 2.13)")
                     raise
@@ -337,6 +337,14 @@ def test_gradients_of_in_place_forms_under_torch_compile(backend):
     finally:
         torch._dynamo.reset()
 
+
+
+
+
+def _cpp_fault(e) -> bool:
+    """g++'s error for torch 2.11's vectorised blend of a scalar (its quotes depend on the locale)."""
+    m = repr(e).replace("\u2018", "'").replace("\u2019", "'")
+    return "CppCompileError" in m and "'decltype' evaluates to 'float', which is not a class" in m
 
 
 def _inductor_cpu_compiles_plain_rescue():
@@ -365,8 +373,8 @@ def _inductor_cpu_compiles_plain_rescue():
     torch._dynamo.reset()
     try:
         torch.compile(f, backend="inductor", fullgraph=True)(qkv0, w0).backward()
-    except Exception as e:  # noqa: BLE001 - only PyTorch's own C++ build failure counts
-        if "CppCompileError" in repr(e):
+    except Exception as e:  # noqa: BLE001 - only that C++ fault counts (a broken toolchain fails elsewhere too)
+        if _cpp_fault(e):
             return False
         raise
     finally:

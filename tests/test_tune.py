@@ -112,7 +112,8 @@ def test_compile_ahead_launches_every_config_in_worker_processes(monkeypatch):
     import multiprocessing
 
     from qknorm import compile_pool
-    monkeypatch.setenv("QKNORM_BACKEND", "triton")  # read by the spawned processes (TRITON_INTERPRET is set)
+    monkeypatch.setenv("QKNORM_BACKEND", "triton")  # read by the spawned processes, which import triton afresh:
+    monkeypatch.setenv("TRITON_INTERPRET", "1")     # the interpreter there (on a CUDA machine too)
     before = set(multiprocessing.active_children())
     pt = T.GridPoint("rms_norm", "bf16", 64, 3, 3)
     cfgs = D.candidate_configs("rms_norm", BF16, 64, 3)[:2]

@@ -240,7 +240,16 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
         raise ValueError(f"op={op!r} takes one tensor; got a second one (k, shape {tuple(k.shape)})")
     if op in ("fused_add_rms_norm", "fused_add_rms_norm_quant") and k is None:
         raise ValueError(f"op={op!r} needs the residual (pass it as k, the shape of x)")
-    if x.numel() == 0 and (k is None or k.numel() == 0):  # zero rows or width 0: nothing to launch
+    if op in ("qk_rms_norm",) + ROPE_OPS and k is None:
+        raise ValueError(f"op={op!r} needs k (the K tensor)")
+    if op in ("fused_add_rms_norm", "fused_add_rms_norm_quant") and k.shape != x.shape:
+        raise ValueError(f"residual (passed as k) must have the shape of x {tuple(x.shape)}, got {tuple(k.shape)}")
+    top = validate.integer("top", top, minimum=0)
+    if isinstance(table, str):
+        table = load_table(table)
+    if op not in ROPE_OPS and rotary_dim is None and x.numel() == 0 and (k is None or k.numel() == 0):
+        # zero rows or width 0, every argument checked: the call launches nothing (the RoPE ops check their
+        # rotary_dim against the width: explain_config below says what they do)
         shapes = " and ".join(str(tuple(t.shape)) for t in ((x,) if k is None else (x, k)))
         return f"{op} on shape {shapes}: no elements, so no kernel runs (the call only checks its arguments)"
     shared = SHARED_DECISIONS.get(op)
@@ -248,13 +257,6 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
         lines = [f"{op} runs its own kernel on the tile {shared} picks for the same call:",
                  explain(x, k, op=shared, table=table, top=top)]
         return "\n".join(lines)
-    if op in ("qk_rms_norm",) + ROPE_OPS and k is None:
-        raise ValueError(f"op={op!r} needs k (the K tensor)")
-    if op == "fused_add_rms_norm" and k is not None and k.shape != x.shape:
-        raise ValueError(f"residual (passed as k) must have the shape of x {tuple(x.shape)}, got {tuple(k.shape)}")
-    top = validate.integer("top", top, minimum=0)
-    if isinstance(table, str):
-        table = load_table(table)
     tensors = [x] if k is None else [x, k]
     d = x.shape[-1]
     qk = op in ("qk_rms_norm",) + ROPE_OPS
