@@ -159,7 +159,13 @@ def test_compile_pool_counts_and_stops_at_its_time_limit():
     assert compile_pool.run([1, 0, "", 2, None], bool, 2, 600)[:2] == (2, 3)
     assert compile_pool.run([-1], time.sleep, 1, 600)[:2] == (0, 1)  # ValueError: negative sleep
     r = compile_pool.run([600, 600], time.sleep, 2, 2)
-    assert not r.finished and r.seconds < 600
+    assert not r.finished and r.seconds < 600 and not r.error
+    # a process that dies (here: os._exit in a task, or in every process's initializer) stops the pool at once,
+    # every task not done counted as failed, not a wait for the time limit
+    for tasks, init in (([0, 1, 2, 3], None), ([1, 2], os._exit)):
+        r = compile_pool.run(tasks, os._exit if init is None else bool, 2, 600, init, (3,) if init else ())
+        assert (r.ran, r.failed, r.finished) == (0, len(tasks), False) and "died or could not start" in r.error
+        assert r.seconds < 600
 
 
 def test_estimate_counts_compile_specialisations():

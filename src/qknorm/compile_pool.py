@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 
 class PoolRun(NamedTuple):
     ran: int          # tasks whose function returned true
-    failed: int       # returned false or raised (the timing pass reports why)
+    failed: int       # returned false or raised, or lost with a process that died (the timing pass says why)
     seconds: float    # wall time of the pool, start-up included
-    finished: bool    # False: the time limit stopped it (the rest compile in the timing pass)
+    finished: bool    # False: the time limit or a dead process stopped it (the rest compile in the timing pass)
+    error: str = ""   # why the pool stopped early, if a process died or could not start
 
 
 def run(tasks: Sequence[Any], work: Callable[[Any], bool], jobs: int, seconds: float,
@@ -34,30 +37,49 @@ def run(tasks: Sequence[Any], work: Callable[[Any], bool], jobs: int, seconds: f
     ended (terminated at the time limit), so none is left running while the caller times kernels.
 
     ``work`` and ``initializer`` must be module-level functions and the tasks picklable. A task whose
-    ``work`` raises counts as failed; an error in the pool itself (a process that cannot start) is
-    raised."""
+    ``work`` raises counts as failed. A process that dies (a crash in a compile, an out-of-memory kill) or
+    cannot start (a failing ``initializer``; a script that starts the pool without an
+    ``if __name__ == "__main__":`` guard) stops the pool at once: the tasks not done count as failed and
+    ``error`` says why."""
     t0 = time.monotonic()
     ran = failed = 0
-    finished = True
-    pool = multiprocessing.get_context("spawn").Pool(max(1, jobs), initializer, initargs)
+    finished, error = True, ""
+    pool = ProcessPoolExecutor(max(1, jobs), multiprocessing.get_context("spawn"), initializer, initargs)
     try:
-        results = pool.imap_unordered(_guarded, [(work, t) for t in tasks], chunksize=1)
-        for _ in tasks:
-            left = seconds - (time.monotonic() - t0)
-            try:
-                ok = results.next(timeout=max(left, 0.0))
-            except multiprocessing.TimeoutError:
+        left = {pool.submit(_guarded, work, t) for t in tasks}
+        while left:
+            wait_s = seconds - (time.monotonic() - t0)
+            if wait_s <= 0:
                 finished = False
                 break
-            ran, failed = ran + bool(ok), failed + (not ok)
+            done, left = wait(left, timeout=wait_s, return_when=FIRST_COMPLETED)
+            for f in done:
+                try:
+                    ok = f.result()
+                except BrokenProcessPool as e:
+                    ok, finished, error = False, False, f"a worker process died or could not start ({e})"
+                ran, failed = ran + bool(ok), failed + (not ok)
+            if error:
+                failed += len(left)
+                break
     finally:
-        pool.terminate()
-        pool.join()
-    return PoolRun(ran, failed, time.monotonic() - t0, finished)
+        _end(pool)
+    return PoolRun(ran, failed, time.monotonic() - t0, finished, error)
 
 
-def _guarded(item) -> bool:
-    work, task = item
+def _end(pool: ProcessPoolExecutor) -> None:
+    """Stop the pool now: queued tasks cancelled, running ones' processes terminated (a compile may take
+    seconds; the caller is about to time kernels)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(5)
+
+
+def _guarded(work, task) -> bool:
     try:
         return bool(work(task))
     except Exception:  # noqa: BLE001 - one task's failure is counted, not fatal; the timing pass says why

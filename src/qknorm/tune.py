@@ -437,7 +437,7 @@ def compile_ahead(points: Sequence[GridPoint], device: str, jobs: int, seconds: 
     tasks = compile_tasks(points, candidates, device)
     r = compile_pool.run(tasks, compile_one, jobs, seconds, _worker_init, (device,))
     log(f"compiled ahead in {jobs} processes: {r.ran} of {len(tasks)} configs launched in {r.seconds:.0f} s"
-        + ("" if r.finished else "; the time limit stopped it, the rest compile while timing")
+        + ("" if r.finished else f"; {r.error or 'the time limit stopped it'}: the rest compile while timing")
         + (f"; {r.failed} did not run (the timing pass checks and reports every config)" if r.failed else ""))
     return r
 
@@ -590,9 +590,9 @@ def main(argv: list[str] | None = None, *, measure: Measure | None = None) -> in
                                     complete=complete, timing=timing_meta(rep_ms)))
         saved[0] = len(entries)
 
-    if jobs > 1 and measure is None:
-        compile_ahead(points, f"cuda:{dev}", jobs, COMPILE_SHARE * (t_start + a.max_seconds - time.monotonic()))
     try:
+        if jobs > 1 and measure is None:
+            compile_ahead(points, f"cuda:{dev}", jobs, COMPILE_SHARE * (t_start + a.max_seconds - time.monotonic()))
         run = run_tune(points, measure or CudaMeasure(rep_ms, f"cuda:{dev}"), device=f"cuda:{dev}",
                        deadline=t_start + a.max_seconds, on_entry=save, sms=sms)
     except KeyboardInterrupt:
