@@ -657,3 +657,18 @@ def test_inference_tensors_written_outside_inference_mode_on_every_path(impl):
         want = m(qd.clone(), kd.clone())
         got = m(qd.clone(), infer(kd), in_place=True)
     assert all(torch.equal(a, b) for a, b in zip(got, want)), "QKNorm float64 in place"
+
+
+def test_an_inference_target_of_a_call_that_records_autograd_is_refused_before_any_write(impl):
+    """With a weight that requires grad the call records autograd, and PyTorch refuses to write an inference
+    tensor there: the first target (q, the residual) was written before the second raised; now nothing is."""
+    w = torch.randn(16, device=impl, requires_grad=True)
+    with torch.inference_mode():
+        ki, xi = torch.randn(3, 1, 16, device=impl), torch.randn(3, 16, device=impl)
+    q, r = torch.randn(3, 2, 16, device=impl), torch.randn(3, 16, device=impl)
+    q0, r0 = q.clone(), r.clone()
+    with pytest.raises(RuntimeError, match="k_out is an inference tensor"):
+        qknorm.qk_rms_norm(q, ki, w, w, q_out=q, k_out=ki)
+    with pytest.raises(RuntimeError, match="x is an inference tensor"):
+        qknorm.fused_add_rms_norm(xi, r, w)
+    assert torch.equal(q, q0) and torch.equal(r, r0)

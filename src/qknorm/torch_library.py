@@ -570,11 +570,23 @@ def _pre(t, target):
     return t.clone() if target is t else t
 
 
+def _recordable(*targets):
+    """A call that records autograd cannot write an inference tensor outside inference mode (PyTorch refuses
+    the ``copy_``): refused before anything runs, not after the first of several targets was written."""
+    if not torch.is_inference_mode_enabled():
+        for name, t in targets:
+            if t is not None and t.is_inference():
+                raise RuntimeError(f"{name} is an inference tensor: a call whose tensors require grad cannot "
+                                   "write it outside torch.inference_mode() (PyTorch refuses that in-place write)")
+
+
 def autograd_rms_norm(x, weight, eps, weight_offset, out):
+    _recordable(("out", out))
     return _into(out, torch.ops.qknorm.rms_norm(_pre(x, out), weight, eps, weight_offset))
 
 
 def autograd_fused_add_rms_norm(x, residual, weight, eps, weight_offset):
+    _recordable(("x", x), ("residual", residual))
     y, s = torch.ops.qknorm.fused_add_rms_norm_functional(x.clone(), residual.clone(), weight, eps, weight_offset)
     residual.copy_(s)
     x.copy_(y)
@@ -582,12 +594,14 @@ def autograd_fused_add_rms_norm(x, residual, weight, eps, weight_offset):
 
 
 def autograd_qk_rms_norm(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out):
+    _recordable(("q_out", q_out), ("k_out", k_out))
     qn, kn = torch.ops.qknorm.qk_rms_norm(_pre(q, q_out), _pre(k, k_out), q_weight, k_weight, eps, weight_offset)
     return _into(q_out, qn), _into(k_out, kn)
 
 
 def autograd_qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rotary_dim,
                               weight_offset, q_out, k_out):
+    _recordable(("q_out", q_out), ("k_out", k_out))
     qn, kn = torch.ops.qknorm.qk_rms_norm_rope(_pre(q, q_out), _pre(k, k_out), q_weight, k_weight, cos_sin_cache,
                                                positions, eps, is_neox, rotary_dim, weight_offset)
     return _into(q_out, qn), _into(k_out, kn)

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 
 from .. import launch, layout
+from ..reference import writing
 from .. import validate
 from ..backend import use_triton
 from ..dispatch import choose_config
@@ -341,9 +342,10 @@ def scale(eps: float, weight_offset: float, a, ya, wa, a_full: int, b, yb, wb, b
     PyTorch ops with the kernel's numerics; else a plan built with ``ya``/``yb``."""
     n_a = rows(a)
     if plan is None:
-        _scale_torch(eps, weight_offset, a, ya, wa, a_full, sums[:n_a])
-        if b is not None:
-            _scale_torch(eps, weight_offset, b, yb, wb, b_full, sums[n_a:])
+        with writing(ya, yb):  # inference tensors written as the kernel writes them (reference.writing)
+            _scale_torch(eps, weight_offset, a, ya, wa, a_full, sums[:n_a])
+            if b is not None:
+                _scale_torch(eps, weight_offset, b, yb, wb, b_full, sums[n_a:])
         return
     la, lb, xa, xb = plan.la, plan.lb, plan.a, plan.b
     da, db = xa.shape[-1], xb.shape[-1]
@@ -365,5 +367,6 @@ def scale(eps: float, weight_offset: float, a, ya, wa, a_full: int, b, yb, wb, b
     args = (eps, weight_offset, *ptrs[:4], *a_ints, *ptrs[4:], *b_ints, *consts)
     _run_kernel(1, plan, args, ptrs, a_ints + b_ints, consts, tensors)
     launch.bump_versions((ya,) if yb is None else (ya, yb))  # written through pointers
-    for y, y_copy in plan.copies:
-        y.copy_(y_copy)
+    with writing(*(y for y, _ in plan.copies)):
+        for y, y_copy in plan.copies:
+            y.copy_(y_copy)
