@@ -148,7 +148,7 @@ class RMSNorm(nn.Module):
     def _norm(self, x: Tensor, w: Tensor | None, eps: float) -> Tensor:
         if x.dtype not in _KERNEL_DTYPES:  # e.g. float64: PyTorch's own op, same semantics
             # the offset added in x's dtype, not the weight's (bf16: 1 + 1e-3 rounds to 1), as QKNorm does
-            ww = None if w is None else (w.to(x.dtype) + self.weight_offset if self.weight_offset else w)
+            ww = None if w is None else w.to(x.dtype) + self.weight_offset  # (F.rms_norm warns on mixed dtypes)
             return F.rms_norm(x, (x.shape[-1],), ww, eps)
         if _needs_autograd(x, w):
             return _rms_norm_autograd(x, w, eps, self.weight_offset)
