@@ -69,14 +69,19 @@ def run(tasks: Sequence[Any], work: Callable[[Any], bool], jobs: int, seconds: f
 
 def _end(pool: ProcessPoolExecutor) -> None:
     """Stop the pool now: queued tasks cancelled, running ones' processes terminated (a compile may take
-    seconds; the caller is about to time kernels)."""
+    seconds; the caller is about to time kernels), every process joined before returning. The processes and
+    the pool's manager thread are taken before ``shutdown``, which drops its references to them (every
+    process was started by ``submit``)."""
     procs = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
     pool.shutdown(wait=False, cancel_futures=True)
     for p in procs:
         if p.is_alive():
             p.terminate()
+    if manager is not None:
+        manager.join()
     for p in procs:
-        p.join(5)
+        p.join()
 
 
 def _guarded(work, task) -> bool:

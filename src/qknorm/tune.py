@@ -451,6 +451,14 @@ def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 # --------------------------------------------------------------------------- command line
 
+def _cpus() -> int:
+    """CPUs this process may run on (affinity and container limits), for the default ``--jobs``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _gpu() -> tuple[int, str, int] | None:
     """(device index, name, SM count) of the current CUDA device, or None without one."""
     if not torch.cuda.is_available():
@@ -482,7 +490,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rep-ms", type=float, default=None, help=f"ms of calls per timed CUDA graph "
                    f"(default {REP_MS}, --quick {QUICK_REP_MS})")
     p.add_argument("--jobs", type=int, default=None, help="processes that compile the kernels before the timing "
-                   f"pass (default: the CPU count, at most {MAX_JOBS}; 1: compile while timing, in this process)")
+                   f"pass (default: the CPUs this process may use, at most {MAX_JOBS}; 1: compile while timing, in this process)")
     p.add_argument("--dry-run", action="store_true", help="print the grid and the estimate, measure nothing")
 
 
@@ -522,7 +530,7 @@ def main(argv: list[str] | None = None, *, measure: Measure | None = None) -> in
         p.error(f"argument --max-seconds: {a.max_seconds:g}: must be > 0")
     if a.jobs is not None and a.jobs < 1:
         p.error(f"argument --jobs: {a.jobs}: must be >= 1 (1: compile while timing, in this process)")
-    jobs = a.jobs or max(1, min(MAX_JOBS, os.cpu_count() or 1))
+    jobs = a.jobs or max(1, min(MAX_JOBS, _cpus()))
     if a.rep_ms is not None and not 0 < a.rep_ms < 1e6:  # NaN and inf fail too
         p.error(f"argument --rep-ms: {a.rep_ms:g}: must be > 0 and below 1e6 (ms of calls per timed graph)")
     if a.hidden and "rms_norm" not in ops and "fused_add_rms_norm" not in ops:
