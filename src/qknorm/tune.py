@@ -79,7 +79,7 @@ EST_LAUNCH_S = 25e-6      # one eager launch through the public op
 EST_BANDWIDTH = 2.9e12    # bytes/s, read + write
 EST_FIXED_S = 0.05        # graph capture/instantiate, events, the correctness check
 EST_POOL_S = 15.0         # starting the --jobs processes (spawn, import torch, a CUDA context)
-MAX_JOBS = 16             # default --jobs: the CPU count, at most this
+MAX_JOBS = 16             # default --jobs: the CPUs this process may use, at most this
 COMPILE_SHARE = 0.6       # of the time left, the most that compiling ahead may take
 
 
@@ -407,19 +407,15 @@ def compile_tasks(points: Sequence[GridPoint], candidates: Callable = candidate_
 
 
 def _worker_init(device: str) -> None:
-    try:
-        _WORKER["measure"] = CudaMeasure(device=device)
-    except Exception as e:  # noqa: BLE001 - every task of this process then returns False at once
-        _WORKER["error"] = e
+    # an error here ends the process: the pool stops at once and says so (compile_pool.run)
+    _WORKER["measure"] = CudaMeasure(device=device)
 
 
 def compile_one(task: tuple[GridPoint, KernelConfig]) -> bool:
     """Launch one (point, config) once (in a worker process): whether it ran. Failures are left to the
     timing pass, which checks and reports every config."""
     point, cfg = task
-    m = _WORKER.get("measure")
-    if m is None:
-        return False
+    m = _WORKER["measure"]
     if _WORKER.get("point") != point:  # one point's inputs at a time: the last ones freed first
         _WORKER["case"] = _WORKER["point"] = None
         _WORKER["case"], _WORKER["point"] = m._case(point), point
@@ -490,7 +486,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rep-ms", type=float, default=None, help=f"ms of calls per timed CUDA graph "
                    f"(default {REP_MS}, --quick {QUICK_REP_MS})")
     p.add_argument("--jobs", type=int, default=None, help="processes that compile the kernels before the timing "
-                   f"pass (default: the CPUs this process may use, at most {MAX_JOBS}; 1: compile while timing, in this process)")
+                   f"pass (default: the CPUs this process may use, at most {MAX_JOBS}; 1: compile while timing, "
+                   "in this process)")
     p.add_argument("--dry-run", action="store_true", help="print the grid and the estimate, measure nothing")
 
 
@@ -558,7 +555,8 @@ def main(argv: list[str] | None = None, *, measure: Measure | None = None) -> in
                     f"{CAP_BYTES >> 20} MiB per-tensor cap, so there is nothing to measure; give smaller widths")
     est = estimate(points, rep_ms, jobs=jobs)
     print(f"qknorm tune: {est['points']} grid points, {est['timings']} timings, ~{est['compiles']} compiles "
-          f"in {jobs} process{'es' if jobs > 1 else ''}; estimated {est['seconds'] / 60:.1f} min on an H100-class GPU (budget {a.max_seconds:.0f} s)")
+          f"in {jobs} process{'es' if jobs > 1 else ''}; estimated {est['seconds'] / 60:.1f} min on an H100-class "
+          f"GPU (budget {a.max_seconds:.0f} s)")
     if a.dry_run:
         for pt in points:
             n = len(candidate_configs(pt.op, DTYPES[pt.dtype], pt.D, pt.n_rows))
