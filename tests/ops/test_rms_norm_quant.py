@@ -192,6 +192,23 @@ def test_a_nan_bound_tensor_bounds_nothing_on_every_backend():
         assert torch.equal(y.view(torch.uint8), y0.view(torch.uint8))
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_a_bound_that_rounds_to_fp32s_largest_is_taken(backend):
+    """``3.4028235e38`` (fp32's largest as usually printed, a little above it as a double) rounds to it in fp32,
+    as the kernels take the bound: no bound in effect, on both backends (the PyTorch path raised a raw
+    RuntimeError on it); one half an ulp higher rounds to inf and is refused."""
+    if backend == "triton" and DEV == "cpu" and not INTERPRET:
+        pytest.skip("the kernels on the CPU need TRITON_INTERPRET=1")
+    x = randn(2, 64, seed=13)
+    with qknorm.use_backend(backend):
+        want = qknorm.rms_norm_quant(x)
+        for ub in (3.4028235e38, torch.finfo(torch.float32).max):
+            got = qknorm.rms_norm_quant(x, scale_ub=ub)
+            assert torch.equal(got[1], want[1]) and torch.equal(got[0].view(torch.uint8), want[0].view(torch.uint8))
+        with pytest.raises(ValueError, match="scale_ub"):
+            qknorm.rms_norm_quant(x, scale_ub=3.4028235677973366e38)
+
+
 def test_not_differentiable_under_grad_mode():
     x = randn(2, 32).requires_grad_()
     with pytest.raises(ValueError, match="x requires grad"):

@@ -13,6 +13,8 @@ width (the bits ``rms_norm`` computes before its rounding, batch-invariant).
 """
 from __future__ import annotations
 
+import struct
+
 import torch
 
 from .. import backend, launch, layout
@@ -45,6 +47,10 @@ def _scale_tensor(name: str, t, x) -> None:
 def scales_shape(x_shape, n_groups: int) -> tuple:
     """Shape of the dynamic scales: x's leading dims and one scale per group (1: per token)."""
     return tuple(x_shape[:-1]) + (n_groups,)
+
+# The smallest float that rounds to inf in fp32 (FLT_MAX + half an ulp): below it a bound is a finite fp32 number
+# (3.4028235e38, FLT_MAX as usually printed, rounds to FLT_MAX).
+_FP32_INF_FROM = FLT_MAX + 2.0 ** 103
 
 
 def check_args(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
@@ -83,7 +89,7 @@ def check_args(x, residual, weight, eps, scale, group_size, out_dtype, weight_of
                 _scale_tensor("scale_ub", scale_ub, x)
             else:
                 ub = validate.real("scale_ub", scale_ub)
-                if not FLT_MIN <= ub <= FLT_MAX:  # the kernels take it as fp32: 1e-50 would be 0, 1e39 inf
+                if not FLT_MIN <= ub < _FP32_INF_FROM:  # the kernels take it as fp32: 1e-50 would be 0, 1e39 inf
                     raise ValueError(f"scale_ub must be a positive number in fp32's normal range "
                                      f"[{FLT_MIN:.4g}, {FLT_MAX:.4g}], got {scale_ub!r}")
     if out is not None:
@@ -187,7 +193,8 @@ def quantise(n: torch.Tensor, scale, n_groups: int, out_dtype, scale_ub, scale_u
         amax = ng.abs().amax(dim=-1) if d else n.new_zeros(lead + (n_groups,))  # an empty row's amax: 0
         sc = torch.clamp(amax, min=AMAX_FLOOR) / torch.full((), qmax, dtype=torch.float32, device=n.device)
         if scale_ub is not None:
-            ub = scale_ub.reshape(()).to(torch.float32) if isinstance(scale_ub, torch.Tensor) else float(scale_ub)
+            ub = (scale_ub.reshape(()).to(torch.float32) if isinstance(scale_ub, torch.Tensor)
+                  else struct.unpack("f", struct.pack("f", scale_ub))[0])  # rounded to fp32 as the kernels take it
             sc = torch.where(sc > ub, ub, sc)  # as the kernels: a NaN bound bounds nothing, a NaN scale stays NaN
         if scale_ue8m0:
             sc = pow2_ceil(sc)
