@@ -41,5 +41,13 @@ tune)
   echo "eager rc=$? ${SECONDS}s"; cp /tmp/e15/summary.md $OUT/eager.summary.md
   tar -czf $OUT/data.tgz -C /tmp b15 e15 tuned 2>/dev/null
   ;;
+tuneonly)
+  # (carry nothing) `qknorm tune --merge` of this GPU's table with --jobs 14 for TUNE_S s: the new table and log
+  # to $OUT (not shipped by the script)
+  K=$(PYTHONPATH=src python -c "import torch; from qknorm.tuned_table import gpu_key; print(gpu_key(torch.cuda.get_device_name()))")
+  PYTHONPATH=$PWD/src timeout $((${TUNE_S:-170} + 60)) python -c "$BENCH" tune --merge src/qknorm/tuned/$K.json \
+    --out $OUT/$K.json --jobs 14 --max-seconds ${TUNE_S:-170} > $OUT/tune.log 2>&1; echo "tune rc=$? ${SECONDS}s"
+  grep -E "compiled ahead|heuristic vs|wrote|deadline" $OUT/tune.log
+  ;;
 esac
 echo "s15 done ${SECONDS}s"
