@@ -133,13 +133,19 @@ def fused_add_rms_norm_ref(x: torch.Tensor, residual: torch.Tensor, weight: torc
     return rms_norm_ref(s, weight, eps, weight_offset, compute_dtype), s
 
 
+def refused_write(t) -> bool:
+    """Whether PyTorch refuses an in-place write of ``t`` here: an inference tensor outside inference mode
+    (the one rule behind :func:`writing` and the autograd route's refusal, ``torch_library._recordable``)."""
+    return t is not None and t.is_inference() and not torch.is_inference_mode_enabled()
+
+
 def writing(*targets):
     """The context for writing ``targets`` (None entries skipped) with PyTorch ops, as the kernels write them:
     inference mode when one is an inference tensor and inference mode is off. PyTorch refuses such a write
     outside inference mode, and with several targets the first ``copy_`` would land before the next raised
     (the kernels write them: qknorm does not enforce that refusal, on either backend, except for a call that
     records autograd, which refuses such a target before writing anything: ``torch_library._recordable``)."""
-    if not torch.is_inference_mode_enabled() and any(t is not None and t.is_inference() for t in targets):
+    if any(refused_write(t) for t in targets):
         return torch.inference_mode()
     return contextlib.nullcontext()
 

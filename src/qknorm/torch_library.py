@@ -70,7 +70,7 @@ from .ops import qk_norm_rope as _rope
 from .ops import qk_norm_rope_cache as _prologue
 from .ops import rms_norm as _rms
 from .ops import rms_norm_quant as _quant
-from .reference import rms_norm_backward
+from .reference import refused_write, rms_norm_backward
 from .reference_rope import rope_ref
 
 __all__ = ["traced_rms_norm", "traced_fused_add_rms_norm", "traced_qk_rms_norm", "traced_qk_rms_norm_rope",
@@ -573,11 +573,10 @@ def _pre(t, target):
 def _recordable(*targets):
     """A call that records autograd cannot write an inference tensor outside inference mode (PyTorch refuses
     the ``copy_``): refused before anything runs, not after the first of several targets was written."""
-    if not torch.is_inference_mode_enabled():
-        for name, t in targets:
-            if t is not None and t.is_inference():
-                raise RuntimeError(f"{name} is an inference tensor: a call whose tensors require grad cannot "
-                                   "write it outside torch.inference_mode() (PyTorch refuses that in-place write)")
+    for name, t in targets:
+        if refused_write(t):
+            raise RuntimeError(f"{name} is an inference tensor: a call whose tensors require grad cannot "
+                               "write it outside torch.inference_mode() (PyTorch refuses that in-place write)")
 
 
 def autograd_rms_norm(x, weight, eps, weight_offset, out):

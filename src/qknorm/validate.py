@@ -110,12 +110,12 @@ def type_name(v) -> str:
 def integer(name: str, v, *, minimum: int | None = None) -> int:
     """An int (Python or NumPy integer, not bool) within range. Traced with dynamic shapes, a size
     such as ``q.shape[-1]`` arrives as a ``torch.SymInt`` and stays one (the range test guards on it)."""
-    if isinstance(v, torch.SymInt):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        if not isinstance(v, torch.SymInt):
+            raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
         if minimum is not None and v < minimum:
             raise ValueError(f"{name} must be >= {minimum}, got {v}")
         return v
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
     v = int(v)
     if minimum is not None and v < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {v}")

@@ -367,6 +367,7 @@ def scale(eps: float, weight_offset: float, a, ya, wa, a_full: int, b, yb, wb, b
     args = (eps, weight_offset, *ptrs[:4], *a_ints, *ptrs[4:], *b_ints, *consts)
     _run_kernel(1, plan, args, ptrs, a_ints + b_ints, consts, tensors)
     launch.bump_versions((ya,) if yb is None else (ya, yb))  # written through pointers
-    with writing(*(y for y, _ in plan.copies)):
-        for y, y_copy in plan.copies:
-            y.copy_(y_copy)
+    if plan.copies:  # (most plans have none: nothing per call on the kernel path)
+        with writing(*(y for y, _ in plan.copies)):
+            for y, y_copy in plan.copies:
+                y.copy_(y_copy)

@@ -13,8 +13,6 @@ width (the bits ``rms_norm`` computes before its rounding, batch-invariant).
 """
 from __future__ import annotations
 
-import struct
-
 import torch
 
 from .. import backend, launch, layout
@@ -193,8 +191,8 @@ def quantise(n: torch.Tensor, scale, n_groups: int, out_dtype, scale_ub, scale_u
         amax = ng.abs().amax(dim=-1) if d else n.new_zeros(lead + (n_groups,))  # an empty row's amax: 0
         sc = torch.clamp(amax, min=AMAX_FLOOR) / torch.full((), qmax, dtype=torch.float32, device=n.device)
         if scale_ub is not None:
-            ub = (scale_ub.reshape(()).to(torch.float32) if isinstance(scale_ub, torch.Tensor)
-                  else struct.unpack("f", struct.pack("f", scale_ub))[0])  # rounded to fp32 as the kernels take it
+            # a number is checked below fp32's inf; one above FLT_MAX rounds to it in fp32, as the kernels take it
+            ub = scale_ub.reshape(()).to(torch.float32) if isinstance(scale_ub, torch.Tensor) else min(scale_ub, FLT_MAX)
             sc = torch.where(sc > ub, ub, sc)  # as the kernels: a NaN bound bounds nothing, a NaN scale stays NaN
         if scale_ue8m0:
             sc = pow2_ceil(sc)
