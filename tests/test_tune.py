@@ -139,14 +139,14 @@ def test_cli_compiles_ahead_with_jobs_before_timing(jobs, tmp_path, monkeypatch,
         assert len(calls) == (jobs != "1")  # compiled ahead before the first timing
         return fake_measure(p, cfgs)
     monkeypatch.setattr(T, "CudaMeasure", lambda *a, **k: timing)
-    argv = ["--quick", "--ops", "qk", "--out", str(tmp_path / "t.json"), "--jobs", jobs, "--max-seconds", "100"]
+    argv = ["--quick", "--ops", "qk", "--out", str(tmp_path / "t.json"), "--jobs", jobs, "--max-seconds", "600"]
     assert T.main(argv) == 0
     if jobs == "1":
         assert calls == []
     else:
         (n, dev, n_jobs, secs), = calls
         assert (n, dev, n_jobs) == (len(T.build_grid(["qk_rms_norm"], quick=True)), "cuda:0", 3)
-        assert 0 < secs <= T.COMPILE_SHARE * 100
+        assert 0 < secs <= T.COMPILE_SHARE * 600
     assert f"in {jobs} process" in capsys.readouterr().out
 
 
