@@ -4,6 +4,7 @@
 #          tail kept (../../2026-12-07-session8/scripts/suite.py): $OUT/suite/summary.txt
 #   probe  (carry [".peers/s"]) scripts/t1_probe.py with QKNORM_PDL unset (auto) and =0, and with a one-program
 #          T=1 config (a user table: r64.b128.w8.tok at the 64-row bucket): $OUT/t1_probe_*.txt
+#   auto   (carry both) tune on an H200, probe on any other card
 #   tune   (carry [".baseline3/start", ".peers/s"]) `qknorm tune --merge` of this GPU's table (compiled ahead in
 #          14 processes, TUNE_S s), shipped into src/; then issue 11's criterion: `qknorm bench --no-plots
 #          --variants none --preset qwen3-8b --impl qknorm` of start (bdefcae) and this tree interleaved x2, best of 2
@@ -13,7 +14,12 @@ set -uo pipefail
 SECONDS=0
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee $OUT/gpu.txt
 BENCH='import sys; from qknorm.cli import main; sys.exit(main(sys.argv[1:]))'
-case "${1:-suite}" in
+MODE=${1:-suite}
+if [ "$MODE" = auto ]; then  # whichever card came: an H200 retunes its table (tune), an H100 runs the probe
+  grep -q H200 $OUT/gpu.txt && MODE=tune || MODE=probe
+  echo "auto -> $MODE"
+fi
+case "$MODE" in
 suite)
   PYTHONPATH=$PWD/src timeout $((${SUITE_S:-560} + 10)) python benchmarks/results/h200/2026-12-07-session8/scripts/suite.py \
     ${SUITE_K:-12} ${SUITE_S:-560} tests
