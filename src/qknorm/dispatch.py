@@ -13,13 +13,31 @@ Which table
   per process and device; never an exception at call time. CPU/interpreter calls use the
   user table if one is set, else the heuristic, silently.
 
-Heuristic (:func:`heuristic`):
+Heuristic (:func:`heuristic`), from the row bucket ``B`` and the SM count (a "block" is one program's
+``[rows, block_d]`` tile; ``blocks = ceil(B / rows)``):
   1. ``block_d = next_pow2(D)`` while that is <= ``MAX_REG_BLOCK`` (whole row in
-     registers); wider rows take the chunked two-pass form with ``CHUNK_BLOCK`` columns.
-  2. ``rows`` = as many rows as fit a tile of ``TARGET_TILE`` elements, halved while that
-     would leave fewer than ``MIN_WAVES`` blocks per SM (keep every SM busy at small T).
-  3. ``num_warps`` = tile / ``ELEMS_PER_WARP`` rounded to a power of two in [1, 16]:
+     registers); wider rows take the chunked two-pass form with ``CHUNK_BLOCK`` columns, one row per program.
+  2. Decode sizes (``B <= DECODE_ROWS``), rows narrower than one warp's 16-byte vectors
+     (``block_d * itemsize < WARP_ROW_BYTES``, 512 bytes): a few large programs of ``DECODE_TILE``
+     elements, one 16-byte load per thread.
+  3. Otherwise ``rows`` = as many rows as fit a tile of ``TARGET_TILE`` elements, or of ``ELEMS_PER_WARP``
+     per warp along the row where the row's canonical warps (:mod:`qknorm.invariance`) hold more (8 warps along
+     a row of 4096: 2 rows); rows narrower than a warp take ``MAX_CANDIDATE_TILE`` elements while that leaves
+     ``NARROW_TILE_WAVES`` blocks per SM (each program's fixed costs spread over more rows). Then halved while
+     that would leave fewer than ``MIN_WAVES`` blocks per SM (``MIN_WAVES_FUSED`` for the fused add, whose
+     programs read and write both x and the residual).
+  4. Persistent grid (``rms_norm`` and the fused add; QK keeps the plain grid: its persistent form measured
+     slower wherever this would pick it) when the plain grid has more blocks than the persistent grid has
+     programs (``programs_per_sm`` per SM) but, with the tile grown up to ``MAX_CANDIDATE_TILE`` elements while
+     that stays true, at most twice as many: one to two persistent grids' worth of blocks, whose plain grid
+     would end in a partial wave. Only where ``programs_per_sm`` programs fit an SM at once
+     (``programs_per_sm * num_warps <= PERSISTENT_MAX_WARPS``).
+  5. ``num_warps`` = tile / ``ELEMS_PER_WARP`` rounded to a power of two in [1, 16]:
      about 32 elements per thread, so each thread has several 16-byte loads in flight.
+  6. The config moved into the batch-invariant row layout (:func:`qknorm.invariance.make_invariant`).
+  Regret against the tuned tables' fastest measured config (H100 2026-12-07 table: +0.55% geometric mean,
+  +10.2% worst; H200 2026-12-01 table, older kernels: +1.06%, +12.6%):
+  ``benchmarks/results/cpu/2026-12-07-heuristic``.
 
 Search space: :func:`candidate_configs`, what ``qknorm tune`` and the bench measure.
 
@@ -65,15 +83,19 @@ __all__ = ["OPS", "DTYPES", "DTYPE_NAMES", "Decision", "DeviceState", "choose_co
 MAX_REG_BLOCK = 16384
 CHUNK_BLOCK = 4096
 TARGET_TILE = 4096
-MIN_WAVES = 2
+MIN_WAVES = 1  # blocks per SM the plain grid keeps (when rows allow); the fused add: MIN_WAVES_FUSED
+MIN_WAVES_FUSED = 2
 ELEMS_PER_WARP = 1024
 MAX_CANDIDATE_TILE = 2 * TARGET_TILE  # H100 sweeps: no winner had a larger [rows, block_d] tile
+#: Bytes of one warp's 16-byte vectors: a row narrower than this shares a warp with other rows.
+WARP_ROW_BYTES = invariance.LANES * invariance.VEC_BYTES
+NARROW_TILE_WAVES = 2  # rows narrower than a warp take MAX_CANDIDATE_TILE tiles while >= this many blocks per SM
+PERSISTENT_MAX_WARPS = 32  # warps of programs_per_sm persistent programs on one SM (half its 64 warp slots)
 DEFAULT_SMS = 132  # H100 SXM; used when no GPU can be asked (CPU, interpreter)
 TOKEN_ORDER_MIN_ROWS = 64  # token-ordered QK candidates from this row bucket on (measured with 16-byte rows since
 # session 11: before, that kernel moved 2-byte elements and won only from 4096 rows, on the H100)
-DECODE_ROWS = 4096  # up to this row bucket narrow rows take decode tiles
+DECODE_ROWS = 4096  # up to this row bucket rows narrower than a warp (WARP_ROW_BYTES) take decode tiles
 DECODE_TILE = 2048  # elements per program at decode sizes (H200 sweep 2026-12-01-layout-sweep)
-DECODE_BLOCK_MAX = 256  # rows up to this tile width take decode tiles (H200 tune: wider lose)
 
 
 @functools.lru_cache(maxsize=64)
@@ -115,6 +137,10 @@ def _check(op: str, D: int, n_rows: int):
         raise ValueError(f"need D >= 1 and n_rows >= 0, got D={D}, n_rows={n_rows}")
 
 
+def _blocks(bucket: int, rows: int) -> int:
+    return -(-bucket // rows)
+
+
 @functools.lru_cache(maxsize=8192)
 def _heuristic(op: str, itemsize: int, D: int, bucket: int, sms: int) -> tuple[KernelConfig, str]:
     if next_pow2(D) <= MAX_REG_BLOCK:
@@ -123,22 +149,53 @@ def _heuristic(op: str, itemsize: int, D: int, bucket: int, sms: int) -> tuple[K
     else:
         block_d = CHUNK_BLOCK
         why = f"row of {D} > {MAX_REG_BLOCK}: chunked two-pass, block_d={block_d}"
-    if bucket <= DECODE_ROWS and block_d <= DECODE_BLOCK_MAX:
-        # Decode sizes, narrow rows: a few large programs, one 16-byte load per thread (up to
-        # 16 warps), beat many one-row programs (H200 sweeps: 2026-12-01-decode-qk, -layout-sweep).
+    narrow = block_d * itemsize < WARP_ROW_BYTES
+    assumed = " (assumed: no GPU to ask)" if sms == DEFAULT_SMS and not torch.cuda.is_available() else ""
+    persistent = False
+    if bucket <= DECODE_ROWS and narrow:
+        # Decode sizes, rows narrower than a warp: a few large programs, one 16-byte load per thread
+        # (up to 16 warps), beat many one-row programs (H200 sweeps: 2026-12-01-decode-qk, -layout-sweep).
         rows = min(DECODE_TILE // block_d, max(1, bucket))
         warps = max(1, min(16, rows * block_d * itemsize // (32 * invariance.VEC_BYTES)))
         why += f"; rows={rows}, num_warps={warps} (decode: <= {DECODE_ROWS} rows, tiles of {DECODE_TILE})"
+    elif block_d < D:
+        rows = 1
+        warps = _warps_for(block_d)
+        why += f"; rows=1, num_warps={warps} (~{ELEMS_PER_WARP // 32} elements per thread)"
     else:
-        rows = max(1, TARGET_TILE // block_d)
-        while rows > 1 and -(-bucket // rows) < MIN_WAVES * sms:
+        # The tile: TARGET_TILE elements, or ELEMS_PER_WARP per warp along the row where the row's
+        # canonical warps hold more (8 warps along a row of 4096: 2 rows, 32 elements per thread).
+        tile = max(TARGET_TILE, ELEMS_PER_WARP * invariance.canonical_layout(block_d, itemsize).warps)
+        rows = max(1, tile // block_d)
+        what = f"tile <= {rows * block_d} elements"
+        if narrow and _blocks(bucket, MAX_CANDIDATE_TILE // block_d) >= NARROW_TILE_WAVES * sms:
+            # Rows narrower than a warp: larger tiles spread each program's fixed costs (the weight
+            # vector, row indices) over more rows, while the grid keeps NARROW_TILE_WAVES blocks per SM.
+            rows = MAX_CANDIDATE_TILE // block_d
+            what = (f"tile of {MAX_CANDIDATE_TILE} elements: rows of {block_d * itemsize} bytes share a warp, "
+                    f"and it leaves >= {NARROW_TILE_WAVES} blocks/SM")
+        waves = MIN_WAVES_FUSED if op == "fused_add_rms_norm" else MIN_WAVES
+        while rows > 1 and _blocks(bucket, rows) < waves * sms:
             rows //= 2
-        assumed = " (assumed: no GPU to ask)" if sms == DEFAULT_SMS and not torch.cuda.is_available() else ""
-        why += (f"; rows={rows} (tile <= {TARGET_TILE} elements, >= {MIN_WAVES} blocks/SM on {sms} SMs{assumed} "
+        why += (f"; rows={rows} ({what}; at least {waves} block{'s' * (waves > 1)}/SM on {sms} SMs{assumed} "
                 "when rows allow)")
+        pps = KernelConfig().programs_per_sm
+        if op != "qk_rms_norm" and _blocks(bucket, rows) > pps * sms:
+            # A plain grid of one to two persistent grids' worth of blocks leaves SMs idle in its partial last
+            # wave: run it persistent, the tile grown (up to MAX_CANDIDATE_TILE elements) while more blocks than
+            # programs remain, so each program runs one or two blocks. Programs must all be resident at once.
+            grown = rows
+            while 2 * grown * block_d <= MAX_CANDIDATE_TILE and _blocks(bucket, 2 * grown) > pps * sms:
+                grown *= 2
+            p = invariance.make_invariant(KernelConfig(rows=grown, block_d=block_d, num_warps=_warps_for(
+                grown * block_d), persistent=True), itemsize)
+            if _blocks(bucket, p.rows) <= 2 * pps * sms and pps * p.num_warps <= PERSISTENT_MAX_WARPS:
+                persistent, rows = True, grown
+                why += (f"; persistent with rows={rows}: {_blocks(bucket, rows)} blocks for {pps} x {sms} programs "
+                        f"(one or two each, no partial last wave)")
         warps = _warps_for(rows * block_d)
         why += f"; num_warps={warps} (~{ELEMS_PER_WARP // 32} elements per thread)"
-    cfg = KernelConfig(rows=rows, block_d=block_d, num_warps=warps)
+    cfg = KernelConfig(rows=rows, block_d=block_d, num_warps=warps, persistent=persistent)
     inv = invariance.make_invariant(cfg, itemsize)
     if inv != cfg:
         moved = ", ".join(f"{f} {getattr(cfg, f)} -> {getattr(inv, f)}" for f in ("rows", "block_d", "num_warps")
@@ -153,9 +210,9 @@ def heuristic(op: str, dtype: torch.dtype, D: int, n_rows: int, sms: int = DEFAU
     Parameters
     ----------
     op : str
-        One of ``OPS`` (the rule does not depend on it).
+        One of ``OPS`` (the fused add keeps more blocks per SM; QK never takes the persistent grid).
     dtype : torch.dtype
-        Element type (the rule does not depend on it either).
+        Element type (its size: bytes per row, 16-byte vectors).
     D : int
         Normalised width (elements), >= 1.
     n_rows : int
