@@ -544,7 +544,7 @@ def qk_norm_rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_weig
             return r
     _cache.refuse_grad(("q", q), ("k", k), ("v", v), ("q_weight", q_weight), ("k_weight", k_weight),
                        ("cos_sin_cache", cos_sin_cache), ("k_cache", k_cache), ("v_cache", v_cache),
-                       ("q_out", q_out), ("k_out", k_out))
+                       ("k_scale", k_scale), ("v_scale", v_scale), ("q_out", q_out), ("k_out", k_out))
     if _is_compiling():
         return _tl.traced_qk_norm_rope_cache(q, k, v, q_weight, k_weight, cos_sin_cache, positions, k_cache, v_cache,
                                              slot_mapping, eps, is_neox, rotary_dim, weight_offset, mrope_section,

@@ -173,6 +173,22 @@ def grad_needed(*ts) -> bool:
     return any(isinstance(t, torch.Tensor) and t.requires_grad for t in ts) and torch.is_grad_enabled()
 
 
+def not_differentiable(what: str, *named) -> None:
+    """For ops that are not differentiable (the quantised forms, the KV-cache prologue): under grad mode
+    no tensor argument may require grad, or its gradient would silently stop here. ``named``: ``(name,
+    tensor or None)`` pairs, every tensor argument of the op (scales included).
+
+    Raises
+    ------
+    ValueError
+        Naming the first argument that requires grad."""
+    if torch.is_grad_enabled():
+        for name, t in named:
+            if isinstance(t, torch.Tensor) and t.requires_grad:
+                raise ValueError(f"{name} requires grad, but {what} is not differentiable; call it under "
+                                 "torch.no_grad() / torch.inference_mode(), or detach it")
+
+
 def same_device(name: str, t, ref_name: str, ref) -> None:
     if t.device != ref.device:
         raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")

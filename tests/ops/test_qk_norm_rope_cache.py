@@ -440,6 +440,8 @@ DECLINED = [
      "k_scale is a negated view"),
     ("grad", lambda a, bad: _go(a, q=a["q"].detach().requires_grad_(bad)), "q requires grad"),
     ("grad cache", lambda a, bad: _go(a, vc=a["vc"].detach().requires_grad_(bad)), "v_cache requires grad"),
+    ("grad k_scale", lambda a, bad: _go(a, k_scale=torch.ones(1).requires_grad_(bad)), "k_scale requires grad"),
+    ("grad v_scale", lambda a, bad: _go(a, v_scale=torch.ones(1).requires_grad_(bad)), "v_scale requires grad"),
     ("mrope bools", lambda a, bad: _go(a, pos=torch.zeros(3, 5, dtype=torch.long),
                                        mrope_section=(True, 15, 16) if bad else (1, 15, 16)),
      "mrope_section must be None or three ints"),

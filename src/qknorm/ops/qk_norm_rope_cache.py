@@ -624,11 +624,6 @@ def general(q, k, v, q_weight, k_weight, cos_sin_cache, positions, k_cache, v_ca
                    r, weight_offset, sections, k_scale, v_scale, q_out, k_out)
 
 
-def refuse_grad(*ts) -> None:
-    """The op is not differentiable (it writes a KV cache): under grad mode no argument may
-    require grad (a gradient would silently stop here)."""
-    if torch.is_grad_enabled():
-        for name, t in ts:
-            if isinstance(t, torch.Tensor) and t.requires_grad:
-                raise ValueError(f"{name} requires grad, but qk_norm_rope_cache is not differentiable; call it "
-                                 "under torch.no_grad() / torch.inference_mode(), or detach it")
+def refuse_grad(*named) -> None:
+    """The op is not differentiable: :func:`validate.not_differentiable` of its named tensor arguments."""
+    validate.not_differentiable("qk_norm_rope_cache", *named)

@@ -127,14 +127,9 @@ def check_args(x, residual, weight, eps, scale, group_size, out_dtype, weight_of
     return float(eps), float(weight_offset), n_groups
 
 
-def refuse_grad(*ts) -> None:
-    """The quantised ops are not differentiable: under grad mode no argument may require grad
-    (a gradient would silently stop here)."""
-    if torch.is_grad_enabled():
-        for name, t in ts:
-            if isinstance(t, torch.Tensor) and t.requires_grad:
-                raise ValueError(f"{name} requires grad, but the quantised output is not differentiable; "
-                                 "call under torch.no_grad() / torch.inference_mode(), or detach it")
+def refuse_grad(*named) -> None:
+    """The op is not differentiable: :func:`validate.not_differentiable` of its named tensor arguments."""
+    validate.not_differentiable("the quantised output", *named)
 
 
 def pow2_ceil(s: torch.Tensor) -> torch.Tensor:
