@@ -336,3 +336,42 @@ def test_compile_with_dynamic_shapes_takes_sizes_as_arguments():
             for a, b in zip(got, ref):
                 torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=0, msg=f"{fn.__name__} T={t}")
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_public_functions_under_fake_tensor_mode(backend):
+    """Under a FakeTensorMode outside torch.compile (shape propagation) every public op takes the traced path, as
+    under compile: the outputs' shapes and dtypes are the real call's. Before, the fused forms and the prologue
+    raised "x and residual overlap in memory" (fake tensors have no storage) and the plain forms reached the
+    kernel path on the triton backend."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    def calls(x, r, w, q, k, v, cs, pos, kc, vc, sm):
+        return {
+            "rms_norm": lambda: qknorm.rms_norm(x, w),
+            "rms_norm out": lambda: qknorm.rms_norm(x, w, out=torch.empty_like(x)),
+            "fused_add_rms_norm": lambda: qknorm.fused_add_rms_norm(x.clone(), r.clone(), w),
+            "qk_rms_norm": lambda: qknorm.qk_rms_norm(q.clone(), k.clone(), None, None),
+            "qk_rms_norm_rope": lambda: qknorm.qk_rms_norm_rope(q.clone(), k.clone(), None, None, cs, pos),
+            "rms_norm_quant": lambda: qknorm.rms_norm_quant(x, None, group_size=128),
+            "fused_add_rms_norm_quant": lambda: qknorm.fused_add_rms_norm_quant(x, r.clone(), None, group_size=128),
+            "qk_norm_rope_cache": lambda: qknorm.qk_norm_rope_cache(q.clone(), k, v, None, None, cs, pos, kc.clone(),
+                                                                    vc.clone(), sm),
+        }
+
+    def inputs():
+        g = torch.Generator().manual_seed(0)
+        return (torch.randn(3, 256, generator=g), torch.randn(3, 256, generator=g), torch.randn(256, generator=g),
+                torch.randn(2, 4, 64, generator=g), torch.randn(2, 2, 64, generator=g),
+                torch.randn(2, 2, 64, generator=g), torch.randn(8, 64, generator=g), torch.tensor([0, 3]),
+                torch.zeros(4, 2, 2, 64), torch.zeros(4, 2, 2, 64), torch.tensor([0, 5]))
+
+    def meta(res):
+        return [(tuple(t.shape), t.dtype) for t in (res if isinstance(res, tuple) else (res,))]
+
+    with qknorm.use_backend(backend):
+        real = {name: meta(fn()) for name, fn in calls(*inputs()).items()}
+        with FakeTensorMode() as mode:
+            fakes = [mode.from_tensor(t) for t in inputs()]
+            for name, fn in calls(*fakes).items():
+                assert meta(fn()) == real[name], name

@@ -27,6 +27,14 @@ __all__ = ["rms_norm", "fused_add_rms_norm", "qk_rms_norm", "qk_rms_norm_rope", 
            "fused_add_rms_norm_quant", "qk_norm_rope_cache"]
 
 _is_compiling = getattr(torch.compiler, "is_compiling", None) or (lambda: False)
+_FAKE_KEY = torch._C._TorchDispatchModeKey.FAKE
+
+
+def _faking() -> bool:
+    """A ``FakeTensorMode`` is active outside ``torch.compile`` (shape propagation, meta tracing): the call
+    takes the traced path (the custom ops and their fake implementations), as under compile: fake tensors
+    have no memory to run on or to check for overlap. Asked only after the eager fast paths declined."""
+    return torch._C._get_dispatch_mode(_FAKE_KEY) is not None
 _Tensor = torch.Tensor
 
 
@@ -73,18 +81,19 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
     Differentiable in x and weight; an in-place call on a leaf that requires grad raises
     PyTorch's own error. CPU tensors take a PyTorch path with the same numerics.
     """
-    if _is_compiling():
-        return _tl.traced_rms_norm(x, weight, eps, weight_offset, out, config)
-    r = _native.call(_X_RMS, x, weight, out, eps, weight_offset, config)
-    if r is not NotImplemented:
-        return r
-    r = _rms.fast(x, weight, eps, weight_offset, out, config)
-    if r is not None:
-        return r
-    eps, weight_offset = _rms.check_args(x, weight, eps, weight_offset, out, config)
-    if validate.grad_needed(x, weight, out):
-        return _tl.autograd_rms_norm(x, weight, eps, weight_offset, out)
-    return _rms.run(x, weight, eps, weight_offset, out, config)
+    if not _is_compiling():
+        r = _native.call(_X_RMS, x, weight, out, eps, weight_offset, config)
+        if r is not NotImplemented:
+            return r
+        r = _rms.fast(x, weight, eps, weight_offset, out, config)
+        if r is not None:
+            return r
+        if not _faking():
+            eps, weight_offset = _rms.check_args(x, weight, eps, weight_offset, out, config)
+            if validate.grad_needed(x, weight, out):
+                return _tl.autograd_rms_norm(x, weight, eps, weight_offset, out)
+            return _rms.run(x, weight, eps, weight_offset, out, config)
+    return _tl.traced_rms_norm(x, weight, eps, weight_offset, out, config)
 
 
 def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None = None,
@@ -122,17 +131,18 @@ def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Te
     A weight sharing memory with x or residual is read from a private copy. Differentiable
     (in place: x and residual must not be leaves that require grad).
     """
-    if _is_compiling():
-        return _tl.traced_fused_add_rms_norm(x, residual, weight, eps, weight_offset, config)
-    r = _native.call(_X_ADD, x, residual, weight, eps, weight_offset, config)
-    if r is not NotImplemented:
-        return r
-    if _add.fast(x, residual, weight, eps, weight_offset, config):
-        return x, residual
-    eps, weight_offset = _add.check_args(x, residual, weight, eps, weight_offset, config)
-    if validate.grad_needed(x, residual, weight):
-        return _tl.autograd_fused_add_rms_norm(x, residual, weight, eps, weight_offset)
-    return _add.run(x, residual, weight, eps, weight_offset, config)
+    if not _is_compiling():
+        r = _native.call(_X_ADD, x, residual, weight, eps, weight_offset, config)
+        if r is not NotImplemented:
+            return r
+        if _add.fast(x, residual, weight, eps, weight_offset, config):
+            return x, residual
+        if not _faking():
+            eps, weight_offset = _add.check_args(x, residual, weight, eps, weight_offset, config)
+            if validate.grad_needed(x, residual, weight):
+                return _tl.autograd_fused_add_rms_norm(x, residual, weight, eps, weight_offset)
+            return _add.run(x, residual, weight, eps, weight_offset, config)
+    return _tl.traced_fused_add_rms_norm(x, residual, weight, eps, weight_offset, config)
 
 
 def qk_rms_norm(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | None,
@@ -175,18 +185,19 @@ def qk_rms_norm(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | None,
     Weights sharing memory with an output are read from private copies. Differentiable in
     q, k and the weights.
     """
-    if _is_compiling():
-        return _tl.traced_qk_rms_norm(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config)
-    r = _native.call(_X_QK, q, k, q_weight, k_weight, q_out, k_out, eps, weight_offset, config)
-    if r is not NotImplemented:
-        return r
-    r = _qk.fast(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config)
-    if r is not None:
-        return r
-    eps, weight_offset = _qk.check_args(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config)
-    if validate.grad_needed(q, k, q_weight, k_weight, q_out, k_out):
-        return _tl.autograd_qk_rms_norm(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out)
-    return _qk.run(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config)
+    if not _is_compiling():
+        r = _native.call(_X_QK, q, k, q_weight, k_weight, q_out, k_out, eps, weight_offset, config)
+        if r is not NotImplemented:
+            return r
+        r = _qk.fast(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config)
+        if r is not None:
+            return r
+        if not _faking():
+            eps, weight_offset = _qk.check_args(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config)
+            if validate.grad_needed(q, k, q_weight, k_weight, q_out, k_out):
+                return _tl.autograd_qk_rms_norm(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out)
+            return _qk.run(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config)
+    return _tl.traced_qk_rms_norm(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config)
 
 
 def qk_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | None,
@@ -241,24 +252,25 @@ def qk_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | 
     range, so nothing outside it is read. Weights, cache and positions sharing memory with
     an output are read from private copies. Differentiable in q, k, the weights and the cache.
     """
-    if _is_compiling():
-        return _tl.traced_qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox,
-                                           rotary_dim, weight_offset, q_out, k_out, config)
-    r = _native.call(_X_ROPE, q, k, q_weight, k_weight, cos_sin_cache, positions, q_out, k_out, eps, is_neox,
-                     rotary_dim, weight_offset, config)
-    if r is not NotImplemented:
-        return r
-    r = _rope.fast(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rotary_dim, weight_offset,
-                   q_out, k_out, config)
-    if r is not None:
-        return r
-    eps, weight_offset, rd = _rope.check_args(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox,
-                                              rotary_dim, weight_offset, q_out, k_out, config)
-    if validate.grad_needed(q, k, q_weight, k_weight, cos_sin_cache, q_out, k_out):
-        return _tl.autograd_qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rd,
-                                             weight_offset, q_out, k_out)
-    return _rope.run(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rd, weight_offset, q_out,
-                     k_out, config)
+    if not _is_compiling():
+        r = _native.call(_X_ROPE, q, k, q_weight, k_weight, cos_sin_cache, positions, q_out, k_out, eps, is_neox,
+                         rotary_dim, weight_offset, config)
+        if r is not NotImplemented:
+            return r
+        r = _rope.fast(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rotary_dim, weight_offset,
+                       q_out, k_out, config)
+        if r is not None:
+            return r
+        if not _faking():
+            eps, weight_offset, rd = _rope.check_args(q, k, q_weight, k_weight, cos_sin_cache, positions, eps,
+                                                      is_neox, rotary_dim, weight_offset, q_out, k_out, config)
+            if validate.grad_needed(q, k, q_weight, k_weight, cos_sin_cache, q_out, k_out):
+                return _tl.autograd_qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, eps,
+                                                     is_neox, rd, weight_offset, q_out, k_out)
+            return _rope.run(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rd, weight_offset,
+                             q_out, k_out, config)
+    return _tl.traced_qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rotary_dim,
+                                       weight_offset, q_out, k_out, config)
 
 
 _QUANT_DOC_PARAMS = """
@@ -347,24 +359,23 @@ def rms_norm_quant(x: torch.Tensor, weight: torch.Tensor | None = None, eps: flo
     eps : float
         Added to the mean square, >= 0.
     """
-    if _is_compiling():
-        _quant.refuse_grad(("x", x), ("weight", weight), *_quant_extra(scale, scale_ub, out, scales_out))
-        eps, weight_offset, _ = _quant.check_args(x, None, weight, eps, scale, group_size, out_dtype, weight_offset,
-                                                  scale_ub, column_major_scales, scale_ue8m0, out, scales_out,
-                                                  memory=False)
+    if not _is_compiling():
+        r = _native.call(_X_QUANT, x, None, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
+                         column_major_scales, scale_ue8m0, out, scales_out, _quant.FP8_CAST == "auto")
+        if r is not NotImplemented:
+            return r
+        r = _quant.fast(x, None, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
+                        column_major_scales, scale_ue8m0, out, scales_out)
+        if r is not None:
+            return r
+    _quant.refuse_grad(("x", x), ("weight", weight), *_quant_extra(scale, scale_ub, out, scales_out))
+    traced = _is_compiling() or _faking()
+    eps, weight_offset, groups = _quant.check_args(x, None, weight, eps, scale, group_size, out_dtype, weight_offset,
+                                                   scale_ub, column_major_scales, scale_ue8m0, out, scales_out,
+                                                   memory=not traced)
+    if traced:
         return _tl.traced_rms_norm_quant(x, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
                                          column_major_scales, scale_ue8m0, out, scales_out)
-    r = _native.call(_X_QUANT, x, None, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
-                     column_major_scales, scale_ue8m0, out, scales_out, _quant.FP8_CAST == "auto")
-    if r is not NotImplemented:
-        return r
-    r = _quant.fast(x, None, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub, column_major_scales,
-                    scale_ue8m0, out, scales_out)
-    if r is not None:
-        return r
-    _quant.refuse_grad(("x", x), ("weight", weight), *_quant_extra(scale, scale_ub, out, scales_out))
-    eps, weight_offset, groups = _quant.check_args(x, None, weight, eps, scale, group_size, out_dtype, weight_offset,
-                                                   scale_ub, column_major_scales, scale_ue8m0, out, scales_out)
     return _quant.run(x, None, weight, eps, scale, groups, out_dtype, weight_offset, scale_ub, column_major_scales,
                       scale_ue8m0, out, scales_out)
 
@@ -391,26 +402,23 @@ def fused_add_rms_norm_quant(x: torch.Tensor, residual: torch.Tensor, weight: to
     eps : float
         Added to the mean square, >= 0.
     """
-    if _is_compiling():
-        _quant.refuse_grad(("x", x), ("residual", residual), ("weight", weight),
-                               *_quant_extra(scale, scale_ub, out, scales_out))
-        eps, weight_offset, _ = _quant.check_args(x, residual, weight, eps, scale, group_size, out_dtype,
-                                                  weight_offset, scale_ub, column_major_scales, scale_ue8m0, out,
-                                                  scales_out, memory=False)
-        return _tl.traced_fused_add_rms_norm_quant(x, residual, weight, eps, scale, group_size, out_dtype,
-                                                   weight_offset, scale_ub, column_major_scales, scale_ue8m0, out,
-                                                   scales_out)
-    r = _native.call(_X_QUANT, x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
-                     column_major_scales, scale_ue8m0, out, scales_out, _quant.FP8_CAST == "auto")
-    if r is not NotImplemented:
-        return r
-    r = _quant.fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
-                    column_major_scales, scale_ue8m0, out, scales_out)
-    if r is not None:
-        return r
+    if not _is_compiling():
+        r = _native.call(_X_QUANT, x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
+                         column_major_scales, scale_ue8m0, out, scales_out, _quant.FP8_CAST == "auto")
+        if r is not NotImplemented:
+            return r
+        r = _quant.fast(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
+                        column_major_scales, scale_ue8m0, out, scales_out)
+        if r is not None:
+            return r
     _quant.refuse_grad(("x", x), ("residual", residual), ("weight", weight),
-                               *_quant_extra(scale, scale_ub, out, scales_out))
+                       *_quant_extra(scale, scale_ub, out, scales_out))
+    traced = _is_compiling() or _faking()
     eps, weight_offset, groups = _quant.check_args(x, residual, weight, eps, scale, group_size, out_dtype,
+                                                   weight_offset, scale_ub, column_major_scales, scale_ue8m0, out,
+                                                   scales_out, memory=not traced)
+    if traced:
+        return _tl.traced_fused_add_rms_norm_quant(x, residual, weight, eps, scale, group_size, out_dtype,
                                                    weight_offset, scale_ub, column_major_scales, scale_ue8m0, out,
                                                    scales_out)
     return _quant.run(x, residual, weight, eps, scale, groups, out_dtype, weight_offset, scale_ub,
@@ -545,7 +553,7 @@ def qk_norm_rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_weig
     _cache.refuse_grad(("q", q), ("k", k), ("v", v), ("q_weight", q_weight), ("k_weight", k_weight),
                        ("cos_sin_cache", cos_sin_cache), ("k_cache", k_cache), ("v_cache", v_cache),
                        ("k_scale", k_scale), ("v_scale", v_scale), ("q_out", q_out), ("k_out", k_out))
-    if _is_compiling():
+    if _is_compiling() or _faking():
         return _tl.traced_qk_norm_rope_cache(q, k, v, q_weight, k_weight, cos_sin_cache, positions, k_cache, v_cache,
                                              slot_mapping, eps, is_neox, rotary_dim, weight_offset, mrope_section,
                                              k_scale, v_scale, q_out, k_out)
