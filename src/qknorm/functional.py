@@ -316,8 +316,14 @@ _QUANT_DOC_PARAMS = """
         A wrong argument type or dtype (x, weight, out_dtype, scale, out, scales_out, the bools).
     ValueError
         Shape mismatches, ``group_size`` not dividing D, static and dynamic arguments mixed, eps < 0,
-        outputs overlapping themselves, each other or the inputs, or a tensor requiring grad under
-        grad mode (the quantised output is not differentiable). Nothing is written on error.
+        outputs (``out``, ``scales_out``, the fused form's ``residual``) overlapping themselves, each
+        other, x or residual, or a tensor requiring grad under grad mode (the quantised output is not
+        differentiable). Nothing is written on error.
+
+    Aliasing: ``weight``, ``scale`` and ``scale_ub`` sharing memory with a written tensor are read
+    from private copies (the values on entry). A static ``scale`` that is a view into ``residual``
+    is still returned as ``scales`` itself, so after the call it holds what the fused add wrote there,
+    not the scale the codes were divided by.
 
     Notes
     -----
