@@ -375,3 +375,32 @@ def test_public_functions_under_fake_tensor_mode(backend):
             fakes = [mode.from_tensor(t) for t in inputs()]
             for name, fn in calls(*fakes).items():
                 assert meta(fn()) == real[name], name
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_public_functions_under_fake_tensor_mode_check_as_eagerly(backend):
+    """Shape propagation reports what an eager call would: the outputs' shape and dtype rules raise the eager
+    call's errors (the traced path alone copied into any broadcastable ``out``), and a valid ``config`` is
+    accepted (it only picks a kernel)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from qknorm import KernelConfig
+
+    x, r, w = torch.randn(3, 256), torch.randn(3, 256), torch.randn(256)
+    q, k = torch.randn(2, 4, 64), torch.randn(2, 2, 64)
+    cs, pos = torch.randn(8, 64), torch.zeros(2, dtype=torch.long)
+    cfg = KernelConfig(rows=1, block_d=256, num_warps=4)
+    with qknorm.use_backend(backend), FakeTensorMode() as mode:
+        fx, fr, fw, fq, fk, fcs, fpos = (mode.from_tensor(t) for t in (x, r, w, q, k, cs, pos))
+        with pytest.raises(ValueError, match="out must have the shape of x"):
+            qknorm.rms_norm(fx, fw, out=torch.empty(2, 3, 256))
+        with pytest.raises(TypeError, match="out must have the dtype of x"):
+            qknorm.rms_norm(fx, fw, out=torch.empty(3, 256, dtype=torch.float16))
+        with pytest.raises(ValueError, match="weight must have shape"):
+            qknorm.rms_norm(fx, fw[:10], config=cfg)
+        assert qknorm.rms_norm(fx, fw, config=cfg).shape == x.shape
+        assert qknorm.fused_add_rms_norm(fx, fr, fw, config=cfg)[0].shape == x.shape
+        with pytest.raises(ValueError, match="q_out must have the shape of q"):
+            qknorm.qk_rms_norm(fq, fk, None, None, q_out=torch.empty(2, 3, 4, 64))
+        with pytest.raises(TypeError, match="q_out must have the dtype of q"):
+            qknorm.qk_rms_norm_rope(fq, fk, None, None, fcs, fpos, q_out=torch.empty(2, 4, 64, dtype=torch.float16))

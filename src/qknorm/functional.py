@@ -93,6 +93,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
             if validate.grad_needed(x, weight, out):
                 return _tl.autograd_rms_norm(x, weight, eps, weight_offset, out)
             return _rms.run(x, weight, eps, weight_offset, out, config)
+        _rms.check_args(x, weight, eps, weight_offset, out, config, memory=False)
+        config = None  # shape propagation: checked as eagerly, but no kernel runs
     return _tl.traced_rms_norm(x, weight, eps, weight_offset, out, config)
 
 
@@ -142,6 +144,8 @@ def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Te
             if validate.grad_needed(x, residual, weight):
                 return _tl.autograd_fused_add_rms_norm(x, residual, weight, eps, weight_offset)
             return _add.run(x, residual, weight, eps, weight_offset, config)
+        _add.check_args(x, residual, weight, eps, weight_offset, config, memory=False)
+        config = None  # shape propagation: checked as eagerly, but no kernel runs
     return _tl.traced_fused_add_rms_norm(x, residual, weight, eps, weight_offset, config)
 
 
@@ -197,6 +201,8 @@ def qk_rms_norm(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | None,
             if validate.grad_needed(q, k, q_weight, k_weight, q_out, k_out):
                 return _tl.autograd_qk_rms_norm(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out)
             return _qk.run(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config)
+        _qk.check_args(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config, memory=False)
+        config = None  # shape propagation: checked as eagerly, but no kernel runs
     return _tl.traced_qk_rms_norm(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, config)
 
 
@@ -269,6 +275,9 @@ def qk_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | 
                                                      is_neox, rd, weight_offset, q_out, k_out)
             return _rope.run(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rd, weight_offset,
                              q_out, k_out, config)
+        _rope.check_args(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rotary_dim, weight_offset,
+                         q_out, k_out, config, memory=False)
+        config = None  # shape propagation: checked as eagerly, but no kernel runs
     return _tl.traced_qk_rms_norm_rope(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox, rotary_dim,
                                        weight_offset, q_out, k_out, config)
 

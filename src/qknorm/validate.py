@@ -185,7 +185,7 @@ def not_differentiable(what: str, *named) -> None:
     if torch.is_grad_enabled():
         for name, t in named:
             if isinstance(t, torch.Tensor) and t.requires_grad:
-                raise ValueError(f"{name} requires grad, but {what} is not differentiable; call it under "
+                raise ValueError(f"{name} requires grad, but {what} is not differentiable; call under "
                                  "torch.no_grad() / torch.inference_mode(), or detach it")
 
 
