@@ -28,6 +28,7 @@ __all__ = ["rms_norm", "fused_add_rms_norm", "qk_rms_norm", "qk_rms_norm_rope", 
 
 _is_compiling = getattr(torch.compiler, "is_compiling", None) or (lambda: False)
 _FAKE_KEY = torch._C._TorchDispatchModeKey.FAKE
+_Tensor = torch.Tensor
 
 
 def _faking() -> bool:
@@ -35,7 +36,6 @@ def _faking() -> bool:
     takes the traced path (the custom ops and their fake implementations), as under compile: fake tensors
     have no memory to run on or to check for overlap. Asked only after the eager fast paths declined."""
     return torch._C._get_dispatch_mode(_FAKE_KEY) is not None
-_Tensor = torch.Tensor
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6, *,
