@@ -374,24 +374,7 @@ def rms_norm_quant(x: torch.Tensor, weight: torch.Tensor | None = None, eps: flo
     eps : float
         Added to the mean square, >= 0.
     """
-    if not _is_compiling():
-        r = _native.call(_X_QUANT, x, None, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
-                         column_major_scales, scale_ue8m0, out, scales_out, _quant.FP8_CAST == "auto")
-        if r is not NotImplemented:
-            return r
-        r = _quant.fast(x, None, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
-                        column_major_scales, scale_ue8m0, out, scales_out)
-        if r is not None:
-            return r
-    _quant.refuse_grad(("x", x), ("weight", weight), *_quant_extra(scale, scale_ub, out, scales_out))
-    traced = _is_compiling() or _faking()
-    eps, weight_offset, groups = _quant.check_args(x, None, weight, eps, scale, group_size, out_dtype, weight_offset,
-                                                   scale_ub, column_major_scales, scale_ue8m0, out, scales_out,
-                                                   memory=not traced)
-    if traced:
-        return _tl.traced_rms_norm_quant(x, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
-                                         column_major_scales, scale_ue8m0, out, scales_out)
-    return _quant.run(x, None, weight, eps, scale, groups, out_dtype, weight_offset, scale_ub, column_major_scales,
+    return _quantised(x, None, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub, column_major_scales,
                       scale_ue8m0, out, scales_out)
 
 
@@ -417,6 +400,14 @@ def fused_add_rms_norm_quant(x: torch.Tensor, residual: torch.Tensor, weight: to
     eps : float
         Added to the mean square, >= 0.
     """
+    return _quantised(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
+                      column_major_scales, scale_ue8m0, out, scales_out)
+
+
+def _quantised(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub, column_major_scales,
+               scale_ue8m0, out, scales_out):
+    """:func:`rms_norm_quant` (``residual`` None) and :func:`fused_add_rms_norm_quant`: the express call, the fast
+    call, then the checks and the general call (or, compiling or faking, the traced custom op)."""
     if not _is_compiling():
         r = _native.call(_X_QUANT, x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
                          column_major_scales, scale_ue8m0, out, scales_out, _quant.FP8_CAST == "auto")
@@ -432,6 +423,9 @@ def fused_add_rms_norm_quant(x: torch.Tensor, residual: torch.Tensor, weight: to
     eps, weight_offset, groups = _quant.check_args(x, residual, weight, eps, scale, group_size, out_dtype,
                                                    weight_offset, scale_ub, column_major_scales, scale_ue8m0, out,
                                                    scales_out, memory=not traced)
+    if traced and residual is None:
+        return _tl.traced_rms_norm_quant(x, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
+                                         column_major_scales, scale_ue8m0, out, scales_out)
     if traced:
         return _tl.traced_fused_add_rms_norm_quant(x, residual, weight, eps, scale, group_size, out_dtype,
                                                    weight_offset, scale_ub, column_major_scales, scale_ue8m0, out,
