@@ -374,6 +374,15 @@ def rms_norm_quant(x: torch.Tensor, weight: torch.Tensor | None = None, eps: flo
     eps : float
         Added to the mean square, >= 0.
     """
+    if not _is_compiling():  # the eager fast paths first, in this frame (no extra call per eager call)
+        r = _native.call(_X_QUANT, x, None, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
+                         column_major_scales, scale_ue8m0, out, scales_out, _quant.FP8_CAST == "auto")
+        if r is not NotImplemented:
+            return r
+        r = _quant.fast(x, None, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
+                        column_major_scales, scale_ue8m0, out, scales_out)
+        if r is not None:
+            return r
     return _quantised(x, None, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub, column_major_scales,
                       scale_ue8m0, out, scales_out)
 
@@ -400,15 +409,7 @@ def fused_add_rms_norm_quant(x: torch.Tensor, residual: torch.Tensor, weight: to
     eps : float
         Added to the mean square, >= 0.
     """
-    return _quantised(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
-                      column_major_scales, scale_ue8m0, out, scales_out)
-
-
-def _quantised(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub, column_major_scales,
-               scale_ue8m0, out, scales_out):
-    """:func:`rms_norm_quant` (``residual`` None) and :func:`fused_add_rms_norm_quant`: the express call, the fast
-    call, then the checks and the general call (or, compiling or faking, the traced custom op)."""
-    if not _is_compiling():
+    if not _is_compiling():  # the eager fast paths first, in this frame (no extra call per eager call)
         r = _native.call(_X_QUANT, x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
                          column_major_scales, scale_ue8m0, out, scales_out, _quant.FP8_CAST == "auto")
         if r is not NotImplemented:
@@ -417,6 +418,14 @@ def _quantised(x, residual, weight, eps, scale, group_size, out_dtype, weight_of
                         column_major_scales, scale_ue8m0, out, scales_out)
         if r is not None:
             return r
+    return _quantised(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
+                      column_major_scales, scale_ue8m0, out, scales_out)
+
+
+def _quantised(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub, column_major_scales,
+               scale_ue8m0, out, scales_out):
+    """:func:`rms_norm_quant` (``residual`` None) and :func:`fused_add_rms_norm_quant` once their eager fast paths
+    declined: the checks and the general call (or, compiling or faking, the traced custom op)."""
     _quant.refuse_grad(("x", x), ("residual", residual), ("weight", weight),
                        *_quant_extra(scale, scale_ub, out, scales_out))
     traced = _is_compiling() or _faking()

@@ -46,6 +46,7 @@ def scales_shape(x_shape, n_groups: int) -> tuple:
     """Shape of the dynamic scales: x's leading dims and one scale per group (1: per token)."""
     return tuple(x_shape[:-1]) + (n_groups,)
 
+
 # The smallest float that rounds to inf in fp32 (FLT_MAX + half an ulp): below it a bound is a finite fp32 number
 # (3.4028235e38, FLT_MAX as usually printed, rounds to FLT_MAX).
 _FP32_INF_FROM = FLT_MAX + 2.0 ** 103
