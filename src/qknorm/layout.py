@@ -101,22 +101,12 @@ def views_overlap(delta: int, sizes_a: tuple[int, ...], strides_a: tuple[int, ..
         return False
     # term: digit d in [lo, hi] times stride s; A's terms positive, B's negative.
     merged: dict[int, list[int]] = {}
-    for s, hi in _terms(sizes_a, strides_a, 1):
-        key = abs(s)
-        lo_, hi_ = (0, hi) if s > 0 else (-hi, 0)
-        if key in merged:
-            merged[key][0] += lo_
-            merged[key][1] += hi_
+    for s, hi in _terms(sizes_a, strides_a, 1) + _terms(sizes_b, strides_b, -1):
+        lo_hi = merged.setdefault(abs(s), [0, 0])
+        if s > 0:
+            lo_hi[1] += hi
         else:
-            merged[key] = [lo_, hi_]
-    for s, hi in _terms(sizes_b, strides_b, -1):
-        key = abs(s)
-        lo_, hi_ = (0, hi) if s > 0 else (-hi, 0)
-        if key in merged:
-            merged[key][0] += lo_
-            merged[key][1] += hi_
-        else:
-            merged[key] = [lo_, hi_]
+            lo_hi[0] -= hi
     terms = sorted(((s, lo, hi) for s, (lo, hi) in merged.items()), reverse=True)
     # suffix reach: min/max of sum over terms[k:]
     smin = [0] * (len(terms) + 1)
