@@ -342,16 +342,18 @@ def test_rows_near_fp32s_largest_value_in_every_tile_shape(impl, dtype):
     x = x.clamp(-3.38e38, 3.38e38).to(dtype).to(impl)
     ref = ref_norm(x, None, 1e-6)
     outs = []
-    for rows in (1, 4, 8):
-        cfg = qknorm.KernelConfig(rows=rows, block_d=d, num_warps=1)
+    # one-row programs; tiles of several rows in one warp (the program-wide range branch) and in two (the
+    # parallel scaled sum)
+    for rows, warps in ((1, 1), (4, 1), (8, 1), (8, 2)):
+        cfg = qknorm.KernelConfig(rows=rows, block_d=d, num_warps=warps)
         assert invariance.is_invariant(cfg, dtype.itemsize), cfg
         kw = {} if impl == "cpu" and qknorm.get_backend() == "torch" else {"config": cfg}
         y = qknorm.rms_norm(x, None, 1e-6, **kw)
-        _check(y, ref, dtype, f"rms_norm rows={rows}")
+        _check(y, ref, dtype, f"rms_norm {cfg}")
         outs.append(y)
         q, k = x.view(2, 4, d), x[:4].view(2, 2, d)
         qo, ko = qknorm.qk_rms_norm(q, k, None, None, 1e-6, **kw)
-        _check(qo, ref.view(2, 4, d), dtype, f"qk rows={rows}")
+        _check(qo, ref.view(2, 4, d), dtype, f"qk {cfg}")
         assert torch.equal(qo.reshape(8, d), y) and torch.equal(ko.reshape(4, d), y[:4])
     assert all(torch.equal(o, outs[0]) for o in outs), "a row's bits depend on the tile that holds it"
 

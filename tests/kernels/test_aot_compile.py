@@ -43,9 +43,17 @@ compile_(qk_rms_norm_kernel, {"XQ": "*bf16", "YQ": "*bf16", "WQ": "*bf16", "XK":
          dict(base, D=128, ROWS=16, BLOCK_D=128, CHUNKED=0), num_warps=8)
 # tiles of several rows (rows.row_normalized's parallel scaled sum), persistent; the token-ordered QK kernel
 compile_(rms_norm_kernel, rows, dict(base, D=96, ROWS=32, BLOCK_D=128, CHUNKED=0, PERSISTENT=True), num_warps=8)
+# one-warp tiles of several rows: one range test per program (RANGE_BRANCH), QK's two kernels too
+compile_(rms_norm_kernel, rows, dict(base, D=128, ROWS=8, BLOCK_D=128, CHUNKED=0, RANGE_BRANCH=True), num_warps=1)
+compile_(qk_rms_norm_kernel, {"XQ": "*bf16", "YQ": "*bf16", "WQ": "*bf16", "XK": "*bf16", "YK": "*bf16",
+                              "WK": "*bf16"},
+         dict(base, D=128, ROWS=8, BLOCK_D=128, CHUNKED=0, RANGE_BRANCH=True), num_warps=1)
 compile_(qk_rms_norm_tokens_kernel, {"XQ": "*bf16", "YQ": "*bf16", "WQ": "*bf16", "XK": "*bf16", "YK": "*bf16",
                                      "WK": "*fp32"},
          dict(HAS_WEIGHT=True, D=128, ROWS=8, BLOCK_D=128, PERSISTENT=True, USE_PDL=True), num_warps=4)
+compile_(qk_rms_norm_tokens_kernel, {"XQ": "*bf16", "YQ": "*bf16", "WQ": "*bf16", "XK": "*bf16", "YK": "*bf16",
+                                     "WK": "*fp32"},
+         dict(HAS_WEIGHT=True, D=128, ROWS=8, BLOCK_D=128, PERSISTENT=False, RANGE_BRANCH=True), num_warps=1)
 # eps below 2**-100 (LO_SUMS: the third sum) and fp32 outputs (factors kept split): one-row, several-row, chunked
 f32 = {"X": "*fp32", "Y": "*fp32", "W": "*fp32"}
 for rows_, d, block, chunked in ((1, 4096, 4096, 0), (16, 128, 128, 0), (2, 5000, 1024, 1), (1, 5120, 1024, 5)):

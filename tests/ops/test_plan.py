@@ -151,6 +151,31 @@ def test_eps_below_lo_eps_runs_the_lo_sums_kernel(fast_ops, on_interpreter, eps,
 
 
 
+@pytest.mark.parametrize("rows,warps", [(1, 1), (4, 1), (4, 2)])
+def test_one_warp_tiles_of_several_rows_take_the_range_branch(fast_ops, on_interpreter, rows, warps):
+    """RANGE_BRANCH (kernels/rows.row_normalized: one test per program for rows out of fp32's range) is on
+    exactly for one-warp programs of several rows, in every kernel that has it, and their results match."""
+    cfg = qknorm.KernelConfig(rows=rows, block_d=64, num_warps=warps)
+    x = torch.randn(8, 64) * torch.tensor([1.0, 1e20, 1.0, 1.0, 1e-3, 1.0, 1e25, 1.0])[:, None]
+    PLANS.clear()
+    assert_matches(fast_ops.rms_norm(x, None, 1e-6, config=cfg), ref_norm(x, None, 1e-6), torch.float32)
+    xa, r = x.clone(), x.flip(0).clone()
+    fast_ops.fused_add_rms_norm(xa, r, None, 1e-6, config=cfg)
+    assert_matches(xa, ref_add_norm(x, x.flip(0), None, 1e-6)[0], torch.float32)
+    q, k = x.view(2, 4, 64), x[:4].view(2, 2, 64)
+    for order in (False, True):
+        qo, ko = fast_ops.qk_rms_norm(q, k, None, None, 1e-6,
+                                      config=qknorm.KernelConfig(rows=rows, block_d=64, num_warps=warps,
+                                                                 token_order=order))
+        assert_matches(qo, ref_norm(q, None, 1e-6), torch.float32)
+    plans = [p for p in PLANS.values() if p is not None and "RANGE_BRANCH" in p.launcher.static_names]
+    assert len(plans) >= 4
+    for p in plans:
+        n = len(p.tail) - len(p.launcher.static_names)  # a fast plan's tail starts with the per-call scalars
+        assert p.tail[n + p.launcher.static_names.index("RANGE_BRANCH")] is (warps == 1 and rows > 1), p.launcher.name
+
+
+
 
 # --------------------------------------------------------------------------- the pieces
 

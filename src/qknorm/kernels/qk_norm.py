@@ -19,15 +19,15 @@ def _qk_block(block, q_blocks, D, eps, eps_tiny, w_offset,
               XQ, YQ, WQ, q_rows, qN1, qN2, qxs0, qxs1, qxs2, qxsd, qys0, qys1, qys2, qysd, qws,
               XK, YK, WK, k_rows, kN1, kN2, kxs0, kxs1, kxs2, kxsd, kys0, kys1, kys2, kysd, kws,
               HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
-              CHUNKED: tl.constexpr, LO_SUMS: tl.constexpr):
+              CHUNKED: tl.constexpr, LO_SUMS: tl.constexpr, RANGE_BRANCH: tl.constexpr):
     if block < q_blocks:
         norm_block(block, XQ, YQ, WQ, q_rows, D, qN1, qN2, qxs0, qxs1, qxs2, qxsd,
                    qys0, qys1, qys2, qysd, qws, eps, eps_tiny, w_offset, HAS_WEIGHT, ROWS, BLOCK_D, CHUNKED,
-                   LO_SUMS)
+                   LO_SUMS, RANGE_BRANCH)
     else:
         norm_block(block - q_blocks, XK, YK, WK, k_rows, D, kN1, kN2, kxs0, kxs1, kxs2, kxsd,
                    kys0, kys1, kys2, kysd, kws, eps, eps_tiny, w_offset, HAS_WEIGHT, ROWS, BLOCK_D, CHUNKED,
-                   LO_SUMS)
+                   LO_SUMS, RANGE_BRANCH)
 
 
 @triton.jit
@@ -36,7 +36,7 @@ def qk_rms_norm_kernel(XQ, YQ, WQ, XK, YK, WK, eps, eps_tiny, w_offset, D: tl.co
                        k_rows, kN1, kN2, kxs0, kxs1, kxs2, kxsd, kys0, kys1, kys2, kysd, kws,
                        HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
                        CHUNKED: tl.constexpr, PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False,
-                       LO_SUMS: tl.constexpr = False):
+                       LO_SUMS: tl.constexpr = False, RANGE_BRANCH: tl.constexpr = False):
     """Q then K blocks in one grid; PERSISTENT loops over all blocks with a grid stride."""
     pdl_wait(USE_PDL)
     q_blocks = tl.cdiv(q_rows, ROWS)
@@ -46,12 +46,12 @@ def qk_rms_norm_kernel(XQ, YQ, WQ, XK, YK, WK, eps, eps_tiny, w_offset, D: tl.co
             _qk_block(block, q_blocks, D, eps, eps_tiny, w_offset,
                       XQ, YQ, WQ, q_rows, qN1, qN2, qxs0, qxs1, qxs2, qxsd, qys0, qys1, qys2, qysd, qws,
                       XK, YK, WK, k_rows, kN1, kN2, kxs0, kxs1, kxs2, kxsd, kys0, kys1, kys2, kysd, kws,
-                      HAS_WEIGHT, ROWS, BLOCK_D, CHUNKED, LO_SUMS)
+                      HAS_WEIGHT, ROWS, BLOCK_D, CHUNKED, LO_SUMS, RANGE_BRANCH)
     else:
         _qk_block(tl.program_id(0), q_blocks, D, eps, eps_tiny, w_offset,
                   XQ, YQ, WQ, q_rows, qN1, qN2, qxs0, qxs1, qxs2, qxsd, qys0, qys1, qys2, qysd, qws,
                   XK, YK, WK, k_rows, kN1, kN2, kxs0, kxs1, kxs2, kxsd, kys0, kys1, kys2, kysd, kws,
-                  HAS_WEIGHT, ROWS, BLOCK_D, CHUNKED, LO_SUMS)
+                  HAS_WEIGHT, ROWS, BLOCK_D, CHUNKED, LO_SUMS, RANGE_BRANCH)
     # After the work: a dependent kernel launched earlier would hold SM slots while
     # this grid still has blocks to run (it measured 40% slower at 16k tokens).
     pdl_launch_dependents(USE_PDL)
@@ -61,7 +61,8 @@ def qk_rms_norm_kernel(XQ, YQ, WQ, XK, YK, WK, eps, eps_tiny, w_offset, D: tl.co
 @triton.jit
 def _tokens_block(block, D, eps, eps_tiny, n_rows, H, HQ, wq, wk,
                   XQ, YQ, qxt, qxh, qyt, qyh, XK, YK, kxt, kxh, kyt, kyh,
-                  HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr, LO_SUMS: tl.constexpr):
+                  HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr, LO_SUMS: tl.constexpr,
+                  RANGE_BRANCH: tl.constexpr):
     rows = block * ROWS + tl.arange(0, ROWS)
     row_ok = rows < n_rows
     t, h = split_rows(rows, H)
@@ -83,7 +84,8 @@ def _tokens_block(block, D, eps, eps_tiny, n_rows, H, HQ, wq, wk,
     xq = tl.load((XQ + t * qxt + hq * qxh)[:, None] + cols[None, :], mask=mq, other=0.0)
     xk = tl.load((XK + t * kxt + hk * kxh)[:, None] + cols[None, :], mask=mk, other=0.0)
     x = tl.where(is_q[:, None], xq.to(tl.float32), xk.to(tl.float32))
-    y = row_normalized(x, eps, eps_tiny, D, LO_SUMS, YQ.dtype.element_ty != tl.float32, in_range(XQ, XK))
+    y = row_normalized(x, eps, eps_tiny, D, LO_SUMS, YQ.dtype.element_ty != tl.float32, in_range(XQ, XK),
+                       RANGE_BRANCH)
     if HAS_WEIGHT:
         y = tl.where(is_q[:, None], y * wq[None, :], y * wk[None, :])
     y = y.to(YQ.dtype.element_ty)
@@ -96,7 +98,8 @@ def qk_rms_norm_tokens_kernel(XQ, YQ, WQ, XK, YK, WK, eps, eps_tiny, w_offset, D
                               n_tokens, HQ, qxt, qxh, qyt, qyh, qws,
                               HK, kxt, kxh, kyt, kyh, kws,
                               HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
-                              PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False, LO_SUMS: tl.constexpr = False):
+                              PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr = False, LO_SUMS: tl.constexpr = False,
+                              RANGE_BRANCH: tl.constexpr = False):
     """Token-ordered form for Q ``[T, HQ, D]`` and K ``[T, HK, D]`` with unit last-dim
     strides: flat row r is head ``r % (HQ+HK)`` of token ``r // (HQ+HK)``, a Q head below
     HQ, else a K head.
@@ -118,10 +121,12 @@ def qk_rms_norm_tokens_kernel(XQ, YQ, WQ, XK, YK, WK, eps, eps_tiny, w_offset, D
     if PERSISTENT:
         for block in range(tl.program_id(0), tl.cdiv(n_rows, ROWS), tl.num_programs(0)):
             _tokens_block(block, D, eps, eps_tiny, n_rows, H, HQ, wq, wk,
-                          XQ, YQ, qxt, qxh, qyt, qyh, XK, YK, kxt, kxh, kyt, kyh, HAS_WEIGHT, ROWS, BLOCK_D, LO_SUMS)
+                          XQ, YQ, qxt, qxh, qyt, qyh, XK, YK, kxt, kxh, kyt, kyh, HAS_WEIGHT, ROWS, BLOCK_D, LO_SUMS,
+                          RANGE_BRANCH)
     else:
         _tokens_block(tl.program_id(0), D, eps, eps_tiny, n_rows, H, HQ, wq, wk,
-                      XQ, YQ, qxt, qxh, qyt, qyh, XK, YK, kxt, kxh, kyt, kyh, HAS_WEIGHT, ROWS, BLOCK_D, LO_SUMS)
+                      XQ, YQ, qxt, qxh, qyt, qyh, XK, YK, kxt, kxh, kyt, kyh, HAS_WEIGHT, ROWS, BLOCK_D, LO_SUMS,
+                      RANGE_BRANCH)
     # After the work: a dependent kernel launched earlier would hold SM slots while
     # this grid still has blocks to run (it measured 40% slower at 16k tokens).
     pdl_launch_dependents(USE_PDL)

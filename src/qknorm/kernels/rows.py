@@ -195,34 +195,36 @@ def in_range(X, R):
 
 
 @triton.jit
-def row_normalized(x, eps, eps_tiny, D, LO_SUMS: tl.constexpr, FOLD: tl.constexpr, IN_RANGE: tl.constexpr = False):
+def row_normalized(x, eps, eps_tiny, D, LO_SUMS: tl.constexpr, FOLD: tl.constexpr, IN_RANGE: tl.constexpr = False,
+                   RANGE_BRANCH: tl.constexpr = False):
     """``y = x / sqrt(mean(x**2) + eps)`` for each row of the whole-row fp32 tile ``x`` (unweighted).
 
     ``IN_RANGE`` (fp16 data: :func:`in_range`): the plain path alone, ``y = x * rsqrt(ss / D + eps)``, the
     bits every other path gives such rows.
 
-    One row per program: the common path is a plain kernel's, ``y = x * rsqrt(ss / D + eps)``, one
-    multiply per element right after the reduction (at decode sizes the kernel's time is this
-    critical path); a row out of fp32's range replaces it behind a branch on that row (uniform over
-    the program: the scaled sums and :func:`range_factors` only when taken). Several rows: the
+    One row per program, or several with ``RANGE_BRANCH`` (the host sets it for one-warp programs, where
+    the test below is a few shuffles with no shared memory): the common path is a plain kernel's,
+    ``y = x * rsqrt(ss / D + eps)``, one multiply per element right after the reduction (at decode sizes
+    the kernel's time is this critical path); when a row of the program is out of fp32's range, one
+    branch (uniform over the program) recomputes every row of it with the scaled sums and
+    :func:`range_factors`, which give in-range rows the plain bits. Several rows otherwise: the
     ``2**-72`` sum in parallel with the plain one, ``y = x * q`` with ``FOLD`` (:func:`hi_folded`: an
-    output narrower than fp32), else or with ``LO_SUMS`` ``y = (x * p) * q`` (:func:`range_factors`).
-    An H100 measured the alternatives for several rows (a per-element select after a plain-first ``y``;
-    one cross-warp test and branch per program before the store; storing first and rewriting after such
-    a test) no faster, most slower
+    output narrower than fp32), else or with ``LO_SUMS`` ``y = (x * p) * q`` (:func:`range_factors`); the
+    same bits as the branch. An H100 measured the alternatives for several rows over several warps (a
+    per-element select after a plain-first ``y``; one cross-warp test and branch per program before the
+    store; storing first and rewriting after such a test) no faster, most slower
     (``benchmarks/results/h100/2026-12-07-session8``), and the one folded factor 1-5% faster than
     ``(x * p) * q`` at 64-1024 tokens of Qwen3-8B's QK norm (``.../2026-12-07-session9``)."""
     ss = tl.sum(x * x, axis=1)
     if IN_RANGE:
         y = x * tl.rsqrt(ss / D + eps)[:, None]
-    elif x.shape[0] == 1:
+    elif x.shape[0] == 1 or RANGE_BRANCH:
         m = ss / D + eps
         y = x * tl.rsqrt(m)[:, None]
-        mm = tl.max(m, axis=0)  # the one row's, as a scalar (no reduction left)
-        bad = mm > OVERFLOW
+        bad = m > OVERFLOW  # per row; a NaN row is not out of range (it stays NaN)
         if LO_SUMS:
-            bad = bad | (mm < TINY)
-        if bad:
+            bad = bad | (m < TINY)
+        if tl.max(bad.to(tl.int32), axis=0) != 0:  # any row of the program (one row: no reduction left)
             xh = x * HI
             p, q = range_factors(ss, tl.sum(xh * xh, axis=1), lo_sum(x, ss, LO_SUMS), D, eps, eps_tiny, LO_SUMS,
                                  FOLD)
@@ -300,7 +302,8 @@ def _range_acc(acc_h, ssl, s, LO_SUMS: tl.constexpr):
 def norm_block(block, X, Y, W, n_rows, D, N1, N2,
                xs0, xs1, xs2, xsd, ys0, ys1, ys2, ysd, ws, eps, eps_tiny, w_offset,
                HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
-               CHUNKED: tl.constexpr, LO_SUMS: tl.constexpr):
+               CHUNKED: tl.constexpr, LO_SUMS: tl.constexpr,
+               RANGE_BRANCH: tl.constexpr = False):
     """Normalise rows ``block*ROWS ... +ROWS`` of X into Y: :func:`add_norm_block` without a
     residual.
 
@@ -312,7 +315,7 @@ def norm_block(block, X, Y, W, n_rows, D, N1, N2,
     """
     add_norm_block(block, X, X, Y, Y, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd, xs0, xs1, xs2, xsd,
                    ys0, ys1, ys2, ysd, ys0, ys1, ys2, ysd, ws, eps, eps_tiny, w_offset, False, HAS_WEIGHT, ROWS,
-                   BLOCK_D, CHUNKED, LO_SUMS)
+                   BLOCK_D, CHUNKED, LO_SUMS, RANGE_BRANCH)
 
 
 @triton.jit
@@ -331,7 +334,8 @@ def add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2,
                    xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd, ys0, ys1, ys2, ysd, os0, os1, os2, osd,
                    ws, eps, eps_tiny, w_offset, HAS_RESIDUAL: tl.constexpr,
                    HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
-                   CHUNKED: tl.constexpr, LO_SUMS: tl.constexpr):
+                   CHUNKED: tl.constexpr, LO_SUMS: tl.constexpr,
+                   RANGE_BRANCH: tl.constexpr = False):
     """``RO = X + R; Y = norm(RO)`` for one block of rows: in place with ``Y = X``, ``RO = R``
     (and their strides), out of place into fresh tensors otherwise; without ``HAS_RESIDUAL``
     ``Y = norm(X)`` (R and RO unused: :func:`norm_block`).
@@ -365,7 +369,7 @@ def add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2,
         if HAS_RESIDUAL:
             y_ptr = y_row[:, None] + (cols * ysd)[None, :]
         s = load_sum(x_ptr, r_ptr, mask, HAS_RESIDUAL)
-        y = row_normalized(s, eps, eps_tiny, D, LO_SUMS, FOLD, in_range(X, R))
+        y = row_normalized(s, eps, eps_tiny, D, LO_SUMS, FOLD, in_range(X, R), RANGE_BRANCH)
         if HAS_RESIDUAL:
             tl.store(o_row[:, None] + (cols * osd)[None, :], s.to(RO.dtype.element_ty), mask=mask)
         else:
@@ -402,15 +406,16 @@ def add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2,
 def add_norm_program(X, R, Y, RO, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd,
                      ys0, ys1, ys2, ysd, os0, os1, os2, osd, ws, eps, eps_tiny, w_offset,
                      HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNKED: tl.constexpr,
-                     PERSISTENT: tl.constexpr, LO_SUMS: tl.constexpr):
+                     PERSISTENT: tl.constexpr, LO_SUMS: tl.constexpr,
+                     RANGE_BRANCH: tl.constexpr = False):
     """One program's share of a fused add: its block of ROWS rows, or (PERSISTENT) a grid-stride
     loop over blocks (:func:`add_norm_block` each)."""
     if PERSISTENT:
         for block in range(tl.program_id(0), tl.cdiv(n_rows, ROWS), tl.num_programs(0)):
             add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd, rs0, rs1, rs2, rsd,
                            ys0, ys1, ys2, ysd, os0, os1, os2, osd, ws, eps, eps_tiny, w_offset, True, HAS_WEIGHT,
-                           ROWS, BLOCK_D, CHUNKED, LO_SUMS)
+                           ROWS, BLOCK_D, CHUNKED, LO_SUMS, RANGE_BRANCH)
     else:
         add_norm_block(tl.program_id(0), X, R, Y, RO, W, n_rows, D, N1, N2, xs0, xs1, xs2, xsd, rs0, rs1, rs2,
                        rsd, ys0, ys1, ys2, ysd, os0, os1, os2, osd, ws, eps, eps_tiny, w_offset, True, HAS_WEIGHT,
-                       ROWS, BLOCK_D, CHUNKED, LO_SUMS)
+                       ROWS, BLOCK_D, CHUNKED, LO_SUMS, RANGE_BRANCH)

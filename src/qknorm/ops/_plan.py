@@ -350,11 +350,14 @@ def make_plan(launcher, cfg: KernelConfig, n_blocks: int, device, ptr_dtypes: tu
     """A plan launching ``launcher``'s kernel under ``cfg`` over ``n_blocks`` blocks.
 
     ``static``: every kernel parameter after the per-call ones, by name, except
-    ``PERSISTENT`` and ``USE_PDL`` (taken from ``cfg`` and the grid). ``ptr_dtypes``: the
+    ``PERSISTENT`` and ``USE_PDL`` (taken from ``cfg`` and the grid) and, for kernels that have it,
+    ``RANGE_BRANCH`` (one-warp programs: ``kernels/rows.row_normalized``). ``ptr_dtypes``: the
     dtypes of the pointer arguments (part of Triton's specialisation).
     """
     g = grid(cfg, n_blocks, device)
     pdl = use_pdl(cfg, device, g[0])
+    if "RANGE_BRANCH" in launcher.static_names:
+        static["RANGE_BRANCH"] = cfg.num_warps == 1 and cfg.rows > 1
     tail = launcher.pack(PERSISTENT=cfg.persistent, USE_PDL=pdl, **static)
     kwargs = {"num_warps": cfg.num_warps}
     if pdl:
