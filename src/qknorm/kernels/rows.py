@@ -99,8 +99,7 @@ def range_sums(x, LO_SUMS: tl.constexpr):
     """``(ssh, ssl)`` per row of the fp32 tile ``x`` (sums over axis 1): the squares of ``x * 2**-72``
     and, with ``LO_SUMS`` (eps below ``TINY``), of ``x * 2**96`` (else 0).
     Callers add these over chunks as they add the plain sum."""
-    xh = x * HI
-    ssh = tl.sum(xh * xh, axis=1)
+    ssh = hi_sum(x)
     return ssh, lo_sum(x, ssh, LO_SUMS)
 
 
@@ -166,19 +165,28 @@ def normalized(x, p, q):
 
 
 @triton.jit
+def hi_sum(x):
+    """The sum of squares of ``x * 2**-72`` per row of the fp32 tile ``x`` (see ``HI``)."""
+    xh = x * HI
+    return tl.sum(xh * xh, axis=1)
+
+
+@triton.jit
 def row_factors(x, eps, eps_tiny, D, LO_SUMS: tl.constexpr, FOLD: tl.constexpr = False):
     """``(p, q, ss)`` of the rows of the whole-row fp32 tile ``x``: :func:`range_factors` of its sums,
     for kernels that apply the factors to several tiles (RoPE's halves, a re-read row). One row per
     program: the scaled sums only behind a branch on the row's own plain sum (uniform over the
     program; a further block-wide sum costs a shared-memory round trip). Several rows: beside the
-    plain sum, as :func:`range_sums` says."""
+    plain sum, as :func:`range_sums` says. (One-warp tiles of several rows could take one test per
+    program as :func:`row_normalized` does; compiled for sm_90 that form cut RoPE's whole-row 2 x 256
+    tile from 1028 to 977 instructions but raised its registers from 80 to 105, and the quantised and
+    RoPE kernels are not issue-bound: not done until a GPU measures it.)"""
     ss = tl.sum(x * x, axis=1)
     if x.shape[0] == 1:
         m = tl.max(ss, axis=0) / D + eps  # the one row's mean square + eps, as a scalar (no reduction left)
         ssh = ss * 0.0
         if m > OVERFLOW:
-            xh = x * HI
-            ssh = tl.sum(xh * xh, axis=1)
+            ssh = hi_sum(x)
         ssl = lo_sum(x, ss, LO_SUMS)
     else:
         ssh, ssl = range_sums(x, LO_SUMS)
@@ -220,22 +228,23 @@ def row_normalized(x, eps, eps_tiny, D, LO_SUMS: tl.constexpr, FOLD: tl.constexp
         y = x * tl.rsqrt(ss / D + eps)[:, None]
     elif x.shape[0] == 1 or RANGE_BRANCH:
         m = ss / D + eps
-        y = x * tl.rsqrt(m)[:, None]
+        q = tl.rsqrt(m)
         bad = m > OVERFLOW  # per row; a NaN row is not out of range (it stays NaN)
         if LO_SUMS:
             bad = bad | (m < TINY)
+        # y in each arm (not a plain y first, replaced in the branch): x and a y of the tile are never live at
+        # once (sm_90, QK 8 / 16 rows x 128 in one warp: 86 / 167 registers that way, 64 / 126 this way)
         if tl.max(bad.to(tl.int32), axis=0) != 0:  # any row of the program (one row: no reduction left)
-            xh = x * HI
-            p, q = range_factors(ss, tl.sum(xh * xh, axis=1), lo_sum(x, ss, LO_SUMS), D, eps, eps_tiny, LO_SUMS,
-                                 FOLD)
+            p, q = range_factors(ss, hi_sum(x), lo_sum(x, ss, LO_SUMS), D, eps, eps_tiny, LO_SUMS, FOLD)
             y = normalized(x, p, q)
+        else:
+            y = x * q[:, None]
     elif LO_SUMS or not FOLD:
         ssh, ssl = range_sums(x, LO_SUMS)
         p, q = range_factors(ss, ssh, ssl, D, eps, eps_tiny, LO_SUMS)
         y = normalized(x, p, q)
     else:
-        xh = x * HI
-        y = x * hi_folded(ss, tl.sum(xh * xh, axis=1), D, eps)[:, None]
+        y = x * hi_folded(ss, hi_sum(x), D, eps)[:, None]
     return y
 
 

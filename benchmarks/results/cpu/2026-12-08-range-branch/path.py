@@ -1,6 +1,6 @@
 """Instructions one warp executes on the common path of an nvdisasm listing (``path.py LISTING``): a
 conditional branch is taken when its fall-through side starts the fp32-range rescue (the ``2**-72``
-constant, 2.1175823681357508477e-22, within its next 12 instructions) and not taken otherwise (the Q/K
+constant, 2.1175823681357508477e-22, within its next 32 instructions) and not taken otherwise (the Q/K
 split, row masks, BRA.DIV: the first segment, full rows, converged warps); unconditional branches are
 followed; the walk stops at an unpredicated EXIT."""
 import collections
@@ -20,7 +20,14 @@ for raw in open(sys.argv[1]).read().splitlines():
 
 
 def rescue_at(i):
-    return any(HI in s for s in ins[i:i + 12])
+    """Whether the rescue starts within 32 instructions from ``i`` (unconditional branches followed)."""
+    for _ in range(32):
+        if i >= len(ins):
+            return False
+        if HI in ins[i]:
+            return True
+        i = labels[re.search(r"\((\.L_x_\d+)\)", ins[i]).group(1)] if re.match(r"^BRA\s", ins[i]) else i + 1
+    return False
 
 
 i, n, steps = 0, collections.Counter(), 0
