@@ -48,6 +48,12 @@ compile_(rms_norm_kernel, rows, dict(base, D=128, ROWS=8, BLOCK_D=128, CHUNKED=0
 compile_(qk_rms_norm_kernel, {"XQ": "*bf16", "YQ": "*bf16", "WQ": "*bf16", "XK": "*bf16", "YK": "*bf16",
                               "WK": "*bf16"},
          dict(base, D=128, ROWS=8, BLOCK_D=128, CHUNKED=0, RANGE_BRANCH=True), num_warps=1)
+for lo in (False, True):  # the fused add's two kernels, persistent, with and without the third sum
+    compile_(fused_add_rms_norm_kernel, {"X": "*bf16", "R": "*bf16", "W": "*bf16"},
+             dict(base, D=256, ROWS=4, BLOCK_D=256, CHUNKED=0, PERSISTENT=True, LO_SUMS=lo, RANGE_BRANCH=True),
+             num_warps=1)
+    compile_(fused_add_rms_norm_out_kernel, {"X": "*fp32", "R": "*fp32", "Y": "*fp32", "RO": "*fp32", "W": "*fp32"},
+             dict(base, D=256, ROWS=4, BLOCK_D=256, CHUNKED=0, LO_SUMS=lo, RANGE_BRANCH=True), num_warps=1)
 compile_(qk_rms_norm_tokens_kernel, {"XQ": "*bf16", "YQ": "*bf16", "WQ": "*bf16", "XK": "*bf16", "YK": "*bf16",
                                      "WK": "*fp32"},
          dict(HAS_WEIGHT=True, D=128, ROWS=8, BLOCK_D=128, PERSISTENT=True, USE_PDL=True), num_warps=4)

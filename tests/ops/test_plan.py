@@ -152,9 +152,10 @@ def test_eps_below_lo_eps_runs_the_lo_sums_kernel(fast_ops, on_interpreter, eps,
 
 
 @pytest.mark.parametrize("rows,warps", [(1, 1), (4, 1), (4, 2)])
-def test_one_warp_tiles_of_several_rows_take_the_range_branch(fast_ops, on_interpreter, rows, warps):
+def test_range_branch_is_in_the_plans_of_one_warp_tiles_of_several_rows(fast_ops, on_interpreter, rows, warps):
     """RANGE_BRANCH (kernels/rows.row_normalized: one test per program for rows out of fp32's range) is on
-    exactly for one-warp programs of several rows, in every kernel that has it, and their results match."""
+    exactly in the plans of one-warp programs of several rows, for every kernel that has it, and the results
+    are right (what the kernels do with it: tests/kernels/test_rows.py)."""
     cfg = qknorm.KernelConfig(rows=rows, block_d=64, num_warps=warps)
     x = torch.randn(8, 64) * torch.tensor([1.0, 1e20, 1.0, 1.0, 1e-3, 1.0, 1e25, 1.0])[:, None]
     PLANS.clear()
@@ -168,6 +169,7 @@ def test_one_warp_tiles_of_several_rows_take_the_range_branch(fast_ops, on_inter
                                       config=qknorm.KernelConfig(rows=rows, block_d=64, num_warps=warps,
                                                                  token_order=order))
         assert_matches(qo, ref_norm(q, None, 1e-6), torch.float32)
+        assert_matches(ko, ref_norm(k, None, 1e-6), torch.float32)
     plans = [p for p in PLANS.values() if p is not None and "RANGE_BRANCH" in p.launcher.static_names]
     assert len(plans) >= 4
     for p in plans:

@@ -16,8 +16,10 @@ square + eps) overflowed uses that one (:func:`range_factors`). Programs of one 
 only behind a branch on that row's plain sum (:func:`row_factors`): an H100 measured the
 parallel sum at up to +25% per call at decode sizes where a row spans the program's warps
 (`benchmarks/results/h100/2026-12-07-session7`); in the plain norm kernels (rms_norm, fused
-add, QK) such programs also keep a plain kernel's arithmetic on the common path
-(:func:`row_normalized`). Underflow
+add, QK) such programs also keep a plain kernel's arithmetic on the common path, and so do
+one-warp tiles of several rows, behind one test per program (:func:`row_normalized`,
+``RANGE_BRANCH``; tiles over several warps keep the parallel sum: a test across warps is a
+shared-memory round trip). Underflow
 matters only when eps does not dominate (eps below ``2**-100``): for those calls alone (the
 ``LO_SUMS`` constexpr, a separate compile: the host sets it from eps, ``ops/_plan.for_eps``) a
 third sum, of ``x * 2**96``, serves the rows whose mean square is below ``2**-100``; every other
@@ -210,8 +212,8 @@ def row_normalized(x, eps, eps_tiny, D, LO_SUMS: tl.constexpr, FOLD: tl.constexp
     ``IN_RANGE`` (fp16 data: :func:`in_range`): the plain path alone, ``y = x * rsqrt(ss / D + eps)``, the
     bits every other path gives such rows.
 
-    One row per program, or several with ``RANGE_BRANCH`` (the host sets it for one-warp programs, where
-    the test below is a few shuffles with no shared memory): the common path is a plain kernel's,
+    One row per program, or several with ``RANGE_BRANCH`` (the host sets it for one-warp programs of several
+    rows, where the test below is a few shuffles with no shared memory): the common path is a plain kernel's,
     ``y = x * rsqrt(ss / D + eps)``, one multiply per element right after the reduction (at decode sizes
     the kernel's time is this critical path); when a row of the program is out of fp32's range, one
     branch (uniform over the program) recomputes every row of it with the scaled sums and

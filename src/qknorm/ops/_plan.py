@@ -351,8 +351,9 @@ def make_plan(launcher, cfg: KernelConfig, n_blocks: int, device, ptr_dtypes: tu
 
     ``static``: every kernel parameter after the per-call ones, by name, except
     ``PERSISTENT`` and ``USE_PDL`` (taken from ``cfg`` and the grid) and, for kernels that have it,
-    ``RANGE_BRANCH`` (one-warp programs: ``kernels/rows.row_normalized``). ``ptr_dtypes``: the
-    dtypes of the pointer arguments (part of Triton's specialisation).
+    ``RANGE_BRANCH`` (set here, whatever ``static`` says: on for one-warp programs of several rows,
+    ``kernels/rows.row_normalized``). ``ptr_dtypes``: the dtypes of the pointer arguments (part of
+    Triton's specialisation).
     """
     g = grid(cfg, n_blocks, device)
     pdl = use_pdl(cfg, device, g[0])
