@@ -14,7 +14,6 @@ triton = pytest.importorskip("triton")
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("counts calls inside kernels: the Triton interpreter only", allow_module_level=True)
 
-import triton.language as tl  # noqa: E402
 
 from qknorm.kernels import rows  # noqa: E402
 from qknorm.ops import fused_add as fused_add_op  # noqa: E402
