@@ -15,6 +15,8 @@ if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("counts calls inside kernels: the Triton interpreter only", allow_module_level=True)
 
 
+import triton.language as tl  # noqa: E402,F401  (the interpreter wants it visible to a jit'd function)
+
 from qknorm.kernels import rows  # noqa: E402
 from qknorm.ops import fused_add as fused_add_op  # noqa: E402
 
