@@ -54,8 +54,15 @@ def use_backend(name: str):
         set_backend(prev)
 
 
+#: The values of ``TRITON_INTERPRET`` that turn Triton's interpreter on, as Triton itself reads the variable
+#: (``triton.knobs``' boolean: case-insensitive). ``kernels/_interp_compat.py`` holds the same rule (kernels
+#: import only triton); ``tests/test_backend.py`` checks both against Triton's own parser.
+INTERPRET_ON = ("1", "true", "yes", "on", "y")
+
+
 def interpreter_on() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """Whether Triton runs kernels in its interpreter (``TRITON_INTERPRET``, read as Triton reads it)."""
+    return os.environ.get("TRITON_INTERPRET", "").lower() in INTERPRET_ON
 
 
 def use_triton(t) -> bool:

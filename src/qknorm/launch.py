@@ -58,6 +58,8 @@ import threading
 import weakref
 from typing import NamedTuple
 
+from .backend import interpreter_on
+
 __all__ = ["PROTOCOL", "PROTOCOL_REASON", "KernelLauncher", "int_spec", "run", "run_plan", "launch_plan", "set_enabled",
            "enabled", "clear", "entry_states"]
 
@@ -72,10 +74,6 @@ _launchers: list["KernelLauncher"] = []
 #: releases the kernels were written and measured with (3.x up to 3.9), so their results keep their bits when
 #: that default changes (Triton 3.10 turns it off by default; ``TRITON_FORCE_DISABLE_FP_FUSION=1`` still wins).
 FP_FUSION = True
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _env_enabled() -> bool:
@@ -99,7 +97,7 @@ def detect_protocol(version: str | None = None, launcher_cls=None, base_format: 
     ``"L37"`` or None (plain launches only); ``reason`` says why, in words.
     """
     if version is None:
-        if _interpreting():
+        if interpreter_on():
             return None, "TRITON_INTERPRET=1: the interpreter runs every launch"
         try:
             import triton

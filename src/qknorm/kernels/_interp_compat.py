@@ -28,8 +28,8 @@ def _f32_to_bf16_bits(x, np):
 
 def apply() -> None:
     """Patch the interpreter (idempotent; no-op when not interpreting)."""
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("1", "true", "True"):
-        return
+    if os.environ.get("TRITON_INTERPRET", "").lower() not in ("1", "true", "yes", "on", "y"):
+        return  # Triton's reading of the variable (backend.INTERPRET_ON; kernels import only triton)
     try:
         from triton.runtime import interpreter as interp
         import triton.language as tl
