@@ -104,7 +104,7 @@ def test_interpreter_means_plain_launches():
         pytest.skip("interpreter not in use")
     got, why = L.detect_protocol()
     assert got is None and "TRITON_INTERPRET" in why
-    L._init()
+    L.init()
     assert L.PROTOCOL is None and not L.enabled()
     L.set_enabled(True)  # cannot switch on without a protocol
     assert not L.enabled()
@@ -191,7 +191,7 @@ def fake_cuda(monkeypatch):
         pytest.skip(why)
     params = list(inspect.signature(nv.CudaLauncher.__init__).parameters)
     assert params == ["self", "src", "metadata"]
-    L._init()
+    L.init()
     monkeypatch.setattr(L, "PROTOCOL", proto)
     monkeypatch.setattr(L, "_enabled", True)
     monkeypatch.setattr(L, "_current_device", lambda: 0)

@@ -278,7 +278,7 @@ def test_pick_takes_the_record_of_the_pointers_alignment_and_idle_hooks():
     try:
         _pick_cases(m)
     finally:  # the module is the process's launcher too: give it Triton's hooks back
-        launch._init()
+        launch.init()
         m.set_hooks(launch._rt, launch._HookChain if launch._HookChain.__module__.startswith("triton") else None)
 
 

@@ -279,7 +279,7 @@ def host_path(cuda: bool) -> str:
         "in C" if native.load() is not None else f"in Python ({native.reason()})")
     if not cuda:
         return s + "; CPU tensors: PyTorch path (or the Triton interpreter)"
-    launch._init()
+    launch.init()
     if not launch.enabled():
         return s + f"; launches: kernel[grid] ({launch.PROTOCOL_REASON if launch.PROTOCOL is None else 'disabled'})"
     if native.load_launcher() is None:

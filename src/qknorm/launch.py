@@ -61,7 +61,7 @@ from typing import NamedTuple
 from .backend import interpreter_on
 
 __all__ = ["PROTOCOL", "PROTOCOL_REASON", "KernelLauncher", "int_spec", "run", "run_plan", "launch_plan", "set_enabled",
-           "enabled", "clear", "entry_states"]
+           "enabled", "clear", "entry_states", "init"]
 
 # entry states
 NEW, VERIFY, FAST, PLAIN = "new", "verify", "fast", "plain"
@@ -125,7 +125,7 @@ def detect_protocol(version: str | None = None, launcher_cls=None, base_format: 
     return None, f"triton {version}: launch protocol not known to qknorm (plain kernel[grid] launches)"
 
 
-# Filled in by _init() when the first KernelLauncher is made (so importing qknorm does not
+# Filled in by init() when the first KernelLauncher is made (so importing qknorm does not
 # import Triton; CPU-only callers never need it).
 PROTOCOL: str | None = None
 PROTOCOL_REASON = "not detected yet (no kernel launched)"
@@ -148,7 +148,7 @@ def hooks_idle() -> bool:
     return rt is None or (_idle(rt.launch_enter_hook) and _idle(rt.launch_exit_hook))
 
 
-def _init() -> None:
+def init() -> None:
     """Detect the protocol, bind Triton's hooks and torch's stream/device getters (once)."""
     global PROTOCOL, PROTOCOL_REASON, _initialized, _enabled, _rt, _HookChain, _has_cuda
     if _initialized:
@@ -326,7 +326,7 @@ class KernelLauncher:
         self.defaults = {n: p.default for n, p in params.items() if p.default is not inspect.Parameter.empty}
         self.specs: dict = {}  # specialisation -> entries list (index: alignment bits)
         self.name = getattr(fn, "__name__", str(fn))
-        _init()
+        init()
         with _lock:
             _launchers.append(self)
 
@@ -695,7 +695,7 @@ def enabled() -> bool:
 def set_enabled(flag: bool) -> None:
     """Switch fast launches on or off (e.g. to time the plain path); clears every entry."""
     global _enabled
-    _init()
+    init()
     _enabled = bool(flag) and PROTOCOL is not None and _has_cuda
     clear()
 

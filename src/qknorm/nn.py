@@ -71,6 +71,22 @@ def _rms_norm_autograd(x: Tensor, weight: Tensor | None, eps: float, weight_offs
     return rms_norm_ref(x, weight, eps, weight_offset).to(x.dtype)
 
 
+
+def _weights(module: nn.Module, names, shape, affine: bool, device, dtype) -> None:
+    """Register the module's weights ``names`` of ``shape`` (None each without ``affine``), then reset them."""
+    for n in names:
+        module.register_parameter(n, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)) if affine else None)
+    module.reset_parameters()
+
+
+def _reset(module: nn.Module, names) -> None:
+    """Each weight to ``1 - weight_offset`` (the identity norm), as ``torch.nn.RMSNorm`` sets its weight to 1."""
+    with torch.no_grad():
+        for n in names:
+            w = getattr(module, n)
+            if w is not None:
+                w.fill_(1.0 - module.weight_offset)
+
 class RMSNorm(nn.Module):
     """Drop-in for ``torch.nn.RMSNorm`` running the qknorm kernel.
 
@@ -107,22 +123,12 @@ class RMSNorm(nn.Module):
             raise ValueError(f"normalized_shape must be one or more positive sizes, got {normalized_shape!r}")
         self.eps = validate.eps_value(eps, allow_none=True)
         self.elementwise_affine = elementwise_affine
-        self.weight_offset = validate.real("weight_offset", weight_offset)
-        if not math.isfinite(self.weight_offset):
-            raise ValueError(f"weight_offset must be finite, got {weight_offset!r}")
-        if self.weight_offset != 0.0 and not elementwise_affine:
-            raise ValueError("weight_offset needs elementwise_affine=True (there is no weight to offset)")
+        self.weight_offset = validate.module_offset(weight_offset, elementwise_affine)
         self._numel = math.prod(self.normalized_shape)
-        if elementwise_affine:
-            self.weight = nn.Parameter(torch.empty(self.normalized_shape, device=device, dtype=dtype))
-        else:
-            self.register_parameter("weight", None)
-        self.reset_parameters()
+        _weights(self, ("weight",), self.normalized_shape, elementwise_affine, device, dtype)
 
     def reset_parameters(self) -> None:
-        if self.weight is not None:
-            with torch.no_grad():
-                self.weight.fill_(1.0 - self.weight_offset)
+        _reset(self, ("weight",))
 
     def _eps(self, x: Tensor) -> float:
         return self.eps if self.eps is not None else default_eps(x.dtype)
@@ -184,25 +190,12 @@ class QKNorm(nn.Module):
         super().__init__()
         self.head_dim = validate.integer("head_dim", head_dim, minimum=1)
         self.eps = validate.eps_value(eps, allow_none=True)  # None: what torch.nn.RMSNorm does with None
-        self.weight_offset = validate.real("weight_offset", weight_offset)
-        if not math.isfinite(self.weight_offset):
-            raise ValueError(f"weight_offset must be finite, got {weight_offset!r}")
-        if self.weight_offset != 0.0 and not elementwise_affine:
-            raise ValueError("weight_offset needs elementwise_affine=True (there is no weight to offset)")
+        self.weight_offset = validate.module_offset(weight_offset, elementwise_affine)
         self.elementwise_affine = elementwise_affine
-        if elementwise_affine:
-            self.q_weight = nn.Parameter(torch.empty(self.head_dim, device=device, dtype=dtype))
-            self.k_weight = nn.Parameter(torch.empty(self.head_dim, device=device, dtype=dtype))
-        else:
-            self.register_parameter("q_weight", None)
-            self.register_parameter("k_weight", None)
-        self.reset_parameters()
+        _weights(self, ("q_weight", "k_weight"), (self.head_dim,), elementwise_affine, device, dtype)
 
     def reset_parameters(self) -> None:
-        if self.q_weight is not None:
-            with torch.no_grad():
-                self.q_weight.fill_(1.0 - self.weight_offset)
-                self.k_weight.fill_(1.0 - self.weight_offset)
+        _reset(self, ("q_weight", "k_weight"))
 
     def forward(self, q: Tensor, k: Tensor, in_place: bool = False) -> tuple[Tensor, Tensor]:
         qw, kw = self.q_weight, self.k_weight

@@ -319,6 +319,15 @@ def _quant_fake(x, residual, weight, eps, scale, group_size, out_dtype, weight_o
     return y, _quant.new_scales(x.shape, x.device, n_groups, column_major_scales)
 
 
+def _quant_body(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub, scale_ub_tensor,
+                column_major_scales, scale_ue8m0):
+    """``(codes, scales)`` of the functional quantised ops (residual, when given, written with the sum)."""
+    with torch.no_grad():
+        y, s = _quant.call(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset,
+                           _ub(scale_ub, scale_ub_tensor), column_major_scales, scale_ue8m0)
+    return y, (_no_scales(x) if scale is not None else s)
+
+
 def _quant_out_checks(x, residual, weight, eps, scale, group_size, weight_offset, scale_ub, scale_ub_tensor,
                       scale_ue8m0, out, scales_out):
     if scale is None and scales_out is None:
@@ -332,10 +341,8 @@ def rms_norm_quant_op(x: Tensor, weight: Optional[Tensor], eps: float, scale: Op
                       group_size: Optional[int], out_dtype: torch.dtype, weight_offset: float,
                       scale_ub: Optional[float], scale_ub_tensor: Optional[Tensor], column_major_scales: bool,
                       scale_ue8m0: bool) -> tuple[Tensor, Tensor]:
-    with torch.no_grad():
-        y, s = _quant.call(x, None, weight, eps, scale, group_size, out_dtype, weight_offset,
-                           _ub(scale_ub, scale_ub_tensor), column_major_scales, scale_ue8m0)
-    return y, (_no_scales(x) if scale is not None else s)
+    return _quant_body(x, None, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub, scale_ub_tensor,
+                       column_major_scales, scale_ue8m0)
 
 
 @rms_norm_quant_op.register_fake
@@ -370,10 +377,8 @@ def fused_add_rms_norm_quant_op(x: Tensor, residual: Tensor, weight: Optional[Te
                                 scale: Optional[Tensor], group_size: Optional[int], out_dtype: torch.dtype,
                                 weight_offset: float, scale_ub: Optional[float], scale_ub_tensor: Optional[Tensor],
                                 column_major_scales: bool, scale_ue8m0: bool) -> tuple[Tensor, Tensor]:
-    with torch.no_grad():
-        y, s = _quant.call(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset,
-                           _ub(scale_ub, scale_ub_tensor), column_major_scales, scale_ue8m0)
-    return y, (_no_scales(x) if scale is not None else s)
+    return _quant_body(x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
+                       scale_ub_tensor, column_major_scales, scale_ue8m0)
 
 
 @fused_add_rms_norm_quant_op.register_fake
@@ -391,10 +396,9 @@ def fused_add_rms_norm_quant_functional_op(x: Tensor, residual: Tensor, weight: 
                                            scale_ue8m0: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Functional form: ``(codes, scales, x + residual)`` without touching the inputs."""
     r = residual.clone(memory_format=torch.contiguous_format)
-    with torch.no_grad():
-        y, s = _quant.call(x, r, weight, eps, scale, group_size, out_dtype, weight_offset,
-                           _ub(scale_ub, scale_ub_tensor), column_major_scales, scale_ue8m0)
-    return y, (_no_scales(x) if scale is not None else s), r
+    y, s = _quant_body(x, r, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub, scale_ub_tensor,
+                       column_major_scales, scale_ue8m0)
+    return y, s, r
 
 
 @fused_add_rms_norm_quant_functional_op.register_fake

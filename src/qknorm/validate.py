@@ -56,6 +56,17 @@ def weight(name: str, w, d: int, ref_name: str, ref) -> None:
         raise ValueError(f"{name} is on {w.device} but {ref_name} is on {ref.device}")
 
 
+def module_offset(weight_offset, elementwise_affine: bool) -> float:
+    """A norm module's ``weight_offset`` (``qknorm.nn``): a finite real number, and 0 unless the module
+    has a weight to offset. Returns it as a float."""
+    v = real("weight_offset", weight_offset)
+    if not math.isfinite(v):
+        raise ValueError(f"weight_offset must be finite, got {weight_offset!r}")
+    if v != 0.0 and not elementwise_affine:
+        raise ValueError("weight_offset needs elementwise_affine=True (there is no weight to offset)")
+    return v
+
+
 def real(name: str, v, *, allow_none: bool = False):
     """A real number (Python or NumPy scalar, not bool) as a Python float; None if allowed."""
     if v is None and allow_none:
