@@ -282,7 +282,30 @@ def qk_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | 
                                        weight_offset, q_out, k_out, config)
 
 
-_QUANT_DOC_PARAMS = """
+def _quant_extra(scale, scale_ub, out, scales_out):
+    """The quantised ops' other tensor arguments, named, for ``refuse_grad``."""
+    return (("scale", scale), ("scale_ub", scale_ub), ("out", out), ("scales_out", scales_out))
+
+
+def rms_norm_quant(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6, *,
+                   scale: torch.Tensor | None = None, group_size: int | None = None,
+                   out_dtype: torch.dtype = torch.float8_e4m3fn, weight_offset: float = 0.0, scale_ub=None,
+                   column_major_scales: bool = False, scale_ue8m0: bool = False, out: torch.Tensor | None = None,
+                   scales_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm with an 8-bit output (FP8 or INT8) and its scales, for the next GEMM.
+
+    ``n = x / sqrt(mean(x**2) + eps) * (weight + weight_offset)`` in fp32 exactly as
+    :func:`rms_norm` computes it (Zhang & Sennrich 2019), then quantised: statically with a
+    given ``scale``, or dynamically per token or per group. ``x`` is not modified.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``[..., D]``, bfloat16/float16/float32, rank >= 1, any strides.
+    weight : torch.Tensor or None
+        ``[D]``, any float dtype, on x's device.
+    eps : float
+        Added to the mean square, >= 0.
     scale : torch.Tensor or None
         Static per-tensor quantisation: a 1-element float32 tensor on x's device holding the
         *dequantisation* scale (``x ≈ y * scale``); ``y = saturate(n / scale)`` and the returned
@@ -346,33 +369,6 @@ _QUANT_DOC_PARAMS = """
     tensors the PyTorch path with the same numerics. ``torch.compile`` traces it as the
     ``torch.ops.qknorm.rms_norm_quant`` / ``fused_add_rms_norm_quant_functional`` custom ops.
     Not differentiable.
-"""
-
-
-def _quant_extra(scale, scale_ub, out, scales_out):
-    """The quantised ops' other tensor arguments, named, for ``refuse_grad``."""
-    return (("scale", scale), ("scale_ub", scale_ub), ("out", out), ("scales_out", scales_out))
-
-
-def rms_norm_quant(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6, *,
-                   scale: torch.Tensor | None = None, group_size: int | None = None,
-                   out_dtype: torch.dtype = torch.float8_e4m3fn, weight_offset: float = 0.0, scale_ub=None,
-                   column_major_scales: bool = False, scale_ue8m0: bool = False, out: torch.Tensor | None = None,
-                   scales_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """RMSNorm with an 8-bit output (FP8 or INT8) and its scales, for the next GEMM.
-
-    ``n = x / sqrt(mean(x**2) + eps) * (weight + weight_offset)`` in fp32 exactly as
-    :func:`rms_norm` computes it (Zhang & Sennrich 2019), then quantised: statically with a
-    given ``scale``, or dynamically per token or per group. ``x`` is not modified.
-
-    Parameters
-    ----------
-    x : torch.Tensor
-        ``[..., D]``, bfloat16/float16/float32, rank >= 1, any strides.
-    weight : torch.Tensor or None
-        ``[D]``, any float dtype, on x's device.
-    eps : float
-        Added to the mean square, >= 0.
     """
     if not _is_compiling():  # the eager fast paths first, in this frame (no extra call per eager call)
         r = _native.call(_X_QUANT, x, None, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
@@ -408,6 +404,21 @@ def fused_add_rms_norm_quant(x: torch.Tensor, residual: torch.Tensor, weight: to
         ``[D]``, any float dtype, on x's device.
     eps : float
         Added to the mean square, >= 0.
+    scale, group_size, out_dtype, weight_offset, scale_ub, column_major_scales, scale_ue8m0, out, scales_out
+        As in :func:`rms_norm_quant`; ``out`` and ``scales_out`` also share no memory with ``residual``.
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor)
+        ``(y, scales)`` of the norm of ``x + residual``, as :func:`rms_norm_quant` returns them.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`rms_norm_quant` (``residual`` checked as x's partner: same shape, dtype and device, no memory
+        shared with x or the outputs). Nothing is written on error, ``residual`` included.
+
+    Aliasing, method and paths: as :func:`rms_norm_quant`. Not differentiable.
     """
     if not _is_compiling():  # the eager fast paths first, in this frame (no extra call per eager call)
         r = _native.call(_X_QUANT, x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
@@ -443,8 +454,6 @@ def _quantised(x, residual, weight, eps, scale, group_size, out_dtype, weight_of
                       column_major_scales, scale_ue8m0, out, scales_out)
 
 
-rms_norm_quant.__doc__ += _QUANT_DOC_PARAMS
-fused_add_rms_norm_quant.__doc__ += _QUANT_DOC_PARAMS
 
 
 def qk_norm_rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_weight: torch.Tensor | None,
