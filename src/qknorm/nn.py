@@ -71,7 +71,6 @@ def _rms_norm_autograd(x: Tensor, weight: Tensor | None, eps: float, weight_offs
     return rms_norm_ref(x, weight, eps, weight_offset).to(x.dtype)
 
 
-
 def _weights(module: nn.Module, names, shape, affine: bool, device, dtype) -> None:
     """Register the module's weights ``names`` of ``shape`` (None each without ``affine``), then reset them."""
     for n in names:
@@ -86,6 +85,7 @@ def _reset(module: nn.Module, names) -> None:
             w = getattr(module, n)
             if w is not None:
                 w.fill_(1.0 - module.weight_offset)
+
 
 class RMSNorm(nn.Module):
     """Drop-in for ``torch.nn.RMSNorm`` running the qknorm kernel.
