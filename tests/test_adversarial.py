@@ -660,7 +660,7 @@ def test_inference_tensors_written_outside_inference_mode_on_every_path(impl):
     y, _ = qknorm.rms_norm_quant(x.t().contiguous().t(), w, out_dtype=torch.int8,
                                  scales_out=infer(torch.zeros(3, 1, device=impl)))
     assert not y.is_inference() and y.is_contiguous()
-    m = qknorm.nn.QKNorm(32, dtype=torch.float64)
+    m = qknorm.nn.QKNorm(32, dtype=torch.float64, device=impl)
     qd, kd = q.double(), k.double()
     with torch.no_grad():  # its weights require grad
         want = m(qd.clone(), kd.clone())

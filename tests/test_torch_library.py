@@ -359,12 +359,16 @@ def test_public_functions_under_fake_tensor_mode(backend):
                                                                     vc.clone(), sm),
         }
 
+    # the Triton backend's kernels run on the GPU where there is one, else in the interpreter (CI sets it)
+    device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+
     def inputs():
         g = torch.Generator().manual_seed(0)
-        return (torch.randn(3, 256, generator=g), torch.randn(3, 256, generator=g), torch.randn(256, generator=g),
-                torch.randn(2, 4, 64, generator=g), torch.randn(2, 2, 64, generator=g),
-                torch.randn(2, 2, 64, generator=g), torch.randn(8, 64, generator=g), torch.tensor([0, 3]),
-                torch.zeros(4, 2, 2, 64), torch.zeros(4, 2, 2, 64), torch.tensor([0, 5]))
+        return tuple(t.to(device) for t in (
+            torch.randn(3, 256, generator=g), torch.randn(3, 256, generator=g), torch.randn(256, generator=g),
+            torch.randn(2, 4, 64, generator=g), torch.randn(2, 2, 64, generator=g),
+            torch.randn(2, 2, 64, generator=g), torch.randn(8, 64, generator=g), torch.tensor([0, 3]),
+            torch.zeros(4, 2, 2, 64), torch.zeros(4, 2, 2, 64), torch.tensor([0, 5])))
 
     def meta(res):
         return [(tuple(t.shape), t.dtype) for t in (res if isinstance(res, tuple) else (res,))]
