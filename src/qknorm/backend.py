@@ -26,6 +26,15 @@ active = _from_env()
 
 
 def get_backend() -> str:
+    """The backend in force for qknorm's calls.
+
+    Returns
+    -------
+    str
+        ``"auto"`` (Triton kernels for CUDA tensors, the PyTorch path for CPU tensors),
+        ``"triton"`` or ``"torch"``: ``QKNORM_BACKEND`` as read at import, or the last
+        :func:`set_backend` / the enclosing :func:`use_backend`.
+    """
     return active
 
 
@@ -34,7 +43,23 @@ listeners: list = []
 
 
 def set_backend(name: str) -> None:
-    """Set the backend for later calls: ``auto``, ``triton`` or ``torch``."""
+    """Set the backend for every later call, process-wide (not per thread).
+
+    Parameters
+    ----------
+    name : str
+        ``"auto"`` (Triton kernels for CUDA tensors, the PyTorch path for CPU and meta
+        tensors), ``"triton"`` (the kernels for every tensor except meta ones; CPU tensors
+        then need ``TRITON_INTERPRET=1``, else each call raises ``RuntimeError``) or
+        ``"torch"`` (the PyTorch path everywhere). Exact, lower-case names (the
+        ``QKNORM_BACKEND`` variable is stripped and lower-cased; this argument is not).
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not one of ``"auto"``, ``"triton"``, ``"torch"`` (the backend is left
+        unchanged).
+    """
     global active
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
@@ -45,7 +70,27 @@ def set_backend(name: str) -> None:
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    """Run the enclosed calls on backend ``name``, then restore the previous one."""
+    """Context manager: run the enclosed calls on backend ``name``, then restore the previous one.
+
+    ``with qknorm.use_backend("torch"): ...``. The previous backend is restored on exit,
+    also when the block raises. Process-wide, as :func:`set_backend`.
+
+    Parameters
+    ----------
+    name : str
+        ``"auto"``, ``"triton"`` or ``"torch"``, as in :func:`set_backend`.
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+        Yields None.
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not a backend name (raised on entering the block; the backend is left
+        unchanged).
+    """
     prev = active
     set_backend(name)
     try:
