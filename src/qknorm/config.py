@@ -34,6 +34,34 @@ class KernelConfig:
     with unit last-dim strides and unchunked rows; otherwise the segment order runs.
     ``pdl`` launches with programmatic dependent launch (Hopper and later, Triton >= 3.4):
     the kernel may start while the previous one drains, and waits for its writes.
+
+    Pass one as ``config=`` to an op to force it (see :func:`qknorm.explain` for the
+    dispatcher's own pick). Frozen and hashable.
+
+    Parameters
+    ----------
+    rows : int
+        Rows per program (per block of the persistent form); a power of two.
+    block_d : int
+        Columns of one tile, in elements; a power of two. ``block_d >= D``: whole rows;
+        smaller: the chunked form.
+    num_warps : int
+        Warps per program: 1, 2, 4, 8, 16 or 32.
+    persistent : bool
+        Launch the persistent grid-stride form.
+    programs_per_sm : int
+        Programs per SM of the persistent form (>= 1; unused otherwise).
+    token_order : bool
+        QK norm only: walk Q and K rows token by token (see above).
+    pdl : bool
+        Launch with programmatic dependent launch (see above).
+
+    Raises
+    ------
+    ValueError
+        ``rows`` or ``block_d`` not a power of two, ``num_warps`` not one of the listed
+        values, ``rows * block_d`` above 65536 elements, ``programs_per_sm < 1``.
+        (The fields are not type-checked: pass ints and bools.)
     """
 
     rows: int = 1
@@ -57,7 +85,18 @@ class KernelConfig:
             raise ValueError(f"KernelConfig.programs_per_sm must be >= 1, got {self.programs_per_sm}")
 
     def chunked(self, d: int) -> bool:
-        """Whether rows of width ``d`` are wider than this config's tile (a chunked form)."""
+        """Whether rows of width ``d`` are wider than this config's tile (a chunked form).
+
+        Parameters
+        ----------
+        d : int
+            Row width in elements.
+
+        Returns
+        -------
+        bool
+            ``block_d < d``.
+        """
         return self.block_d < d
 
     def chunk_mode(self, d: int) -> int:
@@ -65,7 +104,18 @@ class KernelConfig:
         0 the row fits one tile; ``n >= 2`` the row is ``n`` exact tiles kept in registers (read
         once), when ``n <= REG_CHUNKS_MAX`` and each thread holds at most ``REG_VALUES_PER_THREAD``
         fp32 values; 1 otherwise (two passes: the row read twice). Both chunked forms give the
-        same bits."""
+        same bits.
+
+        Parameters
+        ----------
+        d : int
+            Row width in elements.
+
+        Returns
+        -------
+        int
+            0, 1, or the number of register-held tiles ``n`` (2 ... ``REG_CHUNKS_MAX``).
+        """
         if not self.chunked(d):
             return 0
         n = d // self.block_d
@@ -83,10 +133,34 @@ class KernelConfig:
         return s + (".pdl" if self.pdl else "")
 
     def to_dict(self) -> dict:
+        """The fields as a plain dict (the form :meth:`from_dict` reads back).
+
+        Returns
+        -------
+        dict
+            ``{"rows": ..., "block_d": ..., "num_warps": ..., "persistent": ...,
+            "programs_per_sm": ..., "token_order": ..., "pdl": ...}``.
+        """
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "KernelConfig":
+        """A config from a dict of its fields (a subset: missing fields take their defaults).
+
+        Parameters
+        ----------
+        d : dict
+            Field name to value, as :meth:`to_dict` writes.
+
+        Returns
+        -------
+        KernelConfig
+
+        Raises
+        ------
+        ValueError
+            A key that is not a field, or values the constructor refuses.
+        """
         fields = {"rows", "block_d", "num_warps", "persistent", "programs_per_sm", "token_order", "pdl"}
         unknown = set(d) - fields
         if unknown:
