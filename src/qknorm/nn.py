@@ -41,7 +41,23 @@ def default_eps(dtype: torch.dtype) -> float:
 
     PyTorch 2.7+ takes the machine epsilon of the computation type (fp32 for bf16/fp16/fp32
     inputs, fp64 for fp64); older versions took ``torch.finfo(dtype).eps``. Asked once per
-    dtype by normalising one tiny value whose result tells the two apart.
+    dtype by normalising one tiny value whose result tells the two apart (computed at import
+    for bfloat16, float16, float32 and float64; cached).
+
+    Parameters
+    ----------
+    dtype : torch.dtype
+        A floating dtype.
+
+    Returns
+    -------
+    float
+        The eps, e.g. ``torch.finfo(torch.float32).eps`` for bfloat16 on PyTorch 2.7+.
+
+    Raises
+    ------
+    TypeError
+        ``dtype`` is not a floating dtype (from ``torch.finfo``).
     """
     eps = _default_eps.get(dtype)
     if eps is None:
@@ -88,22 +104,43 @@ def _reset(module: nn.Module, names) -> None:
 
 
 class RMSNorm(nn.Module):
-    """Drop-in for ``torch.nn.RMSNorm`` running the qknorm kernel.
+    """Drop-in for ``torch.nn.RMSNorm`` running the qknorm kernel (:func:`qknorm.rms_norm`).
 
-    Args (as ``torch.nn.RMSNorm``):
-        normalized_shape: int or shape of the trailing dims normalised together. More than
-            one dim: those dims of the input are flattened into one (they must be viewable
-            as one, i.e. laid out contiguously among themselves), normalised, and the
-            output keeps the input's shape.
-        eps: added to the mean square; None means what ``torch.nn.RMSNorm`` does with None
-            in the installed PyTorch (see :func:`default_eps`).
-        elementwise_affine: learnable ``weight`` of shape ``normalized_shape`` (else None).
-        device, dtype: of the weight.
-        weight_offset: (qknorm) the norm multiplies by ``weight + weight_offset``, in fp32.
-            Gemma stores ``w`` and multiplies by ``1 + w``: use ``weight_offset=1.0`` and load
-            its weights unchanged. The weight is initialised to ``1 - weight_offset`` so a
-            fresh module scales by one.
+    ``y = x / sqrt(mean(x**2) + eps) * (weight + weight_offset)`` over the trailing
+    ``normalized_shape`` dims (Zhang & Sennrich 2019, arXiv:1910.07467).
 
+    Parameters
+    ----------
+    normalized_shape : int or sequence of int
+        As ``torch.nn.RMSNorm``: the size of the last dim, or the sizes (each >= 1) of the
+        trailing dims normalised together. More than one dim: those dims of the input are
+        flattened into one (they must be viewable as one, i.e. laid out contiguously among
+        themselves), normalised, and the output keeps the input's shape.
+    eps : float or None
+        Added to the mean square, >= 0 and at most fp32's largest value; None means what
+        ``torch.nn.RMSNorm`` does with None in the installed PyTorch (:func:`default_eps` of
+        the input's dtype).
+    elementwise_affine : bool
+        A learnable ``weight`` of shape ``normalized_shape`` (else ``weight`` is None).
+    device, dtype
+        Of the weight (``torch.empty``'s defaults when None).
+    weight_offset : float
+        (qknorm) The norm multiplies by ``weight + weight_offset``, in fp32. Gemma stores
+        ``w`` and multiplies by ``1 + w``: use ``weight_offset=1.0`` and load its weights
+        unchanged. The weight is initialised to ``1 - weight_offset`` so a fresh module
+        scales by one. Finite; must be 0 without ``elementwise_affine``.
+
+    Raises
+    ------
+    TypeError
+        ``normalized_shape`` not an int or a sequence of ints; ``eps`` or ``weight_offset``
+        not a real number.
+    ValueError
+        An empty ``normalized_shape`` or a size < 1; ``eps`` out of range;
+        ``weight_offset`` not finite, or nonzero with ``elementwise_affine=False``.
+
+    Notes
+    -----
     ``state_dict`` is ``{"weight": ...}`` exactly like ``torch.nn.RMSNorm``'s, both ways
     (``weight_offset`` is a constructor argument, not state).
     """
@@ -128,12 +165,37 @@ class RMSNorm(nn.Module):
         _weights(self, ("weight",), self.normalized_shape, elementwise_affine, device, dtype)
 
     def reset_parameters(self) -> None:
+        """Set the weight (if any) to ``1 - weight_offset``: the module scales by one."""
         _reset(self, ("weight",))
 
     def _eps(self, x: Tensor) -> float:
         return self.eps if self.eps is not None else default_eps(x.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Normalise ``x`` over its trailing ``normalized_shape`` dims.
+
+        bfloat16/float16/float32 run :func:`qknorm.rms_norm` (or, when autograd would record
+        the call, the same function in differentiable PyTorch ops); other dtypes (float64)
+        run ``torch.nn.functional.rms_norm`` in x's dtype.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``[..., *normalized_shape]``, any strides (one trailing dim) or trailing dims
+            viewable as one.
+
+        Returns
+        -------
+        torch.Tensor
+            A new tensor of x's shape and dtype (x is not modified).
+
+        Raises
+        ------
+        ValueError
+            ``x`` does not end with ``normalized_shape``, or its trailing dims cannot be
+            flattened without a copy; otherwise the errors of :func:`qknorm.rms_norm`
+            (e.g. the weight on another device).
+        """
         k = len(self.normalized_shape)
         if (x.shape[-1] != self._numel) if k == 1 else (x.dim() < k or tuple(x.shape[x.dim() - k:]) != self.normalized_shape):
             raise ValueError(f"RMSNorm{self.normalized_shape}: input of shape {tuple(x.shape)} does not end "
@@ -161,20 +223,45 @@ class RMSNorm(nn.Module):
         return ops.rms_norm(x, w, eps, weight_offset=self.weight_offset)
 
     def extra_repr(self) -> str:
+        """The constructor arguments, for ``repr``."""
         s = f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
         return s + (f", weight_offset={self.weight_offset}" if self.weight_offset else "")
 
 
 class QKNorm(nn.Module):
-    """Per-head RMSNorm of Q and K (Qwen3, Gemma 3, OLMo 2 ...) in one kernel launch.
+    """Per-head RMSNorm of Q and K (Qwen3, Gemma 3 ...) in one kernel launch (:func:`qknorm.qk_rms_norm`).
 
-    ``forward(q, k, in_place=False)`` takes ``q [..., Hq, head_dim]`` and
-    ``k [..., Hkv, head_dim]`` (typically strided views of the packed QKV projection) and
-    returns ``(q_normed, k_normed)``; with ``in_place=True`` it writes into ``q`` and ``k``
-    and returns them. bf16/fp16/fp32 run the kernel; other dtypes (float64) run PyTorch's own
-    ``rms_norm`` in their dtype. ``ValueError`` when q or k does not end with ``head_dim``.
+    Each head (last dim) of Q and of K is normalised on its own (Dehghani et al. 2023,
+    arXiv:2302.05442). ``forward(q, k, in_place=False)`` takes ``q [..., Hq, head_dim]`` and
+    ``k [..., Hkv, head_dim]`` (typically strided views of the packed QKV projection); see
+    :meth:`forward`.
 
-    Parameters ``q_weight`` and ``k_weight`` (``[head_dim]``) are the weights that
+    Parameters
+    ----------
+    head_dim : int
+        The width of one head, >= 1.
+    eps : float or None
+        Added to the mean square, >= 0 and at most fp32's largest value (default 1e-6); None: what
+        ``torch.nn.RMSNorm`` does with None (:func:`default_eps` of the input's dtype).
+    weight_offset : float
+        The norm multiplies by ``weight + weight_offset`` in fp32 (Gemma's ``1 + w``: 1.0);
+        the weights start at ``1 - weight_offset``. Finite; 0 without ``elementwise_affine``.
+    elementwise_affine : bool
+        Learnable ``q_weight`` and ``k_weight`` of shape ``[head_dim]`` (else both None).
+    device, dtype
+        Of the weights.
+
+    Raises
+    ------
+    TypeError
+        ``head_dim`` not an int; ``eps`` or ``weight_offset`` not a real number.
+    ValueError
+        ``head_dim < 1``; ``eps`` out of range; ``weight_offset`` not finite, or
+        nonzero with ``elementwise_affine=False``.
+
+    Notes
+    -----
+    The module's weights ``q_weight`` and ``k_weight`` (``[head_dim]``) are those that
     Hugging Face models keep as ``self_attn.q_norm.weight`` and ``self_attn.k_norm.weight``.
     Mapping a checkpoint onto a module stored at ``self_attn.qk_norm``::
 
@@ -195,9 +282,41 @@ class QKNorm(nn.Module):
         _weights(self, ("q_weight", "k_weight"), (self.head_dim,), elementwise_affine, device, dtype)
 
     def reset_parameters(self) -> None:
+        """Set both weights (if any) to ``1 - weight_offset``: the module scales by one."""
         _reset(self, ("q_weight", "k_weight"))
 
     def forward(self, q: Tensor, k: Tensor, in_place: bool = False) -> tuple[Tensor, Tensor]:
+        """Normalise each head of ``q`` and of ``k``.
+
+        bfloat16/float16/float32 run :func:`qknorm.qk_rms_norm` (one launch; when autograd
+        would record the call, the same function in differentiable PyTorch ops); other
+        dtypes (float64) run ``torch.nn.functional.rms_norm`` in their dtype.
+
+        Parameters
+        ----------
+        q : torch.Tensor
+            ``[..., Hq, head_dim]``, any strides.
+        k : torch.Tensor
+            ``[..., Hkv, head_dim]``, q's dtype and device, any strides.
+        in_place : bool
+            Write the results into ``q`` and ``k`` (which then must not share memory with
+            each other) and return them; default False: new tensors.
+
+        Returns
+        -------
+        tuple[torch.Tensor, torch.Tensor]
+            ``(q_normed, k_normed)``: ``(q, k)`` themselves with ``in_place=True``, else
+            new tensors (q and k unmodified).
+
+        Raises
+        ------
+        ValueError
+            ``q`` or ``k`` does not end with ``head_dim``; otherwise the
+            errors of :func:`qknorm.qk_rms_norm`.
+        RuntimeError
+            ``in_place=True`` while autograd would record the call (grad mode on and an
+            input or weight requiring grad).
+        """
         qw, kw = self.q_weight, self.k_weight
         try:
             kernel = q.dtype in _KERNEL_DTYPES
@@ -246,7 +365,26 @@ class QKNorm(nn.Module):
         """A QKNorm holding copies of the weights of two per-head norm modules (anything with a
         ``weight`` of shape ``[head_dim]``: ``torch.nn.RMSNorm``, Hugging Face ``Qwen3RMSNorm`` ...).
 
-        ``eps`` defaults to the modules' own (``eps`` or ``variance_epsilon``); they must agree.
+        Parameters
+        ----------
+        q_norm, k_norm : torch.nn.Module
+            The Q and K norms; their weights are copied, not shared.
+        eps : float or None
+            None: the modules' own (``eps``, else ``variance_epsilon``), which must agree.
+        weight_offset : float
+            As the constructor's; the weights are copied unchanged (Gemma's ``1 + w`` norms:
+            pass 1.0).
+
+        Returns
+        -------
+        QKNorm
+            ``head_dim`` the weights' length, on the weights' device and dtype.
+
+        Raises
+        ------
+        ValueError
+            A ``weight`` that is None, weights not 1-D or of different shapes; ``eps``
+            None and the modules' eps missing or different; the constructor's errors.
         """
         qw, kw = q_norm.weight, k_norm.weight
         if qw is None or kw is None or qw.dim() != 1 or qw.shape != kw.shape:
@@ -267,7 +405,22 @@ class QKNorm(nn.Module):
     def remap_state_dict(state_dict: dict, q_norm: str = "q_norm", k_norm: str = "k_norm",
                          qk_norm: str = "qk_norm") -> dict:
         """A copy of ``state_dict`` with ``*.{q_norm}.weight`` / ``*.{k_norm}.weight`` renamed to
-        ``*.{qk_norm}.q_weight`` / ``*.{qk_norm}.k_weight`` (other keys unchanged)."""
+        ``*.{qk_norm}.q_weight`` / ``*.{qk_norm}.k_weight`` (other keys unchanged).
+
+        Parameters
+        ----------
+        state_dict : dict
+            Keys ``str``; values are passed through (not copied).
+        q_norm, k_norm : str
+            The attribute names of the model's Q and K norm modules.
+        qk_norm : str
+            The attribute name of the :class:`QKNorm` module in the new model.
+
+        Returns
+        -------
+        dict
+            A new dict in the input's key order; the input is not modified.
+        """
         out = {}
         for key, value in state_dict.items():
             head, _, tail = key.rpartition(".")
@@ -282,5 +435,6 @@ class QKNorm(nn.Module):
         return out
 
     def extra_repr(self) -> str:
+        """The constructor arguments, for ``repr``."""
         s = f"head_dim={self.head_dim}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
         return s + (f", weight_offset={self.weight_offset}" if self.weight_offset else "")
