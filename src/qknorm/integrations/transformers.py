@@ -156,7 +156,29 @@ class PatchedRMSNorm(nn.Module):
 
     Holds the original module's ``weight`` Parameter itself (or None) and its eps; the
     ``style`` says how the model applies the weight (see the module docstring), which sets
-    ``weight_offset`` and the output dtype. ``original`` names the class it replaced.
+    ``weight_offset`` and the output dtype. :func:`apply_qknorm` builds these (as
+    per-style subclasses that also print as ``PatchedRMSNorm``); building one by hand gives
+    a module whose ``torch.compile`` trace runs the model's formula.
+
+    Parameters
+    ----------
+    weight : torch.nn.Parameter or None
+        ``[D]``, registered as this module's ``weight`` (the same object: no copy).
+    eps : float or None
+        Added to the mean square (also readable as ``variance_epsilon``); None:
+        :func:`qknorm.nn.default_eps` of the input's dtype.
+    style : str
+        How the model applies the weight: ``"cast_then_weight"`` (Llama family:
+        ``weight * n.to(x.dtype)``), ``"weight_then_cast"`` (OLMo 2:
+        ``(weight * n).to(x.dtype)``), ``"one_plus_weight"`` (Gemma 2/3, ``weight_offset``
+        1.0) or ``"torch"`` (``torch.nn.RMSNorm``).
+    original : str
+        The replaced class's name, for ``repr`` and the report.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``style``.
     """
 
     def __init__(self, weight: nn.Parameter | None, eps: float | None, style: str, original: str) -> None:
@@ -173,12 +195,34 @@ class PatchedRMSNorm(nn.Module):
         self.compile_kernels = False
 
     @property
-    def variance_epsilon(self):  # the attribute name the Llama family uses
+    def variance_epsilon(self):
+        """``eps``, under the attribute name the Llama family uses."""
         return self.eps
 
     _pair: "_QKPair | None" = None  # set on an attention block's q_norm and k_norm (see _QKPair)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's norm of ``x`` over its last dim, by qknorm's kernel.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``[..., D]``. bfloat16/float16/float32 run :func:`qknorm.rms_norm`; other dtypes
+            the model's own formula in PyTorch (as while ``torch.compile`` traces, unless
+            ``apply_qknorm(..., under_compile="kernels")``).
+
+        Returns
+        -------
+        torch.Tensor
+            A new tensor of dtype :meth:`out_dtype`. Exception: the ``q_norm`` of a paired
+            attention block (see "One launch for Q and K" in this module's docstring)
+            returns ``x`` itself, normalised in place by the ``k_norm`` call that follows.
+
+        Raises
+        ------
+        TypeError, ValueError
+            The errors of :func:`qknorm.rms_norm` (e.g. ``x`` not ending with ``D``).
+        """
         if _is_compiling():
             return self._traced(x)
         pair = self._pair
@@ -213,7 +257,19 @@ class PatchedRMSNorm(nn.Module):
         return y
 
     def out_dtype(self, x: torch.Tensor) -> torch.dtype:
-        """The dtype of this module's output for input ``x`` (the model's promotion rule)."""
+        """The dtype of this module's output for input ``x`` (the model's promotion rule).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The input (only its dtype is read).
+
+        Returns
+        -------
+        torch.dtype
+            ``promote_types(x.dtype, weight.dtype)`` for the ``"cast_then_weight"`` style with
+            a weight and a kernel dtype, else ``x.dtype``.
+        """
         w = self.weight
         if x.dtype in _KERNEL_DTYPES and self.style == _CAST_THEN_WEIGHT and w is not None:
             return torch.promote_types(x.dtype, w.dtype)
@@ -224,6 +280,7 @@ class PatchedRMSNorm(nn.Module):
         _ops.rms_norm(x, self.weight, _eps_of(self, x), weight_offset=self.weight_offset, out=x)
 
     def extra_repr(self) -> str:
+        """Weight shape, eps, style and the replaced class, for ``repr``."""
         shape = tuple(self.weight.shape) if self.weight is not None else None
         return f"{shape}, eps={self.eps}, style={self.style}, replaces={self.original}"
 
@@ -419,7 +476,20 @@ class _QKPair:
 
 @dataclasses.dataclass
 class Replaced:
-    """One module swapped: its path in the model, its class, what it became, and notes."""
+    """One module swapped: its path in the model, its class, what it became, and notes.
+
+    Parameters
+    ----------
+    name : str
+        The module's path in the model (``model.layers.0.input_layernorm``).
+    original : str
+        Its class, ``module.QualName``.
+    replacement : str
+        What it became, e.g. ``PatchedRMSNorm(qknorm.rms_norm, weight_offset=1.0)``.
+    note : str
+        For an attention block's q/k norm, its role and how it runs (e.g. ``per-head q
+        norm: one qk_rms_norm launch with k_norm``); empty for the other norms.
+    """
     name: str
     original: str
     replacement: str
@@ -428,7 +498,18 @@ class Replaced:
 
 @dataclasses.dataclass
 class LeftAlone:
-    """One norm-like module not touched, and why."""
+    """One norm-like module not touched, and why.
+
+    Parameters
+    ----------
+    name : str
+        The module's path in the model.
+    cls : str
+        Its class, ``module.QualName``.
+    reason : str
+        Why it was left alone (unknown class, a failed probe with the measured difference,
+        already patched, ...).
+    """
     name: str
     cls: str
     reason: str
@@ -436,7 +517,26 @@ class LeftAlone:
 
 @dataclasses.dataclass
 class Report:
-    """What :func:`apply_qknorm` did to a model."""
+    """What :func:`apply_qknorm` did to a model; ``print(report)`` gives a summary.
+
+    Parameters
+    ----------
+    model : str
+        The model's class name.
+    transformers_version : str or None
+        ``transformers.__version__``, or None when it is not importable.
+    replaced : list[Replaced]
+        Every module swapped, in ``named_modules`` order.
+    left_alone : list[LeftAlone]
+        Every norm-like module (class name containing "norm") not touched, with the reason.
+    not_done : list[str]
+        What was not done and why (e.g. attention blocks kept at two launches, layers
+        whose residual add was not fused).
+    numerics : dict[str, str]
+        Original class name to a note on how qknorm's numerics compare with the model's.
+    fused_layers : list[str]
+        Paths of the decoder layers given the fused residual add + norm.
+    """
     model: str
     transformers_version: str | None
     replaced: list[Replaced] = dataclasses.field(default_factory=list)
@@ -447,10 +547,12 @@ class Report:
 
     @property
     def replaced_names(self) -> list[str]:
+        """The paths of the replaced modules."""
         return [r.name for r in self.replaced]
 
     @property
     def left_alone_names(self) -> list[str]:
+        """The paths of the modules left alone."""
         return [r.name for r in self.left_alone]
 
     def __str__(self) -> str:
