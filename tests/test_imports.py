@@ -4,10 +4,18 @@
 * ops/ never imports the public face or the tools (functional, torch_library, nn,
   distributed, bench, tune, explain, cli, selfcheck);
 * no import cycle between qknorm's modules (imports inside functions included);
-* nothing outside a package uses another module's ``_private`` name.
+* nothing outside a package uses another module's ``_private`` name;
+* every public name (``qknorm.__all__``, ``qknorm.nn``, ``qknorm.distributed``,
+  ``qknorm.integrations.transformers``) documents its parameters, return value and errors in
+  numpy-style sections (issue 12; the API reference renders them).
 """
 import ast
+import dataclasses
+import importlib
+import inspect
 import pathlib
+import re
+import textwrap
 
 import pytest
 
@@ -127,3 +135,106 @@ def test_no_private_names_across_packages():
                 if not (target.startswith(pkg + ".") or target == pkg):
                     bad.append(f"{mod}:{node.lineno} uses {target}.{node.attr}")
     assert not bad, "\n".join(bad)
+
+
+# --------------------------------------------------------------------------- public docstrings
+
+PUBLIC_MODULES = ("qknorm", "qknorm.nn", "qknorm.distributed", "qknorm.integrations.transformers")
+
+
+def _public_objects():
+    """``(qualified name, object)`` of every name in the public modules' ``__all__``, and of each public
+    class's own public methods and properties."""
+    for modname in PUBLIC_MODULES:
+        mod = importlib.import_module(modname)
+        for name in mod.__all__:
+            obj = getattr(mod, name)
+            if not callable(obj):
+                continue  # __version__
+            yield f"{modname}.{name}", obj
+            if inspect.isclass(obj):
+                for attr, member in vars(obj).items():
+                    if attr.startswith("_"):
+                        continue
+                    if isinstance(member, (staticmethod, classmethod)):
+                        member = member.__func__
+                    if isinstance(member, property) or inspect.isfunction(member):
+                        yield f"{modname}.{name}.{attr}", member
+
+
+def _section(doc: str, title: str) -> str | None:
+    """The body of the numpy-style section ``title`` of a cleaned docstring (None if absent)."""
+    m = re.search(rf"^{title}\n-{{3,}}\n(.*?)(?=^\S[^\n]*\n-{{3,}}$|\Z)", doc, re.M | re.S)
+    return m.group(1) if m else None
+
+
+def _raises_itself(fn) -> bool:
+    """Whether ``fn``'s own body (not a nested function's) has a ``raise X`` statement."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(inspect.unwrap(fn))))
+    body = tree.body[0]
+
+    def walk(node):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+                continue
+            if isinstance(child, ast.Raise) and child.exc is not None:
+                return True
+            if walk(child):
+                return True
+        return False
+    return walk(body)
+
+
+def _doc_problems(qualname: str, obj) -> list[str]:
+    doc = inspect.getdoc(obj) if not isinstance(obj, property) else inspect.cleandoc(obj.__doc__ or "")
+    if not doc:
+        return [f"{qualname}: no docstring"]
+    if isinstance(obj, property):
+        return []
+    if inspect.isclass(obj):  # the constructor's parameters are documented on the class (merge_init_into_class)
+        init = obj.__init__
+        fn, params = init, list(inspect.signature(obj).parameters)
+        own_init = "__init__" in vars(obj) and not dataclasses.is_dataclass(obj)
+        raising = [f for f in ((init,) if own_init else ()) + ((vars(obj)["__post_init__"],)
+                                                              if "__post_init__" in vars(obj) else ())]
+        returns = False
+    else:
+        fn = obj
+        sig = inspect.signature(obj)
+        params = [p for p in sig.parameters if p not in ("self", "cls")]
+        raising = [fn]
+        ret = sig.return_annotation
+        # a module-level function returns something documented; a method only when it takes arguments
+        is_method = "." in obj.__qualname__
+        returns = ret not in (inspect.Signature.empty, None, "None") and (params or not is_method)
+    problems = []
+    if params:
+        section = _section(doc, "Parameters")
+        if section is None:
+            problems.append(f"{qualname}: no Parameters section (takes {', '.join(params)})")
+        else:
+            named = set()
+            for line in section.splitlines():
+                if line and not line[0].isspace():
+                    named.update(n.strip() for n in line.split(":")[0].split(","))
+            missing = [p for p in params if p not in named]
+            if missing:
+                problems.append(f"{qualname}: Parameters section lacks {', '.join(missing)}")
+    if returns and _section(doc, "Returns") is None:
+        problems.append(f"{qualname}: no Returns section")
+    if any(_raises_itself(f) for f in raising) and _section(doc, "Raises") is None:
+        problems.append(f"{qualname}: raises, but has no Raises section")
+    return problems
+
+
+def test_public_docstrings_have_sections():
+    """Every public callable that takes parameters names each one under "Parameters"; functions that return
+    a value have "Returns"; those that raise (their own ``raise`` statements) have "Raises"."""
+    objects = list(_public_objects())
+    names = {q for q, _ in objects}
+    for expected in ("qknorm.rms_norm", "qknorm.KernelConfig", "qknorm.set_backend", "qknorm.explain",
+                     "qknorm.nn.RMSNorm.forward", "qknorm.nn.QKNorm.from_norms", "qknorm.distributed.rms_norm_tp",
+                     "qknorm.integrations.transformers.apply_qknorm", "qknorm.integrations.transformers.Report"):
+        assert expected in names
+    problems = [p for q, obj in objects for p in _doc_problems(q, obj)]
+    assert not problems, "\n".join(problems)
