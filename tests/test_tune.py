@@ -13,6 +13,7 @@ from qknorm import tune as T
 from qknorm import tuned_table as TT
 from qknorm.config import KernelConfig
 from qknorm.dispatch import DTYPES, OPS, next_pow2
+from qknorm.reference import TOL
 
 BF16 = torch.bfloat16
 
@@ -432,7 +433,7 @@ def test_measure_cases_check_against_the_reference_on_cpu(op):
     reset()
     assert error() != error() or error() > 0.1  # not normalised yet (NaN or far off)
     run(KernelConfig(1, 64, 1))
-    assert error() < T.TOL[p.dtype]
+    assert error() < TOL[DTYPES[p.dtype]]
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -448,7 +449,7 @@ def test_measure_cases_with_each_candidate_kind(impl, op):
     for c in kinds:
         reset()
         run(c)
-        assert error() < T.TOL["fp32"], c.name
+        assert error() < TOL[torch.float32], c.name
 
 
 @pytest.mark.gpu

@@ -61,3 +61,80 @@ def test_rotary_rules():
     validate.positions_in_range(torch.tensor([0, 9]), 10)
     with pytest.raises(ValueError, match=r"positions must be in \[0, 9\]"):
         validate.positions_in_range(torch.tensor([0, 10]), 10)
+
+
+def test_tensor_rule():
+    from qknorm import validate
+    validate.tensor("x", torch.zeros(2))
+    with pytest.raises(TypeError, match=r"^x must be a torch.Tensor, got list$"):
+        validate.tensor("x", [1.0])
+    with pytest.raises(TypeError, match=r"^out must be a torch.Tensor or None, got int$"):
+        validate.tensor("out", 3, "a torch.Tensor or None")
+    with pytest.raises(ValueError, match="x is a negated view"):  # dense: the sign lives in a flag
+        validate.tensor("x", torch.zeros(2)._neg_view())
+
+
+def test_index_tensor_rule():
+    from qknorm import validate
+    validate.index_tensor("slot_mapping", torch.zeros(3, dtype=torch.int32))
+    validate.index_tensor("slot_mapping", torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(TypeError, match=r"^slot_mapping must be int32 or int64, got int16$"):
+        validate.index_tensor("slot_mapping", torch.zeros(3, dtype=torch.int16))
+    with pytest.raises(TypeError, match=r"^positions must be a torch.Tensor, got list$"):
+        validate.index_tensor("positions", [0, 1])
+
+
+def test_scale_tensor_rule():
+    from qknorm import validate
+    x = torch.zeros(2, 8)
+    validate.scale_tensor("scale", torch.ones(1), "x", x)
+    validate.scale_tensor("k_scale", torch.ones(()), "q", x)
+    with pytest.raises(TypeError, match=r"^scale must be a 1-element float32 torch.Tensor or None, got float$"):
+        validate.scale_tensor("scale", 1.0, "x", x)
+    with pytest.raises(TypeError, match=r"^scale_ub must be a 1-element float32 tensor, got float64 with 1 elements$"):
+        validate.scale_tensor("scale_ub", torch.ones(1, dtype=torch.float64), "x", x)
+    with pytest.raises(TypeError, match=r"^v_scale must be a 1-element float32 tensor, got float32 with 2 elements$"):
+        validate.scale_tensor("v_scale", torch.ones(2), "q", x)
+    with pytest.raises(ValueError, match="scale is a negated view"):  # read as raw memory by the kernels
+        validate.scale_tensor("scale", torch.ones(1)._neg_view(), "x", x)
+    with pytest.raises(ValueError, match=r"^scale is on meta but x is on cpu$"):
+        validate.scale_tensor("scale", torch.ones(1, device="meta"), "x", x)
+
+
+def test_python_bool_rule():
+    from qknorm import validate
+    validate.python_bool("scale_ue8m0", False)
+    with pytest.raises(TypeError, match=r"^scale_ue8m0 must be a Python bool, got int 1$"):
+        validate.python_bool("scale_ue8m0", 1)
+
+
+def test_same_shape_and_dtype_rules():
+    from qknorm import validate
+    x = torch.zeros(2, 8)
+    validate.same_shape("out", torch.zeros(2, 8, dtype=torch.int8), "x", x)
+    validate.same_dtype("v", torch.zeros(3), "q", x)
+    with pytest.raises(ValueError, match=r"^out must have the shape of x \(2, 8\), got \(8,\)$"):
+        validate.same_shape("out", torch.zeros(8), "x", x)
+    with pytest.raises(TypeError, match=r"^v must have the dtype of q \(float32\), got bfloat16$"):
+        validate.same_dtype("v", x.bfloat16(), "q", x)
+
+
+def test_qk_activations_rule():
+    """Q and K without a common width (the tensor-parallel shards use it): dtype and device only."""
+    from qknorm import validate
+    validate.qk_activations(torch.zeros(2, 4, 8), torch.zeros(2, 1, 16))
+    with pytest.raises(TypeError, match=r"^q and k must have the same dtype, got q float32 and k float16$"):
+        validate.qk_activations(torch.zeros(2, 8), torch.zeros(2, 8).half())
+    with pytest.raises(ValueError, match=r"k must be \[T, Hkv, head_dim\]"):
+        validate.qk_activations(torch.zeros(2, 1, 8), torch.zeros(2, 8), three_d=True)
+
+
+def test_rope_pair_rules():
+    from qknorm import validate
+    q, k = torch.zeros(3, 4, 16), torch.zeros(3, 1, 16)
+    assert validate.rope_pair("op", q, k, None, None, 16) == 16
+    with pytest.raises(ValueError, match=r"^q and k must have the same number of tokens \(dim 0\): q has 3, k has 2$"):
+        validate.rope_pair("op", q, k[:2], None, None, 16)
+    with pytest.raises(ValueError, match=r"^head_dim 16 is not supported by some_op \(at most 8: the whole head is "
+                                         r"kept in registers\)$"):
+        validate.rope_pair("some_op", q, k, None, None, 8)

@@ -32,7 +32,7 @@ from .reference import rms_norm_ref, writing
 
 __all__ = ["RMSNorm", "QKNorm", "default_eps"]
 
-_KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+_KERNEL_DTYPES = validate.ACT_DTYPES  # the kernels' activation dtypes
 _default_eps: dict = {}
 
 

@@ -3,12 +3,33 @@
 Same numerics as the kernels: upcast, mean of squares in the compute dtype (fp32 on
 the CPU path, fp64 in tests), multiply by ``weight + weight_offset`` in that dtype,
 round once at the end.
+
+Also the numerics every checker shares (``tune``, ``selfcheck``, the bench's gate): the
+tolerance of each activation dtype (:data:`TOL`) and the relative error (:func:`rel_l2`).
 """
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
+
+# The correctness gate of tune, selfcheck and the bench: the relative L2 error (fp64) of an output
+# against the reference must stay below this for the output's dtype (one rounding to bf16 is ~4e-3
+# relative).
+TOL = {torch.bfloat16: 1e-2, torch.float16: 3e-3, torch.float32: 1e-5}
+
+
+def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """``||out - ref|| / ||ref||`` in fp64; NaN/inf anywhere in ``out`` gives inf (so a NaN never
+    passes a ``<`` test nor vanishes in a ``max``)."""
+    o = out.detach().to(torch.float64)
+    r = ref.detach().to(torch.float64)
+    if not torch.isfinite(o).all():
+        return math.inf
+    den = r.norm().item()
+    num = (o - r).norm().item()
+    return num / den if den > 0 else num
 
 
 FLT_MIN = 2.0 ** -126  # smallest normal fp32

@@ -48,6 +48,7 @@ from . import compile_pool
 from .cli import ArgParser, write_probe
 from .config import KernelConfig
 from .dispatch import DEFAULT_SMS, DTYPES, OPS, candidate_configs, heuristic, next_pow2
+from .reference import TOL, rel_l2
 from .tuned_table import (
     ENV_TABLE,
     OP_ALIASES,
@@ -71,7 +72,6 @@ CAP_BYTES = 128 << 20   # per tensor: x, or Q+K; 2.5x the 50 MB L2 of H100/H200
 REP_MS = 2              # ms of calls per captured graph (the bench's GRAPH_TARGET_US)
 QUICK_REP_MS = 1
 TUNE_REPLAYS = 10       # replays per timing; the median is kept
-TOL = {"bf16": 1e-2, "fp16": 3e-3, "fp32": 1e-5}
 
 # Cost model of --dry-run and the budget line (H100-class GPU, Triton 3.6 host).
 EST_COMPILE_S = 0.5
@@ -328,7 +328,6 @@ class CudaMeasure:
 
         dt = DTYPES[p.dtype]
         d = p.D
-        rel = _rel_err
         if p.op == "qk_rms_norm":
             hq, hk = p.heads
             t = p.tokens
@@ -342,7 +341,7 @@ class CudaMeasure:
             ref_k = rms_norm_ref(qkv0[:, hq * d:(hq + hk) * d].view(t, hk, d), kw)
             return (lambda: qkv.copy_(qkv0),
                     lambda cfg: qknorm.qk_rms_norm(q, k, qw, kw, q_out=q, k_out=k, config=cfg),
-                    lambda: max(rel(q, ref_q), rel(k, ref_k)))
+                    lambda: max(rel_l2(q, ref_q), rel_l2(k, ref_k)))
         x0 = self._randn(p.n_rows, d, dtype=dt)
         w = self._randn(d, dtype=dt)
         if p.op == "rms_norm":
@@ -350,7 +349,7 @@ class CudaMeasure:
             ref = rms_norm_ref(x0, w)
             return (lambda: out.fill_(float("nan")),
                     lambda cfg: qknorm.rms_norm(x0, w, out=out, config=cfg),
-                    lambda: rel(out, ref))
+                    lambda: rel_l2(out, ref))
         # Small weights: timing replays the in-place op thousands of times, and the residual
         # grows by about |w| per call; keep it far from fp16's range.
         w = (w.float() * 0.01).to(dt)
@@ -360,13 +359,13 @@ class CudaMeasure:
         ref_y, ref_s = rms_norm_ref(s, w), s
         return (lambda: (x.copy_(x0), r.copy_(r0)),
                 lambda cfg: qknorm.fused_add_rms_norm(x, r, w, config=cfg),
-                lambda: max(rel(x, ref_y), rel(r, ref_s)))
+                lambda: max(rel_l2(x, ref_y), rel_l2(r, ref_s)))
 
     def __call__(self, p: GridPoint, configs: Sequence[KernelConfig]) -> list[Result]:
         from .bench.timing import time_graph
 
         reset, run, error = self._case(p)
-        tol = TOL[p.dtype]
+        tol = TOL[DTYPES[p.dtype]]
         out = []
         for cfg in configs:
             try:
@@ -436,13 +435,6 @@ def compile_ahead(points: Sequence[GridPoint], device: str, jobs: int, seconds: 
         + ("" if r.finished else f"; {r.error or 'the time limit stopped it'}: the rest compile while timing")
         + (f"; {r.failed} did not run (the timing pass checks and reports every config)" if r.failed else ""))
     return r
-
-
-def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """Relative L2 error in fp32 (NaN when anything is NaN, e.g. an unwritten element)."""
-    o = out.float()
-    r = ref.float()
-    return ((o - r).norm() / r.norm()).item()
 
 
 # --------------------------------------------------------------------------- command line

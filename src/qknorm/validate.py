@@ -31,10 +31,38 @@ def dense(name: str, t) -> None:
                          f"pass a materialised tensor, e.g. torch.zeros_like({name})")
 
 
-def activation(name: str, t) -> None:
+def tensor(name: str, t, what: str = "a torch.Tensor") -> None:
+    """A dense torch.Tensor (:func:`dense`); ``what`` says what the argument must be (e.g. ``"a torch.Tensor
+    or None"`` for an optional one, whose None the caller skips)."""
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        raise TypeError(f"{name} must be {what}, got {type(t).__name__}")
     dense(name, t)
+
+
+def index_tensor(name: str, t) -> None:
+    """A dense int32/int64 tensor of indices (positions, slot_mapping); its shape is the caller's rule."""
+    tensor(name, t)
+    if t.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{name} must be int32 or int64, got {dtype_name(t.dtype)}")
+
+
+def scale_tensor(name: str, t, ref_name: str, ref) -> None:
+    """A scale given as a tensor: dense, 1 element, float32, on ``ref``'s device (None is the caller's)."""
+    tensor(name, t, "a 1-element float32 torch.Tensor or None")
+    if t.dtype != torch.float32 or t.numel() != 1:
+        raise TypeError(f"{name} must be a 1-element float32 tensor, got {dtype_name(t.dtype)} with "
+                        f"{t.numel()} elements")
+    same_device(name, t, ref_name, ref)
+
+
+def python_bool(name: str, v) -> None:
+    """A Python bool (not an int, not ``numpy.bool``)."""
+    if type(v) is not bool:
+        raise TypeError(f"{name} must be a Python bool, got {type_name(v)} {v!r}")
+
+
+def activation(name: str, t) -> None:
+    tensor(name, t)
     if t.dtype not in ACT_DTYPES:
         raise TypeError(f"{name} must be bfloat16, float16 or float32, got {dtype_name(t.dtype)}")
     if t.dim() < 1:
@@ -44,16 +72,13 @@ def activation(name: str, t) -> None:
 def weight(name: str, w, d: int, ref_name: str, ref) -> None:
     if w is None:
         return
-    if not isinstance(w, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(w).__name__}")
-    dense(name, w)
+    tensor(name, w, "a torch.Tensor or None")
     if w.dtype not in WEIGHT_DTYPES:
         raise TypeError(f"{name} must be a floating tensor (bf16/fp16/fp32/fp64), got {dtype_name(w.dtype)}")
     if w.dim() != 1 or w.shape[0] != d:
         raise ValueError(f"{name} must have shape ({d},) to match the last dim of {ref_name}, "
                          f"got {tuple(w.shape)}")
-    if w.device != ref.device:
-        raise ValueError(f"{name} is on {w.device} but {ref_name} is on {ref.device}")
+    same_device(name, w, ref_name, ref)
 
 
 def module_offset(weight_offset, elementwise_affine: bool) -> float:
@@ -136,10 +161,8 @@ def integer(name: str, v, *, minimum: int | None = None) -> int:
 def residual(x, res) -> None:
     """``residual`` of a fused add: an activation of x's dtype, shape and device."""
     activation("residual", res)
-    if res.dtype != x.dtype:
-        raise TypeError(f"residual must have the dtype of x ({dtype_name(x.dtype)}), got {dtype_name(res.dtype)}")
-    if res.shape != x.shape:
-        raise ValueError(f"residual must have the shape of x {tuple(x.shape)}, got {tuple(res.shape)}")
+    same_dtype("residual", res, "x", x)
+    same_shape("residual", res, "x", x)
     same_device("residual", res, "x", x)
 
 
@@ -205,16 +228,22 @@ def same_device(name: str, t, ref_name: str, ref) -> None:
         raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
 
 
+def same_shape(name: str, t, ref_name: str, ref) -> None:
+    if t.shape != ref.shape:
+        raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(t.shape)}")
+
+
+def same_dtype(name: str, t, ref_name: str, ref) -> None:
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name} must have the dtype of {ref_name} ({dtype_name(ref.dtype)}), got {dtype_name(t.dtype)}")
+
+
 def output(name: str, out, ref_name: str, ref) -> None:
     if out is None:
         return
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(out).__name__}")
-    dense(name, out)
-    if out.shape != ref.shape:
-        raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(out.shape)}")
-    if out.dtype != ref.dtype:
-        raise TypeError(f"{name} must have the dtype of {ref_name} ({dtype_name(ref.dtype)}), got {dtype_name(out.dtype)}")
+    tensor(name, out, "a torch.Tensor or None")
+    same_shape(name, out, ref_name, ref)
+    same_dtype(name, out, ref_name, ref)
     same_device(name, out, ref_name, ref)
 
 
@@ -239,10 +268,9 @@ def in_place_or_disjoint(out_name: str, out, in_name: str, inp) -> bool:
     return False
 
 
-def qk_pair(q, k, q_weight, k_weight, *, three_d: bool = False) -> int:
-    """Q and K of one call: activations of one dtype and device with one head_dim (with
-    ``three_d``: ``[T, H, head_dim]`` each), and weights both None or both ``[head_dim]``.
-    Returns head_dim."""
+def qk_activations(q, k, *, three_d: bool = False) -> None:
+    """Q and K of one call: activations of one dtype and device (with ``three_d``: ``[T, H, head_dim]``
+    each). Their widths are the caller's rule (one head_dim: :func:`qk_pair`; shards: their own)."""
     activation("q", q)
     activation("k", k)
     if three_d:
@@ -253,6 +281,12 @@ def qk_pair(q, k, q_weight, k_weight, *, three_d: bool = False) -> int:
     if k.dtype != q.dtype:
         raise TypeError(f"q and k must have the same dtype, got q {dtype_name(q.dtype)} and k {dtype_name(k.dtype)}")
     same_device("k", k, "q", q)
+
+
+def qk_pair(q, k, q_weight, k_weight, *, three_d: bool = False) -> int:
+    """Q and K of one call (:func:`qk_activations`) with one head_dim, and weights both None or
+    both ``[head_dim]``. Returns head_dim."""
+    qk_activations(q, k, three_d=three_d)
     d = q.shape[-1]
     if k.shape[-1] != d:
         raise ValueError(f"q and k must have the same head_dim (last dim): q has {d}, k has {k.shape[-1]} (flat "
@@ -261,6 +295,20 @@ def qk_pair(q, k, q_weight, k_weight, *, three_d: bool = False) -> int:
     paired_weights(q_weight, k_weight)
     weight("q_weight", q_weight, d, "q", q)
     weight("k_weight", k_weight, d, "k", k)
+    return d
+
+
+def rope_pair(op: str, q, k, q_weight, k_weight, max_head_dim: int) -> int:
+    """Q ``[T, Hq, head_dim]`` and K ``[T, Hkv, head_dim]`` of a RoPE op (:func:`qk_pair`, three_d):
+    one token count, and head_dim at most ``max_head_dim`` (the kernels keep a whole head in
+    registers). Returns head_dim."""
+    d = qk_pair(q, k, q_weight, k_weight, three_d=True)
+    t = q.shape[0]
+    if k.shape[0] != t:
+        raise ValueError(f"q and k must have the same number of tokens (dim 0): q has {t}, k has {k.shape[0]}")
+    if d > max_head_dim:
+        raise ValueError(f"head_dim {d} is not supported by {op} (at most {max_head_dim}: the whole head is kept "
+                         f"in registers)")
     return d
 
 
@@ -277,15 +325,12 @@ def rotary(q, cos_sin_cache, positions, rotary_dim, is_neox) -> int:
     even int in [2, D]; ``cos_sin_cache`` ``[max_position >= 1, rotary_dim]``, fp32 or q's
     dtype, on q's device; ``positions`` ``[T]`` int32/int64 on q's device. Returns rotary_dim."""
     d, t = q.shape[-1], q.shape[0]
-    if not isinstance(is_neox, bool):
-        raise TypeError(f"is_neox must be a Python bool, got {type_name(is_neox)} {is_neox!r}")
+    python_bool("is_neox", is_neox)
     r = d if rotary_dim is None else integer("rotary_dim", rotary_dim)  # NumPy integers too, as every int argument
     if r < 2 or r % 2 or r > d:
         raise ValueError(f"rotary_dim must be even and in [2, head_dim={d}], got {r}")
     cs = cos_sin_cache
-    if not isinstance(cs, torch.Tensor):
-        raise TypeError(f"cos_sin_cache must be a torch.Tensor, got {type(cs).__name__}")
-    dense("cos_sin_cache", cs)
+    tensor("cos_sin_cache", cs)
     if cs.dtype not in (torch.float32, q.dtype):
         raise TypeError(f"cos_sin_cache must be float32 or q's dtype ({dtype_name(q.dtype)}), "
                         f"got {dtype_name(cs.dtype)}")
@@ -294,11 +339,7 @@ def rotary(q, cos_sin_cache, positions, rotary_dim, is_neox) -> int:
         raise ValueError(f"cos_sin_cache must have shape [max_position >= 1, rotary_dim={r}] (cos half, then sin "
                          f"half){hint}, got {tuple(cs.shape)}")
     same_device("cos_sin_cache", cs, "q", q)
-    if not isinstance(positions, torch.Tensor):
-        raise TypeError(f"positions must be a torch.Tensor, got {type(positions).__name__}")
-    dense("positions", positions)
-    if positions.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"positions must be int32 or int64, got {dtype_name(positions.dtype)}")
+    index_tensor("positions", positions)
     if positions.dim() != 1 or positions.shape[0] != t:
         raise ValueError(f"positions must have shape ({t},) (one position per token of q and k), "
                          f"got {tuple(positions.shape)}")
@@ -347,11 +388,7 @@ def mrope(q, cos_sin_cache, positions, rotary_dim, is_neox, mrope_section) -> tu
             not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in mrope_section):
         raise TypeError(f"mrope_section must be None or three ints (t, h, w), got {mrope_section!r}")
     sections = tuple(int(s) for s in mrope_section)
-    if not isinstance(positions, torch.Tensor):
-        raise TypeError(f"positions must be a torch.Tensor, got {type(positions).__name__}")
-    dense("positions", positions)
-    if positions.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"positions must be int32 or int64, got {dtype_name(positions.dtype)}")
+    index_tensor("positions", positions)
     if positions.dim() != 2 or positions.shape[0] != 3 or positions.shape[1] != t:
         raise ValueError(f"positions must have shape (3, {t}) with mrope_section (rows: temporal, height, width "
                          f"positions of each token), got {tuple(positions.shape)}")

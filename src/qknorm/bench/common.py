@@ -3,46 +3,31 @@ output formats of the quantised norms, the RMSNorm formula in PyTorch, the packe
 that QK norm reads Q and K from, and the :class:`~qknorm.KernelConfig` behind a variant's name.
 
 Used by :mod:`.cases`, :mod:`.check`, :mod:`.peers`, :mod:`.report` and :mod:`.tp`; one
-definition each.
+definition each. The dtype names, the tolerances, the relative error and the quantised formats'
+qmax are the library's own (:mod:`qknorm.tuned_table`, :mod:`qknorm.reference`,
+:mod:`qknorm.ops.rms_norm_quant`), imported here: tune, selfcheck and the bench check alike.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
+from ..ops.rms_norm_quant import AMAX_FLOOR, QMAX  # the quantised norms' qmax and amax floor
+from ..reference import TOL, rel_l2  # the correctness gate: tolerance per dtype, relative L2 error (fp64)
+from ..tuned_table import DTYPE_NAMES, DTYPES  # bf16/fp16/fp32 <-> torch dtype
 
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 EPS = 1e-6
 
-# The 8-bit output formats of the quantised norms: short name and largest finite value (qmax,
-# the saturation bound; the same numbers as qknorm.rms_norm_quant's).
+# The 8-bit output formats of the quantised norms by short name.
 QUANT_DTYPES = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2, "int8": torch.int8}
 QUANT_DTYPE_NAMES = {v: k for k, v in QUANT_DTYPES.items()}
-QMAX = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0, torch.int8: 127.0}
-AMAX_FLOOR = 1e-10  # dynamic scales are max(amax, AMAX_FLOOR) / qmax
 
-# The correctness gate: relative L2 error (fp64) of an output against the fp32 reference must
-# stay below this for the output's dtype (one rounding to bf16 is ~4e-3 relative).
-TOL = {torch.bfloat16: 1e-2, torch.float16: 3e-3, torch.float32: 1e-5}
+__all__ = ["AMAX_FLOOR", "DTYPES", "DTYPE_NAMES", "EPS", "QMAX", "QUANT_DTYPES", "QUANT_DTYPE_NAMES", "TOL",
+           "dtype_name", "packed_qkv", "packed_qkv_views", "rel_l2", "torch_norm", "torch_norm_f32", "triton_version"]
 
 
 def dtype_name(dtype: torch.dtype) -> str:
     """``bf16``/``fp16``/``fp32``, or the torch name for any other dtype."""
     return DTYPE_NAMES.get(dtype, str(dtype))
-
-
-def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """``||out - ref|| / ||ref||`` in fp64; NaN/inf anywhere in ``out`` gives inf."""
-    o = out.detach().to(torch.float64)
-    r = ref.detach().to(torch.float64)
-    if not torch.isfinite(o).all():
-        return math.inf
-    den = r.norm().item()
-    num = (o - r).norm().item()
-    return num / den if den > 0 else num
 
 
 def torch_norm(x: torch.Tensor, w: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:

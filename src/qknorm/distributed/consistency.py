@@ -15,10 +15,12 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from ..validate import dtype_name
+
 RMS_OP, QK_OP = 1, 2
 OP_NAMES = {RMS_OP: "rms_norm_tp", QK_OP: "qk_rms_norm_tp"}
 DTYPE_CODE = {torch.bfloat16: 1, torch.float16: 2, torch.float32: 3}
-_CODE_DTYPE = {v: str(k).replace("torch.", "") for k, v in DTYPE_CODE.items()}
+_CODE_DTYPE = {v: dtype_name(k) for k, v in DTYPE_CODE.items()}
 # descriptor fields (fixed length whatever the op, so ranks calling different ops still agree on sizes)
 FIELDS = ("error", "op", "a_rows", "a_width", "a_full", "a_dtype", "b_rows", "b_width", "b_full",
           "b_dtype", "has_weight", "eps", "weight_offset")

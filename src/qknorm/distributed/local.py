@@ -151,11 +151,7 @@ def check_rms_args(x, weight, eps, weight_offset, out, full_width_, config, eage
 def check_qk_args(q, k, q_weight, k_weight, eps, weight_offset, q_out, k_out, q_full_width, k_full_width,
                   config, eager: bool) -> QKArgs:
     """This rank's arguments of ``qk_rms_norm_tp``; raises TypeError/ValueError, writes nothing."""
-    validate.activation("q", q)
-    validate.activation("k", k)
-    if k.dtype != q.dtype:
-        raise TypeError(f"q and k must have the same dtype, got q {q.dtype} and k {k.dtype}")
-    validate.same_device("k", k, "q", q)
+    validate.qk_activations(q, k)
     dq, dk = _local_width("q", q), _local_width("k", k)
     validate.paired_weights(q_weight, k_weight)
     _shard_weight("q_weight", q_weight, dq, "q", q)

@@ -118,10 +118,10 @@ from torch.nn.modules import module as _mm
 from .. import functional as _ops
 from ..ops.fused_add import call_out as _fused_out
 from ..nn import default_eps
+from ..validate import ACT_DTYPES as _KERNEL_DTYPES  # the kernels' activation dtypes
 
 __all__ = ["apply_qknorm", "Report", "Replaced", "LeftAlone", "PatchedRMSNorm"]
 
-_KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 # style names: how the model applies the weight
 _CAST_THEN_WEIGHT = "cast_then_weight"      # weight * n.to(x.dtype)               (Llama family)

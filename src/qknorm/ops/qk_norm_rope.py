@@ -35,13 +35,7 @@ def check_args(q, k, q_weight, k_weight, cos_sin_cache, positions, eps, is_neox,
     """Every rule of ``qk_rms_norm_rope`` in the order users see the errors; ``memory=False``
     skips the rules about the actual buffers and values (for plans and fakes).
     Returns float (eps, weight_offset) and the rotary dim."""
-    d = validate.qk_pair(q, k, q_weight, k_weight, three_d=True)
-    t = q.shape[0]
-    if k.shape[0] != t:
-        raise ValueError(f"q and k must have the same number of tokens (dim 0): q has {t}, k has {k.shape[0]}")
-    if d > MAX_HEAD_DIM:
-        raise ValueError(f"head_dim {d} is not supported by qk_rms_norm_rope (at most {MAX_HEAD_DIM}: the "
-                         f"whole head is kept in registers)")
+    validate.rope_pair(OP, q, k, q_weight, k_weight, MAX_HEAD_DIM)
     validate.scalars(eps, weight_offset, q_weight is not None)
     r = validate.rotary(q, cos_sin_cache, positions, rotary_dim, is_neox)
     validate.config(config)

@@ -53,9 +53,7 @@ def as_blocks(cache):
 
 
 def _cache(name: str, cache, q, hkv: int, width: int, width_name: str) -> None:
-    if not isinstance(cache, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(cache).__name__}")
-    validate.dense(name, cache)
+    validate.tensor(name, cache)
     if cache.dtype != q.dtype and cache.dtype not in FP8_DTYPES:
         raise TypeError(f"{name} must have q's dtype ({validate.dtype_name(q.dtype)}) or be float8_e4m3fn / "
                         f"float8_e5m2, got {validate.dtype_name(cache.dtype)}")
@@ -72,21 +70,11 @@ def _scale(name: str, scale, cache_name: str, cache, q) -> None:
             raise ValueError(f"{name} is needed for an FP8 {cache_name} ({validate.dtype_name(cache.dtype)}): a "
                              f"1-element float32 tensor (dequantisation scale: stored = saturate(value / {name}))")
         return
-    if not isinstance(scale, torch.Tensor):
-        raise TypeError(f"{name} must be a 1-element float32 torch.Tensor or None, got {type(scale).__name__}")
-    validate.dense(name, scale)
-    if scale.dtype != torch.float32 or scale.numel() != 1:
-        raise TypeError(f"{name} must be a 1-element float32 tensor, got {validate.dtype_name(scale.dtype)} with "
-                        f"{scale.numel()} elements")
-    validate.same_device(name, scale, "q", q)
+    validate.scale_tensor(name, scale, "q", q)
 
 
 def _slots(slot_mapping, t: int, q) -> None:
-    if not isinstance(slot_mapping, torch.Tensor):
-        raise TypeError(f"slot_mapping must be a torch.Tensor, got {type(slot_mapping).__name__}")
-    validate.dense("slot_mapping", slot_mapping)
-    if slot_mapping.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"slot_mapping must be int32 or int64, got {validate.dtype_name(slot_mapping.dtype)}")
+    validate.index_tensor("slot_mapping", slot_mapping)
     if slot_mapping.dim() != 1 or slot_mapping.shape[0] != t:
         raise ValueError(f"slot_mapping must have shape ({t},) (one slot per token), got {tuple(slot_mapping.shape)}")
     validate.same_device("slot_mapping", slot_mapping, "q", q)
@@ -108,16 +96,10 @@ def check_args(q, k, v, q_weight, k_weight, cos_sin_cache, positions, k_cache, v
     """Every rule of ``qk_norm_rope_cache`` in the order users see the errors; nothing is
     written. ``memory=False`` skips the rules about actual buffers and values (fakes).
     Returns ``(eps, weight_offset, rotary_dim, mrope_section as a tuple or None)``."""
-    d = validate.qk_pair(q, k, q_weight, k_weight, three_d=True)
+    d = validate.rope_pair(OP, q, k, q_weight, k_weight, MAX_HEAD_DIM)
     t, hkv = q.shape[0], k.shape[1]
-    if k.shape[0] != t:
-        raise ValueError(f"q and k must have the same number of tokens (dim 0): q has {t}, k has {k.shape[0]}")
-    if d > MAX_HEAD_DIM:
-        raise ValueError(f"head_dim {d} is not supported by qk_norm_rope_cache (at most {MAX_HEAD_DIM}: the whole "
-                         f"head is kept in registers)")
     validate.activation("v", v)
-    if v.dtype != q.dtype:
-        raise TypeError(f"v must have q's dtype ({validate.dtype_name(q.dtype)}), got {validate.dtype_name(v.dtype)}")
+    validate.same_dtype("v", v, "q", q)
     if v.dim() != 3 or v.shape[0] != t or v.shape[1] != hkv:
         raise ValueError(f"v must be [T={t}, Hkv={hkv}, head_dim_v] (k's tokens and heads), got {tuple(v.shape)}")
     dv = v.shape[2]

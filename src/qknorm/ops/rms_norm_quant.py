@@ -33,15 +33,6 @@ QMAX = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0, torch.int8: 127.
 AMAX_FLOOR = 1e-10  #: dynamic scales are ``max(amax, AMAX_FLOOR) / qmax``
 
 
-def _scale_tensor(name: str, t, x) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a 1-element float32 torch.Tensor, got {type(t).__name__}")
-    if t.dtype != torch.float32 or t.numel() != 1:
-        raise TypeError(f"{name} must be a 1-element float32 tensor, got {validate.dtype_name(t.dtype)} "
-                        f"with {t.numel()} elements")
-    validate.same_device(name, t, "x", x)
-
-
 def scales_shape(x_shape, n_groups: int) -> tuple:
     """Shape of the dynamic scales: x's leading dims and one scale per group (1: per token)."""
     return tuple(x_shape[:-1]) + (n_groups,)
@@ -63,12 +54,11 @@ def check_args(x, residual, weight, eps, scale, group_size, out_dtype, weight_of
     validate.scalars(eps, weight_offset, weight is not None)
     if out_dtype not in QMAX:
         raise TypeError(f"out_dtype must be torch.float8_e4m3fn, torch.float8_e5m2 or torch.int8, got {out_dtype!r}")
-    for name, v in (("column_major_scales", column_major_scales), ("scale_ue8m0", scale_ue8m0)):
-        if type(v) is not bool:
-            raise TypeError(f"{name} must be a Python bool, got {validate.type_name(v)} {v!r}")
+    validate.python_bool("column_major_scales", column_major_scales)
+    validate.python_bool("scale_ue8m0", scale_ue8m0)
     d = x.shape[-1]
     if scale is not None:
-        _scale_tensor("scale", scale, x)
+        validate.scale_tensor("scale", scale, "x", x)
         for name, v in (("group_size", group_size), ("scale_ub", scale_ub), ("scales_out", scales_out)):
             if v is not None:
                 raise ValueError(f"{name} is for dynamic scales; with a static scale pass {name}=None")
@@ -85,26 +75,21 @@ def check_args(x, residual, weight, eps, scale, group_size, out_dtype, weight_of
             n_groups = d // g
         if scale_ub is not None:
             if isinstance(scale_ub, torch.Tensor):
-                _scale_tensor("scale_ub", scale_ub, x)
+                validate.scale_tensor("scale_ub", scale_ub, "x", x)
             else:
                 ub = validate.real("scale_ub", scale_ub)
                 if not FLT_MIN <= ub < _FP32_INF_FROM:  # the kernels take it as fp32: 1e-50 would be 0, 1e39 inf
                     raise ValueError(f"scale_ub must be a positive number in fp32's normal range "
                                      f"[{FLT_MIN:.4g}, {FLT_MAX:.4g}], got {scale_ub!r}")
     if out is not None:
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"out must be a torch.Tensor or None, got {type(out).__name__}")
-        validate.dense("out", out)
+        validate.tensor("out", out, "a torch.Tensor or None")
         if out.dtype != out_dtype:
             raise TypeError(f"out must have dtype {out_dtype} (out_dtype), got {validate.dtype_name(out.dtype)}")
-        if out.shape != x.shape:
-            raise ValueError(f"out must have the shape of x {tuple(x.shape)}, got {tuple(out.shape)}")
+        validate.same_shape("out", out, "x", x)
         validate.same_device("out", out, "x", x)
         validate.written("out", out)
     if scales_out is not None:
-        if not isinstance(scales_out, torch.Tensor):
-            raise TypeError(f"scales_out must be a torch.Tensor or None, got {type(scales_out).__name__}")
-        validate.dense("scales_out", scales_out)
+        validate.tensor("scales_out", scales_out, "a torch.Tensor or None")
         want = scales_shape(x.shape, n_groups)
         if scales_out.dtype != torch.float32:
             raise TypeError(f"scales_out must be float32, got {validate.dtype_name(scales_out.dtype)}")
