@@ -211,9 +211,9 @@ def quant_block(block, X, R, Y, W, SC, SIN, DBG, eps, eps_tiny, LO_SUMS: tl.cons
         x_ptr = x_row[:, None] + (cols * xsd)[None, :]
         r_ptr = r_row[:, None] + (cols * rsd)[None, :]
         s = load_sum(x_ptr, r_ptr, mask, HAS_RESIDUAL)
-        p, q, _ = row_factors(s, eps, eps_tiny, D, LO_SUMS, X.dtype.element_ty != tl.float32)
-        if HAS_RESIDUAL:
+        if HAS_RESIDUAL:  # before the factors' range branch, as rows.add_norm_block
             tl.store(r_ptr, s.to(R.dtype.element_ty), mask=mask)
+        p, q, _ = row_factors(s, eps, eps_tiny, D, LO_SUMS, X.dtype.element_ty != tl.float32)
         n = normalized(s, p, q)  # as rows.add_norm_block
         if HAS_WEIGHT:
             n = n * w[None, :]

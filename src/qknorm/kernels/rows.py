@@ -380,10 +380,13 @@ def add_norm_block(block, X, R, Y, RO, W, n_rows, D, N1, N2,
         if HAS_RESIDUAL:
             y_ptr = y_row[:, None] + (cols * ysd)[None, :]
         s = load_sum(x_ptr, r_ptr, mask, HAS_RESIDUAL)
-        y = row_normalized(s, eps, eps_tiny, D, LO_SUMS, FOLD, in_range(X, R), RANGE_BRANCH)
+        # The sum is stored before the norm: behind row_normalized's range branch (one-row and RANGE_BRANCH
+        # programs) the store would wait for the join (H100, fused add 4096 wide, one row per program, 256-512
+        # tokens: +5% against the same kernel with no range handling; benchmarks/results/h100/2026-12-08-session18)
         if HAS_RESIDUAL:
             tl.store(o_row[:, None] + (cols * osd)[None, :], s.to(RO.dtype.element_ty), mask=mask)
-        else:
+        y = row_normalized(s, eps, eps_tiny, D, LO_SUMS, FOLD, in_range(X, R), RANGE_BRANCH)
+        if not HAS_RESIDUAL:
             y_ptr = y_row[:, None] + (cols * ysd)[None, :]
         if HAS_WEIGHT:
             y = y * w[None, :]

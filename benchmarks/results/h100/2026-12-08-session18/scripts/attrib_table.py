@@ -10,7 +10,8 @@ for f in sorted(glob.glob(f"{d}/attrib-*.json")):
     for k, t in json.load(open(f)).items():
         best.setdefault(v, {})[k] = min(t, best.get(v, {}).get(k, 1e9))
 keys = list(best.get("this", {}))
-print(f"{'case':28s} {'start':>8s} {'this':>8s} {'nohi':>8s} this/st nohi/st")
+vs = ("start", "this", "nohi", "branch", "f64")
+print(f"{'case':24s}" + "".join(f"{v:>8s}" for v in vs) + "".join(f"{v[:6] + '/st':>10s}" for v in vs[1:]))
 for k in keys:
-    s, t, n = (best.get(v, {}).get(k, float('nan')) for v in ("start", "this", "nohi"))
-    print(f"{k:28s} {s:8.3f} {t:8.3f} {n:8.3f} {t / s:7.3f} {n / s:7.3f}")
+    t = [best.get(v, {}).get(k, float("nan")) for v in vs]
+    print(f"{k:24s}" + "".join(f"{x:8.3f}" for x in t) + "".join(f"{x / t[0]:10.3f}" for x in t[1:]))
