@@ -16,7 +16,7 @@ import os
 import sys
 import tempfile
 
-from ._version import __version__
+from . import __version__
 
 # command -> ("module:function" taking argv and returning the exit status, one line of help)
 COMMANDS = {

@@ -20,8 +20,8 @@ from .ops import qk_norm_rope as _rope
 from .ops import qk_norm_rope_cache as _cache
 from .ops import rms_norm as _rms
 from .ops import rms_norm_quant as _quant
-from .ops._express import (FUSED_ADD as _X_ADD, PROLOGUE as _X_PROLOGUE, QK as _X_QK, QK_ROPE as _X_ROPE,
-                           QUANT as _X_QUANT, RMS_NORM as _X_RMS)
+from .ops import (EXPRESS_FUSED_ADD as _X_ADD, EXPRESS_PROLOGUE as _X_PROLOGUE, EXPRESS_QK as _X_QK,
+                  EXPRESS_QK_ROPE as _X_ROPE, EXPRESS_QUANT as _X_QUANT, EXPRESS_RMS_NORM as _X_RMS)
 
 __all__ = ["rms_norm", "fused_add_rms_norm", "qk_rms_norm", "qk_rms_norm_rope", "rms_norm_quant",
            "fused_add_rms_norm_quant", "qk_norm_rope_cache"]

@@ -499,52 +499,54 @@ def launch_general(plan: Plan, ptrs: tuple, eps: float, weight_offset: float, te
 
 def set_qk_pairs(plan: Plan, q, k, q_out_strides, k_out_strides, reads=()) -> None:
     """Spans and overlap geometry of a QK call (outputs strided ``q_out_strides``/``k_out_strides``) and the
-    byte spans of the tensors it only reads (weights, caches; None entries allowed)."""
+    byte spans of the tensors it only reads (weights, caches; None entries allowed). ``plan.spans``:
+    those of q, k, q_out, k_out, in that order."""
     es = q.element_size()
-    qs, ks = tuple(q.stride()), tuple(k.stride())
+    q_strides, k_strides = tuple(q.stride()), tuple(k.stride())
     q_out_strides, k_out_strides = tuple(q_out_strides), tuple(k_out_strides)
-    plan.spans = (span(q.shape, qs, es), span(k.shape, ks, es), span(q.shape, q_out_strides, es),
+    plan.spans = (span(q.shape, q_strides, es), span(k.shape, k_strides, es), span(q.shape, q_out_strides, es),
                   span(k.shape, k_out_strides, es))
-    set_pair(plan, Pair.Q_QOUT, q.shape, qs, q.shape, q_out_strides, es)
-    set_pair(plan, Pair.K_KOUT, k.shape, ks, k.shape, k_out_strides, es)
+    set_pair(plan, Pair.Q_QOUT, q.shape, q_strides, q.shape, q_out_strides, es)
+    set_pair(plan, Pair.K_KOUT, k.shape, k_strides, k.shape, k_out_strides, es)
     set_pair(plan, Pair.QOUT_KOUT, q.shape, q_out_strides, k.shape, k_out_strides, es)
-    set_pair(plan, Pair.QOUT_K, q.shape, q_out_strides, k.shape, ks, es)
-    set_pair(plan, Pair.KOUT_Q, k.shape, k_out_strides, q.shape, qs, es)
-    plan.same_layout = (q_out_strides == qs, k_out_strides == ks)
+    set_pair(plan, Pair.QOUT_K, q.shape, q_out_strides, k.shape, k_strides, es)
+    set_pair(plan, Pair.KOUT_Q, k.shape, k_out_strides, q.shape, q_strides, es)
+    plan.same_layout = (q_out_strides == q_strides, k_out_strides == k_strides)
     plan.read_spans = tuple((0, 0) if t is None else span(t.shape, t.stride(), t.element_size()) for t in reads)
 
 
-def in_place_pair(plan: Plan, pq: int, pk: int):
-    """For a QK call in place on both: ``(pk - pq, lo, hi)`` when Q and K share no element,
-    where ``[pq + lo, pq + hi)`` is the byte range they cover together; else None. The
+def in_place_pair(plan: Plan, q_ptr: int, k_ptr: int):
+    """For a QK call in place on both: ``(k_ptr - q_ptr, lo, hi)`` when Q and K share no element,
+    where ``[q_ptr + lo, q_ptr + hi)`` is the byte range they cover together; else None. The
     answer for the last pointer distance is kept in ``plan.in_place``."""
-    ip = plan.in_place
-    if ip is not None and pk - pq == ip[0]:
-        return ip
-    sq, sk = plan.spans[0], plan.spans[1]
-    if not apart(plan, Pair.QOUT_K, pq, sq, pk, sk):
+    known = plan.in_place
+    if known is not None and k_ptr - q_ptr == known[0]:
+        return known
+    q_span, k_span = plan.spans[0], plan.spans[1]
+    if not apart(plan, Pair.QOUT_K, q_ptr, q_span, k_ptr, k_span):
         return None
-    delta = pk - pq
-    plan.in_place = (delta, min(sq[0], delta + sk[0]), max(sq[1], delta + sk[1]))
+    delta = k_ptr - q_ptr
+    plan.in_place = (delta, min(q_span[0], delta + k_span[0]), max(q_span[1], delta + k_span[1]))
     return plan.in_place
 
 
 def qk_placed(plan: Plan, d, q, k, q_out, k_out, qo, ko, reads):
-    """Where a QK fast call reads and writes, after its overlap rules: ``(q_out, k_out, pq, pk, pqo,
-    pko)`` (:func:`qk_targets`; in place on both: Q and K sharing no element, by
+    """Where a QK fast call reads and writes, after its overlap rules: ``(q_out, k_out, q_ptr, k_ptr,
+    q_out_ptr, k_out_ptr)`` (:func:`qk_targets`; in place on both: Q and K sharing no element, by
     :func:`in_place_pair`), or None when the general call must run (a rule fails, or a read-only
-    tensor at ``reads``, spans ``plan.read_spans``, shares memory with a written one: the general
-    call reads it from a private copy). ``d``: the call's :func:`qk_describe`."""
+    tensor at the data pointers ``reads``, spans ``plan.read_spans``, shares memory with a written one:
+    the general call reads it from a private copy). ``d``: the call's :func:`qk_describe`; ``qo``/``ko``:
+    the outputs' :class:`OutKind`."""
     if qo is IN_PLACE and ko is IN_PLACE:  # the engine's call: Q and K of a packed buffer, in place
-        pq, pk = d[2], d[3]
-        ip = in_place_pair(plan, pq, pk)
-        if ip is None or not reads_outside(plan, reads, pq + ip[1], pq + ip[2]):
+        q_ptr, k_ptr = d[2], d[3]
+        both = in_place_pair(plan, q_ptr, k_ptr)
+        if both is None or not reads_outside(plan, reads, q_ptr + both[1], q_ptr + both[2]):
             return None
-        return q_out, k_out, pq, pk, pq, pk
-    t = qk_targets(plan, q, k, q_out, k_out, qo, ko)
-    if t is None or ((qo or ko) and not reads_apart(plan, reads, qo, ko, t[4], t[5])):
+        return q_out, k_out, q_ptr, k_ptr, q_ptr, k_ptr
+    placed = qk_targets(plan, q, k, q_out, k_out, qo, ko)
+    if placed is None or ((qo or ko) and not reads_apart(plan, reads, qo, ko, placed[4], placed[5])):
         return None
-    return t
+    return placed
 
 
 def reads_outside(plan: Plan, ptrs, lo: int, hi: int) -> bool:
@@ -586,62 +588,65 @@ def kernel_launcher(module: str, kernel: str, pointers: tuple, per_call: tuple) 
 def qk_targets(plan: Plan, q, k, q_out, k_out, qo, ko):
     """Per-call data pointers of a QK call after its overlap rules (outputs are their input
     or share no memory with it, and meet neither the other output nor the other input);
-    NEW outputs are allocated here. Returns ``(q_out, k_out, pq, pk, pqo, pko)``, or None
-    when a rule fails (the general call then raises)."""
-    pq, pk = q.data_ptr(), k.data_ptr()
-    sq, sk, s_q_out, s_k_out = plan.spans
+    NEW outputs are allocated here. Returns ``(q_out, k_out, q_ptr, k_ptr, q_out_ptr, k_out_ptr)``,
+    or None when a rule fails (the general call then raises)."""
+    q_ptr, k_ptr = q.data_ptr(), k.data_ptr()
+    q_span, k_span, q_out_span, k_out_span = plan.spans
     if qo is IN_PLACE and ko is IN_PLACE:  # the common engine call: Q and K of a packed buffer
-        return (q, k, pq, pk, pq, pk) if apart(plan, Pair.QOUT_K, pq, sq, pk, sk) else None
-    t = _target(plan, q, q_out, qo, pq, sq, s_q_out, Pair.Q_QOUT, plan.same_layout[0])
+        return (q, k, q_ptr, k_ptr, q_ptr, k_ptr) if apart(plan, Pair.QOUT_K, q_ptr, q_span, k_ptr, k_span) else None
+    t = _target(plan, q, q_out, qo, q_ptr, q_span, q_out_span, Pair.Q_QOUT, plan.same_layout[0])
     if t is None:
         return None
-    q_out, pqo, q_in = t
-    t = _target(plan, k, k_out, ko, pk, sk, s_k_out, Pair.K_KOUT, plan.same_layout[1])
+    q_out, q_out_ptr, q_in_place = t
+    t = _target(plan, k, k_out, ko, k_ptr, k_span, k_out_span, Pair.K_KOUT, plan.same_layout[1])
     if t is None:
         return None
-    k_out, pko, k_in = t
-    if qo and ko and not apart(plan, Pair.QOUT_KOUT, pqo, s_q_out, pko, s_k_out):
+    k_out, k_out_ptr, k_in_place = t
+    if qo and ko and not apart(plan, Pair.QOUT_KOUT, q_out_ptr, q_out_span, k_out_ptr, k_out_span):
         return None
-    if qo and not k_in and not apart(plan, Pair.QOUT_K, pqo, s_q_out, pk, sk):
+    if qo and not k_in_place and not apart(plan, Pair.QOUT_K, q_out_ptr, q_out_span, k_ptr, k_span):
         return None
-    if ko and not q_in and not apart(plan, Pair.KOUT_Q, pko, s_k_out, pq, sq):
+    if ko and not q_in_place and not apart(plan, Pair.KOUT_Q, k_out_ptr, k_out_span, q_ptr, q_span):
         return None
-    return q_out, k_out, pq, pk, pqo, pko
+    return q_out, k_out, q_ptr, k_ptr, q_out_ptr, k_out_ptr
 
 
-def _target(plan: Plan, x, out, kind, px: int, sx, so, pair: Pair, same_layout: bool):
+def _target(plan: Plan, x, out, kind, x_ptr: int, x_span, out_span, pair: Pair, same_layout: bool):
     """One output of a QK call: ``(out, its pointer, in place?)``, a NEW one allocated; None
     when an OTHER output shares memory with its input without being the same view."""
     if kind is NEW:
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
         return out, out.data_ptr(), False
     if kind is IN_PLACE:
-        return out, px, True
-    po = out.data_ptr()
-    if po == px and same_layout:
-        return out, po, True
-    return (out, po, False) if apart(plan, pair, px, sx, po, so) else None
+        return out, x_ptr, True
+    out_ptr = out.data_ptr()
+    if out_ptr == x_ptr and same_layout:
+        return out, out_ptr, True
+    return (out, out_ptr, False) if apart(plan, pair, x_ptr, x_span, out_ptr, out_span) else None
 
 
 def register_qk(op: int, args: tuple, plan: Plan, ptrs: tuple, io: tuple, head: tuple, reads, qo, ko, q, k,
                 cpu_check=None) -> None:
     """The express entry (``_express.register``) of a QK-family fast call that just launched
-    ``plan``: ``io`` the argument indices of q, k, q_out, k_out; ``reads`` ``(index, span)`` of the
-    tensors it only reads; the overlap pairs are those of :func:`qk_targets` and :func:`reads_apart`."""
-    iq, ik, iqo, iko = io
-    sq, sk, sqo, sko = plan.spans[:4]
-    written = ((iqo, sqo),) * bool(qo) + ((iko, sko),) * bool(ko)
-    pairs = [(iq, sq, iqo, sqo)] * (qo is OTHER) + [(ik, sk, iko, sko)] * (ko is OTHER)
+    ``plan``: ``io`` the argument positions of q, k, q_out, k_out; ``reads`` ``(position, span)`` of the
+    tensors it only reads; the overlap pairs are those of :func:`qk_targets` (the :class:`Pair` named at
+    each) and :func:`reads_apart`."""
+    q_arg, k_arg, q_out_arg, k_out_arg = io
+    q_span, k_span, q_out_span, k_out_span = plan.spans
+    written = ((q_out_arg, q_out_span),) * bool(qo) + ((k_out_arg, k_out_span),) * bool(ko)
+    pairs = ([(q_arg, q_span, q_out_arg, q_out_span)] * (qo is OTHER)  # Pair.Q_QOUT
+             + [(k_arg, k_span, k_out_arg, k_out_span)] * (ko is OTHER))  # Pair.K_KOUT
     if qo and ko:
-        pairs.append((iqo, sqo, iko, sko))
+        pairs.append((q_out_arg, q_out_span, k_out_arg, k_out_span))  # Pair.QOUT_KOUT
     if qo:
-        pairs.append((iqo, sqo, ik, sk))
+        pairs.append((q_out_arg, q_out_span, k_arg, k_span))  # Pair.QOUT_K
     if ko:
-        pairs.append((iko, sko, iq, sq))
+        pairs.append((k_out_arg, k_out_span, q_arg, q_span))  # Pair.KOUT_Q
     pairs += [(i, s, o, so) for i, s in reads for o, so in written]
-    allocs = tuple((i, src, t) for i, src, t, kind in ((iqo, iq, q, qo), (iko, ik, k, ko)) if kind is NEW)
+    allocs = tuple((out, src, t) for out, src, t, kind in ((q_out_arg, q_arg, q, qo), (k_out_arg, k_arg, k, ko))
+                   if kind is NEW)
     _express.register(op, args, plan, ptrs, head, pairs, bumps=tuple(o for o, _ in written), allocs=allocs,
-                      ret=(iqo, iko), cpu_check=cpu_check)
+                      ret=(q_out_arg, k_out_arg), cpu_check=cpu_check)
 
 
 def qk_outputs(q, k, q_out, k_out):
@@ -653,13 +658,13 @@ def qk_outputs(q, k, q_out, k_out):
     return q_out, k_out
 
 
-def reads_apart(plan: Plan, ptrs, qo, ko, pqo: int, pko: int) -> bool:
+def reads_apart(plan: Plan, ptrs, qo, ko, q_out_ptr: int, k_out_ptr: int) -> bool:
     """Whether the read-only tensors at ``ptrs`` (spans ``plan.read_spans``) share no byte
     with a written output (a NEW output is fresh memory and is not checked). False: the
     general call reads them from private copies."""
-    spans = plan.spans
-    written = ((pqo + spans[2][0], pqo + spans[2][1]) if qo else None,
-               (pko + spans[3][0], pko + spans[3][1]) if ko else None)
+    _, _, q_out_span, k_out_span = plan.spans
+    written = ((q_out_ptr + q_out_span[0], q_out_ptr + q_out_span[1]) if qo else None,
+               (k_out_ptr + k_out_span[0], k_out_ptr + k_out_span[1]) if ko else None)
     for p, (a, b) in zip(ptrs, plan.read_spans):
         for w in written:
             if w is not None and p + b > w[0] and w[1] > p + a:

@@ -20,6 +20,8 @@ from ._plan import PLANS
 OP = "qk_rms_norm"
 _PTRS = ("XQ", "YQ", "WQ", "XK", "YK", "WK")
 _PER_CALL = _PTRS + ("eps", "eps_tiny", "w_offset")
+# Positions of the express call's arguments (q, k, q_weight, k_weight, q_out, k_out, eps, weight_offset, config)
+_A_Q, _A_K, _A_QW, _A_KW, _A_QO, _A_KO = range(6)
 
 
 def launcher(token_order: bool = False) -> launch.KernelLauncher:
@@ -50,24 +52,26 @@ def fast(q, k, qw, kw, eps, weight_offset, q_out, k_out, config):
                        q_out, k_out, qo, ko, config)
     if plan is None:
         return None
-    wk = pqw = d[4]  # None: no weights
-    pkw = d[5]
+    wk = qw_ptr = d[4]  # None: no weights
+    kw_ptr = d[5]
     given = (qw, kw, q_out, k_out)
-    t = plans.qk_placed(plan, d, q, k, q_out, k_out, qo, ko, () if wk is None else (pqw, pkw))
+    t = plans.qk_placed(plan, d, q, k, q_out, k_out, qo, ko, () if wk is None else (qw_ptr, kw_ptr))
     if t is None:
         return None
-    q_out, k_out, pq, pk, pqo, pko = t
+    q_out, k_out, q_ptr, k_ptr, q_out_ptr, k_out_ptr = t
     if wk is None:
-        pqw, pkw, qw, kw = pq, pk, q, k  # never read (HAS_WEIGHT=False)
-    launch.launch_plan(plan, (pq, pqo, pqw, pk, pko, pkw), (q, q_out, qw, k, k_out, kw))
+        qw_ptr, kw_ptr, qw, kw = q_ptr, k_ptr, q, k  # never read (HAS_WEIGHT=False)
+    launch.launch_plan(plan, (q_ptr, q_out_ptr, qw_ptr, k_ptr, k_out_ptr, kw_ptr), (q, q_out, qw, k, k_out, kw))
     if qo or ko:  # outputs given (in place or not): they existed before the call
         launch.bump_versions((q_out, k_out) if qo and ko else (q_out,) if qo else (k_out,))
     if plan.records is not None and _express.wants(plan):
         # the express call's entry: arguments (q, k, q_weight, k_weight, q_out, k_out, eps, weight_offset, config)
-        reads = () if wk is None else ((2, plan.read_spans[0]), (3, plan.read_spans[1]))
+        reads = () if wk is None else ((_A_QW, plan.read_spans[0]), (_A_KW, plan.read_spans[1]))
         plans.register_qk(_express.QK, (q, k, *given, eps, weight_offset, config), plan,
-                          (pq, pk, d[4], d[5], pqo, pko, None, None, None), (0, 1, 4, 5),
-                          (0, 4, 0 if wk is None else 2, 1, 5, 1 if wk is None else 3), reads, qo, ko, q, k)
+                          (q_ptr, k_ptr, d[4], d[5], q_out_ptr, k_out_ptr, None, None, None),
+                          (_A_Q, _A_K, _A_QO, _A_KO),
+                          (_A_Q, _A_QO, _A_Q if wk is None else _A_QW, _A_K, _A_KO, _A_K if wk is None else _A_KW),
+                          reads, qo, ko, q, k)
     return q_out, k_out
 
 

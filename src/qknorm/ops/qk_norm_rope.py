@@ -22,6 +22,9 @@ from ._plan import PLANS
 OP = "qk_rms_norm_rope"
 MAX_HEAD_DIM = dispatch.ROPE_MAX_HEAD_DIM  # whole head in registers; no chunked form
 _PTRS = ("CS", "P", "XQ", "YQ", "WQ", "XK", "YK", "WK")
+# Positions of the express call's arguments (q, k, q_weight, k_weight, cos_sin_cache, positions, q_out, k_out, eps,
+# is_neox, rotary_dim, weight_offset, config)
+_A_Q, _A_K, _A_QW, _A_KW, _A_CS, _A_POS, _A_QO, _A_KO = range(8)
 
 
 def launcher() -> launch.KernelLauncher:
@@ -60,20 +63,20 @@ def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q
                        cs, positions, eps, is_neox, rotary_dim, weight_offset, q_out, k_out, qo, ko, config)
     if plan is None:
         return None
-    pcs, pp, pqw, pkw = d[8], d[9], d[4], d[5]
-    wk = pqw
+    cs_ptr, pos_ptr, qw_ptr, kw_ptr = d[8], d[9], d[4], d[5]
+    wk = qw_ptr
     given = (qw, kw, cs, positions, q_out, k_out)
     if wk is None:
-        reads = (pcs, pp)
+        reads = (cs_ptr, pos_ptr)
     else:
-        reads = (pcs, pp, pqw, pkw)
+        reads = (cs_ptr, pos_ptr, qw_ptr, kw_ptr)
     t = plans.qk_placed(plan, d, q, k, q_out, k_out, qo, ko, reads)
     if t is None:
         return None
-    q_out, k_out, pq, pk, pqo, pko = t
+    q_out, k_out, q_ptr, k_ptr, q_out_ptr, k_out_ptr = t
     if wk is None:
-        pqw, pkw, qw, kw = pq, pk, q, k  # never read (HAS_WEIGHT=False)
-    ptrs = (pcs, pp, pq, pqo, pqw, pk, pko, pkw)
+        qw_ptr, kw_ptr, qw, kw = q_ptr, k_ptr, q, k  # never read (HAS_WEIGHT=False)
+    ptrs = (cs_ptr, pos_ptr, q_ptr, q_out_ptr, qw_ptr, k_ptr, k_out_ptr, kw_ptr)
     launch.launch_plan(plan, ptrs, (cs, positions, q, q_out, qw, k, k_out, kw))
     if qo or ko:  # outputs given (in place or not): they existed before the call
         launch.bump_versions((q_out, k_out) if qo and ko else (q_out,) if qo else (k_out,))
@@ -81,10 +84,12 @@ def fast(q, k, qw, kw, cs, positions, eps, is_neox, rotary_dim, weight_offset, q
         # the express call's entry: arguments (q, k, q_weight, k_weight, cos_sin_cache, positions, q_out, ...)
         # (CPU tensors, tests only: positions checked per call above, not by the C call)
         rs = plan.read_spans
-        reads = tuple(zip((4, 5) if wk is None else (4, 5, 2, 3), rs))
+        reads = tuple(zip((_A_CS, _A_POS) if wk is None else (_A_CS, _A_POS, _A_QW, _A_KW), rs))
         plans.register_qk(_express.QK_ROPE, (q, k, *given, eps, is_neox, rotary_dim, weight_offset, config), plan,
-                          (pq, pk, d[4], d[5], pcs, pp, pqo, pko) + (None,) * 5, (0, 1, 6, 7),
-                          (4, 5, 0, 6, 0 if wk is None else 2, 1, 7, 1 if wk is None else 3), reads, qo, ko, q, k,
+                          (q_ptr, k_ptr, d[4], d[5], cs_ptr, pos_ptr, q_out_ptr, k_out_ptr) + (None,) * 5,
+                          (_A_Q, _A_K, _A_QO, _A_KO),
+                          (_A_CS, _A_POS, _A_Q, _A_QO, _A_Q if wk is None else _A_QW, _A_K, _A_KO,
+                           _A_K if wk is None else _A_KW), reads, qo, ko, q, k,
                           cpu_check=None if d[1] >= 0 else lambda ts: plans.cpu_positions_ok(ts[1], ts[0]))
     return q_out, k_out
 

@@ -399,24 +399,26 @@ def fast(q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, eps, is
                        mrope_section, k_scale, v_scale, q_out, k_out, qo, ko)
     if plan is None:
         return None
-    pq, pk, pqw, pkw, pv, pcs, pp, pkc, pvc, psm, pks, pvs = d[2], d[3], d[4], d[5], *d[8:16]
-    if pqw is None:
-        pqw, pkw, qw, kw = pq, pk, q, k  # never read (HAS_WEIGHT=False)
-    if pks is None:
-        pks, k_scale = pcs, cs  # never read for a cache that is not FP8
-    if pvs is None:
-        pvs, v_scale = pcs, cs
+    q_ptr, k_ptr, qw_ptr, kw_ptr, v_ptr, cs_ptr, pos_ptr, kc_ptr, vc_ptr, sm_ptr, ks_ptr, vs_ptr = \
+        d[2], d[3], d[4], d[5], *d[8:16]
+    if qw_ptr is None:
+        qw_ptr, kw_ptr, qw, kw = q_ptr, k_ptr, q, k  # never read (HAS_WEIGHT=False)
+    if ks_ptr is None:
+        ks_ptr, k_scale = cs_ptr, cs  # never read for a cache that is not FP8
+    if vs_ptr is None:
+        vs_ptr, v_scale = cs_ptr, cs
     if qo is IN_PLACE:
-        q_out, pqo = q, pq
+        q_out, q_out_ptr = q, q_ptr
     else:
-        pqo = d[6]
+        q_out_ptr = d[6]
     if ko is NEW:
-        k_out, pko = k, pk  # never written (HAS_KOUT=False)
+        k_out, k_out_ptr = k, k_ptr  # never written (HAS_KOUT=False)
     elif ko is IN_PLACE:
-        pko = pk
+        k_out_ptr = k_ptr
     else:
-        pko = d[7]
-    ptrs = (pcs, pp, pq, pqo, pqw, pk, pkw, pkc, pko, pv, pvc, psm, pks, pvs)
+        k_out_ptr = d[7]
+    ptrs = (cs_ptr, pos_ptr, q_ptr, q_out_ptr, qw_ptr, k_ptr, kw_ptr, kc_ptr, k_out_ptr, v_ptr, vc_ptr, sm_ptr, ks_ptr,
+            vs_ptr)
     seen = plan.seen
     if ptrs not in seen:  # the overlap checks depend on the plan's layouts and these pointers only
         if not _pointers_ok(plan, ptrs, qo, ko):
@@ -437,35 +439,39 @@ def fast(q, k, v, qw, kw, cs, positions, k_cache, v_cache, slot_mapping, eps, is
 # The express call's arguments: the public function's, in its order.
 _ARGS = ("q", "k", "v", "q_weight", "k_weight", "cos_sin_cache", "positions", "k_cache", "v_cache", "slot_mapping",
          "eps", "is_neox", "rotary_dim", "weight_offset", "mrope_section", "k_scale", "v_scale", "q_out", "k_out")
+# ... and the positions of the tensors among them
+_A_Q, _A_K, _A_V, _A_QW, _A_KW, _A_CS, _A_P, _A_KC, _A_VC, _A_SM, _A_KSC, _A_VSC, _A_QO, _A_KO = (
+    _ARGS.index(n) for n in ("q", "k", "v", "q_weight", "k_weight", "cos_sin_cache", "positions", "k_cache", "v_cache",
+                             "slot_mapping", "k_scale", "v_scale", "q_out", "k_out"))
 
 
 def _express_entry(plan, args, ptrs, qo, ko):
     """This call for the express call (``ops/_express.py``): ``args`` the public arguments (``_ARGS``),
     ``ptrs`` the kernel's pointers; the overlap pairs of :func:`_pointers_ok`."""
-    qt = 0 if qo is IN_PLACE else 17  # the argument Q is written to
-    kt = 1 if ko is not OTHER else 18
-    view_arg = (0, 1, 2, qt, kt, 7, 8)  # _Q, _K, _V, _QO, _KO, _KC, _VC
+    q_written = _A_Q if qo is IN_PLACE else _A_QO  # the argument Q is written to
+    k_written = _A_K if ko is not OTHER else _A_KO
+    view_arg = (_A_Q, _A_K, _A_V, q_written, k_written, _A_KC, _A_VC)  # the views _Q, _K, _V, _QO, _KO, _KC, _VC
     # the kernel's pointers (_PTRS order) as arguments: absent weights/scales/k_out stand in as read
-    ptr_arg = (5, 6, 0, qt, 3 if args[3] is not None else 0, 1, 4 if args[4] is not None else 1, 7,
-               kt if ko is not NEW else 1, 2, 8, 9, 15 if args[15] is not None else 5,
-               16 if args[16] is not None else 5)
+    ptr_arg = (_A_CS, _A_P, _A_Q, q_written, _A_QW if args[_A_QW] is not None else _A_Q, _A_K,
+               _A_KW if args[_A_KW] is not None else _A_K, _A_KC, k_written if ko is not NEW else _A_K, _A_V, _A_VC,
+               _A_SM, _A_KSC if args[_A_KSC] is not None else _A_CS, _A_VSC if args[_A_VSC] is not None else _A_CS)
     arg_ptr = [None] * len(_ARGS)
     for a, p in zip(ptr_arg, ptrs):
         arg_ptr[a] = p
     sp = plan.spans
     pairs = [(view_arg[i], sp[i], view_arg[j], sp[j]) for i, j in plan.pairs]
     if qo is OTHER:
-        pairs.append((17, sp[_QO], 0, sp[_Q]))
+        pairs.append((_A_QO, sp[_QO], _A_Q, sp[_Q]))
     if ko is OTHER:
-        pairs.append((18, sp[_KO], 1, sp[_K]))
+        pairs.append((_A_KO, sp[_KO], _A_K, sp[_K]))
     pairs += [(ptr_arg[i], (a, b), view_arg[w], sp[w]) for i, a, b in plan.read_spans for w in plan.written]
-    bumps = (qt,) + (() if ko is NEW else (kt,)) + (7, 8)
+    bumps = (q_written,) + (() if ko is NEW else (k_written,)) + (_A_KC, _A_VC)
     cpu = None
-    if not args[0].is_cuda:  # tests: the checks of the CPU fast call above, on the kernel's tensors
-        nb, bs = cache_geometry(args[7])
-        cpu = lambda ts: plans.cpu_positions_ok(ts[1], ts[0]) and (ts[11].numel() == 0 or  # noqa: E731
-                                                                     int(ts[11].max()) < nb * bs)
-    _express.register(_express.PROLOGUE, args, plan, tuple(arg_ptr), ptr_arg, pairs, bumps=bumps, ret=qt,
+    if not args[_A_Q].is_cuda:  # tests: the checks of the CPU fast call above, on the kernel's tensors (_PTRS order)
+        nb, bs = cache_geometry(args[_A_KC])
+        cpu = lambda ts: plans.cpu_positions_ok(ts[_P], ts[_CS]) and (ts[_SM].numel() == 0 or  # noqa: E731
+                                                                        int(ts[_SM].max()) < nb * bs)
+    _express.register(_express.PROLOGUE, args, plan, tuple(arg_ptr), ptr_arg, pairs, bumps=bumps, ret=q_written,
                       cpu_check=cpu)
 
 
@@ -473,20 +479,20 @@ def _pointers_ok(plan, ptrs, qo, ko) -> bool:
     """The per-call rules on the kernel's pointers ``ptrs`` (``_PTRS`` order): the written views
     share no element with each other or with q, k, v (:func:`_views_apart`), and no read-only
     tensor meets a written one (else the general call reads it from a private copy)."""
-    pq, pk, pv, pkc, pvc = ptrs[2], ptrs[5], ptrs[9], ptrs[7], ptrs[10]
-    views = (pq, pk, pv, ptrs[3], ptrs[8], pkc, pvc)
+    q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr = ptrs[2], ptrs[5], ptrs[9], ptrs[7], ptrs[10]
+    views = (q_ptr, k_ptr, v_ptr, ptrs[3], ptrs[8], kc_ptr, vc_ptr)
     ranges = None
     if qo is IN_PLACE and ko is not OTHER:  # the engine's call: in place on a packed QKV buffer
         ip = plan.in_place
-        if ip is None or ip[0] != pk - pq or ip[1] != pv - pq:
-            ip = _activations_apart(plan, pq, pk, pv)
+        if ip is None or ip[0] != k_ptr - q_ptr or ip[1] != v_ptr - q_ptr:
+            ip = _activations_apart(plan, q_ptr, k_ptr, v_ptr)
         if ip is not None:
             s = plan.spans
-            lo, hi = pq + ip[2], pq + ip[3]  # Q, K and V together
-            kl, kh = pkc + s[_KC][0], pkc + s[_KC][1]
-            vl, vh = pvc + s[_VC][0], pvc + s[_VC][1]
+            lo, hi = q_ptr + ip[2], q_ptr + ip[3]  # Q, K and V together
+            kl, kh = kc_ptr + s[_KC][0], kc_ptr + s[_KC][1]
+            vl, vh = vc_ptr + s[_VC][0], vc_ptr + s[_VC][1]
             if (kh <= lo or hi <= kl) and (vh <= lo or hi <= vl) and (kh <= vl or vh <= kl
-                                                                      or _apart(plan, _KC_VC, pkc, pvc)):
+                                                                      or _apart(plan, _KC_VC, kc_ptr, vc_ptr)):
                 ranges = ((lo, hi), (kl, kh), (vl, vh))
     if ranges is None:
         if not _views_apart(plan, views, qo, ko):
@@ -501,16 +507,16 @@ def _pointers_ok(plan, ptrs, qo, ko) -> bool:
     return True
 
 
-def _activations_apart(plan, pq: int, pk: int, pv: int):
-    """In place on Q (and K, with ``k_out=k``): ``(pk - pq, pv - pq, lo, hi)`` when no written one
-    of q, k, v shares an element with another of them, where ``[pq + lo, pq + hi)`` is the byte
+def _activations_apart(plan, q_ptr: int, k_ptr: int, v_ptr: int):
+    """In place on Q (and K, with ``k_out=k``): ``(k_ptr - q_ptr, v_ptr - q_ptr, lo, hi)`` when no
+    written one of q, k, v shares an element with another of them, where ``[q_ptr + lo, q_ptr + hi)`` is the byte
     range the three cover; else None. The answer for the last distances is kept in
     ``plan.in_place``."""
     for i, j in plan.pairs:
-        if j <= _V and not _apart(plan, (i, j), (pq, pk, pv)[i], (pq, pk, pv)[j]):
+        if j <= _V and not _apart(plan, (i, j), (q_ptr, k_ptr, v_ptr)[i], (q_ptr, k_ptr, v_ptr)[j]):
             return None
     s = plan.spans
-    dk, dv = pk - pq, pv - pq
+    dk, dv = k_ptr - q_ptr, v_ptr - q_ptr
     plan.in_place = ip = (dk, dv, min(s[_Q][0], dk + s[_K][0], dv + s[_V][0]),
                           max(s[_Q][1], dk + s[_K][1], dv + s[_V][1]))
     return ip
