@@ -159,11 +159,24 @@ def test_in_place_on_leaf_requiring_grad_fails_as_torch_does(impl):
     with pytest.raises(RuntimeError, match="leaf"):
         qknorm.rms_norm(x, out=x)  # ... is ours
     r = torch.randn(3, 8, device=impl)
+    r0 = r.clone()
     with pytest.raises(RuntimeError, match="leaf"):
         qknorm.fused_add_rms_norm(x, r)
+    assert torch.equal(r, r0), "residual written before x was refused"
     q, k = torch.randn(2, 2, 8, device=impl, requires_grad=True), torch.randn(2, 1, 8, device=impl)
     with pytest.raises(RuntimeError, match="leaf"):
         qknorm.qk_rms_norm(q, k, None, None, q_out=q, k_out=k)
+    # the refused target second: nothing written first (q_out was, before the check covered leaves)
+    qo, kl = torch.zeros(2, 2, 8, device=impl), torch.randn(2, 1, 8, device=impl, requires_grad=True)
+    cs, pos = torch.randn(16, 8, device=impl), torch.tensor([1, 5], device=impl)
+    for name, call in [("qk_rms_norm", lambda: qknorm.qk_rms_norm(q.detach(), kl, None, None, q_out=qo, k_out=kl)),
+                       ("qk_rms_norm_rope", lambda: qknorm.qk_rms_norm_rope(q.detach(), kl, None, None, cs, pos,
+                                                                            q_out=qo, k_out=kl)),
+                       ("view of a leaf", lambda: qknorm.qk_rms_norm(q.detach(), kl[:], None, None, q_out=qo,
+                                                                      k_out=kl[:]))]:
+        with pytest.raises(RuntimeError, match="leaf"):
+            call()
+        assert not qo.any(), f"{name}: q_out written before k_out was refused"
     with torch.no_grad():  # allowed by PyTorch under no_grad, and by us
         qknorm.rms_norm(x, out=x)
 

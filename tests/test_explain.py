@@ -243,3 +243,19 @@ def test_explain_a_call_with_no_elements():
         assert "no elements, so no kernel runs" in text and "Triton" not in text, text
     # one of Q and K empty: the other still launches
     assert "no kernel runs" not in qknorm.explain(torch.empty(0, 4, 128), torch.empty(3, 2, 128))
+
+
+def test_explain_checks_what_the_call_checks():
+    """explain took q and k of two dtypes, a RoPE op on 2-D tensors or two token counts, and a residual of another
+    dtype (the calls refuse them); table=3 raised AttributeError and op=3 a ValueError."""
+    x = torch.randn(4, 2, 64)
+    cases = [((x, torch.randn(4, 1, 64, dtype=torch.bfloat16)), {}, TypeError, "k must have the dtype of x"),
+             ((x[0], torch.randn(1, 64)), {"op": "qk_rms_norm_rope"}, ValueError, "3 dims"),
+             ((x, torch.randn(3, 1, 64)), {"op": "qk_rms_norm_rope"}, ValueError, "same number of tokens"),
+             ((x[0], torch.randn(2, 64, dtype=torch.float16)), {"op": "fused_add_rms_norm"}, TypeError, "dtype"),
+             ((x,), {"table": 3}, TypeError, "table must be"),
+             ((x,), {"op": 3}, TypeError, "op must be a str")]
+    for args, kw, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            qknorm.explain(*args, **kw)
+    assert "qk_rms_norm_rope" in qknorm.explain(x, torch.randn(4, 1, 64), op="qk_rms_norm_rope")

@@ -266,3 +266,39 @@ def test_float64_input_adds_the_offset_in_float64_whatever_the_weight_dtype(wdty
         for got in (m(x), *qk(x, x)):
             assert got.dtype == torch.float64
             torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_modules_check_their_inputs_in_every_mode(impl, grad):
+    """Under grad mode (the weights are Parameters) QKNorm ran the autograd math on whatever it was given: an int32
+    k came back "normalised" as int32, a bf16 k next to an fp32 q was taken; RMSNorm leaked IndexError/AttributeError/
+    NotImplementedError for a 0-d tensor, a list, an int tensor. Now the TypeError/ValueError naming the input, under
+    grad mode and under no_grad alike, and nothing is written."""
+    q = torch.randn(2, 4, 8, device=impl)
+    m, r = QKNorm(8, device=impl), RMSNorm(8, device=impl)
+    ctx = torch.enable_grad() if grad else torch.no_grad()
+    bad_k = [((torch.randn(2, 2, 8, device=impl) * 3).int(), TypeError, "k must be"),
+             (torch.randn(2, 2, 8, device=impl, dtype=torch.bfloat16), TypeError, "dtype|k must"),
+             (torch.randn(2, 2, 8, device=impl, dtype=torch.float64), TypeError, "dtype|k must"),
+             ([0.0] * 8, (TypeError, ValueError), "k")]
+    with ctx:
+        for k, exc, match in bad_k:
+            with pytest.raises(exc, match=match):
+                m(q, k)
+        for x, exc, match in [(torch.tensor(1.0, device=impl), ValueError, "x must have at least 1 dimension"),
+                              ([1.0] * 8, TypeError, "x must be a torch.Tensor"),
+                              (torch.ones(2, 8, dtype=torch.int32, device=impl), TypeError, "x must be bfloat16"),
+                              (torch.ones(2, 8, dtype=torch.bool, device=impl), TypeError, "x must be bfloat16")]:
+            with pytest.raises(exc, match=match):
+                r(x)
+
+
+def test_qknorm_float64_in_place_refuses_q_and_k_in_one_memory(impl):
+    """float64 (PyTorch's op) in place with q and k sharing memory wrote k's result over q's; the kernel dtypes
+    raised. Now both raise, before writing."""
+    m = QKNorm(8, device=impl, dtype=torch.float64)
+    x = torch.randn(2, 2, 8, device=impl, dtype=torch.float64)
+    x0 = x.clone()
+    with torch.no_grad(), pytest.raises(ValueError, match="overlap"):
+        m(x, x, in_place=True)
+    assert torch.equal(x, x0)

@@ -93,7 +93,7 @@ def test_scale_tensor_rule():
         validate.scale_tensor("scale", 1.0, "x", x)
     with pytest.raises(TypeError, match=r"^scale_ub must be a 1-element float32 tensor, got float64 with 1 elements$"):
         validate.scale_tensor("scale_ub", torch.ones(1, dtype=torch.float64), "x", x)
-    with pytest.raises(TypeError, match=r"^v_scale must be a 1-element float32 tensor, got float32 with 2 elements$"):
+    with pytest.raises(ValueError, match=r"^v_scale must be a 1-element float32 tensor, got float32 with 2 elements$"):
         validate.scale_tensor("v_scale", torch.ones(2), "q", x)
     with pytest.raises(ValueError, match="scale is a negated view"):  # read as raw memory by the kernels
         validate.scale_tensor("scale", torch.ones(1)._neg_view(), "x", x)
@@ -138,3 +138,20 @@ def test_rope_pair_rules():
     with pytest.raises(ValueError, match=r"^head_dim 16 is not supported by some_op \(at most 8: the whole head is "
                                          r"kept in registers\)$"):
         validate.rope_pair("some_op", q, k, None, None, 8)
+
+
+@pytest.mark.parametrize("impl_backend", ["torch", "triton"])
+def test_weight_offset_past_fp32s_range_is_refused(impl_backend):
+    """weight_offset=1e39 passed (a finite float64) and gave +-inf: the kernels offset the weight in fp32. Now the
+    ValueError naming it, on every backend and for the modules, as eps already had."""
+    if impl_backend == "triton" and not qknorm.backend.interpreter_on() and not torch.cuda.is_available():
+        pytest.skip("QKNORM_BACKEND=triton on the CPU needs TRITON_INTERPRET=1")
+    dev = "cuda" if impl_backend == "triton" and torch.cuda.is_available() else "cpu"
+    x, w = torch.randn(2, 8, device=dev), torch.randn(8, device=dev)
+    with qknorm.use_backend(impl_backend):
+        for v in (1e39, -1e39, float("inf")):
+            with pytest.raises(ValueError, match="weight_offset must be a finite number within fp32's range"):
+                qknorm.rms_norm(x, w, weight_offset=v)
+        qknorm.rms_norm(x, w, weight_offset=3e38)  # inside the range: taken (its result may overflow, as w * 3e38)
+    with pytest.raises(ValueError, match="weight_offset must be a finite number within fp32's range"):
+        qknorm.nn.RMSNorm(8, weight_offset=1e39)

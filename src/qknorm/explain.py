@@ -219,9 +219,11 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
     Raises
     ------
     TypeError
-        ``x`` or ``k`` is not a tensor of a supported dtype, or ``top`` is not an int.
+        ``x`` or ``k`` is not a tensor of a supported dtype, ``k`` of another dtype than ``x``, ``op`` not a
+        str, ``table`` neither a table nor a path, or ``top`` not an int.
     ValueError
-        A 0-d tensor, ``k`` of another last dim (or another shape than ``x`` for the
+        A 0-d tensor, ``k`` on another device, a RoPE op's q/k not ``[T, H, head_dim]`` of one token
+        count (or head_dim past 1024), ``k`` of another last dim (or another shape than ``x`` for the
         residual), an unknown ``op``, ``op="qk_rms_norm"`` or a fused-add op without ``k``, an
         ``rms_norm`` op with ``k``, or ``top < 0``.
     TableError
@@ -230,10 +232,16 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
     validate.activation("x", x)
     if k is not None:
         validate.activation("k", k)
+        validate.same_dtype("k", k, "x", x)  # the call itself refuses these (q/k or x/residual of one dtype)
+        validate.same_device("k", k, "x", x)
         if k.shape[-1] != x.shape[-1]:
             raise ValueError(f"k must have the last dim of x ({x.shape[-1]}), got shape {tuple(k.shape)}")
     if op is None:
         op = "rms_norm" if k is None else "qk_rms_norm"
+    if not isinstance(op, str):
+        raise TypeError(f"op must be a str or None, got {validate.type_name(op)} {op!r}")
+    if table is not None and not isinstance(table, (str, TunedTable)):
+        raise TypeError(f"table must be a TunedTable, a path (str) or None, got {validate.type_name(table)}")
     if op not in OPS and op not in SHARED_DECISIONS and op not in ROPE_OPS:
         raise ValueError(f"op must be one of {', '.join(OPS + tuple(SHARED_DECISIONS) + ROPE_OPS)}, got {op!r}")
     if op in ("rms_norm", "rms_norm_quant") and k is not None:
@@ -242,6 +250,8 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
         raise ValueError(f"op={op!r} needs the residual (pass it as k, the shape of x)")
     if op in ("qk_rms_norm",) + ROPE_OPS and k is None:
         raise ValueError(f"op={op!r} needs k (the K tensor)")
+    if op in ROPE_OPS:  # q [T, Hq, D] and k [T, Hkv, D], as the RoPE ops take them
+        validate.rope_pair(op, x, k, None, None, dispatch.ROPE_MAX_HEAD_DIM)
     if op in ("fused_add_rms_norm", "fused_add_rms_norm_quant") and k.shape != x.shape:
         raise ValueError(f"residual (passed as k) must have the shape of x {tuple(x.shape)}, got {tuple(k.shape)}")
     top = validate.integer("top", top, minimum=0)

@@ -420,6 +420,8 @@ def fused_add_rms_norm_quant(x: torch.Tensor, residual: torch.Tensor, weight: to
 
     Aliasing, method and paths: as :func:`rms_norm_quant`. Not differentiable.
     """
+    if residual is None:  # (the shared fast paths read None as rms_norm_quant's form)
+        raise TypeError("residual must be a torch.Tensor, got NoneType (rms_norm_quant is the form without one)")
     if not _is_compiling():  # the eager fast paths first, in this frame (no extra call per eager call)
         r = _native.call(_X_QUANT, x, residual, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub,
                          column_major_scales, scale_ue8m0, out, scales_out, _quant.FP8_CAST == "auto")

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from . import functional as ops
 from . import validate
-from .reference import rms_norm_ref, writing
+from .reference import writing
 
 __all__ = ["RMSNorm", "QKNorm", "default_eps"]
 
@@ -81,10 +81,14 @@ def _needs_autograd(*ts) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
 
 
-def _rms_norm_autograd(x: Tensor, weight: Tensor | None, eps: float, weight_offset: float) -> Tensor:
-    """The same function with differentiable ops: fp32 math, weight in fp32, one rounding
-    (``reference.rms_norm_ref``, extreme rows in fp64 as the kernels do)."""
-    return rms_norm_ref(x, weight, eps, weight_offset).to(x.dtype)
+def _module_input(name: str, t) -> None:
+    """An input the modules take beside the kernels' dtypes: a dense tensor of at least one dim, bfloat16,
+    float16, float32 (the kernels) or float64 (PyTorch's op); else the TypeError/ValueError naming it."""
+    validate.tensor(name, t)
+    if t.dtype not in _KERNEL_DTYPES and t.dtype != torch.float64:
+        raise TypeError(f"{name} must be bfloat16, float16, float32 or float64, got {validate.dtype_name(t.dtype)}")
+    if t.dim() < 1:
+        raise ValueError(f"{name} must have at least 1 dimension (the normalised one), got a 0-d tensor")
 
 
 def _weights(module: nn.Module, names, shape, affine: bool, device, dtype) -> None:
@@ -196,6 +200,8 @@ class RMSNorm(nn.Module):
             flattened without a copy; otherwise the errors of :func:`qknorm.rms_norm`
             (e.g. the weight on another device).
         """
+        if not isinstance(x, Tensor) or x.dtype not in _KERNEL_DTYPES or not x.dim():
+            _module_input("x", x)
         k = len(self.normalized_shape)
         if (x.shape[-1] != self._numel) if k == 1 else (x.dim() < k or tuple(x.shape[x.dim() - k:]) != self.normalized_shape):
             raise ValueError(f"RMSNorm{self.normalized_shape}: input of shape {tuple(x.shape)} does not end "
@@ -218,9 +224,7 @@ class RMSNorm(nn.Module):
             # the offset added in x's dtype, not the weight's (bf16: 1 + 1e-3 rounds to 1), as QKNorm does
             ww = None if w is None else w.to(x.dtype) + self.weight_offset  # (F.rms_norm warns on mixed dtypes)
             return F.rms_norm(x, (x.shape[-1],), ww, eps)
-        if _needs_autograd(x, w):
-            return _rms_norm_autograd(x, w, eps, self.weight_offset)
-        return ops.rms_norm(x, w, eps, weight_offset=self.weight_offset)
+        return ops.rms_norm(x, w, eps, weight_offset=self.weight_offset)  # differentiable when autograd records
 
     def extra_repr(self) -> str:
         """The constructor arguments, for ``repr``."""
@@ -318,28 +322,28 @@ class QKNorm(nn.Module):
             input or weight requiring grad).
         """
         qw, kw = self.q_weight, self.k_weight
-        try:
-            kernel = q.dtype in _KERNEL_DTYPES
-        except AttributeError:  # not a tensor: the check below names it
-            kernel = False
+        kernel = isinstance(q, Tensor) and q.dtype in _KERNEL_DTYPES
         if qw is None or not kernel:  # with weights, a wrong width fails below and is named there
             self._check_head_dim(q, k)
+        if not kernel:  # float64 (PyTorch's op): the rules the kernel path's op would apply
+            _module_input("q", q)
+            _module_input("k", k)
+            validate.same_dtype("k", k, "q", q)
+            validate.same_device("k", k, "q", q)
+            if in_place:
+                validate.qk_outputs(q, k, q, k)
         try:
             eps = self.eps if self.eps is not None else default_eps(q.dtype)
-            if _needs_autograd(q, k, qw, kw):
-                if in_place:
-                    raise RuntimeError("QKNorm(in_place=True) cannot record autograd; run it under "
-                                       "torch.no_grad()/inference_mode() or use in_place=False")
-                if not kernel:
-                    return self._torch_norm(q, qw, eps), self._torch_norm(k, kw, eps)
-                return (_rms_norm_autograd(q, qw, eps, self.weight_offset),
-                        _rms_norm_autograd(k, kw, eps, self.weight_offset))
-            if not kernel and q.dtype == k.dtype:  # e.g. float64: PyTorch's own op, as RMSNorm
+            if in_place and _needs_autograd(q, k, qw, kw):
+                raise RuntimeError("QKNorm(in_place=True) cannot record autograd; run it under "
+                                   "torch.no_grad()/inference_mode() or use in_place=False")
+            if not kernel:  # e.g. float64: PyTorch's own op, as RMSNorm (differentiable)
                 qn, kn = self._torch_norm(q, qw, eps), self._torch_norm(k, kw, eps)
                 if not in_place:
                     return qn, kn
                 with writing(q, k):
                     return q.copy_(qn), k.copy_(kn)
+            # the kernel dtypes: the op checks the rest, and is differentiable when autograd records
             if in_place:
                 return ops.qk_rms_norm(q, k, qw, kw, eps, weight_offset=self.weight_offset, q_out=q, k_out=k)
             return ops.qk_rms_norm(q, k, qw, kw, eps, weight_offset=self.weight_offset)

@@ -70,6 +70,7 @@ from .ops import qk_norm_rope as _rope
 from .ops import qk_norm_rope_cache as _prologue
 from .ops import rms_norm as _rms
 from .ops import rms_norm_quant as _quant
+from . import validate
 from .reference import refused_write, rms_norm_backward
 from .reference_rope import rope_ref
 
@@ -395,6 +396,7 @@ def fused_add_rms_norm_quant_functional_op(x: Tensor, residual: Tensor, weight: 
                                            scale_ub_tensor: Optional[Tensor], column_major_scales: bool,
                                            scale_ue8m0: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Functional form: ``(codes, scales, x + residual)`` without touching the inputs."""
+    validate.tensor("residual", residual)  # (None would pass the schema here and read as the plain form)
     r = residual.clone(memory_format=torch.contiguous_format)
     y, s = _quant_body(x, r, weight, eps, scale, group_size, out_dtype, weight_offset, scale_ub, scale_ub_tensor,
                        column_major_scales, scale_ue8m0)
@@ -575,12 +577,20 @@ def _pre(t, target):
 
 
 def _recordable(*targets):
-    """A call that records autograd cannot write an inference tensor outside inference mode (PyTorch refuses
-    the ``copy_``): refused before anything runs, not after the first of several targets was written."""
+    """A call that records autograd cannot write an inference tensor outside inference mode, nor a leaf that
+    requires grad or a view of one (PyTorch refuses the ``copy_``): refused before anything runs, not after the
+    first of several targets was written."""
     for name, t in targets:
         if refused_write(t):
             raise RuntimeError(f"{name} is an inference tensor: a call whose tensors require grad cannot "
                                "write it outside torch.inference_mode() (PyTorch refuses that in-place write)")
+    for name, t in targets:
+        if t is not None and t.requires_grad:
+            base = t if t._base is None else t._base
+            if base.is_leaf:
+                what = "a leaf tensor" if base is t else "a view of a leaf tensor"
+                raise RuntimeError(f"{name} is {what} that requires grad: PyTorch refuses an in-place write of it "
+                                   "while grad mode is on (write a clone, or call under torch.no_grad())")
 
 
 def autograd_rms_norm(x, weight, eps, weight_offset, out):

@@ -2,7 +2,6 @@
 and the offending values; none of them writes anything."""
 from __future__ import annotations
 
-import math
 import numbers
 
 import torch
@@ -49,9 +48,9 @@ def index_tensor(name: str, t) -> None:
 def scale_tensor(name: str, t, ref_name: str, ref) -> None:
     """A scale given as a tensor: dense, 1 element, float32, on ``ref``'s device (None is the caller's)."""
     tensor(name, t, "a 1-element float32 torch.Tensor or None")
-    if t.dtype != torch.float32 or t.numel() != 1:
-        raise TypeError(f"{name} must be a 1-element float32 tensor, got {dtype_name(t.dtype)} with "
-                        f"{t.numel()} elements")
+    if t.dtype != torch.float32 or t.numel() != 1:  # a wrong dtype is a TypeError, a wrong size a ValueError
+        raise (TypeError if t.dtype != torch.float32 else ValueError)(
+            f"{name} must be a 1-element float32 tensor, got {dtype_name(t.dtype)} with {t.numel()} elements")
     same_device(name, t, ref_name, ref)
 
 
@@ -85,8 +84,9 @@ def module_offset(weight_offset, elementwise_affine: bool) -> float:
     """A norm module's ``weight_offset`` (``qknorm.nn``): a finite real number, and 0 unless the module
     has a weight to offset. Returns it as a float."""
     v = real("weight_offset", weight_offset)
-    if not math.isfinite(v):
-        raise ValueError(f"weight_offset must be finite, got {weight_offset!r}")
+    if not -FP32_MAX <= v <= FP32_MAX:
+        raise ValueError(f"weight_offset must be a finite number within fp32's range (|weight_offset| <= "
+                         f"{FP32_MAX:.8g}: the weight is offset in fp32), got {weight_offset!r}")
     if v != 0.0 and not elementwise_affine:
         raise ValueError("weight_offset needs elementwise_affine=True (there is no weight to offset)")
     return v
@@ -122,8 +122,9 @@ def eps_value(eps, *, allow_none: bool = False):
 def scalars(eps, weight_offset, has_weight: bool) -> None:
     eps_value(eps)
     wo = real("weight_offset", weight_offset)
-    if not -math.inf < wo < math.inf:  # NaN fails too (a comparison: symbolic floats under compile)
-        raise ValueError(f"weight_offset must be a finite number, got {weight_offset!r}")
+    if not -FP32_MAX <= wo <= FP32_MAX:  # NaN fails too (a comparison: symbolic floats under compile)
+        raise ValueError(f"weight_offset must be a finite number within fp32's range (|weight_offset| <= "
+                         f"{FP32_MAX:.8g}: the weight is offset in fp32), got {weight_offset!r}")
     if wo != 0 and not has_weight:
         raise ValueError(f"weight_offset={weight_offset} needs a weight (weight is None)")
 

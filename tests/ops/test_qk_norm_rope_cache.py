@@ -68,7 +68,7 @@ CASES = [
     ("scale dtype", lambda a: call(a, kc=a["kc"].to(E4), vc=a["vc"].to(E4), k_scale=torch.ones(1, dtype=torch.float64),
                                    v_scale=torch.ones(1)), TypeError, "k_scale must be a 1-element float32"),
     ("scale size", lambda a: call(a, kc=a["kc"].to(E4), vc=a["vc"].to(E4), k_scale=torch.ones(1), v_scale=torch.ones(2)),
-     TypeError, "v_scale must be a 1-element float32"),
+     ValueError, "v_scale must be a 1-element float32"),
     ("scale number", lambda a: call(a, kc=a["kc"].to(E4), vc=a["vc"].to(E4), k_scale=1.0, v_scale=torch.ones(1)),
      TypeError, "k_scale must be a 1-element float32 torch.Tensor"),
     ("mrope type", lambda a: call(a, mrope_section=(16, 16)), TypeError, "mrope_section must be None or three ints"),

@@ -131,7 +131,10 @@ def _bad_calls(x, r, w):
         (TypeError, "out_dtype", lambda: qknorm.rms_norm_quant(x, out_dtype=torch.float16)),
         (ValueError, "group_size 7 must divide", lambda: qknorm.rms_norm_quant(x, group_size=7)),
         (TypeError, "scale must be a 1-element float32", lambda: qknorm.rms_norm_quant(x, scale=one.double())),
-        (TypeError, "scale must be a 1-element float32", lambda: qknorm.rms_norm_quant(x, scale=torch.ones(2, device=DEV))),
+        (ValueError, "scale must be a 1-element float32", lambda: qknorm.rms_norm_quant(x, scale=torch.ones(2, device=DEV))),
+        (TypeError, "residual must be a torch.Tensor", lambda: qknorm.fused_add_rms_norm_quant(x, None)),
+        (TypeError, "residual must be a torch.Tensor", lambda: torch.ops.qknorm.fused_add_rms_norm_quant_functional(
+            x, None, None, 1e-6, None, None, f8, 0.0, None, None, False, False)),
         (ValueError, "group_size is for dynamic scales", lambda: qknorm.rms_norm_quant(x, scale=one, group_size=8)),
         (ValueError, "scale_ue8m0", lambda: qknorm.rms_norm_quant(x, scale=one, scale_ue8m0=True)),
         (TypeError, "column_major_scales must be a Python bool", lambda: qknorm.rms_norm_quant(x, column_major_scales=1)),
