@@ -301,7 +301,12 @@ def _qk_rope_inplace_fake(q, k, q_weight, k_weight, cos_sin_cache, positions, ep
 # --------------------------------------------------------------------------- quantised norms
 
 def _ub(scale_ub: Optional[float], scale_ub_tensor: Optional[Tensor]):
-    return scale_ub_tensor if scale_ub_tensor is not None else scale_ub
+    """The quantised ops' one ``scale_ub`` from the schema's two slots (a number or a tensor, not both)."""
+    if scale_ub_tensor is None:
+        return scale_ub
+    if scale_ub is not None:
+        raise ValueError(f"scale_ub is given twice, as the number {scale_ub!r} and as scale_ub_tensor: pass one")
+    return scale_ub_tensor
 
 
 def _no_scales(x: Tensor) -> Tensor:

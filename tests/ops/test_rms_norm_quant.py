@@ -369,6 +369,9 @@ def test_quant_op_schemas_and_direct_calls():
     assert s4.numel() == 0 and y4.dtype == torch.int8
     with pytest.raises(ValueError, match="scales_out is needed"):
         ops.rms_norm_quant_out(x, None, 1e-6, None, 32, 0.0, None, None, False, out, None)
+    with pytest.raises(ValueError, match="scale_ub is given twice"):  # (the tensor was used, the number dropped)
+        ops.rms_norm_quant(x, None, 1e-6, None, 32, torch.float8_e4m3fn, 0.0, 1e-9, torch.tensor([0.5], device=DEV),
+                           False, False)
 
 
 def _model(x, r, w, scale, out, so):
