@@ -259,3 +259,10 @@ def test_explain_checks_what_the_call_checks():
         with pytest.raises(exc, match=match):
             qknorm.explain(*args, **kw)
     assert "qk_rms_norm_rope" in qknorm.explain(x, torch.randn(4, 1, 64), op="qk_rms_norm_rope")
+
+
+def test_explain_takes_a_table_path_of_any_kind(table_path):
+    """A path string and a pathlib.Path alike (load_table takes both; the first type check took str only)."""
+    import pathlib
+    x = torch.randn(8, 256)
+    assert qknorm.explain(x, table=str(table_path)) == qknorm.explain(x, table=pathlib.Path(table_path))

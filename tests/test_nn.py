@@ -302,3 +302,24 @@ def test_qknorm_float64_in_place_refuses_q_and_k_in_one_memory(impl):
     with torch.no_grad(), pytest.raises(ValueError, match="overlap"):
         m(x, x, in_place=True)
     assert torch.equal(x, x0)
+
+
+def test_modules_keep_forward_mode_ad_and_inference_inputs(impl):
+    """The modules record autograd with PyTorch ops (not the custom ops, which define a backward only and save
+    their inputs): routed through the ops for a stop, torch.func.jvp gave a zero tangent and inputs made under
+    inference mode could not be saved for backward. Both work as with torch.nn.RMSNorm."""
+    torch.manual_seed(0)
+    m, ref = RMSNorm(16, device=impl), torch.nn.RMSNorm(16, eps=1e-6, device=impl)
+    x, t = torch.randn(3, 16, device=impl), torch.randn(3, 16, device=impl)
+    _, got = torch.func.jvp(m, (x,), (t,))
+    _, want = torch.func.jvp(ref, (x,), (t,))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    with torch.inference_mode():
+        xi = torch.randn(3, 16, device=impl)
+        qi, ki = torch.randn(2, 4, 16, device=impl), torch.randn(2, 2, 16, device=impl)
+    m(xi).sum().backward()
+    assert m.weight.grad is not None and m.weight.grad.abs().sum() > 0
+    qk = QKNorm(16, device=impl)
+    a, b = qk(qi, ki)
+    (a.sum() + b.sum()).backward()
+    assert qk.q_weight.grad is not None and qk.k_weight.grad is not None

@@ -8,6 +8,7 @@ when the table has them (:mod:`qknorm.tuned_table`). Nothing is launched.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -200,7 +201,7 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
         ``"fused_add_rms_norm_quant"``, whose kernels run on the tile the dispatcher picks for
         ``rms_norm`` and ``fused_add_rms_norm`` (:data:`SHARED_DECISIONS`): that decision is explained.
         ``"qk_rms_norm_rope"`` or ``"qk_norm_rope_cache"`` (with ``k``): the RoPE kernels' config and row form.
-    table : TunedTable, str or None
+    table : TunedTable, str, os.PathLike or None
         A tuned table (loaded, or a path) to explain the decision under instead of the
         one the device uses.
     top : int
@@ -240,8 +241,8 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
         op = "rms_norm" if k is None else "qk_rms_norm"
     if not isinstance(op, str):
         raise TypeError(f"op must be a str or None, got {validate.type_name(op)} {op!r}")
-    if table is not None and not isinstance(table, (str, TunedTable)):
-        raise TypeError(f"table must be a TunedTable, a path (str) or None, got {validate.type_name(table)}")
+    if table is not None and not isinstance(table, (str, os.PathLike, TunedTable)):
+        raise TypeError(f"table must be a TunedTable, a path or None, got {validate.type_name(table)}")
     if op not in OPS and op not in SHARED_DECISIONS and op not in ROPE_OPS:
         raise ValueError(f"op must be one of {', '.join(OPS + tuple(SHARED_DECISIONS) + ROPE_OPS)}, got {op!r}")
     if op in ("rms_norm", "rms_norm_quant") and k is not None:
@@ -255,7 +256,7 @@ def explain(x: torch.Tensor, k: torch.Tensor | None = None, *, op: str | None = 
     if op in ("fused_add_rms_norm", "fused_add_rms_norm_quant") and k.shape != x.shape:
         raise ValueError(f"residual (passed as k) must have the shape of x {tuple(x.shape)}, got {tuple(k.shape)}")
     top = validate.integer("top", top, minimum=0)
-    if isinstance(table, str):
+    if isinstance(table, (str, os.PathLike)):
         table = load_table(table)
     if op not in ROPE_OPS and rotary_dim is None and x.numel() == 0 and (k is None or k.numel() == 0):
         # zero rows or width 0, every argument checked: the call launches nothing (the RoPE ops check their

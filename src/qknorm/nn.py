@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from . import functional as ops
 from . import validate
-from .reference import writing
+from .reference import rms_norm_ref, writing
 
 __all__ = ["RMSNorm", "QKNorm", "default_eps"]
 
@@ -78,7 +78,15 @@ for _dt in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
 
 
 def _needs_autograd(*ts) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+    return torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in ts)
+
+
+def _rms_norm_autograd(x: Tensor, weight: Tensor | None, eps: float, weight_offset: float) -> Tensor:
+    """The same function with differentiable PyTorch ops (``reference.rms_norm_ref``: fp32 math, weight in
+    fp32, one rounding; rows past fp32's range in fp64, as the kernels handle them): for calls that record
+    autograd, so that forward-mode AD, ``torch.func`` and inputs made under inference mode work as with
+    ``torch.nn.RMSNorm`` (the custom ops define a backward only, and save their inputs)."""
+    return rms_norm_ref(x, weight, eps, weight_offset).to(x.dtype)
 
 
 def _module_input(name: str, t) -> None:
@@ -224,7 +232,9 @@ class RMSNorm(nn.Module):
             # the offset added in x's dtype, not the weight's (bf16: 1 + 1e-3 rounds to 1), as QKNorm does
             ww = None if w is None else w.to(x.dtype) + self.weight_offset  # (F.rms_norm warns on mixed dtypes)
             return F.rms_norm(x, (x.shape[-1],), ww, eps)
-        return ops.rms_norm(x, w, eps, weight_offset=self.weight_offset)  # differentiable when autograd records
+        if _needs_autograd(x, w):
+            return _rms_norm_autograd(x, w, eps, self.weight_offset)
+        return ops.rms_norm(x, w, eps, weight_offset=self.weight_offset)
 
     def extra_repr(self) -> str:
         """The constructor arguments, for ``repr``."""
@@ -343,7 +353,10 @@ class QKNorm(nn.Module):
                     return qn, kn
                 with writing(q, k):
                     return q.copy_(qn), k.copy_(kn)
-            # the kernel dtypes: the op checks the rest, and is differentiable when autograd records
+            if _needs_autograd(q, k, qw, kw):  # the op's rules, then differentiable PyTorch ops
+                validate.qk_pair(q, k, qw, kw)
+                return (_rms_norm_autograd(q, qw, eps, self.weight_offset),
+                        _rms_norm_autograd(k, kw, eps, self.weight_offset))
             if in_place:
                 return ops.qk_rms_norm(q, k, qw, kw, eps, weight_offset=self.weight_offset, q_out=q, k_out=k)
             return ops.qk_rms_norm(q, k, qw, kw, eps, weight_offset=self.weight_offset)
