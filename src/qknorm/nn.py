@@ -89,16 +89,6 @@ def _rms_norm_autograd(x: Tensor, weight: Tensor | None, eps: float, weight_offs
     return rms_norm_ref(x, weight, eps, weight_offset).to(x.dtype)
 
 
-def _module_input(name: str, t) -> None:
-    """An input the modules take beside the kernels' dtypes: a dense tensor of at least one dim, bfloat16,
-    float16, float32 (the kernels) or float64 (PyTorch's op); else the TypeError/ValueError naming it."""
-    validate.tensor(name, t)
-    if t.dtype not in _KERNEL_DTYPES and t.dtype != torch.float64:
-        raise TypeError(f"{name} must be bfloat16, float16, float32 or float64, got {validate.dtype_name(t.dtype)}")
-    if t.dim() < 1:
-        raise ValueError(f"{name} must have at least 1 dimension (the normalised one), got a 0-d tensor")
-
-
 def _weights(module: nn.Module, names, shape, affine: bool, device, dtype) -> None:
     """Register the module's weights ``names`` of ``shape`` (None each without ``affine``), then reset them."""
     for n in names:
@@ -209,7 +199,7 @@ class RMSNorm(nn.Module):
             (e.g. the weight on another device).
         """
         if not isinstance(x, Tensor) or x.dtype not in _KERNEL_DTYPES or not x.dim():
-            _module_input("x", x)
+            validate.activation("x", x, float64=True)
         k = len(self.normalized_shape)
         if (x.shape[-1] != self._numel) if k == 1 else (x.dim() < k or tuple(x.shape[x.dim() - k:]) != self.normalized_shape):
             raise ValueError(f"RMSNorm{self.normalized_shape}: input of shape {tuple(x.shape)} does not end "
@@ -336,10 +326,7 @@ class QKNorm(nn.Module):
         if qw is None or not kernel:  # with weights, a wrong width fails below and is named there
             self._check_head_dim(q, k)
         if not kernel:  # float64 (PyTorch's op): the rules the kernel path's op would apply
-            _module_input("q", q)
-            _module_input("k", k)
-            validate.same_dtype("k", k, "q", q)
-            validate.same_device("k", k, "q", q)
+            validate.qk_activations(q, k, float64=True)
             if in_place:
                 validate.qk_outputs(q, k, q, k)
         try:

@@ -589,7 +589,6 @@ def _recordable(*targets):
         if refused_write(t):
             raise RuntimeError(f"{name} is an inference tensor: a call whose tensors require grad cannot "
                                "write it outside torch.inference_mode() (PyTorch refuses that in-place write)")
-    for name, t in targets:
         if t is not None and t.requires_grad:
             base = t if t._base is None else t._base
             if base.is_leaf:

@@ -60,10 +60,13 @@ def python_bool(name: str, v) -> None:
         raise TypeError(f"{name} must be a Python bool, got {type_name(v)} {v!r}")
 
 
-def activation(name: str, t) -> None:
+def activation(name: str, t, *, float64: bool = False) -> None:
+    """A dense tensor of at least one dim in the kernels' dtypes; with ``float64`` that dtype too (the
+    ``qknorm.nn`` modules run PyTorch's op for it)."""
     tensor(name, t)
-    if t.dtype not in ACT_DTYPES:
-        raise TypeError(f"{name} must be bfloat16, float16 or float32, got {dtype_name(t.dtype)}")
+    if t.dtype not in ACT_DTYPES and not (float64 and t.dtype == torch.float64):
+        allowed = "bfloat16, float16, float32 or float64" if float64 else "bfloat16, float16 or float32"
+        raise TypeError(f"{name} must be {allowed}, got {dtype_name(t.dtype)}")
     if t.dim() < 1:
         raise ValueError(f"{name} must have at least 1 dimension (the normalised one), got a 0-d tensor")
 
@@ -269,11 +272,12 @@ def in_place_or_disjoint(out_name: str, out, in_name: str, inp) -> bool:
     return False
 
 
-def qk_activations(q, k, *, three_d: bool = False) -> None:
+def qk_activations(q, k, *, three_d: bool = False, float64: bool = False) -> None:
     """Q and K of one call: activations of one dtype and device (with ``three_d``: ``[T, H, head_dim]``
-    each). Their widths are the caller's rule (one head_dim: :func:`qk_pair`; shards: their own)."""
-    activation("q", q)
-    activation("k", k)
+    each; ``float64``: as :func:`activation`). Their widths are the caller's rule (one head_dim:
+    :func:`qk_pair`; shards: their own)."""
+    activation("q", q, float64=float64)
+    activation("k", k, float64=float64)
     if three_d:
         if q.dim() != 3:
             raise ValueError(f"q must be [T, Hq, head_dim] (3 dims), got shape {tuple(q.shape)}")
