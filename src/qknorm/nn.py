@@ -331,7 +331,8 @@ class QKNorm(nn.Module):
                 validate.qk_outputs(q, k, q, k)
         try:
             eps = self.eps if self.eps is not None else default_eps(q.dtype)
-            if in_place and _needs_autograd(q, k, qw, kw):
+            grad = _needs_autograd(q, k, qw, kw)
+            if in_place and grad:
                 raise RuntimeError("QKNorm(in_place=True) cannot record autograd; run it under "
                                    "torch.no_grad()/inference_mode() or use in_place=False")
             if not kernel:  # e.g. float64: PyTorch's own op, as RMSNorm (differentiable)
@@ -340,7 +341,7 @@ class QKNorm(nn.Module):
                     return qn, kn
                 with writing(q, k):
                     return q.copy_(qn), k.copy_(kn)
-            if _needs_autograd(q, k, qw, kw):  # the op's rules, then differentiable PyTorch ops
+            if grad:  # the op's rules, then differentiable PyTorch ops
                 validate.qk_pair(q, k, qw, kw)
                 return (_rms_norm_autograd(q, qw, eps, self.weight_offset),
                         _rms_norm_autograd(k, kw, eps, self.weight_offset))
